@@ -1,0 +1,231 @@
+/*
+ * `moeserve bench`: prefill and decode throughput of a model on this machine, next to the
+ * physical limit.  Decoding an MoE model streams the dense weights and the selected experts
+ * once per step, so the floor for a step is (bytes it must read) / (memory read bandwidth);
+ * the benchmark measures that bandwidth itself with the same threads, counts the bytes each
+ * step really read (dense + distinct selected experts), and prints achieved time against the
+ * floor.  Weights are touched once before timing so that page faults of the mapping are not
+ * counted as compute.
+ */
+#include "cli/cli.h"
+#include "model/gguf.h"
+#include "model/model.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double measure_bandwidth(kern_backend *be, size_t bytes)
+{
+    uint8_t *buf = malloc(bytes);
+    if (!buf) return 0.0;
+    for (size_t i = 0; i < bytes; i += 64) buf[i] = (uint8_t)i; /* fault every page in */
+    memset(buf, 1, bytes);
+    double best = 0.0;
+    for (int r = 0; r < 5; r++) {
+        double bw = kern_cpu_read_bandwidth(be, buf, bytes);
+        if (bw > best) best = bw;
+    }
+    free(buf);
+    return best;
+}
+
+/* Fault in the whole mapping once (the benchmark measures compute on resident weights). */
+static void touch_file(const gguf_file *f)
+{
+    volatile uint8_t sink = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        const uint8_t *p = t->data;
+        for (uint64_t off = 0; off < t->n_bytes; off += 4096) sink ^= p[off];
+    }
+    (void)sink;
+}
+
+typedef struct bench_opts {
+    const char *path;
+    long n_threads;
+    long batch;
+    long n_prompt;
+    long n_gen;
+    int header;
+} bench_opts;
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: moeserve bench --model FILE [--threads N] [--batch B] [--prompt P] [--gen G] [--no-header]\n"
+                 "  --threads N   CPU threads (default: all)\n"
+                 "  --batch B     sequences decoded together (default 1)\n"
+                 "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
+                 "  --gen G       decode steps timed (default 16)\n");
+}
+
+static int run(const bench_opts *o)
+{
+    int status = 1;
+    char err[512];
+    kern_backend *be = NULL;
+    model *m = NULL;
+    model_ctx *ctx = NULL;
+    int32_t *tok = NULL, *pos = NULL, *seq = NULL;
+    float *logits = NULL;
+    if (cli_open_backend(&be, (int)o->n_threads)) goto done;
+    model_opts mo = {.backend = be};
+    if (model_open(&m, o->path, &mo, err, sizeof err)) {
+        fprintf(stderr, "moeserve bench: %s\n", err);
+        goto done;
+    }
+    const model_hparams *hp = model_params(m);
+    int32_t B = (int32_t)o->batch, P = (int32_t)o->n_prompt, G = (int32_t)o->n_gen;
+    model_ctx_opts co = {.n_seq = B, .n_ctx = P + G + 1};
+    if (model_ctx_create(&ctx, m, &co, err, sizeof err)) {
+        fprintf(stderr, "moeserve bench: %s\n", err);
+        goto done;
+    }
+    size_t n_max = (size_t)(P > B ? P : B);
+    tok = malloc(n_max * sizeof *tok);
+    pos = malloc(n_max * sizeof *pos);
+    seq = malloc(n_max * sizeof *seq);
+    logits = malloc((size_t)B * (size_t)hp->n_vocab * sizeof *logits);
+    if (!tok || !pos || !seq || !logits) {
+        fprintf(stderr, "moeserve bench: out of memory\n");
+        goto done;
+    }
+
+    touch_file(model_file(m));
+    double bw = measure_bandwidth(be, (size_t)1 << 30);
+
+    /* Prefill: each sequence's prompt in one step; token ids from a fixed LCG. */
+    uint32_t lcg = 12345;
+    double t_prefill = 0.0;
+    int32_t *next = malloc((size_t)B * sizeof *next);
+    if (!next) goto done;
+    for (int32_t s = 0; s < B; s++) {
+        for (int32_t i = 0; i < P; i++) {
+            lcg = lcg * 1664525u + 1013904223u;
+            tok[i] = (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab);
+            pos[i] = i;
+            seq[i] = s;
+        }
+        model_batch b = {.n_tokens = P, .token = tok, .pos = pos, .seq = seq};
+        double t0 = now_s();
+        int rc = model_forward(ctx, &b, logits, err, sizeof err);
+        t_prefill += now_s() - t0;
+        if (rc) {
+            fprintf(stderr, "moeserve bench: %s\n", err);
+            free(next);
+            goto done;
+        }
+        next[s] = model_argmax(logits, hp->n_vocab);
+    }
+
+    /* Decode: G steps, each advancing every sequence by one greedy token. */
+    double t_decode = 0.0;
+    uint64_t bytes = 0, experts = 0;
+    uint8_t *want = malloc((size_t)B);
+    if (!want) {
+        free(next);
+        goto done;
+    }
+    memset(want, 1, (size_t)B);
+    for (int32_t g = 0; g < G; g++) {
+        for (int32_t s = 0; s < B; s++) {
+            tok[s] = next[s];
+            pos[s] = P + g;
+            seq[s] = s;
+        }
+        model_batch b = {.n_tokens = B, .token = tok, .pos = pos, .seq = seq, .want_logits = want};
+        double t0 = now_s();
+        int rc = model_forward(ctx, &b, logits, err, sizeof err);
+        t_decode += now_s() - t0;
+        if (rc) {
+            fprintf(stderr, "moeserve bench: %s\n", err);
+            free(want);
+            free(next);
+            goto done;
+        }
+        const model_step_stats *st = model_ctx_last_stats(ctx);
+        bytes += st->dense_bytes + st->expert_bytes;
+        experts += st->experts_used;
+        for (int32_t s = 0; s < B; s++)
+            next[s] = model_argmax(logits + (size_t)s * hp->n_vocab, hp->n_vocab);
+    }
+    free(want);
+    free(next);
+
+    double step_s = t_decode / G;
+    double step_bytes = (double)bytes / G;
+    double floor_s = step_bytes / bw;
+    const char *base = strrchr(o->path, '/');
+    base = base ? base + 1 : o->path;
+    if (o->header) {
+        printf("| model | threads | batch | prefill tok/s | decode tok/s | MiB read/step | experts/step "
+               "| bandwidth GB/s | floor ms/step | achieved ms/step | floor/achieved |\n");
+        printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    }
+    printf("| %s | %d | %d | %.1f | %.2f | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n", base,
+           kern_cpu_n_threads(be), B, (double)P * B / t_prefill, B / step_s,
+           step_bytes / (1024.0 * 1024.0), (double)experts / G, bw / 1e9, floor_s * 1e3,
+           step_s * 1e3, 100.0 * floor_s / step_s);
+    fflush(stdout);
+    status = 0;
+done:
+    free(tok);
+    free(pos);
+    free(seq);
+    free(logits);
+    model_ctx_destroy(&ctx);
+    model_close(&m);
+    kern_backend_close(&be);
+    return status;
+}
+
+int cli_bench(int argc, char **argv)
+{
+    bench_opts o = {.batch = 1, .n_prompt = 64, .n_gen = 16, .header = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long *target = NULL;
+        long lo = 1, hi = 1 << 20;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--no-header")) {
+            o.header = 0;
+            continue;
+        } else if (!strcmp(a, "--model") && v) {
+            o.path = v, i++;
+            continue;
+        } else if (!strcmp(a, "--threads")) {
+            target = &o.n_threads, lo = 0, hi = 1024;
+        } else if (!strcmp(a, "--batch")) {
+            target = &o.batch, hi = 4096;
+        } else if (!strcmp(a, "--prompt")) {
+            target = &o.n_prompt;
+        } else if (!strcmp(a, "--gen")) {
+            target = &o.n_gen;
+        }
+        if (!target || !v) {
+            fprintf(stderr, "moeserve bench: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (cli_parse_int(a, v, lo, hi, target)) return 2;
+        i++;
+    }
+    if (!o.path) {
+        usage(stderr);
+        return 2;
+    }
+    return run(&o);
+}

@@ -1,0 +1,97 @@
+/*
+ * moeserve's entry point: picks the subcommand and nothing else.
+ */
+#include "cli/cli.h"
+#include "moe_config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moeserve <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  inspect FILE         architecture, hyper-parameters, tensors and memory needs of a GGUF model\n"
+            "  generate [options]   greedy generation from token ids, printing tokens/s\n"
+            "  bench [options]      prefill and decode throughput against the memory-bandwidth floor\n"
+            "\n"
+            "`moeserve <command> --help` describes each command's options.\n");
+}
+
+void cli_log(const char *fmt, ...)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "%s.%03ldZ moeserve: ", stamp, ts.tv_nsec / 1000000);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_parse_int(const char *opt, const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = text ? strtol(text, &end, 10) : 0;
+    if (!text || !*text || *end || errno || v < min || v > max) {
+        fprintf(stderr, "moeserve: %s expects an integer in [%ld, %ld], got '%s'\n", opt, min, max,
+                text ? text : "");
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_open_backend(kern_backend **out, int n_threads)
+{
+    char msg[256];
+    if (kern_cuda_probe(msg, sizeof msg) > 0)
+        cli_log("%s; the CUDA backend is not implemented yet, running on the CPU backend", msg);
+    else
+        cli_log("%s: running on the CPU backend", msg);
+    kern_cpu_opts opts = kern_cpu_opts_default();
+    opts.n_threads = n_threads;
+    int rc = kern_cpu_open(out, &opts, msg, sizeof msg);
+    if (rc) {
+        fprintf(stderr, "moeserve: %s\n", msg);
+        return rc;
+    }
+    cli_log("cpu backend: %d threads, %s kernels", kern_cpu_n_threads(*out),
+            kern_isa_name(kern_cpu_backend_isa(*out)));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "inspect")) return cli_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return cli_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("moeserve %s (CUDA backend %s)\n", MOE_VERSION, MOE_HAVE_CUDA ? "built" : "not built");
+        return 0;
+    }
+    fprintf(stderr, "moeserve: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

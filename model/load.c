@@ -1,0 +1,479 @@
+/*
+ * Binding a GGUF file to a model: hyper-parameters from the metadata, tensors by name.
+ *
+ * Each architecture is a row of one table (rope layout, Q/K norm, routing normalisation,
+ * shared expert), because the four MoE families differ in a handful of switches, not in
+ * structure.  Every tensor is checked for shape and type here, once, so that the forward pass
+ * can trust them; a file we cannot run is refused with the name of the key or tensor at fault.
+ */
+#include "model/model_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct arch_info {
+    const char *name;
+    model_arch arch;
+    kern_rope_mode rope_mode;
+    model_qk_norm qk_norm;
+    bool norm_topk;
+    bool shared_expert;
+    bool ff_key_is_expert; /* n_ff_exp lives in expert_feed_forward_length */
+} arch_info;
+
+/* Routing normalisation and rope layout as llama.cpp's graphs hard-code them (REFERENCE 3.3,
+ * 3.4); the GGUF key expert_weights_norm is not consulted for these architectures. */
+static const arch_info arch_table[MODEL_ARCH_COUNT] = {
+    {"llama", MODEL_ARCH_LLAMA, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, true, false, false},
+    {"qwen2moe", MODEL_ARCH_QWEN2MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, true, true},
+    {"qwen3moe", MODEL_ARCH_QWEN3MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, true, false, true},
+    {"olmoe", MODEL_ARCH_OLMOE, KERN_ROPE_NEOX, MODEL_QK_NORM_FULL, false, false, false},
+};
+
+const char *model_arch_name(model_arch arch)
+{
+    return arch < MODEL_ARCH_COUNT ? arch_table[arch].name : "unknown";
+}
+
+typedef struct loader {
+    model *m;
+    const char *path;
+    char *err;
+    size_t err_size;
+} loader;
+
+static int fail(loader *ld, int code, const char *fmt, ...)
+{
+    int n = snprintf(ld->err, ld->err_size, "%s: ", ld->path);
+    if (n < 0 || (size_t)n >= ld->err_size) return code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ld->err + n, ld->err_size - (size_t)n, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* ---- metadata --------------------------------------------------------------------------- */
+
+static int get_i32(loader *ld, const char *suffix, bool required, int32_t fallback, int32_t *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", ld->m->hp.arch_name, suffix);
+    uint32_t v;
+    int rc = gguf_get_u32(ld->m->file, key, &v);
+    if (rc == -ENOENT && !required) {
+        *out = fallback;
+        return 0;
+    }
+    if (rc == -ENOENT) return fail(ld, -EINVAL, "required key '%s' is missing", key);
+    if (rc || v > INT32_MAX)
+        return fail(ld, -EINVAL, "key '%s' must be a non-negative 32-bit integer", key);
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int get_f32(loader *ld, const char *suffix, bool required, float fallback, float *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", ld->m->hp.arch_name, suffix);
+    int rc = gguf_get_f32(ld->m->file, key, out);
+    if (rc == -ENOENT && !required) {
+        *out = fallback;
+        return 0;
+    }
+    if (rc == -ENOENT) return fail(ld, -EINVAL, "required key '%s' is missing", key);
+    if (rc || !isfinite(*out)) return fail(ld, -EINVAL, "key '%s' must be a finite number", key);
+    return 0;
+}
+
+static int read_arch(loader *ld)
+{
+    gguf_str name;
+    int rc = gguf_get_str(ld->m->file, "general.architecture", &name);
+    if (rc) return fail(ld, -EINVAL, "key 'general.architecture' is missing or not a string");
+    for (int a = 0; a < MODEL_ARCH_COUNT; a++) {
+        if (gguf_str_eq(name, arch_table[a].name)) {
+            ld->m->hp.arch = arch_table[a].arch;
+            ld->m->hp.arch_name = arch_table[a].name;
+            return 0;
+        }
+    }
+    return fail(ld, -ENOTSUP,
+                "architecture '%.*s' is not supported (supported: llama with experts "
+                "(Mixtral), qwen2moe, qwen3moe, olmoe)",
+                (int)(name.len > 64 ? 64 : name.len), name.data);
+}
+
+static int read_hparams(loader *ld)
+{
+    model_hparams *hp = &ld->m->hp;
+    const arch_info *ai = &arch_table[hp->arch];
+    int32_t n_ff = 0;
+    int rc = 0;
+    if ((rc = get_i32(ld, "embedding_length", true, 0, &hp->n_embd)) ||
+        (rc = get_i32(ld, "block_count", true, 0, &hp->n_layer)) ||
+        (rc = get_i32(ld, "attention.head_count", true, 0, &hp->n_head)) ||
+        (rc = get_i32(ld, "context_length", false, 4096, &hp->n_ctx_train)) ||
+        (rc = get_i32(ld, "expert_count", false, 0, &hp->n_expert)) ||
+        (rc = get_i32(ld, "expert_used_count", false, 0, &hp->n_expert_used)) ||
+        (rc = get_i32(ld, "feed_forward_length", false, 0, &n_ff)) ||
+        (rc = get_f32(ld, "attention.layer_norm_rms_epsilon", true, 0, &hp->rms_eps)) ||
+        (rc = get_f32(ld, "rope.freq_base", false, 10000.0f, &hp->rope_freq_base)) ||
+        (rc = get_f32(ld, "expert_weights_scale", false, 1.0f, &hp->expert_weights_scale)))
+        return rc;
+    if ((rc = get_i32(ld, "attention.head_count_kv", false, hp->n_head, &hp->n_head_kv))) return rc;
+    if (hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0)
+        return fail(ld, -EINVAL, "embedding_length, block_count and head counts must be positive");
+    if (hp->n_head % hp->n_head_kv)
+        return fail(ld, -EINVAL, "attention.head_count (%d) is not a multiple of head_count_kv (%d)",
+                    hp->n_head, hp->n_head_kv);
+    if (hp->n_expert <= 0 || hp->n_expert_used <= 0)
+        return fail(ld, -ENOTSUP,
+                    "'%s' file without experts (expert_count / expert_used_count missing or 0): "
+                    "moeserve serves Mixture-of-Experts models only", hp->arch_name);
+    if (hp->n_expert_used > hp->n_expert)
+        return fail(ld, -EINVAL, "expert_used_count (%d) exceeds expert_count (%d)",
+                    hp->n_expert_used, hp->n_expert);
+    if ((rc = get_i32(ld, "attention.key_length", false, hp->n_embd / hp->n_head, &hp->head_dim)) ||
+        (rc = get_i32(ld, "attention.value_length", false, hp->head_dim, &hp->head_dim_v)) ||
+        (rc = get_i32(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot)))
+        return rc;
+    if (hp->head_dim <= 0 || hp->head_dim_v != hp->head_dim)
+        return fail(ld, -ENOTSUP, "attention.key_length %d / value_length %d: only equal, "
+                    "positive head sizes are supported", hp->head_dim, hp->head_dim_v);
+    if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return fail(ld, -EINVAL, "rope.dimension_count %d must be even and at most the head size %d",
+                    hp->n_rot, hp->head_dim);
+    if (ai->ff_key_is_expert) {
+        int32_t fallback = n_ff > 0 ? n_ff / hp->n_expert_used : 0;
+        if ((rc = get_i32(ld, "expert_feed_forward_length", false, fallback, &hp->n_ff_exp))) return rc;
+    } else {
+        hp->n_ff_exp = n_ff;
+    }
+    if (ai->shared_expert &&
+        (rc = get_i32(ld, "expert_shared_feed_forward_length", false, n_ff, &hp->n_ff_shexp)))
+        return rc;
+    hp->rope_mode = ai->rope_mode;
+    hp->qk_norm = ai->qk_norm;
+    hp->norm_topk = ai->norm_topk;
+    hp->has_shared_expert = ai->shared_expert;
+    float scale = 0.0f;
+    if ((rc = get_f32(ld, "attention.scale", false, 0.0f, &scale))) return rc;
+    hp->attn_scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)hp->head_dim);
+    if (hp->expert_weights_scale == 0.0f) hp->expert_weights_scale = 1.0f;
+    if (hp->rms_eps <= 0.0f) return fail(ld, -EINVAL, "layer_norm_rms_epsilon must be positive");
+    return 0;
+}
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+
+static const gguf_tensor *find(loader *ld, const char *name)
+{
+    return gguf_find_tensor(ld->m->file, name);
+}
+
+static int check_type(loader *ld, const gguf_tensor *t)
+{
+    if (kern_type_supported(t->type)) return 0;
+    return fail(ld, -ENOTSUP, "tensor '%.*s' has type %s, which this build cannot compute with",
+                (int)t->name.len, t->name.data, gguf_type_name(t->type));
+}
+
+static int shape_error(loader *ld, const gguf_tensor *t, int64_t ne0, int64_t ne1, int64_t ne2)
+{
+    return fail(ld, -EINVAL,
+                "tensor '%.*s' has shape {%lld, %lld, %lld}, expected {%lld, %lld, %lld}",
+                (int)t->name.len, t->name.data, (long long)t->ne[0], (long long)t->ne[1],
+                (long long)t->ne[2], (long long)ne0, (long long)ne1, (long long)ne2);
+}
+
+static kern_weight weight_view(const gguf_tensor *t, const uint8_t *data, int64_t n_cols,
+                               int64_t n_rows)
+{
+    return (kern_weight){.data = data, .type = t->type, .n_rows = n_rows, .n_cols = n_cols,
+                         .row_bytes = kern_row_bytes(t->type, n_cols)};
+}
+
+/* A 2-D weight of n_rows rows of n_cols elements. */
+static int bind_weight(loader *ld, const char *name, int64_t n_cols, int64_t n_rows, bool required,
+                       kern_weight *out, uint64_t *bytes)
+{
+    const gguf_tensor *t = find(ld, name);
+    if (!t) {
+        if (!required) return 0;
+        return fail(ld, -EINVAL, "required tensor '%s' is missing", name);
+    }
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1)
+        return shape_error(ld, t, n_cols, n_rows, 1);
+    int rc = check_type(ld, t);
+    if (rc) return rc;
+    *out = weight_view(t, t->data, n_cols, n_rows);
+    if (bytes) *bytes += t->n_bytes;
+    return 0;
+}
+
+static int own(model *m, float *p)
+{
+    float **grown = realloc(m->owned, (m->n_owned + 1) * sizeof *grown);
+    if (!grown) return -ENOMEM;
+    m->owned = grown;
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+/* A 1-D tensor of n elements, copied out as f32 (norm weights, biases, the shared gate). */
+static int bind_vec(loader *ld, const char *name, int64_t n, bool required, const float **out,
+                    uint64_t *bytes)
+{
+    *out = NULL;
+    const gguf_tensor *t = find(ld, name);
+    if (!t) {
+        if (!required) return 0;
+        return fail(ld, -EINVAL, "required tensor '%s' is missing", name);
+    }
+    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return shape_error(ld, t, n, 1, 1);
+    int rc = check_type(ld, t);
+    if (rc) return rc;
+    float *v = malloc((size_t)n * sizeof *v);
+    if (!v || own(ld->m, v)) {
+        free(v);
+        return fail(ld, -ENOMEM, "out of memory");
+    }
+    kern_type_info(t->type)->to_f32(t->data, v, n);
+    *out = v;
+    if (bytes) *bytes += t->n_bytes;
+    return 0;
+}
+
+/* Stacked experts: one {n_cols, n_rows, n_expert} tensor; expert e is the e-th slab. */
+static int bind_stacked(loader *ld, const gguf_tensor *t, int64_t n_cols, int64_t n_rows,
+                        model_layer *layer, size_t which)
+{
+    int n_expert = ld->m->hp.n_expert;
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != n_expert || t->ne[3] != 1)
+        return shape_error(ld, t, n_cols, n_rows, n_expert);
+    int rc = check_type(ld, t);
+    if (rc) return rc;
+    size_t slab = kern_row_bytes(t->type, n_cols) * (size_t)n_rows;
+    for (int e = 0; e < n_expert; e++) {
+        kern_weight *w = (kern_weight *)((char *)&layer->experts[e] + which);
+        *w = weight_view(t, (const uint8_t *)t->data + slab * (size_t)e, n_cols, n_rows);
+    }
+    return 0;
+}
+
+static int bind_experts(loader *ld, int il, model_layer *layer)
+{
+    const model_hparams *hp = &ld->m->hp;
+    static const struct {
+        const char *part;
+        size_t offset;
+        bool down;
+    } parts[3] = {
+        {"gate", offsetof(model_expert, gate), false},
+        {"up", offsetof(model_expert, up), false},
+        {"down", offsetof(model_expert, down), true},
+    };
+    char name[128];
+    for (int p = 0; p < 3; p++) {
+        int64_t n_cols = parts[p].down ? hp->n_ff_exp : hp->n_embd;
+        int64_t n_rows = parts[p].down ? hp->n_embd : hp->n_ff_exp;
+        snprintf(name, sizeof name, "blk.%d.ffn_%s_exps.weight", il, parts[p].part);
+        const gguf_tensor *t = find(ld, name);
+        if (t) {
+            int rc = bind_stacked(ld, t, n_cols, n_rows, layer, parts[p].offset);
+            if (rc) return rc;
+            continue;
+        }
+        /* Older Mixtral files: one 2-D tensor per expert. */
+        for (int e = 0; e < hp->n_expert; e++) {
+            snprintf(name, sizeof name, "blk.%d.ffn_%s.%d.weight", il, parts[p].part, e);
+            if (!find(ld, name)) {
+                if (e == 0)
+                    return fail(ld, -EINVAL,
+                                "layer %d has no experts: neither 'blk.%d.ffn_%s_exps.weight' "
+                                "nor per-expert tensors 'blk.%d.ffn_%s.N.weight'",
+                                il, il, parts[p].part, il, parts[p].part);
+                return fail(ld, -EINVAL, "required tensor '%s' is missing", name);
+            }
+            kern_weight *w = (kern_weight *)((char *)&layer->experts[e] + parts[p].offset);
+            int rc = bind_weight(ld, name, n_cols, n_rows, true, w, NULL);
+            if (rc) return rc;
+            ld->m->hp.experts_split = true;
+        }
+    }
+    return 0;
+}
+
+static int bind_layer(loader *ld, int il)
+{
+    model *m = ld->m;
+    const model_hparams *hp = &m->hp;
+    model_layer *layer = &m->layers[il];
+    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim;
+    int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    uint64_t *db = &layer->dense_bytes;
+    char name[128];
+    int rc = 0;
+#define NAME(fmt) (snprintf(name, sizeof name, "blk.%d." fmt, il), name)
+    if ((rc = bind_vec(ld, NAME("attn_norm.weight"), hp->n_embd, true, &layer->attn_norm, db)) ||
+        (rc = bind_weight(ld, NAME("attn_q.weight"), hp->n_embd, q_dim, true, &layer->wq, db)) ||
+        (rc = bind_weight(ld, NAME("attn_k.weight"), hp->n_embd, kv_dim, true, &layer->wk, db)) ||
+        (rc = bind_weight(ld, NAME("attn_v.weight"), hp->n_embd, kv_dim, true, &layer->wv, db)) ||
+        (rc = bind_weight(ld, NAME("attn_output.weight"), q_dim, hp->n_embd, true, &layer->wo, db)) ||
+        (rc = bind_vec(ld, NAME("attn_q.bias"), q_dim, false, &layer->bq, db)) ||
+        (rc = bind_vec(ld, NAME("attn_k.bias"), kv_dim, false, &layer->bk, db)) ||
+        (rc = bind_vec(ld, NAME("attn_v.bias"), kv_dim, false, &layer->bv, db)) ||
+        (rc = bind_vec(ld, NAME("ffn_norm.weight"), hp->n_embd, true, &layer->ffn_norm, db)) ||
+        (rc = bind_weight(ld, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, true,
+                          &layer->router, db)))
+        return rc;
+    if ((layer->bq != NULL) != (layer->bk != NULL) || (layer->bq != NULL) != (layer->bv != NULL))
+        return fail(ld, -EINVAL, "layer %d has some but not all of the Q/K/V biases", il);
+    if (layer->bq) m->hp.has_qkv_bias = true;
+    if (hp->qk_norm == MODEL_QK_NORM_PER_HEAD) {
+        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), hp->head_dim, true, &layer->q_norm, db)) ||
+            (rc = bind_vec(ld, NAME("attn_k_norm.weight"), hp->head_dim, true, &layer->k_norm, db)))
+            return rc;
+    } else if (hp->qk_norm == MODEL_QK_NORM_FULL) {
+        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), q_dim, true, &layer->q_norm, db)) ||
+            (rc = bind_vec(ld, NAME("attn_k_norm.weight"), kv_dim, true, &layer->k_norm, db)))
+            return rc;
+    }
+    if (hp->has_shared_expert) {
+        if ((rc = bind_vec(ld, NAME("ffn_gate_inp_shexp.weight"), hp->n_embd, true,
+                           &layer->shexp_gate_inp, db)) ||
+            (rc = bind_weight(ld, NAME("ffn_gate_shexp.weight"), hp->n_embd, hp->n_ff_shexp, true,
+                              &layer->shexp_gate, db)) ||
+            (rc = bind_weight(ld, NAME("ffn_up_shexp.weight"), hp->n_embd, hp->n_ff_shexp, true,
+                              &layer->shexp_up, db)) ||
+            (rc = bind_weight(ld, NAME("ffn_down_shexp.weight"), hp->n_ff_shexp, hp->n_embd, true,
+                              &layer->shexp_down, db)))
+            return rc;
+    }
+#undef NAME
+    layer->experts = calloc((size_t)hp->n_expert, sizeof *layer->experts);
+    if (!layer->experts) return fail(ld, -ENOMEM, "out of memory");
+    return bind_experts(ld, il, layer);
+}
+
+static int bind_tensors(loader *ld)
+{
+    model *m = ld->m;
+    model_hparams *hp = &m->hp;
+    const gguf_tensor *embd = find(ld, "token_embd.weight");
+    if (!embd) return fail(ld, -EINVAL, "required tensor 'token_embd.weight' is missing");
+    if (embd->n_dims != 2 || embd->ne[0] != hp->n_embd || embd->ne[1] <= 0)
+        return shape_error(ld, embd, hp->n_embd, embd->ne[1], 1);
+    if (embd->ne[1] > INT32_MAX) return fail(ld, -EINVAL, "vocabulary too large");
+    hp->n_vocab = (int32_t)embd->ne[1];
+    int32_t vocab_key = 0;
+    int rc = get_i32(ld, "vocab_size", false, hp->n_vocab, &vocab_key);
+    if (rc) return rc;
+    if (vocab_key != hp->n_vocab)
+        return fail(ld, -EINVAL, "vocab_size %d does not match token_embd rows %d", vocab_key,
+                    hp->n_vocab);
+    if (hp->n_ff_exp <= 0) {
+        /* Some converters omit the expert FFN width; the stacked tensor says it. */
+        char name[64] = "blk.0.ffn_gate_exps.weight";
+        const gguf_tensor *g = find(ld, name);
+        if (!g) g = find(ld, "blk.0.ffn_gate.0.weight");
+        if (!g) return fail(ld, -EINVAL, "cannot tell the expert FFN width: no key and no tensor");
+        hp->n_ff_exp = (int32_t)g->ne[1];
+    }
+    if ((rc = bind_weight(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, true, &m->tok_embd, NULL)) ||
+        (rc = bind_vec(ld, "output_norm.weight", hp->n_embd, true, &m->output_norm, &m->head_bytes)) ||
+        (rc = bind_weight(ld, "output.weight", hp->n_embd, hp->n_vocab, false, &m->output,
+                          &m->head_bytes)))
+        return rc;
+    if (!m->output.data) {
+        m->output = m->tok_embd;
+        m->head_bytes += find(ld, "token_embd.weight")->n_bytes;
+        hp->output_tied = true;
+    }
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return fail(ld, -ENOMEM, "out of memory");
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((rc = bind_layer(ld, il))) return rc;
+    return 0;
+}
+
+int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size)
+{
+    *out = NULL;
+    if (!opts || !opts->backend) {
+        snprintf(err, err_size, "%s: no compute backend given", path);
+        return -EINVAL;
+    }
+    model *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, err_size, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    m->backend = opts->backend;
+    loader ld = {.m = m, .path = path, .err = err, .err_size = err_size};
+    int rc = gguf_open(&m->file, path, err, err_size);
+    if (rc) goto fail;
+    if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
+    *out = m;
+    return 0;
+fail:
+    model_close(&m);
+    return rc;
+}
+
+void model_close(model **mp)
+{
+    model *m = *mp;
+    if (!m) return;
+    if (m->layers)
+        for (int il = 0; il < m->hp.n_layer; il++) free(m->layers[il].experts);
+    free(m->layers);
+    for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    gguf_close(&m->file);
+    free(m);
+    *mp = NULL;
+}
+
+const model_hparams *model_params(const model *m)
+{
+    return &m->hp;
+}
+
+const gguf_file *model_file(const model *m)
+{
+    return m->file;
+}
+
+const model_expert *model_get_expert(const model *m, int layer, int index)
+{
+    return &m->layers[layer].experts[index];
+}
+
+static uint64_t weight_bytes(const kern_weight *w)
+{
+    return (uint64_t)w->row_bytes * (uint64_t)w->n_rows;
+}
+
+void model_get_sizes(const model *m, model_sizes *out)
+{
+    memset(out, 0, sizeof *out);
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(m->file); i++) total += gguf_tensor_at(m->file, i)->n_bytes;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        for (int e = 0; e < m->hp.n_expert; e++) {
+            const model_expert *x = &m->layers[il].experts[e];
+            uint64_t b = weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+            out->expert_bytes += b;
+            if (b > out->bytes_per_expert) out->bytes_per_expert = b;
+        }
+    }
+    out->dense_bytes = total - out->expert_bytes;
+    out->n_experts_total = (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_expert;
+}

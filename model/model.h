@@ -1,0 +1,146 @@
+/*
+ * model — a Mixture-of-Experts decoder read from a GGUF file, and its forward pass.
+ *
+ * Contract
+ * - model_open() reads the hyper-parameters for the file's architecture (Mixtral as GGUF
+ *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`), binds every tensor it needs and
+ *   checks its shape and type, or refuses the file with a message naming the key or tensor.
+ *   Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases) are
+ *   copied out as f32.  A model is immutable after open and may be shared by contexts.
+ * - Experts are reached only through model_get_expert(), the one place the expert cache plugs in.
+ * - A model_ctx owns the per-sequence KV cache and the scratch memory of the forward pass.
+ *   model_forward() runs one step over a batch of tokens from any mix of sequences (each token
+ *   carries its sequence id and position) and writes the logits of the tokens that ask for
+ *   them.  A context is used by one thread at a time (the engine thread).
+ * - The model does not own the compute backend: the caller opens it, passes it in
+ *   model_opts, and closes it after the model.
+ * - Errors are negative errno values with a message in the caller's buffer.
+ */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include "kernels/kernels.h"
+#include "model/gguf.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum model_arch {
+    MODEL_ARCH_LLAMA = 0, /* Mixtral */
+    MODEL_ARCH_QWEN2MOE,
+    MODEL_ARCH_QWEN3MOE,
+    MODEL_ARCH_OLMOE,
+    MODEL_ARCH_COUNT
+} model_arch;
+
+typedef enum model_qk_norm {
+    MODEL_QK_NORM_NONE = 0,
+    MODEL_QK_NORM_PER_HEAD, /* qwen3moe: over each head's head_dim, weights shared by heads */
+    MODEL_QK_NORM_FULL,     /* olmoe: over the whole projected Q (or K) vector */
+} model_qk_norm;
+
+typedef struct model_hparams {
+    model_arch arch;
+    const char *arch_name; /* as in general.architecture */
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;   /* attention.key_length, default n_embd / n_head */
+    int32_t head_dim_v; /* attention.value_length, default head_dim */
+    int32_t n_rot;      /* rope.dimension_count, default head_dim */
+    int32_t n_expert;
+    int32_t n_expert_used;
+    int32_t n_ff_exp;   /* per-expert FFN width */
+    int32_t n_ff_shexp; /* shared expert FFN width, 0 when none */
+    int32_t n_ctx_train;
+    float rms_eps;
+    float rope_freq_base;
+    float attn_scale;            /* 1/sqrt(head_dim) unless the file says otherwise */
+    float expert_weights_scale;  /* 1 when absent */
+    bool norm_topk;              /* renormalise the top-k routing weights to sum 1 */
+    kern_rope_mode rope_mode;
+    model_qk_norm qk_norm;
+    bool has_qkv_bias;
+    bool has_shared_expert;
+    bool experts_split; /* legacy layout: one tensor per expert */
+    bool output_tied;   /* no output.weight: logits use token_embd */
+} model_hparams;
+
+/* The weights of one expert: gate and up are [n_ff_exp][n_embd], down is [n_embd][n_ff_exp]. */
+typedef struct model_expert {
+    kern_weight gate;
+    kern_weight up;
+    kern_weight down;
+} model_expert;
+
+typedef struct model_sizes {
+    uint64_t dense_bytes;      /* everything that is not a routed expert */
+    uint64_t expert_bytes;     /* all routed experts of all layers */
+    uint64_t bytes_per_expert; /* gate + up + down of one expert (largest layer) */
+    uint64_t n_experts_total;  /* n_layer * n_expert */
+} model_sizes;
+
+typedef struct model model;
+
+typedef struct model_opts {
+    kern_backend *backend; /* required; not owned */
+} model_opts;
+
+int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size);
+void model_close(model **m);
+
+const model_hparams *model_params(const model *m);
+const gguf_file *model_file(const model *m);
+void model_get_sizes(const model *m, model_sizes *out);
+const char *model_arch_name(model_arch arch);
+/* The expert's weights; layer < n_layer, index < n_expert are the caller's contract. */
+const model_expert *model_get_expert(const model *m, int layer, int index);
+
+/* ---- context: KV cache + scratch ---------------------------------------------------------- */
+
+typedef struct model_ctx model_ctx;
+
+typedef struct model_ctx_opts {
+    int32_t n_seq; /* sequences that can be live at once */
+    int32_t n_ctx; /* positions per sequence; 0: the model's training context */
+} model_ctx_opts;
+
+int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
+                     size_t err_size);
+void model_ctx_destroy(model_ctx **ctx);
+int32_t model_ctx_n_ctx(const model_ctx *ctx);
+size_t model_ctx_kv_bytes(const model_ctx *ctx);
+/* Forget a sequence: its next token may start again at position 0. */
+void model_ctx_clear_seq(model_ctx *ctx, int32_t seq);
+
+typedef struct model_batch {
+    int32_t n_tokens;
+    const int32_t *token;
+    const int32_t *pos; /* position of each token inside its sequence */
+    const int32_t *seq; /* sequence id of each token, < n_seq */
+    /* Non-zero where the logits of that token are wanted; NULL: only the last token's. */
+    const uint8_t *want_logits;
+} model_batch;
+
+/* What the last step read: the basis of the bandwidth-floor figures in the benchmark. */
+typedef struct model_step_stats {
+    uint64_t dense_bytes;  /* dense weights touched */
+    uint64_t expert_bytes; /* bytes of the distinct experts the batch selected */
+    uint32_t experts_used; /* distinct (layer, expert) pairs */
+} model_step_stats;
+
+/* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions
+ * 0 .. pos of its sequence, which earlier steps or earlier tokens of this batch must have
+ * filled.  Logits rows (n_vocab floats each) are written in batch order for the tokens that
+ * want them. */
+int model_forward(model_ctx *ctx, const model_batch *batch, float *logits, char *err,
+                  size_t err_size);
+const model_step_stats *model_ctx_last_stats(const model_ctx *ctx);
+
+/* Index of the largest logit (the lowest index among equals): greedy decoding. */
+int32_t model_argmax(const float *logits, int32_t n_vocab);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * The model's internals, shared between load.c (binding a GGUF file) and forward.c (the
+ * forward pass).  Not part of the public interface.
+ */
+#ifndef MOE_MODEL_INTERNAL_H
+#define MOE_MODEL_INTERNAL_H
+
+#include "model/model.h"
+
+typedef struct model_layer {
+    const float *attn_norm;
+    kern_weight wq, wk, wv, wo;
+    const float *bq, *bk, *bv; /* qwen2moe only */
+    const float *q_norm, *k_norm;
+    const float *ffn_norm;
+    kern_weight router; /* [n_expert][n_embd] */
+    model_expert *experts;
+    uint64_t dense_bytes;
+    /* qwen2moe shared expert */
+    const float *shexp_gate_inp; /* [n_embd]: one scalar gate per token */
+    kern_weight shexp_gate, shexp_up, shexp_down;
+} model_layer;
+
+struct model {
+    model_hparams hp;
+    gguf_file *file;
+    kern_backend *backend;
+    kern_weight tok_embd;
+    kern_weight output;
+    const float *output_norm;
+    model_layer *layers;
+    uint64_t head_bytes; /* output projection + final norm: read every step */
+    float **owned;       /* f32 copies of 1-D tensors, freed at close */
+    size_t n_owned;
+};
+
+#endif

@@ -1,0 +1,442 @@
+/*
+ * Forward-pass tests against Hugging Face transformers.
+ *
+ * tests/data/golden/<arch>-tiny-<type>.json hold logits and greedy tokens that transformers
+ * computed on the weights of a model that tools/gen_model.py makes from a seed (the JSON
+ * records the generator's arguments and the file's sha256; tests/data/golden/README.md has
+ * the command that regenerates them).  Each test generates that model (once per build tree),
+ * checks it is byte-for-byte the model the goldens were made from, and compares:
+ *   - last-position logits of each prompt: max |delta| <= 1e-3 * max |logit|;
+ *   - 32 greedy tokens: identical;
+ *   - batching: the prompts run as separate sequences of one batch, and decoded in lockstep,
+ *     give bit-identical logits to each sequence run alone;
+ *   - the legacy one-tensor-per-expert layout gives bit-identical logits to the stacked one.
+ */
+#include "model/model.h"
+
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *golden_names[] = {
+    "llama-tiny-f32",    "llama-tiny-f16",    "llama-tiny-bf16",  "qwen2moe-tiny-f32",
+    "qwen2moe-tiny-f16", "qwen2moe-tiny-bf16", "qwen3moe-tiny-f32", "qwen3moe-tiny-f16",
+    "qwen3moe-tiny-bf16", "olmoe-tiny-f32",    "olmoe-tiny-f16",   "olmoe-tiny-bf16",
+};
+enum { N_GOLDEN = sizeof golden_names / sizeof golden_names[0] };
+
+static const char *env_or(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : fallback;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s: %s", path, strerror(errno));
+    ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    ck_assert_int_ge(n, 0);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static cJSON *load_golden(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/data/golden/%s.json", env_or("MOE_SOURCE_ROOT", "."), name);
+    char *text = read_file(path);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    ck_assert_msg(j != NULL, "%s: invalid JSON", path);
+    return j;
+}
+
+static int run_cmd(const char *cmd)
+{
+    int rc = system(cmd);
+    return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* Generates the model described by `args` (gen_model.py arguments) into the build tree, once;
+ * concurrent test processes each write a temporary file and rename it into place. */
+static void ensure_model(const cJSON *args, const char *extra, const char *name, char *path,
+                         size_t path_size)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/test-models", env_or("MOE_BUILD_ROOT", "."));
+    mkdir(dir, 0755);
+    snprintf(path, path_size, "%.511s/%.200s.gguf", dir, name);
+    struct stat st;
+    if (stat(path, &st) == 0) return;
+    char cmd[4096];
+    int n = snprintf(cmd, sizeof cmd, "'%s' '%s/tools/gen_model.py'", env_or("MOE_PYTHON", "python3"),
+                     env_or("MOE_SOURCE_ROOT", "."));
+    const cJSON *a;
+    cJSON_ArrayForEach(a, args) n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", a->valuestring);
+    n += snprintf(cmd + n, sizeof cmd - (size_t)n, " %s -o '%s.%d' >/dev/null && mv '%s.%d' '%s'",
+                  extra, path, (int)getpid(), path, (int)getpid(), path);
+    ck_assert_msg(run_cmd(cmd) == 0, "model generation failed: %s", cmd);
+}
+
+static void check_sha256(const char *path, const char *want)
+{
+    char cmd[2048], got[65] = "";
+    snprintf(cmd, sizeof cmd, "sha256sum '%s'", path);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(fscanf(p, "%64s", got), 1);
+    pclose(p);
+    ck_assert_msg(strcmp(got, want) == 0,
+                  "%s is not the model the goldens were made from (sha256 %s, golden says %s): "
+                  "the generator or its numpy changed; regenerate the goldens",
+                  path, got, want);
+}
+
+typedef struct fixture {
+    cJSON *golden;
+    kern_backend *backend;
+    model *m;
+    const model_hparams *hp;
+    char path[1024];
+} fixture;
+
+static void fixture_open(fixture *fx, const char *name, const char *extra_args, int n_threads)
+{
+    char err[512];
+    memset(fx, 0, sizeof *fx);
+    fx->golden = load_golden(name);
+    const cJSON *args = cJSON_GetObjectItem(fx->golden, "generator_args");
+    ck_assert(cJSON_IsArray(args));
+    char model_name[256];
+    snprintf(model_name, sizeof model_name, "%s%s", name, *extra_args ? "-split" : "");
+    ensure_model(args, extra_args, model_name, fx->path, sizeof fx->path);
+    if (!*extra_args)
+        check_sha256(fx->path, cJSON_GetObjectItem(fx->golden, "model_sha256")->valuestring);
+    kern_cpu_opts o = kern_cpu_opts_default();
+    o.n_threads = n_threads;
+    ck_assert_msg(kern_cpu_open(&fx->backend, &o, err, sizeof err) == 0, "%s", err);
+    model_opts mo = {.backend = fx->backend};
+    ck_assert_msg(model_open(&fx->m, fx->path, &mo, err, sizeof err) == 0, "%s", err);
+    fx->hp = model_params(fx->m);
+    ck_assert_int_eq(fx->hp->n_vocab, cJSON_GetObjectItem(fx->golden, "n_vocab")->valueint);
+}
+
+static void fixture_close(fixture *fx)
+{
+    model_close(&fx->m);
+    kern_backend_close(&fx->backend);
+    cJSON_Delete(fx->golden);
+}
+
+static int32_t *json_ints(const cJSON *arr, int *n)
+{
+    *n = cJSON_GetArraySize(arr);
+    int32_t *v = malloc((size_t)(*n > 0 ? *n : 1) * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (int i = 0; i < *n; i++) v[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    return v;
+}
+
+/* Runs one prompt as sequence `seq` of a fresh context, returning last-position logits. */
+static void run_prompt(model_ctx *ctx, const int32_t *tokens, int n, int32_t seq, float *logits)
+{
+    char err[512];
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *seqs = malloc((size_t)n * sizeof *seqs);
+    for (int i = 0; i < n; i++) {
+        pos[i] = i;
+        seqs[i] = seq;
+    }
+    model_batch b = {.n_tokens = n, .token = tokens, .pos = pos, .seq = seqs};
+    ck_assert_msg(model_forward(ctx, &b, logits, err, sizeof err) == 0, "%s", err);
+    free(pos);
+    free(seqs);
+}
+
+static model_ctx *new_ctx(model *m, int n_seq, int n_ctx)
+{
+    char err[512];
+    model_ctx *ctx = NULL;
+    model_ctx_opts co = {.n_seq = n_seq, .n_ctx = n_ctx};
+    ck_assert_msg(model_ctx_create(&ctx, m, &co, err, sizeof err) == 0, "%s", err);
+    return ctx;
+}
+
+/* ---- logits and greedy tokens against transformers ---------------------------------------- */
+
+START_TEST(logits_match_transformers)
+{
+    fixture fx;
+    fixture_open(&fx, golden_names[_i], "", 2);
+    const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
+    int n_vocab = fx.hp->n_vocab;
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
+    double worst = 0.0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, prompts)
+    {
+        int n;
+        int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+        const cJSON *want = cJSON_GetObjectItem(p, "logits");
+        ck_assert_int_eq(cJSON_GetArraySize(want), n_vocab);
+        model_ctx *ctx = new_ctx(fx.m, 1, n + 1);
+        run_prompt(ctx, tokens, n, 0, logits);
+        double max_abs = 0.0, max_delta = 0.0;
+        for (int i = 0; i < n_vocab; i++) {
+            double w = cJSON_GetArrayItem(want, i)->valuedouble;
+            max_abs = fmax(max_abs, fabs(w));
+            max_delta = fmax(max_delta, fabs(logits[i] - w));
+        }
+        ck_assert_msg(max_abs > 0.5, "golden logits are degenerate (max |logit| %g)", max_abs);
+        ck_assert_msg(max_delta <= 1e-3 * max_abs, "%s prompt of %d tokens: max |delta| %g > 1e-3 * %g",
+                      golden_names[_i], n, max_delta, max_abs);
+        worst = fmax(worst, max_delta / max_abs);
+        model_ctx_destroy(&ctx);
+        free(tokens);
+    }
+    printf("%s: max |delta logit| / max |logit| = %.2e over %d prompts\n", golden_names[_i], worst,
+           cJSON_GetArraySize(prompts));
+    free(logits);
+    fixture_close(&fx);
+}
+END_TEST
+
+START_TEST(greedy_tokens_match_transformers)
+{
+    char err[512];
+    fixture fx;
+    fixture_open(&fx, golden_names[_i], "", 2);
+    const cJSON *greedy = cJSON_GetObjectItem(fx.golden, "greedy");
+    int n_prompt, n_want;
+    int32_t *prompt = json_ints(cJSON_GetObjectItem(greedy, "prompt"), &n_prompt);
+    int32_t *want = json_ints(cJSON_GetObjectItem(greedy, "tokens"), &n_want);
+    ck_assert_int_eq(n_want, 32);
+    float *logits = malloc((size_t)fx.hp->n_vocab * sizeof *logits);
+    model_ctx *ctx = new_ctx(fx.m, 1, n_prompt + n_want);
+    run_prompt(ctx, prompt, n_prompt, 0, logits);
+    for (int g = 0; g < n_want; g++) {
+        int32_t next = model_argmax(logits, fx.hp->n_vocab);
+        ck_assert_msg(next == want[g], "%s: greedy token %d is %d, transformers gave %d",
+                      golden_names[_i], g, next, want[g]);
+        int32_t pos = n_prompt + g, seq = 0;
+        model_batch b = {.n_tokens = 1, .token = &next, .pos = &pos, .seq = &seq};
+        if (g + 1 < n_want) ck_assert_msg(model_forward(ctx, &b, logits, err, sizeof err) == 0, "%s", err);
+    }
+    model_ctx_destroy(&ctx);
+    free(logits);
+    free(prompt);
+    free(want);
+    fixture_close(&fx);
+}
+END_TEST
+
+/* ---- batching ------------------------------------------------------------------------------- */
+
+START_TEST(batch_gives_each_sequence_its_own_logits)
+{
+    char err[512];
+    fixture fx;
+    fixture_open(&fx, golden_names[_i], "", 2);
+    const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
+    int n_seq = cJSON_GetArraySize(prompts), n_vocab = fx.hp->n_vocab, n_dec = 4;
+    int32_t *tok[8];
+    int len[8], total = 0;
+    ck_assert_int_le(n_seq, 8);
+    for (int s = 0; s < n_seq; s++) {
+        tok[s] = json_ints(cJSON_GetObjectItem(cJSON_GetArrayItem(prompts, s), "tokens"), &len[s]);
+        total += len[s];
+    }
+    int max_len = 0;
+    for (int s = 0; s < n_seq; s++) max_len = len[s] > max_len ? len[s] : max_len;
+
+    /* Alone: each sequence prefilled, then n_dec greedy steps; keep every step's logits. */
+    float *alone = malloc((size_t)(n_seq * (n_dec + 1) * n_vocab) * sizeof *alone);
+    for (int s = 0; s < n_seq; s++) {
+        model_ctx *ctx = new_ctx(fx.m, 1, max_len + n_dec + 1);
+        float *l = alone + (size_t)s * (n_dec + 1) * n_vocab;
+        run_prompt(ctx, tok[s], len[s], 0, l);
+        for (int d = 0; d < n_dec; d++) {
+            int32_t next = model_argmax(l + d * n_vocab, n_vocab), pos = len[s] + d, seq = 0;
+            model_batch b = {.n_tokens = 1, .token = &next, .pos = &pos, .seq = &seq};
+            ck_assert_msg(model_forward(ctx, &b, l + (d + 1) * n_vocab, err, sizeof err) == 0, "%s", err);
+        }
+        model_ctx_destroy(&ctx);
+    }
+
+    /* Together: all prompts interleaved in one batch (sequence ids reversed so that batch
+     * order and sequence order differ), then lockstep decode steps. */
+    model_ctx *ctx = new_ctx(fx.m, n_seq, max_len + n_dec + 1);
+    int32_t *bt = malloc((size_t)total * sizeof *bt), *bp = malloc((size_t)total * sizeof *bp);
+    int32_t *bs = malloc((size_t)total * sizeof *bs);
+    uint8_t *want = calloc((size_t)total, 1);
+    int k = 0;
+    for (int i = 0; i < max_len; i++) {
+        for (int s = 0; s < n_seq; s++) {
+            if (i >= len[s]) continue;
+            bt[k] = tok[s][i];
+            bp[k] = i;
+            bs[k] = n_seq - 1 - s;
+            want[k] = i == len[s] - 1;
+            k++;
+        }
+    }
+    ck_assert_int_eq(k, total);
+    float *together = malloc((size_t)(n_seq * n_vocab) * sizeof *together);
+    model_batch b = {.n_tokens = total, .token = bt, .pos = bp, .seq = bs, .want_logits = want};
+    ck_assert_msg(model_forward(ctx, &b, together, err, sizeof err) == 0, "%s", err);
+    /* rows come back in batch order: the order in which each sequence's last token appeared */
+    int row = 0;
+    float *by_seq = malloc((size_t)(n_seq * n_vocab) * sizeof *by_seq);
+    for (int i = 0; i < total; i++) {
+        if (!want[i]) continue;
+        int s = n_seq - 1 - bs[i];
+        memcpy(by_seq + s * n_vocab, together + row * n_vocab, (size_t)n_vocab * sizeof(float));
+        row++;
+    }
+    for (int d = 0; d <= n_dec; d++) {
+        for (int s = 0; s < n_seq; s++) {
+            const float *ref = alone + ((size_t)s * (n_dec + 1) + d) * n_vocab;
+            ck_assert_msg(memcmp(by_seq + s * n_vocab, ref, (size_t)n_vocab * sizeof(float)) == 0,
+                          "%s: sequence %d step %d differs between batch and alone",
+                          golden_names[_i], s, d);
+        }
+        if (d == n_dec) break;
+        int32_t nt[8], np[8], ns[8];
+        uint8_t all[8];
+        for (int s = 0; s < n_seq; s++) {
+            nt[s] = model_argmax(by_seq + s * n_vocab, n_vocab);
+            np[s] = len[s] + d;
+            ns[s] = n_seq - 1 - s;
+            all[s] = 1;
+        }
+        model_batch step = {.n_tokens = n_seq, .token = nt, .pos = np, .seq = ns, .want_logits = all};
+        ck_assert_msg(model_forward(ctx, &step, by_seq, err, sizeof err) == 0, "%s", err);
+    }
+    model_ctx_destroy(&ctx);
+    for (int s = 0; s < n_seq; s++) free(tok[s]);
+    free(alone);
+    free(bt);
+    free(bp);
+    free(bs);
+    free(want);
+    free(together);
+    free(by_seq);
+    fixture_close(&fx);
+}
+END_TEST
+
+START_TEST(split_expert_layout_equals_stacked)
+{
+    fixture stacked, split;
+    fixture_open(&stacked, "llama-tiny-f32", "", 1);
+    fixture_open(&split, "llama-tiny-f32", "--expert-layout split", 1);
+    ck_assert(!stacked.hp->experts_split);
+    ck_assert(split.hp->experts_split);
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(stacked.golden, "prompts"), 2);
+    int n;
+    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+    int n_vocab = stacked.hp->n_vocab;
+    float *a = malloc((size_t)n_vocab * sizeof *a), *b = malloc((size_t)n_vocab * sizeof *b);
+    model_ctx *ca = new_ctx(stacked.m, 1, n), *cb = new_ctx(split.m, 1, n);
+    run_prompt(ca, tokens, n, 0, a);
+    run_prompt(cb, tokens, n, 0, b);
+    ck_assert(memcmp(a, b, (size_t)n_vocab * sizeof *a) == 0);
+    model_ctx_destroy(&ca);
+    model_ctx_destroy(&cb);
+    free(a);
+    free(b);
+    free(tokens);
+    fixture_close(&stacked);
+    fixture_close(&split);
+}
+END_TEST
+
+START_TEST(thread_count_does_not_change_logits)
+{
+    fixture one, three;
+    fixture_open(&one, golden_names[_i], "", 1);
+    fixture_open(&three, golden_names[_i], "", 3);
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(one.golden, "prompts"), 1);
+    int n;
+    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+    int n_vocab = one.hp->n_vocab;
+    float *a = malloc((size_t)n_vocab * sizeof *a), *b = malloc((size_t)n_vocab * sizeof *b);
+    model_ctx *ca = new_ctx(one.m, 1, n), *cb = new_ctx(three.m, 1, n);
+    run_prompt(ca, tokens, n, 0, a);
+    run_prompt(cb, tokens, n, 0, b);
+    ck_assert(memcmp(a, b, (size_t)n_vocab * sizeof *a) == 0);
+    model_ctx_destroy(&ca);
+    model_ctx_destroy(&cb);
+    free(a);
+    free(b);
+    free(tokens);
+    fixture_close(&one);
+    fixture_close(&three);
+}
+END_TEST
+
+/* ---- bad batches ------------------------------------------------------------------------------ */
+
+START_TEST(bad_batches_are_refused)
+{
+    char err[512];
+    fixture fx;
+    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    model_ctx *ctx = new_ctx(fx.m, 2, 8);
+    float *logits = malloc((size_t)fx.hp->n_vocab * sizeof *logits);
+    struct {
+        int32_t token, pos, seq;
+        const char *word;
+    } cases[] = {
+        {fx.hp->n_vocab, 0, 0, "vocabulary"},
+        {-1, 0, 0, "vocabulary"},
+        {1, 8, 0, "context"},
+        {1, -1, 0, "context"},
+        {1, 0, 2, "sequence"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        model_batch b = {.n_tokens = 1, .token = &cases[i].token, .pos = &cases[i].pos,
+                         .seq = &cases[i].seq};
+        err[0] = 0;
+        ck_assert_int_eq(model_forward(ctx, &b, logits, err, sizeof err), -EINVAL);
+        ck_assert_msg(strstr(err, cases[i].word) != NULL, "message '%s' lacks '%s'", err,
+                      cases[i].word);
+    }
+    model_batch empty = {.n_tokens = 0};
+    ck_assert_int_eq(model_forward(ctx, &empty, logits, err, sizeof err), -EINVAL);
+    model_ctx_destroy(&ctx);
+    free(logits);
+    fixture_close(&fx);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("golden");
+    tcase_set_timeout(tc, 900);
+    tcase_add_loop_test(tc, logits_match_transformers, 0, N_GOLDEN);
+    tcase_add_loop_test(tc, greedy_tokens_match_transformers, 0, N_GOLDEN);
+    tcase_add_loop_test(tc, batch_gives_each_sequence_its_own_logits, 0, N_GOLDEN);
+    tcase_add_loop_test(tc, thread_count_does_not_change_logits, 0, N_GOLDEN);
+    tcase_add_test(tc, split_expert_layout_equals_stacked);
+    tcase_add_test(tc, bad_batches_are_refused);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

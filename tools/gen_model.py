@@ -1,0 +1,629 @@
+#!/usr/bin/env python3
+"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe).
+
+Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
+
+    gen_model.py --arch qwen3moe --preset tiny --type f16 --seed 1 -o m.gguf
+
+Reproducibility rule: the same arguments always give the same bytes.  Every tensor's
+values come from numpy's PCG64 seeded with sha256(f"{seed}:{tensor name}"), drawn in
+row-major order of the numpy shape (= reversed ggml ne).  Stacked expert tensors are drawn
+under the stacked name (blk.N.ffn_gate_exps.weight); the legacy split layout
+(--expert-layout split) writes expert e of that same array as blk.N.ffn_gate.e.weight, so
+both layouts hold identical expert values.  Tensors are generated and written in chunks, so
+memory stays bounded (mixtral-slice F16, ~12 GB on disk, needs well under 1 GB RSS).
+
+See docs/test-models.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFWriter, LlamaFileType, TokenType
+
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
+PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice")
+TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32, 4),
+         "f16": (QT.F16, LlamaFileType.MOSTLY_F16, 2),
+         "bf16": (QT.BF16, LlamaFileType.MOSTLY_BF16, 2)}
+SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe"}
+
+# elements per chunk when generating/writing a tensor (bounds memory)
+CHUNK_ELEMS = 1 << 24
+
+
+# --------------------------------------------------------------------------------------
+# Hyper-parameters
+# --------------------------------------------------------------------------------------
+@dataclass
+class HParams:
+    arch: str
+    preset: str
+    n_embd: int
+    n_ff: int            # per-expert FFN size
+    n_expert: int
+    n_expert_used: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_layer: int
+    n_vocab: int
+    n_ctx: int
+    rope_base: float
+    eps: float
+    n_ff_shexp: int = 0  # qwen2moe shared expert FFN size
+    n_ff_dense: int = 0  # qwen2moe/qwen3moe feed_forward_length (unused dense size)
+    extra: dict = field(default_factory=dict)
+
+
+ARCH_DEFAULTS = {  # rope.freq_base, rms eps (realistic values of the real models)
+    "llama": (1e6, 1e-5),
+    "qwen2moe": (1e6, 1e-6),
+    "qwen3moe": (1e6, 1e-6),
+    "olmoe": (1e4, 1e-5),
+}
+
+
+def preset_shapes(preset: str, arch: str) -> dict:
+    if preset == "tiny":
+        p = dict(n_embd=256, n_ff=256, n_expert=8, n_expert_used=2, n_head=4, n_head_kv=2,
+                 head_dim=64, n_layer=2, n_vocab=512, n_ctx=256)
+        if arch == "qwen3moe":  # H*hd = 512 != n_embd: exercises attention.key_length
+            p.update(n_head=8, n_head_kv=2, n_expert_used=4)
+        if arch == "olmoe":     # OLMoE has no GQA
+            p.update(n_head_kv=4)
+        if arch == "qwen2moe":
+            p.update(n_ff_shexp=512)
+    elif preset == "small":
+        p = dict(n_embd=512, n_ff=512, n_expert=16, n_expert_used=4, n_head=8, n_head_kv=2,
+                 head_dim=64, n_layer=4, n_vocab=2048, n_ctx=1024)
+        if arch == "qwen3moe":
+            p.update(n_head=8, n_head_kv=2, head_dim=128)
+        if arch == "olmoe":
+            p.update(n_head_kv=8)
+        if arch == "qwen2moe":
+            p.update(n_ff_shexp=1024)
+    elif preset == "mixtral-slice":
+        p = dict(n_embd=4096, n_ff=14336, n_expert=8, n_expert_used=2, n_head=32, n_head_kv=8,
+                 head_dim=128, n_layer=4, n_vocab=32000, n_ctx=32768)
+    elif preset == "olmoe-slice":
+        p = dict(n_embd=2048, n_ff=1024, n_expert=64, n_expert_used=8, n_head=16, n_head_kv=16,
+                 head_dim=128, n_layer=4, n_vocab=50304, n_ctx=4096)
+    elif preset == "qwen3moe-slice":
+        p = dict(n_embd=2048, n_ff=768, n_expert=128, n_expert_used=8, n_head=32, n_head_kv=4,
+                 head_dim=128, n_layer=4, n_vocab=151936, n_ctx=40960)
+    else:
+        raise SystemExit(f"unknown preset {preset}")
+    return p
+
+
+def make_hparams(args) -> HParams:
+    arch = args.arch or SLICE_ARCH.get(args.preset)
+    if arch is None:
+        raise SystemExit(f"--arch is required for preset {args.preset}")
+    p = preset_shapes(args.preset, arch)
+    for k in ("n_embd", "n_ff", "n_expert", "n_expert_used", "n_head", "n_head_kv", "head_dim",
+              "n_layer", "n_vocab", "n_ctx", "n_ff_shexp"):
+        v = getattr(args, k, None)
+        if v is not None:
+            p[k] = v
+    if arch == "qwen2moe" and not p.get("n_ff_shexp"):
+        p["n_ff_shexp"] = 4 * p["n_ff"]
+    rope, eps = ARCH_DEFAULTS[arch]
+    hp = HParams(arch=arch, preset=args.preset, rope_base=rope, eps=eps, **p)
+    if arch == "qwen2moe":
+        hp.n_ff_dense = hp.n_ff_shexp          # as in Qwen1.5-MoE (intermediate_size == shared size)
+    elif arch == "qwen3moe":
+        hp.n_ff_dense = 8 * hp.n_ff            # as in Qwen3-30B-A3B (6144 = 8 * 768)
+    # sanity
+    if hp.n_head % hp.n_head_kv:
+        raise SystemExit("n_head must be a multiple of n_head_kv")
+    if not (0 < hp.n_expert_used <= hp.n_expert):
+        raise SystemExit("need 0 < n_expert_used <= n_expert")
+    if hp.head_dim % 2:
+        raise SystemExit("head_dim must be even")
+    if arch in ("llama", "qwen2moe", "olmoe") and hp.head_dim * hp.n_head != hp.n_embd:
+        print(f"warning: {arch}: head_dim*n_head = {hp.head_dim * hp.n_head} != n_embd = {hp.n_embd} "
+              f"(HF {arch} cannot represent this)", file=sys.stderr)
+    return hp
+
+
+# --------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------
+@dataclass
+class TSpec:
+    name: str           # stacked / canonical name (also the RNG key)
+    shape: tuple        # numpy shape (= reversed ggml ne)
+    scale: float        # values = offset + scale * N(0,1)
+    offset: float = 0.0
+    quant: bool = True  # False: stays F32 (1-D tensors)
+
+
+def tensor_specs(hp: HParams) -> list[TSpec]:
+    E, F, D = hp.n_embd, hp.n_ff, hp.n_embd
+    q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    s_in = 1.0 / math.sqrt(D)
+    norm = dict(scale=0.1, offset=1.0, quant=False)
+    out: list[TSpec] = [TSpec("token_embd.weight", (hp.n_vocab, D), 1.0)]
+    for i in range(hp.n_layer):
+        b = f"blk.{i}."
+        out.append(TSpec(b + "attn_norm.weight", (D,), **norm))
+        out.append(TSpec(b + "attn_q.weight", (q_dim, D), 1.2 * s_in))
+        out.append(TSpec(b + "attn_k.weight", (kv_dim, D), 1.2 * s_in))
+        out.append(TSpec(b + "attn_v.weight", (kv_dim, D), s_in))
+        if hp.arch == "qwen2moe":
+            out.append(TSpec(b + "attn_q.bias", (q_dim,), 0.2, quant=False))
+            out.append(TSpec(b + "attn_k.bias", (kv_dim,), 0.2, quant=False))
+            out.append(TSpec(b + "attn_v.bias", (kv_dim,), 0.2, quant=False))
+        if hp.arch == "qwen3moe":
+            out.append(TSpec(b + "attn_q_norm.weight", (hp.head_dim,), **norm))
+            out.append(TSpec(b + "attn_k_norm.weight", (hp.head_dim,), **norm))
+        if hp.arch == "olmoe":
+            out.append(TSpec(b + "attn_q_norm.weight", (q_dim,), **norm))
+            out.append(TSpec(b + "attn_k_norm.weight", (kv_dim,), **norm))
+        out.append(TSpec(b + "attn_output.weight", (D, q_dim), 1.0 / math.sqrt(q_dim)))
+        out.append(TSpec(b + "ffn_norm.weight", (D,), **norm))
+        # router: logits of std ~2 so that tokens pick different experts
+        out.append(TSpec(b + "ffn_gate_inp.weight", (hp.n_expert, D), 2.0 * s_in))
+        out.append(TSpec(b + "ffn_gate_exps.weight", (hp.n_expert, F, D), s_in))
+        out.append(TSpec(b + "ffn_down_exps.weight", (hp.n_expert, D, F), 1.0 / math.sqrt(F)))
+        out.append(TSpec(b + "ffn_up_exps.weight", (hp.n_expert, F, D), s_in))
+        if hp.arch == "qwen2moe":
+            Fs = hp.n_ff_shexp
+            out.append(TSpec(b + "ffn_gate_inp_shexp.weight", (D,), s_in, quant=False))
+            out.append(TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in))
+            out.append(TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)))
+            out.append(TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in))
+    out.append(TSpec("output_norm.weight", (D,), **norm))
+    # logits of std ~4: max |logit| around 10-20
+    out.append(TSpec("output.weight", (hp.n_vocab, D), 4.0 * s_in))
+    return out
+
+
+def rng_for(seed: int, name: str) -> np.random.Generator:
+    h = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:16], "little"))
+
+
+def gen_chunks(spec: TSpec, seed: int):
+    """Yield the tensor's float32 values in row-major order, in chunks (1-D arrays)."""
+    rng = rng_for(seed, spec.name)
+    total = int(np.prod(spec.shape))
+    done = 0
+    while done < total:
+        n = min(CHUNK_ELEMS, total - done)
+        a = rng.standard_normal(n, dtype=np.float32)
+        a *= np.float32(spec.scale)
+        if spec.offset:
+            a += np.float32(spec.offset)
+        yield a
+        done += n
+
+
+def gen_tensor(spec: TSpec, seed: int) -> np.ndarray:
+    """Whole tensor as float32 (before type conversion); for small models / tests."""
+    return np.concatenate(list(gen_chunks(spec, seed))).reshape(spec.shape)
+
+
+def to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """f32 -> bf16 bits, round to nearest even; identical to gguf.quants BF16.quantize."""
+    n = a.view(np.uint32)
+    n = np.where((n & 0x7fffffff) > 0x7f800000, (n & np.uint32(0xffff0000)) | np.uint32(64 << 16), n)
+    n = (n.astype(np.uint64) + (0x7fff + ((n >> 16) & 1))) >> 16
+    return n.astype(np.uint16)
+
+
+def convert(a: np.ndarray, qt: QT) -> np.ndarray:
+    if qt == QT.F32:
+        return a
+    if qt == QT.F16:
+        return a.astype(np.float16)
+    if qt == QT.BF16:
+        return to_bf16_bits(a)
+    raise ValueError(qt)
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer vocabularies
+# --------------------------------------------------------------------------------------
+CORPUS = r"""
+The quick brown fox jumps over the lazy dog. A mixture of experts model routes every token
+to a small number of expert networks, chosen by a learned router. Only the selected experts
+run, so the model can hold many more parameters than it uses for any single token. The router
+computes a score for each expert, takes a softmax, and keeps the top few. Their outputs are
+added together, weighted by the router probabilities.
+
+Once upon a time there was a little server that wanted to answer questions quickly. It read
+its weights from a file, mapped them into memory, and waited for requests. When a request came,
+it split the text into tokens, ran the model one layer after another, and picked the next token.
+Then it did it again, and again, until the answer was complete or the user said stop.
+
+In the beginning of the project we wrote the tests first. We generated random models with fixed
+seeds, so that every machine would build exactly the same files, and we compared our outputs with
+a reference implementation. Numbers that are almost equal are fine; numbers that differ a lot are
+a bug. We also measured how fast the server could generate text, how much memory it needed, and
+what happened when many users sent requests at the same time.
+
+Questions and answers:
+What is the capital of France? Paris is the capital of France.
+How many days are there in a week? There are seven days in a week.
+Why is the sky blue? Because air scatters blue light more than red light.
+Can you write a short poem about the sea? The sea is wide, the sea is deep, it sings the sailors
+all to sleep.
+
+static float dot(const float *a, const float *b, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        sum += a[i] * b[i];
+    }
+    return sum;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s model.gguf\n", argv[0]);
+        return 1;
+    }
+    struct model *m = model_load(argv[1]);
+    if (!m) return 2;
+    printf("loaded %d layers, %d experts\n", m->n_layer, m->n_expert);
+    model_free(m);
+    return 0;
+}
+
+def softmax(x):
+    x = x - x.max()
+    e = np.exp(x)
+    return e / e.sum()
+
+def top_k(probs, k):
+    idx = np.argsort(-probs)[:k]
+    return idx, probs[idx]
+
+for i in range(10):
+    print(f"step {i}: value = {i * 3 + 1}")
+
+Numbers like 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 42, 100, 2024 and 3.14159 appear in text too.
+Some words are long: internationalization, responsibility, characteristics, understanding,
+performance, configuration, implementation, documentation, information, representation.
+Others are short: a, an, the, of, to, in, is, it, on, at, by, as, or, we, he, she, they, you.
+"""
+
+SPIECE = "\u2581"
+
+
+def bytes_to_unicode() -> list[tuple[int, str]]:
+    """GPT-2's byte -> printable unicode map, in GPT-2 vocabulary order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [(b, chr(c)) for b, c in zip(bs, cs)]
+
+
+def train_bpe(words: dict[tuple, int], n_target: int, vocab: set[str], max_train: int = 3000):
+    """Greedy BPE on word counts. Returns (merges, new_tokens) with len(new_tokens) <= n_target.
+    Ties broken by the pair's strings, so the result is deterministic."""
+    words = {w: c for w, c in words.items() if len(w) > 1}
+    merges: list[tuple[str, str]] = []
+    new_tokens: list[str] = []
+    while len(new_tokens) < n_target and len(merges) < max_train and words:
+        counts: dict[tuple[str, str], int] = {}
+        for w, c in words.items():
+            for p in zip(w, w[1:]):
+                counts[p] = counts.get(p, 0) + c
+        if not counts:
+            break
+        best = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        a, b = best
+        merges.append(best)
+        t = a + b
+        if t not in vocab:
+            vocab.add(t)
+            new_tokens.append(t)
+        nw: dict[tuple, int] = {}
+        for w, c in words.items():
+            if best in zip(w, w[1:]):
+                out, i = [], 0
+                while i < len(w):
+                    if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                        out.append(t)
+                        i += 2
+                    else:
+                        out.append(w[i])
+                        i += 1
+                w = tuple(out)
+            if len(w) > 1:
+                nw[w] = nw.get(w, 0) + c
+        words = nw
+    return merges, new_tokens
+
+
+def extend_merges(merges, new_tokens, vocab: set[str], n_target: int, space: str, base_tokens):
+    """Once the corpus is exhausted, add synthetic merges head+tail (head: a learned word-like
+    token, tail: a learned letters-only token without the space marker) until n_target new
+    tokens exist. Every merge 'a b' has a, b and a+b in the vocabulary."""
+    def letters(s: str) -> bool:
+        return s.isascii() and s.isalpha()
+    learned = [t for t in new_tokens]
+    heads = [t for t in learned if letters(t[1:] if t.startswith(space) else t)]
+    tails = [t for t in learned if letters(t)]
+    tails = [c for c in base_tokens if letters(c)] + tails
+    heads = heads + [c for c in base_tokens if letters(c)]
+    if not heads or not tails:
+        raise SystemExit("corpus too small for the requested vocabulary")
+    # round-robin over tails so that the added tokens are varied
+    ti = 0
+    while len(new_tokens) < n_target:
+        added = False
+        for h in heads:
+            if len(new_tokens) >= n_target:
+                break
+            tl = tails[ti % len(tails)]
+            t = h + tl
+            if t not in vocab and len(t) <= 24:
+                vocab.add(t)
+                merges.append((h, tl))
+                new_tokens.append(t)
+                added = True
+        ti += 1
+        if ti % len(tails) == 0 and not added:
+            # next generation: allow the tokens made in the previous round as heads
+            heads = [t for t in new_tokens if letters(t[1:] if t.startswith(space) else t)]
+        if ti > 10 * len(tails) * 1000:
+            raise SystemExit("could not fill the vocabulary")
+    return merges, new_tokens
+
+
+GPT2_PAT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def bpe_vocab(hp: HParams) -> dict:
+    """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe."""
+    if hp.arch == "olmoe":
+        specials = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
+        pre = "olmo"
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        pre = "qwen2"
+    b2u = bytes_to_unicode()
+    base = [u for _, u in b2u]
+    n_new = hp.n_vocab - len(base) - len(specials)
+    if n_new < 1:
+        raise SystemExit(f"n_vocab {hp.n_vocab} too small for a BPE vocabulary (need > {len(base) + len(specials)})")
+    bmap = dict(b2u)
+    words: dict[tuple, int] = {}
+    for m in GPT2_PAT.findall(CORPUS):
+        w = tuple(bmap[c] for c in m.encode("utf-8"))
+        words[w] = words.get(w, 0) + 1
+    vocab = set(base)
+    merges, new_tokens = train_bpe(words, n_new, vocab)
+    merges, new_tokens = extend_merges(merges, new_tokens, vocab, n_new, bmap[ord(" ")], base)
+    tokens = base + new_tokens + specials
+    assert len(tokens) == hp.n_vocab == len(set(tokens))
+    types = [int(TokenType.NORMAL)] * (len(base) + len(new_tokens)) + [int(TokenType.CONTROL)] * len(specials)
+    sid = {s: tokens.index(s) for s in specials}
+    return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
+                merges=[f"{a} {b}" for a, b in merges],
+                bos=sid["<|endoftext|>"], eos=sid["<|im_end|>"] if hp.arch != "olmoe" else sid["<|endoftext|>"],
+                pad=sid.get("<|padding|>", sid["<|endoftext|>"]), add_bos=False, template=CHATML)
+
+
+def spm_vocab(hp: HParams) -> dict:
+    """SentencePiece-style vocabulary (tokenizer.ggml.model = llama) for Mixtral."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)] + [int(TokenType.BYTE)] * 256
+    words: dict[tuple, int] = {}
+    for w in CORPUS.split():
+        t = tuple(SPIECE + w)
+        words[t] = words.get(t, 0) + 1
+    chars = sorted({c for w in words for c in w})
+    n_new = hp.n_vocab - len(tokens) - len(chars)
+    if n_new < 1:
+        raise SystemExit(f"n_vocab {hp.n_vocab} too small for the SPM vocabulary (need > {len(tokens) + len(chars)})")
+    vocab = set(tokens) | set(chars)
+    merges, pieces = train_bpe(words, n_new, vocab)
+    merges, pieces = extend_merges(merges, pieces, vocab, n_new, SPIECE, chars)
+    # scores: merged pieces by rank (higher = merged earlier), single characters last
+    scores = [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))] + \
+        [-float(len(pieces) + i) for i in range(len(chars))]
+    tokens = tokens + pieces + chars
+    types += [int(TokenType.NORMAL)] * (len(pieces) + len(chars))
+    assert len(tokens) == hp.n_vocab == len(set(tokens))
+    return dict(model="llama", tokens=tokens, types=types, scores=scores, bos=1, eos=2, unk=0,
+                add_bos=True, template=MISTRAL_TEMPLATE)
+
+
+# --------------------------------------------------------------------------------------
+# Writer
+# --------------------------------------------------------------------------------------
+ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE"}
+
+
+def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args) -> None:
+    a = hp.arch
+    w.add_name(f"moeserve-test {ARCH_NAME[a]} {hp.preset} {tname} seed {args.seed}")
+    w.add_file_type(int(ftype))
+    w.add_uint32(f"{a}.context_length", hp.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", hp.n_embd)
+    w.add_uint32(f"{a}.block_count", hp.n_layer)
+    if a in ("llama", "olmoe"):
+        w.add_uint32(f"{a}.feed_forward_length", hp.n_ff)
+    else:
+        w.add_uint32(f"{a}.feed_forward_length", hp.n_ff_dense)
+        w.add_uint32(f"{a}.expert_feed_forward_length", hp.n_ff)
+    if a == "qwen2moe":
+        w.add_uint32(f"{a}.expert_shared_feed_forward_length", hp.n_ff_shexp)
+    w.add_uint32(f"{a}.attention.head_count", hp.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", hp.n_head_kv)
+    if a == "qwen3moe" or hp.head_dim * hp.n_head != hp.n_embd:
+        w.add_uint32(f"{a}.attention.key_length", hp.head_dim)
+        w.add_uint32(f"{a}.attention.value_length", hp.head_dim)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", hp.eps)
+    w.add_float32(f"{a}.rope.freq_base", hp.rope_base)
+    if a == "llama":
+        w.add_uint32(f"{a}.rope.dimension_count", hp.head_dim)
+    w.add_uint32(f"{a}.expert_count", hp.n_expert)
+    w.add_uint32(f"{a}.expert_used_count", hp.n_expert_used)
+    w.add_uint32(f"{a}.vocab_size", hp.n_vocab)
+
+    v = spm_vocab(hp) if a == "llama" else bpe_vocab(hp)
+    w.add_tokenizer_model(v["model"])
+    if "pre" in v:
+        w.add_tokenizer_pre(v["pre"])
+    w.add_token_list(v["tokens"])
+    if "scores" in v:
+        w.add_token_scores(v["scores"])
+    w.add_token_types(v["types"])
+    if "merges" in v:
+        w.add_token_merges(v["merges"])
+    w.add_bos_token_id(v["bos"])
+    w.add_eos_token_id(v["eos"])
+    if "unk" in v:
+        w.add_unk_token_id(v["unk"])
+    if "pad" in v:
+        w.add_pad_token_id(v["pad"])
+    w.add_add_bos_token(v["add_bos"])
+    w.add_add_eos_token(False)
+    if a == "llama":
+        w.add_add_space_prefix(True)
+    w.add_chat_template(v["template"])
+
+
+def file_tensors(hp: HParams, layout: str):
+    """(file name, spec, expert index or None, numpy shape) in file order."""
+    for s in tensor_specs(hp):
+        m = re.match(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$", s.name)
+        if layout == "split" and m:
+            for e in range(hp.n_expert):
+                yield f"blk.{m.group(1)}.ffn_{m.group(2)}.{e}.weight", s, e, s.shape[1:]
+        else:
+            yield s.name, s, None, s.shape
+
+
+def write_model(args) -> dict:
+    hp = make_hparams(args)
+    if args.expert_layout == "split" and hp.arch != "llama":
+        raise SystemExit("--expert-layout split is only valid for --arch llama (legacy Mixtral layout)")
+    qt, ftype, elem_bytes = TYPES[args.type]
+    w = GGUFWriter(args.output, hp.arch)
+    add_metadata(w, hp, args.type, ftype, args)
+
+    plan = list(file_tensors(hp, args.expert_layout))
+    n_params = 0
+    for name, s, e, shape in plan:
+        tq = qt if s.quant else QT.F32
+        nel = int(np.prod(shape))
+        n_params += nel
+        nb = nel * (4 if tq == QT.F32 else 2)
+        w.add_tensor_info(name, shape, np.dtype(np.float32) if tq == QT.F32 else np.dtype(np.float16),
+                          nb, raw_dtype=tq)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    fout = w.fout[0]
+    align = w.data_alignment
+
+    def pad():
+        n = fout.tell()
+        p = (-n) % align
+        if p:
+            fout.write(b"\0" * p)
+
+    # stream tensor data; split experts read consecutive slabs of the stacked RNG stream
+    stream = None
+    for name, s, e, shape in plan:
+        tq = qt if s.quant else QT.F32
+        nel = int(np.prod(shape))
+        if e is None or e == 0:
+            stream = _Stream(gen_chunks(s, args.seed))
+        pad()
+        left = nel
+        while left:
+            a = stream.take(min(left, CHUNK_ELEMS))
+            convert(a, tq).tofile(fout)
+            left -= a.size
+        pad()
+    fout.flush()
+    w.close()
+    size = os.path.getsize(args.output)
+    return dict(hp=hp, n_params=n_params, size=size)
+
+
+class _Stream:
+    def __init__(self, it):
+        self.it, self.buf = it, np.empty(0, np.float32)
+
+    def take(self, n: int) -> np.ndarray:
+        while self.buf.size < n:
+            self.buf = np.concatenate([self.buf, next(self.it)])
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", choices=ARCHS, help="default: from the preset for the *-slice presets")
+    ap.add_argument("--preset", choices=PRESETS, required=True)
+    ap.add_argument("--type", choices=tuple(TYPES), default="f32",
+                    help="type of every tensor with 2+ dims (1-D tensors stay F32)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--expert-layout", choices=("stacked", "split"), default="stacked")
+    for k in ("n-embd", "n-ff", "n-expert", "n-expert-used", "n-head", "n-head-kv", "head-dim",
+              "n-layer", "n-vocab", "n-ctx", "n-ff-shexp"):
+        ap.add_argument("--" + k, type=int, dest=k.replace("-", "_"))
+    ap.add_argument("--sha256", action="store_true", help="also print the file's sha256")
+    ap.add_argument("-o", "--output", required=True)
+    return ap
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blk in iter(lambda: f.read(1 << 24), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    r = write_model(args)
+    hp = r["hp"]
+    msg = (f"{args.output}: arch={hp.arch} preset={hp.preset} type={args.type} seed={args.seed} "
+           f"layout={args.expert_layout} n_embd={hp.n_embd} n_ff={hp.n_ff} experts={hp.n_expert}/top{hp.n_expert_used} "
+           f"heads={hp.n_head}/{hp.n_head_kv}x{hp.head_dim} layers={hp.n_layer} vocab={hp.n_vocab} "
+           f"params={r['n_params']} bytes={r['size']}")
+    if args.sha256:
+        msg += f" sha256={sha256_file(args.output)}"
+    print(msg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""Golden outputs for the moeserve tests, computed with Hugging Face transformers.
+
+Never run in CI.  Needs the separate venv made from tools/requirements-golden.txt:
+
+    python3 -m venv .venv-golden && .venv-golden/bin/pip install -r tools/requirements-golden.txt
+    .venv-golden/bin/python tools/golden.py --all --out tests/data/golden
+
+For every (arch, type) it generates the model with tools/gen_model.py into a temp dir, reads it
+back with gguf-py's GGUFReader (dequantised to float32: an independent reader from ours),
+builds the matching HF model (MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,
+OlmoeForCausalLM; float32, eager attention, no sliding window), loads every GGUF tensor into
+it (strictly: every GGUF tensor consumed and every HF parameter set), and records the
+last-position logits of three prompts plus 32 greedy tokens.  The temp model is deleted.
+
+--selfcheck also runs an independent numpy forward pass straight on the GGUF weights
+(llama.cpp's math: NORM RoPE on the permuted llama Q/K rows, NEOX RoPE for the others) and
+reports max |logit difference| against HF.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import gguf  # noqa: E402
+from gguf import GGUFReader, TokenType  # noqa: E402
+from gguf.quants import dequantize  # noqa: E402
+
+import gen_model  # noqa: E402
+
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
+TYPES = ("f32", "f16", "bf16")
+PROMPT_LENGTHS = (5, 23, 80)
+N_GREEDY = 32
+PROMPT_SEED = 20240601
+GREEDY_PROMPT_LEN = 7
+ROUTER_GAP = 0.01   # min gap between the k-th and (k+1)-th router logit in accepted prompts
+GREEDY_GAP = 0.05   # min top-1/top-2 logit gap at every greedy step
+
+
+# --------------------------------------------------------------------------------------
+# GGUF reading (gguf-py)
+# --------------------------------------------------------------------------------------
+def read_gguf(path: str):
+    r = GGUFReader(path)
+    meta = {}
+    for k, f in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        meta[k] = f.contents()
+    tensors = {}
+    for t in r.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape))  # numpy shape = reversed ne
+        a = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32, copy=False)
+        tensors[t.name] = np.ascontiguousarray(a.reshape(shape))
+    return meta, tensors
+
+
+class HP:
+    def __init__(self, meta):
+        a = meta["general.architecture"]
+        g = lambda k, d=None: meta.get(f"{a}.{k}", d)  # noqa: E731
+        self.arch = a
+        self.n_vocab = int(g("vocab_size", len(meta["tokenizer.ggml.tokens"])))
+        self.n_embd = int(g("embedding_length"))
+        self.n_layer = int(g("block_count"))
+        self.n_head = int(g("attention.head_count"))
+        self.n_head_kv = int(g("attention.head_count_kv"))
+        self.head_dim = int(g("attention.key_length", self.n_embd // self.n_head))
+        self.n_ctx = int(g("context_length"))
+        self.eps = float(g("attention.layer_norm_rms_epsilon"))
+        self.rope_base = float(g("rope.freq_base", 10000.0))
+        self.n_expert = int(g("expert_count"))
+        self.n_expert_used = int(g("expert_used_count"))
+        if a in ("qwen2moe", "qwen3moe"):
+            self.n_ff = int(g("expert_feed_forward_length"))
+            self.n_ff_dense = int(g("feed_forward_length"))
+        else:
+            self.n_ff = self.n_ff_dense = int(g("feed_forward_length"))
+        self.n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
+        self.token_types = [int(x) for x in meta["tokenizer.ggml.token_type"]]
+
+
+# --------------------------------------------------------------------------------------
+# HF model
+# --------------------------------------------------------------------------------------
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of convert_hf_to_gguf.py LlamaModel.permute (GGUF NORM-RoPE rows -> HF rows)."""
+    rows, cols = w.shape
+    return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def build_hf(hp: HP, tensors: dict):
+    import torch
+    import transformers as tf
+
+    common = dict(vocab_size=hp.n_vocab, hidden_size=hp.n_embd, num_hidden_layers=hp.n_layer,
+                  num_attention_heads=hp.n_head, num_key_value_heads=hp.n_head_kv,
+                  max_position_embeddings=hp.n_ctx, rms_norm_eps=hp.eps, rope_theta=hp.rope_base,
+                  tie_word_embeddings=False, attn_implementation="eager", torch_dtype=torch.float32,
+                  num_experts_per_tok=hp.n_expert_used, output_router_logits=False,
+                  pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    a = hp.arch
+    if a == "llama":
+        cfg = tf.MixtralConfig(**common, intermediate_size=hp.n_ff, num_local_experts=hp.n_expert,
+                               head_dim=hp.head_dim, sliding_window=None, router_jitter_noise=0.0)
+        cls, moe, ex = tf.MixtralForCausalLM, "block_sparse_moe", ("w1", "w3", "w2")
+    elif a == "qwen2moe":
+        cfg = tf.Qwen2MoeConfig(**common, intermediate_size=hp.n_ff_dense, moe_intermediate_size=hp.n_ff,
+                                shared_expert_intermediate_size=hp.n_ff_shexp, num_experts=hp.n_expert,
+                                norm_topk_prob=False, qkv_bias=True, use_sliding_window=False,
+                                sliding_window=None, decoder_sparse_step=1, mlp_only_layers=[])
+        cls, moe, ex = tf.Qwen2MoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj")
+    elif a == "qwen3moe":
+        cfg = tf.Qwen3MoeConfig(**common, intermediate_size=hp.n_ff_dense, moe_intermediate_size=hp.n_ff,
+                                num_experts=hp.n_expert, head_dim=hp.head_dim, norm_topk_prob=True,
+                                attention_bias=False, use_sliding_window=False, sliding_window=None,
+                                decoder_sparse_step=1, mlp_only_layers=[])
+        cls, moe, ex = tf.Qwen3MoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj")
+    elif a == "olmoe":
+        assert hp.head_dim * hp.n_head == hp.n_embd, "HF OLMoE needs head_dim*n_head == n_embd"
+        cfg = tf.OlmoeConfig(**common, intermediate_size=hp.n_ff, num_experts=hp.n_expert,
+                             norm_topk_prob=False, attention_bias=False, clip_qkv=None)
+        cls, moe, ex = tf.OlmoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj")
+    else:
+        raise SystemExit(f"unsupported arch {a}")
+    cfg._attn_implementation = "eager"
+
+    torch.manual_seed(0)
+    model = cls(cfg).to(torch.float32).eval()
+
+    used = set()
+
+    def T(name):
+        used.add(name)
+        return tensors[name]
+
+    sd = {"model.embed_tokens.weight": T("token_embd.weight"),
+          "model.norm.weight": T("output_norm.weight"),
+          "lm_head.weight": T("output.weight")}
+    for i in range(hp.n_layer):
+        b, p = f"blk.{i}.", f"model.layers.{i}."
+        q, k = T(b + "attn_q.weight"), T(b + "attn_k.weight")
+        if a == "llama":
+            q, k = unpermute(q, hp.n_head), unpermute(k, hp.n_head_kv)
+        sd[p + "self_attn.q_proj.weight"] = q
+        sd[p + "self_attn.k_proj.weight"] = k
+        sd[p + "self_attn.v_proj.weight"] = T(b + "attn_v.weight")
+        sd[p + "self_attn.o_proj.weight"] = T(b + "attn_output.weight")
+        if a == "qwen2moe":
+            for n in "qkv":
+                sd[p + f"self_attn.{n}_proj.bias"] = T(b + f"attn_{n}.bias")
+        if a in ("qwen3moe", "olmoe"):
+            sd[p + "self_attn.q_norm.weight"] = T(b + "attn_q_norm.weight")
+            sd[p + "self_attn.k_norm.weight"] = T(b + "attn_k_norm.weight")
+        sd[p + "input_layernorm.weight"] = T(b + "attn_norm.weight")
+        sd[p + "post_attention_layernorm.weight"] = T(b + "ffn_norm.weight")
+        sd[p + f"{moe}.gate.weight"] = T(b + "ffn_gate_inp.weight")
+        stacked = b + "ffn_gate_exps.weight" in tensors
+        for e in range(hp.n_expert):
+            for gk, hn in zip(("gate", "up", "down"), ex):
+                if stacked:
+                    w = T(b + f"ffn_{gk}_exps.weight")[e]
+                else:
+                    w = T(b + f"ffn_{gk}.{e}.weight")
+                sd[p + f"{moe}.experts.{e}.{hn}.weight"] = w
+        if a == "qwen2moe":
+            sd[p + "mlp.shared_expert.gate_proj.weight"] = T(b + "ffn_gate_shexp.weight")
+            sd[p + "mlp.shared_expert.up_proj.weight"] = T(b + "ffn_up_shexp.weight")
+            sd[p + "mlp.shared_expert.down_proj.weight"] = T(b + "ffn_down_shexp.weight")
+            sd[p + "mlp.shared_expert_gate.weight"] = T(b + "ffn_gate_inp_shexp.weight")[None, :]
+    unused = set(tensors) - used
+    assert not unused, f"GGUF tensors not consumed: {sorted(unused)}"
+    sdt = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
+    params = dict(model.named_parameters())
+    for k, v in sdt.items():
+        assert k in params, f"unexpected HF parameter {k}"
+        assert tuple(params[k].shape) == tuple(v.shape), f"{k}: HF {tuple(params[k].shape)} vs GGUF {tuple(v.shape)}"
+    missing = set(params) - set(sdt)
+    assert not missing, f"HF parameters left unset (random!): {sorted(missing)}"
+    res = model.load_state_dict(sdt, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    return model, moe
+
+
+# --------------------------------------------------------------------------------------
+# Independent numpy forward (llama.cpp math on the raw GGUF weights)
+# --------------------------------------------------------------------------------------
+def np_forward(hp: HP, W: dict, tokens: list[int]) -> np.ndarray:
+    """Last-position logits, float64 numpy, no HF code involved."""
+    a, D, H, Hk, hd = hp.arch, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim
+    T = len(tokens)
+    f = lambda n: W[n].astype(np.float64)  # noqa: E731
+
+    def rms(x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + hp.eps) * w
+
+    pos = np.arange(T)[:, None]
+    inv = hp.rope_base ** (-np.arange(0, hd, 2) / hd)           # hd/2
+    ang = pos * inv[None, :]                                      # T, hd/2
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]   # T,1,hd/2
+
+    def rope(x):  # x: T, nh, hd
+        y = x.copy()
+        if a == "llama":   # NORM: adjacent pairs
+            x0, x1 = x[..., 0::2], x[..., 1::2]
+            y[..., 0::2] = x0 * cos - x1 * sin
+            y[..., 1::2] = x0 * sin + x1 * cos
+        else:              # NEOX: halves
+            x0, x1 = x[..., :hd // 2], x[..., hd // 2:]
+            y[..., :hd // 2] = x0 * cos - x1 * sin
+            y[..., hd // 2:] = x0 * sin + x1 * cos
+        return y
+
+    silu = lambda z: z / (1 + np.exp(-z))  # noqa: E731
+    x = f("token_embd.weight")[tokens]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(hp.n_layer):
+        b = f"blk.{i}."
+        h = rms(x, f(b + "attn_norm.weight"))
+        q, k, v = h @ f(b + "attn_q.weight").T, h @ f(b + "attn_k.weight").T, h @ f(b + "attn_v.weight").T
+        if a == "qwen2moe":
+            q, k, v = q + f(b + "attn_q.bias"), k + f(b + "attn_k.bias"), v + f(b + "attn_v.bias")
+        if a == "olmoe":
+            q, k = rms(q, f(b + "attn_q_norm.weight")), rms(k, f(b + "attn_k_norm.weight"))
+        q, k, v = q.reshape(T, H, hd), k.reshape(T, Hk, hd), v.reshape(T, Hk, hd)
+        if a == "qwen3moe":
+            q, k = rms(q, f(b + "attn_q_norm.weight")), rms(k, f(b + "attn_k_norm.weight"))
+        q, k = rope(q), rope(k)
+        g = H // Hk
+        k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+        s = np.einsum("thd,uhd->htu", q, k) / math.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.einsum("htu,uhd->thd", s, v).reshape(T, H * hd)
+        x = x + o @ f(b + "attn_output.weight").T
+        h = rms(x, f(b + "ffn_norm.weight"))
+        logits = h @ f(b + "ffn_gate_inp.weight").T
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out = np.zeros_like(x)
+        for t in range(T):
+            sel = np.argsort(-p[t], kind="stable")[:hp.n_expert_used]
+            w = p[t, sel]
+            if a in ("llama", "qwen3moe"):
+                w = w / max(w.sum(), 6.103515625e-5)
+            for e, we in zip(sel, w):
+                if b + "ffn_gate_exps.weight" in W:
+                    wg, wu, wd = W[b + "ffn_gate_exps.weight"][e], W[b + "ffn_up_exps.weight"][e], \
+                        W[b + "ffn_down_exps.weight"][e]
+                else:
+                    wg, wu, wd = W[b + f"ffn_gate.{e}.weight"], W[b + f"ffn_up.{e}.weight"], W[b + f"ffn_down.{e}.weight"]
+                out[t] += we * (wd.astype(np.float64) @ (silu(wg.astype(np.float64) @ h[t]) * (wu.astype(np.float64) @ h[t])))
+        if a == "qwen2moe":
+            gsh = 1 / (1 + np.exp(-(h @ f(b + "ffn_gate_inp_shexp.weight"))))
+            sh = (silu(h @ f(b + "ffn_gate_shexp.weight").T) * (h @ f(b + "ffn_up_shexp.weight").T)) @ \
+                f(b + "ffn_down_shexp.weight").T
+            out += gsh[:, None] * sh
+        x = x + out
+    x = rms(x, f("output_norm.weight"))
+    return x[-1] @ f("output.weight").T
+
+
+# --------------------------------------------------------------------------------------
+# Golden computation
+# --------------------------------------------------------------------------------------
+def sha256_file(path: str) -> str:
+    return gen_model.sha256_file(path)
+
+
+def fmt_floats(v) -> str:
+    return "[" + ",".join("%.9g" % float(x) for x in v) + "]"
+
+
+def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, out_dir: str):
+    import torch
+    import transformers
+
+    torch.set_grad_enabled(False)
+    gen_args = ["--arch", arch, "--preset", "tiny", "--type", typ, "--seed", str(seed)]
+    path = os.path.join(workdir, f"{arch}-tiny-{typ}.gguf")
+    gen_model.main(gen_args + ["-o", path])
+    sha = sha256_file(path)
+    meta, W = read_gguf(path)
+    os.remove(path)
+    hp = HP(meta)
+    model, moe = build_hf(hp, W)
+
+    # Router logits of every layer are captured so that prompts whose routing has a near-tie
+    # (gap between the k-th and (k+1)-th router logit < ROUTER_GAP) are rejected: a C
+    # implementation with a different rounding must pick the same experts.  Likewise greedy
+    # continuations need a top-1/top-2 logit gap >= GREEDY_GAP at every step.
+    router_logits = []
+    hooks = [getattr(layer, moe).gate.register_forward_hook(lambda m, i, o: router_logits.append(o.detach().clone()))
+             for layer in model.model.layers]
+    k = hp.n_expert_used
+
+    def router_gap():
+        g = float("inf")
+        for rl in router_logits:
+            if k < hp.n_expert:
+                srt = torch.sort(rl.double(), dim=-1, descending=True).values
+                g = min(g, float((srt[:, k - 1] - srt[:, k]).min()))
+        return g
+
+    experts_seen = set()
+    normal = np.array([i for i, t in enumerate(hp.token_types) if t == int(TokenType.NORMAL)])
+    rng = np.random.default_rng(PROMPT_SEED)
+    res_prompts, stats, tries = [], {}, 0
+    max_abs_logit, min_router_gap = 0.0, float("inf")
+    for n in PROMPT_LENGTHS:
+        while True:
+            tries += 1
+            assert tries < 2000, "could not find prompts without routing near-ties"
+            toks = [int(x) for x in rng.choice(normal, size=n)]
+            router_logits.clear()
+            lg = model(input_ids=torch.tensor([toks])).logits[0, -1].float().numpy()
+            gap = router_gap()
+            if gap >= ROUTER_GAP:
+                break
+        min_router_gap = min(min_router_gap, gap)
+        for rl in router_logits:
+            experts_seen |= set(torch.topk(rl, k, dim=-1).indices.flatten().tolist())
+        max_abs_logit = max(max_abs_logit, float(np.abs(lg).max()))
+        res_prompts.append((toks, lg))
+        if selfcheck:
+            ref = np_forward(hp, W, toks)
+            d = float(np.abs(ref - lg).max())
+            stats["selfcheck_max_abs_diff"] = max(stats.get("selfcheck_max_abs_diff", 0.0), d)
+            assert d < 1e-3, f"{arch}/{typ}: numpy forward differs from HF by {d}"
+
+    # greedy decoding with the HF KV cache
+    while True:
+        tries += 1
+        assert tries < 4000, "could not find a greedy prompt without near-ties"
+        gprompt = [int(x) for x in rng.choice(normal, size=GREEDY_PROMPT_LEN)]
+        router_logits.clear()
+        ids = torch.tensor([gprompt], dtype=torch.long)
+        out = model(input_ids=ids, use_cache=True)
+        past, gen, min_top_gap = out.past_key_values, [], float("inf")
+        lg = out.logits[0, -1]
+        for _ in range(N_GREEDY):
+            top2 = torch.topk(lg, 2).values
+            min_top_gap = min(min_top_gap, float(top2[0] - top2[1]))
+            nxt = int(torch.argmax(lg))
+            gen.append(nxt)
+            out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+            past, lg = out.past_key_values, out.logits[0, -1]
+        gap = router_gap()
+        if gap >= ROUTER_GAP and min_top_gap >= GREEDY_GAP:
+            break
+    min_router_gap = min(min_router_gap, gap)
+    for h in hooks:
+        h.remove()
+    # cross-check against generate()
+    g2 = model.generate(ids, max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False,
+                        pad_token_id=0)[0, len(gprompt):].tolist()
+    assert g2 == gen, f"manual greedy {gen} != generate {g2}"
+
+    ref = f"transformers {transformers.__version__} / torch {torch.__version__.split('+')[0]}"
+    regen = (f".venv-golden/bin/python tools/golden.py --arch {arch} --type {typ} --seed {seed} "
+             f"--out {shlex.quote(out_dir)}")
+    parts = [
+        '{"arch": %s' % json.dumps(arch),
+        '"type": %s' % json.dumps(typ),
+        '"generator_args": %s' % json.dumps(gen_args),
+        '"model_sha256": %s' % json.dumps(sha),
+        '"n_vocab": %d' % hp.n_vocab,
+        '"prompts": [\n' + ",\n".join('  {"tokens": %s,\n   "logits": %s}' % (json.dumps(t), fmt_floats(lg_))
+                                      for t, lg_ in res_prompts) + "\n]",
+        '"greedy": {"prompt": %s, "n_new": %d, "tokens": %s}' % (json.dumps(gprompt), N_GREEDY, json.dumps(gen)),
+        '"reference": %s' % json.dumps(ref),
+        '"regenerate": %s}' % json.dumps(regen),
+    ]
+    text = ",\n".join(parts) + "\n"
+    json.loads(text)  # well-formed
+    stats.update(max_abs_logit=max_abs_logit, min_router_gap=min_router_gap, tries=tries, experts_used=len(experts_seen),
+                 n_expert=hp.n_expert, min_greedy_top2_gap=min_top_gap, greedy=gen)
+    return text, stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="HF-transformers golden outputs for the tiny test models")
+    ap.add_argument("--all", action="store_true", help="all 4 archs x 3 types")
+    ap.add_argument("--arch", choices=ARCHS, action="append")
+    ap.add_argument("--type", choices=TYPES, action="append")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="tests/data/golden")
+    ap.add_argument("--selfcheck", action="store_true",
+                    help="also run the independent numpy forward and compare with HF")
+    args = ap.parse_args(argv)
+    archs = ARCHS if args.all or not args.arch else args.arch
+    types = TYPES if args.all or not args.type else args.type
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="moeserve-golden-") as tmp:
+        for arch in archs:
+            for typ in types:
+                text, st = golden_for(arch, typ, args.seed, tmp, args.selfcheck, args.out)
+                fn = os.path.join(args.out, f"{arch}-tiny-{typ}.json")
+                with open(fn, "w") as f:
+                    f.write(text)
+                print(f"{fn}: {len(text)} bytes; max|logit| {st['max_abs_logit']:.3g}; "
+                      f"min router logit gap {st['min_router_gap']:.3g} ({st['tries']} tries); experts used {st['experts_used']}/{st['n_expert']}; "
+                      f"min greedy top-2 gap {st['min_greedy_top2_gap']:.3g}"
+                      + (f"; numpy-vs-HF max|d| {st['selfcheck_max_abs_diff']:.3g}" if "selfcheck_max_abs_diff" in st else "")
+                      + f"; greedy {st['greedy'][:12]}...", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
