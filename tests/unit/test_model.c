@@ -422,6 +422,111 @@ START_TEST(bad_batches_are_refused)
 }
 END_TEST
 
+/* ---- files the model refuses ------------------------------------------------------------------ */
+
+typedef struct edit {
+    const char *drop_key;          /* leave this key out */
+    const char *set_key;           /* ... or replace its value with a string / u32 */
+    const char *set_str;
+    long set_u32;
+    const char *drop_tensor;       /* leave this tensor out */
+    const char *retype_tensor;     /* rewrite this tensor with another type / shape */
+    gguf_ttype new_type;
+    int64_t new_ne0;
+} edit;
+
+/* Copies `src` to `dst` through our writer with one edit applied. */
+static void rewrite(const char *src, const char *dst, const edit *e)
+{
+    char err[512];
+    gguf_file *f = NULL;
+    ck_assert_msg(gguf_open(&f, src, err, sizeof err) == 0, "%s", err);
+    gguf_writer *w = NULL;
+    ck_assert_int_eq(gguf_writer_create(&w, gguf_alignment(f)), 0);
+    void *scratch = NULL;
+    for (uint64_t i = 0; i < gguf_n_kv(f); i++) {
+        const gguf_kv *kv = gguf_kv_at(f, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.data);
+        if (e->drop_key && !strcmp(key, e->drop_key)) continue;
+        if (e->set_key && !strcmp(key, e->set_key)) {
+            if (e->set_str)
+                ck_assert_int_eq(gguf_writer_add_str(w, key, e->set_str), 0);
+            else
+                ck_assert_int_eq(gguf_writer_add_u32(w, key, (uint32_t)e->set_u32), 0);
+            continue;
+        }
+        ck_assert_int_eq(gguf_writer_add_value(w, key, &kv->value), 0);
+    }
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.data);
+        if (e->drop_tensor && !strcmp(name, e->drop_tensor)) continue;
+        if (e->retype_tensor && !strcmp(name, e->retype_tensor)) {
+            int64_t ne[GGUF_MAX_DIMS];
+            memcpy(ne, t->ne, sizeof ne);
+            if (e->new_ne0) ne[0] = e->new_ne0;
+            uint64_t n_bytes = 0;
+            ck_assert_int_eq(gguf_tensor_nbytes(e->new_type, t->n_dims, ne, &n_bytes), 0);
+            scratch = calloc(1, n_bytes);
+            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, ne, e->new_type, scratch), 0);
+            continue;
+        }
+        ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data), 0);
+    }
+    ck_assert_msg(gguf_writer_write(w, dst, err, sizeof err) == 0, "%s", err);
+    gguf_writer_destroy(&w);
+    free(scratch);
+    gguf_close(&f);
+}
+
+START_TEST(unusable_models_are_refused_with_the_reason)
+{
+    char err[512], dst[1100];
+    fixture fx;
+    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    static const struct {
+        edit e;
+        int code;
+        const char *words;
+    } cases[] = {
+        {{.set_key = "general.architecture", .set_str = "gptx"}, -ENOTSUP, "architecture 'gptx' is not supported"},
+        {{.drop_key = "general.architecture"}, -EINVAL, "general.architecture"},
+        {{.drop_key = "qwen3moe.expert_count"}, -ENOTSUP, "Mixture-of-Experts"},
+        {{.drop_key = "qwen3moe.embedding_length"}, -EINVAL, "qwen3moe.embedding_length"},
+        {{.set_key = "qwen3moe.attention.head_count_kv", .set_u32 = 3}, -EINVAL, "multiple"},
+        {{.set_key = "qwen3moe.expert_used_count", .set_u32 = 9}, -EINVAL, "exceeds"},
+        {{.set_key = "qwen3moe.attention.layer_norm_rms_epsilon", .set_str = "x"}, -EINVAL, "rms_epsilon"},
+        {{.drop_tensor = "blk.1.attn_k.weight"}, -EINVAL, "'blk.1.attn_k.weight' is missing"},
+        {{.drop_tensor = "blk.0.attn_q_norm.weight"}, -EINVAL, "'blk.0.attn_q_norm.weight' is missing"},
+        {{.drop_tensor = "blk.1.ffn_down_exps.weight"}, -EINVAL, "ffn_down"},
+        {{.retype_tensor = "blk.0.attn_q.weight", .new_type = GGUF_T_F32, .new_ne0 = 128}, -EINVAL, "has shape"},
+        {{.retype_tensor = "blk.0.ffn_up_exps.weight", .new_type = GGUF_T_IQ2_XXS}, -ENOTSUP, "IQ2_XXS"},
+        {{.retype_tensor = "blk.0.ffn_norm.weight", .new_type = GGUF_T_I32}, -ENOTSUP, "I32"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(dst, sizeof dst, "%s.bad%zu.%d", fx.path, i, (int)getpid());
+        rewrite(fx.path, dst, &cases[i].e);
+        model *m = NULL;
+        model_opts mo = {.backend = fx.backend};
+        err[0] = 0;
+        int rc = model_open(&m, dst, &mo, err, sizeof err);
+        unlink(dst);
+        ck_assert_msg(rc == cases[i].code, "case %zu: code %d, want %d (%s)", i, rc, cases[i].code, err);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(err, cases[i].words) && strstr(err, dst),
+                      "case %zu: message '%s' lacks '%s' or the file name", i, err, cases[i].words);
+    }
+    /* a file that is not there */
+    model *m = NULL;
+    model_opts mo = {.backend = fx.backend};
+    ck_assert_int_eq(model_open(&m, "/nonexistent/model.gguf", &mo, err, sizeof err), -ENOENT);
+    ck_assert(strstr(err, "/nonexistent/model.gguf") != NULL);
+    fixture_close(&fx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("model");
@@ -433,6 +538,7 @@ int main(void)
     tcase_add_loop_test(tc, thread_count_does_not_change_logits, 0, N_GOLDEN);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
+    tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
