@@ -31,7 +31,7 @@ static double measure_bandwidth(kern_backend *be, size_t bytes)
     for (size_t i = 0; i < bytes; i += 64) buf[i] = (uint8_t)i; /* fault every page in */
     memset(buf, 1, bytes);
     double best = 0.0;
-    for (int r = 0; r < 5; r++) {
+    for (int r = 0; r < 10; r++) {
         double bw = kern_cpu_read_bandwidth(be, buf, bytes);
         if (bw > best) best = bw;
     }
@@ -66,7 +66,7 @@ static void usage(FILE *out)
                  "  --threads N   CPU threads (default: all)\n"
                  "  --batch B     sequences decoded together (default 1)\n"
                  "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
-                 "  --gen G       decode steps timed (default 16)\n");
+                 "  --gen G       decode steps timed (default 32)\n");
 }
 
 static int run(const bench_opts *o)
@@ -191,7 +191,7 @@ done:
 
 int cli_bench(int argc, char **argv)
 {
-    bench_opts o = {.batch = 1, .n_prompt = 64, .n_gen = 16, .header = 1};
+    bench_opts o = {.batch = 1, .n_prompt = 64, .n_gen = 32, .header = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;

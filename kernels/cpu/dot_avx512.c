@@ -25,6 +25,19 @@ static inline __m512 load16_bf16(const void *p, int64_t i)
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
+/* Software prefetch a fixed distance ahead (see dot_avx2.c: hardware prefetchers stop at
+ * page boundaries, and rows are often one page long). */
+#define PREFETCH_BYTES 1024
+static inline void prefetch(const void *row, int64_t i, size_t elem_size)
+{
+    _mm_prefetch((const char *)row + (size_t)i * elem_size + PREFETCH_BYTES, _MM_HINT_T0);
+    _mm_prefetch((const char *)row + (size_t)i * elem_size + PREFETCH_BYTES + 64, _MM_HINT_T0);
+}
+
+typedef float elem_f32;
+typedef uint16_t elem_f16;
+typedef uint16_t elem_bf16;
+
 static inline float scalar_f32(const void *p, int64_t i)
 {
     return ((const float *)p)[i];
@@ -50,6 +63,7 @@ static inline float scalar_bf16(const void *p, int64_t i)
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
         int64_t i = 0;                                                                           \
         for (; i + 64 <= n; i += 64) {                                                           \
+            prefetch(row, i, sizeof(elem_##type));                                               \
             a0 = _mm512_fmadd_ps(load16_##type(row, i), _mm512_loadu_ps(x + i), a0);            \
             a1 = _mm512_fmadd_ps(load16_##type(row, i + 16), _mm512_loadu_ps(x + i + 16), a1);  \
             a2 = _mm512_fmadd_ps(load16_##type(row, i + 32), _mm512_loadu_ps(x + i + 32), a2);  \
@@ -69,6 +83,7 @@ static inline float scalar_bf16(const void *p, int64_t i)
         __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                               \
         int64_t i = 0;                                                                           \
         for (; i + 64 <= n; i += 64) {                                                           \
+            prefetch(row, i, sizeof(elem_##type));                                               \
             __m512 w0 = load16_##type(row, i), w1 = load16_##type(row, i + 16);                  \
             a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), a0);                                \
             b0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(y + i), b0);                                \
