@@ -31,6 +31,16 @@
 typedef enum kern_type {
     KERN_T_F32 = 0,
     KERN_T_F16 = 1,
+    KERN_T_Q4_0 = 2,
+    KERN_T_Q4_1 = 3,
+    KERN_T_Q5_0 = 6,
+    KERN_T_Q5_1 = 7,
+    KERN_T_Q8_0 = 8,
+    KERN_T_Q8_1 = 9, /* activations only */
+    KERN_T_Q4_K = 12,
+    KERN_T_Q5_K = 13,
+    KERN_T_Q6_K = 14,
+    KERN_T_Q8_K = 15, /* activations only */
     KERN_T_BF16 = 30,
     KERN_T_COUNT = 40
 } kern_type;
@@ -43,24 +53,32 @@ typedef enum kern_isa {
     KERN_ISA_COUNT
 } kern_isa;
 
-/* dot(row of n weights in the row's storage type, x in f32) */
-typedef float (*kern_dot_fn)(const void *row, const float *x, int64_t n);
-/* The same row against n_x vectors at once (x_j = x + j * x_stride), results in out[j].
- * Each result must be bit-identical to kern_dot_fn on that vector alone. */
-typedef void (*kern_dot_multi_fn)(const void *row, const float *x, int64_t x_stride, int n_x,
+/* dot(row of n weights in the row's storage type, x: n activations in the type's act_type) */
+typedef float (*kern_dot_fn)(const void *row, const void *x, int64_t n);
+/* The same row against n_x vectors at once (vector j at x + j * x_stride bytes), results in
+ * out[j].  Each result must be bit-identical to kern_dot_fn on that vector alone. */
+typedef void (*kern_dot_multi_fn)(const void *row, const void *x, size_t x_stride, int n_x,
                                   int64_t n, float *out);
+/* n f32 values into n / block_elems blocks of an activation type. */
+typedef void (*kern_quantize_fn)(const float *src, void *dst, int64_t n);
 
 typedef struct kern_type_traits {
     const char *name;
     uint32_t block_elems; /* elements per block (1 for plain float types) */
     uint32_t block_bytes; /* bytes per block */
     void (*to_f32)(const void *src, float *dst, int64_t n); /* reference dequantiser */
-    kern_dot_fn dot[KERN_ISA_COUNT];                         /* NULL where not provided */
+    /* What the dot products take as activations: F32 for the float types, an 8-bit block
+     * type (Q8_0, Q8_1, Q8_K) that the matmul quantises x into, once per call, otherwise. */
+    uint32_t act_type;
+    kern_dot_fn dot[KERN_ISA_COUNT]; /* NULL where not provided: a lower level is used */
     kern_dot_multi_fn dot_multi[KERN_ISA_COUNT];
+    kern_quantize_fn from_f32[KERN_ISA_COUNT]; /* activation types only */
+    bool activation_only;                      /* never a weight type (Q8_1, Q8_K) */
 } kern_type_traits;
 
-/* NULL for a type this build cannot compute with. */
+/* NULL for a type this build does not know. */
 const kern_type_traits *kern_type_info(uint32_t type);
+/* True for a type that weights may be stored in and this build can compute with. */
 bool kern_type_supported(uint32_t type);
 /* Bytes of one row of n_cols elements; 0 when n_cols is not a multiple of the block. */
 size_t kern_row_bytes(uint32_t type, int64_t n_cols);
@@ -94,7 +112,8 @@ typedef struct kern_attn_token {
 typedef struct kern_backend kern_backend;
 
 typedef struct kern_ops {
-    /* y[t][r] = dot(W row r, x[t]) for t < n_tokens. x is [n_tokens][W.n_cols]. */
+    /* y[t][r] = dot(W row r, x[t]) for t < n_tokens. x is [n_tokens][W.n_cols].  For a
+     * quantised W, x is first quantised per token to the type's activation blocks. */
     void (*matmul)(kern_backend *b, const kern_weight *w, const float *x, float *y,
                    int64_t n_tokens);
     /* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight (weight may be NULL: no scaling);
@@ -116,6 +135,10 @@ typedef struct kern_ops {
     void (*get_rows)(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
                      int64_t n_ids);
     void (*destroy)(kern_backend *b);
+    /* The first error an operation hit since the last call (0 if none), then cleared.  An
+     * operation that fails (out of memory for its scratch) leaves its output zeroed and
+     * records the error here, so that a whole step is checked once. */
+    int (*take_error)(kern_backend *b);
 } kern_ops;
 
 struct kern_backend {

@@ -8,6 +8,7 @@
  */
 #include "kernels/kernels.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/quant_blocks.h"
 
 #include <string.h>
 
@@ -96,7 +97,54 @@ static void bf16_to_f32_row(const void *src, float *dst, int64_t n)
     }
 }
 
+static void q8_1_to_f32(const void *src, float *dst, int64_t n)
+{
+    const block_q8_1 *b = src;
+    for (int64_t i = 0; i < n / QK8_1; i++)
+        for (int j = 0; j < QK8_1; j++) dst[i * QK8_1 + j] = (float)b[i].qs[j] * kern_f16_to_f32(b[i].d);
+}
+
+static void q8_K_to_f32(const void *src, float *dst, int64_t n)
+{
+    const block_q8_K *b = src;
+    for (int64_t i = 0; i < n / QK_K; i++)
+        for (int j = 0; j < QK_K; j++) dst[i * QK_K + j] = (float)b[i].qs[j] * b[i].d;
+}
+
+/* A quantised weight type: scalar reference and AVX2 kernels (AVX-512 machines run AVX2). */
+#define QUANT_ROW(TYPE, lower, elems, act)                                                       \
+    [KERN_T_##TYPE] = {                                                                          \
+        .name = #TYPE, .block_elems = elems, .block_bytes = sizeof(block_##lower),               \
+        .to_f32 = kern__to_f32_##lower, .act_type = KERN_T_##act,                                \
+        .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL},                     \
+        .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL},   \
+    }
+
 static const kern_type_traits type_table[KERN_T_COUNT] = {
+    QUANT_ROW(Q4_0, q4_0, QK4_0, Q8_0),
+    QUANT_ROW(Q4_1, q4_1, QK4_1, Q8_1),
+    QUANT_ROW(Q5_0, q5_0, QK5_0, Q8_0),
+    QUANT_ROW(Q5_1, q5_1, QK5_1, Q8_1),
+    QUANT_ROW(Q4_K, q4_K, QK_K, Q8_K),
+    QUANT_ROW(Q5_K, q5_K, QK_K, Q8_K),
+    QUANT_ROW(Q6_K, q6_K, QK_K, Q8_K),
+    [KERN_T_Q8_0] = {
+        .name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
+        .to_f32 = kern__to_f32_q8_0, .act_type = KERN_T_Q8_0,
+        .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL},
+        .dot_multi = {kern__dot_multi_q8_0_scalar, kern__dot_multi_q8_0_avx2, NULL},
+        .from_f32 = {kern__quantize_q8_0_scalar, kern__quantize_q8_0_avx2, NULL},
+    },
+    [KERN_T_Q8_1] = {
+        .name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
+        .to_f32 = q8_1_to_f32, .act_type = KERN_T_Q8_1, .activation_only = true,
+        .from_f32 = {kern__quantize_q8_1_scalar, kern__quantize_q8_1_avx2, NULL},
+    },
+    [KERN_T_Q8_K] = {
+        .name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
+        .to_f32 = q8_K_to_f32, .act_type = KERN_T_Q8_K, .activation_only = true,
+        .from_f32 = {kern__quantize_q8_K_scalar, kern__quantize_q8_K_avx2, NULL},
+    },
     [KERN_T_F32] = {
         .name = "F32", .block_elems = 1, .block_bytes = 4, .to_f32 = f32_to_f32,
         .dot = {kern__dot_f32_scalar, kern__dot_f32_avx2, kern__dot_f32_avx512},
@@ -105,12 +153,14 @@ static const kern_type_traits type_table[KERN_T_COUNT] = {
     },
     [KERN_T_F16] = {
         .name = "F16", .block_elems = 1, .block_bytes = 2, .to_f32 = f16_to_f32_row,
+        .act_type = KERN_T_F32,
         .dot = {kern__dot_f16_scalar, kern__dot_f16_avx2, kern__dot_f16_avx512},
         .dot_multi = {kern__dot_multi_f16_scalar, kern__dot_multi_f16_avx2,
                       kern__dot_multi_f16_avx512},
     },
     [KERN_T_BF16] = {
         .name = "BF16", .block_elems = 1, .block_bytes = 2, .to_f32 = bf16_to_f32_row,
+        .act_type = KERN_T_F32,
         .dot = {kern__dot_bf16_scalar, kern__dot_bf16_avx2, kern__dot_bf16_avx512},
         .dot_multi = {kern__dot_multi_bf16_scalar, kern__dot_multi_bf16_avx2,
                       kern__dot_multi_bf16_avx512},
@@ -125,7 +175,8 @@ const kern_type_traits *kern_type_info(uint32_t type)
 
 bool kern_type_supported(uint32_t type)
 {
-    return kern_type_info(type) != NULL;
+    const kern_type_traits *t = kern_type_info(type);
+    return t && !t->activation_only;
 }
 
 size_t kern_row_bytes(uint32_t type, int64_t n_cols)

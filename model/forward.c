@@ -374,6 +374,7 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     }
     scratch *s = &ctx->s;
     memset(&ctx->stats, 0, sizeof ctx->stats);
+    (void)be->ops->take_error(be); /* a failure of an earlier, abandoned step is not ours */
 
     be->ops->get_rows(be, &m->tok_embd, b->token, s->x, n);
     ctx->stats.dense_bytes += (uint64_t)n * m->tok_embd.row_bytes;
@@ -395,6 +396,10 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     be->ops->rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
     if (n_out > 0) kern_matmul(be, &m->output, s->h, logits, n_out);
     ctx->stats.dense_bytes += m->head_bytes;
+    if ((rc = be->ops->take_error(be))) {
+        snprintf(err, err_size, "compute backend: %s", rc == -ENOMEM ? "out of memory" : "failed");
+        return rc;
+    }
     return 0;
 }
 

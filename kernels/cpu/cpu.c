@@ -25,6 +25,9 @@ typedef struct cpu_backend {
     kern_isa isa;
     float **scratch; /* one per thread */
     int64_t scratch_floats;
+    uint8_t *act;     /* activations quantised for the current matmul */
+    size_t act_bytes;
+    int error;        /* first failure since take_error */
 } cpu_backend;
 
 static cpu_backend *as_cpu(kern_backend *b)
@@ -65,7 +68,8 @@ enum { TOKEN_BLOCK = 8 };
 
 typedef struct matmul_job {
     const kern_weight *w;
-    const float *x;
+    const uint8_t *x; /* activations in the weight type's act_type */
+    size_t x_stride;  /* bytes between tokens' activations */
     float *y;
     int64_t n_tokens;
     kern_dot_fn dot;
@@ -88,10 +92,30 @@ static void matmul_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
         const uint8_t *row = base + (size_t)r * w->row_bytes;
         for (int64_t t0 = 0; t0 < job->n_tokens; t0 += TOKEN_BLOCK) {
             int nt = (int)(job->n_tokens - t0 < TOKEN_BLOCK ? job->n_tokens - t0 : TOKEN_BLOCK);
-            job->dot_multi(row, job->x + t0 * n_cols, n_cols, nt, n_cols, out);
+            job->dot_multi(row, job->x + (size_t)t0 * job->x_stride, job->x_stride, nt, n_cols, out);
             for (int j = 0; j < nt; j++) job->y[(t0 + j) * n_rows + r] = out[j];
         }
     }
+}
+
+typedef struct quantize_job {
+    kern_quantize_fn quantize;
+    const float *x;
+    uint8_t *dst;
+    int64_t n_cols;
+    size_t row_bytes;
+} quantize_job;
+
+static void quantize_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
+{
+    const quantize_job *job = ctx;
+    for (int64_t t = t0; t < t1; t++)
+        job->quantize(job->x + t * job->n_cols, job->dst + (size_t)t * job->row_bytes, job->n_cols);
+}
+
+static void record_error(cpu_backend *cpu, int rc)
+{
+    if (!cpu->error) cpu->error = rc;
 }
 
 static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
@@ -99,14 +123,45 @@ static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
 {
     cpu_backend *cpu = as_cpu(b);
     const kern_type_traits *t = kern_type_info(w->type);
-    matmul_job job = {.w = w, .x = x, .y = y, .n_tokens = n_tokens};
+    matmul_job job = {.w = w, .y = y, .n_tokens = n_tokens};
     /* Levels without a kernel for this type fall back to the best level below. */
     for (int level = cpu->isa; level >= 0 && !job.dot; level--) {
         job.dot = t->dot[level];
         job.dot_multi = t->dot_multi[level];
     }
+    if (t->act_type == KERN_T_F32) {
+        job.x = (const uint8_t *)x;
+        job.x_stride = (size_t)w->n_cols * sizeof(float);
+    } else {
+        const kern_type_traits *at = kern_type_info(t->act_type);
+        size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
+        size_t need = row_bytes * (size_t)n_tokens;
+        if (need > cpu->act_bytes) {
+            uint8_t *grown = realloc(cpu->act, need);
+            if (!grown) {
+                memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
+                record_error(cpu, -ENOMEM);
+                return;
+            }
+            cpu->act = grown;
+            cpu->act_bytes = need;
+        }
+        quantize_job qj = {.x = x, .dst = cpu->act, .n_cols = w->n_cols, .row_bytes = row_bytes};
+        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--) qj.quantize = at->from_f32[level];
+        kern__pool_run(cpu->pool, quantize_tokens, &qj, n_tokens, 4);
+        job.x = cpu->act;
+        job.x_stride = row_bytes;
+    }
     /* Grain of 16 rows keeps each thread's slice on whole cache lines of y. */
     kern__pool_run(cpu->pool, matmul_rows, &job, w->n_rows, 16);
+}
+
+static int cpu_take_error(kern_backend *b)
+{
+    cpu_backend *cpu = as_cpu(b);
+    int rc = cpu->error;
+    cpu->error = 0;
+    return rc;
 }
 
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
@@ -312,6 +367,7 @@ static const kern_ops cpu_ops = {
     .add = cpu_add,
     .get_rows = cpu_get_rows,
     .destroy = cpu_destroy,
+    .take_error = cpu_take_error,
 };
 
 /* ---- open / close ---------------------------------------------------------------------------- */
@@ -376,6 +432,7 @@ static void cpu_destroy(kern_backend *b)
     kern__pool_destroy(&cpu->pool);
     for (int i = 0; i < n; i++) free(cpu->scratch[i]);
     free(cpu->scratch);
+    free(cpu->act);
     free(cpu);
 }
 

@@ -10,11 +10,12 @@
 #ifndef MOE_KERNELS_CPU_INTERNAL_H
 #define MOE_KERNELS_CPU_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define KERN__DECLARE_DOTS(type, level)                                                          \
-    float kern__dot_##type##_##level(const void *row, const float *x, int64_t n);               \
-    void kern__dot_multi_##type##_##level(const void *row, const float *x, int64_t x_stride,    \
+    float kern__dot_##type##_##level(const void *row, const void *x, int64_t n);                \
+    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,      \
                                           int n_x, int64_t n, float *out);
 
 KERN__DECLARE_DOTS(f32, scalar)
@@ -26,6 +27,29 @@ KERN__DECLARE_DOTS(bf16, avx2)
 KERN__DECLARE_DOTS(f32, avx512)
 KERN__DECLARE_DOTS(f16, avx512)
 KERN__DECLARE_DOTS(bf16, avx512)
+
+/* quantised weight types: scalar reference and AVX2 */
+#define KERN__DECLARE_QUANT(type)                                                                \
+    KERN__DECLARE_DOTS(type, scalar)                                                             \
+    KERN__DECLARE_DOTS(type, avx2)                                                               \
+    void kern__to_f32_##type(const void *src, float *dst, int64_t n);
+
+KERN__DECLARE_QUANT(q8_0)
+KERN__DECLARE_QUANT(q4_0)
+KERN__DECLARE_QUANT(q4_1)
+KERN__DECLARE_QUANT(q5_0)
+KERN__DECLARE_QUANT(q5_1)
+KERN__DECLARE_QUANT(q4_K)
+KERN__DECLARE_QUANT(q5_K)
+KERN__DECLARE_QUANT(q6_K)
+
+/* activation quantisers */
+void kern__quantize_q8_0_scalar(const float *x, void *dst, int64_t n);
+void kern__quantize_q8_1_scalar(const float *x, void *dst, int64_t n);
+void kern__quantize_q8_K_scalar(const float *x, void *dst, int64_t n);
+void kern__quantize_q8_0_avx2(const float *x, void *dst, int64_t n);
+void kern__quantize_q8_1_avx2(const float *x, void *dst, int64_t n);
+void kern__quantize_q8_K_avx2(const float *x, void *dst, int64_t n);
 
 /* ---- worker pool ---------------------------------------------------------------------- */
 

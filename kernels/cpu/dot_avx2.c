@@ -70,8 +70,9 @@ typedef uint16_t elem_f16;
 typedef uint16_t elem_bf16;
 
 #define DEFINE_DOTS(type)                                                                        \
-    float kern__dot_##type##_avx2(const void *row, const float *x, int64_t n)                   \
+    float kern__dot_##type##_avx2(const void *row, const void *xv, int64_t n)                   \
     {                                                                                            \
+        const float *x = xv;                                       \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
         int64_t i = 0;                                                                           \
         for (; i + 32 <= n; i += 32) {                                                           \
@@ -123,12 +124,14 @@ typedef uint16_t elem_bf16;
         out[1] = sb;                                                                             \
     }                                                                                            \
                                                                                                  \
-    void kern__dot_multi_##type##_avx2(const void *row, const float *x, int64_t x_stride,       \
+    void kern__dot_multi_##type##_avx2(const void *row, const void *xv, size_t x_stride,       \
                                        int n_x, int64_t n, float *out)                          \
     {                                                                                            \
         int j = 0;                                                                               \
+        const uint8_t *x = xv;                                                                   \
         for (; j + 2 <= n_x; j += 2)                                                             \
-            dot2_##type(row, x + j * x_stride, x + (j + 1) * x_stride, n, out + j);              \
+            dot2_##type(row, (const float *)(x + j * x_stride),                                  \
+                        (const float *)(x + (j + 1) * x_stride), n, out + j);                    \
         if (j < n_x) out[j] = kern__dot_##type##_avx2(row, x + j * x_stride, n);                 \
     }
 

@@ -14,33 +14,36 @@ static inline uint16_t load_u16(const void *p, int64_t i)
     return h;
 }
 
-float kern__dot_f32_scalar(const void *row, const float *x, int64_t n)
+float kern__dot_f32_scalar(const void *row, const void *xv, int64_t n)
 {
-    const float *w = row;
+    const float *w = row, *x = xv;
     double acc = 0.0;
     for (int64_t i = 0; i < n; i++) acc += (double)w[i] * x[i];
     return (float)acc;
 }
 
-float kern__dot_f16_scalar(const void *row, const float *x, int64_t n)
+float kern__dot_f16_scalar(const void *row, const void *xv, int64_t n)
 {
+    const float *x = xv;
     double acc = 0.0;
     for (int64_t i = 0; i < n; i++) acc += (double)kern_f16_to_f32(load_u16(row, i)) * x[i];
     return (float)acc;
 }
 
-float kern__dot_bf16_scalar(const void *row, const float *x, int64_t n)
+float kern__dot_bf16_scalar(const void *row, const void *xv, int64_t n)
 {
+    const float *x = xv;
     double acc = 0.0;
     for (int64_t i = 0; i < n; i++) acc += (double)kern_bf16_to_f32(load_u16(row, i)) * x[i];
     return (float)acc;
 }
 
 #define MULTI_FROM_SINGLE(type)                                                                  \
-    void kern__dot_multi_##type##_scalar(const void *row, const float *x, int64_t x_stride,     \
+    void kern__dot_multi_##type##_scalar(const void *row, const void *x, size_t x_stride,       \
                                          int n_x, int64_t n, float *out)                        \
     {                                                                                            \
-        for (int j = 0; j < n_x; j++) out[j] = kern__dot_##type##_scalar(row, x + j * x_stride, n); \
+        for (int j = 0; j < n_x; j++)                                                            \
+            out[j] = kern__dot_##type##_scalar(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
     }
 
 MULTI_FROM_SINGLE(f32)

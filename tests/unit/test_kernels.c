@@ -177,7 +177,7 @@ START_TEST(dot_levels_match_scalar)
                 /* dot_multi must be bit-identical to dot, vector by vector */
                 for (int n_x = 1; n_x <= 9; n_x++) {
                     float out[9];
-                    t->dot_multi[level](data, x, n, n_x, n, out);
+                    t->dot_multi[level](data, x, (size_t)n * sizeof(float), n_x, n, out);
                     for (int j = 0; j < n_x; j++) {
                         float single = t->dot[level](data, x + j * n, n);
                         ck_assert_msg(memcmp(&single, &out[j], 4) == 0,
@@ -402,7 +402,9 @@ START_TEST(type_table_geometry)
     ck_assert_uint_eq(kern_row_bytes(KERN_T_BF16, 3), 6);
     ck_assert_uint_eq(kern_row_bytes(99, 10), 0);
     ck_assert_ptr_null(kern_type_info(KERN_T_COUNT));
-    ck_assert(!kern_type_supported(12)); /* Q4_K: not in this build yet */
+    ck_assert(kern_type_supported(KERN_T_Q4_K));
+    ck_assert(!kern_type_supported(KERN_T_Q8_K)); /* activations only */
+    ck_assert(!kern_type_supported(16));          /* IQ2_XXS: not in this build */
     char msg[256];
     int n = kern_cuda_probe(msg, sizeof msg);
     ck_assert_int_ge(n, 0);

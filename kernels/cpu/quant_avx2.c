@@ -1,0 +1,435 @@
+/*
+ * AVX2 kernels for the quantised types (compiled with AVX2 + FMA + F16C): the activation
+ * quantisers and the integer dot products, after ggml's x86 kernels.
+ *
+ * Weights are unpacked to bytes in registers and multiplied with the 8-bit activations by
+ * _mm256_maddubs_epi16 (unsigned x signed bytes, pairwise sums to 16 bits); signed weights go
+ * through the sign trick (|w| as unsigned, sign moved onto the activation).  Each block's
+ * integer sum is scaled in float once.  The result differs from the scalar reference only by
+ * float rounding of the block scales' products and sums.
+ *
+ * dot_multi runs dot per activation vector, so that a token's result never depends on its
+ * neighbours; the weight row stays in L1 between them.
+ */
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define PREFETCH_BYTES 1024
+
+static inline float h2f(kern_half h)
+{
+    return _cvtsh_ss(h);
+}
+
+static inline float hsum8(__m256 v)
+{
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 sh = _mm_movehdup_ps(lo);
+    __m128 s = _mm_add_ps(lo, sh);
+    sh = _mm_movehl_ps(sh, s);
+    return _mm_cvtss_f32(_mm_add_ss(s, sh));
+}
+
+static inline int hsum_i32_8(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 32 nibbles of 16 bytes: low nibbles in the first 16 bytes, high nibbles in the last 16. */
+static inline __m256i bytes_from_nibbles_32(const uint8_t *p)
+{
+    __m128i tmp = _mm_loadu_si128((const __m128i *)p);
+    __m256i bytes = _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
+    return _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits to 32 bytes: 0xFF where the bit is set. */
+static inline __m256i bytes_from_bits_32(const uint8_t *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101,
+                                            0x0202020202020202, 0x0303030303030303);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    const __m256i bit_mask = _mm256_set1_epi64x((long long)0x7fbfdfeff7fbfdfe);
+    bytes = _mm256_or_si256(bytes, bit_mask);
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+/* sum of unsigned x signed byte products, as 8 floats */
+static inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy)
+{
+    __m256i dot = _mm256_maddubs_epi16(ax, sy);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)));
+}
+
+/* sum of signed x signed byte products */
+static inline __m256 mul_sum_i8_pairs_float(__m256i x, __m256i y)
+{
+    __m256i ax = _mm256_sign_epi8(x, x);
+    __m256i sy = _mm256_sign_epi8(y, x);
+    return mul_sum_us8_pairs_float(ax, sy);
+}
+
+/* ---- activation quantisers --------------------------------------------------------------- */
+
+/* 32 floats to 32 int8 with scale d = amax / 127; returns amax. */
+static inline float quantize_block32(const float *x, int8_t *qs, float *d_out)
+{
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, v0);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v1));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v2));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v3));
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f; /* as the scalar code does */
+    __m256 mul = _mm256_set1_ps(id);
+    /* round half away from zero, as roundf does in the scalar reference */
+    const int mode = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+    const __m256 half = _mm256_set1_ps(0.5f);
+#define ROUND_AWAY(v)                                                                           \
+    _mm256_round_ps(_mm256_add_ps(_mm256_mul_ps(v, mul),                                        \
+                                  _mm256_or_ps(half, _mm256_and_ps(sign, v))), mode)
+    __m256i i0 = _mm256_cvtps_epi32(ROUND_AWAY(v0)), i1 = _mm256_cvtps_epi32(ROUND_AWAY(v1));
+    __m256i i2 = _mm256_cvtps_epi32(ROUND_AWAY(v2)), i3 = _mm256_cvtps_epi32(ROUND_AWAY(v3));
+#undef ROUND_AWAY
+    i0 = _mm256_packs_epi32(i0, i1);
+    i2 = _mm256_packs_epi32(i2, i3);
+    i0 = _mm256_packs_epi16(i0, i2);
+    /* packs interleaves 128-bit lanes; put the 32-bit groups back in order */
+    i0 = _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, i0);
+    *d_out = d;
+    return amax;
+}
+
+void kern__quantize_q8_0_avx2(const float *x, void *dst, int64_t n)
+{
+    block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        float d;
+        quantize_block32(x + i * QK8_0, b[i].qs, &d);
+        b[i].d = kern_f32_to_f16(d);
+    }
+}
+
+void kern__quantize_q8_1_avx2(const float *x, void *dst, int64_t n)
+{
+    block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / QK8_1; i++) {
+        float d;
+        quantize_block32(x + i * QK8_1, b[i].qs, &d);
+        __m256i q = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+        int sum = hsum_i32_8(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        b[i].d = kern_f32_to_f16(d);
+        b[i].s = kern_f32_to_f16((float)sum * d);
+    }
+}
+
+void kern__quantize_q8_K_avx2(const float *x, void *dst, int64_t n)
+{
+    /* Once per super-block of 256 and per matmul, not per weight row: the scalar code is
+     * already a small share of a matmul's time. */
+    kern__quantize_q8_K_scalar(x, dst, n);
+}
+
+/* ---- 32-element block types ------------------------------------------------------------------ */
+
+float kern__dot_q8_0_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q8_0 *w = row, *y = xq;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256i qx = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    return hsum8(acc);
+}
+
+float kern__dot_q4_0_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q4_0 *w = row;
+    const block_q8_0 *y = xq;
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int64_t i = 0; i < n / QK4_0; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), off);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    return hsum8(acc);
+}
+
+float kern__dot_q4_1_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q4_1 *w = row;
+    const block_q8_1 *y = xq;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK4_1; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        summs += h2f(w[i].m) * h2f(y[i].s);
+        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256i qx = bytes_from_nibbles_32(w[i].qs);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
+    }
+    return hsum8(acc) + summs;
+}
+
+float kern__dot_q5_0_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q5_0 *w = row;
+    const block_q8_0 *y = xq;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK5_0; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256i qx = bytes_from_nibbles_32(w[i].qs);
+        /* where the fifth bit is clear, OR in 0xF0: the byte then reads as nibble - 16 */
+        __m256i hi = _mm256_andnot_si256(bytes_from_bits_32(w[i].qh), _mm256_set1_epi8((char)0xF0));
+        qx = _mm256_or_si256(qx, hi);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+    }
+    return hsum8(acc);
+}
+
+float kern__dot_q5_1_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q5_1 *w = row;
+    const block_q8_1 *y = xq;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK5_1; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        summs += h2f(w[i].m) * h2f(y[i].s);
+        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256i qx = bytes_from_nibbles_32(w[i].qs);
+        __m256i hi = _mm256_and_si256(bytes_from_bits_32(w[i].qh), _mm256_set1_epi8(0x10));
+        qx = _mm256_or_si256(qx, hi);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
+    }
+    return hsum8(acc) + summs;
+}
+
+/* ---- K-quants ------------------------------------------------------------------------------- */
+
+/* Shuffle that broadcasts the 16-bit scale i of a 128-bit vector to all 16 lanes. */
+static inline __m256i scale_shuffle_k4(int i)
+{
+    return _mm256_set1_epi16((short)((2 * i) | ((2 * i + 1) << 8)));
+}
+
+/* Unpacks the 12-byte scales into 8 scales (bytes 0..7) and 8 mins (bytes 8..15). */
+static inline __m256i k4_mins_and_scales(const uint8_t *scales)
+{
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    uint32_t utmp[4];
+    memcpy(utmp, scales, 12);
+    utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
+    uint32_t uaux = utmp[1] & kmask1;
+    utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
+    utmp[2] = uaux;
+    utmp[0] &= kmask1;
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)utmp[3], (int)utmp[2], (int)utmp[1], (int)utmp[0]));
+}
+
+/* sum_j mins_j * (sum of activations over sub-block j), from Q8_K's 16-element sums */
+static inline __m128i k4_min_products(__m256i mins_and_scales, const int16_t *bsums)
+{
+    __m256i q8sums = _mm256_loadu_si256((const __m256i *)bsums);
+    __m128i q8s = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0),
+                                 _mm256_extracti128_si256(q8sums, 1));
+    return _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
+}
+
+static inline int hsum_i32_4(__m128i s)
+{
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
+    return _mm_cvtsi128_si32(s);
+}
+
+float kern__dot_q4_K_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q4_K *w = row;
+    const block_q8_K *y = xq;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
+        float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
+        __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
+        summs += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[i].bsums));
+        __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+        __m256i scales = _mm256_set_m128i(sc128, sc128);
+        const uint8_t *q4 = w[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; j++) {
+            __m256i scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
+            __m256i scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
+            __m256i q4bits = _mm256_loadu_si256((const __m256i *)q4);
+            q4 += 32;
+            __m256i q4l = _mm256_and_si256(q4bits, m4);
+            __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+            __m256i q8l = _mm256_loadu_si256((const __m256i *)q8);
+            q8 += 32;
+            __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+            __m256i q8h = _mm256_loadu_si256((const __m256i *)q8);
+            q8 += 32;
+            __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc) - summs;
+}
+
+float kern__dot_q5_K_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q5_K *w = row;
+    const block_q8_K *y = xq;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
+        float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
+        __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
+        summs += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[i].bsums));
+        __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+        __m256i scales = _mm256_set_m128i(sc128, sc128);
+        __m256i hbits = _mm256_loadu_si256((const __m256i *)w[i].qh);
+        const uint8_t *q5 = w[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; j++) {
+            __m256i scale_0 = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
+            __m256i scale_1 = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
+            __m256i q5bits = _mm256_loadu_si256((const __m256i *)q5);
+            q5 += 32;
+            /* bit 2j of qh[l] is the fifth bit of the low nibble, bit 2j+1 of the high one;
+             * move it to bit 4 of each byte */
+            __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)),
+                                          _mm256_set1_epi8(1));
+            __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)),
+                                          _mm256_set1_epi8(1));
+            __m256i q5_0 = _mm256_or_si256(_mm256_and_si256(q5bits, m4), _mm256_slli_epi16(h0, 4));
+            __m256i q5_1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4),
+                                           _mm256_slli_epi16(h1, 4));
+            __m256i q8_0 = _mm256_loadu_si256((const __m256i *)q8);
+            __m256i q8_1 = _mm256_loadu_si256((const __m256i *)(q8 + 32));
+            q8 += 64;
+            __m256i p16_0 = _mm256_madd_epi16(scale_0, _mm256_maddubs_epi16(q5_0, q8_0));
+            __m256i p16_1 = _mm256_madd_epi16(scale_1, _mm256_maddubs_epi16(q5_1, q8_1));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc) - summs;
+}
+
+/* Shuffle giving 8 copies of scale byte 2i then 8 copies of 2i+1 (two 16-element groups). */
+static inline __m128i scale_shuffle_q6(int i)
+{
+    return _mm_set_epi8((char)(2 * i + 1), (char)(2 * i + 1), (char)(2 * i + 1), (char)(2 * i + 1),
+                        (char)(2 * i + 1), (char)(2 * i + 1), (char)(2 * i + 1), (char)(2 * i + 1),
+                        (char)(2 * i), (char)(2 * i), (char)(2 * i), (char)(2 * i), (char)(2 * i),
+                        (char)(2 * i), (char)(2 * i), (char)(2 * i));
+}
+
+float kern__dot_q6_K_avx2(const void *row, const void *xq, int64_t n)
+{
+    const block_q6_K *w = row;
+    const block_q8_K *y = xq;
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32s = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 192, _MM_HINT_T0);
+        float d = y[i].d * h2f(w[i].d);
+        const uint8_t *q4 = w[i].ql, *qh = w[i].qh;
+        const int8_t *q8 = y[i].qs;
+        __m128i scales = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0, is = 0; j < QK_K / 128; j++, is += 4) {
+            __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
+            __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
+            __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
+            q4 += 64;
+            qh += 32;
+            __m256i q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4);
+            __m256i q4h_1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4);
+            __m256i q4h_2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4);
+            __m256i q4h_3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4);
+            __m256i q4_0 = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0);
+            __m256i q4_1 = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1);
+            __m256i q4_2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2);
+            __m256i q4_3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3);
+            __m256i q8_0 = _mm256_loadu_si256((const __m256i *)q8);
+            __m256i q8_1 = _mm256_loadu_si256((const __m256i *)(q8 + 32));
+            __m256i q8_2 = _mm256_loadu_si256((const __m256i *)(q8 + 64));
+            __m256i q8_3 = _mm256_loadu_si256((const __m256i *)(q8 + 96));
+            q8 += 128;
+            /* (q - 32) * y = q * y - 32 * y, both as unsigned x signed byte products */
+            __m256i p16_0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0, q8_0), _mm256_maddubs_epi16(m32s, q8_0));
+            __m256i p16_1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_1, q8_1), _mm256_maddubs_epi16(m32s, q8_1));
+            __m256i p16_2 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_2, q8_2), _mm256_maddubs_epi16(m32s, q8_2));
+            __m256i p16_3 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_3, q8_3), _mm256_maddubs_epi16(m32s, q8_3));
+            p16_0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 0))), p16_0);
+            p16_1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 1))), p16_1);
+            p16_2 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 2))), p16_2);
+            p16_3 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 3))), p16_3);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+#define MULTI_FROM_SINGLE(type)                                                                  \
+    void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x, \
+                                       int64_t n, float *out)                                   \
+    {                                                                                            \
+        for (int j = 0; j < n_x; j++)                                                            \
+            out[j] = kern__dot_##type##_avx2(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
+    }
+
+MULTI_FROM_SINGLE(q8_0)
+MULTI_FROM_SINGLE(q4_0)
+MULTI_FROM_SINGLE(q4_1)
+MULTI_FROM_SINGLE(q5_0)
+MULTI_FROM_SINGLE(q5_1)
+MULTI_FROM_SINGLE(q4_K)
+MULTI_FROM_SINGLE(q5_K)
+MULTI_FROM_SINGLE(q6_K)

@@ -1,0 +1,348 @@
+/*
+ * Quantised weight types: dequantisation bit-exact with gguf-py (vectors in tests/data/quant,
+ * made by tools/quant_vectors.py), activation quantisers, and every dot product level against
+ * the scalar reference and against a double-precision dot of the dequantised operands, at odd
+ * sizes; then the matmul of each type against a float reference, thread- and batch-invariant.
+ */
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/kernels.h"
+
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const uint32_t quant_types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,
+                                       KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
+enum { N_TYPES = sizeof quant_types / sizeof quant_types[0] };
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static uint64_t rng_next(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static float rng_uniform(void) /* [-1, 1) */
+{
+    return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static kern_half rand_scale(float lo, float hi)
+{
+    float u = (rng_uniform() + 1.0f) * 0.5f;
+    return kern_f32_to_f16(lo + (hi - lo) * u);
+}
+
+/* n_blocks blocks of `type` with random payload bytes and sane random scales. */
+static void *random_blocks(uint32_t type, int64_t n_blocks)
+{
+    const kern_type_traits *t = kern_type_info(type);
+    uint8_t *p = malloc((size_t)n_blocks * t->block_bytes);
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < (size_t)n_blocks * t->block_bytes; i++) p[i] = (uint8_t)rng_next();
+    for (int64_t i = 0; i < n_blocks; i++) {
+        uint8_t *b = p + (size_t)i * t->block_bytes;
+        switch (type) {
+        case KERN_T_Q8_0: ((block_q8_0 *)b)->d = rand_scale(0.001f, 0.02f); break;
+        case KERN_T_Q4_0: ((block_q4_0 *)b)->d = rand_scale(-0.05f, 0.05f); break;
+        case KERN_T_Q5_0: ((block_q5_0 *)b)->d = rand_scale(-0.05f, 0.05f); break;
+        case KERN_T_Q4_1:
+            ((block_q4_1 *)b)->d = rand_scale(0.001f, 0.02f);
+            ((block_q4_1 *)b)->m = rand_scale(-0.2f, 0.0f);
+            break;
+        case KERN_T_Q5_1:
+            ((block_q5_1 *)b)->d = rand_scale(0.001f, 0.02f);
+            ((block_q5_1 *)b)->m = rand_scale(-0.2f, 0.0f);
+            break;
+        case KERN_T_Q4_K:
+            ((block_q4_K *)b)->d = rand_scale(0.0001f, 0.002f);
+            ((block_q4_K *)b)->dmin = rand_scale(0.0001f, 0.002f);
+            break;
+        case KERN_T_Q5_K:
+            ((block_q5_K *)b)->d = rand_scale(0.0001f, 0.002f);
+            ((block_q5_K *)b)->dmin = rand_scale(0.0001f, 0.002f);
+            break;
+        case KERN_T_Q6_K: ((block_q6_K *)b)->d = rand_scale(-0.002f, 0.002f); break;
+        default: ck_abort_msg("no scale rule for type %u", type);
+        }
+    }
+    return p;
+}
+
+static kern_backend *open_cpu(int n_threads)
+{
+    char err[256];
+    kern_backend *b = NULL;
+    kern_cpu_opts o = {.n_threads = n_threads, .max_isa = KERN_ISA_COUNT};
+    ck_assert_msg(kern_cpu_open(&b, &o, err, sizeof err) == 0, "%s", err);
+    return b;
+}
+
+/* ---- dequantisation against gguf-py ---------------------------------------------------------- */
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+START_TEST(dequantize_matches_gguf_py)
+{
+    uint32_t type = quant_types[_i];
+    const kern_type_traits *t = kern_type_info(type);
+    char lower[16], path[1024];
+    for (size_t i = 0; i <= strlen(t->name); i++) lower[i] = (char)(t->name[i] >= 'A' && t->name[i] <= 'Z' ? t->name[i] + 32 : t->name[i]);
+    const char *root = getenv("MOE_SOURCE_ROOT");
+    snprintf(path, sizeof path, "%s/tests/data/quant/%s.bin", root ? root : ".", lower);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s: %s (regenerate with tools/quant_vectors.py)", path, strerror(errno));
+    uint8_t hdr[20];
+    ck_assert_uint_eq(fread(hdr, 1, sizeof hdr, f), sizeof hdr);
+    ck_assert(memcmp(hdr, "MQV1", 4) == 0);
+    ck_assert_uint_eq(rd32(hdr + 4), type);
+    uint32_t n_blocks = rd32(hdr + 8);
+    ck_assert_uint_eq(rd32(hdr + 12), t->block_bytes);
+    ck_assert_uint_eq(rd32(hdr + 16), t->block_elems);
+    size_t n = (size_t)n_blocks * t->block_elems;
+    uint8_t *blocks = malloc((size_t)n_blocks * t->block_bytes);
+    float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    ck_assert_uint_eq(fread(blocks, 1, (size_t)n_blocks * t->block_bytes, f), (size_t)n_blocks * t->block_bytes);
+    ck_assert_uint_eq(fread(want, sizeof *want, n, f), n);
+    fclose(f);
+    t->to_f32(blocks, got, (int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t a, b;
+        memcpy(&a, &got[i], 4);
+        memcpy(&b, &want[i], 4);
+        ck_assert_msg(a == b || (isnan(got[i]) && isnan(want[i])),
+                      "%s element %zu (block %zu): %a, gguf-py %a", t->name, i, i / t->block_elems,
+                      got[i], want[i]);
+    }
+    printf("%s: %u blocks dequantise bit-exactly as gguf-py\n", t->name, n_blocks);
+    free(blocks);
+    free(want);
+    free(got);
+}
+END_TEST
+
+/* ---- activation quantisers ------------------------------------------------------------------- */
+
+START_TEST(activation_quantisers)
+{
+    static const uint32_t act_types[] = {KERN_T_Q8_0, KERN_T_Q8_1, KERN_T_Q8_K};
+    kern_isa best = kern_cpu_isa();
+    for (size_t a = 0; a < 3; a++) {
+        const kern_type_traits *t = kern_type_info(act_types[a]);
+        int64_t n = 8 * 256;
+        float *x = malloc((size_t)n * sizeof *x), *back = malloc((size_t)n * sizeof *back);
+        for (int64_t i = 0; i < n; i++) x[i] = rng_uniform() * (i % 300 == 0 ? 40.0f : 3.0f);
+        for (int64_t i = 0; i < t->block_elems; i++) x[i] = 0.0f; /* an all-zero block */
+        size_t bytes = kern_row_bytes(act_types[a], n);
+        uint8_t *ref = malloc(bytes), *simd = malloc(bytes);
+        t->from_f32[KERN_ISA_SCALAR](x, ref, n);
+        t->to_f32(ref, back, n);
+        for (int64_t blk = 0; blk < n / t->block_elems; blk++) {
+            float amax = 0.0f;
+            for (int j = 0; j < (int)t->block_elems; j++) amax = fmaxf(amax, fabsf(x[blk * t->block_elems + j]));
+            for (int j = 0; j < (int)t->block_elems; j++) {
+                int64_t i = blk * t->block_elems + j;
+                /* half a step of d = amax/127, plus the f16 rounding of d */
+                ck_assert_msg(fabsf(back[i] - x[i]) <= amax / 127.0f * 0.5f + amax * 2e-3f,
+                              "%s element %lld: %g -> %g", t->name, (long long)i, x[i], back[i]);
+            }
+        }
+        if (act_types[a] == KERN_T_Q8_1) { /* s = d * sum(q) */
+            const block_q8_1 *b = (const block_q8_1 *)ref;
+            for (int64_t blk = 0; blk < n / 32; blk++) {
+                int sum = 0;
+                for (int j = 0; j < 32; j++) sum += b[blk].qs[j];
+                ck_assert(kern_f16_to_f32(b[blk].s) == kern_f16_to_f32(kern_f32_to_f16((float)sum * kern_f16_to_f32(b[blk].d))) ||
+                          fabsf(kern_f16_to_f32(b[blk].s) - sum * kern_f16_to_f32(b[blk].d)) <= 1e-3f * fabsf(sum * kern_f16_to_f32(b[blk].d)));
+            }
+        }
+        if (act_types[a] == KERN_T_Q8_K) { /* bsums are the sums of 16 */
+            const block_q8_K *b = (const block_q8_K *)ref;
+            for (int64_t blk = 0; blk < n / 256; blk++)
+                for (int g = 0; g < 16; g++) {
+                    int sum = 0;
+                    for (int j = 0; j < 16; j++) sum += b[blk].qs[16 * g + j];
+                    ck_assert_int_eq(sum, b[blk].bsums[g]);
+                }
+        }
+        for (int level = 1; level < KERN_ISA_COUNT && level <= (int)best; level++) {
+            if (!t->from_f32[level]) continue;
+            t->from_f32[level](x, simd, n);
+            /* same scales; codes may differ by one only where x*id lands on a rounding edge */
+            float *back2 = malloc((size_t)n * sizeof *back2);
+            t->to_f32(simd, back2, n);
+            int diffs = 0;
+            for (int64_t i = 0; i < n; i++) {
+                if (back2[i] != back[i]) diffs++;
+                ck_assert(fabsf(back2[i] - back[i]) <= fabsf(back[i]) * 0.02f + 0.1f);
+            }
+            ck_assert_msg(diffs <= n / 1000, "%s %s: %d codes differ from scalar", t->name,
+                          kern_isa_name(level), diffs);
+            free(back2);
+        }
+        free(x);
+        free(back);
+        free(ref);
+        free(simd);
+    }
+}
+END_TEST
+
+/* ---- dot products ---------------------------------------------------------------------------- */
+
+START_TEST(dot_levels_match_reference)
+{
+    uint32_t type = quant_types[_i];
+    const kern_type_traits *t = kern_type_info(type), *at = kern_type_info(t->act_type);
+    kern_isa best = kern_cpu_isa();
+    static const int block_counts[] = {1, 2, 3, 7, 16};
+    for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
+        int64_t n = block_counts[bc] * (int64_t)t->block_elems;
+        void *w = random_blocks(type, block_counts[bc]);
+        float *wf = malloc((size_t)n * sizeof *wf), *x = malloc((size_t)n * 9 * sizeof *x);
+        float *xf = malloc((size_t)n * sizeof *xf);
+        t->to_f32(w, wf, n);
+        for (int64_t i = 0; i < n * 9; i++) x[i] = rng_uniform();
+        size_t xrow = kern_row_bytes(t->act_type, n);
+        uint8_t *xq = malloc(xrow * 9);
+        for (int j = 0; j < 9; j++) at->from_f32[KERN_ISA_SCALAR](x + j * n, xq + j * xrow, n);
+        at->to_f32(xq, xf, n);
+        double ref = 0.0, mag = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            ref += (double)wf[i] * xf[i];
+            mag += fabs((double)wf[i] * xf[i]);
+        }
+        /* Q8_1 carries s = d * sum(q) as f16, which Q4_1 / Q5_1 multiply by their offset m */
+        double s_rounding = 0.0;
+        if (t->act_type == KERN_T_Q8_1) {
+            const block_q8_1 *yb = (const block_q8_1 *)xq;
+            for (int blk = 0; blk < block_counts[bc]; blk++) {
+                kern_half m_half;
+                memcpy(&m_half, (const uint8_t *)w + (size_t)blk * t->block_bytes + 2, 2);
+                s_rounding += fabs(kern_f16_to_f32(m_half) * kern_f16_to_f32(yb[blk].s)) / 1024.0;
+            }
+        }
+        float scalar = t->dot[KERN_ISA_SCALAR](w, xq, n);
+        /* integer sums are exact; only the block scale products round */
+        ck_assert_msg(fabs(scalar - ref) <= 1e-5 * mag + s_rounding + 1e-6, "%s n=%lld scalar %.9g vs %.9g",
+                      t->name, (long long)n, scalar, ref);
+        for (int level = 1; level < KERN_ISA_COUNT; level++) {
+            if (!t->dot[level]) continue;
+            if (level > (int)best) {
+                printf("SKIP %s %s: this CPU lacks it\n", t->name, kern_isa_name(level));
+                continue;
+            }
+            float got = t->dot[level](w, xq, n);
+            ck_assert_msg(fabs(got - scalar) <= 1e-5 * mag + 1e-6, "%s %s n=%lld: %.9g vs scalar %.9g",
+                          t->name, kern_isa_name(level), (long long)n, got, scalar);
+            for (int n_x = 1; n_x <= 9; n_x++) {
+                float out[9];
+                t->dot_multi[level](w, xq, xrow, n_x, n, out);
+                for (int j = 0; j < n_x; j++) {
+                    float single = t->dot[level](w, xq + j * xrow, n);
+                    ck_assert(memcmp(&single, &out[j], 4) == 0);
+                }
+            }
+        }
+        free(w);
+        free(wf);
+        free(x);
+        free(xf);
+        free(xq);
+    }
+}
+END_TEST
+
+/* ---- matmul ---------------------------------------------------------------------------------- */
+
+START_TEST(matmul_matches_float_reference)
+{
+    uint32_t type = quant_types[_i];
+    const kern_type_traits *t = kern_type_info(type);
+    kern_backend *b1 = open_cpu(1), *b2 = open_cpu(2);
+    int64_t rows = 37, cols = 2 * 256, n_tok = 11;
+    int64_t blocks_per_row = cols / t->block_elems;
+    void *w = random_blocks(type, rows * blocks_per_row);
+    kern_weight kw = {.data = w, .type = type, .n_rows = rows, .n_cols = cols,
+                      .row_bytes = kern_row_bytes(type, cols)};
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf);
+    t->to_f32(w, wf, rows * cols);
+    float *x = malloc((size_t)(n_tok * cols) * sizeof *x);
+    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = rng_uniform();
+    float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1), *y2 = malloc((size_t)(n_tok * rows) * sizeof *y2);
+    float *one = malloc((size_t)rows * sizeof *one);
+    kern_matmul(b1, &kw, x, y1, n_tok);
+    kern_matmul(b2, &kw, x, y2, n_tok);
+    ck_assert_int_eq(b1->ops->take_error(b1), 0);
+    ck_assert(memcmp(y1, y2, (size_t)(n_tok * rows) * sizeof *y1) == 0);
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        kern_matmul(b2, &kw, x + tk * cols, one, 1);
+        ck_assert(memcmp(one, y1 + tk * rows, (size_t)rows * sizeof *one) == 0);
+        for (int64_t r = 0; r < rows; r++) {
+            double ref = 0.0, bound = 0.0;
+            for (int64_t c = 0; c < cols; c++) {
+                ref += (double)wf[r * cols + c] * x[tk * cols + c];
+                /* activation quantisation: at most half a step of amax/127 per element */
+                bound += fabs((double)wf[r * cols + c]) * (0.5 / 127.0 + 1e-3); /* + f16 rounding of d */
+            }
+            ck_assert_msg(fabs(y1[tk * rows + r] - ref) <= bound + 1e-5,
+                          "%s t=%lld r=%lld: %.7g vs %.7g (bound %.3g)", t->name, (long long)tk,
+                          (long long)r, y1[tk * rows + r], ref, bound);
+        }
+    }
+    free(w);
+    free(wf);
+    free(x);
+    free(y1);
+    free(y2);
+    free(one);
+    kern_backend_close(&b1);
+    kern_backend_close(&b2);
+}
+END_TEST
+
+START_TEST(table_rows_are_consistent)
+{
+    for (size_t i = 0; i < N_TYPES; i++) {
+        const kern_type_traits *t = kern_type_info(quant_types[i]);
+        ck_assert_ptr_nonnull(t);
+        ck_assert(kern_type_supported(quant_types[i]));
+        const kern_type_traits *at = kern_type_info(t->act_type);
+        ck_assert_ptr_nonnull(at);
+        ck_assert_uint_eq(at->block_elems, t->block_elems);
+        ck_assert_ptr_nonnull(at->from_f32[KERN_ISA_SCALAR]);
+        ck_assert_ptr_nonnull(t->dot[KERN_ISA_SCALAR]);
+        ck_assert_uint_eq(kern_row_bytes(quant_types[i], t->block_elems * 3), 3u * t->block_bytes);
+        ck_assert_uint_eq(kern_row_bytes(quant_types[i], t->block_elems + 1), 0); /* not whole blocks */
+    }
+    ck_assert(!kern_type_supported(KERN_T_Q8_1));
+    ck_assert(!kern_type_supported(KERN_T_Q8_K));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("quant");
+    TCase *tc = tcase_create("quant");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, table_rows_are_consistent);
+    tcase_add_loop_test(tc, dequantize_matches_gguf_py, 0, N_TYPES);
+    tcase_add_test(tc, activation_quantisers);
+    tcase_add_loop_test(tc, dot_levels_match_reference, 0, N_TYPES);
+    tcase_add_loop_test(tc, matmul_matches_float_reference, 0, N_TYPES);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
