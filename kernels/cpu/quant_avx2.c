@@ -417,19 +417,214 @@ float kern__dot_q6_K_avx2(const void *row, const void *xq, int64_t n)
     return hsum8(acc);
 }
 
+/* ---- several tokens per weight row ---------------------------------------------------------
+ *
+ * Prefill runs the same weight row against many tokens.  These kernels decode each weight
+ * block once for four tokens and then repeat, per token, exactly the operations of the
+ * single-token kernel above in the same order, so each token's result is bit-identical to
+ * kern__dot_*_avx2 on it alone (the tests check this).  Fewer than four tokens left over go
+ * through the single-token kernel.
+ */
+#define NT 4
+
+static inline const void *token_x(const void *x, size_t stride, int t)
+{
+    return (const uint8_t *)x + (size_t)t * stride;
+}
+
+static void dot4_q8_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
+{
+    const block_q8_0 *w = row;
+    const block_q8_0 *y[NT];
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        __m256i qx = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i ax = _mm256_sign_epi8(qx, qx);
+        float dw = h2f(w[i].d);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
+            __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
+            acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]);
+}
+
+static void dot4_q4_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
+{
+    const block_q4_0 *w = row;
+    const block_q8_0 *y[NT];
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int64_t i = 0; i < n / QK4_0; i++) {
+        __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), off);
+        __m256i ax = _mm256_sign_epi8(qx, qx);
+        float dw = h2f(w[i].d);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
+            __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
+            acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]);
+}
+
+/* Q4_K and Q5_K share everything but the unpacking of the 4- or 5-bit values. */
+static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, kern_half wdmin,
+                           const uint8_t *scales_packed, const block_q8_K *const *y, int64_t i,
+                           __m256 *acc, float *summs)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256i mins_and_scales = k4_mins_and_scales(scales_packed);
+    __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+    __m256i scales = _mm256_set_m128i(sc128, sc128);
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; t++) {
+        float dmin = y[t][i].d * h2f(wdmin);
+        summs[t] += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[t][i].bsums));
+        sumi[t] = _mm256_setzero_si256();
+    }
+    __m256i hbits = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    for (int j = 0; j < QK_K / 64; j++) {
+        __m256i scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
+        __m256i scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
+        __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+        __m256i ql = _mm256_and_si256(bits, m4);
+        __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        if (qh) {
+            __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)),
+                                          _mm256_set1_epi8(1));
+            __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)),
+                                          _mm256_set1_epi8(1));
+            ql = _mm256_or_si256(ql, _mm256_slli_epi16(h0, 4));
+            qhi = _mm256_or_si256(qhi, _mm256_slli_epi16(h1, 4));
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q8 = y[t][i].qs + 64 * j;
+            __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
+            __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16l, p16h));
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float d = y[t][i].d * h2f(wd);
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+}
+
+static void dot4_q4_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
+{
+    const block_q4_K *w = row;
+    const block_q8_K *y[NT];
+    __m256 acc[NT];
+    float summs[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = 0.0f;
+    }
+    for (int64_t i = 0; i < n / QK_K; i++)
+        dot4_k4(w[i].qs, NULL, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - summs[t];
+}
+
+static void dot4_q5_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
+{
+    const block_q5_K *w = row;
+    const block_q8_K *y[NT];
+    __m256 acc[NT];
+    float summs[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = 0.0f;
+    }
+    for (int64_t i = 0; i < n / QK_K; i++)
+        dot4_k4(w[i].qs, w[i].qh, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - summs[t];
+}
+
+static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
+{
+    const block_q6_K *w = row;
+    const block_q8_K *y[NT];
+    __m256 acc[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32s = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m128i scales = _mm_loadu_si128((const __m128i *)w[i].scales);
+        __m256i sumi[NT];
+        for (int t = 0; t < NT; t++) sumi[t] = _mm256_setzero_si256();
+        for (int j = 0, is = 0; j < QK_K / 128; j++, is += 4) {
+            const uint8_t *q4 = w[i].ql + 64 * j, *qh = w[i].qh + 32 * j;
+            __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
+            __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
+            __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i q[4], sc[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4));
+            for (int k = 0; k < 4; k++)
+                sc[k] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + k)));
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int8_t *q8 = y[t][i].qs + 128 * j;
+                __m256i p[4];
+                for (int k = 0; k < 4; k++) {
+                    __m256i q8k = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
+                    p[k] = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8k), _mm256_maddubs_epi16(m32s, q8k));
+                    p[k] = _mm256_madd_epi16(sc[k], p[k]);
+                }
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p[0], p[1]));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p[2], p[3]));
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            float d = y[t][i].d * h2f(w[i].d);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]);
+}
+
+#define MULTI_BY_FOUR(type)                                                                      \
+    void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x, \
+                                       int64_t n, float *out)                                   \
+    {                                                                                            \
+        int j = 0;                                                                               \
+        for (; j + NT <= n_x; j += NT) dot4_##type(row, token_x(x, x_stride, j), x_stride, n, out + j); \
+        for (; j < n_x; j++) out[j] = kern__dot_##type##_avx2(row, token_x(x, x_stride, j), n);  \
+    }
+
+MULTI_BY_FOUR(q8_0)
+MULTI_BY_FOUR(q4_0)
+MULTI_BY_FOUR(q4_K)
+MULTI_BY_FOUR(q5_K)
+MULTI_BY_FOUR(q6_K)
+
 #define MULTI_FROM_SINGLE(type)                                                                  \
     void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x, \
                                        int64_t n, float *out)                                   \
     {                                                                                            \
         for (int j = 0; j < n_x; j++)                                                            \
-            out[j] = kern__dot_##type##_avx2(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
+            out[j] = kern__dot_##type##_avx2(row, token_x(x, x_stride, j), n);                   \
     }
 
-MULTI_FROM_SINGLE(q8_0)
-MULTI_FROM_SINGLE(q4_0)
 MULTI_FROM_SINGLE(q4_1)
 MULTI_FROM_SINGLE(q5_0)
 MULTI_FROM_SINGLE(q5_1)
-MULTI_FROM_SINGLE(q4_K)
-MULTI_FROM_SINGLE(q5_K)
-MULTI_FROM_SINGLE(q6_K)
