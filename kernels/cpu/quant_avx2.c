@@ -142,9 +142,54 @@ void kern__quantize_q8_1_avx2(const float *x, void *dst, int64_t n)
 
 void kern__quantize_q8_K_avx2(const float *x, void *dst, int64_t n)
 {
-    /* Once per super-block of 256 and per matmul, not per weight row: the scalar code is
-     * already a small share of a matmul's time. */
-    kern__quantize_q8_K_scalar(x, dst, n);
+    block_q8_K *b = dst;
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float *v = x + i * QK_K;
+        /* the element of largest magnitude, with its sign: the scalar code maps it to -127 */
+        __m256 vmax = _mm256_loadu_ps(v), vmin = vmax;
+        for (int j = 8; j < QK_K; j += 8) {
+            __m256 t = _mm256_loadu_ps(v + j);
+            vmax = _mm256_max_ps(vmax, t);
+            vmin = _mm256_min_ps(vmin, t);
+        }
+        float lanes_max[8], lanes_min[8];
+        _mm256_storeu_ps(lanes_max, vmax);
+        _mm256_storeu_ps(lanes_min, vmin);
+        float hi = lanes_max[0], lo = lanes_min[0];
+        for (int j = 1; j < 8; j++) {
+            hi = fmaxf(hi, lanes_max[j]);
+            lo = fminf(lo, lanes_min[j]);
+        }
+        /* On a tie between +a and -a the scalar code takes whichever comes first; either sign
+         * gives the same d * q, since both d and every q change sign together. */
+        float max = hi >= -lo ? hi : lo;
+        if (max == 0.0f) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        float iscale = -127.0f / max;
+        __m256 mul = _mm256_set1_ps(iscale);
+        for (int j = 0; j < QK_K; j += 32) {
+            /* cvtps rounds to nearest even, as lrintf does */
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j), mul));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 8), mul));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 16), mul));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + j + 24), mul));
+            __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            q = _mm256_permutevar8x32_epi32(q, perm);
+            q = _mm256_min_epi8(q, _mm256_set1_epi8(127));
+            _mm256_storeu_si256((__m256i *)(b[i].qs + j), q);
+            /* sums of each 16: pairwise to 16 bits, then madd with ones to 32 bits */
+            __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1)); /* 8 sums of 4 */
+            int32_t quad[8];
+            _mm256_storeu_si256((__m256i *)quad, s32);
+            b[i].bsums[j / 16] = (int16_t)(quad[0] + quad[1] + quad[2] + quad[3]);
+            b[i].bsums[j / 16 + 1] = (int16_t)(quad[4] + quad[5] + quad[6] + quad[7]);
+        }
+        b[i].d = 1.0f / iscale;
+    }
 }
 
 /* ---- 32-element block types ------------------------------------------------------------------ */
