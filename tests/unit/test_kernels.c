@@ -5,6 +5,7 @@
  * Levels this CPU lacks are skipped with a printed reason.
  */
 #include "kernels/kernels.h"
+#include "tests/unit/test_util.h"
 
 #include <check.h>
 #include <math.h>
@@ -17,21 +18,6 @@
 #endif
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng_next(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static float rng_uniform(void) /* [-1, 1) */
-{
-    return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 
 static void fill_random(float *x, int64_t n, float scale)
 {
@@ -64,14 +50,6 @@ static void *make_weight(uint32_t type, float *ref, int64_t n_rows, int64_t n_co
     return data;
 }
 
-static kern_backend *open_cpu(int n_threads, kern_isa max_isa)
-{
-    char err[256];
-    kern_backend *b = NULL;
-    kern_cpu_opts o = {.n_threads = n_threads, .max_isa = max_isa};
-    ck_assert_msg(kern_cpu_open(&b, &o, err, sizeof err) == 0, "%s", err);
-    return b;
-}
 
 static const uint32_t types[] = {KERN_T_F32, KERN_T_F16, KERN_T_BF16};
 static const int64_t odd_sizes[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
@@ -200,7 +178,7 @@ END_TEST
 START_TEST(matmul_matches_reference_and_is_batch_invariant)
 {
     static const int64_t shapes[][2] = {{1, 1}, {5, 33}, {17, 64}, {64, 257}, {129, 1000}};
-    kern_backend *b1 = open_cpu(1, KERN_ISA_COUNT), *b3 = open_cpu(3, KERN_ISA_COUNT);
+    kern_backend *b1 = open_cpu_isa(1, KERN_ISA_COUNT), *b3 = open_cpu_isa(3, KERN_ISA_COUNT);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int64_t rows = shapes[s][0], cols = shapes[s][1], n_tok = 9;
@@ -251,7 +229,7 @@ END_TEST
 
 START_TEST(rmsnorm_matches_reference)
 {
-    kern_backend *b = open_cpu(2, KERN_ISA_COUNT);
+    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
     int64_t n = 300, rows = 70, stride = 310;
     float *x = malloc((size_t)(rows * stride) * sizeof *x), *w = malloc((size_t)n * sizeof *w);
     float *out = malloc((size_t)(rows * stride) * sizeof *out);
@@ -279,7 +257,7 @@ END_TEST
 
 START_TEST(rope_modes_match_reference)
 {
-    kern_backend *b = open_cpu(2, KERN_ISA_COUNT);
+    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
     int n_tok = 5, heads = 3, hd = 16, n_rot = 12;
     int32_t pos[5] = {0, 1, 7, 100, 4095};
     float base = 10000.0f;
@@ -310,7 +288,7 @@ END_TEST
 
 START_TEST(attention_matches_reference)
 {
-    kern_backend *b = open_cpu(2, KERN_ISA_COUNT);
+    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
     int n_head = 8, n_kv_head = 2, hd = 32, n_tok = 4;
     int kv_dim = n_kv_head * hd;
     int32_t lens[4] = {1, 5, 37, 200};
@@ -360,7 +338,7 @@ END_TEST
 
 START_TEST(elementwise_and_get_rows)
 {
-    kern_backend *b = open_cpu(2, KERN_ISA_COUNT);
+    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
     int64_t n = 10000;
     float *g = malloc((size_t)n * sizeof *g), *u = malloc((size_t)n * sizeof *u);
     float *o = malloc((size_t)n * sizeof *o), *y = malloc((size_t)n * sizeof *y);

@@ -337,19 +337,15 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
 }
 END_TEST
 
-START_TEST(split_expert_layout_equals_stacked)
+/* Runs golden prompt `prompt` through two opened models and requires identical logits. */
+static void assert_same_logits(fixture *x, fixture *y, int prompt)
 {
-    fixture stacked, split;
-    fixture_open(&stacked, "llama-tiny-f32", "", 1);
-    fixture_open(&split, "llama-tiny-f32", "--expert-layout split", 1);
-    ck_assert(!stacked.hp->experts_split);
-    ck_assert(split.hp->experts_split);
-    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(stacked.golden, "prompts"), 2);
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(x->golden, "prompts"), prompt);
     int n;
     int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
-    int n_vocab = stacked.hp->n_vocab;
+    int n_vocab = x->hp->n_vocab;
     float *a = malloc((size_t)n_vocab * sizeof *a), *b = malloc((size_t)n_vocab * sizeof *b);
-    model_ctx *ca = new_ctx(stacked.m, 1, n), *cb = new_ctx(split.m, 1, n);
+    model_ctx *ca = new_ctx(x->m, 1, n), *cb = new_ctx(y->m, 1, n);
     run_prompt(ca, tokens, n, 0, a);
     run_prompt(cb, tokens, n, 0, b);
     ck_assert(memcmp(a, b, (size_t)n_vocab * sizeof *a) == 0);
@@ -358,6 +354,16 @@ START_TEST(split_expert_layout_equals_stacked)
     free(a);
     free(b);
     free(tokens);
+}
+
+START_TEST(split_expert_layout_equals_stacked)
+{
+    fixture stacked, split;
+    fixture_open(&stacked, "llama-tiny-f32", "", 1);
+    fixture_open(&split, "llama-tiny-f32", "--expert-layout split", 1);
+    ck_assert(!stacked.hp->experts_split);
+    ck_assert(split.hp->experts_split);
+    assert_same_logits(&stacked, &split, 2);
     fixture_close(&stacked);
     fixture_close(&split);
 }
@@ -368,20 +374,7 @@ START_TEST(thread_count_does_not_change_logits)
     fixture one, three;
     fixture_open(&one, golden_names[_i], "", 1);
     fixture_open(&three, golden_names[_i], "", 3);
-    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(one.golden, "prompts"), 1);
-    int n;
-    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
-    int n_vocab = one.hp->n_vocab;
-    float *a = malloc((size_t)n_vocab * sizeof *a), *b = malloc((size_t)n_vocab * sizeof *b);
-    model_ctx *ca = new_ctx(one.m, 1, n), *cb = new_ctx(three.m, 1, n);
-    run_prompt(ca, tokens, n, 0, a);
-    run_prompt(cb, tokens, n, 0, b);
-    ck_assert(memcmp(a, b, (size_t)n_vocab * sizeof *a) == 0);
-    model_ctx_destroy(&ca);
-    model_ctx_destroy(&cb);
-    free(a);
-    free(b);
-    free(tokens);
+    assert_same_logits(&one, &three, 1);
     fixture_close(&one);
     fixture_close(&three);
 }

@@ -6,6 +6,7 @@
  */
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/kernels.h"
+#include "tests/unit/test_util.h"
 
 #include <check.h>
 #include <errno.h>
@@ -17,21 +18,6 @@
 static const uint32_t quant_types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,
                                        KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
 enum { N_TYPES = sizeof quant_types / sizeof quant_types[0] };
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static uint64_t rng_next(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static float rng_uniform(void) /* [-1, 1) */
-{
-    return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 
 static kern_half rand_scale(float lo, float hi)
 {
@@ -75,14 +61,6 @@ static void *random_blocks(uint32_t type, int64_t n_blocks)
     return p;
 }
 
-static kern_backend *open_cpu(int n_threads)
-{
-    char err[256];
-    kern_backend *b = NULL;
-    kern_cpu_opts o = {.n_threads = n_threads, .max_isa = KERN_ISA_COUNT};
-    ck_assert_msg(kern_cpu_open(&b, &o, err, sizeof err) == 0, "%s", err);
-    return b;
-}
 
 /* ---- dequantisation against gguf-py ---------------------------------------------------------- */
 
@@ -268,7 +246,7 @@ START_TEST(matmul_matches_float_reference)
 {
     uint32_t type = quant_types[_i];
     const kern_type_traits *t = kern_type_info(type);
-    kern_backend *b1 = open_cpu(1), *b2 = open_cpu(2);
+    kern_backend *b1 = open_cpu_isa(1, KERN_ISA_COUNT), *b2 = open_cpu_isa(2, KERN_ISA_COUNT);
     int64_t rows = 37, cols = 2 * 256, n_tok = 11;
     int64_t blocks_per_row = cols / t->block_elems;
     void *w = random_blocks(type, rows * blocks_per_row);
