@@ -107,6 +107,7 @@ static int run(const bench_opts *o)
     /* Prefill: each sequence's prompt in one step; token ids from a fixed LCG. */
     uint32_t lcg = 12345;
     double t_prefill = 0.0;
+    uint64_t prefill_macs = 0;
     int32_t *next = malloc((size_t)B * sizeof *next);
     if (!next) goto done;
     for (int32_t s = 0; s < B; s++) {
@@ -120,6 +121,7 @@ static int run(const bench_opts *o)
         double t0 = now_s();
         int rc = model_forward(ctx, &b, logits, err, sizeof err);
         t_prefill += now_s() - t0;
+        prefill_macs += model_ctx_last_stats(ctx)->matmul_macs;
         if (rc) {
             fprintf(stderr, "moeserve bench: %s\n", err);
             free(next);
@@ -168,14 +170,16 @@ static int run(const bench_opts *o)
     const char *base = strrchr(o->path, '/');
     base = base ? base + 1 : o->path;
     if (o->header) {
-        printf("| model | threads | batch | prefill tok/s | decode tok/s | MiB read/step | experts/step "
-               "| bandwidth GB/s | floor ms/step | achieved ms/step | floor/achieved |\n");
-        printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        printf("| model | threads | batch | prompt | prefill tok/s | prefill GFLOP/s | decode tok/s "
+               "| prefill/decode | MiB read/step | experts/step | bandwidth GB/s | floor ms/step "
+               "| achieved ms/step | floor/achieved |\n");
+        printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     }
-    printf("| %s | %d | %d | %.1f | %.2f | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n", base,
-           kern_cpu_n_threads(be), B, (double)P * B / t_prefill, B / step_s,
-           step_bytes / (1024.0 * 1024.0), (double)experts / G, bw / 1e9, floor_s * 1e3,
-           step_s * 1e3, 100.0 * floor_s / step_s);
+    double prefill_tps = (double)P * B / t_prefill, decode_tps = B / step_s;
+    printf("| %s | %d | %d | %d | %.1f | %.1f | %.2f | %.1fx | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n",
+           base, kern_cpu_n_threads(be), B, P, prefill_tps, 2.0 * (double)prefill_macs / t_prefill / 1e9,
+           decode_tps, prefill_tps / decode_tps, step_bytes / (1024.0 * 1024.0), (double)experts / G,
+           bw / 1e9, floor_s * 1e3, step_s * 1e3, 100.0 * floor_s / step_s);
     fflush(stdout);
     status = 0;
 done:

@@ -161,6 +161,13 @@ static uint64_t weight_bytes(const kern_weight *w)
     return (uint64_t)w->row_bytes * (uint64_t)w->n_rows;
 }
 
+/* Every weight product of the step goes through here, which keeps the work count honest. */
+static void matmul(model_ctx *ctx, const kern_weight *w, const float *x, float *y, int64_t n)
+{
+    kern_matmul(ctx->m->backend, w, x, y, n);
+    ctx->stats.matmul_macs += (uint64_t)n * (uint64_t)w->n_rows * (uint64_t)w->n_cols;
+}
+
 /* ---- attention -------------------------------------------------------------------------- */
 
 static void add_bias(float *x, const float *bias, int64_t n_tokens, int64_t dim)
@@ -178,9 +185,9 @@ static int attention(model_ctx *ctx, const model_layer *L, int il, const model_b
     int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = ctx->kv_dim;
 
     be->ops->rmsnorm(be, s->x, L->attn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
-    kern_matmul(be, &L->wq, s->h, s->q, n);
-    kern_matmul(be, &L->wk, s->h, s->k, n);
-    kern_matmul(be, &L->wv, s->h, s->v, n);
+    matmul(ctx, &L->wq, s->h, s->q, n);
+    matmul(ctx, &L->wk, s->h, s->k, n);
+    matmul(ctx, &L->wv, s->h, s->v, n);
     if (L->bq) {
         add_bias(s->q, L->bq, n, q_dim);
         add_bias(s->k, L->bk, n, kv_dim);
@@ -216,7 +223,7 @@ static int attention(model_ctx *ctx, const model_layer *L, int il, const model_b
     int rc = be->ops->attention(be, s->q, s->attn_tok, s->attn, n, hp->n_head, hp->n_head_kv,
                                 hp->head_dim, hp->attn_scale);
     if (rc) return rc;
-    kern_matmul(be, &L->wo, s->attn, s->proj, n);
+    matmul(ctx, &L->wo, s->attn, s->proj, n);
     be->ops->add(be, s->x, s->proj, n * hp->n_embd);
     ctx->stats.dense_bytes += weight_bytes(&L->wq) + weight_bytes(&L->wk) +
                               weight_bytes(&L->wv) + weight_bytes(&L->wo);
@@ -261,14 +268,14 @@ static void route(const model_hparams *hp, const float *logits, float *p, int32_
 }
 
 /* One SwiGLU FFN over n rows of `in`: out = down(silu(gate(in)) * up(in)). */
-static void swiglu(kern_backend *be, const kern_weight *gate, const kern_weight *up,
+static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *up,
                    const kern_weight *down, const float *in, float *g, float *u, float *out,
                    int64_t n)
 {
-    kern_matmul(be, gate, in, g, n);
-    kern_matmul(be, up, in, u, n);
-    be->ops->silu_mul(be, g, u, g, n * gate->n_rows);
-    kern_matmul(be, down, g, out, n);
+    matmul(ctx, gate, in, g, n);
+    matmul(ctx, up, in, u, n);
+    ctx->m->backend->ops->silu_mul(ctx->m->backend, g, u, g, n * gate->n_rows);
+    matmul(ctx, down, g, out, n);
 }
 
 static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
@@ -280,7 +287,7 @@ static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
     int64_t D = hp->n_embd;
 
     be->ops->rmsnorm(be, s->x, L->ffn_norm, s->h, D, n, D, hp->rms_eps);
-    kern_matmul(be, &L->router, s->h, s->router, n);
+    matmul(ctx, &L->router, s->h, s->router, n);
     for (int64_t t = 0; t < n; t++)
         route(hp, s->router + t * E, s->probs, s->route_id + t * K, s->route_w + t * K);
     ctx->stats.dense_bytes += weight_bytes(&L->router);
@@ -306,7 +313,7 @@ static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
         const model_expert *x = model_get_expert(ctx->m, il, e);
         for (int32_t j = 0; j < count; j++)
             memcpy(s->xe + j * D, s->h + s->bucket[b0 + j] * D, (size_t)D * sizeof(float));
-        swiglu(be, &x->gate, &x->up, &x->down, s->xe, s->ge, s->ue, s->de, count);
+        swiglu(ctx, &x->gate, &x->up, &x->down, s->xe, s->ge, s->ue, s->de, count);
         for (int32_t j = 0; j < count; j++) {
             float w = s->bucket_w[b0 + j];
             float *dst = s->moe + s->bucket[b0 + j] * D;
@@ -319,7 +326,7 @@ static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
     }
 
     if (hp->has_shared_expert) {
-        swiglu(be, &L->shexp_gate, &L->shexp_up, &L->shexp_down, s->h, s->shg, s->shu, s->shd, n);
+        swiglu(ctx, &L->shexp_gate, &L->shexp_up, &L->shexp_down, s->h, s->shg, s->shu, s->shd, n);
         for (int64_t t = 0; t < n; t++) {
             double z = 0.0;
             for (int64_t i = 0; i < D; i++) z += (double)L->shexp_gate_inp[i] * s->h[t * D + i];
@@ -394,7 +401,7 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     for (int64_t j = 0; j < n_out; j++)
         memcpy(s->h + j * D, s->x + s->out_rows[j] * D, (size_t)D * sizeof(float));
     be->ops->rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
-    if (n_out > 0) kern_matmul(be, &m->output, s->h, logits, n_out);
+    if (n_out > 0) matmul(ctx, &m->output, s->h, logits, n_out);
     ctx->stats.dense_bytes += m->head_bytes;
     if ((rc = be->ops->take_error(be))) {
         snprintf(err, err_size, "compute backend: %s", rc == -ENOMEM ? "out of memory" : "failed");

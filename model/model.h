@@ -130,6 +130,7 @@ typedef struct model_step_stats {
     uint64_t dense_bytes;  /* dense weights touched */
     uint64_t expert_bytes; /* bytes of the distinct experts the batch selected */
     uint32_t experts_used; /* distinct (layer, expert) pairs */
+    uint64_t matmul_macs;  /* multiply-adds of all weight products (2 FLOP each) */
 } model_step_stats;
 
 /* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions

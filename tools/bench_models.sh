@@ -2,13 +2,14 @@
 # Generates benchmark models (seeded, in a scratch directory), runs `moeserve bench` on each at
 # the given thread counts, prints one markdown table, and deletes the models afterwards.
 #
-#   tools/bench_models.sh [--keep] [--dir DIR] [--threads "1 2"] [--batch "1"] PRESET:TYPE ...
+#   tools/bench_models.sh [--keep] [--dir DIR] [--threads "1 2"] [--batch "1"] [--prompt "64"] PRESET:TYPE ...
 #   e.g. tools/bench_models.sh olmoe-slice:f16 olmoe-slice:bf16 qwen3moe-slice:f16
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${TMPDIR:-/tmp}/moeserve-bench
 threads="1 2"
 batches="1"
+prompts="64"
 keep=0
 models=()
 while [ $# -gt 0 ]; do
@@ -17,6 +18,7 @@ while [ $# -gt 0 ]; do
         --dir) dir=$2; shift ;;
         --threads) threads=$2; shift ;;
         --batch) batches=$2; shift ;;
+        --prompt) prompts=$2; shift ;;
         *) models+=("$1") ;;
     esac
     shift
@@ -34,14 +36,14 @@ for spec in "${models[@]}"; do
         "$root/.venv/bin/python3" "$root/tools/gen_model.py" --preset "$preset" --type "$type" --seed 1 -o "$file.tmp" >&2
         mv "$file.tmp" "$file"
     fi
-    for b in $batches; do
-        for t in $threads; do
-            if [ $header -eq 1 ]; then
-                "$bin" bench --model "$file" --threads "$t" --batch "$b" 2>/dev/null
+    for p in $prompts; do
+        for b in $batches; do
+            for t in $threads; do
+                flags=()
+                [ $header -eq 1 ] || flags+=(--no-header)
                 header=0
-            else
-                "$bin" bench --model "$file" --threads "$t" --batch "$b" --no-header 2>/dev/null
-            fi
+                "$bin" bench --model "$file" --threads "$t" --batch "$b" --prompt "$p" "${flags[@]}" 2>/dev/null
+            done
         done
     done
     [ $keep -eq 1 ] || rm -f "$file"

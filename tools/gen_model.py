@@ -30,12 +30,34 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf.constants import GGML_QUANT_SIZES
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import quantize as kquant  # noqa: E402  (tools/quantize.py)
 
 ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
 PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice")
-TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32, 4),
-         "f16": (QT.F16, LlamaFileType.MOSTLY_F16, 2),
-         "bf16": (QT.BF16, LlamaFileType.MOSTLY_BF16, 2)}
+# --type NAME: (type of the 2+-dim tensors, general.file_type).
+# f32/f16/bf16: every tensor with 2+ dims in that type (router included).
+TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32),
+         "f16": (QT.F16, LlamaFileType.MOSTLY_F16),
+         "bf16": (QT.BF16, LlamaFileType.MOSTLY_BF16),
+         # single quantised type = llama-quantize --pure: every tensor with 2+ dims in that type
+         # except the router ffn_gate_inp (F32); 1-D tensors F32
+         "q8_0": (QT.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+         "q4_0": (QT.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+         "q4_1": (QT.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+         "q5_0": (QT.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+         "q5_1": (QT.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+         "q4_k": (QT.Q4_K, LlamaFileType.MOSTLY_Q4_K_S),
+         "q5_k": (QT.Q5_K, LlamaFileType.MOSTLY_Q5_K_S),
+         "q6_k": (QT.Q6_K, LlamaFileType.MOSTLY_Q6_K),
+         # llama.cpp mixes (llama-quant.cpp llama_tensor_get_type rules, see mix_type())
+         "q4_k_m": (QT.Q4_K, LlamaFileType.MOSTLY_Q4_K_M),
+         "q5_k_m": (QT.Q5_K, LlamaFileType.MOSTLY_Q5_K_M)}
+PLAIN_TYPES = ("f32", "f16", "bf16")
+MIX_TYPES = ("q4_k_m", "q5_k_m")
+GGML_QUANT_VERSION = 2   # general.quantization_version written by llama-quantize (quantised files only)
 SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe"}
 
 # elements per chunk when generating/writing a tensor (bounds memory)
@@ -224,14 +246,78 @@ def to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return n.astype(np.uint16)
 
 
-def convert(a: np.ndarray, qt: QT) -> np.ndarray:
+def convert(a: np.ndarray, qt: QT, ncols: int = 0) -> np.ndarray:
+    """float32 values (whole rows of ncols for the block types) -> bytes of type qt."""
     if qt == QT.F32:
         return a
     if qt == QT.F16:
         return a.astype(np.float16)
     if qt == QT.BF16:
         return to_bf16_bits(a)
-    raise ValueError(qt)
+    return kquant.quantize(a.reshape(-1, ncols), qt)
+
+
+def type_nbytes(qt: QT, shape) -> int:
+    be, bb = GGML_QUANT_SIZES[qt]
+    nel = int(np.prod(shape))
+    assert shape[-1] % be == 0
+    return nel // be * bb
+
+
+# --------------------------------------------------------------------------------------
+# Per-tensor type choice for the quantised --type values (llama-quant.cpp)
+# --------------------------------------------------------------------------------------
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """llama-quant.cpp use_more_bits (C integer arithmetic)."""
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def mix_type(name: str, ncols: int, base: QT, ftype: LlamaFileType, hp: HParams) -> QT:
+    """llama_tensor_get_type_impl for Q4_K_M / Q5_K_M, restricted to what applies here
+    (no imatrix, no Falcon, not a 70B model, output.weight present = untied embeddings)."""
+    m = re.match(r"blk\.(\d+)\.", name)
+    i_layer = int(m.group(1)) if m else -1
+    if name == "output.weight":
+        return QT.Q8_0 if ncols % GGML_QUANT_SIZES[base][0] else QT.Q6_K
+    if name == "token_embd.weight":
+        return base
+    if "attn_v.weight" in name:
+        # i_attention_wv counts attn_v tensors in llama.cpp's (layer-number) order = layer index
+        t = QT.Q6_K if use_more_bits(i_layer, hp.n_layer) else base
+        if hp.n_expert == 8:
+            t = QT.Q8_0
+        return t
+    if "attn_k.weight" in name:
+        return QT.Q8_0 if hp.n_expert == 8 else base
+    if "ffn_down" in name:   # ffn_down_exps, ffn_down.E (split), ffn_down_shexp; layer from the name
+        return QT.Q6_K if use_more_bits(i_layer, hp.n_layer) else base
+    if "attn_output.weight" in name:
+        if hp.n_expert == 8 and ftype == LlamaFileType.MOSTLY_Q4_K_M:
+            return QT.Q5_K
+        return base
+    return base
+
+
+FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}   # tensor_type_fallback
+
+
+def tensor_type(name: str, spec: TSpec, shape, typ: str, hp: HParams) -> QT:
+    qt, ftype = TYPES[typ]
+    if not spec.quant:
+        return QT.F32
+    if typ in PLAIN_TYPES:
+        return qt
+    if name.endswith("ffn_gate_inp.weight"):     # llama-quantize never quantises the router
+        return QT.F32
+    ncols = shape[-1]
+    t = mix_type(name, ncols, qt, ftype, hp) if typ in MIX_TYPES else qt
+    if ncols % GGML_QUANT_SIZES[t][0]:
+        t = FALLBACK.get(t, QT.F16)
+        if ncols % GGML_QUANT_SIZES[t][0]:
+            t = QT.F16
+        print(f"warning: {name}: row length {ncols} is not a multiple of the block size; using {t.name}",
+              file=sys.stderr)
+    return t
 
 
 # --------------------------------------------------------------------------------------
@@ -470,6 +556,8 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args) -> No
     a = hp.arch
     w.add_name(f"moeserve-test {ARCH_NAME[a]} {hp.preset} {tname} seed {args.seed}")
     w.add_file_type(int(ftype))
+    if tname not in PLAIN_TYPES:
+        w.add_quantization_version(GGML_QUANT_VERSION)
     w.add_uint32(f"{a}.context_length", hp.n_ctx)
     w.add_uint32(f"{a}.embedding_length", hp.n_embd)
     w.add_uint32(f"{a}.block_count", hp.n_layer)
@@ -531,19 +619,25 @@ def write_model(args) -> dict:
     hp = make_hparams(args)
     if args.expert_layout == "split" and hp.arch != "llama":
         raise SystemExit("--expert-layout split is only valid for --arch llama (legacy Mixtral layout)")
-    qt, ftype, elem_bytes = TYPES[args.type]
+    qt, ftype = TYPES[args.type]
     w = GGUFWriter(args.output, hp.arch)
     add_metadata(w, hp, args.type, ftype, args)
 
-    plan = list(file_tensors(hp, args.expert_layout))
+    plan = [(name, s, e, shape, tensor_type(name, s, shape, args.type, hp))
+            for name, s, e, shape in file_tensors(hp, args.expert_layout)]
     n_params = 0
-    for name, s, e, shape in plan:
-        tq = qt if s.quant else QT.F32
+    type_counts: dict = {}
+    for name, s, e, shape, tq in plan:
         nel = int(np.prod(shape))
         n_params += nel
-        nb = nel * (4 if tq == QT.F32 else 2)
-        w.add_tensor_info(name, shape, np.dtype(np.float32) if tq == QT.F32 else np.dtype(np.float16),
-                          nb, raw_dtype=tq)
+        type_counts[tq.name] = type_counts.get(tq.name, 0) + 1
+        if tq in (QT.F32, QT.F16, QT.BF16):
+            nb = nel * (4 if tq == QT.F32 else 2)
+            dt = np.dtype(np.float32) if tq == QT.F32 else np.dtype(np.float16)
+        else:
+            nb = type_nbytes(tq, shape)
+            dt = np.dtype(np.float32)     # shape is in elements (gguf-py only converts uint8 shapes)
+        w.add_tensor_info(name, shape, dt, nb, raw_dtype=tq)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -557,23 +651,25 @@ def write_model(args) -> dict:
             fout.write(b"\0" * p)
 
     # stream tensor data; split experts read consecutive slabs of the stacked RNG stream
+    # (block types: chunks of whole rows, quantised row by row)
     stream = None
-    for name, s, e, shape in plan:
-        tq = qt if s.quant else QT.F32
+    for name, s, e, shape, tq in plan:
         nel = int(np.prod(shape))
+        ncols = shape[-1]
         if e is None or e == 0:
             stream = _Stream(gen_chunks(s, args.seed))
         pad()
+        step = CHUNK_ELEMS if tq in (QT.F32, QT.F16, QT.BF16) else max(1, CHUNK_ELEMS // ncols) * ncols
         left = nel
         while left:
-            a = stream.take(min(left, CHUNK_ELEMS))
-            convert(a, tq).tofile(fout)
+            a = stream.take(min(left, step))
+            convert(a, tq, ncols).tofile(fout)
             left -= a.size
         pad()
     fout.flush()
     w.close()
     size = os.path.getsize(args.output)
-    return dict(hp=hp, n_params=n_params, size=size)
+    return dict(hp=hp, n_params=n_params, size=size, type_counts=type_counts)
 
 
 class _Stream:
@@ -592,7 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--arch", choices=ARCHS, help="default: from the preset for the *-slice presets")
     ap.add_argument("--preset", choices=PRESETS, required=True)
     ap.add_argument("--type", choices=tuple(TYPES), default="f32",
-                    help="type of every tensor with 2+ dims (1-D tensors stay F32)")
+                    help="f32/f16/bf16: every tensor with 2+ dims; q8_0..q6_k: every tensor with 2+ dims "
+                         "except the router (F32); q4_k_m/q5_k_m: llama.cpp mixes (docs/test-models.md). "
+                         "1-D tensors always F32")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--expert-layout", choices=("stacked", "split"), default="stacked")
     for k in ("n-embd", "n-ff", "n-expert", "n-expert-used", "n-head", "n-head-kv", "head-dim",
@@ -619,6 +717,8 @@ def main(argv=None) -> int:
            f"layout={args.expert_layout} n_embd={hp.n_embd} n_ff={hp.n_ff} experts={hp.n_expert}/top{hp.n_expert_used} "
            f"heads={hp.n_head}/{hp.n_head_kv}x{hp.head_dim} layers={hp.n_layer} vocab={hp.n_vocab} "
            f"params={r['n_params']} bytes={r['size']}")
+    if args.type not in PLAIN_TYPES:
+        msg += " tensors=" + ",".join(f"{k}:{v}" for k, v in sorted(r["type_counts"].items()))
     if args.sha256:
         msg += f" sha256={sha256_file(args.output)}"
     print(msg)

@@ -40,7 +40,9 @@ from gguf.quants import dequantize  # noqa: E402
 import gen_model  # noqa: E402
 
 ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
-TYPES = ("f32", "f16", "bf16")
+PLAIN_TYPES = ("f32", "f16", "bf16")
+QUANT_TYPES = ("q8_0", "q4_0", "q4_k_m", "q6_k", "q5_k_m")   # quantised goldens (any gen_model type works)
+TYPES = PLAIN_TYPES + QUANT_TYPES
 PROMPT_LENGTHS = (5, 23, 80)
 N_GREEDY = 32
 PROMPT_SEED = 20240601
@@ -392,16 +394,19 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="HF-transformers golden outputs for the tiny test models")
-    ap.add_argument("--all", action="store_true", help="all 4 archs x 3 types")
+    ap.add_argument("--all", action="store_true",
+                    help="all 4 archs x the default types (%s)" % ", ".join(TYPES))
+    ap.add_argument("--quant", action="store_true", help="only the quantised default types (%s)" % ", ".join(QUANT_TYPES))
     ap.add_argument("--arch", choices=ARCHS, action="append")
-    ap.add_argument("--type", choices=TYPES, action="append")
+    ap.add_argument("--type", choices=tuple(gen_model.TYPES), action="append",
+                    help="any gen_model.py --type (default: all of --all's)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="tests/data/golden")
     ap.add_argument("--selfcheck", action="store_true",
                     help="also run the independent numpy forward and compare with HF")
     args = ap.parse_args(argv)
     archs = ARCHS if args.all or not args.arch else args.arch
-    types = TYPES if args.all or not args.type else args.type
+    types = QUANT_TYPES if args.quant else TYPES if args.all or not args.type else args.type
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="moeserve-golden-") as tmp:
         for arch in archs:
