@@ -4,6 +4,12 @@
 Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
 
     gen_model.py --arch qwen3moe --preset tiny --type f16 --seed 1 -o m.gguf
+    gen_model.py --arch llama --preset tiny --type q4_k_m --seed 1 -o m.gguf
+
+Types: f32/f16/bf16 (every 2+-dim tensor), q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k (every
+2+-dim tensor but the F32 router, as llama-quantize --pure), q4_k_m/q5_k_m (llama.cpp's
+llama-quant.cpp mixes).  K-quants are quantised by tools/quantize.py (port of ggml's reference
+quantisers), the others by gguf-py.
 
 Reproducibility rule: the same arguments always give the same bytes.  Every tensor's
 values come from numpy's PCG64 seeded with sha256(f"{seed}:{tensor name}"), drawn in
@@ -62,6 +68,8 @@ SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice"
 
 # elements per chunk when generating/writing a tensor (bounds memory)
 CHUNK_ELEMS = 1 << 24
+# K-quant values in a model from which --jobs worker processes are used
+PARALLEL_MIN_ELEMS = 1 << 26
 
 
 # --------------------------------------------------------------------------------------
@@ -651,21 +659,51 @@ def write_model(args) -> dict:
             fout.write(b"\0" * p)
 
     # stream tensor data; split experts read consecutive slabs of the stacked RNG stream
-    # (block types: chunks of whole rows, quantised row by row)
+    # (block types: chunks of whole rows, quantised row by row).  The K-quant quantiser is the
+    # slow part (~7 M values/s per core): for big models its chunks go to --jobs worker
+    # processes, at most jobs+1 chunks in flight, written back in order (same bytes as serial).
+    pool = None
+    n_k = sum(int(np.prod(shape)) for _, _, _, shape, tq in plan if tq in kquant.K_TYPES)
+    if args.jobs > 1 and n_k >= PARALLEL_MIN_ELEMS:
+        import concurrent.futures
+        import multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"))
+    pending: list = []      # futures / arrays / None (= pad), written strictly in order
+
+    def n_busy() -> int:
+        return sum(1 for p in pending if p is not None and not isinstance(p, np.ndarray))
+
+    def flush(max_items: int, max_busy: int = 0):
+        while pending and (len(pending) > max_items or n_busy() > max_busy):
+            item = pending.pop(0)
+            if item is None:
+                pad()
+            elif isinstance(item, np.ndarray):
+                item.tofile(fout)
+            else:
+                item.result().tofile(fout)
+
     stream = None
     for name, s, e, shape, tq in plan:
         nel = int(np.prod(shape))
         ncols = shape[-1]
         if e is None or e == 0:
             stream = _Stream(gen_chunks(s, args.seed))
-        pad()
+        pending.append(None)
         step = CHUNK_ELEMS if tq in (QT.F32, QT.F16, QT.BF16) else max(1, CHUNK_ELEMS // ncols) * ncols
         left = nel
         while left:
             a = stream.take(min(left, step))
-            convert(a, tq, ncols).tofile(fout)
             left -= a.size
-        pad()
+            if pool is not None and tq in kquant.K_TYPES:
+                pending.append(pool.submit(convert, a, tq, ncols))
+            else:
+                pending.append(convert(a, tq, ncols))
+            flush(4 * args.jobs + 8, args.jobs) if pool is not None else flush(0)
+        pending.append(None)
+    flush(0)
+    if pool is not None:
+        pool.shutdown()
     fout.flush()
     w.close()
     size = os.path.getsize(args.output)
@@ -696,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     for k in ("n-embd", "n-ff", "n-expert", "n-expert-used", "n-head", "n-head-kv", "head-dim",
               "n-layer", "n-vocab", "n-ctx", "n-ff-shexp"):
         ap.add_argument("--" + k, type=int, dest=k.replace("-", "_"))
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                    help="worker processes for the K-quant quantiser on big models (output does not depend on it)")
     ap.add_argument("--sha256", action="store_true", help="also print the file's sha256")
     ap.add_argument("-o", "--output", required=True)
     return ap

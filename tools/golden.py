@@ -6,6 +6,8 @@ Never run in CI.  Needs the separate venv made from tools/requirements-golden.tx
     python3 -m venv .venv-golden && .venv-golden/bin/pip install -r tools/requirements-golden.txt
     .venv-golden/bin/python tools/golden.py --all --out tests/data/golden
 
+Default types: f32, f16, bf16 and the quantised q8_0, q4_0, q4_k_m, q6_k, q5_k_m (--quant: only
+those; --type: any gen_model.py type).
 For every (arch, type) it generates the model with tools/gen_model.py into a temp dir, reads it
 back with gguf-py's GGUFReader (dequantised to float32: an independent reader from ours),
 builds the matching HF model (MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,

@@ -24,12 +24,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *golden_names[] = {
-    "llama-tiny-f32",    "llama-tiny-f16",    "llama-tiny-bf16",  "qwen2moe-tiny-f32",
-    "qwen2moe-tiny-f16", "qwen2moe-tiny-bf16", "qwen3moe-tiny-f32", "qwen3moe-tiny-f16",
-    "qwen3moe-tiny-bf16", "olmoe-tiny-f32",    "olmoe-tiny-f16",   "olmoe-tiny-bf16",
+/* Float goldens must agree to 1e-3 of the largest logit (the issue's bound; we reach ~1e-6).
+ * Quantised goldens are transformers on the dequantised weights, while moeserve, like
+ * llama.cpp, also quantises the activations to 8 bits for the integer dot products, so they
+ * get a wider bound: the measured worst case with margin (see the printed ratios). */
+typedef struct golden_case {
+    const char *name;
+    double logit_tol; /* max |delta| / max |logit| */
+} golden_case;
+
+#define FLOAT_CASES(arch)                                                                        \
+    {arch "-tiny-f32", 1e-3}, {arch "-tiny-f16", 1e-3}, {arch "-tiny-bf16", 1e-3}
+#define QUANT_CASES(arch)                                                                        \
+    {arch "-tiny-q8_0", QUANT_TOL}, {arch "-tiny-q4_0", QUANT_TOL},                              \
+        {arch "-tiny-q4_k_m", QUANT_TOL}, {arch "-tiny-q5_k_m", QUANT_TOL},                      \
+        {arch "-tiny-q6_k", QUANT_TOL}
+#define QUANT_TOL 3e-2
+
+static const golden_case goldens[] = {
+    FLOAT_CASES("llama"), FLOAT_CASES("qwen2moe"), FLOAT_CASES("qwen3moe"), FLOAT_CASES("olmoe"),
+    QUANT_CASES("llama"), QUANT_CASES("qwen2moe"), QUANT_CASES("qwen3moe"), QUANT_CASES("olmoe"),
 };
-enum { N_GOLDEN = sizeof golden_names / sizeof golden_names[0] };
+enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 12 };
 
 static const char *env_or(const char *name, const char *fallback)
 {
@@ -176,12 +192,11 @@ static model_ctx *new_ctx(model *m, int n_seq, int n_ctx)
 
 /* ---- logits and greedy tokens against transformers ---------------------------------------- */
 
-START_TEST(logits_match_transformers)
+/* Last-position logits of every golden prompt within tol * max|logit|; returns the worst ratio. */
+static double check_logits(fixture *fx, const char *label, double tol)
 {
-    fixture fx;
-    fixture_open(&fx, golden_names[_i], "", 2);
-    const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
-    int n_vocab = fx.hp->n_vocab;
+    const cJSON *prompts = cJSON_GetObjectItem(fx->golden, "prompts");
+    int n_vocab = fx->hp->n_vocab;
     float *logits = malloc((size_t)n_vocab * sizeof *logits);
     double worst = 0.0;
     const cJSON *p;
@@ -191,7 +206,7 @@ START_TEST(logits_match_transformers)
         int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
         const cJSON *want = cJSON_GetObjectItem(p, "logits");
         ck_assert_int_eq(cJSON_GetArraySize(want), n_vocab);
-        model_ctx *ctx = new_ctx(fx.m, 1, n + 1);
+        model_ctx *ctx = new_ctx(fx->m, 1, n + 1);
         run_prompt(ctx, tokens, n, 0, logits);
         double max_abs = 0.0, max_delta = 0.0;
         for (int i = 0; i < n_vocab; i++) {
@@ -200,44 +215,83 @@ START_TEST(logits_match_transformers)
             max_delta = fmax(max_delta, fabs(logits[i] - w));
         }
         ck_assert_msg(max_abs > 0.5, "golden logits are degenerate (max |logit| %g)", max_abs);
-        ck_assert_msg(max_delta <= 1e-3 * max_abs, "%s prompt of %d tokens: max |delta| %g > 1e-3 * %g",
-                      golden_names[_i], n, max_delta, max_abs);
+        ck_assert_msg(max_delta <= tol * max_abs, "%s prompt of %d tokens: max |delta| %g > %g * %g",
+                      label, n, max_delta, tol, max_abs);
         worst = fmax(worst, max_delta / max_abs);
         model_ctx_destroy(&ctx);
         free(tokens);
     }
-    printf("%s: max |delta logit| / max |logit| = %.2e over %d prompts\n", golden_names[_i], worst,
+    printf("%s: max |delta logit| / max |logit| = %.2e over %d prompts\n", label, worst,
            cJSON_GetArraySize(prompts));
     free(logits);
+    return worst;
+}
+
+START_TEST(logits_match_transformers)
+{
+    fixture fx;
+    fixture_open(&fx, goldens[_i].name, "", 2);
+    check_logits(&fx, goldens[_i].name, goldens[_i].logit_tol);
     fixture_close(&fx);
 }
 END_TEST
 
-START_TEST(greedy_tokens_match_transformers)
+static void check_greedy(fixture *fx, const char *label, double tol)
 {
     char err[512];
-    fixture fx;
-    fixture_open(&fx, golden_names[_i], "", 2);
-    const cJSON *greedy = cJSON_GetObjectItem(fx.golden, "greedy");
+    const cJSON *greedy = cJSON_GetObjectItem(fx->golden, "greedy");
     int n_prompt, n_want;
     int32_t *prompt = json_ints(cJSON_GetObjectItem(greedy, "prompt"), &n_prompt);
     int32_t *want = json_ints(cJSON_GetObjectItem(greedy, "tokens"), &n_want);
     ck_assert_int_eq(n_want, 32);
-    float *logits = malloc((size_t)fx.hp->n_vocab * sizeof *logits);
-    model_ctx *ctx = new_ctx(fx.m, 1, n_prompt + n_want);
+    float *logits = malloc((size_t)fx->hp->n_vocab * sizeof *logits);
+    model_ctx *ctx = new_ctx(fx->m, 1, n_prompt + n_want);
     run_prompt(ctx, prompt, n_prompt, 0, logits);
+    /* Float weights: the same 32 tokens.  Quantised weights: moeserve's 8-bit activations
+     * move logits by up to logit_tol * max|logit| (checked above), so near ties may go either
+     * way; the sequence is then teacher-forced with transformers' tokens, and transformers'
+     * choice must be within twice that bound of our best logit at every step but at most one:
+     * a router decision that the activation rounding flips moves a step's logits further
+     * (seen once in the 640 quantised steps; dequantised_weights_match_transformers shows the
+     * weights themselves are exact). */
+    bool exact = tol <= 1e-3;
+    int outliers = 0;
+    int matched = 0;
     for (int g = 0; g < n_want; g++) {
-        int32_t next = model_argmax(logits, fx.hp->n_vocab);
-        ck_assert_msg(next == want[g], "%s: greedy token %d is %d, transformers gave %d",
-                      golden_names[_i], g, next, want[g]);
+        int32_t next = model_argmax(logits, fx->hp->n_vocab);
+        if (exact) {
+            ck_assert_msg(next == want[g], "%s: greedy token %d is %d, transformers gave %d",
+                          label, g, next, want[g]);
+        } else {
+            float max_abs = 0.0f;
+            for (int32_t v = 0; v < fx->hp->n_vocab; v++) max_abs = fmaxf(max_abs, fabsf(logits[v]));
+            float shortfall = logits[next] - logits[want[g]];
+            if (shortfall > 2.0 * tol * max_abs) {
+                outliers++;
+                printf("%s: step %d: transformers' token %d is %g below our best %d\n", label, g,
+                       want[g], shortfall, next);
+            }
+            ck_assert_msg(outliers <= 1, "%s: %d teacher-forced steps outside the bound", label, outliers);
+            next = want[g];
+        }
+        matched += next == model_argmax(logits, fx->hp->n_vocab);
         int32_t pos = n_prompt + g, seq = 0;
         model_batch b = {.n_tokens = 1, .token = &next, .pos = &pos, .seq = &seq};
         if (g + 1 < n_want) ck_assert_msg(model_forward(ctx, &b, logits, err, sizeof err) == 0, "%s", err);
     }
+    if (!exact) printf("%s: our argmax equals transformers' token at %d of %d teacher-forced steps\n",
+                       label, matched, n_want);
     model_ctx_destroy(&ctx);
     free(logits);
     free(prompt);
     free(want);
+}
+
+START_TEST(greedy_tokens_match_transformers)
+{
+    fixture fx;
+    fixture_open(&fx, goldens[_i].name, "", 2);
+    check_greedy(&fx, goldens[_i].name, goldens[_i].logit_tol);
     fixture_close(&fx);
 }
 END_TEST
@@ -248,7 +302,7 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
 {
     char err[512];
     fixture fx;
-    fixture_open(&fx, golden_names[_i], "", 2);
+    fixture_open(&fx, goldens[_i].name, "", 2);
     const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
     int n_seq = cJSON_GetArraySize(prompts), n_vocab = fx.hp->n_vocab, n_dec = 4;
     int32_t *tok[8];
@@ -310,7 +364,7 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
             const float *ref = alone + ((size_t)s * (n_dec + 1) + d) * n_vocab;
             ck_assert_msg(memcmp(by_seq + s * n_vocab, ref, (size_t)n_vocab * sizeof(float)) == 0,
                           "%s: sequence %d step %d differs between batch and alone",
-                          golden_names[_i], s, d);
+                          goldens[_i].name, s, d);
         }
         if (d == n_dec) break;
         int32_t nt[8], np[8], ns[8];
@@ -372,8 +426,8 @@ END_TEST
 START_TEST(thread_count_does_not_change_logits)
 {
     fixture one, three;
-    fixture_open(&one, golden_names[_i], "", 1);
-    fixture_open(&three, golden_names[_i], "", 3);
+    fixture_open(&one, goldens[_i].name, "", 1);
+    fixture_open(&three, goldens[_i].name, "", 3);
     assert_same_logits(&one, &three, 1);
     fixture_close(&one);
     fixture_close(&three);
@@ -520,6 +574,67 @@ START_TEST(unusable_models_are_refused_with_the_reason)
 }
 END_TEST
 
+/* Copies `src` to `dst` with every quantised tensor replaced by its F32 dequantisation. */
+static void dequantise_copy(const char *src, const char *dst)
+{
+    char err[512];
+    gguf_file *f = NULL;
+    ck_assert_msg(gguf_open(&f, src, err, sizeof err) == 0, "%s", err);
+    gguf_writer *w = NULL;
+    ck_assert_int_eq(gguf_writer_create(&w, gguf_alignment(f)), 0);
+    for (uint64_t i = 0; i < gguf_n_kv(f); i++) {
+        const gguf_kv *kv = gguf_kv_at(f, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.data);
+        ck_assert_int_eq(gguf_writer_add_value(w, key, &kv->value), 0);
+    }
+    float **owned = calloc(gguf_n_tensors(f), sizeof *owned);
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.data);
+        const kern_type_traits *tt = kern_type_info(t->type);
+        ck_assert_ptr_nonnull(tt);
+        if (tt->block_elems == 1) {
+            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data), 0);
+            continue;
+        }
+        int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        owned[i] = malloc((size_t)n * sizeof(float));
+        tt->to_f32(t->data, owned[i], n);
+        ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, GGUF_T_F32, owned[i]), 0);
+    }
+    ck_assert_msg(gguf_writer_write(w, dst, err, sizeof err) == 0, "%s", err);
+    gguf_writer_destroy(&w);
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) free(owned[i]);
+    free(owned);
+    gguf_close(&f);
+}
+
+/* The quantised goldens' only difference from moeserve must be the 8-bit activations: with
+ * the same weights dequantised to F32 (by our dequantisers, bit-exact with gguf-py) the model
+ * meets the float bound and the exact greedy tokens. */
+START_TEST(dequantised_weights_match_transformers)
+{
+    char err[512], dst[1100];
+    const golden_case *gc = &goldens[N_FLOAT_GOLDEN + _i];
+    fixture fx;
+    fixture_open(&fx, gc->name, "", 2);
+    snprintf(dst, sizeof dst, "%s.f32.%d", fx.path, (int)getpid());
+    dequantise_copy(fx.path, dst);
+    model_close(&fx.m);
+    model_opts mo = {.backend = fx.backend};
+    ck_assert_msg(model_open(&fx.m, dst, &mo, err, sizeof err) == 0, "%s", err);
+    unlink(dst);
+    fx.hp = model_params(fx.m);
+    char label[300];
+    snprintf(label, sizeof label, "%s dequantised", gc->name);
+    check_logits(&fx, label, 1e-3);
+    check_greedy(&fx, label, 1e-3);
+    fixture_close(&fx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("model");
@@ -529,6 +644,7 @@ int main(void)
     tcase_add_loop_test(tc, greedy_tokens_match_transformers, 0, N_GOLDEN);
     tcase_add_loop_test(tc, batch_gives_each_sequence_its_own_logits, 0, N_GOLDEN);
     tcase_add_loop_test(tc, thread_count_does_not_change_logits, 0, N_GOLDEN);
+    tcase_add_loop_test(tc, dequantised_weights_match_transformers, 0, N_GOLDEN - N_FLOAT_GOLDEN);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
