@@ -309,6 +309,14 @@ static inline __m128i k4_min_products(__m256i mins_and_scales, const int16_t *bs
     return _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
 }
 
+static inline float hsum4(__m128 v)
+{
+    __m128 sh = _mm_movehdup_ps(v);
+    __m128 s = _mm_add_ps(v, sh);
+    sh = _mm_movehl_ps(sh, s);
+    return _mm_cvtss_f32(_mm_add_ss(s, sh));
+}
+
 static inline int hsum_i32_4(__m128i s)
 {
     s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -322,14 +330,14 @@ float kern__dot_q4_K_avx2(const void *row, const void *xq, int64_t n)
     const block_q8_K *y = xq;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
+    __m128 summs = _mm_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
         float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
         __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
-        summs += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[i].bsums));
+        summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[i].bsums)), summs);
         __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
         __m256i scales = _mm256_set_m128i(sc128, sc128);
         const uint8_t *q4 = w[i].qs;
@@ -352,7 +360,7 @@ float kern__dot_q4_K_avx2(const void *row, const void *xq, int64_t n)
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - summs;
+    return hsum8(acc) - hsum4(summs);
 }
 
 float kern__dot_q5_K_avx2(const void *row, const void *xq, int64_t n)
@@ -361,14 +369,14 @@ float kern__dot_q5_K_avx2(const void *row, const void *xq, int64_t n)
     const block_q8_K *y = xq;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
+    __m128 summs = _mm_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
         float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
         __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
-        summs += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[i].bsums));
+        summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[i].bsums)), summs);
         __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
         __m256i scales = _mm256_set_m128i(sc128, sc128);
         __m256i hbits = _mm256_loadu_si256((const __m256i *)w[i].qh);
@@ -398,7 +406,7 @@ float kern__dot_q5_K_avx2(const void *row, const void *xq, int64_t n)
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - summs;
+    return hsum8(acc) - hsum4(summs);
 }
 
 /* Shuffle giving 8 copies of scale byte 2i then 8 copies of 2i+1 (two 16-element groups). */
@@ -527,7 +535,7 @@ static void dot4_q4_0(const void *row, const void *x, size_t stride, int64_t n, 
 /* Q4_K and Q5_K share everything but the unpacking of the 4- or 5-bit values. */
 static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, kern_half wdmin,
                            const uint8_t *scales_packed, const block_q8_K *const *y, int64_t i,
-                           __m256 *acc, float *summs)
+                           __m256 *acc, __m128 *summs)
 {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256i mins_and_scales = k4_mins_and_scales(scales_packed);
@@ -536,7 +544,8 @@ static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, k
     __m256i sumi[NT];
     for (int t = 0; t < NT; t++) {
         float dmin = y[t][i].d * h2f(wdmin);
-        summs[t] += dmin * (float)hsum_i32_4(k4_min_products(mins_and_scales, y[t][i].bsums));
+        summs[t] = _mm_fmadd_ps(_mm_set1_ps(dmin),
+                                _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[t][i].bsums)), summs[t]);
         sumi[t] = _mm256_setzero_si256();
     }
     __m256i hbits = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
@@ -573,15 +582,15 @@ static void dot4_q4_K(const void *row, const void *x, size_t stride, int64_t n, 
     const block_q4_K *w = row;
     const block_q8_K *y[NT];
     __m256 acc[NT];
-    float summs[NT];
+    __m128 summs[NT];
     for (int t = 0; t < NT; t++) {
         y[t] = token_x(x, stride, t);
         acc[t] = _mm256_setzero_ps();
-        summs[t] = 0.0f;
+        summs[t] = _mm_setzero_ps();
     }
     for (int64_t i = 0; i < n / QK_K; i++)
         dot4_k4(w[i].qs, NULL, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - summs[t];
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - hsum4(summs[t]);
 }
 
 static void dot4_q5_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
@@ -589,15 +598,15 @@ static void dot4_q5_K(const void *row, const void *x, size_t stride, int64_t n, 
     const block_q5_K *w = row;
     const block_q8_K *y[NT];
     __m256 acc[NT];
-    float summs[NT];
+    __m128 summs[NT];
     for (int t = 0; t < NT; t++) {
         y[t] = token_x(x, stride, t);
         acc[t] = _mm256_setzero_ps();
-        summs[t] = 0.0f;
+        summs[t] = _mm_setzero_ps();
     }
     for (int64_t i = 0; i < n / QK_K; i++)
         dot4_k4(w[i].qs, w[i].qh, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - summs[t];
+    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - hsum4(summs[t]);
 }
 
 static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
