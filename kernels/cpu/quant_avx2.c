@@ -286,18 +286,23 @@ static inline __m256i scale_shuffle_k4(int i)
     return _mm256_set1_epi16((short)((2 * i) | ((2 * i + 1) << 8)));
 }
 
-/* Unpacks the 12-byte scales into 8 scales (bytes 0..7) and 8 mins (bytes 8..15). */
+/* Unpacks the 12-byte scales into 8 scales (bytes 0..7) and 8 mins (bytes 8..15), widened to
+ * 16 bits, with byte shuffles instead of scalar bit twiddling (this runs once per 256 weights,
+ * on the decode hot path).  `scales` is followed by the block's quants, so reading 16 bytes
+ * from it stays inside the block. */
 static inline __m256i k4_mins_and_scales(const uint8_t *scales)
 {
-    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
-    uint32_t utmp[4];
-    memcpy(utmp, scales, 12);
-    utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
-    uint32_t uaux = utmp[1] & kmask1;
-    utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
-    utmp[2] = uaux;
-    utmp[0] &= kmask1;
-    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)utmp[3], (int)utmp[2], (int)utmp[1], (int)utmp[0]));
+    const __m128i v = _mm_loadu_si128((const __m128i *)scales);
+    /* lanes: sc0-3 from b0-3, sc4-7 low nibbles of b8-11, m0-3 from b4-7, m4-7 high nibbles */
+    const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    /* the top two bits of b0-3 (b4-7) become bits 4-5 of sc4-7 (m4-7) */
+    const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    __m128i low = _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    __m128i high_nibble = _mm_and_si128(_mm_srli_epi16(a, 4),
+                                        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+    __m128i top_bits = _mm_and_si128(_mm_srli_epi16(top, 2),
+                                     _mm_setr_epi8(0, 0, 0, 0, 48, 48, 48, 48, 0, 0, 0, 0, 48, 48, 48, 48));
+    return _mm256_cvtepu8_epi16(_mm_or_si128(_mm_or_si128(low, high_nibble), top_bits));
 }
 
 /* sum_j mins_j * (sum of activations over sub-block j), from Q8_K's 16-element sums */
