@@ -58,7 +58,7 @@ int cli_open_backend(kern_backend **out, int n_threads)
 {
     char msg[256];
     if (kern_cuda_probe(msg, sizeof msg) > 0)
-        cli_log("%s; the CUDA backend is not implemented yet, running on the CPU backend", msg);
+        cli_log("%s; this build has no CUDA compute backend yet: running on the CPU backend", msg);
     else
         cli_log("%s: running on the CPU backend", msg);
     kern_cpu_opts opts = kern_cpu_opts_default();
