@@ -91,6 +91,64 @@ static void print_type_mix(const gguf_file *f)
     }
 }
 
+/* The tensor's role: its name without "blk.N." and without a per-expert index, so that
+ * "blk.3.ffn_down.7.weight" and "blk.0.ffn_down.2.weight" are the same role. */
+static void role_of(const gguf_tensor *t, char *role, size_t size)
+{
+    const char *p = t->name.data, *end = p + t->name.len;
+    if (t->name.len > 4 && !memcmp(p, "blk.", 4)) {
+        const char *q = p + 4;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+        if (q < end && *q == '.') p = q + 1;
+    }
+    size_t n = 0;
+    while (p < end && n + 1 < size) {
+        if (*p == '.' && p + 1 < end && p[1] >= '0' && p[1] <= '9') { /* ".7." per-expert index */
+            const char *q = p + 1;
+            while (q < end && *q >= '0' && *q <= '9') q++;
+            if (q < end && *q == '.') {
+                p = q;
+                continue;
+            }
+        }
+        role[n++] = *p++;
+    }
+    role[n] = 0;
+}
+
+/* Which storage types each role uses (a Q4_K_M file puts some ffn_down layers in Q6_K). */
+static void print_roles(const gguf_file *f)
+{
+    enum { MAX_ROLES = 64 };
+    char roles[MAX_ROLES][64];
+    uint64_t types[MAX_ROLES] = {0}, bytes[MAX_ROLES] = {0};
+    int n_roles = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        char role[64];
+        role_of(t, role, sizeof role);
+        int r = 0;
+        while (r < n_roles && strcmp(roles[r], role)) r++;
+        if (r == n_roles) {
+            if (n_roles == MAX_ROLES) continue;
+            snprintf(roles[n_roles++], sizeof roles[0], "%s", role);
+        }
+        types[r] |= 1ull << (t->type % 64);
+        bytes[r] += t->n_bytes;
+    }
+    printf("weights by role:\n");
+    for (int r = 0; r < n_roles; r++) {
+        char h[32], list[128] = "";
+        size_t used = 0;
+        human(bytes[r], h, sizeof h);
+        for (int ty = 0; ty < 64 && used < sizeof list; ty++)
+            if (types[r] >> ty & 1)
+                used += (size_t)snprintf(list + used, sizeof list - used, used ? "+%s" : "%s",
+                                         gguf_type_name((gguf_ttype)ty));
+        printf("  %-28s %-16s %12s\n", roles[r], list, h);
+    }
+}
+
 static void print_model(const model *m)
 {
     const model_hparams *hp = model_params(m);
@@ -168,6 +226,7 @@ int cli_inspect(int argc, char **argv)
            gguf_version(f), gguf_n_kv(f), gguf_alignment(f));
     print_tokenizer(f);
     print_type_mix(f);
+    print_roles(f);
     if (show_tensors) print_tensors(f);
     gguf_close(&f);
 

@@ -219,20 +219,28 @@ float kern__dot_q8_0_avx2(const void *row, const void *xq, int64_t n)
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
+static inline __m256 q4_0_block(const block_q4_0 *w, const block_q8_0 *y)
+{
+    __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w->qs), _mm256_set1_epi8(8));
+    return mul_sum_i8_pairs_float(qx, _mm256_loadu_si256((const __m256i *)y->qs));
+}
+
+/* Even and odd blocks in two accumulators, as for Q8_0; dot4_q4_0 pairs them the same way. */
 float kern__dot_q4_0_avx2(const void *row, const void *xq, int64_t n)
 {
     const block_q4_0 *w = row;
     const block_q8_0 *y = xq;
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i off = _mm256_set1_epi8(8);
-    for (int64_t i = 0; i < n / QK4_0; i++) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t nb = n / QK4_0, i = 0;
+    for (; i + 2 <= nb; i += 2) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
-        __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), off);
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i + 1].d) * h2f(y[i + 1].d)),
+                               q4_0_block(&w[i + 1], &y[i + 1]), acc1);
     }
-    return hsum8(acc);
+    if (i < nb)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]), acc0);
+    return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
 float kern__dot_q4_1_avx2(const void *row, const void *xq, int64_t n)
@@ -533,28 +541,36 @@ static void dot4_q8_0(const void *row, const void *x, size_t stride, int64_t n, 
     for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
+static inline void q4_0_block4(const block_q4_0 *w, const block_q8_0 *const *y, int64_t i,
+                               __m256 *acc)
+{
+    __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), _mm256_set1_epi8(8));
+    __m256i ax = _mm256_sign_epi8(qx, qx);
+    float dw = h2f(w[i].d);
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
+        acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
+    }
+}
+
 static void dot4_q4_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
 {
     const block_q4_0 *w = row;
     const block_q8_0 *y[NT];
-    __m256 acc[NT];
+    __m256 acc0[NT], acc1[NT];
     for (int t = 0; t < NT; t++) {
         y[t] = token_x(x, stride, t);
-        acc[t] = _mm256_setzero_ps();
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
     }
-    const __m256i off = _mm256_set1_epi8(8);
-    for (int64_t i = 0; i < n / QK4_0; i++) {
-        __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), off);
-        __m256i ax = _mm256_sign_epi8(qx, qx);
-        float dw = h2f(w[i].d);
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++) {
-            __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
-            __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
-            acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
-        }
+    int64_t nb = n / QK4_0, i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        q4_0_block4(w, y, i, acc0);
+        q4_0_block4(w, y, i + 1, acc1);
     }
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]);
+    if (i < nb) q4_0_block4(w, y, i, acc0);
+    for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
 /* Q4_K and Q5_K share everything but the unpacking of the 4- or 5-bit values. */

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The moeserve binary, run as a user runs it: inspect, generate and bench on generated models,
+and the errors a user sees for a missing or damaged file.  Sizes are checked against gguf-py's
+own reading of the same file.  Usage: test_cli.py /path/to/moeserve"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import gguf
+
+ROOT = os.environ.get("MOE_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+MOESERVE = sys.argv[1]
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print(f"FAIL: {what}")
+
+
+def run(*args):
+    p = subprocess.run([MOESERVE, *args], capture_output=True, timeout=300)
+    # generated text from a random model need not be valid UTF-8
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def gen(path, *args):
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_model.py"), *args, "--seed", "1", "-o", path],
+                   check=True, capture_output=True)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    q4km = os.path.join(tmp, "q3.gguf")
+    gen(q4km, "--arch", "qwen3moe", "--preset", "tiny", "--type", "q4_k_m")
+
+    rc, out, err = run("inspect", "--summary", q4km)
+    check(rc == 0, f"inspect exits 0 (got {rc}: {err})")
+    check(re.search(r"architecture\s+qwen3moe", out) is not None, "inspect names the architecture")
+    check(re.search(r"experts\s+8, top-4", out) is not None, "inspect shows experts and top-k")
+    # gguf-py's view of the same file: bytes of all tensors and of the routed experts
+    r = gguf.GGUFReader(q4km)
+    total = sum(int(t.n_bytes) for t in r.tensors)
+    # the largest layer's expert (layers may differ in type: Q4_K_M puts some ffn_down in Q6_K)
+    layer_bytes = {}
+    for t in r.tensors:
+        if "_exps." in t.name:
+            layer = int(t.name.split(".")[1])
+            layer_bytes[layer] = layer_bytes.get(layer, 0) + int(t.n_bytes)
+    per_expert = max(layer_bytes.values()) // 8
+    m = re.search(r"routed experts\s+\S+ \S+ \((\d+) experts x ([0-9.]+) KiB", out)
+    check(m is not None and int(m.group(1)) == 16, "inspect counts 16 experts (2 layers x 8)")
+    if m:
+        check(abs(float(m.group(2)) * 1024 - per_expert) < 10.24, f"bytes per expert {m.group(2)} KiB vs gguf-py {per_expert} B")
+    down_types = {t.tensor_type.name for t in r.tensors if t.name.endswith("ffn_down_exps.weight")}
+    m = re.search(r"ffn_down_exps\.weight\s+(\S+)", out)
+    check(m is not None and set(m.group(1).split("+")) == down_types,
+          f"role line for ffn_down_exps ({m and m.group(1)}) equals gguf-py's types {down_types}")
+    m = re.search(r"type mix:\n((?:  .*\n)+)", out)
+    mix = {}
+    if m:
+        for line in m.group(1).splitlines():
+            name, count = line.split()[:2]
+            mix[name] = int(count)
+    want_mix = {}
+    for t in r.tensors:
+        want_mix[t.tensor_type.name] = want_mix.get(t.tensor_type.name, 0) + 1
+    check(mix == want_mix, f"type mix {mix} equals gguf-py's {want_mix}")
+
+    rc, out, err = run("inspect", q4km)
+    check(rc == 0 and out.count("blk.") >= len([t for t in r.tensors if t.name.startswith("blk.")]),
+          "inspect without --summary lists every tensor")
+
+    rc, out, err = run("generate", "--model", q4km, "-n", "8", "--threads", "2")
+    check(rc == 0, f"generate exits 0 ({err})")
+    check(re.search(r"generation: 8 tokens in [0-9.]+ s \([0-9.]+ tokens/s\)", out) is not None,
+          "generate ends with a timing line")
+    check("running on the CPU backend" in err, "the log says which backend runs")
+
+    rc, out, err = run("generate", "--model", q4km, "--prompt-ids", "1,2,999999")
+    check(rc != 0 and "outside the vocabulary" in err, f"a token id outside the vocabulary is refused ({err.strip()})")
+
+    rc, out, err = run("bench", "--model", q4km, "--threads", "1", "--prompt", "8", "--gen", "4")
+    check(rc == 0 and re.search(r"\| q3\.gguf \| 1 \| 1 \| 8 \|", out) is not None, "bench prints its table row")
+
+    missing = os.path.join(tmp, "nope.gguf")
+    rc, out, err = run("inspect", missing)
+    check(rc == 1 and "nope.gguf" in err and "No such file" in err, f"missing file: clear error ({err.strip()})")
+
+    truncated = os.path.join(tmp, "cut.gguf")
+    with open(q4km, "rb") as src, open(truncated, "wb") as dst:
+        dst.write(src.read(os.path.getsize(q4km) // 2))
+    rc, out, err = run("inspect", truncated)
+    check(rc == 1 and "offset" in err and "cut.gguf" in err, f"truncated file: error with offset ({err.strip()})")
+    rc, out, err = run("generate", "--model", truncated)
+    check(rc == 1 and "offset" in err, "generate refuses the truncated file too")
+
+    rc, out, err = run("frobnicate")
+    check(rc == 2 and "unknown command" in err, "unknown command: usage error")
+    rc, out, err = run("bench", "--model", q4km, "--threads", "many")
+    check(rc == 2 and "--threads" in err, "bad option value: names the option")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
