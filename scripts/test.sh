@@ -30,7 +30,7 @@ run_build() { # name, dir, options...
     local name=$1 dir=$2; shift 2
     echo "=== $name build ($dir: $*)"
     configure "$dir" --werror "$@"
-    ninja -C "$dir" >"$dir.ninja.log" 2>&1 || { cat "$dir.ninja.log"; echo "build failed: $name"; status=1; total_fail=$((total_fail + 1)); return; }
+    ninja -C "$dir" >"$dir/moe-ninja.log" 2>&1 || { cat "$dir/moe-ninja.log"; echo "build failed: $name"; status=1; total_fail=$((total_fail + 1)); return; }
     set +e
     meson test -C "$dir" --print-errorlogs --num-processes 2 --no-rebuild
     local rc=$?
