@@ -28,6 +28,16 @@ KERN__DECLARE_DOTS(f32, avx512)
 KERN__DECLARE_DOTS(f16, avx512)
 KERN__DECLARE_DOTS(bf16, avx512)
 
+/* A dot_multi that runs the level's single-vector dot per vector: bit-identical by
+ * construction, for types and levels without a kernel that shares work between vectors. */
+#define KERN__MULTI_FROM_SINGLE(type, level)                                                     \
+    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,      \
+                                          int n_x, int64_t n, float *out)                       \
+    {                                                                                            \
+        for (int j = 0; j < n_x; j++)                                                            \
+            out[j] = kern__dot_##type##_##level(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
+    }
+
 /* quantised weight types: scalar reference and AVX2 */
 #define KERN__DECLARE_QUANT(type)                                                                \
     KERN__DECLARE_DOTS(type, scalar)                                                             \

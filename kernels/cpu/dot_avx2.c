@@ -5,20 +5,12 @@
  * once for two activation vectors.  Both use the same lanes in the same order, which makes a
  * token's result independent of the batch it is in.
  */
+#include "kernels/cpu/avx2_util.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/kernels.h"
 
 #include <immintrin.h>
 #include <string.h>
-
-static inline float hsum8(__m256 v)
-{
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo);
-    __m128 s = _mm_add_ps(lo, sh);
-    sh = _mm_movehl_ps(sh, s);
-    return _mm_cvtss_f32(_mm_add_ss(s, sh));
-}
 
 static inline __m256 load8_f32(const void *p, int64_t i)
 {

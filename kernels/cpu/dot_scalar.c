@@ -38,14 +38,6 @@ float kern__dot_bf16_scalar(const void *row, const void *xv, int64_t n)
     return (float)acc;
 }
 
-#define MULTI_FROM_SINGLE(type)                                                                  \
-    void kern__dot_multi_##type##_scalar(const void *row, const void *x, size_t x_stride,       \
-                                         int n_x, int64_t n, float *out)                        \
-    {                                                                                            \
-        for (int j = 0; j < n_x; j++)                                                            \
-            out[j] = kern__dot_##type##_scalar(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
-    }
-
-MULTI_FROM_SINGLE(f32)
-MULTI_FROM_SINGLE(f16)
-MULTI_FROM_SINGLE(bf16)
+KERN__MULTI_FROM_SINGLE(f32, scalar)
+KERN__MULTI_FROM_SINGLE(f16, scalar)
+KERN__MULTI_FROM_SINGLE(bf16, scalar)

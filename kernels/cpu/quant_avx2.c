@@ -11,6 +11,7 @@
  * dot_multi runs dot per activation vector, so that a token's result never depends on its
  * neighbours; the weight row stays in L1 between them.
  */
+#include "kernels/cpu/avx2_util.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/quant_blocks.h"
 #include "kernels/kernels.h"
@@ -24,15 +25,6 @@
 static inline float h2f(kern_half h)
 {
     return _cvtsh_ss(h);
-}
-
-static inline float hsum8(__m256 v)
-{
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 sh = _mm_movehdup_ps(lo);
-    __m128 s = _mm_add_ps(lo, sh);
-    sh = _mm_movehl_ps(sh, s);
-    return _mm_cvtss_f32(_mm_add_ss(s, sh));
 }
 
 static inline int hsum_i32_8(__m256i v)
@@ -509,68 +501,64 @@ static inline const void *token_x(const void *x, size_t stride, int t)
     return (const uint8_t *)x + (size_t)t * stride;
 }
 
-static inline void q8_0_block4(const block_q8_0 *w, const block_q8_0 *const *y, int64_t i,
-                               __m256 *acc)
+/* Q8_0 and Q4_0 differ only in how a block's 32 signed weights are unpacked; both start
+ * with the f16 scale. */
+typedef __m256i (*signed32_fn)(const uint8_t *block);
+
+static inline __m256i signed32_q8_0(const uint8_t *block)
 {
-    __m256i qx = _mm256_loadu_si256((const __m256i *)w[i].qs);
+    return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)block)->qs);
+}
+
+static inline __m256i signed32_q4_0(const uint8_t *block)
+{
+    return _mm256_sub_epi8(bytes_from_nibbles_32(((const block_q4_0 *)block)->qs), _mm256_set1_epi8(8));
+}
+
+static inline void signed32_block4(const uint8_t *block, signed32_fn unpack,
+                                   const block_q8_0 *const *y, int64_t i, __m256 *acc)
+{
+    __m256i qx = unpack(block);
     __m256i ax = _mm256_sign_epi8(qx, qx);
-    float dw = h2f(w[i].d);
+    kern_half wd;
+    memcpy(&wd, block, sizeof wd);
+    float dw = h2f(wd);
 #pragma GCC unroll 4
     for (int t = 0; t < NT; t++) {
         __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
         __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
         acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
     }
+}
+
+/* Even and odd blocks in two accumulators per token, as the one-token kernels pair them. */
+static inline void dot4_signed32(const void *row, size_t block_bytes, signed32_fn unpack,
+                                 const void *x, size_t stride, int64_t n, float *out)
+{
+    const uint8_t *w = row;
+    const block_q8_0 *y[NT];
+    __m256 acc0[NT], acc1[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = token_x(x, stride, t);
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+    }
+    int64_t nb = n / 32, i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        signed32_block4(w + (size_t)i * block_bytes, unpack, y, i, acc0);
+        signed32_block4(w + (size_t)(i + 1) * block_bytes, unpack, y, i + 1, acc1);
+    }
+    if (i < nb) signed32_block4(w + (size_t)i * block_bytes, unpack, y, i, acc0);
+    for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
 static void dot4_q8_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
 {
-    const block_q8_0 *w = row;
-    const block_q8_0 *y[NT];
-    __m256 acc0[NT], acc1[NT];
-    for (int t = 0; t < NT; t++) {
-        y[t] = token_x(x, stride, t);
-        acc0[t] = acc1[t] = _mm256_setzero_ps();
-    }
-    int64_t nb = n / QK8_0, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        q8_0_block4(w, y, i, acc0);
-        q8_0_block4(w, y, i + 1, acc1);
-    }
-    if (i < nb) q8_0_block4(w, y, i, acc0);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
-}
-
-static inline void q4_0_block4(const block_q4_0 *w, const block_q8_0 *const *y, int64_t i,
-                               __m256 *acc)
-{
-    __m256i qx = _mm256_sub_epi8(bytes_from_nibbles_32(w[i].qs), _mm256_set1_epi8(8));
-    __m256i ax = _mm256_sign_epi8(qx, qx);
-    float dw = h2f(w[i].d);
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++) {
-        __m256 d = _mm256_set1_ps(dw * h2f(y[t][i].d));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
-        acc[t] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
-    }
+    dot4_signed32(row, sizeof(block_q8_0), signed32_q8_0, x, stride, n, out);
 }
 
 static void dot4_q4_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
 {
-    const block_q4_0 *w = row;
-    const block_q8_0 *y[NT];
-    __m256 acc0[NT], acc1[NT];
-    for (int t = 0; t < NT; t++) {
-        y[t] = token_x(x, stride, t);
-        acc0[t] = acc1[t] = _mm256_setzero_ps();
-    }
-    int64_t nb = n / QK4_0, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        q4_0_block4(w, y, i, acc0);
-        q4_0_block4(w, y, i + 1, acc1);
-    }
-    if (i < nb) q4_0_block4(w, y, i, acc0);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
+    dot4_signed32(row, sizeof(block_q4_0), signed32_q4_0, x, stride, n, out);
 }
 
 /* Q4_K and Q5_K share everything but the unpacking of the 4- or 5-bit values. */
@@ -712,14 +700,6 @@ MULTI_BY_FOUR(q4_K)
 MULTI_BY_FOUR(q5_K)
 MULTI_BY_FOUR(q6_K)
 
-#define MULTI_FROM_SINGLE(type)                                                                  \
-    void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x, \
-                                       int64_t n, float *out)                                   \
-    {                                                                                            \
-        for (int j = 0; j < n_x; j++)                                                            \
-            out[j] = kern__dot_##type##_avx2(row, token_x(x, x_stride, j), n);                   \
-    }
-
-MULTI_FROM_SINGLE(q4_1)
-MULTI_FROM_SINGLE(q5_0)
-MULTI_FROM_SINGLE(q5_1)
+KERN__MULTI_FROM_SINGLE(q4_1, avx2)
+KERN__MULTI_FROM_SINGLE(q5_0, avx2)
+KERN__MULTI_FROM_SINGLE(q5_1, avx2)

@@ -378,19 +378,11 @@ float kern__dot_q6_K_scalar(const void *row, const void *xq, int64_t n)
     return sum;
 }
 
-#define MULTI_FROM_SINGLE(type)                                                                  \
-    void kern__dot_multi_##type##_scalar(const void *row, const void *x, size_t x_stride,       \
-                                         int n_x, int64_t n, float *out)                        \
-    {                                                                                            \
-        for (int j = 0; j < n_x; j++)                                                            \
-            out[j] = kern__dot_##type##_scalar(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
-    }
-
-MULTI_FROM_SINGLE(q8_0)
-MULTI_FROM_SINGLE(q4_0)
-MULTI_FROM_SINGLE(q4_1)
-MULTI_FROM_SINGLE(q5_0)
-MULTI_FROM_SINGLE(q5_1)
-MULTI_FROM_SINGLE(q4_K)
-MULTI_FROM_SINGLE(q5_K)
-MULTI_FROM_SINGLE(q6_K)
+KERN__MULTI_FROM_SINGLE(q8_0, scalar)
+KERN__MULTI_FROM_SINGLE(q4_0, scalar)
+KERN__MULTI_FROM_SINGLE(q4_1, scalar)
+KERN__MULTI_FROM_SINGLE(q5_0, scalar)
+KERN__MULTI_FROM_SINGLE(q5_1, scalar)
+KERN__MULTI_FROM_SINGLE(q4_K, scalar)
+KERN__MULTI_FROM_SINGLE(q5_K, scalar)
+KERN__MULTI_FROM_SINGLE(q6_K, scalar)
