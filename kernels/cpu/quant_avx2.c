@@ -333,48 +333,66 @@ static inline float hsum4(__m128 v)
     return _mm_cvtss_f32(_mm_add_ss(s, sh));
 }
 
-static inline int hsum_i32_4(__m128i s)
+/* The 4- or 5-bit values of sub-blocks 2j (lo) and 2j+1 (hi) of a Q4_K / Q5_K super-block, as
+ * bytes.  For Q5_K (qh != NULL) bit 2j of qh[l] is the fifth bit of the low nibble and bit 2j+1
+ * that of the high one, moved to bit 4.  Shared by the one- and four-token kernels so that both
+ * do exactly the same operations. */
+static inline void k4_unpack(const uint8_t *qs, const uint8_t *qh, __m256i hbits, int j,
+                             __m256i *lo, __m256i *hi)
 {
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
-    return _mm_cvtsi128_si32(s);
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    *lo = _mm256_and_si256(bits, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+    if (qh) {
+        __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(1));
+        __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)), _mm256_set1_epi8(1));
+        *lo = _mm256_or_si256(*lo, _mm256_slli_epi16(h0, 4));
+        *hi = _mm256_or_si256(*hi, _mm256_slli_epi16(h1, 4));
+    }
+}
+
+/* One super-block of Q4_K (qh == NULL) or Q5_K against one token's Q8_K block. */
+static inline void k4_block(const uint8_t *qs, const uint8_t *qh, kern_half wd, kern_half wdmin,
+                            const uint8_t *scales_packed, const block_q8_K *y, __m256 *acc,
+                            __m128 *summs)
+{
+    float d = y->d * h2f(wd), dmin = y->d * h2f(wdmin);
+    __m256i mins_and_scales = k4_mins_and_scales(scales_packed);
+    *summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y->bsums)), *summs);
+    __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+    __m256i scales = _mm256_set_m128i(sc128, sc128);
+    __m256i hbits = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < QK_K / 64; j++) {
+        __m256i scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
+        __m256i scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
+        __m256i ql, qhi;
+        k4_unpack(qs, qh, hbits, j, &ql, &qhi);
+        const int8_t *q8 = y->qs + 64 * j;
+        __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
+        __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+}
+
+static inline void prefetch_block(const void *block)
+{
+    _mm_prefetch((const char *)block + PREFETCH_BYTES, _MM_HINT_T0);
+    _mm_prefetch((const char *)block + PREFETCH_BYTES + 64, _MM_HINT_T0);
+    _mm_prefetch((const char *)block + PREFETCH_BYTES + 128, _MM_HINT_T0);
 }
 
 float kern__dot_q4_K_avx2(const void *row, const void *xq, int64_t n)
 {
     const block_q4_K *w = row;
     const block_q8_K *y = xq;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
     __m128 summs = _mm_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
-        float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
-        __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
-        summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[i].bsums)), summs);
-        __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
-        __m256i scales = _mm256_set_m128i(sc128, sc128);
-        const uint8_t *q4 = w[i].qs;
-        const int8_t *q8 = y[i].qs;
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < QK_K / 64; j++) {
-            __m256i scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
-            __m256i scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
-            __m256i q4bits = _mm256_loadu_si256((const __m256i *)q4);
-            q4 += 32;
-            __m256i q4l = _mm256_and_si256(q4bits, m4);
-            __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
-            __m256i q8l = _mm256_loadu_si256((const __m256i *)q8);
-            q8 += 32;
-            __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
-            __m256i q8h = _mm256_loadu_si256((const __m256i *)q8);
-            q8 += 32;
-            __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        prefetch_block(&w[i]);
+        k4_block(w[i].qs, NULL, w[i].d, w[i].dmin, w[i].scales, &y[i], &acc, &summs);
     }
     return hsum8(acc) - hsum4(summs);
 }
@@ -383,44 +401,11 @@ float kern__dot_q5_K_avx2(const void *row, const void *xq, int64_t n)
 {
     const block_q5_K *w = row;
     const block_q8_K *y = xq;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
     __m128 summs = _mm_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
-        _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 128, _MM_HINT_T0);
-        float d = y[i].d * h2f(w[i].d), dmin = y[i].d * h2f(w[i].dmin);
-        __m256i mins_and_scales = k4_mins_and_scales(w[i].scales);
-        summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[i].bsums)), summs);
-        __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
-        __m256i scales = _mm256_set_m128i(sc128, sc128);
-        __m256i hbits = _mm256_loadu_si256((const __m256i *)w[i].qh);
-        const uint8_t *q5 = w[i].qs;
-        const int8_t *q8 = y[i].qs;
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < QK_K / 64; j++) {
-            __m256i scale_0 = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
-            __m256i scale_1 = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
-            __m256i q5bits = _mm256_loadu_si256((const __m256i *)q5);
-            q5 += 32;
-            /* bit 2j of qh[l] is the fifth bit of the low nibble, bit 2j+1 of the high one;
-             * move it to bit 4 of each byte */
-            __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)),
-                                          _mm256_set1_epi8(1));
-            __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)),
-                                          _mm256_set1_epi8(1));
-            __m256i q5_0 = _mm256_or_si256(_mm256_and_si256(q5bits, m4), _mm256_slli_epi16(h0, 4));
-            __m256i q5_1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4),
-                                           _mm256_slli_epi16(h1, 4));
-            __m256i q8_0 = _mm256_loadu_si256((const __m256i *)q8);
-            __m256i q8_1 = _mm256_loadu_si256((const __m256i *)(q8 + 32));
-            q8 += 64;
-            __m256i p16_0 = _mm256_madd_epi16(scale_0, _mm256_maddubs_epi16(q5_0, q8_0));
-            __m256i p16_1 = _mm256_madd_epi16(scale_1, _mm256_maddubs_epi16(q5_1, q8_1));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        prefetch_block(&w[i]);
+        k4_block(w[i].qs, w[i].qh, w[i].d, w[i].dmin, w[i].scales, &y[i], &acc, &summs);
     }
     return hsum8(acc) - hsum4(summs);
 }
@@ -566,7 +551,6 @@ static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, k
                            const uint8_t *scales_packed, const block_q8_K *const *y, int64_t i,
                            __m256 *acc, __m128 *summs)
 {
-    const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256i mins_and_scales = k4_mins_and_scales(scales_packed);
     __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
     __m256i scales = _mm256_set_m128i(sc128, sc128);
@@ -581,17 +565,8 @@ static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, k
     for (int j = 0; j < QK_K / 64; j++) {
         __m256i scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 0));
         __m256i scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
-        __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-        __m256i ql = _mm256_and_si256(bits, m4);
-        __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        if (qh) {
-            __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)),
-                                          _mm256_set1_epi8(1));
-            __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)),
-                                          _mm256_set1_epi8(1));
-            ql = _mm256_or_si256(ql, _mm256_slli_epi16(h0, 4));
-            qhi = _mm256_or_si256(qhi, _mm256_slli_epi16(h1, 4));
-        }
+        __m256i ql, qhi;
+        k4_unpack(qs, qh, hbits, j, &ql, &qhi);
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             const int8_t *q8 = y[t][i].qs + 64 * j;
