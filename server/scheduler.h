@@ -1,0 +1,87 @@
+/*
+ * scheduler — continuous batching on the engine thread.
+ *
+ * Contract
+ * - srv_sched_create() opens a model context with max_running KV slots of n_ctx positions and
+ *   starts the engine thread, which owns that context, the running sequences and the forward
+ *   pass.  srv_sched_destroy() cancels what is still queued or running (each gets its done
+ *   callback with SRV_FINISH_CANCELLED), joins the thread and frees everything.
+ * - srv_sched_submit() may be called from any thread.  It copies the prompt and either accepts
+ *   the request (returns 0 and an id) or refuses it at once: -E2BIG when the prompt plus
+ *   max_tokens cannot fit in a sequence's context, -EAGAIN when the waiting queue is full,
+ *   -EINVAL for an empty prompt or bad arguments, -ESHUTDOWN after destroy began.
+ * - An accepted request gets exactly one done() callback, its last; the ops' user pointer is
+ *   not touched after it.  All callbacks run on the engine thread, without the scheduler's lock,
+ *   and must not block: they hand results to other threads through their own queues.
+ * - Each step advances every running sequence: one decode token for each sequence past its
+ *   prompt, then prompt chunks of at most prefill_chunk tokens for sequences still prefilling,
+ *   in admission order, while the step has room (max_tokens_per_step).  Waiting requests are
+ *   admitted in FIFO order whenever a KV slot is free, so a long prompt is prefilled a chunk per
+ *   step next to the running decodes instead of freezing them.
+ * - srv_sched_cancel() may be called from any thread; the sequence ends (done with
+ *   SRV_FINISH_CANCELLED) and its KV slot is free before the next step's batch is built.
+ * - The forward pass is batch-invariant (model/forward.c), so a greedy request yields the same
+ *   tokens alone or in any batch and under any chunking.
+ */
+#ifndef MOE_SERVER_SCHEDULER_H
+#define MOE_SERVER_SCHEDULER_H
+
+#include "model/model.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum srv_finish {
+    SRV_FINISH_STOP = 0,  /* emit() asked to stop: EOS, a stop string */
+    SRV_FINISH_LENGTH,    /* max_tokens generated */
+    SRV_FINISH_CANCELLED, /* srv_sched_cancel() or shutdown */
+    SRV_FINISH_ERROR,     /* the forward pass failed; message says why */
+} srv_finish;
+
+typedef struct srv_seq_ops {
+    /* Picks the next token from one row of n_vocab logits. */
+    int32_t (*sample)(void *user, const float *logits);
+    /* A generated token; returning true ends the sequence with SRV_FINISH_STOP. */
+    bool (*emit)(void *user, int32_t token);
+    /* The last call for this request; message is NULL unless why is SRV_FINISH_ERROR. */
+    void (*done)(void *user, srv_finish why, const char *message);
+} srv_seq_ops;
+
+typedef struct srv_sched_opts {
+    int32_t max_running;         /* sequences advanced together = KV slots */
+    int32_t max_tokens_per_step; /* batch size cap; must be >= max_running */
+    int32_t prefill_chunk;       /* prompt tokens of one sequence per step */
+    int32_t max_waiting;         /* queued requests beyond which submit says -EAGAIN */
+    int32_t n_ctx;               /* positions per sequence; 0: the model's training context */
+} srv_sched_opts;
+
+srv_sched_opts srv_sched_opts_default(void);
+
+typedef struct srv_sched_stats {
+    uint64_t steps;
+    uint64_t tokens;          /* batch tokens over all steps (prompt + decode) */
+    uint64_t prompt_tokens;   /* prefilled prompt tokens */
+    uint64_t decode_tokens;   /* tokens fed back for decoding */
+    uint32_t running;
+    uint32_t waiting;
+    uint32_t last_batch;      /* tokens in the last step */
+} srv_sched_stats;
+
+typedef struct srv_sched srv_sched;
+
+int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char *err,
+                     size_t err_size);
+void srv_sched_destroy(srv_sched **s);
+
+int srv_sched_submit(srv_sched *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
+                     const srv_seq_ops *ops, void *user, uint64_t *id, char *err,
+                     size_t err_size);
+/* Unknown or finished ids are ignored. */
+void srv_sched_cancel(srv_sched *s, uint64_t id);
+
+int32_t srv_sched_n_ctx(const srv_sched *s);
+size_t srv_sched_kv_bytes(const srv_sched *s);
+void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out);
+
+#endif
