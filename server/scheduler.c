@@ -270,7 +270,7 @@ void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out)
 
 /* Removes running[i] (keeping admission order), frees its slot and reports its end.  Called
  * with the lock held; the callback runs after the lock is dropped and retaken. */
-static void finish_running(srv_sched *s, int32_t i, srv_finish why, const char *message)
+static void finish_running(srv_sched *s, int32_t i, srv_sched_end why, const char *message)
 {
     sched_req *r = s->running[i];
     memmove(&s->running[i], &s->running[i + 1],
@@ -300,7 +300,7 @@ static void retire_and_admit(srv_sched *s)
 {
     for (int32_t i = 0; i < s->n_running;) {
         if (s->running[i]->cancelled)
-            finish_running(s, i, SRV_FINISH_CANCELLED, NULL);
+            finish_running(s, i, SRV_SCHED_CANCELLED, NULL);
         else
             i++;
     }
@@ -317,7 +317,7 @@ static void retire_and_admit(srv_sched *s)
         s->n_waiting--;
         s->stats.waiting = (uint32_t)s->n_waiting;
         pthread_mutex_unlock(&s->lock);
-        r->ops->done(r->user, SRV_FINISH_CANCELLED, NULL);
+        r->ops->done(r->user, SRV_SCHED_CANCELLED, NULL);
         req_free(r);
         pthread_mutex_lock(&s->lock);
         link = &s->wait_head; /* the list may have grown meanwhile: walk again */
@@ -393,9 +393,9 @@ static void after_step(srv_sched *s)
         r->last_token = token;
         r->n_generated++;
         if (stop)
-            finish_running(s, i, SRV_FINISH_STOP, NULL);
+            finish_running(s, i, SRV_SCHED_STOP, NULL);
         else if (r->n_generated >= r->max_tokens)
-            finish_running(s, i, SRV_FINISH_LENGTH, NULL);
+            finish_running(s, i, SRV_SCHED_LENGTH, NULL);
         else
             i++;
     }
@@ -432,7 +432,7 @@ static void *engine_main(void *arg)
                 bool in_batch = false;
                 for (int32_t t = 0; t < n; t++) in_batch |= s->b_seq[t] == s->running[i]->slot;
                 if (in_batch)
-                    finish_running(s, i, SRV_FINISH_ERROR, s->err);
+                    finish_running(s, i, SRV_SCHED_ERROR, s->err);
                 else
                     i++;
             }
@@ -441,13 +441,13 @@ static void *engine_main(void *arg)
         after_step(s);
     }
     /* Shutdown: everything still queued or running ends as cancelled. */
-    while (s->n_running) finish_running(s, 0, SRV_FINISH_CANCELLED, NULL);
+    while (s->n_running) finish_running(s, 0, SRV_SCHED_CANCELLED, NULL);
     while (s->wait_head) {
         sched_req *r = s->wait_head;
         s->wait_head = r->next;
         s->n_waiting--;
         pthread_mutex_unlock(&s->lock);
-        r->ops->done(r->user, SRV_FINISH_CANCELLED, NULL);
+        r->ops->done(r->user, SRV_SCHED_CANCELLED, NULL);
         req_free(r);
         pthread_mutex_lock(&s->lock);
     }

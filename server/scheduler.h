@@ -5,7 +5,7 @@
  * - srv_sched_create() opens a model context with max_running KV slots of n_ctx positions and
  *   starts the engine thread, which owns that context, the running sequences and the forward
  *   pass.  srv_sched_destroy() cancels what is still queued or running (each gets its done
- *   callback with SRV_FINISH_CANCELLED), joins the thread and frees everything.
+ *   callback with SRV_SCHED_CANCELLED), joins the thread and frees everything.
  * - srv_sched_submit() may be called from any thread.  It copies the prompt and either accepts
  *   the request (returns 0 and an id) or refuses it at once: -E2BIG when the prompt plus
  *   max_tokens cannot fit in a sequence's context, -EAGAIN when the waiting queue is full,
@@ -19,7 +19,7 @@
  *   admitted in FIFO order whenever a KV slot is free, so a long prompt is prefilled a chunk per
  *   step next to the running decodes instead of freezing them.
  * - srv_sched_cancel() may be called from any thread; the sequence ends (done with
- *   SRV_FINISH_CANCELLED) and its KV slot is free before the next step's batch is built.
+ *   SRV_SCHED_CANCELLED) and its KV slot is free before the next step's batch is built.
  * - The forward pass is batch-invariant (model/forward.c), so a greedy request yields the same
  *   tokens alone or in any batch and under any chunking.
  */
@@ -32,20 +32,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum srv_finish {
-    SRV_FINISH_STOP = 0,  /* emit() asked to stop: EOS, a stop string */
-    SRV_FINISH_LENGTH,    /* max_tokens generated */
-    SRV_FINISH_CANCELLED, /* srv_sched_cancel() or shutdown */
-    SRV_FINISH_ERROR,     /* the forward pass failed; message says why */
-} srv_finish;
+typedef enum srv_sched_end {
+    SRV_SCHED_STOP = 0,  /* emit() asked to stop: EOS, a stop string */
+    SRV_SCHED_LENGTH,    /* max_tokens generated */
+    SRV_SCHED_CANCELLED, /* srv_sched_cancel() or shutdown */
+    SRV_SCHED_ERROR,     /* the forward pass failed; message says why */
+} srv_sched_end;
 
 typedef struct srv_seq_ops {
     /* Picks the next token from one row of n_vocab logits. */
     int32_t (*sample)(void *user, const float *logits);
-    /* A generated token; returning true ends the sequence with SRV_FINISH_STOP. */
+    /* A generated token; returning true ends the sequence with SRV_SCHED_STOP. */
     bool (*emit)(void *user, int32_t token);
-    /* The last call for this request; message is NULL unless why is SRV_FINISH_ERROR. */
-    void (*done)(void *user, srv_finish why, const char *message);
+    /* The last call for this request; message is NULL unless why is SRV_SCHED_ERROR. */
+    void (*done)(void *user, srv_sched_end why, const char *message);
 } srv_seq_ops;
 
 typedef struct srv_sched_opts {

@@ -25,7 +25,7 @@ typedef struct probe {
     uint64_t logits_hash; /* FNV-1a over every logits row this request saw */
     int stop_after;       /* emit() returns true after this many tokens; 0: never */
     int n_done;
-    srv_finish why;
+    srv_sched_end why;
     char message[256];
 } probe;
 
@@ -51,7 +51,7 @@ static bool probe_emit(void *user, int32_t token)
     return stop;
 }
 
-static void probe_done(void *user, srv_finish why, const char *message)
+static void probe_done(void *user, srv_sched_end why, const char *message)
 {
     probe *p = user;
     pthread_mutex_lock(p->lock);
@@ -157,7 +157,7 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
         probe_init(&alone[r], fx.n_vocab);
         submit(s, prompts[r], prompt_len[r], GEN, &alone[r], NULL);
         wait_done(&alone[r]);
-        ck_assert_int_eq(alone[r].why, SRV_FINISH_LENGTH);
+        ck_assert_int_eq(alone[r].why, SRV_SCHED_LENGTH);
         ck_assert_int_eq(alone[r].n_tokens, GEN);
     }
     srv_sched_destroy(&s);
@@ -174,7 +174,7 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
 
     for (int r = 0; r < N_REQ; r++) {
         ck_assert_int_eq(together[r].n_done, 1);
-        ck_assert_int_eq(together[r].why, SRV_FINISH_LENGTH);
+        ck_assert_int_eq(together[r].why, SRV_SCHED_LENGTH);
         ck_assert_int_eq(together[r].n_tokens, GEN);
         for (int i = 0; i < GEN; i++)
             ck_assert_msg(together[r].tokens[i] == alone[r].tokens[i],
@@ -224,9 +224,9 @@ START_TEST(stop_and_length)
     submit(s, prompt, 4, 50, &b, NULL);
     wait_done(&a);
     wait_done(&b);
-    ck_assert_int_eq(a.why, SRV_FINISH_LENGTH);
+    ck_assert_int_eq(a.why, SRV_SCHED_LENGTH);
     ck_assert_int_eq(a.n_tokens, 5);
-    ck_assert_int_eq(b.why, SRV_FINISH_STOP);
+    ck_assert_int_eq(b.why, SRV_SCHED_STOP);
     ck_assert_int_eq(b.n_tokens, 3);
     /* The slots are free again: a third request runs to completion. */
     probe c;
@@ -259,9 +259,9 @@ START_TEST(cancel_running_and_waiting)
     srv_sched_cancel(s, id_run);
     wait_done(&run);
     wait_done(&queued);
-    ck_assert_int_eq(run.why, SRV_FINISH_CANCELLED);
+    ck_assert_int_eq(run.why, SRV_SCHED_CANCELLED);
     ck_assert_int_lt(run.n_tokens, 60);
-    ck_assert_int_eq(queued.why, SRV_FINISH_CANCELLED);
+    ck_assert_int_eq(queued.why, SRV_SCHED_CANCELLED);
     ck_assert_int_eq(queued.n_tokens, 0);
     srv_sched_cancel(s, id_run); /* finished ids are ignored */
     srv_sched_cancel(s, 12345);
@@ -319,8 +319,8 @@ START_TEST(refusals)
     srv_sched_destroy(&s);
     ck_assert_int_eq(a.n_done, 1);
     ck_assert_int_eq(b.n_done, 1);
-    ck_assert(a.why == SRV_FINISH_CANCELLED || a.why == SRV_FINISH_LENGTH);
-    ck_assert_int_eq(b.why == SRV_FINISH_CANCELLED || b.why == SRV_FINISH_LENGTH, 1);
+    ck_assert(a.why == SRV_SCHED_CANCELLED || a.why == SRV_SCHED_LENGTH);
+    ck_assert_int_eq(b.why == SRV_SCHED_CANCELLED || b.why == SRV_SCHED_LENGTH, 1);
     ck_assert_int_eq(c.n_done, 0);
     ck_assert_int_eq(p.n_done, 0);
     fixture_close(&fx);
