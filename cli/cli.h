@@ -5,7 +5,11 @@
 #ifndef MOE_CLI_H
 #define MOE_CLI_H
 
+#include "cache/cache.h"
 #include "kernels/kernels.h"
+
+#include <stdbool.h>
+#include <stdio.h>
 
 int cli_inspect(int argc, char **argv);
 int cli_generate(int argc, char **argv);
@@ -17,6 +21,21 @@ int cli_open_backend(kern_backend **out, int n_threads);
 
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
+
+/* --expert-cache SIZE|N%|all|off, --direct auto|on|off, --policy lru|lfu, --io-depth N,
+ * --trace FILE: the expert cache as `generate` and `bench` take it (cache_args.c). */
+typedef struct cli_cache_args {
+    bool enabled;
+    cache_opts opts;
+    const char *trace_path;
+    FILE *trace;
+} cli_cache_args;
+void cli_cache_args_init(cli_cache_args *a);
+/* 1 when opt was one of these (its value consumed), 0 when not, negative after a message. */
+int cli_cache_arg(cli_cache_args *a, const char *opt, const char *value);
+/* *out: the options to put in model_opts.expert_cache (NULL when off). */
+int cli_cache_args_open(cli_cache_args *a, const cache_opts **out);
+void cli_cache_args_close(cli_cache_args *a);
 
 void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

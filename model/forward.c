@@ -25,7 +25,8 @@ typedef struct scratch {
     float *x, *h, *q, *k, *v, *attn, *proj, *moe;
     float *router, *route_w;
     int32_t *route_id;
-    float *xe, *ge, *ue, *de;    /* one expert's bucket: inputs, gate, up, down */
+    float *xe, *ge, *ue;         /* one expert's bucket: inputs, gate, up */
+    float *de;                   /* every bucket's down outputs, in bucket order */
     float *shg, *shu, *shd;      /* shared expert */
     int32_t *bucket;             /* token indices per expert, concatenated */
     float *bucket_w;
@@ -144,7 +145,7 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         ALLOC(proj, n * hp->n_embd) || ALLOC(moe, n * hp->n_embd) ||
         ALLOC(router, n * hp->n_expert) || ALLOC(route_w, n * k) || ALLOC(route_id, n * k) ||
         ALLOC(xe, n * hp->n_embd) || ALLOC(ge, n * ff) || ALLOC(ue, n * ff) ||
-        ALLOC(de, n * hp->n_embd) || ALLOC(shg, n * ff) || ALLOC(shu, n * ff) ||
+        ALLOC(de, n * k * hp->n_embd) || ALLOC(shg, n * ff) || ALLOC(shu, n * ff) ||
         ALLOC(shd, n * hp->n_embd) || ALLOC(bucket, n * k) || ALLOC(bucket_w, n * k) ||
         ALLOC(bucket_start, hp->n_expert + 1) || ALLOC(attn_tok, n) || ALLOC(out_rows, n) ||
         ALLOC(probs, hp->n_expert) || ALLOC(fill, hp->n_expert)) {
@@ -278,8 +279,23 @@ static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *u
     matmul(ctx, down, g, out, n);
 }
 
-static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
+/* One expert over its bucket: the bucket's rows of h in, its rows of de out. */
+static void run_expert(model_ctx *ctx, const model_expert *x, int e)
 {
+    scratch *s = &ctx->s;
+    int64_t D = ctx->m->hp.n_embd;
+    int32_t b0 = s->bucket_start[e], count = s->bucket_start[e + 1] - b0;
+    for (int32_t j = 0; j < count; j++)
+        memcpy(s->xe + j * D, s->h + s->bucket[b0 + j] * D, (size_t)D * sizeof(float));
+    swiglu(ctx, &x->gate, &x->up, &x->down, s->xe, s->ge, s->ue, s->de + (int64_t)b0 * D, count);
+    ctx->stats.expert_bytes +=
+        weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+    ctx->stats.experts_used++;
+}
+
+static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err, size_t err_size)
+{
+    model *m = ctx->m;
     const model_hparams *hp = &ctx->m->hp;
     kern_backend *be = ctx->m->backend;
     scratch *s = &ctx->s;
@@ -306,23 +322,38 @@ static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
         }
     }
 
+    /* Each expert writes its bucket's outputs at the bucket's rows of de, so that the sums
+     * below run in ascending expert order whatever order the experts were computed in (the
+     * cache hands them out as they become resident). */
+    int32_t *used = fill, n_used = 0;
+    for (int e = 0; e < E; e++)
+        if (s->bucket_start[e + 1] > s->bucket_start[e]) used[n_used++] = e;
+    if (m->experts) {
+        int rc = cache_request(m->experts, il, used, n_used, err, err_size);
+        cache_ref ref;
+        while (rc == 0 && (rc = cache_next(m->experts, &ref, err, err_size)) == 0) {
+            model_expert x = *model_get_expert(m, il, ref.expert);
+            x.gate.data = ref.part[0];
+            x.up.data = ref.part[1];
+            x.down.data = ref.part[2];
+            run_expert(ctx, &x, ref.expert);
+            cache_release(m->experts, &ref);
+        }
+        if (rc < 0) return rc;
+    } else {
+        for (int32_t j = 0; j < n_used; j++)
+            run_expert(ctx, model_get_expert(m, il, used[j]), used[j]);
+    }
+
     memset(s->moe, 0, (size_t)(n * D) * sizeof(float));
-    for (int e = 0; e < E; e++) {
-        int32_t b0 = s->bucket_start[e], count = s->bucket_start[e + 1] - b0;
-        if (count == 0) continue;
-        const model_expert *x = model_get_expert(ctx->m, il, e);
-        for (int32_t j = 0; j < count; j++)
-            memcpy(s->xe + j * D, s->h + s->bucket[b0 + j] * D, (size_t)D * sizeof(float));
-        swiglu(ctx, &x->gate, &x->up, &x->down, s->xe, s->ge, s->ue, s->de, count);
+    for (int32_t u = 0; u < n_used; u++) {
+        int32_t b0 = s->bucket_start[used[u]], count = s->bucket_start[used[u] + 1] - b0;
         for (int32_t j = 0; j < count; j++) {
             float w = s->bucket_w[b0 + j];
             float *dst = s->moe + s->bucket[b0 + j] * D;
-            const float *src = s->de + j * D;
+            const float *src = s->de + (int64_t)(b0 + j) * D;
             for (int64_t i = 0; i < D; i++) dst[i] += w * src[i];
         }
-        ctx->stats.expert_bytes +=
-            weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
-        ctx->stats.experts_used++;
     }
 
     if (hp->has_shared_expert) {
@@ -337,6 +368,7 @@ static void moe(model_ctx *ctx, const model_layer *L, int il, int64_t n)
                                   weight_bytes(&L->shexp_down);
     }
     be->ops->add(be, s->x, s->moe, n * D);
+    return 0;
 }
 
 /* ---- the step ---------------------------------------------------------------------------- */
@@ -392,7 +424,7 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
             snprintf(err, err_size, "attention scratch: out of memory");
             return rc;
         }
-        moe(ctx, L, il, n);
+        if ((rc = moe(ctx, L, il, n, err, err_size))) return rc;
     }
 
     int64_t n_out = 0;

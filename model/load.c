@@ -403,6 +403,44 @@ static int bind_tensors(loader *ld)
     return 0;
 }
 
+static uint64_t weight_bytes(const kern_weight *w);
+
+/* The file extents of every expert's three parts, from where their views point into the
+ * mapping: the cache reads them with its own I/O and never touches those mapped pages. */
+static int open_expert_cache(model *m, const cache_opts *co, char *err, size_t err_size)
+{
+    const model_hparams *hp = &m->hp;
+    const gguf_tensor *t0 = gguf_tensor_at(m->file, 0);
+    const uint8_t *base = (const uint8_t *)t0->data - (gguf_data_offset(m->file) + t0->offset);
+    size_t n = (size_t)hp->n_layer * (size_t)hp->n_expert;
+    cache_extent *ext = malloc(n * CACHE_PARTS * sizeof *ext);
+    if (!ext) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    for (int il = 0; il < hp->n_layer; il++) {
+        for (int e = 0; e < hp->n_expert; e++) {
+            const model_expert *x = &m->layers[il].experts[e];
+            const kern_weight *parts[CACHE_PARTS] = {&x->gate, &x->up, &x->down};
+            for (int p = 0; p < CACHE_PARTS; p++) {
+                size_t i = ((size_t)il * (size_t)hp->n_expert + (size_t)e) * CACHE_PARTS + (size_t)p;
+                ext[i].offset = (uint64_t)((const uint8_t *)parts[p]->data - base);
+                ext[i].bytes = weight_bytes(parts[p]);
+            }
+        }
+    }
+    cache_opts o = *co;
+    o.path = gguf_path(m->file);
+    o.n_layer = hp->n_layer;
+    o.n_expert = hp->n_expert;
+    o.extents = ext;
+    /* One token's experts of one layer must fit at once; larger batches are read in waves. */
+    o.min_slots = (uint32_t)hp->n_expert_used;
+    int rc = cache_open(&m->experts, &o, err, err_size);
+    free(ext);
+    return rc;
+}
+
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size)
 {
     *out = NULL;
@@ -420,6 +458,8 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
+    if (opts->expert_cache && (rc = open_expert_cache(m, opts->expert_cache, err, err_size)))
+        goto fail;
     *out = m;
     return 0;
 fail:
@@ -436,6 +476,7 @@ void model_close(model **mp)
     free(m->layers);
     for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    cache_close(&m->experts);
     gguf_close(&m->file);
     free(m);
     *mp = NULL;
@@ -449,6 +490,11 @@ const model_hparams *model_params(const model *m)
 const gguf_file *model_file(const model *m)
 {
     return m->file;
+}
+
+const cache *model_expert_cache(const model *m)
+{
+    return m->experts;
 }
 
 const model_expert *model_get_expert(const model *m, int layer, int index)

@@ -7,7 +7,12 @@
  *   checks its shape and type, or refuses the file with a message naming the key or tensor.
  *   Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases) are
  *   copied out as f32.  A model is immutable after open and may be shared by contexts.
- * - Experts are reached only through model_get_expert(), the one place the expert cache plugs in.
+ * - Experts are reached in two ways.  Without an expert cache (model_opts.expert_cache NULL)
+ *   they are read through the file's mapping (model_get_expert).  With one, model_open()
+ *   hands the cache the file extents of every expert's gate, up and down slices and the forward
+ *   pass acquires each layer's experts through it (cache/cache.h): read on demand into a
+ *   bounded arena, computed in the order they become resident, released after use.  Both
+ *   paths give bit-identical results.
  * - A model_ctx owns the per-sequence KV cache and the scratch memory of the forward pass.
  *   model_forward() runs one step over a batch of tokens from any mix of sequences (each token
  *   carries its sequence id and position) and writes the logits of the tokens that ask for
@@ -19,6 +24,7 @@
 #ifndef MOE_MODEL_H
 #define MOE_MODEL_H
 
+#include "cache/cache.h"
 #include "kernels/kernels.h"
 #include "model/gguf.h"
 
@@ -87,6 +93,9 @@ typedef struct model model;
 
 typedef struct model_opts {
     kern_backend *backend; /* required; not owned */
+    /* NULL: experts through the mapping.  Else the cache's budget, policy, I/O and log
+     * settings; model_open fills in the file, the shapes, the extents and min_slots. */
+    const cache_opts *expert_cache;
 } model_opts;
 
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size);
@@ -96,7 +105,10 @@ const model_hparams *model_params(const model *m);
 const gguf_file *model_file(const model *m);
 void model_get_sizes(const model *m, model_sizes *out);
 const char *model_arch_name(model_arch arch);
-/* The expert's weights; layer < n_layer, index < n_expert are the caller's contract. */
+/* The expert cache, NULL when experts are read through the mapping. */
+const cache *model_expert_cache(const model *m);
+/* The expert's weights as mapped from the file; layer < n_layer, index < n_expert are the
+ * caller's contract. */
 const model_expert *model_get_expert(const model *m, int layer, int index);
 
 /* ---- context: KV cache + scratch ---------------------------------------------------------- */

@@ -30,6 +30,7 @@ struct model {
     const float *output_norm;
     model_layer *layers;
     uint64_t head_bytes; /* output projection + final norm: read every step */
+    cache *experts;      /* NULL: experts through the mapping */
     float **owned;       /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;
 };

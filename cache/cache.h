@@ -1,0 +1,135 @@
+/*
+ * cache — the experts' host tier: a bounded arena of equal slots filled from the model file.
+ *
+ * Contract
+ * - An expert is (layer, index); its payload is three extents of the model file (gate, up and
+ *   down slices of the stacked tensors), given by the caller in cache_opts.  The cache knows
+ *   nothing about what the bytes mean: it hands back a pointer to each part inside a slot.
+ * - cache_open() sizes the arena from budget_bytes (a budget that holds every expert loads all
+ *   of them at once, with progress in the log, and never evicts) and refuses a budget below
+ *   min_slots slots with a message giving the minimum in bytes.  Reads go through io_uring
+ *   with O_DIRECT into aligned slot memory (the aligned window around each unaligned extent);
+ *   where O_DIRECT is refused it reads buffered and says so once through the log callback;
+ *   where io_uring itself is unavailable it falls back to pread, also said once.
+ * - One engine step uses it like this, all on one thread (the engine thread):
+ *       cache_request(c, layer, experts, n)      pins the hits, starts reads for the misses
+ *       while (cache_next(c, &ref) == 0) {       the next requested expert that is resident,
+ *           compute with ref.part[0..2]          in the order they become resident
+ *           cache_release(c, &ref);              unpins; frees the slot for the next read
+ *       }
+ *   When the batch asks for more experts than there are slots, the misses are read in waves
+ *   as earlier ones are released, so any budget of at least min_slots slots works.
+ *   cache_next() returns 1 when every requested expert was handed out, or a negative error
+ *   (-EIO for a failed or short read, naming layer, expert and file offset in err); after an
+ *   error the request is abandoned (cache_request starts afresh) and the cache stays usable.
+ * - Eviction picks, among slots that are not pinned, the one the policy scores lowest (LRU:
+ *   least recently used; LFU: least often used, then least recent).  A pinned slot (handed out
+ *   or being read) is never evicted.
+ * - cache_get_stats() may be called from any thread (counters are atomics).
+ * - With opts.simulate the cache has no file and reads complete at once: the same policy code
+ *   replays a recorded routing trace offline (cache_trace_replay) to compare policies and
+ *   budgets on the same trace.
+ * - Errors are negative errno values with a message in the caller's buffer.
+ */
+#ifndef MOE_CACHE_H
+#define MOE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum { CACHE_PARTS = 3 }; /* gate, up, down */
+
+typedef struct cache_extent {
+    uint64_t offset; /* file offset of the first byte */
+    uint64_t bytes;
+} cache_extent;
+
+typedef enum cache_policy {
+    CACHE_POLICY_LRU = 0,
+    CACHE_POLICY_LFU,
+    CACHE_POLICY_COUNT
+} cache_policy;
+
+/* "lru", "lfu"; NULL for an unknown value. */
+const char *cache_policy_name(cache_policy p);
+int cache_policy_parse(const char *name, cache_policy *out);
+
+typedef enum cache_direct {
+    CACHE_DIRECT_AUTO = 0, /* O_DIRECT where the file system allows it */
+    CACHE_DIRECT_OFF,
+    CACHE_DIRECT_ON,       /* fail when O_DIRECT is refused */
+} cache_direct;
+
+typedef struct cache_opts {
+    const char *path;              /* the model file (ignored when simulate) */
+    int32_t n_layer;
+    int32_t n_expert;
+    const cache_extent *extents;   /* [n_layer][n_expert][CACHE_PARTS], copied */
+    uint64_t budget_bytes;         /* 0: every expert */
+    double budget_fraction;        /* > 0: this share of all experts instead of budget_bytes */
+    uint32_t min_slots;            /* budgets below this many slots are refused */
+    uint32_t queue_depth;          /* io_uring reads in flight; 0: 32 */
+    uint32_t chunk_bytes;          /* largest single read; 0: 1 MiB */
+    cache_direct direct;
+    cache_policy policy;
+    bool simulate;                 /* no I/O: for trace replay */
+    FILE *trace;                   /* when set, every request is appended as a trace line */
+    void (*log)(void *user, const char *msg); /* NULL: stderr */
+    void *log_user;
+    /* Fault injection for tests: a negative errno returned here replaces the result of the
+     * read of [offset, offset + len). */
+    int (*fault)(void *user, uint64_t offset, uint32_t len);
+    void *fault_user;
+} cache_opts;
+
+cache_opts cache_opts_default(void);
+
+typedef struct cache cache;
+
+int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size);
+void cache_close(cache **c);
+
+/* A resident expert handed out by cache_next(); valid until cache_release(). */
+typedef struct cache_ref {
+    int32_t layer;
+    int32_t expert;
+    const void *part[CACHE_PARTS];
+    uint32_t slot;
+} cache_ref;
+
+int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
+                  size_t err_size);
+int cache_next(cache *c, cache_ref *out, char *err, size_t err_size);
+void cache_release(cache *c, const cache_ref *ref);
+
+typedef struct cache_stats {
+    uint64_t hits;          /* requested experts already resident (or already being read) */
+    uint64_t misses;        /* requested experts that had to be read */
+    uint64_t evictions;
+    uint64_t bytes_read;    /* from the file, including alignment padding */
+    uint64_t reads;         /* read operations completed */
+    uint64_t read_errors;
+    uint64_t stall_ns;      /* time cache_next() waited for reads */
+    uint64_t read_ns_sum;   /* sum over expert loads of submit-to-complete time */
+    uint32_t n_slots;
+    uint32_t resident;      /* slots holding a complete expert */
+    uint64_t slot_bytes;
+    uint64_t arena_bytes;
+    bool direct;            /* O_DIRECT in use */
+    bool uring;             /* io_uring in use (else pread) */
+    bool all_resident;      /* the budget holds every expert */
+} cache_stats;
+
+void cache_get_stats(const cache *c, cache_stats *out);
+/* Bytes of one slot for these extents (the aligned windows of the largest expert). */
+uint64_t cache_slot_bytes(const cache_extent *extents, size_t n_experts_total);
+
+/* Replays a trace written through opts.trace (its first line gives layers and experts) into a
+ * simulated cache with the given policy and number of slots, and fills *out with the
+ * counters.  A malformed trace is -EINVAL with the line named. */
+int cache_trace_replay(FILE *trace, cache_policy policy, uint32_t n_slots, cache_stats *out,
+                       char *err, size_t err_size);
+
+#endif
