@@ -390,6 +390,10 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
         n_slots = share >= (double)c->n_keys ? (uint64_t)c->n_keys : (uint64_t)(share + 0.999999);
         budget = n_slots * c->slot_bytes;
     }
+    if (opts->budget_min) {
+        n_slots = opts->min_slots ? opts->min_slots : 1;
+        budget = n_slots * c->slot_bytes;
+    }
     if (n_slots >= (uint64_t)c->n_keys) {
         n_slots = (uint64_t)c->n_keys;
         c->all_fit = true;

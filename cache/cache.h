@@ -69,6 +69,7 @@ typedef struct cache_opts {
     const cache_extent *extents;   /* [n_layer][n_expert][CACHE_PARTS], copied */
     uint64_t budget_bytes;         /* 0: every expert */
     double budget_fraction;        /* > 0: this share of all experts instead of budget_bytes */
+    bool budget_min;               /* exactly min_slots slots (benchmarks of the worst case) */
     uint32_t min_slots;            /* budgets below this many slots are refused */
     uint32_t queue_depth;          /* io_uring reads in flight; 0: 32 */
     uint32_t chunk_bytes;          /* largest single read; 0: 1 MiB */

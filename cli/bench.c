@@ -83,7 +83,7 @@ static void usage(FILE *out)
                  "  --batch B     sequences decoded together (default 1)\n"
                  "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
                  "  --gen G       decode steps timed (default 32)\n"
-                 "  --expert-cache SIZE|N%%|all|off   experts through the cache with this budget\n"
+                 "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
                  "                (default off: experts read through the file's mapping)\n"
                  "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu  --io-depth N\n"
                  "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n");

@@ -1,7 +1,7 @@
 /*
  * The expert-cache options that `generate` and `bench` share, so that a budget means the same
  * thing on every command: a size ("4GiB", "512MB", bytes), a share of all experts ("25%"),
- * "all", or "off" (experts read through the file's mapping, the default for these tools).
+ * "all", "min" (one token's experts of one layer: the worst case), or "off" (experts read through the file's mapping, the default for these tools).
  */
 #include "cli/cli.h"
 
@@ -20,6 +20,10 @@ static int parse_budget(const char *v, cli_cache_args *a)
     a->enabled = true;
     if (!strcmp(v, "all")) {
         a->opts.budget_bytes = 0;
+        return 0;
+    }
+    if (!strcmp(v, "min")) {
+        a->opts.budget_min = true;
         return 0;
     }
     errno = 0;
@@ -58,7 +62,7 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
     if (!strcmp(opt, "--expert-cache")) {
         if (parse_budget(v, a)) {
             fprintf(stderr, "--expert-cache expects a size (4GiB, 512MB, bytes), a share of all "
-                            "experts (25%%), 'all' or 'off'; got '%s'\n", v);
+                            "experts (25%%), 'all', 'min' or 'off'; got '%s'\n", v);
             return -EINVAL;
         }
         return 1;

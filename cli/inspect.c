@@ -187,6 +187,11 @@ static void print_model(const model *m)
     printf("  %-22s %s (resident: embeddings, attention, routers, norms, output)\n", "dense weights", dense);
     printf("  %-22s %s (%" PRIu64 " experts x %s; %s per layer)\n", "routed experts", experts,
            sz.n_experts_total, per, layer);
+    /* What a cache budget buys: the cache's slots hold one expert each (plus O_DIRECT
+     * alignment), and one token needs top-k of them per layer at the least. */
+    printf("  %-22s %" PRIu64 " bytes per expert; the smallest cache holds %d (%" PRIu64 " bytes)\n",
+           "expert cache", sz.bytes_per_expert, hp->n_expert_used,
+           sz.bytes_per_expert * (uint64_t)hp->n_expert_used);
     printf("  %-22s %s per 1024 tokens of context per sequence (f32)\n", "KV cache", kv);
     printf("  %-22s %s (dense + top-%d experts of every layer)\n", "read per token, at most", tok,
            hp->n_expert_used);
