@@ -429,6 +429,7 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
         c->arena = mem;
         rc = cache__io_open(&c->io, &c->o, err, err_size);
         if (rc) goto fail;
+        cache__io_register(c->io, c->arena, c->arena_bytes);
         if (c->all_fit && (rc = preload_all(c, err, err_size))) goto fail;
     } else if (c->all_fit) {
         for (int32_t key = 0; key < c->n_keys; key++) start_load(c, (uint32_t)key, key);

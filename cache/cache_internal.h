@@ -18,6 +18,9 @@ typedef void (*cache__log)(void *user, const char *msg);
 
 int cache__io_open(cache__io **out, const cache_opts *opts, char *err, size_t err_size);
 void cache__io_close(cache__io **io);
+/* Registers [base, base + bytes) with the ring so that reads into it skip pinning pages per
+ * read; where the kernel refuses (memlock limits), reads stay unregistered, said once. */
+void cache__io_register(cache__io *io, void *base, size_t bytes);
 /* O_DIRECT needs dst, offset and len aligned to this; 1 when reading buffered. */
 uint32_t cache__io_align(const cache__io *io);
 bool cache__io_direct(const cache__io *io);

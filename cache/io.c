@@ -24,7 +24,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum { DIRECT_ALIGN = 4096, MAX_ATTEMPTS = 16 };
+enum { DIRECT_ALIGN = 4096, MAX_ATTEMPTS = 16, MAX_REG = 64 };
+#define REG_PIECE ((size_t)1 << 30) /* the kernel's limit for one registered buffer */
 
 typedef struct io_op {
     uint64_t tag;
@@ -58,6 +59,8 @@ struct cache__io {
     int (*fault)(void *user, uint64_t offset, uint32_t len);
     void *fault_user;
     const char *path;
+    uint8_t *reg_base; /* registered buffers: REG_PIECE-sized pieces from reg_base */
+    size_t reg_bytes;
 };
 
 static void say(cache__io *io, const char *fmt, const char *detail)
@@ -164,6 +167,26 @@ void cache__io_close(cache__io **iop)
     free(io);
 }
 
+void cache__io_register(cache__io *io, void *base, size_t bytes)
+{
+    if (!io->uring || !bytes) return;
+    struct iovec iov[MAX_REG];
+    size_t n = (bytes + REG_PIECE - 1) / REG_PIECE;
+    if (n > MAX_REG) return;
+    for (size_t i = 0; i < n; i++) {
+        size_t off = i * REG_PIECE;
+        iov[i] = (struct iovec){(uint8_t *)base + off, bytes - off < REG_PIECE ? bytes - off : REG_PIECE};
+    }
+    int rc = io_uring_register_buffers(&io->ring, iov, (unsigned)n);
+    if (rc) {
+        say(io, "%s: cannot register the expert arena with io_uring (%s): unregistered reads",
+            strerror(-rc));
+        return;
+    }
+    io->reg_base = base;
+    io->reg_bytes = bytes;
+}
+
 uint32_t cache__io_align(const cache__io *io)
 {
     return io->direct ? DIRECT_ALIGN : 1;
@@ -223,7 +246,15 @@ static void prep(cache__io *io, io_op *op)
     /* A resumed read continues at an offset that may not be block-aligned: buffered. */
     op->used_direct = io->direct && op->done == 0;
     int fd = op->used_direct ? io->fd_direct : io->fd_buffered;
-    io_uring_prep_read(sqe, fd, op->dst + op->done, op->len - op->done, op->offset + op->done);
+    uint8_t *dst = op->dst + op->done;
+    size_t rel = (size_t)(dst - io->reg_base);
+    size_t len = op->len - op->done;
+    if (io->reg_base && dst >= io->reg_base && rel + len <= io->reg_bytes &&
+        rel / REG_PIECE == (rel + len - 1) / REG_PIECE)
+        io_uring_prep_read_fixed(sqe, fd, dst, (unsigned)len, op->offset + op->done,
+                                 (int)(rel / REG_PIECE));
+    else
+        io_uring_prep_read(sqe, fd, dst, (unsigned)len, op->offset + op->done);
     io_uring_sqe_set_data(sqe, op);
     io->queued++;
 }
