@@ -34,6 +34,8 @@ typedef struct slot {
     uint64_t last_use;    /* tick of the last request */
     uint64_t uses;        /* requests since it was loaded */
     uint64_t load_start_ns;
+    bool prefetched;      /* loaded by cache_prefetch and not requested since */
+    uint64_t protect_gen;  /* the cache_prefetch call that wants it: not a victim there */
 } slot;
 
 /* One requested expert of the current cache_request(). */
@@ -64,9 +66,10 @@ struct cache {
     uint32_t load_head, load_len;
     uint64_t *load_cursor; /* per slot: bytes of the three windows already submitted */
     bool all_fit;
+    uint64_t prefetch_gen;
     struct {
         atomic_uint_least64_t hits, misses, evictions, bytes_read, reads, read_errors, stall_ns,
-            read_ns_sum;
+            read_ns_sum, prefetch_issued, prefetch_used, prefetch_wasted;
         atomic_uint resident;
     } st;
 };
@@ -174,6 +177,8 @@ static int32_t find_victim(cache *c)
 static void empty_slot(cache *c, uint32_t i)
 {
     slot *s = &c->slots[i];
+    if (s->prefetched) atomic_fetch_add(&c->st.prefetch_wasted, 1);
+    s->prefetched = false;
     if (s->key >= 0) c->slot_of[s->key] = -1;
     if (s->state == SLOT_READY && !s->error) atomic_fetch_sub(&c->st.resident, 1);
     s->key = -1;
@@ -517,6 +522,10 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
         }
         if (i >= 0) {
             atomic_fetch_add(&c->st.hits, 1);
+            if (c->slots[i].prefetched) {
+                c->slots[i].prefetched = false;
+                atomic_fetch_add(&c->st.prefetch_used, 1);
+            }
         } else {
             atomic_fetch_add(&c->st.misses, 1);
         }
@@ -627,6 +636,66 @@ void cache_release(cache *c, const cache_ref *ref)
     if (c->io) (void)cache__io_flush(c->io);
 }
 
+int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
+                   size_t err_size)
+{
+    if (c->all_fit) return 0;
+    if (layer < 0 || layer >= c->o.n_layer || n_experts < 0) {
+        snprintf(err, err_size, "cache: prefetch for layer %d is out of range", layer);
+        return -EINVAL;
+    }
+    uint64_t gen = ++c->prefetch_gen;
+    int started = 0;
+    /* What is guessed and already resident must not make room for the rest. */
+    for (int32_t j = 0; j < n_experts; j++) {
+        int32_t e = experts[j];
+        if (e < 0 || e >= c->o.n_expert) continue;
+        int32_t i = c->slot_of[layer * c->o.n_expert + e];
+        if (i >= 0) c->slots[i].protect_gen = gen;
+    }
+    for (int32_t j = 0; j < n_experts; j++) {
+        int32_t e = experts[j];
+        if (e < 0 || e >= c->o.n_expert) continue;
+        int32_t key = layer * c->o.n_expert + e;
+        if (c->slot_of[key] >= 0) continue;
+        int32_t best = -1;
+        uint64_t best_score = UINT64_MAX;
+        for (uint32_t i = 0; i < c->n_slots; i++) {
+            slot *s = &c->slots[i];
+            if (s->state == SLOT_EMPTY) {
+                best = (int32_t)i;
+                break;
+            }
+            if (s->pins || s->state == SLOT_LOADING || s->protect_gen == gen) continue;
+            uint64_t sc = score(c, s);
+            if (sc < best_score) {
+                best_score = sc;
+                best = (int32_t)i;
+            }
+        }
+        if (best < 0) break;
+        if (c->slots[best].state != SLOT_EMPTY) {
+            atomic_fetch_add(&c->st.evictions, 1);
+            empty_slot(c, (uint32_t)best);
+        }
+        start_load(c, (uint32_t)best, key);
+        slot *s = &c->slots[best];
+        s->prefetched = true;
+        s->protect_gen = gen;
+        s->last_use = c->tick; /* as recent as the request that will want it */
+        atomic_fetch_add(&c->st.prefetch_issued, 1);
+        started++;
+    }
+    if (c->io && started) {
+        int rc = cache__io_flush(c->io);
+        if (rc) {
+            snprintf(err, err_size, "reading experts: io_uring submit: %s", strerror(-rc));
+            return rc;
+        }
+    }
+    return started;
+}
+
 void cache_get_stats(const cache *c, cache_stats *out)
 {
     cache *m = (cache *)c; /* atomics are read-only here */
@@ -639,6 +708,9 @@ void cache_get_stats(const cache *c, cache_stats *out)
         .read_errors = atomic_load(&m->st.read_errors),
         .stall_ns = atomic_load(&m->st.stall_ns),
         .read_ns_sum = atomic_load(&m->st.read_ns_sum),
+        .prefetch_issued = atomic_load(&m->st.prefetch_issued),
+        .prefetch_used = atomic_load(&m->st.prefetch_used),
+        .prefetch_wasted = atomic_load(&m->st.prefetch_wasted),
         .n_slots = c->n_slots,
         .resident = atomic_load(&m->st.resident),
         .slot_bytes = c->slot_bytes,

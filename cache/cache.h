@@ -25,6 +25,8 @@
  * - Eviction picks, among slots that are not pinned, the one the policy scores lowest (LRU:
  *   least recently used; LFU: least often used, then least recent).  A pinned slot (handed out
  *   or being read) is never evicted.
+ * - cache_prefetch() reads experts a predictor expects before they are asked for; a hit on
+ *   one counts as a used prefetch, its eviction unasked as a wasted one.
  * - cache_get_stats() may be called from any thread (counters are atomics).
  * - With opts.simulate the cache has no file and reads complete at once: the same policy code
  *   replays a recorded routing trace offline (cache_trace_replay) to compare policies and
@@ -104,6 +106,12 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
                   size_t err_size);
 int cache_next(cache *c, cache_ref *out, char *err, size_t err_size);
 void cache_release(cache *c, const cache_ref *ref);
+/* Starts reads for the experts of `layer` a predictor expects, into slots that are neither
+ * pinned nor being read nor filled by this same call (the least valuable first), without
+ * pinning them: a later request that asks for one finds it resident or in flight.  Stops early
+ * when no slot can be taken.  Returns the number of reads started, or a negative error. */
+int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
+                   size_t err_size);
 
 typedef struct cache_stats {
     uint64_t hits;          /* requested experts already resident (or already being read) */
@@ -114,6 +122,9 @@ typedef struct cache_stats {
     uint64_t read_errors;
     uint64_t stall_ns;      /* time cache_next() waited for reads */
     uint64_t read_ns_sum;   /* sum over expert loads of submit-to-complete time */
+    uint64_t prefetch_issued;
+    uint64_t prefetch_used;   /* prefetched experts a request then asked for */
+    uint64_t prefetch_wasted; /* prefetched experts evicted before any request */
     uint32_t n_slots;
     uint32_t resident;      /* slots holding a complete expert */
     uint64_t slot_bytes;

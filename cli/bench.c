@@ -86,7 +86,8 @@ static void usage(FILE *out)
                  "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
                  "                (default off: experts read through the file's mapping)\n"
                  "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu  --io-depth N\n"
-                 "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n");
+                 "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
+                 "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n");
 }
 
 static int run(bench_opts *o)
@@ -99,7 +100,7 @@ static int run(bench_opts *o)
     int32_t *tok = NULL, *pos = NULL, *seq = NULL;
     float *logits = NULL;
     if (cli_open_backend(&be, (int)o->n_threads)) goto done;
-    model_opts mo = {.backend = be};
+    model_opts mo = {.backend = be, .predictor = o->cache.predictor};
     if (cli_cache_args_open(&o->cache, &mo.expert_cache)) goto done;
     if (model_open(&m, o->path, &mo, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
@@ -208,12 +209,29 @@ static int run(bench_opts *o)
         uint64_t req = (c1.hits - c0.hits) + (c1.misses - c0.misses);
         double read = (double)(c1.bytes_read - c0.bytes_read);
         printf("| expert cache | %u of %llu experts (%.0f MiB, %s, %s) | decode hit rate %.1f%% | "
-               "read %.1f MiB/step | stall %.2f ms/step | read %.0f MB/s over decode |\n",
+               "read %.1f MiB/step | stall %.2f ms/step | read %.0f MB/s over decode | "
+               "prefetched %llu, used %llu, wasted %llu |\n",
                c1.n_slots, (unsigned long long)hp->n_layer * (unsigned long long)hp->n_expert,
                (double)c1.arena_bytes / (1 << 20), c1.direct ? "O_DIRECT" : "buffered",
                c1.uring ? "io_uring" : "pread", req ? 100.0 * (double)(c1.hits - c0.hits) / (double)req : 0.0,
                read / G / (1 << 20), (double)(c1.stall_ns - c0.stall_ns) / G / 1e6,
-               read / t_decode / 1e6);
+               read / t_decode / 1e6, (unsigned long long)(c1.prefetch_issued - c0.prefetch_issued),
+               (unsigned long long)(c1.prefetch_used - c0.prefetch_used),
+               (unsigned long long)(c1.prefetch_wasted - c0.prefetch_wasted));
+    }
+    if (model_predictor(m)) {
+        pred_layer_stats sum = {0};
+        for (int il = 0; il < hp->n_layer; il++) {
+            pred_layer_stats ls;
+            pred_get_stats(model_predictor(m), il, &ls);
+            sum.guessed += ls.guessed;
+            sum.used += ls.used;
+            sum.correct += ls.correct;
+        }
+        printf("| predictor | %s | precision %.1f%% | recall %.1f%% | (all steps, layers 1..%d) |\n",
+               pred_kind_name(pred_get_kind(model_predictor(m))),
+               sum.guessed ? 100.0 * (double)sum.correct / (double)sum.guessed : 0.0,
+               sum.used ? 100.0 * (double)sum.correct / (double)sum.used : 0.0, hp->n_layer - 1);
     }
     fflush(stdout);
     status = 0;

@@ -90,6 +90,13 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         a->opts.queue_depth = (uint32_t)n;
         return 1;
     }
+    if (!strcmp(opt, "--predictor")) {
+        if (pred_kind_parse(v, &a->predictor)) {
+            fprintf(stderr, "--predictor expects none, pregate or affinity; got '%s'\n", v);
+            return -EINVAL;
+        }
+        return 1;
+    }
     if (!strcmp(opt, "--trace")) {
         a->trace_path = v;
         return 1;

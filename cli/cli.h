@@ -7,6 +7,7 @@
 
 #include "cache/cache.h"
 #include "kernels/kernels.h"
+#include "predictor/predictor.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -24,12 +25,14 @@ int cli_open_backend(kern_backend **out, int n_threads);
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
 
 /* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu, --io-depth N,
- * --trace FILE: the expert cache as `generate` and `bench` take it (cache_args.c). */
+ * --trace FILE, --predictor none|pregate|affinity: the expert cache and routing predictor
+ * as `generate` and `bench` take them (cache_args.c). */
 typedef struct cli_cache_args {
     bool enabled;
     cache_opts opts;
     const char *trace_path;
     FILE *trace;
+    pred_kind predictor; /* --predictor none|pregate|affinity */
 } cli_cache_args;
 void cli_cache_args_init(cli_cache_args *a);
 /* 1 when opt was one of these (its value consumed), 0 when not, negative after a message. */

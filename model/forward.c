@@ -34,7 +34,9 @@ typedef struct scratch {
     kern_attn_token *attn_tok;
     int32_t *out_rows;           /* tokens whose logits are wanted */
     float *probs;                /* n_expert: one token's routing probabilities */
-    int32_t *fill;               /* n_expert: bucket cursors */
+    int32_t *fill;               /* n_expert: bucket cursors, then the experts used */
+    int32_t *guess;              /* n_expert: the next layer's predicted experts */
+    uint8_t *mark;               /* n_expert */
 } scratch;
 
 struct model_ctx {
@@ -92,7 +94,7 @@ static void scratch_free(scratch *s)
     free(s->moe); free(s->router); free(s->route_w); free(s->route_id); free(s->xe); free(s->ge);
     free(s->ue); free(s->de); free(s->shg); free(s->shu); free(s->shd); free(s->bucket);
     free(s->bucket_w); free(s->bucket_start); free(s->attn_tok); free(s->out_rows);
-    free(s->probs); free(s->fill);
+    free(s->probs); free(s->fill); free(s->guess); free(s->mark);
     memset(s, 0, sizeof *s);
 }
 
@@ -148,7 +150,8 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         ALLOC(de, n * k * hp->n_embd) || ALLOC(shg, n * ff) || ALLOC(shu, n * ff) ||
         ALLOC(shd, n * hp->n_embd) || ALLOC(bucket, n * k) || ALLOC(bucket_w, n * k) ||
         ALLOC(bucket_start, hp->n_expert + 1) || ALLOC(attn_tok, n) || ALLOC(out_rows, n) ||
-        ALLOC(probs, hp->n_expert) || ALLOC(fill, hp->n_expert)) {
+        ALLOC(probs, hp->n_expert) || ALLOC(fill, hp->n_expert) || ALLOC(guess, hp->n_expert) ||
+        ALLOC(mark, hp->n_expert)) {
         scratch_free(s);
         return -ENOMEM;
     }
@@ -293,7 +296,8 @@ static void run_expert(model_ctx *ctx, const model_expert *x, int e)
     ctx->stats.experts_used++;
 }
 
-static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err, size_t err_size)
+static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t *n_used_out,
+               char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &ctx->m->hp;
@@ -328,6 +332,8 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *er
     int32_t *used = fill, n_used = 0;
     for (int e = 0; e < E; e++)
         if (s->bucket_start[e + 1] > s->bucket_start[e]) used[n_used++] = e;
+    *n_used_out = n_used;
+    if (m->predictor) pred_actual(m->predictor, il, used, n_used);
     if (m->experts) {
         int rc = cache_request(m->experts, il, used, n_used, err, err_size);
         cache_ref ref;
@@ -368,6 +374,46 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *er
                                   weight_bytes(&L->shexp_down);
     }
     be->ops->add(be, s->x, s->moe, n * D);
+    return 0;
+}
+
+/* ---- routing prediction ------------------------------------------------------------------- */
+
+/* Guesses layer il + 1's experts after layer il ran (s->fill still holds layer il's experts):
+ * pre-gating applies layer il + 1's router to the current hidden state; affinity asks the
+ * predictor's co-activation counts.  The guess is scored later by pred_actual and, with an
+ * expert cache, read ahead while layer il + 1's attention computes. */
+static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, char *err,
+                        size_t err_size)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    scratch *s = &ctx->s;
+    if (!m->predictor || il + 1 >= hp->n_layer) return 0;
+    int E = hp->n_expert, K = hp->n_expert_used;
+    int32_t n_guess = 0;
+    if (pred_get_kind(m->predictor) == PRED_PREGATE) {
+        const model_layer *next = &m->layers[il + 1];
+        kern_backend *be = m->backend;
+        be->ops->rmsnorm(be, s->x, next->ffn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
+        matmul(ctx, &next->router, s->h, s->router, n);
+        ctx->stats.dense_bytes += weight_bytes(&next->router);
+        memset(s->mark, 0, (size_t)E);
+        for (int64_t t = 0; t < n; t++) {
+            route(hp, s->router + t * E, s->probs, s->route_id, s->route_w);
+            for (int j = 0; j < K; j++) s->mark[s->route_id[j]] = 1;
+        }
+        for (int e = 0; e < E; e++)
+            if (s->mark[e]) s->guess[n_guess++] = e;
+    } else {
+        n_guess = pred_affinity_guess(m->predictor, il, s->fill, n_used_here, n_used_here,
+                                      s->guess);
+    }
+    pred_guess(m->predictor, il + 1, s->guess, n_guess);
+    if (m->experts && n_guess > 0) {
+        int rc = cache_prefetch(m->experts, il + 1, s->guess, n_guess, err, err_size);
+        if (rc < 0) return rc;
+    }
     return 0;
 }
 
@@ -424,7 +470,9 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
             snprintf(err, err_size, "attention scratch: out of memory");
             return rc;
         }
-        if ((rc = moe(ctx, L, il, n, err, err_size))) return rc;
+        int32_t n_used = 0;
+        if ((rc = moe(ctx, L, il, n, &n_used, err, err_size))) return rc;
+        if ((rc = predict_next(ctx, il, n_used, n, err, err_size))) return rc;
     }
 
     int64_t n_out = 0;

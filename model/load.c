@@ -460,6 +460,10 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
     if (opts->expert_cache && (rc = open_expert_cache(m, opts->expert_cache, err, err_size)))
         goto fail;
+    if (opts->predictor != PRED_NONE &&
+        (rc = pred_create(&m->predictor, opts->predictor, m->hp.n_layer, m->hp.n_expert, err,
+                          err_size)))
+        goto fail;
     *out = m;
     return 0;
 fail:
@@ -477,6 +481,7 @@ void model_close(model **mp)
     for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     cache_close(&m->experts);
+    pred_destroy(&m->predictor);
     gguf_close(&m->file);
     free(m);
     *mp = NULL;
@@ -495,6 +500,11 @@ const gguf_file *model_file(const model *m)
 const cache *model_expert_cache(const model *m)
 {
     return m->experts;
+}
+
+const pred *model_predictor(const model *m)
+{
+    return m->predictor;
 }
 
 const model_expert *model_get_expert(const model *m, int layer, int index)

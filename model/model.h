@@ -27,6 +27,7 @@
 #include "cache/cache.h"
 #include "kernels/kernels.h"
 #include "model/gguf.h"
+#include "predictor/predictor.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -96,6 +97,9 @@ typedef struct model_opts {
     /* NULL: experts through the mapping.  Else the cache's budget, policy, I/O and log
      * settings; model_open fills in the file, the shapes, the extents and min_slots. */
     const cache_opts *expert_cache;
+    /* Guesses each next layer's experts (scored online; with an expert cache the guesses are
+     * prefetched so that their reads overlap the next layer's attention). */
+    pred_kind predictor;
 } model_opts;
 
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size);
@@ -107,6 +111,8 @@ void model_get_sizes(const model *m, model_sizes *out);
 const char *model_arch_name(model_arch arch);
 /* The expert cache, NULL when experts are read through the mapping. */
 const cache *model_expert_cache(const model *m);
+/* The routing predictor, NULL for PRED_NONE. */
+const pred *model_predictor(const model *m);
 /* The expert's weights as mapped from the file; layer < n_layer, index < n_expert are the
  * caller's contract. */
 const model_expert *model_get_expert(const model *m, int layer, int index);

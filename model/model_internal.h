@@ -31,6 +31,7 @@ struct model {
     model_layer *layers;
     uint64_t head_bytes; /* output projection + final norm: read every step */
     cache *experts;      /* NULL: experts through the mapping */
+    pred *predictor;     /* NULL: no guesses */
     float **owned;       /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;
 };

@@ -335,13 +335,13 @@ enum { N_SEQ = 3, N_DECODE = 4 };
 
 /* Prefill three prompts in one batch, then decode N_DECODE greedy tokens for all three in
  * lockstep; every step's logits are appended to out. */
-static void run_model(const char *path, const cache_opts *co, float *out, size_t *n_out,
-                      cache_stats *st)
+static void run_model_pred(const char *path, const cache_opts *co, pred_kind kind, float *out,
+                           size_t *n_out, cache_stats *st, pred_layer_stats *ps)
 {
     char err[512];
     kern_backend *be = open_cpu_isa(2, KERN_ISA_COUNT);
     model *m = NULL;
-    model_opts mo = {.backend = be, .expert_cache = co};
+    model_opts mo = {.backend = be, .expert_cache = co, .predictor = kind};
     ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
     const model_hparams *hp = model_params(m);
     model_ctx *ctx = NULL;
@@ -377,10 +377,27 @@ static void run_model(const char *path, const cache_opts *co, float *out, size_t
         b.n_tokens = N_SEQ;
     }
     if (st) cache_get_stats(model_expert_cache(m), st);
+    if (ps) {
+        memset(ps, 0, sizeof *ps);
+        for (int il = 0; il < hp->n_layer; il++) {
+            pred_layer_stats l;
+            pred_get_stats(model_predictor(m), il, &l);
+            ck_assert_uint_eq(l.steps, il == 0 ? 0 : N_DECODE + 1); /* layer 0 is never guessed */
+            ps->guessed += l.guessed;
+            ps->used += l.used;
+            ps->correct += l.correct;
+        }
+    }
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
     kern_backend_close(&be);
+}
+
+static void run_model(const char *path, const cache_opts *co, float *out, size_t *n_out,
+                      cache_stats *st)
+{
+    run_model_pred(path, co, PRED_NONE, out, n_out, st, NULL);
 }
 
 static void check_model_budgets(const char *name, const char *gen_args)
@@ -423,6 +440,25 @@ static void check_model_budgets(const char *name, const char *gen_args)
             ck_assert_uint_gt(st.misses, 0);
             ck_assert_int_eq(st.direct, d == 0);
             if (slots[b] == k) ck_assert_uint_gt(st.evictions, 0);
+        }
+    }
+    /* Prefetching what a predictor guesses changes which reads happen, never the results. */
+    for (int kind = PRED_PREGATE; kind < PRED_KIND_COUNT; kind++) {
+        cache_stats st;
+        pred_layer_stats ps;
+        co.direct = CACHE_DIRECT_AUTO;
+        co.budget_bytes = (n_all / 2) * all.slot_bytes;
+        run_model_pred(path, &co, (pred_kind)kind, got, &n_got, &st, &ps);
+        ck_assert_msg(memcmp(ref, got, n_ref * sizeof *ref) == 0, "%s: logits differ with the %s predictor",
+                      name, pred_kind_name((pred_kind)kind));
+        ck_assert_uint_le(ps.correct, ps.guessed);
+        ck_assert_uint_le(ps.correct, ps.used);
+        ck_assert_uint_gt(ps.used, 0);
+        ck_assert_uint_le(st.prefetch_used + st.prefetch_wasted, st.prefetch_issued);
+        if (kind == PRED_PREGATE) {
+            /* Pre-gating always guesses, so with half the experts cached it prefetches. */
+            ck_assert_uint_gt(ps.guessed, 0);
+            ck_assert_uint_gt(st.prefetch_issued, 0);
         }
     }
     /* One slot fewer than a token's experts is refused, naming the minimum. */
