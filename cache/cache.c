@@ -112,6 +112,7 @@ const char *cache_policy_name(cache_policy p)
     switch (p) {
     case CACHE_POLICY_LRU: return "lru";
     case CACHE_POLICY_LFU: return "lfu";
+    case CACHE_POLICY_LRU_PROTECT: return "lru-protect";
     case CACHE_POLICY_COUNT: break;
     }
     return NULL;
@@ -149,6 +150,9 @@ static uint64_t score(const cache *c, const slot *s)
     case CACHE_POLICY_LFU:
         /* Frequency first, recency among equals: a 40/24 split keeps both in one integer. */
         return ((s->uses > 0xffffff ? 0xffffff : s->uses) << 40) | (s->last_use & 0xffffffffffull);
+    case CACHE_POLICY_LRU_PROTECT:
+        if (s->prefetched && c->tick - s->last_use <= (uint64_t)c->o.n_layer) return UINT64_MAX - 1;
+        break;
     case CACHE_POLICY_LRU:
     case CACHE_POLICY_COUNT: break;
     }

@@ -23,7 +23,9 @@
  *   (-EIO for a failed or short read, naming layer, expert and file offset in err); after an
  *   error the request is abandoned (cache_request starts afresh) and the cache stays usable.
  * - Eviction picks, among slots that are not pinned, the one the policy scores lowest (LRU:
- *   least recently used; LFU: least often used, then least recent).  A pinned slot (handed out
+ *   least recently used; LFU: least often used, then least recent; LRU-protect: LRU, but an
+ *   expert prefetched for the predictor and not yet used is passed over until a whole step —
+ *   n_layer requests — has gone by).  A pinned slot (handed out
  *   or being read) is never evicted.
  * - cache_prefetch() reads experts a predictor expects before they are asked for; a hit on
  *   one counts as a used prefetch, its eviction unasked as a wasted one.
@@ -51,10 +53,11 @@ typedef struct cache_extent {
 typedef enum cache_policy {
     CACHE_POLICY_LRU = 0,
     CACHE_POLICY_LFU,
+    CACHE_POLICY_LRU_PROTECT, /* LRU that passes over prefetched, not yet used experts for a step */
     CACHE_POLICY_COUNT
 } cache_policy;
 
-/* "lru", "lfu"; NULL for an unknown value. */
+/* "lru", "lfu", "lru-protect"; NULL for an unknown value. */
 const char *cache_policy_name(cache_policy p);
 int cache_policy_parse(const char *name, cache_policy *out);
 

@@ -16,6 +16,7 @@ int cli_inspect(int argc, char **argv);
 int cli_generate(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_cache_replay(int argc, char **argv);
+int cli_config(int argc, char **argv);
 
 /* Opens the compute backend named by the options (CPU for now) and logs which one runs and
  * why: a CUDA build on a machine without a device says so in one line. */
@@ -24,7 +25,7 @@ int cli_open_backend(kern_backend **out, int n_threads);
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
 
-/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu, --io-depth N,
+/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu|lru-protect, --io-depth N,
  * --trace FILE, --predictor none|pregate|affinity: the expert cache and routing predictor
  * as `generate` and `bench` take them (cache_args.c). */
 typedef struct cli_cache_args {
