@@ -5,7 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 apt_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libcjson-dev liburing-dev check
-          node-llhttp python3 python3-venv)
+          node-llhttp python3 python3-venv prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,4 +25,29 @@ if [ ! -x "$venv/bin/python3" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ];
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/tools/requirements.txt"
     echo "$want" > "$stamp"
+fi
+
+# Real tokenizer vocabularies for tests/integration/tokenizer_crosscheck.py (data, not code):
+# llama.cpp's models/ggml-vocab-*.gguf with their .inp/.out reference tokenizations, vendored in
+# the llama-cpp-python source distribution, and Mistral's SentencePiece models in mistral-common's.
+# Pinned, fetched once into .venv/tokenizer-data (git-ignored), only the files the test reads.
+tok_pkgs=(llama-cpp-python==0.3.36 mistral-common==1.13.1)
+tokdata="$venv/tokenizer-data"
+tok_vocabs="gpt-2 llama-bpe qwen2 qwen35 deepseek-llm mpt llama-spm"
+tok_stamp="$tokdata/.fetched-$(echo "${tok_pkgs[*]} $tok_vocabs" | sha256sum | cut -c1-16)"
+if [ ! -f "$tok_stamp" ]; then
+    echo "setup: fetching tokenizer vocabularies (${tok_pkgs[*]} source distributions)"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" "${tok_pkgs[@]}"
+    rm -rf "$tokdata"
+    mkdir -p "$tokdata/llama.cpp-models" "$tokdata/mistral-common"
+    tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'
+    for v in $tok_vocabs; do
+        cp "$tmp"/llama_cpp_python-*/vendor/llama.cpp/models/ggml-vocab-$v.gguf* "$tokdata/llama.cpp-models/"
+    done
+    tar -xzf "$tmp"/mistral_common-*.tar.gz -C "$tmp" --wildcards '*/mistral_common/data/*.model*'
+    cp "$tmp"/mistral_common-*/src/mistral_common/data/{tokenizer.model.v1,mistral_instruct_tokenizer_240323.model.v3} \
+        "$tokdata/mistral-common/"
+    touch "$tok_stamp"
 fi
