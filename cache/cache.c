@@ -23,6 +23,10 @@
 
 enum { ALIGN = 4096 };
 
+const double cache_read_bounds[CACHE_READ_BUCKETS - 1] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                          0.005,  0.01,    0.025,  0.05,  0.1,
+                                                          0.25};
+
 typedef enum slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY } slot_state;
 
 typedef struct slot {
@@ -69,7 +73,8 @@ struct cache {
     uint64_t prefetch_gen;
     struct {
         atomic_uint_least64_t hits, misses, evictions, bytes_read, reads, read_errors, stall_ns,
-            read_ns_sum, prefetch_issued, prefetch_used, prefetch_wasted;
+            read_ns_sum, prefetch_issued, prefetch_used, prefetch_wasted, loads;
+        atomic_uint_least64_t read_hist[CACHE_READ_BUCKETS];
         atomic_uint resident;
     } st;
 };
@@ -299,7 +304,12 @@ static void on_read(void *user, uint64_t tag, int result)
     /* Ready when the last read is back and every chunk was submitted. */
     if (--s->reads_left == 0 && c->load_cursor[tag] >= part_pos(c, s->key, CACHE_PARTS)) {
         s->state = SLOT_READY;
-        atomic_fetch_add(&c->st.read_ns_sum, now_ns() - s->load_start_ns);
+        uint64_t ns = now_ns() - s->load_start_ns;
+        int b = 0;
+        while (b < CACHE_READ_BUCKETS - 1 && (double)ns * 1e-9 > cache_read_bounds[b]) b++;
+        atomic_fetch_add(&c->st.read_hist[b], 1);
+        atomic_fetch_add(&c->st.loads, 1);
+        atomic_fetch_add(&c->st.read_ns_sum, ns);
         if (!s->error) atomic_fetch_add(&c->st.resident, 1);
     }
 }
@@ -715,6 +725,7 @@ void cache_get_stats(const cache *c, cache_stats *out)
         .prefetch_issued = atomic_load(&m->st.prefetch_issued),
         .prefetch_used = atomic_load(&m->st.prefetch_used),
         .prefetch_wasted = atomic_load(&m->st.prefetch_wasted),
+        .loads = atomic_load(&m->st.loads),
         .n_slots = c->n_slots,
         .resident = atomic_load(&m->st.resident),
         .slot_bytes = c->slot_bytes,
@@ -723,4 +734,5 @@ void cache_get_stats(const cache *c, cache_stats *out)
         .uring = c->io && cache__io_uring(c->io),
         .all_resident = c->all_fit,
     };
+    for (int b = 0; b < CACHE_READ_BUCKETS; b++) out->read_hist[b] = atomic_load(&m->st.read_hist[b]);
 }

@@ -116,6 +116,10 @@ void cache_release(cache *c, const cache_ref *ref);
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                    size_t err_size);
 
+/* Upper bounds (seconds) of the expert-load latency histogram's buckets; the last is +Inf. */
+enum { CACHE_READ_BUCKETS = 12 };
+extern const double cache_read_bounds[CACHE_READ_BUCKETS - 1];
+
 typedef struct cache_stats {
     uint64_t hits;          /* requested experts already resident (or already being read) */
     uint64_t misses;        /* requested experts that had to be read */
@@ -125,6 +129,8 @@ typedef struct cache_stats {
     uint64_t read_errors;
     uint64_t stall_ns;      /* time cache_next() waited for reads */
     uint64_t read_ns_sum;   /* sum over expert loads of submit-to-complete time */
+    uint64_t loads;         /* expert loads completed (the histogram's count) */
+    uint64_t read_hist[CACHE_READ_BUCKETS]; /* loads by latency, per bucket (not cumulative) */
     uint64_t prefetch_issued;
     uint64_t prefetch_used;   /* prefetched experts a request then asked for */
     uint64_t prefetch_wasted; /* prefetched experts evicted before any request */

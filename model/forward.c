@@ -14,6 +14,7 @@
 #include "model/model_internal.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -333,6 +334,9 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t 
     for (int e = 0; e < E; e++)
         if (s->bucket_start[e + 1] > s->bucket_start[e]) used[n_used++] = e;
     *n_used_out = n_used;
+    for (int32_t u = 0; u < n_used; u++)
+        atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)used[u]],
+                         (uint64_t)(s->bucket_start[used[u] + 1] - s->bucket_start[used[u]]));
     if (m->predictor) pred_actual(m->predictor, il, used, n_used);
     if (m->experts) {
         int rc = cache_request(m->experts, il, used, n_used, err, err_size);

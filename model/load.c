@@ -9,6 +9,7 @@
 #include "model/model_internal.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -460,6 +461,12 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
     if (opts->expert_cache && (rc = open_expert_cache(m, opts->expert_cache, err, err_size)))
         goto fail;
+    m->expert_tokens = calloc((size_t)m->hp.n_layer * (size_t)m->hp.n_expert, sizeof *m->expert_tokens);
+    if (!m->expert_tokens) {
+        snprintf(err, err_size, "%s: out of memory", path);
+        rc = -ENOMEM;
+        goto fail;
+    }
     if (opts->predictor != PRED_NONE &&
         (rc = pred_create(&m->predictor, opts->predictor, m->hp.n_layer, m->hp.n_expert, err,
                           err_size)))
@@ -482,6 +489,7 @@ void model_close(model **mp)
     free(m->owned);
     cache_close(&m->experts);
     pred_destroy(&m->predictor);
+    free((void *)m->expert_tokens);
     gguf_close(&m->file);
     free(m);
     *mp = NULL;
@@ -500,6 +508,11 @@ const gguf_file *model_file(const model *m)
 const cache *model_expert_cache(const model *m)
 {
     return m->experts;
+}
+
+uint64_t model_expert_tokens(const model *m, int layer, int expert)
+{
+    return atomic_load(&m->expert_tokens[(size_t)layer * (size_t)m->hp.n_expert + (size_t)expert]);
 }
 
 const pred *model_predictor(const model *m)

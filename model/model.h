@@ -111,6 +111,9 @@ void model_get_sizes(const model *m, model_sizes *out);
 const char *model_arch_name(model_arch arch);
 /* The expert cache, NULL when experts are read through the mapping. */
 const cache *model_expert_cache(const model *m);
+/* Tokens routed to (layer, expert) since open, over every context (counted with atomics, so
+ * any thread may read them while the engine runs). */
+uint64_t model_expert_tokens(const model *m, int layer, int expert);
 /* The routing predictor, NULL for PRED_NONE. */
 const pred *model_predictor(const model *m);
 /* The expert's weights as mapped from the file; layer < n_layer, index < n_expert are the

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct sched_req {
     struct sched_req *next; /* waiting queue link */
@@ -30,6 +31,7 @@ typedef struct sched_req {
     void *user;
     bool cancelled;
     /* engine-thread state once admitted */
+    bool admission_told; /* ops->admitted was called */
     int32_t slot;
     int32_t n_past;      /* positions filled in the KV slot */
     int32_t n_generated;
@@ -254,6 +256,14 @@ int32_t srv_sched_n_ctx(const srv_sched *s)
     return s->opts.n_ctx;
 }
 
+const double srv_sched_batch_bounds[SRV_SCHED_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64,
+                                                                   128, 256, 512, 1024};
+
+int32_t srv_sched_max_running(const srv_sched *s)
+{
+    return s->opts.max_running;
+}
+
 size_t srv_sched_kv_bytes(const srv_sched *s)
 {
     return model_ctx_kv_bytes(s->ctx);
@@ -413,14 +423,27 @@ static void *engine_main(void *arg)
             continue;
         }
         pthread_mutex_unlock(&s->lock);
+        /* Only this thread changes running[]; other threads only queue or flag requests. */
+        for (int32_t i = 0; i < s->n_running; i++) {
+            sched_req *r = s->running[i];
+            if (!r->admission_told && r->ops->admitted) r->ops->admitted(r->user);
+            r->admission_told = true;
+        }
 
         int32_t n_rows = 0, n_prompt_tokens = 0;
         int32_t n = build_batch(s, &n_rows, &n_prompt_tokens);
         model_batch b = {.n_tokens = n, .token = s->b_token, .pos = s->b_pos, .seq = s->b_seq,
                          .want_logits = s->b_want};
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         int rc = model_forward(s->ctx, &b, s->logits, s->err, sizeof s->err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
 
         pthread_mutex_lock(&s->lock);
+        s->stats.step_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec));
+        int bucket = 0;
+        while (bucket < SRV_SCHED_BATCH_BUCKETS - 1 && n > srv_sched_batch_bounds[bucket]) bucket++;
+        s->stats.batch_hist[bucket]++;
         s->stats.steps++;
         s->stats.tokens += (uint64_t)n;
         s->stats.prompt_tokens += (uint64_t)n_prompt_tokens;

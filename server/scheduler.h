@@ -46,6 +46,8 @@ typedef struct srv_seq_ops {
     bool (*emit)(void *user, int32_t token);
     /* The last call for this request; message is NULL unless why is SRV_SCHED_ERROR. */
     void (*done)(void *user, srv_sched_end why, const char *message);
+    /* Optional: the request left the queue and got its KV slot (before its first step). */
+    void (*admitted)(void *user);
 } srv_seq_ops;
 
 typedef struct srv_sched_opts {
@@ -58,6 +60,10 @@ typedef struct srv_sched_opts {
 
 srv_sched_opts srv_sched_opts_default(void);
 
+/* Upper bounds of the batch-size histogram's buckets (tokens per step); the last is +Inf. */
+enum { SRV_SCHED_BATCH_BUCKETS = 12 };
+extern const double srv_sched_batch_bounds[SRV_SCHED_BATCH_BUCKETS - 1];
+
 typedef struct srv_sched_stats {
     uint64_t steps;
     uint64_t tokens;          /* batch tokens over all steps (prompt + decode) */
@@ -66,6 +72,8 @@ typedef struct srv_sched_stats {
     uint32_t running;
     uint32_t waiting;
     uint32_t last_batch;      /* tokens in the last step */
+    uint64_t step_ns;         /* time in model_forward over all steps */
+    uint64_t batch_hist[SRV_SCHED_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
 } srv_sched_stats;
 
 typedef struct srv_sched srv_sched;
@@ -81,6 +89,7 @@ int srv_sched_submit(srv_sched *s, const int32_t *prompt, int32_t n_prompt, int3
 void srv_sched_cancel(srv_sched *s, uint64_t id);
 
 int32_t srv_sched_n_ctx(const srv_sched *s);
+int32_t srv_sched_max_running(const srv_sched *s);
 size_t srv_sched_kv_bytes(const srv_sched *s);
 void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out);
 

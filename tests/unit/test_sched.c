@@ -62,7 +62,7 @@ static void probe_done(void *user, srv_sched_end why, const char *message)
     pthread_mutex_unlock(p->lock);
 }
 
-static const srv_seq_ops probe_ops = {probe_sample, probe_emit, probe_done};
+static const srv_seq_ops probe_ops = {probe_sample, probe_emit, probe_done, NULL};
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
