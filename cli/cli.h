@@ -17,6 +17,7 @@ int cli_generate(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_cache_replay(int argc, char **argv);
 int cli_config(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 
 /* Opens the compute backend named by the options (CPU for now) and logs which one runs and
  * why: a CUDA build on a machine without a device says so in one line. */

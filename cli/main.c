@@ -21,6 +21,7 @@ static void usage(FILE *out)
             "  generate [options]   greedy generation from token ids, printing tokens/s\n"
             "  bench [options]      prefill and decode throughput against the memory-bandwidth floor\n"
             "  cache-replay TRACE   hit rates of the expert-cache policies on a recorded routing trace\n"
+            "  serve [options]      the OpenAI-compatible HTTP server (--config FILE or --model FILE)\n"
             "  config check FILE    validate a deployment config (`config show FILE` prints it in full)\n"
             "\n"
             "`moeserve <command> --help` describes each command's options.\n");
@@ -87,6 +88,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "bench")) return cli_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "cache-replay")) return cli_cache_replay(argc - 1, argv + 1);
     if (!strcmp(cmd, "config")) return cli_config(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -76,11 +76,45 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 0 and out.count("blk.") >= len([t for t in r.tensors if t.name.startswith("blk.")]),
           "inspect without --summary lists every tensor")
 
-    rc, out, err = run("generate", "--model", q4km, "-n", "8", "--threads", "2")
+    rc, out, err = run("generate", "--model", q4km, "--prompt", "Hello world", "-n", "8", "--threads", "2",
+                       "--ignore-eos")
     check(rc == 0, f"generate exits 0 ({err})")
-    check(re.search(r"generation: 8 tokens in [0-9.]+ s \([0-9.]+ tokens/s\)", out) is not None,
-          "generate ends with a timing line")
+    check(re.search(r"generation: 8 tokens in [0-9.]+ s \([0-9.]+ tokens/s\)", err) is not None,
+          f"generate ends with a timing line ({err.strip()[-200:]})")
     check("running on the CPU backend" in err, "the log says which backend runs")
+    greedy = out
+    rc, out, err = run("generate", "--model", q4km, "--prompt", "Hello world", "-n", "8", "--threads", "1",
+                       "--ignore-eos")
+    check(rc == 0 and out == greedy, "greedy generation is the same on 1 and 2 threads")
+
+    # A stop string cuts the text right before it, even when it spans tokens.
+    text = greedy.rstrip("\n")
+    windows = [text[i:i + 3] for i in range(len(text) // 2, len(text) - 2) if "\ufffd" not in text[i:i + 3]]
+    check(len(windows) > 0, f"greedy output long enough to cut with a stop string ({text!r})")
+    if windows:
+        stop = windows[0]
+        rc, out, err = run("generate", "--model", q4km, "--prompt", "Hello world", "-n", "8", "--ignore-eos",
+                           "--stop", stop)
+        check(rc == 0 and out.rstrip("\n") == text[:text.index(stop)] and "stopped by stop string" in err,
+              f"stop string {stop!r}: {out!r} vs {text!r}")
+
+    # Seeded sampling reproduces; another seed (almost surely) differs.
+    outs = []
+    for seed in ("7", "7", "8"):
+        rc, out, err = run("generate", "--model", q4km, "--prompt", "Hello world", "-n", "16", "--ignore-eos",
+                           "--temperature", "1.5", "--seed", seed)
+        check(rc == 0, f"sampling with seed {seed} runs ({err.strip()[-200:]})")
+        outs.append(out)
+    check(outs[0] == outs[1], "the same seed gives the same text")
+    check(outs[0] != outs[2], "another seed gives other text")
+
+    rc, out, err = run("generate", "--model", q4km, "--chat", "--system", "Be brief.", "--prompt", "Hi", "-n", "4")
+    check(rc == 0 and "chat template" in err, f"generate --chat renders the model's template ({err.strip()[-300:]})")
+    rc, out, err = run("generate", "--model", q4km, "--chat", "--chat-template", "no-such-template", "--prompt", "Hi")
+    check(rc == 1 and "no-such-template" in err and "chatml" in err,
+          f"an unknown template name lists the built-in ones ({err.strip()[-300:]})")
+    rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--temperature", "3")
+    check(rc == 1 and "temperature" in err, f"an out-of-range sampling parameter is named ({err.strip()})")
 
     rc, out, err = run("generate", "--model", q4km, "--prompt-ids", "1,2,999999")
     check(rc != 0 and "outside the vocabulary" in err, f"a token id outside the vocabulary is refused ({err.strip()})")
@@ -97,7 +131,7 @@ with tempfile.TemporaryDirectory() as tmp:
         dst.write(src.read(os.path.getsize(q4km) // 2))
     rc, out, err = run("inspect", truncated)
     check(rc == 1 and "offset" in err and "cut.gguf" in err, f"truncated file: error with offset ({err.strip()})")
-    rc, out, err = run("generate", "--model", truncated)
+    rc, out, err = run("generate", "--model", truncated, "--prompt", "x")
     check(rc == 1 and "offset" in err, "generate refuses the truncated file too")
 
     rc, out, err = run("frobnicate")

@@ -1,0 +1,291 @@
+/*
+ * `moeserve serve`: the OpenAI-compatible server.
+ *
+ * The socket is bound before the model loads, so that an orchestrator sees the port open and
+ * /health answering 503 while a large model is read; a loader thread opens the model, its
+ * tokenizer and chat template and then makes the engine ready.  A model that fails to load
+ * stops the server with exit status 1 and the reason in the log.
+ */
+#include "cli/cli.h"
+#include "config/config.h"
+#include "model/model.h"
+#include "model/prompt.h"
+#include "server/engine.h"
+#include "server/server.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct serve_state {
+    const cfg *c;
+    kern_backend *backend;
+    model *m;
+    tokenizer *tok;
+    chat_template *tmpl;
+    srv_model_engine *engine;
+    srv_server_t *srv;
+    cache_opts cache;
+    atomic_int load_failed;
+} serve_state;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moeserve serve (--config FILE | --model FILE) [--set KEY=VALUE ...]\n"
+            "  --config FILE      deployment config (JSON; docs/configuration.md)\n"
+            "  --model FILE       GGUF model (same as --set model.path=FILE)\n"
+            "  --host ADDR        same as --set server.host=ADDR\n"
+            "  --port N           same as --set server.port=N\n"
+            "  --set KEY=VALUE    override one config key, e.g. --set cache.host_bytes=4GiB\n");
+}
+
+/* Bytes of K and V one position of one sequence takes (model/forward.c keeps them as f32). */
+static uint64_t kv_bytes_per_position(const model_hparams *hp)
+{
+    return 2 * sizeof(float) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
+           (uint64_t)hp->head_dim;
+}
+
+static uint64_t mem_available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return (uint64_t)kib * 1024;
+}
+
+static void cache_log(void *user, const char *msg)
+{
+    (void)user;
+    cli_log("%s", msg);
+}
+
+/* The expert cache's options from the config.  "auto" holds every expert when they fit in
+ * what the machine has available (less a margin for the KV cache and everything else), else
+ * as many as fit; a size or a percentage is taken as given. */
+static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
+{
+    *co = cache_opts_default();
+    static const cache_policy policies[] = {CACHE_POLICY_LRU, CACHE_POLICY_LFU,
+                                            CACHE_POLICY_LRU_PROTECT};
+    co->policy = policies[c->cache.policy];
+    co->queue_depth = (uint32_t)c->io.queue_depth;
+    co->direct = c->io.direct == CFG_AUTO ? CACHE_DIRECT_AUTO
+               : c->io.direct == CFG_ON   ? CACHE_DIRECT_ON
+                                          : CACHE_DIRECT_OFF;
+    co->log = cache_log;
+    switch (c->cache.host_bytes.kind) {
+    case CFG_BUDGET_PERCENT: co->budget_fraction = c->cache.host_bytes.percent / 100.0; break;
+    case CFG_BUDGET_BYTES: co->budget_bytes = c->cache.host_bytes.bytes; break;
+    case CFG_BUDGET_AUTO: {
+        uint64_t avail = mem_available_bytes(), dense = sz->dense_bytes;
+        uint64_t room = avail > dense ? (avail - dense) / 10 * 8 : 0;
+        co->budget_bytes = cfg_budget_resolve(&c->cache.host_bytes, sz->expert_bytes, room);
+        if (co->budget_bytes >= sz->expert_bytes) co->budget_bytes = 0; /* all of them */
+        break;
+    }
+    }
+}
+
+static int load_model(serve_state *st, char *err, size_t err_size)
+{
+    const cfg *c = st->c;
+    /* A first open without the cache tells the sizes the budgets are resolved against. */
+    model *probe = NULL;
+    model_opts po = {.backend = st->backend};
+    int rc = model_open(&probe, c->model.path, &po, err, err_size);
+    if (rc) return rc;
+    model_sizes sz;
+    model_get_sizes(probe, &sz);
+    model_close(&probe);
+    static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
+    model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind]};
+    cache_options(c, &sz, &st->cache);
+    mo.expert_cache = &st->cache;
+    cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
+            "budget %s", (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
+            st->cache.budget_bytes ? "set" : "all experts");
+    rc = model_open(&st->m, c->model.path, &mo, err, err_size);
+    if (rc) return rc;
+    cache_stats cs;
+    cache_get_stats(model_expert_cache(st->m), &cs);
+    cli_log("expert cache: %u of %llu experts (%.1f MiB, %s, %s), policy %s, predictor %s",
+            cs.n_slots, (unsigned long long)sz.n_experts_total, (double)cs.arena_bytes / (1 << 20),
+            cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread",
+            cache_policy_name(st->cache.policy), pred_kind_name(mo.predictor));
+    const model_hparams *hp = model_params(st->m);
+    rc = tokenizer_load(&st->tok, model_file(st->m), err, err_size);
+    if (rc) return rc;
+    rc = prompt_template_load(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
+    if (rc) return rc;
+    if (!st->tmpl)
+        cli_log("the model has no chat template: /v1/chat/completions is refused; set "
+                "model.chat_template to a built-in name to serve chat");
+
+    srv_sched_opts so = srv_sched_opts_default();
+    so.max_running = c->batching.max_running;
+    so.max_tokens_per_step = c->batching.max_tokens_per_step;
+    so.prefill_chunk = c->batching.prefill_chunk;
+    so.max_waiting = c->server.queue_depth;
+    so.n_ctx = c->kv.context_length > 0 ? c->kv.context_length : hp->n_ctx_train;
+    uint64_t per_pos = kv_bytes_per_position(hp);
+    uint64_t want = per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running;
+    uint64_t budget = cfg_budget_resolve(&c->kv.budget_bytes, want, want);
+    if (want > budget) {
+        /* Shrink the context to the budget rather than failing: what matters is saying so. */
+        int64_t fit = (int64_t)(budget / (per_pos * (uint64_t)so.max_running));
+        if (fit < 16) {
+            snprintf(err, err_size,
+                     "kv.budget_bytes (%llu) cannot hold %d sequences of even 16 positions "
+                     "(%llu bytes per position per sequence)",
+                     (unsigned long long)budget, so.max_running, (unsigned long long)per_pos);
+            return -EINVAL;
+        }
+        cli_log("kv budget %llu bytes: context length %d -> %lld positions per sequence",
+                (unsigned long long)budget, so.n_ctx, (long long)fit);
+        so.n_ctx = (int32_t)fit;
+    }
+    cli_log("kv cache: %d sequences x %d positions = %.1f MiB", so.max_running, so.n_ctx,
+            (double)(per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running) / (1 << 20));
+    return srv_model_engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
+}
+
+static void *loader_main(void *arg)
+{
+    serve_state *st = arg;
+    char err[1024];
+    if (load_model(st, err, sizeof err)) {
+        cli_log("cannot load the model: %s", err);
+        atomic_store(&st->load_failed, 1);
+        srv_stop(st->srv);
+        return NULL;
+    }
+    cli_log("model %s ready: serving as \"%s\"", st->c->model.path, st->c->model.name);
+    return NULL;
+}
+
+static int parse_args(cfg *c, int argc, char **argv)
+{
+    char err[2048], assign[4096];
+    const char *config_path = NULL;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[++i];
+    if (config_path && cfg_load_file(c, config_path, err, sizeof err)) {
+        fprintf(stderr, "moeserve serve: %s\n", err);
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *key = NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return -1;
+        } else if (!strcmp(a, "--config") && v) {
+            i++;
+            continue;
+        } else if (!strcmp(a, "--set") && v) {
+            snprintf(assign, sizeof assign, "%s", v);
+        } else if (!strcmp(a, "--model") && v) {
+            key = "model.path";
+        } else if (!strcmp(a, "--host") && v) {
+            key = "server.host";
+        } else if (!strcmp(a, "--port") && v) {
+            key = "server.port";
+        } else {
+            fprintf(stderr, "moeserve serve: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (key) snprintf(assign, sizeof assign, "%s=%s", key, v);
+        i++;
+        if (cfg_set(c, assign, err, sizeof err)) {
+            fprintf(stderr, "moeserve serve: %s\n", err);
+            return 2;
+        }
+    }
+    if (cfg_validate(c, err, sizeof err)) {
+        fprintf(stderr, "moeserve serve: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+int cli_serve(int argc, char **argv)
+{
+    char err[1024];
+    cfg c;
+    if (cfg_defaults(&c, err, sizeof err)) {
+        fprintf(stderr, "moeserve serve: %s\n", err);
+        return 1;
+    }
+    int rc = parse_args(&c, argc, argv);
+    if (rc) {
+        cfg_free(&c);
+        return rc < 0 ? 0 : rc;
+    }
+
+    int status = 1;
+    serve_state st = {.c = &c};
+    atomic_init(&st.load_failed, 0);
+    pthread_t loader;
+    bool loader_started = false;
+    if (cli_open_backend(&st.backend, c.compute.threads)) goto done;
+    if (srv_model_engine_create(&st.engine, err, sizeof err)) goto fail_msg;
+
+    srv_opts_t so = srv_opts_default();
+    so.host = c.server.host;
+    so.port = c.server.port;
+    so.model_id = c.model.name;
+    so.max_header_bytes = (size_t)c.server.max_header_bytes;
+    so.max_body_bytes = (size_t)c.server.max_body_bytes;
+    so.max_connections = c.server.max_connections;
+    so.header_timeout_ms = (uint32_t)c.server.header_timeout_ms;
+    so.idle_timeout_ms = (uint32_t)c.server.idle_timeout_ms;
+    so.api_keys = (const char *const *)c.server.api_keys.items;
+    so.n_api_keys = c.server.api_keys.count;
+    so.write_metrics = srv_model_engine_write_metrics;
+    so.metrics_user = st.engine;
+    srv_engine_t ops = srv_model_engine_ops(st.engine);
+    if (srv_open(&st.srv, &so, &ops, err, sizeof err)) goto fail_msg;
+    cli_log("listening on http://%s:%d (model loading)", c.server.host, srv_port(st.srv));
+    /* Scripts and tests that asked for port 0 learn the real one from stdout. */
+    printf("listening on %s:%d\n", c.server.host, srv_port(st.srv));
+    fflush(stdout);
+
+    rc = pthread_create(&loader, NULL, loader_main, &st);
+    if (rc) {
+        snprintf(err, sizeof err, "cannot start the loader thread: %s", strerror(rc));
+        goto fail_msg;
+    }
+    loader_started = true;
+    srv_run(st.srv);
+    pthread_join(loader, NULL);
+    loader_started = false;
+    status = atomic_load(&st.load_failed) ? 1 : 0;
+    cli_log("shut down");
+    goto done;
+
+fail_msg:
+    fprintf(stderr, "moeserve serve: %s\n", err);
+done:
+    if (loader_started) {
+        srv_stop(st.srv);
+        pthread_join(loader, NULL);
+    }
+    srv_model_engine_destroy(&st.engine);
+    srv_close(&st.srv);
+    chat_template_free(&st.tmpl);
+    tokenizer_free(&st.tok);
+    model_close(&st.m);
+    kern_backend_close(&st.backend);
+    cfg_free(&c);
+    return status;
+}
