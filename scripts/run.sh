@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds moeserve, generates the default model (a seeded `small` Qwen3-MoE-shaped model, F16,
-# ~100 MB, in models/) the first time, and runs a one-shot generation on it, printing tokens/s.
-# Extra arguments go to `moeserve generate` (e.g. -n 128 --threads 1).
+# ~100 MB, in models/) the first time, and serves it with the OpenAI-compatible API on
+# http://127.0.0.1:8080 (Ctrl-C stops it).  Extra arguments go to `moeserve serve`
+# (e.g. --port 9000, --set cache.host_bytes=50%, --config config/cpu-only.json).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,4 +19,5 @@ if [ ! -f "$model" ]; then
     .venv/bin/python3 tools/gen_model.py --arch qwen3moe --preset small --type f16 --seed 1 -o "$model.tmp"
     mv "$model.tmp" "$model"
 fi
-exec build-release/cli/moeserve generate --model "$model" -n 64 "$@"
+echo "try: curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' -d '{\"model\":\"default\",\"prompt\":\"Hello\",\"max_tokens\":16}'"
+exec build-release/cli/moeserve serve --model "$model" "$@"
