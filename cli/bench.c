@@ -87,7 +87,8 @@ static void usage(FILE *out)
                  "                (default off: experts read through the file's mapping)\n"
                  "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect  --io-depth N\n"
                  "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
-                 "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n");
+                 "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
+                 "  --lookahead N layers pre-gating looks ahead (default 1)\n");
 }
 
 static int run(bench_opts *o)
@@ -100,7 +101,8 @@ static int run(bench_opts *o)
     int32_t *tok = NULL, *pos = NULL, *seq = NULL;
     float *logits = NULL;
     if (cli_open_backend(&be, (int)o->n_threads)) goto done;
-    model_opts mo = {.backend = be, .predictor = o->cache.predictor};
+    model_opts mo = {.backend = be, .predictor = o->cache.predictor,
+                     .lookahead = o->cache.lookahead};
     if (cli_cache_args_open(&o->cache, &mo.expert_cache)) goto done;
     if (model_open(&m, o->path, &mo, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);

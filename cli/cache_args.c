@@ -97,6 +97,12 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         }
         return 1;
     }
+    if (!strcmp(opt, "--lookahead")) {
+        long n;
+        if (cli_parse_int(opt, v, 1, 8, &n)) return -EINVAL;
+        a->lookahead = (int32_t)n;
+        return 1;
+    }
     if (!strcmp(opt, "--trace")) {
         a->trace_path = v;
         return 1;

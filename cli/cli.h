@@ -35,6 +35,7 @@ typedef struct cli_cache_args {
     const char *trace_path;
     FILE *trace;
     pred_kind predictor; /* --predictor none|pregate|affinity */
+    int32_t lookahead;   /* --lookahead N (pregate) */
 } cli_cache_args;
 void cli_cache_args_init(cli_cache_args *a);
 /* 1 when opt was one of these (its value consumed), 0 when not, negative after a message. */
@@ -43,6 +44,11 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *value);
 int cli_cache_args_open(cli_cache_args *a, const cache_opts **out);
 void cli_cache_args_close(cli_cache_args *a);
 
+/* Logs go to stderr, one line each: text ("<time> moeserve: message") or JSON objects
+ * ({"time","level","msg"}); messages above the level are dropped.  cli_log is level info. */
+enum { CLI_LOG_ERROR = 0, CLI_LOG_WARN, CLI_LOG_INFO, CLI_LOG_DEBUG };
+void cli_log_setup(int level, bool json);
+void cli_logl(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cli_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -65,7 +65,7 @@ static void usage(FILE *out)
             "  --threads N             CPU threads (default: all)\n"
             "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
             "  --direct auto|on|off  --policy lru|lfu|lru-protect  --io-depth N  --trace FILE\n"
-            "  --predictor none|pregate|affinity\n");
+            "  --predictor none|pregate|affinity  --lookahead N\n");
 }
 
 static int parse_float(const char *opt, const char *text, float *out)
@@ -275,7 +275,8 @@ int cli_generate(int argc, char **argv)
     const char *why = "length";
 
     if (cli_open_backend(&be, (int)a.n_threads)) goto done;
-    model_opts mo = {.backend = be, .predictor = a.cache.predictor};
+    model_opts mo = {.backend = be, .predictor = a.cache.predictor,
+                     .lookahead = a.cache.lookahead};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     const model_hparams *hp = model_params(m);

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,20 +28,64 @@ static void usage(FILE *out)
             "`moeserve <command> --help` describes each command's options.\n");
 }
 
-void cli_log(const char *fmt, ...)
+/* Log settings: one process, one log; set once by `serve` from the config before any thread
+ * starts, read-only afterwards. */
+static int log_level = CLI_LOG_INFO;
+static bool log_json;
+
+void cli_log_setup(int level, bool json)
 {
+    log_level = level;
+    log_json = json;
+}
+
+static void json_escape_to(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(out, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(out, "\\u%04x", ch);
+        else
+            fputc(ch, out);
+    }
+}
+
+void cli_logl(int level, const char *fmt, ...)
+{
+    if (level > log_level) return;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    char stamp[32];
+    char stamp[32], msg[2048];
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-    fprintf(stderr, "%s.%03ldZ moeserve: ", stamp, ts.tv_nsec / 1000000);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    if (log_json) {
+        /* One object per line, for log shippers. */
+        fprintf(stderr, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", stamp,
+                ts.tv_nsec / 1000000, names[level < 0 ? 0 : level > 3 ? 3 : level]);
+        json_escape_to(stderr, msg);
+        fputs("\"}\n", stderr);
+    } else {
+        fprintf(stderr, "%s.%03ldZ moeserve: %s\n", stamp, ts.tv_nsec / 1000000, msg);
+    }
+}
+
+void cli_log(const char *fmt, ...)
+{
+    if (log_level < CLI_LOG_INFO) return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cli_logl(CLI_LOG_INFO, "%s", msg);
 }
 
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out)

@@ -62,6 +62,12 @@ static uint64_t mem_available_bytes(void)
     return (uint64_t)kib * 1024;
 }
 
+static void server_log(void *user, int level, const char *msg)
+{
+    (void)user;
+    cli_logl(level, "%s", msg);
+}
+
 static void cache_log(void *user, const char *msg)
 {
     (void)user;
@@ -107,7 +113,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     model_get_sizes(probe, &sz);
     model_close(&probe);
     static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
-    model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind]};
+    model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind],
+                     .lookahead = c->predictor.lookahead};
     cache_options(c, &sz, &st->cache);
     mo.expert_cache = &st->cache;
     cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
@@ -232,6 +239,18 @@ int cli_serve(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     }
 
+    cli_log_setup((int)c.log.level, c.log.format == CFG_LOG_JSON);
+    if (c.gpu.enabled == CFG_ON) {
+        /* Saying yes to a GPU that cannot be used must not quietly run on the CPU. */
+        fprintf(stderr, "moeserve serve: gpu.enabled is true, but this version has no CUDA "
+                        "compute backend yet; set gpu.enabled to \"auto\" or false\n");
+        cfg_free(&c);
+        return 2;
+    }
+    if (c.cache.device_bytes.kind != CFG_BUDGET_AUTO)
+        cli_logl(CLI_LOG_WARN, "cache.device_bytes is ignored: there is no device tier without "
+                               "the CUDA backend");
+
     int status = 1;
     serve_state st = {.c = &c};
     atomic_init(&st.load_failed, 0);
@@ -251,6 +270,8 @@ int cli_serve(int argc, char **argv)
     so.idle_timeout_ms = (uint32_t)c.server.idle_timeout_ms;
     so.api_keys = (const char *const *)c.server.api_keys.items;
     so.n_api_keys = c.server.api_keys.count;
+    so.log_requests = c.log.level >= CFG_LOG_DEBUG;
+    so.log = server_log;
     so.write_metrics = srv_model_engine_write_metrics;
     so.metrics_user = st.engine;
     srv_engine_t ops = srv_model_engine_ops(st.engine);

@@ -393,30 +393,39 @@ static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, 
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
     scratch *s = &ctx->s;
-    if (!m->predictor || il + 1 >= hp->n_layer) return 0;
+    if (!m->predictor) return 0;
     int E = hp->n_expert, K = hp->n_expert_used;
-    int32_t n_guess = 0;
-    if (pred_get_kind(m->predictor) == PRED_PREGATE) {
-        const model_layer *next = &m->layers[il + 1];
-        kern_backend *be = m->backend;
-        be->ops->rmsnorm(be, s->x, next->ffn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
-        matmul(ctx, &next->router, s->h, s->router, n);
-        ctx->stats.dense_bytes += weight_bytes(&next->router);
-        memset(s->mark, 0, (size_t)E);
-        for (int64_t t = 0; t < n; t++) {
-            route(hp, s->router + t * E, s->probs, s->route_id, s->route_w);
-            for (int j = 0; j < K; j++) s->mark[s->route_id[j]] = 1;
+    bool pregate = pred_get_kind(m->predictor) == PRED_PREGATE;
+    /* Pre-gating looks `lookahead` layers ahead with each one's router; the farthest guess is
+     * made first so that the nearest, most accurate one is what a layer is scored on.  Affinity
+     * counts only link a layer to the next one. */
+    int ahead = pregate ? m->lookahead : 1;
+    for (int k = ahead; k >= 1; k--) {
+        int target = il + k;
+        if (target >= hp->n_layer) continue;
+        int32_t n_guess = 0;
+        if (pregate) {
+            const model_layer *L = &m->layers[target];
+            kern_backend *be = m->backend;
+            be->ops->rmsnorm(be, s->x, L->ffn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
+            matmul(ctx, &L->router, s->h, s->router, n);
+            ctx->stats.dense_bytes += weight_bytes(&L->router);
+            memset(s->mark, 0, (size_t)E);
+            for (int64_t t = 0; t < n; t++) {
+                route(hp, s->router + t * E, s->probs, s->route_id, s->route_w);
+                for (int j = 0; j < K; j++) s->mark[s->route_id[j]] = 1;
+            }
+            for (int e = 0; e < E; e++)
+                if (s->mark[e]) s->guess[n_guess++] = e;
+        } else {
+            n_guess = pred_affinity_guess(m->predictor, il, s->fill, n_used_here, n_used_here,
+                                          s->guess);
         }
-        for (int e = 0; e < E; e++)
-            if (s->mark[e]) s->guess[n_guess++] = e;
-    } else {
-        n_guess = pred_affinity_guess(m->predictor, il, s->fill, n_used_here, n_used_here,
-                                      s->guess);
-    }
-    pred_guess(m->predictor, il + 1, s->guess, n_guess);
-    if (m->experts && n_guess > 0) {
-        int rc = cache_prefetch(m->experts, il + 1, s->guess, n_guess, err, err_size);
-        if (rc < 0) return rc;
+        pred_guess(m->predictor, target, s->guess, n_guess);
+        if (m->experts && n_guess > 0) {
+            int rc = cache_prefetch(m->experts, target, s->guess, n_guess, err, err_size);
+            if (rc < 0) return rc;
+        }
     }
     return 0;
 }

@@ -467,6 +467,7 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
         rc = -ENOMEM;
         goto fail;
     }
+    m->lookahead = opts->lookahead > 0 ? opts->lookahead : 1;
     if (opts->predictor != PRED_NONE &&
         (rc = pred_create(&m->predictor, opts->predictor, m->hp.n_layer, m->hp.n_expert, err,
                           err_size)))

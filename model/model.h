@@ -100,6 +100,7 @@ typedef struct model_opts {
     /* Guesses each next layer's experts (scored online; with an expert cache the guesses are
      * prefetched so that their reads overlap the next layer's attention). */
     pred_kind predictor;
+    int32_t lookahead; /* layers pre-gating guesses ahead; 0 means 1 */
 } model_opts;
 
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size);

@@ -32,6 +32,7 @@ struct model {
     uint64_t head_bytes; /* output projection + final norm: read every step */
     cache *experts;      /* NULL: experts through the mapping */
     pred *predictor;     /* NULL: no guesses */
+    int32_t lookahead;   /* layers pre-gating guesses ahead (>= 1) */
     _Atomic uint64_t *expert_tokens; /* [n_layer][n_expert]: tokens routed, for metrics */
     float **owned;       /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;

@@ -125,7 +125,7 @@ static void log_request(srv_conn *c, int status)
 {
     if (!c->srv->opts.log_requests) return;
     double ms = (double)(srv__now_ns() - c->t_request_ns) / 1e6;
-    fprintf(stderr, "moeserve: %s %.*s -> %d (%.1f ms)\n", llhttp_method_name(c->method),
+    srv__log(c->srv, 3, "%s %.*s -> %d (%.1f ms)", llhttp_method_name(c->method),
             (int)(c->url.len > 200 ? 200 : c->url.len), c->url.data ? c->url.data : "", status, ms);
 }
 

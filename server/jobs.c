@@ -285,7 +285,7 @@ static void set_engine_error(srv_call *call, int status, const char *message)
     call->failed = true;
     if (status >= 500 && status != 503) {
         /* The engine's words may name files or internals: log them, send a generic message. */
-        fprintf(stderr, "moeserve: request %s failed: %s\n", call->id, message);
+        srv__log(call->srv, 0, "request %s failed: %s", call->id, message);
         srv__err_set(&call->err, 500, NULL, "internal error while generating (see the server log)");
     } else {
         srv__err_set(&call->err, status, NULL, "%s", message);

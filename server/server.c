@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,19 @@ srv_opts_t srv_opts_default(void)
         .max_n = 16,
         .write_high_water_bytes = 256 * 1024,
     };
+}
+
+void srv__log(const srv_server_t *s, int level, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (s && s->opts.log)
+        s->opts.log(s->opts.log_user, level, msg);
+    else
+        fprintf(stderr, "moeserve: %s\n", msg);
 }
 
 int srv_port(const srv_server_t *s)
@@ -232,7 +246,7 @@ void srv_close(srv_server_t **sp)
         srv__maybe_finish_stop(s);
         uv_run(&s->loop, UV_RUN_DEFAULT);
         if (uv_loop_close(&s->loop) != 0)
-            fprintf(stderr, "moeserve: the event loop did not close cleanly\n");
+            srv__log(s, 1, "the event loop did not close cleanly");
     }
     /* The engine has stopped (the caller's duty): what it posted last is freed unread. */
     for (srv_ev *ev = s->ev_head, *next; ev; ev = next) {

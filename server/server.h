@@ -174,6 +174,9 @@ typedef struct srv_opts {
     const char *const *api_keys; /* when n_api_keys > 0: Authorization: Bearer KEY required */
     size_t n_api_keys;
     bool log_requests; /* one line per request on stderr */
+    /* Where the server's log lines go (level 0 error, 1 warn, 2 info, 3 debug); NULL: stderr. */
+    void (*log)(void *user, int level, const char *msg);
+    void *log_user;
     /* GET /metrics: appends the engine's families after the server's own (loop thread). */
     void (*write_metrics)(void *user, srv_mx_buf *b);
     void *metrics_user;

@@ -255,4 +255,7 @@ void srv__count_request(srv_server_t *s, srv_endpoint ep, int status);
 uint64_t srv__now_ns(void);
 
 
+/* A log line through opts.log (or stderr). */
+void srv__log(const srv_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

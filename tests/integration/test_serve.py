@@ -253,5 +253,25 @@ with tempfile.TemporaryDirectory() as tmp:
     err = p.stderr.decode(errors="replace")
     check(p.returncode == 1 and "cut.gguf" in err, f"a damaged model stops the server with its reason ({err[-300:]})")
 
+# --- logging as configured; a GPU demanded where none can be used --------------------------------------
+srv = Server(model, "--set", "log.format=json", "--set", "log.level=debug", "--set", "cache.host_bytes=50%")
+client = srv.client()
+r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
+check(r.choices[0].text == want, "half the experts cached: the same greedy text")
+rc = srv.stop()
+lines = [l for l in srv.err.splitlines() if l.strip()]
+try:
+    objs = [json.loads(l) for l in lines]
+except ValueError as e:
+    objs = []
+    check(False, f"log.format=json: every stderr line is a JSON object ({e}; {lines[:3]})")
+check(objs and all({"time", "level", "msg"} <= set(o) for o in objs), "JSON log lines have time, level, msg")
+check(any("/v1/completions" in o.get("msg", "") for o in objs) or any("/v1/completions" in l for l in lines),
+      "log.level=debug logs each request")
+check(rc == 0, f"SIGTERM with JSON logs: exit 0 ({rc})")
+p = subprocess.run([MOESERVE, "serve", "--model", model, "--port", "0", "--set", "gpu.enabled=true"],
+                   capture_output=True, timeout=60)
+check(p.returncode == 2 and b"gpu.enabled" in p.stderr, f"gpu.enabled=true without a CUDA backend is refused ({p.stderr[-200:]!r})")
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
