@@ -113,6 +113,18 @@ with tempfile.TemporaryDirectory() as tmp:
     rc, out, err = run("generate", "--model", q4km, "--chat", "--chat-template", "no-such-template", "--prompt", "Hi")
     check(rc == 1 and "no-such-template" in err and "chatml" in err,
           f"an unknown template name lists the built-in ones ({err.strip()[-300:]})")
+    # Every architecture's template, tokenizer and forward pass through `generate --chat`, with
+    # the expert cache at its minimum giving the same text as the mapped path.
+    for arch, typ in (("llama", "q8_0"), ("qwen2moe", "q4_k_m"), ("olmoe", "q6_k"), ("qwen3moe", "f16")):
+        path = os.path.join(tmp, f"{arch}.gguf")
+        gen(path, "--arch", arch, "--preset", "tiny", "--type", typ)
+        rc, out, err = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
+                           "--ignore-eos")
+        check(rc == 0 and "generation: 12 tokens" in err, f"generate --chat on {arch} {typ} ({err.strip()[-300:]})")
+        rc2, out2, err2 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
+                              "--ignore-eos", "--expert-cache", "min", "--predictor", "pregate")
+        check(rc2 == 0 and out2 == out, f"{arch}: the minimum expert cache gives the same text ({err2.strip()[-200:]})")
+
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--temperature", "3")
     check(rc == 1 and "temperature" in err, f"an out-of-range sampling parameter is named ({err.strip()})")
 
