@@ -78,7 +78,7 @@ static uint32_t byte_to_cp(int b)
     return 256u + (uint32_t)n;
 }
 
-static size_t put_utf8(char *out, uint32_t cp)
+size_t tok__utf8_put(char *out, uint32_t cp)
 {
     if (cp < 0x80) {
         out[0] = (char)cp;
@@ -110,7 +110,7 @@ static int decode_tables(tokenizer *t, char *err, size_t err_size)
     for (int b = 0; b < 256; b++) {
         uint32_t cp = byte_to_cp(b);
         char u[4];
-        size_t n = put_utf8(u, cp);
+        size_t n = tok__utf8_put(u, cp);
         cp_to_byte[cp] = b;
         /* some vocabularies (GPT-NeoX's) lack a few bytes that never occur in UTF-8; such a
          * byte is dropped when encoding, as HF's BPE without an unk token does */
@@ -590,7 +590,7 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
     if (t->ignore_merges) {
         size_t o = 0;
         for (size_t k = a; k < b; k++)
-            o += put_utf8(w->buf + o, byte_to_cp((unsigned char)text[k]));
+            o += tok__utf8_put(w->buf + o, byte_to_cp((unsigned char)text[k]));
         int32_t id = tokenizer_find(t, w->buf, o);
         if (id >= 0)
             return tok__ids_push(ids, id);

@@ -62,28 +62,11 @@ static uint32_t compose(uint32_t a, uint32_t b)
     return tok__uc_compose(a, b);
 }
 
+/* A raw byte (invalid input kept as it was) or a code point. */
 static size_t put_utf8(char *out, uint32_t cp)
 {
-    if (cp & RAW_BYTE)
-        return out[0] = (char)(cp & 0xff), 1;
-    if (cp < 0x80)
-        return out[0] = (char)cp, 1;
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
+    if (cp & RAW_BYTE) return out[0] = (char)(cp & 0xff), 1;
+    return tok__utf8_put(out, cp);
 }
 
 int tok__nfc(const char *text, size_t len, char **out, size_t *out_len)

@@ -424,18 +424,8 @@ static void write_cache(srv_mx_buf *b, const cache *c)
     srv_mx_sample_u64(b, "moeserve_expert_storage_read_errors_total", "", st.read_errors);
     srv_mx_family(b, "moeserve_expert_load_seconds", "histogram",
                   "Time from submitting an expert's reads to the expert being resident");
-    uint64_t cum = 0;
-    char labels[64];
-    for (int i = 0; i < CACHE_READ_BUCKETS; i++) {
-        cum += st.read_hist[i];
-        if (i < CACHE_READ_BUCKETS - 1)
-            snprintf(labels, sizeof labels, "{le=\"%g\"}", cache_read_bounds[i]);
-        else
-            snprintf(labels, sizeof labels, "{le=\"+Inf\"}");
-        srv_mx_sample_u64(b, "moeserve_expert_load_seconds_bucket", labels, cum);
-    }
-    srv_mx_sample(b, "moeserve_expert_load_seconds_sum", "", (double)st.read_ns_sum * 1e-9);
-    srv_mx_sample_u64(b, "moeserve_expert_load_seconds_count", "", st.loads);
+    srv_mx_histogram_write_counts(b, "moeserve_expert_load_seconds", cache_read_bounds,
+                                  CACHE_READ_BUCKETS - 1, st.read_hist, (double)st.read_ns_sum * 1e-9);
     srv_mx_family(b, "moeserve_engine_expert_stall_seconds_total", "counter",
                   "Time the engine waited for experts to be read");
     srv_mx_sample(b, "moeserve_engine_expert_stall_seconds_total", "", (double)st.stall_ns * 1e-9);
@@ -507,18 +497,8 @@ void srv_model_engine_write_metrics(void *engine, srv_mx_buf *b)
     srv_mx_sample(b, "moeserve_engine_step_seconds_total", "", (double)st.step_ns * 1e-9);
     srv_mx_family(b, "moeserve_engine_batch_tokens", "histogram",
                   "Tokens per engine step (decode tokens plus prompt chunks)");
-    uint64_t cum = 0;
-    char labels[64];
-    for (int i = 0; i < SRV_SCHED_BATCH_BUCKETS; i++) {
-        cum += st.batch_hist[i];
-        if (i < SRV_SCHED_BATCH_BUCKETS - 1)
-            snprintf(labels, sizeof labels, "{le=\"%g\"}", srv_sched_batch_bounds[i]);
-        else
-            snprintf(labels, sizeof labels, "{le=\"+Inf\"}");
-        srv_mx_sample_u64(b, "moeserve_engine_batch_tokens_bucket", labels, cum);
-    }
-    srv_mx_sample_u64(b, "moeserve_engine_batch_tokens_sum", "", st.tokens);
-    srv_mx_sample_u64(b, "moeserve_engine_batch_tokens_count", "", st.steps);
+    srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", srv_sched_batch_bounds,
+                                  SRV_SCHED_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
     /* KV memory is one slot of n_ctx positions per running sequence. */
     int32_t slots = srv_sched_max_running(e->sched);
     uint64_t kv = srv_sched_kv_bytes(e->sched), per = slots > 0 ? kv / (uint64_t)slots : 0;

@@ -170,3 +170,14 @@ void srv_mx_histogram_write(srv_mx_buf *b, const char *name, const char *labels,
     srv_mx_sample(b, sum_name, labels, h->sum);
     srv_mx_sample_u64(b, count_name, labels, h->count);
 }
+
+void srv_mx_histogram_write_counts(srv_mx_buf *b, const char *name, const double *bounds,
+                                   size_t n_bounds, const uint64_t *counts, double sum)
+{
+    uint64_t count = 0;
+    for (size_t i = 0; i <= n_bounds; i++) count += counts[i];
+    /* A read-only view: the writer does not modify the counts. */
+    srv_mx_histogram view = {.bounds = bounds, .n_bounds = n_bounds, .counts = (uint64_t *)counts,
+                             .sum = sum, .count = count};
+    srv_mx_histogram_write(b, name, "", &view);
+}

@@ -60,4 +60,9 @@ void srv_mx_histogram_observe(srv_mx_histogram *h, double value);
 void srv_mx_histogram_write(srv_mx_buf *b, const char *name, const char *labels,
                             const srv_mx_histogram *h);
 
+/* The same exposition from counters kept elsewhere (atomics of another module): counts[i] is
+ * the number of observations in bucket i (not cumulative), n_bounds + 1 of them. */
+void srv_mx_histogram_write_counts(srv_mx_buf *b, const char *name, const double *bounds,
+                                   size_t n_bounds, const uint64_t *counts, double sum);
+
 #endif
