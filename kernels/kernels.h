@@ -50,6 +50,10 @@ typedef enum kern_isa {
     KERN_ISA_SCALAR = 0,
     KERN_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
     KERN_ISA_AVX512 = 2, /* AVX-512 F/BW/VL (+ F16C) */
+    /* + AVX-512 DQ and VNNI (vpdpbusd): the quantised types' integer dot products.  A level of
+     * its own so that a CPU with AVX-512 but no VNNI (Skylake-X) keeps the float kernels of
+     * KERN_ISA_AVX512 and never runs VNNI code. */
+    KERN_ISA_AVX512_VNNI = 3,
     KERN_ISA_COUNT
 } kern_isa;
 

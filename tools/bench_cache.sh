@@ -5,7 +5,8 @@
 # minimum (one token's experts of one layer), reads with O_DIRECT so that the page cache never
 # holds the file.  Models are generated (seeded) in a scratch directory and deleted afterwards.
 #
-#   tools/bench_cache.sh [--keep] [--dir DIR] [--threads N] [--gen G] [--budgets "all 50% 25% min"] PRESET:TYPE ...
+#   tools/bench_cache.sh [--keep] [--dir DIR] [--threads N] [--gen G] [--budgets "all 50% 25% min"]
+#                        [--predictor none|pregate|affinity] PRESET:TYPE ...
 #   e.g. tools/bench_cache.sh olmoe-slice:q4_k_m mixtral-slice:q4_k_m
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +14,7 @@ dir=${TMPDIR:-/tmp}/moeserve-bench
 threads=2
 gen=32
 budgets="all 50% 25% min"
+predictor=none
 keep=0
 models=()
 while [ $# -gt 0 ]; do
@@ -22,6 +24,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift ;;
         --gen) gen=$2; shift ;;
         --budgets) budgets=$2; shift ;;
+        --predictor) predictor=$2; shift ;;
         *) models+=("$1") ;;
     esac
     shift
@@ -50,7 +53,7 @@ for spec in "${models[@]}"; do
     echo
     for b in $budgets; do
         echo "budget $b:"
-        "$bin" bench --model "$file" --threads "$threads" --gen "$gen" --prompt 16 --expert-cache "$b" --direct on 2>/dev/null
+        "$bin" bench --model "$file" --threads "$threads" --gen "$gen" --prompt 16 --expert-cache "$b" --direct on --predictor "$predictor" 2>/dev/null
         echo
     done
     [ $keep -eq 1 ] || rm -f "$file"

@@ -39,10 +39,12 @@ kern_isa kern_cpu_isa(void)
 {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c") &&
-        __builtin_cpu_supports("fma"))
-        return KERN_ISA_AVX512;
+    bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c") &&
+                  __builtin_cpu_supports("fma");
+    if (avx512 && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
+        return KERN_ISA_AVX512_VNNI;
+    if (avx512) return KERN_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c"))
         return KERN_ISA_AVX2;
@@ -56,6 +58,7 @@ const char *kern_isa_name(kern_isa isa)
     case KERN_ISA_SCALAR: return "scalar";
     case KERN_ISA_AVX2: return "avx2";
     case KERN_ISA_AVX512: return "avx512";
+    case KERN_ISA_AVX512_VNNI: return "avx512vnni";
     default: return "unknown";
     }
 }

@@ -53,6 +53,16 @@ KERN__DECLARE_QUANT(q4_K)
 KERN__DECLARE_QUANT(q5_K)
 KERN__DECLARE_QUANT(q6_K)
 
+/* AVX-512 VNNI kernels (quant_avx512.c), level KERN_ISA_AVX512_VNNI */
+KERN__DECLARE_DOTS(q8_0, vnni)
+KERN__DECLARE_DOTS(q4_0, vnni)
+KERN__DECLARE_DOTS(q5_0, vnni)
+KERN__DECLARE_DOTS(q4_1, vnni)
+KERN__DECLARE_DOTS(q5_1, vnni)
+KERN__DECLARE_DOTS(q4_K, vnni)
+KERN__DECLARE_DOTS(q5_K, vnni)
+KERN__DECLARE_DOTS(q6_K, vnni)
+
 /* activation quantisers */
 void kern__quantize_q8_0_scalar(const float *x, void *dst, int64_t n);
 void kern__quantize_q8_1_scalar(const float *x, void *dst, int64_t n);

@@ -11,6 +11,8 @@
 #include <check.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,7 +184,8 @@ START_TEST(dot_levels_match_reference)
     uint32_t type = quant_types[_i];
     const kern_type_traits *t = kern_type_info(type), *at = kern_type_info(t->act_type);
     kern_isa best = kern_cpu_isa();
-    static const int block_counts[] = {1, 2, 3, 7, 16};
+    /* 33: many blocks, with a remainder after the 4-block steps of the AVX-512 kernels */
+    static const int block_counts[] = {1, 2, 3, 7, 16, 33};
     for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
         int64_t n = block_counts[bc] * (int64_t)t->block_elems;
         void *w = random_blocks(type, block_counts[bc]);
@@ -240,6 +243,102 @@ START_TEST(dot_levels_match_reference)
 }
 END_TEST
 
+/* Extreme block scales: zero, negative zero, subnormal, the smallest normal and the largest
+ * finite f16, of both signs, in random combination per block (the second scale too: Q4_1 / Q5_1
+ * m, Q4_K / Q5_K dmin), against activations of very different magnitudes per block.  Every level
+ * must stay within float rounding of the scalar reference, and dot_multi must stay bit-identical
+ * to dot.  (Activations stay below ~1e3: Q8_1 stores d * sum(q) as f16, which overflows beyond
+ * that, in ggml's format as in ours.) */
+static const uint16_t extreme_halves[] = {0x0000, 0x8000, 0x0001, 0x83FF, 0x0400,
+                                          0x7BFF, 0xFBFF, 0x3C00, 0xBC00};
+
+/* Types with a second f16 at bytes 2-3 of the block (Q4_1 / Q5_1 m, Q4_K / Q5_K dmin). */
+static bool has_second_scale(uint32_t type)
+{
+    return type == KERN_T_Q4_1 || type == KERN_T_Q5_1 || type == KERN_T_Q4_K || type == KERN_T_Q5_K;
+}
+
+static void set_extreme_scales(uint32_t type, uint8_t *blocks, int64_t n_blocks, size_t block_bytes)
+{
+    enum { N_EXT = sizeof extreme_halves / sizeof extreme_halves[0] };
+    for (int64_t i = 0; i < n_blocks; i++) {
+        uint8_t *b = blocks + (size_t)i * block_bytes;
+        uint16_t d = extreme_halves[rng_next() % N_EXT], m = extreme_halves[rng_next() % N_EXT];
+        if (type == KERN_T_Q6_K) {
+            memcpy(b + offsetof(block_q6_K, d), &d, 2);
+            continue;
+        }
+        memcpy(b, &d, 2);
+        if (has_second_scale(type)) memcpy(b + 2, &m, 2);
+    }
+}
+
+START_TEST(dot_levels_extreme_scales)
+{
+    uint32_t type = quant_types[_i];
+    const kern_type_traits *t = kern_type_info(type), *at = kern_type_info(t->act_type);
+    kern_isa best = kern_cpu_isa();
+    bool two_scales = has_second_scale(type);
+    static const int block_counts[] = {1, 5, 33};
+    for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
+        int64_t nb = block_counts[bc], n = nb * (int64_t)t->block_elems;
+        size_t wbytes = (size_t)nb * t->block_bytes;
+        uint8_t *w = random_blocks(type, nb), *w1 = malloc(wbytes), *w2 = malloc(wbytes);
+        set_extreme_scales(type, w, nb, t->block_bytes);
+        float *x = malloc((size_t)n * 9 * sizeof *x), *xf = malloc((size_t)n * sizeof *xf);
+        float *p1 = malloc((size_t)n * sizeof *p1), *p2 = malloc((size_t)n * sizeof *p2);
+        for (int64_t i = 0; i < n * 9; i++) {
+            int64_t blk = (i % n) / t->block_elems;
+            x[i] = rng_uniform() * (blk % 3 == 0 ? 1e3f : blk % 3 == 1 ? 1e-4f : 1.0f);
+        }
+        size_t xrow = kern_row_bytes(t->act_type, n);
+        uint8_t *xq = malloc(xrow * 9);
+        for (int j = 0; j < 9; j++) at->from_f32[KERN_ISA_SCALAR](x + j * n, xq + j * xrow, n);
+        at->to_f32(xq, xf, n);
+        /* rounding scales with the two scaled parts separately, which may cancel in the sum */
+        memcpy(w1, w, wbytes);
+        memcpy(w2, w, wbytes);
+        for (int64_t b = 0; b < nb && two_scales; b++) {
+            memset(w1 + (size_t)b * t->block_bytes + 2, 0, 2); /* first part: d only */
+            memset(w2 + (size_t)b * t->block_bytes, 0, 2);     /* second part: m / dmin only */
+        }
+        t->to_f32(w1, p1, n);
+        t->to_f32(w2, p2, n);
+        double mag = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            mag += (fabs((double)p1[i]) + (two_scales ? fabs((double)p2[i]) : 0.0)) *
+                   fabs((double)xf[i]);
+        float scalar = t->dot[KERN_ISA_SCALAR](w, xq, n);
+        ck_assert_msg(isfinite(scalar), "%s n=%lld: scalar %g", t->name, (long long)n, scalar);
+        for (int level = 1; level < KERN_ISA_COUNT && level <= (int)best; level++) {
+            if (!t->dot[level]) continue;
+            float got = t->dot[level](w, xq, n);
+            ck_assert_msg(fabs((double)got - scalar) <= 2e-5 * mag + 1e-30,
+                          "%s %s n=%lld extreme scales: %.9g vs scalar %.9g (mag %.3g)", t->name,
+                          kern_isa_name(level), (long long)n, got, scalar, mag);
+            for (int n_x = 1; n_x <= 9; n_x += 4) {
+                float out[9];
+                t->dot_multi[level](w, xq, xrow, n_x, n, out);
+                for (int j = 0; j < n_x; j++) {
+                    float single = t->dot[level](w, xq + j * xrow, n);
+                    ck_assert_msg(memcmp(&single, &out[j], 4) == 0,
+                                  "%s %s n_x=%d j=%d: %.9g vs %.9g", t->name,
+                                  kern_isa_name(level), n_x, j, out[j], single);
+                }
+            }
+        }
+        free(w);
+        free(w1);
+        free(w2);
+        free(x);
+        free(xf);
+        free(p1);
+        free(p2);
+        free(xq);
+    }
+}
+END_TEST
+
 /* ---- matmul ---------------------------------------------------------------------------------- */
 
 START_TEST(matmul_matches_float_reference)
@@ -288,6 +387,48 @@ START_TEST(matmul_matches_float_reference)
 }
 END_TEST
 
+/* The integer kernels need VNNI: a CPU with AVX-512 F/BW/VL but without VNNI runs the
+ * quantised types at AVX2, so a backend capped at KERN_ISA_AVX512 must give exactly the AVX2
+ * backend's results, and no quantised row may have a kernel at that level. */
+START_TEST(vnni_kernels_only_at_vnni_level)
+{
+    kern_isa best = kern_cpu_isa();
+    for (size_t i = 0; i < N_TYPES; i++) {
+        const kern_type_traits *t = kern_type_info(quant_types[i]);
+        ck_assert_msg(t->dot[KERN_ISA_AVX512] == NULL && t->dot_multi[KERN_ISA_AVX512] == NULL,
+                      "%s has a kernel at the AVX-512 level without VNNI", t->name);
+        ck_assert(!t->dot[KERN_ISA_AVX512_VNNI] == !t->dot_multi[KERN_ISA_AVX512_VNNI]);
+    }
+    if (best < KERN_ISA_AVX512) {
+        printf("SKIP AVX-512 dispatch check: this CPU lacks AVX-512\n");
+        return;
+    }
+    kern_backend *b_avx2 = open_cpu_isa(1, KERN_ISA_AVX2);
+    kern_backend *b_512 = open_cpu_isa(1, KERN_ISA_AVX512);
+    for (size_t i = 0; i < N_TYPES; i++) {
+        uint32_t type = quant_types[i];
+        int64_t rows = 9, cols = 512, n_tok = 5;
+        void *w = random_blocks(type, rows * (cols / kern_type_info(type)->block_elems));
+        kern_weight kw = {.data = w, .type = type, .n_rows = rows, .n_cols = cols,
+                          .row_bytes = kern_row_bytes(type, cols)};
+        float *x = malloc((size_t)(n_tok * cols) * sizeof *x);
+        float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1);
+        float *y2 = malloc((size_t)(n_tok * rows) * sizeof *y2);
+        for (int64_t j = 0; j < n_tok * cols; j++) x[j] = rng_uniform();
+        kern_matmul(b_avx2, &kw, x, y1, n_tok);
+        kern_matmul(b_512, &kw, x, y2, n_tok);
+        ck_assert_msg(memcmp(y1, y2, (size_t)(n_tok * rows) * sizeof *y1) == 0,
+                      "%s: AVX-512 (no VNNI) level differs from AVX2", kern_type_info(type)->name);
+        free(w);
+        free(x);
+        free(y1);
+        free(y2);
+    }
+    kern_backend_close(&b_avx2);
+    kern_backend_close(&b_512);
+}
+END_TEST
+
 START_TEST(table_rows_are_consistent)
 {
     for (size_t i = 0; i < N_TYPES; i++) {
@@ -313,9 +454,11 @@ int main(void)
     TCase *tc = tcase_create("quant");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, table_rows_are_consistent);
+    tcase_add_test(tc, vnni_kernels_only_at_vnni_level);
     tcase_add_loop_test(tc, dequantize_matches_gguf_py, 0, N_TYPES);
     tcase_add_test(tc, activation_quantisers);
     tcase_add_loop_test(tc, dot_levels_match_reference, 0, N_TYPES);
+    tcase_add_loop_test(tc, dot_levels_extreme_scales, 0, N_TYPES);
     tcase_add_loop_test(tc, matmul_matches_float_reference, 0, N_TYPES);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

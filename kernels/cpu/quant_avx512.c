@@ -1,0 +1,571 @@
+/*
+ * AVX-512 VNNI kernels for the quantised types (compiled with AVX-512 F/BW/VL/DQ/VNNI + F16C;
+ * the type table offers them at KERN_ISA_AVX512_VNNI only, so a CPU without VNNI never runs
+ * them).
+ *
+ * Why: the AVX2 integer kernels spend most of their instructions on maddubs + madd + the sign
+ * trick, and are compute-bound below the memory stream.  VNNI gives vpdpbusd (four u8 x s8
+ * products summed into an int32 lane) and vpdpwssd (two int16 products added to an int32 lane),
+ * and AVX-512 BW/VL gives byte masks (the sign trick in one masked subtract) and ternary logic.
+ *
+ * Width: every kernel uses 256-bit vectors (the EVEX forms, AVX-512 VL).  On Zen 4, the CPU
+ * these were tuned on, a 512-bit operation costs two 256-bit ones, and the 512-bit versions
+ * (written first) were slower: pairing blocks or sub-blocks in one register needs broadcasts or
+ * inserts that 256 bits do not.  What limits the K-quant loops is the two vector multiply pipes,
+ * so the kernels minimise multiplies: per 64 weights, two vpdpbusd, a lossless vpackssdw of their
+ * sums to int16 and one vpdpwssd applying the sub-block scales (AVX2: two vpmaddubsw, two
+ * vpmaddwd and adds).
+ *
+ * Exactness: every integer sum is exact (the int16 ranges that vpackssdw and vpdpwssd rely on are
+ * stated where they are used); per-block scale products are the same float products as in the
+ * scalar reference.  Only the order in which float lanes are summed differs from the reference.
+ *
+ * Batch invariance: each kernel is written once as an always-inlined function over nt tokens
+ * (nt = 1 for dot, 4 for dot_multi).  The weight block is unpacked once and then, per token,
+ * the same instruction sequence runs on that token's activations into that token's own
+ * accumulators, so dot_multi is bit-identical per token to dot (the tests check it).
+ *
+ * Measured on this machine (AMD EPYC, Zen 4; tools/bench_kernels.c: one thread, in L2, 4096
+ * columns, best of 50, GB/s of weights, AVX2 -> this file): Q8_0 32 -> 38, Q4_0 12.7 -> 16.9,
+ * Q4_1 11.7 -> 17.6, Q5_0 11.9 -> 18.9, Q5_1 11.2 -> 18.2, Q4_K 21.5 -> 28.8,
+ * Q5_K 20.2 -> 28.5, Q6_K 24.7 -> 37; four tokens at once (dot_multi) 1.5-2.8x the AVX2 rate.
+ */
+#include "kernels/cpu/avx2_util.h"
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/kernels.h"
+
+#include <immintrin.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define PREFETCH_BYTES 2048 /* 1024 streamed Q4_K from DRAM ~7% slower here */
+#define NT 4
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+static inline float h2f(kern_half h)
+{
+    return _cvtsh_ss(h);
+}
+
+static inline __m256i load256(const void *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+static inline const void *token_x(const void *x, size_t stride, int t)
+{
+    return (const uint8_t *)x + (size_t)t * stride;
+}
+
+/* Hardware prefetchers stop at page boundaries; rows are often a page or two long.  The
+ * builtin, not _mm_prefetch: GCC 12 silently drops _mm_prefetch in these deeply inlined loops
+ * (its hint argument stops being a constant expression). */
+static inline void prefetch_ahead(const void *p, size_t bytes)
+{
+    for (size_t off = 0; off < bytes; off += 64)
+        __builtin_prefetch((const char *)p + PREFETCH_BYTES + off, 0, 3);
+}
+
+/* ---- 32-element blocks: Q8_0, Q4_0 and Q5_0 against Q8_0 activations
+ * --------------------------------
+ *
+ * Four blocks per step (their f16 scales converted together), one block per vector.
+ * Signed weights use the sign trick once per weight block: |w| as the unsigned operand, and
+ * each token's activations negated where w < 0 (one masked subtract).  Q8_0 activations are in
+ * [-127, 127], so the negation never overflows; |w| = 128 (w = -128) reads correctly as an
+ * unsigned byte.
+ */
+
+typedef struct quad_w {
+    __m256i ax[4];    /* |w| of each block */
+    __mmask32 neg[4]; /* where w < 0 */
+    __m128 d;         /* the four weight scales (0 for blocks past the row's end) */
+} quad_w;
+
+/* nblk (1..4) f16 scales at p, p + stride, ... as floats; 0 for the rest.  (Gathering them
+ * with vector loads and a word permute measured slower here than this scalar assembly, which
+ * runs on the integer ALUs beside the vector work.) */
+ALWAYS_INLINE __m128 load_scales4(const uint8_t *p, size_t stride, int nblk)
+{
+    uint64_t pk = 0;
+    for (int b = 0; b < nblk; b++) {
+        uint16_t h;
+        memcpy(&h, p + (size_t)b * stride, sizeof h);
+        pk |= (uint64_t)h << (16 * b);
+    }
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)pk));
+}
+
+ALWAYS_INLINE void quad_w_q8_0(const block_q8_0 *w, int nblk, quad_w *q)
+{
+    for (int b = 0; b < nblk; b++) {
+        __m256i v = load256(w[b].qs);
+        q->ax[b] = _mm256_abs_epi8(v);
+        q->neg[b] = _mm256_movepi8_mask(v);
+    }
+    q->d = load_scales4((const uint8_t *)&w[0].d, sizeof *w, nblk);
+}
+
+ALWAYS_INLINE void quad_w_q4_0(const block_q4_0 *w, int nblk, quad_w *q)
+{
+    const __m256i absdiff = _mm256_setr_epi8(8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 7,
+                                             6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int b = 0; b < nblk; b++) {
+        /* low nibbles (elements 0-15) then high nibbles (16-31): the activations' order */
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[b].qs);
+        __m256i nib = _mm256_and_si256(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+            _mm256_set1_epi8(0x0F));
+        q->ax[b] = _mm256_shuffle_epi8(absdiff, nib);                 /* |nib - 8| */
+        q->neg[b] = _mm256_testn_epi8_mask(nib, _mm256_set1_epi8(8)); /* nib < 8 */
+    }
+    q->d = load_scales4((const uint8_t *)&w[0].d, sizeof *w, nblk);
+}
+
+ALWAYS_INLINE void quad_w_q5_0(const block_q5_0 *w, int nblk, quad_w *q)
+{
+    for (int b = 0; b < nblk; b++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[b].qs);
+        __m256i nib = _mm256_and_si256(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+            _mm256_set1_epi8(0x0F));
+        /* bit j of qh is the fifth bit of element j: w = nib + 16 * bit - 16, so |w| is nib
+         * where the bit is set and 16 - nib where it is clear (and then w < 0) */
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, sizeof qh);
+        __mmask32 high = _cvtu32_mask32(qh);
+        q->ax[b] = _mm256_mask_mov_epi8(_mm256_sub_epi8(_mm256_set1_epi8(16), nib), high, nib);
+        q->neg[b] = _knot_mask32(high);
+    }
+    q->d = load_scales4((const uint8_t *)&w[0].d, sizeof *w, nblk);
+}
+
+/* One block per 256-bit vector (cheaper than pairing blocks in 512 bits on Zen 4, where a
+ * 512-bit operation costs two 256-bit ones and the pairing needs inserts); blocks alternate
+ * between two accumulators so that the loop does not wait on the FMA latency. */
+ALWAYS_INLINE void quad_token(const quad_w *q, const block_q8_0 *y, int nblk, __m256 *acc0,
+                              __m256 *acc1)
+{
+    /* per block: d_w * d_x, as the scalar reference forms it */
+    __m256 d = _mm256_castps128_ps256(
+        _mm_mul_ps(q->d, load_scales4((const uint8_t *)&y[0].d, sizeof *y, nblk)));
+    for (int b = 0; b < nblk; b++) {
+        __m256i yv = load256(y[b].qs);
+        __m256i sy = _mm256_mask_sub_epi8(yv, q->neg[b], _mm256_setzero_si256(), yv);
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q->ax[b], sy);
+        __m256 db = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(b));
+        __m256 *acc = b & 1 ? acc1 : acc0;
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), db, *acc);
+    }
+}
+
+ALWAYS_INLINE void quad_step(uint32_t type, const uint8_t *w, int64_t i, int nblk,
+                             const block_q8_0 *const *y, int nt, __m256 *acc0, __m256 *acc1)
+{
+    quad_w q;
+    if (type == KERN_T_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)w + i;
+        prefetch_ahead(b, 4 * sizeof *b);
+        quad_w_q8_0(b, nblk, &q);
+    } else if (type == KERN_T_Q4_0) {
+        const block_q4_0 *b = (const block_q4_0 *)w + i;
+        prefetch_ahead(b, 4 * sizeof *b);
+        quad_w_q4_0(b, nblk, &q);
+    } else {
+        const block_q5_0 *b = (const block_q5_0 *)w + i;
+        prefetch_ahead(b, 4 * sizeof *b);
+        quad_w_q5_0(b, nblk, &q);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        quad_token(&q, y[t] + i, nblk, &acc0[t], &acc1[t]);
+}
+
+ALWAYS_INLINE void rows_s32(uint32_t type, const void *row, const void *x, size_t stride, int nt,
+                            int64_t n, float *out)
+{
+    const block_q8_0 *y[NT];
+    __m256 acc0[NT], acc1[NT];
+    for (int t = 0; t < nt; t++) {
+        y[t] = token_x(x, stride, t);
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+    }
+    int64_t nb = n / 32, i = 0;
+    for (; i + 4 <= nb; i += 4)
+        quad_step(type, row, i, 4, y, nt, acc0, acc1);
+    if (i < nb) quad_step(type, row, i, (int)(nb - i), y, nt, acc0, acc1);
+    for (int t = 0; t < nt; t++)
+        out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
+}
+
+ALWAYS_INLINE void rows_q8_0(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_s32(KERN_T_Q8_0, row, x, stride, nt, n, out);
+}
+
+ALWAYS_INLINE void rows_q4_0(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_s32(KERN_T_Q4_0, row, x, stride, nt, n, out);
+}
+
+ALWAYS_INLINE void rows_q5_0(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_s32(KERN_T_Q5_0, row, x, stride, nt, n, out);
+}
+
+/* ---- Q4_1 and Q5_1 against Q8_1 activations
+ * ------------------------------------------------------
+ *
+ * Unsigned weights q (0..15 or 0..31) need no sign trick: per block d_w d_x sum(q y) + m_w s_x,
+ * where Q8_1's s = d_x sum(y) carries the offset term (as in the scalar reference).
+ */
+
+typedef struct quad_u {
+    __m256i q[4];
+    __m128 d, m; /* the four blocks' scales and offsets (0 past the row's end) */
+} quad_u;
+
+ALWAYS_INLINE void quad_u_load(bool q5, const uint8_t *w, int nblk, quad_u *q)
+{
+    const size_t bytes = q5 ? sizeof(block_q5_1) : sizeof(block_q4_1);
+    for (int b = 0; b < nblk; b++) {
+        const uint8_t *blk = w + (size_t)b * bytes;
+        __m128i raw = _mm_loadu_si128(
+            (const __m128i *)(q5 ? ((const block_q5_1 *)blk)->qs : ((const block_q4_1 *)blk)->qs));
+        __m256i nib = _mm256_and_si256(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+            _mm256_set1_epi8(0x0F));
+        if (q5) { /* bit j of qh is the fifth bit of element j */
+            uint32_t qh;
+            memcpy(&qh, ((const block_q5_1 *)blk)->qh, sizeof qh);
+            nib = _mm256_mask_add_epi8(nib, _cvtu32_mask32(qh), nib, _mm256_set1_epi8(16));
+        }
+        q->q[b] = nib;
+    }
+    q->d = load_scales4(w, bytes, nblk);
+    q->m = load_scales4(w + 2, bytes, nblk);
+}
+
+ALWAYS_INLINE void quad_u_token(const quad_u *q, const block_q8_1 *y, int nblk, __m256 *acc0,
+                                __m256 *acc1, __m128 *offs)
+{
+    const uint8_t *yb = (const uint8_t *)y;
+    __m256 d = _mm256_castps128_ps256(_mm_mul_ps(q->d, load_scales4(yb, sizeof *y, nblk)));
+    *offs = _mm_add_ps(*offs, _mm_mul_ps(q->m, load_scales4(yb + 2, sizeof *y, nblk)));
+    for (int b = 0; b < nblk; b++) {
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q->q[b], load256(y[b].qs));
+        __m256 db = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(b));
+        __m256 *acc = b & 1 ? acc1 : acc0;
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), db, *acc);
+    }
+}
+
+ALWAYS_INLINE void quad_u_step(bool q5, const uint8_t *row, int64_t i, int nblk,
+                               const block_q8_1 *const *y, int nt, __m256 *acc0, __m256 *acc1,
+                               __m128 *offs)
+{
+    const size_t bytes = q5 ? sizeof(block_q5_1) : sizeof(block_q4_1);
+    const uint8_t *w = row + (size_t)i * bytes;
+    prefetch_ahead(w, 4 * bytes);
+    quad_u q;
+    quad_u_load(q5, w, nblk, &q);
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        quad_u_token(&q, y[t] + i, nblk, &acc0[t], &acc1[t], &offs[t]);
+}
+
+ALWAYS_INLINE void rows_u32(bool q5, const void *row, const void *x, size_t stride, int nt,
+                            int64_t n, float *out)
+{
+    const block_q8_1 *y[NT];
+    __m256 acc0[NT], acc1[NT];
+    __m128 offs[NT];
+    for (int t = 0; t < nt; t++) {
+        y[t] = token_x(x, stride, t);
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+        offs[t] = _mm_setzero_ps();
+    }
+    int64_t nb = n / 32, i = 0;
+    for (; i + 4 <= nb; i += 4)
+        quad_u_step(q5, row, i, 4, y, nt, acc0, acc1, offs);
+    if (i < nb) quad_u_step(q5, row, i, (int)(nb - i), y, nt, acc0, acc1, offs);
+    for (int t = 0; t < nt; t++) {
+        __m128 o = _mm_add_ps(offs[t], _mm_movehl_ps(offs[t], offs[t]));
+        o = _mm_add_ss(o, _mm_movehdup_ps(o));
+        out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t])) + _mm_cvtss_f32(o);
+    }
+}
+
+ALWAYS_INLINE void rows_q4_1(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_u32(false, row, x, stride, nt, n, out);
+}
+
+ALWAYS_INLINE void rows_q5_1(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_u32(true, row, x, stride, nt, n, out);
+}
+
+/* ---- Q4_K and Q5_K against Q8_K activations ----------------------------------------------------
+ *
+ * Chunk c is 32 bytes of qs: low nibbles are sub-block 2c, high nibbles 2c+1 (32 weights each,
+ * one vector each, in the activations' order; Q5_K adds bit 2c / 2c+1 of qh as 16).  vpdpbusd
+ * sums groups of four products, at most 4 * 31 * 127 < 2^15, so the two sub-blocks' sums pack
+ * into one int16 vector and one vpdpwssd multiplies them by their scales and adds them to the
+ * block's int32 accumulator.  Mins go through Q8_K's sums of 16.
+ */
+
+typedef struct k4_w {
+    __m256i q[8];  /* sub-block j: 32 weights as bytes */
+    __m256i sv[4]; /* chunk c: int16 lanes 0-3 and 8-11 scale 2c, 4-7 and 12-15 scale 2c+1 */
+    __m256i mins;  /* min j as int16 at positions 2j and 2j+1, against Q8_K's sums of 16 */
+    float d, dmin;
+} k4_w;
+
+/* The 12 packed bytes as 8 scales (bytes 0-7) then 8 mins (8-15), see k4_mins_and_scales in
+ * quant_avx2.c.  Reads 16 bytes: the block's quants follow its scales. */
+static inline __m128i k4_scales_mins(const uint8_t *scales)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)scales);
+    const __m128i a =
+        _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i top =
+        _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    __m128i low =
+        _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    __m128i high_nibble = _mm_and_si128(
+        _mm_srli_epi16(a, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+    __m128i top_bits =
+        _mm_and_si128(_mm_srli_epi16(top, 2),
+                      _mm_setr_epi8(0, 0, 0, 0, 48, 48, 48, 48, 0, 0, 0, 0, 48, 48, 48, 48));
+    return _mm_or_si128(_mm_or_si128(low, high_nibble), top_bits);
+}
+
+ALWAYS_INLINE void k4_prepare(const uint8_t *qs, const uint8_t *qh, kern_half d, kern_half dmin,
+                              const uint8_t *scales, k4_w *k)
+{
+    __m128i sm = k4_scales_mins(scales);
+    __m256i smb = _mm256_broadcastsi128_si256(sm);
+    k->mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+        sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i hb = qh ? load256(qh) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i raw = load256(qs + 32 * c);
+        __m256i lo = _mm256_and_si256(raw, m4),
+                hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        if (qh) { /* Q5_K: bit 2c (2c+1) of qh[l] is the fifth bit of element l of sub-block 2c
+                     (2c+1) */
+            lo = _mm256_mask_add_epi8(
+                lo, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * c)))), lo,
+                _mm256_set1_epi8(16));
+            hi = _mm256_mask_add_epi8(
+                hi, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * c + 1)))), hi,
+                _mm256_set1_epi8(16));
+        }
+        k->q[2 * c] = lo;
+        k->q[2 * c + 1] = hi;
+    }
+    /* scale bytes 2c and 2c+1 zero-extended into int16 lanes, in the order vpackssdw leaves
+     * the two sub-blocks' sums (see k4_token) */
+    for (int c = 0; c < 4; c++) {
+        const short a = (short)(0x8000 | (2 * c)), b = (short)(0x8000 | (2 * c + 1));
+        k->sv[c] = _mm256_shuffle_epi8(
+            smb, _mm256_setr_epi16(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b));
+    }
+    /* d and dmin are adjacent: one conversion */
+    uint32_t dd = (uint32_t)d | (uint32_t)dmin << 16;
+    __m128 df = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
+    k->d = _mm_cvtss_f32(df);
+    k->dmin = _mm_cvtss_f32(_mm_movehdup_ps(df));
+}
+
+/* Three multiplies per 64 weights (two vpdpbusd, one vpdpwssd after the lossless vpackssdw)
+ * where AVX2 needs four and two adds: the multiply pipes are what limits this loop. */
+ALWAYS_INLINE void k4_token(const k4_w *k, const block_q8_K *y, __m256 *acc, __m256 *summs)
+{
+    __m256i sumi[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int c = 0; c < 4; c++) {
+        __m256i pa =
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * c], load256(y->qs + 64 * c));
+        __m256i pb = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * c + 1],
+                                         load256(y->qs + 64 * c + 32));
+        sumi[c & 1] = _mm256_dpwssd_epi32(sumi[c & 1], _mm256_packs_epi32(pa, pb), k->sv[c]);
+    }
+    /* sum_j m_j * (sum of activations over sub-block j) */
+    __m256i mp = _mm256_madd_epi16(k->mins, load256(y->bsums));
+    *summs = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->dmin), _mm256_cvtepi32_ps(mp), *summs);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->d),
+                           _mm256_cvtepi32_ps(_mm256_add_epi32(sumi[0], sumi[1])), *acc);
+}
+
+ALWAYS_INLINE void rows_k4(bool q5, const void *row, const void *x, size_t stride, int nt,
+                           int64_t n, float *out)
+{
+    const block_q8_K *y[NT];
+    __m256 acc[NT], summs[NT];
+    for (int t = 0; t < nt; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = summs[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        k4_w k;
+        if (q5) {
+            const block_q5_K *w = (const block_q5_K *)row + i;
+            prefetch_ahead(w, sizeof *w);
+            k4_prepare(w->qs, w->qh, w->d, w->dmin, w->scales, &k);
+        } else {
+            const block_q4_K *w = (const block_q4_K *)row + i;
+            prefetch_ahead(w, sizeof *w);
+            k4_prepare(w->qs, NULL, w->d, w->dmin, w->scales, &k);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            k4_token(&k, &y[t][i], &acc[t], &summs[t]);
+    }
+    for (int t = 0; t < nt; t++)
+        out[t] = hsum8(acc[t]) - hsum8(summs[t]);
+}
+
+ALWAYS_INLINE void rows_q4_K(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_k4(false, row, x, stride, nt, n, out);
+}
+
+ALWAYS_INLINE void rows_q5_K(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_k4(true, row, x, stride, nt, n, out);
+}
+
+/* ---- Q6_K against Q8_K activations -------------------------------------------------------------
+ *
+ * Part p (0..3) of each 128-element half is 32 weights: the low (parts 0, 1) or high (2, 3)
+ * nibbles of ql[0..31] (parts 0, 2) or ql[32..63] (1, 3), completed by bits 2p..2p+1 of qh
+ * moved to bits 4-5.  Weights are used as unsigned q in 0..63; the -32 offset is applied once
+ * per block through Q8_K's sums of 16: sum_g sc_g (q.y)_g - 32 sum_g sc_g bsum_g.  vpdpbusd
+ * sums of four reach 4 * 63 * 127 < 2^15, so two parts pack into int16 and vpdpwssd applies
+ * the per-16 scales, as for Q4_K.
+ */
+
+typedef struct q6_w {
+    __m256i q[8];  /* half h, part p: q[4h + p], 32 weights in activation order */
+    __m256i sv[4]; /* parts 2r, 2r+1 of half h: sv[2h + r], scales in vpackssdw's order */
+    __m256i sc16;  /* the 16 scales as int16 */
+    float d;
+} q6_w;
+
+ALWAYS_INLINE void q6_prepare(const block_q6_K *w, q6_w *k)
+{
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    k->sc16 = _mm256_cvtepi8_epi16(sc8);
+    const __m256i m0F = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; h++) {
+        /* scales 8h..8h+7 (int16) in both lanes.  Part p's sums: groups 8h+2p (elements 0-15,
+         * low lane) and 8h+2p+1 (high lane); vpackssdw(part 2r, part 2r+1) puts per lane four
+         * sums of part 2r, then four of part 2r+1. */
+        __m256i sch = _mm256_broadcastsi128_si256(h ? _mm256_extracti128_si256(k->sc16, 1)
+                                                    : _mm256_castsi256_si128(k->sc16));
+        for (int r = 0; r < 2; r++) {
+#define SC_WORD(i) (short)(0x0100 * (2 * (i) + 1) + 2 * (i)) /* bytes of int16 scale i */
+            const short a0 = SC_WORD(4 * r), b0 = SC_WORD(4 * r + 2);
+            const short a1 = SC_WORD(4 * r + 1), b1 = SC_WORD(4 * r + 3);
+#undef SC_WORD
+            k->sv[2 * h + r] =
+                _mm256_shuffle_epi8(sch, _mm256_setr_epi16(a0, a0, a0, a0, b0, b0, b0, b0, a1, a1,
+                                                           a1, a1, b1, b1, b1, b1));
+        }
+        __m256i ql0 = load256(w->ql + 64 * h), ql1 = load256(w->ql + 64 * h + 32);
+        __m256i qh = load256(w->qh + 32 * h);
+        /* ternary logic 0xEC: (a & c) | b */
+        k->q[4 * h + 0] = _mm256_ternarylogic_epi32(
+            ql0, _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30), m0F, 0xEC);
+        k->q[4 * h + 1] = _mm256_ternarylogic_epi32(
+            ql1, _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30), m0F, 0xEC);
+        k->q[4 * h + 2] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4),
+                                                    _mm256_and_si256(qh, m30), m0F, 0xEC);
+        k->q[4 * h + 3] = _mm256_ternarylogic_epi32(
+            _mm256_srli_epi16(ql1, 4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30), m0F, 0xEC);
+    }
+    k->d = h2f(w->d);
+}
+
+ALWAYS_INLINE void q6_token(const q6_w *k, const block_q8_K *y, __m256 *acc)
+{
+    __m256i corr = _mm256_madd_epi16(k->sc16, load256(y->bsums));
+    __m256i sumi[2] = {_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)),
+                       _mm256_setzero_si256()};
+    for (int j = 0; j < 4; j++) {
+        __m256i pa =
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * j], load256(y->qs + 64 * j));
+        __m256i pb = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * j + 1],
+                                         load256(y->qs + 64 * j + 32));
+        sumi[j & 1] = _mm256_dpwssd_epi32(sumi[j & 1], _mm256_packs_epi32(pa, pb), k->sv[j]);
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->d),
+                           _mm256_cvtepi32_ps(_mm256_add_epi32(sumi[0], sumi[1])), *acc);
+}
+
+ALWAYS_INLINE void rows_q6(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                           float *out)
+{
+    const block_q6_K *w = row;
+    const block_q8_K *y[NT];
+    __m256 acc[NT];
+    for (int t = 0; t < nt; t++) {
+        y[t] = token_x(x, stride, t);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_ahead(&w[i], sizeof w[i]);
+        q6_w k;
+        q6_prepare(&w[i], &k);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            q6_token(&k, &y[t][i], &acc[t]);
+    }
+    for (int t = 0; t < nt; t++)
+        out[t] = hsum8(acc[t]);
+}
+
+ALWAYS_INLINE void rows_q6_K(const void *row, const void *x, size_t stride, int nt, int64_t n,
+                             float *out)
+{
+    rows_q6(row, x, stride, nt, n, out);
+}
+
+/* ---- entry points ------------------------------------------------------------------------------
+ */
+
+#define VNNI_ENTRIES(type)                                                                         \
+    float kern__dot_##type##_vnni(const void *row, const void *x, int64_t n)                       \
+    {                                                                                              \
+        float out;                                                                                 \
+        rows_##type(row, x, 0, 1, n, &out);                                                        \
+        return out;                                                                                \
+    }                                                                                              \
+    void kern__dot_multi_##type##_vnni(const void *row, const void *x, size_t x_stride, int n_x,   \
+                                       int64_t n, float *out)                                      \
+    {                                                                                              \
+        int j = 0;                                                                                 \
+        for (; j + NT <= n_x; j += NT)                                                             \
+            rows_##type(row, token_x(x, x_stride, j), x_stride, NT, n, out + j);                   \
+        for (; j < n_x; j++)                                                                       \
+            out[j] = kern__dot_##type##_vnni(row, token_x(x, x_stride, j), n);                     \
+    }
+
+VNNI_ENTRIES(q8_0)
+VNNI_ENTRIES(q4_0)
+VNNI_ENTRIES(q5_0)
+VNNI_ENTRIES(q4_1)
+VNNI_ENTRIES(q5_1)
+VNNI_ENTRIES(q4_K)
+VNNI_ENTRIES(q5_K)
+VNNI_ENTRIES(q6_K)
