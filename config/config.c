@@ -79,7 +79,7 @@ static const cfg__key keys[] = {
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,
      NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
-    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "pregate", NULL,
+    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL,
      NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},
     {"io.queue_depth", CFG__INT, OFF(io.queue_depth), 1, 4096, NULL, "64", NULL, NULL},
