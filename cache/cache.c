@@ -54,6 +54,7 @@ struct cache {
     cache_extent *ext; /* owned copy */
     int32_t n_keys;
     int32_t *slot_of;  /* [n_keys]: slot or -1 */
+    uint32_t *key_requests; /* [n_keys]: requests since open, kept across evictions */
     slot *slots;
     uint32_t n_slots;
     uint64_t slot_bytes;
@@ -118,6 +119,7 @@ const char *cache_policy_name(cache_policy p)
     case CACHE_POLICY_LRU: return "lru";
     case CACHE_POLICY_LFU: return "lfu";
     case CACHE_POLICY_LRU_PROTECT: return "lru-protect";
+    case CACHE_POLICY_LFU_HISTORY: return "lfu-history";
     case CACHE_POLICY_COUNT: break;
     }
     return NULL;
@@ -155,6 +157,10 @@ static uint64_t score(const cache *c, const slot *s)
     case CACHE_POLICY_LFU:
         /* Frequency first, recency among equals: a 40/24 split keeps both in one integer. */
         return ((s->uses > 0xffffff ? 0xffffff : s->uses) << 40) | (s->last_use & 0xffffffffffull);
+    case CACHE_POLICY_LFU_HISTORY: {
+        uint64_t n = c->key_requests[s->key];
+        return ((n > 0xffffff ? 0xffffff : n) << 40) | (0xffffffffffull - (s->last_use & 0xffffffffffull));
+    }
     case CACHE_POLICY_LRU_PROTECT:
         if (s->prefetched && c->tick - s->last_use <= (uint64_t)c->o.n_layer) return UINT64_MAX - 1;
         break;
@@ -395,7 +401,8 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
     size_t n_ext = (size_t)c->n_keys * CACHE_PARTS;
     c->ext = malloc(n_ext * sizeof *c->ext);
     c->slot_of = malloc((size_t)c->n_keys * sizeof *c->slot_of);
-    if (!c->ext || !c->slot_of) goto oom;
+    c->key_requests = calloc((size_t)c->n_keys, sizeof *c->key_requests);
+    if (!c->ext || !c->slot_of || !c->key_requests) goto oom;
     memcpy(c->ext, opts->extents, n_ext * sizeof *c->ext);
     for (int32_t k = 0; k < c->n_keys; k++) c->slot_of[k] = -1;
 
@@ -473,6 +480,7 @@ void cache_close(cache **cp)
     if (c->arena) munmap(c->arena, c->arena_bytes);
     free(c->ext);
     free(c->slot_of);
+    free(c->key_requests);
     free(c->slots);
     free(c->wants);
     free(c->load_queue);
@@ -529,6 +537,7 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
         }
         if (c->o.trace) fprintf(c->o.trace, " %d", e);
         int32_t key = layer * c->o.n_expert + e;
+        if (c->key_requests[key] < UINT32_MAX) c->key_requests[key]++;
         int32_t i = c->slot_of[key];
         if (i >= 0 && c->slots[i].error && c->slots[i].state == SLOT_READY && !c->slots[i].pins) {
             empty_slot(c, (uint32_t)i); /* a failed load is retried, not served */

@@ -25,7 +25,9 @@
  * - Eviction picks, among slots that are not pinned, the one the policy scores lowest (LRU:
  *   least recently used; LFU: least often used, then least recent; LRU-protect: LRU, but an
  *   expert prefetched for the predictor and not yet used is passed over until a whole step —
- *   n_layer requests — has gone by).  A pinned slot (handed out
+ *   n_layer requests — has gone by; LFU-history: fewest requests since start, counted across
+ *   evictions, and among equals the most recently used — which keeps a fixed subset resident
+ *   when a cyclic working set does not fit, where LRU and LFU evict exactly what comes next).  A pinned slot (handed out
  *   or being read) is never evicted.
  * - cache_prefetch() reads experts a predictor expects before they are asked for; a hit on
  *   one counts as a used prefetch, its eviction unasked as a wasted one.
@@ -54,10 +56,11 @@ typedef enum cache_policy {
     CACHE_POLICY_LRU = 0,
     CACHE_POLICY_LFU,
     CACHE_POLICY_LRU_PROTECT, /* LRU that passes over prefetched, not yet used experts for a step */
+    CACHE_POLICY_LFU_HISTORY, /* requests since start (kept across evictions); newest first among equals */
     CACHE_POLICY_COUNT
 } cache_policy;
 
-/* "lru", "lfu", "lru-protect"; NULL for an unknown value. */
+/* "lru", "lfu", "lru-protect", "lfu-history"; NULL for an unknown value. */
 const char *cache_policy_name(cache_policy p);
 int cache_policy_parse(const char *name, cache_policy *out);
 

@@ -85,7 +85,7 @@ static void usage(FILE *out)
                  "  --gen G       decode steps timed (default 32)\n"
                  "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
                  "                (default off: experts read through the file's mapping)\n"
-                 "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect  --io-depth N\n"
+                 "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  --io-depth N\n"
                  "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
                  "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
                  "  --lookahead N layers pre-gating looks ahead (default 1)\n");

@@ -79,7 +79,7 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
     }
     if (!strcmp(opt, "--policy")) {
         if (cache_policy_parse(v, &a->opts.policy)) {
-            fprintf(stderr, "--policy expects lru, lfu or lru-protect; got '%s'\n", v);
+            fprintf(stderr, "--policy expects lru, lfu, lru-protect or lfu-history; got '%s'\n", v);
             return -EINVAL;
         }
         return 1;

@@ -12,7 +12,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: moeserve cache-replay TRACE [--slots N[,N...]] [--policy lru|lfu|lru-protect|all]\n"
+    fprintf(out, "usage: moeserve cache-replay TRACE [--slots N[,N...]] [--policy lru|lfu|lru-protect|lfu-history|all]\n"
                  "  TRACE        a routing trace written by `generate`/`bench --trace FILE`\n"
                  "  --slots LIST experts the cache holds (default: 1/8, 1/4, 1/2 of all experts)\n"
                  "  --policy P   one policy or all (default all)\n");
@@ -97,7 +97,7 @@ int cli_cache_replay(int argc, char **argv)
         }
     }
     if (strcmp(policy_arg, "all") && cache_policy_parse(policy_arg, &(cache_policy){0})) {
-        fprintf(stderr, "moeserve cache-replay: --policy expects lru, lfu, lru-protect or all\n");
+        fprintf(stderr, "moeserve cache-replay: --policy expects lru, lfu, lru-protect, lfu-history or all\n");
         status = 2;
     }
     fclose(f);

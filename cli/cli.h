@@ -26,7 +26,7 @@ int cli_open_backend(kern_backend **out, int n_threads);
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
 
-/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu|lru-protect, --io-depth N,
+/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu|lru-protect|lfu-history, --io-depth N,
  * --trace FILE, --predictor none|pregate|affinity: the expert cache and routing predictor
  * as `generate` and `bench` take them (cache_args.c). */
 typedef struct cli_cache_args {

@@ -64,7 +64,7 @@ static void usage(FILE *out)
             "  --ignore-eos            keep going past end-of-generation tokens\n"
             "  --threads N             CPU threads (default: all)\n"
             "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
-            "  --direct auto|on|off  --policy lru|lfu|lru-protect  --io-depth N  --trace FILE\n"
+            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  --trace FILE\n"
             "  --predictor none|pregate|affinity  --lookahead N\n");
 }
 

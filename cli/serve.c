@@ -81,7 +81,7 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
 {
     *co = cache_opts_default();
     static const cache_policy policies[] = {CACHE_POLICY_LRU, CACHE_POLICY_LFU,
-                                            CACHE_POLICY_LRU_PROTECT};
+                                            CACHE_POLICY_LRU_PROTECT, CACHE_POLICY_LFU_HISTORY};
     co->policy = policies[c->cache.policy];
     co->queue_depth = (uint32_t)c->io.queue_depth;
     co->direct = c->io.direct == CFG_AUTO ? CACHE_DIRECT_AUTO

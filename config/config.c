@@ -31,7 +31,7 @@
 
 /* --- the keys ------------------------------------------------------------------------------- */
 
-static const char *const policy_names[] = {"lru", "lfu", "lru-protect", NULL};
+static const char *const policy_names[] = {"lru", "lfu", "lru-protect", "lfu-history", NULL};
 static const char *const predictor_names[] = {"none", "pregate", "affinity", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_names[] = {"text", "json", NULL};
@@ -101,7 +101,7 @@ const cfg__key *cfg__keys(size_t *n)
 
 const char *cfg_cache_policy_name(cfg_cache_policy p)
 {
-    return (unsigned)p < 3 ? policy_names[p] : "?";
+    return (unsigned)p < sizeof policy_names / sizeof policy_names[0] - 1 ? policy_names[p] : "?";
 }
 const char *cfg_predictor_kind_name(cfg_predictor_kind k)
 {

@@ -56,6 +56,7 @@ typedef enum cfg_cache_policy {
     CFG_CACHE_LRU = 0,
     CFG_CACHE_LFU,
     CFG_CACHE_LRU_PROTECT, /* LRU that passes over experts the predictor has just asked for */
+    CFG_CACHE_LFU_HISTORY, /* fewest requests since start; most recent first among equals */
 } cfg_cache_policy;
 
 typedef enum cfg_predictor_kind {

@@ -185,7 +185,7 @@ with tempfile.TemporaryDirectory() as tmp:
         "server.host: \"300.1.2.3\" is not an IP address",
         "server.max_body_bytes: \"8GiBx\" has an unknown unit 'GiBx'",
         "server.api_keys[1]: 7 is a number: expected a string",
-        "cache.policy: \"LRU\" is not a known value: expected one of \"lru\", \"lfu\", \"lru-protect\"",
+        "cache.policy: \"LRU\" is not a known value: expected one of \"lru\", \"lfu\", \"lru-protect\", \"lfu-history\"",
         "cache.host_bytes: \"0%\" is not a percentage above 0 and at most 100",
         "io.direct: \"yes\" is not a known value: expected \"auto\", true or false",
         "\"sever\": unknown section; did you mean server?",

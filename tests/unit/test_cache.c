@@ -157,13 +157,18 @@ typedef struct ref_entry {
     uint64_t last, uses;
 } ref_entry;
 
+/* Requests per key since the start, for the history policy (keys < N_KEYS). */
+static uint64_t ref_history[N_KEYS];
+
 static void reference_run(const int32_t *keys, int n, uint32_t n_slots, cache_policy policy,
                           uint64_t *hits, uint64_t *evictions)
 {
     ref_entry *slots = calloc(n_slots, sizeof *slots);
     uint32_t used = 0;
     *hits = *evictions = 0;
+    memset(ref_history, 0, sizeof ref_history);
     for (int i = 0; i < n; i++) {
+        ref_history[keys[i]]++;
         uint32_t j = 0;
         while (j < used && slots[j].key != keys[i]) j++;
         if (j < used) {
@@ -177,9 +182,12 @@ static void reference_run(const int32_t *keys, int n, uint32_t n_slots, cache_po
         } else {
             j = 0;
             for (uint32_t k = 1; k < used; k++) {
+                uint64_t hk = ref_history[slots[k].key], hj = ref_history[slots[j].key];
                 bool less = policy == CACHE_POLICY_LFU
                                 ? slots[k].uses < slots[j].uses ||
                                       (slots[k].uses == slots[j].uses && slots[k].last < slots[j].last)
+                            : policy == CACHE_POLICY_LFU_HISTORY
+                                ? hk < hj || (hk == hj && slots[k].last > slots[j].last)
                                 : slots[k].last < slots[j].last;
                 if (less) j = k;
             }

@@ -285,7 +285,8 @@ static const error_case error_cases[] = {
      {"model.chat_template: 1 is a number: expected a built-in template name", "or null"}},
     {"{\"cache\": {\"policy\": 3}}",
      NULL,
-     {"cache.policy: 3 is a number: expected one of \"lru\", \"lfu\", \"lru-protect\""}},
+     {"cache.policy: 3 is a number: expected one of \"lru\", \"lfu\", \"lru-protect\", "
+      "\"lfu-history\""}},
     {"{\"io\": {\"direct\": 1}}",
      NULL,
      {"io.direct: 1 is a number: expected \"auto\", true or false"}},
@@ -394,7 +395,7 @@ static const error_case error_cases[] = {
     {NULL,
      "cache.policy=LRU",
      {"cache.policy: \"LRU\" is not a known value: expected one of \"lru\", \"lfu\", "
-      "\"lru-protect\""}},
+      "\"lru-protect\", \"lfu-history\""}},
     {NULL,
      "predictor.kind=oracle",
      {"predictor.kind: \"oracle\" is not a known value: expected one of \"none\", \"pregate\", "
@@ -1056,6 +1057,7 @@ END_TEST
 START_TEST(enum_names)
 {
     ck_assert_str_eq(cfg_cache_policy_name(CFG_CACHE_LRU_PROTECT), "lru-protect");
+    ck_assert_str_eq(cfg_cache_policy_name(CFG_CACHE_LFU_HISTORY), "lfu-history");
     ck_assert_str_eq(cfg_predictor_kind_name(CFG_PREDICTOR_PREGATE), "pregate");
     ck_assert_str_eq(cfg_log_level_name(CFG_LOG_WARN), "warn");
     ck_assert_str_eq(cfg_log_format_name(CFG_LOG_JSON), "json");
