@@ -66,6 +66,9 @@ void cli_logl(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* Threads log concurrently (loop, loader, engine): one locked write per line keeps lines
+     * whole. */
+    flockfile(stderr);
     if (log_json) {
         /* One object per line, for log shippers. */
         fprintf(stderr, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", stamp,
@@ -75,6 +78,7 @@ void cli_logl(int level, const char *fmt, ...)
     } else {
         fprintf(stderr, "%s.%03ldZ moeserve: %s\n", stamp, ts.tv_nsec / 1000000, msg);
     }
+    funlockfile(stderr);
 }
 
 void cli_log(const char *fmt, ...)

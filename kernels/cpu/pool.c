@@ -13,8 +13,11 @@
  *   sleeps on a condition variable, so an idle pool costs nothing and an overloaded machine
  *   does not lose whole time slices to spinning threads.
  *
- * The claim counter carries the job's generation in its high half, so a worker that wakes
- * late can never claim a chunk of a newer job with the parameters of an older one.
+ * The claim word carries the job's generation in its high half and the job's chunk count
+ * next to the next chunk, so a worker's bound check and its claim read one atomic value: a
+ * worker still finishing an old job can never compare against the chunk count of the job the
+ * caller is preparing (whose fields are written before its generation is published), nor claim
+ * a chunk of a job with the parameters of another.
  */
 #include "kernels/cpu/cpu_internal.h"
 
@@ -57,7 +60,7 @@ struct kern__pool {
     int64_t chunk_items;
     uint32_t n_chunks;
 
-    atomic_uint_fast64_t claim; /* generation << 32 | next chunk */
+    atomic_uint_fast64_t claim; /* generation << 32 | n_chunks << 16 | next chunk */
     atomic_uint done;           /* chunks finished in the current generation */
     atomic_bool stop;
 
@@ -72,8 +75,8 @@ static void work(kern__pool *pool, uint32_t gen, int thread_index)
     uint_fast64_t cur = atomic_load_explicit(&pool->claim, memory_order_acquire);
     for (;;) {
         if ((uint32_t)(cur >> 32) != gen) return;
-        uint32_t chunk = (uint32_t)cur;
-        if (chunk >= pool->n_chunks) return;
+        uint32_t chunk = (uint32_t)(cur & 0xffff), n_chunks = (uint32_t)((cur >> 16) & 0xffff);
+        if (chunk >= n_chunks) return;
         if (!atomic_compare_exchange_weak_explicit(&pool->claim, &cur, cur + 1,
                                                    memory_order_acq_rel, memory_order_acquire))
             continue;
@@ -201,6 +204,7 @@ void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_ite
     }
     int64_t want = (int64_t)pool->n_threads * CHUNKS_PER_THREAD;
     if (want > n_groups) want = n_groups;
+    if (want > 0xffff) want = 0xffff; /* the claim word's chunk fields are 16 bits */
     int64_t groups_per_chunk = (n_groups + want - 1) / want;
     pool->fn = fn;
     pool->ctx = ctx;
@@ -209,7 +213,7 @@ void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_ite
     pool->n_chunks = (uint32_t)((n_items + pool->chunk_items - 1) / pool->chunk_items);
     atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
     uint32_t gen = current_gen(pool) + 1;
-    atomic_store(&pool->claim, (uint_fast64_t)gen << 32);
+    atomic_store(&pool->claim, (uint_fast64_t)gen << 32 | (uint_fast64_t)pool->n_chunks << 16);
     if (atomic_load(&pool->sleepers) > 0) {
         pthread_mutex_lock(&pool->mutex);
         pthread_cond_broadcast(&pool->wake);

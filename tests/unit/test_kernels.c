@@ -4,11 +4,13 @@
  * rule (a token's result does not depend on the tokens next to it or on the thread count).
  * Levels this CPU lacks are skipped with a printed reason.
  */
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/kernels.h"
 #include "tests/unit/test_util.h"
 
 #include <check.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,6 +393,52 @@ START_TEST(type_table_geometry)
 }
 END_TEST
 
+/* The pool under back-to-back jobs of changing sizes: every item of every job is run exactly
+ * once, with that job's function and context.  A worker still leaving an old job while the
+ * caller prepares the next one must not claim work with the next job's chunk count (a race
+ * that ran chunks with half-written parameters). */
+typedef struct pool_probe {
+    int job;
+    int n;
+    _Atomic int *hits;
+    _Atomic int *wrong;
+} pool_probe;
+
+static void pool_probe_run(void *ctx, int64_t begin, int64_t end, int thread_index)
+{
+    pool_probe *p = ctx;
+    (void)thread_index;
+    for (int64_t i = begin; i < end; i++) {
+        if (i >= p->n) atomic_fetch_add(p->wrong, 1);
+        else atomic_fetch_add(&p->hits[i], 1);
+    }
+}
+
+START_TEST(pool_runs_every_item_once_across_changing_jobs)
+{
+    static const int sizes[] = {2, 9, 3, 64, 5, 1000, 17, 4};
+    for (int threads = 2; threads <= 3; threads++) {
+        kern__pool *pool = NULL;
+        ck_assert_int_eq(kern__pool_create(&pool, threads), 0);
+        _Atomic int *hits = calloc(1000, sizeof *hits);
+        _Atomic int wrong = 0;
+        for (int job = 0; job < 20000; job++) {
+            int n = sizes[job % 8];
+            pool_probe probe = {job, n, hits, &wrong};
+            kern__pool_run(pool, pool_probe_run, &probe, n, 1);
+            for (int i = 0; i < n; i++) {
+                ck_assert_msg(atomic_load(&hits[i]) == 1, "job %d (%d items, %d threads): item %d ran %d times",
+                              job, n, threads, i, atomic_load(&hits[i]));
+                atomic_store(&hits[i], 0);
+            }
+        }
+        ck_assert_int_eq(atomic_load(&wrong), 0);
+        free((void *)hits);
+        kern__pool_destroy(&pool);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kernels");
@@ -406,6 +454,7 @@ int main(void)
     tcase_add_test(tc, attention_matches_reference);
     tcase_add_test(tc, elementwise_and_get_rows);
     tcase_add_test(tc, type_table_geometry);
+    tcase_add_test(tc, pool_runs_every_item_once_across_changing_jobs);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
