@@ -661,5 +661,8 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         }
         return mk_int(words);
     }
-    tpl__fail(r, -EINVAL, "filter '%s' is not implemented for this value", f);
+    /* Every name in filter_names returns above (parsing refuses any other), so this is a broken
+     * invariant, not a missing feature; say so rather than render something. */
+    tpl__fail(r, -EINVAL, "internal error: filter '%s' has no implementation for type %s", f,
+              tpl__type_name(v));
 }

@@ -154,6 +154,9 @@ START_TEST(test_undefined)
     expect_render_error("line one\n{{ nope.attr }}", "{}", -EINVAL, "line 2: 'nope' is undefined");
     expect_render_error("{{ messages[0].content }}", "{\"messages\": []}", -EINVAL, "undefined");
     expect_render_error("{{ 1 + nope }}", "{}", -EINVAL, "'nope' is undefined");
+    /* A filter given a type it does not take: jinja2 raises TypeError for both, with these words. */
+    expect_render_error("{{ 'x'|abs }}", "{}", -EINVAL, "bad operand type for abs()");
+    expect_render_error("{{ 3|first }}", "{}", -EINVAL, "'int' object is not iterable");
     expect_render_error("{{ nope() }}", "{}", -EINVAL, "'nope' is undefined");
     /* attribute access on a defined value never fails: it yields undefined */
     expect_text("{{ none.x is defined }}{{ (5).x is defined }}{{ 'abc'.nope is defined }}", "{}", "FalseFalseFalse");
