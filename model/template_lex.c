@@ -10,6 +10,7 @@
  * jinja2's: the text holds a newline, or the previous tag's end consumed one.
  */
 #include "model/template_internal.h"
+#include "model/utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -164,30 +165,6 @@ static int hexval(char c)
     return -1;
 }
 
-static size_t put_utf8(char *out, uint32_t cp)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 /* A string literal, decoded as jinja2 does (Python's unicode-escape on the raw text). */
 static void lex_string(lexer *lx)
 {
@@ -236,7 +213,7 @@ static void lex_string(lexer *lx)
                     i++, k++;
                 }
                 i--;
-                o += put_utf8(out + o, cp);
+                o += utf8_put(out + o, cp);
                 continue;
             }
             out[o++] = '\\';
@@ -251,7 +228,7 @@ static void lex_string(lexer *lx)
         if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
             lex_fail(lx, -EINVAL, "escape \\%c outside Unicode in a string literal", e);
         i += (size_t)digits;
-        o += put_utf8(out + o, cp); /* \x/\u/\U expand to at most their own length */
+        o += utf8_put(out + o, cp); /* \x/\u/\U expand to at most their own length */
     }
     out[o] = 0;
     int end_line = lx->line;

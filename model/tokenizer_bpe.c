@@ -78,30 +78,6 @@ static uint32_t byte_to_cp(int b)
     return 256u + (uint32_t)n;
 }
 
-size_t tok__utf8_put(char *out, uint32_t cp)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 static int decode_tables(tokenizer *t, char *err, size_t err_size)
 {
     int cp_to_byte[324];
@@ -110,7 +86,7 @@ static int decode_tables(tokenizer *t, char *err, size_t err_size)
     for (int b = 0; b < 256; b++) {
         uint32_t cp = byte_to_cp(b);
         char u[4];
-        size_t n = tok__utf8_put(u, cp);
+        size_t n = utf8_put(u, cp);
         cp_to_byte[cp] = b;
         /* some vocabularies (GPT-NeoX's) lack a few bytes that never occur in UTF-8; such a
          * byte is dropped when encoding, as HF's BPE without an unk token does */
@@ -590,7 +566,7 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
     if (t->ignore_merges) {
         size_t o = 0;
         for (size_t k = a; k < b; k++)
-            o += tok__utf8_put(w->buf + o, byte_to_cp((unsigned char)text[k]));
+            o += utf8_put(w->buf + o, byte_to_cp((unsigned char)text[k]));
         int32_t id = tokenizer_find(t, w->buf, o);
         if (id >= 0)
             return tok__ids_push(ids, id);

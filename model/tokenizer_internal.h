@@ -8,6 +8,7 @@
 #define MOE_TOKENIZER_INTERNAL_H
 
 #include "model/tokenizer.h"
+#include "model/utf8.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -86,8 +87,7 @@ size_t tok__utf8_check(const unsigned char *s, size_t len, bool *incomplete, siz
 /* Decodes one code point at s (len > 0 bytes left); invalid sequences give one byte as
  * U+FFFD's stand-in 0xFFFFFFFF and *n = 1. */
 uint32_t tok__utf8_next(const char *s, size_t len, size_t *n);
-/* Encodes a code point (< 0x110000) as UTF-8 into out (4 bytes of room); returns its length. */
-size_t tok__utf8_put(char *out, uint32_t cp);
+
 
 /* Growable id vector. */
 typedef struct tok_ids {

@@ -66,7 +66,7 @@ static uint32_t compose(uint32_t a, uint32_t b)
 static size_t put_utf8(char *out, uint32_t cp)
 {
     if (cp & RAW_BYTE) return out[0] = (char)(cp & 0xff), 1;
-    return tok__utf8_put(out, cp);
+    return utf8_put(out, cp);
 }
 
 int tok__nfc(const char *text, size_t len, char **out, size_t *out_len)
