@@ -6,7 +6,6 @@ hits and misses, expert activations — equal what the load implies and what the
 Usage: test_prometheus.py /path/to/moeserve"""
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -21,36 +20,9 @@ import urllib.request
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = os.environ.get("MOE_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BUILD = os.environ.get("MOE_BUILD_ROOT", ".")
+from serving import Server, check, finish, model_path
+
 MOESERVE = sys.argv[1]
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
-
-
-def finish():
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
-def model_path(name, *args):
-    d = os.path.join(BUILD, "test-models")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, name + ".gguf")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}"
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_model.py"), *args, "-o", tmp],
-                       check=True, capture_output=True)
-        os.rename(tmp, path)
-    return path
 
 
 def free_port():
@@ -76,26 +48,13 @@ def samples(text):
 prometheus = shutil.which("prometheus")
 promtool = shutil.which("promtool")
 if not prometheus or not promtool:
-    print("FAIL: the prometheus package is not installed (scripts/setup.sh installs it)")
-    failed += 1
+    check(False, "the prometheus package is installed (scripts/setup.sh installs it)")
     finish()
 
 model = model_path("prom-olmoe-tiny-q4_k_m", "--arch", "olmoe", "--preset", "tiny", "--type", "q4_k_m", "--seed", "3")
-srv = subprocess.Popen([MOESERVE, "serve", "--model", model, "--port", "0", "--set", "compute.threads=2",
-                        "--set", "kv.context_length=128", "--set", "cache.host_bytes=25%",
-                        "--set", "predictor.kind=pregate"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-line = srv.stdout.readline().decode()
-m = re.search(r"listening on ([0-9.]+):(\d+)", line)
-assert m, f"no listening line: {line!r}"
-base = f"http://{m.group(1)}:{m.group(2)}"
-deadline = time.time() + 60
-while time.time() < deadline:
-    try:
-        if get(base + "/health"):
-            break
-    except (urllib.error.URLError, OSError):
-        time.sleep(0.05)
+srv = Server(MOESERVE, model, "--set", "kv.context_length=128", "--set", "cache.host_bytes=25%",
+             "--set", "predictor.kind=pregate")
+base = srv.base
 
 tmp = tempfile.mkdtemp(prefix="moe-prom-")
 prom_port = free_port()
@@ -105,7 +64,7 @@ with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
 scrape_configs:
   - job_name: moeserve
     static_configs:
-      - targets: ['{m.group(1)}:{m.group(2)}']
+      - targets: ['{srv.host}:{srv.port}']
 """)
 prom = subprocess.Popen([prometheus, f"--config.file={tmp}/prometheus.yml", f"--storage.tsdb.path={tmp}/data",
                          f"--web.listen-address=127.0.0.1:{prom_port}"],
@@ -178,12 +137,7 @@ finally:
         prom.wait(timeout=30)
     except subprocess.TimeoutExpired:
         prom.kill()
-    srv.send_signal(signal.SIGTERM)
-    try:
-        rc = srv.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        srv.kill()
-        rc = -9
-    check(rc == 0, f"the server exits 0 on SIGTERM ({rc})")
+    rc = srv.stop()
+    check(rc == 0, f"the server exits 0 on SIGTERM ({rc}; log tail: {srv.err[-500:]})")
     shutil.rmtree(tmp, ignore_errors=True)
 finish()

@@ -17,42 +17,18 @@ import concurrent.futures
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import openai
 
-ROOT = os.environ.get("MOE_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BUILD = os.environ.get("MOE_BUILD_ROOT", ".")
+import serving
+from serving import Server as _Server, check, model_path
+
 MOESERVE = sys.argv[1]
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
-
-
-def model_path(name, *args):
-    d = os.path.join(BUILD, "test-models")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, name + ".gguf")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}"
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_model.py"), *args, "-o", tmp],
-                       check=True, capture_output=True)
-        os.rename(tmp, path)
-    return path
 
 
 def generate(model, *args):
@@ -65,47 +41,8 @@ def generate(model, *args):
     return out[:-1] if out.endswith("\n") else out, int(m.group(1)) if m else -1
 
 
-class Server:
-    def __init__(self, model, *extra):
-        # In a sanitizer build freed memory sits in ASan's quarantine (256 MiB by default) and
-        # would read as growth: bound it so that the memory check below means the same there.
-        env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8")
-        self.proc = subprocess.Popen(
-            [MOESERVE, "serve", "--model", model, "--port", "0", "--set", "compute.threads=2",
-             "--set", "kv.context_length=256", "--set", "batching.max_running=16", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        line = self.proc.stdout.readline().decode()
-        m = re.search(r"listening on ([0-9.]+):(\d+)", line)
-        assert m, f"no listening line: {line!r}"
-        self.host, self.port = m.group(1), int(m.group(2))
-        self.base = f"http://{self.host}:{self.port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except urllib.error.HTTPError as e:
-                assert e.code == 503, e.code
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-    def client(self):
-        return openai.OpenAI(base_url=self.base + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def n_fds(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = -9
-        self.err = self.proc.stderr.read().decode(errors="replace")
-        return rc
+def Server(model, *extra):
+    return _Server(MOESERVE, model, *extra)
 
 
 def stream_chat(client, name, messages, max_tokens):
@@ -226,14 +163,6 @@ def one_stream(i):
     return p, "".join(parts), finish
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 fds, rss = [], []
 for round_ in range(4):
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
@@ -243,11 +172,10 @@ for round_ in range(4):
     if bad:
         rc = srv.stop()
         print(f"server exit status {rc}; its log:\n{srv.err[-6000:]}", flush=True)
-        print(f"{passed} passed, {failed} failed")
-        sys.exit(1)
+        serving.finish()
     time.sleep(0.2)
     fds.append(srv.n_fds())
-    rss.append(rss_kib(srv.proc.pid))
+    rss.append(srv.rss_kib())
 check(fds[-1] <= fds[0], f"no fd growth across rounds ({fds})")
 # The first round grows the allocator's arenas and the scheduler's buffers; later rounds of the
 # same load must not keep growing (the margin covers allocator noise and ASan's bounded
@@ -297,5 +225,4 @@ p = subprocess.run([MOESERVE, "serve", "--model", model, "--port", "0", "--set",
                    capture_output=True, timeout=60)
 check(p.returncode == 2 and b"gpu.enabled" in p.stderr, f"gpu.enabled=true without a CUDA backend is refused ({p.stderr[-200:]!r})")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+serving.finish()

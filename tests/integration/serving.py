@@ -1,0 +1,102 @@
+"""Shared by the integration tests that start `moeserve serve`: the pass/fail counters and the
+closing `N passed, N failed` line, seeded test models cached in the build tree, and a server
+on a free loopback port whose log is drained while it runs (a full pipe would block it)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+
+ROOT = os.environ.get("MOE_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BUILD = os.environ.get("MOE_BUILD_ROOT", ".")
+counts = {"passed": 0, "failed": 0}
+
+
+def check(cond, what):
+    if cond:
+        counts["passed"] += 1
+    else:
+        counts["failed"] += 1
+        print(f"FAIL: {what}", flush=True)
+
+
+def finish():
+    print(f"{counts['passed']} passed, {counts['failed']} failed")
+    sys.exit(1 if counts["failed"] else 0)
+
+
+def model_path(name, *args):
+    d = os.path.join(BUILD, "test-models")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, name + ".gguf")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}"
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_model.py"), *args, "-o", tmp],
+                       check=True, capture_output=True)
+        os.rename(tmp, path)
+    return path
+
+
+class Server:
+    """`moeserve serve --model MODEL --port 0` with test defaults; `extra` arguments come last,
+    so their --set overrides win."""
+
+    def __init__(self, moeserve, model, *extra):
+        # In a sanitizer build freed memory sits in ASan's quarantine (256 MiB by default) and
+        # would read as growth: bound it so that memory checks mean the same there.
+        env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8")
+        self.proc = subprocess.Popen(
+            [moeserve, "serve", "--model", model, "--port", "0", "--set", "compute.threads=2",
+             "--set", "kv.context_length=256", "--set", "batching.max_running=16", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._log = []
+        self._drain = threading.Thread(target=lambda: self._log.extend(iter(self.proc.stderr.readline, b"")),
+                                       daemon=True)
+        self._drain.start()
+        line = self.proc.stdout.readline().decode()
+        m = re.search(r"listening on ([0-9.]+):(\d+)", line)
+        assert m, f"no listening line: {line!r}"
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.base = f"http://{self.host}:{self.port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except urllib.error.HTTPError as e:
+                assert e.code == 503, e.code
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def client(self):
+        return openai.OpenAI(base_url=self.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def n_fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        """SIGTERM, then the exit status; the server's log is in .err afterwards."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = -9
+        self._drain.join(timeout=10)
+        self.err = b"".join(self._log).decode(errors="replace")
+        return rc
