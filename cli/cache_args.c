@@ -1,7 +1,8 @@
 /*
  * The expert-cache options that `generate` and `bench` share, so that a budget means the same
- * thing on every command: a size ("4GiB", "512MB", bytes), a share of all experts ("25%"),
- * "all", "min" (one token's experts of one layer: the worst case), or "off" (experts read through the file's mapping, the default for these tools).
+ * thing on every command and in the config file: a size ("4GiB", "512MB", bytes), a share of
+ * all experts ("25%"), "all"/"auto", plus for these tools "min" (one token's experts of one
+ * layer: the worst case) and "off" (experts read through the file's mapping, their default).
  */
 #include "cli/cli.h"
 
@@ -10,45 +11,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes, uint64_t room)
+{
+    co->budget_bytes = 0; /* 0: every expert */
+    co->budget_fraction = 0;
+    switch (b->kind) {
+    case CFG_BUDGET_PERCENT: co->budget_fraction = b->percent / 100.0; break;
+    case CFG_BUDGET_BYTES: co->budget_bytes = b->bytes; break;
+    case CFG_BUDGET_AUTO:
+        if (room && room < expert_bytes) co->budget_bytes = room;
+        break;
+    }
+}
+
+/* The config's budget syntax (sizes, "auto"/"all", "N%"), plus "min" and "off". */
 static int parse_budget(const char *v, cli_cache_args *a)
 {
-    char *end;
     if (!strcmp(v, "off")) {
         a->enabled = false;
         return 0;
     }
     a->enabled = true;
-    if (!strcmp(v, "all")) {
-        a->opts.budget_bytes = 0;
-        return 0;
-    }
     if (!strcmp(v, "min")) {
         a->opts.budget_min = true;
         return 0;
     }
-    errno = 0;
-    double x = strtod(v, &end);
-    if (end == v || errno || x <= 0) return -EINVAL;
-    if (!strcmp(end, "%")) {
-        if (x > 100) return -EINVAL;
-        a->opts.budget_fraction = x / 100.0;
-        return 0;
+    cfg_budget b;
+    char err[256];
+    if (cfg_parse_budget(v, &b, err, sizeof err)) {
+        fprintf(stderr, "--expert-cache '%s': %s\n", v, err);
+        return -EINVAL;
     }
-    static const struct {
-        const char *suffix;
-        double mult;
-    } units[] = {{"", 1},       {"B", 1},         {"KB", 1e3},       {"MB", 1e6},
-                 {"GB", 1e9},   {"TB", 1e12},     {"KiB", 1024.0},   {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (!strcmp(end, units[i].suffix)) {
-            double b = x * units[i].mult;
-            if (b >= 1.8e19) return -EINVAL;
-            a->opts.budget_bytes = (uint64_t)b;
-            return 0;
-        }
-    }
-    return -EINVAL;
+    cli_cache_budget(&a->opts, &b, 0, 0);
+    return 0;
 }
 
 void cli_cache_args_init(cli_cache_args *a)
@@ -60,11 +55,7 @@ void cli_cache_args_init(cli_cache_args *a)
 int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
 {
     if (!strcmp(opt, "--expert-cache")) {
-        if (parse_budget(v, a)) {
-            fprintf(stderr, "--expert-cache expects a size (4GiB, 512MB, bytes), a share of all "
-                            "experts (25%%), 'all', 'min' or 'off'; got '%s'\n", v);
-            return -EINVAL;
-        }
+        if (parse_budget(v, a)) return -EINVAL; /* it said why */
         return 1;
     }
     if (!strcmp(opt, "--direct")) {

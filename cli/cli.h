@@ -6,6 +6,7 @@
 #define MOE_CLI_H
 
 #include "cache/cache.h"
+#include "config/config.h"
 #include "kernels/kernels.h"
 #include "predictor/predictor.h"
 
@@ -38,6 +39,9 @@ typedef struct cli_cache_args {
     int32_t lookahead;   /* --lookahead N (pregate) */
 } cli_cache_args;
 void cli_cache_args_init(cli_cache_args *a);
+/* A budget as the cache takes it: a percentage is a share of all experts, bytes are bytes,
+ * auto is every expert unless room (bytes the tier may use; 0: no limit) is smaller. */
+void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes, uint64_t room);
 /* 1 when opt was one of these (its value consumed), 0 when not, negative after a message. */
 int cli_cache_arg(cli_cache_args *a, const char *opt, const char *value);
 /* *out: the options to put in model_opts.expert_cache (NULL when off). */

@@ -88,17 +88,10 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
                : c->io.direct == CFG_ON   ? CACHE_DIRECT_ON
                                           : CACHE_DIRECT_OFF;
     co->log = cache_log;
-    switch (c->cache.host_bytes.kind) {
-    case CFG_BUDGET_PERCENT: co->budget_fraction = c->cache.host_bytes.percent / 100.0; break;
-    case CFG_BUDGET_BYTES: co->budget_bytes = c->cache.host_bytes.bytes; break;
-    case CFG_BUDGET_AUTO: {
-        uint64_t avail = mem_available_bytes(), dense = sz->dense_bytes;
-        uint64_t room = avail > dense ? (avail - dense) / 10 * 8 : 0;
-        co->budget_bytes = cfg_budget_resolve(&c->cache.host_bytes, sz->expert_bytes, room);
-        if (co->budget_bytes >= sz->expert_bytes) co->budget_bytes = 0; /* all of them */
-        break;
-    }
-    }
+    uint64_t avail = mem_available_bytes(), dense = sz->dense_bytes;
+    /* 0: the machine's memory is unknown, no limit; else 80% of what the dense part leaves. */
+    uint64_t room = avail == 0 ? 0 : avail > dense ? (avail - dense) / 10 * 8 : 1;
+    cli_cache_budget(co, &c->cache.host_bytes, sz->expert_bytes, room);
 }
 
 static int load_model(serve_state *st, char *err, size_t err_size)
