@@ -127,7 +127,11 @@ static const unit *find_unit(const unit *units, size_t n, const char *name)
     return NULL;
 }
 
-int cfg_parse_size(const char *text, uint64_t *bytes, char *err, size_t err_size)
+/* A decimal number, optional spaces, then one of `units` (none: the base unit), scaled to an
+ * integer count of the base unit.  `unknown` explains a unit that is not in the table. */
+static int parse_quantity(const char *text, const unit *units, size_t n_units,
+                          void (*unknown)(const char *u, char *err, size_t err_size),
+                          const char *base_name, uint64_t *out, char *err, size_t err_size)
 {
     if (!text || !*text) {
         snprintf(err, err_size, "is empty");
@@ -141,19 +145,9 @@ int cfg_parse_size(const char *text, uint64_t *bytes, char *err, size_t err_size
         p++;
     uint64_t mult = 1;
     if (*p) {
-        const unit *u = find_unit(size_units, N_SIZE_UNITS, p);
+        const unit *u = find_unit(units, n_units, p);
         if (!u) {
-            if (!strcasecmp(p, "K") || !strcasecmp(p, "M") || !strcasecmp(p, "G") ||
-                !strcasecmp(p, "T") || !strcasecmp(p, "P"))
-                snprintf(err, err_size,
-                         "has the ambiguous unit '%s': write %cB for powers of 1000 or %ciB "
-                         "for powers of 1024",
-                         p, (char)(*p & ~0x20), (char)(*p & ~0x20));
-            else
-                snprintf(err, err_size,
-                         "has an unknown unit '%.32s' (units: B, KB, MB, GB, TB, PB, KiB, MiB, "
-                         "GiB, TiB, PiB)",
-                         p);
+            unknown(p, err, err_size);
             return -EINVAL;
         }
         mult = u->mult;
@@ -161,34 +155,39 @@ int cfg_parse_size(const char *text, uint64_t *bytes, char *err, size_t err_size
         snprintf(err, err_size, "ends in a space");
         return -EINVAL;
     }
-    return scale(&d, mult, "bytes", bytes, err, err_size);
+    return scale(&d, mult, base_name, out, err, err_size);
+}
+
+static void unknown_size_unit(const char *p, char *err, size_t err_size)
+{
+    if (!strcasecmp(p, "K") || !strcasecmp(p, "M") || !strcasecmp(p, "G") || !strcasecmp(p, "T") ||
+        !strcasecmp(p, "P"))
+        snprintf(err, err_size,
+                 "has the ambiguous unit '%s': write %cB for powers of 1000 or %ciB for powers "
+                 "of 1024",
+                 p, (char)(*p & ~0x20), (char)(*p & ~0x20));
+    else
+        snprintf(err, err_size,
+                 "has an unknown unit '%.32s' (units: B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, "
+                 "PiB)",
+                 p);
+}
+
+static void unknown_duration_unit(const char *p, char *err, size_t err_size)
+{
+    snprintf(err, err_size, "has an unknown unit '%.32s' (units: ms, s, m, h)", p);
+}
+
+int cfg_parse_size(const char *text, uint64_t *bytes, char *err, size_t err_size)
+{
+    return parse_quantity(text, size_units, N_SIZE_UNITS, unknown_size_unit, "bytes", bytes, err,
+                          err_size);
 }
 
 int cfg_parse_duration_ms(const char *text, uint64_t *ms, char *err, size_t err_size)
 {
-    if (!text || !*text) {
-        snprintf(err, err_size, "is empty");
-        return -EINVAL;
-    }
-    const char *p = text;
-    decimal d;
-    int rc = parse_decimal(&p, &d, err, err_size);
-    if (rc) return rc;
-    while (*p == ' ')
-        p++;
-    uint64_t mult = 1;
-    if (*p) {
-        const unit *u = find_unit(duration_units, N_DURATION_UNITS, p);
-        if (!u) {
-            snprintf(err, err_size, "has an unknown unit '%.32s' (units: ms, s, m, h)", p);
-            return -EINVAL;
-        }
-        mult = u->mult;
-    } else if (p > text && p[-1] == ' ') {
-        snprintf(err, err_size, "ends in a space");
-        return -EINVAL;
-    }
-    return scale(&d, mult, "milliseconds", ms, err, err_size);
+    return parse_quantity(text, duration_units, N_DURATION_UNITS, unknown_duration_unit,
+                          "milliseconds", ms, err, err_size);
 }
 
 int cfg_parse_budget(const char *text, cfg_budget *b, char *err, size_t err_size)
