@@ -36,7 +36,7 @@ typedef struct job_state {
     srv_job_t *job;
     sampler *smp;
     stop_matcher *stops;
-    bool stopped;        /* a stop string matched: nothing more is posted */
+    bool stopped; /* a stop string matched: nothing more is posted */
     tokenizer_stream stream;
     sampler_result res;
     bool want_logprobs;
@@ -57,8 +57,8 @@ int srv_model_engine_create(srv_model_engine **out, char *err, size_t err_size)
 }
 
 int srv_model_engine_start(srv_model_engine *e, model *m, const tokenizer *tok,
-                           const chat_template *tmpl, const srv_sched_opts *sched_opts,
-                           char *err, size_t err_size)
+                           const chat_template *tmpl, const srv_sched_opts *sched_opts, char *err,
+                           size_t err_size)
 {
     if (tokenizer_n_vocab(tok) > model_params(m)->n_vocab) {
         snprintf(err, err_size, "the tokenizer has %d tokens but the model only %d logits",
@@ -145,7 +145,8 @@ static void post_with_logprobs(job_state *st, int32_t token, const char *text, s
         .n_top = (size_t)n_top,
     };
     srv_job_post_text(st->job, text, len, &lp);
-    for (int i = 0; i <= n_top; i++) free(owned[i]);
+    for (int i = 0; i <= n_top; i++)
+        free(owned[i]);
 }
 
 static bool engine_emit(void *user, int32_t token)
@@ -209,12 +210,17 @@ static const srv_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_do
 static const char *role_name(srv_role_t role)
 {
     switch (role) {
-    case SRV_ROLE_SYSTEM: return "system";
-    case SRV_ROLE_USER: return "user";
-    case SRV_ROLE_ASSISTANT: return "assistant";
+    case SRV_ROLE_SYSTEM:
+        return "system";
+    case SRV_ROLE_USER:
+        return "user";
+    case SRV_ROLE_ASSISTANT:
+        return "assistant";
     /* OpenAI's developer messages replace system messages; templates only know the latter. */
-    case SRV_ROLE_DEVELOPER: return "system";
-    case SRV_ROLE_TOOL: return "tool";
+    case SRV_ROLE_DEVELOPER:
+        return "system";
+    case SRV_ROLE_TOOL:
+        return "tool";
     }
     return "user";
 }
@@ -381,63 +387,74 @@ static bool engine_ready(void *ctx)
 
 srv_engine_t srv_model_engine_ops(srv_model_engine *e)
 {
-    return (srv_engine_t){.ctx = e, .submit = engine_submit, .cancel = engine_cancel,
-                          .ready = engine_ready};
+    return (srv_engine_t){
+        .ctx = e, .submit = engine_submit, .cancel = engine_cancel, .ready = engine_ready};
 }
 
 /* ---- metrics (loop thread) ------------------------------------------------------------------ */
+
+/* A family with one sample. */
+static void single(srv_mx_buf *b, const char *name, const char *type, const char *help,
+                   const char *labels, double value)
+{
+    srv_mx_family(b, name, type, help);
+    srv_mx_sample(b, name, labels, value);
+}
 
 static void write_cache(srv_mx_buf *b, const cache *c)
 {
     cache_stats st;
     cache_get_stats(c, &st);
     const char *host = "{tier=\"host\"}";
-    srv_mx_family(b, "moeserve_expert_cache_hits_total", "counter",
-                  "Requested experts that were resident or already being read");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_hits_total", host, st.hits);
-    srv_mx_family(b, "moeserve_expert_cache_misses_total", "counter",
-                  "Requested experts that had to be read from storage");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_misses_total", host, st.misses);
-    srv_mx_family(b, "moeserve_expert_cache_evictions_total", "counter",
-                  "Experts evicted to make room");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_evictions_total", host, st.evictions);
-    srv_mx_family(b, "moeserve_expert_cache_resident_experts", "gauge",
-                  "Experts held complete in the tier");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_resident_experts", host, st.resident);
-    srv_mx_family(b, "moeserve_expert_cache_resident_bytes", "gauge",
-                  "Bytes of slots holding a complete expert");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_resident_bytes", host,
-                      (uint64_t)st.resident * st.slot_bytes);
-    srv_mx_family(b, "moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_capacity_experts", host, st.n_slots);
-    srv_mx_family(b, "moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena");
-    srv_mx_sample_u64(b, "moeserve_expert_cache_capacity_bytes", host,
-                      (uint64_t)st.n_slots * st.slot_bytes);
-    srv_mx_family(b, "moeserve_expert_storage_read_bytes_total", "counter",
-                  "Bytes read from the model file into the host tier (with alignment padding)");
-    srv_mx_sample_u64(b, "moeserve_expert_storage_read_bytes_total", "", st.bytes_read);
-    srv_mx_family(b, "moeserve_expert_storage_reads_total", "counter",
-                  "Read operations completed against the model file");
-    srv_mx_sample_u64(b, "moeserve_expert_storage_reads_total", "", st.reads);
-    srv_mx_family(b, "moeserve_expert_storage_read_errors_total", "counter",
-                  "Reads that failed (the request that needed them failed with a clear error)");
-    srv_mx_sample_u64(b, "moeserve_expert_storage_read_errors_total", "", st.read_errors);
+    const struct {
+        const char *name, *type, *help, *labels;
+        double value;
+    } rows[] = {
+        {"moeserve_expert_cache_hits_total", "counter",
+         "Requested experts that were resident or already being read", host, (double)st.hits},
+        {"moeserve_expert_cache_misses_total", "counter",
+         "Requested experts that had to be read from storage", host, (double)st.misses},
+        {"moeserve_expert_cache_evictions_total", "counter", "Experts evicted to make room", host,
+         (double)st.evictions},
+        {"moeserve_expert_cache_resident_experts", "gauge", "Experts held complete in the tier",
+         host, (double)st.resident},
+        {"moeserve_expert_cache_resident_bytes", "gauge",
+         "Bytes of slots holding a complete expert", host,
+         (double)st.resident * (double)st.slot_bytes},
+        {"moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier", host,
+         (double)st.n_slots},
+        {"moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena", host,
+         (double)st.n_slots * (double)st.slot_bytes},
+        {"moeserve_expert_storage_read_bytes_total", "counter",
+         "Bytes read from the model file into the host tier (with alignment padding)", "",
+         (double)st.bytes_read},
+        {"moeserve_expert_storage_reads_total", "counter",
+         "Read operations completed against the model file", "", (double)st.reads},
+        {"moeserve_expert_storage_read_errors_total", "counter",
+         "Reads that failed (the request that needed them failed with a clear error)", "",
+         (double)st.read_errors},
+        {"moeserve_engine_expert_stall_seconds_total", "counter",
+         "Time the engine waited for experts to be read", "", (double)st.stall_ns * 1e-9},
+        {"moeserve_expert_prefetches_total", "counter",
+         "Experts read ahead for the predictor's guesses", "", (double)st.prefetch_issued},
+        {"moeserve_expert_prefetches_used_total", "counter",
+         "Prefetched experts that a later request asked for", "", (double)st.prefetch_used},
+        {"moeserve_expert_prefetches_wasted_total", "counter",
+         "Prefetched experts evicted before any request asked for them", "",
+         (double)st.prefetch_wasted},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        single(b, rows[i].name, rows[i].type, rows[i].help, rows[i].labels, rows[i].value);
     srv_mx_family(b, "moeserve_expert_load_seconds", "histogram",
                   "Time from submitting an expert's reads to the expert being resident");
     srv_mx_histogram_write_counts(b, "moeserve_expert_load_seconds", cache_read_bounds,
-                                  CACHE_READ_BUCKETS - 1, st.read_hist, (double)st.read_ns_sum * 1e-9);
-    srv_mx_family(b, "moeserve_engine_expert_stall_seconds_total", "counter",
-                  "Time the engine waited for experts to be read");
-    srv_mx_sample(b, "moeserve_engine_expert_stall_seconds_total", "", (double)st.stall_ns * 1e-9);
-    srv_mx_family(b, "moeserve_expert_prefetches_total", "counter",
-                  "Experts read ahead for the predictor's guesses");
-    srv_mx_sample_u64(b, "moeserve_expert_prefetches_total", "", st.prefetch_issued);
-    srv_mx_family(b, "moeserve_expert_prefetches_used_total", "counter",
-                  "Prefetched experts that a later request asked for");
-    srv_mx_sample_u64(b, "moeserve_expert_prefetches_used_total", "", st.prefetch_used);
-    srv_mx_family(b, "moeserve_expert_prefetches_wasted_total", "counter",
-                  "Prefetched experts evicted before any request asked for them");
-    srv_mx_sample_u64(b, "moeserve_expert_prefetches_wasted_total", "", st.prefetch_wasted);
+                                  CACHE_READ_BUCKETS - 1, st.read_hist,
+                                  (double)st.read_ns_sum * 1e-9);
+}
+
+static double ratio(uint64_t num, uint64_t den)
+{
+    return den ? (double)num / (double)den : 0.0;
 }
 
 static void write_routing(srv_mx_buf *b, const model *m)
@@ -456,30 +473,27 @@ static void write_routing(srv_mx_buf *b, const model *m)
     const pred *p = model_predictor(m);
     if (!p) return;
     static const struct {
-        const char *name, *help;
+        const char *name, *type, *help;
     } fam[] = {
-        {"moeserve_predictor_guessed_experts_total", "Experts the predictor guessed for the layer"},
-        {"moeserve_predictor_correct_experts_total", "Guessed experts the layer then used"},
-        {"moeserve_predictor_used_experts_total", "Experts the layer used in steps with a guess"},
-        {"moeserve_predictor_precision_ratio", "Correct / guessed, since start"},
-        {"moeserve_predictor_recall_ratio", "Correct / used, since start"},
+        {"moeserve_predictor_guessed_experts_total", "counter",
+         "Experts the predictor guessed for the layer"},
+        {"moeserve_predictor_correct_experts_total", "counter",
+         "Guessed experts the layer then used"},
+        {"moeserve_predictor_used_experts_total", "counter",
+         "Experts the layer used in steps with a guess"},
+        {"moeserve_predictor_precision_ratio", "gauge", "Correct / guessed, since start"},
+        {"moeserve_predictor_recall_ratio", "gauge", "Correct / used, since start"},
     };
     for (int f = 0; f < 5; f++) {
-        srv_mx_family(b, fam[f].name, f < 3 ? "counter" : "gauge", fam[f].help);
+        srv_mx_family(b, fam[f].name, fam[f].type, fam[f].help);
         for (int il = 1; il < hp->n_layer; il++) {
             pred_layer_stats ls;
             pred_get_stats(p, il, &ls);
             snprintf(labels, sizeof labels, "{predictor=\"%s\",layer=\"%d\"}",
                      pred_kind_name(pred_get_kind(p)), il);
-            if (f == 0) srv_mx_sample_u64(b, fam[f].name, labels, ls.guessed);
-            if (f == 1) srv_mx_sample_u64(b, fam[f].name, labels, ls.correct);
-            if (f == 2) srv_mx_sample_u64(b, fam[f].name, labels, ls.used);
-            if (f == 3)
-                srv_mx_sample(b, fam[f].name, labels,
-                              ls.guessed ? (double)ls.correct / (double)ls.guessed : 0.0);
-            if (f == 4)
-                srv_mx_sample(b, fam[f].name, labels,
-                              ls.used ? (double)ls.correct / (double)ls.used : 0.0);
+            const double values[5] = {(double)ls.guessed, (double)ls.correct, (double)ls.used,
+                                      ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used)};
+            srv_mx_sample(b, fam[f].name, labels, values[f]);
         }
     }
 }
@@ -505,8 +519,7 @@ void srv_model_engine_write_metrics(void *engine, srv_mx_buf *b)
     srv_mx_family(b, "moeserve_kv_cache_bytes", "gauge",
                   "KV cache memory by state: slots of running sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", per * st.running);
-    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}",
-                      kv - per * st.running);
+    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - per * st.running);
     if (model_expert_cache(e->m)) write_cache(b, model_expert_cache(e->m));
     write_routing(b, e->m);
 }
