@@ -97,23 +97,19 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
 static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
-    /* A first open without the cache tells the sizes the budgets are resolved against. */
-    model *probe = NULL;
-    model_opts po = {.backend = st->backend};
-    int rc = model_open(&probe, c->model.path, &po, err, err_size);
-    if (rc) return rc;
-    model_sizes sz;
-    model_get_sizes(probe, &sz);
-    model_close(&probe);
     static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
     model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind],
                      .lookahead = c->predictor.lookahead};
+    int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
+    if (rc) return rc;
+    /* The cache comes second: its budget is resolved against the model's sizes. */
+    model_sizes sz;
+    model_get_sizes(st->m, &sz);
     cache_options(c, &sz, &st->cache);
-    mo.expert_cache = &st->cache;
     cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
             "budget %s", (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
-            st->cache.budget_bytes ? "set" : "all experts");
-    rc = model_open(&st->m, c->model.path, &mo, err, err_size);
+            st->cache.budget_bytes || st->cache.budget_fraction > 0 ? "set" : "all experts");
+    rc = model_open_expert_cache(st->m, &st->cache, err, err_size);
     if (rc) return rc;
     cache_stats cs;
     cache_get_stats(model_expert_cache(st->m), &cs);

@@ -408,8 +408,12 @@ static uint64_t weight_bytes(const kern_weight *w);
 
 /* The file extents of every expert's three parts, from where their views point into the
  * mapping: the cache reads them with its own I/O and never touches those mapped pages. */
-static int open_expert_cache(model *m, const cache_opts *co, char *err, size_t err_size)
+int model_open_expert_cache(model *m, const cache_opts *co, char *err, size_t err_size)
 {
+    if (m->experts) {
+        snprintf(err, err_size, "the model already has an expert cache");
+        return -EEXIST;
+    }
     const model_hparams *hp = &m->hp;
     const gguf_tensor *t0 = gguf_tensor_at(m->file, 0);
     const uint8_t *base = (const uint8_t *)t0->data - (gguf_data_offset(m->file) + t0->offset);
@@ -459,7 +463,7 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
-    if (opts->expert_cache && (rc = open_expert_cache(m, opts->expert_cache, err, err_size)))
+    if (opts->expert_cache && (rc = model_open_expert_cache(m, opts->expert_cache, err, err_size)))
         goto fail;
     m->expert_tokens = calloc((size_t)m->hp.n_layer * (size_t)m->hp.n_expert, sizeof *m->expert_tokens);
     if (!m->expert_tokens) {

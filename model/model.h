@@ -110,6 +110,10 @@ const model_hparams *model_params(const model *m);
 const gguf_file *model_file(const model *m);
 void model_get_sizes(const model *m, model_sizes *out);
 const char *model_arch_name(model_arch arch);
+/* Puts the experts behind an expert cache after open (what model_opts.expert_cache does at
+ * open), so that a caller can size the budget from model_get_sizes() first.  Call before any
+ * context runs a step; -EEXIST when the model already has one. */
+int model_open_expert_cache(model *m, const cache_opts *opts, char *err, size_t err_size);
 /* The expert cache, NULL when experts are read through the mapping. */
 const cache *model_expert_cache(const model *m);
 /* Tokens routed to (layer, expert) since open, over every context (counted with atomics, so

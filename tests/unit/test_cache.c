@@ -350,7 +350,15 @@ static void run_model_pred(const char *path, const cache_opts *co, pred_kind kin
     kern_backend *be = open_cpu_isa(2, KERN_ISA_COUNT);
     model *m = NULL;
     model_opts mo = {.backend = be, .expert_cache = co, .predictor = kind};
-    ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
+    /* The cache at open, or after it (as `serve` does, to size the budget from the model). */
+    if (co && kind == PRED_NONE) {
+        mo.expert_cache = NULL;
+        ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(model_open_expert_cache(m, co, err, sizeof err) == 0, "%s", err);
+    } else {
+        ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
+    }
+    if (co) ck_assert_int_eq(model_open_expert_cache(m, co, err, sizeof err), -EEXIST);
     const model_hparams *hp = model_params(m);
     model_ctx *ctx = NULL;
     model_ctx_opts cx = {.n_seq = N_SEQ, .n_ctx = 64};
