@@ -1,7 +1,13 @@
 /*
- * cache — the experts' host tier: a bounded arena of equal slots filled from the model file.
+ * cache — the experts' tiers: bounded arenas of equal slots, filled from the tier above.
  *
  * Contract
+ * - Tiers chain: the model file -> the host tier (cache_open: RAM, filled by io_uring reads)
+ *   -> optionally a device tier (cache_open_device: slots in a backend's device memory, filled
+ *   by copies from the host tier).  Every tier is the same slot table, policies, pins, waves
+ *   and request / next / release protocol; the model talks only to the tier nearest the
+ *   compute, and the part pointers it hands out are that tier's memory (device memory for a
+ *   device tier), ready to go into a kern_weight.
  * - An expert is (layer, index); its payload is three extents of the model file (gate, up and
  *   down slices of the stacked tensors), given by the caller in cache_opts.  The cache knows
  *   nothing about what the bytes mean: it hands back a pointer to each part inside a slot.
@@ -39,6 +45,8 @@
  */
 #ifndef MOE_CACHE_H
 #define MOE_CACHE_H
+
+#include "kernels/kernels.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -100,6 +108,24 @@ typedef struct cache cache;
 int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size);
 void cache_close(cache **c);
 
+typedef struct cache_device_opts {
+    kern_backend *backend;  /* required: owns the slots' memory and does the copies */
+    uint64_t budget_bytes;  /* 0: every expert */
+    double budget_fraction; /* > 0: this share of all experts instead */
+    bool budget_min;        /* exactly one token's experts of one layer */
+    cache_policy policy;
+    void (*log)(void *user, const char *msg); /* NULL: the upper tier's */
+    void *log_user;
+} cache_device_opts;
+
+cache_device_opts cache_device_opts_default(void);
+/* A device tier in front of `upper`, which it uses exclusively from then on (a caller talks
+ * only to the device tier) and which must be closed after it.  Its arena is kern_alloc'ed
+ * device memory; the upper tier's arena is registered with the backend for fast copies.  A
+ * budget below one token's experts of one layer is refused with the minimum in bytes. */
+int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, char *err,
+                      size_t err_size);
+
 /* A resident expert handed out by cache_next(); valid until cache_release(). */
 typedef struct cache_ref {
     int32_t layer;
@@ -127,7 +153,8 @@ typedef struct cache_stats {
     uint64_t hits;          /* requested experts already resident (or already being read) */
     uint64_t misses;        /* requested experts that had to be read */
     uint64_t evictions;
-    uint64_t bytes_read;    /* from the file, including alignment padding */
+    uint64_t bytes_read;    /* into this tier: from the file (including alignment padding) or
+                             * copied from the tier above */
     uint64_t reads;         /* read operations completed */
     uint64_t read_errors;
     uint64_t stall_ns;      /* time cache_next() waited for reads */

@@ -8,6 +8,7 @@
  * counted as compute.
  */
 #include "cli/cli.h"
+#include "kernels/cpu/cpu.h"
 #include "model/gguf.h"
 #include "model/model.h"
 
@@ -24,8 +25,53 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A device's memory bandwidth: the best of a few device-to-device copies (each reads and writes
+ * every byte). */
+static double device_bandwidth(kern_backend *be, size_t bytes)
+{
+    void *a = NULL, *b = NULL;
+    char err[256];
+    double best = 0.0;
+    if (kern_alloc(be, KERN_MEM_DEVICE, bytes, &a) == 0 && kern_alloc(be, KERN_MEM_DEVICE, bytes, &b) == 0) {
+        for (int r = 0; r < 10; r++) {
+            double t0 = now_s();
+            if (kern_copy(be, KERN_STREAM_COMPUTE, b, a, bytes, KERN_COPY_ON_DEVICE) ||
+                kern_sync(be, err, sizeof err))
+                break;
+            double t = now_s() - t0;
+            if (t > 0 && 2.0 * (double)bytes / t > best) best = 2.0 * (double)bytes / t;
+        }
+    }
+    kern_free(be, KERN_MEM_DEVICE, a);
+    kern_free(be, KERN_MEM_DEVICE, b);
+    return best;
+}
+
+/* Host-to-device copies from pinned memory: the link the device tier is filled through. */
+static double link_bandwidth(kern_backend *be, size_t bytes)
+{
+    void *h = NULL, *d = NULL;
+    char err[256];
+    double best = 0.0;
+    if (kern_alloc(be, KERN_MEM_HOST_PINNED, bytes, &h) == 0 && kern_alloc(be, KERN_MEM_DEVICE, bytes, &d) == 0) {
+        memset(h, 1, bytes);
+        for (int r = 0; r < 5; r++) {
+            double t0 = now_s();
+            if (kern_copy(be, KERN_STREAM_COPY, d, h, bytes, KERN_COPY_TO_DEVICE) || kern_sync(be, err, sizeof err))
+                break;
+            double t = now_s() - t0;
+            if (t > 0 && (double)bytes / t > best) best = (double)bytes / t;
+        }
+    }
+    kern_free(be, KERN_MEM_DEVICE, d);
+    kern_free(be, KERN_MEM_HOST_PINNED, h);
+    return best;
+}
+
 static double measure_bandwidth(kern_backend *be, size_t bytes)
 {
+    /* the CPU's read bandwidth on cpu and sim (which computes with the CPU) */
+    if (be->kind == KERN_BACKEND_CUDA) return device_bandwidth(be, bytes);
     uint8_t *buf = malloc(bytes);
     if (!buf) return 0.0;
     for (size_t i = 0; i < bytes; i += 64) buf[i] = (uint8_t)i; /* fault every page in */
@@ -88,7 +134,10 @@ static void usage(FILE *out)
                  "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  --io-depth N\n"
                  "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
                  "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
-                 "  --lookahead N layers pre-gating looks ahead (default 1)\n");
+                 "  --lookahead N layers pre-gating looks ahead (default 1)\n"
+                 "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
+                 "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
+                 "  --kv-type f16|f32  KV cache storage (default f16)\n");
 }
 
 static int run(bench_opts *o)
@@ -100,17 +149,17 @@ static int run(bench_opts *o)
     model_ctx *ctx = NULL;
     int32_t *tok = NULL, *pos = NULL, *seq = NULL;
     float *logits = NULL;
-    if (cli_open_backend(&be, (int)o->n_threads)) goto done;
+    if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0)) goto done;
     model_opts mo = {.backend = be, .predictor = o->cache.predictor,
                      .lookahead = o->cache.lookahead};
-    if (cli_cache_args_open(&o->cache, &mo.expert_cache)) goto done;
+    if (cli_cache_args_open(&o->cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, o->path, &mo, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
         goto done;
     }
     const model_hparams *hp = model_params(m);
     int32_t B = (int32_t)o->batch, P = (int32_t)o->n_prompt, G = (int32_t)o->n_gen;
-    model_ctx_opts co = {.n_seq = B, .n_ctx = P + G + 1};
+    model_ctx_opts co = {.n_seq = B, .n_ctx = P + G + 1, .kv_type = o->cache.kv_type};
     if (model_ctx_create(&ctx, m, &co, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
         goto done;
@@ -207,6 +256,17 @@ static int run(bench_opts *o)
            base, kern_cpu_n_threads(be), B, P, prefill_tps, 2.0 * (double)prefill_macs / t_prefill / 1e9,
            decode_tps, prefill_tps / decode_tps, step_bytes / (1024.0 * 1024.0), (double)experts / G,
            bw / 1e9, floor_s * 1e3, step_s * 1e3, 100.0 * floor_s / step_s);
+    if (be->kind != KERN_BACKEND_CPU) {
+        double link = link_bandwidth(be, (size_t)256 << 20);
+        printf("| %s backend | memory %.1f GB/s (%s) | pinned host-to-device copies %.1f GB/s |\n",
+               be->name, bw / 1e9, be->kind == KERN_BACKEND_CUDA ? "device copy, read + write" : "CPU read",
+               link / 1e9);
+        if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
+            double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
+            printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step |\n",
+                   copied / (1 << 20), copied / link * 1e3);
+        }
+    }
     if (model_expert_cache(m)) {
         uint64_t req = (c1.hits - c0.hits) + (c1.misses - c0.misses);
         double read = (double)(c1.bytes_read - c0.bytes_read);

@@ -25,24 +25,24 @@ void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes
 }
 
 /* The config's budget syntax (sizes, "auto"/"all", "N%"), plus "min" and "off". */
-static int parse_budget(const char *v, cli_cache_args *a)
+static int parse_budget(const char *opt, const char *v, bool *enabled, cache_opts *co)
 {
     if (!strcmp(v, "off")) {
-        a->enabled = false;
+        *enabled = false;
         return 0;
     }
-    a->enabled = true;
+    *enabled = true;
     if (!strcmp(v, "min")) {
-        a->opts.budget_min = true;
+        co->budget_min = true;
         return 0;
     }
     cfg_budget b;
     char err[256];
     if (cfg_parse_budget(v, &b, err, sizeof err)) {
-        fprintf(stderr, "--expert-cache '%s': %s\n", v, err);
+        fprintf(stderr, "%s '%s': %s\n", opt, v, err);
         return -EINVAL;
     }
-    cli_cache_budget(&a->opts, &b, 0, 0);
+    cli_cache_budget(co, &b, 0, 0);
     return 0;
 }
 
@@ -50,12 +50,46 @@ void cli_cache_args_init(cli_cache_args *a)
 {
     memset(a, 0, sizeof *a);
     a->opts = cache_opts_default();
+    a->device = cache_device_opts_default();
+    a->backend = KERN_BACKEND_CPU;
+    a->backend_auto = true;
+    a->kv_type = KERN_KV_F16;
 }
 
 int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
 {
     if (!strcmp(opt, "--expert-cache")) {
-        if (parse_budget(v, a)) return -EINVAL; /* it said why */
+        if (parse_budget(opt, v, &a->enabled, &a->opts)) return -EINVAL; /* it said why */
+        return 1;
+    }
+    if (!strcmp(opt, "--device-cache")) {
+        cache_opts d = cache_opts_default();
+        if (!strcmp(v, "off")) {
+            fprintf(stderr, "--device-cache: a device backend always has a device tier; give a "
+                            "budget (SIZE, N%%, all or min)\n");
+            return -EINVAL;
+        }
+        if (parse_budget(opt, v, &a->device_enabled, &d)) return -EINVAL;
+        a->device.budget_bytes = d.budget_bytes;
+        a->device.budget_fraction = d.budget_fraction;
+        a->device.budget_min = d.budget_min;
+        return 1;
+    }
+    if (!strcmp(opt, "--backend")) {
+        a->backend_auto = !strcmp(v, "auto");
+        if (!a->backend_auto && kern_backend_kind_parse(v, &a->backend)) {
+            fprintf(stderr, "--backend expects auto, cpu, sim or cuda; got '%s'\n", v);
+            return -EINVAL;
+        }
+        return 1;
+    }
+    if (!strcmp(opt, "--kv-type")) {
+        if (!strcmp(v, "f16")) a->kv_type = KERN_KV_F16;
+        else if (!strcmp(v, "f32")) a->kv_type = KERN_KV_F32;
+        else {
+            fprintf(stderr, "--kv-type expects f16 or f32; got '%s'\n", v);
+            return -EINVAL;
+        }
         return 1;
     }
     if (!strcmp(opt, "--direct")) {
@@ -107,9 +141,15 @@ static void log_line(void *user, const char *msg)
     cli_log("%s", msg);
 }
 
-int cli_cache_args_open(cli_cache_args *a, const cache_opts **out)
+int cli_cache_args_open(cli_cache_args *a, const cache_opts **out, const cache_device_opts **device)
 {
     *out = NULL;
+    *device = NULL;
+    if (a->device_enabled) {
+        a->device.policy = a->opts.policy;
+        a->device.log = log_line;
+        *device = &a->device;
+    }
     if (!a->enabled) return 0;
     if (a->trace_path) {
         a->trace = fopen(a->trace_path, "w");

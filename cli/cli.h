@@ -20,9 +20,11 @@ int cli_cache_replay(int argc, char **argv);
 int cli_config(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 
-/* Opens the compute backend named by the options (CPU for now) and logs which one runs and
- * why: a CUDA build on a machine without a device says so in one line. */
-int cli_open_backend(kern_backend **out, int n_threads);
+/* Opens the compute backend: `kind` (cpu, sim, cuda), or with want_auto the CUDA backend
+ * when a device is usable and the CPU otherwise.  Logs which one runs and why: a CUDA build
+ * on a machine without a device says so in one line; an explicit cuda without one fails. */
+int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, bool want_auto,
+                     int device);
 
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
@@ -33,6 +35,14 @@ int cli_parse_int(const char *opt, const char *text, long min, long max, long *o
 typedef struct cli_cache_args {
     bool enabled;
     cache_opts opts;
+    /* --backend auto|cpu|sim|cuda, --device-cache SIZE|N%|all|min (the device tier in front of
+     * the host tier; on a device backend without it, the device tier holds every expert),
+     * --kv-type f16|f32 */
+    kern_backend_kind backend;
+    bool backend_auto;
+    bool device_enabled;
+    cache_device_opts device;
+    kern_kv_type kv_type;
     const char *trace_path;
     FILE *trace;
     pred_kind predictor; /* --predictor none|pregate|affinity */
@@ -44,8 +54,9 @@ void cli_cache_args_init(cli_cache_args *a);
 void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes, uint64_t room);
 /* 1 when opt was one of these (its value consumed), 0 when not, negative after a message. */
 int cli_cache_arg(cli_cache_args *a, const char *opt, const char *value);
-/* *out: the options to put in model_opts.expert_cache (NULL when off). */
-int cli_cache_args_open(cli_cache_args *a, const cache_opts **out);
+/* *out: the options to put in model_opts.expert_cache (NULL when off); *device: those for
+ * model_opts.device_cache (NULL when not given). */
+int cli_cache_args_open(cli_cache_args *a, const cache_opts **out, const cache_device_opts **device);
 void cli_cache_args_close(cli_cache_args *a);
 
 /* Logs go to stderr, one line each: text ("<time> moeserve: message") or JSON objects

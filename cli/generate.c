@@ -65,7 +65,10 @@ static void usage(FILE *out)
             "  --threads N             CPU threads (default: all)\n"
             "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
             "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  --trace FILE\n"
-            "  --predictor none|pregate|affinity  --lookahead N\n");
+            "  --predictor none|pregate|affinity  --lookahead N\n"
+            "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is usable)\n"
+            "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
+            "  --kv-type f16|f32       KV cache storage (default f16)\n");
 }
 
 static int parse_float(const char *opt, const char *text, float *out)
@@ -274,10 +277,10 @@ int cli_generate(int argc, char **argv)
     size_t n_prompt = 0;
     const char *why = "length";
 
-    if (cli_open_backend(&be, (int)a.n_threads)) goto done;
+    if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0)) goto done;
     model_opts mo = {.backend = be, .predictor = a.cache.predictor,
                      .lookahead = a.cache.lookahead};
-    if (cli_cache_args_open(&a.cache, &mo.expert_cache)) goto done;
+    if (cli_cache_args_open(&a.cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     const model_hparams *hp = model_params(m);
     if (tokenizer_load(&tok, model_file(m), err, sizeof err)) goto fail_msg;
@@ -305,7 +308,7 @@ int cli_generate(int argc, char **argv)
     tokenizer_stream_init(&ts, tok, true);
     stream_open = true;
 
-    model_ctx_opts co = {.n_seq = 1, .n_ctx = (int32_t)(n_prompt + (size_t)a.n_gen)};
+    model_ctx_opts co = {.n_seq = 1, .n_ctx = (int32_t)(n_prompt + (size_t)a.n_gen), .kv_type = a.cache.kv_type};
     if (model_ctx_create(&ctx, m, &co, err, sizeof err)) goto fail_msg;
     pos = malloc(n_prompt * sizeof *pos);
     seq = calloc(n_prompt, sizeof *seq);

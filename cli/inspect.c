@@ -4,6 +4,7 @@
  * be served, so the same command explains why a file is refused.
  */
 #include "cli/cli.h"
+#include "kernels/cpu/cpu.h"
 #include "model/gguf.h"
 #include "model/model.h"
 
@@ -178,7 +179,7 @@ static void print_model(const model *m)
     human(sz.expert_bytes, experts, sizeof experts);
     human(sz.bytes_per_expert, per, sizeof per);
     human(sz.bytes_per_expert * (uint64_t)hp->n_expert, layer, sizeof layer);
-    uint64_t kv_per_token = 2ull * sizeof(float) * (uint64_t)hp->n_layer *
+    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer *
                             (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
     human(kv_per_token * 1024, kv, sizeof kv);
     human(sz.dense_bytes + sz.bytes_per_expert * (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used,
@@ -192,7 +193,7 @@ static void print_model(const model *m)
     printf("  %-22s %" PRIu64 " bytes per expert; the smallest cache holds %d (%" PRIu64 " bytes)\n",
            "expert cache", sz.bytes_per_expert, hp->n_expert_used,
            sz.bytes_per_expert * (uint64_t)hp->n_expert_used);
-    printf("  %-22s %s per 1024 tokens of context per sequence (f32)\n", "KV cache", kv);
+    printf("  %-22s %s per 1024 tokens of context per sequence (f16)\n", "KV cache", kv);
     printf("  %-22s %s (dense + top-%d experts of every layer)\n", "read per token, at most", tok,
            hp->n_expert_used);
 }

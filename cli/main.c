@@ -2,6 +2,7 @@
  * moeserve's entry point: picks the subcommand and nothing else.
  */
 #include "cli/cli.h"
+#include "kernels/cpu/cpu.h"
 #include "moe_config.h"
 
 #include <errno.h>
@@ -106,22 +107,46 @@ int cli_parse_int(const char *opt, const char *text, long min, long max, long *o
     return 0;
 }
 
-int cli_open_backend(kern_backend **out, int n_threads)
+int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, bool want_auto,
+                     int device)
 {
     char msg[256];
-    if (kern_cuda_probe(msg, sizeof msg) > 0)
-        cli_log("%s; this build has no CUDA compute backend yet: running on the CPU backend", msg);
-    else
-        cli_log("%s: running on the CPU backend", msg);
-    kern_cpu_opts opts = kern_cpu_opts_default();
-    opts.n_threads = n_threads;
-    int rc = kern_cpu_open(out, &opts, msg, sizeof msg);
+    kern_open_opts o = kern_open_opts_default();
+    o.kind = kind;
+    o.n_threads = n_threads;
+    o.device = device;
+    if (want_auto) {
+        if (kern_cuda_probe(msg, sizeof msg) > 0 && MOE_HAVE_CUDA) {
+            cli_log("%s", msg);
+            o.kind = KERN_BACKEND_CUDA;
+        } else {
+            cli_log("%s: running on the CPU backend", msg);
+            o.kind = KERN_BACKEND_CPU;
+        }
+    }
+    int rc = kern_open(out, &o, msg, sizeof msg);
     if (rc) {
         fprintf(stderr, "moeserve: %s\n", msg);
         return rc;
     }
-    cli_log("cpu backend: %d threads, %s kernels", kern_cpu_n_threads(*out),
-            kern_isa_name(kern_cpu_backend_isa(*out)));
+    size_t free_b = 0, total_b = 0;
+    switch ((*out)->kind) {
+    case KERN_BACKEND_CPU:
+        cli_log("cpu backend: %d threads, %s kernels", kern_cpu_n_threads(*out),
+                kern_isa_name(kern_cpu_backend_isa(*out)));
+        break;
+    case KERN_BACKEND_SIM:
+        (void)kern_mem_info(*out, &free_b, &total_b);
+        cli_log("sim backend: a simulated device of %.1f GiB behind a modelled PCIe link, computing "
+                "with %d CPU threads (%s kernels)", (double)total_b / (1 << 30),
+                kern_cpu_n_threads(*out), kern_isa_name(kern_cpu_backend_isa(*out)));
+        break;
+    default:
+        (void)kern_mem_info(*out, &free_b, &total_b);
+        cli_log("%s backend: %.1f of %.1f GiB of device memory free", (*out)->name,
+                (double)free_b / (1 << 30), (double)total_b / (1 << 30));
+        break;
+    }
     return 0;
 }
 

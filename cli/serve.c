@@ -7,6 +7,7 @@
  * stops the server with exit status 1 and the reason in the log.
  */
 #include "cli/cli.h"
+#include "moe_config.h"
 #include "config/config.h"
 #include "model/model.h"
 #include "model/prompt.h"
@@ -29,6 +30,7 @@ typedef struct serve_state {
     srv_model_engine *engine;
     srv_server_t *srv;
     cache_opts cache;
+    cache_device_opts device;
     atomic_int load_failed;
 } serve_state;
 
@@ -43,10 +45,10 @@ static void usage(FILE *out)
             "  --set KEY=VALUE    override one config key, e.g. --set cache.host_bytes=4GiB\n");
 }
 
-/* Bytes of K and V one position of one sequence takes (model/forward.c keeps them as f32). */
-static uint64_t kv_bytes_per_position(const model_hparams *hp)
+/* Bytes of K and V one position of one sequence takes in the KV cache's storage type. */
+static uint64_t kv_bytes_per_position(const model_hparams *hp, cfg_kv_type type)
 {
-    return 2 * sizeof(float) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
+    return 2 * (type == CFG_KV_F32 ? 4u : 2u) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
            (uint64_t)hp->head_dim;
 }
 
@@ -109,14 +111,27 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
             "budget %s", (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
             st->cache.budget_bytes || st->cache.budget_fraction > 0 ? "set" : "all experts");
-    rc = model_open_expert_cache(st->m, &st->cache, err, err_size);
+    st->device = cache_device_opts_default();
+    st->device.policy = st->cache.policy;
+    st->device.log = cache_log;
+    cache_opts dev_budget = cache_opts_default();
+    cli_cache_budget(&dev_budget, &c->cache.device_bytes, sz.expert_bytes, 0);
+    st->device.budget_bytes = dev_budget.budget_bytes;
+    st->device.budget_fraction = dev_budget.budget_fraction;
+    rc = model_open_expert_cache(st->m, &st->cache, &st->device, err, err_size);
     if (rc) return rc;
     cache_stats cs;
-    cache_get_stats(model_expert_cache(st->m), &cs);
-    cli_log("expert cache: %u of %llu experts (%.1f MiB, %s, %s), policy %s, predictor %s",
+    cache_get_stats(model_host_cache(st->m), &cs);
+    cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s), policy %s, predictor %s",
             cs.n_slots, (unsigned long long)sz.n_experts_total, (double)cs.arena_bytes / (1 << 20),
             cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread",
             cache_policy_name(st->cache.policy), pred_kind_name(mo.predictor));
+    if (model_expert_cache(st->m) != model_host_cache(st->m)) {
+        cache_get_stats(model_expert_cache(st->m), &cs);
+        cli_log("expert cache, device tier: %u of %llu experts (%.1f MiB of %s device memory)",
+                cs.n_slots, (unsigned long long)sz.n_experts_total,
+                (double)cs.arena_bytes / (1 << 20), st->backend->name);
+    }
     const model_hparams *hp = model_params(st->m);
     rc = tokenizer_load(&st->tok, model_file(st->m), err, err_size);
     if (rc) return rc;
@@ -132,7 +147,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     so.prefill_chunk = c->batching.prefill_chunk;
     so.max_waiting = c->server.queue_depth;
     so.n_ctx = c->kv.context_length > 0 ? c->kv.context_length : hp->n_ctx_train;
-    uint64_t per_pos = kv_bytes_per_position(hp);
+    uint64_t per_pos = kv_bytes_per_position(hp, c->kv.type);
+    so.kv_type = c->kv.type == CFG_KV_F32 ? KERN_KV_F32 : KERN_KV_F16;
     uint64_t want = per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running;
     uint64_t budget = cfg_budget_resolve(&c->kv.budget_bytes, want, want);
     if (want > budget) {
@@ -149,7 +165,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
                 (unsigned long long)budget, so.n_ctx, (long long)fit);
         so.n_ctx = (int32_t)fit;
     }
-    cli_log("kv cache: %d sequences x %d positions = %.1f MiB", so.max_running, so.n_ctx,
+    cli_log("kv cache (%s, paged: memory grows with the positions held): at most %d sequences x %d "
+            "positions = %.1f MiB", c->kv.type == CFG_KV_F32 ? "f32" : "f16", so.max_running, so.n_ctx,
             (double)(per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running) / (1 << 20));
     return srv_model_engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
 }
@@ -229,23 +246,38 @@ int cli_serve(int argc, char **argv)
     }
 
     cli_log_setup((int)c.log.level, c.log.format == CFG_LOG_JSON);
-    if (c.gpu.enabled == CFG_ON) {
-        /* Saying yes to a GPU that cannot be used must not quietly run on the CPU. */
-        fprintf(stderr, "moeserve serve: gpu.enabled is true, but this version has no CUDA "
-                        "compute backend yet; set gpu.enabled to \"auto\" or false\n");
-        cfg_free(&c);
-        return 2;
+    /* compute.backend auto follows gpu.enabled; saying yes to a GPU that cannot be used must
+     * not quietly run on the CPU, so gpu.enabled true asks for CUDA outright. */
+    static const kern_backend_kind kinds[] = {KERN_BACKEND_CPU, KERN_BACKEND_CPU, KERN_BACKEND_SIM,
+                                              KERN_BACKEND_CUDA};
+    kern_backend_kind kind = kinds[c.compute.backend];
+    bool want_auto = false;
+    if (c.compute.backend == CFG_BACKEND_AUTO) {
+        if (c.gpu.enabled == CFG_ON) kind = KERN_BACKEND_CUDA;
+        else want_auto = c.gpu.enabled == CFG_AUTO && c.gpu.device >= 0;
     }
-    if (c.cache.device_bytes.kind != CFG_BUDGET_AUTO)
-        cli_logl(CLI_LOG_WARN, "cache.device_bytes is ignored: there is no device tier without "
-                               "the CUDA backend");
+    if (kind == KERN_BACKEND_CUDA && !want_auto) {
+        char why[256];
+        if (kern_cuda_probe(why, sizeof why) <= c.gpu.device || !MOE_HAVE_CUDA) {
+            fprintf(stderr, "moeserve serve: %s asks for the CUDA backend, but it cannot run: %s%s\n",
+                    c.compute.backend == CFG_BACKEND_CUDA ? "compute.backend \"cuda\"" : "gpu.enabled true",
+                    MOE_HAVE_CUDA ? why : "this build has no CUDA backend",
+                    MOE_HAVE_CUDA && kern_cuda_probe(why, sizeof why) > 0 ? " (gpu.device is out of range)" : "");
+            cfg_free(&c);
+            return 2;
+        }
+    }
 
     int status = 1;
     serve_state st = {.c = &c};
     atomic_init(&st.load_failed, 0);
     pthread_t loader;
     bool loader_started = false;
-    if (cli_open_backend(&st.backend, c.compute.threads)) goto done;
+    if (cli_open_backend(&st.backend, c.compute.threads, kind, want_auto,
+                         c.gpu.device < 0 ? 0 : c.gpu.device))
+        goto done;
+    if (st.backend->kind == KERN_BACKEND_CPU && c.cache.device_bytes.kind != CFG_BUDGET_AUTO)
+        cli_logl(CLI_LOG_WARN, "cache.device_bytes is ignored: the CPU backend has no device tier");
     if (srv_model_engine_create(&st.engine, err, sizeof err)) goto fail_msg;
 
     srv_opts_t so = srv_opts_default();

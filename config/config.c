@@ -33,6 +33,8 @@
 
 static const char *const policy_names[] = {"lru", "lfu", "lru-protect", "lfu-history", NULL};
 static const char *const predictor_names[] = {"none", "pregate", "affinity", NULL};
+static const char *const backend_names[] = {"auto", "cpu", "sim", "cuda", NULL};
+static const char *const kv_type_names[] = {"f16", "f32", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_names[] = {"text", "json", NULL};
 
@@ -74,6 +76,7 @@ static const cfg__key keys[] = {
     {"kv.context_length", CFG__INT, OFF(kv.context_length), 0, 1 << 24, NULL, "0", NULL, NULL},
     {"kv.budget_bytes", CFG__BUDGET, OFF(kv.budget_bytes), 1 * MIB, INT64_MAX, NULL, "auto", NULL,
      NULL},
+    {"kv.type", CFG__ENUM, OFF(kv.type), 0, 0, kv_type_names, "f16", NULL, NULL},
     {"cache.host_bytes", CFG__BUDGET, OFF(cache.host_bytes), 1 * MIB, INT64_MAX, NULL, "auto", NULL,
      NULL},
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,
@@ -85,6 +88,7 @@ static const cfg__key keys[] = {
     {"io.queue_depth", CFG__INT, OFF(io.queue_depth), 1, 4096, NULL, "64", NULL, NULL},
     {"io.direct", CFG__TRISTATE, OFF(io.direct), 0, 0, NULL, "auto", NULL, NULL},
     {"compute.threads", CFG__INT, OFF(compute.threads), 0, 1024, NULL, "0", NULL, NULL},
+    {"compute.backend", CFG__ENUM, OFF(compute.backend), 0, 0, backend_names, "auto", NULL, NULL},
     {"gpu.enabled", CFG__TRISTATE, OFF(gpu.enabled), 0, 0, NULL, "auto", NULL, NULL},
     {"gpu.device", CFG__INT, OFF(gpu.device), -1, 63, NULL, "0", NULL, NULL},
     {"log.level", CFG__ENUM, OFF(log.level), 0, 0, level_names, "info", NULL, NULL},
@@ -106,6 +110,10 @@ const char *cfg_cache_policy_name(cfg_cache_policy p)
 const char *cfg_predictor_kind_name(cfg_predictor_kind k)
 {
     return (unsigned)k < 3 ? predictor_names[k] : "?";
+}
+const char *cfg_backend_name(cfg_backend b)
+{
+    return (unsigned)b < 4 ? backend_names[b] : "?";
 }
 const char *cfg_log_level_name(cfg_log_level l)
 {
@@ -370,6 +378,9 @@ int cfg_validate(cfg *c, char *err, size_t err_size)
                       "kv.context_length: %" PRId32 " is too short: expected 0 (the model's "
                       "training context) or at least 16 positions",
                       c->kv.context_length);
+    if (c->compute.backend == CFG_BACKEND_CUDA && (c->gpu.enabled == CFG_OFF || c->gpu.device < 0))
+        cfg__errs_add(&e, "compute.backend: \"cuda\" while gpu.enabled is false or gpu.device is -1: "
+                          "expected compute.backend \"auto\", \"cpu\" or \"sim\", or a GPU enabled");
     if (c->gpu.enabled == CFG_ON && c->gpu.device < 0)
         cfg__errs_add(&e, "gpu.enabled: true while gpu.device is -1 (no GPU): expected a device "
                           "index from 0 in gpu.device, or gpu.enabled false or \"auto\"");

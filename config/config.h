@@ -65,6 +65,15 @@ typedef enum cfg_predictor_kind {
     CFG_PREDICTOR_AFFINITY,
 } cfg_predictor_kind;
 
+typedef enum cfg_backend {
+    CFG_BACKEND_AUTO = 0, /* follows gpu.enabled: CUDA when usable, else the CPU */
+    CFG_BACKEND_CPU,
+    CFG_BACKEND_SIM,      /* the simulated device (tests, CI, trying a GPU layout on a CPU) */
+    CFG_BACKEND_CUDA,
+} cfg_backend;
+
+typedef enum cfg_kv_type { CFG_KV_F16 = 0, CFG_KV_F32 } cfg_kv_type;
+
 typedef enum cfg_log_level {
     CFG_LOG_ERROR = 0,
     CFG_LOG_WARN,
@@ -107,6 +116,7 @@ typedef struct cfg {
     struct {
         int32_t context_length; /* 0: the model's training context */
         cfg_budget budget_bytes;
+        cfg_kv_type type;
     } kv;
     struct {
         cfg_budget host_bytes;
@@ -123,6 +133,7 @@ typedef struct cfg {
     } io;
     struct {
         int32_t threads; /* 0: all online CPUs */
+        cfg_backend backend;
     } compute;
     struct {
         cfg_tristate enabled;
@@ -178,6 +189,7 @@ void cfg_format_budget(const cfg_budget *b, char *out, size_t out_size);
 
 const char *cfg_cache_policy_name(cfg_cache_policy p);
 const char *cfg_predictor_kind_name(cfg_predictor_kind k);
+const char *cfg_backend_name(cfg_backend b);
 const char *cfg_log_level_name(cfg_log_level l);
 const char *cfg_log_format_name(cfg_log_format f);
 

@@ -2,22 +2,38 @@
  * kernels — the compute backend interface and the weight-type table.
  *
  * Contract
- * - A backend (kern_backend) is a table of operations on activations in float32, row-major
- *   [n_tokens][dim], and on weights in any supported storage type (kern_weight).  The forward
- *   pass calls only these operations, so a new backend (CUDA) or a new weight type (Q4_K)
- *   plugs in without touching the model code.  Pointers handed to operations are backend
- *   memory: host memory for the CPU backend (kern_alloc / kern_free give such memory for
- *   every backend).
+ * - A backend (kern_backend) owns device memory, two streams of work, events between them, and
+ *   a table of operations.  Three backends implement it: `cpu` (kernels/cpu/cpu.h: the device is
+ *   the host, every call completes before it returns), `sim` (kernels/sim/sim.h: the CPU kernels
+ *   behind a separate "device" arena that every operation checks, and copies that complete on a
+ *   thread after a modelled link delay) and `cuda` (kernels/cuda/cuda.h).  The forward pass is
+ *   written against this header only.
+ * - Memory.  kern_alloc gives memory of a kind: KERN_MEM_DEVICE (what operations read and
+ *   write), KERN_MEM_HOST_PINNED (host memory the copy engine reads at full speed) or
+ *   KERN_MEM_HOST.  kern_register makes existing host memory (the host expert tier's arena) as
+ *   fast to copy from as pinned memory.  Operations take DEVICE pointers only, and never
+ *   dereference host memory; the host never dereferences device memory.  On the CPU backend the
+ *   two are the same memory; sim and cuda enforce the difference.
+ * - Streams and events.  Every operation and every copy is queued on a stream: operations on
+ *   KERN_STREAM_COMPUTE, copies on either.  Work on one stream runs in the order queued; work on
+ *   different streams is ordered only through events (kern_event_record on one stream,
+ *   kern_stream_wait on the other, or kern_event_wait on the host).  A host buffer handed to a
+ *   copy must stay untouched until the copy is known complete (an event, or kern_sync).
+ * - Errors.  Queued work cannot return an error; the first one is kept (sticky) and returned,
+ *   with its message, by the next kern_sync, which waits for both streams.  Calls that return
+ *   int report argument and resource errors at once as negative errno values.
+ * - Weights are placed once at load: kern_place gives a device copy of host bytes (the CPU
+ *   backend returns the host pointer itself and copies nothing), kern_unplace returns it.
+ * - The KV cache is a backend object (kern_kv, below): paged blocks in device memory, a block
+ *   table per sequence, F16 or F32 storage.
  * - Every operation computes each token's row independently, in an order that does not depend
  *   on how many other tokens share the call: a sequence gets bit-identical results alone or
  *   inside any batch.  Tests rely on this.
  * - Weight types are a table (kern_type_traits): one row per storage type with its block
- *   geometry, a scalar dequantiser (the reference) and a dot product per instruction-set
- *   level.  Adding a type is adding a row.
- * - A backend is driven by one thread at a time (the engine thread); the CPU backend fans each
- *   operation out to its own worker threads and returns when the result is complete.
- * - kern_cpu_open / kern_backend_close own the backend and its threads.  Errors are negative
- *   errno values with a message in the caller's buffer.
+ *   geometry and the scalar reference dequantiser.  How a backend computes with a type is the
+ *   backend's (the CPU's dot products per instruction-set level are in kernels/cpu/cpu.h).
+ * - A backend is driven by one thread at a time (the engine thread).  kern_backend_close frees
+ *   the backend; memory from kern_alloc and kern_place must be returned before.
  */
 #ifndef MOE_KERNELS_H
 #define MOE_KERNELS_H
@@ -26,6 +42,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* ---- weight types ------------------------------------------------------------------------- */
 
 /* Storage types, numbered as ggml / GGUF number them so that a GGUF type id maps directly. */
 typedef enum kern_type {
@@ -45,39 +63,17 @@ typedef enum kern_type {
     KERN_T_COUNT = 40
 } kern_type;
 
-/* Instruction-set levels, in increasing order; a kernel for level L may use everything below. */
-typedef enum kern_isa {
-    KERN_ISA_SCALAR = 0,
-    KERN_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    KERN_ISA_AVX512 = 2, /* AVX-512 F/BW/VL (+ F16C) */
-    /* + AVX-512 DQ and VNNI (vpdpbusd): the quantised types' integer dot products.  A level of
-     * its own so that a CPU with AVX-512 but no VNNI (Skylake-X) keeps the float kernels of
-     * KERN_ISA_AVX512 and never runs VNNI code. */
-    KERN_ISA_AVX512_VNNI = 3,
-    KERN_ISA_COUNT
-} kern_isa;
-
-/* dot(row of n weights in the row's storage type, x: n activations in the type's act_type) */
-typedef float (*kern_dot_fn)(const void *row, const void *x, int64_t n);
-/* The same row against n_x vectors at once (vector j at x + j * x_stride bytes), results in
- * out[j].  Each result must be bit-identical to kern_dot_fn on that vector alone. */
-typedef void (*kern_dot_multi_fn)(const void *row, const void *x, size_t x_stride, int n_x,
-                                  int64_t n, float *out);
-/* n f32 values into n / block_elems blocks of an activation type. */
-typedef void (*kern_quantize_fn)(const float *src, void *dst, int64_t n);
-
 typedef struct kern_type_traits {
     const char *name;
     uint32_t block_elems; /* elements per block (1 for plain float types) */
     uint32_t block_bytes; /* bytes per block */
     void (*to_f32)(const void *src, float *dst, int64_t n); /* reference dequantiser */
-    /* What the dot products take as activations: F32 for the float types, an 8-bit block
-     * type (Q8_0, Q8_1, Q8_K) that the matmul quantises x into, once per call, otherwise. */
+    /* What the CPU's dot products take as activations: F32 for the float types, an 8-bit
+     * block type (Q8_0, Q8_1, Q8_K) that the matmul quantises x into, once per call. */
     uint32_t act_type;
-    kern_dot_fn dot[KERN_ISA_COUNT]; /* NULL where not provided: a lower level is used */
-    kern_dot_multi_fn dot_multi[KERN_ISA_COUNT];
-    kern_quantize_fn from_f32[KERN_ISA_COUNT]; /* activation types only */
-    bool activation_only;                      /* never a weight type (Q8_1, Q8_K) */
+    /* Reference quantiser (activation types only): n f32 values into n / block_elems blocks. */
+    void (*from_f32)(const float *src, void *dst, int64_t n);
+    bool activation_only; /* never a weight type (Q8_1, Q8_K) */
 } kern_type_traits;
 
 /* NULL for a type this build does not know. */
@@ -87,12 +83,9 @@ bool kern_type_supported(uint32_t type);
 /* Bytes of one row of n_cols elements; 0 when n_cols is not a multiple of the block. */
 size_t kern_row_bytes(uint32_t type, int64_t n_cols);
 
-/* The best level this CPU supports, and a name for logs. */
-kern_isa kern_cpu_isa(void);
-const char *kern_isa_name(kern_isa isa);
-
 /* A weight matrix: n_rows rows of n_cols elements, each row row_bytes apart. y = W x is
- * "dot every row with x"; this is a GGUF 2-D tensor with ne = {n_cols, n_rows}. */
+ * "dot every row with x"; this is a GGUF 2-D tensor with ne = {n_cols, n_rows}.  `data` is
+ * device memory when the weight is handed to an operation. */
 typedef struct kern_weight {
     const void *data;
     uint32_t type;
@@ -101,82 +94,346 @@ typedef struct kern_weight {
     size_t row_bytes;
 } kern_weight;
 
+/* ---- backends ------------------------------------------------------------------------------- */
+
+typedef enum kern_backend_kind {
+    KERN_BACKEND_CPU = 0,
+    KERN_BACKEND_SIM,
+    KERN_BACKEND_CUDA,
+    KERN_BACKEND_COUNT
+} kern_backend_kind;
+
+typedef enum kern_mem {
+    KERN_MEM_DEVICE = 0,
+    KERN_MEM_HOST_PINNED,
+    KERN_MEM_HOST,
+} kern_mem;
+
+typedef enum kern_stream {
+    KERN_STREAM_COMPUTE = 0,
+    KERN_STREAM_COPY,
+    KERN_STREAM_COUNT
+} kern_stream;
+
+typedef enum kern_copy_dir {
+    KERN_COPY_TO_DEVICE = 0, /* host -> device */
+    KERN_COPY_TO_HOST,       /* device -> host */
+    KERN_COPY_ON_DEVICE,     /* device -> device */
+} kern_copy_dir;
+
 /* Rotary embedding layouts: NORM rotates adjacent pairs (x[2i], x[2i+1]); NEOX rotates
  * (x[i], x[i + n_rot/2]). */
 typedef enum kern_rope_mode { KERN_ROPE_NORM = 0, KERN_ROPE_NEOX = 2 } kern_rope_mode;
 
-/* What attention needs to know about one query token: where its sequence's cached keys and
- * values start and how many positions (0 .. n_kv-1) it may attend to. */
-typedef struct kern_attn_token {
-    const float *k; /* [n_kv][n_head_kv * head_dim] */
-    const float *v; /* [n_kv][n_head_kv * head_dim] */
-    int32_t n_kv;
-} kern_attn_token;
+typedef enum kern_kv_type { KERN_KV_F16 = 0, KERN_KV_F32 } kern_kv_type;
+
+/* Where one layer's keys and values of every sequence are, as the operations see it (device
+ * side).  Position p of sequence s lives in block table[s * max_blocks + p / block_tokens],
+ * which points at a block laid out as [n_layer][2 (K, V)][block_tokens][kv_dim] elements of
+ * `type`. */
+typedef struct kern_kv_layout {
+    void *const *table; /* device memory: [n_seq][max_blocks] block pointers */
+    int32_t n_seq;
+    int32_t max_blocks;
+    int32_t block_tokens;
+    int32_t n_layer;
+    int32_t kv_dim; /* n_head_kv * head_dim */
+    kern_kv_type type;
+} kern_kv_layout;
+
+typedef enum kern_gating {
+    KERN_GATING_SOFTMAX = 0, /* softmax over all experts, then top-k */
+    KERN_GATING_SIGMOID,     /* per-expert sigmoid, then top-k */
+} kern_gating;
+
+/* How router logits become k (expert, weight) pairs per token: p = gating(logits); the k
+ * largest p (the lower index first among equals) in descending order; then, with norm, divided
+ * by their sum (clamped below at 6.103515625e-5, the smallest normal f16, as llama.cpp does);
+ * then multiplied by scale. */
+typedef struct kern_router_opts {
+    int32_t n_expert;
+    int32_t k;
+    kern_gating gating;
+    bool norm;
+    float scale;
+} kern_router_opts;
 
 typedef struct kern_backend kern_backend;
+typedef struct kern_event kern_event;
 
+/* The table a backend fills in.  Callers use the kern_* wrappers below. */
 typedef struct kern_ops {
-    /* y[t][r] = dot(W row r, x[t]) for t < n_tokens. x is [n_tokens][W.n_cols].  For a
-     * quantised W, x is first quantised per token to the type's activation blocks. */
+    /* -- memory, copies, events (return 0 or a negative errno) -- */
+    int (*alloc)(kern_backend *b, kern_mem kind, size_t bytes, void **out);
+    void (*free)(kern_backend *b, kern_mem kind, void *p);
+    int (*register_host)(kern_backend *b, void *p, size_t bytes);
+    void (*unregister_host)(kern_backend *b, void *p);
+    int (*mem_info)(kern_backend *b, size_t *free_bytes, size_t *total_bytes);
+    int (*copy)(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
+                kern_copy_dir dir);
+    int (*event_create)(kern_backend *b, kern_event **out);
+    void (*event_destroy)(kern_backend *b, kern_event *e);
+    int (*event_record)(kern_backend *b, kern_event *e, kern_stream s);
+    int (*event_query)(kern_backend *b, kern_event *e); /* 1 done, 0 pending */
+    int (*event_wait)(kern_backend *b, kern_event *e);  /* the host blocks */
+    int (*stream_wait)(kern_backend *b, kern_stream s, kern_event *e);
+    int (*sync)(kern_backend *b, char *err, size_t err_size);
+
+    /* -- operations, queued on the compute stream; all pointers are device memory -- */
+
+    /* y[t][r] = dot(W row r, x[t]) for t < n_tokens. x is [n_tokens][W.n_cols]. */
     void (*matmul)(kern_backend *b, const kern_weight *w, const float *x, float *y,
                    int64_t n_tokens);
-    /* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight (weight may be NULL: no scaling);
-     * the rows have n elements and are `stride` apart; out may equal x. */
+    /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight (weight may be NULL: no scaling);
+     * n_rows rows of n elements, `stride` elements apart; out may equal x. */
     void (*rmsnorm)(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
                     int64_t n_rows, int64_t stride, float eps);
-    /* In place on x [n_tokens][n_heads * head_dim]: rotate the first n_rot dims of each head. */
+    /* In place on x [n_tokens][n_heads * head_dim]: rotate the first n_rot dims of each head by
+     * the angles of pos[t] (theta_i = pos * freq_base^(-2i/n_rot)). */
     void (*rope)(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
                  const int32_t *pos, float freq_base, kern_rope_mode mode);
-    /* out[t] (n_head * head_dim) = softmax(q[t]·K^T * scale) V, per head, grouped-query:
-     * query head h reads KV head h / (n_head / n_head_kv).  Returns 0 or -ENOMEM. */
-    int (*attention)(kern_backend *b, const float *q, const kern_attn_token *tokens, float *out,
-                      int64_t n_tokens, int n_head, int n_head_kv, int head_dim, float scale);
+    /* Stores token t's k and v rows (kv_dim each) at (seq[t], pos[t]) of `layer`; the blocks
+     * must have been reserved (kern_kv_reserve). */
+    void (*kv_store)(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
+                     const float *v, const int32_t *seq, const int32_t *pos, int64_t n_tokens);
+    /* out[t] (n_head * head_dim) = softmax(q[t]·K^T * scale) V per head over positions
+     * 0 .. pos[t] of sequence seq[t] in `layer`, grouped-query: query head h reads KV head
+     * h / (n_head / n_head_kv). */
+    void (*attention)(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
+                      const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
+                      int n_head, int n_head_kv, int head_dim, float scale);
     /* out[i] = silu(gate[i]) * up[i] */
     void (*silu_mul)(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
     /* y[i] += x[i] */
     void (*add)(kern_backend *b, float *y, const float *x, int64_t n);
-    /* out[t] = W row ids[t] as f32 (embedding lookup). */
+    /* x[r][i] += bias[i] for n_rows rows of dim */
+    void (*add_bias)(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim);
+    /* out[i] = W row ids[i] as f32 (embedding lookup). */
     void (*get_rows)(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
                      int64_t n_ids);
+    /* dst[i] = src[rows[i]] for i < n_rows, rows of dim floats. */
+    void (*gather)(kern_backend *b, const float *src, const int32_t *rows, float *dst,
+                   int64_t n_rows, int64_t dim);
+    /* ids[t][j], weights[t][j] for j < k: token t's routing (kern_router_opts). */
+    void (*router)(kern_backend *b, const float *logits, int64_t n_tokens,
+                   const kern_router_opts *o, int32_t *ids, float *weights);
+    /* out[t] = sum over j < k, in j order, of weights[t][j] * src[rows[t][j]]: the experts'
+     * outputs scattered back to their tokens.  The caller orders each token's j by ascending
+     * expert, so the sum's order never depends on the batch. */
+    void (*moe_combine)(kern_backend *b, const float *src, const int32_t *rows,
+                        const float *weights, float *out, int64_t n_tokens, int k, int64_t dim);
+    /* out[t] += sigmoid(dot(gate, h[t])) * x[t] for n_tokens rows of dim: the shared expert's
+     * scalar gate (the dot accumulated in double). */
+    void (*gate_add)(kern_backend *b, const float *h, const float *gate, const float *x,
+                     float *out, int64_t n_tokens, int64_t dim);
+
     void (*destroy)(kern_backend *b);
-    /* The first error an operation hit since the last call (0 if none), then cleared.  An
-     * operation that fails (out of memory for its scratch) leaves its output zeroed and
-     * records the error here, so that a whole step is checked once. */
-    int (*take_error)(kern_backend *b);
 } kern_ops;
 
 struct kern_backend {
-    const char *name;
+    const char *name; /* "cpu", "sim", "cuda" */
+    kern_backend_kind kind;
     const kern_ops *ops;
 };
 
-typedef struct kern_cpu_opts {
-    int n_threads;     /* 0: one per online CPU */
-    kern_isa max_isa;  /* cap the SIMD level (tests compare levels); KERN_ISA_COUNT = best */
-} kern_cpu_opts;
+typedef struct kern_open_opts {
+    kern_backend_kind kind;
+    int n_threads; /* CPU threads (cpu, sim, and the CPU side of cuda); 0: one per core */
+    int device;    /* cuda: the device index */
+    /* sim: the device's memory and its link.  0 picks the defaults: 16 GiB, the PCIe Gen5 x16
+     * figures measured on the H200 machine (50 GB/s from pinned memory, 6 GB/s from pageable,
+     * 2.8 us per copy). */
+    uint64_t sim_device_bytes;
+    double sim_link_gbps;
+    double sim_pageable_gbps;
+    double sim_latency_us;
+} kern_open_opts;
 
-kern_cpu_opts kern_cpu_opts_default(void);
-int kern_cpu_open(kern_backend **out, const kern_cpu_opts *opts, char *err, size_t err_size);
-int kern_cpu_n_threads(const kern_backend *b);
-kern_isa kern_cpu_backend_isa(const kern_backend *b);
+kern_open_opts kern_open_opts_default(void);
+/* Opens the backend of opts->kind.  -ENODEV (with the reason) for cuda without a usable device
+ * or without CUDA in this build. */
+int kern_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t err_size);
 void kern_backend_close(kern_backend **b);
-
-/* Reads `bytes` of `buf` once with all of the backend's threads and returns the achieved rate
- * in bytes per second: the memory-bandwidth floor the benchmarks compare against. */
-double kern_cpu_read_bandwidth(kern_backend *b, const void *buf, size_t bytes);
+/* "cpu", "sim", "cuda"; parse gives -EINVAL for anything else. */
+const char *kern_backend_kind_name(kern_backend_kind kind);
+int kern_backend_kind_parse(const char *name, kern_backend_kind *out);
 
 /* Probe for a CUDA device.  Returns the device count (0 when the build has no CUDA, there is
  * no driver or no device) and writes a one-line reason or description into msg. */
 int kern_cuda_probe(char *msg, size_t msg_size);
 
-/* Convenience wrappers so call sites read like the math. */
+/* ---- memory, copies, events ------------------------------------------------------------- */
+
+static inline int kern_alloc(kern_backend *b, kern_mem kind, size_t bytes, void **out)
+{
+    return b->ops->alloc(b, kind, bytes, out);
+}
+static inline void kern_free(kern_backend *b, kern_mem kind, void *p)
+{
+    if (p) b->ops->free(b, kind, p);
+}
+static inline int kern_register(kern_backend *b, void *p, size_t bytes)
+{
+    return b->ops->register_host(b, p, bytes);
+}
+static inline void kern_unregister(kern_backend *b, void *p)
+{
+    if (p) b->ops->unregister_host(b, p);
+}
+static inline int kern_mem_info(kern_backend *b, size_t *free_bytes, size_t *total_bytes)
+{
+    return b->ops->mem_info(b, free_bytes, total_bytes);
+}
+static inline int kern_copy(kern_backend *b, kern_stream s, void *dst, const void *src,
+                            size_t bytes, kern_copy_dir dir)
+{
+    return b->ops->copy(b, s, dst, src, bytes, dir);
+}
+static inline int kern_event_create(kern_backend *b, kern_event **out)
+{
+    return b->ops->event_create(b, out);
+}
+static inline void kern_event_destroy(kern_backend *b, kern_event **e)
+{
+    if (*e) b->ops->event_destroy(b, *e);
+    *e = NULL;
+}
+static inline int kern_event_record(kern_backend *b, kern_event *e, kern_stream s)
+{
+    return b->ops->event_record(b, e, s);
+}
+static inline int kern_event_query(kern_backend *b, kern_event *e)
+{
+    return b->ops->event_query(b, e);
+}
+static inline int kern_event_wait(kern_backend *b, kern_event *e)
+{
+    return b->ops->event_wait(b, e);
+}
+static inline int kern_stream_wait(kern_backend *b, kern_stream s, kern_event *e)
+{
+    return b->ops->stream_wait(b, s, e);
+}
+/* Waits for both streams; returns the first error since the last sync (0 if none) with its
+ * message in err, and clears it. */
+static inline int kern_sync(kern_backend *b, char *err, size_t err_size)
+{
+    return b->ops->sync(b, err, err_size);
+}
+
+/* A device copy of `bytes` host bytes, made once (weights at load); on the CPU backend the host
+ * pointer itself.  Return it with kern_unplace. */
+int kern_place(kern_backend *b, const void *host, size_t bytes, const void **out, char *err,
+               size_t err_size);
+void kern_unplace(kern_backend *b, const void *host, const void *placed);
+
+/* ---- the paged KV cache ------------------------------------------------------------------- */
+
+/* Memory grows with the positions actually held: blocks of block_tokens positions are taken
+ * from a free list as sequences grow (storage itself is allocated in chunks of blocks from the
+ * backend, up to what n_seq x n_ctx could need) and go back when a sequence is cleared.  Each
+ * block has a reference count so that sequences may share a prefix's blocks later. */
+typedef struct kern_kv_opts {
+    int32_t n_layer;
+    int32_t kv_dim;
+    int32_t n_seq;
+    int32_t n_ctx;        /* positions per sequence */
+    int32_t block_tokens; /* 0: 16 */
+    kern_kv_type type;
+} kern_kv_opts;
+
+typedef struct kern_kv kern_kv;
+
+int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char *err,
+                 size_t err_size);
+void kern_kv_close(kern_kv **kv);
+/* Makes positions 0 .. n_pos - 1 of seq storable (queues the block-table update on the compute
+ * stream).  -ENOMEM with a message when the backend has no memory for another chunk. */
+int kern_kv_reserve(kern_kv *kv, int32_t seq, int32_t n_pos, char *err, size_t err_size);
+/* Gives seq's blocks back; its next token may start again at position 0. */
+void kern_kv_clear(kern_kv *kv, int32_t seq);
+const kern_kv_layout *kern_kv_get_layout(const kern_kv *kv);
+/* Bytes of storage allocated now, bytes per block, and bytes per 1024 positions held. */
+size_t kern_kv_allocated_bytes(const kern_kv *kv);
+size_t kern_kv_block_bytes(const kern_kv *kv);
+int32_t kern_kv_blocks_used(const kern_kv *kv);
+const char *kern_kv_type_name(kern_kv_type t);
+
+/* ---- operations: wrappers so that call sites read like the math ------------------------------ */
+
 static inline void kern_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
                                int64_t n_tokens)
 {
     b->ops->matmul(b, w, x, y, n_tokens);
 }
+static inline void kern_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out,
+                                int64_t n, int64_t n_rows, int64_t stride, float eps)
+{
+    b->ops->rmsnorm(b, x, weight, out, n, n_rows, stride, eps);
+}
+static inline void kern_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads,
+                             int head_dim, int n_rot, const int32_t *pos, float freq_base,
+                             kern_rope_mode mode)
+{
+    b->ops->rope(b, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode);
+}
+static inline void kern_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer,
+                                 const float *k, const float *v, const int32_t *seq,
+                                 const int32_t *pos, int64_t n_tokens)
+{
+    b->ops->kv_store(b, kv, layer, k, v, seq, pos, n_tokens);
+}
+static inline void kern_attention(kern_backend *b, const kern_kv_layout *kv, int layer,
+                                  const float *q, const int32_t *seq, const int32_t *pos,
+                                  float *out, int64_t n_tokens, int n_head, int n_head_kv,
+                                  int head_dim, float scale)
+{
+    b->ops->attention(b, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim,
+                      scale);
+}
+static inline void kern_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
+                                 int64_t n)
+{
+    b->ops->silu_mul(b, gate, up, out, n);
+}
+static inline void kern_add(kern_backend *b, float *y, const float *x, int64_t n)
+{
+    b->ops->add(b, y, x, n);
+}
+static inline void kern_add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows,
+                                 int64_t dim)
+{
+    b->ops->add_bias(b, x, bias, n_rows, dim);
+}
+static inline void kern_get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids,
+                                 float *out, int64_t n_ids)
+{
+    b->ops->get_rows(b, w, ids, out, n_ids);
+}
+static inline void kern_gather(kern_backend *b, const float *src, const int32_t *rows, float *dst,
+                               int64_t n_rows, int64_t dim)
+{
+    b->ops->gather(b, src, rows, dst, n_rows, dim);
+}
+static inline void kern_router(kern_backend *b, const float *logits, int64_t n_tokens,
+                               const kern_router_opts *o, int32_t *ids, float *weights)
+{
+    b->ops->router(b, logits, n_tokens, o, ids, weights);
+}
+static inline void kern_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
+                                    const float *weights, float *out, int64_t n_tokens, int k,
+                                    int64_t dim)
+{
+    b->ops->moe_combine(b, src, rows, weights, out, n_tokens, k, dim);
+}
+static inline void kern_gate_add(kern_backend *b, const float *h, const float *gate,
+                                 const float *x, float *out, int64_t n_tokens, int64_t dim)
+{
+    b->ops->gate_add(b, h, gate, x, out, n_tokens, dim);
+}
 
-/* Scalar conversions shared by every backend and the tests. */
+/* ---- scalar conversions shared by every backend and the tests ---------------------------- */
+
 float kern_f16_to_f32(uint16_t h);
 uint16_t kern_f32_to_f16(float f);
 static inline float kern_bf16_to_f32(uint16_t h)

@@ -111,20 +111,12 @@ static void q8_K_to_f32(const void *src, float *dst, int64_t n)
         for (int j = 0; j < QK_K; j++) dst[i * QK_K + j] = (float)b[i].qs[j] * b[i].d;
 }
 
-/* A quantised weight type: scalar reference, AVX2 and AVX-512 VNNI kernels (quant_avx512.c).
- * The plain AVX-512 level has none: a CPU with AVX-512 but without VNNI runs AVX2, since the
- * integer kernels gain little from AVX-512 without vpdpbusd. */
+/* One row per storage type: geometry and the scalar reference dequantiser.  How a backend
+ * computes with the type is in that backend's own table (kernels/cpu/cpu_types.c). */
 #define QUANT_ROW(TYPE, lower, elems, act)                                                       \
-    [KERN_T_##TYPE] = {                                                                          \
-        .name = #TYPE, .block_elems = elems, .block_bytes = sizeof(block_##lower),               \
-        .to_f32 = kern__to_f32_##lower, .act_type = KERN_T_##act,                                \
-        .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL,                      \
-                kern__dot_##lower##_vnni},                                                       \
-        .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL,    \
-                      kern__dot_multi_##lower##_vnni},                                           \
-    }
+    [KERN_T_##TYPE] = {.name = #TYPE, .block_elems = elems, .block_bytes = sizeof(block_##lower), \
+                       .to_f32 = kern__to_f32_##lower, .act_type = KERN_T_##act}
 
-/* The float types have no VNNI-specific kernels: their AVX-512 kernels fill both levels. */
 static const kern_type_traits type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_0, q4_0, QK4_0, Q8_0),
     QUANT_ROW(Q4_1, q4_1, QK4_1, Q8_1),
@@ -133,50 +125,19 @@ static const kern_type_traits type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_K, q4_K, QK_K, Q8_K),
     QUANT_ROW(Q5_K, q5_K, QK_K, Q8_K),
     QUANT_ROW(Q6_K, q6_K, QK_K, Q8_K),
-    [KERN_T_Q8_0] = {
-        .name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
-        .to_f32 = kern__to_f32_q8_0, .act_type = KERN_T_Q8_0,
-        .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL, kern__dot_q8_0_vnni},
-        .dot_multi = {kern__dot_multi_q8_0_scalar, kern__dot_multi_q8_0_avx2, NULL,
-                      kern__dot_multi_q8_0_vnni},
-        .from_f32 = {kern__quantize_q8_0_scalar, kern__quantize_q8_0_avx2, NULL},
-    },
-    [KERN_T_Q8_1] = {
-        .name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
-        .to_f32 = q8_1_to_f32, .act_type = KERN_T_Q8_1, .activation_only = true,
-        .from_f32 = {kern__quantize_q8_1_scalar, kern__quantize_q8_1_avx2, NULL},
-    },
-    [KERN_T_Q8_K] = {
-        .name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
-        .to_f32 = q8_K_to_f32, .act_type = KERN_T_Q8_K, .activation_only = true,
-        .from_f32 = {kern__quantize_q8_K_scalar, kern__quantize_q8_K_avx2, NULL},
-    },
-    [KERN_T_F32] = {
-        .name = "F32", .block_elems = 1, .block_bytes = 4, .to_f32 = f32_to_f32,
-        .dot = {kern__dot_f32_scalar, kern__dot_f32_avx2, kern__dot_f32_avx512,
-                kern__dot_f32_avx512},
-        .dot_multi = {kern__dot_multi_f32_scalar, kern__dot_multi_f32_avx2,
-                      kern__dot_multi_f32_avx512,
-                      kern__dot_multi_f32_avx512},
-    },
-    [KERN_T_F16] = {
-        .name = "F16", .block_elems = 1, .block_bytes = 2, .to_f32 = f16_to_f32_row,
-        .act_type = KERN_T_F32,
-        .dot = {kern__dot_f16_scalar, kern__dot_f16_avx2, kern__dot_f16_avx512,
-                kern__dot_f16_avx512},
-        .dot_multi = {kern__dot_multi_f16_scalar, kern__dot_multi_f16_avx2,
-                      kern__dot_multi_f16_avx512,
-                      kern__dot_multi_f16_avx512},
-    },
-    [KERN_T_BF16] = {
-        .name = "BF16", .block_elems = 1, .block_bytes = 2, .to_f32 = bf16_to_f32_row,
-        .act_type = KERN_T_F32,
-        .dot = {kern__dot_bf16_scalar, kern__dot_bf16_avx2, kern__dot_bf16_avx512,
-                kern__dot_bf16_avx512},
-        .dot_multi = {kern__dot_multi_bf16_scalar, kern__dot_multi_bf16_avx2,
-                      kern__dot_multi_bf16_avx512,
-                      kern__dot_multi_bf16_avx512},
-    },
+    [KERN_T_Q8_0] = {.name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
+                     .to_f32 = kern__to_f32_q8_0, .act_type = KERN_T_Q8_0,
+                     .from_f32 = kern__quantize_q8_0_scalar},
+    [KERN_T_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
+                     .to_f32 = q8_1_to_f32, .act_type = KERN_T_Q8_1, .activation_only = true,
+                     .from_f32 = kern__quantize_q8_1_scalar},
+    [KERN_T_Q8_K] = {.name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
+                     .to_f32 = q8_K_to_f32, .act_type = KERN_T_Q8_K, .activation_only = true,
+                     .from_f32 = kern__quantize_q8_K_scalar},
+    [KERN_T_F32] = {.name = "F32", .block_elems = 1, .block_bytes = 4, .to_f32 = f32_to_f32},
+    [KERN_T_F16] = {.name = "F16", .block_elems = 1, .block_bytes = 2, .to_f32 = f16_to_f32_row},
+    [KERN_T_BF16] = {.name = "BF16", .block_elems = 1, .block_bytes = 2,
+                     .to_f32 = bf16_to_f32_row},
 };
 
 const kern_type_traits *kern_type_info(uint32_t type)

@@ -6,57 +6,118 @@
  *                    x += moe(rmsnorm(x))                 (router top-k, grouped experts)
  *   logits = output · rmsnorm(x)                          (only for the tokens that ask)
  *
- * Experts run grouped: the batch's tokens are bucketed by the experts the router picked, and
- * each selected expert runs once over its bucket, so its weights are read once per step no
- * matter how many tokens chose it.  Each token's contributions are summed in ascending expert
- * order, which makes a sequence's result independent of the batch it shares.
+ * Every arithmetic step is a backend operation on device memory (kernels/kernels.h); this file
+ * never touches a float.  What stays on the host is bookkeeping on integers: which tokens
+ * chose which expert (the expert cache needs the ids on the host to decide what to load), and
+ * the KV cache's block reservations.  So a step crosses between host and device at fixed
+ * points: the batch's ids and positions go down at the start; each layer's routing comes up
+ * and its buckets go down; the logits come up at the end.
+ *
+ * Experts run grouped: the batch's tokens are bucketed by the experts the router picked, every
+ * bucket's inputs are gathered at once, and each selected expert runs once over its bucket, so
+ * its weights are read once per step no matter how many tokens chose it.  Each token's
+ * contributions are then summed in ascending expert order (moe_combine), which makes a
+ * sequence's result independent of the batch it shares and of the order in which the cache
+ * made experts resident.
  */
 #include "model/model_internal.h"
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Scratch for one step; grown (never shrunk) when a larger batch arrives. */
-typedef struct scratch {
-    int64_t cap_tokens;
+/* Device buffers of one step; grown (never shrunk) when a larger batch arrives. */
+typedef struct dev_scratch {
     float *x, *h, *q, *k, *v, *attn, *proj, *moe;
     float *router, *route_w;
     int32_t *route_id;
-    float *xe, *ge, *ue;         /* one expert's bucket: inputs, gate, up */
-    float *de;                   /* every bucket's down outputs, in bucket order */
-    float *shg, *shu, *shd;      /* shared expert */
-    int32_t *bucket;             /* token indices per expert, concatenated */
-    float *bucket_w;
-    int32_t *bucket_start;       /* n_expert + 1 */
-    kern_attn_token *attn_tok;
-    int32_t *out_rows;           /* tokens whose logits are wanted */
-    float *probs;                /* n_expert: one token's routing probabilities */
-    int32_t *fill;               /* n_expert: bucket cursors, then the experts used */
-    int32_t *guess;              /* n_expert: the next layer's predicted experts */
-    uint8_t *mark;               /* n_expert */
-} scratch;
+    float *xe, *ge, *ue;   /* every bucket's inputs; one expert's gate and up */
+    float *de;             /* every bucket's down outputs, in bucket order */
+    float *shg, *shu, *shd; /* shared expert */
+    float *logits;
+    int32_t *token, *pos, *seq, *out_rows;
+    int32_t *bucket;       /* token of each bucket row */
+    int32_t *comb_rows;    /* [n][K]: each token's bucket rows, ascending expert */
+    float *comb_w;
+} dev_scratch;
+
+/* Host-side integer bookkeeping, and the staging of what crosses to and from the device. */
+typedef struct host_scratch {
+    int32_t *route_id;   /* [n][K], copied up from the device */
+    float *route_w;
+    int32_t *bucket;     /* [n*K] */
+    int32_t *comb_rows;  /* [n][K] */
+    float *comb_w;
+    int32_t *bucket_start; /* n_expert + 1 */
+    int32_t *fill;       /* n_expert: bucket cursors, then the experts used */
+    int32_t *guess;      /* n_expert: the next layer's predicted experts */
+    uint8_t *mark;       /* n_expert */
+    int32_t *out_rows;   /* tokens whose logits are wanted */
+} host_scratch;
 
 struct model_ctx {
     model *m;
+    kern_backend *be;
     int32_t n_seq;
     int32_t n_ctx;
     int64_t kv_dim;
-    float *k_cache; /* [n_seq][n_layer][n_ctx][kv_dim] */
-    float *v_cache;
-    scratch s;
+    kern_kv *kv;
+    int64_t cap_tokens;
+    dev_scratch d;
+    host_scratch hs;
     model_step_stats stats;
 };
 
-static float *kv_slot(const model_ctx *ctx, float *base, int32_t seq, int layer, int32_t pos)
+/* ---- scratch ---------------------------------------------------------------------------------- */
+
+static void scratch_free(model_ctx *ctx)
 {
-    size_t per_layer = (size_t)ctx->n_ctx * (size_t)ctx->kv_dim;
-    size_t per_seq = per_layer * (size_t)ctx->m->hp.n_layer;
-    return base + (size_t)seq * per_seq + (size_t)layer * per_layer + (size_t)pos * ctx->kv_dim;
+    kern_backend *be = ctx->be;
+    void **dev = (void **)&ctx->d, **host = (void **)&ctx->hs;
+    for (size_t i = 0; i < sizeof ctx->d / sizeof(void *); i++) kern_free(be, KERN_MEM_DEVICE, dev[i]);
+    for (size_t i = 0; i < sizeof ctx->hs / sizeof(void *); i++)
+        kern_free(be, KERN_MEM_HOST_PINNED, host[i]);
+    memset(&ctx->d, 0, sizeof ctx->d);
+    memset(&ctx->hs, 0, sizeof ctx->hs);
+    ctx->cap_tokens = 0;
 }
+
+static int scratch_reserve(model_ctx *ctx, int64_t n)
+{
+    if (n <= ctx->cap_tokens) return 0;
+    const model_hparams *hp = &ctx->m->hp;
+    kern_backend *be = ctx->be;
+    int64_t D = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim, K = hp->n_expert_used;
+    int64_t E = hp->n_expert;
+    int64_t ff = hp->n_ff_exp > hp->n_ff_shexp ? hp->n_ff_exp : hp->n_ff_shexp;
+    scratch_free(ctx);
+    dev_scratch *d = &ctx->d;
+    host_scratch *h = &ctx->hs;
+    int rc = 0;
+#define DEV(field, count) (rc = kern_alloc(be, KERN_MEM_DEVICE, (size_t)(count) * sizeof *d->field, (void **)&d->field))
+#define HOST(field, count) (rc = kern_alloc(be, KERN_MEM_HOST_PINNED, (size_t)(count) * sizeof *h->field, (void **)&h->field))
+    if (DEV(x, n * D) || DEV(h, n * D) || DEV(q, n * q_dim) || DEV(k, n * ctx->kv_dim) ||
+        DEV(v, n * ctx->kv_dim) || DEV(attn, n * q_dim) || DEV(proj, n * D) || DEV(moe, n * D) ||
+        DEV(router, n * E) || DEV(route_w, n * K) || DEV(route_id, n * K) || DEV(xe, n * K * D) ||
+        DEV(ge, n * ff) || DEV(ue, n * ff) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
+        DEV(shu, n * ff) || DEV(shd, n * D) || DEV(logits, n * hp->n_vocab) || DEV(token, n) ||
+        DEV(pos, n) || DEV(seq, n) || DEV(out_rows, n) || DEV(bucket, n * K) ||
+        DEV(comb_rows, n * K) || DEV(comb_w, n * K) || HOST(route_id, n * K) ||
+        HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
+        HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E) || HOST(guess, E) ||
+        HOST(mark, E) || HOST(out_rows, n)) {
+        scratch_free(ctx);
+        return rc;
+    }
+#undef DEV
+#undef HOST
+    ctx->cap_tokens = n;
+    return 0;
+}
+
+/* ---- context ---------------------------------------------------------------------------------- */
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
                      size_t err_size)
@@ -66,46 +127,37 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     int32_t n_seq = opts && opts->n_seq > 0 ? opts->n_seq : 1;
     int32_t n_ctx = opts && opts->n_ctx > 0 ? opts->n_ctx : hp->n_ctx_train;
     if (n_ctx <= 0) n_ctx = 4096;
+    int rc = model__reach_experts(m, err, err_size);
+    if (rc) return rc;
     model_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) goto nomem;
+    if (!ctx) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
     ctx->m = m;
+    ctx->be = m->backend;
     ctx->n_seq = n_seq;
     ctx->n_ctx = n_ctx;
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
-    size_t n_floats = (size_t)n_seq * (size_t)hp->n_layer * (size_t)n_ctx * (size_t)ctx->kv_dim;
-    /* calloc: untouched pages of a large KV budget cost no memory until used */
-    ctx->k_cache = calloc(n_floats, sizeof(float));
-    ctx->v_cache = calloc(n_floats, sizeof(float));
-    if (!ctx->k_cache || !ctx->v_cache) {
-        snprintf(err, err_size, "KV cache of %zu bytes (%d sequences x %d positions): out of memory",
-                 2 * n_floats * sizeof(float), n_seq, n_ctx);
+    kern_kv_opts ko = {.n_layer = hp->n_layer, .kv_dim = (int32_t)ctx->kv_dim, .n_seq = n_seq,
+                       .n_ctx = n_ctx, .block_tokens = opts ? opts->kv_block_tokens : 0,
+                       .type = opts ? opts->kv_type : KERN_KV_F16};
+    if ((rc = kern_kv_open(&ctx->kv, m->backend, &ko, err, err_size))) {
         model_ctx_destroy(&ctx);
-        return -ENOMEM;
+        return rc;
     }
     *out = ctx;
     return 0;
-nomem:
-    snprintf(err, err_size, "out of memory");
-    return -ENOMEM;
-}
-
-static void scratch_free(scratch *s)
-{
-    free(s->x); free(s->h); free(s->q); free(s->k); free(s->v); free(s->attn); free(s->proj);
-    free(s->moe); free(s->router); free(s->route_w); free(s->route_id); free(s->xe); free(s->ge);
-    free(s->ue); free(s->de); free(s->shg); free(s->shu); free(s->shd); free(s->bucket);
-    free(s->bucket_w); free(s->bucket_start); free(s->attn_tok); free(s->out_rows);
-    free(s->probs); free(s->fill); free(s->guess); free(s->mark);
-    memset(s, 0, sizeof *s);
 }
 
 void model_ctx_destroy(model_ctx **ctxp)
 {
     model_ctx *ctx = *ctxp;
     if (!ctx) return;
-    scratch_free(&ctx->s);
-    free(ctx->k_cache);
-    free(ctx->v_cache);
+    char ignored[64];
+    (void)kern_sync(ctx->be, ignored, sizeof ignored); /* nothing queued may outlive its buffers */
+    scratch_free(ctx);
+    kern_kv_close(&ctx->kv);
     free(ctx);
     *ctxp = NULL;
 }
@@ -117,48 +169,28 @@ int32_t model_ctx_n_ctx(const model_ctx *ctx)
 
 size_t model_ctx_kv_bytes(const model_ctx *ctx)
 {
-    return 2 * sizeof(float) * (size_t)ctx->n_seq * (size_t)ctx->m->hp.n_layer *
-           (size_t)ctx->n_ctx * (size_t)ctx->kv_dim;
+    return kern_kv_allocated_bytes(ctx->kv);
+}
+
+size_t model_ctx_kv_bytes_per_1k(const model_ctx *ctx)
+{
+    const kern_kv_layout *l = kern_kv_get_layout(ctx->kv);
+    return kern_kv_block_bytes(ctx->kv) * (size_t)((1024 + l->block_tokens - 1) / l->block_tokens);
+}
+
+size_t model_ctx_kv_used_bytes(const model_ctx *ctx)
+{
+    return kern_kv_block_bytes(ctx->kv) * (size_t)kern_kv_blocks_used(ctx->kv);
 }
 
 void model_ctx_clear_seq(model_ctx *ctx, int32_t seq)
 {
-    /* Nothing to free: positions are overwritten before they are read again. */
-    (void)ctx;
-    (void)seq;
+    kern_kv_clear(ctx->kv, seq);
 }
 
 const model_step_stats *model_ctx_last_stats(const model_ctx *ctx)
 {
     return &ctx->stats;
-}
-
-static int scratch_reserve(model_ctx *ctx, int64_t n)
-{
-    scratch *s = &ctx->s;
-    if (n <= s->cap_tokens) return 0;
-    const model_hparams *hp = &ctx->m->hp;
-    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim;
-    int64_t ff = hp->n_ff_exp > hp->n_ff_shexp ? hp->n_ff_exp : hp->n_ff_shexp;
-    int64_t k = hp->n_expert_used;
-    scratch_free(s);
-#define ALLOC(field, count) (s->field = malloc((size_t)(count) * sizeof *s->field)) == NULL
-    if (ALLOC(x, n * hp->n_embd) || ALLOC(h, n * hp->n_embd) || ALLOC(q, n * q_dim) ||
-        ALLOC(k, n * ctx->kv_dim) || ALLOC(v, n * ctx->kv_dim) || ALLOC(attn, n * q_dim) ||
-        ALLOC(proj, n * hp->n_embd) || ALLOC(moe, n * hp->n_embd) ||
-        ALLOC(router, n * hp->n_expert) || ALLOC(route_w, n * k) || ALLOC(route_id, n * k) ||
-        ALLOC(xe, n * hp->n_embd) || ALLOC(ge, n * ff) || ALLOC(ue, n * ff) ||
-        ALLOC(de, n * k * hp->n_embd) || ALLOC(shg, n * ff) || ALLOC(shu, n * ff) ||
-        ALLOC(shd, n * hp->n_embd) || ALLOC(bucket, n * k) || ALLOC(bucket_w, n * k) ||
-        ALLOC(bucket_start, hp->n_expert + 1) || ALLOC(attn_tok, n) || ALLOC(out_rows, n) ||
-        ALLOC(probs, hp->n_expert) || ALLOC(fill, hp->n_expert) || ALLOC(guess, hp->n_expert) ||
-        ALLOC(mark, hp->n_expert)) {
-        scratch_free(s);
-        return -ENOMEM;
-    }
-#undef ALLOC
-    s->cap_tokens = n;
-    return 0;
 }
 
 static uint64_t weight_bytes(const kern_weight *w)
@@ -169,107 +201,142 @@ static uint64_t weight_bytes(const kern_weight *w)
 /* Every weight product of the step goes through here, which keeps the work count honest. */
 static void matmul(model_ctx *ctx, const kern_weight *w, const float *x, float *y, int64_t n)
 {
-    kern_matmul(ctx->m->backend, w, x, y, n);
+    kern_matmul(ctx->be, w, x, y, n);
     ctx->stats.matmul_macs += (uint64_t)n * (uint64_t)w->n_rows * (uint64_t)w->n_cols;
+}
+
+/* Waits for the device and turns its first error into the step's. */
+static int sync_step(model_ctx *ctx, char *err, size_t err_size)
+{
+    char msg[320];
+    int rc = kern_sync(ctx->be, msg, sizeof msg);
+    if (rc) snprintf(err, err_size, "compute backend (%s): %s", ctx->be->name, msg);
+    return rc;
+}
+
+static int upload(model_ctx *ctx, void *dev, const void *host, size_t bytes, char *err, size_t err_size)
+{
+    int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, dev, host, bytes, KERN_COPY_TO_DEVICE);
+    if (rc) snprintf(err, err_size, "compute backend (%s): copy to the device failed: %s",
+                     ctx->be->name, strerror(-rc));
+    return rc;
+}
+
+static int download(model_ctx *ctx, void *host, const void *dev, size_t bytes, char *err, size_t err_size)
+{
+    int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, host, dev, bytes, KERN_COPY_TO_HOST);
+    if (rc == 0) return sync_step(ctx, err, err_size);
+    snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s", ctx->be->name,
+             strerror(-rc));
+    return rc;
 }
 
 /* ---- attention -------------------------------------------------------------------------- */
 
-static void add_bias(float *x, const float *bias, int64_t n_tokens, int64_t dim)
-{
-    for (int64_t t = 0; t < n_tokens; t++)
-        for (int64_t i = 0; i < dim; i++) x[t * dim + i] += bias[i];
-}
-
-static int attention(model_ctx *ctx, const model_layer *L, int il, const model_batch *b)
+static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
 {
     const model_hparams *hp = &ctx->m->hp;
-    kern_backend *be = ctx->m->backend;
-    scratch *s = &ctx->s;
-    int64_t n = b->n_tokens;
+    kern_backend *be = ctx->be;
+    dev_scratch *s = &ctx->d;
     int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = ctx->kv_dim;
+    const kern_kv_layout *kv = kern_kv_get_layout(ctx->kv);
 
-    be->ops->rmsnorm(be, s->x, L->attn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
+    kern_rmsnorm(be, s->x, L->attn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
     matmul(ctx, &L->wq, s->h, s->q, n);
     matmul(ctx, &L->wk, s->h, s->k, n);
     matmul(ctx, &L->wv, s->h, s->v, n);
     if (L->bq) {
-        add_bias(s->q, L->bq, n, q_dim);
-        add_bias(s->k, L->bk, n, kv_dim);
-        add_bias(s->v, L->bv, n, kv_dim);
+        kern_add_bias(be, s->q, L->bq, n, q_dim);
+        kern_add_bias(be, s->k, L->bk, n, kv_dim);
+        kern_add_bias(be, s->v, L->bv, n, kv_dim);
     }
     if (hp->qk_norm == MODEL_QK_NORM_PER_HEAD) {
-        be->ops->rmsnorm(be, s->q, L->q_norm, s->q, hp->head_dim, n * hp->n_head, hp->head_dim,
-                         hp->rms_eps);
-        be->ops->rmsnorm(be, s->k, L->k_norm, s->k, hp->head_dim, n * hp->n_head_kv,
-                         hp->head_dim, hp->rms_eps);
+        kern_rmsnorm(be, s->q, L->q_norm, s->q, hp->head_dim, n * hp->n_head, hp->head_dim, hp->rms_eps);
+        kern_rmsnorm(be, s->k, L->k_norm, s->k, hp->head_dim, n * hp->n_head_kv, hp->head_dim,
+                     hp->rms_eps);
     } else if (hp->qk_norm == MODEL_QK_NORM_FULL) {
-        be->ops->rmsnorm(be, s->q, L->q_norm, s->q, q_dim, n, q_dim, hp->rms_eps);
-        be->ops->rmsnorm(be, s->k, L->k_norm, s->k, kv_dim, n, kv_dim, hp->rms_eps);
+        kern_rmsnorm(be, s->q, L->q_norm, s->q, q_dim, n, q_dim, hp->rms_eps);
+        kern_rmsnorm(be, s->k, L->k_norm, s->k, kv_dim, n, kv_dim, hp->rms_eps);
     }
-    be->ops->rope(be, s->q, n, hp->n_head, hp->head_dim, hp->n_rot, b->pos, hp->rope_freq_base,
-                  hp->rope_mode);
-    be->ops->rope(be, s->k, n, hp->n_head_kv, hp->head_dim, hp->n_rot, b->pos,
-                  hp->rope_freq_base, hp->rope_mode);
-
-    /* Store every token's K/V before any token attends: tokens of one sequence in this batch
-     * see each other up to their own position. */
-    for (int64_t t = 0; t < n; t++) {
-        memcpy(kv_slot(ctx, ctx->k_cache, b->seq[t], il, b->pos[t]), s->k + t * kv_dim,
-               (size_t)kv_dim * sizeof(float));
-        memcpy(kv_slot(ctx, ctx->v_cache, b->seq[t], il, b->pos[t]), s->v + t * kv_dim,
-               (size_t)kv_dim * sizeof(float));
-        s->attn_tok[t] = (kern_attn_token){
-            .k = kv_slot(ctx, ctx->k_cache, b->seq[t], il, 0),
-            .v = kv_slot(ctx, ctx->v_cache, b->seq[t], il, 0),
-            .n_kv = b->pos[t] + 1,
-        };
-    }
-    int rc = be->ops->attention(be, s->q, s->attn_tok, s->attn, n, hp->n_head, hp->n_head_kv,
-                                hp->head_dim, hp->attn_scale);
-    if (rc) return rc;
+    kern_rope(be, s->q, n, hp->n_head, hp->head_dim, hp->n_rot, s->pos, hp->rope_freq_base,
+              hp->rope_mode);
+    kern_rope(be, s->k, n, hp->n_head_kv, hp->head_dim, hp->n_rot, s->pos, hp->rope_freq_base,
+              hp->rope_mode);
+    /* Every token's K/V is stored before any token attends: tokens of one sequence in this
+     * batch see each other up to their own position. */
+    kern_kv_store(be, kv, il, s->k, s->v, s->seq, s->pos, n);
+    kern_attention(be, kv, il, s->q, s->seq, s->pos, s->attn, n, hp->n_head, hp->n_head_kv,
+                   hp->head_dim, hp->attn_scale);
     matmul(ctx, &L->wo, s->attn, s->proj, n);
-    be->ops->add(be, s->x, s->proj, n * hp->n_embd);
+    kern_add(be, s->x, s->proj, n * hp->n_embd);
     ctx->stats.dense_bytes += weight_bytes(&L->wq) + weight_bytes(&L->wk) +
                               weight_bytes(&L->wv) + weight_bytes(&L->wo);
-    return 0;
 }
 
 /* ---- mixture of experts ------------------------------------------------------------------ */
 
-/* p = softmax(router logits); keep the k largest (lowest index first among equals); then
- * renormalise and scale as the architecture does. */
-static void route(const model_hparams *hp, const float *logits, float *p, int32_t *ids,
-                  float *weights)
+static kern_router_opts router_opts(const model_hparams *hp)
 {
+    return (kern_router_opts){.n_expert = hp->n_expert, .k = hp->n_expert_used,
+                              .gating = KERN_GATING_SOFTMAX, .norm = hp->norm_topk,
+                              .scale = hp->expert_weights_scale};
+}
+
+/* Routes the n rows of ctx->d.h through layer L's router and brings the ids and weights up. */
+static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, size_t err_size)
+{
+    const model_hparams *hp = &ctx->m->hp;
+    dev_scratch *s = &ctx->d;
+    kern_router_opts ro = router_opts(hp);
+    matmul(ctx, &L->router, s->h, s->router, n);
+    kern_router(ctx->be, s->router, n, &ro, s->route_id, s->route_w);
+    ctx->stats.dense_bytes += weight_bytes(&L->router);
+    size_t nk = (size_t)n * (size_t)hp->n_expert_used;
+    int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, ctx->hs.route_w, s->route_w,
+                       nk * sizeof *s->route_w, KERN_COPY_TO_HOST);
+    if (rc) {
+        snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s",
+                 ctx->be->name, strerror(-rc));
+        return rc;
+    }
+    return download(ctx, ctx->hs.route_id, s->route_id, nk * sizeof *s->route_id, err, err_size);
+}
+
+/* Buckets tokens by expert (a counting sort keeps token order inside a bucket) and, for each
+ * token, lists its bucket rows in ascending expert order for the combine.  Returns the number
+ * of experts used; their ids are in hs.fill. */
+static int32_t bucket_tokens(model_ctx *ctx, int64_t n)
+{
+    const model_hparams *hp = &ctx->m->hp;
+    host_scratch *h = &ctx->hs;
     int E = hp->n_expert, K = hp->n_expert_used;
-    float max = -INFINITY;
-    for (int e = 0; e < E; e++) max = logits[e] > max ? logits[e] : max;
-    double sum = 0.0;
-    for (int e = 0; e < E; e++) {
-        p[e] = expf(logits[e] - max);
-        sum += p[e];
-    }
-    for (int e = 0; e < E; e++) p[e] = (float)(p[e] / sum);
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            bool taken = false;
-            for (int i = 0; i < j; i++) taken |= ids[i] == e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+    memset(h->bucket_start, 0, (size_t)(E + 1) * sizeof *h->bucket_start);
+    for (int64_t i = 0; i < n * K; i++) h->bucket_start[h->route_id[i] + 1]++;
+    for (int e = 0; e < E; e++) h->bucket_start[e + 1] += h->bucket_start[e];
+    int32_t *fill = h->fill;
+    memcpy(fill, h->bucket_start, (size_t)E * sizeof *fill);
+    for (int64_t t = 0; t < n; t++) {
+        int32_t *rows = h->comb_rows + t * K;
+        float *w = h->comb_w + t * K;
+        for (int j = 0; j < K; j++) {
+            int e = h->route_id[t * K + j];
+            int32_t row = fill[e]++;
+            h->bucket[row] = (int32_t)t;
+            /* insertion by expert: the rows of a bucket grow with its expert id */
+            int i = j;
+            while (i > 0 && rows[i - 1] > row) {
+                rows[i] = rows[i - 1];
+                w[i] = w[i - 1];
+                i--;
+            }
+            rows[i] = row;
+            w[i] = h->route_w[t * K + j];
         }
-        ids[j] = best;
-        weights[j] = p[best];
     }
-    if (hp->norm_topk) {
-        double topk_sum = 0.0;
-        for (int j = 0; j < K; j++) topk_sum += weights[j];
-        /* llama.cpp clamps the sum to the smallest normal f16 before dividing */
-        if (topk_sum < 6.103515625e-5) topk_sum = 6.103515625e-5;
-        for (int j = 0; j < K; j++) weights[j] = (float)(weights[j] / topk_sum);
-    }
-    if (hp->expert_weights_scale != 1.0f)
-        for (int j = 0; j < K; j++) weights[j] *= hp->expert_weights_scale;
+    int32_t n_used = 0;
+    for (int e = 0; e < E; e++)
+        if (h->bucket_start[e + 1] > h->bucket_start[e]) fill[n_used++] = e;
+    return n_used;
 }
 
 /* One SwiGLU FFN over n rows of `in`: out = down(silu(gate(in)) * up(in)). */
@@ -279,111 +346,85 @@ static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *u
 {
     matmul(ctx, gate, in, g, n);
     matmul(ctx, up, in, u, n);
-    ctx->m->backend->ops->silu_mul(ctx->m->backend, g, u, g, n * gate->n_rows);
+    kern_silu_mul(ctx->be, g, u, g, n * gate->n_rows);
     matmul(ctx, down, g, out, n);
 }
 
-/* One expert over its bucket: the bucket's rows of h in, its rows of de out. */
+/* Expert e over its bucket: the bucket's rows of xe in, the same rows of de out. */
 static void run_expert(model_ctx *ctx, const model_expert *x, int e)
 {
-    scratch *s = &ctx->s;
+    dev_scratch *s = &ctx->d;
     int64_t D = ctx->m->hp.n_embd;
-    int32_t b0 = s->bucket_start[e], count = s->bucket_start[e + 1] - b0;
-    for (int32_t j = 0; j < count; j++)
-        memcpy(s->xe + j * D, s->h + s->bucket[b0 + j] * D, (size_t)D * sizeof(float));
-    swiglu(ctx, &x->gate, &x->up, &x->down, s->xe, s->ge, s->ue, s->de + (int64_t)b0 * D, count);
-    ctx->stats.expert_bytes +=
-        weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+    int32_t b0 = ctx->hs.bucket_start[e], count = ctx->hs.bucket_start[e + 1] - b0;
+    swiglu(ctx, &x->gate, &x->up, &x->down, s->xe + (int64_t)b0 * D, s->ge, s->ue,
+           s->de + (int64_t)b0 * D, count);
+    ctx->stats.expert_bytes += weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
     ctx->stats.experts_used++;
+}
+
+static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_used, char *err,
+                       size_t err_size)
+{
+    model *m = ctx->m;
+    if (!m->experts) {
+        for (int32_t j = 0; j < n_used; j++)
+            run_expert(ctx, &m->layers[il].experts_dev[used[j]], used[j]);
+        return 0;
+    }
+    int rc = cache_request(m->experts, il, used, n_used, err, err_size);
+    cache_ref ref;
+    while (rc == 0 && (rc = cache_next(m->experts, &ref, err, err_size)) == 0) {
+        model_expert x = m->layers[il].experts[ref.expert];
+        x.gate.data = ref.part[0];
+        x.up.data = ref.part[1];
+        x.down.data = ref.part[2];
+        run_expert(ctx, &x, ref.expert);
+        cache_release(m->experts, &ref);
+    }
+    return rc < 0 ? rc : 0;
 }
 
 static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t *n_used_out,
                char *err, size_t err_size)
 {
     model *m = ctx->m;
-    const model_hparams *hp = &ctx->m->hp;
-    kern_backend *be = ctx->m->backend;
-    scratch *s = &ctx->s;
+    const model_hparams *hp = &m->hp;
+    kern_backend *be = ctx->be;
+    dev_scratch *s = &ctx->d;
+    host_scratch *h = &ctx->hs;
     int E = hp->n_expert, K = hp->n_expert_used;
     int64_t D = hp->n_embd;
+    size_t nk = (size_t)n * (size_t)K;
 
-    be->ops->rmsnorm(be, s->x, L->ffn_norm, s->h, D, n, D, hp->rms_eps);
-    matmul(ctx, &L->router, s->h, s->router, n);
-    for (int64_t t = 0; t < n; t++)
-        route(hp, s->router + t * E, s->probs, s->route_id + t * K, s->route_w + t * K);
-    ctx->stats.dense_bytes += weight_bytes(&L->router);
-
-    /* Bucket tokens by expert (counting sort keeps token order inside a bucket). */
-    memset(s->bucket_start, 0, (size_t)(E + 1) * sizeof *s->bucket_start);
-    for (int64_t i = 0; i < n * K; i++) s->bucket_start[s->route_id[i] + 1]++;
-    for (int e = 0; e < E; e++) s->bucket_start[e + 1] += s->bucket_start[e];
-    int32_t *fill = s->fill;
-    memcpy(fill, s->bucket_start, (size_t)E * sizeof *fill);
-    for (int64_t t = 0; t < n; t++) {
-        for (int j = 0; j < K; j++) {
-            int e = s->route_id[t * K + j];
-            s->bucket[fill[e]] = (int32_t)t;
-            s->bucket_w[fill[e]++] = s->route_w[t * K + j];
-        }
-    }
-
-    /* Each expert writes its bucket's outputs at the bucket's rows of de, so that the sums
-     * below run in ascending expert order whatever order the experts were computed in (the
-     * cache hands them out as they become resident). */
-    int32_t *used = fill, n_used = 0;
-    for (int e = 0; e < E; e++)
-        if (s->bucket_start[e + 1] > s->bucket_start[e]) used[n_used++] = e;
+    kern_rmsnorm(be, s->x, L->ffn_norm, s->h, D, n, D, hp->rms_eps);
+    int rc = route(ctx, L, n, err, err_size);
+    if (rc) return rc;
+    int32_t n_used = bucket_tokens(ctx, n);
     *n_used_out = n_used;
     for (int32_t u = 0; u < n_used; u++)
-        atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)used[u]],
-                         (uint64_t)(s->bucket_start[used[u] + 1] - s->bucket_start[used[u]]));
-    if (m->predictor) pred_actual(m->predictor, il, used, n_used);
-    if (m->experts) {
-        int rc = cache_request(m->experts, il, used, n_used, err, err_size);
-        cache_ref ref;
-        while (rc == 0 && (rc = cache_next(m->experts, &ref, err, err_size)) == 0) {
-            model_expert x = *model_get_expert(m, il, ref.expert);
-            x.gate.data = ref.part[0];
-            x.up.data = ref.part[1];
-            x.down.data = ref.part[2];
-            run_expert(ctx, &x, ref.expert);
-            cache_release(m->experts, &ref);
-        }
-        if (rc < 0) return rc;
-    } else {
-        for (int32_t j = 0; j < n_used; j++)
-            run_expert(ctx, model_get_expert(m, il, used[j]), used[j]);
-    }
-
-    memset(s->moe, 0, (size_t)(n * D) * sizeof(float));
-    for (int32_t u = 0; u < n_used; u++) {
-        int32_t b0 = s->bucket_start[used[u]], count = s->bucket_start[used[u] + 1] - b0;
-        for (int32_t j = 0; j < count; j++) {
-            float w = s->bucket_w[b0 + j];
-            float *dst = s->moe + s->bucket[b0 + j] * D;
-            const float *src = s->de + (int64_t)(b0 + j) * D;
-            for (int64_t i = 0; i < D; i++) dst[i] += w * src[i];
-        }
-    }
-
+        atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)h->fill[u]],
+                         (uint64_t)(h->bucket_start[h->fill[u] + 1] - h->bucket_start[h->fill[u]]));
+    if (m->predictor) pred_actual(m->predictor, il, h->fill, n_used);
+    if ((rc = upload(ctx, s->bucket, h->bucket, nk * sizeof *h->bucket, err, err_size)) ||
+        (rc = upload(ctx, s->comb_rows, h->comb_rows, nk * sizeof *h->comb_rows, err, err_size)) ||
+        (rc = upload(ctx, s->comb_w, h->comb_w, nk * sizeof *h->comb_w, err, err_size)))
+        return rc;
+    kern_gather(be, s->h, s->bucket, s->xe, (int64_t)nk, D);
+    if ((rc = run_experts(ctx, il, h->fill, n_used, err, err_size))) return rc;
+    kern_moe_combine(be, s->de, s->comb_rows, s->comb_w, s->moe, n, K, D);
     if (hp->has_shared_expert) {
         swiglu(ctx, &L->shexp_gate, &L->shexp_up, &L->shexp_down, s->h, s->shg, s->shu, s->shd, n);
-        for (int64_t t = 0; t < n; t++) {
-            double z = 0.0;
-            for (int64_t i = 0; i < D; i++) z += (double)L->shexp_gate_inp[i] * s->h[t * D + i];
-            float g = (float)(1.0 / (1.0 + exp(-z)));
-            for (int64_t i = 0; i < D; i++) s->moe[t * D + i] += g * s->shd[t * D + i];
-        }
+        kern_gate_add(be, s->h, L->shexp_gate_inp, s->shd, s->moe, n, D);
         ctx->stats.dense_bytes += weight_bytes(&L->shexp_gate) + weight_bytes(&L->shexp_up) +
                                   weight_bytes(&L->shexp_down);
     }
-    be->ops->add(be, s->x, s->moe, n * D);
+    kern_add(be, s->x, s->moe, n * D);
     return 0;
 }
 
 /* ---- routing prediction ------------------------------------------------------------------- */
 
-/* Guesses layer il + 1's experts after layer il ran (s->fill still holds layer il's experts):
+/* Guesses layer il + 1's experts after layer il ran (hs.fill still holds layer il's experts):
  * pre-gating applies layer il + 1's router to the current hidden state; affinity asks the
  * predictor's co-activation counts.  The guess is scored later by pred_actual and, with an
  * expert cache, read ahead while layer il + 1's attention computes. */
@@ -392,7 +433,7 @@ static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, 
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
-    scratch *s = &ctx->s;
+    host_scratch *h = &ctx->hs;
     if (!m->predictor) return 0;
     int E = hp->n_expert, K = hp->n_expert_used;
     bool pregate = pred_get_kind(m->predictor) == PRED_PREGATE;
@@ -406,24 +447,21 @@ static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, 
         int32_t n_guess = 0;
         if (pregate) {
             const model_layer *L = &m->layers[target];
-            kern_backend *be = m->backend;
-            be->ops->rmsnorm(be, s->x, L->ffn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
-            matmul(ctx, &L->router, s->h, s->router, n);
-            ctx->stats.dense_bytes += weight_bytes(&L->router);
-            memset(s->mark, 0, (size_t)E);
-            for (int64_t t = 0; t < n; t++) {
-                route(hp, s->router + t * E, s->probs, s->route_id, s->route_w);
-                for (int j = 0; j < K; j++) s->mark[s->route_id[j]] = 1;
-            }
+            kern_rmsnorm(ctx->be, ctx->d.x, L->ffn_norm, ctx->d.h, hp->n_embd, n, hp->n_embd,
+                         hp->rms_eps);
+            int rc = route(ctx, L, n, err, err_size);
+            if (rc) return rc;
+            memset(h->mark, 0, (size_t)E);
+            for (int64_t i = 0; i < n * K; i++) h->mark[h->route_id[i]] = 1;
             for (int e = 0; e < E; e++)
-                if (s->mark[e]) s->guess[n_guess++] = e;
+                if (h->mark[e]) h->guess[n_guess++] = e;
         } else {
-            n_guess = pred_affinity_guess(m->predictor, il, s->fill, n_used_here, n_used_here,
-                                          s->guess);
+            n_guess = pred_affinity_guess(m->predictor, il, h->fill, n_used_here, n_used_here,
+                                          h->guess);
         }
-        pred_guess(m->predictor, target, s->guess, n_guess);
+        pred_guess(m->predictor, target, h->guess, n_guess);
         if (m->experts && n_guess > 0) {
-            int rc = cache_prefetch(m->experts, target, s->guess, n_guess, err, err_size);
+            int rc = cache_prefetch(m->experts, target, h->guess, n_guess, err, err_size);
             if (rc < 0) return rc;
         }
     }
@@ -458,31 +496,48 @@ static int check_batch(const model_ctx *ctx, const model_batch *b, char *err, si
     return 0;
 }
 
+/* The batch's ids, positions and sequences go to the device, and every position it stores gets
+ * a KV block. */
+static int begin_step(model_ctx *ctx, const model_batch *b, char *err, size_t err_size)
+{
+    size_t n = (size_t)b->n_tokens;
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        int rc = kern_kv_reserve(ctx->kv, b->seq[t], b->pos[t] + 1, err, err_size);
+        if (rc) return rc;
+    }
+    int rc;
+    if ((rc = upload(ctx, ctx->d.token, b->token, n * sizeof *b->token, err, err_size)) ||
+        (rc = upload(ctx, ctx->d.pos, b->pos, n * sizeof *b->pos, err, err_size)) ||
+        (rc = upload(ctx, ctx->d.seq, b->seq, n * sizeof *b->seq, err, err_size)))
+        return rc;
+    return 0;
+}
+
 int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
-    kern_backend *be = m->backend;
+    kern_backend *be = ctx->be;
     int rc = check_batch(ctx, b, err, err_size);
     if (rc) return rc;
     int64_t n = b->n_tokens, D = hp->n_embd;
-    if (scratch_reserve(ctx, n)) {
-        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of memory", (long long)n);
-        return -ENOMEM;
+    if ((rc = scratch_reserve(ctx, n))) {
+        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of %s memory", (long long)n,
+                 be->kind == KERN_BACKEND_CPU ? "host" : "device");
+        return rc;
     }
-    scratch *s = &ctx->s;
+    dev_scratch *s = &ctx->d;
     memset(&ctx->stats, 0, sizeof ctx->stats);
-    (void)be->ops->take_error(be); /* a failure of an earlier, abandoned step is not ours */
+    char stale[64];
+    (void)kern_sync(be, stale, sizeof stale); /* a failure of an earlier, abandoned step is not ours */
+    if ((rc = begin_step(ctx, b, err, err_size))) return rc;
 
-    be->ops->get_rows(be, &m->tok_embd, b->token, s->x, n);
+    kern_get_rows(be, &m->tok_embd, s->token, s->x, n);
     ctx->stats.dense_bytes += (uint64_t)n * m->tok_embd.row_bytes;
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer *L = &m->layers[il];
         ctx->stats.dense_bytes += 2 * D * sizeof(float);
-        if ((rc = attention(ctx, L, il, b))) {
-            snprintf(err, err_size, "attention scratch: out of memory");
-            return rc;
-        }
+        attention(ctx, L, il, n);
         int32_t n_used = 0;
         if ((rc = moe(ctx, L, il, n, &n_used, err, err_size))) return rc;
         if ((rc = predict_next(ctx, il, n_used, n, err, err_size))) return rc;
@@ -490,17 +545,17 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
 
     int64_t n_out = 0;
     for (int64_t t = 0; t < n; t++)
-        if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1) s->out_rows[n_out++] = (int32_t)t;
-    for (int64_t j = 0; j < n_out; j++)
-        memcpy(s->h + j * D, s->x + s->out_rows[j] * D, (size_t)D * sizeof(float));
-    be->ops->rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
-    if (n_out > 0) matmul(ctx, &m->output, s->h, logits, n_out);
+        if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1) ctx->hs.out_rows[n_out++] = (int32_t)t;
     ctx->stats.dense_bytes += m->head_bytes;
-    if ((rc = be->ops->take_error(be))) {
-        snprintf(err, err_size, "compute backend: %s", rc == -ENOMEM ? "out of memory" : "failed");
+    if (n_out == 0) return sync_step(ctx, err, err_size);
+    if ((rc = upload(ctx, s->out_rows, ctx->hs.out_rows, (size_t)n_out * sizeof *s->out_rows, err,
+                     err_size)))
         return rc;
-    }
-    return 0;
+    kern_gather(be, s->x, s->out_rows, s->h, n_out, D);
+    kern_rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
+    matmul(ctx, &m->output, s->h, s->logits, n_out);
+    return download(ctx, logits, s->logits, (size_t)(n_out * hp->n_vocab) * sizeof *logits, err,
+                    err_size);
 }
 
 int32_t model_argmax(const float *logits, int32_t n_vocab)

@@ -406,12 +406,133 @@ static int bind_tensors(loader *ld)
 
 static uint64_t weight_bytes(const kern_weight *w);
 
+/* ---- placing weights on the device ------------------------------------------------------ */
+
+static int place(model *m, const void *host, size_t bytes, const void **dev, char *err, size_t err_size)
+{
+    struct model_placed *grown = realloc(m->placed, (m->n_placed + 1) * sizeof *grown);
+    if (!grown) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    m->placed = grown;
+    int rc = kern_place(m->backend, host, bytes, dev, err, err_size);
+    if (rc) return rc;
+    m->placed[m->n_placed++] = (struct model_placed){.host = host, .dev = *dev};
+    return 0;
+}
+
+static int place_weight(model *m, kern_weight *w, char *err, size_t err_size)
+{
+    if (!w->data) return 0;
+    return place(m, w->data, weight_bytes(w), &w->data, err, err_size);
+}
+
+static int place_vec(model *m, const float **v, int64_t n, char *err, size_t err_size)
+{
+    if (!*v) return 0;
+    const void *dev = NULL;
+    int rc = place(m, *v, (size_t)n * sizeof(float), &dev, err, err_size);
+    if (rc == 0) *v = dev;
+    return rc;
+}
+
+/* Dense weights and the small f32 vectors go to the device once. */
+static int place_dense(model *m, char *err, size_t err_size)
+{
+    const model_hparams *hp = &m->hp;
+    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t qn = hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? hp->head_dim : q_dim;
+    int64_t kn = hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? hp->head_dim : kv_dim;
+    int rc;
+    if ((rc = place_weight(m, &m->tok_embd, err, err_size))) return rc;
+    if (hp->output_tied) m->output = m->tok_embd;
+    else if ((rc = place_weight(m, &m->output, err, err_size))) return rc;
+    if ((rc = place_vec(m, &m->output_norm, hp->n_embd, err, err_size))) return rc;
+    for (int il = 0; il < hp->n_layer; il++) {
+        model_layer *L = &m->layers[il];
+        if ((rc = place_weight(m, &L->wq, err, err_size)) || (rc = place_weight(m, &L->wk, err, err_size)) ||
+            (rc = place_weight(m, &L->wv, err, err_size)) || (rc = place_weight(m, &L->wo, err, err_size)) ||
+            (rc = place_weight(m, &L->router, err, err_size)) ||
+            (rc = place_weight(m, &L->shexp_gate, err, err_size)) ||
+            (rc = place_weight(m, &L->shexp_up, err, err_size)) ||
+            (rc = place_weight(m, &L->shexp_down, err, err_size)) ||
+            (rc = place_vec(m, &L->attn_norm, hp->n_embd, err, err_size)) ||
+            (rc = place_vec(m, &L->ffn_norm, hp->n_embd, err, err_size)) ||
+            (rc = place_vec(m, &L->bq, q_dim, err, err_size)) ||
+            (rc = place_vec(m, &L->bk, kv_dim, err, err_size)) ||
+            (rc = place_vec(m, &L->bv, kv_dim, err, err_size)) ||
+            (rc = place_vec(m, &L->q_norm, qn, err, err_size)) ||
+            (rc = place_vec(m, &L->k_norm, kn, err, err_size)) ||
+            (rc = place_vec(m, &L->shexp_gate_inp, hp->n_embd, err, err_size)))
+            return rc;
+    }
+    return 0;
+}
+
+static void unplace_all(model *m)
+{
+    for (size_t i = 0; i < m->n_placed; i++)
+        kern_unplace(m->backend, m->placed[i].host, m->placed[i].dev);
+    free(m->placed);
+    m->placed = NULL;
+    m->n_placed = 0;
+}
+
+/* Without a cache on a device backend, each layer's three expert tensors are placed whole
+ * (one copy per stacked tensor, or per expert in the legacy layout); the per-expert views then
+ * point into those copies. */
+int model__reach_experts(model *m, char *err, size_t err_size)
+{
+    const model_hparams *hp = &m->hp;
+    if (m->experts || m->experts_placed) return 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        model_layer *L = &m->layers[il];
+        if (m->backend->kind == KERN_BACKEND_CPU) {
+            L->experts_dev = L->experts;
+            continue;
+        }
+        L->experts_dev = malloc((size_t)hp->n_expert * sizeof *L->experts_dev);
+        if (!L->experts_dev) {
+            snprintf(err, err_size, "out of memory");
+            return -ENOMEM;
+        }
+        memcpy(L->experts_dev, L->experts, (size_t)hp->n_expert * sizeof *L->experts_dev);
+        for (int p = 0; p < CACHE_PARTS; p++) {
+            size_t off = p == 0 ? offsetof(model_expert, gate) : p == 1 ? offsetof(model_expert, up)
+                                                                        : offsetof(model_expert, down);
+            kern_weight *w0 = (kern_weight *)((char *)&L->experts_dev[0] + off);
+            size_t slab = weight_bytes(w0);
+            if (!hp->experts_split) {
+                const void *dev = NULL;
+                int rc = place(m, w0->data, slab * (size_t)hp->n_expert, &dev, err, err_size);
+                if (rc) return rc;
+                for (int e = 0; e < hp->n_expert; e++)
+                    ((kern_weight *)((char *)&L->experts_dev[e] + off))->data = (const uint8_t *)dev + slab * (size_t)e;
+            } else {
+                for (int e = 0; e < hp->n_expert; e++) {
+                    int rc = place_weight(m, (kern_weight *)((char *)&L->experts_dev[e] + off), err, err_size);
+                    if (rc) return rc;
+                }
+            }
+        }
+    }
+    m->experts_placed = true;
+    return 0;
+}
+
 /* The file extents of every expert's three parts, from where their views point into the
  * mapping: the cache reads them with its own I/O and never touches those mapped pages. */
-int model_open_expert_cache(model *m, const cache_opts *co, char *err, size_t err_size)
+int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_opts *device,
+                            char *err, size_t err_size)
 {
     if (m->experts) {
         snprintf(err, err_size, "the model already has an expert cache");
+        return -EEXIST;
+    }
+    if (m->experts_placed) {
+        snprintf(err, err_size, "the model's experts were placed on the device already; open the "
+                 "expert cache before the first context");
         return -EEXIST;
     }
     const model_hparams *hp = &m->hp;
@@ -434,15 +555,24 @@ int model_open_expert_cache(model *m, const cache_opts *co, char *err, size_t er
             }
         }
     }
-    cache_opts o = *co;
+    cache_opts o = co ? *co : cache_opts_default();
     o.path = gguf_path(m->file);
     o.n_layer = hp->n_layer;
     o.n_expert = hp->n_expert;
     o.extents = ext;
     /* One token's experts of one layer must fit at once; larger batches are read in waves. */
     o.min_slots = (uint32_t)hp->n_expert_used;
-    int rc = cache_open(&m->experts, &o, err, err_size);
+    int rc = cache_open(&m->host_tier, &o, err, err_size);
     free(ext);
+    if (rc) return rc;
+    m->experts = m->host_tier;
+    if (m->backend->kind == KERN_BACKEND_CPU) return 0;
+    cache_device_opts d = device ? *device : cache_device_opts_default();
+    d.backend = m->backend;
+    if ((rc = cache_open_device(&m->experts, m->host_tier, &d, err, err_size))) {
+        cache_close(&m->host_tier);
+        m->experts = NULL;
+    }
     return rc;
 }
 
@@ -463,7 +593,9 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
-    if (opts->expert_cache && (rc = model_open_expert_cache(m, opts->expert_cache, err, err_size)))
+    if ((rc = place_dense(m, err, err_size))) goto fail;
+    bool tiers = opts->expert_cache || (opts->device_cache && m->backend->kind != KERN_BACKEND_CPU);
+    if (tiers && (rc = model_open_expert_cache(m, opts->expert_cache, opts->device_cache, err, err_size)))
         goto fail;
     m->expert_tokens = calloc((size_t)m->hp.n_layer * (size_t)m->hp.n_expert, sizeof *m->expert_tokens);
     if (!m->expert_tokens) {
@@ -487,12 +619,19 @@ void model_close(model **mp)
 {
     model *m = *mp;
     if (!m) return;
-    if (m->layers)
-        for (int il = 0; il < m->hp.n_layer; il++) free(m->layers[il].experts);
+    if (m->experts != m->host_tier) cache_close(&m->experts); /* the device tier first */
+    cache_close(&m->host_tier);
+    m->experts = NULL;
+    if (m->backend) unplace_all(m);
+    if (m->layers) {
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            if (m->layers[il].experts_dev != m->layers[il].experts) free(m->layers[il].experts_dev);
+            free(m->layers[il].experts);
+        }
+    }
     free(m->layers);
     for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
-    cache_close(&m->experts);
     pred_destroy(&m->predictor);
     free((void *)m->expert_tokens);
     gguf_close(&m->file);
@@ -513,6 +652,11 @@ const gguf_file *model_file(const model *m)
 const cache *model_expert_cache(const model *m)
 {
     return m->experts;
+}
+
+const cache *model_host_cache(const model *m)
+{
+    return m->host_tier;
 }
 
 uint64_t model_expert_tokens(const model *m, int layer, int expert)

@@ -13,7 +13,10 @@
  *   pass acquires each layer's experts through it (cache/cache.h): read on demand into a
  *   bounded arena, computed in the order they become resident, released after use.  Both
  *   paths give bit-identical results.
- * - A model_ctx owns the per-sequence KV cache and the scratch memory of the forward pass.
+ * - The model places its dense weights on the backend's device once at open (kern_place; free
+ *   on the CPU backend).  Experts on a device backend live in a device tier in front of the
+ *   host tier, or, without an expert cache, are placed whole when the first context is made.
+ * - A model_ctx owns the paged KV cache (kern_kv) and the device scratch of the forward pass.
  *   model_forward() runs one step over a batch of tokens from any mix of sequences (each token
  *   carries its sequence id and position) and writes the logits of the tokens that ask for
  *   them.  A context is used by one thread at a time (the engine thread).
@@ -97,6 +100,9 @@ typedef struct model_opts {
     /* NULL: experts through the mapping.  Else the cache's budget, policy, I/O and log
      * settings; model_open fills in the file, the shapes, the extents and min_slots. */
     const cache_opts *expert_cache;
+    /* With a device backend (sim, cuda): the device tier in front of the host tier; NULL
+     * there means a device tier that holds every expert.  Ignored on the CPU backend. */
+    const cache_device_opts *device_cache;
     /* Guesses each next layer's experts (scored online; with an expert cache the guesses are
      * prefetched so that their reads overlap the next layer's attention). */
     pred_kind predictor;
@@ -113,9 +119,13 @@ const char *model_arch_name(model_arch arch);
 /* Puts the experts behind an expert cache after open (what model_opts.expert_cache does at
  * open), so that a caller can size the budget from model_get_sizes() first.  Call before any
  * context runs a step; -EEXIST when the model already has one. */
-int model_open_expert_cache(model *m, const cache_opts *opts, char *err, size_t err_size);
-/* The expert cache, NULL when experts are read through the mapping. */
+int model_open_expert_cache(model *m, const cache_opts *opts, const cache_device_opts *device,
+                            char *err, size_t err_size);
+/* The expert tier nearest the compute (the device tier on a device backend, else the host
+ * tier), NULL when experts are read through the mapping. */
 const cache *model_expert_cache(const model *m);
+/* The host tier (the same as model_expert_cache on the CPU backend), NULL without a cache. */
+const cache *model_host_cache(const model *m);
 /* Tokens routed to (layer, expert) since open, over every context (counted with atomics, so
  * any thread may read them while the engine runs). */
 uint64_t model_expert_tokens(const model *m, int layer, int expert);
@@ -132,13 +142,19 @@ typedef struct model_ctx model_ctx;
 typedef struct model_ctx_opts {
     int32_t n_seq; /* sequences that can be live at once */
     int32_t n_ctx; /* positions per sequence; 0: the model's training context */
+    kern_kv_type kv_type;    /* KV storage: F16 (the default) or F32 */
+    int32_t kv_block_tokens; /* positions per KV block; 0: 16 */
 } model_ctx_opts;
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
                      size_t err_size);
 void model_ctx_destroy(model_ctx **ctx);
 int32_t model_ctx_n_ctx(const model_ctx *ctx);
+/* KV storage allocated now (it grows with the positions held, in chunks of blocks), and what
+ * 1024 positions of one sequence take. */
 size_t model_ctx_kv_bytes(const model_ctx *ctx);
+size_t model_ctx_kv_bytes_per_1k(const model_ctx *ctx);
+size_t model_ctx_kv_used_bytes(const model_ctx *ctx);
 /* Forget a sequence: its next token may start again at position 0. */
 void model_ctx_clear_seq(model_ctx *ctx, int32_t seq);
 

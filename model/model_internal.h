@@ -14,7 +14,8 @@ typedef struct model_layer {
     const float *q_norm, *k_norm;
     const float *ffn_norm;
     kern_weight router; /* [n_expert][n_embd] */
-    model_expert *experts;
+    model_expert *experts;     /* views of the file's mapping */
+    model_expert *experts_dev; /* the same on the device, when reached without a cache */
     uint64_t dense_bytes;
     /* qwen2moe shared expert */
     const float *shexp_gate_inp; /* [n_embd]: one scalar gate per token */
@@ -30,12 +31,22 @@ struct model {
     const float *output_norm;
     model_layer *layers;
     uint64_t head_bytes; /* output projection + final norm: read every step */
-    cache *experts;      /* NULL: experts through the mapping */
+    cache *experts;      /* the tier nearest the compute; NULL: experts through the mapping */
+    cache *host_tier;    /* the host tier (== experts on the CPU backend) */
+    struct model_placed {
+        const void *host, *dev;
+    } *placed;           /* device copies made at open or on the first context */
+    size_t n_placed;
+    bool experts_placed;
     pred *predictor;     /* NULL: no guesses */
     int32_t lookahead;   /* layers pre-gating guesses ahead (>= 1) */
     _Atomic uint64_t *expert_tokens; /* [n_layer][n_expert]: tokens routed, for metrics */
     float **owned;       /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;
 };
+
+/* Makes the experts reachable by the backend's operations: through the cache, directly from
+ * the mapping on the CPU, or placed on the device (once) otherwise. */
+int model__reach_experts(model *m, char *err, size_t err_size);
 
 #endif

@@ -513,13 +513,13 @@ void srv_model_engine_write_metrics(void *engine, srv_mx_buf *b)
                   "Tokens per engine step (decode tokens plus prompt chunks)");
     srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", srv_sched_batch_bounds,
                                   SRV_SCHED_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
-    /* KV memory is one slot of n_ctx positions per running sequence. */
-    int32_t slots = srv_sched_max_running(e->sched);
-    uint64_t kv = srv_sched_kv_bytes(e->sched), per = slots > 0 ? kv / (uint64_t)slots : 0;
+    /* The KV cache is paged: allocated memory grows with the positions held; used is the
+     * blocks live sequences hold. */
+    uint64_t kv = srv_sched_kv_bytes(e->sched), used = srv_sched_kv_used_bytes(e->sched);
     srv_mx_family(b, "moeserve_kv_cache_bytes", "gauge",
-                  "KV cache memory by state: slots of running sequences are used");
-    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", per * st.running);
-    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - per * st.running);
+                  "KV cache memory allocated, by state: blocks held by sequences are used");
+    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
+    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
     if (model_expert_cache(e->m)) write_cache(b, model_expert_cache(e->m));
     write_routing(b, e->m);
 }

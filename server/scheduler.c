@@ -105,7 +105,7 @@ int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char
     s->opts = o;
     s->n_vocab = model_params(m)->n_vocab;
     s->next_id = 1;
-    model_ctx_opts co = {.n_seq = o.max_running, .n_ctx = o.n_ctx};
+    model_ctx_opts co = {.n_seq = o.max_running, .n_ctx = o.n_ctx, .kv_type = o.kv_type};
     int rc = model_ctx_create(&s->ctx, m, &co, err, err_size);
     if (rc) {
         free(s);
@@ -267,6 +267,11 @@ int32_t srv_sched_max_running(const srv_sched *s)
 size_t srv_sched_kv_bytes(const srv_sched *s)
 {
     return model_ctx_kv_bytes(s->ctx);
+}
+
+size_t srv_sched_kv_used_bytes(const srv_sched *s)
+{
+    return model_ctx_kv_used_bytes(s->ctx);
 }
 
 void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out)

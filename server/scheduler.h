@@ -56,6 +56,7 @@ typedef struct srv_sched_opts {
     int32_t prefill_chunk;       /* prompt tokens of one sequence per step */
     int32_t max_waiting;         /* queued requests beyond which submit says -EAGAIN */
     int32_t n_ctx;               /* positions per sequence; 0: the model's training context */
+    kern_kv_type kv_type;        /* KV storage: F16 (default) or F32 */
 } srv_sched_opts;
 
 srv_sched_opts srv_sched_opts_default(void);
@@ -90,7 +91,9 @@ void srv_sched_cancel(srv_sched *s, uint64_t id);
 
 int32_t srv_sched_n_ctx(const srv_sched *s);
 int32_t srv_sched_max_running(const srv_sched *s);
+/* KV memory allocated (it grows with the positions held) and the part of it in use. */
 size_t srv_sched_kv_bytes(const srv_sched *s);
+size_t srv_sched_kv_used_bytes(const srv_sched *s);
 void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out);
 
 #endif

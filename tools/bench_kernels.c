@@ -11,7 +11,7 @@
  * share the machine.  Weights are random bytes with sane block scales.
  */
 #include "kernels/cpu/quant_blocks.h"
-#include "kernels/kernels.h"
+#include "kernels/cpu/cpu.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -87,6 +87,7 @@ int main(int argc, char **argv)
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const kern_type_traits *t = kern_type_info(types[ti]);
         const kern_type_traits *at = kern_type_info(t->act_type);
+        const kern_cpu_type *k = kern_cpu_type_kernels(types[ti]);
         size_t row_bytes = kern_row_bytes(types[ti], cols);
         int64_t rows = kib * 1024 / (int64_t)row_bytes;
         if (rows < 1) rows = 1;
@@ -104,19 +105,19 @@ int main(int argc, char **argv)
         for (int64_t i = 0; i < cols * 4; i++)
             x[i] = (float)((int)(rng_next() % 2001) - 1000) / 1000.0f;
         for (int j = 0; j < 4; j++)
-            at->from_f32[KERN_ISA_SCALAR](x + j * cols, xq + j * x_row, cols);
+            at->from_f32(x + j * cols, xq + j * x_row, cols);
         volatile float sink = 0.0f;
         for (int level = 0; level < KERN_ISA_COUNT && level <= (int)best; level++) {
-            if (!t->dot[level]) continue;
+            if (!k->dot[level]) continue;
             double best_1 = 1e30, best_4 = 1e30;
             for (int r = 0; r < reps; r++) {
                 double t0 = now_s();
                 float s = 0.0f;
                 for (int64_t i = 0; i < rows; i++)
-                    s += t->dot[level](w + (size_t)i * row_bytes, xq, cols);
+                    s += k->dot[level](w + (size_t)i * row_bytes, xq, cols);
                 double t1 = now_s();
                 for (int64_t i = 0; i < rows; i++) {
-                    t->dot_multi[level](w + (size_t)i * row_bytes, xq, x_row, 4, cols, out);
+                    k->dot_multi[level](w + (size_t)i * row_bytes, xq, x_row, 4, cols, out);
                     s += out[0];
                 }
                 double t2 = now_s();

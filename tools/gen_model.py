@@ -684,9 +684,16 @@ def write_model(args) -> dict:
                 item.result().tofile(fout)
 
     stream = None
+    rng = np.random.default_rng(args.seed)
     for name, s, e, shape, tq in plan:
         nel = int(np.prod(shape))
         ncols = shape[-1]
+        if args.random_blocks and tq not in (QT.F32, QT.F16, QT.BF16):
+            pending.append(None)
+            pending.append(random_blocks(rng, tq, shape))
+            pending.append(None)
+            flush(0)
+            continue
         if e is None or e == 0:
             stream = _Stream(gen_chunks(s, args.seed))
         pending.append(None)
@@ -708,6 +715,24 @@ def write_model(args) -> dict:
     w.close()
     size = os.path.getsize(args.output)
     return dict(hp=hp, n_params=n_params, size=size, type_counts=type_counts)
+
+
+# Where each block type keeps its f16 scales (d; then dmin or m where the type has one).
+_SCALE_OFFSETS = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q5_0: (0,), QT.Q4_1: (0, 2), QT.Q5_1: (0, 2),
+                  QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+
+
+def random_blocks(rng, qt: QT, shape) -> np.ndarray:
+    """Random payload with small positive scales (no inf/nan): the speed of a real file, for
+    benchmarks, without quantising anything."""
+    be, bb = GGML_QUANT_SIZES[qt]
+    n_blocks = int(np.prod(shape)) // be
+    raw = rng.integers(0, 256, size=(n_blocks, bb), dtype=np.uint8)
+    per_elem = 1.0 / (be if be > 32 else 8)
+    for off in _SCALE_OFFSETS[qt]:
+        d = (rng.random(n_blocks, dtype=np.float32) * 0.02 * per_elem + 1e-4).astype(np.float16)
+        raw[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(-1)
 
 
 class _Stream:
@@ -736,6 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument("--" + k, type=int, dest=k.replace("-", "_"))
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
                     help="worker processes for the K-quant quantiser on big models (output does not depend on it)")
+    ap.add_argument("--random-blocks", action="store_true",
+                    help="quantised tensors get random payload bytes with sane scales instead of a "
+                         "quantisation of the float draw: seconds instead of minutes for the big "
+                         "slices, for benchmarks (the numbers are not a model's)")
     ap.add_argument("--sha256", action="store_true", help="also print the file's sha256")
     ap.add_argument("-o", "--output", required=True)
     return ap

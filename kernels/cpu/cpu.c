@@ -1,6 +1,10 @@
 /*
  * The CPU backend: every kern_ops operation as a data-parallel loop over the worker pool.
  *
+ * The device is the host: memory of every kind is plain host memory, copies are memcpy and
+ * events are complete when recorded, so the forward pass written for a GPU runs here
+ * unchanged and without cost beyond a few small copies per step.
+ *
  * Matmul splits the weight's rows across threads (each thread streams its own contiguous
  * slice of the matrix once per call, whatever the number of tokens) and uses the type
  * table's dot products at the SIMD level picked at open.  Attention splits (token, head)
@@ -8,8 +12,9 @@
  * by rows.  Scratch memory (attention scores) is per thread and grows on demand on the engine
  * thread, before a job starts, so workers never allocate.
  */
+#include "kernels/backend_internal.h"
+#include "kernels/cpu/cpu.h"
 #include "kernels/cpu/cpu_internal.h"
-#include "kernels/kernels.h"
 
 #include <errno.h>
 #include <math.h>
@@ -27,7 +32,7 @@ typedef struct cpu_backend {
     int64_t scratch_floats;
     uint8_t *act;     /* activations quantised for the current matmul */
     size_t act_bytes;
-    int error;        /* first failure since take_error */
+    kern__error error; /* first failure since the last sync */
 } cpu_backend;
 
 static cpu_backend *as_cpu(kern_backend *b)
@@ -116,55 +121,45 @@ static void quantize_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         job->quantize(job->x + t * job->n_cols, job->dst + (size_t)t * job->row_bytes, job->n_cols);
 }
 
-static void record_error(cpu_backend *cpu, int rc)
-{
-    if (!cpu->error) cpu->error = rc;
-}
-
 static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
                        int64_t n_tokens)
 {
     cpu_backend *cpu = as_cpu(b);
+    if (n_tokens <= 0) return;
     const kern_type_traits *t = kern_type_info(w->type);
+    const kern_cpu_type *k = kern_cpu_type_kernels(w->type);
     matmul_job job = {.w = w, .y = y, .n_tokens = n_tokens};
     /* Levels without a kernel for this type fall back to the best level below. */
     for (int level = cpu->isa; level >= 0 && !job.dot; level--) {
-        job.dot = t->dot[level];
-        job.dot_multi = t->dot_multi[level];
+        job.dot = k->dot[level];
+        job.dot_multi = k->dot_multi[level];
     }
     if (t->act_type == KERN_T_F32) {
         job.x = (const uint8_t *)x;
         job.x_stride = (size_t)w->n_cols * sizeof(float);
     } else {
-        const kern_type_traits *at = kern_type_info(t->act_type);
+        const kern_cpu_type *ak = kern_cpu_type_kernels(t->act_type);
         size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
         size_t need = row_bytes * (size_t)n_tokens;
         if (need > cpu->act_bytes) {
             uint8_t *grown = realloc(cpu->act, need);
             if (!grown) {
                 memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
-                record_error(cpu, -ENOMEM);
+                kern__error_set(&cpu->error, -ENOMEM, "matmul: %zu bytes of activations: out of memory",
+                                need);
                 return;
             }
             cpu->act = grown;
             cpu->act_bytes = need;
         }
         quantize_job qj = {.x = x, .dst = cpu->act, .n_cols = w->n_cols, .row_bytes = row_bytes};
-        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--) qj.quantize = at->from_f32[level];
+        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--) qj.quantize = ak->from_f32[level];
         kern__pool_run(cpu->pool, quantize_tokens, &qj, n_tokens, 4);
         job.x = cpu->act;
         job.x_stride = row_bytes;
     }
     /* Grain of 16 rows keeps each thread's slice on whole cache lines of y. */
     kern__pool_run(cpu->pool, matmul_rows, &job, w->n_rows, 16);
-}
-
-static int cpu_take_error(kern_backend *b)
-{
-    cpu_backend *cpu = as_cpu(b);
-    int rc = cpu->error;
-    cpu->error = 0;
-    return rc;
 }
 
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
@@ -239,52 +234,125 @@ static void cpu_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, i
     kern__pool_run(as_cpu(b)->pool, rope_tokens, &job, n_tokens, 1);
 }
 
-/* ---- attention ----------------------------------------------------------------------------- */
+/* ---- KV cache and attention ------------------------------------------------------------------ */
+
+/* Element (layer, K or V, row) of the block holding position pos of seq, NULL when the position
+ * was never reserved. */
+static void *kv_row(const kern_kv_layout *kv, int layer, int which, int32_t seq, int32_t pos)
+{
+    uint8_t *block = kv->table[(size_t)seq * (size_t)kv->max_blocks + (size_t)(pos / kv->block_tokens)];
+    if (!block) return NULL;
+    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
+    size_t row = ((size_t)layer * 2 + (size_t)which) * (size_t)kv->block_tokens +
+                 (size_t)(pos % kv->block_tokens);
+    return block + row * (size_t)kv->kv_dim * elem;
+}
+
+typedef struct kv_store_job {
+    const kern_kv_layout *kv;
+    int layer;
+    const float *k, *v;
+    const int32_t *seq, *pos;
+    _Atomic int missing; /* tokens whose position had no block */
+} kv_store_job;
+
+static void store_row(const kern_kv_layout *kv, void *dst, const float *src)
+{
+    if (kv->type == KERN_KV_F32) {
+        memcpy(dst, src, (size_t)kv->kv_dim * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    for (int32_t i = 0; i < kv->kv_dim; i++) h[i] = kern_f32_to_f16(src[i]);
+}
+
+static void kv_store_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
+{
+    kv_store_job *job = ctx;
+    const kern_kv_layout *kv = job->kv;
+    for (int64_t t = t0; t < t1; t++) {
+        void *k = kv_row(kv, job->layer, 0, job->seq[t], job->pos[t]);
+        void *v = kv_row(kv, job->layer, 1, job->seq[t], job->pos[t]);
+        if (!k) {
+            job->missing++;
+            continue;
+        }
+        store_row(kv, k, job->k + t * kv->kv_dim);
+        store_row(kv, v, job->v + t * kv->kv_dim);
+    }
+}
+
+static void cpu_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
+                         const float *v, const int32_t *seq, const int32_t *pos, int64_t n_tokens)
+{
+    cpu_backend *cpu = as_cpu(b);
+    kv_store_job job = {.kv = kv, .layer = layer, .k = k, .v = v, .seq = seq, .pos = pos};
+    kern__pool_run(cpu->pool, kv_store_tokens, &job, n_tokens, 1);
+    if (job.missing)
+        kern__error_set(&cpu->error, -EINVAL, "kv_store: %d tokens at positions with no KV block",
+                        (int)job.missing);
+}
 
 typedef struct attn_job {
     cpu_backend *cpu;
+    const kern_kv_layout *kv;
+    int layer;
     const float *q;
-    const kern_attn_token *tokens;
+    const int32_t *seq, *pos;
     float *out;
     int n_head, n_head_kv, head_dim;
     float scale;
-    kern_dot_fn dot;
+    kern_dot_fn dot; /* K row (the cache's type) against q (f32) */
+    void (*axpy)(float *y, float a, const void *x, int64_t n);
+    _Atomic int missing;
 } attn_job;
+
+static void axpy_f32(float *y, float a, const void *x, int64_t n)
+{
+    const float *v = x;
+    for (int64_t i = 0; i < n; i++) y[i] += a * v[i];
+}
 
 static void attention_pairs(void *ctx, int64_t p0, int64_t p1, int thread_index)
 {
-    const attn_job *job = ctx;
+    attn_job *job = ctx;
+    const kern_kv_layout *kv = job->kv;
     float *scores = job->cpu->scratch[thread_index];
     int hd = job->head_dim, group = job->n_head / job->n_head_kv;
-    int64_t kv_stride = (int64_t)job->n_head_kv * hd;
+    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
     for (int64_t p = p0; p < p1; p++) {
         int64_t t = p / job->n_head;
         int h = (int)(p % job->n_head);
-        const kern_attn_token *tok = &job->tokens[t];
+        int32_t seq = job->seq[t], n_kv = job->pos[t] + 1;
+        size_t head_off = (size_t)(h / group) * (size_t)hd * elem;
         const float *q = job->q + (t * job->n_head + h) * hd;
-        const float *k = tok->k + (int64_t)(h / group) * hd;
-        const float *v = tok->v + (int64_t)(h / group) * hd;
+        float *out = job->out + (t * job->n_head + h) * hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
         float max = -INFINITY;
-        for (int32_t j = 0; j < tok->n_kv; j++) {
-            scores[j] = job->dot(k + j * kv_stride, q, hd) * job->scale;
+        for (int32_t j = 0; j < n_kv; j++) {
+            const uint8_t *k = kv_row(kv, job->layer, 0, seq, j);
+            if (!k) {
+                job->missing++;
+                return;
+            }
+            scores[j] = job->dot(k + head_off, q, hd) * job->scale;
             if (scores[j] > max) max = scores[j];
         }
         double sum = 0.0;
-        for (int32_t j = 0; j < tok->n_kv; j++) {
+        for (int32_t j = 0; j < n_kv; j++) {
             scores[j] = expf(scores[j] - max);
             sum += scores[j];
         }
         float inv = (float)(1.0 / sum);
-        float *out = job->out + (t * job->n_head + h) * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t j = 0; j < tok->n_kv; j++) {
-            float pj = scores[j] * inv;
-            const float *vj = v + j * kv_stride;
-            for (int i = 0; i < hd; i++) out[i] += pj * vj[i];
+        for (int32_t j = 0; j < n_kv; j++) {
+            const uint8_t *v = kv_row(kv, job->layer, 1, seq, j);
+            job->axpy(out, scores[j] * inv, v + head_off, hd);
         }
     }
 }
 
+/* Per-thread float scratch, grown on the engine thread before a job starts so that workers
+ * never allocate. */
 static int ensure_scratch(cpu_backend *cpu, int64_t n_floats)
 {
     if (n_floats <= cpu->scratch_floats) return 0;
@@ -298,21 +366,30 @@ static int ensure_scratch(cpu_backend *cpu, int64_t n_floats)
     return 0;
 }
 
-static int cpu_attention(kern_backend *b, const float *q, const kern_attn_token *tokens,
-                          float *out, int64_t n_tokens, int n_head, int n_head_kv, int head_dim,
-                          float scale)
+static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
+                          const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
+                          int n_head, int n_head_kv, int head_dim, float scale)
 {
     cpu_backend *cpu = as_cpu(b);
     int64_t max_kv = 1;
     for (int64_t t = 0; t < n_tokens; t++)
-        if (tokens[t].n_kv > max_kv) max_kv = tokens[t].n_kv;
-    if (ensure_scratch(cpu, max_kv) != 0) return -ENOMEM;
-    const kern_type_traits *f32 = kern_type_info(KERN_T_F32);
-    attn_job job = {.cpu = cpu, .q = q, .tokens = tokens, .out = out, .n_head = n_head,
-                    .n_head_kv = n_head_kv, .head_dim = head_dim, .scale = scale,
-                    .dot = f32->dot[cpu->isa]};
+        if (pos[t] + 1 > max_kv) max_kv = pos[t] + 1;
+    if (ensure_scratch(cpu, max_kv) != 0) {
+        memset(out, 0, (size_t)(n_tokens * n_head * head_dim) * sizeof *out);
+        kern__error_set(&cpu->error, -ENOMEM, "attention: scores for %lld positions: out of memory",
+                        (long long)max_kv);
+        return;
+    }
+    bool f16 = kv->type == KERN_KV_F16;
+    const kern_cpu_type *kt = kern_cpu_type_kernels(f16 ? KERN_T_F16 : KERN_T_F32);
+    attn_job job = {.cpu = cpu, .kv = kv, .layer = layer, .q = q, .seq = seq, .pos = pos,
+                    .out = out, .n_head = n_head, .n_head_kv = n_head_kv, .head_dim = head_dim,
+                    .scale = scale, .dot = kt->dot[cpu->isa],
+                    .axpy = !f16 ? axpy_f32
+                            : cpu->isa >= KERN_ISA_AVX2 ? kern__axpy_f16_avx2 : kern__axpy_f16_scalar};
     kern__pool_run(cpu->pool, attention_pairs, &job, n_tokens * n_head, 1);
-    return 0;
+    if (job.missing)
+        kern__error_set(&cpu->error, -EINVAL, "attention: a position with no KV block");
 }
 
 /* ---- element-wise -------------------------------------------------------------------------- */
@@ -320,6 +397,7 @@ static int cpu_attention(kern_backend *b, const float *q, const kern_attn_token 
 typedef struct elementwise_job {
     const float *a, *b;
     float *out;
+    int64_t dim;
 } elementwise_job;
 
 static void silu_mul_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
@@ -350,6 +428,19 @@ static void cpu_add(kern_backend *b, float *y, const float *x, int64_t n)
     kern__pool_run(as_cpu(b)->pool, add_range, &job, n, 16384);
 }
 
+static void add_bias_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
+{
+    const elementwise_job *job = ctx;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < job->dim; i++) job->out[r * job->dim + i] += job->a[i];
+}
+
+static void cpu_add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim)
+{
+    elementwise_job job = {.a = bias, .out = x, .dim = dim};
+    kern__pool_run(as_cpu(b)->pool, add_bias_rows, &job, n_rows, 4);
+}
+
 static void cpu_get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
                          int64_t n_ids)
 {
@@ -359,18 +450,257 @@ static void cpu_get_rows(kern_backend *b, const kern_weight *w, const int32_t *i
                   w->n_cols);
 }
 
+typedef struct gather_job {
+    const float *src;
+    const int32_t *rows;
+    float *dst;
+    int64_t dim;
+} gather_job;
+
+static void gather_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
+{
+    const gather_job *job = ctx;
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(job->dst + r * job->dim, job->src + (int64_t)job->rows[r] * job->dim,
+               (size_t)job->dim * sizeof(float));
+}
+
+static void cpu_gather(kern_backend *b, const float *src, const int32_t *rows, float *dst,
+                       int64_t n_rows, int64_t dim)
+{
+    gather_job job = {.src = src, .rows = rows, .dst = dst, .dim = dim};
+    kern__pool_run(as_cpu(b)->pool, gather_rows, &job, n_rows, 4);
+}
+
+/* ---- mixture of experts ------------------------------------------------------------------------ */
+
+typedef struct router_job {
+    cpu_backend *cpu;
+    const float *logits;
+    const kern_router_opts *o;
+    int32_t *ids;
+    float *weights;
+} router_job;
+
+/* p = gating(logits); keep the k largest (lowest index first among equals); then renormalise
+ * and scale as the architecture does. */
+static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
+{
+    const router_job *job = ctx;
+    const kern_router_opts *o = job->o;
+    int E = o->n_expert, K = o->k;
+    float *p = job->cpu->scratch[thread_index];
+    for (int64_t t = t0; t < t1; t++) {
+        const float *logits = job->logits + t * E;
+        int32_t *ids = job->ids + t * K;
+        float *weights = job->weights + t * K;
+        if (o->gating == KERN_GATING_SIGMOID) {
+            for (int e = 0; e < E; e++) p[e] = 1.0f / (1.0f + expf(-logits[e]));
+        } else {
+            float max = -INFINITY;
+            for (int e = 0; e < E; e++) max = logits[e] > max ? logits[e] : max;
+            double sum = 0.0;
+            for (int e = 0; e < E; e++) {
+                p[e] = expf(logits[e] - max);
+                sum += p[e];
+            }
+            for (int e = 0; e < E; e++) p[e] = (float)(p[e] / sum);
+        }
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int i = 0; i < j; i++) taken |= ids[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            ids[j] = best;
+            weights[j] = p[best];
+        }
+        if (o->norm) {
+            double topk_sum = 0.0;
+            for (int j = 0; j < K; j++) topk_sum += weights[j];
+            /* llama.cpp clamps the sum to the smallest normal f16 before dividing */
+            if (topk_sum < 6.103515625e-5) topk_sum = 6.103515625e-5;
+            for (int j = 0; j < K; j++) weights[j] = (float)(weights[j] / topk_sum);
+        }
+        if (o->scale != 1.0f)
+            for (int j = 0; j < K; j++) weights[j] *= o->scale;
+    }
+}
+
+static void cpu_router(kern_backend *b, const float *logits, int64_t n_tokens,
+                       const kern_router_opts *o, int32_t *ids, float *weights)
+{
+    cpu_backend *cpu = as_cpu(b);
+    if (o->k < 1 || o->k > o->n_expert || ensure_scratch(cpu, o->n_expert) != 0) {
+        kern__error_set(&cpu->error, o->k < 1 || o->k > o->n_expert ? -EINVAL : -ENOMEM,
+                        "router: top-%d of %d experts", o->k, o->n_expert);
+        return;
+    }
+    router_job job = {.cpu = cpu, .logits = logits, .o = o, .ids = ids, .weights = weights};
+    kern__pool_run(cpu->pool, route_tokens, &job, n_tokens, 1);
+}
+
+typedef struct combine_job {
+    const float *src, *weights, *h, *gate;
+    const int32_t *rows;
+    float *out;
+    int k;
+    int64_t dim;
+} combine_job;
+
+static void combine_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
+{
+    const combine_job *job = ctx;
+    int64_t D = job->dim;
+    for (int64_t t = t0; t < t1; t++) {
+        float *dst = job->out + t * D;
+        memset(dst, 0, (size_t)D * sizeof *dst);
+        for (int j = 0; j < job->k; j++) {
+            float w = job->weights[t * job->k + j];
+            const float *src = job->src + (int64_t)job->rows[t * job->k + j] * D;
+            for (int64_t i = 0; i < D; i++) dst[i] += w * src[i];
+        }
+    }
+}
+
+static void cpu_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
+                            const float *weights, float *out, int64_t n_tokens, int k, int64_t dim)
+{
+    combine_job job = {.src = src, .rows = rows, .weights = weights, .out = out, .k = k, .dim = dim};
+    kern__pool_run(as_cpu(b)->pool, combine_tokens, &job, n_tokens, 1);
+}
+
+static void gate_add_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
+{
+    const combine_job *job = ctx;
+    int64_t D = job->dim;
+    for (int64_t t = t0; t < t1; t++) {
+        double z = 0.0;
+        for (int64_t i = 0; i < D; i++) z += (double)job->gate[i] * job->h[t * D + i];
+        float g = (float)(1.0 / (1.0 + exp(-z)));
+        for (int64_t i = 0; i < D; i++) job->out[t * D + i] += g * job->src[t * D + i];
+    }
+}
+
+static void cpu_gate_add(kern_backend *b, const float *h, const float *gate, const float *x,
+                         float *out, int64_t n_tokens, int64_t dim)
+{
+    combine_job job = {.h = h, .gate = gate, .src = x, .out = out, .dim = dim};
+    kern__pool_run(as_cpu(b)->pool, gate_add_tokens, &job, n_tokens, 1);
+}
+
+/* ---- memory, copies, events: the device is the host ------------------------------------------- */
+
+static int cpu_alloc(kern_backend *b, kern_mem kind, size_t bytes, void **out)
+{
+    /* 64-byte alignment: whole cache lines, and what the SIMD loads prefer */
+    *out = NULL;
+    if (posix_memalign(out, 64, bytes ? bytes : 1) != 0) return -ENOMEM;
+    return 0;
+}
+
+static void cpu_free(kern_backend *b, kern_mem kind, void *p)
+{
+    free(p);
+}
+
+static int cpu_register(kern_backend *b, void *p, size_t bytes)
+{
+    return 0;
+}
+
+static void cpu_unregister(kern_backend *b, void *p)
+{
+}
+
+static int cpu_mem_info(kern_backend *b, size_t *free_bytes, size_t *total_bytes)
+{
+    long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES), all = sysconf(_SC_PHYS_PAGES);
+    if (page <= 0 || avail < 0 || all <= 0) return -errno;
+    *free_bytes = (size_t)avail * (size_t)page;
+    *total_bytes = (size_t)all * (size_t)page;
+    return 0;
+}
+
+static int cpu_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
+                    kern_copy_dir dir)
+{
+    if (bytes) memmove(dst, src, bytes);
+    return 0;
+}
+
+/* Work completes before it is queued, so an event is complete the moment it is recorded. */
+struct kern_event {
+    int unused;
+};
+
+static int cpu_event_create(kern_backend *b, kern_event **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : -ENOMEM;
+}
+
+static void cpu_event_destroy(kern_backend *b, kern_event *e)
+{
+    free(e);
+}
+
+static int cpu_event_record(kern_backend *b, kern_event *e, kern_stream s)
+{
+    return 0;
+}
+
+static int cpu_event_query(kern_backend *b, kern_event *e)
+{
+    return 1;
+}
+
+static int cpu_event_wait(kern_backend *b, kern_event *e)
+{
+    return 0;
+}
+
+static int cpu_stream_wait(kern_backend *b, kern_stream s, kern_event *e)
+{
+    return 0;
+}
+
+static int cpu_sync(kern_backend *b, char *err, size_t err_size)
+{
+    return kern__error_take(&as_cpu(b)->error, err, err_size);
+}
+
 static void cpu_destroy(kern_backend *b);
 
 static const kern_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .register_host = cpu_register,
+    .unregister_host = cpu_unregister,
+    .mem_info = cpu_mem_info,
+    .copy = cpu_copy,
+    .event_create = cpu_event_create,
+    .event_destroy = cpu_event_destroy,
+    .event_record = cpu_event_record,
+    .event_query = cpu_event_query,
+    .event_wait = cpu_event_wait,
+    .stream_wait = cpu_stream_wait,
+    .sync = cpu_sync,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .silu_mul = cpu_silu_mul,
     .add = cpu_add,
+    .add_bias = cpu_add_bias,
     .get_rows = cpu_get_rows,
+    .gather = cpu_gather,
+    .router = cpu_router,
+    .moe_combine = cpu_moe_combine,
+    .gate_add = cpu_gate_add,
     .destroy = cpu_destroy,
-    .take_error = cpu_take_error,
 };
 
 /* ---- open / close ---------------------------------------------------------------------------- */
@@ -396,6 +726,7 @@ int kern_cpu_open(kern_backend **out, const kern_cpu_opts *opts, char *err, size
     cpu_backend *cpu = calloc(1, sizeof *cpu);
     if (!cpu) goto nomem;
     cpu->base.name = "cpu";
+    cpu->base.kind = KERN_BACKEND_CPU;
     cpu->base.ops = &cpu_ops;
     cpu->isa = kern_cpu_isa();
     if (o.max_isa < cpu->isa) cpu->isa = o.max_isa;
@@ -418,14 +749,24 @@ nomem:
     return -ENOMEM;
 }
 
+/* The CPU backend behind b: b itself, or the one a sim backend computes with. */
+static cpu_backend *cpu_of(const kern_backend *b)
+{
+    if (b->kind == KERN_BACKEND_CPU) return (cpu_backend *)b;
+    if (b->kind == KERN_BACKEND_SIM) return (cpu_backend *)kern__sim_cpu(b);
+    return NULL;
+}
+
 int kern_cpu_n_threads(const kern_backend *b)
 {
-    return kern__pool_size(((const cpu_backend *)b)->pool);
+    cpu_backend *cpu = cpu_of(b);
+    return cpu ? kern__pool_size(cpu->pool) : 0;
 }
 
 kern_isa kern_cpu_backend_isa(const kern_backend *b)
 {
-    return ((const cpu_backend *)b)->isa;
+    cpu_backend *cpu = cpu_of(b);
+    return cpu ? cpu->isa : KERN_ISA_SCALAR;
 }
 
 static void cpu_destroy(kern_backend *b)
@@ -437,13 +778,6 @@ static void cpu_destroy(kern_backend *b)
     free(cpu->scratch);
     free(cpu->act);
     free(cpu);
-}
-
-void kern_backend_close(kern_backend **bp)
-{
-    if (!*bp) return;
-    (*bp)->ops->destroy(*bp);
-    *bp = NULL;
 }
 
 /* ---- memory bandwidth ------------------------------------------------------------------------ */
@@ -472,7 +806,8 @@ static void read_range(void *ctx, int64_t c0, int64_t c1, int thread_index)
 
 double kern_cpu_read_bandwidth(kern_backend *b, const void *buf, size_t bytes)
 {
-    cpu_backend *cpu = as_cpu(b);
+    cpu_backend *cpu = cpu_of(b);
+    if (!cpu) return 0.0;
     read_job job = {.buf = buf};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -130,3 +130,16 @@ typedef uint16_t elem_bf16;
 DEFINE_DOTS(f32)
 DEFINE_DOTS(f16)
 DEFINE_DOTS(bf16)
+
+/* y[i] += a * f16 x[i]: attention's weighted sum over F16 values. */
+void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        /* multiply then add (no FMA): the same rounding as the scalar path */
+        __m256 prod = _mm256_mul_ps(va, load8_f16(x, i));
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), prod));
+    }
+    for (; i < n; i++) y[i] += a * scalar_f16(x, i);
+}

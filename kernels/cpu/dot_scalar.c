@@ -41,3 +41,13 @@ float kern__dot_bf16_scalar(const void *row, const void *xv, int64_t n)
 KERN__MULTI_FROM_SINGLE(f32, scalar)
 KERN__MULTI_FROM_SINGLE(f16, scalar)
 KERN__MULTI_FROM_SINGLE(bf16, scalar)
+
+void kern__axpy_f16_scalar(float *y, float a, const void *x, int64_t n)
+{
+    const uint8_t *p = x;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        y[i] += a * kern_f16_to_f32(h);
+    }
+}

@@ -1,10 +1,20 @@
 /* Stand-in for builds without CUDA (-Dcuda=disabled or no nvcc): there is never a device. */
+#include "kernels/cuda/cuda.h"
 #include "kernels/kernels.h"
 
+#include <errno.h>
 #include <stdio.h>
 
 int kern_cuda_probe(char *msg, size_t msg_size)
 {
     snprintf(msg, msg_size, "no CUDA device (this build has no CUDA backend)");
     return 0;
+}
+
+int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t err_size)
+{
+    (void)opts;
+    *out = NULL;
+    if (err && err_size) snprintf(err, err_size, "this build has no CUDA backend");
+    return -ENODEV;
 }

@@ -223,6 +223,7 @@ check(any("/v1/completions" in o.get("msg", "") for o in objs) or any("/v1/compl
 check(rc == 0, f"SIGTERM with JSON logs: exit 0 ({rc})")
 p = subprocess.run([MOESERVE, "serve", "--model", model, "--port", "0", "--set", "gpu.enabled=true"],
                    capture_output=True, timeout=60)
-check(p.returncode == 2 and b"gpu.enabled" in p.stderr, f"gpu.enabled=true without a CUDA backend is refused ({p.stderr[-200:]!r})")
+check(p.returncode == 2 and b"gpu.enabled" in p.stderr and b"CUDA" in p.stderr,
+      f"gpu.enabled=true without a usable CUDA device is refused ({p.stderr[-200:]!r})")
 
 serving.finish()

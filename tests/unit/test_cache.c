@@ -354,11 +354,11 @@ static void run_model_pred(const char *path, const cache_opts *co, pred_kind kin
     if (co && kind == PRED_NONE) {
         mo.expert_cache = NULL;
         ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
-        ck_assert_msg(model_open_expert_cache(m, co, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(model_open_expert_cache(m, co, NULL, err, sizeof err) == 0, "%s", err);
     } else {
         ck_assert_msg(model_open(&m, path, &mo, err, sizeof err) == 0, "%s", err);
     }
-    if (co) ck_assert_int_eq(model_open_expert_cache(m, co, err, sizeof err), -EEXIST);
+    if (co) ck_assert_int_eq(model_open_expert_cache(m, co, NULL, err, sizeof err), -EEXIST);
     const model_hparams *hp = model_params(m);
     model_ctx *ctx = NULL;
     model_ctx_opts cx = {.n_seq = N_SEQ, .n_ctx = 64};
@@ -480,6 +480,7 @@ static void check_model_budgets(const char *name, const char *gen_args)
     /* One slot fewer than a token's experts is refused, naming the minimum. */
     co.budget_bytes = (k - 1) * all.slot_bytes;
     be = open_cpu_isa(1, KERN_ISA_COUNT);
+    mo.backend = be;
     mo.expert_cache = &co;
     ck_assert_int_eq(model_open(&m, path, &mo, err, sizeof err), -EINVAL);
     char want_msg[64];

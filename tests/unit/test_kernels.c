@@ -1,10 +1,11 @@
 /*
- * Kernel tests: every SIMD level against the scalar reference, every backend operation
- * against a naive double-precision implementation written here, and the batch-invariance
- * rule (a token's result does not depend on the tokens next to it or on the thread count).
- * Levels this CPU lacks are skipped with a printed reason.
+ * CPU kernel tests: every SIMD level's dot products against the scalar reference, the f16 and
+ * bf16 conversions, the type table and the worker pool.  Levels this CPU lacks are skipped
+ * with a printed reason.  The backend operations themselves are tested on every backend by
+ * test_backend_ops.c.
  */
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/cpu.h"
 #include "kernels/kernels.h"
 #include "tests/unit/test_util.h"
 
@@ -134,6 +135,7 @@ START_TEST(dot_levels_match_scalar)
     kern_isa best = kern_cpu_isa();
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const kern_type_traits *t = kern_type_info(types[ti]);
+        const kern_cpu_type *tk = kern_cpu_type_kernels(types[ti]);
         for (int level = 1; level < KERN_ISA_COUNT; level++) {
             if (level > (int)best) {
                 printf("SKIP dot %s %s: this CPU lacks %s\n", t->name, kern_isa_name(level),
@@ -149,17 +151,17 @@ START_TEST(dot_levels_match_scalar)
                 void *data = make_weight(types[ti], w, 1, n, &kw);
                 double mag = 0.0;
                 for (int64_t i = 0; i < n; i++) mag += fabs((double)w[i] * x[i]);
-                float ref = t->dot[KERN_ISA_SCALAR](data, x, n);
-                float got = t->dot[level](data, x, n);
+                float ref = tk->dot[KERN_ISA_SCALAR](data, x, n);
+                float got = tk->dot[level](data, x, n);
                 ck_assert_msg(fabs((double)got - ref) <= 2e-6 * mag + 1e-30,
                               "%s %s n=%lld: %.9g vs scalar %.9g", t->name, kern_isa_name(level),
                               (long long)n, got, ref);
                 /* dot_multi must be bit-identical to dot, vector by vector */
                 for (int n_x = 1; n_x <= 9; n_x++) {
                     float out[9];
-                    t->dot_multi[level](data, x, (size_t)n * sizeof(float), n_x, n, out);
+                    tk->dot_multi[level](data, x, (size_t)n * sizeof(float), n_x, n, out);
                     for (int j = 0; j < n_x; j++) {
-                        float single = t->dot[level](data, x + j * n, n);
+                        float single = tk->dot[level](data, x + j * n, n);
                         ck_assert_msg(memcmp(&single, &out[j], 4) == 0,
                                       "%s %s n=%lld n_x=%d j=%d: multi %.9g vs single %.9g",
                                       t->name, kern_isa_name(level), (long long)n, n_x, j, out[j],
@@ -172,206 +174,6 @@ START_TEST(dot_levels_match_scalar)
             }
         }
     }
-}
-END_TEST
-
-/* ---- matmul ---------------------------------------------------------------------------------- */
-
-START_TEST(matmul_matches_reference_and_is_batch_invariant)
-{
-    static const int64_t shapes[][2] = {{1, 1}, {5, 33}, {17, 64}, {64, 257}, {129, 1000}};
-    kern_backend *b1 = open_cpu_isa(1, KERN_ISA_COUNT), *b3 = open_cpu_isa(3, KERN_ISA_COUNT);
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-            int64_t rows = shapes[s][0], cols = shapes[s][1], n_tok = 9;
-            float *w = malloc((size_t)(rows * cols) * sizeof *w);
-            float *x = malloc((size_t)(n_tok * cols) * sizeof *x);
-            float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1);
-            float *y3 = malloc((size_t)(n_tok * rows) * sizeof *y3);
-            float *one = malloc((size_t)rows * sizeof *one);
-            fill_random(w, rows * cols, 1.0f);
-            fill_random(x, n_tok * cols, 1.0f);
-            kern_weight kw;
-            void *data = make_weight(types[ti], w, rows, cols, &kw);
-            kern_matmul(b1, &kw, x, y1, n_tok);
-            kern_matmul(b3, &kw, x, y3, n_tok);
-            ck_assert_msg(memcmp(y1, y3, (size_t)(n_tok * rows) * sizeof *y1) == 0,
-                          "thread count changed the result");
-            for (int64_t t = 0; t < n_tok; t++) {
-                kern_matmul(b3, &kw, x + t * cols, one, 1);
-                ck_assert_msg(memcmp(one, y1 + t * rows, (size_t)rows * sizeof *one) == 0,
-                              "token %lld alone differs from inside the batch", (long long)t);
-                for (int64_t r = 0; r < rows; r++) {
-                    double ref = 0.0, mag = 0.0;
-                    for (int64_t c = 0; c < cols; c++) {
-                        ref += (double)w[r * cols + c] * x[t * cols + c];
-                        mag += fabs((double)w[r * cols + c] * x[t * cols + c]);
-                    }
-                    ck_assert_msg(fabs(y1[t * rows + r] - ref) <= 2e-6 * mag + 1e-30,
-                                  "type %u %lldx%lld t=%lld r=%lld: %.9g vs %.9g", types[ti],
-                                  (long long)rows, (long long)cols, (long long)t, (long long)r,
-                                  y1[t * rows + r], ref);
-                }
-            }
-            free(data);
-            free(w);
-            free(x);
-            free(y1);
-            free(y3);
-            free(one);
-        }
-    }
-    kern_backend_close(&b1);
-    kern_backend_close(&b3);
-    ck_assert_ptr_null(b1);
-}
-END_TEST
-
-/* ---- the other operations ---------------------------------------------------------------------- */
-
-START_TEST(rmsnorm_matches_reference)
-{
-    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
-    int64_t n = 300, rows = 70, stride = 310;
-    float *x = malloc((size_t)(rows * stride) * sizeof *x), *w = malloc((size_t)n * sizeof *w);
-    float *out = malloc((size_t)(rows * stride) * sizeof *out);
-    fill_random(x, rows * stride, 3.0f);
-    fill_random(w, n, 1.0f);
-    b->ops->rmsnorm(b, x, w, out, n, rows, stride, 1e-5f);
-    for (int64_t r = 0; r < rows; r++) {
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)x[r * stride + i] * x[r * stride + i];
-        double scale = 1.0 / sqrt(ss / n + 1e-5);
-        for (int64_t i = 0; i < n; i++)
-            ck_assert(fabs(out[r * stride + i] - x[r * stride + i] * scale * w[i]) < 1e-5);
-    }
-    /* in place, no weight */
-    b->ops->rmsnorm(b, x, NULL, x, n, 1, stride, 1e-5f);
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    ck_assert(fabs(ss / n - 1.0) < 1e-3);
-    free(x);
-    free(w);
-    free(out);
-    kern_backend_close(&b);
-}
-END_TEST
-
-START_TEST(rope_modes_match_reference)
-{
-    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
-    int n_tok = 5, heads = 3, hd = 16, n_rot = 12;
-    int32_t pos[5] = {0, 1, 7, 100, 4095};
-    float base = 10000.0f;
-    for (int mode = 0; mode < 2; mode++) {
-        kern_rope_mode m = mode ? KERN_ROPE_NEOX : KERN_ROPE_NORM;
-        float x[5 * 3 * 16], orig[5 * 3 * 16];
-        fill_random(x, n_tok * heads * hd, 1.0f);
-        memcpy(orig, x, sizeof x);
-        b->ops->rope(b, x, n_tok, heads, hd, n_rot, pos, base, m);
-        for (int t = 0; t < n_tok; t++) {
-            for (int h = 0; h < heads; h++) {
-                const float *o = orig + (t * heads + h) * hd;
-                const float *r = x + (t * heads + h) * hd;
-                for (int i = 0; i < n_rot / 2; i++) {
-                    double th = pos[t] * pow(base, -2.0 * i / n_rot);
-                    int i0 = m == KERN_ROPE_NEOX ? i : 2 * i;
-                    int i1 = m == KERN_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
-                    ck_assert(fabs(r[i0] - (o[i0] * cos(th) - o[i1] * sin(th))) < 1e-5);
-                    ck_assert(fabs(r[i1] - (o[i0] * sin(th) + o[i1] * cos(th))) < 1e-5);
-                }
-                for (int i = n_rot; i < hd; i++) ck_assert(r[i] == o[i]); /* unrotated tail */
-            }
-        }
-    }
-    kern_backend_close(&b);
-}
-END_TEST
-
-START_TEST(attention_matches_reference)
-{
-    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
-    int n_head = 8, n_kv_head = 2, hd = 32, n_tok = 4;
-    int kv_dim = n_kv_head * hd;
-    int32_t lens[4] = {1, 5, 37, 200};
-    float *kv_k[4], *kv_v[4];
-    kern_attn_token toks[4];
-    float *q = malloc((size_t)(n_tok * n_head * hd) * sizeof *q);
-    float *out = malloc((size_t)(n_tok * n_head * hd) * sizeof *out);
-    fill_random(q, n_tok * n_head * hd, 1.0f);
-    for (int t = 0; t < n_tok; t++) {
-        kv_k[t] = malloc((size_t)(lens[t] * kv_dim) * sizeof(float));
-        kv_v[t] = malloc((size_t)(lens[t] * kv_dim) * sizeof(float));
-        fill_random(kv_k[t], lens[t] * kv_dim, 2.0f);
-        fill_random(kv_v[t], lens[t] * kv_dim, 1.0f);
-        toks[t] = (kern_attn_token){.k = kv_k[t], .v = kv_v[t], .n_kv = lens[t]};
-    }
-    float scale = 1.0f / sqrtf((float)hd);
-    ck_assert_int_eq(b->ops->attention(b, q, toks, out, n_tok, n_head, n_kv_head, hd, scale), 0);
-    for (int t = 0; t < n_tok; t++) {
-        for (int h = 0; h < n_head; h++) {
-            int kh = h / (n_head / n_kv_head);
-            const float *qq = q + (t * n_head + h) * hd;
-            double s[200], max = -INFINITY, sum = 0.0;
-            for (int j = 0; j < lens[t]; j++) {
-                double d = 0.0;
-                for (int i = 0; i < hd; i++) d += (double)qq[i] * kv_k[t][j * kv_dim + kh * hd + i];
-                s[j] = d * scale;
-                if (s[j] > max) max = s[j];
-            }
-            for (int j = 0; j < lens[t]; j++) sum += (s[j] = exp(s[j] - max));
-            for (int i = 0; i < hd; i++) {
-                double ref = 0.0;
-                for (int j = 0; j < lens[t]; j++) ref += s[j] / sum * kv_v[t][j * kv_dim + kh * hd + i];
-                ck_assert_msg(fabs(out[(t * n_head + h) * hd + i] - ref) < 1e-5,
-                              "t=%d h=%d i=%d: %g vs %g", t, h, i, out[(t * n_head + h) * hd + i], ref);
-            }
-        }
-    }
-    for (int t = 0; t < n_tok; t++) {
-        free(kv_k[t]);
-        free(kv_v[t]);
-    }
-    free(q);
-    free(out);
-    kern_backend_close(&b);
-}
-END_TEST
-
-START_TEST(elementwise_and_get_rows)
-{
-    kern_backend *b = open_cpu_isa(2, KERN_ISA_COUNT);
-    int64_t n = 10000;
-    float *g = malloc((size_t)n * sizeof *g), *u = malloc((size_t)n * sizeof *u);
-    float *o = malloc((size_t)n * sizeof *o), *y = malloc((size_t)n * sizeof *y);
-    fill_random(g, n, 8.0f);
-    fill_random(u, n, 1.0f);
-    b->ops->silu_mul(b, g, u, o, n);
-    for (int64_t i = 0; i < n; i++) {
-        double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
-        ck_assert(fabs(o[i] - ref) < 1e-6 * (1 + fabs(ref)));
-    }
-    memcpy(y, u, (size_t)n * sizeof *y);
-    b->ops->add(b, y, g, n);
-    for (int64_t i = 0; i < n; i++) ck_assert(y[i] == u[i] + g[i]);
-
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        int64_t rows = 11, cols = 40;
-        float w[11 * 40], rows_out[3 * 40];
-        fill_random(w, rows * cols, 1.0f);
-        kern_weight kw;
-        void *data = make_weight(types[ti], w, rows, cols, &kw);
-        int32_t ids[3] = {10, 0, 4};
-        b->ops->get_rows(b, &kw, ids, rows_out, 3);
-        for (int j = 0; j < 3; j++)
-            ck_assert(memcmp(rows_out + j * cols, w + ids[j] * cols, (size_t)cols * 4) == 0);
-        free(data);
-    }
-    free(g);
-    free(u);
-    free(o);
-    free(y);
-    kern_backend_close(&b);
 }
 END_TEST
 
@@ -448,11 +250,6 @@ int main(void)
     tcase_add_test(tc, f16_matches_hardware);
     tcase_add_test(tc, bf16_rounding);
     tcase_add_test(tc, dot_levels_match_scalar);
-    tcase_add_test(tc, matmul_matches_reference_and_is_batch_invariant);
-    tcase_add_test(tc, rmsnorm_matches_reference);
-    tcase_add_test(tc, rope_modes_match_reference);
-    tcase_add_test(tc, attention_matches_reference);
-    tcase_add_test(tc, elementwise_and_get_rows);
     tcase_add_test(tc, type_table_geometry);
     tcase_add_test(tc, pool_runs_every_item_once_across_changing_jobs);
     suite_add_tcase(s, tc);

@@ -5,7 +5,7 @@
 #ifndef MOE_TEST_UTIL_H
 #define MOE_TEST_UTIL_H
 
-#include "kernels/kernels.h"
+#include "kernels/cpu/cpu.h"
 
 #include <check.h>
 #include <stdint.h>

@@ -1,15 +1,12 @@
 /*
- * The host tier: equal slots, a direct-mapped table from (layer, expert) to slot, pin counts,
- * and eviction by a policy score.
+ * A tier of the expert cache: equal slots, a direct-mapped table from (layer, expert) to slot,
+ * pin counts, and eviction by a policy score.  The same code runs the host tier and the device
+ * tier; only the arena and the filler differ (cache_internal.h).
  *
  * Why a scan for the victim instead of an intrusive LRU list: the number of slots is in the
  * hundreds to low thousands (one per resident expert), a miss costs a disk read of megabytes,
  * and a score function makes every policy (LRU, LFU, and whatever is measured next) one small
  * function over the same slot metadata, replayable offline on a recorded trace.
- *
- * Slot layout: each of the three parts occupies the aligned window around its extent (O_DIRECT
- * needs offset, length and memory aligned to the block size), so a part's data starts at
- * (offset - window start) inside its window.  The windows of the largest expert size the slot.
  */
 #include "cache/cache_internal.h"
 
@@ -21,96 +18,15 @@
 #include <sys/mman.h>
 #include <time.h>
 
-enum { ALIGN = 4096 };
-
 const double cache_read_bounds[CACHE_READ_BUCKETS - 1] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                           0.005,  0.01,    0.025,  0.05,  0.1,
                                                           0.25};
-
-typedef enum slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY } slot_state;
-
-typedef struct slot {
-    int32_t key;          /* layer * n_expert + expert, -1 when empty */
-    slot_state state;
-    uint32_t pins;
-    uint32_t reads_left;  /* chunks still in flight or queued */
-    int error;            /* first read error of the current load */
-    uint64_t last_use;    /* tick of the last request */
-    uint64_t uses;        /* requests since it was loaded */
-    uint64_t load_start_ns;
-    bool prefetched;      /* loaded by cache_prefetch and not requested since */
-    uint64_t protect_gen;  /* the cache_prefetch call that wants it: not a victim there */
-} slot;
-
-/* One requested expert of the current cache_request(). */
-typedef struct want {
-    int32_t expert;
-    int32_t slot;    /* -1 while waiting for a free slot */
-    bool handed_out;
-} want;
-
-struct cache {
-    cache_opts o;
-    cache_extent *ext; /* owned copy */
-    int32_t n_keys;
-    int32_t *slot_of;  /* [n_keys]: slot or -1 */
-    uint32_t *key_requests; /* [n_keys]: requests since open, kept across evictions */
-    slot *slots;
-    uint32_t n_slots;
-    uint64_t slot_bytes;
-    uint8_t *arena;
-    size_t arena_bytes;
-    cache__io *io;
-    uint64_t tick;
-    /* the current request */
-    int32_t layer;
-    want *wants;
-    int32_t n_wants;
-    /* chunk reads not yet submitted for lack of queue room: a FIFO of (slot, next chunk) */
-    uint32_t *load_queue;
-    uint32_t load_head, load_len;
-    uint64_t *load_cursor; /* per slot: bytes of the three windows already submitted */
-    bool all_fit;
-    uint64_t prefetch_gen;
-    struct {
-        atomic_uint_least64_t hits, misses, evictions, bytes_read, reads, read_errors, stall_ns,
-            read_ns_sum, prefetch_issued, prefetch_used, prefetch_wasted, loads;
-        atomic_uint_least64_t read_hist[CACHE_READ_BUCKETS];
-        atomic_uint resident;
-    } st;
-};
 
 static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t align_down(uint64_t v, uint64_t a)
-{
-    return v / a * a;
-}
-static uint64_t align_up(uint64_t v, uint64_t a)
-{
-    return (v + a - 1) / a * a;
-}
-
-static uint64_t window_bytes(const cache_extent *e)
-{
-    if (e->bytes == 0) return 0;
-    return align_up(e->offset + e->bytes, ALIGN) - align_down(e->offset, ALIGN);
-}
-
-uint64_t cache_slot_bytes(const cache_extent *extents, size_t n_experts_total)
-{
-    uint64_t best = 0;
-    for (size_t i = 0; i < n_experts_total; i++) {
-        uint64_t b = 0;
-        for (int p = 0; p < CACHE_PARTS; p++) b += window_bytes(&extents[i * CACHE_PARTS + p]);
-        if (b > best) best = b;
-    }
-    return best;
 }
 
 const char *cache_policy_name(cache_policy p)
@@ -142,16 +58,8 @@ cache_opts cache_opts_default(void)
                         .policy = CACHE_POLICY_LRU, .min_slots = 1};
 }
 
-static void log_msg(const cache *c, const char *msg)
-{
-    if (c->o.log)
-        c->o.log(c->o.log_user, msg);
-    else
-        fprintf(stderr, "%s\n", msg);
-}
-
 /* Lower scores are evicted first. */
-static uint64_t score(const cache *c, const slot *s)
+static uint64_t score(const cache *c, const cache__slot *s)
 {
     switch (c->o.policy) {
     case CACHE_POLICY_LFU:
@@ -177,7 +85,7 @@ static int32_t find_victim(cache *c)
     int32_t best = -1;
     uint64_t best_score = UINT64_MAX;
     for (uint32_t i = 0; i < c->n_slots; i++) {
-        slot *s = &c->slots[i];
+        cache__slot *s = &c->slots[i];
         if (s->state == SLOT_EMPTY) return (int32_t)i;
         if (s->pins || s->state == SLOT_LOADING) continue; /* reads in flight write into it */
         uint64_t sc = score(c, s);
@@ -191,7 +99,7 @@ static int32_t find_victim(cache *c)
 
 static void empty_slot(cache *c, uint32_t i)
 {
-    slot *s = &c->slots[i];
+    cache__slot *s = &c->slots[i];
     if (s->prefetched) atomic_fetch_add(&c->st.prefetch_wasted, 1);
     s->prefetched = false;
     if (s->key >= 0) c->slot_of[s->key] = -1;
@@ -202,187 +110,112 @@ static void empty_slot(cache *c, uint32_t i)
     s->uses = 0;
 }
 
-/* Part p's window inside slot memory starts after the windows of the parts before it. */
-static uint64_t part_pos(const cache *c, int32_t key, int p)
-{
-    uint64_t pos = 0;
-    for (int q = 0; q < p; q++) pos += window_bytes(&c->ext[(size_t)key * CACHE_PARTS + q]);
-    return pos;
-}
-
-static uint8_t *slot_mem(const cache *c, uint32_t i)
-{
-    return c->arena + (size_t)i * c->slot_bytes;
-}
-
-/* Submits the slot's next chunk reads while the ring has room; returns false when the slot
- * still has reads to submit. */
-static bool pump_slot(cache *c, uint32_t i)
-{
-    slot *s = &c->slots[i];
-    uint64_t cursor = c->load_cursor[i];
-    for (int p = 0; p < CACHE_PARTS; p++) {
-        const cache_extent *e = &c->ext[(size_t)s->key * CACHE_PARTS + p];
-        uint64_t wb = window_bytes(e), w0 = align_down(e->offset, ALIGN), pos = part_pos(c, s->key, p);
-        if (cursor >= pos + wb) continue;
-        while (cursor < pos + wb) {
-            if (!cache__io_has_room(c->io)) {
-                c->load_cursor[i] = cursor;
-                return false;
-            }
-            uint64_t in_win = cursor - pos;
-            uint64_t len = wb - in_win;
-            if (len > c->o.chunk_bytes) len = c->o.chunk_bytes;
-            /* Bytes that must arrive: up to the extent's end; the rest is padding. */
-            uint64_t data_end = e->offset + e->bytes - w0;
-            uint64_t need = data_end > in_win ? data_end - in_win : 0;
-            if (need > len) need = len;
-            uint64_t file_off = w0 + in_win;
-            /* A window may reach past the end of the file: ask only for what exists. */
-            uint64_t fsz = cache__io_file_size(c->io);
-            uint64_t ask = file_off >= fsz ? 0 : (file_off + len > fsz ? fsz - file_off : len);
-            if (cache__io_direct(c->io)) ask = align_up(ask, ALIGN);
-            if (ask > len) ask = len;
-            if (need > ask) ask = need; /* lets the read fail with -ENODATA: truncated file */
-            s->reads_left++;
-            int rc = ask ? cache__io_submit(c->io, i, file_off, slot_mem(c, i) + cursor, (uint32_t)ask,
-                                            (uint32_t)need)
-                         : 0;
-            if (rc) {
-                s->reads_left--;
-                if (!s->error) s->error = rc;
-            } else if (!ask) {
-                s->reads_left--;
-            }
-            atomic_fetch_add(&c->st.bytes_read, ask);
-            cursor += len;
-        }
-    }
-    c->load_cursor[i] = cursor;
-    return true;
-}
-
-static void pump(cache *c)
-{
-    while (c->load_len > 0) {
-        uint32_t i = c->load_queue[c->load_head];
-        if (!pump_slot(c, i)) break;
-        c->load_head = (c->load_head + 1) % c->n_slots;
-        c->load_len--;
-        if (c->slots[i].reads_left == 0 && c->slots[i].state == SLOT_LOADING) {
-            /* nothing to read (empty extents) or every submit failed */
-            c->slots[i].state = SLOT_READY;
-            if (!c->slots[i].error) atomic_fetch_add(&c->st.resident, 1);
-        }
-    }
-}
-
 static void start_load(cache *c, uint32_t i, int32_t key)
 {
-    slot *s = &c->slots[i];
+    cache__slot *s = &c->slots[i];
     s->key = key;
     s->state = SLOT_LOADING;
-    s->reads_left = 0;
     s->error = 0;
     s->uses = 0;
     s->load_start_ns = now_ns();
     c->slot_of[key] = (int32_t)i;
-    c->load_cursor[i] = 0;
     if (c->o.simulate) {
         s->state = SLOT_READY;
         atomic_fetch_add(&c->st.resident, 1);
         return;
     }
-    c->load_queue[(c->load_head + c->load_len) % c->n_slots] = i;
-    c->load_len++;
-    pump(c);
+    c->fill->start(c, i, key);
 }
 
-static void on_read(void *user, uint64_t tag, int result)
+void cache__loaded(cache *c, uint32_t i, int result)
 {
-    cache *c = user;
-    slot *s = &c->slots[tag];
-    atomic_fetch_add(&c->st.reads, 1);
-    if (result) {
-        if (!s->error) s->error = result;
-        atomic_fetch_add(&c->st.read_errors, 1);
-    }
-    /* Ready when the last read is back and every chunk was submitted. */
-    if (--s->reads_left == 0 && c->load_cursor[tag] >= part_pos(c, s->key, CACHE_PARTS)) {
-        s->state = SLOT_READY;
-        uint64_t ns = now_ns() - s->load_start_ns;
-        int b = 0;
-        while (b < CACHE_READ_BUCKETS - 1 && (double)ns * 1e-9 > cache_read_bounds[b]) b++;
-        atomic_fetch_add(&c->st.read_hist[b], 1);
-        atomic_fetch_add(&c->st.loads, 1);
-        atomic_fetch_add(&c->st.read_ns_sum, ns);
-        if (!s->error) atomic_fetch_add(&c->st.resident, 1);
-    }
+    cache__slot *s = &c->slots[i];
+    if (result && !s->error) s->error = result;
+    s->state = SLOT_READY;
+    uint64_t ns = now_ns() - s->load_start_ns;
+    int b = 0;
+    while (b < CACHE_READ_BUCKETS - 1 && (double)ns * 1e-9 > cache_read_bounds[b]) b++;
+    atomic_fetch_add(&c->st.read_hist[b], 1);
+    atomic_fetch_add(&c->st.loads, 1);
+    atomic_fetch_add(&c->st.read_ns_sum, ns);
+    if (!s->error) atomic_fetch_add(&c->st.resident, 1);
 }
 
-static int reap(cache *c, bool wait, char *err, size_t err_size)
+static int progress(cache *c, bool wait, char *err, size_t err_size)
 {
+    if (c->o.simulate) return 0;
     uint64_t t0 = wait ? now_ns() : 0;
-    int rc = cache__io_reap(c->io, wait, on_read, c);
+    int rc = c->fill->progress(c, wait, err, err_size);
     if (wait) atomic_fetch_add(&c->st.stall_ns, now_ns() - t0);
-    if (rc < 0) {
-        snprintf(err, err_size, "reading experts from %s: io_uring: %s", c->o.path, strerror(-rc));
-        return rc;
-    }
-    pump(c);
-    return 0;
+    return rc;
+}
+
+static int flush(cache *c, char *err, size_t err_size)
+{
+    return c->o.simulate ? 0 : c->fill->flush(c, err, err_size);
+}
+
+static uint32_t in_flight(const cache *c)
+{
+    return c->o.simulate ? 0 : c->fill->in_flight(c);
 }
 
 /* ---- open / close --------------------------------------------------------------------------- */
+
+void cache__log_msg(const cache *c, const char *msg)
+{
+    if (c->o.log)
+        c->o.log(c->o.log_user, msg);
+    else
+        fprintf(stderr, "%s\n", msg);
+}
 
 static int preload_all(cache *c, char *err, size_t err_size)
 {
     uint64_t t0 = now_ns();
     int32_t next_report = 10;
-    char msg[160];
+    char msg[200];
+    uint32_t depth = c->o.queue_depth ? c->o.queue_depth : 32;
     for (int32_t key = 0; key < c->n_keys; key++) {
         start_load(c, (uint32_t)key, key);
-        /* Keep the ring busy but bounded: reap whenever it is full. */
-        while (c->load_len > 0) {
-            int rc = reap(c, true, err, err_size);
-            if (rc) return rc;
-        }
+        /* Keep the filler busy but bounded. */
+        int rc = flush(c, err, err_size);
+        while (rc == 0 && in_flight(c) > depth) rc = progress(c, true, err, err_size);
+        if (rc) return rc;
         int32_t pct = (int32_t)((int64_t)(key + 1) * 100 / c->n_keys);
         if (pct >= next_report || key + 1 == c->n_keys) {
-            snprintf(msg, sizeof msg, "loading experts: %3d%% (%d/%d, %.1f MiB)", pct, key + 1,
-                     c->n_keys, (double)atomic_load(&c->st.bytes_read) / (1 << 20));
-            log_msg(c, msg);
+            snprintf(msg, sizeof msg, "loading experts into the %s tier: %3d%% (%d/%d, %.1f MiB)",
+                     c->tier_name, pct, key + 1, c->n_keys,
+                     (double)atomic_load(&c->st.bytes_read) / (1 << 20));
+            cache__log_msg(c, msg);
             next_report = pct + 10;
         }
     }
-    while (cache__io_in_flight(c->io) > 0) {
-        int rc = reap(c, true, err, err_size);
+    while (in_flight(c) > 0) {
+        int rc = progress(c, true, err, err_size);
         if (rc) return rc;
     }
     for (uint32_t i = 0; i < c->n_slots; i++) {
         if (c->slots[i].error) {
-            int32_t key = c->slots[i].key;
-            snprintf(err, err_size, "reading expert %d of layer %d from %s: %s",
-                     key % c->o.n_expert, key / c->o.n_expert, c->o.path,
-                     c->slots[i].error == -ENODATA ? "the file is truncated"
-                                                   : strerror(-c->slots[i].error));
-            return c->slots[i].error == -ENODATA ? -EIO : c->slots[i].error;
+            int e = c->slots[i].error;
+            c->fill->describe(c, c->slots[i].key, e, err, err_size);
+            return e == -ENODATA ? -EIO : e;
         }
     }
     atomic_store(&c->st.stall_ns, 0); /* start-up is not a stall of the engine */
     double s = (double)(now_ns() - t0) * 1e-9;
-    snprintf(msg, sizeof msg, "loaded all %d experts (%.1f MiB) in %.2f s (%.0f MiB/s)", c->n_keys,
-             (double)atomic_load(&c->st.bytes_read) / (1 << 20), s,
+    snprintf(msg, sizeof msg, "loaded all %d experts into the %s tier (%.1f MiB) in %.2f s (%.0f MiB/s)",
+             c->n_keys, c->tier_name, (double)atomic_load(&c->st.bytes_read) / (1 << 20), s,
              (double)atomic_load(&c->st.bytes_read) / (1 << 20) / (s > 0 ? s : 1));
-    log_msg(c, msg);
+    cache__log_msg(c, msg);
     return 0;
 }
 
-int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
+int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const char *tier_name,
+               char *err, size_t err_size)
 {
     *out = NULL;
-    if (opts->n_layer <= 0 || opts->n_expert <= 0 || !opts->extents ||
-        (!opts->simulate && !opts->path)) {
+    if (opts->n_layer <= 0 || opts->n_expert <= 0) {
         snprintf(err, err_size, "cache: bad options (layers %d, experts %d)", opts->n_layer,
                  opts->n_expert);
         return -EINVAL;
@@ -393,21 +226,18 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
         return -ENOMEM;
     }
     c->o = *opts;
-    if (!c->o.queue_depth) c->o.queue_depth = 32;
-    if (!c->o.chunk_bytes) c->o.chunk_bytes = 1u << 20;
-    c->o.chunk_bytes = (uint32_t)align_up(c->o.chunk_bytes, ALIGN);
+    c->o.extents = NULL; /* not kept: each tier derives what it needs at open */
+    c->tier_name = tier_name;
     c->n_keys = opts->n_layer * opts->n_expert;
     int rc = 0;
-    size_t n_ext = (size_t)c->n_keys * CACHE_PARTS;
-    c->ext = malloc(n_ext * sizeof *c->ext);
     c->slot_of = malloc((size_t)c->n_keys * sizeof *c->slot_of);
     c->key_requests = calloc((size_t)c->n_keys, sizeof *c->key_requests);
-    if (!c->ext || !c->slot_of || !c->key_requests) goto oom;
-    memcpy(c->ext, opts->extents, n_ext * sizeof *c->ext);
+    c->part_off = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_off);
+    c->part_bytes = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_bytes);
+    if (!c->slot_of || !c->key_requests || !c->part_off || !c->part_bytes) goto oom;
     for (int32_t k = 0; k < c->n_keys; k++) c->slot_of[k] = -1;
 
-    c->slot_bytes = cache_slot_bytes(c->ext, (size_t)c->n_keys);
-    if (c->slot_bytes == 0) c->slot_bytes = ALIGN;
+    c->slot_bytes = slot_bytes ? slot_bytes : 4096;
     uint64_t all = c->slot_bytes * (uint64_t)c->n_keys;
     uint64_t budget = opts->budget_bytes ? opts->budget_bytes : all;
     uint64_t n_slots = budget / c->slot_bytes;
@@ -427,9 +257,9 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
     uint32_t min_slots = opts->min_slots ? opts->min_slots : 1;
     if (n_slots < min_slots) {
         snprintf(err, err_size,
-                 "the expert cache budget (%llu bytes) holds %llu experts of %llu bytes; at least "
-                 "%u are needed (%llu bytes, one token's experts of one layer)",
-                 (unsigned long long)budget, (unsigned long long)n_slots,
+                 "the %s expert tier's budget (%llu bytes) holds %llu experts of %llu bytes; at "
+                 "least %u are needed (%llu bytes, one token's experts of one layer)",
+                 tier_name, (unsigned long long)budget, (unsigned long long)n_slots,
                  (unsigned long long)c->slot_bytes, min_slots,
                  (unsigned long long)(c->slot_bytes * min_slots));
         rc = -EINVAL;
@@ -438,54 +268,49 @@ int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size)
     c->n_slots = (uint32_t)n_slots;
     c->slots = calloc(c->n_slots, sizeof *c->slots);
     c->wants = calloc((size_t)opts->n_expert, sizeof *c->wants);
-    c->load_queue = calloc(c->n_slots, sizeof *c->load_queue);
-    c->load_cursor = calloc(c->n_slots, sizeof *c->load_cursor);
-    if (!c->slots || !c->wants || !c->load_queue || !c->load_cursor) goto oom;
+    if (!c->slots || !c->wants) goto oom;
     for (uint32_t i = 0; i < c->n_slots; i++) c->slots[i].key = -1;
-    if (!opts->simulate) {
-        c->arena_bytes = (size_t)(c->slot_bytes * c->n_slots);
-        void *mem = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (mem == MAP_FAILED) {
-            rc = -errno;
-            snprintf(err, err_size, "cannot reserve %zu bytes for the expert cache: %s",
-                     c->arena_bytes, strerror(errno));
-            goto fail;
-        }
-        c->arena = mem;
-        rc = cache__io_open(&c->io, &c->o, err, err_size);
-        if (rc) goto fail;
-        cache__io_register(c->io, c->arena, c->arena_bytes);
-        if (c->all_fit && (rc = preload_all(c, err, err_size))) goto fail;
-    } else if (c->all_fit) {
-        for (int32_t key = 0; key < c->n_keys; key++) start_load(c, (uint32_t)key, key);
-    }
-    if (c->o.trace) fprintf(c->o.trace, "moeserve-trace 1 %d %d\n", opts->n_layer, opts->n_expert);
     *out = c;
     return 0;
 oom:
     rc = -ENOMEM;
     snprintf(err, err_size, "out of memory");
 fail:
-    cache_close(&c);
+    cache__free(c);
     return rc;
+}
+
+int cache__start(cache *c, char *err, size_t err_size)
+{
+    if (c->all_fit) {
+        if (c->o.simulate) {
+            for (int32_t key = 0; key < c->n_keys; key++) start_load(c, (uint32_t)key, key);
+        } else {
+            int rc = preload_all(c, err, err_size);
+            if (rc) return rc;
+        }
+    }
+    if (c->o.trace) fprintf(c->o.trace, "moeserve-trace 1 %d %d\n", c->o.n_layer, c->o.n_expert);
+    return 0;
+}
+
+void cache__free(cache *c)
+{
+    if (!c) return;
+    if (c->fill && c->fill->close) c->fill->close(c); /* waits for loads in flight */
+    free(c->slot_of);
+    free(c->key_requests);
+    free(c->part_off);
+    free(c->part_bytes);
+    free(c->slots);
+    free(c->wants);
+    free(c);
 }
 
 void cache_close(cache **cp)
 {
-    cache *c = *cp;
-    if (!c) return;
+    cache__free(*cp);
     *cp = NULL;
-    cache__io_close(&c->io); /* waits for reads in flight before their memory goes */
-    if (c->arena) munmap(c->arena, c->arena_bytes);
-    free(c->ext);
-    free(c->slot_of);
-    free(c->key_requests);
-    free(c->slots);
-    free(c->wants);
-    free(c->load_queue);
-    free(c->load_cursor);
-    free(c);
 }
 
 /* ---- requests -------------------------------------------------------------------------------- */
@@ -494,7 +319,7 @@ void cache_close(cache **cp)
 static void assign(cache *c)
 {
     for (int32_t w = 0; w < c->n_wants; w++) {
-        want *x = &c->wants[w];
+        cache__want *x = &c->wants[w];
         if (x->slot >= 0 || x->handed_out) continue;
         int32_t key = c->layer * c->o.n_expert + x->expert;
         int32_t i = c->slot_of[key];
@@ -552,7 +377,7 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
         } else {
             atomic_fetch_add(&c->st.misses, 1);
         }
-        c->wants[c->n_wants++] = (want){.expert = e, .slot = -1};
+        c->wants[c->n_wants++] = (cache__want){.expert = e, .slot = -1};
     }
     if (c->o.trace) fputc('\n', c->o.trace);
     /* Touch every requested resident expert before choosing victims, so that a batch never
@@ -572,36 +397,25 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
             c->slots[i].uses = 1;
         }
     }
-    if (c->io) {
-        int rc = cache__io_flush(c->io);
-        if (rc) {
-            snprintf(err, err_size, "reading experts from %s: io_uring submit: %s", c->o.path,
-                     strerror(-rc));
-            return rc;
-        }
-    }
-    return 0;
+    return flush(c, err, err_size);
 }
 
-int cache_next(cache *c, cache_ref *out, char *err, size_t err_size)
+int cache__next(cache *c, cache_ref *out, bool wait, char *err, size_t err_size)
 {
+    bool polled = false;
     for (;;) {
         int32_t remaining = 0;
         for (int32_t w = 0; w < c->n_wants; w++) {
-            want *x = &c->wants[w];
+            cache__want *x = &c->wants[w];
             if (x->handed_out) continue;
             remaining++;
             if (x->slot < 0) continue;
-            slot *s = &c->slots[x->slot];
+            cache__slot *s = &c->slots[x->slot];
             if (s->state != SLOT_READY) continue;
             int32_t key = c->layer * c->o.n_expert + x->expert;
             if (s->error) {
                 int e = s->error;
-                uint64_t off = c->ext[(size_t)key * CACHE_PARTS].offset;
-                snprintf(err, err_size,
-                         "reading expert %d of layer %d (file offset %llu) from %s: %s", x->expert,
-                         c->layer, (unsigned long long)off, c->o.path,
-                         e == -ENODATA ? "the file is truncated" : strerror(-e));
+                c->fill->describe(c, key, e, err, err_size);
                 /* Abandon the request: unpin what it holds and drop the bad slot. */
                 for (int32_t v = 0; v < c->n_wants; v++)
                     if (c->wants[v].slot >= 0 && !c->wants[v].handed_out)
@@ -614,49 +428,49 @@ int cache_next(cache *c, cache_ref *out, char *err, size_t err_size)
             out->layer = c->layer;
             out->expert = x->expert;
             out->slot = (uint32_t)x->slot;
-            uint8_t *mem = slot_mem(c, out->slot);
-            for (int p = 0; p < CACHE_PARTS; p++) {
-                const cache_extent *e = &c->ext[(size_t)key * CACHE_PARTS + p];
-                out->part[p] = c->o.simulate
-                                   ? NULL
-                                   : mem + part_pos(c, key, p) + (e->offset - align_down(e->offset, ALIGN));
-            }
+            uint8_t *mem = cache__slot_mem(c, out->slot);
+            for (int p = 0; p < CACHE_PARTS; p++)
+                out->part[p] = c->o.simulate ? NULL : mem + c->part_off[(size_t)key * CACHE_PARTS + (size_t)p];
             return 0;
         }
         if (remaining == 0) {
             c->n_wants = 0;
             return 1;
         }
-        if (c->io && cache__io_in_flight(c->io) > 0) {
-            int rc = reap(c, true, err, err_size);
+        if (in_flight(c) > 0) {
+            if (!wait && polled) return -EAGAIN;
+            int rc = progress(c, wait, err, err_size);
             if (rc) return rc;
+            polled = true;
             continue;
         }
         assign(c);
-        bool progress = false;
-        for (int32_t w = 0; w < c->n_wants; w++) progress |= c->wants[w].slot >= 0 && !c->wants[w].handed_out;
-        if (!progress) {
-            snprintf(err, err_size, "cache: every slot is pinned (%u slots); release experts "
-                                    "before asking for more", c->n_slots);
+        bool any = false;
+        for (int32_t w = 0; w < c->n_wants; w++) any |= c->wants[w].slot >= 0 && !c->wants[w].handed_out;
+        if (!any && !wait) return -EAGAIN; /* the caller holds what it must release first */
+        if (!any) {
+            snprintf(err, err_size, "cache: every slot of the %s tier is pinned (%u slots); release "
+                     "experts before asking for more", c->tier_name, c->n_slots);
             return -EDEADLK;
         }
-        if (c->io) {
-            int rc = cache__io_flush(c->io);
-            if (rc) {
-                snprintf(err, err_size, "reading experts: io_uring submit: %s", strerror(-rc));
-                return rc;
-            }
-        }
+        int rc = flush(c, err, err_size);
+        if (rc) return rc;
     }
+}
+
+int cache_next(cache *c, cache_ref *out, char *err, size_t err_size)
+{
+    return cache__next(c, out, true, err, err_size);
 }
 
 void cache_release(cache *c, const cache_ref *ref)
 {
-    slot *s = &c->slots[ref->slot];
+    cache__slot *s = &c->slots[ref->slot];
     if (s->pins > 0) s->pins--;
-    /* Waves: a freed slot lets the next waiting expert of this request start reading. */
+    /* Waves: a freed slot lets the next waiting expert of this request start loading. */
     assign(c);
-    if (c->io) (void)cache__io_flush(c->io);
+    char ignored[64];
+    (void)flush(c, ignored, sizeof ignored); /* a failure resurfaces at the next flush */
 }
 
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
@@ -684,7 +498,7 @@ int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_ex
         int32_t best = -1;
         uint64_t best_score = UINT64_MAX;
         for (uint32_t i = 0; i < c->n_slots; i++) {
-            slot *s = &c->slots[i];
+            cache__slot *s = &c->slots[i];
             if (s->state == SLOT_EMPTY) {
                 best = (int32_t)i;
                 break;
@@ -702,19 +516,16 @@ int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_ex
             empty_slot(c, (uint32_t)best);
         }
         start_load(c, (uint32_t)best, key);
-        slot *s = &c->slots[best];
+        cache__slot *s = &c->slots[best];
         s->prefetched = true;
         s->protect_gen = gen;
         s->last_use = c->tick; /* as recent as the request that will want it */
         atomic_fetch_add(&c->st.prefetch_issued, 1);
         started++;
     }
-    if (c->io && started) {
-        int rc = cache__io_flush(c->io);
-        if (rc) {
-            snprintf(err, err_size, "reading experts: io_uring submit: %s", strerror(-rc));
-            return rc;
-        }
+    if (started) {
+        int rc = flush(c, err, err_size);
+        if (rc) return rc;
     }
     return started;
 }
@@ -739,8 +550,8 @@ void cache_get_stats(const cache *c, cache_stats *out)
         .resident = atomic_load(&m->st.resident),
         .slot_bytes = c->slot_bytes,
         .arena_bytes = c->arena_bytes,
-        .direct = c->io && cache__io_direct(c->io),
-        .uring = c->io && cache__io_uring(c->io),
+        .direct = c->fill == &cache__host_filler && cache__host_direct(c),
+        .uring = c->fill == &cache__host_filler && cache__host_uring(c),
         .all_resident = c->all_fit,
     };
     for (int b = 0; b < CACHE_READ_BUCKETS; b++) out->read_hist[b] = atomic_load(&m->st.read_hist[b]);

@@ -1,0 +1,114 @@
+/*
+ * What every backend shares: opening one by kind, placing weights, and the sticky error.
+ *
+ * Placing is written once here on top of alloc + copy + sync, so a backend only has to say
+ * what its memory is; the CPU backend's device is the host, and placing there is free.
+ */
+#include "kernels/backend_internal.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/cuda/cuda.h"
+#include "kernels/sim/sim.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void kern__error_set(kern__error *e, int code, const char *fmt, ...)
+{
+    if (e->code) return;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+}
+
+int kern__error_take(kern__error *e, char *err, size_t err_size)
+{
+    int rc = e->code;
+    if (rc && err && err_size) snprintf(err, err_size, "%s", e->msg);
+    e->code = 0;
+    e->msg[0] = 0;
+    return rc;
+}
+
+static const char *const kind_names[KERN_BACKEND_COUNT] = {"cpu", "sim", "cuda"};
+
+const char *kern_backend_kind_name(kern_backend_kind kind)
+{
+    return kind < KERN_BACKEND_COUNT ? kind_names[kind] : "unknown";
+}
+
+int kern_backend_kind_parse(const char *name, kern_backend_kind *out)
+{
+    for (int k = 0; k < KERN_BACKEND_COUNT; k++) {
+        if (!strcmp(name, kind_names[k])) {
+            *out = (kern_backend_kind)k;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+kern_open_opts kern_open_opts_default(void)
+{
+    return (kern_open_opts){.kind = KERN_BACKEND_CPU};
+}
+
+int kern_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t err_size)
+{
+    *out = NULL;
+    kern_open_opts o = opts ? *opts : kern_open_opts_default();
+    switch (o.kind) {
+    case KERN_BACKEND_CPU: {
+        kern_cpu_opts c = kern_cpu_opts_default();
+        c.n_threads = o.n_threads;
+        return kern_cpu_open(out, &c, err, err_size);
+    }
+    case KERN_BACKEND_SIM: return kern_sim_open(out, &o, err, err_size);
+    case KERN_BACKEND_CUDA: return kern_cuda_open(out, &o, err, err_size);
+    case KERN_BACKEND_COUNT: break;
+    }
+    snprintf(err, err_size, "unknown backend kind %d", (int)o.kind);
+    return -EINVAL;
+}
+
+void kern_backend_close(kern_backend **bp)
+{
+    if (!*bp) return;
+    (*bp)->ops->destroy(*bp);
+    *bp = NULL;
+}
+
+int kern_place(kern_backend *b, const void *host, size_t bytes, const void **out, char *err,
+               size_t err_size)
+{
+    *out = NULL;
+    if (b->kind == KERN_BACKEND_CPU) {
+        *out = host;
+        return 0;
+    }
+    void *dev = NULL;
+    int rc = kern_alloc(b, KERN_MEM_DEVICE, bytes, &dev);
+    if (rc) {
+        snprintf(err, err_size, "%s backend: %zu bytes of device memory for weights: %s", b->name,
+                 bytes, strerror(-rc));
+        return rc;
+    }
+    rc = kern_copy(b, KERN_STREAM_COMPUTE, dev, host, bytes, KERN_COPY_TO_DEVICE);
+    if (rc == 0) rc = kern_sync(b, err, err_size);
+    else snprintf(err, err_size, "%s backend: copying %zu bytes of weights: %s", b->name, bytes,
+                  strerror(-rc));
+    if (rc) {
+        kern_free(b, KERN_MEM_DEVICE, dev);
+        return rc;
+    }
+    *out = dev;
+    return 0;
+}
+
+void kern_unplace(kern_backend *b, const void *host, const void *placed)
+{
+    if (placed && placed != host) kern_free(b, KERN_MEM_DEVICE, (void *)placed);
+}

@@ -1,0 +1,919 @@
+/*
+ * The cross-backend operation suite (after ggml's test-backend-ops): every operation of
+ * kernels.h, every weight type and odd shapes, on every backend this machine has — the CPU at
+ * each instruction-set level it supports, `sim`, and CUDA when a device is present — against
+ * references written here in double precision.  One table of cases serves every backend.
+ *
+ * Inputs go to the device and results come back through the backend's own copies, so a
+ * backend is tested as the forward pass uses it.  Bounds:
+ *   - CPU and sim: the reference within float rounding (quantised matmuls: within the 8-bit
+ *     activation rounding); sim bit-identical to the CPU backend at the same level; every
+ *     operation batch-invariant bit for bit (a token alone equals the token in a batch).
+ *   - CUDA: the reference within the bounds printed per case; batch invariance within the same
+ *     bound (its kernels change with the batch size).
+ * MOE_TEST_BACKENDS=cpu,sim,cuda (a comma list of kinds) restricts the backends.  The worst
+ * error of each (operation, backend) is printed as a table at the end.
+ */
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/quant_blocks.h"
+#include "kernels/kernels.h"
+#include "kernels/sim/sim.h"
+#include "tests/unit/test_util.h"
+
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- backends -------------------------------------------------------------------------------- */
+
+typedef struct backend_entry {
+    char name[32];
+    kern_backend *b;
+    kern_backend *exact_twin; /* sim: the CPU backend whose bits it must equal */
+    bool approx;              /* cuda: bounds instead of bits */
+} backend_entry;
+
+enum { MAX_BACKENDS = 8 };
+static backend_entry backends[MAX_BACKENDS];
+static int n_backends;
+
+static bool kind_wanted(const char *kind)
+{
+    const char *want = getenv("MOE_TEST_BACKENDS");
+    if (!want || !*want) return true;
+    size_t n = strlen(kind);
+    for (const char *p = want; (p = strstr(p, kind)) != NULL; p += n)
+        if ((p == want || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return true;
+    return false;
+}
+
+static kern_backend *open_or_die(const kern_open_opts *o, kern_isa max_isa)
+{
+    char err[256];
+    kern_backend *b = NULL;
+    int rc;
+    if (o->kind == KERN_BACKEND_CPU) {
+        kern_cpu_opts c = {.n_threads = o->n_threads, .max_isa = max_isa};
+        rc = kern_cpu_open(&b, &c, err, sizeof err);
+    } else {
+        rc = kern_open(&b, o, err, sizeof err);
+    }
+    if (rc) {
+        fprintf(stderr, "cannot open the %s backend: %s\n", kern_backend_kind_name(o->kind), err);
+        exit(EXIT_FAILURE);
+    }
+    return b;
+}
+
+static void open_backends(void)
+{
+    char err[256];
+    kern_isa best = kern_cpu_isa();
+    kern_backend *best_cpu = NULL;
+    if (kind_wanted("cpu") || kind_wanted("sim")) {
+        for (int level = 0; level <= (int)best; level++) {
+            if (level == KERN_ISA_AVX512 && best == KERN_ISA_AVX512_VNNI) continue; /* same kernels */
+            backend_entry *e = &backends[n_backends];
+            kern_open_opts co = kern_open_opts_default();
+            co.n_threads = 2;
+            e->b = open_or_die(&co, (kern_isa)level);
+            snprintf(e->name, sizeof e->name, "cpu-%s", kern_isa_name((kern_isa)level));
+            best_cpu = e->b;
+            if (kind_wanted("cpu")) n_backends++;
+        }
+    }
+    if (kind_wanted("sim")) {
+        backend_entry *e = &backends[n_backends++];
+        kern_open_opts o = kern_open_opts_default();
+        o.kind = KERN_BACKEND_SIM;
+        o.n_threads = 2;
+        o.sim_device_bytes = (uint64_t)4 << 30;
+        e->b = open_or_die(&o, KERN_ISA_COUNT);
+        snprintf(e->name, sizeof e->name, "sim");
+        e->exact_twin = best_cpu;
+    }
+    char msg[256];
+    if (kind_wanted("cuda")) {
+        if (kern_cuda_probe(msg, sizeof msg) > 0) {
+            backend_entry *e = &backends[n_backends];
+            kern_open_opts o = kern_open_opts_default();
+            o.kind = KERN_BACKEND_CUDA;
+            if (kern_open(&e->b, &o, err, sizeof err) == 0) {
+                snprintf(e->name, sizeof e->name, "cuda");
+                e->approx = true;
+                n_backends++;
+            } else {
+                printf("cuda: cannot open (%s)\n", err);
+            }
+        } else {
+            printf("SKIP cuda: %s\n", msg);
+        }
+    }
+    printf("backends:");
+    for (int i = 0; i < n_backends; i++) printf(" %s", backends[i].name);
+    printf("\n");
+}
+
+/* ---- worst errors, for the summary table --------------------------------------------------- */
+
+enum { MAX_OPS = 16 };
+static const char *op_names[MAX_OPS] = {"matmul", "rmsnorm", "rope", "attention", "silu_mul",
+                                        "add", "add_bias", "get_rows", "gather", "router",
+                                        "moe_combine", "gate_add", "batch_invariance"};
+static double worst[MAX_OPS][MAX_BACKENDS];
+static long checked[MAX_OPS][MAX_BACKENDS];
+
+static int op_index(const char *op)
+{
+    for (int i = 0; i < MAX_OPS && op_names[i]; i++)
+        if (!strcmp(op_names[i], op)) return i;
+    ck_abort_msg("unknown op %s", op);
+    return 0;
+}
+
+/* |got - want| <= tol * scale (scale: the magnitude the error is measured against). */
+static void expect_close(int be, const char *op, const char *what, double got, double want,
+                         double scale, double tol)
+{
+    int o = op_index(op);
+    double err = fabs(got - want) / (scale > 0 ? scale : 1.0);
+    if (isnan(got) != isnan(want) || err > worst[o][be]) worst[o][be] = isnan(got) ? INFINITY : err;
+    checked[o][be]++;
+    ck_assert_msg(!isnan(got) && err <= tol, "%s %s %s: %.9g, reference %.9g (error %.3g of %.3g > %.3g)",
+                  backends[be].name, op, what, got, want, err * scale, scale, tol);
+}
+
+/* ---- device memory helpers ------------------------------------------------------------------ */
+
+static void *to_device(kern_backend *b, const void *host, size_t bytes)
+{
+    void *d = NULL;
+    ck_assert_int_eq(kern_alloc(b, KERN_MEM_DEVICE, bytes ? bytes : 1, &d), 0);
+    if (bytes) ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, d, host, bytes, KERN_COPY_TO_DEVICE), 0);
+    return d;
+}
+
+static void *dev_zeros(kern_backend *b, size_t bytes)
+{
+    void *z = calloc(1, bytes ? bytes : 1);
+    void *d = to_device(b, z, bytes);
+    free(z);
+    return d;
+}
+
+static void from_device(kern_backend *b, void *host, const void *dev, size_t bytes)
+{
+    char err[256];
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, host, dev, bytes, KERN_COPY_TO_HOST), 0);
+    int rc = kern_sync(b, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+}
+
+static void dev_free(kern_backend *b, void *d)
+{
+    kern_free(b, KERN_MEM_DEVICE, d);
+}
+
+static float *random_floats(int64_t n, float scale)
+{
+    float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
+    ck_assert_ptr_nonnull(x);
+    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform() * scale;
+    return x;
+}
+
+/* ---- weights --------------------------------------------------------------------------------- */
+
+static const uint32_t all_types[] = {KERN_T_F32,  KERN_T_F16,  KERN_T_BF16, KERN_T_Q8_0,
+                                     KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0, KERN_T_Q5_1,
+                                     KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
+enum { N_ALL_TYPES = sizeof all_types / sizeof all_types[0] };
+
+static kern_half rand_half(float lo, float hi)
+{
+    return kern_f32_to_f16(lo + (hi - lo) * (rng_uniform() + 1.0f) * 0.5f);
+}
+
+/* n_rows x n_cols of `type` with random payload and sane scales; *ref gets the dequantised
+ * values (the reference dequantisers are bit-exact with gguf-py, test_quant.c). */
+static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float **ref)
+{
+    const kern_type_traits *t = kern_type_info(type);
+    size_t bytes = kern_row_bytes(type, n_cols) * (size_t)n_rows;
+    uint8_t *p = malloc(bytes);
+    ck_assert_ptr_nonnull(p);
+    int64_t n = n_rows * n_cols;
+    if (t->block_elems == 1) {
+        for (int64_t i = 0; i < n; i++) {
+            float v = rng_uniform();
+            if (type == KERN_T_F32) memcpy(p + 4 * i, &v, 4);
+            else {
+                uint16_t h = type == KERN_T_F16 ? kern_f32_to_f16(v) : kern_f32_to_bf16(v);
+                memcpy(p + 2 * i, &h, 2);
+            }
+        }
+    } else {
+        for (size_t i = 0; i < bytes; i++) p[i] = (uint8_t)rng_next();
+        for (size_t blk = 0; blk < bytes / t->block_bytes; blk++) {
+            uint8_t *b = p + blk * t->block_bytes;
+            switch (type) {
+            case KERN_T_Q8_0: ((block_q8_0 *)b)->d = rand_half(0.001f, 0.02f); break;
+            case KERN_T_Q4_0: ((block_q4_0 *)b)->d = rand_half(-0.05f, 0.05f); break;
+            case KERN_T_Q5_0: ((block_q5_0 *)b)->d = rand_half(-0.05f, 0.05f); break;
+            case KERN_T_Q4_1:
+                ((block_q4_1 *)b)->d = rand_half(0.001f, 0.02f);
+                ((block_q4_1 *)b)->m = rand_half(-0.2f, 0.0f);
+                break;
+            case KERN_T_Q5_1:
+                ((block_q5_1 *)b)->d = rand_half(0.001f, 0.02f);
+                ((block_q5_1 *)b)->m = rand_half(-0.2f, 0.0f);
+                break;
+            case KERN_T_Q4_K:
+                ((block_q4_K *)b)->d = rand_half(0.0001f, 0.002f);
+                ((block_q4_K *)b)->dmin = rand_half(0.0001f, 0.002f);
+                break;
+            case KERN_T_Q5_K:
+                ((block_q5_K *)b)->d = rand_half(0.0001f, 0.002f);
+                ((block_q5_K *)b)->dmin = rand_half(0.0001f, 0.002f);
+                break;
+            case KERN_T_Q6_K: ((block_q6_K *)b)->d = rand_half(-0.002f, 0.002f); break;
+            default: ck_abort_msg("no scale rule for %s", t->name);
+            }
+        }
+    }
+    *ref = malloc((size_t)n * sizeof **ref);
+    t->to_f32(p, *ref, n);
+    return p;
+}
+
+/* ---- matmul ----------------------------------------------------------------------------------- */
+
+/* Activations are rounded to 8 bits per block for the quantised types (CPU: Q8_0/Q8_1/Q8_K;
+ * CUDA: its own 8-bit blocks), which bounds the error by about half a step of the largest
+ * activation per block times the weights' magnitude; 1e-2 of sum |w x| holds with margin. */
+static double matmul_tol(uint32_t type, bool approx)
+{
+    if (kern_type_info(type)->block_elems > 1) return 1e-2;
+    if (!approx) return 2e-6;
+    return type == KERN_T_F32 ? 1e-5 : 2e-3; /* cuda may round activations to f16 for GEMMs */
+}
+
+static void matmul_case(int be, uint32_t type, int64_t rows, int64_t cols, int64_t n_tok)
+{
+    kern_backend *b = backends[be].b;
+    float *wf = NULL;
+    void *w = random_weight(type, rows, cols, &wf);
+    float *x = random_floats(n_tok * cols, 1.0f);
+    size_t wbytes = kern_row_bytes(type, cols) * (size_t)rows;
+    kern_weight kw = {.data = to_device(b, w, wbytes), .type = type, .n_rows = rows,
+                      .n_cols = cols, .row_bytes = kern_row_bytes(type, cols)};
+    float *dx = to_device(b, x, (size_t)(n_tok * cols) * sizeof *x);
+    float *dy = dev_zeros(b, (size_t)(n_tok * rows) * sizeof(float));
+    float *y = malloc((size_t)(n_tok * rows) * sizeof *y), *one = malloc((size_t)rows * sizeof *one);
+    kern_matmul(b, &kw, dx, dy, n_tok);
+    from_device(b, y, dy, (size_t)(n_tok * rows) * sizeof *y);
+    double tol = matmul_tol(type, backends[be].approx);
+    char what[96];
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t r = 0; r < rows; r++) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t c = 0; c < cols; c++) {
+                ref += (double)wf[r * cols + c] * x[t * cols + c];
+                mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
+            }
+            snprintf(what, sizeof what, "%s %lldx%lld n=%lld t=%lld r=%lld", kern_type_info(type)->name,
+                     (long long)rows, (long long)cols, (long long)n_tok, (long long)t, (long long)r);
+            expect_close(be, "matmul", what, y[t * rows + r], ref, mag, tol);
+        }
+    }
+    /* batch invariance: each token alone */
+    if (n_tok > 1) {
+        for (int64_t t = 0; t < n_tok; t += n_tok > 4 ? 3 : 1) {
+            kern_matmul(b, &kw, dx + t * cols, dy, 1);
+            from_device(b, one, dy, (size_t)rows * sizeof *one);
+            for (int64_t r = 0; r < rows; r++) {
+                if (!backends[be].approx) {
+                    ck_assert_msg(memcmp(&one[r], &y[t * rows + r], 4) == 0,
+                                  "%s matmul %s: token %lld alone differs from inside a batch of %lld",
+                                  backends[be].name, kern_type_info(type)->name, (long long)t, (long long)n_tok);
+                    checked[op_index("batch_invariance")][be]++;
+                } else {
+                    double mag = 0.0;
+                    for (int64_t c = 0; c < cols; c++) mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
+                    expect_close(be, "batch_invariance", "matmul", one[r], y[t * rows + r], mag, tol);
+                }
+            }
+        }
+    }
+    /* sim must give the CPU's bits */
+    if (backends[be].exact_twin) {
+        kern_backend *c = backends[be].exact_twin;
+        kern_weight hw = kw;
+        hw.data = w;
+        float *yc = malloc((size_t)(n_tok * rows) * sizeof *yc);
+        kern_matmul(c, &hw, x, yc, n_tok);
+        ck_assert_msg(memcmp(yc, y, (size_t)(n_tok * rows) * sizeof *y) == 0,
+                      "sim matmul %s differs from the CPU backend", kern_type_info(type)->name);
+        free(yc);
+    }
+    dev_free(b, (void *)kw.data);
+    dev_free(b, dx);
+    dev_free(b, dy);
+    free(w);
+    free(wf);
+    free(x);
+    free(y);
+    free(one);
+}
+
+START_TEST(matmul_every_type)
+{
+    uint32_t type = all_types[_i];
+    int64_t blk = kern_type_info(type)->block_elems;
+    /* rows: 1, odd, a multiple of warps and not; columns: one block, several, a remainder of
+     * the SIMD and CUDA strides; tokens: decode (1), small batches (2, 8), just past the
+     * small-batch paths (9) and a prefill-like 33 */
+    static const int64_t shapes[][2] = {{1, 1}, {7, 2}, {33, 3}, {64, 4}, {130, 8}};
+    static const int64_t toks[] = {1, 2, 8, 9, 33};
+    for (int be = 0; be < n_backends; be++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int64_t cols = shapes[s][1] * (blk > 1 ? blk : 32) + (blk == 1 && s == 2 ? 1 : 0);
+            for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
+                matmul_case(be, type, shapes[s][0], cols, toks[k]);
+        }
+    if (blk == 1) /* float rows of any length */
+        for (int be = 0; be < n_backends; be++) matmul_case(be, type, 5, 1000, 3);
+}
+END_TEST
+
+/* ---- rmsnorm, rope, element-wise --------------------------------------------------------------- */
+
+START_TEST(rmsnorm_shapes)
+{
+    static const int64_t ns[] = {1, 7, 128, 300, 4099};
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            int64_t n = ns[k], rows = k == 4 ? 3 : 37, stride = n + (k % 2 ? 5 : 0);
+            int64_t total = (rows - 1) * stride + n;
+            float *x = random_floats(total, 3.0f), *w = random_floats(n, 1.0f);
+            float *out = malloc((size_t)total * sizeof *out);
+            float *dx = to_device(b, x, (size_t)total * sizeof *x), *dw = to_device(b, w, (size_t)n * sizeof *w);
+            float *dout = dev_zeros(b, (size_t)total * sizeof *out);
+            for (int in_place = 0; in_place < 2; in_place++) {
+                const float *weight = in_place ? NULL : dw;
+                float *dst = in_place ? dx : dout;
+                kern_rmsnorm(b, dx, weight, dst, n, rows, stride, 1e-5f);
+                from_device(b, out, dst, (size_t)total * sizeof *out);
+                for (int64_t r = 0; r < rows; r++) {
+                    double ss = 0.0;
+                    for (int64_t i = 0; i < n; i++) ss += (double)x[r * stride + i] * x[r * stride + i];
+                    double scale = 1.0 / sqrt(ss / (double)n + 1e-5);
+                    for (int64_t i = 0; i < n; i++) {
+                        double ref = x[r * stride + i] * scale * (in_place ? 1.0 : w[i]);
+                        expect_close(be, "rmsnorm", in_place ? "in place" : "weighted", out[r * stride + i],
+                                     ref, 1.0 + fabs(ref), backends[be].approx ? 2e-5 : 2e-6);
+                    }
+                }
+            }
+            dev_free(b, dx);
+            dev_free(b, dw);
+            dev_free(b, dout);
+            free(x);
+            free(w);
+            free(out);
+        }
+    }
+}
+END_TEST
+
+START_TEST(rope_modes_and_positions)
+{
+    static const struct {
+        int heads, hd, n_rot;
+    } shapes[] = {{3, 16, 12}, {8, 64, 64}, {4, 128, 128}, {2, 80, 32}};
+    int32_t pos[6] = {0, 1, 7, 100, 4095, 131071};
+    int n_tok = 6;
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        int32_t *dpos = to_device(b, pos, sizeof pos);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int heads = shapes[s].heads, hd = shapes[s].hd, n_rot = shapes[s].n_rot;
+            for (int mode = 0; mode < 2; mode++) {
+                kern_rope_mode m = mode ? KERN_ROPE_NEOX : KERN_ROPE_NORM;
+                float base = mode ? 1000000.0f : 10000.0f;
+                int64_t n = (int64_t)n_tok * heads * hd;
+                float *x = random_floats(n, 1.0f), *r = malloc((size_t)n * sizeof *r);
+                float *dx = to_device(b, x, (size_t)n * sizeof *x);
+                kern_rope(b, dx, n_tok, heads, hd, n_rot, dpos, base, m);
+                from_device(b, r, dx, (size_t)n * sizeof *r);
+                for (int t = 0; t < n_tok; t++)
+                    for (int h = 0; h < heads; h++) {
+                        const float *o = x + (t * heads + h) * hd, *got = r + (t * heads + h) * hd;
+                        for (int i = 0; i < n_rot / 2; i++) {
+                            double th = pos[t] * pow(base, -2.0 * i / n_rot);
+                            int i0 = m == KERN_ROPE_NEOX ? i : 2 * i;
+                            int i1 = m == KERN_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+                            expect_close(be, "rope", "rotated", got[i0], o[i0] * cos(th) - o[i1] * sin(th), 1.0, 2e-5);
+                            expect_close(be, "rope", "rotated", got[i1], o[i0] * sin(th) + o[i1] * cos(th), 1.0, 2e-5);
+                        }
+                        for (int i = n_rot; i < hd; i++) expect_close(be, "rope", "tail", got[i], o[i], 1.0, 0.0);
+                    }
+                dev_free(b, dx);
+                free(x);
+                free(r);
+            }
+        }
+        dev_free(b, dpos);
+    }
+}
+END_TEST
+
+START_TEST(elementwise_ops)
+{
+    static const int64_t ns[] = {1, 31, 1000, 100003};
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            int64_t n = ns[k];
+            float *g = random_floats(n, 8.0f), *u = random_floats(n, 1.0f), *o = malloc((size_t)n * sizeof *o);
+            float *dg = to_device(b, g, (size_t)n * 4), *du = to_device(b, u, (size_t)n * 4);
+            float *dout = dev_zeros(b, (size_t)n * 4);
+            kern_silu_mul(b, dg, du, dout, n);
+            from_device(b, o, dout, (size_t)n * 4);
+            for (int64_t i = 0; i < n; i++) {
+                double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+                expect_close(be, "silu_mul", "", o[i], ref, 1.0 + fabs(ref), 1e-6);
+            }
+            kern_add(b, du, dg, n);
+            from_device(b, o, du, (size_t)n * 4);
+            for (int64_t i = 0; i < n; i++) expect_close(be, "add", "", o[i], (double)(u[i] + g[i]), 1.0, 0.0);
+            /* add_bias: rows of an odd width */
+            int64_t dim = k == 0 ? 1 : 37, rows = n / dim;
+            float *bias = random_floats(dim, 2.0f);
+            float *dbias = to_device(b, bias, (size_t)dim * 4);
+            float *dx = to_device(b, g, (size_t)(rows * dim) * 4);
+            kern_add_bias(b, dx, dbias, rows, dim);
+            from_device(b, o, dx, (size_t)(rows * dim) * 4);
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t i = 0; i < dim; i++)
+                    expect_close(be, "add_bias", "", o[r * dim + i], (double)(g[r * dim + i] + bias[i]), 1.0, 0.0);
+            dev_free(b, dg);
+            dev_free(b, du);
+            dev_free(b, dout);
+            dev_free(b, dbias);
+            dev_free(b, dx);
+            free(g);
+            free(u);
+            free(o);
+            free(bias);
+        }
+    }
+}
+END_TEST
+
+START_TEST(get_rows_and_gather)
+{
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        for (size_t ti = 0; ti < N_ALL_TYPES; ti++) {
+            uint32_t type = all_types[ti];
+            int64_t blk = kern_type_info(type)->block_elems, cols = blk > 1 ? 2 * blk : 40, rows = 11;
+            float *ref = NULL;
+            void *w = random_weight(type, rows, cols, &ref);
+            size_t wbytes = kern_row_bytes(type, cols) * (size_t)rows;
+            kern_weight kw = {.data = to_device(b, w, wbytes), .type = type, .n_rows = rows,
+                              .n_cols = cols, .row_bytes = kern_row_bytes(type, cols)};
+            int32_t ids[5] = {10, 0, 4, 4, 7};
+            int32_t *dids = to_device(b, ids, sizeof ids);
+            float *dout = dev_zeros(b, (size_t)(5 * cols) * 4), *out = malloc((size_t)(5 * cols) * 4);
+            kern_get_rows(b, &kw, dids, dout, 5);
+            from_device(b, out, dout, (size_t)(5 * cols) * 4);
+            for (int j = 0; j < 5; j++)
+                for (int64_t c = 0; c < cols; c++)
+                    expect_close(be, "get_rows", kern_type_info(type)->name, out[j * cols + c],
+                                 ref[ids[j] * cols + c], 1.0 + fabs(ref[ids[j] * cols + c]),
+                                 backends[be].approx ? 1e-6 : 0.0);
+            dev_free(b, (void *)kw.data);
+            dev_free(b, dids);
+            dev_free(b, dout);
+            free(w);
+            free(ref);
+            free(out);
+        }
+        /* gather: rows of floats in any order, repeats allowed */
+        int64_t dim = 257, n_src = 9, n = 20;
+        float *src = random_floats(n_src * dim, 4.0f), *out = malloc((size_t)(n * dim) * 4);
+        int32_t rows[20];
+        for (int i = 0; i < n; i++) rows[i] = (int32_t)((i * 7 + 3) % n_src);
+        float *dsrc = to_device(b, src, (size_t)(n_src * dim) * 4), *ddst = dev_zeros(b, (size_t)(n * dim) * 4);
+        int32_t *drows = to_device(b, rows, sizeof rows);
+        kern_gather(b, dsrc, drows, ddst, n, dim);
+        from_device(b, out, ddst, (size_t)(n * dim) * 4);
+        for (int i = 0; i < n; i++)
+            for (int64_t c = 0; c < dim; c++)
+                expect_close(be, "gather", "", out[i * dim + c], src[rows[i] * dim + c], 1.0, 0.0);
+        dev_free(b, dsrc);
+        dev_free(b, ddst);
+        dev_free(b, drows);
+        free(src);
+        free(out);
+    }
+}
+END_TEST
+
+/* ---- routing and the experts' combine ------------------------------------------------------- */
+
+/* The reference router: gating in double, top-k by value (lowest index first among equals). */
+static void ref_route(const float *logits, const kern_router_opts *o, int32_t *ids, double *w)
+{
+    int E = o->n_expert;
+    double *p = malloc((size_t)E * sizeof *p);
+    double max = -INFINITY, sum = 0.0;
+    for (int e = 0; e < E; e++) max = fmax(max, logits[e]);
+    for (int e = 0; e < E; e++) {
+        p[e] = o->gating == KERN_GATING_SIGMOID ? 1.0 / (1.0 + exp(-(double)logits[e])) : exp(logits[e] - max);
+        sum += p[e];
+    }
+    if (o->gating == KERN_GATING_SOFTMAX)
+        for (int e = 0; e < E; e++) p[e] /= sum;
+    double top = 0.0;
+    for (int j = 0; j < o->k; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int i = 0; i < j; i++) taken |= ids[i] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        ids[j] = best;
+        w[j] = p[best];
+        top += p[best];
+    }
+    for (int j = 0; j < o->k; j++) {
+        if (o->norm) w[j] /= fmax(top, 6.103515625e-5);
+        w[j] *= o->scale;
+    }
+    free(p);
+}
+
+START_TEST(router_gatings_and_ties)
+{
+    static const struct {
+        int E, k;
+        kern_gating g;
+        bool norm;
+        float scale;
+    } cases[] = {{8, 2, KERN_GATING_SOFTMAX, true, 1.0f},    {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
+                 {128, 8, KERN_GATING_SOFTMAX, true, 1.0f},  {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
+                 {256, 8, KERN_GATING_SIGMOID, true, 2.5f},  {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
+                 {8, 8, KERN_GATING_SOFTMAX, false, 0.5f}};
+    int n_tok = 13;
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            kern_router_opts o = {.n_expert = cases[c].E, .k = cases[c].k, .gating = cases[c].g,
+                                  .norm = cases[c].norm, .scale = cases[c].scale};
+            int E = o.n_expert, K = o.k;
+            /* well separated values (so that every backend agrees on the order), and one token
+             * of exact ties: the lowest index must win */
+            float *logits = malloc((size_t)(n_tok * E) * sizeof *logits);
+            for (int t = 0; t < n_tok; t++)
+                for (int e = 0; e < E; e++)
+                    logits[t * E + e] = t == 0 ? 0.25f : (float)((e * 37 + t * 11) % E) * (4.0f / (float)E) - 2.0f;
+            float *dl = to_device(b, logits, (size_t)(n_tok * E) * 4);
+            int32_t *did = dev_zeros(b, (size_t)(n_tok * K) * 4), *ids = malloc((size_t)(n_tok * K) * 4);
+            float *dw = dev_zeros(b, (size_t)(n_tok * K) * 4), *w = malloc((size_t)(n_tok * K) * 4);
+            kern_router(b, dl, n_tok, &o, did, dw);
+            from_device(b, ids, did, (size_t)(n_tok * K) * 4);
+            from_device(b, w, dw, (size_t)(n_tok * K) * 4);
+            int32_t rid[16];
+            double rw[16];
+            for (int t = 0; t < n_tok; t++) {
+                ref_route(logits + t * E, &o, rid, rw);
+                for (int j = 0; j < K; j++) {
+                    ck_assert_msg(ids[t * K + j] == rid[j], "%s router E=%d k=%d token %d: slot %d is expert %d, want %d",
+                                  backends[be].name, E, K, t, j, ids[t * K + j], rid[j]);
+                    expect_close(be, "router", "weight", w[t * K + j], rw[j], 1.0, 2e-6);
+                }
+            }
+            dev_free(b, dl);
+            dev_free(b, did);
+            dev_free(b, dw);
+            free(logits);
+            free(ids);
+            free(w);
+        }
+    }
+}
+END_TEST
+
+START_TEST(combine_and_shared_gate)
+{
+    int64_t n_tok = 11, K = 4, dim = 301, n_rows = n_tok * K;
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        float *src = random_floats(n_rows * dim, 3.0f), *wts = random_floats(n_rows, 1.0f);
+        int32_t *rows = malloc((size_t)n_rows * sizeof *rows);
+        for (int64_t i = 0; i < n_rows; i++) rows[i] = (int32_t)((i * 13 + 5) % n_rows);
+        float *out = malloc((size_t)(n_tok * dim) * 4);
+        float *dsrc = to_device(b, src, (size_t)(n_rows * dim) * 4), *dw = to_device(b, wts, (size_t)n_rows * 4);
+        int32_t *drows = to_device(b, rows, (size_t)n_rows * 4);
+        float *dout = dev_zeros(b, (size_t)(n_tok * dim) * 4);
+        kern_moe_combine(b, dsrc, drows, dw, dout, n_tok, (int)K, dim);
+        from_device(b, out, dout, (size_t)(n_tok * dim) * 4);
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t i = 0; i < dim; i++) {
+                double ref = 0.0, mag = 0.0;
+                for (int64_t j = 0; j < K; j++) {
+                    ref += (double)wts[t * K + j] * src[rows[t * K + j] * dim + i];
+                    mag += fabs((double)wts[t * K + j] * src[rows[t * K + j] * dim + i]);
+                }
+                expect_close(be, "moe_combine", "", out[t * dim + i], ref, mag + 1e-30, 1e-6);
+            }
+        /* gate_add: out += sigmoid(gate . h) * x */
+        float *h = random_floats(n_tok * dim, 1.0f), *gate = random_floats(dim, 0.2f), *x = random_floats(n_tok * dim, 2.0f);
+        float *dh = to_device(b, h, (size_t)(n_tok * dim) * 4), *dg = to_device(b, gate, (size_t)dim * 4);
+        float *dx = to_device(b, x, (size_t)(n_tok * dim) * 4);
+        float *before = malloc((size_t)(n_tok * dim) * 4);
+        memcpy(before, out, (size_t)(n_tok * dim) * 4);
+        kern_gate_add(b, dh, dg, dx, dout, n_tok, dim);
+        from_device(b, out, dout, (size_t)(n_tok * dim) * 4);
+        for (int64_t t = 0; t < n_tok; t++) {
+            double z = 0.0;
+            for (int64_t i = 0; i < dim; i++) z += (double)gate[i] * h[t * dim + i];
+            double g = 1.0 / (1.0 + exp(-z));
+            for (int64_t i = 0; i < dim; i++) {
+                double ref = before[t * dim + i] + g * x[t * dim + i];
+                expect_close(be, "gate_add", "", out[t * dim + i], ref, 1.0 + fabs(ref), 2e-6);
+            }
+        }
+        dev_free(b, dsrc);
+        dev_free(b, dw);
+        dev_free(b, drows);
+        dev_free(b, dout);
+        dev_free(b, dh);
+        dev_free(b, dg);
+        dev_free(b, dx);
+        free(src);
+        free(wts);
+        free(rows);
+        free(out);
+        free(h);
+        free(gate);
+        free(x);
+        free(before);
+    }
+}
+END_TEST
+
+/* ---- the paged KV cache and attention ---------------------------------------------------------- */
+
+static float kv_round(float v, kern_kv_type t)
+{
+    return t == KERN_KV_F16 ? kern_f16_to_f32(kern_f32_to_f16(v)) : v;
+}
+
+/* Sequences of different lengths stored in one batch of tokens (as a prefill of several
+ * prompts), then a decode step, each step's attention against the reference over the values
+ * as stored. */
+static void attention_case(int be, kern_kv_type type, int block_tokens, int n_head, int n_head_kv,
+                           int hd, const int *lens, int n_seq)
+{
+    kern_backend *b = backends[be].b;
+    char err[256];
+    int n_layer = 2, kv_dim = n_head_kv * hd, layer = 1, max_len = 0, total = 0;
+    for (int s = 0; s < n_seq; s++) {
+        total += lens[s];
+        if (lens[s] > max_len) max_len = lens[s];
+    }
+    kern_kv *kv = NULL;
+    kern_kv_opts ko = {.n_layer = n_layer, .kv_dim = kv_dim, .n_seq = n_seq, .n_ctx = max_len + 1,
+                       .block_tokens = block_tokens, .type = type};
+    ck_assert_msg(kern_kv_open(&kv, b, &ko, err, sizeof err) == 0, "%s", err);
+    /* the prefill batch: sequences interleaved, each token at its position */
+    int32_t *seq = malloc((size_t)total * 4), *pos = malloc((size_t)total * 4);
+    int n = 0;
+    for (int i = 0; i < max_len; i++)
+        for (int s = 0; s < n_seq; s++)
+            if (i < lens[s]) {
+                seq[n] = s;
+                pos[n++] = i;
+            }
+    for (int s = 0; s < n_seq; s++) ck_assert_msg(kern_kv_reserve(kv, s, lens[s], err, sizeof err) == 0, "%s", err);
+    float *q = random_floats((int64_t)total * n_head * hd, 1.0f);
+    float *k = random_floats((int64_t)total * kv_dim, 2.0f), *v = random_floats((int64_t)total * kv_dim, 1.0f);
+    float *dq = to_device(b, q, (size_t)total * n_head * hd * 4);
+    float *dk = to_device(b, k, (size_t)total * kv_dim * 4), *dv = to_device(b, v, (size_t)total * kv_dim * 4);
+    int32_t *dseq = to_device(b, seq, (size_t)total * 4), *dpos = to_device(b, pos, (size_t)total * 4);
+    float *dout = dev_zeros(b, (size_t)total * n_head * hd * 4), *out = malloc((size_t)total * n_head * hd * 4);
+    const kern_kv_layout *l = kern_kv_get_layout(kv);
+    kern_kv_store(b, l, layer, dk, dv, dseq, dpos, total);
+    kern_attention(b, l, layer, dq, dseq, dpos, dout, total, n_head, n_head_kv, hd, 1.0f / sqrtf((float)hd));
+    from_device(b, out, dout, (size_t)total * n_head * hd * 4);
+    /* row of (seq s, position p) in the batch */
+    int *row_of = malloc((size_t)(n_seq * max_len) * sizeof *row_of);
+    for (int i = 0; i < total; i++) row_of[seq[i] * max_len + pos[i]] = i;
+    double *sc = malloc((size_t)max_len * sizeof *sc);
+    char what[128];
+    int group = n_head / n_head_kv;
+    /* The reference is quadratic in the positions: a long sequence is checked at a sample of
+     * its tokens (the last included), short ones everywhere. */
+    int stride = total > 64 ? total / 32 : 1;
+    for (int i = 0; i < total; i++) {
+        if (i % stride && i != total - 1) continue;
+        for (int h = 0; h < n_head; h++) {
+            int kh = h / group;
+            const float *qq = q + ((size_t)i * n_head + h) * hd;
+            double max = -INFINITY, sum = 0.0;
+            for (int j = 0; j <= pos[i]; j++) {
+                int r = row_of[seq[i] * max_len + j];
+                double d = 0.0;
+                for (int c = 0; c < hd; c++) d += (double)qq[c] * kv_round(k[(size_t)r * kv_dim + kh * hd + c], type);
+                sc[j] = d / sqrt((double)hd);
+                max = fmax(max, sc[j]);
+            }
+            for (int j = 0; j <= pos[i]; j++) sum += (sc[j] = exp(sc[j] - max));
+            for (int c = 0; c < hd; c++) {
+                double ref = 0.0;
+                for (int j = 0; j <= pos[i]; j++)
+                    ref += sc[j] / sum * kv_round(v[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c], type);
+                snprintf(what, sizeof what, "%s blocks of %d, %d/%d heads of %d, seq %d pos %d head %d",
+                         kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, seq[i], pos[i], h);
+                expect_close(be, "attention", what, out[((size_t)i * n_head + h) * hd + c], ref, 1.0,
+                             backends[be].approx ? 2e-4 : 1e-5);
+            }
+        }
+    }
+    /* a token alone gives its bits from the batch (CPU and sim) */
+    if (!backends[be].approx) {
+        int i = total - 1;
+        float *one = malloc((size_t)n_head * hd * 4);
+        kern_attention(b, l, layer, dq + (size_t)i * n_head * hd, dseq + i, dpos + i, dout, 1, n_head, n_head_kv, hd,
+                       1.0f / sqrtf((float)hd));
+        from_device(b, one, dout, (size_t)n_head * hd * 4);
+        ck_assert_msg(memcmp(one, out + (size_t)i * n_head * hd, (size_t)n_head * hd * 4) == 0,
+                      "%s attention: a token alone differs from the batch", backends[be].name);
+        checked[op_index("batch_invariance")][be]++;
+        free(one);
+    }
+    /* clearing a sequence returns its blocks; they are reused before new memory is taken */
+    size_t allocated = kern_kv_allocated_bytes(kv);
+    int32_t used = kern_kv_blocks_used(kv);
+    kern_kv_clear(kv, 0);
+    ck_assert_int_lt(kern_kv_blocks_used(kv), used);
+    ck_assert_msg(kern_kv_reserve(kv, 0, lens[0], err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(kern_kv_blocks_used(kv), used);
+    ck_assert_uint_eq(kern_kv_allocated_bytes(kv), allocated);
+    dev_free(b, dq);
+    dev_free(b, dk);
+    dev_free(b, dv);
+    dev_free(b, dseq);
+    dev_free(b, dpos);
+    dev_free(b, dout);
+    kern_kv_close(&kv);
+    free(seq);
+    free(pos);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(row_of);
+    free(sc);
+}
+
+START_TEST(attention_paged_kv)
+{
+    static const int lens[] = {1, 5, 37, 130};
+    static const int long_len[] = {1500};
+    for (int be = 0; be < n_backends; be++) {
+        for (int t = 0; t < 2; t++) {
+            kern_kv_type type = t ? KERN_KV_F32 : KERN_KV_F16;
+            attention_case(be, type, 16, 8, 2, 32, lens, 4);
+            attention_case(be, type, 5, 4, 4, 64, lens, 4);   /* odd blocks, no grouping */
+            attention_case(be, type, 16, 32, 4, 128, lens, 3); /* Qwen3-30B-A3B heads */
+            attention_case(be, type, 32, 8, 8, 96, long_len, 1); /* one long sequence */
+        }
+    }
+}
+END_TEST
+
+/* ---- what sim checks ------------------------------------------------------------------------- */
+
+START_TEST(sim_refuses_host_pointers_and_delays_copies)
+{
+    char err[256];
+    kern_backend *b = NULL;
+    kern_open_opts o = kern_open_opts_default();
+    o.kind = KERN_BACKEND_SIM;
+    o.n_threads = 1;
+    o.sim_device_bytes = 64 << 20;
+    o.sim_link_gbps = 1.0; /* slow enough to see a copy in flight */
+    ck_assert_msg(kern_open(&b, &o, err, sizeof err) == 0, "%s", err);
+    float host[256], back[256];
+    for (int i = 0; i < 256; i++) host[i] = (float)i;
+    float *dev = dev_zeros(b, sizeof host);
+    /* an operation given host memory fails the step, naming the argument */
+    kern_add(b, dev, host, 256);
+    int rc = kern_sync(b, err, sizeof err);
+    ck_assert_int_eq(rc, -EFAULT);
+    ck_assert_msg(strstr(err, "add") && strstr(err, "not device memory"), "%s", err);
+    /* ... and running past the end of an allocation too */
+    kern_silu_mul(b, dev, dev, dev, 257);
+    ck_assert_int_eq(kern_sync(b, err, sizeof err), -EFAULT);
+    ck_assert_msg(strstr(err, "past its allocation"), "%s", err);
+    /* copies check both sides */
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, host, host, 16, KERN_COPY_TO_DEVICE), -EFAULT);
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, dev, dev, 16, KERN_COPY_TO_DEVICE), -EFAULT);
+    (void)kern_sync(b, err, sizeof err);
+    /* a copy on the copy stream lands later; its destination is NaN until then */
+    float *big_host = NULL;
+    size_t big = 8 << 20;
+    ck_assert_int_eq(kern_alloc(b, KERN_MEM_HOST_PINNED, big, (void **)&big_host), 0);
+    memset(big_host, 0, big);
+    float *big_dev = dev_zeros(b, big);
+    kern_event *ev = NULL;
+    ck_assert_int_eq(kern_event_create(b, &ev), 0);
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COPY, big_dev, big_host, big, KERN_COPY_TO_DEVICE), 0);
+    ck_assert_int_eq(kern_event_record(b, ev, KERN_STREAM_COPY), 0);
+    ck_assert_int_eq(kern_event_query(b, ev), 0); /* 8 MiB at 1 GB/s: milliseconds away */
+    float probe = 0.0f;
+    memcpy(&probe, (uint8_t *)big_dev + big - 4, 4); /* the host peeks, as a bug would */
+    ck_assert(isnan(probe));
+    ck_assert_int_eq(kern_stream_wait(b, KERN_STREAM_COMPUTE, ev), 0);
+    ck_assert_int_eq(kern_event_query(b, ev), 1);
+    from_device(b, back, big_dev, sizeof back);
+    ck_assert_float_eq(back[255], 0.0f);
+    kern_sim_stats st;
+    ck_assert_int_eq(kern_sim_get_stats(b, &st), 0);
+    ck_assert_uint_ge(st.bytes_to_device, big);
+    ck_assert_uint_ge(st.link_ns, 8000000); /* 8 MiB at 1 GB/s is 8.4 ms */
+    /* the allocator: freeing what is not an allocation is an error; mem_info adds up */
+    size_t free_b, total_b;
+    ck_assert_int_eq(kern_mem_info(b, &free_b, &total_b), 0);
+    ck_assert_uint_eq(total_b, 64u << 20);
+    ck_assert_uint_le(free_b, total_b - big);
+    kern_free(b, KERN_MEM_DEVICE, (uint8_t *)dev + 4);
+    ck_assert_int_eq(kern_sync(b, err, sizeof err), -EFAULT);
+    void *too_big = NULL;
+    ck_assert_int_eq(kern_alloc(b, KERN_MEM_DEVICE, 128u << 20, &too_big), -ENOMEM);
+    kern_event_destroy(b, &ev);
+    dev_free(b, big_dev);
+    dev_free(b, dev);
+    kern_free(b, KERN_MEM_HOST_PINNED, big_host);
+    ck_assert_int_eq(kern_mem_info(b, &free_b, &total_b), 0);
+    ck_assert_uint_eq(free_b, total_b);
+    kern_backend_close(&b);
+}
+END_TEST
+
+/* ---- the summary ------------------------------------------------------------------------------ */
+
+static void print_summary(void)
+{
+    printf("\n| operation |");
+    for (int be = 0; be < n_backends; be++) printf(" %s |", backends[be].name);
+    printf("\n|---|");
+    for (int be = 0; be < n_backends; be++) printf("---|");
+    printf("\n");
+    for (int o = 0; o < MAX_OPS && op_names[o]; o++) {
+        printf("| %s |", op_names[o]);
+        for (int be = 0; be < n_backends; be++) {
+            if (!checked[o][be]) printf(" - |");
+            else if (!strcmp(op_names[o], "batch_invariance") && !backends[be].approx)
+                printf(" bit-exact (%ld) |", checked[o][be]);
+            else printf(" %.1e (%ld) |", worst[o][be], checked[o][be]);
+        }
+        printf("\n");
+    }
+    printf("(worst error relative to the case's scale, and the number of values checked)\n");
+}
+
+int main(void)
+{
+    open_backends();
+    Suite *s = suite_create("backend-ops");
+    TCase *tc = tcase_create("ops");
+    tcase_set_timeout(tc, 900);
+    tcase_add_loop_test(tc, matmul_every_type, 0, N_ALL_TYPES);
+    tcase_add_test(tc, rmsnorm_shapes);
+    tcase_add_test(tc, rope_modes_and_positions);
+    tcase_add_test(tc, elementwise_ops);
+    tcase_add_test(tc, get_rows_and_gather);
+    tcase_add_test(tc, router_gatings_and_ties);
+    tcase_add_test(tc, combine_and_shared_gate);
+    tcase_add_test(tc, attention_paged_kv);
+    if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    /* One process: the worst-error table is gathered across tests. */
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    print_summary();
+    for (int be = 0; be < n_backends; be++) kern_backend_close(&backends[be].b);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
