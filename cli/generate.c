@@ -6,6 +6,7 @@
  * (and its speed seen) without an HTTP client.  Generated text goes to stdout as it is
  * produced, never split inside a UTF-8 character; logs and the timing line go to stderr.
  */
+#include "base/vec.h"
 #include "cli/cli.h"
 #include "model/model.h"
 #include "model/prompt.h"
@@ -193,13 +194,9 @@ static int parse_ids(const char *text, int32_t **out, size_t *n_out)
             fprintf(stderr, "moeserve generate: --prompt-ids expects comma-separated token ids, got '%s'\n", text);
             return -EINVAL;
         }
-        if (n == cap) {
-            int32_t *grown = realloc(ids, (cap *= 2) * sizeof *ids);
-            if (!grown) {
-                free(ids);
-                return -ENOMEM;
-            }
-            ids = grown;
+        if (vec_reserve(&ids, &cap, n + 1, sizeof *ids, 16) < 0) {
+            free(ids);
+            return -ENOMEM;
         }
         ids[n++] = (int32_t)v;
         p = *end ? end + 1 : end;

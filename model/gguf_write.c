@@ -12,6 +12,8 @@
  */
 #include "model/gguf.h"
 
+#include "base/vec.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -166,13 +168,7 @@ static int add_owned(gguf_writer *w, const char *key, gguf_value *value)
     char *key_copy = NULL;
     if (!w || !key || has_key(w, key)) goto fail;
     rc = -ENOMEM;
-    if (w->n_kv == w->cap_kv) {
-        size_t cap = w->cap_kv ? w->cap_kv * 2 : 16;
-        writer_kv *kvs = realloc(w->kvs, cap * sizeof(*kvs));
-        if (!kvs) goto fail;
-        w->kvs = kvs;
-        w->cap_kv = cap;
-    }
+    if (vec_reserve(&w->kvs, &w->cap_kv, w->n_kv + 1, sizeof *w->kvs, 16) < 0) goto fail;
     if (!(key_copy = strdup(key))) goto fail;
     w->kvs[w->n_kv++] = (writer_kv){key_copy, *value};
     return 0;
@@ -302,13 +298,8 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t n_dims, co
     if (rc) return rc == -ENOTSUP ? rc : -EINVAL;
     for (size_t i = 0; i < w->n_tensors; i++)
         if (strcmp(w->tensors[i].name, name) == 0) return -EINVAL;
-    if (w->n_tensors == w->cap_tensors) {
-        size_t cap = w->cap_tensors ? w->cap_tensors * 2 : 16;
-        writer_tensor *tensors = realloc(w->tensors, cap * sizeof(*tensors));
-        if (!tensors) return -ENOMEM;
-        w->tensors = tensors;
-        w->cap_tensors = cap;
-    }
+    if (vec_reserve(&w->tensors, &w->cap_tensors, w->n_tensors + 1, sizeof *w->tensors, 16) < 0)
+        return -ENOMEM;
     writer_tensor *t = &w->tensors[w->n_tensors];
     *t = (writer_tensor){.n_dims = n_dims, .type = type, .n_bytes = n_bytes, .data = data};
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++)

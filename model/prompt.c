@@ -5,6 +5,8 @@
  */
 #include "model/prompt.h"
 
+#include "base/vec.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -23,16 +25,11 @@ static int read_text_file(const char *path, char **out, size_t *len, char *err, 
     char *buf = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *grown = realloc(buf, cap);
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                snprintf(err, err_size, "out of memory reading %s", path);
-                return -ENOMEM;
-            }
-            buf = grown;
+        if (vec_reserve(&buf, &cap, n + 4096 + 1, 1, 8192) < 0) {
+            free(buf);
+            fclose(f);
+            snprintf(err, err_size, "out of memory reading %s", path);
+            return -ENOMEM;
         }
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;

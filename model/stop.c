@@ -14,6 +14,9 @@
  */
 #include "model/stop.h"
 
+#include "base/utf8.h"
+#include "base/vec.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,38 +37,6 @@ struct stop_matcher {
     bool done; /* flushed */
 };
 
-/* Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF); returns the byte
- * offset of the first invalid sequence, or len when valid. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        uint32_t cp, min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            n = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return i;
-        }
-        if (len - i < n) return i;
-        for (size_t k = 1; k < n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return i;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
-        i += n;
-    }
-    return len;
-}
-
 int stop_matcher_create(stop_matcher **out, const char *const *stops, const size_t *lens,
                         size_t n_stops, char *err, size_t err_size)
 {
@@ -82,7 +53,7 @@ int stop_matcher_create(stop_matcher **out, const char *const *stops, const size
                      STOP_MAX_LEN);
             return -EINVAL;
         }
-        size_t bad = utf8_invalid_at((const unsigned char *)stops[i], len);
+        size_t bad = utf8_valid_prefix(stops[i], len);
         if (bad != len) {
             snprintf(err, err_size, "stop string %zu is not valid UTF-8 (at byte %zu)", i, bad);
             return -EINVAL;
@@ -184,15 +155,7 @@ int stop_matcher_feed(stop_matcher *m, const char *text, size_t len, stop_output
         return 0;
     }
     if (len > SIZE_MAX - m->len) goto oom;
-    if (m->len + len > m->cap) {
-        size_t cap = m->cap ? m->cap : 64;
-        while (cap < m->len + len)
-            cap = cap > SIZE_MAX / 2 ? m->len + len : cap * 2;
-        char *grown = realloc(m->buf, cap);
-        if (!grown) goto oom;
-        m->buf = grown;
-        m->cap = cap;
-    }
+    if (vec_reserve(&m->buf, &m->cap, m->len + len, 1, 64) < 0) goto oom;
     size_t old_len = m->len;
     if (len) memcpy(m->buf + m->len, text, len);
     m->len += len;

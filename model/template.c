@@ -25,11 +25,12 @@ int chat_template_parse(chat_template **out, const char *src, size_t len, char *
         snprintf(err, err_size, "out of memory");
         return -ENOMEM;
     }
+    arena_init(&t->arena, TPL_ARENA_BLOCK);
     int rc = tpl__lex(&t->arena, src, len, &toks, &n_toks, err, err_size);
     if (rc == 0) rc = tpl__parse(&t->arena, toks, n_toks, &t->root, err, err_size);
     free(toks);
     if (rc < 0) {
-        tpl__arena_free(&t->arena);
+        arena_release(&t->arena);
         free(t);
         return rc;
     }
@@ -40,7 +41,7 @@ int chat_template_parse(chat_template **out, const char *src, size_t len, char *
 void chat_template_free(chat_template **t)
 {
     if (!t || !*t) return;
-    tpl__arena_free(&(*t)->arena);
+    arena_release(&(*t)->arena);
     free(*t);
     *t = NULL;
 }

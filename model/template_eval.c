@@ -48,7 +48,7 @@ _Noreturn void tpl__fail(tpl_render *r, int rc, const char *fmt, ...)
 
 void *tpl__ralloc(tpl_render *r, size_t size)
 {
-    void *p = tpl__alloc(&r->arena, size);
+    void *p = arena_alloc(&r->arena, size);
     if (!p) tpl__fail(r, -ENOMEM, "out of memory");
     return p;
 }
@@ -505,11 +505,11 @@ static tpl_value slice(tpl_render *r, tpl_value obj, tpl_value start, tpl_value 
     }
     if (obj.kind == TV_STR) {
         /* Code points, not bytes: offsets of each character first. */
-        size_t n = tpl__utf8_len(obj.u.str.s, obj.u.str.n);
+        size_t n = utf8_count(obj.u.str.s, obj.u.str.n);
         size_t *off = tpl__ralloc(r, (n + 1) * sizeof *off);
         size_t k = 0;
         for (size_t i = 0; i < obj.u.str.n; i++)
-            if (((unsigned char)obj.u.str.s[i] & 0xc0) != 0x80) off[k++] = i;
+            if (!utf8_is_cont(obj.u.str.s[i])) off[k++] = i;
         off[n] = obj.u.str.n;
         slice_indices(r, start, stop, step, (int64_t)n, &a, &b, &st);
         tpl_sbuf buf = {0};
@@ -792,12 +792,13 @@ int chat_template_render(const chat_template *t, const cJSON *context, const cha
         snprintf(err, err_size, "out of memory");
         return -ENOMEM;
     }
+    arena_init(&r->arena, TPL_ARENA_BLOCK);
     r->err = err;
     r->err_size = err_size;
     r->opts = opts;
     if (setjmp(r->fail)) {
         int rc = r->rc;
-        tpl__arena_free(&r->arena);
+        arena_release(&r->arena);
         free(r);
         return rc;
     }
@@ -821,7 +822,7 @@ int chat_template_render(const chat_template *t, const cJSON *context, const cha
     result[out.n] = 0;
     *text = result;
     if (len) *len = out.n;
-    tpl__arena_free(&r->arena);
+    arena_release(&r->arena);
     free(r);
     return 0;
 }

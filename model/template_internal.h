@@ -10,6 +10,8 @@
 #ifndef MOE_TEMPLATE_INTERNAL_H
 #define MOE_TEMPLATE_INTERNAL_H
 
+#include "base/arena.h"
+#include "base/utf8.h"
 #include "model/template.h"
 
 #include <errno.h>
@@ -20,13 +22,8 @@
 #include <string.h>
 
 /* ---- arena ----------------------------------------------------------------------------- */
-typedef struct tpl_arena_block tpl_arena_block;
-typedef struct tpl_arena {
-    tpl_arena_block *head;
-} tpl_arena;
-
-void *tpl__alloc(tpl_arena *a, size_t size); /* zeroed, 16-aligned; NULL when out of memory */
-void tpl__arena_free(tpl_arena *a);
+/* Block size of the template's and the render's arenas (base/arena.h). */
+enum { TPL_ARENA_BLOCK = 32768 };
 
 /* ---- tokens ---------------------------------------------------------------------------- */
 typedef enum tpl_tok_kind {
@@ -55,7 +52,7 @@ typedef struct tpl_tok {
 /* Splits src into tokens with jinja2's whitespace rules (trim_blocks, lstrip_blocks, '-' and
  * '+' markers, one trailing newline dropped).  Comments vanish; `{% raw %}` becomes text.
  * Returns 0 or -EINVAL/-ENOMEM with a message. *toks is malloc'd. */
-int tpl__lex(tpl_arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size);
+int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size);
 
 /* ---- values ---------------------------------------------------------------------------- */
 typedef enum tpl_vkind {
@@ -206,12 +203,12 @@ struct tpl_stmt {
 };
 
 struct chat_template {
-    tpl_arena arena;
+    arena arena;
     tpl_body root;
 };
 
 /* Parses tokens into a body in the template's arena.  -ENOTSUP names an unsupported construct. */
-int tpl__parse(tpl_arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size);
+int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size);
 
 /* The names the parser accepts: filters and tests it can evaluate. */
 bool tpl__filter_known(const char *name);
@@ -248,7 +245,7 @@ struct tpl_func {
 };
 
 typedef struct tpl_render {
-    tpl_arena arena;
+    arena arena;
     jmp_buf fail;
     int rc;
     char *err;
@@ -290,7 +287,6 @@ static inline bool tpl__unhashable(tpl_value v)
     if (v.kind == TV_DICT) return !v.u.dict->is_namespace && !v.u.dict->is_loop;
     return v.kind == TV_LIST && !v.u.list->is_generator && (!v.u.list->is_tuple || v.u.list->view);
 }
-size_t tpl__utf8_len(const char *s, size_t n);
 
 struct tpl_args {
     tpl_value *pos;
@@ -300,7 +296,6 @@ struct tpl_args {
     size_t n_kw;
 };
 
-size_t tpl__utf8_char_len(const char *s, size_t n);
 tpl_value tpl__to_str(tpl_render *r, tpl_value v);
 int tpl__cmp_str(const tpl_value *a, const tpl_value *b);
 bool tpl__in_set(const char *const *set, const char *name, size_t n);
@@ -348,8 +343,6 @@ tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *n
 tpl_value tpl__strip(tpl_render *r, tpl_value s, tpl_value chars, bool left, bool right);
 uint32_t tpl__cp_upper(uint32_t c);
 uint32_t tpl__cp_lower(uint32_t c);
-uint32_t tpl__decode_utf8(const char *s, size_t k);
-size_t tpl__char_before(const char *s, size_t n); /* length of the character ending s[0..n) */
 /* mode 0 lower, 1 upper, 2 str.title(), 3 capitalize, 4 jinja2's title filter */
 tpl_value tpl__change_case(tpl_render *r, tpl_value s, int mode);
 tpl_value tpl__replace(tpl_render *r, tpl_value s, tpl_value old, tpl_value rep, int64_t count);

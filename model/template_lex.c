@@ -9,50 +9,14 @@
  * between a line start and `{%`/`{#` (not `{{`), unless the tag says `+`.  "Line start" is
  * jinja2's: the text holds a newline, or the previous tag's end consumed one.
  */
+#include "base/vec.h"
 #include "model/template_internal.h"
-#include "model/utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- arena ------------------------------------------------------------------------------ */
-
-struct tpl_arena_block {
-    tpl_arena_block *next;
-    size_t used, cap;
-    _Alignas(16) unsigned char data[];
-};
-
-void *tpl__alloc(tpl_arena *a, size_t size)
-{
-    size = (size + 15) & ~(size_t)15;
-    tpl_arena_block *b = a->head;
-    if (!b || b->cap - b->used < size) {
-        size_t cap = size > 32768 ? size : 32768;
-        b = malloc(sizeof *b + cap);
-        if (!b) return NULL;
-        b->next = a->head;
-        b->used = 0;
-        b->cap = cap;
-        a->head = b;
-    }
-    void *p = b->data + b->used;
-    b->used += size;
-    memset(p, 0, size);
-    return p;
-}
-
-void tpl__arena_free(tpl_arena *a)
-{
-    while (a->head) {
-        tpl_arena_block *next = a->head->next;
-        free(a->head);
-        a->head = next;
-    }
-}
 
 /* ---- Python's notion of whitespace on UTF-8 ----------------------------------------------- */
 
@@ -84,7 +48,7 @@ size_t tpl__space_before(const char *s, size_t n)
 /* ---- lexer -------------------------------------------------------------------------------- */
 
 typedef struct lexer {
-    tpl_arena *arena;
+    arena *arena;
     const char *src;
     size_t len, pos;
     int line;
@@ -109,20 +73,15 @@ static _Noreturn void lex_fail(lexer *lx, int rc, const char *fmt, ...)
 
 static void *lex_alloc(lexer *lx, size_t size)
 {
-    void *p = tpl__alloc(lx->arena, size);
+    void *p = arena_alloc(lx->arena, size);
     if (!p) lex_fail(lx, -ENOMEM, "out of memory");
     return p;
 }
 
 static tpl_tok *emit(lexer *lx, tpl_tok_kind kind, const char *s, size_t n)
 {
-    if (lx->n == lx->cap) {
-        size_t cap = lx->cap ? lx->cap * 2 : 256;
-        tpl_tok *t = realloc(lx->toks, cap * sizeof *t);
-        if (!t) lex_fail(lx, -ENOMEM, "out of memory");
-        lx->toks = t;
-        lx->cap = cap;
-    }
+    if (vec_reserve(&lx->toks, &lx->cap, lx->n + 1, sizeof *lx->toks, 256) < 0)
+        lex_fail(lx, -ENOMEM, "out of memory");
     tpl_tok *t = &lx->toks[lx->n++];
     memset(t, 0, sizeof *t);
     t->kind = kind;
@@ -482,7 +441,7 @@ static void lex_all(lexer *lx)
     emit(lx, TK_EOF, NULL, 0);
 }
 
-int tpl__lex(tpl_arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size)
+int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size)
 {
     lexer lx = {.arena = a, .line = 1, .err = err, .err_size = err_size};
     *toks = NULL;

@@ -149,8 +149,8 @@ bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
         tpl_value str = tpl__to_str(r, v);
         bool cased = false;
         for (size_t i = 0; i < str.u.str.n;) {
-            size_t k = tpl__utf8_char_len(str.u.str.s + i, str.u.str.n - i);
-            uint32_t c = tpl__decode_utf8(str.u.str.s + i, k);
+            size_t k;
+            uint32_t c = utf8_next_lax(str.u.str.s + i, str.u.str.n - i, &k);
             bool is_upper = tpl__cp_lower(c) != c, is_lower = tpl__cp_upper(c) != c || c == 0xdf;
             if (t[0] == 'l' ? is_upper : is_lower) return false;
             cased |= t[0] == 'l' ? is_lower : is_upper;
@@ -381,7 +381,7 @@ static tpl_value length(tpl_render *r, tpl_value v)
 {
     switch (v.kind) {
     case TV_UNDEF: return mk_int(0);
-    case TV_STR: return mk_int((int64_t)tpl__utf8_len(v.u.str.s, v.u.str.n));
+    case TV_STR: return mk_int((int64_t)utf8_count(v.u.str.s, v.u.str.n));
     case TV_LIST:
         if (v.u.list->is_generator) break;
         return mk_int((int64_t)v.u.list->n);
@@ -613,7 +613,7 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         if (v.kind == TV_STR) {
             tpl_sbuf b = {0};
             for (size_t n = v.u.str.n; n > 0;) {
-                size_t k = tpl__char_before(v.u.str.s, n);
+                size_t k = utf8_span_back(v.u.str.s, n);
                 tpl__put(r, &b, v.u.str.s + n - k, k);
                 n -= k;
             }
@@ -651,7 +651,7 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         int64_t words = 0;
         bool in_word = false;
         for (size_t i = 0; i < str.u.str.n;) {
-            size_t k = tpl__utf8_char_len(str.u.str.s + i, str.u.str.n - i);
+            size_t k = utf8_span(str.u.str.s + i, str.u.str.n - i);
             unsigned char c = (unsigned char)str.u.str.s[i];
             bool w = c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') ||
                      (c >= 0x80 && tpl__space_at(str.u.str.s + i, str.u.str.n - i) == 0);

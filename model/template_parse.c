@@ -16,7 +16,7 @@
 #include <string.h>
 
 typedef struct parser {
-    tpl_arena *arena;
+    arena *arena;
     const tpl_tok *t;
     size_t n, pos;
     int loop_depth;
@@ -40,7 +40,7 @@ static _Noreturn void pfail(parser *p, int rc, const char *fmt, ...)
 
 static void *palloc(parser *p, size_t size)
 {
-    void *m = tpl__alloc(p->arena, size);
+    void *m = arena_alloc(p->arena, size);
     if (!m) pfail(p, -ENOMEM, "out of memory");
     return m;
 }
@@ -771,7 +771,7 @@ static const char *parse_body(parser *p, tpl_body *body, const char *const *ends
     return NULL;
 }
 
-int tpl__parse(tpl_arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size)
+int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size)
 {
     parser p = {.arena = a, .t = toks, .n = n_toks, .err = err, .err_size = err_size};
     if (setjmp(p.fail)) return p.rc;

@@ -25,19 +25,11 @@ tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *n
 static bool char_in(const char *c, size_t k, tpl_value chars)
 {
     for (size_t i = 0; i < chars.u.str.n;) {
-        size_t m = tpl__utf8_char_len(chars.u.str.s + i, chars.u.str.n - i);
+        size_t m = utf8_span(chars.u.str.s + i, chars.u.str.n - i);
         if (m == k && memcmp(chars.u.str.s + i, c, k) == 0) return true;
         i += m;
     }
     return false;
-}
-
-size_t tpl__char_before(const char *s, size_t n)
-{
-    size_t k = 1;
-    while (k < n && ((unsigned char)s[n - k] & 0xc0) == 0x80)
-        k++;
-    return k;
 }
 
 /* str.strip / lstrip / rstrip; chars NONE: whitespace. */
@@ -49,14 +41,14 @@ tpl_value tpl__strip(tpl_render *r, tpl_value s, tpl_value chars, bool left, boo
     bool ws = chars.kind == TV_NONE || chars.kind == TV_UNDEF;
     if (left)
         while (n > 0) {
-            k = ws ? tpl__space_at(p, n) : tpl__utf8_char_len(p, n);
+            k = ws ? tpl__space_at(p, n) : utf8_span(p, n);
             if (k == 0 || (!ws && !char_in(p, k, chars))) break;
             p += k;
             n -= k;
         }
     if (right)
         while (n > 0) {
-            k = ws ? tpl__space_before(p, n) : tpl__char_before(p, n);
+            k = ws ? tpl__space_before(p, n) : utf8_span_back(p, n);
             if (k == 0 || (!ws && !char_in(p + n - k, k, chars))) break;
             n -= k;
         }
@@ -105,34 +97,10 @@ uint32_t tpl__cp_lower(uint32_t c)
     return c;
 }
 
-uint32_t tpl__decode_utf8(const char *s, size_t k)
-{
-    unsigned char c = (unsigned char)s[0];
-    if (k == 1) return c;
-    uint32_t cp = k == 2 ? (c & 0x1f) : k == 3 ? (c & 0x0f) : (c & 0x07);
-    for (size_t j = 1; j < k; j++)
-        cp = (cp << 6) | ((unsigned char)s[j] & 0x3f);
-    return cp;
-}
-
 static void put_cp(tpl_render *r, tpl_sbuf *b, uint32_t cp)
 {
     char out[4];
-    size_t n;
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        n = 2;
-    } else {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        n = 3;
-    }
-    tpl__put(r, b, out, n);
+    tpl__put(r, b, out, utf8_put(out, cp));
 }
 
 /* mode 0: lower, 1: upper, 2: str.title(), 3: capitalize, 4: jinja2's title filter (a word
@@ -143,8 +111,8 @@ tpl_value tpl__change_case(tpl_render *r, tpl_value s, int mode)
     tpl_sbuf b = {0};
     bool prev_cased = false, word_start = true;
     for (size_t i = 0; i < s.u.str.n;) {
-        size_t k = tpl__utf8_char_len(s.u.str.s + i, s.u.str.n - i);
-        uint32_t c = tpl__decode_utf8(s.u.str.s + i, k);
+        size_t k;
+        uint32_t c = utf8_next_lax(s.u.str.s + i, s.u.str.n - i, &k);
         uint32_t up = tpl__cp_upper(c), low = tpl__cp_lower(c);
         bool sep = mode == 4 && (tpl__space_at(s.u.str.s + i, s.u.str.n - i) > 0 || c == '-' || c == '(' || c == '{' ||
                                  c == '[' || c == '<');
@@ -185,7 +153,7 @@ tpl_value tpl__replace(tpl_render *r, tpl_value s, tpl_value old, tpl_value rep,
                 done++;
             }
             if (i == s.u.str.n) break;
-            size_t k = tpl__utf8_char_len(p + i, s.u.str.n - i);
+            size_t k = utf8_span(p + i, s.u.str.n - i);
             tpl__put(r, &b, p + i, k);
             i += k;
         }
@@ -225,7 +193,7 @@ tpl_value tpl__split(tpl_render *r, tpl_value s, tpl_value sep, int64_t maxsplit
             }
             size_t start = i;
             while (i < n && tpl__space_at(p + i, n - i) == 0)
-                i += tpl__utf8_char_len(p + i, n - i);
+                i += utf8_span(p + i, n - i);
             tpl__list_push(r, l, (tpl_value){.kind = TV_STR, .u.str = {p + start, i - start}});
             done++;
         }
@@ -357,9 +325,9 @@ tpl_value tpl__call_method(tpl_render *r, const tpl_func *f, const tpl_args *a)
             if (m[0] == 'f') {
                 if (sub.u.str.n == 0) return mk_int(0);
                 const char *hit = memmem(self.u.str.s, self.u.str.n, sub.u.str.s, sub.u.str.n);
-                return mk_int(hit ? (int64_t)tpl__utf8_len(self.u.str.s, (size_t)(hit - self.u.str.s)) : -1);
+                return mk_int(hit ? (int64_t)utf8_count(self.u.str.s, (size_t)(hit - self.u.str.s)) : -1);
             }
-            if (sub.u.str.n == 0) return mk_int((int64_t)tpl__utf8_len(self.u.str.s, self.u.str.n) + 1);
+            if (sub.u.str.n == 0) return mk_int((int64_t)utf8_count(self.u.str.s, self.u.str.n) + 1);
             int64_t k = 0;
             const char *p = self.u.str.s, *end = p + self.u.str.n, *hit;
             while ((hit = memmem(p, (size_t)(end - p), sub.u.str.s, sub.u.str.n))) {

@@ -16,22 +16,6 @@
 #include <string.h>
 #include <time.h>
 
-size_t tpl__utf8_len(const char *s, size_t n)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        k += ((unsigned char)s[i] & 0xc0) != 0x80;
-    return k;
-}
-
-size_t tpl__utf8_char_len(const char *s, size_t n)
-{
-    size_t k = 1;
-    while (k < n && ((unsigned char)s[k] & 0xc0) == 0x80)
-        k++;
-    return k;
-}
-
 /* ---- meaning ------------------------------------------------------------------------------ */
 
 bool tpl__truthy(tpl_value v)
@@ -341,7 +325,7 @@ static void json_string(tpl_render *r, tpl_sbuf *b, const char *s, size_t n, boo
                 snprintf(tmp, sizeof tmp, "\\u%04x", c);
                 esc = tmp;
             } else if (c >= 0x80 && ensure_ascii) {
-                size_t k = tpl__utf8_char_len(s + i, n - i);
+                size_t k = utf8_span(s + i, n - i);
                 uint32_t cp = k == 2 ? (c & 0x1f) : k == 3 ? (c & 0x0f) : (c & 0x07);
                 for (size_t j = 1; j < k; j++)
                     cp = (cp << 6) | ((unsigned char)s[i + j] & 0x3f);
@@ -523,13 +507,13 @@ tpl_value tpl__getitem(tpl_render *r, tpl_value obj, tpl_value key)
             if (i < 0) i += n;
             if (i >= 0 && i < n) return obj.u.list->items[i];
         } else {
-            int64_t n = (int64_t)tpl__utf8_len(obj.u.str.s, obj.u.str.n);
+            int64_t n = (int64_t)utf8_count(obj.u.str.s, obj.u.str.n);
             if (i < 0) i += n;
             if (i >= 0 && i < n) {
                 size_t off = 0;
                 for (int64_t k = 0; k < i; k++)
-                    off += tpl__utf8_char_len(obj.u.str.s + off, obj.u.str.n - off);
-                return tpl__strv(r, obj.u.str.s + off, tpl__utf8_char_len(obj.u.str.s + off, obj.u.str.n - off));
+                    off += utf8_span(obj.u.str.s + off, obj.u.str.n - off);
+                return tpl__strv(r, obj.u.str.s + off, utf8_span(obj.u.str.s + off, obj.u.str.n - off));
             }
         }
         return mk_undef(NULL);
@@ -563,7 +547,7 @@ tpl_list *tpl__iterate(tpl_render *r, tpl_value v)
     case TV_STR: {
         tpl_list *l = tpl__list_new(r, 0);
         for (size_t i = 0; i < v.u.str.n;) {
-            size_t k = tpl__utf8_char_len(v.u.str.s + i, v.u.str.n - i);
+            size_t k = utf8_span(v.u.str.s + i, v.u.str.n - i);
             tpl__list_push(r, l, (tpl_value){.kind = TV_STR, .u.str = {v.u.str.s + i, k}});
             i += k;
         }

@@ -43,14 +43,8 @@ uint64_t tok__hash(const char *s, size_t len)
 
 int tok__ids_push(tok_ids *ids, int32_t id)
 {
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? ids->cap * 2 : 64;
-        int32_t *v = realloc(ids->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        ids->v = v;
-        ids->cap = cap;
-    }
+    if (vec_reserve(&ids->v, &ids->cap, ids->n + 1, sizeof *ids->v, 64) < 0)
+        return -ENOMEM;
     ids->v[ids->n++] = id;
     return 0;
 }
@@ -482,14 +476,8 @@ typedef struct frag_list {
 
 static int frag_push(frag_list *l, size_t off, size_t len, int32_t id)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        fragment *v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (vec_reserve(&l->v, &l->cap, l->n + 1, sizeof *l->v, 16) < 0)
+        return -ENOMEM;
     l->v[l->n++] = (fragment){off, len, id};
     return 0;
 }

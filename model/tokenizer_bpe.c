@@ -114,7 +114,7 @@ static int decode_tables(tokenizer *t, char *err, size_t err_size)
             /* characters outside the byte map are kept as they are, as HF's decoder does */
             for (size_t k = 0; k < tk->len;) {
                 size_t n;
-                uint32_t cp = tok__utf8_next(s + k, tk->len - k, &n);
+                uint32_t cp = utf8_next(s + k, tk->len - k, &n);
                 if (cp < 324 && cp_to_byte[cp] >= 0)
                     t->dec[off++] = (char)cp_to_byte[cp];
                 else {
@@ -174,15 +174,10 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
         size_t ll = (size_t)(sp - s.data), rl = s.len - ll - 1;
         int32_t left = tokenizer_find(t, s.data, ll);
         int32_t right = tokenizer_find(t, sp + 1, rl);
-        if (ll + rl > buf_cap) {
-            buf_cap = (ll + rl) * 2;
-            char *nb = realloc(buf, buf_cap);
-            if (!nb) {
-                rc = -ENOMEM;
-                snprintf(err, err_size, "tokenizer: out of memory");
-                break;
-            }
-            buf = nb;
+        if (vec_reserve(&buf, &buf_cap, ll + rl, 1, 64) < 0) {
+            rc = -ENOMEM;
+            snprintf(err, err_size, "tokenizer: out of memory");
+            break;
         }
         memcpy(buf, s.data, ll);
         memcpy(buf + ll, sp + 1, rl);
@@ -203,7 +198,7 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
 /* ---- pre-tokenizers ----------------------------------------------------------------------- */
 
 /* A piece of text as code points: cp[i] starts at byte off[i]; off[n] is the end.  Bytes that
- * are not UTF-8 become code point 0xFFFFFFFF with no category (they match [^\s\p{L}\p{N}]). */
+ * are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no category (they match [^\s\p{L}\p{N}]). */
 typedef struct cps {
     uint32_t *cp;
     uint8_t *fl;
@@ -368,10 +363,10 @@ static bool in_class(const char *cls, uint32_t cp)
 {
     size_t len = strlen(cls), i = 0, n;
     while (i < len) {
-        uint32_t lo = tok__utf8_next(cls + i, len - i, &n), hi = lo;
+        uint32_t lo = utf8_next(cls + i, len - i, &n), hi = lo;
         i += n;
         if (i + 1 < len && cls[i] == '-') {
-            hi = tok__utf8_next(cls + i + 1, len - i - 1, &n);
+            hi = utf8_next(cls + i + 1, len - i - 1, &n);
             i += 1 + n;
         }
         if (cp >= lo && cp <= hi)
@@ -451,14 +446,8 @@ typedef struct spans {
 
 static int span_push(spans *s, size_t a, size_t b)
 {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        span *v = realloc(s->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        s->v = v;
-        s->cap = cap;
-    }
+    if (vec_reserve(&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) < 0)
+        return -ENOMEM;
     s->v[s->n++] = (span){a, b};
     return 0;
 }
@@ -612,7 +601,7 @@ static int to_cps(const char *text, size_t len, cps *c)
     size_t n = 0;
     for (size_t i = 0; i < len;) {
         size_t k;
-        uint32_t cp = tok__utf8_next(text + i, len - i, &k);
+        uint32_t cp = utf8_next(text + i, len - i, &k);
         c->cp[n] = cp;
         c->fl[n] = tok__uc_flags(cp);
         c->off[n++] = i;

@@ -15,77 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- UTF-8 ------------------------------------------------------------------------------ */
-
-/* Length of the valid UTF-8 character at s, 0 when the bytes are not one (strict: no overlongs,
- * no surrogates, nothing above U+10FFFF).  *incomplete is set when the bytes so far are a valid
- * prefix but the input ends first.  *bad_at is the length of the maximal valid subpart. */
-size_t tok__utf8_check(const unsigned char *s, size_t len, bool *incomplete, size_t *bad_at)
-{
-    unsigned char b = s[0];
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xbf;
-    *incomplete = false;
-    *bad_at = 1;
-    if (b < 0x80)
-        return 1;
-    if (b >= 0xc2 && b <= 0xdf)
-        need = 2;
-    else if (b >= 0xe0 && b <= 0xef) {
-        need = 3;
-        if (b == 0xe0)
-            lo = 0xa0;
-        if (b == 0xed)
-            hi = 0x9f;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-        need = 4;
-        if (b == 0xf0)
-            lo = 0x90;
-        if (b == 0xf4)
-            hi = 0x8f;
-    } else
-        return 0;
-    for (size_t k = 1; k < need; k++) {
-        if (k >= len) {
-            *incomplete = true;
-            *bad_at = k;
-            return 0;
-        }
-        unsigned char c = s[k];
-        if (c < lo || c > hi) {
-            *bad_at = k;
-            return 0;
-        }
-        lo = 0x80;
-        hi = 0xbf;
-    }
-    return need;
-}
-
-uint32_t tok__utf8_next(const char *s, size_t len, size_t *n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    bool incomplete;
-    size_t bad_at;
-    size_t k = tok__utf8_check(u, len, &incomplete, &bad_at);
-    if (k == 0) {
-        *n = 1;
-        return 0xffffffffu;
-    }
-    *n = k;
-    switch (k) {
-    case 1:
-        return u[0];
-    case 2:
-        return ((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f);
-    case 3:
-        return ((uint32_t)(u[0] & 0x0f) << 12) | ((uint32_t)(u[1] & 0x3f) << 6) | (u[2] & 0x3f);
-    default:
-        return ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3f) << 12) |
-               ((uint32_t)(u[2] & 0x3f) << 6) | (u[3] & 0x3f);
-    }
-}
-
 /* ---- decoding --------------------------------------------------------------------------- */
 
 const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len)
@@ -165,15 +94,7 @@ static int stream_reserve(tokenizer_stream *s, size_t need)
 {
     if (need <= s->out_cap)
         return 0;
-    size_t cap = s->out_cap ? s->out_cap : 64;
-    while (cap < need)
-        cap *= 2;
-    char *p = realloc(s->out, cap);
-    if (!p)
-        return -ENOMEM;
-    s->out = p;
-    s->out_cap = cap;
-    return 0;
+    return vec_reserve(&s->out, &s->out_cap, need, 1, 64);
 }
 
 /* Moves the valid characters of pending+piece to s->out, U+FFFD for each maximal invalid
@@ -187,7 +108,7 @@ static int stream_emit(tokenizer_stream *s, const char *piece, size_t plen, bool
     if (rc < 0)
         return rc;
     /* the input is staged at the end of the buffer, past the worst-case output */
-    unsigned char *in = (unsigned char *)s->out + n * 3 + 1;
+    char *in = s->out + n * 3 + 1;
     memcpy(in, s->pending, s->n_pending);
     memcpy(in + s->n_pending, piece, plen);
     size_t o = 0, i = 0;
@@ -195,7 +116,7 @@ static int stream_emit(tokenizer_stream *s, const char *piece, size_t plen, bool
     while (i < n) {
         bool incomplete;
         size_t bad_at;
-        size_t k = tok__utf8_check(in + i, n - i, &incomplete, &bad_at);
+        size_t k = utf8_check(in + i, n - i, &incomplete, &bad_at);
         if (k > 0) {
             memmove(s->out + o, in + i, k); /* in lies past out + o + k: no overlap */
             o += k;
@@ -205,7 +126,7 @@ static int stream_emit(tokenizer_stream *s, const char *piece, size_t plen, bool
             s->n_pending = n - i;
             break;
         } else {
-            memcpy(s->out + o, "\xef\xbf\xbd", 3);
+            memcpy(s->out + o, UTF8_REPLACEMENT, 3);
             o += 3;
             i += bad_at;
         }

@@ -7,8 +7,9 @@
 #ifndef MOE_TOKENIZER_INTERNAL_H
 #define MOE_TOKENIZER_INTERNAL_H
 
+#include "base/utf8.h"
+#include "base/vec.h"
 #include "model/tokenizer.h"
-#include "model/utf8.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -79,15 +80,6 @@ struct tokenizer {
 uint64_t tok__hash(const char *s, size_t len);
 /* Writes the message into err (when given) and returns rc. */
 int tok__fail(char *err, size_t err_size, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* Length of the valid UTF-8 character at s (strict: no overlongs, surrogates or code points
- * above U+10FFFF), 0 when the bytes are not one: then *incomplete says whether they are a valid
- * prefix cut short by the end of the input, and *bad_at is the length of the maximal valid
- * subpart (what one U+FFFD replaces). */
-size_t tok__utf8_check(const unsigned char *s, size_t len, bool *incomplete, size_t *bad_at);
-/* Decodes one code point at s (len > 0 bytes left); invalid sequences give one byte as
- * U+FFFD's stand-in 0xFFFFFFFF and *n = 1. */
-uint32_t tok__utf8_next(const char *s, size_t len, size_t *n);
-
 
 /* Growable id vector. */
 typedef struct tok_ids {

@@ -84,8 +84,8 @@ int tok__nfc(const char *text, size_t len, char **out, size_t *out_len)
     size_t n = 0;
     for (i = 0; i < len;) {
         size_t k;
-        uint32_t cp = tok__utf8_next(text + i, len - i, &k);
-        if (cp == 0xffffffffu)
+        uint32_t cp = utf8_next(text + i, len - i, &k);
+        if (cp == UTF8_INVALID)
             cp = RAW_BYTE | (unsigned char)text[i];
         n += decompose(cp, cps + n, 0);
         i += k;

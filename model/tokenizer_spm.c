@@ -142,7 +142,7 @@ int tok__spm_encode(const tokenizer *t, const char *text, size_t len, bool add_p
     int32_t n_syms = 0;
     for (size_t i = 0; i < n;) {
         size_t k;
-        (void)tok__utf8_next(buf + i, n - i, &k);
+        (void)utf8_next(buf + i, n - i, &k);
         syms[n_syms] = (spm_sym){i, k, n_syms - 1, -1};
         if (n_syms > 0)
             syms[n_syms - 1].next = n_syms;

@@ -154,7 +154,7 @@ static void call_free(srv_call *call)
     free(call->choices);
     free(call->jobs);
     cJSON_Delete(call->root);
-    srv__arena_free(&call->arena);
+    arena_release(&call->arena);
     free(call);
 }
 

@@ -6,6 +6,8 @@
  */
 #include "server/metrics.h"
 
+#include "base/vec.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -22,16 +24,10 @@ void srv_mx_buf_free(srv_mx_buf *b)
 static bool reserve(srv_mx_buf *b, size_t extra)
 {
     if (b->failed) return false;
-    if (b->len + extra + 1 <= b->cap) return true;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *grown = realloc(b->data, cap);
-    if (!grown) {
+    if (extra > SIZE_MAX - b->len - 1 || vec_reserve(&b->data, &b->cap, b->len + extra + 1, 1, 4096) < 0) {
         b->failed = true;
         return false;
     }
-    b->data = grown;
-    b->cap = cap;
     return true;
 }
 
