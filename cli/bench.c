@@ -8,7 +8,7 @@
  * counted as compute.
  */
 #include "cli/cli.h"
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 #include "model/model.h"
 
 #include <inttypes.h>

@@ -9,9 +9,9 @@
 #include "base/vec.h"
 #include "cli/cli.h"
 #include "model/model.h"
-#include "model/prompt.h"
-#include "model/sampler.h"
-#include "model/stop.h"
+#include "engine/prompt.h"
+#include "sampling/sampler.h"
+#include "sampling/stop.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -4,7 +4,7 @@
  * be served, so the same command explains why a file is refused.
  */
 #include "cli/cli.h"
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 #include "model/model.h"
 
 #include <inttypes.h>

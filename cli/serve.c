@@ -9,8 +9,8 @@
 #include "cli/cli.h"
 #include "config/config.h"
 #include "model/model.h"
-#include "model/prompt.h"
-#include "server/engine.h"
+#include "engine/prompt.h"
+#include "engine/engine.h"
 #include "server/server.h"
 
 #include <errno.h>

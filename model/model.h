@@ -26,7 +26,7 @@
 
 #include "cache/cache.h"
 #include "kernels/kernels.h"
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 #include "predictor/predictor.h"
 
 #include <stdbool.h>

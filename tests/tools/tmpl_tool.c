@@ -14,7 +14,7 @@
  *   tmpl_tool --builtin NAME     prints the source of a built-in template (exit 1: no such name)
  *   tmpl_tool --builtin-names    prints the list of built-in names
  */
-#include "model/template.h"
+#include "template/template.h"
 
 #include <errno.h>
 #include <stdbool.h>

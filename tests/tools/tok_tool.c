@@ -13,8 +13,8 @@
  * tests/integration/tokenizer_crosscheck.py can compare us with Hugging Face tokenizers and
  * sentencepiece on thousands of strings in one process start per vocabulary.
  */
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
  * however its prompt is chunked; requests end exactly once with the right reason; cancellation,
  * refusals and shutdown behave as the header says.
  */
-#include "server/scheduler.h"
+#include "engine/scheduler.h"
 #include "test_models.h"
 
 #include <check.h>

@@ -8,7 +8,7 @@
  * expected texts here are jinja2 facts stated in the comments (True/False/None spelling,
  * trailing newline dropped, per-iteration loop scope), not copies of our own output.
  */
-#include "model/template.h"
+#include "template/template.h"
 
 #include <check.h>
 #include <dirent.h>

@@ -6,8 +6,8 @@
  * the comments (merge order, score order, byte fallback).  Agreement with Hugging Face and
  * sentencepiece on real vocabularies is tests/integration/tokenizer_crosscheck.py's job.
  */
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 #include "test_models.h"
 
 #include <check.h>

@@ -17,13 +17,13 @@
  * - srv_model_engine_destroy() stops the scheduler (in-flight jobs end with a final event);
  *   call it after srv_run() returned and before srv_close().
  */
-#ifndef MOE_SERVER_ENGINE_H
-#define MOE_SERVER_ENGINE_H
+#ifndef MOE_ENGINE_ENGINE_H
+#define MOE_ENGINE_ENGINE_H
 
 #include "model/model.h"
-#include "model/template.h"
-#include "model/tokenizer.h"
-#include "server/scheduler.h"
+#include "template/template.h"
+#include "tokenizer/tokenizer.h"
+#include "engine/scheduler.h"
 #include "server/metrics.h"
 #include "server/server.h"
 

@@ -9,7 +9,7 @@
 
 #include "base/utf8.h"
 #include "base/vec.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -11,7 +11,7 @@
  * alignment.  Keys and tensor names are indexed in open-addressing hash tables built at open,
  * which also catches duplicates.
  */
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -13,7 +13,7 @@
  * by (rank, position), so a word of n bytes costs O(n log n) however it is shaped — a long run of
  * one character must not be quadratic on a server.  Stale heap entries are recognised on pop.
  */
-#include "model/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

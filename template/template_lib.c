@@ -3,7 +3,7 @@
  * strftime_now, namespace, range, dict) that real chat templates call, each as jinja2 and
  * Python define it.  A filter or test missing here is refused when the template is parsed.
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <math.h>

@@ -12,7 +12,7 @@
  * is written only by the engine thread (under the lock, so that cancel can find a request
  * wherever it is).  Callbacks run with the lock released.
  */
-#include "server/scheduler.h"
+#include "engine/scheduler.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -9,7 +9,7 @@
  * fallback), or <unk> when the vocabulary has no byte tokens.  Candidates sit in a binary heap;
  * an entry whose two sides have changed since it was pushed is recognised by its length.
  */
-#include "model/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -33,7 +33,7 @@
 #ifndef MOE_TOKENIZER_H
 #define MOE_TOKENIZER_H
 
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include <stdbool.h>
 #include <stddef.h>

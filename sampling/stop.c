@@ -12,7 +12,7 @@
  * and the start of the held-back suffix only moves forward through the text, so each byte is
  * tried as a suffix start once per stop string over the whole stream.
  */
-#include "model/stop.h"
+#include "sampling/stop.h"
 
 #include "base/utf8.h"
 #include "base/vec.h"

@@ -8,7 +8,7 @@
  * practice of Unicode's chapter 3 that Python's decode(errors="replace") and Rust's
  * from_utf8_lossy (Hugging Face's decode) follow.
  */
-#include "model/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -8,7 +8,7 @@
  * published templates are, so that a model whose own template is refused still gets the
  * prompt format it was trained with.
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

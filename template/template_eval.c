@@ -11,7 +11,7 @@
  * — raise_exception, a type error, an undefined value used as an object — longjmps to
  * chat_template_render(), which frees the arena: nothing here cleans up after itself.
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <math.h>

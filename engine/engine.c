@@ -8,11 +8,11 @@
  * the state: a cancel from the loop thread may race with the sequence ending on the engine
  * thread, and a stale id is harmless where a stale pointer is not.
  */
-#include "server/engine.h"
+#include "engine/engine.h"
 
-#include "model/prompt.h"
-#include "model/sampler.h"
-#include "model/stop.h"
+#include "engine/prompt.h"
+#include "sampling/sampler.h"
+#include "sampling/stop.h"
 #include "server/metrics.h"
 
 #include <cjson/cJSON.h>

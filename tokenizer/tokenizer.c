@@ -10,7 +10,7 @@
  * token in turn, longest first, over the fragments that are still text) because that is the
  * behaviour GGUF users already get from every other runtime.
  */
-#include "model/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -10,7 +10,7 @@
  * jinja2's: the text holds a newline, or the previous tag's end consumed one.
  */
 #include "base/vec.h"
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>

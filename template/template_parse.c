@@ -8,7 +8,7 @@
  * loops, *args.  A server learns at model load that a template is unusable, not at the first
  * request.
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -23,8 +23,8 @@
  * - The forward pass is batch-invariant (model/forward.c), so a greedy request yields the same
  *   tokens alone or in any batch and under any chunking.
  */
-#ifndef MOE_SERVER_SCHEDULER_H
-#define MOE_SERVER_SCHEDULER_H
+#ifndef MOE_ENGINE_SCHEDULER_H
+#define MOE_ENGINE_SCHEDULER_H
 
 #include "model/model.h"
 

@@ -3,7 +3,7 @@
  * from the tokenizer and the template engine because the rules here (where BOS comes from,
  * which template wins) are serving policy, not format facts.
  */
-#include "model/prompt.h"
+#include "engine/prompt.h"
 
 #include "base/vec.h"
 

@@ -3,7 +3,7 @@
  * formatting they need, on UTF-8 by code point; the dict and list methods the sandbox allows
  * (items, keys, values, get; count, index).
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * made only of code points below U+0300 is NFC by construction; that check costs one pass and
  * no allocation, and is what almost every prompt takes.
  */
-#include "model/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -21,9 +21,9 @@
 #ifndef MOE_PROMPT_H
 #define MOE_PROMPT_H
 
-#include "model/gguf.h"
-#include "model/template.h"
-#include "model/tokenizer.h"
+#include "gguf/gguf.h"
+#include "template/template.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdbool.h>
 #include <stddef.h>

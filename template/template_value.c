@@ -7,7 +7,7 @@
  * attribute access on anything but an undefined value never fails (it yields undefined), and
  * jinja2's default Undefined prints as "" but fails when used as an object or operand.
  */
-#include "model/template_internal.h"
+#include "template/template_internal.h"
 
 #include <errno.h>
 #include <math.h>

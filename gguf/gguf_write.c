@@ -10,7 +10,7 @@
  * a write loop that survives short writes and EINTR; any failure removes the partial file.
  * Duplicate checks are linear scans: the writer never runs on a serving path.
  */
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include "base/vec.h"
 

@@ -12,7 +12,7 @@
 
 #include "base/arena.h"
 #include "base/utf8.h"
-#include "model/template.h"
+#include "template/template.h"
 
 #include <errno.h>
 #include <setjmp.h>

@@ -4,7 +4,7 @@
  * Kept apart from the reader because the writer, the model loader and the tools ask the same
  * questions (how many bytes is a block, what is this type called) without parsing a file.
  */
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include <errno.h>
 #include <stdint.h>

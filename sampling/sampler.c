@@ -13,7 +13,7 @@
  * All orders compare (key descending, id ascending), a total order, so the kept set does not
  * depend on the path the selection took, and the same inputs always take the same path.
  */
-#include "model/sampler.h"
+#include "sampling/sampler.h"
 
 #include <assert.h>
 #include <errno.h>
