@@ -215,7 +215,7 @@ static int chat_prompt(const gen_args *a, const model *m, const tokenizer *tok, 
                        size_t *n_ids, char *err, size_t err_size)
 {
     chat_template *tmpl = NULL;
-    int rc = prompt_template_load(&tmpl, model_file(m), a->chat_template, err, err_size);
+    int rc = prompt_template_create(&tmpl, model_file(m), a->chat_template, err, err_size);
     if (rc) return rc;
     cJSON *messages = cJSON_CreateArray();
     cJSON *sys = a->system ? cJSON_CreateObject() : NULL, *user = cJSON_CreateObject();
@@ -240,7 +240,7 @@ static int chat_prompt(const gen_args *a, const model *m, const tokenizer *tok, 
     if (rc == 0) rc = prompt_tokenize(tok, text, len, ids, n_ids, err, err_size);
     free(text);
     cJSON_Delete(messages);
-    chat_template_free(&tmpl);
+    chat_template_destroy(&tmpl);
     return rc;
 }
 
@@ -277,7 +277,7 @@ int cli_generate(int argc, char **argv)
     if (cli_cache_args_open(&a.cache, &mo.expert_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     const model_hparams *hp = model_params(m);
-    if (tokenizer_load(&tok, model_file(m), err, sizeof err)) goto fail_msg;
+    if (tokenizer_create(&tok, model_file(m), err, sizeof err)) goto fail_msg;
     if (a.prompt_ids) {
         if (parse_ids(a.prompt_ids, &prompt, &n_prompt)) goto done;
     } else if (a.chat) {
@@ -371,10 +371,10 @@ int cli_generate(int argc, char **argv)
 fail_msg:
     fprintf(stderr, "\nmoeserve generate: %s\n", err);
 done:
-    if (stream_open) tokenizer_stream_free(&ts);
+    if (stream_open) tokenizer_stream_release(&ts);
     stop_matcher_destroy(&stops);
     sampler_destroy(&smp);
-    tokenizer_free(&tok);
+    tokenizer_destroy(&tok);
     free(prompt);
     free(pos);
     free(seq);

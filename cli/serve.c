@@ -26,7 +26,7 @@ typedef struct serve_state {
     model *m;
     tokenizer *tok;
     chat_template *tmpl;
-    srv_model_engine *engine;
+    engine *engine;
     srv_server_t *srv;
     cache_opts cache;
     atomic_int load_failed;
@@ -118,15 +118,15 @@ static int load_model(serve_state *st, char *err, size_t err_size)
             cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread",
             cache_policy_name(st->cache.policy), pred_kind_name(mo.predictor));
     const model_hparams *hp = model_params(st->m);
-    rc = tokenizer_load(&st->tok, model_file(st->m), err, err_size);
+    rc = tokenizer_create(&st->tok, model_file(st->m), err, err_size);
     if (rc) return rc;
-    rc = prompt_template_load(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
+    rc = prompt_template_create(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
     if (rc) return rc;
     if (!st->tmpl)
         cli_log("the model has no chat template: /v1/chat/completions is refused; set "
                 "model.chat_template to a built-in name to serve chat");
 
-    srv_sched_opts so = srv_sched_opts_default();
+    scheduler_opts so = scheduler_opts_default();
     so.max_running = c->batching.max_running;
     so.max_tokens_per_step = c->batching.max_tokens_per_step;
     so.prefill_chunk = c->batching.prefill_chunk;
@@ -151,7 +151,7 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     }
     cli_log("kv cache: %d sequences x %d positions = %.1f MiB", so.max_running, so.n_ctx,
             (double)(per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running) / (1 << 20));
-    return srv_model_engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
+    return engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
 }
 
 static void *loader_main(void *arg)
@@ -246,7 +246,7 @@ int cli_serve(int argc, char **argv)
     pthread_t loader;
     bool loader_started = false;
     if (cli_open_backend(&st.backend, c.compute.threads)) goto done;
-    if (srv_model_engine_create(&st.engine, err, sizeof err)) goto fail_msg;
+    if (engine_open(&st.engine, err, sizeof err)) goto fail_msg;
 
     srv_opts_t so = srv_opts_default();
     so.host = c.server.host;
@@ -261,9 +261,9 @@ int cli_serve(int argc, char **argv)
     so.n_api_keys = c.server.api_keys.count;
     so.log_requests = c.log.level >= CFG_LOG_DEBUG;
     so.log = server_log;
-    so.write_metrics = srv_model_engine_write_metrics;
+    so.write_metrics = engine_write_metrics;
     so.metrics_user = st.engine;
-    srv_engine_t ops = srv_model_engine_ops(st.engine);
+    srv_engine_t ops = engine_ops(st.engine);
     if (srv_open(&st.srv, &so, &ops, err, sizeof err)) goto fail_msg;
     cli_log("listening on http://%s:%d (model loading)", c.server.host, srv_port(st.srv));
     /* Scripts and tests that asked for port 0 learn the real one from stdout. */
@@ -290,10 +290,10 @@ done:
         srv_stop(st.srv);
         pthread_join(loader, NULL);
     }
-    srv_model_engine_destroy(&st.engine);
+    engine_close(&st.engine);
     srv_close(&st.srv);
-    chat_template_free(&st.tmpl);
-    tokenizer_free(&st.tok);
+    chat_template_destroy(&st.tmpl);
+    tokenizer_destroy(&st.tok);
     model_close(&st.m);
     kern_backend_close(&st.backend);
     cfg_free(&c);

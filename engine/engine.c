@@ -22,17 +22,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct srv_model_engine {
+struct engine {
     atomic_bool ready;
     model *m;
     const tokenizer *tok;
     const chat_template *tmpl;
-    srv_sched *sched;
+    scheduler *sched;
     int32_t n_vocab;
 };
 
 typedef struct job_state {
-    srv_model_engine *e;
+    engine *e;
     srv_job_t *job;
     sampler *smp;
     stop_matcher *stops;
@@ -45,7 +45,7 @@ typedef struct job_state {
     int64_t n_generated;
 } job_state;
 
-int srv_model_engine_create(srv_model_engine **out, char *err, size_t err_size)
+int engine_open(engine **out, char *err, size_t err_size)
 {
     *out = calloc(1, sizeof **out);
     if (!*out) {
@@ -56,8 +56,8 @@ int srv_model_engine_create(srv_model_engine **out, char *err, size_t err_size)
     return 0;
 }
 
-int srv_model_engine_start(srv_model_engine *e, model *m, const tokenizer *tok,
-                           const chat_template *tmpl, const srv_sched_opts *sched_opts, char *err,
+int engine_start(engine *e, model *m, const tokenizer *tok,
+                           const chat_template *tmpl, const scheduler_opts *sched_opts, char *err,
                            size_t err_size)
 {
     if (tokenizer_n_vocab(tok) > model_params(m)->n_vocab) {
@@ -65,7 +65,7 @@ int srv_model_engine_start(srv_model_engine *e, model *m, const tokenizer *tok,
                  tokenizer_n_vocab(tok), model_params(m)->n_vocab);
         return -EINVAL;
     }
-    int rc = srv_sched_create(&e->sched, m, sched_opts, err, err_size);
+    int rc = scheduler_open(&e->sched, m, sched_opts, err, err_size);
     if (rc) return rc;
     e->m = m;
     e->tok = tok;
@@ -75,16 +75,16 @@ int srv_model_engine_start(srv_model_engine *e, model *m, const tokenizer *tok,
     return 0;
 }
 
-void srv_model_engine_destroy(srv_model_engine **ep)
+void engine_close(engine **ep)
 {
-    srv_model_engine *e = *ep;
+    engine *e = *ep;
     if (!e) return;
     *ep = NULL;
-    srv_sched_destroy(&e->sched);
+    scheduler_close(&e->sched);
     free(e);
 }
 
-srv_sched *srv_model_engine_sched(srv_model_engine *e)
+scheduler *engine_scheduler(engine *e)
 {
     return atomic_load(&e->ready) ? e->sched : NULL;
 }
@@ -94,7 +94,7 @@ static void job_state_free(job_state *st)
     if (!st) return;
     sampler_destroy(&st->smp);
     stop_matcher_destroy(&st->stops);
-    tokenizer_stream_free(&st->stream);
+    tokenizer_stream_release(&st->stream);
     free(st);
 }
 
@@ -171,7 +171,7 @@ static bool engine_emit(void *user, int32_t token)
     return so.stopped || srv_job_cancelled(st->job);
 }
 
-static void engine_done(void *user, srv_sched_end why, const char *message)
+static void engine_done(void *user, scheduler_end why, const char *message)
 {
     job_state *st = user;
     const char *text = NULL;
@@ -188,10 +188,10 @@ static void engine_done(void *user, srv_sched_end why, const char *message)
     }
     if (st->all_banned)
         srv_job_post_error(st->job, 400, "logit_bias bans every token of the vocabulary");
-    else if (why == SRV_SCHED_ERROR)
+    else if (why == SCHEDULER_ERROR)
         srv_job_post_error(st->job, 500, message);
     else
-        srv_job_post_finish(st->job, why == SRV_SCHED_LENGTH ? SRV_FINISH_LENGTH : SRV_FINISH_STOP,
+        srv_job_post_finish(st->job, why == SCHEDULER_LENGTH ? SRV_FINISH_LENGTH : SRV_FINISH_STOP,
                             st->n_prompt, st->n_generated);
     job_state_free(st);
 }
@@ -202,7 +202,7 @@ static void engine_admitted(void *user)
     srv_job_post_admitted(st->job);
 }
 
-static const srv_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_done,
+static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_done,
                                            engine_admitted};
 
 /* ---- loop thread ---------------------------------------------------------------------------- */
@@ -242,7 +242,7 @@ static cJSON *messages_json(const srv_gen_request_t *req)
     return arr;
 }
 
-static int prompt_ids(srv_model_engine *e, const srv_gen_request_t *req, int32_t **ids,
+static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids,
                       size_t *n_ids, char *err, size_t err_size)
 {
     if (req->kind == SRV_KIND_COMPLETION)
@@ -261,7 +261,7 @@ static int prompt_ids(srv_model_engine *e, const srv_gen_request_t *req, int32_t
     return rc;
 }
 
-static int sampler_for(const srv_model_engine *e, const srv_gen_request_t *req, sampler **out,
+static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **out,
                        char *err, size_t err_size)
 {
     sampler_params p = sampler_params_default();
@@ -295,7 +295,7 @@ static int sampler_for(const srv_model_engine *e, const srv_gen_request_t *req, 
 
 static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size_t err_size)
 {
-    srv_model_engine *e = ctx;
+    engine *e = ctx;
     *status = 503;
     if (!atomic_load(&e->ready)) {
         snprintf(err, err_size, "the model is still loading");
@@ -310,7 +310,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
         if (rc == -ENOMEM) *status = 500;
         return rc;
     }
-    int32_t n_ctx = srv_sched_n_ctx(e->sched);
+    int32_t n_ctx = scheduler_n_ctx(e->sched);
     if (n_ids == 0) {
         free(ids);
         snprintf(err, err_size, "the prompt is empty");
@@ -360,7 +360,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
         return -EINVAL;
     }
     uint64_t id = 0;
-    rc = srv_sched_submit(e->sched, ids, (int32_t)n_ids, (int32_t)max_tokens, &engine_seq_ops, st,
+    rc = scheduler_submit(e->sched, ids, (int32_t)n_ids, (int32_t)max_tokens, &engine_seq_ops, st,
                           &id, err, err_size);
     free(ids);
     if (rc) {
@@ -374,18 +374,18 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
 
 static void engine_cancel(void *ctx, srv_job_t *job)
 {
-    srv_model_engine *e = ctx;
+    engine *e = ctx;
     if (atomic_load(&e->ready))
-        srv_sched_cancel(e->sched, (uint64_t)(uintptr_t)srv_job_engine_data(job));
+        scheduler_cancel(e->sched, (uint64_t)(uintptr_t)srv_job_engine_data(job));
 }
 
 static bool engine_ready(void *ctx)
 {
-    srv_model_engine *e = ctx;
+    engine *e = ctx;
     return atomic_load(&e->ready);
 }
 
-srv_engine_t srv_model_engine_ops(srv_model_engine *e)
+srv_engine_t engine_ops(engine *e)
 {
     return (srv_engine_t){
         .ctx = e, .submit = engine_submit, .cancel = engine_cancel, .ready = engine_ready};
@@ -498,12 +498,12 @@ static void write_routing(srv_mx_buf *b, const model *m)
     }
 }
 
-void srv_model_engine_write_metrics(void *engine, srv_mx_buf *b)
+void engine_write_metrics(void *user, srv_mx_buf *b)
 {
-    srv_model_engine *e = engine;
+    engine *e = user;
     if (!atomic_load(&e->ready)) return;
-    srv_sched_stats st;
-    srv_sched_get_stats(e->sched, &st);
+    scheduler_stats st;
+    scheduler_get_stats(e->sched, &st);
     srv_mx_family(b, "moeserve_engine_steps_total", "counter", "Engine steps (forward passes)");
     srv_mx_sample_u64(b, "moeserve_engine_steps_total", "", st.steps);
     srv_mx_family(b, "moeserve_engine_step_seconds_total", "counter",
@@ -511,11 +511,11 @@ void srv_model_engine_write_metrics(void *engine, srv_mx_buf *b)
     srv_mx_sample(b, "moeserve_engine_step_seconds_total", "", (double)st.step_ns * 1e-9);
     srv_mx_family(b, "moeserve_engine_batch_tokens", "histogram",
                   "Tokens per engine step (decode tokens plus prompt chunks)");
-    srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", srv_sched_batch_bounds,
-                                  SRV_SCHED_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
+    srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", scheduler_batch_bounds,
+                                  SCHEDULER_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
     /* KV memory is one slot of n_ctx positions per running sequence. */
-    int32_t slots = srv_sched_max_running(e->sched);
-    uint64_t kv = srv_sched_kv_bytes(e->sched), per = slots > 0 ? kv / (uint64_t)slots : 0;
+    int32_t slots = scheduler_max_running(e->sched);
+    uint64_t kv = scheduler_kv_bytes(e->sched), per = slots > 0 ? kv / (uint64_t)slots : 0;
     srv_mx_family(b, "moeserve_kv_cache_bytes", "gauge",
                   "KV cache memory by state: slots of running sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", per * st.running);

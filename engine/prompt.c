@@ -48,7 +48,7 @@ static int read_text_file(const char *path, char **out, size_t *len, char *err, 
     return 0;
 }
 
-int prompt_template_load(chat_template **out, const gguf_file *file, const char *override,
+int prompt_template_create(chat_template **out, const gguf_file *file, const char *override,
                          char *err, size_t err_size)
 {
     *out = NULL;
@@ -74,7 +74,7 @@ int prompt_template_load(chat_template **out, const gguf_file *file, const char 
         len = (size_t)s.len;
         origin = "tokenizer.chat_template";
     }
-    int rc = chat_template_parse(out, src, len, msg, sizeof msg);
+    int rc = chat_template_create(out, src, len, msg, sizeof msg);
     if (rc)
         snprintf(err, err_size, "chat template (%s): %s; name a built-in template instead (%s)",
                  origin, msg, chat_template_builtin_names());

@@ -2,12 +2,13 @@
  * prompt — from what a user sends (chat messages or plain text) to the prompt's token ids.
  *
  * Contract
- * - prompt_template_load() picks the chat template a model is served with: the one named by
+ * - prompt_template_create() picks the chat template a model is served with: the one named by
  *   the caller (a built-in name such as "chatml", or a file holding Jinja source), else the
  *   file's tokenizer.chat_template.  A template outside the supported Jinja subset is refused
  *   here, at load, with a message naming the construct and the built-in names to use instead.
  *   A file without a template and no override gets *out = NULL and 0: chat requests are then
- *   refused, plain completions still work.
+ *   refused, plain completions still work.  The template is the caller's, freed with
+ *   chat_template_destroy().
  * - prompt_render_chat() renders a JSON array of {"role", "content"} messages the way Hugging
  *   Face's apply_chat_template does (bos_token / eos_token from the vocabulary, the
  *   generation prompt appended).
@@ -29,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int prompt_template_load(chat_template **out, const gguf_file *file, const char *override,
+int prompt_template_create(chat_template **out, const gguf_file *file, const char *override,
                          char *err, size_t err_size);
 
 int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJSON *messages,

@@ -27,7 +27,7 @@ typedef struct sched_req {
     int32_t *prompt;
     int32_t n_prompt;
     int32_t max_tokens;
-    const srv_seq_ops *ops;
+    const scheduler_seq_ops *ops;
     void *user;
     bool cancelled;
     /* engine-thread state once admitted */
@@ -39,10 +39,10 @@ typedef struct sched_req {
     int32_t batch_row;   /* logits row of this step, -1 when none */
 } sched_req;
 
-struct srv_sched {
+struct scheduler {
     model *m;
     model_ctx *ctx;
-    srv_sched_opts opts;
+    scheduler_opts opts;
     int32_t n_vocab;
 
     pthread_mutex_t lock;
@@ -56,7 +56,7 @@ struct srv_sched {
     sched_req **running; /* [max_running], admission order, NULL-free prefix of n_running */
     int32_t n_running;
     uint64_t next_id;
-    srv_sched_stats stats;
+    scheduler_stats stats;
 
     /* batch scratch, engine thread only */
     int32_t *b_token, *b_pos, *b_seq;
@@ -65,9 +65,9 @@ struct srv_sched {
     char err[512];
 };
 
-srv_sched_opts srv_sched_opts_default(void)
+scheduler_opts scheduler_opts_default(void)
 {
-    return (srv_sched_opts){
+    return (scheduler_opts){
         .max_running = 8,
         .max_tokens_per_step = 512,
         .prefill_chunk = 256,
@@ -85,11 +85,11 @@ static void req_free(sched_req *r)
 
 static void *engine_main(void *arg);
 
-int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char *err,
+int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *err,
                      size_t err_size)
 {
     *out = NULL;
-    srv_sched_opts o = opts ? *opts : srv_sched_opts_default();
+    scheduler_opts o = opts ? *opts : scheduler_opts_default();
     if (o.max_running < 1 || o.max_tokens_per_step < o.max_running || o.prefill_chunk < 1 ||
         o.max_waiting < 0 || o.n_ctx < 0) {
         snprintf(err, err_size,
@@ -99,7 +99,7 @@ int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char
                  o.max_waiting);
         return -EINVAL;
     }
-    srv_sched *s = calloc(1, sizeof *s);
+    scheduler *s = calloc(1, sizeof *s);
     if (!s) goto oom;
     s->m = m;
     s->opts = o;
@@ -132,7 +132,7 @@ int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char
         pthread_cond_destroy(&s->wake);
         pthread_mutex_destroy(&s->lock);
         s->thread_started = false;
-        srv_sched_destroy(&s);
+        scheduler_close(&s);
         return -rc;
     }
     s->thread_started = true;
@@ -153,9 +153,9 @@ oom:
     return -ENOMEM;
 }
 
-void srv_sched_destroy(srv_sched **sp)
+void scheduler_close(scheduler **sp)
 {
-    srv_sched *s = *sp;
+    scheduler *s = *sp;
     if (!s) return;
     *sp = NULL;
     if (s->thread_started) {
@@ -177,8 +177,8 @@ void srv_sched_destroy(srv_sched **sp)
     free(s);
 }
 
-int srv_sched_submit(srv_sched *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
-                     const srv_seq_ops *ops, void *user, uint64_t *id, char *err, size_t err_size)
+int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
+                     const scheduler_seq_ops *ops, void *user, uint64_t *id, char *err, size_t err_size)
 {
     if (!prompt || n_prompt < 1 || max_tokens < 1 || !ops || !ops->sample || !ops->emit ||
         !ops->done) {
@@ -240,7 +240,7 @@ int srv_sched_submit(srv_sched *s, const int32_t *prompt, int32_t n_prompt, int3
     return rc;
 }
 
-void srv_sched_cancel(srv_sched *s, uint64_t id)
+void scheduler_cancel(scheduler *s, uint64_t id)
 {
     pthread_mutex_lock(&s->lock);
     for (sched_req *r = s->wait_head; r; r = r->next)
@@ -251,25 +251,25 @@ void srv_sched_cancel(srv_sched *s, uint64_t id)
     pthread_mutex_unlock(&s->lock);
 }
 
-int32_t srv_sched_n_ctx(const srv_sched *s)
+int32_t scheduler_n_ctx(const scheduler *s)
 {
     return s->opts.n_ctx;
 }
 
-const double srv_sched_batch_bounds[SRV_SCHED_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64,
+const double scheduler_batch_bounds[SCHEDULER_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64,
                                                                    128, 256, 512, 1024};
 
-int32_t srv_sched_max_running(const srv_sched *s)
+int32_t scheduler_max_running(const scheduler *s)
 {
     return s->opts.max_running;
 }
 
-size_t srv_sched_kv_bytes(const srv_sched *s)
+size_t scheduler_kv_bytes(const scheduler *s)
 {
     return model_ctx_kv_bytes(s->ctx);
 }
 
-void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out)
+void scheduler_get_stats(scheduler *s, scheduler_stats *out)
 {
     pthread_mutex_lock(&s->lock);
     *out = s->stats;
@@ -280,7 +280,7 @@ void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out)
 
 /* Removes running[i] (keeping admission order), frees its slot and reports its end.  Called
  * with the lock held; the callback runs after the lock is dropped and retaken. */
-static void finish_running(srv_sched *s, int32_t i, srv_sched_end why, const char *message)
+static void finish_running(scheduler *s, int32_t i, scheduler_end why, const char *message)
 {
     sched_req *r = s->running[i];
     memmove(&s->running[i], &s->running[i + 1],
@@ -295,7 +295,7 @@ static void finish_running(srv_sched *s, int32_t i, srv_sched_end why, const cha
     pthread_mutex_lock(&s->lock);
 }
 
-static int32_t free_slot(const srv_sched *s)
+static int32_t free_slot(const scheduler *s)
 {
     for (int32_t slot = 0; slot < s->opts.max_running; slot++) {
         bool used = false;
@@ -306,11 +306,11 @@ static int32_t free_slot(const srv_sched *s)
 }
 
 /* Drops cancelled requests wherever they are and fills free slots from the queue.  Lock held. */
-static void retire_and_admit(srv_sched *s)
+static void retire_and_admit(scheduler *s)
 {
     for (int32_t i = 0; i < s->n_running;) {
         if (s->running[i]->cancelled)
-            finish_running(s, i, SRV_SCHED_CANCELLED, NULL);
+            finish_running(s, i, SCHEDULER_CANCELLED, NULL);
         else
             i++;
     }
@@ -327,7 +327,7 @@ static void retire_and_admit(srv_sched *s)
         s->n_waiting--;
         s->stats.waiting = (uint32_t)s->n_waiting;
         pthread_mutex_unlock(&s->lock);
-        r->ops->done(r->user, SRV_SCHED_CANCELLED, NULL);
+        r->ops->done(r->user, SCHEDULER_CANCELLED, NULL);
         req_free(r);
         pthread_mutex_lock(&s->lock);
         link = &s->wait_head; /* the list may have grown meanwhile: walk again */
@@ -347,7 +347,7 @@ static void retire_and_admit(srv_sched *s)
     s->stats.running = (uint32_t)s->n_running;
 }
 
-static void add_token(srv_sched *s, int32_t *n, sched_req *r, int32_t token, bool want)
+static void add_token(scheduler *s, int32_t *n, sched_req *r, int32_t token, bool want)
 {
     s->b_token[*n] = token;
     s->b_pos[*n] = r->n_past++;
@@ -358,7 +358,7 @@ static void add_token(srv_sched *s, int32_t *n, sched_req *r, int32_t token, boo
 
 /* Fills the batch; returns its size.  Engine thread, lock not needed for the running table
  * (only this thread changes it). */
-static int32_t build_batch(srv_sched *s, int32_t *n_rows, int32_t *n_prompt_tokens)
+static int32_t build_batch(scheduler *s, int32_t *n_rows, int32_t *n_prompt_tokens)
 {
     int32_t n = 0, rows = 0, budget = s->opts.max_tokens_per_step;
     *n_prompt_tokens = 0;
@@ -387,7 +387,7 @@ static int32_t build_batch(srv_sched *s, int32_t *n_rows, int32_t *n_prompt_toke
 }
 
 /* Hands each sequence its logits row, then ends the ones that are complete.  Lock held. */
-static void after_step(srv_sched *s)
+static void after_step(scheduler *s)
 {
     for (int32_t i = 0; i < s->n_running;) {
         sched_req *r = s->running[i];
@@ -403,9 +403,9 @@ static void after_step(srv_sched *s)
         r->last_token = token;
         r->n_generated++;
         if (stop)
-            finish_running(s, i, SRV_SCHED_STOP, NULL);
+            finish_running(s, i, SCHEDULER_STOP, NULL);
         else if (r->n_generated >= r->max_tokens)
-            finish_running(s, i, SRV_SCHED_LENGTH, NULL);
+            finish_running(s, i, SCHEDULER_LENGTH, NULL);
         else
             i++;
     }
@@ -413,7 +413,7 @@ static void after_step(srv_sched *s)
 
 static void *engine_main(void *arg)
 {
-    srv_sched *s = arg;
+    scheduler *s = arg;
     pthread_mutex_lock(&s->lock);
     for (;;) {
         retire_and_admit(s);
@@ -442,7 +442,7 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&s->lock);
         s->stats.step_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec));
         int bucket = 0;
-        while (bucket < SRV_SCHED_BATCH_BUCKETS - 1 && n > srv_sched_batch_bounds[bucket]) bucket++;
+        while (bucket < SCHEDULER_BATCH_BUCKETS - 1 && n > scheduler_batch_bounds[bucket]) bucket++;
         s->stats.batch_hist[bucket]++;
         s->stats.steps++;
         s->stats.tokens += (uint64_t)n;
@@ -455,7 +455,7 @@ static void *engine_main(void *arg)
                 bool in_batch = false;
                 for (int32_t t = 0; t < n; t++) in_batch |= s->b_seq[t] == s->running[i]->slot;
                 if (in_batch)
-                    finish_running(s, i, SRV_SCHED_ERROR, s->err);
+                    finish_running(s, i, SCHEDULER_ERROR, s->err);
                 else
                     i++;
             }
@@ -464,13 +464,13 @@ static void *engine_main(void *arg)
         after_step(s);
     }
     /* Shutdown: everything still queued or running ends as cancelled. */
-    while (s->n_running) finish_running(s, 0, SRV_SCHED_CANCELLED, NULL);
+    while (s->n_running) finish_running(s, 0, SCHEDULER_CANCELLED, NULL);
     while (s->wait_head) {
         sched_req *r = s->wait_head;
         s->wait_head = r->next;
         s->n_waiting--;
         pthread_mutex_unlock(&s->lock);
-        r->ops->done(r->user, SRV_SCHED_CANCELLED, NULL);
+        r->ops->done(r->user, SCHEDULER_CANCELLED, NULL);
         req_free(r);
         pthread_mutex_lock(&s->lock);
     }

@@ -2,11 +2,11 @@
  * scheduler — continuous batching on the engine thread.
  *
  * Contract
- * - srv_sched_create() opens a model context with max_running KV slots of n_ctx positions and
+ * - scheduler_open() opens a model context with max_running KV slots of n_ctx positions and
  *   starts the engine thread, which owns that context, the running sequences and the forward
- *   pass.  srv_sched_destroy() cancels what is still queued or running (each gets its done
- *   callback with SRV_SCHED_CANCELLED), joins the thread and frees everything.
- * - srv_sched_submit() may be called from any thread.  It copies the prompt and either accepts
+ *   pass.  scheduler_close() cancels what is still queued or running (each gets its done
+ *   callback with SCHEDULER_CANCELLED), joins the thread and frees everything.
+ * - scheduler_submit() may be called from any thread.  It copies the prompt and either accepts
  *   the request (returns 0 and an id) or refuses it at once: -E2BIG when the prompt plus
  *   max_tokens cannot fit in a sequence's context, -EAGAIN when the waiting queue is full,
  *   -EINVAL for an empty prompt or bad arguments, -ESHUTDOWN after destroy began.
@@ -18,8 +18,8 @@
  *   in admission order, while the step has room (max_tokens_per_step).  Waiting requests are
  *   admitted in FIFO order whenever a KV slot is free, so a long prompt is prefilled a chunk per
  *   step next to the running decodes instead of freezing them.
- * - srv_sched_cancel() may be called from any thread; the sequence ends (done with
- *   SRV_SCHED_CANCELLED) and its KV slot is free before the next step's batch is built.
+ * - scheduler_cancel() may be called from any thread; the sequence ends (done with
+ *   SCHEDULER_CANCELLED) and its KV slot is free before the next step's batch is built.
  * - The forward pass is batch-invariant (model/forward.c), so a greedy request yields the same
  *   tokens alone or in any batch and under any chunking.
  */
@@ -32,39 +32,39 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum srv_sched_end {
-    SRV_SCHED_STOP = 0,  /* emit() asked to stop: EOS, a stop string */
-    SRV_SCHED_LENGTH,    /* max_tokens generated */
-    SRV_SCHED_CANCELLED, /* srv_sched_cancel() or shutdown */
-    SRV_SCHED_ERROR,     /* the forward pass failed; message says why */
-} srv_sched_end;
+typedef enum scheduler_end {
+    SCHEDULER_STOP = 0,  /* emit() asked to stop: EOS, a stop string */
+    SCHEDULER_LENGTH,    /* max_tokens generated */
+    SCHEDULER_CANCELLED, /* scheduler_cancel() or shutdown */
+    SCHEDULER_ERROR,     /* the forward pass failed; message says why */
+} scheduler_end;
 
-typedef struct srv_seq_ops {
+typedef struct scheduler_seq_ops {
     /* Picks the next token from one row of n_vocab logits. */
     int32_t (*sample)(void *user, const float *logits);
-    /* A generated token; returning true ends the sequence with SRV_SCHED_STOP. */
+    /* A generated token; returning true ends the sequence with SCHEDULER_STOP. */
     bool (*emit)(void *user, int32_t token);
-    /* The last call for this request; message is NULL unless why is SRV_SCHED_ERROR. */
-    void (*done)(void *user, srv_sched_end why, const char *message);
+    /* The last call for this request; message is NULL unless why is SCHEDULER_ERROR. */
+    void (*done)(void *user, scheduler_end why, const char *message);
     /* Optional: the request left the queue and got its KV slot (before its first step). */
     void (*admitted)(void *user);
-} srv_seq_ops;
+} scheduler_seq_ops;
 
-typedef struct srv_sched_opts {
+typedef struct scheduler_opts {
     int32_t max_running;         /* sequences advanced together = KV slots */
     int32_t max_tokens_per_step; /* batch size cap; must be >= max_running */
     int32_t prefill_chunk;       /* prompt tokens of one sequence per step */
     int32_t max_waiting;         /* queued requests beyond which submit says -EAGAIN */
     int32_t n_ctx;               /* positions per sequence; 0: the model's training context */
-} srv_sched_opts;
+} scheduler_opts;
 
-srv_sched_opts srv_sched_opts_default(void);
+scheduler_opts scheduler_opts_default(void);
 
 /* Upper bounds of the batch-size histogram's buckets (tokens per step); the last is +Inf. */
-enum { SRV_SCHED_BATCH_BUCKETS = 12 };
-extern const double srv_sched_batch_bounds[SRV_SCHED_BATCH_BUCKETS - 1];
+enum { SCHEDULER_BATCH_BUCKETS = 12 };
+extern const double scheduler_batch_bounds[SCHEDULER_BATCH_BUCKETS - 1];
 
-typedef struct srv_sched_stats {
+typedef struct scheduler_stats {
     uint64_t steps;
     uint64_t tokens;          /* batch tokens over all steps (prompt + decode) */
     uint64_t prompt_tokens;   /* prefilled prompt tokens */
@@ -73,24 +73,24 @@ typedef struct srv_sched_stats {
     uint32_t waiting;
     uint32_t last_batch;      /* tokens in the last step */
     uint64_t step_ns;         /* time in model_forward over all steps */
-    uint64_t batch_hist[SRV_SCHED_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
-} srv_sched_stats;
+    uint64_t batch_hist[SCHEDULER_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
+} scheduler_stats;
 
-typedef struct srv_sched srv_sched;
+typedef struct scheduler scheduler;
 
-int srv_sched_create(srv_sched **out, model *m, const srv_sched_opts *opts, char *err,
+int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *err,
                      size_t err_size);
-void srv_sched_destroy(srv_sched **s);
+void scheduler_close(scheduler **s);
 
-int srv_sched_submit(srv_sched *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
-                     const srv_seq_ops *ops, void *user, uint64_t *id, char *err,
+int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
+                     const scheduler_seq_ops *ops, void *user, uint64_t *id, char *err,
                      size_t err_size);
 /* Unknown or finished ids are ignored. */
-void srv_sched_cancel(srv_sched *s, uint64_t id);
+void scheduler_cancel(scheduler *s, uint64_t id);
 
-int32_t srv_sched_n_ctx(const srv_sched *s);
-int32_t srv_sched_max_running(const srv_sched *s);
-size_t srv_sched_kv_bytes(const srv_sched *s);
-void srv_sched_get_stats(srv_sched *s, srv_sched_stats *out);
+int32_t scheduler_n_ctx(const scheduler *s);
+int32_t scheduler_max_running(const scheduler *s);
+size_t scheduler_kv_bytes(const scheduler *s);
+void scheduler_get_stats(scheduler *s, scheduler_stats *out);
 
 #endif

@@ -531,7 +531,7 @@ static void serve_metrics(srv_conn *c)
         srv__respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "",
                      b.len, NULL);
     }
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
 }
 
 static void dispatch(srv_conn *c)

@@ -516,10 +516,10 @@ int srv__stats_init(srv_stats *st)
 
 void srv__stats_free(srv_stats *st)
 {
-    srv_mx_histogram_free(&st->ttft);
-    srv_mx_histogram_free(&st->itl);
-    srv_mx_histogram_free(&st->e2e);
-    srv_mx_histogram_free(&st->queue);
+    srv_mx_histogram_release(&st->ttft);
+    srv_mx_histogram_release(&st->itl);
+    srv_mx_histogram_release(&st->e2e);
+    srv_mx_histogram_release(&st->queue);
 }
 
 static const char *const endpoint_names[SRV_EP_COUNT] = {

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void srv_mx_buf_free(srv_mx_buf *b)
+void srv_mx_buf_release(srv_mx_buf *b)
 {
     free(b->data);
     *b = (srv_mx_buf){0};
@@ -86,7 +86,7 @@ int srv_mx_labels(char *out, size_t size, size_t n, const char *const *names,
         out[b.len] = 0;
         rc = (int)b.len;
     }
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
     return rc;
 }
 
@@ -126,7 +126,7 @@ int srv_mx_histogram_init(srv_mx_histogram *h, const double *bounds, size_t n_bo
     return h->counts ? 0 : -ENOMEM;
 }
 
-void srv_mx_histogram_free(srv_mx_histogram *h)
+void srv_mx_histogram_release(srv_mx_histogram *h)
 {
     free(h->counts);
     *h = (srv_mx_histogram){0};

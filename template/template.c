@@ -1,5 +1,5 @@
 /*
- * Chat templates: the public entry points (parse, free) and the built-in templates a
+ * Chat templates: the public entry points (create, destroy) and the built-in templates a
  * configuration may name instead of the model's own.  The work is done by the lexer
  * (template_lex.c), the parser (template_parse.c), the evaluator (template_eval.c) and the
  * library of values, filters and methods (template_lib.c).
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int chat_template_parse(chat_template **out, const char *src, size_t len, char *err, size_t err_size)
+int chat_template_create(chat_template **out, const char *src, size_t len, char *err, size_t err_size)
 {
     *out = NULL;
     chat_template *t = calloc(1, sizeof *t);
@@ -38,7 +38,7 @@ int chat_template_parse(chat_template **out, const char *src, size_t len, char *
     return 0;
 }
 
-void chat_template_free(chat_template **t)
+void chat_template_destroy(chat_template **t)
 {
     if (!t || !*t) return;
     arena_release(&(*t)->arena);

@@ -5,7 +5,7 @@
  * `strftime_now` and HF's own `tojson` — ensure_ascii off, keys in insertion order).
  *
  * Contract
- * - chat_template_parse() lexes and parses the whole source once.  Anything outside the subset
+ * - chat_template_create() lexes and parses the whole source once.  Anything outside the subset
  *   (include, extends, call blocks, unknown tags or filters, ...) is refused here, with -ENOTSUP
  *   and a message naming the construct and its line; a syntax error gives -EINVAL and its line.
  *   A template that parses renders or fails only for reasons that depend on the context (a
@@ -41,12 +41,12 @@ typedef struct chat_template_render_opts {
     const char *date_string;
 } chat_template_render_opts;
 
-int chat_template_parse(chat_template **out, const char *src, size_t len, char *err, size_t err_size);
+int chat_template_create(chat_template **out, const char *src, size_t len, char *err, size_t err_size);
 
 int chat_template_render(const chat_template *t, const cJSON *context, const chat_template_render_opts *opts,
                          char **text, size_t *len, char *err, size_t err_size);
 
-void chat_template_free(chat_template **t);
+void chat_template_destroy(chat_template **t);
 
 const char *chat_template_builtin(const char *name);
 const char *chat_template_builtin_names(void);

@@ -402,7 +402,7 @@ static int build_eog(tokenizer *t, const gguf_file *f, char *err, size_t err_siz
     return 0;
 }
 
-int tokenizer_load(tokenizer **out, const gguf_file *f, char *err, size_t err_size)
+int tokenizer_create(tokenizer **out, const gguf_file *f, char *err, size_t err_size)
 {
     *out = NULL;
     tokenizer *t = calloc(1, sizeof *t);
@@ -441,11 +441,11 @@ int tokenizer_load(tokenizer **out, const gguf_file *f, char *err, size_t err_si
     *out = t;
     return 0;
 fail:
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     return rc;
 }
 
-void tokenizer_free(tokenizer **tp)
+void tokenizer_destroy(tokenizer **tp)
 {
     tokenizer *t = tp ? *tp : NULL;
     if (!t)

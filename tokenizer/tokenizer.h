@@ -2,7 +2,7 @@
  * tokenizer — text to token ids and back, from the vocabulary a GGUF file carries.
  *
  * Contract
- * - tokenizer_load() reads `tokenizer.ggml.*` from an open gguf_file and copies what it needs:
+ * - tokenizer_create() reads `tokenizer.ggml.*` from an open gguf_file and copies what it needs:
  *   the tokenizer does not reference the file afterwards and may outlive it.  Two models:
  *     `llama`: SentencePiece BPE (pieces with scores, U+2581 for spaces, a dummy space prefix
  *              when `tokenizer.ggml.add_space_prefix` says so (default true), byte fallback to
@@ -57,8 +57,8 @@ typedef enum tokenizer_token_type {
     TOKENIZER_TT_BYTE = 6,
 } tokenizer_token_type;
 
-int tokenizer_load(tokenizer **out, const gguf_file *f, char *err, size_t err_size);
-void tokenizer_free(tokenizer **t); /* sets *t to NULL; NULL is fine */
+int tokenizer_create(tokenizer **out, const gguf_file *f, char *err, size_t err_size);
+void tokenizer_destroy(tokenizer **t); /* sets *t to NULL; NULL is fine */
 
 int32_t tokenizer_n_vocab(const tokenizer *t);
 int32_t tokenizer_bos(const tokenizer *t); /* -1 when none */
@@ -109,6 +109,6 @@ void tokenizer_stream_init(tokenizer_stream *s, const tokenizer *t, bool skip_sp
 int tokenizer_stream_feed(tokenizer_stream *s, int32_t id, const char **text, size_t *len);
 /* Whatever is still held comes out as U+FFFD. */
 int tokenizer_stream_flush(tokenizer_stream *s, const char **text, size_t *len);
-void tokenizer_stream_free(tokenizer_stream *s);
+void tokenizer_stream_release(tokenizer_stream *s);
 
 #endif

@@ -82,7 +82,7 @@ void tokenizer_stream_init(tokenizer_stream *s, const tokenizer *t, bool skip_sp
     s->skip_special = skip_special;
 }
 
-void tokenizer_stream_free(tokenizer_stream *s)
+void tokenizer_stream_release(tokenizer_stream *s)
 {
     free(s->out);
     s->out = NULL;

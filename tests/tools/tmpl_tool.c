@@ -111,7 +111,7 @@ static int run_pairs(const char *path, const chat_template_render_opts *opts)
         }
         char err[1024];
         chat_template *t = NULL;
-        if (chat_template_parse(&t, src->valuestring, strlen(src->valuestring), err, sizeof err)) {
+        if (chat_template_create(&t, src->valuestring, strlen(src->valuestring), err, sizeof err)) {
             cJSON *line = cJSON_CreateObject();
             char *s = line && cJSON_AddStringToObject(line, "parse_error", err) ? cJSON_PrintUnformatted(line) : NULL;
             cJSON_Delete(line);
@@ -124,7 +124,7 @@ static int run_pairs(const char *path, const chat_template_render_opts *opts)
             continue;
         }
         status |= render_one(t, ctx, opts, true);
-        chat_template_free(&t);
+        chat_template_destroy(&t);
     }
     cJSON_Delete(all);
     return fflush(stdout) ? 1 : status;
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
     }
     char err[1024];
     chat_template *t = NULL;
-    int rc = chat_template_parse(&t, src, src_len, err, sizeof err);
+    int rc = chat_template_create(&t, src, src_len, err, sizeof err);
     free(src);
     if (rc) {
         fprintf(stderr, "parse error: %s\n", err);
@@ -198,7 +198,7 @@ int main(int argc, char **argv)
     } else {
         status = render_one(t, ctx, &opts, false);
     }
-    chat_template_free(&t);
+    chat_template_destroy(&t);
     cJSON_Delete(ctx);
     if (fflush(stdout) != 0) return 1;
     return status;

@@ -145,7 +145,7 @@ static void do_decode(const tokenizer *t, const cJSON *req, bool stream)
         }
     }
     printf("\",\"chunks\":%d%s}\n", chunks, rc ? ",\"error\":\"stream failed\"" : "");
-    tokenizer_stream_free(&s);
+    tokenizer_stream_release(&s);
     free(ids);
 }
 
@@ -158,7 +158,7 @@ int main(int argc, char **argv)
     char err[512];
     gguf_file *f = NULL;
     tokenizer *t = NULL;
-    if (gguf_open(&f, argv[1], err, sizeof err) < 0 || tokenizer_load(&t, f, err, sizeof err) < 0) {
+    if (gguf_open(&f, argv[1], err, sizeof err) < 0 || tokenizer_create(&t, f, err, sizeof err) < 0) {
         printf("{\"error\":\"load\",\"message\":\"");
         for (const char *p = err; *p; p++)
             printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
@@ -190,6 +190,6 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     free(line);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     return 0;
 }

@@ -27,7 +27,7 @@ START_TEST(family_and_escaping)
     ck_assert_int_eq(srv_mx_labels(labels, 8, 2, names, values), -1);
     ck_assert_int_eq(srv_mx_labels(labels, sizeof labels, 0, NULL, NULL), 0);
     ck_assert_str_eq(labels, "");
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
 }
 END_TEST
 
@@ -42,7 +42,7 @@ START_TEST(number_formatting)
     srv_mx_sample(&b, "f", "", 0.1 + 0.2);
     srv_mx_sample(&b, "g", "", 1e300);
     ck_assert_str_eq(b.data, "a 0.005\nb 3\nc +Inf\nd -Inf\ne NaN\nf 0.30000000000000004\ng 1e+300\n");
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
 }
 END_TEST
 
@@ -69,8 +69,8 @@ START_TEST(histogram_cumulative)
                      "lat_seconds_bucket{endpoint=\"chat\",le=\"+Inf\"} 6\n"
                      "lat_seconds_sum{endpoint=\"chat\"} 52.65\n"
                      "lat_seconds_count{endpoint=\"chat\"} 6\n");
-    srv_mx_buf_free(&b);
-    srv_mx_histogram_free(&h);
+    srv_mx_buf_release(&b);
+    srv_mx_histogram_release(&h);
 }
 END_TEST
 
@@ -81,7 +81,7 @@ START_TEST(large_output_grows)
     ck_assert(!b.failed);
     ck_assert_uint_eq(strlen(b.data), b.len);
     ck_assert_ptr_nonnull(strstr(b.data, "} 9999\n"));
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
 }
 END_TEST
 

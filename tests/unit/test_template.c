@@ -22,7 +22,7 @@
 
 static int parse(const char *src, chat_template **t, char *err, size_t err_size)
 {
-    return chat_template_parse(t, src, strlen(src), err, err_size);
+    return chat_template_create(t, src, strlen(src), err, err_size);
 }
 
 /* Parses and renders src with a JSON context; returns the render's code, *out the text. */
@@ -40,7 +40,7 @@ static int render_json(const char *src, const char *ctx_json, const chat_templat
     if (rc == 0) ck_assert_uint_eq(len, strlen(*out));
     else ck_assert_ptr_null(*out);
     cJSON_Delete(ctx);
-    chat_template_free(&t);
+    chat_template_destroy(&t);
     ck_assert_ptr_null(t);
     return rc;
 }
@@ -229,7 +229,7 @@ START_TEST(test_nesting_limits)
         ck_assert_int_eq(parse("{{ x|length }}", &t, err, sizeof err), 0);
         size_t len;
         ck_assert_int_eq(chat_template_render(t, ctx, NULL, &out, &len, err, sizeof err), -ELOOP);
-        chat_template_free(&t);
+        chat_template_destroy(&t);
         cJSON_Delete(ctx);
     }
 }
@@ -305,8 +305,8 @@ START_TEST(test_array_reference_context)
     ck_assert_int_eq(chat_template_render(t, ctx, NULL, &out, &len, err, sizeof err), 0);
     ck_assert_str_eq(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>assistant\n");
     free(out);
-    chat_template_free(&t);
-    chat_template_free(&t); /* freeing twice through the handle is harmless */
+    chat_template_destroy(&t);
+    chat_template_destroy(&t); /* freeing twice through the handle is harmless */
     cJSON_Delete(ctx);
     cJSON_Delete(messages);
 }
@@ -365,7 +365,7 @@ START_TEST(test_concurrent_renders)
     for (int i = 0; i < 4; i++)
         free(jobs[i].first);
     cJSON_Delete(ctx);
-    chat_template_free(&t);
+    chat_template_destroy(&t);
 }
 END_TEST
 
@@ -381,7 +381,7 @@ START_TEST(test_builtins)
         char err[256];
         chat_template *t = NULL;
         ck_assert_msg(parse(src, &t, err, sizeof err) == 0, "builtin %s: %s", name, err);
-        chat_template_free(&t);
+        chat_template_destroy(&t);
     }
     ck_assert_int_ge(n, 6);
     ck_assert_ptr_null(chat_template_builtin("no-such-template"));
@@ -459,7 +459,7 @@ START_TEST(test_mutated_templates)
             }
             char err[256];
             chat_template *t = NULL;
-            int rc = chat_template_parse(&t, buf, n, err, sizeof err);
+            int rc = chat_template_create(&t, buf, n, err, sizeof err);
             ck_assert_msg(rc == 0 || rc == -EINVAL || rc == -ENOTSUP, "%s mutation %d: parse rc %d", e->d_name, m, rc);
             if (rc) continue;
             char *out = NULL;
@@ -468,7 +468,7 @@ START_TEST(test_mutated_templates)
             ck_assert_msg(rc == 0 || rc == -EINVAL || rc == -ELOOP, "%s mutation %d: render rc %d", e->d_name, m, rc);
             n_rendered += rc == 0;
             free(out);
-            chat_template_free(&t);
+            chat_template_destroy(&t);
         }
         free(buf);
         free(orig);

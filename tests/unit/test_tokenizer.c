@@ -27,7 +27,7 @@ static tokenizer *load_path(const char *path)
     gguf_file *f = NULL;
     tokenizer *t = NULL;
     ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s", err);
-    ck_assert_msg(tokenizer_load(&t, f, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(tokenizer_create(&t, f, err, sizeof err) == 0, "%s", err);
     gguf_close(&f); /* the tokenizer must not need the file afterwards */
     return t;
 }
@@ -141,7 +141,7 @@ START_TEST(test_model_vocab_qwen3moe)
     ck_assert_str_eq(s, chat);
     free(s);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     ck_assert_ptr_null(t);
 }
 END_TEST
@@ -160,7 +160,7 @@ START_TEST(test_model_vocab_olmoe)
     size_t n = encode(t, " the", 0, &ids);
     ck_assert_msg(n == 1, "' the' is one token of the trained vocabulary (got %zu)", n);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -241,11 +241,11 @@ START_TEST(test_model_vocab_llama)
     ck_assert_int_eq(tokenizer_stream_feed(&st, 2, &piece, &len), 0);
     ck_assert_uint_eq(len, 0);
     ck_assert_int_eq(tokenizer_stream_feed(&st, 99999, &piece, &len), -EINVAL);
-    tokenizer_stream_free(&st);
+    tokenizer_stream_release(&st);
     tokenizer_stream_init(&st, t, false);
     ck_assert_int_eq(tokenizer_stream_feed(&st, 2, &piece, &len), 0);
     ck_assert_str_eq(piece, "</s>");
-    tokenizer_stream_free(&st);
+    tokenizer_stream_release(&st);
 
     /* after a parsed special token SentencePiece starts a new dummy-prefixed fragment */
     n = encode(t, "</s>Hello", TOKENIZER_PARSE_SPECIAL, &ids);
@@ -261,7 +261,7 @@ START_TEST(test_model_vocab_llama)
     char err[256], *out = NULL;
     ck_assert_int_eq(tokenizer_decode(t, &bad, 1, true, &out, &len, err, sizeof err), -EINVAL);
     ck_assert_ptr_null(out);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -379,14 +379,14 @@ START_TEST(test_bpe_merge_order)
     /* the pre-tokenizer makes "abc" and " abc" (U+0120 stands for the space): Ġ has no merge
      * with "a", so the second word is "Ġ" "abc" */
     check_ids(t, "abc abc", (const char *const[]){"abc", "\xc4\xa0", "abc"}, 3);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     v.merges = m2;
     write_vocab("merge2", &v, path, sizeof path);
     t = load_path(path);
     check_ids(t, "abc", (const char *const[]){"a", "bc"}, 2);
     /* equal ranks cannot happen; the leftmost of two equal pairs goes first: "aaa" with [a a]
      * gives "aa" "a" */
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     static const char *const extra3[] = {"aa"};
     static const char *const m3[] = {"a a"};
     vocab_spec v3 = {.model = "gpt2", .pre = "qwen2", .extra = extra3, .n_extra = 1, .merges = m3,
@@ -396,7 +396,7 @@ START_TEST(test_bpe_merge_order)
     check_ids(t, "aaa", (const char *const[]){"aa", "a"}, 2);
     /* Qwen2's pre-tokenizer separates letters from digits */
     check_ids(t, "a1", (const char *const[]){"a", "1"}, 2);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -428,7 +428,7 @@ START_TEST(test_spm_scores)
     ck_assert_uint_eq(n, 1);
     ck_assert_int_eq(ids[0], 1);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 
     /* without "\u2581ab" the merge stops at "\u2581" "ab" */
     static const float scores2[] = {0, 0, 0, -10, -10, -10, -2, -1, -3, 0, 0, 0};
@@ -440,7 +440,7 @@ START_TEST(test_spm_scores)
     write_vocab("spm2", &v2, path, sizeof path);
     t = load_path(path);
     check_ids(t, "ab", (const char *const[]){"\xe2\x96\x81", "ab"}, 2);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -451,7 +451,7 @@ static void expect_refused(const char *name, const vocab_spec *v, const char *ke
     gguf_file *f = NULL;
     tokenizer *t = NULL;
     ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s", err);
-    int rc = tokenizer_load(&t, f, err, sizeof err);
+    int rc = tokenizer_create(&t, f, err, sizeof err);
     ck_assert_msg(rc == -EINVAL || rc == -ENOTSUP, "%s: loaded (rc %d)", name, rc);
     ck_assert_ptr_null(t);
     ck_assert_msg(strstr(err, key), "%s: message '%s' does not name %s", name, err, key);
@@ -469,7 +469,7 @@ START_TEST(test_refuses_bad_metadata)
     char path[512];
     write_vocab("ok", &ok, path, sizeof path);
     tokenizer *t = load_path(path); /* the base case loads */
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 
     vocab_spec v = ok;
     v.skip_tokens = true;
@@ -505,7 +505,7 @@ START_TEST(test_refuses_bad_metadata)
     vocab_spec s = {.model = "llama", .extra = spm, .n_extra = 4, .scores = scores, .types = types, .bos = 1};
     write_vocab("spm_ok", &s, path, sizeof path);
     t = load_path(path);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     vocab_spec s2 = s;
     s2.short_scores = true;
     expect_refused("short_scores", &s2, "tokenizer.ggml.scores");
