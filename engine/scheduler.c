@@ -14,6 +14,7 @@
  */
 #include "engine/scheduler.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -282,9 +283,10 @@ void scheduler_get_stats(scheduler *s, scheduler_stats *out)
  * with the lock held; the callback runs after the lock is dropped and retaken. */
 static void finish_running(scheduler *s, int32_t i, scheduler_end why, const char *message)
 {
+    assert(i >= 0 && i < s->n_running);
+    size_t after = (size_t)(s->n_running - 1 - i); /* entries behind i; the assert keeps it >= 0 */
     sched_req *r = s->running[i];
-    memmove(&s->running[i], &s->running[i + 1],
-            (size_t)(s->n_running - i - 1) * sizeof *s->running);
+    memmove(&s->running[i], &s->running[i + 1], after * sizeof *s->running);
     s->n_running--;
     s->running[s->n_running] = NULL;
     s->stats.running = (uint32_t)s->n_running;

@@ -448,7 +448,12 @@ START_TEST(test_mutated_templates)
             switch (rng_next() % 4) {
             case 0: n = at; break;                                  /* truncate */
             case 1: buf[at] = (char)(rng_next() & 0xff); break;     /* flip a byte */
-            case 2: memmove(buf + at, buf + at + 1, len - at - 1); n = len ? len - 1 : 0; break; /* delete */
+            case 2: /* delete (an empty text has no byte to delete: at == len == 0) */
+                if (at < len) {
+                    memmove(buf + at, buf + at + 1, len - at - 1);
+                    n = len - 1;
+                }
+                break;
             default: {                                               /* insert a token */
                 const char *ins = inserts[rng_next() % (sizeof inserts / sizeof inserts[0])];
                 size_t k = strlen(ins);
