@@ -8,8 +8,8 @@
  */
 #include "base/vec.h"
 #include "cli/cli.h"
-#include "model/model.h"
 #include "engine/prompt.h"
+#include "model/model.h"
 #include "sampling/sampler.h"
 #include "sampling/stop.h"
 
@@ -65,7 +65,8 @@ static void usage(FILE *out)
             "  --ignore-eos            keep going past end-of-generation tokens\n"
             "  --threads N             CPU threads (default: all)\n"
             "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
-            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  --trace FILE\n"
+            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  "
+            "--trace FILE\n"
             "  --predictor none|pregate|affinity  --lookahead N\n");
 }
 
@@ -161,7 +162,8 @@ static int parse_args(gen_args *a, int argc, char **argv)
             bad = unknown = 1;
         }
         if (bad) {
-            if (unknown) fprintf(stderr, "moeserve generate: unknown or incomplete option '%s'\n", o);
+            if (unknown)
+                fprintf(stderr, "moeserve generate: unknown or incomplete option '%s'\n", o);
             usage(stderr);
             return 2;
         }
@@ -191,7 +193,9 @@ static int parse_ids(const char *text, int32_t **out, size_t *n_out)
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
             free(ids);
-            fprintf(stderr, "moeserve generate: --prompt-ids expects comma-separated token ids, got '%s'\n", text);
+            fprintf(stderr,
+                    "moeserve generate: --prompt-ids expects comma-separated token ids, got '%s'\n",
+                    text);
             return -EINVAL;
         }
         if (vec_reserve(&ids, &cap, n + 1, sizeof *ids, 16) < 0) {
@@ -272,8 +276,7 @@ int cli_generate(int argc, char **argv)
     const char *why = "length";
 
     if (cli_open_backend(&be, (int)a.n_threads)) goto done;
-    model_opts mo = {.backend = be, .predictor = a.cache.predictor,
-                     .lookahead = a.cache.lookahead};
+    model_opts mo = {.backend = be, .predictor = a.cache.predictor, .lookahead = a.cache.lookahead};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     const model_hparams *hp = model_params(m);
@@ -282,7 +285,8 @@ int cli_generate(int argc, char **argv)
         if (parse_ids(a.prompt_ids, &prompt, &n_prompt)) goto done;
     } else if (a.chat) {
         if (chat_prompt(&a, m, tok, &prompt, &n_prompt, err, sizeof err)) goto fail_msg;
-    } else if (prompt_tokenize(tok, a.prompt, strlen(a.prompt), &prompt, &n_prompt, err, sizeof err)) {
+    } else if (prompt_tokenize(tok, a.prompt, strlen(a.prompt), &prompt, &n_prompt, err,
+                               sizeof err)) {
         goto fail_msg;
     }
     if (n_prompt == 0) {
@@ -311,7 +315,8 @@ int cli_generate(int argc, char **argv)
         snprintf(err, sizeof err, "out of memory");
         goto fail_msg;
     }
-    for (size_t i = 0; i < n_prompt; i++) pos[i] = (int32_t)i;
+    for (size_t i = 0; i < n_prompt; i++)
+        pos[i] = (int32_t)i;
     cli_log("prompt: %zu tokens%s; sampling: temperature %g, seed %llu", n_prompt,
             a.chat ? " (chat template)" : "", (double)a.sp.temperature,
             (unsigned long long)sampler_seed(smp));
@@ -336,7 +341,8 @@ int cli_generate(int argc, char **argv)
         }
         const char *text;
         size_t len;
-        if (tokenizer_stream_feed(&ts, next, &text, &len) || stop_matcher_feed(stops, text, len, &so)) {
+        if (tokenizer_stream_feed(&ts, next, &text, &len) ||
+            stop_matcher_feed(stops, text, len, &so)) {
             snprintf(err, sizeof err, "out of memory");
             goto fail_msg;
         }
@@ -353,7 +359,8 @@ int cli_generate(int argc, char **argv)
     }
     const char *text;
     size_t len;
-    if (tokenizer_stream_flush(&ts, &text, &len) == 0 && len && stop_matcher_feed(stops, text, len, &so) == 0)
+    if (tokenizer_stream_flush(&ts, &text, &len) == 0 && len &&
+        stop_matcher_feed(stops, text, len, &so) == 0)
         print_text(so.text, so.len);
     stop_matcher_flush(stops, &so);
     print_text(so.text, so.len);

@@ -8,9 +8,9 @@
  */
 #include "cli/cli.h"
 #include "config/config.h"
-#include "model/model.h"
-#include "engine/prompt.h"
 #include "engine/engine.h"
+#include "engine/prompt.h"
+#include "model/model.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -85,7 +85,7 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
     co->policy = policies[c->cache.policy];
     co->queue_depth = (uint32_t)c->io.queue_depth;
     co->direct = c->io.direct == CFG_AUTO ? CACHE_DIRECT_AUTO
-               : c->io.direct == CFG_ON   ? CACHE_DIRECT_ON
+                 : c->io.direct == CFG_ON ? CACHE_DIRECT_ON
                                           : CACHE_DIRECT_OFF;
     co->log = cache_log;
     uint64_t avail = mem_available_bytes(), dense = sz->dense_bytes;
@@ -98,7 +98,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
     static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
-    model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind],
+    model_opts mo = {.backend = st->backend,
+                     .predictor = kinds[c->predictor.kind],
                      .lookahead = c->predictor.lookahead};
     int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
     if (rc) return rc;
@@ -107,7 +108,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     model_get_sizes(st->m, &sz);
     cache_options(c, &sz, &st->cache);
     cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
-            "budget %s", (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
+            "budget %s",
+            (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
             st->cache.budget_bytes || st->cache.budget_fraction > 0 ? "set" : "all experts");
     rc = model_open_expert_cache(st->m, &st->cache, err, err_size);
     if (rc) return rc;
@@ -120,7 +122,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     const model_hparams *hp = model_params(st->m);
     rc = tokenizer_create(&st->tok, model_file(st->m), err, err_size);
     if (rc) return rc;
-    rc = prompt_template_create(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
+    rc =
+        prompt_template_create(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
     if (rc) return rc;
     if (!st->tmpl)
         cli_log("the model has no chat template: /v1/chat/completions is refused; set "

@@ -56,9 +56,8 @@ int engine_open(engine **out, char *err, size_t err_size)
     return 0;
 }
 
-int engine_start(engine *e, model *m, const tokenizer *tok,
-                           const chat_template *tmpl, const scheduler_opts *sched_opts, char *err,
-                           size_t err_size)
+int engine_start(engine *e, model *m, const tokenizer *tok, const chat_template *tmpl,
+                 const scheduler_opts *sched_opts, char *err, size_t err_size)
 {
     if (tokenizer_n_vocab(tok) > model_params(m)->n_vocab) {
         snprintf(err, err_size, "the tokenizer has %d tokens but the model only %d logits",
@@ -203,7 +202,7 @@ static void engine_admitted(void *user)
 }
 
 static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_done,
-                                           engine_admitted};
+                                                 engine_admitted};
 
 /* ---- loop thread ---------------------------------------------------------------------------- */
 
@@ -242,8 +241,8 @@ static cJSON *messages_json(const srv_gen_request_t *req)
     return arr;
 }
 
-static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids,
-                      size_t *n_ids, char *err, size_t err_size)
+static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids, size_t *n_ids,
+                      char *err, size_t err_size)
 {
     if (req->kind == SRV_KIND_COMPLETION)
         return prompt_tokenize(e->tok, req->prompt, req->prompt_len, ids, n_ids, err, err_size);
@@ -261,8 +260,8 @@ static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids,
     return rc;
 }
 
-static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **out,
-                       char *err, size_t err_size)
+static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **out, char *err,
+                       size_t err_size)
 {
     sampler_params p = sampler_params_default();
     p.temperature = (float)req->temperature;

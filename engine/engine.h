@@ -21,19 +21,18 @@
 #ifndef MOE_ENGINE_ENGINE_H
 #define MOE_ENGINE_ENGINE_H
 
-#include "model/model.h"
-#include "template/template.h"
-#include "tokenizer/tokenizer.h"
 #include "engine/scheduler.h"
+#include "model/model.h"
 #include "server/metrics.h"
 #include "server/server.h"
+#include "template/template.h"
+#include "tokenizer/tokenizer.h"
 
 typedef struct engine engine;
 
 int engine_open(engine **out, char *err, size_t err_size);
-int engine_start(engine *e, model *m, const tokenizer *tok,
-                           const chat_template *tmpl, const scheduler_opts *sched_opts,
-                           char *err, size_t err_size);
+int engine_start(engine *e, model *m, const tokenizer *tok, const chat_template *tmpl,
+                 const scheduler_opts *sched_opts, char *err, size_t err_size);
 void engine_close(engine **e);
 
 srv_engine_t engine_ops(engine *e);

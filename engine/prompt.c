@@ -18,8 +18,9 @@ static int read_text_file(const char *path, char **out, size_t *len, char *err, 
     FILE *f = fopen(path, "rb");
     if (!f) {
         int e = errno;
-        snprintf(err, err_size, "chat template '%s' is neither a built-in (%s) nor a readable file: %s",
-                 path, chat_template_builtin_names(), strerror(e));
+        snprintf(err, err_size,
+                 "chat template '%s' is neither a built-in (%s) nor a readable file: %s", path,
+                 chat_template_builtin_names(), strerror(e));
         return -e;
     }
     char *buf = NULL;
@@ -49,7 +50,7 @@ static int read_text_file(const char *path, char **out, size_t *len, char *err, 
 }
 
 int prompt_template_create(chat_template **out, const gguf_file *file, const char *override,
-                         char *err, size_t err_size)
+                           char *err, size_t err_size)
 {
     *out = NULL;
     char msg[400];
@@ -87,8 +88,9 @@ int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJ
 {
     *text = NULL;
     if (!tmpl) {
-        snprintf(err, err_size, "this model has no chat template: use the completions API or "
-                                "configure a built-in template");
+        snprintf(err, err_size,
+                 "this model has no chat template: use the completions API or "
+                 "configure a built-in template");
         return -ENOTSUP;
     }
     cJSON *ctx = cJSON_CreateObject();

@@ -31,7 +31,7 @@
 #include <stdint.h>
 
 int prompt_template_create(chat_template **out, const gguf_file *file, const char *override,
-                         char *err, size_t err_size);
+                           char *err, size_t err_size);
 
 int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJSON *messages,
                        char **text, size_t *len, char *err, size_t err_size);

@@ -34,10 +34,10 @@ typedef struct sched_req {
     /* engine-thread state once admitted */
     bool admission_told; /* ops->admitted was called */
     int32_t slot;
-    int32_t n_past;      /* positions filled in the KV slot */
+    int32_t n_past; /* positions filled in the KV slot */
     int32_t n_generated;
-    int32_t last_token;  /* the token to feed next once the prompt is consumed */
-    int32_t batch_row;   /* logits row of this step, -1 when none */
+    int32_t last_token; /* the token to feed next once the prompt is consumed */
+    int32_t batch_row;  /* logits row of this step, -1 when none */
 } sched_req;
 
 struct scheduler {
@@ -87,7 +87,7 @@ static void req_free(sched_req *r)
 static void *engine_main(void *arg);
 
 int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *err,
-                     size_t err_size)
+                   size_t err_size)
 {
     *out = NULL;
     scheduler_opts o = opts ? *opts : scheduler_opts_default();
@@ -179,12 +179,14 @@ void scheduler_close(scheduler **sp)
 }
 
 int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,
-                     const scheduler_seq_ops *ops, void *user, uint64_t *id, char *err, size_t err_size)
+                     const scheduler_seq_ops *ops, void *user, uint64_t *id, char *err,
+                     size_t err_size)
 {
     if (!prompt || n_prompt < 1 || max_tokens < 1 || !ops || !ops->sample || !ops->emit ||
         !ops->done) {
-        snprintf(err, err_size, "scheduler: a request needs a non-empty prompt, max_tokens >= 1 "
-                                "and all three callbacks");
+        snprintf(err, err_size,
+                 "scheduler: a request needs a non-empty prompt, max_tokens >= 1 "
+                 "and all three callbacks");
         return -EINVAL;
     }
     for (int32_t i = 0; i < n_prompt; i++) {
@@ -220,8 +222,7 @@ int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int3
     if (s->stopping) {
         snprintf(err, err_size, "the server is shutting down");
         rc = -ESHUTDOWN;
-    } else if (s->n_waiting >= s->opts.max_waiting &&
-               s->n_running >= s->opts.max_running) {
+    } else if (s->n_waiting >= s->opts.max_waiting && s->n_running >= s->opts.max_running) {
         snprintf(err, err_size, "the request queue is full (%d waiting)", s->n_waiting);
         rc = -EAGAIN;
     } else {
@@ -257,8 +258,8 @@ int32_t scheduler_n_ctx(const scheduler *s)
     return s->opts.n_ctx;
 }
 
-const double scheduler_batch_bounds[SCHEDULER_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64,
-                                                                   128, 256, 512, 1024};
+const double scheduler_batch_bounds[SCHEDULER_BATCH_BUCKETS - 1] = {1,  2,   4,   8,   16,  32,
+                                                                    64, 128, 256, 512, 1024};
 
 int32_t scheduler_max_running(const scheduler *s)
 {
@@ -301,7 +302,8 @@ static int32_t free_slot(const scheduler *s)
 {
     for (int32_t slot = 0; slot < s->opts.max_running; slot++) {
         bool used = false;
-        for (int32_t i = 0; i < s->n_running; i++) used |= s->running[i]->slot == slot;
+        for (int32_t i = 0; i < s->n_running; i++)
+            used |= s->running[i]->slot == slot;
         if (!used) return slot;
     }
     return -1;
@@ -434,7 +436,10 @@ static void *engine_main(void *arg)
 
         int32_t n_rows = 0, n_prompt_tokens = 0;
         int32_t n = build_batch(s, &n_rows, &n_prompt_tokens);
-        model_batch b = {.n_tokens = n, .token = s->b_token, .pos = s->b_pos, .seq = s->b_seq,
+        model_batch b = {.n_tokens = n,
+                         .token = s->b_token,
+                         .pos = s->b_pos,
+                         .seq = s->b_seq,
                          .want_logits = s->b_want};
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -442,9 +447,11 @@ static void *engine_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &t1);
 
         pthread_mutex_lock(&s->lock);
-        s->stats.step_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec));
+        s->stats.step_ns +=
+            (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec));
         int bucket = 0;
-        while (bucket < SCHEDULER_BATCH_BUCKETS - 1 && n > scheduler_batch_bounds[bucket]) bucket++;
+        while (bucket < SCHEDULER_BATCH_BUCKETS - 1 && n > scheduler_batch_bounds[bucket])
+            bucket++;
         s->stats.batch_hist[bucket]++;
         s->stats.steps++;
         s->stats.tokens += (uint64_t)n;
@@ -455,7 +462,8 @@ static void *engine_main(void *arg)
             /* The step's sequences cannot go on (their KV is incomplete); the others can. */
             for (int32_t i = 0; i < s->n_running;) {
                 bool in_batch = false;
-                for (int32_t t = 0; t < n; t++) in_batch |= s->b_seq[t] == s->running[i]->slot;
+                for (int32_t t = 0; t < n; t++)
+                    in_batch |= s->b_seq[t] == s->running[i]->slot;
                 if (in_batch)
                     finish_running(s, i, SCHEDULER_ERROR, s->err);
                 else
@@ -466,7 +474,8 @@ static void *engine_main(void *arg)
         after_step(s);
     }
     /* Shutdown: everything still queued or running ends as cancelled. */
-    while (s->n_running) finish_running(s, 0, SCHEDULER_CANCELLED, NULL);
+    while (s->n_running)
+        finish_running(s, 0, SCHEDULER_CANCELLED, NULL);
     while (s->wait_head) {
         sched_req *r = s->wait_head;
         s->wait_head = r->next;

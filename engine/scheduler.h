@@ -66,20 +66,20 @@ extern const double scheduler_batch_bounds[SCHEDULER_BATCH_BUCKETS - 1];
 
 typedef struct scheduler_stats {
     uint64_t steps;
-    uint64_t tokens;          /* batch tokens over all steps (prompt + decode) */
-    uint64_t prompt_tokens;   /* prefilled prompt tokens */
-    uint64_t decode_tokens;   /* tokens fed back for decoding */
+    uint64_t tokens;        /* batch tokens over all steps (prompt + decode) */
+    uint64_t prompt_tokens; /* prefilled prompt tokens */
+    uint64_t decode_tokens; /* tokens fed back for decoding */
     uint32_t running;
     uint32_t waiting;
-    uint32_t last_batch;      /* tokens in the last step */
-    uint64_t step_ns;         /* time in model_forward over all steps */
+    uint32_t last_batch;                          /* tokens in the last step */
+    uint64_t step_ns;                             /* time in model_forward over all steps */
     uint64_t batch_hist[SCHEDULER_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
 } scheduler_stats;
 
 typedef struct scheduler scheduler;
 
 int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *err,
-                     size_t err_size);
+                   size_t err_size);
 void scheduler_close(scheduler **s);
 
 int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int32_t max_tokens,

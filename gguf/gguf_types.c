@@ -99,4 +99,3 @@ int gguf_tensor_nbytes(gguf_ttype type, uint32_t n_dims, const int64_t *ne, uint
     *n_bytes = bytes;
     return 0;
 }
-

@@ -25,8 +25,8 @@
 #define MOE_MODEL_H
 
 #include "cache/cache.h"
-#include "kernels/kernels.h"
 #include "gguf/gguf.h"
+#include "kernels/kernels.h"
 #include "predictor/predictor.h"
 
 #include <stdbool.h>

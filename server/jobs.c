@@ -10,9 +10,9 @@
  * engine's last terminal event for it has been processed.
  *
  * Streaming back-pressure: text is appended to a per-choice buffer and sent as a chunk only
- * while the connection's unsent output stays under opts.write_high_water_bytes; a slow reader gets bigger,
- * fewer chunks rather than an unbounded write queue (the buffered text is bounded by
- * max_tokens, as it is for a non-streamed answer).
+ * while the connection's unsent output stays under opts.write_high_water_bytes; a slow reader
+ * gets bigger, fewer chunks rather than an unbounded write queue (the buffered text is bounded
+ * by max_tokens, as it is for a non-streamed answer).
  */
 #include "server/server_internal.h"
 

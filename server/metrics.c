@@ -24,7 +24,8 @@ void srv_mx_buf_release(srv_mx_buf *b)
 static bool reserve(srv_mx_buf *b, size_t extra)
 {
     if (b->failed) return false;
-    if (extra > SIZE_MAX - b->len - 1 || vec_reserve(&b->data, &b->cap, b->len + extra + 1, 1, 4096) < 0) {
+    if (extra > SIZE_MAX - b->len - 1 ||
+        vec_reserve(&b->data, &b->cap, b->len + extra + 1, 1, 4096) < 0) {
         b->failed = true;
         return false;
     }
@@ -135,7 +136,8 @@ void srv_mx_histogram_release(srv_mx_histogram *h)
 void srv_mx_histogram_observe(srv_mx_histogram *h, double value)
 {
     size_t i = 0;
-    while (i < h->n_bounds && value > h->bounds[i]) i++;
+    while (i < h->n_bounds && value > h->bounds[i])
+        i++;
     h->counts[i]++;
     h->sum += value;
     h->count++;
@@ -158,7 +160,8 @@ void srv_mx_histogram_write(srv_mx_buf *b, const char *name, const char *labels,
             srv_mx_printf(b, "%s_bucket%.*s,le=\"%s\"} %llu\n", name, (int)base_len, labels, le,
                           (unsigned long long)cumulative);
         else
-            srv_mx_printf(b, "%s_bucket{le=\"%s\"} %llu\n", name, le, (unsigned long long)cumulative);
+            srv_mx_printf(b, "%s_bucket{le=\"%s\"} %llu\n", name, le,
+                          (unsigned long long)cumulative);
     }
     char sum_name[256], count_name[256];
     snprintf(sum_name, sizeof sum_name, "%s_sum", name);
@@ -171,9 +174,13 @@ void srv_mx_histogram_write_counts(srv_mx_buf *b, const char *name, const double
                                    size_t n_bounds, const uint64_t *counts, double sum)
 {
     uint64_t count = 0;
-    for (size_t i = 0; i <= n_bounds; i++) count += counts[i];
+    for (size_t i = 0; i <= n_bounds; i++)
+        count += counts[i];
     /* A read-only view: the writer does not modify the counts. */
-    srv_mx_histogram view = {.bounds = bounds, .n_bounds = n_bounds, .counts = (uint64_t *)counts,
-                             .sum = sum, .count = count};
+    srv_mx_histogram view = {.bounds = bounds,
+                             .n_bounds = n_bounds,
+                             .counts = (uint64_t *)counts,
+                             .sum = sum,
+                             .count = count};
     srv_mx_histogram_write(b, name, "", &view);
 }

@@ -47,7 +47,7 @@ void srv_mx_sample_u64(srv_mx_buf *b, const char *name, const char *labels, uint
 typedef struct srv_mx_histogram {
     const double *bounds; /* ascending upper bounds, not owned; +Inf is implicit */
     size_t n_bounds;
-    uint64_t *counts;     /* n_bounds + 1 per-bucket (not cumulative) counts */
+    uint64_t *counts; /* n_bounds + 1 per-bucket (not cumulative) counts */
     double sum;
     uint64_t count;
 } srv_mx_histogram;

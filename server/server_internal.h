@@ -198,7 +198,7 @@ struct srv_server {
     bool stopping, stop_done;
     llhttp_settings_t settings;
     uint64_t id_state;
-    int64_t created; /* the models' "created" time */
+    int64_t created;          /* the models' "created" time */
     char read_buf[64 * 1024]; /* every connection reads into it (loop thread) */
     atomic_bool stop_requested;
     /* engine → loop */
@@ -246,8 +246,8 @@ void srv__request_done(srv_conn *c);
 void srv__count_request(srv_server_t *s, srv_endpoint ep, int status);
 uint64_t srv__now_ns(void);
 
-
 /* A log line through opts.log (or stderr). */
-void srv__log(const srv_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void srv__log(const srv_server_t *s, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

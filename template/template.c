@@ -15,7 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int chat_template_create(chat_template **out, const char *src, size_t len, char *err, size_t err_size)
+int chat_template_create(chat_template **out, const char *src, size_t len, char *err,
+                         size_t err_size)
 {
     *out = NULL;
     chat_template *t = calloc(1, sizeof *t);
@@ -48,6 +49,7 @@ void chat_template_destroy(chat_template **t)
 
 /* ---- built-in templates --------------------------------------------------------------------- */
 
+/* clang-format off */
 static const struct builtin {
     const char *name;
     const char *source;
@@ -113,6 +115,7 @@ static const struct builtin {
      "eos_token + '\\n' }}{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
      "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"},
 };
+/* clang-format on */
 
 const char *chat_template_builtin(const char *name)
 {

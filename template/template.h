@@ -21,9 +21,10 @@
  * - Value semantics follow Python and jinja2: `True`/`False`/`None`, float repr, list, tuple
  *   and dict repr for `|string`, code-point lengths and slices, jinja2's scoping (a `set` in a
  *   loop iteration stays there; macros are closures), generators from select/map (always true,
- *   no length, consumed by iterating), Markup from `|safe` (`+` escapes the other side).  Known limits: cJSON cannot
- *   tell 1.0 from 1, so an integral JSON number becomes an int; case mapping covers Latin,
- *   Greek and Cyrillic; str.format without format specs; `%` formatting with %s %r %d %i only.
+ *   no length, consumed by iterating), Markup from `|safe` (`+` escapes the other side).
+ *   Known limits: cJSON cannot tell 1.0 from 1, so an integral JSON number becomes an int;
+ *   case mapping covers Latin, Greek and Cyrillic; str.format without format specs; `%`
+ *   formatting with %s %r %d %i only.
  * - chat_template_builtin() returns the source of a built-in template by name (static storage)
  *   or NULL; chat_template_builtin_names() lists the names for messages.
  */
@@ -41,10 +42,12 @@ typedef struct chat_template_render_opts {
     const char *date_string;
 } chat_template_render_opts;
 
-int chat_template_create(chat_template **out, const char *src, size_t len, char *err, size_t err_size);
+int chat_template_create(chat_template **out, const char *src, size_t len, char *err,
+                         size_t err_size);
 
-int chat_template_render(const chat_template *t, const cJSON *context, const chat_template_render_opts *opts,
-                         char **text, size_t *len, char *err, size_t err_size);
+int chat_template_render(const chat_template *t, const cJSON *context,
+                         const chat_template_render_opts *opts, char **text, size_t *len, char *err,
+                         size_t err_size);
 
 void chat_template_destroy(chat_template **t);
 

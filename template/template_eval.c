@@ -37,7 +37,8 @@ _Noreturn void tpl__fail(tpl_render *r, int rc, const char *fmt, ...)
     va_start(ap, fmt);
     if (rc == -EINVAL && r->line > 0 && fmt[0] != 0) {
         int k = snprintf(r->err, r->err_size, "line %d: ", r->line);
-        if (k >= 0 && (size_t)k < r->err_size) vsnprintf(r->err + k, r->err_size - (size_t)k, fmt, ap);
+        if (k >= 0 && (size_t)k < r->err_size)
+            vsnprintf(r->err + k, r->err_size - (size_t)k, fmt, ap);
     } else {
         vsnprintf(r->err, r->err_size, fmt, ap);
     }
@@ -131,7 +132,8 @@ void tpl__dict_set(tpl_render *r, tpl_dict *d, tpl_value key, tpl_value v)
     }
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 8;
-        tpl_value *keys = tpl__ralloc(r, cap * sizeof *keys), *vals = tpl__ralloc(r, cap * sizeof *vals);
+        tpl_value *keys = tpl__ralloc(r, cap * sizeof *keys),
+                  *vals = tpl__ralloc(r, cap * sizeof *vals);
         if (d->n) {
             memcpy(keys, d->keys, d->n * sizeof *keys);
             memcpy(vals, d->vals, d->n * sizeof *vals);
@@ -169,7 +171,8 @@ static tpl_value from_json(tpl_render *r, const cJSON *j, int depth)
     if (cJSON_IsNumber(j)) {
         /* cJSON keeps only a double: an integral value is taken for a JSON integer. */
         double v = j->valuedouble;
-        if (v == floor(v) && fabs(v) < 9007199254740992.0) return (tpl_value){.kind = TV_INT, .u.i = (int64_t)v};
+        if (v == floor(v) && fabs(v) < 9007199254740992.0)
+            return (tpl_value){.kind = TV_INT, .u.i = (int64_t)v};
         return (tpl_value){.kind = TV_FLOAT, .u.f = v};
     }
     if (cJSON_IsArray(j)) {
@@ -181,7 +184,8 @@ static tpl_value from_json(tpl_render *r, const cJSON *j, int depth)
     if (cJSON_IsObject(j)) {
         tpl_dict *d = tpl__dict_new(r, 0);
         for (const cJSON *c = j->child; c; c = c->next)
-            tpl__dict_set(r, d, tpl__strv(r, c->string, strlen(c->string)), from_json(r, c, depth + 1));
+            tpl__dict_set(r, d, tpl__strv(r, c->string, strlen(c->string)),
+                          from_json(r, c, depth + 1));
         return (tpl_value){.kind = TV_DICT, .u.dict = d};
     }
     return (tpl_value){.kind = TV_NONE};
@@ -251,13 +255,15 @@ static _Noreturn void type_error(tpl_render *r, const char *op, tpl_value a, tpl
 {
     if (a.kind == TV_UNDEF) fail_undefined(r, a);
     if (b.kind == TV_UNDEF) fail_undefined(r, b);
-    tpl__fail(r, -EINVAL, "unsupported operand types for %s: '%s' and '%s'", op, tpl__type_name(a), tpl__type_name(b));
+    tpl__fail(r, -EINVAL, "unsupported operand types for %s: '%s' and '%s'", op, tpl__type_name(a),
+              tpl__type_name(b));
 }
 
 static int compare(tpl_render *r, const char *op, tpl_value a, tpl_value b)
 {
     if (is_number(a) && is_number(b)) {
-        if (a.kind != TV_FLOAT && b.kind != TV_FLOAT) return inum(a) < inum(b) ? -1 : inum(a) > inum(b);
+        if (a.kind != TV_FLOAT && b.kind != TV_FLOAT)
+            return inum(a) < inum(b) ? -1 : inum(a) > inum(b);
         double x = num(a), y = num(b);
         return x < y ? -1 : x > y;
     }
@@ -268,21 +274,24 @@ static int compare(tpl_render *r, const char *op, tpl_value a, tpl_value b)
         if (c) return c < 0 ? -1 : 1;
         return a.u.str.n < b.u.str.n ? -1 : a.u.str.n > b.u.str.n;
     }
-    if (a.kind == TV_LIST && b.kind == TV_LIST && a.u.list->is_tuple == b.u.list->is_tuple && !a.u.list->is_generator &&
-        !b.u.list->is_generator) {
+    if (a.kind == TV_LIST && b.kind == TV_LIST && a.u.list->is_tuple == b.u.list->is_tuple &&
+        !a.u.list->is_generator && !b.u.list->is_generator) {
         for (size_t i = 0; i < a.u.list->n && i < b.u.list->n; i++)
             if (!tpl__equal(a.u.list->items[i], b.u.list->items[i]))
                 return compare(r, op, a.u.list->items[i], b.u.list->items[i]);
         return a.u.list->n < b.u.list->n ? -1 : a.u.list->n > b.u.list->n;
     }
-    tpl__fail(r, -EINVAL, "'%s' not supported between instances of '%s' and '%s'", op, tpl__type_name(a), tpl__type_name(b));
+    tpl__fail(r, -EINVAL, "'%s' not supported between instances of '%s' and '%s'", op,
+              tpl__type_name(a), tpl__type_name(b));
 }
 
 bool tpl__contains(tpl_render *r, tpl_value item, tpl_value container)
 {
     switch (container.kind) {
     case TV_STR:
-        if (item.kind != TV_STR) tpl__fail(r, -EINVAL, "'in <string>' requires string as left operand, not %s", tpl__type_name(item));
+        if (item.kind != TV_STR)
+            tpl__fail(r, -EINVAL, "'in <string>' requires string as left operand, not %s",
+                      tpl__type_name(item));
         if (item.u.str.n == 0) return true;
         return memmem(container.u.str.s, container.u.str.n, item.u.str.s, item.u.str.n) != NULL;
     case TV_LIST: {
@@ -290,7 +299,8 @@ bool tpl__contains(tpl_render *r, tpl_value item, tpl_value container)
         if (l->is_generator) tpl__force(r, l);
         for (size_t i = l->is_generator ? l->consumed : 0; i < l->n; i++)
             if (tpl__equal(l->items[i], item)) {
-                if (l->is_generator) l->consumed = i + 1; /* `in` consumes a generator up to the hit */
+                /* `in` consumes a generator up to the hit */
+                if (l->is_generator) l->consumed = i + 1;
                 return true;
             }
         if (l->is_generator) l->consumed = l->n;
@@ -298,11 +308,14 @@ bool tpl__contains(tpl_render *r, tpl_value item, tpl_value container)
     }
     case TV_DICT: {
         tpl_value v;
-        if (tpl__unhashable(item)) tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(item));
+        if (tpl__unhashable(item))
+            tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(item));
         return tpl__dict_get(container.u.dict, item, &v);
     }
-    case TV_UNDEF: return false; /* jinja2's Undefined iterates as empty */
-    default: tpl__fail(r, -EINVAL, "argument of type '%s' is not iterable", tpl__type_name(container));
+    case TV_UNDEF:
+        return false; /* jinja2's Undefined iterates as empty */
+    default:
+        tpl__fail(r, -EINVAL, "argument of type '%s' is not iterable", tpl__type_name(container));
     }
 }
 
@@ -322,16 +335,21 @@ static tpl_value arith(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b)
             tpl_sbuf buf = {0};
             /* Markup + str escapes the str, and the sum is Markup (markupsafe) */
             bool safe = a.safe || b.safe;
-            if (safe && !a.safe) tpl__html_escape(r, &buf, a);
-            else tpl__put(r, &buf, a.u.str.s, a.u.str.n);
-            if (safe && !b.safe) tpl__html_escape(r, &buf, b);
-            else tpl__put(r, &buf, b.u.str.s, b.u.str.n);
+            if (safe && !a.safe)
+                tpl__html_escape(r, &buf, a);
+            else
+                tpl__put(r, &buf, a.u.str.s, a.u.str.n);
+            if (safe && !b.safe)
+                tpl__html_escape(r, &buf, b);
+            else
+                tpl__put(r, &buf, b.u.str.s, b.u.str.n);
             tpl_value v = tpl__sbuf_value(r, &buf);
             v.safe = safe;
             return v;
         }
-        if (a.kind == TV_LIST && b.kind == TV_LIST && a.u.list->is_tuple == b.u.list->is_tuple && !a.u.list->is_generator &&
-            !b.u.list->is_generator && !a.u.list->view && !b.u.list->view) {
+        if (a.kind == TV_LIST && b.kind == TV_LIST && a.u.list->is_tuple == b.u.list->is_tuple &&
+            !a.u.list->is_generator && !b.u.list->is_generator && !a.u.list->view &&
+            !b.u.list->view) {
             tpl_list *l = tpl__list_new(r, a.u.list->n + b.u.list->n);
             l->is_tuple = a.u.list->is_tuple;
             for (size_t i = 0; i < a.u.list->n; i++)
@@ -345,7 +363,8 @@ static tpl_value arith(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b)
                          (b.kind == TV_STR && (a.kind == TV_INT || a.kind == TV_BOOL)))) {
         tpl_value s = a.kind == TV_STR ? a : b;
         int64_t k = inum(a.kind == TV_STR ? b : a);
-        if (k > 0 && s.u.str.n * (uint64_t)k > (64u << 20)) tpl__fail(r, -EINVAL, "string repetition too large");
+        if (k > 0 && s.u.str.n * (uint64_t)k > (64u << 20))
+            tpl__fail(r, -EINVAL, "string repetition too large");
         tpl_sbuf buf = {0};
         for (int64_t i = 0; i < k; i++)
             tpl__put(r, &buf, s.u.str.s, s.u.str.n);
@@ -356,7 +375,8 @@ static tpl_value arith(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b)
         tpl_list *src = a.kind == TV_LIST ? a.u.list : b.u.list;
         int64_t k = inum(a.kind == TV_LIST ? b : a);
         if (src->is_generator || src->view) type_error(r, name, a, b);
-        if (k > 0 && src->n * (uint64_t)k > (1u << 20)) tpl__fail(r, -EINVAL, "list repetition too large");
+        if (k > 0 && src->n * (uint64_t)k > (1u << 20))
+            tpl__fail(r, -EINVAL, "list repetition too large");
         tpl_list *l = tpl__list_new(r, 0);
         l->is_tuple = src->is_tuple;
         for (int64_t i = 0; i < k; i++)
@@ -370,18 +390,23 @@ static tpl_value arith(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b)
     double x = num(a), y = num(b);
     int64_t i = inum(a), j = inum(b);
     switch (op) {
-    case TB_ADD: return int_or_float(x + y, fl, fl ? 0 : (int64_t)((uint64_t)i + (uint64_t)j));
-    case TB_SUB: return int_or_float(x - y, fl, fl ? 0 : (int64_t)((uint64_t)i - (uint64_t)j));
-    case TB_MUL: return int_or_float(x * y, fl, fl ? 0 : (int64_t)((uint64_t)i * (uint64_t)j));
+    case TB_ADD:
+        return int_or_float(x + y, fl, fl ? 0 : (int64_t)((uint64_t)i + (uint64_t)j));
+    case TB_SUB:
+        return int_or_float(x - y, fl, fl ? 0 : (int64_t)((uint64_t)i - (uint64_t)j));
+    case TB_MUL:
+        return int_or_float(x * y, fl, fl ? 0 : (int64_t)((uint64_t)i * (uint64_t)j));
     case TB_DIV:
         if (y == 0) tpl__fail(r, -EINVAL, "division by zero");
         return (tpl_value){.kind = TV_FLOAT, .u.f = x / y};
     case TB_FLOORDIV:
     case TB_MOD:
-        if (y == 0) tpl__fail(r, -EINVAL, "%s by zero", op == TB_MOD ? "modulo" : "integer division");
+        if (y == 0)
+            tpl__fail(r, -EINVAL, "%s by zero", op == TB_MOD ? "modulo" : "integer division");
         if (!fl) {
             if (j == -1) /* INT64_MIN / -1 overflows in C; Python would grow the int */
-                return (tpl_value){.kind = TV_INT, .u.i = op == TB_MOD ? 0 : (int64_t)(0 - (uint64_t)i)};
+                return (tpl_value){.kind = TV_INT,
+                                   .u.i = op == TB_MOD ? 0 : (int64_t)(0 - (uint64_t)i)};
             int64_t q = i / j, m = i % j;
             if (m != 0 && ((m < 0) != (j < 0))) {
                 q--;
@@ -415,7 +440,8 @@ static tpl_value arith(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b)
             return (tpl_value){.kind = TV_INT, .u.i = acc};
         }
         return (tpl_value){.kind = TV_FLOAT, .u.f = pow(x, y)};
-    default: break;
+    default:
+        break;
     }
     type_error(r, name, a, b);
 }
@@ -449,25 +475,35 @@ static tpl_value apply_bin(tpl_render *r, tpl_binop op, tpl_value a, tpl_value b
         tpl__str(r, &buf, b);
         return tpl__sbuf_value(r, &buf);
     }
-    case TB_EQ: return (tpl_value){.kind = TV_BOOL, .u.b = tpl__equal(a, b)};
-    case TB_NE: return (tpl_value){.kind = TV_BOOL, .u.b = !tpl__equal(a, b)};
-    case TB_LT: return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, "<", a, b) < 0};
-    case TB_LE: return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, "<=", a, b) <= 0};
-    case TB_GT: return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, ">", a, b) > 0};
-    case TB_GE: return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, ">=", a, b) >= 0};
-    case TB_IN: return (tpl_value){.kind = TV_BOOL, .u.b = tpl__contains(r, a, b)};
-    case TB_NOTIN: return (tpl_value){.kind = TV_BOOL, .u.b = !tpl__contains(r, a, b)};
-    default: return arith(r, op, a, b);
+    case TB_EQ:
+        return (tpl_value){.kind = TV_BOOL, .u.b = tpl__equal(a, b)};
+    case TB_NE:
+        return (tpl_value){.kind = TV_BOOL, .u.b = !tpl__equal(a, b)};
+    case TB_LT:
+        return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, "<", a, b) < 0};
+    case TB_LE:
+        return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, "<=", a, b) <= 0};
+    case TB_GT:
+        return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, ">", a, b) > 0};
+    case TB_GE:
+        return (tpl_value){.kind = TV_BOOL, .u.b = compare(r, ">=", a, b) >= 0};
+    case TB_IN:
+        return (tpl_value){.kind = TV_BOOL, .u.b = tpl__contains(r, a, b)};
+    case TB_NOTIN:
+        return (tpl_value){.kind = TV_BOOL, .u.b = !tpl__contains(r, a, b)};
+    default:
+        return arith(r, op, a, b);
     }
 }
 
 /* Python's slice semantics on a sequence of n elements. */
-static void slice_indices(tpl_render *r, tpl_value start, tpl_value stop, tpl_value step, int64_t n, int64_t *i0,
-                          int64_t *i1, int64_t *di)
+static void slice_indices(tpl_render *r, tpl_value start, tpl_value stop, tpl_value step, int64_t n,
+                          int64_t *i0, int64_t *i1, int64_t *di)
 {
     int64_t st = 1;
     if (step.kind != TV_NONE && step.kind != TV_UNDEF) {
-        if (step.kind != TV_INT && step.kind != TV_BOOL) tpl__fail(r, -EINVAL, "slice indices must be integers or None");
+        if (step.kind != TV_INT && step.kind != TV_BOOL)
+            tpl__fail(r, -EINVAL, "slice indices must be integers or None");
         st = inum(step);
         if (st == 0) tpl__fail(r, -EINVAL, "slice step cannot be zero");
     }
@@ -478,7 +514,8 @@ static void slice_indices(tpl_render *r, tpl_value start, tpl_value stop, tpl_va
     for (int k = 0; k < 2; k++) {
         tpl_value v = bounds[k];
         if (v.kind == TV_NONE || v.kind == TV_UNDEF) continue;
-        if (v.kind != TV_INT && v.kind != TV_BOOL) tpl__fail(r, -EINVAL, "slice indices must be integers or None");
+        if (v.kind != TV_INT && v.kind != TV_BOOL)
+            tpl__fail(r, -EINVAL, "slice indices must be integers or None");
         int64_t x = inum(v);
         if (x < 0) {
             x += n;
@@ -493,7 +530,8 @@ static void slice_indices(tpl_render *r, tpl_value start, tpl_value stop, tpl_va
     *di = st;
 }
 
-static tpl_value slice(tpl_render *r, tpl_value obj, tpl_value start, tpl_value stop, tpl_value step)
+static tpl_value slice(tpl_render *r, tpl_value obj, tpl_value start, tpl_value stop,
+                       tpl_value step)
 {
     int64_t a, b, st;
     if (obj.kind == TV_LIST && !obj.u.list->is_generator) {
@@ -544,9 +582,15 @@ static tpl_value eval(tpl_render *r, tpl_scope *s, const tpl_expr *e)
     if (++r->expr_depth > 2000) tpl__fail(r, -ELOOP, "expression nested too deep");
     tpl_value v;
     switch (e->kind) {
-    case TX_CONST: v = e->cval; break;
-    case TX_NAME: v = lookup(s, e->name); break;
-    case TX_ATTR: v = tpl__getattr(r, eval(r, s, e->a), e->name, strlen(e->name)); break;
+    case TX_CONST:
+        v = e->cval;
+        break;
+    case TX_NAME:
+        v = lookup(s, e->name);
+        break;
+    case TX_ATTR:
+        v = tpl__getattr(r, eval(r, s, e->a), e->name, strlen(e->name));
+        break;
     case TX_ITEM: {
         tpl_value obj = eval(r, s, e->a);
         v = tpl__getitem(r, obj, eval(r, s, e->b));
@@ -555,7 +599,8 @@ static tpl_value eval(tpl_render *r, tpl_scope *s, const tpl_expr *e)
     case TX_SLICE: {
         tpl_value obj = eval(r, s, e->a);
         tpl_value none = {.kind = TV_NONE};
-        v = slice(r, obj, e->b ? eval(r, s, e->b) : none, e->c ? eval(r, s, e->c) : none, e->d ? eval(r, s, e->d) : none);
+        v = slice(r, obj, e->b ? eval(r, s, e->b) : none, e->c ? eval(r, s, e->c) : none,
+                  e->d ? eval(r, s, e->d) : none);
         break;
     }
     case TX_CALL: {
@@ -579,18 +624,28 @@ static tpl_value eval(tpl_render *r, tpl_scope *s, const tpl_expr *e)
         v = (tpl_value){.kind = TV_BOOL, .u.b = tpl__test(r, e->name, x, &args) != e->negate};
         break;
     }
-    case TX_NOT: v = (tpl_value){.kind = TV_BOOL, .u.b = !tpl__truthy(eval(r, s, e->a))}; break;
+    case TX_NOT:
+        v = (tpl_value){.kind = TV_BOOL, .u.b = !tpl__truthy(eval(r, s, e->a))};
+        break;
     case TX_NEG:
     case TX_POS: {
         tpl_value x = eval(r, s, e->a);
         if (x.kind == TV_UNDEF) fail_undefined(r, x);
-        if (!is_number(x)) tpl__fail(r, -EINVAL, "bad operand type for unary %c: '%s'", e->kind == TX_NEG ? '-' : '+', tpl__type_name(x));
-        if (x.kind == TV_FLOAT) v = (tpl_value){.kind = TV_FLOAT, .u.f = e->kind == TX_NEG ? -x.u.f : x.u.f};
-        else v = (tpl_value){.kind = TV_INT, .u.i = e->kind == TX_NEG ? -inum(x) : inum(x)};
+        if (!is_number(x))
+            tpl__fail(r, -EINVAL, "bad operand type for unary %c: '%s'",
+                      e->kind == TX_NEG ? '-' : '+', tpl__type_name(x));
+        if (x.kind == TV_FLOAT)
+            v = (tpl_value){.kind = TV_FLOAT, .u.f = e->kind == TX_NEG ? -x.u.f : x.u.f};
+        else
+            v = (tpl_value){.kind = TV_INT, .u.i = e->kind == TX_NEG ? -inum(x) : inum(x)};
         break;
     }
-    case TX_BIN: v = bin(r, s, e); break;
-    case TX_COMPARE: v = compare_chain(r, s, e); break;
+    case TX_BIN:
+        v = bin(r, s, e);
+        break;
+    case TX_COMPARE:
+        v = compare_chain(r, s, e);
+        break;
     case TX_AND: { /* Python's `and`/`or` return an operand, not a bool */
         tpl_value a = eval(r, s, e->a);
         v = tpl__truthy(a) ? eval(r, s, e->b) : a;
@@ -602,8 +657,10 @@ static tpl_value eval(tpl_render *r, tpl_scope *s, const tpl_expr *e)
         break;
     }
     case TX_COND:
-        if (tpl__truthy(eval(r, s, e->a))) v = eval(r, s, e->b);
-        else v = e->c ? eval(r, s, e->c) : undefined(NULL);
+        if (tpl__truthy(eval(r, s, e->a)))
+            v = eval(r, s, e->b);
+        else
+            v = e->c ? eval(r, s, e->c) : undefined(NULL);
         break;
     case TX_LIST: {
         tpl_list *l = tpl__list_new(r, e->n_args);
@@ -617,13 +674,15 @@ static tpl_value eval(tpl_render *r, tpl_scope *s, const tpl_expr *e)
         tpl_dict *d = tpl__dict_new(r, e->n_args);
         for (size_t i = 0; i < e->n_args; i++) {
             tpl_value key = eval(r, s, e->args[i]);
-            if (tpl__unhashable(key)) tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(key));
+            if (tpl__unhashable(key))
+                tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(key));
             tpl__dict_set(r, d, key, eval(r, s, e->kw_vals[i]));
         }
         v = (tpl_value){.kind = TV_DICT, .u.dict = d};
         break;
     }
-    default: tpl__fail(r, -EINVAL, "internal error: expression kind %d", (int)e->kind);
+    default:
+        tpl__fail(r, -EINVAL, "internal error: expression kind %d", (int)e->kind);
     }
     r->line = saved_line;
     r->expr_depth--;
@@ -639,7 +698,8 @@ static tpl_dict *loop_object(tpl_render *r, const tpl_list *items, size_t i)
     tpl_dict *d = tpl__dict_new(r, 10);
     int64_t n = (int64_t)items->n, k = (int64_t)i;
     d->is_loop = true;
-#define SETI(name, val) tpl__dict_set(r, d, (tpl_value){.kind = TV_STR, .u.str = {name, sizeof name - 1}}, val)
+#define SETI(name, val)                                                                            \
+    tpl__dict_set(r, d, (tpl_value){.kind = TV_STR, .u.str = {name, sizeof name - 1}}, val)
     SETI("index", ((tpl_value){.kind = TV_INT, .u.i = k + 1}));
     SETI("index0", ((tpl_value){.kind = TV_INT, .u.i = k}));
     SETI("revindex", ((tpl_value){.kind = TV_INT, .u.i = n - k}));
@@ -655,7 +715,8 @@ static tpl_dict *loop_object(tpl_render *r, const tpl_list *items, size_t i)
     return d;
 }
 
-static void bind_targets(tpl_render *r, tpl_scope *s, const char *const *names, size_t n_names, tpl_value v)
+static void bind_targets(tpl_render *r, tpl_scope *s, const char *const *names, size_t n_names,
+                         tpl_value v)
 {
     if (n_names == 1) {
         assign(r, s, names[0], v);
@@ -663,8 +724,8 @@ static void bind_targets(tpl_render *r, tpl_scope *s, const char *const *names, 
     }
     tpl_list *parts = tpl__iterate(r, v);
     if (parts->n != n_names)
-        tpl__fail(r, -EINVAL, "%s values to unpack (expected %zu, got %zu)", parts->n > n_names ? "too many" : "not enough",
-                  n_names, parts->n);
+        tpl__fail(r, -EINVAL, "%s values to unpack (expected %zu, got %zu)",
+                  parts->n > n_names ? "too many" : "not enough", n_names, parts->n);
     for (size_t i = 0; i < n_names; i++)
         assign(r, s, names[i], parts->items[i]);
 }
@@ -698,7 +759,8 @@ static flow exec_for(tpl_render *r, tpl_scope *s, const tpl_stmt *st, tpl_sbuf *
         completed |= f == FLOW_NORMAL;
     }
     r->depth--;
-    if (!completed) return exec_body(r, scope_new(r, s), &st->else_body, out); /* its sets stay inside */
+    /* its sets stay inside */
+    if (!completed) return exec_body(r, scope_new(r, s), &st->else_body, out);
     return FLOW_NORMAL;
 }
 
@@ -706,13 +768,20 @@ static flow exec_stmt(tpl_render *r, tpl_scope *s, const tpl_stmt *st, tpl_sbuf 
 {
     r->line = st->line;
     switch (st->kind) {
-    case TS_TEXT: tpl__put(r, out, st->text, st->text_len); break;
-    case TS_PRINT: tpl__str(r, out, eval(r, s, st->expr)); break;
+    case TS_TEXT:
+        tpl__put(r, out, st->text, st->text_len);
+        break;
+    case TS_PRINT:
+        tpl__str(r, out, eval(r, s, st->expr));
+        break;
     case TS_IF:
         if (tpl__truthy(eval(r, s, st->expr))) return exec_body(r, s, &st->body, out);
         return exec_body(r, s, &st->else_body, out);
-    case TS_FOR: return exec_for(r, s, st, out);
-    case TS_SET: bind_targets(r, s, st->names, st->n_names, eval(r, s, st->expr)); break;
+    case TS_FOR:
+        return exec_for(r, s, st, out);
+    case TS_SET:
+        bind_targets(r, s, st->names, st->n_names, eval(r, s, st->expr));
+        break;
     case TS_SET_ATTR: {
         tpl_value obj = lookup(s, st->names[0]);
         if (obj.kind != TV_DICT || !obj.u.dict->is_namespace)
@@ -735,9 +804,12 @@ static flow exec_stmt(tpl_render *r, tpl_scope *s, const tpl_stmt *st, tpl_sbuf 
         assign(r, s, st->text, (tpl_value){.kind = TV_FUNC, .u.func = f});
         break;
     }
-    case TS_BREAK: return FLOW_BREAK;
-    case TS_CONTINUE: return FLOW_CONTINUE;
-    case TS_BLOCK: return exec_body(r, s, &st->body, out);
+    case TS_BREAK:
+        return FLOW_BREAK;
+    case TS_CONTINUE:
+        return FLOW_CONTINUE;
+    case TS_BLOCK:
+        return exec_body(r, s, &st->body, out);
     }
     return FLOW_NORMAL;
 }
@@ -754,13 +826,17 @@ static flow exec_body(tpl_render *r, tpl_scope *s, const tpl_body *body, tpl_sbu
 tpl_value tpl__call_macro(tpl_render *r, const tpl_func *fn, const tpl_args *args)
 {
     const tpl_stmt *m = fn->macro;
-    if (args->n > m->n_names) tpl__fail(r, -EINVAL, "macro '%s' takes not more than %zu argument(s)", m->text, m->n_names);
+    if (args->n > m->n_names)
+        tpl__fail(r, -EINVAL, "macro '%s' takes not more than %zu argument(s)", m->text,
+                  m->n_names);
     if (++r->depth > TPL_MAX_DEPTH) tpl__fail(r, -ELOOP, "loops and macro calls nested too deep");
     tpl_scope *ms = scope_new(r, fn->closure ? fn->closure : r->root);
     for (size_t i = 0; i < m->n_names; i++) {
         tpl_value v = undefined(m->names[i]);
-        if (i < args->n) v = args->pos[i];
-        else if (m->defaults[i]) v = eval(r, ms, m->defaults[i]);
+        if (i < args->n)
+            v = args->pos[i];
+        else if (m->defaults[i])
+            v = eval(r, ms, m->defaults[i]);
         for (size_t k = 0; k < args->n_kw; k++)
             if (!strcmp(args->kw_names[k], m->names[i])) v = args->kw_vals[k];
         assign(r, ms, m->names[i], v);
@@ -769,7 +845,9 @@ tpl_value tpl__call_macro(tpl_render *r, const tpl_func *fn, const tpl_args *arg
         bool known = false;
         for (size_t i = 0; i < m->n_names; i++)
             known |= !strcmp(args->kw_names[k], m->names[i]);
-        if (!known) tpl__fail(r, -EINVAL, "macro '%s' has no argument named '%s'", m->text, args->kw_names[k]);
+        if (!known)
+            tpl__fail(r, -EINVAL, "macro '%s' has no argument named '%s'", m->text,
+                      args->kw_names[k]);
     }
     tpl_sbuf buf = {0};
     int line = r->line;
@@ -781,8 +859,9 @@ tpl_value tpl__call_macro(tpl_render *r, const tpl_func *fn, const tpl_args *arg
 
 /* ---- entry -------------------------------------------------------------------------------- */
 
-int chat_template_render(const chat_template *t, const cJSON *context, const chat_template_render_opts *opts,
-                         char **text, size_t *len, char *err, size_t err_size)
+int chat_template_render(const chat_template *t, const cJSON *context,
+                         const chat_template_render_opts *opts, char **text, size_t *len, char *err,
+                         size_t err_size)
 {
     /* volatile: read after longjmp */
     tpl_render *volatile r = calloc(1, sizeof *r);
@@ -802,13 +881,17 @@ int chat_template_render(const chat_template *t, const cJSON *context, const cha
         free(r);
         return rc;
     }
-    if (context && !cJSON_IsObject(context)) tpl__fail(r, -EINVAL, "the context must be a JSON object");
+    if (context && !cJSON_IsObject(context))
+        tpl__fail(r, -EINVAL, "the context must be a JSON object");
     tpl_scope *globals = scope_new(r, NULL);
     static const struct {
         const char *name;
         tpl_fkind kind;
-    } builtins[] = {{"raise_exception", TF_RAISE}, {"strftime_now", TF_STRFTIME}, {"namespace", TF_NAMESPACE},
-                    {"range", TF_RANGE},           {"dict", TF_DICT}};
+    } builtins[] = {{"raise_exception", TF_RAISE},
+                    {"strftime_now", TF_STRFTIME},
+                    {"namespace", TF_NAMESPACE},
+                    {"range", TF_RANGE},
+                    {"dict", TF_DICT}};
     for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
         assign(r, globals, builtins[i].name, builtin_func(r, builtins[i].kind));
     for (const cJSON *c = context ? context->child : NULL; c; c = c->next)

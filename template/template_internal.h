@@ -52,7 +52,8 @@ typedef struct tpl_tok {
 /* Splits src into tokens with jinja2's whitespace rules (trim_blocks, lstrip_blocks, '-' and
  * '+' markers, one trailing newline dropped).  Comments vanish; `{% raw %}` becomes text.
  * Returns 0 or -EINVAL/-ENOMEM with a message. *toks is malloc'd. */
-int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size);
+int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err,
+             size_t err_size);
 
 /* ---- values ---------------------------------------------------------------------------- */
 typedef enum tpl_vkind {
@@ -101,7 +102,7 @@ struct tpl_list {
     const char *gen_name; /* the Python generator function, for printing */
     tpl_value lazy_seq;
     const struct tpl_args *lazy_args;
-    const char *view;  /* "dict_items", "dict_keys", "dict_values": how a dict view prints */
+    const char *view; /* "dict_items", "dict_keys", "dict_values": how a dict view prints */
 };
 
 struct tpl_dict {
@@ -194,8 +195,8 @@ struct tpl_stmt {
     int line;
     const char *text; /* TS_TEXT */
     size_t text_len;
-    tpl_expr *expr;    /* printed value, if condition, for iterable, set value */
-    tpl_expr *filter;  /* for ... if filter */
+    tpl_expr *expr;     /* printed value, if condition, for iterable, set value */
+    tpl_expr *filter;   /* for ... if filter */
     const char **names; /* for / set targets, macro parameters; TS_SET_ATTR: {object, attribute} */
     size_t n_names;
     tpl_expr **defaults; /* macro parameter defaults (NULL entries: none) */
@@ -208,7 +209,8 @@ struct chat_template {
 };
 
 /* Parses tokens into a body in the template's arena.  -ENOTSUP names an unsupported construct. */
-int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size);
+int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err,
+               size_t err_size);
 
 /* The names the parser accepts: filters and tests it can evaluate. */
 bool tpl__filter_known(const char *name);
@@ -241,7 +243,8 @@ struct tpl_func {
     const char *method;
     tpl_value self;
     const tpl_stmt *macro;
-    tpl_scope *closure; /* TF_MACRO: the scope the macro was defined in (jinja2 macros are closures) */
+    /* TF_MACRO: the scope the macro was defined in (jinja2 macros are closures) */
+    tpl_scope *closure;
 };
 
 typedef struct tpl_render {
@@ -272,14 +275,15 @@ bool tpl__dict_get_str(const tpl_dict *d, const char *key, tpl_value *out);
 bool tpl__truthy(tpl_value v);
 bool tpl__equal(tpl_value a, tpl_value b);
 const char *tpl__type_name(tpl_value v);
-void tpl__str(tpl_render *r, tpl_sbuf *b, tpl_value v);  /* Python str() */
-void tpl__repr(tpl_render *r, tpl_sbuf *b, tpl_value v); /* Python repr() */
+void tpl__str(tpl_render *r, tpl_sbuf *b, tpl_value v);         /* Python str() */
+void tpl__repr(tpl_render *r, tpl_sbuf *b, tpl_value v);        /* Python repr() */
 void tpl__html_escape(tpl_render *r, tpl_sbuf *b, tpl_value s); /* markupsafe.escape */
 tpl_value tpl__getattr(tpl_render *r, tpl_value obj, const char *name, size_t name_len);
 tpl_value tpl__getitem(tpl_render *r, tpl_value obj, tpl_value key);
 /* Iterating a value as jinja2's for loop does: lists, dict keys, string characters. */
 tpl_list *tpl__iterate(tpl_render *r, tpl_value v);
-bool tpl__contains(tpl_render *r, tpl_value item, tpl_value container); /* Python's `item in container` */
+/* Python's `item in container` */
+bool tpl__contains(tpl_render *r, tpl_value item, tpl_value container);
 
 /* Python's hashability: lists, dicts and dict views are not; tuples, generators, namespaces are. */
 static inline bool tpl__unhashable(tpl_value v)
@@ -326,7 +330,6 @@ static inline _Noreturn void tpl__fail_undef(tpl_render *r, tpl_value v)
     tpl__fail(r, -EINVAL, "undefined value used");
 }
 
-
 #define TPL_NONE ((tpl_value){.kind = TV_NONE})
 
 /* Argument `i` (positional) or `name` (keyword), or `def`. */
@@ -339,7 +342,8 @@ static inline tpl_value tpl__arg(const tpl_args *a, size_t i, const char *name, 
 }
 
 /* template_str.c: strings and the methods of values */
-tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *name, const char *what);
+tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *name,
+                       const char *what);
 tpl_value tpl__strip(tpl_render *r, tpl_value s, tpl_value chars, bool left, bool right);
 uint32_t tpl__cp_upper(uint32_t c);
 uint32_t tpl__cp_lower(uint32_t c);

@@ -26,11 +26,13 @@ size_t tpl__space_at(const char *s, size_t n)
     unsigned char c = (unsigned char)s[0];
     if (n == 0) return 0;
     if (c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f)) return 1;
-    if (c == 0xc2 && n >= 2 && ((unsigned char)s[1] == 0x85 || (unsigned char)s[1] == 0xa0)) return 2;
+    if (c == 0xc2 && n >= 2 && ((unsigned char)s[1] == 0x85 || (unsigned char)s[1] == 0xa0))
+        return 2;
     if (n >= 3) {
         unsigned c1 = (unsigned char)s[1], c2 = (unsigned char)s[2];
         if (c == 0xe1 && c1 == 0x9a && c2 == 0x80) return 3; /* U+1680 */
-        if (c == 0xe2 && c1 == 0x80 && (c2 <= 0x8a || c2 == 0xa8 || c2 == 0xa9 || c2 == 0xaf)) return 3;
+        if (c == 0xe2 && c1 == 0x80 && (c2 <= 0x8a || c2 == 0xa8 || c2 == 0xa9 || c2 == 0xaf))
+            return 3;
         if (c == 0xe2 && c1 == 0x81 && c2 == 0x9f) return 3; /* U+205F */
         if (c == 0xe3 && c1 == 0x80 && c2 == 0x80) return 3; /* U+3000 */
     }
@@ -65,7 +67,8 @@ static _Noreturn void lex_fail(lexer *lx, int rc, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     int k = snprintf(lx->err, lx->err_size, "line %d: ", lx->line);
-    if (k >= 0 && (size_t)k < lx->err_size) vsnprintf(lx->err + k, lx->err_size - (size_t)k, fmt, ap);
+    if (k >= 0 && (size_t)k < lx->err_size)
+        vsnprintf(lx->err + k, lx->err_size - (size_t)k, fmt, ap);
     va_end(ap);
     lx->rc = rc;
     longjmp(lx->fail, 1);
@@ -149,21 +152,50 @@ static void lex_string(lexer *lx)
         uint32_t cp = 0;
         int digits = 0;
         switch (e) {
-        case '\n': lx->line++; continue; /* line continuation */
-        case '\\': out[o++] = '\\'; continue;
-        case '\'': out[o++] = '\''; continue;
-        case '"': out[o++] = '"'; continue;
-        case 'a': out[o++] = '\a'; continue;
-        case 'b': out[o++] = '\b'; continue;
-        case 'f': out[o++] = '\f'; continue;
-        case 'n': out[o++] = '\n'; continue;
-        case 'r': out[o++] = '\r'; continue;
-        case 't': out[o++] = '\t'; continue;
-        case 'v': out[o++] = '\v'; continue;
-        case 'x': digits = 2; break;
-        case 'u': digits = 4; break;
-        case 'U': digits = 8; break;
-        case 'N': lex_fail(lx, -ENOTSUP, "unsupported construct: \\N{...} escape in a string literal");
+        case '\n':
+            lx->line++;
+            continue; /* line continuation */
+        case '\\':
+            out[o++] = '\\';
+            continue;
+        case '\'':
+            out[o++] = '\'';
+            continue;
+        case '"':
+            out[o++] = '"';
+            continue;
+        case 'a':
+            out[o++] = '\a';
+            continue;
+        case 'b':
+            out[o++] = '\b';
+            continue;
+        case 'f':
+            out[o++] = '\f';
+            continue;
+        case 'n':
+            out[o++] = '\n';
+            continue;
+        case 'r':
+            out[o++] = '\r';
+            continue;
+        case 't':
+            out[o++] = '\t';
+            continue;
+        case 'v':
+            out[o++] = '\v';
+            continue;
+        case 'x':
+            digits = 2;
+            break;
+        case 'u':
+            digits = 4;
+            break;
+        case 'U':
+            digits = 8;
+            break;
+        case 'N':
+            lex_fail(lx, -ENOTSUP, "unsupported construct: \\N{...} escape in a string literal");
         default:
             if (e >= '0' && e <= '7') {
                 int k = 0;
@@ -204,7 +236,8 @@ static bool is_digit(char c)
 /* Digits with single underscores between them ("1_000"); returns the end. */
 static size_t scan_digits(const lexer *lx, size_t p)
 {
-    while (p < lx->len && (is_digit(lx->src[p]) || (lx->src[p] == '_' && p + 1 < lx->len && is_digit(lx->src[p + 1]))))
+    while (p < lx->len && (is_digit(lx->src[p]) ||
+                           (lx->src[p] == '_' && p + 1 < lx->len && is_digit(lx->src[p + 1]))))
         p++;
     return p;
 }
@@ -238,13 +271,15 @@ static void lex_number(lexer *lx, bool after_dot)
     } else {
         errno = 0;
         t->i = strtoll(buf, NULL, 10);
-        if (errno) lex_fail(lx, -ENOTSUP, "unsupported construct: integer literal %s beyond 64 bits", buf);
+        if (errno)
+            lex_fail(lx, -ENOTSUP, "unsupported construct: integer literal %s beyond 64 bits", buf);
     }
     lx->pos = p;
 }
 
-static const char *const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">",
-                                  "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|", ";"};
+static const char *const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*",
+                                  "/",  "%",  "~",  "<",  ">",  "=",  "(", ")", "[",
+                                  "]",  "{",  "}",  ",",  ".",  ":",  "|", ";"};
 
 /* The inside of a {{ }} or {% %} tag, up to and including its end marker.  Returns whether
  * the end consumed a newline (for lstrip_blocks' notion of a line start). */
@@ -253,10 +288,13 @@ static bool lex_tag(lexer *lx, bool is_block)
     int depth = 0; /* open brackets: their closers cannot end the tag, as in jinja2 */
     for (;;) {
         skip_ws(lx);
-        if (lx->pos >= lx->len) lex_fail(lx, -EINVAL, "unexpected end of template inside a %s tag", is_block ? "{% %}" : "{{ }}");
+        if (lx->pos >= lx->len)
+            lex_fail(lx, -EINVAL, "unexpected end of template inside a %s tag",
+                     is_block ? "{% %}" : "{{ }}");
         if (depth == 0) {
             const char *end = is_block ? "%}" : "}}";
-            if (at(lx, "-") && lx->len - lx->pos >= 3 && memcmp(lx->src + lx->pos + 1, end, 2) == 0) {
+            if (at(lx, "-") && lx->len - lx->pos >= 3 &&
+                memcmp(lx->src + lx->pos + 1, end, 2) == 0) {
                 emit(lx, is_block ? TK_BLOCK_END : TK_VAR_END, NULL, 0);
                 lx->pos += 3;
                 bool nl = skip_ws(lx);
@@ -282,12 +320,14 @@ static bool lex_tag(lexer *lx, bool is_block)
         if (c == '\'' || c == '"') {
             lex_string(lx);
         } else if (is_digit(c)) {
-            bool after_dot = lx->n > 0 && lx->toks[lx->n - 1].kind == TK_OP && lx->toks[lx->n - 1].n == 1 &&
-                             lx->toks[lx->n - 1].s[0] == '.' && lx->pos > 0 && lx->src[lx->pos - 1] == '.';
+            bool after_dot = lx->n > 0 && lx->toks[lx->n - 1].kind == TK_OP &&
+                             lx->toks[lx->n - 1].n == 1 && lx->toks[lx->n - 1].s[0] == '.' &&
+                             lx->pos > 0 && lx->src[lx->pos - 1] == '.';
             lex_number(lx, after_dot);
         } else if (c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
             size_t p = lx->pos;
-            while (p < lx->len && (lx->src[p] == '_' || is_digit(lx->src[p]) || (lx->src[p] >= 'a' && lx->src[p] <= 'z') ||
+            while (p < lx->len && (lx->src[p] == '_' || is_digit(lx->src[p]) ||
+                                   (lx->src[p] >= 'a' && lx->src[p] <= 'z') ||
                                    (lx->src[p] >= 'A' && lx->src[p] <= 'Z')))
                 p++;
             char *name = lex_alloc(lx, p - lx->pos + 1);
@@ -298,7 +338,8 @@ static bool lex_tag(lexer *lx, bool is_block)
             size_t i;
             for (i = 0; i < sizeof ops / sizeof ops[0]; i++)
                 if (at(lx, ops[i])) break;
-            if (i == sizeof ops / sizeof ops[0]) lex_fail(lx, -EINVAL, "unexpected character '%c'", c);
+            if (i == sizeof ops / sizeof ops[0])
+                lex_fail(lx, -EINVAL, "unexpected character '%c'", c);
             emit(lx, TK_OP, ops[i], strlen(ops[i]));
             lx->pos += strlen(ops[i]);
             if (ops[i][0] == '(' || ops[i][0] == '[' || ops[i][0] == '{') depth++;
@@ -311,7 +352,8 @@ static bool lex_tag(lexer *lx, bool is_block)
 }
 
 /* Emits the text before a tag after the tag's whitespace rules; `sign` is '-', '+' or 0. */
-static void emit_text(lexer *lx, size_t start, size_t end, char sign, bool lstrip_applies, bool line_starting)
+static void emit_text(lexer *lx, size_t start, size_t end, char sign, bool lstrip_applies,
+                      bool line_starting)
 {
     const char *s = lx->src + start;
     size_t n = end - start;
@@ -396,7 +438,8 @@ static void lex_all(lexer *lx)
         size_t p = lx->pos;
         const char *tag = NULL;
         while (p + 1 < lx->len) {
-            if (lx->src[p] == '{' && (lx->src[p + 1] == '{' || lx->src[p + 1] == '%' || lx->src[p + 1] == '#')) {
+            if (lx->src[p] == '{' &&
+                (lx->src[p + 1] == '{' || lx->src[p + 1] == '%' || lx->src[p + 1] == '#')) {
                 tag = lx->src + p;
                 break;
             }
@@ -422,7 +465,9 @@ static void lex_all(lexer *lx)
             while (q + 1 < lx->len && !(lx->src[q] == '#' && lx->src[q + 1] == '}'))
                 q++;
             if (q + 1 >= lx->len) lex_fail(lx, -EINVAL, "unterminated comment");
-            char esign = q > lx->pos && (lx->src[q - 1] == '-' || lx->src[q - 1] == '+') ? lx->src[q - 1] : 0;
+            char esign = q > lx->pos && (lx->src[q - 1] == '-' || lx->src[q - 1] == '+')
+                             ? lx->src[q - 1]
+                             : 0;
             count_lines(lx, lx->pos, q + 2);
             lx->pos = q + 2;
             line_starting = false;
@@ -441,7 +486,8 @@ static void lex_all(lexer *lx)
     emit(lx, TK_EOF, NULL, 0);
 }
 
-int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err, size_t err_size)
+int tpl__lex(arena *a, const char *src, size_t len, tpl_tok **toks, size_t *n_toks, char *err,
+             size_t err_size)
 {
     lexer lx = {.arena = a, .line = 1, .err = err, .err_size = err_size};
     *toks = NULL;

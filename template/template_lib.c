@@ -47,7 +47,8 @@ static tpl_value strftime_now(tpl_render *r, const tpl_args *a)
 tpl_value tpl__call(tpl_render *r, tpl_value fn, const tpl_args *a)
 {
     if (fn.kind == TV_UNDEF) tpl__fail_undef(r, fn);
-    if (fn.kind != TV_FUNC) tpl__fail(r, -EINVAL, "'%s' object is not callable", tpl__type_name(fn));
+    if (fn.kind != TV_FUNC)
+        tpl__fail(r, -EINVAL, "'%s' object is not callable", tpl__type_name(fn));
     const tpl_func *f = fn.u.func;
     switch (f->kind) {
     case TF_RAISE: {
@@ -57,26 +58,32 @@ tpl_value tpl__call(tpl_render *r, tpl_value fn, const tpl_args *a)
         r->rc = -EINVAL;
         longjmp(r->fail, 1);
     }
-    case TF_STRFTIME: return strftime_now(r, a);
+    case TF_STRFTIME:
+        return strftime_now(r, a);
     case TF_NAMESPACE:
     case TF_DICT: {
         tpl_dict *d = tpl__dict_new(r, 4);
         d->is_namespace = f->kind == TF_NAMESPACE;
         for (size_t i = 0; i < a->n; i++) {
-            if (a->pos[i].kind != TV_DICT) tpl__fail(r, -EINVAL, "%s() takes a mapping", f->kind == TF_DICT ? "dict" : "namespace");
+            if (a->pos[i].kind != TV_DICT)
+                tpl__fail(r, -EINVAL, "%s() takes a mapping",
+                          f->kind == TF_DICT ? "dict" : "namespace");
             for (size_t k = 0; k < a->pos[i].u.dict->n; k++)
                 tpl__dict_set(r, d, a->pos[i].u.dict->keys[k], a->pos[i].u.dict->vals[k]);
         }
         for (size_t k = 0; k < a->n_kw; k++)
-            tpl__dict_set(r, d, tpl__strv(r, a->kw_names[k], strlen(a->kw_names[k])), a->kw_vals[k]);
+            tpl__dict_set(r, d, tpl__strv(r, a->kw_names[k], strlen(a->kw_names[k])),
+                          a->kw_vals[k]);
         return (tpl_value){.kind = TV_DICT, .u.dict = d};
     }
     case TF_RANGE: {
         int64_t v[3] = {0, 0, 1};
-        if (a->n < 1 || a->n > 3) tpl__fail(r, -EINVAL, "range expected 1 to 3 arguments, got %zu", a->n);
+        if (a->n < 1 || a->n > 3)
+            tpl__fail(r, -EINVAL, "range expected 1 to 3 arguments, got %zu", a->n);
         for (size_t i = 0; i < a->n; i++) {
             if (a->pos[i].kind != TV_INT && a->pos[i].kind != TV_BOOL)
-                tpl__fail(r, -EINVAL, "'%s' object cannot be interpreted as an integer", tpl__type_name(a->pos[i]));
+                tpl__fail(r, -EINVAL, "'%s' object cannot be interpreted as an integer",
+                          tpl__type_name(a->pos[i]));
             v[a->n == 1 ? 1 : i] = a->pos[i].kind == TV_INT ? a->pos[i].u.i : a->pos[i].u.b;
         }
         if (v[2] == 0) tpl__fail(r, -EINVAL, "range() arg 3 must not be zero");
@@ -87,19 +94,23 @@ tpl_value tpl__call(tpl_render *r, tpl_value fn, const tpl_args *a)
         }
         return mk_list(l);
     }
-    case TF_MACRO: return tpl__call_macro(r, f, a);
-    case TF_METHOD: return tpl__call_method(r, f, a);
+    case TF_MACRO:
+        return tpl__call_macro(r, f, a);
+    case TF_METHOD:
+        return tpl__call_method(r, f, a);
     }
     tpl__fail(r, -EINVAL, "not callable");
 }
 
 /* ---- tests -------------------------------------------------------------------------------- */
 
-static const char *const test_names[] = {"defined", "undefined", "none", "boolean", "false", "true", "integer",
-                                         "float", "number", "string", "mapping", "iterable", "sequence", "callable",
-                                         "sameas", "equalto", "eq", "==", "ne", "!=", "lt", "<", "le", "<=", "gt",
-                                         ">", "ge", ">=", "lessthan", "greaterthan", "in", "odd", "even",
-                                         "divisibleby", "lower", "upper", NULL};
+static const char *const test_names[] = {
+    "defined",  "undefined",   "none",   "boolean", "false",    "true",        "integer",
+    "float",    "number",      "string", "mapping", "iterable", "sequence",    "callable",
+    "sameas",   "equalto",     "eq",     "==",      "ne",       "!=",          "lt",
+    "<",        "le",          "<=",     "gt",      ">",        "ge",          ">=",
+    "lessthan", "greaterthan", "in",     "odd",     "even",     "divisibleby", "lower",
+    "upper",    NULL};
 
 bool tpl__test_known(const char *name)
 {
@@ -107,15 +118,16 @@ bool tpl__test_known(const char *name)
 }
 
 /* Tests that take an argument besides the value; the others take none. */
-static const char *const tests_with_arg[] = {"sameas", "equalto", "eq", "==", "ne", "!=", "lt", "<", "le", "<=",
-                                             "gt", ">", "ge", ">=", "lessthan", "greaterthan", "in", "divisibleby",
-                                             NULL};
+static const char *const tests_with_arg[] = {
+    "sameas", "equalto", "eq", "==", "ne",       "!=",          "lt", "<",           "le", "<=",
+    "gt",     ">",       "ge", ">=", "lessthan", "greaterthan", "in", "divisibleby", NULL};
 
 bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
 {
     size_t want = tpl__in_set(tests_with_arg, t, strlen(t)) ? 1 : 0;
     if (a->n + a->n_kw != want)
-        tpl__fail(r, -EINVAL, "test '%s' takes %zu argument(s) besides the value, %zu given", t, want, a->n + a->n_kw);
+        tpl__fail(r, -EINVAL, "test '%s' takes %zu argument(s) besides the value, %zu given", t,
+                  want, a->n + a->n_kw);
     tpl_value x = tpl__arg(a, 0, NULL, mk_undef(NULL));
     if (!strcmp(t, "defined")) return v.kind != TV_UNDEF;
     if (!strcmp(t, "undefined")) return v.kind == TV_UNDEF;
@@ -127,10 +139,14 @@ bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
     if (!strcmp(t, "float")) return v.kind == TV_FLOAT;
     if (!strcmp(t, "number")) return v.kind == TV_INT || v.kind == TV_FLOAT || v.kind == TV_BOOL;
     if (!strcmp(t, "string")) return v.kind == TV_STR;
-    if (!strcmp(t, "mapping")) return v.kind == TV_DICT && !v.u.dict->is_namespace && !v.u.dict->is_loop;
-    if (!strcmp(t, "iterable")) return v.kind == TV_UNDEF || v.kind == TV_STR || v.kind == TV_LIST || (v.kind == TV_DICT && !v.u.dict->is_namespace && !v.u.dict->is_loop);
+    if (!strcmp(t, "mapping"))
+        return v.kind == TV_DICT && !v.u.dict->is_namespace && !v.u.dict->is_loop;
+    if (!strcmp(t, "iterable"))
+        return v.kind == TV_UNDEF || v.kind == TV_STR || v.kind == TV_LIST ||
+               (v.kind == TV_DICT && !v.u.dict->is_namespace && !v.u.dict->is_loop);
     if (!strcmp(t, "sequence"))
-        return v.kind == TV_UNDEF || v.kind == TV_STR || (v.kind == TV_LIST && !v.u.list->is_generator && !v.u.list->view) ||
+        return v.kind == TV_UNDEF || v.kind == TV_STR ||
+               (v.kind == TV_LIST && !v.u.list->is_generator && !v.u.list->view) ||
                (v.kind == TV_DICT && !v.u.dict->is_namespace && !v.u.dict->is_loop);
     if (!strcmp(t, "callable")) return v.kind == TV_FUNC;
     if (!strcmp(t, "sameas")) {
@@ -167,13 +183,15 @@ bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
         bool mnum = mod.kind == TV_INT || mod.kind == TV_BOOL || mod.kind == TV_FLOAT;
         if (v.kind == TV_UNDEF) tpl__fail_undef(r, v);
         if (!vnum || !mnum)
-            tpl__fail(r, -EINVAL, "unsupported operand types for %%: '%s' and '%s'", tpl__type_name(v), tpl__type_name(mod));
+            tpl__fail(r, -EINVAL, "unsupported operand types for %%: '%s' and '%s'",
+                      tpl__type_name(v), tpl__type_name(mod));
         double p = v.kind == TV_FLOAT ? v.u.f : v.kind == TV_INT ? (double)v.u.i : v.u.b;
         double q = mod.kind == TV_FLOAT ? mod.u.f : mod.kind == TV_INT ? (double)mod.u.i : mod.u.b;
         if (q == 0) tpl__fail(r, -EINVAL, "modulo by zero");
         double m;
         if (v.kind != TV_FLOAT && mod.kind != TV_FLOAT) {
-            int64_t i = v.kind == TV_INT ? v.u.i : v.u.b, j = mod.kind == TV_INT ? mod.u.i : mod.u.b;
+            int64_t i = v.kind == TV_INT ? v.u.i : v.u.b,
+                    j = mod.kind == TV_INT ? mod.u.i : mod.u.b;
             int64_t im = j == -1 ? 0 : i % j;
             if (im != 0 && ((im < 0) != (j < 0))) im += j;
             m = (double)im;
@@ -192,7 +210,8 @@ bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
     } else if (v.kind == TV_STR && x.kind == TV_STR) {
         c = tpl__cmp_str(&v, &x);
     } else {
-        tpl__fail(r, -EINVAL, "test '%s' cannot compare '%s' and '%s'", t, tpl__type_name(v), tpl__type_name(x));
+        tpl__fail(r, -EINVAL, "test '%s' cannot compare '%s' and '%s'", t, tpl__type_name(v),
+                  tpl__type_name(x));
     }
     if (!strcmp(t, "lt") || !strcmp(t, "<") || !strcmp(t, "lessthan")) return c < 0;
     if (!strcmp(t, "le") || !strcmp(t, "<=")) return c <= 0;
@@ -229,7 +248,8 @@ static int order(tpl_render *r, tpl_value a, tpl_value b, bool case_sensitive)
         }
         return (a.u.list->n > b.u.list->n) - (a.u.list->n < b.u.list->n);
     }
-    tpl__fail(r, -EINVAL, "'<' not supported between instances of '%s' and '%s'", tpl__type_name(a), tpl__type_name(b));
+    tpl__fail(r, -EINVAL, "'<' not supported between instances of '%s' and '%s'", tpl__type_name(a),
+              tpl__type_name(b));
 }
 
 static tpl_value attr_path(tpl_render *r, tpl_value v, tpl_value attr)
@@ -248,7 +268,8 @@ static tpl_value attr_path(tpl_render *r, tpl_value v, tpl_value attr)
 }
 
 /* Stable insertion sort of items by key(item); returns a new list. */
-static tpl_list *sorted(tpl_render *r, const tpl_list *src, const tpl_value *keys, bool reverse, bool cs)
+static tpl_list *sorted(tpl_render *r, const tpl_list *src, const tpl_value *keys, bool reverse,
+                        bool cs)
 {
     size_t n = src->n;
     size_t *idx = tpl__ralloc(r, (n ? n : 1) * sizeof *idx);
@@ -272,7 +293,8 @@ static tpl_value sort_filter(tpl_render *r, const char *f, tpl_value v, const tp
 {
     tpl_list *items = tpl__iterate(r, v);
     if (!strcmp(f, "dictsort")) {
-        if (v.kind != TV_DICT) tpl__fail(r, -EINVAL, "dictsort: expected a mapping, got %s", tpl__type_name(v));
+        if (v.kind != TV_DICT)
+            tpl__fail(r, -EINVAL, "dictsort: expected a mapping, got %s", tpl__type_name(v));
         bool cs = tpl__truthy(tpl__arg(a, 0, "case_sensitive", mk_bool(false)));
         tpl_value by = tpl__arg(a, 1, "by", (tpl_value){.kind = TV_STR, .u.str = {"key", 3}});
         bool reverse = tpl__truthy(tpl__arg(a, 2, "reverse", mk_bool(false)));
@@ -294,13 +316,17 @@ static tpl_value sort_filter(tpl_render *r, const char *f, tpl_value v, const tp
             tpl_value x = attr_path(r, items->items[i], attr);
             bool xn = x.kind == TV_INT || x.kind == TV_BOOL || x.kind == TV_FLOAT;
             if (!xn || !(acc.kind == TV_INT || acc.kind == TV_BOOL || acc.kind == TV_FLOAT))
-                tpl__fail(r, -EINVAL, "unsupported operand types for +: '%s' and '%s'", tpl__type_name(acc), tpl__type_name(x));
+                tpl__fail(r, -EINVAL, "unsupported operand types for +: '%s' and '%s'",
+                          tpl__type_name(acc), tpl__type_name(x));
             if (acc.kind == TV_FLOAT || x.kind == TV_FLOAT) {
-                double p = acc.kind == TV_FLOAT ? acc.u.f : acc.kind == TV_INT ? (double)acc.u.i : acc.u.b;
+                double p = acc.kind == TV_FLOAT ? acc.u.f
+                           : acc.kind == TV_INT ? (double)acc.u.i
+                                                : acc.u.b;
                 double q = x.kind == TV_FLOAT ? x.u.f : x.kind == TV_INT ? (double)x.u.i : x.u.b;
                 acc = (tpl_value){.kind = TV_FLOAT, .u.f = p + q};
             } else {
-                acc = mk_int((acc.kind == TV_INT ? acc.u.i : acc.u.b) + (x.kind == TV_INT ? x.u.i : x.u.b));
+                acc = mk_int((acc.kind == TV_INT ? acc.u.i : acc.u.b) +
+                             (x.kind == TV_INT ? x.u.i : x.u.b));
             }
         }
         return acc;
@@ -325,11 +351,12 @@ static tpl_value sort_filter(tpl_render *r, const char *f, tpl_value v, const tp
 
 /* ---- filters ------------------------------------------------------------------------------ */
 
-static const char *const filter_names[] = {"trim", "length", "count", "tojson", "string", "lower", "upper", "title",
-                                           "capitalize", "replace", "first", "last", "join", "default", "d",
-                                           "items", "selectattr", "rejectattr", "select", "reject", "map", "safe",
-                                           "int", "float", "list", "abs", "reverse", "unique", "indent", "round",
-                                           "wordcount", "sort", "dictsort", "min", "max", "sum", NULL};
+static const char *const filter_names[] = {
+    "trim",       "length",     "count",   "tojson", "string", "lower",   "upper",     "title",
+    "capitalize", "replace",    "first",   "last",   "join",   "default", "d",         "items",
+    "selectattr", "rejectattr", "select",  "reject", "map",    "safe",    "int",       "float",
+    "list",       "abs",        "reverse", "unique", "indent", "round",   "wordcount", "sort",
+    "dictsort",   "min",        "max",     "sum",    NULL};
 
 bool tpl__filter_known(const char *name)
 {
@@ -337,7 +364,8 @@ bool tpl__filter_known(const char *name)
 }
 
 /* Items that pass (or, with reject, fail) a test: select/reject/selectattr/rejectattr. */
-static tpl_value select_items(tpl_render *r, tpl_value seq, const tpl_args *a, bool by_attr, bool keep)
+static tpl_value select_items(tpl_render *r, tpl_value seq, const tpl_args *a, bool by_attr,
+                              bool keep)
 {
     /* jinja2 skips a false sequence (`if seq:`), so none|selectattr(...) is empty */
     tpl_list *items = tpl__truthy(seq) ? tpl__iterate(r, seq) : tpl__list_new(r, 0);
@@ -364,7 +392,8 @@ static tpl_value select_items(tpl_render *r, tpl_value seq, const tpl_args *a, b
             }
         }
         bool pass;
-        if (test.kind == TV_NONE) pass = tpl__truthy(v);
+        if (test.kind == TV_NONE)
+            pass = tpl__truthy(v);
         else {
             if (test.kind != TV_STR) tpl__fail(r, -EINVAL, "test name must be a string");
             char name[32];
@@ -380,13 +409,17 @@ static tpl_value select_items(tpl_render *r, tpl_value seq, const tpl_args *a, b
 static tpl_value length(tpl_render *r, tpl_value v)
 {
     switch (v.kind) {
-    case TV_UNDEF: return mk_int(0);
-    case TV_STR: return mk_int((int64_t)utf8_count(v.u.str.s, v.u.str.n));
+    case TV_UNDEF:
+        return mk_int(0);
+    case TV_STR:
+        return mk_int((int64_t)utf8_count(v.u.str.s, v.u.str.n));
     case TV_LIST:
         if (v.u.list->is_generator) break;
         return mk_int((int64_t)v.u.list->n);
-    case TV_DICT: return mk_int((int64_t)v.u.dict->n);
-    default: break;
+    case TV_DICT:
+        return mk_int((int64_t)v.u.dict->n);
+    default:
+        break;
     }
     tpl__fail(r, -EINVAL, "object of type '%s' has no len()", tpl__type_name(v));
 }
@@ -394,8 +427,10 @@ static tpl_value length(tpl_render *r, tpl_value v)
 static tpl_value to_int(tpl_render *r, tpl_value v, tpl_value def)
 {
     switch (v.kind) {
-    case TV_INT: return v;
-    case TV_BOOL: return mk_int(v.u.b);
+    case TV_INT:
+        return v;
+    case TV_BOOL:
+        return mk_int(v.u.b);
     case TV_FLOAT:
         if (isnan(v.u.f) || isinf(v.u.f)) return def;
         return mk_int((int64_t)v.u.f);
@@ -413,16 +448,20 @@ static tpl_value to_int(tpl_render *r, tpl_value v, tpl_value def)
         if (!*end && !isnan(d) && !isinf(d)) return mk_int((int64_t)d);
         return def;
     }
-    default: return def;
+    default:
+        return def;
     }
 }
 
 static tpl_value to_float(tpl_render *r, tpl_value v, tpl_value def)
 {
     switch (v.kind) {
-    case TV_INT: return (tpl_value){.kind = TV_FLOAT, .u.f = (double)v.u.i};
-    case TV_BOOL: return (tpl_value){.kind = TV_FLOAT, .u.f = v.u.b};
-    case TV_FLOAT: return v;
+    case TV_INT:
+        return (tpl_value){.kind = TV_FLOAT, .u.f = (double)v.u.i};
+    case TV_BOOL:
+        return (tpl_value){.kind = TV_FLOAT, .u.f = v.u.b};
+    case TV_FLOAT:
+        return v;
     case TV_STR: {
         char buf[64];
         tpl_value s = tpl__strip(r, v, TPL_NONE, true, true);
@@ -433,7 +472,8 @@ static tpl_value to_float(tpl_render *r, tpl_value v, tpl_value def)
         double d = strtod(buf, &end);
         return *end ? def : (tpl_value){.kind = TV_FLOAT, .u.f = d};
     }
-    default: return def;
+    default:
+        return def;
     }
 }
 
@@ -445,7 +485,8 @@ static tpl_value indent_filter(tpl_render *r, tpl_value s, const tpl_args *a)
     bool first = tpl__truthy(tpl__arg(a, 1, "first", mk_bool(false)));
     bool blank = tpl__truthy(tpl__arg(a, 2, "blank", mk_bool(false)));
     tpl_sbuf pad = {0};
-    if (width.kind == TV_STR) tpl__put(r, &pad, width.u.str.s, width.u.str.n);
+    if (width.kind == TV_STR)
+        tpl__put(r, &pad, width.u.str.s, width.u.str.n);
     else
         for (int64_t i = 0; i < (width.kind == TV_INT ? width.u.i : 4); i++)
             tpl__put(r, &pad, " ", 1);
@@ -485,7 +526,8 @@ static tpl_value run_generator(tpl_render *r, const char *f, tpl_value v, const 
     if (!strcmp(f, "select")) return select_items(r, v, a, false, true);
     if (!strcmp(f, "reject")) return select_items(r, v, a, false, false);
     /* map */
-    tpl_list *items = tpl__truthy(v) ? tpl__iterate(r, v) : tpl__list_new(r, 0), *out = tpl__list_new(r, items->n);
+    tpl_list *items = tpl__truthy(v) ? tpl__iterate(r, v) : tpl__list_new(r, 0),
+             *out = tpl__list_new(r, items->n);
     tpl_value attr = tpl__arg(a, SIZE_MAX, "attribute", TPL_NONE);
     if (attr.kind != TV_NONE) {
         tpl_value def = tpl__arg(a, SIZE_MAX, "default", mk_undef(NULL));
@@ -499,7 +541,11 @@ static tpl_value run_generator(tpl_render *r, const char *f, tpl_value v, const 
     char fname[32];
     snprintf(fname, sizeof fname, "%.*s", (int)name.u.str.n, name.u.str.s);
     if (!tpl__filter_known(fname)) tpl__fail(r, -EINVAL, "no filter named '%s'", fname);
-    tpl_args rest = {.pos = a->pos + 1, .n = a->n - 1, .kw_names = a->kw_names, .kw_vals = a->kw_vals, .n_kw = a->n_kw};
+    tpl_args rest = {.pos = a->pos + 1,
+                     .n = a->n - 1,
+                     .kw_names = a->kw_names,
+                     .kw_vals = a->kw_vals,
+                     .n_kw = a->n_kw};
     for (size_t i = 0; i < items->n; i++)
         tpl__list_push(r, out, tpl__filter(r, fname, items->items[i], &rest));
     return mk_list(out);
@@ -533,11 +579,13 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
     if (!strcmp(f, "lower")) return tpl__change_case(r, tpl__to_str(r, v), 0);
     if (!strcmp(f, "upper")) return tpl__change_case(r, tpl__to_str(r, v), 1);
     if (!strcmp(f, "title")) return tpl__change_case(r, tpl__to_str(r, v), 4);
-    if (!strcmp(f, "capitalize")) return tpl__change_case(r, tpl__change_case(r, tpl__to_str(r, v), 0), 3);
+    if (!strcmp(f, "capitalize"))
+        return tpl__change_case(r, tpl__change_case(r, tpl__to_str(r, v), 0), 3);
     if (!strcmp(f, "replace")) {
         tpl_value cnt = tpl__arg(a, 2, "count", TPL_NONE);
-        return tpl__replace(r, tpl__to_str(r, v), tpl__to_str(r, tpl__arg(a, 0, "old", TPL_NONE)), tpl__to_str(r, tpl__arg(a, 1, "new", TPL_NONE)),
-                       cnt.kind == TV_INT ? cnt.u.i : -1);
+        return tpl__replace(r, tpl__to_str(r, v), tpl__to_str(r, tpl__arg(a, 0, "old", TPL_NONE)),
+                            tpl__to_str(r, tpl__arg(a, 1, "new", TPL_NONE)),
+                            cnt.kind == TV_INT ? cnt.u.i : -1);
     }
     if (!strcmp(f, "first") || !strcmp(f, "last")) {
         if (v.kind == TV_UNDEF) return mk_undef(NULL);
@@ -545,35 +593,44 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
             tpl_list *g = v.u.list;
             tpl__force(r, g);
             if (f[0] == 'l') tpl__fail(r, -EINVAL, "'generator' object is not reversible");
-            return g->consumed < g->n ? g->items[g->consumed++] : mk_undef(NULL); /* next(iter(gen)) */
+            /* next(iter(gen)) */
+            return g->consumed < g->n ? g->items[g->consumed++] : mk_undef(NULL);
         }
         tpl_list *l = tpl__iterate(r, v);
         if (l->n == 0) return mk_undef(NULL);
         return l->items[f[0] == 'f' ? 0 : l->n - 1];
     }
-    if (!strcmp(f, "join")) return tpl__join(r, v, tpl__to_str(r, tpl__arg(a, 0, "d", (tpl_value){.kind = TV_STR, .u.str = {"", 0}})), tpl__arg(a, 1, "attribute", TPL_NONE));
+    if (!strcmp(f, "join"))
+        return tpl__join(
+            r, v,
+            tpl__to_str(r, tpl__arg(a, 0, "d", (tpl_value){.kind = TV_STR, .u.str = {"", 0}})),
+            tpl__arg(a, 1, "attribute", TPL_NONE));
     if (!strcmp(f, "default") || !strcmp(f, "d")) {
-        tpl_value def = tpl__arg(a, 0, "default_value", (tpl_value){.kind = TV_STR, .u.str = {"", 0}});
+        tpl_value def =
+            tpl__arg(a, 0, "default_value", (tpl_value){.kind = TV_STR, .u.str = {"", 0}});
         bool boolean = tpl__truthy(tpl__arg(a, 1, "boolean", mk_bool(false)));
         if (v.kind == TV_UNDEF || (boolean && !tpl__truthy(v))) return def;
         return v;
     }
-    if (!strcmp(f, "items") || !strcmp(f, "selectattr") || !strcmp(f, "rejectattr") || !strcmp(f, "select") ||
-        !strcmp(f, "reject") || !strcmp(f, "map")) {
+    if (!strcmp(f, "items") || !strcmp(f, "selectattr") || !strcmp(f, "rejectattr") ||
+        !strcmp(f, "select") || !strcmp(f, "reject") || !strcmp(f, "map")) {
         /* generators: nothing runs until the first iteration */
         tpl_list *g = tpl__list_new(r, 0);
         tpl_args *copy = tpl__ralloc(r, sizeof *copy);
         *copy = *a;
         g->is_generator = true;
         g->lazy_filter = f;
-        g->gen_name = !strcmp(f, "map") ? "sync_do_map" : !strcmp(f, "items") ? "do_items" : "select_or_reject";
+        g->gen_name = !strcmp(f, "map")     ? "sync_do_map"
+                      : !strcmp(f, "items") ? "do_items"
+                                            : "select_or_reject";
         g->lazy_seq = v;
         g->lazy_args = copy;
         return mk_list(g);
     }
     if ((!strcmp(f, "int") || !strcmp(f, "float")) && v.kind == TV_UNDEF) tpl__fail_undef(r, v);
     if (!strcmp(f, "int")) return to_int(r, v, tpl__arg(a, 0, "default", mk_int(0)));
-    if (!strcmp(f, "float")) return to_float(r, v, tpl__arg(a, 0, "default", (tpl_value){.kind = TV_FLOAT, .u.f = 0}));
+    if (!strcmp(f, "float"))
+        return to_float(r, v, tpl__arg(a, 0, "default", (tpl_value){.kind = TV_FLOAT, .u.f = 0}));
     if (!strcmp(f, "list")) {
         tpl_list *src = tpl__iterate(r, v), *l = tpl__list_new(r, src->n);
         for (size_t i = 0; i < src->n; i++)
@@ -590,10 +647,12 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         /* round(value, precision) for "common" (Python's: ints stay ints, floats rounded
          * correctly, ties to even); math.ceil / math.floor scaled for the other methods. */
         tpl_value prec = tpl__arg(a, 0, "precision", mk_int(0));
-        tpl_value method = tpl__arg(a, 1, "method", (tpl_value){.kind = TV_STR, .u.str = {"common", 6}});
+        tpl_value method =
+            tpl__arg(a, 1, "method", (tpl_value){.kind = TV_STR, .u.str = {"common", 6}});
         if (v.kind != TV_INT && v.kind != TV_FLOAT && v.kind != TV_BOOL)
             tpl__fail(r, -EINVAL, "type %s doesn't define __round__ method", tpl__type_name(v));
-        if (prec.kind != TV_INT || prec.u.i < 0 || prec.u.i > 30) tpl__fail(r, -EINVAL, "round: unsupported precision");
+        if (prec.kind != TV_INT || prec.u.i < 0 || prec.u.i > 30)
+            tpl__fail(r, -EINVAL, "round: unsupported precision");
         const char *how = method.kind == TV_STR ? method.u.str.s : "";
         size_t how_n = method.kind == TV_STR ? method.u.str.n : 0;
         double x = v.kind == TV_FLOAT ? v.u.f : v.kind == TV_INT ? (double)v.u.i : v.u.b;
@@ -601,12 +660,15 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
             if (v.kind != TV_FLOAT) return mk_int(v.kind == TV_INT ? v.u.i : v.u.b);
             if (isnan(x) || isinf(x)) return v;
             char buf[400];
-            snprintf(buf, sizeof buf, "%.*f", (int)prec.u.i, x); /* exact value, correctly rounded */
+            /* exact value, correctly rounded */
+            snprintf(buf, sizeof buf, "%.*f", (int)prec.u.i, x);
             return (tpl_value){.kind = TV_FLOAT, .u.f = strtod(buf, NULL)};
         }
         double m = pow(10, (double)prec.u.i);
-        if (how_n == 4 && !memcmp(how, "ceil", 4)) return (tpl_value){.kind = TV_FLOAT, .u.f = ceil(x * m) / m};
-        if (how_n == 5 && !memcmp(how, "floor", 5)) return (tpl_value){.kind = TV_FLOAT, .u.f = floor(x * m) / m};
+        if (how_n == 4 && !memcmp(how, "ceil", 4))
+            return (tpl_value){.kind = TV_FLOAT, .u.f = ceil(x * m) / m};
+        if (how_n == 5 && !memcmp(how, "floor", 5))
+            return (tpl_value){.kind = TV_FLOAT, .u.f = floor(x * m) / m};
         tpl__fail(r, -EINVAL, "method must be common, ceil or floor");
     }
     if (!strcmp(f, "reverse")) {
@@ -631,7 +693,8 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         tpl_list *seen = tpl__list_new(r, src->n);
         for (size_t i = 0; i < src->n; i++) {
             tpl_value key = src->items[i];
-            if (tpl__unhashable(key)) tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(key));
+            if (tpl__unhashable(key))
+                tpl__fail(r, -EINVAL, "unhashable type: '%s'", tpl__type_name(key));
             if (!cs && key.kind == TV_STR) key = tpl__change_case(r, key, 0);
             bool dup = false;
             for (size_t k = 0; k < seen->n && !dup; k++)
@@ -642,7 +705,8 @@ tpl_value tpl__filter(tpl_render *r, const char *f, tpl_value v, const tpl_args 
         }
         return mk_list(l);
     }
-    if (!strcmp(f, "sort") || !strcmp(f, "dictsort") || !strcmp(f, "min") || !strcmp(f, "max") || !strcmp(f, "sum"))
+    if (!strcmp(f, "sort") || !strcmp(f, "dictsort") || !strcmp(f, "min") || !strcmp(f, "max") ||
+        !strcmp(f, "sum"))
         return sort_filter(r, f, v, a);
     if (!strcmp(f, "wordcount")) {
         /* len(re.findall(r"\w+", s)): runs of letters, digits and '_' (non-ASCII counted as

@@ -31,7 +31,8 @@ static _Noreturn void pfail(parser *p, int rc, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int k = snprintf(p->err, p->err_size, "line %d: ", p->t[p->pos < p->n ? p->pos : p->n - 1].line);
+    int k =
+        snprintf(p->err, p->err_size, "line %d: ", p->t[p->pos < p->n ? p->pos : p->n - 1].line);
     if (k >= 0 && (size_t)k < p->err_size) vsnprintf(p->err + k, p->err_size - (size_t)k, fmt, ap);
     va_end(ap);
     p->rc = rc;
@@ -77,17 +78,27 @@ static bool skip_name(parser *p, const char *name)
 static const char *describe(const tpl_tok *t)
 {
     switch (t->kind) {
-    case TK_EOF: return "end of template";
-    case TK_TEXT: return "text";
-    case TK_VAR_BEGIN: return "'{{'";
-    case TK_VAR_END: return "'}}'";
-    case TK_BLOCK_BEGIN: return "'{%'";
-    case TK_BLOCK_END: return "'%}'";
-    case TK_NAME: return t->s;
-    case TK_STRING: return "a string";
+    case TK_EOF:
+        return "end of template";
+    case TK_TEXT:
+        return "text";
+    case TK_VAR_BEGIN:
+        return "'{{'";
+    case TK_VAR_END:
+        return "'}}'";
+    case TK_BLOCK_BEGIN:
+        return "'{%'";
+    case TK_BLOCK_END:
+        return "'%}'";
+    case TK_NAME:
+        return t->s;
+    case TK_STRING:
+        return "a string";
     case TK_INT:
-    case TK_FLOAT: return "a number";
-    case TK_OP: return t->s;
+    case TK_FLOAT:
+        return "a number";
+    case TK_OP:
+        return t->s;
     }
     return "?";
 }
@@ -105,7 +116,8 @@ static const char *expect_name(parser *p)
 
 static void expect_block_end(parser *p)
 {
-    if (cur(p)->kind != TK_BLOCK_END) pfail(p, -EINVAL, "expected '%%}', found '%s'", describe(cur(p)));
+    if (cur(p)->kind != TK_BLOCK_END)
+        pfail(p, -EINVAL, "expected '%%}', found '%s'", describe(cur(p)));
     p->pos++;
 }
 
@@ -139,7 +151,8 @@ static void vpush(parser *p, ptrvec *vec, void *x)
 
 static void enter(parser *p)
 {
-    if (++p->depth > TPL_MAX_NESTING) pfail(p, -EINVAL, "nested more than %d levels deep", TPL_MAX_NESTING);
+    if (++p->depth > TPL_MAX_NESTING)
+        pfail(p, -EINVAL, "nested more than %d levels deep", TPL_MAX_NESTING);
 }
 
 static tpl_expr *parse_expr(parser *p, bool with_cond);
@@ -155,7 +168,8 @@ static void parse_args(parser *p, tpl_expr *e)
             expect_op(p, ",");
             if (skip_op(p, ")")) break;
         }
-        if (tok_op(cur(p), "*") || tok_op(cur(p), "**")) pfail(p, -ENOTSUP, "unsupported construct: *args / **kwargs in a call");
+        if (tok_op(cur(p), "*") || tok_op(cur(p), "**"))
+            pfail(p, -ENOTSUP, "unsupported construct: *args / **kwargs in a call");
         if (cur(p)->kind == TK_NAME && tok_op(&p->t[p->pos + 1], "=")) {
             vpush(p, &kwn, (void *)p->t[p->pos].s);
             p->pos += 2;
@@ -271,7 +285,8 @@ static tpl_expr *parse_primary(parser *p)
             return e;
         }
         break;
-    default: break;
+    default:
+        break;
     }
     pfail(p, -EINVAL, "unexpected '%s' in an expression", describe(t));
 }
@@ -304,7 +319,8 @@ static tpl_expr *parse_postfix(parser *p, tpl_expr *e)
                 }
                 if (parts[n_colons]) pfail(p, -EINVAL, "expected ':' or ']' in a subscript");
                 parts[n_colons] = parse_expr(p, true);
-                if (tok_op(cur(p), ",")) pfail(p, -ENOTSUP, "unsupported construct: tuple subscript");
+                if (tok_op(cur(p), ","))
+                    pfail(p, -ENOTSUP, "unsupported construct: tuple subscript");
             }
             expect_op(p, "]");
             tpl_expr *x;
@@ -338,7 +354,8 @@ static tpl_expr *parse_filter_expr(parser *p, tpl_expr *e)
             tpl_expr *x = node(p, TX_FILTER);
             x->a = e;
             x->name = expect_name(p);
-            if (!tpl__filter_known(x->name)) pfail(p, -ENOTSUP, "unsupported construct: filter '%s'", x->name);
+            if (!tpl__filter_known(x->name))
+                pfail(p, -ENOTSUP, "unsupported construct: filter '%s'", x->name);
             if (skip_op(p, "(")) parse_args(p, x);
             e = x;
         } else if (skip_name(p, "is")) {
@@ -346,12 +363,14 @@ static tpl_expr *parse_filter_expr(parser *p, tpl_expr *e)
             x->a = e;
             x->negate = skip_name(p, "not");
             x->name = expect_name(p);
-            if (!tpl__test_known(x->name)) pfail(p, -ENOTSUP, "unsupported construct: test '%s'", x->name);
+            if (!tpl__test_known(x->name))
+                pfail(p, -ENOTSUP, "unsupported construct: test '%s'", x->name);
             const tpl_tok *t = cur(p);
             if (skip_op(p, "(")) {
                 parse_args(p, x);
-            } else if ((t->kind == TK_NAME || t->kind == TK_STRING || t->kind == TK_INT || t->kind == TK_FLOAT ||
-                        tok_op(t, "(") || tok_op(t, "[") || tok_op(t, "{")) &&
+            } else if ((t->kind == TK_NAME || t->kind == TK_STRING || t->kind == TK_INT ||
+                        t->kind == TK_FLOAT || tok_op(t, "(") || tok_op(t, "[") ||
+                        tok_op(t, "{")) &&
                        !tok_name(t, "else") && !tok_name(t, "or") && !tok_name(t, "and")) {
                 /* `x is a is b`: jinja2 refuses to read the second `is` as a's argument */
                 if (tok_name(t, "is")) pfail(p, -EINVAL, "You cannot chain multiple tests with is");
@@ -405,11 +424,16 @@ static tpl_expr *parse_math2(parser *p)
 {
     tpl_expr *e = parse_pow(p);
     for (;;) {
-        if (skip_op(p, "*")) e = binary(p, TB_MUL, e, parse_pow(p));
-        else if (skip_op(p, "/")) e = binary(p, TB_DIV, e, parse_pow(p));
-        else if (skip_op(p, "//")) e = binary(p, TB_FLOORDIV, e, parse_pow(p));
-        else if (skip_op(p, "%")) e = binary(p, TB_MOD, e, parse_pow(p));
-        else return e;
+        if (skip_op(p, "*"))
+            e = binary(p, TB_MUL, e, parse_pow(p));
+        else if (skip_op(p, "/"))
+            e = binary(p, TB_DIV, e, parse_pow(p));
+        else if (skip_op(p, "//"))
+            e = binary(p, TB_FLOORDIV, e, parse_pow(p));
+        else if (skip_op(p, "%"))
+            e = binary(p, TB_MOD, e, parse_pow(p));
+        else
+            return e;
     }
 }
 
@@ -425,9 +449,12 @@ static tpl_expr *parse_math1(parser *p)
 {
     tpl_expr *e = parse_concat(p);
     for (;;) {
-        if (skip_op(p, "+")) e = binary(p, TB_ADD, e, parse_concat(p));
-        else if (skip_op(p, "-")) e = binary(p, TB_SUB, e, parse_concat(p));
-        else return e;
+        if (skip_op(p, "+"))
+            e = binary(p, TB_ADD, e, parse_concat(p));
+        else if (skip_op(p, "-"))
+            e = binary(p, TB_SUB, e, parse_concat(p));
+        else
+            return e;
     }
 }
 
@@ -436,7 +463,8 @@ static bool compare_op(parser *p, tpl_binop *op)
     static const struct {
         const char *s;
         tpl_binop op;
-    } ops[] = {{"==", TB_EQ}, {"!=", TB_NE}, {"<", TB_LT}, {"<=", TB_LE}, {">", TB_GT}, {">=", TB_GE}};
+    } ops[] = {{"==", TB_EQ}, {"!=", TB_NE}, {"<", TB_LT},
+               {"<=", TB_LE}, {">", TB_GT},  {">=", TB_GE}};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         if (skip_op(p, ops[i].s)) {
             *op = ops[i].op;
@@ -520,8 +548,8 @@ static tpl_expr *parse_expr(parser *p, bool with_cond)
     tpl_expr *e = parse_or(p);
     while (with_cond && skip_name(p, "if")) {
         tpl_expr *x = node(p, TX_COND);
-        x->b = e;            /* value when true */
-        x->a = parse_or(p);  /* condition */
+        x->b = e;           /* value when true */
+        x->a = parse_or(p); /* condition */
         if (skip_name(p, "else")) x->c = parse_expr(p, true);
         e = x;
     }
@@ -589,7 +617,8 @@ static tpl_stmt *parse_for(parser *p, int line)
     s->expr = parse_expr(p, false);
     if (tok_op(cur(p), ",")) pfail(p, -ENOTSUP, "unsupported construct: iterating a bare tuple");
     if (skip_name(p, "if")) s->filter = parse_expr(p, true);
-    if (tok_name(cur(p), "recursive")) pfail(p, -ENOTSUP, "unsupported construct: recursive for loop");
+    if (tok_name(cur(p), "recursive"))
+        pfail(p, -ENOTSUP, "unsupported construct: recursive for loop");
     expect_block_end(p);
     p->loop_depth++;
     const char *end = parse_body(p, &s->body, end_for);
@@ -678,8 +707,9 @@ static tpl_stmt *parse_macro(parser *p, int line)
     return s;
 }
 
-static const char *const refused_tags[] = {"include", "import", "from", "extends", "block", "call", "filter",
-                                           "with", "autoescape", "do", "trans", "pluralize", NULL};
+static const char *const refused_tags[] = {"include", "import",    "from", "extends",    "block",
+                                           "call",    "filter",    "with", "autoescape", "do",
+                                           "trans",   "pluralize", NULL};
 
 static const char *parse_body(parser *p, tpl_body *body, const char *const *ends)
 {
@@ -709,7 +739,8 @@ static const char *parse_body(parser *p, tpl_body *body, const char *const *ends
             p->pos++;
             tpl_stmt *s = stmt(p, TS_PRINT, line);
             s->expr = parse_expr(p, true);
-            if (cur(p)->kind != TK_VAR_END) pfail(p, -EINVAL, "expected '}}', found '%s'", describe(cur(p)));
+            if (cur(p)->kind != TK_VAR_END)
+                pfail(p, -EINVAL, "expected '}}', found '%s'", describe(cur(p)));
             p->pos++;
             vpush(p, &items, s);
             continue;
@@ -771,7 +802,8 @@ static const char *parse_body(parser *p, tpl_body *body, const char *const *ends
     return NULL;
 }
 
-int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err, size_t err_size)
+int tpl__parse(arena *a, const tpl_tok *toks, size_t n_toks, tpl_body *root, char *err,
+               size_t err_size)
 {
     parser p = {.arena = a, .t = toks, .n = n_toks, .err = err, .err_size = err_size};
     if (setjmp(p.fail)) return p.rc;

@@ -12,13 +12,14 @@
 
 /* ---- arguments ---------------------------------------------------------------------------- */
 
-tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *name, const char *what)
+tpl_value tpl__str_arg(tpl_render *r, const tpl_args *a, size_t i, const char *name,
+                       const char *what)
 {
     tpl_value v = tpl__arg(a, i, name, mk_undef(NULL));
-    if (v.kind != TV_STR) tpl__fail(r, -EINVAL, "%s: expected a string argument, got %s", what, tpl__type_name(v));
+    if (v.kind != TV_STR)
+        tpl__fail(r, -EINVAL, "%s: expected a string argument, got %s", what, tpl__type_name(v));
     return v;
 }
-
 
 /* ---- strings ------------------------------------------------------------------------------ */
 
@@ -85,7 +86,8 @@ uint32_t tpl__cp_lower(uint32_t c)
     if (c < 0xc0) return c;
     if (c <= 0xde && c != 0xd7) return c + 32;
     if (c == 0x178) return 0xff;
-    if ((c >= 0x100 && c <= 0x137 && c != 0x130) || (c >= 0x14a && c <= 0x177)) return c & 1 ? c : c + 1;
+    if ((c >= 0x100 && c <= 0x137 && c != 0x130) || (c >= 0x14a && c <= 0x177))
+        return c & 1 ? c : c + 1;
     if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) return c & 1 ? c + 1 : c;
     if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) return c + 32;
     if (c == 0x386) return 0x3ac;
@@ -114,9 +116,10 @@ tpl_value tpl__change_case(tpl_render *r, tpl_value s, int mode)
         size_t k;
         uint32_t c = utf8_next_lax(s.u.str.s + i, s.u.str.n - i, &k);
         uint32_t up = tpl__cp_upper(c), low = tpl__cp_lower(c);
-        bool sep = mode == 4 && (tpl__space_at(s.u.str.s + i, s.u.str.n - i) > 0 || c == '-' || c == '(' || c == '{' ||
-                                 c == '[' || c == '<');
-        bool make_upper = mode == 1 || (mode == 2 && !prev_cased) || (mode == 3 && i == 0) || (mode == 4 && word_start);
+        bool sep = mode == 4 && (tpl__space_at(s.u.str.s + i, s.u.str.n - i) > 0 || c == '-' ||
+                                 c == '(' || c == '{' || c == '[' || c == '<');
+        bool make_upper = mode == 1 || (mode == 2 && !prev_cased) || (mode == 3 && i == 0) ||
+                          (mode == 4 && word_start);
         if (sep) {
             tpl__put(r, &b, s.u.str.s + i, k);
             word_start = true;
@@ -131,8 +134,10 @@ tpl_value tpl__change_case(tpl_render *r, tpl_value s, int mode)
             tpl__put(r, &b, "i\xcc\x87", 3); /* 'İ'.lower() == 'i' + COMBINING DOT ABOVE */
         } else {
             uint32_t to = make_upper ? up : low;
-            if (to == c) tpl__put(r, &b, s.u.str.s + i, k);
-            else put_cp(r, &b, to);
+            if (to == c)
+                tpl__put(r, &b, s.u.str.s + i, k);
+            else
+                put_cp(r, &b, to);
         }
         prev_cased = up != c || low != c || c == 0xdf;
         i += k;
@@ -199,12 +204,15 @@ tpl_value tpl__split(tpl_render *r, tpl_value s, tpl_value sep, int64_t maxsplit
         }
         return mk_list(l);
     }
-    if (sep.kind != TV_STR) tpl__fail(r, -EINVAL, "split: must be str or None, not %s", tpl__type_name(sep));
+    if (sep.kind != TV_STR)
+        tpl__fail(r, -EINVAL, "split: must be str or None, not %s", tpl__type_name(sep));
     if (sep.u.str.n == 0) tpl__fail(r, -EINVAL, "empty separator");
     const char *end = p + n;
     int64_t done = 0;
     for (;;) {
-        const char *hit = maxsplit < 0 || done < maxsplit ? memmem(p, (size_t)(end - p), sep.u.str.s, sep.u.str.n) : NULL;
+        const char *hit = maxsplit < 0 || done < maxsplit
+                              ? memmem(p, (size_t)(end - p), sep.u.str.s, sep.u.str.n)
+                              : NULL;
         if (!hit) {
             tpl__list_push(r, l, (tpl_value){.kind = TV_STR, .u.str = {p, (size_t)(end - p)}});
             break;
@@ -224,8 +232,8 @@ static bool affix(tpl_render *r, tpl_value s, tpl_value what, bool at_start)
         return false;
     }
     if (what.kind != TV_STR)
-        tpl__fail(r, -EINVAL, "%s first arg must be str or a tuple of str, not %s", at_start ? "startswith" : "endswith",
-                  tpl__type_name(what));
+        tpl__fail(r, -EINVAL, "%s first arg must be str or a tuple of str, not %s",
+                  at_start ? "startswith" : "endswith", tpl__type_name(what));
     if (what.u.str.n > s.u.str.n) return false;
     const char *p = at_start ? s.u.str.s : s.u.str.s + s.u.str.n - what.u.str.n;
     return what.u.str.n == 0 || memcmp(p, what.u.str.s, what.u.str.n) == 0;
@@ -266,11 +274,13 @@ static tpl_value format(tpl_render *r, tpl_value self, const tpl_args *a)
         if (!close) tpl__fail(r, -EINVAL, "Single '{' encountered in format string");
         const char *field = p + 1;
         size_t n = (size_t)(close - field);
-        if (memchr(field, ':', n) || memchr(field, '!', n) || memchr(field, '[', n) || memchr(field, '.', n))
+        if (memchr(field, ':', n) || memchr(field, '!', n) || memchr(field, '[', n) ||
+            memchr(field, '.', n))
             tpl__fail(r, -EINVAL, "str.format: format specs are not supported");
         tpl_value v = mk_undef(NULL);
         if (n == 0) {
-            if (auto_index >= a->n) tpl__fail(r, -EINVAL, "Replacement index %zu out of range", auto_index);
+            if (auto_index >= a->n)
+                tpl__fail(r, -EINVAL, "Replacement index %zu out of range", auto_index);
             v = a->pos[auto_index++];
         } else if (field[0] >= '0' && field[0] <= '9') {
             size_t i = (size_t)strtoul(field, NULL, 10);
@@ -299,16 +309,19 @@ tpl_value tpl__call_method(tpl_render *r, const tpl_func *f, const tpl_args *a)
         if (!strcmp(m, "startswith") || !strcmp(m, "endswith")) {
             tpl_value s = self;
             tpl_value start = tpl__arg(a, 1, NULL, TPL_NONE);
-            if (start.kind == TV_INT) s = (tpl_value){.kind = TV_STR, .u.str = {self.u.str.s, self.u.str.n}};
+            if (start.kind == TV_INT)
+                s = (tpl_value){.kind = TV_STR, .u.str = {self.u.str.s, self.u.str.n}};
             return mk_bool(affix(r, s, tpl__arg(a, 0, NULL, TPL_NONE), m[0] == 's'));
         }
         if (!strcmp(m, "split")) {
             tpl_value mx = tpl__arg(a, 1, "maxsplit", mk_int(-1));
-            return tpl__split(r, self, tpl__arg(a, 0, "sep", TPL_NONE), mx.kind == TV_INT ? mx.u.i : -1);
+            return tpl__split(r, self, tpl__arg(a, 0, "sep", TPL_NONE),
+                              mx.kind == TV_INT ? mx.u.i : -1);
         }
         if (!strcmp(m, "strip") || !strcmp(m, "lstrip") || !strcmp(m, "rstrip")) {
             tpl_value chars = tpl__arg(a, 0, "chars", TPL_NONE);
-            if (chars.kind != TV_NONE && chars.kind != TV_STR) tpl__fail(r, -EINVAL, "%s arg must be None or str", m);
+            if (chars.kind != TV_NONE && chars.kind != TV_STR)
+                tpl__fail(r, -EINVAL, "%s arg must be None or str", m);
             return tpl__strip(r, self, chars, m[0] != 'r', m[0] != 'l');
         }
         if (!strcmp(m, "upper")) return tpl__change_case(r, self, 1);
@@ -317,17 +330,20 @@ tpl_value tpl__call_method(tpl_render *r, const tpl_func *f, const tpl_args *a)
         if (!strcmp(m, "capitalize")) return tpl__change_case(r, self, 3);
         if (!strcmp(m, "replace")) {
             tpl_value cnt = tpl__arg(a, 2, "count", mk_int(-1));
-            return tpl__replace(r, self, tpl__str_arg(r, a, 0, NULL, "replace"), tpl__str_arg(r, a, 1, NULL, "replace"),
-                           cnt.kind == TV_INT ? cnt.u.i : -1);
+            return tpl__replace(r, self, tpl__str_arg(r, a, 0, NULL, "replace"),
+                                tpl__str_arg(r, a, 1, NULL, "replace"),
+                                cnt.kind == TV_INT ? cnt.u.i : -1);
         }
         if (!strcmp(m, "find") || !strcmp(m, "count")) {
             tpl_value sub = tpl__str_arg(r, a, 0, NULL, m);
             if (m[0] == 'f') {
                 if (sub.u.str.n == 0) return mk_int(0);
                 const char *hit = memmem(self.u.str.s, self.u.str.n, sub.u.str.s, sub.u.str.n);
-                return mk_int(hit ? (int64_t)utf8_count(self.u.str.s, (size_t)(hit - self.u.str.s)) : -1);
+                return mk_int(hit ? (int64_t)utf8_count(self.u.str.s, (size_t)(hit - self.u.str.s))
+                                  : -1);
             }
-            if (sub.u.str.n == 0) return mk_int((int64_t)utf8_count(self.u.str.s, self.u.str.n) + 1);
+            if (sub.u.str.n == 0)
+                return mk_int((int64_t)utf8_count(self.u.str.s, self.u.str.n) + 1);
             int64_t k = 0;
             const char *p = self.u.str.s, *end = p + self.u.str.n, *hit;
             while ((hit = memmem(p, (size_t)(end - p), sub.u.str.s, sub.u.str.n))) {
@@ -342,7 +358,9 @@ tpl_value tpl__call_method(tpl_render *r, const tpl_func *f, const tpl_args *a)
             bool ok = self.u.str.n > 0;
             for (size_t i = 0; i < self.u.str.n && ok; i++) {
                 unsigned char c = (unsigned char)self.u.str.s[i];
-                ok = m[2] == 'd' ? (c >= '0' && c <= '9') : m[2] == 'a' ? ((c | 32) >= 'a' && (c | 32) <= 'z') : tpl__space_at(self.u.str.s + i, self.u.str.n - i) > 0;
+                ok = m[2] == 'd'   ? (c >= '0' && c <= '9')
+                     : m[2] == 'a' ? ((c | 32) >= 'a' && (c | 32) <= 'z')
+                                   : tpl__space_at(self.u.str.s + i, self.u.str.n - i) > 0;
             }
             return mk_bool(ok);
         }
@@ -383,7 +401,9 @@ tpl_value tpl__call_method(tpl_render *r, const tpl_func *f, const tpl_args *a)
             return tpl__arg(a, 1, NULL, TPL_NONE);
         }
     }
-    tpl__fail(r, -EINVAL, "method '%s' of %s is not supported (the sandbox forbids changing values)", m, tpl__type_name(self));
+    tpl__fail(r, -EINVAL,
+              "method '%s' of %s is not supported (the sandbox forbids changing values)", m,
+              tpl__type_name(self));
 }
 
 /* Python's printf-style str % args for %s, %r, %d, %i and %%; anything fancier is refused. */
@@ -407,7 +427,8 @@ tpl_value tpl__percent_format(tpl_render *r, tpl_value fmt, tpl_value args)
             tpl__put(r, &b, "%", 1);
             continue;
         }
-        if (c != 's' && c != 'r' && c != 'd' && c != 'i') tpl__fail(r, -EINVAL, "unsupported format character '%c'", c);
+        if (c != 's' && c != 'r' && c != 'd' && c != 'i')
+            tpl__fail(r, -EINVAL, "unsupported format character '%c'", c);
         if (used >= n_args) tpl__fail(r, -EINVAL, "not enough arguments for format string");
         tpl_value v = tuple ? args.u.list->items[used] : args;
         used++;
@@ -416,8 +437,11 @@ tpl_value tpl__percent_format(tpl_render *r, tpl_value fmt, tpl_value args)
         } else if (c == 'r') {
             tpl__repr(r, &b, v);
         } else {
-            if (!(v.kind == TV_INT || v.kind == TV_FLOAT || v.kind == TV_BOOL)) tpl__fail(r, -EINVAL, "%%%c format: a real number is required, not %s", c, tpl__type_name(v));
-            int64_t i = v.kind == TV_FLOAT ? (int64_t)v.u.f : (v.kind == TV_INT ? v.u.i : (int64_t)v.u.b);
+            if (!(v.kind == TV_INT || v.kind == TV_FLOAT || v.kind == TV_BOOL))
+                tpl__fail(r, -EINVAL, "%%%c format: a real number is required, not %s", c,
+                          tpl__type_name(v));
+            int64_t i =
+                v.kind == TV_FLOAT ? (int64_t)v.u.f : (v.kind == TV_INT ? v.u.i : (int64_t)v.u.b);
             char tmp[32];
             int k = snprintf(tmp, sizeof tmp, "%lld", (long long)i);
             tpl__put(r, &b, tmp, (size_t)k);
@@ -425,8 +449,8 @@ tpl_value tpl__percent_format(tpl_render *r, tpl_value fmt, tpl_value args)
     }
     /* Leftover arguments are an error, except a lone mapping or sequence, which Python
      * accepts as a (unused) mapping argument. */
-    if (used < n_args && (tuple || !((args.kind == TV_LIST && !args.u.list->is_generator) || args.kind == TV_DICT ||
-                                            args.kind == TV_UNDEF)))
+    if (used < n_args && (tuple || !((args.kind == TV_LIST && !args.u.list->is_generator) ||
+                                     args.kind == TV_DICT || args.kind == TV_UNDEF)))
         tpl__fail(r, -EINVAL, "not all arguments converted during string formatting");
     return tpl__sbuf_value(r, &b);
 }

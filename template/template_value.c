@@ -22,14 +22,22 @@ bool tpl__truthy(tpl_value v)
 {
     switch (v.kind) {
     case TV_UNDEF:
-    case TV_NONE: return false;
-    case TV_BOOL: return v.u.b;
-    case TV_INT: return v.u.i != 0;
-    case TV_FLOAT: return v.u.f != 0;
-    case TV_STR: return v.u.str.n > 0;
-    case TV_LIST: return v.u.list->is_generator || v.u.list->n > 0;
-    case TV_DICT: return v.u.dict->is_namespace || v.u.dict->is_loop || v.u.dict->n > 0;
-    case TV_FUNC: return true;
+    case TV_NONE:
+        return false;
+    case TV_BOOL:
+        return v.u.b;
+    case TV_INT:
+        return v.u.i != 0;
+    case TV_FLOAT:
+        return v.u.f != 0;
+    case TV_STR:
+        return v.u.str.n > 0;
+    case TV_LIST:
+        return v.u.list->is_generator || v.u.list->n > 0;
+    case TV_DICT:
+        return v.u.dict->is_namespace || v.u.dict->is_loop || v.u.dict->n > 0;
+    case TV_FUNC:
+        return true;
     }
     return false;
 }
@@ -50,8 +58,11 @@ bool tpl__equal(tpl_value a, tpl_value b)
     if (a.kind != b.kind) return false;
     switch (a.kind) {
     case TV_UNDEF:
-    case TV_NONE: return true;
-    case TV_STR: return a.u.str.n == b.u.str.n && (a.u.str.n == 0 || memcmp(a.u.str.s, b.u.str.s, a.u.str.n) == 0);
+    case TV_NONE:
+        return true;
+    case TV_STR:
+        return a.u.str.n == b.u.str.n &&
+               (a.u.str.n == 0 || memcmp(a.u.str.s, b.u.str.s, a.u.str.n) == 0);
     case TV_LIST:
         if (a.u.list->is_generator || b.u.list->is_generator) return a.u.list == b.u.list;
         if (a.u.list->n != b.u.list->n || a.u.list->is_tuple != b.u.list->is_tuple) return false;
@@ -59,22 +70,28 @@ bool tpl__equal(tpl_value a, tpl_value b)
             if (!tpl__equal(a.u.list->items[i], b.u.list->items[i])) return false;
         return true;
     case TV_DICT:
-        if (a.u.dict->is_namespace || b.u.dict->is_namespace || a.u.dict->is_loop || b.u.dict->is_loop)
+        if (a.u.dict->is_namespace || b.u.dict->is_namespace || a.u.dict->is_loop ||
+            b.u.dict->is_loop)
             return a.u.dict == b.u.dict;
         if (a.u.dict->n != b.u.dict->n) return false;
         for (size_t i = 0; i < a.u.dict->n; i++) {
             tpl_value v;
-            if (!tpl__dict_get(b.u.dict, a.u.dict->keys[i], &v) || !tpl__equal(a.u.dict->vals[i], v)) return false;
+            if (!tpl__dict_get(b.u.dict, a.u.dict->keys[i], &v) ||
+                !tpl__equal(a.u.dict->vals[i], v))
+                return false;
         }
         return true;
-    case TV_FUNC: return a.u.func == b.u.func;
-    default: return false;
+    case TV_FUNC:
+        return a.u.func == b.u.func;
+    default:
+        return false;
     }
 }
 
 const char *tpl__type_name(tpl_value v)
 {
-    static const char *const names[] = {"Undefined", "NoneType", "bool", "int", "float", "str", "list", "dict", "function"};
+    static const char *const names[] = {"Undefined", "NoneType", "bool", "int",     "float",
+                                        "str",       "list",     "dict", "function"};
     if (v.kind == TV_DICT && v.u.dict->is_namespace) return "Namespace";
     if (v.kind == TV_LIST && v.u.list->is_generator) return "generator";
     if (v.kind == TV_LIST && v.u.list->is_tuple) return "tuple";
@@ -145,7 +162,8 @@ static void float_repr(tpl_render *r, tpl_sbuf *b, double v, bool json)
             for (size_t i = 1; i < nd; i++)
                 out[o++] = digits[i];
         }
-        o += (size_t)snprintf(out + o, sizeof out - o, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
+        o +=
+            (size_t)snprintf(out + o, sizeof out - o, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
     }
     tpl__put(r, b, out, o);
 }
@@ -170,18 +188,23 @@ static void str_repr(tpl_render *r, tpl_sbuf *b, const char *s, size_t n)
             tmp[0] = '\\';
             tmp[1] = (char)c;
             tpl__put(r, b, tmp, 2);
-        } else if (c == '\n') tpl__put(r, b, "\\n", 2);
-        else if (c == '\r') tpl__put(r, b, "\\r", 2);
-        else if (c == '\t') tpl__put(r, b, "\\t", 2);
+        } else if (c == '\n')
+            tpl__put(r, b, "\\n", 2);
+        else if (c == '\r')
+            tpl__put(r, b, "\\r", 2);
+        else if (c == '\t')
+            tpl__put(r, b, "\\t", 2);
         else if (c < 0x20 || c == 0x7f) {
             snprintf(tmp, sizeof tmp, "\\x%02x", c);
             tpl__put(r, b, tmp, 4);
-        } else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0xa0) {
+        } else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                   (unsigned char)s[i + 1] <= 0xa0) {
             /* C1 controls and NBSP are not printable for Python */
             snprintf(tmp, sizeof tmp, "\\x%02x", (unsigned char)s[i + 1]);
             tpl__put(r, b, tmp, 4);
             i++;
-        } else tpl__put(r, b, s + i, 1);
+        } else
+            tpl__put(r, b, s + i, 1);
     }
     tpl__put(r, b, &quote, 1);
 }
@@ -216,12 +239,23 @@ static void repr_items(tpl_render *r, tpl_sbuf *b, tpl_value v)
 void tpl__str(tpl_render *r, tpl_sbuf *b, tpl_value v)
 {
     switch (v.kind) {
-    case TV_UNDEF: return;
-    case TV_NONE: tpl__put(r, b, "None", 4); return;
-    case TV_BOOL: tpl__put(r, b, v.u.b ? "True" : "False", v.u.b ? 4 : 5); return;
-    case TV_INT: int_str(r, b, v.u.i); return;
-    case TV_FLOAT: float_repr(r, b, v.u.f, false); return;
-    case TV_STR: tpl__put(r, b, v.u.str.s, v.u.str.n); return;
+    case TV_UNDEF:
+        return;
+    case TV_NONE:
+        tpl__put(r, b, "None", 4);
+        return;
+    case TV_BOOL:
+        tpl__put(r, b, v.u.b ? "True" : "False", v.u.b ? 4 : 5);
+        return;
+    case TV_INT:
+        int_str(r, b, v.u.i);
+        return;
+    case TV_FLOAT:
+        float_repr(r, b, v.u.f, false);
+        return;
+    case TV_STR:
+        tpl__put(r, b, v.u.str.s, v.u.str.n);
+        return;
     case TV_LIST:
         if (v.u.list->is_generator) {
             /* jinja2 prints the generator function and an address; the address cannot match */
@@ -244,7 +278,8 @@ void tpl__str(tpl_render *r, tpl_sbuf *b, tpl_value v)
             tpl__dict_get_str(v.u.dict, "index", &i);
             tpl__dict_get_str(v.u.dict, "length", &n);
             char tmp[80];
-            int k = snprintf(tmp, sizeof tmp, "<LoopContext %lld/%lld>", (long long)i.u.i, (long long)n.u.i);
+            int k = snprintf(tmp, sizeof tmp, "<LoopContext %lld/%lld>", (long long)i.u.i,
+                             (long long)n.u.i);
             tpl__put(r, b, tmp, (size_t)k);
             return;
         }
@@ -256,7 +291,9 @@ void tpl__str(tpl_render *r, tpl_sbuf *b, tpl_value v)
         }
         repr_items(r, b, v);
         return;
-    case TV_FUNC: tpl__put(r, b, "<function>", 10); return;
+    case TV_FUNC:
+        tpl__put(r, b, "<function>", 10);
+        return;
     }
 }
 
@@ -266,12 +303,24 @@ void tpl__html_escape(tpl_render *r, tpl_sbuf *b, tpl_value s)
     for (size_t i = 0; i < s.u.str.n; i++) {
         const char *esc = NULL;
         switch (s.u.str.s[i]) {
-        case '&': esc = "&amp;"; break;
-        case '<': esc = "&lt;"; break;
-        case '>': esc = "&gt;"; break;
-        case '\'': esc = "&#39;"; break;
-        case '"': esc = "&#34;"; break;
-        default: run++; continue;
+        case '&':
+            esc = "&amp;";
+            break;
+        case '<':
+            esc = "&lt;";
+            break;
+        case '>':
+            esc = "&gt;";
+            break;
+        case '\'':
+            esc = "&#39;";
+            break;
+        case '"':
+            esc = "&#34;";
+            break;
+        default:
+            run++;
+            continue;
         }
         tpl__put(r, b, s.u.str.s + i - run, run);
         run = 0;
@@ -282,9 +331,12 @@ void tpl__html_escape(tpl_render *r, tpl_sbuf *b, tpl_value s)
 
 void tpl__repr(tpl_render *r, tpl_sbuf *b, tpl_value v)
 {
-    if (v.kind == TV_STR) str_repr(r, b, v.u.str.s, v.u.str.n);
-    else if (v.kind == TV_UNDEF) tpl__put(r, b, "Undefined", 9);
-    else tpl__str(r, b, v);
+    if (v.kind == TV_STR)
+        str_repr(r, b, v.u.str.s, v.u.str.n);
+    else if (v.kind == TV_UNDEF)
+        tpl__put(r, b, "Undefined", 9);
+    else
+        tpl__str(r, b, v);
 }
 
 tpl_value tpl__to_str(tpl_render *r, tpl_value v)
@@ -313,13 +365,27 @@ static void json_string(tpl_render *r, tpl_sbuf *b, const char *s, size_t n, boo
         const char *esc = NULL;
         char tmp[16];
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
         default:
             if (c < 0x20) {
                 snprintf(tmp, sizeof tmp, "\\u%04x", c);
@@ -331,7 +397,8 @@ static void json_string(tpl_render *r, tpl_sbuf *b, const char *s, size_t n, boo
                     cp = (cp << 6) | ((unsigned char)s[i + j] & 0x3f);
                 if (cp >= 0x10000) {
                     cp -= 0x10000;
-                    snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+                    snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xd800 + (cp >> 10),
+                             0xdc00 + (cp & 0x3ff));
                 } else {
                     snprintf(tmp, sizeof tmp, "\\u%04x", cp);
                 }
@@ -372,11 +439,21 @@ static void json_value(tpl_render *r, tpl_sbuf *b, tpl_value v, const json_opts 
 {
     if (level > 512) tpl__fail(r, -ELOOP, "value nested too deep for tojson");
     switch (v.kind) {
-    case TV_NONE: tpl__put(r, b, "null", 4); return;
-    case TV_BOOL: tpl__put(r, b, v.u.b ? "true" : "false", v.u.b ? 4 : 5); return;
-    case TV_INT: int_str(r, b, v.u.i); return;
-    case TV_FLOAT: float_repr(r, b, v.u.f, true); return;
-    case TV_STR: json_string(r, b, v.u.str.s, v.u.str.n, o->ensure_ascii); return;
+    case TV_NONE:
+        tpl__put(r, b, "null", 4);
+        return;
+    case TV_BOOL:
+        tpl__put(r, b, v.u.b ? "true" : "false", v.u.b ? 4 : 5);
+        return;
+    case TV_INT:
+        int_str(r, b, v.u.i);
+        return;
+    case TV_FLOAT:
+        float_repr(r, b, v.u.f, true);
+        return;
+    case TV_STR:
+        json_string(r, b, v.u.str.s, v.u.str.n, o->ensure_ascii);
+        return;
     case TV_LIST: {
         tpl_list *l = v.u.list;
         if (l->is_generator || l->view) break;
@@ -407,7 +484,8 @@ static void json_value(tpl_render *r, tpl_sbuf *b, tpl_value v, const json_opts 
         if (o->sort_keys) /* insertion sort: stable, and dicts here are small */
             for (size_t i = 1; i < d->n; i++) {
                 size_t k = order[i], j = i;
-                if (d->keys[k].kind != TV_STR) tpl__fail(r, -EINVAL, "tojson: sort_keys needs string keys");
+                if (d->keys[k].kind != TV_STR)
+                    tpl__fail(r, -EINVAL, "tojson: sort_keys needs string keys");
                 while (j > 0 && tpl__cmp_str(&d->keys[order[j - 1]], &d->keys[k]) > 0) {
                     order[j] = order[j - 1];
                     j--;
@@ -421,12 +499,14 @@ static void json_value(tpl_render *r, tpl_sbuf *b, tpl_value v, const json_opts 
             if (o->indent) json_newline(r, b, o, level + 1);
             if (key.kind == TV_STR) {
                 json_string(r, b, key.u.str.s, key.u.str.n, o->ensure_ascii);
-            } else if (key.kind == TV_INT || key.kind == TV_FLOAT || key.kind == TV_BOOL || key.kind == TV_NONE) {
+            } else if (key.kind == TV_INT || key.kind == TV_FLOAT || key.kind == TV_BOOL ||
+                       key.kind == TV_NONE) {
                 tpl_sbuf kb = {0};
                 json_value(r, &kb, key, o, level + 1);
                 json_string(r, b, kb.p, kb.n, o->ensure_ascii);
             } else {
-                tpl__fail(r, -EINVAL, "keys must be str, int, float, bool or None, not %s", tpl__type_name(key));
+                tpl__fail(r, -EINVAL, "keys must be str, int, float, bool or None, not %s",
+                          tpl__type_name(key));
             }
             tpl__put(r, b, o->key_sep, strlen(o->key_sep));
             json_value(r, b, d->vals[order[i]], o, level + 1);
@@ -435,20 +515,23 @@ static void json_value(tpl_render *r, tpl_sbuf *b, tpl_value v, const json_opts 
         tpl__put(r, b, "}", 1);
         return;
     }
-    default: break;
+    default:
+        break;
     }
     tpl__fail(r, -EINVAL, "Object of type %s is not JSON serializable", tpl__type_name(v));
 }
 
 /* ---- access ------------------------------------------------------------------------------- */
 
-static const char *const str_methods[] = {"startswith", "endswith", "split", "rsplit", "strip", "lstrip", "rstrip",
-                                          "upper", "lower", "title", "capitalize", "replace", "find", "count",
-                                          "join", "splitlines", "isdigit", "isalpha", "isspace", "format", NULL};
-static const char *const dict_methods[] = {"items", "keys", "values", "get", "pop", "update", "setdefault", "copy",
-                                           "clear", "popitem", "fromkeys", NULL};
-static const char *const list_methods[] = {"append", "extend", "insert", "remove", "pop", "clear", "index",
-                                           "count", "sort", "reverse", "copy", NULL};
+static const char *const str_methods[] = {
+    "startswith", "endswith",   "split",   "rsplit",     "strip",   "lstrip", "rstrip",
+    "upper",      "lower",      "title",   "capitalize", "replace", "find",   "count",
+    "join",       "splitlines", "isdigit", "isalpha",    "isspace", "format", NULL};
+static const char *const dict_methods[] = {"items", "keys",    "values",     "get",
+                                           "pop",   "update",  "setdefault", "copy",
+                                           "clear", "popitem", "fromkeys",   NULL};
+static const char *const list_methods[] = {"append", "extend", "insert", "remove",  "pop",  "clear",
+                                           "index",  "count",  "sort",   "reverse", "copy", NULL};
 
 bool tpl__in_set(const char *const *set, const char *name, size_t n)
 {
@@ -457,7 +540,8 @@ bool tpl__in_set(const char *const *set, const char *name, size_t n)
     return false;
 }
 
-static tpl_value bound(tpl_render *r, tpl_value self, const char *const *set, const char *name, size_t n)
+static tpl_value bound(tpl_render *r, tpl_value self, const char *const *set, const char *name,
+                       size_t n)
 {
     for (size_t i = 0; set[i]; i++)
         if (strlen(set[i]) == n && memcmp(set[i], name, n) == 0) {
@@ -474,12 +558,14 @@ tpl_value tpl__getattr(tpl_render *r, tpl_value obj, const char *name, size_t n)
 {
     tpl_value v;
     switch (obj.kind) {
-    case TV_UNDEF: tpl__fail_undef(r, obj);
+    case TV_UNDEF:
+        tpl__fail_undef(r, obj);
     case TV_DICT:
         /* Python attributes first (dict methods), then keys — jinja2's getattr order. */
         if (!obj.u.dict->is_namespace && !obj.u.dict->is_loop && tpl__in_set(dict_methods, name, n))
             return bound(r, obj, dict_methods, name, n);
-        if (tpl__dict_get(obj.u.dict, (tpl_value){.kind = TV_STR, .u.str = {name, n}}, &v)) return v;
+        if (tpl__dict_get(obj.u.dict, (tpl_value){.kind = TV_STR, .u.str = {name, n}}, &v))
+            return v;
         break;
     case TV_STR:
         if (tpl__in_set(str_methods, name, n)) return bound(r, obj, str_methods, name, n);
@@ -488,7 +574,8 @@ tpl_value tpl__getattr(tpl_render *r, tpl_value obj, const char *name, size_t n)
         if (obj.u.list->is_generator) break; /* generators have no methods a template can call */
         if (tpl__in_set(list_methods, name, n)) return bound(r, obj, list_methods, name, n);
         break;
-    default: break;
+    default:
+        break;
     }
     return (tpl_value){.kind = TV_UNDEF, .u.str = {name, n}};
 }
@@ -499,7 +586,8 @@ tpl_value tpl__getitem(tpl_render *r, tpl_value obj, tpl_value key)
     if (obj.kind == TV_UNDEF) tpl__fail_undef(r, obj);
     if (obj.kind == TV_DICT && !obj.u.dict->is_loop && !obj.u.dict->is_namespace) {
         if (tpl__dict_get(obj.u.dict, key, &v)) return v;
-    } else if (((obj.kind == TV_LIST && !obj.u.list->is_generator && !obj.u.list->view) || obj.kind == TV_STR) &&
+    } else if (((obj.kind == TV_LIST && !obj.u.list->is_generator && !obj.u.list->view) ||
+                obj.kind == TV_STR) &&
                (key.kind == TV_INT || key.kind == TV_BOOL)) {
         int64_t i = key.kind == TV_INT ? key.u.i : key.u.b;
         if (obj.kind == TV_LIST) {
@@ -513,7 +601,8 @@ tpl_value tpl__getitem(tpl_render *r, tpl_value obj, tpl_value key)
                 size_t off = 0;
                 for (int64_t k = 0; k < i; k++)
                     off += utf8_span(obj.u.str.s + off, obj.u.str.n - off);
-                return tpl__strv(r, obj.u.str.s + off, utf8_span(obj.u.str.s + off, obj.u.str.n - off));
+                return tpl__strv(r, obj.u.str.s + off,
+                                 utf8_span(obj.u.str.s + off, obj.u.str.n - off));
             }
         }
         return mk_undef(NULL);
@@ -525,7 +614,8 @@ tpl_value tpl__getitem(tpl_render *r, tpl_value obj, tpl_value key)
 tpl_list *tpl__iterate(tpl_render *r, tpl_value v)
 {
     switch (v.kind) {
-    case TV_UNDEF: return tpl__list_new(r, 0);
+    case TV_UNDEF:
+        return tpl__list_new(r, 0);
     case TV_LIST: {
         tpl_list *l = v.u.list;
         if (!l->is_generator) return l;
@@ -553,7 +643,8 @@ tpl_list *tpl__iterate(tpl_render *r, tpl_value v)
         }
         return l;
     }
-    default: break;
+    default:
+        break;
     }
     tpl__fail(r, -EINVAL, "'%s' object is not iterable", tpl__type_name(v));
 }
@@ -565,7 +656,8 @@ tpl_value tpl__tojson(tpl_render *r, tpl_value v, const tpl_args *a)
     tpl_value indent = tpl__arg(a, 0, "indent", TPL_NONE);
     char *spaces = NULL;
     if (indent.kind == TV_INT) {
-        if (indent.u.i < 0 || indent.u.i > 64) tpl__fail(r, -EINVAL, "tojson: indent %lld out of range", (long long)indent.u.i);
+        if (indent.u.i < 0 || indent.u.i > 64)
+            tpl__fail(r, -EINVAL, "tojson: indent %lld out of range", (long long)indent.u.i);
         spaces = tpl__ralloc(r, (size_t)indent.u.i + 1);
         memset(spaces, ' ', (size_t)indent.u.i);
         o.indent = spaces;
@@ -580,12 +672,17 @@ tpl_value tpl__tojson(tpl_render *r, tpl_value v, const tpl_args *a)
     for (size_t k = 0; k < a->n_kw; k++) {
         const char *name = a->kw_names[k];
         tpl_value x = a->kw_vals[k];
-        if (!strcmp(name, "ensure_ascii")) o.ensure_ascii = tpl__truthy(x);
-        else if (!strcmp(name, "sort_keys")) o.sort_keys = tpl__truthy(x);
+        if (!strcmp(name, "ensure_ascii"))
+            o.ensure_ascii = tpl__truthy(x);
+        else if (!strcmp(name, "sort_keys"))
+            o.sort_keys = tpl__truthy(x);
         else if (!strcmp(name, "separators") && x.kind == TV_LIST && x.u.list->n == 2 &&
                  x.u.list->items[0].kind == TV_STR && x.u.list->items[1].kind == TV_STR) {
-            o.item_sep = tpl__to_str(r, tpl__strv(r, x.u.list->items[0].u.str.s, x.u.list->items[0].u.str.n)).u.str.s;
-            o.key_sep = tpl__strv(r, x.u.list->items[1].u.str.s, x.u.list->items[1].u.str.n).u.str.s;
+            o.item_sep =
+                tpl__to_str(r, tpl__strv(r, x.u.list->items[0].u.str.s, x.u.list->items[0].u.str.n))
+                    .u.str.s;
+            o.key_sep =
+                tpl__strv(r, x.u.list->items[1].u.str.s, x.u.list->items[1].u.str.n).u.str.s;
         } else if (strcmp(name, "indent") != 0) {
             tpl__fail(r, -EINVAL, "tojson: unsupported argument '%s'", name);
         }

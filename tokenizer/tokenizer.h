@@ -10,17 +10,19 @@
  *     `gpt2`:  byte-level BPE with `tokenizer.ggml.merges`, after the pre-tokenizer that
  *              `tokenizer.ggml.pre` names: "gpt-2", "olmo", "mpt" (GPT-2's regex), "llama-bpe",
  *              "llama3", "llama-v3", "dbrx", "smaug-bpe" (Llama 3's), "qwen2", "deepseek-r1-qwen"
- *              (Qwen2's), "qwen35" (Qwen3.5's), "deepseek-llm".  A missing `pre` or "default" uses GPT-2's regex, as
- *              Hugging Face's ByteLevel pre-tokenizer does (llama.cpp has an odd fallback
- *              there; we do not copy it), and says so on stderr.  Any other `pre` is refused.
+ *              (Qwen2's), "qwen35" (Qwen3.5's), "deepseek-llm".  A missing `pre` or "default"
+ *              uses GPT-2's regex, as Hugging Face's ByteLevel pre-tokenizer does (llama.cpp
+ *              has an odd fallback there; we do not copy it), and says so on stderr.  Any
+ *              other `pre` is refused.
  *   Malformed metadata (missing or mistyped keys, lengths that disagree, merges naming unknown
  *   tokens, unknown model names) is refused with -EINVAL / -ENOTSUP and a message naming the key.
  * - Encoding follows llama.cpp's llama_tokenize, which was itself matched to Hugging Face
  *   `tokenizers` and `sentencepiece`: user-defined tokens are always split out of the text first,
  *   CONTROL tokens too with TOKENIZER_PARSE_SPECIAL (longest token first), then every remaining
  *   fragment is encoded on its own.  For pre "qwen2" each fragment is first put in Unicode NFC,
- *   as Qwen2's tokenizer.json asks (Qwen3.5's does not; llama.cpp skips that step, so it differs from Hugging Face on
- *   decomposed text such as "e" + U+0301); no other normalisation is applied.
+ *   as Qwen2's tokenizer.json asks (Qwen3.5's does not; llama.cpp skips that step, so it
+ *   differs from Hugging Face on decomposed text such as "e" + U+0301); no other normalisation
+ *   is applied.
  * - Decoding is the inverse: byte-level tokens map back to their bytes, <0xNN> to one byte,
  *   U+2581 to a space, and for `llama` vocabularies the dummy-prefix space of the first text
  *   piece is dropped as sentencepiece does.  Control and unknown tokens are left out when
@@ -42,8 +44,10 @@
 typedef struct tokenizer tokenizer;
 
 enum {
-    TOKENIZER_ADD_SPECIAL = 1u << 0,  /* add BOS/EOS as the vocabulary's add_bos/add_eos flags say */
-    TOKENIZER_PARSE_SPECIAL = 1u << 1 /* control tokens written in the text are parsed as themselves */
+    /* add BOS/EOS as the vocabulary's add_bos/add_eos flags say */
+    TOKENIZER_ADD_SPECIAL = 1u << 0,
+    /* control tokens written in the text are parsed as themselves */
+    TOKENIZER_PARSE_SPECIAL = 1u << 1
 };
 
 /* Token types as GGUF stores them (tokenizer.ggml.token_type). */
@@ -61,8 +65,8 @@ int tokenizer_create(tokenizer **out, const gguf_file *f, char *err, size_t err_
 void tokenizer_destroy(tokenizer **t); /* sets *t to NULL; NULL is fine */
 
 int32_t tokenizer_n_vocab(const tokenizer *t);
-int32_t tokenizer_bos(const tokenizer *t); /* -1 when none */
-int32_t tokenizer_eos(const tokenizer *t); /* -1 when none */
+int32_t tokenizer_bos(const tokenizer *t);          /* -1 when none */
+int32_t tokenizer_eos(const tokenizer *t);          /* -1 when none */
 const char *tokenizer_bos_text(const tokenizer *t); /* "" when none */
 const char *tokenizer_eos_text(const tokenizer *t);
 bool tokenizer_add_bos(const tokenizer *t); /* what TOKENIZER_ADD_SPECIAL does */
@@ -98,9 +102,9 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip
 typedef struct tokenizer_stream {
     const tokenizer *tok;
     bool skip_special;
-    char pending[4];  /* bytes of a character not yet complete */
+    char pending[4]; /* bytes of a character not yet complete */
     size_t n_pending;
-    char *out;        /* returned text, owned by the stream */
+    char *out; /* returned text, owned by the stream */
     size_t out_cap;
 } tokenizer_stream;
 

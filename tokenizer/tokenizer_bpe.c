@@ -39,15 +39,13 @@ static uint64_t mix64(uint64_t x)
 
 bool tok__map64_get(const tok_map64 *m, uint64_t key, uint64_t *val)
 {
-    if (!m->keys)
-        return false;
+    if (!m->keys) return false;
     for (size_t i = (size_t)mix64(key) & m->mask;; i = (i + 1) & m->mask) {
         if (m->keys[i] == key) {
             *val = m->vals[i];
             return true;
         }
-        if (m->keys[i] == UINT64_MAX)
-            return false;
+        if (m->keys[i] == UINT64_MAX) return false;
     }
 }
 
@@ -55,8 +53,7 @@ bool tok__map64_get(const tok_map64 *m, uint64_t key, uint64_t *val)
 static void map_put(tok_map64 *m, uint64_t key, uint64_t val)
 {
     for (size_t i = (size_t)mix64(key) & m->mask;; i = (i + 1) & m->mask) {
-        if (m->keys[i] == key)
-            return;
+        if (m->keys[i] == key) return;
         if (m->keys[i] == UINT64_MAX) {
             m->keys[i] = key;
             m->vals[i] = val;
@@ -73,8 +70,7 @@ static uint32_t byte_to_cp(int b)
         return (uint32_t)b;
     int n = 0;
     for (int x = 0; x < b; x++)
-        if (!((x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff)))
-            n++;
+        if (!((x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff))) n++;
     return 256u + (uint32_t)n;
 }
 
@@ -137,15 +133,15 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
     gguf_arr merges;
     int rc = gguf_get_arr(f, "tokenizer.ggml.merges", &merges);
     if (rc == -ENOENT) {
-        snprintf(err, err_size, "tokenizer: tokenizer.ggml.merges is missing (needed by a gpt2 vocabulary)");
+        snprintf(err, err_size,
+                 "tokenizer: tokenizer.ggml.merges is missing (needed by a gpt2 vocabulary)");
         return -EINVAL;
     }
     if (rc < 0 || merges.elem_type != GGUF_VT_STRING) {
         snprintf(err, err_size, "tokenizer: tokenizer.ggml.merges is not an array of strings");
         return -EINVAL;
     }
-    if ((rc = decode_tables(t, err, err_size)) < 0)
-        return rc;
+    if ((rc = decode_tables(t, err, err_size)) < 0) return rc;
     size_t cap = 16;
     while (cap < merges.n * 2)
         cap <<= 1;
@@ -166,7 +162,9 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
          * reads it (byte-level tokens never contain a plain space) */
         const char *sp = s.len > 1 ? memchr(s.data + 1, ' ', s.len - 1) : NULL;
         if (!sp) {
-            snprintf(err, err_size, "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' is not two tokens separated by a space",
+            snprintf(err, err_size,
+                     "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' is not two tokens separated by "
+                     "a space",
                      (unsigned long long)r, (int)(s.len > 64 ? 64 : s.len), s.data);
             rc = -EINVAL;
             break;
@@ -183,7 +181,9 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
         memcpy(buf + ll, sp + 1, rl);
         int32_t merged = left >= 0 && right >= 0 ? tokenizer_find(t, buf, ll + rl) : -1;
         if (merged < 0) {
-            snprintf(err, err_size, "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' names a token that is not in tokenizer.ggml.tokens",
+            snprintf(err, err_size,
+                     "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' names a token that is not in "
+                     "tokenizer.ggml.tokens",
                      (unsigned long long)r, (int)(s.len > 64 ? 64 : s.len), s.data);
             rc = -EINVAL;
             break;
@@ -229,19 +229,19 @@ static size_t run_other(const cps *c, size_t i, size_t end)
     return i;
 }
 
-static uint32_t lower_ascii(uint32_t cp) { return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp; }
+static uint32_t lower_ascii(uint32_t cp)
+{
+    return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+}
 
 /* 's|'t|'re|'ve|'m|'ll|'d, case-sensitive or (?i:) */
 static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
 {
-    if (c->cp[i] != '\'' || i + 1 >= end)
-        return i;
+    if (c->cp[i] != '\'' || i + 1 >= end) return i;
     uint32_t a = fold ? lower_ascii(c->cp[i + 1]) : c->cp[i + 1];
     uint32_t b = i + 2 < end ? (fold ? lower_ascii(c->cp[i + 2]) : c->cp[i + 2]) : 0;
-    if (a == 's' || a == 't' || a == 'm' || a == 'd')
-        return i + 2;
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
-        return i + 3;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
     return i;
 }
 
@@ -250,8 +250,7 @@ static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
 static size_t space_run(const cps *c, size_t i, size_t end)
 {
     size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    if (j < end && j - i >= 2)
-        return j - 1;
+    if (j < end && j - i >= 2) return j - 1;
     return j;
 }
 
@@ -260,17 +259,12 @@ static size_t match_gpt2(const cps *c, size_t i, size_t end, size_t *next)
 {
     (void)next;
     size_t e = contraction(c, i, end, false);
-    if (e > i)
-        return e;
+    if (e > i) return e;
     size_t s = i;
-    if (c->cp[i] == ' ' && i + 1 < end)
-        s = i + 1;
-    if (IS_L(c, s))
-        return run_of(c, s, end, TOK_UC_L);
-    if (IS_N(c, s))
-        return run_of(c, s, end, TOK_UC_N);
-    if (IS_O(c, s))
-        return run_other(c, s, end);
+    if (c->cp[i] == ' ' && i + 1 < end) s = i + 1;
+    if (IS_L(c, s)) return run_of(c, s, end, TOK_UC_L);
+    if (IS_N(c, s)) return run_of(c, s, end, TOK_UC_N);
+    if (IS_O(c, s)) return run_other(c, s, end);
     /* a single space followed by another space, or any other white space */
     return space_run(c, i, end);
 }
@@ -285,12 +279,10 @@ static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_d
     uint8_t letter = marks ? (uint8_t)(TOK_UC_L | TOK_UC_M) : (uint8_t)TOK_UC_L;
     uint8_t not_other = letter | TOK_UC_N | TOK_UC_SPACE;
     size_t e = contraction(c, i, end, true);
-    if (e > i)
-        return e;
+    if (e > i) return e;
     uint32_t cp = c->cp[i];
     bool nl = cp == '\r' || cp == '\n';
-    if (c->fl[i] & letter)
-        return run_of(c, i, end, letter);
+    if (c->fl[i] & letter) return run_of(c, i, end, letter);
     if (!nl && !IS_N(c, i) && i + 1 < end && (c->fl[i + 1] & letter))
         return run_of(c, i + 1, end, letter);
     if (IS_N(c, i)) {
@@ -311,8 +303,7 @@ static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_d
     /* white space: \s*[\r\n]+ ends after the run's last line break, if it has one */
     size_t j = run_of(c, i, end, TOK_UC_SPACE);
     for (size_t k = j; k > i; k--)
-        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n')
-            return k;
+        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
     return space_run(c, i, end);
 }
 
@@ -336,6 +327,7 @@ static size_t match_qwen35(const cps *c, size_t i, size_t end, size_t *next)
 
 /* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through
  * llama.cpp's llama-vocab.cpp) as UTF-8 text and read as ranges "a-b" and single characters. */
+/* clang-format off */
 static const char DS_LETTERS[] =
     "A-Za-z\xc2\xb5\xc3\x80-\xc3\x96\xc3\x98-\xc3\xb6\xc3\xb8-\xc6\xba\xc6\xbc-\xc6\xbf\xc7\x84-\xca\x93"
     "\xca\x95-\xca\xaf\xcd\xb0-\xcd\xb3\xcd\xb6\xcd\xb7\xcd\xbb-\xcd\xbd\xcd\xbf\xce\x86\xce\x88-\xce\x8a"
@@ -358,6 +350,7 @@ static const char DS_LETTERS[] =
 static const char DS_PUNCT[] =
     "!-/:-~\xef\xbc\x81-\xef\xbc\x8f\xef\xbc\x9a-\xef\xbd\x9e\xe2\x80\x98-\xe2\x80\x9f\xe3\x80\x80-\xe3\x80\x82";
 static const char DS_CJK[] = "\xe4\xb8\x80-\xe9\xbe\xa5\xe0\xa0\x80-\xe4\xb8\x80\xea\xb0\x80-\xed\x9f\xbf";
+/* clang-format on */
 
 static bool in_class(const char *cls, uint32_t cp)
 {
@@ -369,8 +362,7 @@ static bool in_class(const char *cls, uint32_t cp)
             hi = utf8_next(cls + i + 1, len - i - 1, &n);
             i += 1 + n;
         }
-        if (cp >= lo && cp <= hi)
-            return true;
+        if (cp >= lo && cp <= hi) return true;
     }
     return false;
 }
@@ -412,11 +404,9 @@ static size_t ds_punct(const cps *c, size_t i, size_t end, size_t *next)
 /* \s+$ : only the white-space run that reaches the end of the piece */
 static size_t ds_trailing_space(const cps *c, size_t i, size_t end, size_t *next)
 {
-    if (!IS_S(c, i))
-        return i;
+    if (!IS_S(c, i)) return i;
     size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    if (j == end)
-        return j;
+    if (j == end) return j;
     *next = j;
     return i;
 }
@@ -446,8 +436,7 @@ typedef struct spans {
 
 static int span_push(spans *s, size_t a, size_t b)
 {
-    if (vec_reserve(&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) < 0)
-        return -ENOMEM;
+    if (vec_reserve(&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) < 0) return -ENOMEM;
     s->v[s->n++] = (span){a, b};
     return 0;
 }
@@ -463,16 +452,13 @@ static int split_isolated(const cps *c, const spans *in, matcher m, spans *out)
             size_t next = pos + 1;
             size_t e = m(c, pos, b, &next);
             if (e > pos) {
-                if (last < pos)
-                    rc = span_push(out, last, pos);
-                if (rc == 0)
-                    rc = span_push(out, pos, e);
+                if (last < pos) rc = span_push(out, last, pos);
+                if (rc == 0) rc = span_push(out, pos, e);
                 last = pos = e;
             } else
                 pos = next;
         }
-        if (rc == 0 && last < b)
-            rc = span_push(out, last, b);
+        if (rc == 0 && last < b) rc = span_push(out, last, b);
     }
     return rc;
 }
@@ -506,8 +492,7 @@ static void heap_push(bpe_work *w, cand c)
     w->heap[i] = c;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!cand_before(&w->heap[i], &w->heap[p]))
-            break;
+        if (!cand_before(&w->heap[i], &w->heap[p])) break;
         cand tmp = w->heap[p];
         w->heap[p] = w->heap[i];
         w->heap[i] = tmp;
@@ -522,12 +507,9 @@ static cand heap_pop(bpe_work *w)
     size_t i = 0;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < w->n_heap && cand_before(&w->heap[l], &w->heap[m]))
-            m = l;
-        if (r < w->n_heap && cand_before(&w->heap[r], &w->heap[m]))
-            m = r;
-        if (m == i)
-            break;
+        if (l < w->n_heap && cand_before(&w->heap[l], &w->heap[m])) m = l;
+        if (r < w->n_heap && cand_before(&w->heap[r], &w->heap[m])) m = r;
+        if (m == i) break;
         cand tmp = w->heap[m];
         w->heap[m] = w->heap[i];
         w->heap[i] = tmp;
@@ -538,13 +520,12 @@ static cand heap_pop(bpe_work *w)
 
 static void try_pair(const tokenizer *t, bpe_work *w, int32_t l, int32_t r)
 {
-    if (l < 0 || r < 0 || w->syms[l].id < 0 || w->syms[r].id < 0)
-        return;
+    if (l < 0 || r < 0 || w->syms[l].id < 0 || w->syms[r].id < 0) return;
     uint64_t v;
     uint64_t key = ((uint64_t)(uint32_t)w->syms[l].id << 32) | (uint32_t)w->syms[r].id;
-    if (!tok__map64_get(&t->merges, key, &v))
-        return;
-    heap_push(w, (cand){(uint32_t)(v >> 32), l, r, w->syms[l].id, w->syms[r].id, (int32_t)(uint32_t)v});
+    if (!tok__map64_get(&t->merges, key, &v)) return;
+    heap_push(
+        w, (cand){(uint32_t)(v >> 32), l, r, w->syms[l].id, w->syms[r].id, (int32_t)(uint32_t)v});
 }
 
 /* Byte-level BPE of one word (bytes [a, b) of the text). */
@@ -557,8 +538,7 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
         for (size_t k = a; k < b; k++)
             o += utf8_put(w->buf + o, byte_to_cp((unsigned char)text[k]));
         int32_t id = tokenizer_find(t, w->buf, o);
-        if (id >= 0)
-            return tok__ids_push(ids, id);
+        if (id >= 0) return tok__ids_push(ids, id);
     }
     for (size_t k = 0; k < n; k++)
         w->syms[k] = (sym){t->byte_token[(unsigned char)text[a + k]], (int32_t)k - 1,
@@ -574,19 +554,16 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
         sym *R = &w->syms[c.right];
         L->id = c.merged;
         L->next = R->next;
-        if (R->next >= 0)
-            w->syms[R->next].prev = c.left;
+        if (R->next >= 0) w->syms[R->next].prev = c.left;
         R->id = -1; /* dead */
         R->prev = R->next = -1;
         try_pair(t, w, L->prev, c.left);
         try_pair(t, w, c.left, L->next);
     }
     for (int32_t k = 0; k >= 0; k = w->syms[k].next) {
-        if (w->syms[k].id < 0)
-            continue;
+        if (w->syms[k].id < 0) continue;
         int rc = tok__ids_push(ids, w->syms[k].id);
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
     }
     return 0;
 }
@@ -596,8 +573,7 @@ static int to_cps(const char *text, size_t len, cps *c)
     c->cp = malloc((len + 1) * sizeof *c->cp);
     c->fl = malloc(len + 1);
     c->off = malloc((len + 1) * sizeof *c->off);
-    if (!c->cp || !c->fl || !c->off)
-        return -ENOMEM;
+    if (!c->cp || !c->fl || !c->off) return -ENOMEM;
     size_t n = 0;
     for (size_t i = 0; i < len;) {
         size_t k;
@@ -614,23 +590,21 @@ static int to_cps(const char *text, size_t len, cps *c)
 
 int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids)
 {
-    static const matcher deepseek[] = {ds_newline, ds_letters, ds_punct, ds_trailing_space, ds_cjk,
-                                       ds_digits};
+    static const matcher deepseek[] = {ds_newline,        ds_letters, ds_punct,
+                                       ds_trailing_space, ds_cjk,     ds_digits};
     cps c = {0};
     spans a = {0}, b = {0};
     bpe_work w = {0};
     char *normalized = NULL;
     size_t nlen;
     int rc = t->nfc ? tok__nfc(text, len, &normalized, &nlen) : 0;
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     if (normalized) {
         text = normalized;
         len = nlen;
     }
     rc = to_cps(text, len, &c);
-    if (rc == 0 && c.n > 0)
-        rc = span_push(&a, 0, c.n);
+    if (rc == 0 && c.n > 0) rc = span_push(&a, 0, c.n);
     if (rc == 0) {
         switch (t->pre) {
         case TOK_PRE_GPT2:
@@ -664,8 +638,7 @@ int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *i
         w.syms = malloc(len * sizeof *w.syms);
         w.heap = malloc((3 * len + 1) * sizeof *w.heap);
         w.buf = malloc(len * 2 + 1);
-        if (!w.syms || !w.heap || !w.buf)
-            rc = -ENOMEM;
+        if (!w.syms || !w.heap || !w.buf) rc = -ENOMEM;
     }
     for (size_t k = 0; k < b.n && rc == 0; k++)
         rc = bpe_word(t, text, c.off[b.v[k].a], c.off[b.v[k].b], &w, ids);

@@ -19,8 +19,7 @@
 
 const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len)
 {
-    if (id < 0 || id >= t->n_vocab)
-        return NULL;
+    if (id < 0 || id >= t->n_vocab) return NULL;
     *len = t->tokens[id].dec_len;
     return t->dec + t->tokens[id].dec_off;
 }
@@ -38,21 +37,21 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip
     *len_out = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->n_vocab)
-            return tok__fail(err, err_size, -EINVAL, "tokenizer: decode: token id %d at position %zu is outside the vocabulary (%d)",
-                        ids[i], i, t->n_vocab);
+            return tok__fail(
+                err, err_size, -EINVAL,
+                "tokenizer: decode: token id %d at position %zu is outside the vocabulary (%d)",
+                ids[i], i, t->n_vocab);
         total += t->tokens[ids[i]].dec_len;
     }
     char *out = malloc(total + 1);
-    if (!out)
-        return tok__fail(err, err_size, -ENOMEM, "tokenizer: out of memory");
+    if (!out) return tok__fail(err, err_size, -ENOMEM, "tokenizer: out of memory");
     size_t len = 0;
     /* sentencepiece drops the space its dummy prefix put before the first piece of text */
     bool strip = t->model == TOK_MODEL_SPM && t->add_space_prefix;
     for (size_t i = 0; i < n; i++) {
         const tok_token *tk = &t->tokens[ids[i]];
         if (is_special_type(tk->type)) {
-            if (skip_special)
-                continue;
+            if (skip_special) continue;
             memcpy(out + len, t->dec + tk->dec_off, tk->dec_len);
             len += tk->dec_len;
             continue;
@@ -92,8 +91,7 @@ void tokenizer_stream_release(tokenizer_stream *s)
 
 static int stream_reserve(tokenizer_stream *s, size_t need)
 {
-    if (need <= s->out_cap)
-        return 0;
+    if (need <= s->out_cap) return 0;
     return vec_reserve(&s->out, &s->out_cap, need, 1, 64);
 }
 
@@ -105,8 +103,7 @@ static int stream_emit(tokenizer_stream *s, const char *piece, size_t plen, bool
     size_t n = s->n_pending + plen;
     /* worst case: every byte becomes a 3-byte U+FFFD */
     int rc = stream_reserve(s, n * 3 + 1 + n);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     /* the input is staged at the end of the buffer, past the worst-case output */
     char *in = s->out + n * 3 + 1;
     memcpy(in, s->pending, s->n_pending);
@@ -142,8 +139,7 @@ int tokenizer_stream_feed(tokenizer_stream *s, int32_t id, const char **text, si
     const tokenizer *t = s->tok;
     *text = "";
     *len = 0;
-    if (id < 0 || id >= t->n_vocab)
-        return -EINVAL;
+    if (id < 0 || id >= t->n_vocab) return -EINVAL;
     const tok_token *tk = &t->tokens[id];
     if (s->skip_special && is_special_type(tk->type))
         return stream_emit(s, "", 0, false, text, len);

@@ -24,9 +24,10 @@
 #define TOK_UC_M 0x20u
 #define TOK_UC_C 0x40u
 uint8_t tok__uc_flags(uint32_t cp);
-uint8_t tok__uc_ccc(uint32_t cp);                  /* canonical combining class */
-int tok__uc_decomp(uint32_t cp, uint32_t out[2]);  /* canonical decomposition: 0, 1 or 2 code points */
-uint32_t tok__uc_compose(uint32_t a, uint32_t b);  /* primary composite of a pair, 0 if none */
+uint8_t tok__uc_ccc(uint32_t cp); /* canonical combining class */
+/* canonical decomposition: 0, 1 or 2 code points */
+int tok__uc_decomp(uint32_t cp, uint32_t out[2]);
+uint32_t tok__uc_compose(uint32_t a, uint32_t b); /* primary composite of a pair, 0 if none */
 /* Unicode normalisation form C of UTF-8 text; bytes that are not UTF-8 pass through unchanged.
  * *out is NULL when the text is already NFC (the common case, found without allocating),
  * else malloc'd. */
@@ -43,7 +44,7 @@ typedef enum tok_pre {
 } tok_pre;
 
 typedef struct tok_token {
-    uint32_t off, len; /* stored text in tokenizer.text */
+    uint32_t off, len;         /* stored text in tokenizer.text */
     uint32_t dec_off, dec_len; /* decoded bytes in tokenizer.dec */
     float score;
     uint8_t type; /* tokenizer_token_type */
@@ -66,20 +67,21 @@ struct tokenizer {
     int32_t n_vocab;
     int32_t bos, eos, unk;
     tok_token *tokens;
-    char *text; /* all token texts, each NUL-terminated */
-    char *dec;  /* all decoded texts */
+    char *text;     /* all token texts, each NUL-terminated */
+    char *dec;      /* all decoded texts */
     int32_t *index; /* text -> id, open addressing, -1 = empty */
     size_t index_mask;
-    tok_map64 merges; /* (left << 32 | right) -> (rank << 32 | merged id) */
+    tok_map64 merges;        /* (left << 32 | right) -> (rank << 32 | merged id) */
     int32_t byte_token[256]; /* BPE: token of each byte's character; SPM: <0xNN>, -1 if none */
-    int32_t *specials; /* tokens split out of the text first, longest text first */
+    int32_t *specials;       /* tokens split out of the text first, longest text first */
     size_t n_specials;
-    uint8_t *eog;      /* n_vocab flags */
+    uint8_t *eog; /* n_vocab flags */
 };
 
 uint64_t tok__hash(const char *s, size_t len);
 /* Writes the message into err (when given) and returns rc. */
-int tok__fail(char *err, size_t err_size, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int tok__fail(char *err, size_t err_size, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Growable id vector. */
 typedef struct tok_ids {

@@ -17,9 +17,17 @@
 
 #define RAW_BYTE 0x80000000u /* a byte that is not UTF-8, carried through unchanged */
 
-enum { S_BASE = 0xac00, L_BASE = 0x1100, V_BASE = 0x1161, T_BASE = 0x11a7,
-       L_COUNT = 19, V_COUNT = 21, T_COUNT = 28, N_COUNT = V_COUNT * T_COUNT,
-       S_COUNT = L_COUNT * N_COUNT };
+enum {
+    S_BASE = 0xac00,
+    L_BASE = 0x1100,
+    V_BASE = 0x1161,
+    T_BASE = 0x11a7,
+    L_COUNT = 19,
+    V_COUNT = 21,
+    T_COUNT = 28,
+    N_COUNT = V_COUNT * T_COUNT,
+    S_COUNT = L_COUNT * N_COUNT
+};
 
 static uint8_t ccc_of(uint32_t cp)
 {
@@ -29,31 +37,26 @@ static uint8_t ccc_of(uint32_t cp)
 /* Appends the full canonical decomposition of cp; out has room (4 per input code point). */
 static size_t decompose(uint32_t cp, uint32_t *out, int depth)
 {
-    if (cp & RAW_BYTE)
-        return out[0] = cp, 1;
+    if (cp & RAW_BYTE) return out[0] = cp, 1;
     if (cp >= S_BASE && cp < S_BASE + S_COUNT) {
         uint32_t s = cp - S_BASE, t = s % T_COUNT;
         out[0] = L_BASE + s / N_COUNT;
         out[1] = V_BASE + (s % N_COUNT) / T_COUNT;
-        if (t == 0)
-            return 2;
+        if (t == 0) return 2;
         out[2] = T_BASE + t;
         return 3;
     }
     uint32_t d[2];
     int n = depth < 8 ? tok__uc_decomp(cp, d) : 0;
-    if (n == 0)
-        return out[0] = cp, 1;
+    if (n == 0) return out[0] = cp, 1;
     size_t k = decompose(d[0], out, depth + 1);
-    if (n == 2)
-        k += decompose(d[1], out + k, depth + 1);
+    if (n == 2) k += decompose(d[1], out + k, depth + 1);
     return k;
 }
 
 static uint32_t compose(uint32_t a, uint32_t b)
 {
-    if ((a | b) & RAW_BYTE)
-        return 0;
+    if ((a | b) & RAW_BYTE) return 0;
     if (a >= L_BASE && a < L_BASE + L_COUNT && b >= V_BASE && b < V_BASE + V_COUNT)
         return S_BASE + ((a - L_BASE) * V_COUNT + (b - V_BASE)) * T_COUNT;
     if (a >= S_BASE && a < S_BASE + S_COUNT && (a - S_BASE) % T_COUNT == 0 && b > T_BASE &&
@@ -76,17 +79,14 @@ int tok__nfc(const char *text, size_t len, char **out, size_t *out_len)
     size_t i = 0;
     while (i < len && (unsigned char)text[i] < 0xcc) /* lead bytes below 0xCC: U+0000..U+02FF */
         i++;
-    if (i == len)
-        return 0;
+    if (i == len) return 0;
     uint32_t *cps = malloc((len * 4 + 4) * sizeof *cps);
-    if (!cps)
-        return -ENOMEM;
+    if (!cps) return -ENOMEM;
     size_t n = 0;
     for (i = 0; i < len;) {
         size_t k;
         uint32_t cp = utf8_next(text + i, len - i, &k);
-        if (cp == UTF8_INVALID)
-            cp = RAW_BYTE | (unsigned char)text[i];
+        if (cp == UTF8_INVALID) cp = RAW_BYTE | (unsigned char)text[i];
         n += decompose(cp, cps + n, 0);
         i += k;
     }

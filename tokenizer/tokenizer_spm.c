@@ -42,8 +42,7 @@ static void heap_push(spm_heap *h, spm_cand c)
     h->v[i] = c;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!cand_before(&h->v[i], &h->v[p]))
-            break;
+        if (!cand_before(&h->v[i], &h->v[p])) break;
         spm_cand tmp = h->v[p];
         h->v[p] = h->v[i];
         h->v[i] = tmp;
@@ -58,12 +57,9 @@ static spm_cand heap_pop(spm_heap *h)
     size_t i = 0;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n && cand_before(&h->v[l], &h->v[m]))
-            m = l;
-        if (r < h->n && cand_before(&h->v[r], &h->v[m]))
-            m = r;
-        if (m == i)
-            break;
+        if (l < h->n && cand_before(&h->v[l], &h->v[m])) m = l;
+        if (r < h->n && cand_before(&h->v[r], &h->v[m])) m = r;
+        if (m == i) break;
         spm_cand tmp = h->v[m];
         h->v[m] = h->v[i];
         h->v[i] = tmp;
@@ -76,8 +72,7 @@ static spm_cand heap_pop(spm_heap *h)
 static int32_t find_piece(const tokenizer *t, const char *s, size_t len)
 {
     int32_t id = tokenizer_find(t, s, len);
-    if (id < 0)
-        return -1;
+    if (id < 0) return -1;
     uint8_t ty = t->tokens[id].type;
     return ty == TOKENIZER_TT_NORMAL || ty == TOKENIZER_TT_USER_DEFINED ? id : -1;
 }
@@ -85,19 +80,16 @@ static int32_t find_piece(const tokenizer *t, const char *s, size_t len)
 static void try_pair(const tokenizer *t, const char *buf, const spm_sym *syms, spm_heap *h,
                      int32_t l, int32_t r)
 {
-    if (l < 0 || r < 0)
-        return;
+    if (l < 0 || r < 0) return;
     size_t len = syms[l].len + syms[r].len;
     int32_t id = find_piece(t, buf + syms[l].off, len);
-    if (id >= 0)
-        heap_push(h, (spm_cand){t->tokens[id].score, l, r, len});
+    if (id >= 0) heap_push(h, (spm_cand){t->tokens[id].score, l, r, len});
 }
 
 static int emit_symbol(const tokenizer *t, const char *s, size_t len, tok_ids *ids)
 {
     int32_t id = find_piece(t, s, len);
-    if (id >= 0)
-        return tok__ids_push(ids, id);
+    if (id >= 0) return tok__ids_push(ids, id);
     for (size_t k = 0; k < len; k++) {
         int32_t b = t->byte_token[(unsigned char)s[k]];
         int rc;
@@ -109,14 +101,12 @@ static int emit_symbol(const tokenizer *t, const char *s, size_t len, tok_ids *i
             k = len;
         } else
             return -EINVAL;
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
     }
     return 0;
 }
 
-int tok__spm_encode(const tokenizer *t, const char *text, size_t len, bool add_prefix,
-                    tok_ids *ids)
+int tok__spm_encode(const tokenizer *t, const char *text, size_t len, bool add_prefix, tok_ids *ids)
 {
     /* escaped text: at most 3 bytes per input byte, plus the prefix */
     char *buf = malloc(len * 3 + 4);
@@ -144,8 +134,7 @@ int tok__spm_encode(const tokenizer *t, const char *text, size_t len, bool add_p
         size_t k;
         (void)utf8_next(buf + i, n - i, &k);
         syms[n_syms] = (spm_sym){i, k, n_syms - 1, -1};
-        if (n_syms > 0)
-            syms[n_syms - 1].next = n_syms;
+        if (n_syms > 0) syms[n_syms - 1].next = n_syms;
         n_syms++;
         i += k;
     }
@@ -158,8 +147,7 @@ int tok__spm_encode(const tokenizer *t, const char *text, size_t len, bool add_p
             continue; /* stale */
         L->len += R->len;
         L->next = R->next;
-        if (R->next >= 0)
-            syms[R->next].prev = c.left;
+        if (R->next >= 0) syms[R->next].prev = c.left;
         R->len = 0;
         try_pair(t, buf, syms, &h, L->prev, c.left);
         try_pair(t, buf, syms, &h, c.left, L->next);

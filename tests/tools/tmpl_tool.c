@@ -56,7 +56,8 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-static int render_one(const chat_template *t, const cJSON *ctx, const chat_template_render_opts *opts, bool batch)
+static int render_one(const chat_template *t, const cJSON *ctx,
+                      const chat_template_render_opts *opts, bool batch)
 {
     char err[1024], *text = NULL;
     size_t len = 0;
@@ -113,7 +114,9 @@ static int run_pairs(const char *path, const chat_template_render_opts *opts)
         chat_template *t = NULL;
         if (chat_template_create(&t, src->valuestring, strlen(src->valuestring), err, sizeof err)) {
             cJSON *line = cJSON_CreateObject();
-            char *s = line && cJSON_AddStringToObject(line, "parse_error", err) ? cJSON_PrintUnformatted(line) : NULL;
+            char *s = line && cJSON_AddStringToObject(line, "parse_error", err)
+                          ? cJSON_PrintUnformatted(line)
+                          : NULL;
             cJSON_Delete(line);
             if (!s) {
                 status = 1;
@@ -177,7 +180,8 @@ int main(int argc, char **argv)
     cJSON *ctx = cJSON_ParseWithLength(ctx_text, ctx_len);
     free(ctx_text);
     if (!ctx || (batch ? !cJSON_IsArray(ctx) : !cJSON_IsObject(ctx))) {
-        fprintf(stderr, "tmpl_tool: %s is not a JSON %s\n", argv[i + 1], batch ? "array" : "object");
+        fprintf(stderr, "tmpl_tool: %s is not a JSON %s\n", argv[i + 1],
+                batch ? "array" : "object");
         cJSON_Delete(ctx);
         free(src);
         return 64;

@@ -34,7 +34,8 @@ static int32_t probe_sample(void *user, const float *logits)
     probe *p = user;
     const unsigned char *bytes = (const unsigned char *)logits;
     uint64_t h = p->logits_hash ? p->logits_hash : 1469598103934665603ull;
-    for (size_t i = 0; i < (size_t)p->n_vocab * sizeof(float); i++) h = (h ^ bytes[i]) * 1099511628211ull;
+    for (size_t i = 0; i < (size_t)p->n_vocab * sizeof(float); i++)
+        h = (h ^ bytes[i]) * 1099511628211ull;
     p->logits_hash = h;
     return model_argmax(logits, p->n_vocab);
 }
@@ -70,14 +71,16 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static void wait_done(probe *p)
 {
     pthread_mutex_lock(&lock);
-    while (p->n_done == 0) pthread_cond_wait(&cond, &lock);
+    while (p->n_done == 0)
+        pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
 }
 
 static void wait_tokens(probe *p, int n)
 {
     pthread_mutex_lock(&lock);
-    while (p->n_tokens < n && p->n_done == 0) pthread_cond_wait(&cond, &lock);
+    while (p->n_tokens < n && p->n_done == 0)
+        pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
 }
 
@@ -120,8 +123,11 @@ static scheduler *open_sched(fixture *fx, int max_running, int tokens_per_step, 
 {
     char err[512];
     scheduler *s = NULL;
-    scheduler_opts o = {.max_running = max_running, .max_tokens_per_step = tokens_per_step,
-                        .prefill_chunk = chunk, .max_waiting = max_waiting, .n_ctx = n_ctx};
+    scheduler_opts o = {.max_running = max_running,
+                        .max_tokens_per_step = tokens_per_step,
+                        .prefill_chunk = chunk,
+                        .max_waiting = max_waiting,
+                        .n_ctx = n_ctx};
     ck_assert_msg(scheduler_open(&s, fx->m, &o, err, sizeof err) == 0, "%s", err);
     return s;
 }
@@ -130,7 +136,8 @@ static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, p
                    uint64_t *id)
 {
     char err[512];
-    ck_assert_msg(scheduler_submit(s, prompt, n, max_tokens, &probe_ops, p, id, err, sizeof err) == 0,
+    ck_assert_msg(scheduler_submit(s, prompt, n, max_tokens, &probe_ops, p, id, err, sizeof err) ==
+                      0,
                   "%s", err);
 }
 
@@ -139,7 +146,8 @@ static const int prompt_len[N_REQ] = {3, 40, 1, 17, 29, 8};
 
 static void make_prompt(int r, int32_t *out, int32_t n_vocab)
 {
-    for (int i = 0; i < prompt_len[r]; i++) out[i] = (int32_t)((r * 131 + i * 37 + 5) % n_vocab);
+    for (int i = 0; i < prompt_len[r]; i++)
+        out[i] = (int32_t)((r * 131 + i * 37 + 5) % n_vocab);
 }
 
 /* Every request alone, then all together under tight step budgets and small prefill chunks: the
@@ -149,7 +157,8 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
     fixture fx;
     fixture_open(&fx, type);
     int32_t prompts[N_REQ][64];
-    for (int r = 0; r < N_REQ; r++) make_prompt(r, prompts[r], fx.n_vocab);
+    for (int r = 0; r < N_REQ; r++)
+        make_prompt(r, prompts[r], fx.n_vocab);
 
     probe alone[N_REQ], together[N_REQ];
     scheduler *s = open_sched(&fx, 1, 512, 512, N_REQ, 128);
@@ -167,7 +176,8 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
         probe_init(&together[r], fx.n_vocab);
         submit(s, prompts[r], prompt_len[r], GEN, &together[r], NULL);
     }
-    for (int r = 0; r < N_REQ; r++) wait_done(&together[r]);
+    for (int r = 0; r < N_REQ; r++)
+        wait_done(&together[r]);
     scheduler_stats st;
     scheduler_get_stats(s, &st);
     scheduler_close(&s);
@@ -184,7 +194,8 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
                       "%s request %d: batched logits differ from the request alone", type, r);
     }
     int total_prompt = 0;
-    for (int r = 0; r < N_REQ; r++) total_prompt += prompt_len[r];
+    for (int r = 0; r < N_REQ; r++)
+        total_prompt += prompt_len[r];
     ck_assert_uint_eq(st.prompt_tokens, (uint64_t)total_prompt);
     ck_assert_uint_eq(st.decode_tokens, (uint64_t)N_REQ * (GEN - 1));
     /* Batching really happened: fewer steps than running the requests one after another. */
@@ -234,7 +245,8 @@ START_TEST(stop_and_length)
     submit(s, prompt, 4, 2, &c, NULL);
     wait_done(&c);
     ck_assert_int_eq(c.n_tokens, 2);
-    for (int i = 0; i < 2; i++) ck_assert_int_eq(c.tokens[i], a.tokens[i]);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(c.tokens[i], a.tokens[i]);
     scheduler_close(&s);
     ck_assert_int_eq(a.n_done + b.n_done + c.n_done, 3);
     fixture_close(&fx);
@@ -282,8 +294,11 @@ START_TEST(refusals)
     fixture_open(&fx, "f32");
     char err[512];
     scheduler *s = NULL;
-    scheduler_opts bad = {.max_running = 4, .max_tokens_per_step = 2, .prefill_chunk = 1,
-                          .max_waiting = 1, .n_ctx = 32};
+    scheduler_opts bad = {.max_running = 4,
+                          .max_tokens_per_step = 2,
+                          .prefill_chunk = 1,
+                          .max_waiting = 1,
+                          .n_ctx = 32};
     ck_assert_int_eq(scheduler_open(&s, fx.m, &bad, err, sizeof err), -EINVAL);
     ck_assert_ptr_null(s);
     ck_assert_ptr_nonnull(strstr(err, "max_tokens_per_step"));
