@@ -9,7 +9,7 @@
  */
 #include "cli/cli.h"
 #include "kernels/cpu/cpu.h"
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 #include "model/model.h"
 
 #include <inttypes.h>
@@ -74,7 +74,8 @@ static double measure_bandwidth(kern_backend *be, size_t bytes)
     if (be->kind == KERN_BACKEND_CUDA) return device_bandwidth(be, bytes);
     uint8_t *buf = malloc(bytes);
     if (!buf) return 0.0;
-    for (size_t i = 0; i < bytes; i += 64) buf[i] = (uint8_t)i; /* fault every page in */
+    for (size_t i = 0; i < bytes; i += 64)
+        buf[i] = (uint8_t)i; /* fault every page in */
     memset(buf, 1, bytes);
     double best = 0.0;
     for (int r = 0; r < 10; r++) {
@@ -93,7 +94,8 @@ static bool is_expert_tensor(const char *name, size_t len)
     for (int p = 0; p < 3; p++) {
         const char *at = memmem(name, len, parts[p], strlen(parts[p]));
         size_t rest = at ? len - (size_t)(at - name) - strlen(parts[p]) : 0;
-        if (at && rest > 0 && at[strlen(parts[p])] >= '0' && at[strlen(parts[p])] <= '9') return true;
+        if (at && rest > 0 && at[strlen(parts[p])] >= '0' && at[strlen(parts[p])] <= '9')
+            return true;
     }
     return false;
 }
@@ -107,7 +109,8 @@ static void touch_file(const gguf_file *f, bool dense_only)
         const gguf_tensor *t = gguf_tensor_at(f, i);
         if (dense_only && is_expert_tensor(t->name.data, (size_t)t->name.len)) continue;
         const uint8_t *p = t->data;
-        for (uint64_t off = 0; off < t->n_bytes; off += 4096) sink ^= p[off];
+        for (uint64_t off = 0; off < t->n_bytes; off += 4096)
+            sink ^= p[off];
     }
     (void)sink;
 }
@@ -124,20 +127,23 @@ typedef struct bench_opts {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: moeserve bench --model FILE [--threads N] [--batch B] [--prompt P] [--gen G] [--no-header]\n"
-                 "  --threads N   CPU threads (default: all)\n"
-                 "  --batch B     sequences decoded together (default 1)\n"
-                 "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
-                 "  --gen G       decode steps timed (default 32)\n"
-                 "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
-                 "                (default off: experts read through the file's mapping)\n"
-                 "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  --io-depth N\n"
-                 "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
-                 "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
-                 "  --lookahead N layers pre-gating looks ahead (default 1)\n"
-                 "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
-                 "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
-                 "  --kv-type f16|f32  KV cache storage (default f16)\n");
+    fprintf(out,
+            "usage: moeserve bench --model FILE [--threads N] [--batch B] [--prompt P] [--gen G] "
+            "[--no-header]\n"
+            "  --threads N   CPU threads (default: all)\n"
+            "  --batch B     sequences decoded together (default 1)\n"
+            "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
+            "  --gen G       decode steps timed (default 32)\n"
+            "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
+            "                (default off: experts read through the file's mapping)\n"
+            "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  "
+            "--io-depth N\n"
+            "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
+            "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
+            "  --lookahead N layers pre-gating looks ahead (default 1)\n"
+            "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
+            "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
+            "  --kv-type f16|f32  KV cache storage (default f16)\n");
 }
 
 static int run(bench_opts *o)
@@ -149,9 +155,10 @@ static int run(bench_opts *o)
     model_ctx *ctx = NULL;
     int32_t *tok = NULL, *pos = NULL, *seq = NULL;
     float *logits = NULL;
-    if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0)) goto done;
-    model_opts mo = {.backend = be, .predictor = o->cache.predictor,
-                     .lookahead = o->cache.lookahead};
+    if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0))
+        goto done;
+    model_opts mo = {
+        .backend = be, .predictor = o->cache.predictor, .lookahead = o->cache.lookahead};
     if (cli_cache_args_open(&o->cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, o->path, &mo, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
@@ -246,16 +253,19 @@ static int run(bench_opts *o)
     const char *base = strrchr(o->path, '/');
     base = base ? base + 1 : o->path;
     if (o->header) {
-        printf("| model | threads | batch | prompt | prefill tok/s | prefill GFLOP/s | decode tok/s "
-               "| prefill/decode | MiB read/step | experts/step | bandwidth GB/s | floor ms/step "
-               "| achieved ms/step | floor/achieved |\n");
+        printf(
+            "| model | threads | batch | prompt | prefill tok/s | prefill GFLOP/s | decode tok/s "
+            "| prefill/decode | MiB read/step | experts/step | bandwidth GB/s | floor ms/step "
+            "| achieved ms/step | floor/achieved |\n");
         printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     }
     double prefill_tps = (double)P * B / t_prefill, decode_tps = B / step_s;
-    printf("| %s | %d | %d | %d | %.1f | %.1f | %.2f | %.1fx | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n",
-           base, kern_cpu_n_threads(be), B, P, prefill_tps, 2.0 * (double)prefill_macs / t_prefill / 1e9,
-           decode_tps, prefill_tps / decode_tps, step_bytes / (1024.0 * 1024.0), (double)experts / G,
-           bw / 1e9, floor_s * 1e3, step_s * 1e3, 100.0 * floor_s / step_s);
+    printf("| %s | %d | %d | %d | %.1f | %.1f | %.2f | %.1fx | %.1f | %.1f | %.1f | %.2f | %.2f | "
+           "%.0f%% |\n",
+           base, kern_cpu_n_threads(be), B, P, prefill_tps,
+           2.0 * (double)prefill_macs / t_prefill / 1e9, decode_tps, prefill_tps / decode_tps,
+           step_bytes / (1024.0 * 1024.0), (double)experts / G, bw / 1e9, floor_s * 1e3,
+           step_s * 1e3, 100.0 * floor_s / step_s);
     if (be->kind != KERN_BACKEND_CPU) {
         double link = link_bandwidth(be, (size_t)256 << 20);
         printf("| %s backend | memory %.1f GB/s (%s) | pinned host-to-device copies %.1f GB/s |\n",
@@ -275,9 +285,10 @@ static int run(bench_opts *o)
                "prefetched %llu, used %llu, wasted %llu |\n",
                c1.n_slots, (unsigned long long)hp->n_layer * (unsigned long long)hp->n_expert,
                (double)c1.arena_bytes / (1 << 20), c1.direct ? "O_DIRECT" : "buffered",
-               c1.uring ? "io_uring" : "pread", req ? 100.0 * (double)(c1.hits - c0.hits) / (double)req : 0.0,
-               read / G / (1 << 20), (double)(c1.stall_ns - c0.stall_ns) / G / 1e6,
-               read / t_decode / 1e6, (unsigned long long)(c1.prefetch_issued - c0.prefetch_issued),
+               c1.uring ? "io_uring" : "pread",
+               req ? 100.0 * (double)(c1.hits - c0.hits) / (double)req : 0.0, read / G / (1 << 20),
+               (double)(c1.stall_ns - c0.stall_ns) / G / 1e6, read / t_decode / 1e6,
+               (unsigned long long)(c1.prefetch_issued - c0.prefetch_issued),
                (unsigned long long)(c1.prefetch_used - c0.prefetch_used),
                (unsigned long long)(c1.prefetch_wasted - c0.prefetch_wasted));
     }
@@ -290,10 +301,11 @@ static int run(bench_opts *o)
             sum.used += ls.used;
             sum.correct += ls.correct;
         }
-        printf("| predictor | %s | precision %.1f%% | recall %.1f%% | (all steps, layers 1..%d) |\n",
-               pred_kind_name(pred_get_kind(model_predictor(m))),
-               sum.guessed ? 100.0 * (double)sum.correct / (double)sum.guessed : 0.0,
-               sum.used ? 100.0 * (double)sum.correct / (double)sum.used : 0.0, hp->n_layer - 1);
+        printf(
+            "| predictor | %s | precision %.1f%% | recall %.1f%% | (all steps, layers 1..%d) |\n",
+            pred_kind_name(pred_get_kind(model_predictor(m))),
+            sum.guessed ? 100.0 * (double)sum.correct / (double)sum.guessed : 0.0,
+            sum.used ? 100.0 * (double)sum.correct / (double)sum.used : 0.0, hp->n_layer - 1);
     }
     fflush(stdout);
     status = 0;

@@ -6,11 +6,12 @@
  * (and its speed seen) without an HTTP client.  Generated text goes to stdout as it is
  * produced, never split inside a UTF-8 character; logs and the timing line go to stderr.
  */
+#include "base/vec.h"
 #include "cli/cli.h"
+#include "engine/prompt.h"
 #include "model/model.h"
-#include "model/prompt.h"
-#include "model/sampler.h"
-#include "model/stop.h"
+#include "sampling/sampler.h"
+#include "sampling/stop.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -64,9 +65,11 @@ static void usage(FILE *out)
             "  --ignore-eos            keep going past end-of-generation tokens\n"
             "  --threads N             CPU threads (default: all)\n"
             "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
-            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  --trace FILE\n"
+            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  "
+            "--trace FILE\n"
             "  --predictor none|pregate|affinity  --lookahead N\n"
-            "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is usable)\n"
+            "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is "
+            "usable)\n"
             "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
             "  --kv-type f16|f32       KV cache storage (default f16)\n");
 }
@@ -163,7 +166,8 @@ static int parse_args(gen_args *a, int argc, char **argv)
             bad = unknown = 1;
         }
         if (bad) {
-            if (unknown) fprintf(stderr, "moeserve generate: unknown or incomplete option '%s'\n", o);
+            if (unknown)
+                fprintf(stderr, "moeserve generate: unknown or incomplete option '%s'\n", o);
             usage(stderr);
             return 2;
         }
@@ -193,16 +197,14 @@ static int parse_ids(const char *text, int32_t **out, size_t *n_out)
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
             free(ids);
-            fprintf(stderr, "moeserve generate: --prompt-ids expects comma-separated token ids, got '%s'\n", text);
+            fprintf(stderr,
+                    "moeserve generate: --prompt-ids expects comma-separated token ids, got '%s'\n",
+                    text);
             return -EINVAL;
         }
-        if (n == cap) {
-            int32_t *grown = realloc(ids, (cap *= 2) * sizeof *ids);
-            if (!grown) {
-                free(ids);
-                return -ENOMEM;
-            }
-            ids = grown;
+        if (vec_reserve(&ids, &cap, n + 1, sizeof *ids, 16) < 0) {
+            free(ids);
+            return -ENOMEM;
         }
         ids[n++] = (int32_t)v;
         p = *end ? end + 1 : end;
@@ -221,7 +223,7 @@ static int chat_prompt(const gen_args *a, const model *m, const tokenizer *tok, 
                        size_t *n_ids, char *err, size_t err_size)
 {
     chat_template *tmpl = NULL;
-    int rc = prompt_template_load(&tmpl, model_file(m), a->chat_template, err, err_size);
+    int rc = prompt_template_create(&tmpl, model_file(m), a->chat_template, err, err_size);
     if (rc) return rc;
     cJSON *messages = cJSON_CreateArray();
     cJSON *sys = a->system ? cJSON_CreateObject() : NULL, *user = cJSON_CreateObject();
@@ -246,7 +248,7 @@ static int chat_prompt(const gen_args *a, const model *m, const tokenizer *tok, 
     if (rc == 0) rc = prompt_tokenize(tok, text, len, ids, n_ids, err, err_size);
     free(text);
     cJSON_Delete(messages);
-    chat_template_free(&tmpl);
+    chat_template_destroy(&tmpl);
     return rc;
 }
 
@@ -278,17 +280,17 @@ int cli_generate(int argc, char **argv)
     const char *why = "length";
 
     if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0)) goto done;
-    model_opts mo = {.backend = be, .predictor = a.cache.predictor,
-                     .lookahead = a.cache.lookahead};
+    model_opts mo = {.backend = be, .predictor = a.cache.predictor, .lookahead = a.cache.lookahead};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     const model_hparams *hp = model_params(m);
-    if (tokenizer_load(&tok, model_file(m), err, sizeof err)) goto fail_msg;
+    if (tokenizer_create(&tok, model_file(m), err, sizeof err)) goto fail_msg;
     if (a.prompt_ids) {
         if (parse_ids(a.prompt_ids, &prompt, &n_prompt)) goto done;
     } else if (a.chat) {
         if (chat_prompt(&a, m, tok, &prompt, &n_prompt, err, sizeof err)) goto fail_msg;
-    } else if (prompt_tokenize(tok, a.prompt, strlen(a.prompt), &prompt, &n_prompt, err, sizeof err)) {
+    } else if (prompt_tokenize(tok, a.prompt, strlen(a.prompt), &prompt, &n_prompt, err,
+                               sizeof err)) {
         goto fail_msg;
     }
     if (n_prompt == 0) {
@@ -308,7 +310,8 @@ int cli_generate(int argc, char **argv)
     tokenizer_stream_init(&ts, tok, true);
     stream_open = true;
 
-    model_ctx_opts co = {.n_seq = 1, .n_ctx = (int32_t)(n_prompt + (size_t)a.n_gen), .kv_type = a.cache.kv_type};
+    model_ctx_opts co = {
+        .n_seq = 1, .n_ctx = (int32_t)(n_prompt + (size_t)a.n_gen), .kv_type = a.cache.kv_type};
     if (model_ctx_create(&ctx, m, &co, err, sizeof err)) goto fail_msg;
     pos = malloc(n_prompt * sizeof *pos);
     seq = calloc(n_prompt, sizeof *seq);
@@ -317,7 +320,8 @@ int cli_generate(int argc, char **argv)
         snprintf(err, sizeof err, "out of memory");
         goto fail_msg;
     }
-    for (size_t i = 0; i < n_prompt; i++) pos[i] = (int32_t)i;
+    for (size_t i = 0; i < n_prompt; i++)
+        pos[i] = (int32_t)i;
     cli_log("prompt: %zu tokens%s; sampling: temperature %g, seed %llu", n_prompt,
             a.chat ? " (chat template)" : "", (double)a.sp.temperature,
             (unsigned long long)sampler_seed(smp));
@@ -342,7 +346,8 @@ int cli_generate(int argc, char **argv)
         }
         const char *text;
         size_t len;
-        if (tokenizer_stream_feed(&ts, next, &text, &len) || stop_matcher_feed(stops, text, len, &so)) {
+        if (tokenizer_stream_feed(&ts, next, &text, &len) ||
+            stop_matcher_feed(stops, text, len, &so)) {
             snprintf(err, sizeof err, "out of memory");
             goto fail_msg;
         }
@@ -359,7 +364,8 @@ int cli_generate(int argc, char **argv)
     }
     const char *text;
     size_t len;
-    if (tokenizer_stream_flush(&ts, &text, &len) == 0 && len && stop_matcher_feed(stops, text, len, &so) == 0)
+    if (tokenizer_stream_flush(&ts, &text, &len) == 0 && len &&
+        stop_matcher_feed(stops, text, len, &so) == 0)
         print_text(so.text, so.len);
     stop_matcher_flush(stops, &so);
     print_text(so.text, so.len);
@@ -377,10 +383,10 @@ int cli_generate(int argc, char **argv)
 fail_msg:
     fprintf(stderr, "\nmoeserve generate: %s\n", err);
 done:
-    if (stream_open) tokenizer_stream_free(&ts);
+    if (stream_open) tokenizer_stream_release(&ts);
     stop_matcher_destroy(&stops);
     sampler_destroy(&smp);
-    tokenizer_free(&tok);
+    tokenizer_destroy(&tok);
     free(prompt);
     free(pos);
     free(seq);

@@ -5,7 +5,7 @@
  */
 #include "cli/cli.h"
 #include "kernels/cpu/cpu.h"
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 #include "model/model.h"
 
 #include <inttypes.h>
@@ -99,14 +99,16 @@ static void role_of(const gguf_tensor *t, char *role, size_t size)
     const char *p = t->name.data, *end = p + t->name.len;
     if (t->name.len > 4 && !memcmp(p, "blk.", 4)) {
         const char *q = p + 4;
-        while (q < end && *q >= '0' && *q <= '9') q++;
+        while (q < end && *q >= '0' && *q <= '9')
+            q++;
         if (q < end && *q == '.') p = q + 1;
     }
     size_t n = 0;
     while (p < end && n + 1 < size) {
         if (*p == '.' && p + 1 < end && p[1] >= '0' && p[1] <= '9') { /* ".7." per-expert index */
             const char *q = p + 1;
-            while (q < end && *q >= '0' && *q <= '9') q++;
+            while (q < end && *q >= '0' && *q <= '9')
+                q++;
             if (q < end && *q == '.') {
                 p = q;
                 continue;
@@ -129,7 +131,8 @@ static void print_roles(const gguf_file *f)
         char role[64];
         role_of(t, role, sizeof role);
         int r = 0;
-        while (r < n_roles && strcmp(roles[r], role)) r++;
+        while (r < n_roles && strcmp(roles[r], role))
+            r++;
         if (r == n_roles) {
             if (n_roles == MAX_ROLES) continue;
             snprintf(roles[n_roles++], sizeof roles[0], "%s", role);
@@ -163,13 +166,16 @@ static void print_model(const model *m)
            hp->n_head_kv, hp->head_dim, hp->n_rot);
     printf("  %-22s %d, top-%d, expert FFN %d, routing weights %s\n", "experts", hp->n_expert,
            hp->n_expert_used, hp->n_ff_exp, hp->norm_topk ? "renormalised" : "as softmax");
-    if (hp->has_shared_expert) printf("  %-22s FFN %d, sigmoid gate\n", "shared expert", hp->n_ff_shexp);
-    printf("  %-22s %s\n", "expert layout", hp->experts_split ? "one tensor per expert (legacy)" : "stacked");
+    if (hp->has_shared_expert)
+        printf("  %-22s FFN %d, sigmoid gate\n", "shared expert", hp->n_ff_shexp);
+    printf("  %-22s %s\n", "expert layout",
+           hp->experts_split ? "one tensor per expert (legacy)" : "stacked");
     printf("  %-22s %s, base %g\n", "rope", hp->rope_mode == KERN_ROPE_NEOX ? "neox" : "normal",
            hp->rope_freq_base);
-    printf("  %-22s %s\n", "q/k norm", hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? "per head"
-                                       : hp->qk_norm == MODEL_QK_NORM_FULL   ? "whole vector"
-                                                                             : "none");
+    printf("  %-22s %s\n", "q/k norm",
+           hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? "per head"
+           : hp->qk_norm == MODEL_QK_NORM_FULL   ? "whole vector"
+                                                 : "none");
     printf("  %-22s %g\n  %-22s %d\n", "rms eps", hp->rms_eps, "training context", hp->n_ctx_train);
 
     model_sizes sz;
@@ -179,18 +185,21 @@ static void print_model(const model *m)
     human(sz.expert_bytes, experts, sizeof experts);
     human(sz.bytes_per_expert, per, sizeof per);
     human(sz.bytes_per_expert * (uint64_t)hp->n_expert, layer, sizeof layer);
-    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer *
-                            (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
+                            (uint64_t)hp->head_dim;
     human(kv_per_token * 1024, kv, sizeof kv);
-    human(sz.dense_bytes + sz.bytes_per_expert * (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used,
+    human(sz.dense_bytes +
+              sz.bytes_per_expert * (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used,
           tok, sizeof tok);
     printf("memory:\n");
-    printf("  %-22s %s (resident: embeddings, attention, routers, norms, output)\n", "dense weights", dense);
+    printf("  %-22s %s (resident: embeddings, attention, routers, norms, output)\n",
+           "dense weights", dense);
     printf("  %-22s %s (%" PRIu64 " experts x %s; %s per layer)\n", "routed experts", experts,
            sz.n_experts_total, per, layer);
     /* What a cache budget buys: the cache's slots hold one expert each (plus O_DIRECT
      * alignment), and one token needs top-k of them per layer at the least. */
-    printf("  %-22s %" PRIu64 " bytes per expert; the smallest cache holds %d (%" PRIu64 " bytes)\n",
+    printf("  %-22s %" PRIu64 " bytes per expert; the smallest cache holds %d (%" PRIu64
+           " bytes)\n",
            "expert cache", sz.bytes_per_expert, hp->n_expert_used,
            sz.bytes_per_expert * (uint64_t)hp->n_expert_used);
     printf("  %-22s %s per 1024 tokens of context per sequence (f16)\n", "KV cache", kv);

@@ -9,9 +9,9 @@
 #include "cli/cli.h"
 #include "moe_config.h"
 #include "config/config.h"
+#include "engine/engine.h"
+#include "engine/prompt.h"
 #include "model/model.h"
-#include "model/prompt.h"
-#include "server/engine.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -27,7 +27,7 @@ typedef struct serve_state {
     model *m;
     tokenizer *tok;
     chat_template *tmpl;
-    srv_model_engine *engine;
+    engine *engine;
     srv_server_t *srv;
     cache_opts cache;
     cache_device_opts device;
@@ -87,7 +87,7 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
     co->policy = policies[c->cache.policy];
     co->queue_depth = (uint32_t)c->io.queue_depth;
     co->direct = c->io.direct == CFG_AUTO ? CACHE_DIRECT_AUTO
-               : c->io.direct == CFG_ON   ? CACHE_DIRECT_ON
+                 : c->io.direct == CFG_ON ? CACHE_DIRECT_ON
                                           : CACHE_DIRECT_OFF;
     co->log = cache_log;
     uint64_t avail = mem_available_bytes(), dense = sz->dense_bytes;
@@ -100,7 +100,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
     static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
-    model_opts mo = {.backend = st->backend, .predictor = kinds[c->predictor.kind],
+    model_opts mo = {.backend = st->backend,
+                     .predictor = kinds[c->predictor.kind],
                      .lookahead = c->predictor.lookahead};
     int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
     if (rc) return rc;
@@ -109,7 +110,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     model_get_sizes(st->m, &sz);
     cache_options(c, &sz, &st->cache);
     cli_log("memory: dense weights %.1f MiB (mapped), experts %.1f MiB in the file, expert cache "
-            "budget %s", (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
+            "budget %s",
+            (double)sz.dense_bytes / (1 << 20), (double)sz.expert_bytes / (1 << 20),
             st->cache.budget_bytes || st->cache.budget_fraction > 0 ? "set" : "all experts");
     st->device = cache_device_opts_default();
     st->device.policy = st->cache.policy;
@@ -122,7 +124,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     if (rc) return rc;
     cache_stats cs;
     cache_get_stats(model_host_cache(st->m), &cs);
-    cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s), policy %s, predictor %s",
+    cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s), policy %s, "
+            "predictor %s",
             cs.n_slots, (unsigned long long)sz.n_experts_total, (double)cs.arena_bytes / (1 << 20),
             cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread",
             cache_policy_name(st->cache.policy), pred_kind_name(mo.predictor));
@@ -133,15 +136,16 @@ static int load_model(serve_state *st, char *err, size_t err_size)
                 (double)cs.arena_bytes / (1 << 20), st->backend->name);
     }
     const model_hparams *hp = model_params(st->m);
-    rc = tokenizer_load(&st->tok, model_file(st->m), err, err_size);
+    rc = tokenizer_create(&st->tok, model_file(st->m), err, err_size);
     if (rc) return rc;
-    rc = prompt_template_load(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
+    rc =
+        prompt_template_create(&st->tmpl, model_file(st->m), c->model.chat_template, err, err_size);
     if (rc) return rc;
     if (!st->tmpl)
         cli_log("the model has no chat template: /v1/chat/completions is refused; set "
                 "model.chat_template to a built-in name to serve chat");
 
-    srv_sched_opts so = srv_sched_opts_default();
+    scheduler_opts so = scheduler_opts_default();
     so.max_running = c->batching.max_running;
     so.max_tokens_per_step = c->batching.max_tokens_per_step;
     so.prefill_chunk = c->batching.prefill_chunk;
@@ -165,10 +169,11 @@ static int load_model(serve_state *st, char *err, size_t err_size)
                 (unsigned long long)budget, so.n_ctx, (long long)fit);
         so.n_ctx = (int32_t)fit;
     }
-    cli_log("kv cache (%s, paged: memory grows with the positions held): at most %d sequences x %d "
-            "positions = %.1f MiB", c->kv.type == CFG_KV_F32 ? "f32" : "f16", so.max_running, so.n_ctx,
+    cli_log("kv cache (%s, paged: memory grows with the positions held): at most %d sequences x "
+            "%d positions = %.1f MiB",
+            c->kv.type == CFG_KV_F32 ? "f32" : "f16", so.max_running, so.n_ctx,
             (double)(per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running) / (1 << 20));
-    return srv_model_engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
+    return engine_start(st->engine, st->m, st->tok, st->tmpl, &so, err, err_size);
 }
 
 static void *loader_main(void *arg)
@@ -258,11 +263,13 @@ int cli_serve(int argc, char **argv)
     }
     if (kind == KERN_BACKEND_CUDA && !want_auto) {
         char why[256];
-        if (kern_cuda_probe(why, sizeof why) <= c.gpu.device || !MOE_HAVE_CUDA) {
+        int n_dev = kern_cuda_probe(why, sizeof why);
+        if (n_dev <= c.gpu.device || !MOE_HAVE_CUDA) {
             fprintf(stderr, "moeserve serve: %s asks for the CUDA backend, but it cannot run: %s%s\n",
-                    c.compute.backend == CFG_BACKEND_CUDA ? "compute.backend \"cuda\"" : "gpu.enabled true",
+                    c.compute.backend == CFG_BACKEND_CUDA ? "compute.backend \"cuda\""
+                                                          : "gpu.enabled true",
                     MOE_HAVE_CUDA ? why : "this build has no CUDA backend",
-                    MOE_HAVE_CUDA && kern_cuda_probe(why, sizeof why) > 0 ? " (gpu.device is out of range)" : "");
+                    MOE_HAVE_CUDA && n_dev > 0 ? " (gpu.device is out of range)" : "");
             cfg_free(&c);
             return 2;
         }
@@ -278,7 +285,7 @@ int cli_serve(int argc, char **argv)
         goto done;
     if (st.backend->kind == KERN_BACKEND_CPU && c.cache.device_bytes.kind != CFG_BUDGET_AUTO)
         cli_logl(CLI_LOG_WARN, "cache.device_bytes is ignored: the CPU backend has no device tier");
-    if (srv_model_engine_create(&st.engine, err, sizeof err)) goto fail_msg;
+    if (engine_open(&st.engine, err, sizeof err)) goto fail_msg;
 
     srv_opts_t so = srv_opts_default();
     so.host = c.server.host;
@@ -293,9 +300,9 @@ int cli_serve(int argc, char **argv)
     so.n_api_keys = c.server.api_keys.count;
     so.log_requests = c.log.level >= CFG_LOG_DEBUG;
     so.log = server_log;
-    so.write_metrics = srv_model_engine_write_metrics;
+    so.write_metrics = engine_write_metrics;
     so.metrics_user = st.engine;
-    srv_engine_t ops = srv_model_engine_ops(st.engine);
+    srv_engine_t ops = engine_ops(st.engine);
     if (srv_open(&st.srv, &so, &ops, err, sizeof err)) goto fail_msg;
     cli_log("listening on http://%s:%d (model loading)", c.server.host, srv_port(st.srv));
     /* Scripts and tests that asked for port 0 learn the real one from stdout. */
@@ -322,10 +329,10 @@ done:
         srv_stop(st.srv);
         pthread_join(loader, NULL);
     }
-    srv_model_engine_destroy(&st.engine);
+    engine_close(&st.engine);
     srv_close(&st.srv);
-    chat_template_free(&st.tmpl);
-    tokenizer_free(&st.tok);
+    chat_template_destroy(&st.tmpl);
+    tokenizer_destroy(&st.tok);
     model_close(&st.m);
     kern_backend_close(&st.backend);
     cfg_free(&c);

@@ -9,6 +9,8 @@
  */
 #include "config/config_int.h"
 
+#include "base/utf8.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -709,7 +711,7 @@ static void line_column(const char *text, const char *pos, int *line, int *colum
         if (*p == '\n') {
             (*line)++;
             *column = 1;
-        } else if (((unsigned char)*p & 0xC0) != 0x80) {
+        } else if (!utf8_is_cont(*p)) {
             (*column)++;
         }
     }

@@ -28,8 +28,8 @@
 #define MOE_MODEL_H
 
 #include "cache/cache.h"
+#include "gguf/gguf.h"
 #include "kernels/kernels.h"
-#include "model/gguf.h"
 #include "predictor/predictor.h"
 
 #include <stdbool.h>

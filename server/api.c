@@ -1,7 +1,7 @@
 /*
  * The OpenAI request shapes: parsing and validation of a chat or completions body into a
- * srv_gen_request_t, OpenAI-shaped errors, and the small buffers (growable bytes, the
- * per-request arena) the other server files share.  response.c builds what goes back.
+ * srv_gen_request_t, OpenAI-shaped errors, and the growable byte buffer the other server files
+ * share.  response.c builds what goes back.
  *
  * Validation follows OpenAI's documented ranges and answers 400 with the offending `param`.
  * Fields that OpenAI defines and that change nothing here (store, metadata, service_tier,
@@ -18,6 +18,9 @@
  */
 #include "server/server_internal.h"
 
+#include "base/utf8.h"
+#include "base/vec.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -25,19 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- buffers and the arena ------------------------------------------------------------------- */
+/* ---- buffers --------------------------------------------------------------------------------- */
 
 int srv__buf_append(srv_buf *b, const void *p, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *grown = realloc(b->data, cap);
-        if (!grown) return -ENOMEM;
-        b->data = grown;
-        b->cap = cap;
-    }
+    if (n > SIZE_MAX - b->len - 1 || vec_reserve(&b->data, &b->cap, b->len + n + 1, 1, 256) < 0)
+        return -ENOMEM;
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     b->data[b->len] = 0;
@@ -48,45 +44,6 @@ void srv__buf_free(srv_buf *b)
 {
     free(b->data);
     *b = (srv_buf){0};
-}
-
-struct srv_arena_block {
-    srv_arena_block *next;
-    size_t used, cap;
-    max_align_t data[];
-};
-
-void *srv__arena_alloc(srv_arena *a, size_t size)
-{
-    size = (size + 15) & ~(size_t)15;
-    srv_arena_block *b = a->head;
-    if (!b || b->cap - b->used < size) {
-        size_t cap = size > 4096 ? size : 4096;
-        b = calloc(1, sizeof *b + cap);
-        if (!b) return NULL;
-        b->cap = cap;
-        b->next = a->head;
-        a->head = b;
-    }
-    void *p = (char *)b->data + b->used;
-    b->used += size;
-    return p;
-}
-
-char *srv__arena_strndup(srv_arena *a, const char *s, size_t n)
-{
-    char *p = srv__arena_alloc(a, n + 1);
-    if (p && n) memcpy(p, s, n);
-    return p;
-}
-
-void srv__arena_free(srv_arena *a)
-{
-    while (a->head) {
-        srv_arena_block *next = a->head->next;
-        free(a->head);
-        a->head = next;
-    }
 }
 
 /* ---- errors -----------------------------------------------------------------------------------
@@ -127,45 +84,23 @@ char *srv__err_json(const srv_api_err *e, size_t *len)
 /* ---- UTF-8 ------------------------------------------------------------------------------------
  */
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t need;
-    unsigned min;
-    if ((c & 0xE0) == 0xC0)
-        need = 2, min = 0x80;
-    else if ((c & 0xF0) == 0xE0)
-        need = 3, min = 0x800;
-    else if ((c & 0xF8) == 0xF0)
-        need = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < need) return 0;
-    unsigned cp = c & (0x7F >> need);
-    for (size_t i = 1; i < need; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return need;
-}
-
 char *srv__utf8_clean(const char *s, size_t len, size_t *out_len)
 {
-    /* Each bad byte becomes 3 bytes (EF BF BD); a NUL would end a cJSON string, so it goes too. */
+    /* Each byte that starts no valid character becomes U+FFFD (3 bytes), one per byte rather
+     * than per maximal invalid subpart; a NUL would end a cJSON string, so it goes too. */
     char *out = malloc(len * 3 + 1);
     if (!out) return NULL;
     size_t o = 0;
     for (size_t i = 0; i < len;) {
-        size_t k = s[i] ? utf8_seq((const unsigned char *)s + i, len - i) : 0;
+        bool incomplete;
+        size_t bad_at;
+        size_t k = s[i] ? utf8_check(s + i, len - i, &incomplete, &bad_at) : 0;
         if (k) {
             memcpy(out + o, s + i, k);
             o += k;
             i += k;
         } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            memcpy(out + o, UTF8_REPLACEMENT, 3);
             o += 3;
             i++;
         }
@@ -308,7 +243,7 @@ static int parse_content(srv_call *call, const cJSON *content, size_t index, con
         }
         total += strlen(text->valuestring);
     }
-    char *joined = srv__arena_alloc(&call->arena, total + 1);
+    char *joined = arena_alloc(&call->arena, total + 1);
     if (!joined) return oom(e);
     size_t at = 0;
     cJSON_ArrayForEach(part, content)
@@ -334,7 +269,7 @@ static int parse_messages(srv_call *call, const cJSON *root, srv_api_err *e)
         return -EINVAL;
     }
     size_t n = (size_t)cJSON_GetArraySize(msgs), i = 0;
-    srv_message_t *out = srv__arena_alloc(&call->arena, n * sizeof *out);
+    srv_message_t *out = arena_alloc(&call->arena, n * sizeof *out);
     if (!out) return oom(e);
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs)
@@ -407,7 +342,7 @@ static int parse_stop(srv_call *call, const cJSON *root, srv_api_err *e)
 {
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (absent(stop)) return 0;
-    const char **out = srv__arena_alloc(&call->arena, 4 * sizeof *out);
+    const char **out = arena_alloc(&call->arena, 4 * sizeof *out);
     if (!out) return oom(e);
     size_t n = 0;
     if (cJSON_IsString(stop)) {
@@ -440,7 +375,7 @@ static int parse_logit_bias(srv_call *call, const cJSON *root, srv_api_err *e)
         return -EINVAL;
     }
     size_t n = (size_t)cJSON_GetArraySize(lb), i = 0;
-    srv_logit_bias_t *out = srv__arena_alloc(&call->arena, (n ? n : 1) * sizeof *out);
+    srv_logit_bias_t *out = arena_alloc(&call->arena, (n ? n : 1) * sizeof *out);
     if (!out) return oom(e);
     const cJSON *item;
     cJSON_ArrayForEach(item, lb)

@@ -126,7 +126,8 @@ static void log_request(srv_conn *c, int status)
     if (!c->srv->opts.log_requests) return;
     double ms = (double)(srv__now_ns() - c->t_request_ns) / 1e6;
     srv__log(c->srv, 3, "%s %.*s -> %d (%.1f ms)", llhttp_method_name(c->method),
-            (int)(c->url.len > 200 ? 200 : c->url.len), c->url.data ? c->url.data : "", status, ms);
+             (int)(c->url.len > 200 ? 200 : c->url.len), c->url.data ? c->url.data : "", status,
+             ms);
 }
 
 static void write_head(srv_conn *c, int status, const char *content_type, const char *length_or_te,
@@ -531,7 +532,7 @@ static void serve_metrics(srv_conn *c)
         srv__respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "",
                      b.len, NULL);
     }
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
 }
 
 static void dispatch(srv_conn *c)

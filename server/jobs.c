@@ -10,9 +10,9 @@
  * engine's last terminal event for it has been processed.
  *
  * Streaming back-pressure: text is appended to a per-choice buffer and sent as a chunk only
- * while the connection's unsent output stays under opts.write_high_water_bytes; a slow reader gets bigger,
- * fewer chunks rather than an unbounded write queue (the buffered text is bounded by
- * max_tokens, as it is for a non-streamed answer).
+ * while the connection's unsent output stays under opts.write_high_water_bytes; a slow reader
+ * gets bigger, fewer chunks rather than an unbounded write queue (the buffered text is bounded
+ * by max_tokens, as it is for a non-streamed answer).
  */
 #include "server/server_internal.h"
 
@@ -154,7 +154,7 @@ static void call_free(srv_call *call)
     free(call->choices);
     free(call->jobs);
     cJSON_Delete(call->root);
-    srv__arena_free(&call->arena);
+    arena_release(&call->arena);
     free(call);
 }
 
@@ -516,10 +516,10 @@ int srv__stats_init(srv_stats *st)
 
 void srv__stats_free(srv_stats *st)
 {
-    srv_mx_histogram_free(&st->ttft);
-    srv_mx_histogram_free(&st->itl);
-    srv_mx_histogram_free(&st->e2e);
-    srv_mx_histogram_free(&st->queue);
+    srv_mx_histogram_release(&st->ttft);
+    srv_mx_histogram_release(&st->itl);
+    srv_mx_histogram_release(&st->e2e);
+    srv_mx_histogram_release(&st->queue);
 }
 
 static const char *const endpoint_names[SRV_EP_COUNT] = {

@@ -6,6 +6,8 @@
  */
 #include "server/metrics.h"
 
+#include "base/vec.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void srv_mx_buf_free(srv_mx_buf *b)
+void srv_mx_buf_release(srv_mx_buf *b)
 {
     free(b->data);
     *b = (srv_mx_buf){0};
@@ -22,16 +24,11 @@ void srv_mx_buf_free(srv_mx_buf *b)
 static bool reserve(srv_mx_buf *b, size_t extra)
 {
     if (b->failed) return false;
-    if (b->len + extra + 1 <= b->cap) return true;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *grown = realloc(b->data, cap);
-    if (!grown) {
+    if (extra > SIZE_MAX - b->len - 1 ||
+        vec_reserve(&b->data, &b->cap, b->len + extra + 1, 1, 4096) < 0) {
         b->failed = true;
         return false;
     }
-    b->data = grown;
-    b->cap = cap;
     return true;
 }
 
@@ -90,7 +87,7 @@ int srv_mx_labels(char *out, size_t size, size_t n, const char *const *names,
         out[b.len] = 0;
         rc = (int)b.len;
     }
-    srv_mx_buf_free(&b);
+    srv_mx_buf_release(&b);
     return rc;
 }
 
@@ -130,7 +127,7 @@ int srv_mx_histogram_init(srv_mx_histogram *h, const double *bounds, size_t n_bo
     return h->counts ? 0 : -ENOMEM;
 }
 
-void srv_mx_histogram_free(srv_mx_histogram *h)
+void srv_mx_histogram_release(srv_mx_histogram *h)
 {
     free(h->counts);
     *h = (srv_mx_histogram){0};
@@ -139,7 +136,8 @@ void srv_mx_histogram_free(srv_mx_histogram *h)
 void srv_mx_histogram_observe(srv_mx_histogram *h, double value)
 {
     size_t i = 0;
-    while (i < h->n_bounds && value > h->bounds[i]) i++;
+    while (i < h->n_bounds && value > h->bounds[i])
+        i++;
     h->counts[i]++;
     h->sum += value;
     h->count++;
@@ -162,7 +160,8 @@ void srv_mx_histogram_write(srv_mx_buf *b, const char *name, const char *labels,
             srv_mx_printf(b, "%s_bucket%.*s,le=\"%s\"} %llu\n", name, (int)base_len, labels, le,
                           (unsigned long long)cumulative);
         else
-            srv_mx_printf(b, "%s_bucket{le=\"%s\"} %llu\n", name, le, (unsigned long long)cumulative);
+            srv_mx_printf(b, "%s_bucket{le=\"%s\"} %llu\n", name, le,
+                          (unsigned long long)cumulative);
     }
     char sum_name[256], count_name[256];
     snprintf(sum_name, sizeof sum_name, "%s_sum", name);
@@ -175,9 +174,13 @@ void srv_mx_histogram_write_counts(srv_mx_buf *b, const char *name, const double
                                    size_t n_bounds, const uint64_t *counts, double sum)
 {
     uint64_t count = 0;
-    for (size_t i = 0; i <= n_bounds; i++) count += counts[i];
+    for (size_t i = 0; i <= n_bounds; i++)
+        count += counts[i];
     /* A read-only view: the writer does not modify the counts. */
-    srv_mx_histogram view = {.bounds = bounds, .n_bounds = n_bounds, .counts = (uint64_t *)counts,
-                             .sum = sum, .count = count};
+    srv_mx_histogram view = {.bounds = bounds,
+                             .n_bounds = n_bounds,
+                             .counts = (uint64_t *)counts,
+                             .sum = sum,
+                             .count = count};
     srv_mx_histogram_write(b, name, "", &view);
 }

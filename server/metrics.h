@@ -4,7 +4,7 @@
  * Contract
  * - srv_mx_buf is a growable text buffer; every writer appends to it and a failed allocation
  *   sets `failed` (later writes do nothing) instead of returning an error at each call, so
- *   that a scrape handler can write everything and check once.  srv_mx_buf_free() releases it.
+ *   that a scrape handler can write everything and check once.  srv_mx_buf_release() releases it.
  * - srv_mx_family() writes a family's # HELP and # TYPE lines; the caller then writes its
  *   samples.  Names follow Prometheus' rules (the caller's duty: counters end in _total,
  *   base units such as _seconds and _bytes); HELP text and label values are escaped here
@@ -29,7 +29,7 @@ typedef struct srv_mx_buf {
     bool failed;
 } srv_mx_buf;
 
-void srv_mx_buf_free(srv_mx_buf *b);
+void srv_mx_buf_release(srv_mx_buf *b);
 void srv_mx_printf(srv_mx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* type: "counter", "gauge", "histogram". */
@@ -47,13 +47,13 @@ void srv_mx_sample_u64(srv_mx_buf *b, const char *name, const char *labels, uint
 typedef struct srv_mx_histogram {
     const double *bounds; /* ascending upper bounds, not owned; +Inf is implicit */
     size_t n_bounds;
-    uint64_t *counts;     /* n_bounds + 1 per-bucket (not cumulative) counts */
+    uint64_t *counts; /* n_bounds + 1 per-bucket (not cumulative) counts */
     double sum;
     uint64_t count;
 } srv_mx_histogram;
 
 int srv_mx_histogram_init(srv_mx_histogram *h, const double *bounds, size_t n_bounds);
-void srv_mx_histogram_free(srv_mx_histogram *h);
+void srv_mx_histogram_release(srv_mx_histogram *h);
 void srv_mx_histogram_observe(srv_mx_histogram *h, double value);
 /* Writes name_bucket / name_sum / name_count; labels is "" or a preformatted "{...}" set that
  * the le label is added to. */

@@ -14,6 +14,7 @@
 #ifndef MOE_SERVER_SERVER_INTERNAL_H
 #define MOE_SERVER_SERVER_INTERNAL_H
 
+#include "base/arena.h"
 #include "server/metrics.h"
 #include "server/server.h"
 
@@ -25,7 +26,7 @@
 
 #define SRV_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
-/* ---- growable bytes and the per-request arena ---------------------------------------------- */
+/* ---- growable bytes -------------------------------------------------------------------------- */
 
 typedef struct srv_buf {
     char *data;
@@ -34,15 +35,6 @@ typedef struct srv_buf {
 
 int srv__buf_append(srv_buf *b, const void *p, size_t n); /* keeps data NUL-terminated */
 void srv__buf_free(srv_buf *b);
-
-typedef struct srv_arena_block srv_arena_block;
-typedef struct srv_arena {
-    srv_arena_block *head;
-} srv_arena;
-
-void *srv__arena_alloc(srv_arena *a, size_t size); /* zeroed; NULL on OOM */
-char *srv__arena_strndup(srv_arena *a, const char *s, size_t n);
-void srv__arena_free(srv_arena *a);
 
 /* ---- API errors ------------------------------------------------------------------------------ */
 
@@ -112,7 +104,7 @@ struct srv_call {
     struct srv_conn *conn; /* NULL once detached */
     srv_call *prev, *next; /* the server's live calls */
     int refs;
-    srv_arena arena;
+    arena arena; /* the request's strings and arrays (base/arena.h), released with the call */
     cJSON *root;
     srv_gen_request_t req; /* as parsed; n is the number of jobs */
     int n;
@@ -206,7 +198,7 @@ struct srv_server {
     bool stopping, stop_done;
     llhttp_settings_t settings;
     uint64_t id_state;
-    int64_t created; /* the models' "created" time */
+    int64_t created;          /* the models' "created" time */
     char read_buf[64 * 1024]; /* every connection reads into it (loop thread) */
     atomic_bool stop_requested;
     /* engine → loop */
@@ -254,8 +246,8 @@ void srv__request_done(srv_conn *c);
 void srv__count_request(srv_server_t *s, srv_endpoint ep, int status);
 uint64_t srv__now_ns(void);
 
-
 /* A log line through opts.log (or stderr). */
-void srv__log(const srv_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void srv__log(const srv_server_t *s, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -21,6 +21,7 @@
  *   [--max-connections N] [--max-queue N] [--high-water BYTES] [--send-buffer BYTES]
  * Prints "listening on HOST:PORT" on stdout once bound.
  */
+#include "base/utf8.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -62,19 +63,10 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static size_t utf8_len(const char *s, size_t avail)
-{
-    unsigned char c = (unsigned char)s[0];
-    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
-    return n > avail ? avail : n;
-}
-
+/* Prompt tokens: the characters a stream of step_job() tokens would have. */
 static int64_t count_chars(const char *s)
 {
-    int64_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80) n++;
-    return n;
+    return (int64_t)utf8_count(s, strlen(s));
 }
 
 static bool take(const char **s, const char *cmd)
@@ -197,7 +189,7 @@ static bool step_job(fake_job *fj, uint64_t step)
         return true;
     }
     if (fj->pos >= fj->len) fj->pos = 0;
-    size_t n = utf8_len(fj->text + fj->pos, fj->len - fj->pos);
+    size_t n = utf8_span(fj->text + fj->pos, fj->len - fj->pos);
     const char *tok = fj->text + fj->pos;
     fj->pos += n;
     if (fj->logprobs) {

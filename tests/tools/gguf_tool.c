@@ -10,7 +10,7 @@
  * payloads are summarised by a 64-bit FNV-1a hash that the script recomputes.  The values
  * written by write-all-types are mirrored in the script: change both together.
  */
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include <inttypes.h>
 #include <math.h>

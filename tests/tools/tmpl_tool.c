@@ -14,7 +14,7 @@
  *   tmpl_tool --builtin NAME     prints the source of a built-in template (exit 1: no such name)
  *   tmpl_tool --builtin-names    prints the list of built-in names
  */
-#include "model/template.h"
+#include "template/template.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -56,7 +56,8 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-static int render_one(const chat_template *t, const cJSON *ctx, const chat_template_render_opts *opts, bool batch)
+static int render_one(const chat_template *t, const cJSON *ctx,
+                      const chat_template_render_opts *opts, bool batch)
 {
     char err[1024], *text = NULL;
     size_t len = 0;
@@ -111,9 +112,11 @@ static int run_pairs(const char *path, const chat_template_render_opts *opts)
         }
         char err[1024];
         chat_template *t = NULL;
-        if (chat_template_parse(&t, src->valuestring, strlen(src->valuestring), err, sizeof err)) {
+        if (chat_template_create(&t, src->valuestring, strlen(src->valuestring), err, sizeof err)) {
             cJSON *line = cJSON_CreateObject();
-            char *s = line && cJSON_AddStringToObject(line, "parse_error", err) ? cJSON_PrintUnformatted(line) : NULL;
+            char *s = line && cJSON_AddStringToObject(line, "parse_error", err)
+                          ? cJSON_PrintUnformatted(line)
+                          : NULL;
             cJSON_Delete(line);
             if (!s) {
                 status = 1;
@@ -124,7 +127,7 @@ static int run_pairs(const char *path, const chat_template_render_opts *opts)
             continue;
         }
         status |= render_one(t, ctx, opts, true);
-        chat_template_free(&t);
+        chat_template_destroy(&t);
     }
     cJSON_Delete(all);
     return fflush(stdout) ? 1 : status;
@@ -177,14 +180,15 @@ int main(int argc, char **argv)
     cJSON *ctx = cJSON_ParseWithLength(ctx_text, ctx_len);
     free(ctx_text);
     if (!ctx || (batch ? !cJSON_IsArray(ctx) : !cJSON_IsObject(ctx))) {
-        fprintf(stderr, "tmpl_tool: %s is not a JSON %s\n", argv[i + 1], batch ? "array" : "object");
+        fprintf(stderr, "tmpl_tool: %s is not a JSON %s\n", argv[i + 1],
+                batch ? "array" : "object");
         cJSON_Delete(ctx);
         free(src);
         return 64;
     }
     char err[1024];
     chat_template *t = NULL;
-    int rc = chat_template_parse(&t, src, src_len, err, sizeof err);
+    int rc = chat_template_create(&t, src, src_len, err, sizeof err);
     free(src);
     if (rc) {
         fprintf(stderr, "parse error: %s\n", err);
@@ -198,7 +202,7 @@ int main(int argc, char **argv)
     } else {
         status = render_one(t, ctx, &opts, false);
     }
-    chat_template_free(&t);
+    chat_template_destroy(&t);
     cJSON_Delete(ctx);
     if (fflush(stdout) != 0) return 1;
     return status;

@@ -3,18 +3,22 @@
  * requests read as JSON lines on stdin with one JSON line each on stdout.
  *
  *   tok_tool FILE.gguf < requests.jsonl
- *     {"op":"info"}                                  -> {"n_vocab":..,"bos":..,"eos":..,"add_bos":..,"eog":[..]}
- *     {"op":"encode","hex":"48656c6c6f","flags":3}   -> {"ids":[...]}     (flags: 1 add special, 2 parse special)
- *     {"op":"decode","ids":[...],"skip":true}        -> {"hex":"..."}     (raw bytes)
- *     {"op":"stream","ids":[...],"skip":true}        -> {"hex":"...","chunks":N}  (the stream's output, concatenated)
+ *     {"op":"info"}
+ *         -> {"n_vocab":..,"bos":..,"eos":..,"add_bos":..,"eog":[..]}
+ *     {"op":"encode","hex":"48656c6c6f","flags":3}
+ *         -> {"ids":[...]}                  (flags: 1 add special, 2 parse special)
+ *     {"op":"decode","ids":[...],"skip":true}
+ *         -> {"hex":"..."}                  (raw bytes)
+ *     {"op":"stream","ids":[...],"skip":true}
+ *         -> {"hex":"...","chunks":N}       (the stream's output, concatenated)
  *   Errors: {"error":"..."} for that line (the tool goes on with the next).
  *
  * Text travels as hex so that invalid UTF-8 reaches the tokenizer unchanged.  It exists so that
  * tests/integration/tokenizer_crosscheck.py can compare us with Hugging Face tokenizers and
  * sentencepiece on thousands of strings in one process start per vocabulary.
  */
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -29,17 +33,18 @@ static void print_hex(const char *s, size_t n)
 
 static int hex_digit(char c)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 static int from_hex(const char *hex, char **out, size_t *len)
 {
     size_t n = strlen(hex);
-    if (n % 2)
-        return -1;
+    if (n % 2) return -1;
     char *b = malloc(n / 2 + 1);
-    if (!b)
-        return -1;
+    if (!b) return -1;
     for (size_t i = 0; i < n / 2; i++) {
         int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
         if (hi < 0 || lo < 0) {
@@ -58,8 +63,7 @@ static int32_t *read_ids(const cJSON *req, size_t *n)
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(req, "ids");
     *n = cJSON_IsArray(arr) ? (size_t)cJSON_GetArraySize(arr) : 0;
     int32_t *ids = malloc((*n + 1) * sizeof *ids);
-    if (!ids)
-        return NULL;
+    if (!ids) return NULL;
     size_t i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, arr) ids[i++] = (int32_t)e->valuedouble;
@@ -69,8 +73,8 @@ static int32_t *read_ids(const cJSON *req, size_t *n)
 static void do_info(const tokenizer *t)
 {
     printf("{\"n_vocab\":%d,\"bos\":%d,\"eos\":%d,\"add_bos\":%s,\"add_eos\":%s,\"eog\":[",
-           tokenizer_n_vocab(t), tokenizer_bos(t), tokenizer_eos(t), tokenizer_add_bos(t) ? "true" : "false",
-           tokenizer_add_eos(t) ? "true" : "false");
+           tokenizer_n_vocab(t), tokenizer_bos(t), tokenizer_eos(t),
+           tokenizer_add_bos(t) ? "true" : "false", tokenizer_add_eos(t) ? "true" : "false");
     bool first = true;
     for (int32_t i = 0; i < tokenizer_n_vocab(t); i++)
         if (tokenizer_is_eog(t, i)) {
@@ -93,8 +97,8 @@ static void do_encode(const tokenizer *t, const cJSON *req)
     int32_t *ids;
     size_t n;
     char err[256];
-    if (tokenizer_encode(t, text, len, cJSON_IsNumber(flags) ? (unsigned)flags->valuedouble : 0, &ids, &n, err,
-                         sizeof err) < 0) {
+    if (tokenizer_encode(t, text, len, cJSON_IsNumber(flags) ? (unsigned)flags->valuedouble : 0,
+                         &ids, &n, err, sizeof err) < 0) {
         printf("{\"error\":\"encode failed\"}\n");
         free(text);
         return;
@@ -138,14 +142,15 @@ static void do_decode(const tokenizer *t, const cJSON *req, bool stream)
     for (size_t i = 0; i <= n && rc == 0; i++) {
         const char *piece;
         size_t len;
-        rc = i < n ? tokenizer_stream_feed(&s, ids[i], &piece, &len) : tokenizer_stream_flush(&s, &piece, &len);
+        rc = i < n ? tokenizer_stream_feed(&s, ids[i], &piece, &len)
+                   : tokenizer_stream_flush(&s, &piece, &len);
         if (rc == 0) {
             print_hex(piece, len);
             chunks += len > 0;
         }
     }
     printf("\",\"chunks\":%d%s}\n", chunks, rc ? ",\"error\":\"stream failed\"" : "");
-    tokenizer_stream_free(&s);
+    tokenizer_stream_release(&s);
     free(ids);
 }
 
@@ -158,7 +163,8 @@ int main(int argc, char **argv)
     char err[512];
     gguf_file *f = NULL;
     tokenizer *t = NULL;
-    if (gguf_open(&f, argv[1], err, sizeof err) < 0 || tokenizer_load(&t, f, err, sizeof err) < 0) {
+    if (gguf_open(&f, argv[1], err, sizeof err) < 0 ||
+        tokenizer_create(&t, f, err, sizeof err) < 0) {
         printf("{\"error\":\"load\",\"message\":\"");
         for (const char *p = err; *p; p++)
             printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
@@ -190,6 +196,6 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     free(line);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     return 0;
 }

@@ -6,7 +6,7 @@
  * must name.  All files live in one mkdtemp() directory made by main() before the suite runs
  * (each test only reads its path) and removed afterwards.
  */
-#include "model/gguf.h"
+#include "gguf/gguf.h"
 
 #include <check.h>
 #include <errno.h>

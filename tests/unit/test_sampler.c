@@ -9,7 +9,7 @@
  * the seeds change, and a wrong temperature is caught: see the power check).  Logits arrays
  * are heap blocks of exactly n_vocab floats, so the ASan build catches a read past the row.
  */
-#include "model/sampler.h"
+#include "sampling/sampler.h"
 
 #include <check.h>
 #include <errno.h>

@@ -4,8 +4,8 @@
  * however its prompt is chunked; requests end exactly once with the right reason; cancellation,
  * refusals and shutdown behave as the header says.
  */
+#include "engine/scheduler.h"
 #include "kernels/cpu/cpu.h"
-#include "server/scheduler.h"
 #include "test_models.h"
 
 #include <check.h>
@@ -26,7 +26,7 @@ typedef struct probe {
     uint64_t logits_hash; /* FNV-1a over every logits row this request saw */
     int stop_after;       /* emit() returns true after this many tokens; 0: never */
     int n_done;
-    srv_sched_end why;
+    scheduler_end why;
     char message[256];
 } probe;
 
@@ -35,7 +35,8 @@ static int32_t probe_sample(void *user, const float *logits)
     probe *p = user;
     const unsigned char *bytes = (const unsigned char *)logits;
     uint64_t h = p->logits_hash ? p->logits_hash : 1469598103934665603ull;
-    for (size_t i = 0; i < (size_t)p->n_vocab * sizeof(float); i++) h = (h ^ bytes[i]) * 1099511628211ull;
+    for (size_t i = 0; i < (size_t)p->n_vocab * sizeof(float); i++)
+        h = (h ^ bytes[i]) * 1099511628211ull;
     p->logits_hash = h;
     return model_argmax(logits, p->n_vocab);
 }
@@ -52,7 +53,7 @@ static bool probe_emit(void *user, int32_t token)
     return stop;
 }
 
-static void probe_done(void *user, srv_sched_end why, const char *message)
+static void probe_done(void *user, scheduler_end why, const char *message)
 {
     probe *p = user;
     pthread_mutex_lock(p->lock);
@@ -63,7 +64,7 @@ static void probe_done(void *user, srv_sched_end why, const char *message)
     pthread_mutex_unlock(p->lock);
 }
 
-static const srv_seq_ops probe_ops = {probe_sample, probe_emit, probe_done, NULL};
+static const scheduler_seq_ops probe_ops = {probe_sample, probe_emit, probe_done, NULL};
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
@@ -71,14 +72,16 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static void wait_done(probe *p)
 {
     pthread_mutex_lock(&lock);
-    while (p->n_done == 0) pthread_cond_wait(&cond, &lock);
+    while (p->n_done == 0)
+        pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
 }
 
 static void wait_tokens(probe *p, int n)
 {
     pthread_mutex_lock(&lock);
-    while (p->n_tokens < n && p->n_done == 0) pthread_cond_wait(&cond, &lock);
+    while (p->n_tokens < n && p->n_done == 0)
+        pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
 }
 
@@ -116,22 +119,26 @@ static void probe_init(probe *p, int32_t n_vocab)
     p->n_vocab = n_vocab;
 }
 
-static srv_sched *open_sched(fixture *fx, int max_running, int tokens_per_step, int chunk,
+static scheduler *open_sched(fixture *fx, int max_running, int tokens_per_step, int chunk,
                              int max_waiting, int n_ctx)
 {
     char err[512];
-    srv_sched *s = NULL;
-    srv_sched_opts o = {.max_running = max_running, .max_tokens_per_step = tokens_per_step,
-                        .prefill_chunk = chunk, .max_waiting = max_waiting, .n_ctx = n_ctx};
-    ck_assert_msg(srv_sched_create(&s, fx->m, &o, err, sizeof err) == 0, "%s", err);
+    scheduler *s = NULL;
+    scheduler_opts o = {.max_running = max_running,
+                        .max_tokens_per_step = tokens_per_step,
+                        .prefill_chunk = chunk,
+                        .max_waiting = max_waiting,
+                        .n_ctx = n_ctx};
+    ck_assert_msg(scheduler_open(&s, fx->m, &o, err, sizeof err) == 0, "%s", err);
     return s;
 }
 
-static void submit(srv_sched *s, const int32_t *prompt, int n, int max_tokens, probe *p,
+static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, probe *p,
                    uint64_t *id)
 {
     char err[512];
-    ck_assert_msg(srv_sched_submit(s, prompt, n, max_tokens, &probe_ops, p, id, err, sizeof err) == 0,
+    ck_assert_msg(scheduler_submit(s, prompt, n, max_tokens, &probe_ops, p, id, err, sizeof err) ==
+                      0,
                   "%s", err);
 }
 
@@ -140,7 +147,8 @@ static const int prompt_len[N_REQ] = {3, 40, 1, 17, 29, 8};
 
 static void make_prompt(int r, int32_t *out, int32_t n_vocab)
 {
-    for (int i = 0; i < prompt_len[r]; i++) out[i] = (int32_t)((r * 131 + i * 37 + 5) % n_vocab);
+    for (int i = 0; i < prompt_len[r]; i++)
+        out[i] = (int32_t)((r * 131 + i * 37 + 5) % n_vocab);
 }
 
 /* Every request alone, then all together under tight step budgets and small prefill chunks: the
@@ -150,32 +158,34 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
     fixture fx;
     fixture_open(&fx, type);
     int32_t prompts[N_REQ][64];
-    for (int r = 0; r < N_REQ; r++) make_prompt(r, prompts[r], fx.n_vocab);
+    for (int r = 0; r < N_REQ; r++)
+        make_prompt(r, prompts[r], fx.n_vocab);
 
     probe alone[N_REQ], together[N_REQ];
-    srv_sched *s = open_sched(&fx, 1, 512, 512, N_REQ, 128);
+    scheduler *s = open_sched(&fx, 1, 512, 512, N_REQ, 128);
     for (int r = 0; r < N_REQ; r++) {
         probe_init(&alone[r], fx.n_vocab);
         submit(s, prompts[r], prompt_len[r], GEN, &alone[r], NULL);
         wait_done(&alone[r]);
-        ck_assert_int_eq(alone[r].why, SRV_SCHED_LENGTH);
+        ck_assert_int_eq(alone[r].why, SCHEDULER_LENGTH);
         ck_assert_int_eq(alone[r].n_tokens, GEN);
     }
-    srv_sched_destroy(&s);
+    scheduler_close(&s);
 
     s = open_sched(&fx, max_running, tokens_per_step, chunk, N_REQ, 128);
     for (int r = 0; r < N_REQ; r++) {
         probe_init(&together[r], fx.n_vocab);
         submit(s, prompts[r], prompt_len[r], GEN, &together[r], NULL);
     }
-    for (int r = 0; r < N_REQ; r++) wait_done(&together[r]);
-    srv_sched_stats st;
-    srv_sched_get_stats(s, &st);
-    srv_sched_destroy(&s);
+    for (int r = 0; r < N_REQ; r++)
+        wait_done(&together[r]);
+    scheduler_stats st;
+    scheduler_get_stats(s, &st);
+    scheduler_close(&s);
 
     for (int r = 0; r < N_REQ; r++) {
         ck_assert_int_eq(together[r].n_done, 1);
-        ck_assert_int_eq(together[r].why, SRV_SCHED_LENGTH);
+        ck_assert_int_eq(together[r].why, SCHEDULER_LENGTH);
         ck_assert_int_eq(together[r].n_tokens, GEN);
         for (int i = 0; i < GEN; i++)
             ck_assert_msg(together[r].tokens[i] == alone[r].tokens[i],
@@ -185,7 +195,8 @@ static void check_invariance(const char *type, int max_running, int tokens_per_s
                       "%s request %d: batched logits differ from the request alone", type, r);
     }
     int total_prompt = 0;
-    for (int r = 0; r < N_REQ; r++) total_prompt += prompt_len[r];
+    for (int r = 0; r < N_REQ; r++)
+        total_prompt += prompt_len[r];
     ck_assert_uint_eq(st.prompt_tokens, (uint64_t)total_prompt);
     ck_assert_uint_eq(st.decode_tokens, (uint64_t)N_REQ * (GEN - 1));
     /* Batching really happened: fewer steps than running the requests one after another. */
@@ -215,7 +226,7 @@ START_TEST(stop_and_length)
 {
     fixture fx;
     fixture_open(&fx, "f32");
-    srv_sched *s = open_sched(&fx, 2, 64, 16, 4, 64);
+    scheduler *s = open_sched(&fx, 2, 64, 16, 4, 64);
     int32_t prompt[4] = {1, 2, 3, 4};
     probe a, b;
     probe_init(&a, fx.n_vocab);
@@ -225,9 +236,9 @@ START_TEST(stop_and_length)
     submit(s, prompt, 4, 50, &b, NULL);
     wait_done(&a);
     wait_done(&b);
-    ck_assert_int_eq(a.why, SRV_SCHED_LENGTH);
+    ck_assert_int_eq(a.why, SCHEDULER_LENGTH);
     ck_assert_int_eq(a.n_tokens, 5);
-    ck_assert_int_eq(b.why, SRV_SCHED_STOP);
+    ck_assert_int_eq(b.why, SCHEDULER_STOP);
     ck_assert_int_eq(b.n_tokens, 3);
     /* The slots are free again: a third request runs to completion. */
     probe c;
@@ -235,8 +246,9 @@ START_TEST(stop_and_length)
     submit(s, prompt, 4, 2, &c, NULL);
     wait_done(&c);
     ck_assert_int_eq(c.n_tokens, 2);
-    for (int i = 0; i < 2; i++) ck_assert_int_eq(c.tokens[i], a.tokens[i]);
-    srv_sched_destroy(&s);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(c.tokens[i], a.tokens[i]);
+    scheduler_close(&s);
     ck_assert_int_eq(a.n_done + b.n_done + c.n_done, 3);
     fixture_close(&fx);
 }
@@ -246,7 +258,7 @@ START_TEST(cancel_running_and_waiting)
 {
     fixture fx;
     fixture_open(&fx, "f32");
-    srv_sched *s = open_sched(&fx, 1, 64, 16, 4, 128);
+    scheduler *s = open_sched(&fx, 1, 64, 16, 4, 128);
     int32_t prompt[3] = {7, 8, 9};
     probe run, queued;
     probe_init(&run, fx.n_vocab);
@@ -256,21 +268,21 @@ START_TEST(cancel_running_and_waiting)
     submit(s, prompt, 3, 60, &queued, &id_queued);
     ck_assert_uint_ne(id_run, id_queued);
     wait_tokens(&run, 2);
-    srv_sched_cancel(s, id_queued);
-    srv_sched_cancel(s, id_run);
+    scheduler_cancel(s, id_queued);
+    scheduler_cancel(s, id_run);
     wait_done(&run);
     wait_done(&queued);
-    ck_assert_int_eq(run.why, SRV_SCHED_CANCELLED);
+    ck_assert_int_eq(run.why, SCHEDULER_CANCELLED);
     ck_assert_int_lt(run.n_tokens, 60);
-    ck_assert_int_eq(queued.why, SRV_SCHED_CANCELLED);
+    ck_assert_int_eq(queued.why, SCHEDULER_CANCELLED);
     ck_assert_int_eq(queued.n_tokens, 0);
-    srv_sched_cancel(s, id_run); /* finished ids are ignored */
-    srv_sched_cancel(s, 12345);
-    srv_sched_stats st;
-    srv_sched_get_stats(s, &st);
+    scheduler_cancel(s, id_run); /* finished ids are ignored */
+    scheduler_cancel(s, 12345);
+    scheduler_stats st;
+    scheduler_get_stats(s, &st);
     ck_assert_uint_eq(st.running, 0);
     ck_assert_uint_eq(st.waiting, 0);
-    srv_sched_destroy(&s);
+    scheduler_close(&s);
     ck_assert_int_eq(run.n_done, 1);
     ck_assert_int_eq(queued.n_done, 1);
     fixture_close(&fx);
@@ -282,26 +294,29 @@ START_TEST(refusals)
     fixture fx;
     fixture_open(&fx, "f32");
     char err[512];
-    srv_sched *s = NULL;
-    srv_sched_opts bad = {.max_running = 4, .max_tokens_per_step = 2, .prefill_chunk = 1,
-                          .max_waiting = 1, .n_ctx = 32};
-    ck_assert_int_eq(srv_sched_create(&s, fx.m, &bad, err, sizeof err), -EINVAL);
+    scheduler *s = NULL;
+    scheduler_opts bad = {.max_running = 4,
+                          .max_tokens_per_step = 2,
+                          .prefill_chunk = 1,
+                          .max_waiting = 1,
+                          .n_ctx = 32};
+    ck_assert_int_eq(scheduler_open(&s, fx.m, &bad, err, sizeof err), -EINVAL);
     ck_assert_ptr_null(s);
     ck_assert_ptr_nonnull(strstr(err, "max_tokens_per_step"));
 
     s = open_sched(&fx, 1, 64, 16, 1, 32);
-    ck_assert_int_eq(srv_sched_n_ctx(s), 32);
+    ck_assert_int_eq(scheduler_n_ctx(s), 32);
     int32_t prompt[30] = {0};
     probe p;
     probe_init(&p, fx.n_vocab);
-    ck_assert_int_eq(srv_sched_submit(s, prompt, 30, 3, &probe_ops, &p, NULL, err, sizeof err),
+    ck_assert_int_eq(scheduler_submit(s, prompt, 30, 3, &probe_ops, &p, NULL, err, sizeof err),
                      -E2BIG);
     ck_assert_ptr_nonnull(strstr(err, "context length (32)"));
     int32_t bad_tok[2] = {1, fx.n_vocab};
-    ck_assert_int_eq(srv_sched_submit(s, bad_tok, 2, 3, &probe_ops, &p, NULL, err, sizeof err),
+    ck_assert_int_eq(scheduler_submit(s, bad_tok, 2, 3, &probe_ops, &p, NULL, err, sizeof err),
                      -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "outside the vocabulary"));
-    ck_assert_int_eq(srv_sched_submit(s, prompt, 0, 3, &probe_ops, &p, NULL, err, sizeof err),
+    ck_assert_int_eq(scheduler_submit(s, prompt, 0, 3, &probe_ops, &p, NULL, err, sizeof err),
                      -EINVAL);
 
     /* One running, one waiting: the third is refused while both are there. */
@@ -313,15 +328,15 @@ START_TEST(refusals)
     submit(s, prompt, 2, 25, &a, &ida);
     wait_tokens(&a, 1);
     submit(s, prompt, 2, 25, &b, &idb);
-    ck_assert_int_eq(srv_sched_submit(s, prompt, 2, 3, &probe_ops, &c, NULL, err, sizeof err),
+    ck_assert_int_eq(scheduler_submit(s, prompt, 2, 3, &probe_ops, &c, NULL, err, sizeof err),
                      -EAGAIN);
     ck_assert_ptr_nonnull(strstr(err, "queue is full"));
     /* Shutdown ends both with a final callback. */
-    srv_sched_destroy(&s);
+    scheduler_close(&s);
     ck_assert_int_eq(a.n_done, 1);
     ck_assert_int_eq(b.n_done, 1);
-    ck_assert(a.why == SRV_SCHED_CANCELLED || a.why == SRV_SCHED_LENGTH);
-    ck_assert_int_eq(b.why == SRV_SCHED_CANCELLED || b.why == SRV_SCHED_LENGTH, 1);
+    ck_assert(a.why == SCHEDULER_CANCELLED || a.why == SCHEDULER_LENGTH);
+    ck_assert_int_eq(b.why == SCHEDULER_CANCELLED || b.why == SCHEDULER_LENGTH, 1);
     ck_assert_int_eq(c.n_done, 0);
     ck_assert_int_eq(p.n_done, 0);
     fixture_close(&fx);

@@ -10,7 +10,7 @@
  * never past a stop.  Hand-written cases, all splittings of short texts, and random texts with
  * multibyte characters cut at random character boundaries.
  */
-#include "model/stop.h"
+#include "sampling/stop.h"
 
 #include <check.h>
 #include <errno.h>

@@ -6,9 +6,9 @@
  * the comments (merge order, score order, byte fallback).  Agreement with Hugging Face and
  * sentencepiece on real vocabularies is tests/integration/tokenizer_crosscheck.py's job.
  */
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "gguf/gguf.h"
 #include "test_models.h"
+#include "tokenizer/tokenizer.h"
 
 #include <check.h>
 #include <errno.h>
@@ -27,7 +27,7 @@ static tokenizer *load_path(const char *path)
     gguf_file *f = NULL;
     tokenizer *t = NULL;
     ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s", err);
-    ck_assert_msg(tokenizer_load(&t, f, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(tokenizer_create(&t, f, err, sizeof err) == 0, "%s", err);
     gguf_close(&f); /* the tokenizer must not need the file afterwards */
     return t;
 }
@@ -45,7 +45,8 @@ static size_t encode(const tokenizer *t, const char *text, unsigned flags, int32
 {
     char err[256];
     size_t n = 0;
-    ck_assert_msg(tokenizer_encode(t, text, strlen(text), flags, ids, &n, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(tokenizer_encode(t, text, strlen(text), flags, ids, &n, err, sizeof err) == 0,
+                  "%s", err);
     return n;
 }
 
@@ -68,16 +69,27 @@ static void check_round_trip(const tokenizer *t, const char *text)
     int32_t *ids;
     size_t n = encode(t, text, 0, &ids), len;
     char *back = decode(t, ids, n, true, &len);
-    ck_assert_msg(len == strlen(text) && memcmp(back, text, len) == 0, "round trip of '%s' gave '%s'", text, back);
+    ck_assert_msg(len == strlen(text) && memcmp(back, text, len) == 0,
+                  "round trip of '%s' gave '%s'", text, back);
     free(back);
     free(ids);
 }
 
 static const char *const ROUND_TRIP[] = {
-    "Hello world", "The quick brown fox jumps over the lazy dog.", "  leading and trailing  ",
-    "tabs\tand\nnewlines\n\n", "int main(void) { return 0; }", "3.14159 and 1,000,000",
-    "caf\xc3\xa9 na\xc3\xafve", "\xe4\xbd\xa0\xe5\xa5\xbd\xef\xbc\x8c\xe4\xb8\x96\xe7\x95\x8c",
-    "emoji \xf0\x9f\x98\x80\xf0\x9f\x91\x8d", "e\xcc\x81 combining", "", " ", "<|im_start", "<s >",
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "  leading and trailing  ",
+    "tabs\tand\nnewlines\n\n",
+    "int main(void) { return 0; }",
+    "3.14159 and 1,000,000",
+    "caf\xc3\xa9 na\xc3\xafve",
+    "\xe4\xbd\xa0\xe5\xa5\xbd\xef\xbc\x8c\xe4\xb8\x96\xe7\x95\x8c",
+    "emoji \xf0\x9f\x98\x80\xf0\x9f\x91\x8d",
+    "e\xcc\x81 combining",
+    "",
+    " ",
+    "<|im_start",
+    "<s >",
 };
 
 /* ---- the test models' vocabularies --------------------------------------------------------- */
@@ -86,15 +98,16 @@ START_TEST(test_model_vocab_qwen3moe)
 {
     tokenizer *t = load_model("qwen3moe");
     ck_assert_int_eq(tokenizer_n_vocab(t), 512);
-    int32_t eot = id_of(t, "<|endoftext|>"), im_end = id_of(t, "<|im_end|>"), im_start = id_of(t, "<|im_start|>");
+    int32_t eot = id_of(t, "<|endoftext|>"), im_end = id_of(t, "<|im_end|>"),
+            im_start = id_of(t, "<|im_start|>");
     ck_assert_int_eq(tokenizer_bos(t), eot);
     ck_assert_int_eq(tokenizer_eos(t), im_end);
     ck_assert_str_eq(tokenizer_eos_text(t), "<|im_end|>");
-    ck_assert(tokenizer_is_eog(t, im_end) && tokenizer_is_eog(t, eot) && !tokenizer_is_eog(t, im_start));
+    ck_assert(tokenizer_is_eog(t, im_end) && tokenizer_is_eog(t, eot) &&
+              !tokenizer_is_eog(t, im_start));
     ck_assert(!tokenizer_add_bos(t));
     for (size_t i = 0; i < sizeof ROUND_TRIP / sizeof ROUND_TRIP[0]; i++)
-        if (!strstr(ROUND_TRIP[i], "\xcc\x81"))
-            check_round_trip(t, ROUND_TRIP[i]);
+        if (!strstr(ROUND_TRIP[i], "\xcc\x81")) check_round_trip(t, ROUND_TRIP[i]);
 
     /* pre "qwen2" normalises to NFC first, as Qwen2's tokenizer.json does: "e" + U+0301 is
      * U+00E9, jamo L + V is the syllable U+AC00, U+212B (angstrom) is U+00C5 */
@@ -102,7 +115,8 @@ START_TEST(test_model_vocab_qwen3moe)
         {"e\xcc\x81", "\xc3\xa9"},
         {"\xe1\x84\x80\xe1\x85\xa1", "\xea\xb0\x80"},
         {"\xe2\x84\xab", "\xc3\x85"},
-        {"a\xcc\x87\xcc\xa3", "\xe1\xba\xa1\xcc\x87"}, /* dot below (220) sorts before dot above (230) */
+        /* dot below (220) sorts before dot above (230) */
+        {"a\xcc\x87\xcc\xa3", "\xe1\xba\xa1\xcc\x87"},
     };
     for (size_t k = 0; k < sizeof nfc / sizeof nfc[0]; k++) {
         int32_t *a, *b;
@@ -136,12 +150,13 @@ START_TEST(test_model_vocab_qwen3moe)
     free(ids);
     n = encode(t, chat, 0, &ids);
     for (size_t i = 0; i < n; i++)
-        ck_assert_msg(ids[i] != im_start && ids[i] != im_end, "special token parsed without PARSE_SPECIAL");
+        ck_assert_msg(ids[i] != im_start && ids[i] != im_end,
+                      "special token parsed without PARSE_SPECIAL");
     s = decode(t, ids, n, true, &len);
     ck_assert_str_eq(s, chat);
     free(s);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     ck_assert_ptr_null(t);
 }
 END_TEST
@@ -160,7 +175,7 @@ START_TEST(test_model_vocab_olmoe)
     size_t n = encode(t, " the", 0, &ids);
     ck_assert_msg(n == 1, "' the' is one token of the trained vocabulary (got %zu)", n);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -190,7 +205,7 @@ START_TEST(test_model_vocab_llama)
 
     /* one token's bytes keep the space that decode drops at the start of a text */
     size_t plen;
-    const char *p = tokenizer_piece(t, id_of(t, "\xe2\x96\x81" "the"), &plen);
+    const char *p = tokenizer_piece(t, id_of(t, "\xe2\x96\x81the"), &plen);
     ck_assert_uint_eq(plen, 4);
     ck_assert_mem_eq(p, " the", 4);
     p = tokenizer_piece(t, id_of(t, "<0xF0>"), &plen);
@@ -232,7 +247,9 @@ START_TEST(test_model_vocab_llama)
     ck_assert_int_eq(tokenizer_stream_feed(&st, id_of(t, "<0x9F>"), &piece, &len), 0);
     ck_assert_uint_eq(len, 0);
     ck_assert_int_eq(tokenizer_stream_feed(&st, id_of(t, "<0x41>"), &piece, &len), 0);
+    /* clang-format off */
     ck_assert_str_eq(piece, "\xef\xbf\xbd" "A"); /* F0 9F was a maximal subpart: one U+FFFD */
+    /* clang-format on */
     ck_assert_int_eq(tokenizer_stream_feed(&st, id_of(t, "<0xE2>"), &piece, &len), 0);
     ck_assert_uint_eq(len, 0);
     ck_assert_int_eq(tokenizer_stream_flush(&st, &piece, &len), 0);
@@ -241,11 +258,11 @@ START_TEST(test_model_vocab_llama)
     ck_assert_int_eq(tokenizer_stream_feed(&st, 2, &piece, &len), 0);
     ck_assert_uint_eq(len, 0);
     ck_assert_int_eq(tokenizer_stream_feed(&st, 99999, &piece, &len), -EINVAL);
-    tokenizer_stream_free(&st);
+    tokenizer_stream_release(&st);
     tokenizer_stream_init(&st, t, false);
     ck_assert_int_eq(tokenizer_stream_feed(&st, 2, &piece, &len), 0);
     ck_assert_str_eq(piece, "</s>");
-    tokenizer_stream_free(&st);
+    tokenizer_stream_release(&st);
 
     /* after a parsed special token SentencePiece starts a new dummy-prefixed fragment */
     n = encode(t, "</s>Hello", TOKENIZER_PARSE_SPECIAL, &ids);
@@ -261,7 +278,7 @@ START_TEST(test_model_vocab_llama)
     char err[256], *out = NULL;
     ck_assert_int_eq(tokenizer_decode(t, &bad, 1, true, &out, &len, err, sizeof err), -EINVAL);
     ck_assert_ptr_null(out);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -294,12 +311,12 @@ typedef struct vocab_spec {
     const char *model, *pre;
     const char *const *extra; /* tokens after the 256 byte tokens (BPE) or as given (SPM) */
     size_t n_extra;
-    const float *scores;      /* SPM */
-    const int32_t *types;     /* SPM */
+    const float *scores;  /* SPM */
+    const int32_t *types; /* SPM */
     const char *const *merges;
     size_t n_merges;
     int32_t bos;
-    bool skip_tokens;         /* leave tokenizer.ggml.tokens out */
+    bool skip_tokens; /* leave tokenizer.ggml.tokens out */
     bool tokens_not_strings;
     bool short_scores;
 } vocab_spec;
@@ -311,8 +328,7 @@ static void write_vocab(const char *name, const vocab_spec *v, char *path, size_
     ck_assert_int_eq(gguf_writer_create(&w, 32), 0);
     ck_assert_int_eq(gguf_writer_add_str(w, "general.architecture", "llama"), 0);
     ck_assert_int_eq(gguf_writer_add_str(w, "tokenizer.ggml.model", v->model), 0);
-    if (v->pre)
-        ck_assert_int_eq(gguf_writer_add_str(w, "tokenizer.ggml.pre", v->pre), 0);
+    if (v->pre) ck_assert_int_eq(gguf_writer_add_str(w, "tokenizer.ggml.pre", v->pre), 0);
     bool bpe = !strcmp(v->model, "gpt2");
     size_t n = (bpe ? 256 : 0) + v->n_extra;
     char **toks = calloc(n, sizeof *toks);
@@ -328,18 +344,24 @@ static void write_vocab(const char *name, const vocab_spec *v, char *path, size_
         types[i] = v->types ? v->types[i] : 1;
     }
     if (v->tokens_not_strings) {
-        ck_assert_int_eq(gguf_writer_add_arr(w, "tokenizer.ggml.tokens", GGUF_VT_INT32, types, n), 0);
+        ck_assert_int_eq(gguf_writer_add_arr(w, "tokenizer.ggml.tokens", GGUF_VT_INT32, types, n),
+                         0);
     } else if (!v->skip_tokens) {
-        ck_assert_int_eq(gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, n), 0);
+        ck_assert_int_eq(
+            gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)toks, n), 0);
     }
-    ck_assert_int_eq(gguf_writer_add_arr(w, "tokenizer.ggml.token_type", GGUF_VT_INT32, types, n), 0);
+    ck_assert_int_eq(gguf_writer_add_arr(w, "tokenizer.ggml.token_type", GGUF_VT_INT32, types, n),
+                     0);
     if (v->scores)
         ck_assert_int_eq(gguf_writer_add_arr(w, "tokenizer.ggml.scores", GGUF_VT_FLOAT32, v->scores,
-                                             v->short_scores ? n - 1 : n), 0);
+                                             v->short_scores ? n - 1 : n),
+                         0);
     if (v->merges)
-        ck_assert_int_eq(gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", v->merges, v->n_merges), 0);
+        ck_assert_int_eq(
+            gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", v->merges, v->n_merges), 0);
     if (v->bos >= 0)
-        ck_assert_int_eq(gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos), 0);
+        ck_assert_int_eq(gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos),
+                         0);
     char err[256];
     ck_assert_msg(gguf_writer_write(w, path, err, sizeof err) == 0, "%s", err);
     gguf_writer_destroy(&w);
@@ -357,8 +379,8 @@ static void check_ids(const tokenizer *t, const char *text, const char *const *w
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const char *got = tokenizer_token_text(t, ids[i], &len);
-        ck_assert_msg(strlen(want[i]) == len && !memcmp(got, want[i], len), "'%s' token %zu is '%.*s', want '%s'",
-                      text, i, (int)len, got, want[i]);
+        ck_assert_msg(strlen(want[i]) == len && !memcmp(got, want[i], len),
+                      "'%s' token %zu is '%.*s', want '%s'", text, i, (int)len, got, want[i]);
     }
     free(ids);
 }
@@ -371,32 +393,42 @@ START_TEST(test_bpe_merge_order)
     static const char *const m1[] = {"a b", "b c", "ab c"};
     static const char *const m2[] = {"b c", "a b", "ab c"};
     char path[512];
-    vocab_spec v = {.model = "gpt2", .pre = "gpt-2", .extra = extra, .n_extra = 3, .merges = m1,
-                    .n_merges = 3, .bos = -1};
+    vocab_spec v = {.model = "gpt2",
+                    .pre = "gpt-2",
+                    .extra = extra,
+                    .n_extra = 3,
+                    .merges = m1,
+                    .n_merges = 3,
+                    .bos = -1};
     write_vocab("merge1", &v, path, sizeof path);
     tokenizer *t = load_path(path);
     check_ids(t, "abc", (const char *const[]){"abc"}, 1);
     /* the pre-tokenizer makes "abc" and " abc" (U+0120 stands for the space): Ġ has no merge
      * with "a", so the second word is "Ġ" "abc" */
     check_ids(t, "abc abc", (const char *const[]){"abc", "\xc4\xa0", "abc"}, 3);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     v.merges = m2;
     write_vocab("merge2", &v, path, sizeof path);
     t = load_path(path);
     check_ids(t, "abc", (const char *const[]){"a", "bc"}, 2);
     /* equal ranks cannot happen; the leftmost of two equal pairs goes first: "aaa" with [a a]
      * gives "aa" "a" */
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     static const char *const extra3[] = {"aa"};
     static const char *const m3[] = {"a a"};
-    vocab_spec v3 = {.model = "gpt2", .pre = "qwen2", .extra = extra3, .n_extra = 1, .merges = m3,
-                     .n_merges = 1, .bos = -1};
+    vocab_spec v3 = {.model = "gpt2",
+                     .pre = "qwen2",
+                     .extra = extra3,
+                     .n_extra = 1,
+                     .merges = m3,
+                     .n_merges = 1,
+                     .bos = -1};
     write_vocab("merge3", &v3, path, sizeof path);
     t = load_path(path);
     check_ids(t, "aaa", (const char *const[]){"aa", "a"}, 2);
     /* Qwen2's pre-tokenizer separates letters from digits */
     check_ids(t, "a1", (const char *const[]){"a", "1"}, 2);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -404,15 +436,24 @@ START_TEST(test_spm_scores)
 {
     /* Symbols "\u2581" "a" "b": candidates "\u2581a" (-2) and "ab" (-1); "ab" scores higher and
      * merges first, then "\u2581" + "ab" = "\u2581ab" (-3) when that piece exists. */
+    /* clang-format off */
     static const char *const extra[] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b",
                                         "\xe2\x96\x81" "a", "ab", "\xe2\x96\x81" "ab", "<0x41>", "<0xC3>", "<0xA9>"};
+    /* clang-format on */
     static const float scores[] = {0, 0, 0, -10, -10, -10, -2, -1, -3, 0, 0, 0};
     static const int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6, 6};
     char path[512];
-    vocab_spec v = {.model = "llama", .extra = extra, .n_extra = 12, .scores = scores, .types = types, .bos = 1};
+    vocab_spec v = {.model = "llama",
+                    .extra = extra,
+                    .n_extra = 12,
+                    .scores = scores,
+                    .types = types,
+                    .bos = 1};
     write_vocab("spm1", &v, path, sizeof path);
     tokenizer *t = load_path(path);
+    /* clang-format off */
     check_ids(t, "ab", (const char *const[]){"\xe2\x96\x81" "ab"}, 1);
+    /* clang-format on */
     /* "A" has no piece: byte fallback; "é" too: its two bytes */
     check_ids(t, "A", (const char *const[]){"\xe2\x96\x81", "<0x41>"}, 2);
     check_ids(t, "\xc3\xa9", (const char *const[]){"\xe2\x96\x81", "<0xC3>", "<0xA9>"}, 3);
@@ -428,19 +469,21 @@ START_TEST(test_spm_scores)
     ck_assert_uint_eq(n, 1);
     ck_assert_int_eq(ids[0], 1);
     free(ids);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 
     /* without "\u2581ab" the merge stops at "\u2581" "ab" */
     static const float scores2[] = {0, 0, 0, -10, -10, -10, -2, -1, -3, 0, 0, 0};
+    /* clang-format off */
     static const char *const extra2[] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b",
                                          "\xe2\x96\x81" "a", "ab", "xx", "<0x41>", "<0xC3>", "<0xA9>"};
+    /* clang-format on */
     vocab_spec v2 = v;
     v2.extra = extra2;
     v2.scores = scores2;
     write_vocab("spm2", &v2, path, sizeof path);
     t = load_path(path);
     check_ids(t, "ab", (const char *const[]){"\xe2\x96\x81", "ab"}, 2);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 }
 END_TEST
 
@@ -451,7 +494,7 @@ static void expect_refused(const char *name, const vocab_spec *v, const char *ke
     gguf_file *f = NULL;
     tokenizer *t = NULL;
     ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s", err);
-    int rc = tokenizer_load(&t, f, err, sizeof err);
+    int rc = tokenizer_create(&t, f, err, sizeof err);
     ck_assert_msg(rc == -EINVAL || rc == -ENOTSUP, "%s: loaded (rc %d)", name, rc);
     ck_assert_ptr_null(t);
     ck_assert_msg(strstr(err, key), "%s: message '%s' does not name %s", name, err, key);
@@ -464,12 +507,17 @@ START_TEST(test_refuses_bad_metadata)
     static const char *const merges[] = {"a b"};
     static const char *const bad_merge[] = {"a b", "a \xe2\x98\x83"};
     static const char *const no_space[] = {"ab"};
-    vocab_spec ok = {.model = "gpt2", .pre = "qwen2", .extra = extra, .n_extra = 1, .merges = merges,
-                     .n_merges = 1, .bos = -1};
+    vocab_spec ok = {.model = "gpt2",
+                     .pre = "qwen2",
+                     .extra = extra,
+                     .n_extra = 1,
+                     .merges = merges,
+                     .n_merges = 1,
+                     .bos = -1};
     char path[512];
     write_vocab("ok", &ok, path, sizeof path);
     tokenizer *t = load_path(path); /* the base case loads */
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
 
     vocab_spec v = ok;
     v.skip_tokens = true;
@@ -502,10 +550,11 @@ START_TEST(test_refuses_bad_metadata)
     static const int32_t types[] = {2, 3, 3, 1};
     static const int32_t bad_types[] = {2, 3, 3, 9};
     static const int32_t bad_byte[] = {2, 3, 3, 6};
-    vocab_spec s = {.model = "llama", .extra = spm, .n_extra = 4, .scores = scores, .types = types, .bos = 1};
+    vocab_spec s = {
+        .model = "llama", .extra = spm, .n_extra = 4, .scores = scores, .types = types, .bos = 1};
     write_vocab("spm_ok", &s, path, sizeof path);
     t = load_path(path);
-    tokenizer_free(&t);
+    tokenizer_destroy(&t);
     vocab_spec s2 = s;
     s2.short_scores = true;
     expect_refused("short_scores", &s2, "tokenizer.ggml.scores");
@@ -538,7 +587,8 @@ static Suite *tokenizer_suite(void)
 int main(void)
 {
     const char *base = getenv("TMPDIR");
-    snprintf(scratch_dir, sizeof scratch_dir, "%s/test_tokenizer.XXXXXX", base && *base ? base : "/tmp");
+    snprintf(scratch_dir, sizeof scratch_dir, "%s/test_tokenizer.XXXXXX",
+             base && *base ? base : "/tmp");
     if (!mkdtemp(scratch_dir)) {
         perror("mkdtemp");
         return 1;
@@ -549,7 +599,6 @@ int main(void)
     srunner_free(sr);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch_dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", scratch_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", scratch_dir);
     return failed == 0 ? 0 : 1;
 }

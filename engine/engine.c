@@ -1,0 +1,524 @@
+/*
+ * The model engine behind the HTTP front end.
+ *
+ * A job's life: submit() on the loop thread turns the request into prompt ids and a sampler
+ * and queues it in the scheduler; from then on only the engine thread touches the job's state
+ * (sample → emit → ... → done), posting text and one terminal event through the server's
+ * thread-safe job calls.  The job's engine data holds just the scheduler id, not a pointer to
+ * the state: a cancel from the loop thread may race with the sequence ending on the engine
+ * thread, and a stale id is harmless where a stale pointer is not.
+ */
+#include "engine/engine.h"
+
+#include "engine/prompt.h"
+#include "sampling/sampler.h"
+#include "sampling/stop.h"
+#include "server/metrics.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct engine {
+    atomic_bool ready;
+    model *m;
+    const tokenizer *tok;
+    const chat_template *tmpl;
+    scheduler *sched;
+    int32_t n_vocab;
+};
+
+typedef struct job_state {
+    engine *e;
+    srv_job_t *job;
+    sampler *smp;
+    stop_matcher *stops;
+    bool stopped; /* a stop string matched: nothing more is posted */
+    tokenizer_stream stream;
+    sampler_result res;
+    bool want_logprobs;
+    bool all_banned;
+    int64_t n_prompt;
+    int64_t n_generated;
+} job_state;
+
+int engine_open(engine **out, char *err, size_t err_size)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    atomic_init(&(*out)->ready, false);
+    return 0;
+}
+
+int engine_start(engine *e, model *m, const tokenizer *tok, const chat_template *tmpl,
+                 const scheduler_opts *sched_opts, char *err, size_t err_size)
+{
+    if (tokenizer_n_vocab(tok) > model_params(m)->n_vocab) {
+        snprintf(err, err_size, "the tokenizer has %d tokens but the model only %d logits",
+                 tokenizer_n_vocab(tok), model_params(m)->n_vocab);
+        return -EINVAL;
+    }
+    int rc = scheduler_open(&e->sched, m, sched_opts, err, err_size);
+    if (rc) return rc;
+    e->m = m;
+    e->tok = tok;
+    e->tmpl = tmpl;
+    e->n_vocab = model_params(m)->n_vocab;
+    atomic_store(&e->ready, true);
+    return 0;
+}
+
+void engine_close(engine **ep)
+{
+    engine *e = *ep;
+    if (!e) return;
+    *ep = NULL;
+    scheduler_close(&e->sched);
+    free(e);
+}
+
+scheduler *engine_scheduler(engine *e)
+{
+    return atomic_load(&e->ready) ? e->sched : NULL;
+}
+
+static void job_state_free(job_state *st)
+{
+    if (!st) return;
+    sampler_destroy(&st->smp);
+    stop_matcher_destroy(&st->stops);
+    tokenizer_stream_release(&st->stream);
+    free(st);
+}
+
+/* ---- engine thread ------------------------------------------------------------------------ */
+
+static int32_t engine_sample(void *user, const float *logits)
+{
+    job_state *st = user;
+    int32_t token = sampler_sample(st->smp, logits, st->want_logprobs ? &st->res : NULL);
+    if (token < 0) { /* every token banned by logit_bias */
+        st->all_banned = true;
+        return 0;
+    }
+    return token;
+}
+
+/* One token's bytes for the logprobs arrays (may be part of a character); the piece as the
+ * token stands in text, leading space included (decode would drop a SentencePiece token's). */
+static char *token_bytes(const tokenizer *tok, int32_t id, size_t *len)
+{
+    const char *piece = tokenizer_piece(tok, id, len);
+    char *text = piece ? malloc(*len + 1) : NULL;
+    if (!text) {
+        *len = 0;
+        return NULL;
+    }
+    memcpy(text, piece, *len);
+    text[*len] = 0;
+    return text;
+}
+
+static void post_with_logprobs(job_state *st, int32_t token, const char *text, size_t len)
+{
+    const tokenizer *tok = st->e->tok;
+    srv_token_logprob_t top[SAMPLER_MAX_TOP_LOGPROBS];
+    char *owned[SAMPLER_MAX_TOP_LOGPROBS + 1] = {0};
+    size_t chosen_len = 0;
+    owned[0] = token_bytes(tok, token, &chosen_len);
+    int n_top = st->res.n_top;
+    for (int i = 0; i < n_top; i++) {
+        size_t l = 0;
+        owned[i + 1] = token_bytes(tok, st->res.top[i].token, &l);
+        top[i] = (srv_token_logprob_t){owned[i + 1] ? owned[i + 1] : "", l, st->res.top[i].logprob};
+    }
+    srv_logprobs_t lp = {
+        .chosen = {owned[0] ? owned[0] : "", chosen_len, st->res.logprob},
+        .top = top,
+        .n_top = (size_t)n_top,
+    };
+    srv_job_post_text(st->job, text, len, &lp);
+    for (int i = 0; i <= n_top; i++)
+        free(owned[i]);
+}
+
+static bool engine_emit(void *user, int32_t token)
+{
+    job_state *st = user;
+    if (st->all_banned) return true;
+    st->n_generated++;
+    sampler_accept(st->smp, token);
+    if (tokenizer_is_eog(st->e->tok, token)) return true;
+    const char *text = NULL;
+    size_t len = 0;
+    if (tokenizer_stream_feed(&st->stream, token, &text, &len)) len = 0;
+    /* Stop strings see the text as it is decoded; what they hold back (a possible start of a
+     * stop string) is released with a later token or at the end. */
+    stop_output so = {text, len, false};
+    if (stop_matcher_feed(st->stops, text, len, &so)) so = (stop_output){text, len, false};
+    if (st->want_logprobs)
+        post_with_logprobs(st, token, so.text, so.len);
+    else if (so.len)
+        srv_job_post_text(st->job, so.text, so.len, NULL);
+    if (so.stopped) st->stopped = true;
+    return so.stopped || srv_job_cancelled(st->job);
+}
+
+static void engine_done(void *user, scheduler_end why, const char *message)
+{
+    job_state *st = user;
+    const char *text = NULL;
+    size_t len = 0;
+    stop_output so;
+    if (!st->stopped && tokenizer_stream_flush(&st->stream, &text, &len) == 0 && len &&
+        stop_matcher_feed(st->stops, text, len, &so) == 0) {
+        if (so.len) srv_job_post_text(st->job, so.text, so.len, NULL);
+        st->stopped = so.stopped;
+    }
+    if (!st->stopped) {
+        stop_matcher_flush(st->stops, &so);
+        if (so.len) srv_job_post_text(st->job, so.text, so.len, NULL);
+    }
+    if (st->all_banned)
+        srv_job_post_error(st->job, 400, "logit_bias bans every token of the vocabulary");
+    else if (why == SCHEDULER_ERROR)
+        srv_job_post_error(st->job, 500, message);
+    else
+        srv_job_post_finish(st->job, why == SCHEDULER_LENGTH ? SRV_FINISH_LENGTH : SRV_FINISH_STOP,
+                            st->n_prompt, st->n_generated);
+    job_state_free(st);
+}
+
+static void engine_admitted(void *user)
+{
+    job_state *st = user;
+    srv_job_post_admitted(st->job);
+}
+
+static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_done,
+                                                 engine_admitted};
+
+/* ---- loop thread ---------------------------------------------------------------------------- */
+
+static const char *role_name(srv_role_t role)
+{
+    switch (role) {
+    case SRV_ROLE_SYSTEM:
+        return "system";
+    case SRV_ROLE_USER:
+        return "user";
+    case SRV_ROLE_ASSISTANT:
+        return "assistant";
+    /* OpenAI's developer messages replace system messages; templates only know the latter. */
+    case SRV_ROLE_DEVELOPER:
+        return "system";
+    case SRV_ROLE_TOOL:
+        return "tool";
+    }
+    return "user";
+}
+
+static cJSON *messages_json(const srv_gen_request_t *req)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && i < req->n_messages; i++) {
+        const srv_message_t *msg = &req->messages[i];
+        cJSON *o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(arr, o) ||
+            !cJSON_AddStringToObject(o, "role", role_name(msg->role)) ||
+            !cJSON_AddStringToObject(o, "content", msg->content ? msg->content : "") ||
+            (msg->name && !cJSON_AddStringToObject(o, "name", msg->name))) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids, size_t *n_ids,
+                      char *err, size_t err_size)
+{
+    if (req->kind == SRV_KIND_COMPLETION)
+        return prompt_tokenize(e->tok, req->prompt, req->prompt_len, ids, n_ids, err, err_size);
+    cJSON *messages = messages_json(req);
+    if (!messages) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = prompt_render_chat(e->tmpl, e->tok, messages, &text, &len, err, err_size);
+    cJSON_Delete(messages);
+    if (rc == 0) rc = prompt_tokenize(e->tok, text, len, ids, n_ids, err, err_size);
+    free(text);
+    return rc;
+}
+
+static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **out, char *err,
+                       size_t err_size)
+{
+    sampler_params p = sampler_params_default();
+    p.temperature = (float)req->temperature;
+    p.top_p = (float)req->top_p;
+    p.top_k = req->top_k;
+    p.min_p = (float)req->min_p;
+    p.repetition_penalty = (float)req->repetition_penalty;
+    p.presence_penalty = (float)req->presence_penalty;
+    p.frequency_penalty = (float)req->frequency_penalty;
+    p.seed = req->seed;
+    p.has_seed = req->has_seed;
+    p.logprobs = req->logprobs;
+    p.top_logprobs = req->top_logprobs;
+    sampler_bias *bias = NULL;
+    if (req->n_logit_bias) {
+        bias = malloc(req->n_logit_bias * sizeof *bias);
+        if (!bias) {
+            snprintf(err, err_size, "out of memory");
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < req->n_logit_bias; i++)
+            bias[i] = (sampler_bias){req->logit_bias[i].token_id, (float)req->logit_bias[i].bias};
+    }
+    p.logit_bias = bias;
+    p.n_logit_bias = req->n_logit_bias;
+    int rc = sampler_create(out, e->n_vocab, &p, err, err_size);
+    free(bias);
+    return rc;
+}
+
+static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size_t err_size)
+{
+    engine *e = ctx;
+    *status = 503;
+    if (!atomic_load(&e->ready)) {
+        snprintf(err, err_size, "the model is still loading");
+        return -EAGAIN;
+    }
+    const srv_gen_request_t *req = srv_job_request(job);
+    *status = 400;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = prompt_ids(e, req, &ids, &n_ids, err, err_size);
+    if (rc) {
+        if (rc == -ENOMEM) *status = 500;
+        return rc;
+    }
+    int32_t n_ctx = scheduler_n_ctx(e->sched);
+    if (n_ids == 0) {
+        free(ids);
+        snprintf(err, err_size, "the prompt is empty");
+        return -EINVAL;
+    }
+    if ((int64_t)n_ids >= n_ctx) {
+        free(ids);
+        snprintf(err, err_size,
+                 "This model's maximum context length is %d tokens; the prompt has %zu tokens",
+                 n_ctx, n_ids);
+        return -E2BIG;
+    }
+    int64_t max_tokens = req->max_tokens >= 0 ? req->max_tokens : n_ctx - (int64_t)n_ids;
+    if ((int64_t)n_ids + max_tokens > n_ctx) {
+        free(ids);
+        snprintf(err, err_size,
+                 "This model's maximum context length is %d tokens. However, you requested %lld "
+                 "tokens (%zu in the prompt, %lld for the completion)",
+                 n_ctx, (long long)((int64_t)n_ids + max_tokens), n_ids, (long long)max_tokens);
+        return -E2BIG;
+    }
+    job_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        free(ids);
+        *status = 500;
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
+    st->e = e;
+    st->job = job;
+    st->n_prompt = (int64_t)n_ids;
+    st->want_logprobs = req->logprobs;
+    tokenizer_stream_init(&st->stream, e->tok, true);
+    rc = stop_matcher_create(&st->stops, req->stop, NULL, req->n_stop, err, err_size);
+    if (rc == 0) rc = sampler_for(e, req, &st->smp, err, err_size);
+    if (rc == 0) rc = sampler_accept_prompt(st->smp, ids, n_ids);
+    if (rc) {
+        free(ids);
+        job_state_free(st);
+        return rc;
+    }
+    if (max_tokens == 0) {
+        /* Nothing to generate: answer at once, as OpenAI does for max_tokens 0 with echo. */
+        free(ids);
+        job_state_free(st);
+        snprintf(err, err_size, "max_tokens must be at least 1");
+        return -EINVAL;
+    }
+    uint64_t id = 0;
+    rc = scheduler_submit(e->sched, ids, (int32_t)n_ids, (int32_t)max_tokens, &engine_seq_ops, st,
+                          &id, err, err_size);
+    free(ids);
+    if (rc) {
+        *status = rc == -EAGAIN || rc == -ESHUTDOWN ? 503 : rc == -ENOMEM ? 500 : 400;
+        job_state_free(st);
+        return rc;
+    }
+    srv_job_set_engine_data(job, (void *)(uintptr_t)id);
+    return 0;
+}
+
+static void engine_cancel(void *ctx, srv_job_t *job)
+{
+    engine *e = ctx;
+    if (atomic_load(&e->ready))
+        scheduler_cancel(e->sched, (uint64_t)(uintptr_t)srv_job_engine_data(job));
+}
+
+static bool engine_ready(void *ctx)
+{
+    engine *e = ctx;
+    return atomic_load(&e->ready);
+}
+
+srv_engine_t engine_ops(engine *e)
+{
+    return (srv_engine_t){
+        .ctx = e, .submit = engine_submit, .cancel = engine_cancel, .ready = engine_ready};
+}
+
+/* ---- metrics (loop thread) ------------------------------------------------------------------ */
+
+/* A family with one sample. */
+static void single(srv_mx_buf *b, const char *name, const char *type, const char *help,
+                   const char *labels, double value)
+{
+    srv_mx_family(b, name, type, help);
+    srv_mx_sample(b, name, labels, value);
+}
+
+static void write_cache(srv_mx_buf *b, const cache *c)
+{
+    cache_stats st;
+    cache_get_stats(c, &st);
+    const char *host = "{tier=\"host\"}";
+    const struct {
+        const char *name, *type, *help, *labels;
+        double value;
+    } rows[] = {
+        {"moeserve_expert_cache_hits_total", "counter",
+         "Requested experts that were resident or already being read", host, (double)st.hits},
+        {"moeserve_expert_cache_misses_total", "counter",
+         "Requested experts that had to be read from storage", host, (double)st.misses},
+        {"moeserve_expert_cache_evictions_total", "counter", "Experts evicted to make room", host,
+         (double)st.evictions},
+        {"moeserve_expert_cache_resident_experts", "gauge", "Experts held complete in the tier",
+         host, (double)st.resident},
+        {"moeserve_expert_cache_resident_bytes", "gauge",
+         "Bytes of slots holding a complete expert", host,
+         (double)st.resident * (double)st.slot_bytes},
+        {"moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier", host,
+         (double)st.n_slots},
+        {"moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena", host,
+         (double)st.n_slots * (double)st.slot_bytes},
+        {"moeserve_expert_storage_read_bytes_total", "counter",
+         "Bytes read from the model file into the host tier (with alignment padding)", "",
+         (double)st.bytes_read},
+        {"moeserve_expert_storage_reads_total", "counter",
+         "Read operations completed against the model file", "", (double)st.reads},
+        {"moeserve_expert_storage_read_errors_total", "counter",
+         "Reads that failed (the request that needed them failed with a clear error)", "",
+         (double)st.read_errors},
+        {"moeserve_engine_expert_stall_seconds_total", "counter",
+         "Time the engine waited for experts to be read", "", (double)st.stall_ns * 1e-9},
+        {"moeserve_expert_prefetches_total", "counter",
+         "Experts read ahead for the predictor's guesses", "", (double)st.prefetch_issued},
+        {"moeserve_expert_prefetches_used_total", "counter",
+         "Prefetched experts that a later request asked for", "", (double)st.prefetch_used},
+        {"moeserve_expert_prefetches_wasted_total", "counter",
+         "Prefetched experts evicted before any request asked for them", "",
+         (double)st.prefetch_wasted},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        single(b, rows[i].name, rows[i].type, rows[i].help, rows[i].labels, rows[i].value);
+    srv_mx_family(b, "moeserve_expert_load_seconds", "histogram",
+                  "Time from submitting an expert's reads to the expert being resident");
+    srv_mx_histogram_write_counts(b, "moeserve_expert_load_seconds", cache_read_bounds,
+                                  CACHE_READ_BUCKETS - 1, st.read_hist,
+                                  (double)st.read_ns_sum * 1e-9);
+}
+
+static double ratio(uint64_t num, uint64_t den)
+{
+    return den ? (double)num / (double)den : 0.0;
+}
+
+static void write_routing(srv_mx_buf *b, const model *m)
+{
+    const model_hparams *hp = model_params(m);
+    char labels[96];
+    srv_mx_family(b, "moeserve_expert_activations_total", "counter",
+                  "Tokens routed to each expert of each layer");
+    for (int il = 0; il < hp->n_layer; il++) {
+        for (int e = 0; e < hp->n_expert; e++) {
+            snprintf(labels, sizeof labels, "{layer=\"%d\",expert=\"%d\"}", il, e);
+            srv_mx_sample_u64(b, "moeserve_expert_activations_total", labels,
+                              model_expert_tokens(m, il, e));
+        }
+    }
+    const pred *p = model_predictor(m);
+    if (!p) return;
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"moeserve_predictor_guessed_experts_total", "counter",
+         "Experts the predictor guessed for the layer"},
+        {"moeserve_predictor_correct_experts_total", "counter",
+         "Guessed experts the layer then used"},
+        {"moeserve_predictor_used_experts_total", "counter",
+         "Experts the layer used in steps with a guess"},
+        {"moeserve_predictor_precision_ratio", "gauge", "Correct / guessed, since start"},
+        {"moeserve_predictor_recall_ratio", "gauge", "Correct / used, since start"},
+    };
+    for (int f = 0; f < 5; f++) {
+        srv_mx_family(b, fam[f].name, fam[f].type, fam[f].help);
+        for (int il = 1; il < hp->n_layer; il++) {
+            pred_layer_stats ls;
+            pred_get_stats(p, il, &ls);
+            snprintf(labels, sizeof labels, "{predictor=\"%s\",layer=\"%d\"}",
+                     pred_kind_name(pred_get_kind(p)), il);
+            const double values[5] = {(double)ls.guessed, (double)ls.correct, (double)ls.used,
+                                      ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used)};
+            srv_mx_sample(b, fam[f].name, labels, values[f]);
+        }
+    }
+}
+
+void engine_write_metrics(void *user, srv_mx_buf *b)
+{
+    engine *e = user;
+    if (!atomic_load(&e->ready)) return;
+    scheduler_stats st;
+    scheduler_get_stats(e->sched, &st);
+    srv_mx_family(b, "moeserve_engine_steps_total", "counter", "Engine steps (forward passes)");
+    srv_mx_sample_u64(b, "moeserve_engine_steps_total", "", st.steps);
+    srv_mx_family(b, "moeserve_engine_step_seconds_total", "counter",
+                  "Time spent in forward passes");
+    srv_mx_sample(b, "moeserve_engine_step_seconds_total", "", (double)st.step_ns * 1e-9);
+    srv_mx_family(b, "moeserve_engine_batch_tokens", "histogram",
+                  "Tokens per engine step (decode tokens plus prompt chunks)");
+    srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", scheduler_batch_bounds,
+                                  SCHEDULER_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
+    /* The KV cache is paged: allocated memory grows with the positions held; used is the
+     * blocks live sequences hold. */
+    uint64_t kv = scheduler_kv_bytes(e->sched), used = scheduler_kv_used_bytes(e->sched);
+    srv_mx_family(b, "moeserve_kv_cache_bytes", "gauge",
+                  "KV cache memory allocated, by state: blocks held by sequences are used");
+    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
+    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
+    if (model_expert_cache(e->m)) write_cache(b, model_expert_cache(e->m));
+    write_routing(b, e->m);
+}

@@ -1,0 +1,655 @@
+/*
+ * tokenizer_bpe.c — byte-level BPE (tokenizer.ggml.model = gpt2): the pre-tokenizer that splits
+ * text into words, then merges by rank inside each word.
+ *
+ * The pre-tokenizers are regular expressions in Hugging Face's tokenizer.json files.  We have no
+ * regex engine; each expression is written out by hand as a matcher that, at a position, returns
+ * where the leftmost-first alternative that a backtracking engine would pick ends.  The comments
+ * above each matcher give the expression it implements.  A "split" applies one matcher to a piece
+ * of text and isolates its matches (the text between matches becomes pieces too), which is what
+ * HF's Split(behavior = Isolated) does; deepseek-llm chains several of them.
+ *
+ * Merging keeps the word as a linked list of symbols and a binary heap of candidate pairs ordered
+ * by (rank, position), so a word of n bytes costs O(n log n) however it is shaped — a long run of
+ * one character must not be quadratic on a server.  Stale heap entries are recognised on pop.
+ */
+#include "tokenizer/tokenizer_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- loading ---------------------------------------------------------------------------- */
+
+static void map_free(tok_map64 *m)
+{
+    free(m->keys);
+    free(m->vals);
+    m->keys = m->vals = NULL;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+
+bool tok__map64_get(const tok_map64 *m, uint64_t key, uint64_t *val)
+{
+    if (!m->keys) return false;
+    for (size_t i = (size_t)mix64(key) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->keys[i] == key) {
+            *val = m->vals[i];
+            return true;
+        }
+        if (m->keys[i] == UINT64_MAX) return false;
+    }
+}
+
+/* First insertion wins: a merge listed twice keeps its better (lower) rank. */
+static void map_put(tok_map64 *m, uint64_t key, uint64_t val)
+{
+    for (size_t i = (size_t)mix64(key) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->keys[i] == key) return;
+        if (m->keys[i] == UINT64_MAX) {
+            m->keys[i] = key;
+            m->vals[i] = val;
+            return;
+        }
+    }
+}
+
+/* GPT-2's byte <-> character map: printable bytes stand for themselves, the others are moved to
+ * U+0100 and up in byte order. */
+static uint32_t byte_to_cp(int b)
+{
+    if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff))
+        return (uint32_t)b;
+    int n = 0;
+    for (int x = 0; x < b; x++)
+        if (!((x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff))) n++;
+    return 256u + (uint32_t)n;
+}
+
+static int decode_tables(tokenizer *t, char *err, size_t err_size)
+{
+    int cp_to_byte[324];
+    for (int i = 0; i < 324; i++)
+        cp_to_byte[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        uint32_t cp = byte_to_cp(b);
+        char u[4];
+        size_t n = utf8_put(u, cp);
+        cp_to_byte[cp] = b;
+        /* some vocabularies (GPT-NeoX's) lack a few bytes that never occur in UTF-8; such a
+         * byte is dropped when encoding, as HF's BPE without an unk token does */
+        t->byte_token[b] = tokenizer_find(t, u, n);
+        /* DeepSeek adds the characters of such bytes as user-defined tokens: those stand for
+         * the character (HF splits them out of the text), not for the byte */
+        if (t->byte_token[b] >= 0 && t->tokens[t->byte_token[b]].type != TOKENIZER_TT_NORMAL)
+            t->byte_token[b] = -1;
+    }
+    size_t total = 0;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        total += t->tokens[i].len;
+    t->dec = malloc(total + 1);
+    if (!t->dec) {
+        snprintf(err, err_size, "tokenizer: out of memory");
+        return -ENOMEM;
+    }
+    size_t off = 0;
+    for (int32_t i = 0; i < t->n_vocab; i++) {
+        tok_token *tk = &t->tokens[i];
+        const char *s = t->text + tk->off;
+        tk->dec_off = (uint32_t)off;
+        if (tk->type == TOKENIZER_TT_NORMAL || tk->type == TOKENIZER_TT_UNUSED ||
+            tk->type == TOKENIZER_TT_UNDEFINED || tk->type == TOKENIZER_TT_BYTE) {
+            /* characters outside the byte map are kept as they are, as HF's decoder does */
+            for (size_t k = 0; k < tk->len;) {
+                size_t n;
+                uint32_t cp = utf8_next(s + k, tk->len - k, &n);
+                if (cp < 324 && cp_to_byte[cp] >= 0)
+                    t->dec[off++] = (char)cp_to_byte[cp];
+                else {
+                    memcpy(t->dec + off, s + k, n);
+                    off += n;
+                }
+                k += n;
+            }
+        } else {
+            memcpy(t->dec + off, s, tk->len);
+            off += tk->len;
+        }
+        tk->dec_len = (uint32_t)(off - tk->dec_off);
+    }
+    return 0;
+}
+
+int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
+{
+    gguf_arr merges;
+    int rc = gguf_get_arr(f, "tokenizer.ggml.merges", &merges);
+    if (rc == -ENOENT) {
+        snprintf(err, err_size,
+                 "tokenizer: tokenizer.ggml.merges is missing (needed by a gpt2 vocabulary)");
+        return -EINVAL;
+    }
+    if (rc < 0 || merges.elem_type != GGUF_VT_STRING) {
+        snprintf(err, err_size, "tokenizer: tokenizer.ggml.merges is not an array of strings");
+        return -EINVAL;
+    }
+    if ((rc = decode_tables(t, err, err_size)) < 0) return rc;
+    size_t cap = 16;
+    while (cap < merges.n * 2)
+        cap <<= 1;
+    t->merges.keys = malloc(cap * sizeof *t->merges.keys);
+    t->merges.vals = malloc(cap * sizeof *t->merges.vals);
+    if (!t->merges.keys || !t->merges.vals) {
+        map_free(&t->merges);
+        snprintf(err, err_size, "tokenizer: out of memory");
+        return -ENOMEM;
+    }
+    memset(t->merges.keys, 0xff, cap * sizeof *t->merges.keys);
+    t->merges.mask = cap - 1;
+    char *buf = NULL;
+    size_t buf_cap = 0;
+    for (uint64_t r = 0; r < merges.n; r++) {
+        gguf_str s = merges.items[r].v.str;
+        /* "left right": the separator is the first space after the first byte, as llama.cpp
+         * reads it (byte-level tokens never contain a plain space) */
+        const char *sp = s.len > 1 ? memchr(s.data + 1, ' ', s.len - 1) : NULL;
+        if (!sp) {
+            snprintf(err, err_size,
+                     "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' is not two tokens separated by "
+                     "a space",
+                     (unsigned long long)r, (int)(s.len > 64 ? 64 : s.len), s.data);
+            rc = -EINVAL;
+            break;
+        }
+        size_t ll = (size_t)(sp - s.data), rl = s.len - ll - 1;
+        int32_t left = tokenizer_find(t, s.data, ll);
+        int32_t right = tokenizer_find(t, sp + 1, rl);
+        if (vec_reserve(&buf, &buf_cap, ll + rl, 1, 64) < 0) {
+            rc = -ENOMEM;
+            snprintf(err, err_size, "tokenizer: out of memory");
+            break;
+        }
+        memcpy(buf, s.data, ll);
+        memcpy(buf + ll, sp + 1, rl);
+        int32_t merged = left >= 0 && right >= 0 ? tokenizer_find(t, buf, ll + rl) : -1;
+        if (merged < 0) {
+            snprintf(err, err_size,
+                     "tokenizer: tokenizer.ggml.merges[%llu] '%.*s' names a token that is not in "
+                     "tokenizer.ggml.tokens",
+                     (unsigned long long)r, (int)(s.len > 64 ? 64 : s.len), s.data);
+            rc = -EINVAL;
+            break;
+        }
+        map_put(&t->merges, ((uint64_t)(uint32_t)left << 32) | (uint32_t)right,
+                (r << 32) | (uint32_t)merged);
+    }
+    free(buf);
+    return rc;
+}
+
+/* ---- pre-tokenizers ----------------------------------------------------------------------- */
+
+/* A piece of text as code points: cp[i] starts at byte off[i]; off[n] is the end.  Bytes that
+ * are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no category (they match [^\s\p{L}\p{N}]). */
+typedef struct cps {
+    uint32_t *cp;
+    uint8_t *fl;
+    size_t *off;
+    size_t n;
+} cps;
+
+#define IS_L(c, i) ((c)->fl[i] & TOK_UC_L)
+#define IS_N(c, i) ((c)->fl[i] & TOK_UC_N)
+#define IS_S(c, i) ((c)->fl[i] & TOK_UC_SPACE)
+#define IS_O(c, i) (!((c)->fl[i] & (TOK_UC_L | TOK_UC_N | TOK_UC_SPACE))) /* [^\s\p{L}\p{N}] */
+
+/* A matcher returns the end of the match at i (within [i, end)), or i when none starts there;
+ * *next may be moved past i to say that no match starts before it. */
+typedef size_t (*matcher)(const cps *c, size_t i, size_t end, size_t *next);
+
+static size_t run_of(const cps *c, size_t i, size_t end, uint8_t flag)
+{
+    while (i < end && (c->fl[i] & flag))
+        i++;
+    return i;
+}
+
+static size_t run_other(const cps *c, size_t i, size_t end)
+{
+    while (i < end && IS_O(c, i))
+        i++;
+    return i;
+}
+
+static uint32_t lower_ascii(uint32_t cp)
+{
+    return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+}
+
+/* 's|'t|'re|'ve|'m|'ll|'d, case-sensitive or (?i:) */
+static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
+{
+    if (c->cp[i] != '\'' || i + 1 >= end) return i;
+    uint32_t a = fold ? lower_ascii(c->cp[i + 1]) : c->cp[i + 1];
+    uint32_t b = i + 2 < end ? (fold ? lower_ascii(c->cp[i + 2]) : c->cp[i + 2]) : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+    return i;
+}
+
+/* \s+(?!\S)|\s+ at a white-space position: the run, less its last character when a
+ * non-space follows and the run is longer than one. */
+static size_t space_run(const cps *c, size_t i, size_t end)
+{
+    size_t j = run_of(c, i, end, TOK_UC_SPACE);
+    if (j < end && j - i >= 2) return j - 1;
+    return j;
+}
+
+/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+static size_t match_gpt2(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    size_t e = contraction(c, i, end, false);
+    if (e > i) return e;
+    size_t s = i;
+    if (c->cp[i] == ' ' && i + 1 < end) s = i + 1;
+    if (IS_L(c, s)) return run_of(c, s, end, TOK_UC_L);
+    if (IS_N(c, s)) return run_of(c, s, end, TOK_UC_N);
+    if (IS_O(c, s)) return run_other(c, s, end);
+    /* a single space followed by another space, or any other white space */
+    return space_run(c, i, end);
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * With marks (Qwen3.5), \p{L} becomes [\p{L}\p{M}] in the letter run and in the class of
+ * the fourth alternative, but not in the optional prefix of the second: a mark there is the
+ * prefix or the run's first character, the same match either way. */
+static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_digits, bool marks)
+{
+    uint8_t letter = marks ? (uint8_t)(TOK_UC_L | TOK_UC_M) : (uint8_t)TOK_UC_L;
+    uint8_t not_other = letter | TOK_UC_N | TOK_UC_SPACE;
+    size_t e = contraction(c, i, end, true);
+    if (e > i) return e;
+    uint32_t cp = c->cp[i];
+    bool nl = cp == '\r' || cp == '\n';
+    if (c->fl[i] & letter) return run_of(c, i, end, letter);
+    if (!nl && !IS_N(c, i) && i + 1 < end && (c->fl[i + 1] & letter))
+        return run_of(c, i + 1, end, letter);
+    if (IS_N(c, i)) {
+        e = i;
+        while (e < end && e - i < max_digits && IS_N(c, e))
+            e++;
+        return e;
+    }
+    size_t s = (cp == ' ' && i + 1 < end && !(c->fl[i + 1] & not_other)) ? i + 1 : i;
+    if (!(c->fl[s] & not_other)) {
+        e = s;
+        while (e < end && !(c->fl[e] & not_other))
+            e++;
+        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n'))
+            e++;
+        return e;
+    }
+    /* white space: \s*[\r\n]+ ends after the run's last line break, if it has one */
+    size_t j = run_of(c, i, end, TOK_UC_SPACE);
+    for (size_t k = j; k > i; k--)
+        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
+    return space_run(c, i, end);
+}
+
+static size_t match_llama3(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return match_llama3_like(c, i, end, 3, false);
+}
+
+static size_t match_qwen2(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return match_llama3_like(c, i, end, 1, false);
+}
+
+static size_t match_qwen35(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return match_llama3_like(c, i, end, 1, true);
+}
+
+/* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through
+ * llama.cpp's llama-vocab.cpp) as UTF-8 text and read as ranges "a-b" and single characters. */
+/* clang-format off */
+static const char DS_LETTERS[] =
+    "A-Za-z\xc2\xb5\xc3\x80-\xc3\x96\xc3\x98-\xc3\xb6\xc3\xb8-\xc6\xba\xc6\xbc-\xc6\xbf\xc7\x84-\xca\x93"
+    "\xca\x95-\xca\xaf\xcd\xb0-\xcd\xb3\xcd\xb6\xcd\xb7\xcd\xbb-\xcd\xbd\xcd\xbf\xce\x86\xce\x88-\xce\x8a"
+    "\xce\x8c\xce\x8e-\xce\xa1\xce\xa3-\xcf\xb5\xcf\xb7-\xd2\x81\xd2\x8a-\xd4\xaf\xd4\xb1-\xd5\x96"
+    "\xe1\x82\xa0-\xe1\x83\x85\xe1\x8e\xa0-\xe1\x8f\xb5\xe1\x8f\xb8-\xe1\x8f\xbd\xe1\xb2\x90-\xe1\xb2\xba"
+    "\xe1\xb2\xbd-\xe1\xb2\xbf\xe1\xb4\x80-\xe1\xb4\xab\xe1\xb5\xab-\xe1\xb5\xb7\xe1\xb5\xb9-\xe1\xb6\x9a"
+    "\xe1\xb8\x80-\xe1\xbc\x95\xe1\xbc\x98-\xe1\xbc\x9d\xe1\xbc\xa0-\xe1\xbd\x85\xe1\xbd\x88-\xe1\xbd\x8d"
+    "\xe1\xbd\x90-\xe1\xbd\x97\xe1\xbd\x99\xe1\xbd\x9b\xe1\xbd\x9d\xe1\xbd\x9f-\xe1\xbd\xbd"
+    "\xe1\xbe\x80-\xe1\xbe\xb4\xe1\xbe\xb6-\xe1\xbe\xbc\xe1\xbe\xbe\xe1\xbf\x82-\xe1\xbf\x84"
+    "\xe1\xbf\x86-\xe1\xbf\x8c\xe1\xbf\x90-\xe1\xbf\x93\xe1\xbf\x96-\xe1\xbf\x9b\xe1\xbf\xa0-\xe1\xbf\xac"
+    "\xe1\xbf\xb2-\xe1\xbf\xb4\xe1\xbf\xb6-\xe1\xbf\xbc\xe2\x84\x82\xe2\x84\x87\xe2\x84\x8a-\xe2\x84\x93"
+    "\xe2\x84\x95\xe2\x84\x99-\xe2\x84\x9d\xe2\x84\xa4\xe2\x84\xa6\xe2\x84\xa8\xe2\x84\xaa-\xe2\x84\xad"
+    "\xe2\x84\xaf-\xe2\x84\xb4\xe2\x84\xb9\xe2\x84\xbc-\xe2\x84\xbf\xe2\x85\x85-\xe2\x85\x89\xe2\x85\x8e"
+    "\xe2\x86\x83\xe2\x86\x84\xe2\xb0\x80-\xe2\xb1\xbb\xe2\xb1\xbe-\xe2\xb3\xa4\xe2\xb3\xab-\xe2\xb3\xae"
+    "\xe2\xb3\xb2\xe2\xb3\xb3\xea\x99\x80-\xea\x99\xad\xea\x9a\x80-\xea\x9a\x9b\xea\x9c\xa2-\xea\x9d\xaf"
+    "\xea\x9d\xb1-\xea\x9e\x87\xea\x9e\x8b-\xea\x9e\x8e\xea\xad\xb0-\xea\xae\xbf\xef\xac\x80-\xef\xac\x86"
+    "\xef\xac\x93-\xef\xac\x97\xef\xbc\xa1-\xef\xbc\xba\xef\xbd\x81-\xef\xbd\x9a\xf0\x90\x90\x80-\xf0\x90\x91\x8f"
+    "\xf0\x90\x92\xb0-\xf0\x90\x93\x93\xf0\x90\x93\x98-\xf0\x90\x93\xbb\xf0\x90\xb2\x80-\xf0\x90\xb2\xb2"
+    "\xf0\x90\xb3\x80-\xf0\x90\xb3\xb2\xf0\x91\xa2\xa0-\xf0\x91\xa3\x9f\xf0\x9e\xa4\x80-\xf0\x9e\xa5\x83";
+static const char DS_PUNCT[] =
+    "!-/:-~\xef\xbc\x81-\xef\xbc\x8f\xef\xbc\x9a-\xef\xbd\x9e\xe2\x80\x98-\xe2\x80\x9f\xe3\x80\x80-\xe3\x80\x82";
+static const char DS_CJK[] = "\xe4\xb8\x80-\xe9\xbe\xa5\xe0\xa0\x80-\xe4\xb8\x80\xea\xb0\x80-\xed\x9f\xbf";
+/* clang-format on */
+
+static bool in_class(const char *cls, uint32_t cp)
+{
+    size_t len = strlen(cls), i = 0, n;
+    while (i < len) {
+        uint32_t lo = utf8_next(cls + i, len - i, &n), hi = lo;
+        i += n;
+        if (i + 1 < len && cls[i] == '-') {
+            hi = utf8_next(cls + i + 1, len - i - 1, &n);
+            i += 1 + n;
+        }
+        if (cp >= lo && cp <= hi) return true;
+    }
+    return false;
+}
+
+static size_t class_run(const cps *c, size_t i, size_t end, const char *cls)
+{
+    while (i < end && in_class(cls, c->cp[i]))
+        i++;
+    return i;
+}
+
+/* \s?[cls]+ */
+static size_t space_opt_class(const cps *c, size_t i, size_t end, const char *cls)
+{
+    if (IS_S(c, i) && i + 1 < end && in_class(cls, c->cp[i + 1]))
+        return class_run(c, i + 1, end, cls);
+    return class_run(c, i, end, cls);
+}
+
+static size_t ds_newline(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)end;
+    (void)next;
+    return (c->cp[i] == '\r' || c->cp[i] == '\n') ? i + 1 : i;
+}
+
+static size_t ds_letters(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return space_opt_class(c, i, end, DS_LETTERS);
+}
+
+static size_t ds_punct(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return space_opt_class(c, i, end, DS_PUNCT);
+}
+
+/* \s+$ : only the white-space run that reaches the end of the piece */
+static size_t ds_trailing_space(const cps *c, size_t i, size_t end, size_t *next)
+{
+    if (!IS_S(c, i)) return i;
+    size_t j = run_of(c, i, end, TOK_UC_SPACE);
+    if (j == end) return j;
+    *next = j;
+    return i;
+}
+
+static size_t ds_cjk(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return class_run(c, i, end, DS_CJK);
+}
+
+static size_t ds_digits(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return run_of(c, i, end, TOK_UC_N);
+}
+
+/* ---- splitting and merging ---------------------------------------------------------------- */
+
+typedef struct span {
+    size_t a, b; /* code point indices */
+} span;
+
+typedef struct spans {
+    span *v;
+    size_t n, cap;
+} spans;
+
+static int span_push(spans *s, size_t a, size_t b)
+{
+    if (vec_reserve(&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) < 0) return -ENOMEM;
+    s->v[s->n++] = (span){a, b};
+    return 0;
+}
+
+/* Split(behavior = Isolated): matches and the text between them become pieces. */
+static int split_isolated(const cps *c, const spans *in, matcher m, spans *out)
+{
+    out->n = 0;
+    int rc = 0;
+    for (size_t k = 0; k < in->n && rc == 0; k++) {
+        size_t a = in->v[k].a, b = in->v[k].b, last = a, pos = a;
+        while (pos < b && rc == 0) {
+            size_t next = pos + 1;
+            size_t e = m(c, pos, b, &next);
+            if (e > pos) {
+                if (last < pos) rc = span_push(out, last, pos);
+                if (rc == 0) rc = span_push(out, pos, e);
+                last = pos = e;
+            } else
+                pos = next;
+        }
+        if (rc == 0 && last < b) rc = span_push(out, last, b);
+    }
+    return rc;
+}
+
+typedef struct sym {
+    int32_t id;
+    int32_t prev, next; /* -1 at the ends */
+} sym;
+
+typedef struct cand {
+    uint32_t rank;
+    int32_t left, right;
+    int32_t lid, rid, merged;
+} cand;
+
+static bool cand_before(const cand *x, const cand *y)
+{
+    return x->rank != y->rank ? x->rank < y->rank : x->left < y->left;
+}
+
+typedef struct bpe_work {
+    sym *syms;
+    cand *heap;
+    size_t n_heap, cap;
+    char *buf; /* byte-level text of the word, for the ignore_merges lookup */
+} bpe_work;
+
+static void heap_push(bpe_work *w, cand c)
+{
+    size_t i = w->n_heap++;
+    w->heap[i] = c;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_before(&w->heap[i], &w->heap[p])) break;
+        cand tmp = w->heap[p];
+        w->heap[p] = w->heap[i];
+        w->heap[i] = tmp;
+        i = p;
+    }
+}
+
+static cand heap_pop(bpe_work *w)
+{
+    cand top = w->heap[0];
+    w->heap[0] = w->heap[--w->n_heap];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < w->n_heap && cand_before(&w->heap[l], &w->heap[m])) m = l;
+        if (r < w->n_heap && cand_before(&w->heap[r], &w->heap[m])) m = r;
+        if (m == i) break;
+        cand tmp = w->heap[m];
+        w->heap[m] = w->heap[i];
+        w->heap[i] = tmp;
+        i = m;
+    }
+    return top;
+}
+
+static void try_pair(const tokenizer *t, bpe_work *w, int32_t l, int32_t r)
+{
+    if (l < 0 || r < 0 || w->syms[l].id < 0 || w->syms[r].id < 0) return;
+    uint64_t v;
+    uint64_t key = ((uint64_t)(uint32_t)w->syms[l].id << 32) | (uint32_t)w->syms[r].id;
+    if (!tok__map64_get(&t->merges, key, &v)) return;
+    heap_push(
+        w, (cand){(uint32_t)(v >> 32), l, r, w->syms[l].id, w->syms[r].id, (int32_t)(uint32_t)v});
+}
+
+/* Byte-level BPE of one word (bytes [a, b) of the text). */
+static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bpe_work *w,
+                    tok_ids *ids)
+{
+    size_t n = b - a;
+    if (t->ignore_merges) {
+        size_t o = 0;
+        for (size_t k = a; k < b; k++)
+            o += utf8_put(w->buf + o, byte_to_cp((unsigned char)text[k]));
+        int32_t id = tokenizer_find(t, w->buf, o);
+        if (id >= 0) return tok__ids_push(ids, id);
+    }
+    for (size_t k = 0; k < n; k++)
+        w->syms[k] = (sym){t->byte_token[(unsigned char)text[a + k]], (int32_t)k - 1,
+                           k + 1 < n ? (int32_t)k + 1 : -1};
+    w->n_heap = 0;
+    for (size_t k = 0; k + 1 < n; k++)
+        try_pair(t, w, (int32_t)k, (int32_t)k + 1);
+    while (w->n_heap > 0) {
+        cand c = heap_pop(w);
+        sym *L = &w->syms[c.left];
+        if (L->id != c.lid || L->next != c.right || w->syms[c.right].id != c.rid)
+            continue; /* stale: one side has merged since */
+        sym *R = &w->syms[c.right];
+        L->id = c.merged;
+        L->next = R->next;
+        if (R->next >= 0) w->syms[R->next].prev = c.left;
+        R->id = -1; /* dead */
+        R->prev = R->next = -1;
+        try_pair(t, w, L->prev, c.left);
+        try_pair(t, w, c.left, L->next);
+    }
+    for (int32_t k = 0; k >= 0; k = w->syms[k].next) {
+        if (w->syms[k].id < 0) continue;
+        int rc = tok__ids_push(ids, w->syms[k].id);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static int to_cps(const char *text, size_t len, cps *c)
+{
+    c->cp = malloc((len + 1) * sizeof *c->cp);
+    c->fl = malloc(len + 1);
+    c->off = malloc((len + 1) * sizeof *c->off);
+    if (!c->cp || !c->fl || !c->off) return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k;
+        uint32_t cp = utf8_next(text + i, len - i, &k);
+        c->cp[n] = cp;
+        c->fl[n] = tok__uc_flags(cp);
+        c->off[n++] = i;
+        i += k;
+    }
+    c->off[n] = len;
+    c->n = n;
+    return 0;
+}
+
+int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids)
+{
+    static const matcher deepseek[] = {ds_newline,        ds_letters, ds_punct,
+                                       ds_trailing_space, ds_cjk,     ds_digits};
+    cps c = {0};
+    spans a = {0}, b = {0};
+    bpe_work w = {0};
+    char *normalized = NULL;
+    size_t nlen;
+    int rc = t->nfc ? tok__nfc(text, len, &normalized, &nlen) : 0;
+    if (rc < 0) return rc;
+    if (normalized) {
+        text = normalized;
+        len = nlen;
+    }
+    rc = to_cps(text, len, &c);
+    if (rc == 0 && c.n > 0) rc = span_push(&a, 0, c.n);
+    if (rc == 0) {
+        switch (t->pre) {
+        case TOK_PRE_GPT2:
+            rc = split_isolated(&c, &a, match_gpt2, &b);
+            break;
+        case TOK_PRE_LLAMA3:
+            rc = split_isolated(&c, &a, match_llama3, &b);
+            break;
+        case TOK_PRE_QWEN2:
+            rc = split_isolated(&c, &a, match_qwen2, &b);
+            break;
+        case TOK_PRE_QWEN35:
+            rc = split_isolated(&c, &a, match_qwen35, &b);
+            break;
+        case TOK_PRE_DEEPSEEK:
+            for (size_t k = 0; k < sizeof deepseek / sizeof deepseek[0] && rc == 0; k++) {
+                rc = split_isolated(&c, &a, deepseek[k], &b);
+                spans tmp = a;
+                a = b;
+                b = tmp;
+            }
+            if (rc == 0) {
+                spans tmp = a;
+                a = b;
+                b = tmp;
+            }
+            break;
+        }
+    }
+    if (rc == 0 && len > 0) {
+        w.syms = malloc(len * sizeof *w.syms);
+        w.heap = malloc((3 * len + 1) * sizeof *w.heap);
+        w.buf = malloc(len * 2 + 1);
+        if (!w.syms || !w.heap || !w.buf) rc = -ENOMEM;
+    }
+    for (size_t k = 0; k < b.n && rc == 0; k++)
+        rc = bpe_word(t, text, c.off[b.v[k].a], c.off[b.v[k].b], &w, ids);
+    free(w.syms);
+    free(w.heap);
+    free(w.buf);
+    free(a.v);
+    free(b.v);
+    free(c.cp);
+    free(c.fl);
+    free(c.off);
+    free(normalized);
+    return rc;
+}
