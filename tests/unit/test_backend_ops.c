@@ -276,7 +276,7 @@ static void matmul_case(int be, uint32_t type, int64_t rows, int64_t cols, int64
     kern_matmul(b, &kw, dx, dy, n_tok);
     from_device(b, y, dy, (size_t)(n_tok * rows) * sizeof *y);
     double tol = matmul_tol(type, backends[be].approx);
-    char what[96];
+    char what[160];
     for (int64_t t = 0; t < n_tok; t++) {
         for (int64_t r = 0; r < rows; r++) {
             double ref = 0.0, mag = 0.0;
@@ -717,7 +717,7 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     int *row_of = malloc((size_t)(n_seq * max_len) * sizeof *row_of);
     for (int i = 0; i < total; i++) row_of[seq[i] * max_len + pos[i]] = i;
     double *sc = malloc((size_t)max_len * sizeof *sc);
-    char what[128];
+    char what[200];
     int group = n_head / n_head_kv;
     /* The reference is quadratic in the positions: a long sequence is checked at a sample of
      * its tokens (the last included), short ones everywhere. */
