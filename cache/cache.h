@@ -33,8 +33,8 @@
  *   expert prefetched for the predictor and not yet used is passed over until a whole step —
  *   n_layer requests — has gone by; LFU-history: fewest requests since start, counted across
  *   evictions, and among equals the most recently used — which keeps a fixed subset resident
- *   when a cyclic working set does not fit, where LRU and LFU evict exactly what comes next).  A pinned slot (handed out
- *   or being read) is never evicted.
+ *   when a cyclic working set does not fit, where LRU and LFU evict exactly what comes next).  A
+ * pinned slot (handed out or being read) is never evicted.
  * - cache_prefetch() reads experts a predictor expects before they are asked for; a hit on
  *   one counts as a used prefetch, its eviction unasked as a wasted one.
  * - cache_get_stats() may be called from any thread (counters are atomics).
@@ -64,7 +64,8 @@ typedef enum cache_policy {
     CACHE_POLICY_LRU = 0,
     CACHE_POLICY_LFU,
     CACHE_POLICY_LRU_PROTECT, /* LRU that passes over prefetched, not yet used experts for a step */
-    CACHE_POLICY_LFU_HISTORY, /* requests since start (kept across evictions); newest first among equals */
+    CACHE_POLICY_LFU_HISTORY, /* requests since start (kept across evictions); newest first among
+                                 equals */
     CACHE_POLICY_COUNT
 } cache_policy;
 
@@ -75,24 +76,24 @@ int cache_policy_parse(const char *name, cache_policy *out);
 typedef enum cache_direct {
     CACHE_DIRECT_AUTO = 0, /* O_DIRECT where the file system allows it */
     CACHE_DIRECT_OFF,
-    CACHE_DIRECT_ON,       /* fail when O_DIRECT is refused */
+    CACHE_DIRECT_ON, /* fail when O_DIRECT is refused */
 } cache_direct;
 
 typedef struct cache_opts {
-    const char *path;              /* the model file (ignored when simulate) */
+    const char *path; /* the model file (ignored when simulate) */
     int32_t n_layer;
     int32_t n_expert;
-    const cache_extent *extents;   /* [n_layer][n_expert][CACHE_PARTS], copied */
-    uint64_t budget_bytes;         /* 0: every expert */
-    double budget_fraction;        /* > 0: this share of all experts instead of budget_bytes */
-    bool budget_min;               /* exactly min_slots slots (benchmarks of the worst case) */
-    uint32_t min_slots;            /* budgets below this many slots are refused */
-    uint32_t queue_depth;          /* io_uring reads in flight; 0: 32 */
-    uint32_t chunk_bytes;          /* largest single read; 0: 1 MiB */
+    const cache_extent *extents; /* [n_layer][n_expert][CACHE_PARTS], copied */
+    uint64_t budget_bytes;       /* 0: every expert */
+    double budget_fraction;      /* > 0: this share of all experts instead of budget_bytes */
+    bool budget_min;             /* exactly min_slots slots (benchmarks of the worst case) */
+    uint32_t min_slots;          /* budgets below this many slots are refused */
+    uint32_t queue_depth;        /* io_uring reads in flight; 0: 32 */
+    uint32_t chunk_bytes;        /* largest single read; 0: 1 MiB */
     cache_direct direct;
     cache_policy policy;
-    bool simulate;                 /* no I/O: for trace replay */
-    FILE *trace;                   /* when set, every request is appended as a trace line */
+    bool simulate; /* no I/O: for trace replay */
+    FILE *trace;   /* when set, every request is appended as a trace line */
     void (*log)(void *user, const char *msg); /* NULL: stderr */
     void *log_user;
     /* Fault injection for tests: a negative errno returned here replaces the result of the
@@ -150,27 +151,27 @@ enum { CACHE_READ_BUCKETS = 12 };
 extern const double cache_read_bounds[CACHE_READ_BUCKETS - 1];
 
 typedef struct cache_stats {
-    uint64_t hits;          /* requested experts already resident (or already being read) */
-    uint64_t misses;        /* requested experts that had to be read */
+    uint64_t hits;   /* requested experts already resident (or already being read) */
+    uint64_t misses; /* requested experts that had to be read */
     uint64_t evictions;
-    uint64_t bytes_read;    /* into this tier: from the file (including alignment padding) or
-                             * copied from the tier above */
-    uint64_t reads;         /* read operations completed */
+    uint64_t bytes_read; /* into this tier: from the file (including alignment padding) or
+                          * copied from the tier above */
+    uint64_t reads;      /* read operations completed */
     uint64_t read_errors;
-    uint64_t stall_ns;      /* time cache_next() waited for reads */
-    uint64_t read_ns_sum;   /* sum over expert loads of submit-to-complete time */
-    uint64_t loads;         /* expert loads completed (the histogram's count) */
+    uint64_t stall_ns;                      /* time cache_next() waited for reads */
+    uint64_t read_ns_sum;                   /* sum over expert loads of submit-to-complete time */
+    uint64_t loads;                         /* expert loads completed (the histogram's count) */
     uint64_t read_hist[CACHE_READ_BUCKETS]; /* loads by latency, per bucket (not cumulative) */
     uint64_t prefetch_issued;
     uint64_t prefetch_used;   /* prefetched experts a request then asked for */
     uint64_t prefetch_wasted; /* prefetched experts evicted before any request */
     uint32_t n_slots;
-    uint32_t resident;      /* slots holding a complete expert */
+    uint32_t resident; /* slots holding a complete expert */
     uint64_t slot_bytes;
     uint64_t arena_bytes;
-    bool direct;            /* O_DIRECT in use */
-    bool uring;             /* io_uring in use (else pread) */
-    bool all_resident;      /* the budget holds every expert */
+    bool direct;       /* O_DIRECT in use */
+    bool uring;        /* io_uring in use (else pread) */
+    bool all_resident; /* the budget holds every expert */
 } cache_stats;
 
 void cache_get_stats(const cache *c, cache_stats *out);

@@ -25,15 +25,15 @@
 typedef enum cache__slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY } cache__slot_state;
 
 typedef struct cache__slot {
-    int32_t key;           /* layer * n_expert + expert, -1 when empty */
+    int32_t key; /* layer * n_expert + expert, -1 when empty */
     cache__slot_state state;
     uint32_t pins;
-    int error;             /* first error of the current load */
-    uint64_t last_use;     /* tick of the last request */
-    uint64_t uses;         /* requests since it was loaded */
+    int error;         /* first error of the current load */
+    uint64_t last_use; /* tick of the last request */
+    uint64_t uses;     /* requests since it was loaded */
     uint64_t load_start_ns;
-    bool prefetched;       /* loaded by cache_prefetch and not requested since */
-    uint64_t protect_gen;  /* the cache_prefetch call that wants it: not a victim there */
+    bool prefetched;      /* loaded by cache_prefetch and not requested since */
+    uint64_t protect_gen; /* the cache_prefetch call that wants it: not a victim there */
 } cache__slot;
 
 /* One requested expert of the current cache_request(). */

@@ -40,13 +40,13 @@ typedef struct dev_fill {
     int32_t active_layer;
     int32_t *active_slot; /* [n_expert]: the device slot waiting for that expert, or -1 */
     int32_t n_active;
-    int32_t *experts;     /* scratch for building a request */
+    int32_t *experts; /* scratch for building a request */
     /* copies on the copy stream, in the order queued (they complete in that order) */
     copy_in_flight *fl;
     uint32_t fl_head, fl_len;
-    kern_event **events; /* one per slot: at most one copy per slot is in flight */
-    kern_event *compute; /* the compute stream's progress when a copy is queued */
-    char msg[320];       /* why the last failed load failed */
+    kern_event **events;  /* one per slot: at most one copy per slot is in flight */
+    kern_event *compute;  /* the compute stream's progress when a copy is queued */
+    char msg[320];        /* why the last failed load failed */
     uint32_t completions; /* loads finished during the current progress() */
 } dev_fill;
 
@@ -245,7 +245,8 @@ static void dev_close(cache *c)
         d->fl_len--;
     }
     if (d->events)
-        for (uint32_t i = 0; i < c->n_slots; i++) kern_event_destroy(d->b, &d->events[i]);
+        for (uint32_t i = 0; i < c->n_slots; i++)
+            kern_event_destroy(d->b, &d->events[i]);
     kern_event_destroy(d->b, &d->compute);
     kern_unregister(d->b, d->registered);
     kern_free(d->b, KERN_MEM_DEVICE, c->arena);
@@ -291,7 +292,8 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
     uint64_t slot_bytes = 0;
     for (size_t k = 0; k < n_keys; k++) {
         uint64_t b = 0;
-        for (int p = 0; p < CACHE_PARTS; p++) b += align_up(upper->part_bytes[k * CACHE_PARTS + (size_t)p], PART_ALIGN);
+        for (int p = 0; p < CACHE_PARTS; p++)
+            b += align_up(upper->part_bytes[k * CACHE_PARTS + (size_t)p], PART_ALIGN);
         if (b > slot_bytes) slot_bytes = b;
     }
     cache_opts co = cache_opts_default();
@@ -320,8 +322,10 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
     d->experts = calloc((size_t)c->o.n_expert, sizeof *d->experts);
     d->fl = calloc(c->n_slots, sizeof *d->fl);
     d->events = calloc(c->n_slots, sizeof *d->events);
-    if (!d->pend_slot || !d->pend_key || !d->active_slot || !d->experts || !d->fl || !d->events) goto oom;
-    for (int32_t e = 0; e < c->o.n_expert; e++) d->active_slot[e] = -1;
+    if (!d->pend_slot || !d->pend_key || !d->active_slot || !d->experts || !d->fl || !d->events)
+        goto oom;
+    for (int32_t e = 0; e < c->o.n_expert; e++)
+        d->active_slot[e] = -1;
     for (uint32_t i = 0; i < c->n_slots; i++)
         if ((rc = kern_event_create(d->b, &d->events[i]))) goto oom;
     if ((rc = kern_event_create(d->b, &d->compute))) goto oom;
@@ -337,15 +341,18 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
     c->arena_bytes = (size_t)(c->slot_bytes * c->n_slots);
     void *mem = NULL;
     if ((rc = kern_alloc(d->b, KERN_MEM_DEVICE, c->arena_bytes, &mem))) {
-        snprintf(err, err_size, "the device expert tier: %u slots of %llu bytes (%zu bytes): out of "
-                 "device memory", c->n_slots, (unsigned long long)c->slot_bytes, c->arena_bytes);
+        snprintf(err, err_size,
+                 "the device expert tier: %u slots of %llu bytes (%zu bytes): out of "
+                 "device memory",
+                 c->n_slots, (unsigned long long)c->slot_bytes, c->arena_bytes);
         goto fail;
     }
     c->arena = mem;
     if (upper->arena && kern_register(d->b, upper->arena, upper->arena_bytes) == 0)
         d->registered = upper->arena;
     else if (upper->arena)
-        cache__log_msg(c, "could not register the host tier for fast copies: copying from pageable memory");
+        cache__log_msg(
+            c, "could not register the host tier for fast copies: copying from pageable memory");
     if ((rc = cache__start(c, err, err_size))) goto fail;
     *out = c;
     return 0;

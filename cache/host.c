@@ -20,10 +20,10 @@ enum { ALIGN = 4096 };
 
 typedef struct host_fill {
     cache__io *io;
-    cache_extent *ext;     /* [n_keys][CACHE_PARTS], owned copy */
-    uint32_t *reads_left;  /* per slot: chunks in flight or queued */
-    uint64_t *cursor;      /* per slot: bytes of the three windows already submitted */
-    uint32_t *queue;       /* slots with chunks still to submit, FIFO */
+    cache_extent *ext;    /* [n_keys][CACHE_PARTS], owned copy */
+    uint32_t *reads_left; /* per slot: chunks in flight or queued */
+    uint64_t *cursor;     /* per slot: bytes of the three windows already submitted */
+    uint32_t *queue;      /* slots with chunks still to submit, FIFO */
     uint32_t q_head, q_len;
 } host_fill;
 
@@ -53,7 +53,8 @@ uint64_t cache_slot_bytes(const cache_extent *extents, size_t n_experts_total)
     uint64_t best = 0;
     for (size_t i = 0; i < n_experts_total; i++) {
         uint64_t b = 0;
-        for (int p = 0; p < CACHE_PARTS; p++) b += window_bytes(&extents[i * CACHE_PARTS + p]);
+        for (int p = 0; p < CACHE_PARTS; p++)
+            b += window_bytes(&extents[i * CACHE_PARTS + p]);
         if (b > best) best = b;
     }
     return best;
@@ -63,7 +64,8 @@ uint64_t cache_slot_bytes(const cache_extent *extents, size_t n_experts_total)
 static uint64_t window_pos(const host_fill *h, int32_t key, int p)
 {
     uint64_t pos = 0;
-    for (int q = 0; q < p; q++) pos += window_bytes(&h->ext[(size_t)key * CACHE_PARTS + q]);
+    for (int q = 0; q < p; q++)
+        pos += window_bytes(&h->ext[(size_t)key * CACHE_PARTS + q]);
     return pos;
 }
 
@@ -76,7 +78,8 @@ static bool pump_slot(cache *c, uint32_t i)
     uint64_t cursor = h->cursor[i];
     for (int p = 0; p < CACHE_PARTS; p++) {
         const cache_extent *e = &h->ext[(size_t)s->key * CACHE_PARTS + p];
-        uint64_t wb = window_bytes(e), w0 = align_down(e->offset, ALIGN), pos = window_pos(h, s->key, p);
+        uint64_t wb = window_bytes(e), w0 = align_down(e->offset, ALIGN),
+                 pos = window_pos(h, s->key, p);
         if (cursor >= pos + wb) continue;
         while (cursor < pos + wb) {
             if (!cache__io_has_room(h->io)) {
@@ -163,7 +166,9 @@ static int host_progress(cache *c, bool wait, char *err, size_t err_size)
     }
     pump(c);
     rc = cache__io_flush(h->io);
-    if (rc) snprintf(err, err_size, "reading experts from %s: io_uring submit: %s", c->o.path, strerror(-rc));
+    if (rc)
+        snprintf(err, err_size, "reading experts from %s: io_uring submit: %s", c->o.path,
+                 strerror(-rc));
     return rc;
 }
 
@@ -171,7 +176,8 @@ static int host_flush(cache *c, char *err, size_t err_size)
 {
     int rc = cache__io_flush(fill_of(c)->io);
     if (rc)
-        snprintf(err, err_size, "reading experts from %s: io_uring submit: %s", c->o.path, strerror(-rc));
+        snprintf(err, err_size, "reading experts from %s: io_uring submit: %s", c->o.path,
+                 strerror(-rc));
     return rc;
 }
 

@@ -18,9 +18,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
-const double cache_read_bounds[CACHE_READ_BUCKETS - 1] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                          0.005,  0.01,    0.025,  0.05,  0.1,
-                                                          0.25};
+const double cache_read_bounds[CACHE_READ_BUCKETS - 1] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25};
 
 static uint64_t now_ns(void)
 {
@@ -32,11 +31,16 @@ static uint64_t now_ns(void)
 const char *cache_policy_name(cache_policy p)
 {
     switch (p) {
-    case CACHE_POLICY_LRU: return "lru";
-    case CACHE_POLICY_LFU: return "lfu";
-    case CACHE_POLICY_LRU_PROTECT: return "lru-protect";
-    case CACHE_POLICY_LFU_HISTORY: return "lfu-history";
-    case CACHE_POLICY_COUNT: break;
+    case CACHE_POLICY_LRU:
+        return "lru";
+    case CACHE_POLICY_LFU:
+        return "lfu";
+    case CACHE_POLICY_LRU_PROTECT:
+        return "lru-protect";
+    case CACHE_POLICY_LFU_HISTORY:
+        return "lfu-history";
+    case CACHE_POLICY_COUNT:
+        break;
     }
     return NULL;
 }
@@ -54,8 +58,11 @@ int cache_policy_parse(const char *name, cache_policy *out)
 
 cache_opts cache_opts_default(void)
 {
-    return (cache_opts){.queue_depth = 32, .chunk_bytes = 1u << 20, .direct = CACHE_DIRECT_AUTO,
-                        .policy = CACHE_POLICY_LRU, .min_slots = 1};
+    return (cache_opts){.queue_depth = 32,
+                        .chunk_bytes = 1u << 20,
+                        .direct = CACHE_DIRECT_AUTO,
+                        .policy = CACHE_POLICY_LRU,
+                        .min_slots = 1};
 }
 
 /* Lower scores are evicted first. */
@@ -67,13 +74,15 @@ static uint64_t score(const cache *c, const cache__slot *s)
         return ((s->uses > 0xffffff ? 0xffffff : s->uses) << 40) | (s->last_use & 0xffffffffffull);
     case CACHE_POLICY_LFU_HISTORY: {
         uint64_t n = c->key_requests[s->key];
-        return ((n > 0xffffff ? 0xffffff : n) << 40) | (0xffffffffffull - (s->last_use & 0xffffffffffull));
+        return ((n > 0xffffff ? 0xffffff : n) << 40) |
+               (0xffffffffffull - (s->last_use & 0xffffffffffull));
     }
     case CACHE_POLICY_LRU_PROTECT:
         if (s->prefetched && c->tick - s->last_use <= (uint64_t)c->o.n_layer) return UINT64_MAX - 1;
         break;
     case CACHE_POLICY_LRU:
-    case CACHE_POLICY_COUNT: break;
+    case CACHE_POLICY_COUNT:
+        break;
     }
     return s->last_use;
 }
@@ -134,7 +143,8 @@ void cache__loaded(cache *c, uint32_t i, int result)
     s->state = SLOT_READY;
     uint64_t ns = now_ns() - s->load_start_ns;
     int b = 0;
-    while (b < CACHE_READ_BUCKETS - 1 && (double)ns * 1e-9 > cache_read_bounds[b]) b++;
+    while (b < CACHE_READ_BUCKETS - 1 && (double)ns * 1e-9 > cache_read_bounds[b])
+        b++;
     atomic_fetch_add(&c->st.read_hist[b], 1);
     atomic_fetch_add(&c->st.loads, 1);
     atomic_fetch_add(&c->st.read_ns_sum, ns);
@@ -180,7 +190,8 @@ static int preload_all(cache *c, char *err, size_t err_size)
         start_load(c, (uint32_t)key, key);
         /* Keep the filler busy but bounded. */
         int rc = flush(c, err, err_size);
-        while (rc == 0 && in_flight(c) > depth) rc = progress(c, true, err, err_size);
+        while (rc == 0 && in_flight(c) > depth)
+            rc = progress(c, true, err, err_size);
         if (rc) return rc;
         int32_t pct = (int32_t)((int64_t)(key + 1) * 100 / c->n_keys);
         if (pct >= next_report || key + 1 == c->n_keys) {
@@ -204,8 +215,9 @@ static int preload_all(cache *c, char *err, size_t err_size)
     }
     atomic_store(&c->st.stall_ns, 0); /* start-up is not a stall of the engine */
     double s = (double)(now_ns() - t0) * 1e-9;
-    snprintf(msg, sizeof msg, "loaded all %d experts into the %s tier (%.1f MiB) in %.2f s (%.0f MiB/s)",
-             c->n_keys, c->tier_name, (double)atomic_load(&c->st.bytes_read) / (1 << 20), s,
+    snprintf(msg, sizeof msg,
+             "loaded all %d experts into the %s tier (%.1f MiB) in %.2f s (%.0f MiB/s)", c->n_keys,
+             c->tier_name, (double)atomic_load(&c->st.bytes_read) / (1 << 20), s,
              (double)atomic_load(&c->st.bytes_read) / (1 << 20) / (s > 0 ? s : 1));
     cache__log_msg(c, msg);
     return 0;
@@ -235,7 +247,8 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
     c->part_off = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_off);
     c->part_bytes = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_bytes);
     if (!c->slot_of || !c->key_requests || !c->part_off || !c->part_bytes) goto oom;
-    for (int32_t k = 0; k < c->n_keys; k++) c->slot_of[k] = -1;
+    for (int32_t k = 0; k < c->n_keys; k++)
+        c->slot_of[k] = -1;
 
     c->slot_bytes = slot_bytes ? slot_bytes : 4096;
     uint64_t all = c->slot_bytes * (uint64_t)c->n_keys;
@@ -269,7 +282,8 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
     c->slots = calloc(c->n_slots, sizeof *c->slots);
     c->wants = calloc((size_t)opts->n_expert, sizeof *c->wants);
     if (!c->slots || !c->wants) goto oom;
-    for (uint32_t i = 0; i < c->n_slots; i++) c->slots[i].key = -1;
+    for (uint32_t i = 0; i < c->n_slots; i++)
+        c->slots[i].key = -1;
     *out = c;
     return 0;
 oom:
@@ -284,7 +298,8 @@ int cache__start(cache *c, char *err, size_t err_size)
 {
     if (c->all_fit) {
         if (c->o.simulate) {
-            for (int32_t key = 0; key < c->n_keys; key++) start_load(c, (uint32_t)key, key);
+            for (int32_t key = 0; key < c->n_keys; key++)
+                start_load(c, (uint32_t)key, key);
         } else {
             int rc = preload_all(c, err, err_size);
             if (rc) return rc;
@@ -430,7 +445,8 @@ int cache__next(cache *c, cache_ref *out, bool wait, char *err, size_t err_size)
             out->slot = (uint32_t)x->slot;
             uint8_t *mem = cache__slot_mem(c, out->slot);
             for (int p = 0; p < CACHE_PARTS; p++)
-                out->part[p] = c->o.simulate ? NULL : mem + c->part_off[(size_t)key * CACHE_PARTS + (size_t)p];
+                out->part[p] =
+                    c->o.simulate ? NULL : mem + c->part_off[(size_t)key * CACHE_PARTS + (size_t)p];
             return 0;
         }
         if (remaining == 0) {
@@ -446,11 +462,14 @@ int cache__next(cache *c, cache_ref *out, bool wait, char *err, size_t err_size)
         }
         assign(c);
         bool any = false;
-        for (int32_t w = 0; w < c->n_wants; w++) any |= c->wants[w].slot >= 0 && !c->wants[w].handed_out;
+        for (int32_t w = 0; w < c->n_wants; w++)
+            any |= c->wants[w].slot >= 0 && !c->wants[w].handed_out;
         if (!any && !wait) return -EAGAIN; /* the caller holds what it must release first */
         if (!any) {
-            snprintf(err, err_size, "cache: every slot of the %s tier is pinned (%u slots); release "
-                     "experts before asking for more", c->tier_name, c->n_slots);
+            snprintf(err, err_size,
+                     "cache: every slot of the %s tier is pinned (%u slots); release "
+                     "experts before asking for more",
+                     c->tier_name, c->n_slots);
             return -EDEADLK;
         }
         int rc = flush(c, err, err_size);
@@ -554,5 +573,6 @@ void cache_get_stats(const cache *c, cache_stats *out)
         .uring = c->fill == &cache__host_filler && cache__host_uring(c),
         .all_resident = c->all_fit,
     };
-    for (int b = 0; b < CACHE_READ_BUCKETS; b++) out->read_hist[b] = atomic_load(&m->st.read_hist[b]);
+    for (int b = 0; b < CACHE_READ_BUCKETS; b++)
+        out->read_hist[b] = atomic_load(&m->st.read_hist[b]);
 }

@@ -8,8 +8,8 @@
  * counted as compute.
  */
 #include "cli/cli.h"
-#include "kernels/cpu/cpu.h"
 #include "gguf/gguf.h"
+#include "kernels/cpu/cpu.h"
 #include "model/model.h"
 
 #include <inttypes.h>
@@ -32,7 +32,8 @@ static double device_bandwidth(kern_backend *be, size_t bytes)
     void *a = NULL, *b = NULL;
     char err[256];
     double best = 0.0;
-    if (kern_alloc(be, KERN_MEM_DEVICE, bytes, &a) == 0 && kern_alloc(be, KERN_MEM_DEVICE, bytes, &b) == 0) {
+    if (kern_alloc(be, KERN_MEM_DEVICE, bytes, &a) == 0 &&
+        kern_alloc(be, KERN_MEM_DEVICE, bytes, &b) == 0) {
         for (int r = 0; r < 10; r++) {
             double t0 = now_s();
             if (kern_copy(be, KERN_STREAM_COMPUTE, b, a, bytes, KERN_COPY_ON_DEVICE) ||
@@ -53,11 +54,13 @@ static double link_bandwidth(kern_backend *be, size_t bytes)
     void *h = NULL, *d = NULL;
     char err[256];
     double best = 0.0;
-    if (kern_alloc(be, KERN_MEM_HOST_PINNED, bytes, &h) == 0 && kern_alloc(be, KERN_MEM_DEVICE, bytes, &d) == 0) {
+    if (kern_alloc(be, KERN_MEM_HOST_PINNED, bytes, &h) == 0 &&
+        kern_alloc(be, KERN_MEM_DEVICE, bytes, &d) == 0) {
         memset(h, 1, bytes);
         for (int r = 0; r < 5; r++) {
             double t0 = now_s();
-            if (kern_copy(be, KERN_STREAM_COPY, d, h, bytes, KERN_COPY_TO_DEVICE) || kern_sync(be, err, sizeof err))
+            if (kern_copy(be, KERN_STREAM_COPY, d, h, bytes, KERN_COPY_TO_DEVICE) ||
+                kern_sync(be, err, sizeof err))
                 break;
             double t = now_s() - t0;
             if (t > 0 && (double)bytes / t > best) best = (double)bytes / t;
@@ -164,6 +167,7 @@ static int run(bench_opts *o)
         fprintf(stderr, "moeserve bench: %s\n", err);
         goto done;
     }
+    cli_log_expert_tiers(m);
     const model_hparams *hp = model_params(m);
     int32_t B = (int32_t)o->batch, P = (int32_t)o->n_prompt, G = (int32_t)o->n_gen;
     model_ctx_opts co = {.n_seq = B, .n_ctx = P + G + 1, .kv_type = o->cache.kv_type};
@@ -269,7 +273,8 @@ static int run(bench_opts *o)
     if (be->kind != KERN_BACKEND_CPU) {
         double link = link_bandwidth(be, (size_t)256 << 20);
         printf("| %s backend | memory %.1f GB/s (%s) | pinned host-to-device copies %.1f GB/s |\n",
-               be->name, bw / 1e9, be->kind == KERN_BACKEND_CUDA ? "device copy, read + write" : "CPU read",
+               be->name, bw / 1e9,
+               be->kind == KERN_BACKEND_CUDA ? "device copy, read + write" : "CPU read",
                link / 1e9);
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
             double copied = (double)(c1.bytes_read - c0.bytes_read) / G;

@@ -5,6 +5,7 @@
  * layer: the worst case) and "off" (experts read through the file's mapping, their default).
  */
 #include "cli/cli.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -16,8 +17,12 @@ void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes
     co->budget_bytes = 0; /* 0: every expert */
     co->budget_fraction = 0;
     switch (b->kind) {
-    case CFG_BUDGET_PERCENT: co->budget_fraction = b->percent / 100.0; break;
-    case CFG_BUDGET_BYTES: co->budget_bytes = b->bytes; break;
+    case CFG_BUDGET_PERCENT:
+        co->budget_fraction = b->percent / 100.0;
+        break;
+    case CFG_BUDGET_BYTES:
+        co->budget_bytes = b->bytes;
+        break;
     case CFG_BUDGET_AUTO:
         if (room && room < expert_bytes) co->budget_bytes = room;
         break;
@@ -84,8 +89,10 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         return 1;
     }
     if (!strcmp(opt, "--kv-type")) {
-        if (!strcmp(v, "f16")) a->kv_type = KERN_KV_F16;
-        else if (!strcmp(v, "f32")) a->kv_type = KERN_KV_F32;
+        if (!strcmp(v, "f16"))
+            a->kv_type = KERN_KV_F16;
+        else if (!strcmp(v, "f32"))
+            a->kv_type = KERN_KV_F32;
         else {
             fprintf(stderr, "--kv-type expects f16 or f32; got '%s'\n", v);
             return -EINVAL;
@@ -93,9 +100,12 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         return 1;
     }
     if (!strcmp(opt, "--direct")) {
-        if (!strcmp(v, "auto")) a->opts.direct = CACHE_DIRECT_AUTO;
-        else if (!strcmp(v, "on")) a->opts.direct = CACHE_DIRECT_ON;
-        else if (!strcmp(v, "off")) a->opts.direct = CACHE_DIRECT_OFF;
+        if (!strcmp(v, "auto"))
+            a->opts.direct = CACHE_DIRECT_AUTO;
+        else if (!strcmp(v, "on"))
+            a->opts.direct = CACHE_DIRECT_ON;
+        else if (!strcmp(v, "off"))
+            a->opts.direct = CACHE_DIRECT_OFF;
         else {
             fprintf(stderr, "--direct expects auto, on or off; got '%s'\n", v);
             return -EINVAL;
@@ -169,4 +179,20 @@ void cli_cache_args_close(cli_cache_args *a)
 {
     if (a->trace) fclose(a->trace);
     a->trace = NULL;
+}
+
+void cli_log_expert_tiers(const model *m)
+{
+    const cache *host = model_host_cache(m), *near = model_expert_cache(m);
+    if (!host) return;
+    cache_stats cs;
+    cache_get_stats(host, &cs);
+    uint64_t total = (uint64_t)model_params(m)->n_layer * (uint64_t)model_params(m)->n_expert;
+    cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s)", cs.n_slots,
+            (unsigned long long)total, (double)cs.arena_bytes / (1 << 20),
+            cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread");
+    if (near == host) return;
+    cache_get_stats(near, &cs);
+    cli_log("expert cache, device tier: %u of %llu experts (%.1f MiB of device memory)", cs.n_slots,
+            (unsigned long long)total, (double)cs.arena_bytes / (1 << 20));
 }

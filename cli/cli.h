@@ -29,7 +29,8 @@ int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, 
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);
 
-/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy lru|lfu|lru-protect|lfu-history, --io-depth N,
+/* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy
+ * lru|lfu|lru-protect|lfu-history, --io-depth N,
  * --trace FILE, --predictor none|pregate|affinity: the expert cache and routing predictor
  * as `generate` and `bench` take them (cache_args.c). */
 typedef struct cli_cache_args {
@@ -56,8 +57,13 @@ void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes
 int cli_cache_arg(cli_cache_args *a, const char *opt, const char *value);
 /* *out: the options to put in model_opts.expert_cache (NULL when off); *device: those for
  * model_opts.device_cache (NULL when not given). */
-int cli_cache_args_open(cli_cache_args *a, const cache_opts **out, const cache_device_opts **device);
+int cli_cache_args_open(cli_cache_args *a, const cache_opts **out,
+                        const cache_device_opts **device);
 void cli_cache_args_close(cli_cache_args *a);
+/* One log line per expert tier of an opened model (slots, bytes, I/O mode), nothing without a
+ * cache. */
+struct model;
+void cli_log_expert_tiers(const struct model *m);
 
 /* Logs go to stderr, one line each: text ("<time> moeserve: message") or JSON objects
  * ({"time","level","msg"}); messages above the level are dropped.  cli_log is level info. */

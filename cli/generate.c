@@ -47,31 +47,32 @@ static double now_s(void)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: moeserve generate --model FILE (--prompt TEXT | --prompt-ids IDS) [options]\n"
-            "  --model FILE            GGUF model\n"
-            "  --prompt TEXT           prompt text (BOS added as the vocabulary asks)\n"
-            "  --chat                  render --prompt as a user message with the chat template\n"
-            "  --system TEXT           system message (with --chat)\n"
-            "  --chat-template NAME    built-in template or a Jinja file instead of the model's\n"
-            "  --prompt-ids IDS        prompt as comma-separated token ids\n"
-            "  -n TOKENS               tokens to generate at most (default 64)\n"
-            "  --temperature T         0 = greedy (default 0)\n"
-            "  --top-k K  --top-p P  --min-p P\n"
-            "  --repeat-penalty R      --repeat-last-n N\n"
-            "  --presence-penalty X    --frequency-penalty X\n"
-            "  --seed N                makes sampling reproducible\n"
-            "  --stop TEXT             stop string (repeatable)\n"
-            "  --ignore-eos            keep going past end-of-generation tokens\n"
-            "  --threads N             CPU threads (default: all)\n"
-            "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
-            "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  "
-            "--trace FILE\n"
-            "  --predictor none|pregate|affinity  --lookahead N\n"
-            "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is "
-            "usable)\n"
-            "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
-            "  --kv-type f16|f32       KV cache storage (default f16)\n");
+    fprintf(
+        out,
+        "usage: moeserve generate --model FILE (--prompt TEXT | --prompt-ids IDS) [options]\n"
+        "  --model FILE            GGUF model\n"
+        "  --prompt TEXT           prompt text (BOS added as the vocabulary asks)\n"
+        "  --chat                  render --prompt as a user message with the chat template\n"
+        "  --system TEXT           system message (with --chat)\n"
+        "  --chat-template NAME    built-in template or a Jinja file instead of the model's\n"
+        "  --prompt-ids IDS        prompt as comma-separated token ids\n"
+        "  -n TOKENS               tokens to generate at most (default 64)\n"
+        "  --temperature T         0 = greedy (default 0)\n"
+        "  --top-k K  --top-p P  --min-p P\n"
+        "  --repeat-penalty R      --repeat-last-n N\n"
+        "  --presence-penalty X    --frequency-penalty X\n"
+        "  --seed N                makes sampling reproducible\n"
+        "  --stop TEXT             stop string (repeatable)\n"
+        "  --ignore-eos            keep going past end-of-generation tokens\n"
+        "  --threads N             CPU threads (default: all)\n"
+        "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
+        "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  "
+        "--trace FILE\n"
+        "  --predictor none|pregate|affinity  --lookahead N\n"
+        "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is "
+        "usable)\n"
+        "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
+        "  --kv-type f16|f32       KV cache storage (default f16)\n");
 }
 
 static int parse_float(const char *opt, const char *text, float *out)
@@ -279,10 +280,12 @@ int cli_generate(int argc, char **argv)
     size_t n_prompt = 0;
     const char *why = "length";
 
-    if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0)) goto done;
+    if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0))
+        goto done;
     model_opts mo = {.backend = be, .predictor = a.cache.predictor, .lookahead = a.cache.lookahead};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
+    cli_log_expert_tiers(m);
     const model_hparams *hp = model_params(m);
     if (tokenizer_create(&tok, model_file(m), err, sizeof err)) goto fail_msg;
     if (a.prompt_ids) {

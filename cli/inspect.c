@@ -4,8 +4,8 @@
  * be served, so the same command explains why a file is refused.
  */
 #include "cli/cli.h"
-#include "kernels/cpu/cpu.h"
 #include "gguf/gguf.h"
+#include "kernels/cpu/cpu.h"
 #include "model/model.h"
 
 #include <inttypes.h>
@@ -185,8 +185,8 @@ static void print_model(const model *m)
     human(sz.expert_bytes, experts, sizeof experts);
     human(sz.bytes_per_expert, per, sizeof per);
     human(sz.bytes_per_expert * (uint64_t)hp->n_expert, layer, sizeof layer);
-    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
-                            (uint64_t)hp->head_dim;
+    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer *
+                            (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
     human(kv_per_token * 1024, kv, sizeof kv);
     human(sz.dense_bytes +
               sz.bytes_per_expert * (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used,

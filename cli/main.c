@@ -15,18 +15,22 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: moeserve <command> [options]\n"
-            "\n"
-            "commands:\n"
-            "  inspect FILE         architecture, hyper-parameters, tensors and memory needs of a GGUF model\n"
-            "  generate [options]   greedy generation from token ids, printing tokens/s\n"
-            "  bench [options]      prefill and decode throughput against the memory-bandwidth floor\n"
-            "  cache-replay TRACE   hit rates of the expert-cache policies on a recorded routing trace\n"
-            "  serve [options]      the OpenAI-compatible HTTP server (--config FILE or --model FILE)\n"
-            "  config check FILE    validate a deployment config (`config show FILE` prints it in full)\n"
-            "\n"
-            "`moeserve <command> --help` describes each command's options.\n");
+    fprintf(
+        out,
+        "usage: moeserve <command> [options]\n"
+        "\n"
+        "commands:\n"
+        "  inspect FILE         architecture, hyper-parameters, tensors and memory needs of a GGUF "
+        "model\n"
+        "  generate [options]   greedy generation from token ids, printing tokens/s\n"
+        "  bench [options]      prefill and decode throughput against the memory-bandwidth floor\n"
+        "  cache-replay TRACE   hit rates of the expert-cache policies on a recorded routing "
+        "trace\n"
+        "  serve [options]      the OpenAI-compatible HTTP server (--config FILE or --model FILE)\n"
+        "  config check FILE    validate a deployment config (`config show FILE` prints it in "
+        "full)\n"
+        "\n"
+        "`moeserve <command> --help` describes each command's options.\n");
 }
 
 /* Log settings: one process, one log; set once by `serve` from the config before any thread
@@ -73,7 +77,10 @@ void cli_logl(int level, const char *fmt, ...)
     if (log_json) {
         /* One object per line, for log shippers. */
         fprintf(stderr, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", stamp,
-                ts.tv_nsec / 1000000, names[level < 0 ? 0 : level > 3 ? 3 : level]);
+                ts.tv_nsec / 1000000,
+                names[level < 0   ? 0
+                      : level > 3 ? 3
+                                  : level]);
         json_escape_to(stderr, msg);
         fputs("\"}\n", stderr);
     } else {
@@ -137,9 +144,11 @@ int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, 
         break;
     case KERN_BACKEND_SIM:
         (void)kern_mem_info(*out, &free_b, &total_b);
-        cli_log("sim backend: a simulated device of %.1f GiB behind a modelled PCIe link, computing "
-                "with %d CPU threads (%s kernels)", (double)total_b / (1 << 30),
-                kern_cpu_n_threads(*out), kern_isa_name(kern_cpu_backend_isa(*out)));
+        cli_log(
+            "sim backend: a simulated device of %.1f GiB behind a modelled PCIe link, computing "
+            "with %d CPU threads (%s kernels)",
+            (double)total_b / (1 << 30), kern_cpu_n_threads(*out),
+            kern_isa_name(kern_cpu_backend_isa(*out)));
         break;
     default:
         (void)kern_mem_info(*out, &free_b, &total_b);
@@ -168,7 +177,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
-        printf("moeserve %s (CUDA backend %s)\n", MOE_VERSION, MOE_HAVE_CUDA ? "built" : "not built");
+        printf("moeserve %s (CUDA backend %s)\n", MOE_VERSION,
+               MOE_HAVE_CUDA ? "built" : "not built");
         return 0;
     }
     fprintf(stderr, "moeserve: unknown command '%s'\n", cmd);

@@ -7,11 +7,11 @@
  * stops the server with exit status 1 and the reason in the log.
  */
 #include "cli/cli.h"
-#include "moe_config.h"
 #include "config/config.h"
 #include "engine/engine.h"
 #include "engine/prompt.h"
 #include "model/model.h"
+#include "moe_config.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -258,14 +258,17 @@ int cli_serve(int argc, char **argv)
     kern_backend_kind kind = kinds[c.compute.backend];
     bool want_auto = false;
     if (c.compute.backend == CFG_BACKEND_AUTO) {
-        if (c.gpu.enabled == CFG_ON) kind = KERN_BACKEND_CUDA;
-        else want_auto = c.gpu.enabled == CFG_AUTO && c.gpu.device >= 0;
+        if (c.gpu.enabled == CFG_ON)
+            kind = KERN_BACKEND_CUDA;
+        else
+            want_auto = c.gpu.enabled == CFG_AUTO && c.gpu.device >= 0;
     }
     if (kind == KERN_BACKEND_CUDA && !want_auto) {
         char why[256];
         int n_dev = kern_cuda_probe(why, sizeof why);
         if (n_dev <= c.gpu.device || !MOE_HAVE_CUDA) {
-            fprintf(stderr, "moeserve serve: %s asks for the CUDA backend, but it cannot run: %s%s\n",
+            fprintf(stderr,
+                    "moeserve serve: %s asks for the CUDA backend, but it cannot run: %s%s\n",
                     c.compute.backend == CFG_BACKEND_CUDA ? "compute.backend \"cuda\""
                                                           : "gpu.enabled true",
                     MOE_HAVE_CUDA ? why : "this build has no CUDA backend",

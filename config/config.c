@@ -82,8 +82,7 @@ static const cfg__key keys[] = {
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,
      NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
-    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL,
-     NULL},
+    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},
     {"io.queue_depth", CFG__INT, OFF(io.queue_depth), 1, 4096, NULL, "64", NULL, NULL},
     {"io.direct", CFG__TRISTATE, OFF(io.direct), 0, 0, NULL, "auto", NULL, NULL},
@@ -379,8 +378,9 @@ int cfg_validate(cfg *c, char *err, size_t err_size)
                       "training context) or at least 16 positions",
                       c->kv.context_length);
     if (c->compute.backend == CFG_BACKEND_CUDA && (c->gpu.enabled == CFG_OFF || c->gpu.device < 0))
-        cfg__errs_add(&e, "compute.backend: \"cuda\" while gpu.enabled is false or gpu.device is -1: "
-                          "expected compute.backend \"auto\", \"cpu\" or \"sim\", or a GPU enabled");
+        cfg__errs_add(&e,
+                      "compute.backend: \"cuda\" while gpu.enabled is false or gpu.device is -1: "
+                      "expected compute.backend \"auto\", \"cpu\" or \"sim\", or a GPU enabled");
     if (c->gpu.enabled == CFG_ON && c->gpu.device < 0)
         cfg__errs_add(&e, "gpu.enabled: true while gpu.device is -1 (no GPU): expected a device "
                           "index from 0 in gpu.device, or gpu.enabled false or \"auto\"");

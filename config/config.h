@@ -68,7 +68,7 @@ typedef enum cfg_predictor_kind {
 typedef enum cfg_backend {
     CFG_BACKEND_AUTO = 0, /* follows gpu.enabled: CUDA when usable, else the CPU */
     CFG_BACKEND_CPU,
-    CFG_BACKEND_SIM,      /* the simulated device (tests, CI, trying a GPU layout on a CPU) */
+    CFG_BACKEND_SIM, /* the simulated device (tests, CI, trying a GPU layout on a CPU) */
     CFG_BACKEND_CUDA,
 } cfg_backend;
 

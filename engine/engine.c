@@ -400,55 +400,78 @@ static void single(srv_mx_buf *b, const char *name, const char *type, const char
     srv_mx_sample(b, name, labels, value);
 }
 
-static void write_cache(srv_mx_buf *b, const cache *c)
+/* The expert tiers: one sample per tier (tier="host", and tier="device" on a device backend) of
+ * the per-tier families; storage reads from the host tier; stalls and prefetches from the tier
+ * the engine asks (the nearest one). */
+static void write_cache(srv_mx_buf *b, const cache *host, const cache *nearest)
 {
-    cache_stats st;
-    cache_get_stats(c, &st);
-    const char *host = "{tier=\"host\"}";
+    cache_stats tiers[2];
+    const char *labels[2] = {"{tier=\"host\"}", "{tier=\"device\"}"};
+    int n_tiers = nearest != host ? 2 : 1;
+    cache_get_stats(host, &tiers[0]);
+    if (n_tiers == 2) cache_get_stats(nearest, &tiers[1]);
+    const cache_stats *st = &tiers[0], *near = &tiers[n_tiers - 1];
+    static const struct {
+        const char *name, *type, *help;
+    } per_tier[] = {
+        {"moeserve_expert_cache_hits_total", "counter",
+         "Requested experts that were resident in the tier or already being loaded"},
+        {"moeserve_expert_cache_misses_total", "counter",
+         "Requested experts that had to be loaded into the tier"},
+        {"moeserve_expert_cache_evictions_total", "counter", "Experts evicted to make room"},
+        {"moeserve_expert_cache_resident_experts", "gauge", "Experts held complete in the tier"},
+        {"moeserve_expert_cache_resident_bytes", "gauge",
+         "Bytes of slots holding a complete expert"},
+        {"moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier"},
+        {"moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena"},
+    };
+    for (size_t i = 0; i < sizeof per_tier / sizeof per_tier[0]; i++) {
+        srv_mx_family(b, per_tier[i].name, per_tier[i].type, per_tier[i].help);
+        for (int t = 0; t < n_tiers; t++) {
+            const cache_stats *c = &tiers[t];
+            double v[] = {(double)c->hits,
+                          (double)c->misses,
+                          (double)c->evictions,
+                          (double)c->resident,
+                          (double)c->resident * (double)c->slot_bytes,
+                          (double)c->n_slots,
+                          (double)c->n_slots * (double)c->slot_bytes};
+            srv_mx_sample(b, per_tier[i].name, labels[t], v[i]);
+        }
+    }
     const struct {
-        const char *name, *type, *help, *labels;
+        const char *name, *type, *help;
         double value;
     } rows[] = {
-        {"moeserve_expert_cache_hits_total", "counter",
-         "Requested experts that were resident or already being read", host, (double)st.hits},
-        {"moeserve_expert_cache_misses_total", "counter",
-         "Requested experts that had to be read from storage", host, (double)st.misses},
-        {"moeserve_expert_cache_evictions_total", "counter", "Experts evicted to make room", host,
-         (double)st.evictions},
-        {"moeserve_expert_cache_resident_experts", "gauge", "Experts held complete in the tier",
-         host, (double)st.resident},
-        {"moeserve_expert_cache_resident_bytes", "gauge",
-         "Bytes of slots holding a complete expert", host,
-         (double)st.resident * (double)st.slot_bytes},
-        {"moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier", host,
-         (double)st.n_slots},
-        {"moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena", host,
-         (double)st.n_slots * (double)st.slot_bytes},
         {"moeserve_expert_storage_read_bytes_total", "counter",
-         "Bytes read from the model file into the host tier (with alignment padding)", "",
-         (double)st.bytes_read},
+         "Bytes read from the model file into the host tier (with alignment padding)",
+         (double)st->bytes_read},
         {"moeserve_expert_storage_reads_total", "counter",
-         "Read operations completed against the model file", "", (double)st.reads},
+         "Read operations completed against the model file", (double)st->reads},
         {"moeserve_expert_storage_read_errors_total", "counter",
-         "Reads that failed (the request that needed them failed with a clear error)", "",
-         (double)st.read_errors},
+         "Reads that failed (the request that needed them failed with a clear error)",
+         (double)st->read_errors},
+        {"moeserve_expert_device_copy_bytes_total", "counter",
+         "Bytes copied from the host tier into the device tier (0 without a device tier)",
+         n_tiers == 2 ? (double)near->bytes_read : 0.0},
         {"moeserve_engine_expert_stall_seconds_total", "counter",
-         "Time the engine waited for experts to be read", "", (double)st.stall_ns * 1e-9},
+         "Time the engine waited for experts to be read or copied", (double)near->stall_ns * 1e-9},
         {"moeserve_expert_prefetches_total", "counter",
-         "Experts read ahead for the predictor's guesses", "", (double)st.prefetch_issued},
+         "Experts loaded ahead for the predictor's guesses", (double)near->prefetch_issued},
         {"moeserve_expert_prefetches_used_total", "counter",
-         "Prefetched experts that a later request asked for", "", (double)st.prefetch_used},
+         "Prefetched experts that a later request asked for", (double)near->prefetch_used},
         {"moeserve_expert_prefetches_wasted_total", "counter",
-         "Prefetched experts evicted before any request asked for them", "",
-         (double)st.prefetch_wasted},
+         "Prefetched experts evicted before any request asked for them",
+         (double)near->prefetch_wasted},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        single(b, rows[i].name, rows[i].type, rows[i].help, rows[i].labels, rows[i].value);
+        single(b, rows[i].name, rows[i].type, rows[i].help, "", rows[i].value);
     srv_mx_family(b, "moeserve_expert_load_seconds", "histogram",
-                  "Time from submitting an expert's reads to the expert being resident");
+                  "Time from submitting an expert's reads to the expert being resident in the host "
+                  "tier");
     srv_mx_histogram_write_counts(b, "moeserve_expert_load_seconds", cache_read_bounds,
-                                  CACHE_READ_BUCKETS - 1, st.read_hist,
-                                  (double)st.read_ns_sum * 1e-9);
+                                  CACHE_READ_BUCKETS - 1, st->read_hist,
+                                  (double)st->read_ns_sum * 1e-9);
 }
 
 static double ratio(uint64_t num, uint64_t den)
@@ -519,6 +542,6 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
                   "KV cache memory allocated, by state: blocks held by sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
-    if (model_expert_cache(e->m)) write_cache(b, model_expert_cache(e->m));
+    if (model_expert_cache(e->m)) write_cache(b, model_host_cache(e->m), model_expert_cache(e->m));
     write_routing(b, e->m);
 }

@@ -66,9 +66,12 @@ int kern_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t 
         c.n_threads = o.n_threads;
         return kern_cpu_open(out, &c, err, err_size);
     }
-    case KERN_BACKEND_SIM: return kern_sim_open(out, &o, err, err_size);
-    case KERN_BACKEND_CUDA: return kern_cuda_open(out, &o, err, err_size);
-    case KERN_BACKEND_COUNT: break;
+    case KERN_BACKEND_SIM:
+        return kern_sim_open(out, &o, err, err_size);
+    case KERN_BACKEND_CUDA:
+        return kern_cuda_open(out, &o, err, err_size);
+    case KERN_BACKEND_COUNT:
+        break;
     }
     snprintf(err, err_size, "unknown backend kind %d", (int)o.kind);
     return -EINVAL;
@@ -97,9 +100,11 @@ int kern_place(kern_backend *b, const void *host, size_t bytes, const void **out
         return rc;
     }
     rc = kern_copy(b, KERN_STREAM_COMPUTE, dev, host, bytes, KERN_COPY_TO_DEVICE);
-    if (rc == 0) rc = kern_sync(b, err, err_size);
-    else snprintf(err, err_size, "%s backend: copying %zu bytes of weights: %s", b->name, bytes,
-                  strerror(-rc));
+    if (rc == 0)
+        rc = kern_sync(b, err, err_size);
+    else
+        snprintf(err, err_size, "%s backend: copying %zu bytes of weights: %s", b->name, bytes,
+                 strerror(-rc));
     if (rc) {
         kern_free(b, KERN_MEM_DEVICE, dev);
         return rc;

@@ -224,8 +224,8 @@ typedef struct kern_ops {
                         const float *weights, float *out, int64_t n_tokens, int k, int64_t dim);
     /* out[t] += sigmoid(dot(gate, h[t])) * x[t] for n_tokens rows of dim: the shared expert's
      * scalar gate (the dot accumulated in double). */
-    void (*gate_add)(kern_backend *b, const float *h, const float *gate, const float *x,
-                     float *out, int64_t n_tokens, int64_t dim);
+    void (*gate_add)(kern_backend *b, const float *h, const float *gate, const float *x, float *out,
+                     int64_t n_tokens, int64_t dim);
 
     void (*destroy)(kern_backend *b);
 } kern_ops;
@@ -371,9 +371,8 @@ static inline void kern_rmsnorm(kern_backend *b, const float *x, const float *we
 {
     b->ops->rmsnorm(b, x, weight, out, n, n_rows, stride, eps);
 }
-static inline void kern_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads,
-                             int head_dim, int n_rot, const int32_t *pos, float freq_base,
-                             kern_rope_mode mode)
+static inline void kern_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
+                             int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
 {
     b->ops->rope(b, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode);
 }
@@ -388,8 +387,7 @@ static inline void kern_attention(kern_backend *b, const kern_kv_layout *kv, int
                                   float *out, int64_t n_tokens, int n_head, int n_head_kv,
                                   int head_dim, float scale)
 {
-    b->ops->attention(b, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim,
-                      scale);
+    b->ops->attention(b, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim, scale);
 }
 static inline void kern_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
                                  int64_t n)
@@ -426,8 +424,8 @@ static inline void kern_moe_combine(kern_backend *b, const float *src, const int
 {
     b->ops->moe_combine(b, src, rows, weights, out, n_tokens, k, dim);
 }
-static inline void kern_gate_add(kern_backend *b, const float *h, const float *gate,
-                                 const float *x, float *out, int64_t n_tokens, int64_t dim)
+static inline void kern_gate_add(kern_backend *b, const float *h, const float *gate, const float *x,
+                                 float *out, int64_t n_tokens, int64_t dim)
 {
     b->ops->gate_add(b, h, gate, x, out, n_tokens, dim);
 }

@@ -29,11 +29,11 @@ struct kern_kv {
     void **table_host;  /* [n_seq][max_blocks] */
     int32_t *table_ids; /* the same, as block ids (-1: none) */
     void **table_dev;
-    int32_t *n_held;    /* blocks held per sequence */
+    int32_t *n_held; /* blocks held per sequence */
     size_t block_bytes;
     int32_t blocks_per_chunk, max_chunks, n_chunks;
     void **chunks;
-    void **block_ptr;   /* [max_chunks * blocks_per_chunk] */
+    void **block_ptr; /* [max_chunks * blocks_per_chunk] */
     uint16_t *refs;
     int32_t *free_ids;
     int32_t n_free, n_used;
@@ -49,7 +49,8 @@ void kern_kv_close(kern_kv **kvp)
     kern_kv *kv = *kvp;
     if (!kv) return;
     *kvp = NULL;
-    for (int32_t c = 0; c < kv->n_chunks; c++) kern_free(kv->b, KERN_MEM_DEVICE, kv->chunks[c]);
+    for (int32_t c = 0; c < kv->n_chunks; c++)
+        kern_free(kv->b, KERN_MEM_DEVICE, kv->chunks[c]);
     kern_free(kv->b, KERN_MEM_DEVICE, kv->table_dev);
     free(kv->table_host);
     free(kv->table_ids);
@@ -68,8 +69,10 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
     kern_kv_opts o = *opts;
     if (!o.block_tokens) o.block_tokens = DEFAULT_BLOCK_TOKENS;
     if (o.n_layer <= 0 || o.kv_dim <= 0 || o.n_seq <= 0 || o.n_ctx <= 0 || o.block_tokens <= 0) {
-        snprintf(err, err_size, "KV cache: bad shape (%d layers, %d wide, %d sequences of %d, "
-                 "blocks of %d)", o.n_layer, o.kv_dim, o.n_seq, o.n_ctx, o.block_tokens);
+        snprintf(err, err_size,
+                 "KV cache: bad shape (%d layers, %d wide, %d sequences of %d, "
+                 "blocks of %d)",
+                 o.n_layer, o.kv_dim, o.n_seq, o.n_ctx, o.block_tokens);
         return -EINVAL;
     }
     kern_kv *kv = calloc(1, sizeof *kv);
@@ -96,7 +99,8 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
     if (!kv->table_host || !kv->table_ids || !kv->n_held || !kv->chunks || !kv->block_ptr ||
         !kv->refs || !kv->free_ids)
         goto nomem;
-    for (size_t i = 0; i < n_entries; i++) kv->table_ids[i] = -1;
+    for (size_t i = 0; i < n_entries; i++)
+        kv->table_ids[i] = -1;
     int rc = kern_alloc(b, KERN_MEM_DEVICE, n_entries * sizeof(void *), (void **)&kv->table_dev);
     if (rc) {
         snprintf(err, err_size, "KV cache: block table of %zu bytes: out of device memory",
@@ -104,16 +108,20 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
         kern_kv_close(&kv);
         return rc;
     }
-    rc = kern_copy(b, KERN_STREAM_COMPUTE, kv->table_dev, kv->table_host, n_entries * sizeof(void *),
-                   KERN_COPY_TO_DEVICE);
+    rc = kern_copy(b, KERN_STREAM_COMPUTE, kv->table_dev, kv->table_host,
+                   n_entries * sizeof(void *), KERN_COPY_TO_DEVICE);
     if (rc == 0) rc = kern_sync(b, err, err_size);
     if (rc) {
         kern_kv_close(&kv);
         return rc;
     }
-    kv->layout = (kern_kv_layout){.table = kv->table_dev, .n_seq = o.n_seq,
-                                  .max_blocks = max_blocks, .block_tokens = o.block_tokens,
-                                  .n_layer = o.n_layer, .kv_dim = o.kv_dim, .type = o.type};
+    kv->layout = (kern_kv_layout){.table = kv->table_dev,
+                                  .n_seq = o.n_seq,
+                                  .max_blocks = max_blocks,
+                                  .block_tokens = o.block_tokens,
+                                  .n_layer = o.n_layer,
+                                  .kv_dim = o.kv_dim,
+                                  .type = o.type};
     *out = kv;
     return 0;
 nomem:
@@ -132,8 +140,10 @@ static int grow(kern_kv *kv, char *err, size_t err_size)
     size_t bytes = kv->block_bytes * (size_t)kv->blocks_per_chunk;
     int rc = kern_alloc(kv->b, KERN_MEM_DEVICE, bytes, &mem);
     if (rc) {
-        snprintf(err, err_size, "KV cache: %zu more bytes for %d blocks of %d positions: out of "
-                 "%s memory", bytes, kv->blocks_per_chunk, kv->o.block_tokens,
+        snprintf(err, err_size,
+                 "KV cache: %zu more bytes for %d blocks of %d positions: out of "
+                 "%s memory",
+                 bytes, kv->blocks_per_chunk, kv->o.block_tokens,
                  kv->b->kind == KERN_BACKEND_CPU ? "host" : "device");
         return rc;
     }
@@ -171,8 +181,9 @@ int kern_kv_reserve(kern_kv *kv, int32_t seq, int32_t n_pos, char *err, size_t e
         kv->n_held[seq] = i + 1;
         kv->n_used++;
     }
-    int rc = kern_copy(kv->b, KERN_STREAM_COMPUTE, kv->table_dev + row + have, kv->table_host + row + have,
-                       (size_t)(need - have) * sizeof(void *), KERN_COPY_TO_DEVICE);
+    int rc = kern_copy(kv->b, KERN_STREAM_COMPUTE, kv->table_dev + row + have,
+                       kv->table_host + row + have, (size_t)(need - have) * sizeof(void *),
+                       KERN_COPY_TO_DEVICE);
     if (rc) snprintf(err, err_size, "KV cache: updating the block table: %s", strerror(-rc));
     return rc;
 }

@@ -6,9 +6,9 @@
  * at each SIMD level.  The scalar entries are the reference: SIMD kernels are tested against
  * them, never the other way round.
  */
-#include "kernels/kernels.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/quant_blocks.h"
+#include "kernels/kernels.h"
 
 #include <string.h>
 
@@ -101,21 +101,26 @@ static void q8_1_to_f32(const void *src, float *dst, int64_t n)
 {
     const block_q8_1 *b = src;
     for (int64_t i = 0; i < n / QK8_1; i++)
-        for (int j = 0; j < QK8_1; j++) dst[i * QK8_1 + j] = (float)b[i].qs[j] * kern_f16_to_f32(b[i].d);
+        for (int j = 0; j < QK8_1; j++)
+            dst[i * QK8_1 + j] = (float)b[i].qs[j] * kern_f16_to_f32(b[i].d);
 }
 
 static void q8_K_to_f32(const void *src, float *dst, int64_t n)
 {
     const block_q8_K *b = src;
     for (int64_t i = 0; i < n / QK_K; i++)
-        for (int j = 0; j < QK_K; j++) dst[i * QK_K + j] = (float)b[i].qs[j] * b[i].d;
+        for (int j = 0; j < QK_K; j++)
+            dst[i * QK_K + j] = (float)b[i].qs[j] * b[i].d;
 }
 
 /* One row per storage type: geometry and the scalar reference dequantiser.  How a backend
  * computes with the type is in that backend's own table (kernels/cpu/cpu_types.c). */
-#define QUANT_ROW(TYPE, lower, elems, act)                                                       \
-    [KERN_T_##TYPE] = {.name = #TYPE, .block_elems = elems, .block_bytes = sizeof(block_##lower), \
-                       .to_f32 = kern__to_f32_##lower, .act_type = KERN_T_##act}
+#define QUANT_ROW(TYPE, lower, elems, act)                                                         \
+    [KERN_T_##TYPE] = {.name = #TYPE,                                                              \
+                       .block_elems = elems,                                                       \
+                       .block_bytes = sizeof(block_##lower),                                       \
+                       .to_f32 = kern__to_f32_##lower,                                             \
+                       .act_type = KERN_T_##act}
 
 static const kern_type_traits type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_0, q4_0, QK4_0, Q8_0),
@@ -125,19 +130,29 @@ static const kern_type_traits type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_K, q4_K, QK_K, Q8_K),
     QUANT_ROW(Q5_K, q5_K, QK_K, Q8_K),
     QUANT_ROW(Q6_K, q6_K, QK_K, Q8_K),
-    [KERN_T_Q8_0] = {.name = "Q8_0", .block_elems = QK8_0, .block_bytes = sizeof(block_q8_0),
-                     .to_f32 = kern__to_f32_q8_0, .act_type = KERN_T_Q8_0,
+    [KERN_T_Q8_0] = {.name = "Q8_0",
+                     .block_elems = QK8_0,
+                     .block_bytes = sizeof(block_q8_0),
+                     .to_f32 = kern__to_f32_q8_0,
+                     .act_type = KERN_T_Q8_0,
                      .from_f32 = kern__quantize_q8_0_scalar},
-    [KERN_T_Q8_1] = {.name = "Q8_1", .block_elems = QK8_1, .block_bytes = sizeof(block_q8_1),
-                     .to_f32 = q8_1_to_f32, .act_type = KERN_T_Q8_1, .activation_only = true,
+    [KERN_T_Q8_1] = {.name = "Q8_1",
+                     .block_elems = QK8_1,
+                     .block_bytes = sizeof(block_q8_1),
+                     .to_f32 = q8_1_to_f32,
+                     .act_type = KERN_T_Q8_1,
+                     .activation_only = true,
                      .from_f32 = kern__quantize_q8_1_scalar},
-    [KERN_T_Q8_K] = {.name = "Q8_K", .block_elems = QK_K, .block_bytes = sizeof(block_q8_K),
-                     .to_f32 = q8_K_to_f32, .act_type = KERN_T_Q8_K, .activation_only = true,
+    [KERN_T_Q8_K] = {.name = "Q8_K",
+                     .block_elems = QK_K,
+                     .block_bytes = sizeof(block_q8_K),
+                     .to_f32 = q8_K_to_f32,
+                     .act_type = KERN_T_Q8_K,
+                     .activation_only = true,
                      .from_f32 = kern__quantize_q8_K_scalar},
     [KERN_T_F32] = {.name = "F32", .block_elems = 1, .block_bytes = 4, .to_f32 = f32_to_f32},
     [KERN_T_F16] = {.name = "F16", .block_elems = 1, .block_bytes = 2, .to_f32 = f16_to_f32_row},
-    [KERN_T_BF16] = {.name = "BF16", .block_elems = 1, .block_bytes = 2,
-                     .to_f32 = bf16_to_f32_row},
+    [KERN_T_BF16] = {.name = "BF16", .block_elems = 1, .block_bytes = 2, .to_f32 = bf16_to_f32_row},
 };
 
 const kern_type_traits *kern_type_info(uint32_t type)

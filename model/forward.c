@@ -33,28 +33,28 @@ typedef struct dev_scratch {
     float *x, *h, *q, *k, *v, *attn, *proj, *moe;
     float *router, *route_w;
     int32_t *route_id;
-    float *xe, *ge, *ue;   /* every bucket's inputs; one expert's gate and up */
-    float *de;             /* every bucket's down outputs, in bucket order */
+    float *xe, *ge, *ue;    /* every bucket's inputs; one expert's gate and up */
+    float *de;              /* every bucket's down outputs, in bucket order */
     float *shg, *shu, *shd; /* shared expert */
     float *logits;
     int32_t *token, *pos, *seq, *out_rows;
-    int32_t *bucket;       /* token of each bucket row */
-    int32_t *comb_rows;    /* [n][K]: each token's bucket rows, ascending expert */
+    int32_t *bucket;    /* token of each bucket row */
+    int32_t *comb_rows; /* [n][K]: each token's bucket rows, ascending expert */
     float *comb_w;
 } dev_scratch;
 
 /* Host-side integer bookkeeping, and the staging of what crosses to and from the device. */
 typedef struct host_scratch {
-    int32_t *route_id;   /* [n][K], copied up from the device */
+    int32_t *route_id; /* [n][K], copied up from the device */
     float *route_w;
-    int32_t *bucket;     /* [n*K] */
-    int32_t *comb_rows;  /* [n][K] */
+    int32_t *bucket;    /* [n*K] */
+    int32_t *comb_rows; /* [n][K] */
     float *comb_w;
     int32_t *bucket_start; /* n_expert + 1 */
-    int32_t *fill;       /* n_expert: bucket cursors, then the experts used */
-    int32_t *guess;      /* n_expert: the next layer's predicted experts */
-    uint8_t *mark;       /* n_expert */
-    int32_t *out_rows;   /* tokens whose logits are wanted */
+    int32_t *fill;         /* n_expert: bucket cursors, then the experts used */
+    int32_t *guess;        /* n_expert: the next layer's predicted experts */
+    uint8_t *mark;         /* n_expert */
+    int32_t *out_rows;     /* tokens whose logits are wanted */
 } host_scratch;
 
 struct model_ctx {
@@ -70,13 +70,15 @@ struct model_ctx {
     model_step_stats stats;
 };
 
-/* ---- scratch ---------------------------------------------------------------------------------- */
+/* ---- scratch ----------------------------------------------------------------------------------
+ */
 
 static void scratch_free(model_ctx *ctx)
 {
     kern_backend *be = ctx->be;
     void **dev = (void **)&ctx->d, **host = (void **)&ctx->hs;
-    for (size_t i = 0; i < sizeof ctx->d / sizeof(void *); i++) kern_free(be, KERN_MEM_DEVICE, dev[i]);
+    for (size_t i = 0; i < sizeof ctx->d / sizeof(void *); i++)
+        kern_free(be, KERN_MEM_DEVICE, dev[i]);
     for (size_t i = 0; i < sizeof ctx->hs / sizeof(void *); i++)
         kern_free(be, KERN_MEM_HOST_PINNED, host[i]);
     memset(&ctx->d, 0, sizeof ctx->d);
@@ -96,8 +98,11 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     dev_scratch *d = &ctx->d;
     host_scratch *h = &ctx->hs;
     int rc = 0;
-#define DEV(field, count) (rc = kern_alloc(be, KERN_MEM_DEVICE, (size_t)(count) * sizeof *d->field, (void **)&d->field))
-#define HOST(field, count) (rc = kern_alloc(be, KERN_MEM_HOST_PINNED, (size_t)(count) * sizeof *h->field, (void **)&h->field))
+#define DEV(field, count)                                                                          \
+    (rc = kern_alloc(be, KERN_MEM_DEVICE, (size_t)(count) * sizeof *d->field, (void **)&d->field))
+#define HOST(field, count)                                                                         \
+    (rc = kern_alloc(be, KERN_MEM_HOST_PINNED, (size_t)(count) * sizeof *h->field,                 \
+                     (void **)&h->field))
     if (DEV(x, n * D) || DEV(h, n * D) || DEV(q, n * q_dim) || DEV(k, n * ctx->kv_dim) ||
         DEV(v, n * ctx->kv_dim) || DEV(attn, n * q_dim) || DEV(proj, n * D) || DEV(moe, n * D) ||
         DEV(router, n * E) || DEV(route_w, n * K) || DEV(route_id, n * K) || DEV(xe, n * K * D) ||
@@ -117,7 +122,8 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     return 0;
 }
 
-/* ---- context ---------------------------------------------------------------------------------- */
+/* ---- context ----------------------------------------------------------------------------------
+ */
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
                      size_t err_size)
@@ -139,8 +145,11 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     ctx->n_seq = n_seq;
     ctx->n_ctx = n_ctx;
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
-    kern_kv_opts ko = {.n_layer = hp->n_layer, .kv_dim = (int32_t)ctx->kv_dim, .n_seq = n_seq,
-                       .n_ctx = n_ctx, .block_tokens = opts ? opts->kv_block_tokens : 0,
+    kern_kv_opts ko = {.n_layer = hp->n_layer,
+                       .kv_dim = (int32_t)ctx->kv_dim,
+                       .n_seq = n_seq,
+                       .n_ctx = n_ctx,
+                       .block_tokens = opts ? opts->kv_block_tokens : 0,
                        .type = opts ? opts->kv_type : KERN_KV_F16};
     if ((rc = kern_kv_open(&ctx->kv, m->backend, &ko, err, err_size))) {
         model_ctx_destroy(&ctx);
@@ -214,15 +223,18 @@ static int sync_step(model_ctx *ctx, char *err, size_t err_size)
     return rc;
 }
 
-static int upload(model_ctx *ctx, void *dev, const void *host, size_t bytes, char *err, size_t err_size)
+static int upload(model_ctx *ctx, void *dev, const void *host, size_t bytes, char *err,
+                  size_t err_size)
 {
     int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, dev, host, bytes, KERN_COPY_TO_DEVICE);
-    if (rc) snprintf(err, err_size, "compute backend (%s): copy to the device failed: %s",
-                     ctx->be->name, strerror(-rc));
+    if (rc)
+        snprintf(err, err_size, "compute backend (%s): copy to the device failed: %s",
+                 ctx->be->name, strerror(-rc));
     return rc;
 }
 
-static int download(model_ctx *ctx, void *host, const void *dev, size_t bytes, char *err, size_t err_size)
+static int download(model_ctx *ctx, void *host, const void *dev, size_t bytes, char *err,
+                    size_t err_size)
 {
     int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, host, dev, bytes, KERN_COPY_TO_HOST);
     if (rc == 0) return sync_step(ctx, err, err_size);
@@ -251,7 +263,8 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
         kern_add_bias(be, s->v, L->bv, n, kv_dim);
     }
     if (hp->qk_norm == MODEL_QK_NORM_PER_HEAD) {
-        kern_rmsnorm(be, s->q, L->q_norm, s->q, hp->head_dim, n * hp->n_head, hp->head_dim, hp->rms_eps);
+        kern_rmsnorm(be, s->q, L->q_norm, s->q, hp->head_dim, n * hp->n_head, hp->head_dim,
+                     hp->rms_eps);
         kern_rmsnorm(be, s->k, L->k_norm, s->k, hp->head_dim, n * hp->n_head_kv, hp->head_dim,
                      hp->rms_eps);
     } else if (hp->qk_norm == MODEL_QK_NORM_FULL) {
@@ -269,16 +282,18 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
                    hp->head_dim, hp->attn_scale);
     matmul(ctx, &L->wo, s->attn, s->proj, n);
     kern_add(be, s->x, s->proj, n * hp->n_embd);
-    ctx->stats.dense_bytes += weight_bytes(&L->wq) + weight_bytes(&L->wk) +
-                              weight_bytes(&L->wv) + weight_bytes(&L->wo);
+    ctx->stats.dense_bytes +=
+        weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) + weight_bytes(&L->wo);
 }
 
 /* ---- mixture of experts ------------------------------------------------------------------ */
 
 static kern_router_opts router_opts(const model_hparams *hp)
 {
-    return (kern_router_opts){.n_expert = hp->n_expert, .k = hp->n_expert_used,
-                              .gating = KERN_GATING_SOFTMAX, .norm = hp->norm_topk,
+    return (kern_router_opts){.n_expert = hp->n_expert,
+                              .k = hp->n_expert_used,
+                              .gating = KERN_GATING_SOFTMAX,
+                              .norm = hp->norm_topk,
                               .scale = hp->expert_weights_scale};
 }
 
@@ -295,8 +310,8 @@ static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, siz
     int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, ctx->hs.route_w, s->route_w,
                        nk * sizeof *s->route_w, KERN_COPY_TO_HOST);
     if (rc) {
-        snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s",
-                 ctx->be->name, strerror(-rc));
+        snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s", ctx->be->name,
+                 strerror(-rc));
         return rc;
     }
     return download(ctx, ctx->hs.route_id, s->route_id, nk * sizeof *s->route_id, err, err_size);
@@ -311,8 +326,10 @@ static int32_t bucket_tokens(model_ctx *ctx, int64_t n)
     host_scratch *h = &ctx->hs;
     int E = hp->n_expert, K = hp->n_expert_used;
     memset(h->bucket_start, 0, (size_t)(E + 1) * sizeof *h->bucket_start);
-    for (int64_t i = 0; i < n * K; i++) h->bucket_start[h->route_id[i] + 1]++;
-    for (int e = 0; e < E; e++) h->bucket_start[e + 1] += h->bucket_start[e];
+    for (int64_t i = 0; i < n * K; i++)
+        h->bucket_start[h->route_id[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        h->bucket_start[e + 1] += h->bucket_start[e];
     int32_t *fill = h->fill;
     memcpy(fill, h->bucket_start, (size_t)E * sizeof *fill);
     for (int64_t t = 0; t < n; t++) {
@@ -358,7 +375,8 @@ static void run_expert(model_ctx *ctx, const model_expert *x, int e)
     int32_t b0 = ctx->hs.bucket_start[e], count = ctx->hs.bucket_start[e + 1] - b0;
     swiglu(ctx, &x->gate, &x->up, &x->down, s->xe + (int64_t)b0 * D, s->ge, s->ue,
            s->de + (int64_t)b0 * D, count);
-    ctx->stats.expert_bytes += weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+    ctx->stats.expert_bytes +=
+        weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
     ctx->stats.experts_used++;
 }
 
@@ -452,12 +470,13 @@ static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, 
             int rc = route(ctx, L, n, err, err_size);
             if (rc) return rc;
             memset(h->mark, 0, (size_t)E);
-            for (int64_t i = 0; i < n * K; i++) h->mark[h->route_id[i]] = 1;
+            for (int64_t i = 0; i < n * K; i++)
+                h->mark[h->route_id[i]] = 1;
             for (int e = 0; e < E; e++)
                 if (h->mark[e]) h->guess[n_guess++] = e;
         } else {
-            n_guess = pred_affinity_guess(m->predictor, il, h->fill, n_used_here, n_used_here,
-                                          h->guess);
+            n_guess =
+                pred_affinity_guess(m->predictor, il, h->fill, n_used_here, n_used_here, h->guess);
         }
         pred_guess(m->predictor, target, h->guess, n_guess);
         if (m->experts && n_guess > 0) {
@@ -522,14 +541,15 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     if (rc) return rc;
     int64_t n = b->n_tokens, D = hp->n_embd;
     if ((rc = scratch_reserve(ctx, n))) {
-        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of %s memory", (long long)n,
-                 be->kind == KERN_BACKEND_CPU ? "host" : "device");
+        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of %s memory",
+                 (long long)n, be->kind == KERN_BACKEND_CPU ? "host" : "device");
         return rc;
     }
     dev_scratch *s = &ctx->d;
     memset(&ctx->stats, 0, sizeof ctx->stats);
     char stale[64];
-    (void)kern_sync(be, stale, sizeof stale); /* a failure of an earlier, abandoned step is not ours */
+    (void)kern_sync(be, stale,
+                    sizeof stale); /* a failure of an earlier, abandoned step is not ours */
     if ((rc = begin_step(ctx, b, err, err_size))) return rc;
 
     kern_get_rows(be, &m->tok_embd, s->token, s->x, n);
@@ -545,7 +565,8 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
 
     int64_t n_out = 0;
     for (int64_t t = 0; t < n; t++)
-        if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1) ctx->hs.out_rows[n_out++] = (int32_t)t;
+        if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1)
+            ctx->hs.out_rows[n_out++] = (int32_t)t;
     ctx->stats.dense_bytes += m->head_bytes;
     if (n_out == 0) return sync_step(ctx, err, err_size);
     if ((rc = upload(ctx, s->out_rows, ctx->hs.out_rows, (size_t)n_out * sizeof *s->out_rows, err,

@@ -9,9 +9,9 @@
 #include "model/model_internal.h"
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,12 +130,14 @@ static int read_hparams(loader *ld)
     if (hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0)
         return fail(ld, -EINVAL, "embedding_length, block_count and head counts must be positive");
     if (hp->n_head % hp->n_head_kv)
-        return fail(ld, -EINVAL, "attention.head_count (%d) is not a multiple of head_count_kv (%d)",
-                    hp->n_head, hp->n_head_kv);
+        return fail(ld, -EINVAL,
+                    "attention.head_count (%d) is not a multiple of head_count_kv (%d)", hp->n_head,
+                    hp->n_head_kv);
     if (hp->n_expert <= 0 || hp->n_expert_used <= 0)
         return fail(ld, -ENOTSUP,
                     "'%s' file without experts (expert_count / expert_used_count missing or 0): "
-                    "moeserve serves Mixture-of-Experts models only", hp->arch_name);
+                    "moeserve serves Mixture-of-Experts models only",
+                    hp->arch_name);
     if (hp->n_expert_used > hp->n_expert)
         return fail(ld, -EINVAL, "expert_used_count (%d) exceeds expert_count (%d)",
                     hp->n_expert_used, hp->n_expert);
@@ -144,14 +146,18 @@ static int read_hparams(loader *ld)
         (rc = get_i32(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot)))
         return rc;
     if (hp->head_dim <= 0 || hp->head_dim_v != hp->head_dim)
-        return fail(ld, -ENOTSUP, "attention.key_length %d / value_length %d: only equal, "
-                    "positive head sizes are supported", hp->head_dim, hp->head_dim_v);
+        return fail(ld, -ENOTSUP,
+                    "attention.key_length %d / value_length %d: only equal, "
+                    "positive head sizes are supported",
+                    hp->head_dim, hp->head_dim_v);
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
-        return fail(ld, -EINVAL, "rope.dimension_count %d must be even and at most the head size %d",
-                    hp->n_rot, hp->head_dim);
+        return fail(ld, -EINVAL,
+                    "rope.dimension_count %d must be even and at most the head size %d", hp->n_rot,
+                    hp->head_dim);
     if (ai->ff_key_is_expert) {
         int32_t fallback = n_ff > 0 ? n_ff / hp->n_expert_used : 0;
-        if ((rc = get_i32(ld, "expert_feed_forward_length", false, fallback, &hp->n_ff_exp))) return rc;
+        if ((rc = get_i32(ld, "expert_feed_forward_length", false, fallback, &hp->n_ff_exp)))
+            return rc;
     } else {
         hp->n_ff_exp = n_ff;
     }
@@ -195,7 +201,10 @@ static int shape_error(loader *ld, const gguf_tensor *t, int64_t ne0, int64_t ne
 static kern_weight weight_view(const gguf_tensor *t, const uint8_t *data, int64_t n_cols,
                                int64_t n_rows)
 {
-    return (kern_weight){.data = data, .type = t->type, .n_rows = n_rows, .n_cols = n_cols,
+    return (kern_weight){.data = data,
+                         .type = t->type,
+                         .n_rows = n_rows,
+                         .n_cols = n_cols,
                          .row_bytes = kern_row_bytes(t->type, n_cols)};
 }
 
@@ -326,7 +335,8 @@ static int bind_layer(loader *ld, int il)
         (rc = bind_weight(ld, NAME("attn_q.weight"), hp->n_embd, q_dim, true, &layer->wq, db)) ||
         (rc = bind_weight(ld, NAME("attn_k.weight"), hp->n_embd, kv_dim, true, &layer->wk, db)) ||
         (rc = bind_weight(ld, NAME("attn_v.weight"), hp->n_embd, kv_dim, true, &layer->wv, db)) ||
-        (rc = bind_weight(ld, NAME("attn_output.weight"), q_dim, hp->n_embd, true, &layer->wo, db)) ||
+        (rc = bind_weight(ld, NAME("attn_output.weight"), q_dim, hp->n_embd, true, &layer->wo,
+                          db)) ||
         (rc = bind_vec(ld, NAME("attn_q.bias"), q_dim, false, &layer->bq, db)) ||
         (rc = bind_vec(ld, NAME("attn_k.bias"), kv_dim, false, &layer->bk, db)) ||
         (rc = bind_vec(ld, NAME("attn_v.bias"), kv_dim, false, &layer->bv, db)) ||
@@ -338,7 +348,8 @@ static int bind_layer(loader *ld, int il)
         return fail(ld, -EINVAL, "layer %d has some but not all of the Q/K/V biases", il);
     if (layer->bq) m->hp.has_qkv_bias = true;
     if (hp->qk_norm == MODEL_QK_NORM_PER_HEAD) {
-        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), hp->head_dim, true, &layer->q_norm, db)) ||
+        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), hp->head_dim, true, &layer->q_norm,
+                           db)) ||
             (rc = bind_vec(ld, NAME("attn_k_norm.weight"), hp->head_dim, true, &layer->k_norm, db)))
             return rc;
     } else if (hp->qk_norm == MODEL_QK_NORM_FULL) {
@@ -387,8 +398,10 @@ static int bind_tensors(loader *ld)
         if (!g) return fail(ld, -EINVAL, "cannot tell the expert FFN width: no key and no tensor");
         hp->n_ff_exp = (int32_t)g->ne[1];
     }
-    if ((rc = bind_weight(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, true, &m->tok_embd, NULL)) ||
-        (rc = bind_vec(ld, "output_norm.weight", hp->n_embd, true, &m->output_norm, &m->head_bytes)) ||
+    if ((rc = bind_weight(ld, "token_embd.weight", hp->n_embd, hp->n_vocab, true, &m->tok_embd,
+                          NULL)) ||
+        (rc = bind_vec(ld, "output_norm.weight", hp->n_embd, true, &m->output_norm,
+                       &m->head_bytes)) ||
         (rc = bind_weight(ld, "output.weight", hp->n_embd, hp->n_vocab, false, &m->output,
                           &m->head_bytes)))
         return rc;
@@ -408,7 +421,8 @@ static uint64_t weight_bytes(const kern_weight *w);
 
 /* ---- placing weights on the device ------------------------------------------------------ */
 
-static int place(model *m, const void *host, size_t bytes, const void **dev, char *err, size_t err_size)
+static int place(model *m, const void *host, size_t bytes, const void **dev, char *err,
+                 size_t err_size)
 {
     struct model_placed *grown = realloc(m->placed, (m->n_placed + 1) * sizeof *grown);
     if (!grown) {
@@ -441,18 +455,23 @@ static int place_vec(model *m, const float **v, int64_t n, char *err, size_t err
 static int place_dense(model *m, char *err, size_t err_size)
 {
     const model_hparams *hp = &m->hp;
-    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t q_dim = (int64_t)hp->n_head * hp->head_dim,
+            kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     int64_t qn = hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? hp->head_dim : q_dim;
     int64_t kn = hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? hp->head_dim : kv_dim;
     int rc;
     if ((rc = place_weight(m, &m->tok_embd, err, err_size))) return rc;
-    if (hp->output_tied) m->output = m->tok_embd;
-    else if ((rc = place_weight(m, &m->output, err, err_size))) return rc;
+    if (hp->output_tied)
+        m->output = m->tok_embd;
+    else if ((rc = place_weight(m, &m->output, err, err_size)))
+        return rc;
     if ((rc = place_vec(m, &m->output_norm, hp->n_embd, err, err_size))) return rc;
     for (int il = 0; il < hp->n_layer; il++) {
         model_layer *L = &m->layers[il];
-        if ((rc = place_weight(m, &L->wq, err, err_size)) || (rc = place_weight(m, &L->wk, err, err_size)) ||
-            (rc = place_weight(m, &L->wv, err, err_size)) || (rc = place_weight(m, &L->wo, err, err_size)) ||
+        if ((rc = place_weight(m, &L->wq, err, err_size)) ||
+            (rc = place_weight(m, &L->wk, err, err_size)) ||
+            (rc = place_weight(m, &L->wv, err, err_size)) ||
+            (rc = place_weight(m, &L->wo, err, err_size)) ||
             (rc = place_weight(m, &L->router, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_gate, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_up, err, err_size)) ||
@@ -499,8 +518,9 @@ int model__reach_experts(model *m, char *err, size_t err_size)
         }
         memcpy(L->experts_dev, L->experts, (size_t)hp->n_expert * sizeof *L->experts_dev);
         for (int p = 0; p < CACHE_PARTS; p++) {
-            size_t off = p == 0 ? offsetof(model_expert, gate) : p == 1 ? offsetof(model_expert, up)
-                                                                        : offsetof(model_expert, down);
+            size_t off = p == 0   ? offsetof(model_expert, gate)
+                         : p == 1 ? offsetof(model_expert, up)
+                                  : offsetof(model_expert, down);
             kern_weight *w0 = (kern_weight *)((char *)&L->experts_dev[0] + off);
             size_t slab = weight_bytes(w0);
             if (!hp->experts_split) {
@@ -508,10 +528,12 @@ int model__reach_experts(model *m, char *err, size_t err_size)
                 int rc = place(m, w0->data, slab * (size_t)hp->n_expert, &dev, err, err_size);
                 if (rc) return rc;
                 for (int e = 0; e < hp->n_expert; e++)
-                    ((kern_weight *)((char *)&L->experts_dev[e] + off))->data = (const uint8_t *)dev + slab * (size_t)e;
+                    ((kern_weight *)((char *)&L->experts_dev[e] + off))->data =
+                        (const uint8_t *)dev + slab * (size_t)e;
             } else {
                 for (int e = 0; e < hp->n_expert; e++) {
-                    int rc = place_weight(m, (kern_weight *)((char *)&L->experts_dev[e] + off), err, err_size);
+                    int rc = place_weight(m, (kern_weight *)((char *)&L->experts_dev[e] + off), err,
+                                          err_size);
                     if (rc) return rc;
                 }
             }
@@ -531,7 +553,8 @@ int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_o
         return -EEXIST;
     }
     if (m->experts_placed) {
-        snprintf(err, err_size, "the model's experts were placed on the device already; open the "
+        snprintf(err, err_size,
+                 "the model's experts were placed on the device already; open the "
                  "expert cache before the first context");
         return -EEXIST;
     }
@@ -549,7 +572,8 @@ int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_o
             const model_expert *x = &m->layers[il].experts[e];
             const kern_weight *parts[CACHE_PARTS] = {&x->gate, &x->up, &x->down};
             for (int p = 0; p < CACHE_PARTS; p++) {
-                size_t i = ((size_t)il * (size_t)hp->n_expert + (size_t)e) * CACHE_PARTS + (size_t)p;
+                size_t i =
+                    ((size_t)il * (size_t)hp->n_expert + (size_t)e) * CACHE_PARTS + (size_t)p;
                 ext[i].offset = (uint64_t)((const uint8_t *)parts[p]->data - base);
                 ext[i].bytes = weight_bytes(parts[p]);
             }
@@ -595,9 +619,11 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
     if ((rc = place_dense(m, err, err_size))) goto fail;
     bool tiers = opts->expert_cache || (opts->device_cache && m->backend->kind != KERN_BACKEND_CPU);
-    if (tiers && (rc = model_open_expert_cache(m, opts->expert_cache, opts->device_cache, err, err_size)))
+    if (tiers &&
+        (rc = model_open_expert_cache(m, opts->expert_cache, opts->device_cache, err, err_size)))
         goto fail;
-    m->expert_tokens = calloc((size_t)m->hp.n_layer * (size_t)m->hp.n_expert, sizeof *m->expert_tokens);
+    m->expert_tokens =
+        calloc((size_t)m->hp.n_layer * (size_t)m->hp.n_expert, sizeof *m->expert_tokens);
     if (!m->expert_tokens) {
         snprintf(err, err_size, "%s: out of memory", path);
         rc = -ENOMEM;
@@ -630,7 +656,8 @@ void model_close(model **mp)
         }
     }
     free(m->layers);
-    for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    for (size_t i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
     free(m->owned);
     pred_destroy(&m->predictor);
     free((void *)m->expert_tokens);
@@ -683,7 +710,8 @@ void model_get_sizes(const model *m, model_sizes *out)
 {
     memset(out, 0, sizeof *out);
     uint64_t total = 0;
-    for (uint64_t i = 0; i < gguf_n_tensors(m->file); i++) total += gguf_tensor_at(m->file, i)->n_bytes;
+    for (uint64_t i = 0; i < gguf_n_tensors(m->file); i++)
+        total += gguf_tensor_at(m->file, i)->n_bytes;
     for (int il = 0; il < m->hp.n_layer; il++) {
         for (int e = 0; e < m->hp.n_expert; e++) {
             const model_expert *x = &m->layers[il].experts[e];

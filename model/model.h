@@ -68,9 +68,9 @@ typedef struct model_hparams {
     int32_t n_ctx_train;
     float rms_eps;
     float rope_freq_base;
-    float attn_scale;            /* 1/sqrt(head_dim) unless the file says otherwise */
-    float expert_weights_scale;  /* 1 when absent */
-    bool norm_topk;              /* renormalise the top-k routing weights to sum 1 */
+    float attn_scale;           /* 1/sqrt(head_dim) unless the file says otherwise */
+    float expert_weights_scale; /* 1 when absent */
+    bool norm_topk;             /* renormalise the top-k routing weights to sum 1 */
     kern_rope_mode rope_mode;
     model_qk_norm qk_norm;
     bool has_qkv_bias;
@@ -140,8 +140,8 @@ const model_expert *model_get_expert(const model *m, int layer, int index);
 typedef struct model_ctx model_ctx;
 
 typedef struct model_ctx_opts {
-    int32_t n_seq; /* sequences that can be live at once */
-    int32_t n_ctx; /* positions per sequence; 0: the model's training context */
+    int32_t n_seq;           /* sequences that can be live at once */
+    int32_t n_ctx;           /* positions per sequence; 0: the model's training context */
     kern_kv_type kv_type;    /* KV storage: F16 (the default) or F32 */
     int32_t kv_block_tokens; /* positions per KV block; 0: 16 */
 } model_ctx_opts;

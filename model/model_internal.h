@@ -13,7 +13,7 @@ typedef struct model_layer {
     const float *bq, *bk, *bv; /* qwen2moe only */
     const float *q_norm, *k_norm;
     const float *ffn_norm;
-    kern_weight router; /* [n_expert][n_embd] */
+    kern_weight router;        /* [n_expert][n_embd] */
     model_expert *experts;     /* views of the file's mapping */
     model_expert *experts_dev; /* the same on the device, when reached without a cache */
     uint64_t dense_bytes;
@@ -35,13 +35,13 @@ struct model {
     cache *host_tier;    /* the host tier (== experts on the CPU backend) */
     struct model_placed {
         const void *host, *dev;
-    } *placed;           /* device copies made at open or on the first context */
+    } * placed; /* device copies made at open or on the first context */
     size_t n_placed;
     bool experts_placed;
-    pred *predictor;     /* NULL: no guesses */
-    int32_t lookahead;   /* layers pre-gating guesses ahead (>= 1) */
+    pred *predictor;                 /* NULL: no guesses */
+    int32_t lookahead;               /* layers pre-gating guesses ahead (>= 1) */
     _Atomic uint64_t *expert_tokens; /* [n_layer][n_expert]: tokens routed, for metrics */
-    float **owned;       /* f32 copies of 1-D tensors, freed at close */
+    float **owned;                   /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;
 };
 

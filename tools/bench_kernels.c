@@ -10,8 +10,8 @@
  * rate of weight-activation products in bytes).  Best of N repetitions, because other processes
  * share the machine.  Weights are random bytes with sane block scales.
  */
-#include "kernels/cpu/quant_blocks.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/quant_blocks.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -12,8 +12,8 @@
  * by rows.  Scratch memory (attention scores) is per thread and grows on demand on the engine
  * thread, before a job starts, so workers never allocate.
  */
-#include "kernels/backend_internal.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/backend_internal.h"
 #include "kernels/cpu/cpu_internal.h"
 
 #include <errno.h>
@@ -30,7 +30,7 @@ typedef struct cpu_backend {
     kern_isa isa;
     float **scratch; /* one per thread */
     int64_t scratch_floats;
-    uint8_t *act;     /* activations quantised for the current matmul */
+    uint8_t *act; /* activations quantised for the current matmul */
     size_t act_bytes;
     kern__error error; /* first failure since the last sync */
 } cpu_backend;
@@ -60,11 +60,16 @@ kern_isa kern_cpu_isa(void)
 const char *kern_isa_name(kern_isa isa)
 {
     switch (isa) {
-    case KERN_ISA_SCALAR: return "scalar";
-    case KERN_ISA_AVX2: return "avx2";
-    case KERN_ISA_AVX512: return "avx512";
-    case KERN_ISA_AVX512_VNNI: return "avx512vnni";
-    default: return "unknown";
+    case KERN_ISA_SCALAR:
+        return "scalar";
+    case KERN_ISA_AVX2:
+        return "avx2";
+    case KERN_ISA_AVX512:
+        return "avx512";
+    case KERN_ISA_AVX512_VNNI:
+        return "avx512vnni";
+    default:
+        return "unknown";
     }
 }
 
@@ -100,8 +105,10 @@ static void matmul_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
         const uint8_t *row = base + (size_t)r * w->row_bytes;
         for (int64_t t0 = 0; t0 < job->n_tokens; t0 += TOKEN_BLOCK) {
             int nt = (int)(job->n_tokens - t0 < TOKEN_BLOCK ? job->n_tokens - t0 : TOKEN_BLOCK);
-            job->dot_multi(row, job->x + (size_t)t0 * job->x_stride, job->x_stride, nt, n_cols, out);
-            for (int j = 0; j < nt; j++) job->y[(t0 + j) * n_rows + r] = out[j];
+            job->dot_multi(row, job->x + (size_t)t0 * job->x_stride, job->x_stride, nt, n_cols,
+                           out);
+            for (int j = 0; j < nt; j++)
+                job->y[(t0 + j) * n_rows + r] = out[j];
         }
     }
 }
@@ -145,15 +152,16 @@ static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
             uint8_t *grown = realloc(cpu->act, need);
             if (!grown) {
                 memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
-                kern__error_set(&cpu->error, -ENOMEM, "matmul: %zu bytes of activations: out of memory",
-                                need);
+                kern__error_set(&cpu->error, -ENOMEM,
+                                "matmul: %zu bytes of activations: out of memory", need);
                 return;
             }
             cpu->act = grown;
             cpu->act_bytes = need;
         }
         quantize_job qj = {.x = x, .dst = cpu->act, .n_cols = w->n_cols, .row_bytes = row_bytes};
-        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--) qj.quantize = ak->from_f32[level];
+        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--)
+            qj.quantize = ak->from_f32[level];
         kern__pool_run(cpu->pool, quantize_tokens, &qj, n_tokens, 4);
         job.x = cpu->act;
         job.x_stride = row_bytes;
@@ -178,17 +186,20 @@ static void rmsnorm_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
         const float *x = job->x + r * job->stride;
         float *out = job->out + r * job->stride;
         double ss = 0.0;
-        for (int64_t i = 0; i < job->n; i++) ss += (double)x[i] * x[i];
+        for (int64_t i = 0; i < job->n; i++)
+            ss += (double)x[i] * x[i];
         float scale = (float)(1.0 / sqrt(ss / (double)job->n + job->eps));
         if (job->weight)
-            for (int64_t i = 0; i < job->n; i++) out[i] = x[i] * scale * job->weight[i];
+            for (int64_t i = 0; i < job->n; i++)
+                out[i] = x[i] * scale * job->weight[i];
         else
-            for (int64_t i = 0; i < job->n; i++) out[i] = x[i] * scale;
+            for (int64_t i = 0; i < job->n; i++)
+                out[i] = x[i] * scale;
     }
 }
 
-static void cpu_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out,
-                        int64_t n, int64_t n_rows, int64_t stride, float eps)
+static void cpu_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
+                        int64_t n_rows, int64_t stride, float eps)
 {
     rmsnorm_job job = {.x = x, .weight = weight, .out = out, .n = n, .stride = stride, .eps = eps};
     kern__pool_run(as_cpu(b)->pool, rmsnorm_rows, &job, n_rows, n_rows >= 64 ? 8 : n_rows);
@@ -229,8 +240,13 @@ static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 static void cpu_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
                      int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
 {
-    rope_job job = {.x = x, .n_heads = n_heads, .head_dim = head_dim, .n_rot = n_rot,
-                    .pos = pos, .freq_base = freq_base, .mode = mode};
+    rope_job job = {.x = x,
+                    .n_heads = n_heads,
+                    .head_dim = head_dim,
+                    .n_rot = n_rot,
+                    .pos = pos,
+                    .freq_base = freq_base,
+                    .mode = mode};
     kern__pool_run(as_cpu(b)->pool, rope_tokens, &job, n_tokens, 1);
 }
 
@@ -240,7 +256,8 @@ static void cpu_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, i
  * was never reserved. */
 static void *kv_row(const kern_kv_layout *kv, int layer, int which, int32_t seq, int32_t pos)
 {
-    uint8_t *block = kv->table[(size_t)seq * (size_t)kv->max_blocks + (size_t)(pos / kv->block_tokens)];
+    uint8_t *block =
+        kv->table[(size_t)seq * (size_t)kv->max_blocks + (size_t)(pos / kv->block_tokens)];
     if (!block) return NULL;
     size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
     size_t row = ((size_t)layer * 2 + (size_t)which) * (size_t)kv->block_tokens +
@@ -263,7 +280,8 @@ static void store_row(const kern_kv_layout *kv, void *dst, const float *src)
         return;
     }
     uint16_t *h = dst;
-    for (int32_t i = 0; i < kv->kv_dim; i++) h[i] = kern_f32_to_f16(src[i]);
+    for (int32_t i = 0; i < kv->kv_dim; i++)
+        h[i] = kern_f32_to_f16(src[i]);
 }
 
 static void kv_store_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
@@ -310,7 +328,8 @@ typedef struct attn_job {
 static void axpy_f32(float *y, float a, const void *x, int64_t n)
 {
     const float *v = x;
-    for (int64_t i = 0; i < n; i++) y[i] += a * v[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * v[i];
 }
 
 static void attention_pairs(void *ctx, int64_t p0, int64_t p1, int thread_index)
@@ -382,11 +401,21 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
     }
     bool f16 = kv->type == KERN_KV_F16;
     const kern_cpu_type *kt = kern_cpu_type_kernels(f16 ? KERN_T_F16 : KERN_T_F32);
-    attn_job job = {.cpu = cpu, .kv = kv, .layer = layer, .q = q, .seq = seq, .pos = pos,
-                    .out = out, .n_head = n_head, .n_head_kv = n_head_kv, .head_dim = head_dim,
-                    .scale = scale, .dot = kt->dot[cpu->isa],
-                    .axpy = !f16 ? axpy_f32
-                            : cpu->isa >= KERN_ISA_AVX2 ? kern__axpy_f16_avx2 : kern__axpy_f16_scalar};
+    attn_job job = {.cpu = cpu,
+                    .kv = kv,
+                    .layer = layer,
+                    .q = q,
+                    .seq = seq,
+                    .pos = pos,
+                    .out = out,
+                    .n_head = n_head,
+                    .n_head_kv = n_head_kv,
+                    .head_dim = head_dim,
+                    .scale = scale,
+                    .dot = kt->dot[cpu->isa],
+                    .axpy = !f16                        ? axpy_f32
+                            : cpu->isa >= KERN_ISA_AVX2 ? kern__axpy_f16_avx2
+                                                        : kern__axpy_f16_scalar};
     kern__pool_run(cpu->pool, attention_pairs, &job, n_tokens * n_head, 1);
     if (job.missing)
         kern__error_set(&cpu->error, -EINVAL, "attention: a position with no KV block");
@@ -409,8 +438,7 @@ static void silu_mul_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
     }
 }
 
-static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
-                         int64_t n)
+static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n)
 {
     elementwise_job job = {.a = gate, .b = up, .out = out};
     kern__pool_run(as_cpu(b)->pool, silu_mul_range, &job, n, 4096);
@@ -419,7 +447,8 @@ static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, fl
 static void add_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
 {
     const elementwise_job *job = ctx;
-    for (int64_t i = i0; i < i1; i++) job->out[i] += job->a[i];
+    for (int64_t i = i0; i < i1; i++)
+        job->out[i] += job->a[i];
 }
 
 static void cpu_add(kern_backend *b, float *y, const float *x, int64_t n)
@@ -432,7 +461,8 @@ static void add_bias_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
 {
     const elementwise_job *job = ctx;
     for (int64_t r = r0; r < r1; r++)
-        for (int64_t i = 0; i < job->dim; i++) job->out[r * job->dim + i] += job->a[i];
+        for (int64_t i = 0; i < job->dim; i++)
+            job->out[r * job->dim + i] += job->a[i];
 }
 
 static void cpu_add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim)
@@ -472,7 +502,8 @@ static void cpu_gather(kern_backend *b, const float *src, const int32_t *rows, f
     kern__pool_run(as_cpu(b)->pool, gather_rows, &job, n_rows, 4);
 }
 
-/* ---- mixture of experts ------------------------------------------------------------------------ */
+/* ---- mixture of experts ------------------------------------------------------------------------
+ */
 
 typedef struct router_job {
     cpu_backend *cpu;
@@ -495,22 +526,26 @@ static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         int32_t *ids = job->ids + t * K;
         float *weights = job->weights + t * K;
         if (o->gating == KERN_GATING_SIGMOID) {
-            for (int e = 0; e < E; e++) p[e] = 1.0f / (1.0f + expf(-logits[e]));
+            for (int e = 0; e < E; e++)
+                p[e] = 1.0f / (1.0f + expf(-logits[e]));
         } else {
             float max = -INFINITY;
-            for (int e = 0; e < E; e++) max = logits[e] > max ? logits[e] : max;
+            for (int e = 0; e < E; e++)
+                max = logits[e] > max ? logits[e] : max;
             double sum = 0.0;
             for (int e = 0; e < E; e++) {
                 p[e] = expf(logits[e] - max);
                 sum += p[e];
             }
-            for (int e = 0; e < E; e++) p[e] = (float)(p[e] / sum);
+            for (int e = 0; e < E; e++)
+                p[e] = (float)(p[e] / sum);
         }
         for (int j = 0; j < K; j++) {
             int best = -1;
             for (int e = 0; e < E; e++) {
                 bool taken = false;
-                for (int i = 0; i < j; i++) taken |= ids[i] == e;
+                for (int i = 0; i < j; i++)
+                    taken |= ids[i] == e;
                 if (!taken && (best < 0 || p[e] > p[best])) best = e;
             }
             ids[j] = best;
@@ -518,13 +553,16 @@ static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         }
         if (o->norm) {
             double topk_sum = 0.0;
-            for (int j = 0; j < K; j++) topk_sum += weights[j];
+            for (int j = 0; j < K; j++)
+                topk_sum += weights[j];
             /* llama.cpp clamps the sum to the smallest normal f16 before dividing */
             if (topk_sum < 6.103515625e-5) topk_sum = 6.103515625e-5;
-            for (int j = 0; j < K; j++) weights[j] = (float)(weights[j] / topk_sum);
+            for (int j = 0; j < K; j++)
+                weights[j] = (float)(weights[j] / topk_sum);
         }
         if (o->scale != 1.0f)
-            for (int j = 0; j < K; j++) weights[j] *= o->scale;
+            for (int j = 0; j < K; j++)
+                weights[j] *= o->scale;
     }
 }
 
@@ -559,7 +597,8 @@ static void combine_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         for (int j = 0; j < job->k; j++) {
             float w = job->weights[t * job->k + j];
             const float *src = job->src + (int64_t)job->rows[t * job->k + j] * D;
-            for (int64_t i = 0; i < D; i++) dst[i] += w * src[i];
+            for (int64_t i = 0; i < D; i++)
+                dst[i] += w * src[i];
         }
     }
 }
@@ -567,7 +606,8 @@ static void combine_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 static void cpu_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
                             const float *weights, float *out, int64_t n_tokens, int k, int64_t dim)
 {
-    combine_job job = {.src = src, .rows = rows, .weights = weights, .out = out, .k = k, .dim = dim};
+    combine_job job = {
+        .src = src, .rows = rows, .weights = weights, .out = out, .k = k, .dim = dim};
     kern__pool_run(as_cpu(b)->pool, combine_tokens, &job, n_tokens, 1);
 }
 
@@ -577,9 +617,11 @@ static void gate_add_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
     int64_t D = job->dim;
     for (int64_t t = t0; t < t1; t++) {
         double z = 0.0;
-        for (int64_t i = 0; i < D; i++) z += (double)job->gate[i] * job->h[t * D + i];
+        for (int64_t i = 0; i < D; i++)
+            z += (double)job->gate[i] * job->h[t * D + i];
         float g = (float)(1.0 / (1.0 + exp(-z)));
-        for (int64_t i = 0; i < D; i++) job->out[t * D + i] += g * job->src[t * D + i];
+        for (int64_t i = 0; i < D; i++)
+            job->out[t * D + i] += g * job->src[t * D + i];
     }
 }
 
@@ -590,7 +632,8 @@ static void cpu_gate_add(kern_backend *b, const float *h, const float *gate, con
     kern__pool_run(as_cpu(b)->pool, gate_add_tokens, &job, n_tokens, 1);
 }
 
-/* ---- memory, copies, events: the device is the host ------------------------------------------- */
+/* ---- memory, copies, events: the device is the host -------------------------------------------
+ */
 
 static int cpu_alloc(kern_backend *b, kern_mem kind, size_t bytes, void **out)
 {
@@ -610,13 +653,12 @@ static int cpu_register(kern_backend *b, void *p, size_t bytes)
     return 0;
 }
 
-static void cpu_unregister(kern_backend *b, void *p)
-{
-}
+static void cpu_unregister(kern_backend *b, void *p) {}
 
 static int cpu_mem_info(kern_backend *b, size_t *free_bytes, size_t *total_bytes)
 {
-    long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES), all = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES),
+         all = sysconf(_SC_PHYS_PAGES);
     if (page <= 0 || avail < 0 || all <= 0) return -errno;
     *free_bytes = (size_t)avail * (size_t)page;
     *total_bytes = (size_t)all * (size_t)page;
@@ -774,7 +816,8 @@ static void cpu_destroy(kern_backend *b)
     cpu_backend *cpu = as_cpu(b);
     int n = cpu->pool ? kern__pool_size(cpu->pool) : 0;
     kern__pool_destroy(&cpu->pool);
-    for (int i = 0; i < n; i++) free(cpu->scratch[i]);
+    for (int i = 0; i < n; i++)
+        free(cpu->scratch[i]);
     free(cpu->scratch);
     free(cpu->act);
     free(cpu);

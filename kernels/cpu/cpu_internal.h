@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KERN__DECLARE_DOTS(type, level)                                                          \
-    float kern__dot_##type##_##level(const void *row, const void *x, int64_t n);                \
-    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,      \
+#define KERN__DECLARE_DOTS(type, level)                                                            \
+    float kern__dot_##type##_##level(const void *row, const void *x, int64_t n);                   \
+    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,         \
                                           int n_x, int64_t n, float *out);
 
 KERN__DECLARE_DOTS(f32, scalar)
@@ -30,18 +30,19 @@ KERN__DECLARE_DOTS(bf16, avx512)
 
 /* A dot_multi that runs the level's single-vector dot per vector: bit-identical by
  * construction, for types and levels without a kernel that shares work between vectors. */
-#define KERN__MULTI_FROM_SINGLE(type, level)                                                     \
-    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,      \
-                                          int n_x, int64_t n, float *out)                       \
-    {                                                                                            \
-        for (int j = 0; j < n_x; j++)                                                            \
-            out[j] = kern__dot_##type##_##level(row, (const uint8_t *)x + (size_t)j * x_stride, n); \
+#define KERN__MULTI_FROM_SINGLE(type, level)                                                       \
+    void kern__dot_multi_##type##_##level(const void *row, const void *x, size_t x_stride,         \
+                                          int n_x, int64_t n, float *out)                          \
+    {                                                                                              \
+        for (int j = 0; j < n_x; j++)                                                              \
+            out[j] =                                                                               \
+                kern__dot_##type##_##level(row, (const uint8_t *)x + (size_t)j * x_stride, n);     \
     }
 
 /* quantised weight types: scalar reference and AVX2 */
-#define KERN__DECLARE_QUANT(type)                                                                \
-    KERN__DECLARE_DOTS(type, scalar)                                                             \
-    KERN__DECLARE_DOTS(type, avx2)                                                               \
+#define KERN__DECLARE_QUANT(type)                                                                  \
+    KERN__DECLARE_DOTS(type, scalar)                                                               \
+    KERN__DECLARE_DOTS(type, avx2)                                                                 \
     void kern__to_f32_##type(const void *src, float *dst, int64_t n);
 
 KERN__DECLARE_QUANT(q8_0)
@@ -87,7 +88,6 @@ void kern__pool_destroy(kern__pool **pool);
 int kern__pool_size(const kern__pool *pool);
 /* Splits [0, n_items) into one contiguous range per thread, each a multiple of `grain`
  * items (but the last), runs them and returns when all are done.  Caller: one thread only. */
-void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items,
-                    int64_t grain);
+void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items, int64_t grain);
 
 #endif

@@ -10,12 +10,12 @@
 /* A quantised weight type: scalar reference, AVX2 and AVX-512 VNNI kernels (quant_avx512.c).
  * The plain AVX-512 level has none: a CPU with AVX-512 but without VNNI runs AVX2, since the
  * integer kernels gain little from AVX-512 without vpdpbusd. */
-#define QUANT_ROW(TYPE, lower)                                                       \
-    [KERN_T_##TYPE] = {                                                                          \
-        .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL,                      \
-                kern__dot_##lower##_vnni},                                                       \
-        .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL,    \
-                      kern__dot_multi_##lower##_vnni},                                           \
+#define QUANT_ROW(TYPE, lower)                                                                     \
+    [KERN_T_##TYPE] = {                                                                            \
+        .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL,                        \
+                kern__dot_##lower##_vnni},                                                         \
+        .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL,      \
+                      kern__dot_multi_##lower##_vnni},                                             \
     }
 
 /* The float types have no VNNI-specific kernels: their AVX-512 kernels fill both levels. */
@@ -27,39 +27,42 @@ static const kern_cpu_type type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_K, q4_K),
     QUANT_ROW(Q5_K, q5_K),
     QUANT_ROW(Q6_K, q6_K),
-    [KERN_T_Q8_0] = {
-        .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL, kern__dot_q8_0_vnni},
-        .dot_multi = {kern__dot_multi_q8_0_scalar, kern__dot_multi_q8_0_avx2, NULL,
-                      kern__dot_multi_q8_0_vnni},
-        .from_f32 = {kern__quantize_q8_0_scalar, kern__quantize_q8_0_avx2, NULL},
-    },
-    [KERN_T_Q8_1] = {
-        .from_f32 = {kern__quantize_q8_1_scalar, kern__quantize_q8_1_avx2, NULL},
-    },
-    [KERN_T_Q8_K] = {
-        .from_f32 = {kern__quantize_q8_K_scalar, kern__quantize_q8_K_avx2, NULL},
-    },
-    [KERN_T_F32] = {
-        .dot = {kern__dot_f32_scalar, kern__dot_f32_avx2, kern__dot_f32_avx512,
-                kern__dot_f32_avx512},
-        .dot_multi = {kern__dot_multi_f32_scalar, kern__dot_multi_f32_avx2,
-                      kern__dot_multi_f32_avx512,
-                      kern__dot_multi_f32_avx512},
-    },
-    [KERN_T_F16] = {
-        .dot = {kern__dot_f16_scalar, kern__dot_f16_avx2, kern__dot_f16_avx512,
-                kern__dot_f16_avx512},
-        .dot_multi = {kern__dot_multi_f16_scalar, kern__dot_multi_f16_avx2,
-                      kern__dot_multi_f16_avx512,
-                      kern__dot_multi_f16_avx512},
-    },
-    [KERN_T_BF16] = {
-        .dot = {kern__dot_bf16_scalar, kern__dot_bf16_avx2, kern__dot_bf16_avx512,
-                kern__dot_bf16_avx512},
-        .dot_multi = {kern__dot_multi_bf16_scalar, kern__dot_multi_bf16_avx2,
-                      kern__dot_multi_bf16_avx512,
-                      kern__dot_multi_bf16_avx512},
-    },
+    [KERN_T_Q8_0] =
+        {
+            .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL, kern__dot_q8_0_vnni},
+            .dot_multi = {kern__dot_multi_q8_0_scalar, kern__dot_multi_q8_0_avx2, NULL,
+                          kern__dot_multi_q8_0_vnni},
+            .from_f32 = {kern__quantize_q8_0_scalar, kern__quantize_q8_0_avx2, NULL},
+        },
+    [KERN_T_Q8_1] =
+        {
+            .from_f32 = {kern__quantize_q8_1_scalar, kern__quantize_q8_1_avx2, NULL},
+        },
+    [KERN_T_Q8_K] =
+        {
+            .from_f32 = {kern__quantize_q8_K_scalar, kern__quantize_q8_K_avx2, NULL},
+        },
+    [KERN_T_F32] =
+        {
+            .dot = {kern__dot_f32_scalar, kern__dot_f32_avx2, kern__dot_f32_avx512,
+                    kern__dot_f32_avx512},
+            .dot_multi = {kern__dot_multi_f32_scalar, kern__dot_multi_f32_avx2,
+                          kern__dot_multi_f32_avx512, kern__dot_multi_f32_avx512},
+        },
+    [KERN_T_F16] =
+        {
+            .dot = {kern__dot_f16_scalar, kern__dot_f16_avx2, kern__dot_f16_avx512,
+                    kern__dot_f16_avx512},
+            .dot_multi = {kern__dot_multi_f16_scalar, kern__dot_multi_f16_avx2,
+                          kern__dot_multi_f16_avx512, kern__dot_multi_f16_avx512},
+        },
+    [KERN_T_BF16] =
+        {
+            .dot = {kern__dot_bf16_scalar, kern__dot_bf16_avx2, kern__dot_bf16_avx512,
+                    kern__dot_bf16_avx512},
+            .dot_multi = {kern__dot_multi_bf16_scalar, kern__dot_multi_bf16_avx2,
+                          kern__dot_multi_bf16_avx512, kern__dot_multi_bf16_avx512},
+        },
 };
 
 const kern_cpu_type *kern_cpu_type_kernels(uint32_t type)

@@ -61,70 +61,71 @@ typedef float elem_f32;
 typedef uint16_t elem_f16;
 typedef uint16_t elem_bf16;
 
-#define DEFINE_DOTS(type)                                                                        \
-    float kern__dot_##type##_avx2(const void *row, const void *xv, int64_t n)                   \
-    {                                                                                            \
-        const float *x = xv;                                       \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
-        int64_t i = 0;                                                                           \
-        for (; i + 32 <= n; i += 32) {                                                           \
-            prefetch(row, i, sizeof(elem_##type));                                               \
-            a0 = _mm256_fmadd_ps(load8_##type(row, i), _mm256_loadu_ps(x + i), a0);             \
-            a1 = _mm256_fmadd_ps(load8_##type(row, i + 8), _mm256_loadu_ps(x + i + 8), a1);     \
-            a2 = _mm256_fmadd_ps(load8_##type(row, i + 16), _mm256_loadu_ps(x + i + 16), a2);   \
-            a3 = _mm256_fmadd_ps(load8_##type(row, i + 24), _mm256_loadu_ps(x + i + 24), a3);   \
-        }                                                                                        \
-        for (; i + 8 <= n; i += 8)                                                               \
-            a0 = _mm256_fmadd_ps(load8_##type(row, i), _mm256_loadu_ps(x + i), a0);              \
-        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));          \
-        for (; i < n; i++) sum += scalar_##type(row, i) * x[i];                                  \
-        return sum;                                                                              \
-    }                                                                                            \
-                                                                                                 \
-    static void dot2_##type(const void *row, const float *x, const float *y, int64_t n,         \
-                            float *out)                                                          \
-    {                                                                                            \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
-        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                               \
-        int64_t i = 0;                                                                           \
-        for (; i + 32 <= n; i += 32) {                                                           \
-            prefetch(row, i, sizeof(elem_##type));                                               \
-            __m256 w0 = load8_##type(row, i), w1 = load8_##type(row, i + 8);                     \
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);                                \
-            b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y + i), b0);                                \
-            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);                            \
-            b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(y + i + 8), b1);                            \
-            __m256 w2 = load8_##type(row, i + 16), w3 = load8_##type(row, i + 24);               \
-            a2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + i + 16), a2);                           \
-            b2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(y + i + 16), b2);                           \
-            a3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + i + 24), a3);                           \
-            b3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(y + i + 24), b3);                           \
-        }                                                                                        \
-        for (; i + 8 <= n; i += 8) {                                                             \
-            __m256 w0 = load8_##type(row, i);                                                    \
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);                                \
-            b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y + i), b0);                                \
-        }                                                                                        \
-        float sa = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));           \
-        float sb = hsum8(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));           \
-        for (; i < n; i++) {                                                                     \
-            float w = scalar_##type(row, i);                                                     \
-            sa += w * x[i];                                                                      \
-            sb += w * y[i];                                                                      \
-        }                                                                                        \
-        out[0] = sa;                                                                             \
-        out[1] = sb;                                                                             \
-    }                                                                                            \
-                                                                                                 \
-    void kern__dot_multi_##type##_avx2(const void *row, const void *xv, size_t x_stride,       \
-                                       int n_x, int64_t n, float *out)                          \
-    {                                                                                            \
-        int j = 0;                                                                               \
-        const uint8_t *x = xv;                                                                   \
-        for (; j + 2 <= n_x; j += 2)                                                             \
-            dot2_##type(row, (const float *)(x + j * x_stride),                                  \
-                        (const float *)(x + (j + 1) * x_stride), n, out + j);                    \
-        if (j < n_x) out[j] = kern__dot_##type##_avx2(row, x + j * x_stride, n);                 \
+#define DEFINE_DOTS(type)                                                                          \
+    float kern__dot_##type##_avx2(const void *row, const void *xv, int64_t n)                      \
+    {                                                                                              \
+        const float *x = xv;                                                                       \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                \
+        int64_t i = 0;                                                                             \
+        for (; i + 32 <= n; i += 32) {                                                             \
+            prefetch(row, i, sizeof(elem_##type));                                                 \
+            a0 = _mm256_fmadd_ps(load8_##type(row, i), _mm256_loadu_ps(x + i), a0);                \
+            a1 = _mm256_fmadd_ps(load8_##type(row, i + 8), _mm256_loadu_ps(x + i + 8), a1);        \
+            a2 = _mm256_fmadd_ps(load8_##type(row, i + 16), _mm256_loadu_ps(x + i + 16), a2);      \
+            a3 = _mm256_fmadd_ps(load8_##type(row, i + 24), _mm256_loadu_ps(x + i + 24), a3);      \
+        }                                                                                          \
+        for (; i + 8 <= n; i += 8)                                                                 \
+            a0 = _mm256_fmadd_ps(load8_##type(row, i), _mm256_loadu_ps(x + i), a0);                \
+        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));            \
+        for (; i < n; i++)                                                                         \
+            sum += scalar_##type(row, i) * x[i];                                                   \
+        return sum;                                                                                \
+    }                                                                                              \
+                                                                                                   \
+    static void dot2_##type(const void *row, const float *x, const float *y, int64_t n,            \
+                            float *out)                                                            \
+    {                                                                                              \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                \
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                                 \
+        int64_t i = 0;                                                                             \
+        for (; i + 32 <= n; i += 32) {                                                             \
+            prefetch(row, i, sizeof(elem_##type));                                                 \
+            __m256 w0 = load8_##type(row, i), w1 = load8_##type(row, i + 8);                       \
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);                                  \
+            b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y + i), b0);                                  \
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);                              \
+            b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(y + i + 8), b1);                              \
+            __m256 w2 = load8_##type(row, i + 16), w3 = load8_##type(row, i + 24);                 \
+            a2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + i + 16), a2);                             \
+            b2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(y + i + 16), b2);                             \
+            a3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + i + 24), a3);                             \
+            b3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(y + i + 24), b3);                             \
+        }                                                                                          \
+        for (; i + 8 <= n; i += 8) {                                                               \
+            __m256 w0 = load8_##type(row, i);                                                      \
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);                                  \
+            b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y + i), b0);                                  \
+        }                                                                                          \
+        float sa = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));             \
+        float sb = hsum8(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));             \
+        for (; i < n; i++) {                                                                       \
+            float w = scalar_##type(row, i);                                                       \
+            sa += w * x[i];                                                                        \
+            sb += w * y[i];                                                                        \
+        }                                                                                          \
+        out[0] = sa;                                                                               \
+        out[1] = sb;                                                                               \
+    }                                                                                              \
+                                                                                                   \
+    void kern__dot_multi_##type##_avx2(const void *row, const void *xv, size_t x_stride, int n_x,  \
+                                       int64_t n, float *out)                                      \
+    {                                                                                              \
+        int j = 0;                                                                                 \
+        const uint8_t *x = xv;                                                                     \
+        for (; j + 2 <= n_x; j += 2)                                                               \
+            dot2_##type(row, (const float *)(x + j * x_stride),                                    \
+                        (const float *)(x + (j + 1) * x_stride), n, out + j);                      \
+        if (j < n_x) out[j] = kern__dot_##type##_avx2(row, x + j * x_stride, n);                   \
     }
 
 DEFINE_DOTS(f32)
@@ -141,5 +142,6 @@ void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n)
         __m256 prod = _mm256_mul_ps(va, load8_f16(x, i));
         _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), prod));
     }
-    for (; i < n; i++) y[i] += a * scalar_f16(x, i);
+    for (; i < n; i++)
+        y[i] += a * scalar_f16(x, i);
 }

@@ -18,7 +18,8 @@ float kern__dot_f32_scalar(const void *row, const void *xv, int64_t n)
 {
     const float *w = row, *x = xv;
     double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) acc += (double)w[i] * x[i];
+    for (int64_t i = 0; i < n; i++)
+        acc += (double)w[i] * x[i];
     return (float)acc;
 }
 
@@ -26,7 +27,8 @@ float kern__dot_f16_scalar(const void *row, const void *xv, int64_t n)
 {
     const float *x = xv;
     double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) acc += (double)kern_f16_to_f32(load_u16(row, i)) * x[i];
+    for (int64_t i = 0; i < n; i++)
+        acc += (double)kern_f16_to_f32(load_u16(row, i)) * x[i];
     return (float)acc;
 }
 
@@ -34,7 +36,8 @@ float kern__dot_bf16_scalar(const void *row, const void *xv, int64_t n)
 {
     const float *x = xv;
     double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) acc += (double)kern_bf16_to_f32(load_u16(row, i)) * x[i];
+    for (int64_t i = 0; i < n; i++)
+        acc += (double)kern_bf16_to_f32(load_u16(row, i)) * x[i];
     return (float)acc;
 }
 

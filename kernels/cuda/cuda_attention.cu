@@ -28,14 +28,15 @@
 #include <errno.h>
 #include <math.h>
 
-namespace {
+namespace
+{
 
 enum {
     ATTN_WARPS = 4,
     ATTN_THREADS = 32 * ATTN_WARPS,
     MAX_HEAD_DIM = 256,
-    MAX_SPLITS = 32,   /* per token */
-    SPLIT_MIN = 256,   /* positions below which a token is not split further */
+    MAX_SPLITS = 32, /* per token */
+    SPLIT_MIN = 256, /* positions below which a token is not split further */
 };
 const size_t PARTIAL_CAP = (size_t)128 << 20; /* bytes of split partials per launch */
 
@@ -46,8 +47,8 @@ struct kv_view {
 };
 
 /* The positions of a token: false when (seq, pos) does not name a cache slot. */
-__device__ __forceinline__ bool token_kv(const kv_view &kv, const int32_t *seq,
-                                         const int32_t *pos, int64_t t, int32_t *s, int32_t *n_kv)
+__device__ __forceinline__ bool token_kv(const kv_view &kv, const int32_t *seq, const int32_t *pos,
+                                         int64_t t, int32_t *s, int32_t *n_kv)
 {
     *s = seq[t];
     const int32_t p = pos[t];
@@ -71,11 +72,20 @@ __host__ __device__ __forceinline__ int split_count(int32_t n_kv, int32_t *chunk
 }
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<float>(float v)
+{
+    return v;
+}
+template <> __device__ __forceinline__ float to_float<__half>(__half v)
+{
+    return __half2float(v);
+}
 
 template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float from_float<float>(float v)
+{
+    return v;
+}
 template <> __device__ __forceinline__ __half from_float<__half>(float v)
 {
     return __float2half_rn(v); /* round to nearest even, as kern_f32_to_f16 */
@@ -144,8 +154,8 @@ template <int H> __device__ __forceinline__ void transpose_step(float (&v)[32], 
 }
 
 template <typename T, int NI>
-__device__ void warp_split(const attn_args &a, int32_t s, int kvh, int32_t p_begin,
-                           int32_t p_end, const float (&qv)[NI], softmax_state<NI> &st)
+__device__ void warp_split(const attn_args &a, int32_t s, int kvh, int32_t p_begin, int32_t p_end,
+                           const float (&qv)[NI], softmax_state<NI> &st)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
     const kv_view &kv = a.kv;
@@ -190,7 +200,8 @@ __device__ void warp_split(const attn_args &a, int32_t s, int kvh, int32_t p_beg
         st.l = __fmaf_rn(st.l, corr, cuda__warp_sum(pr));
         st.m = m_new;
 #pragma unroll
-        for (int i = 0; i < NI; i++) st.acc[i] = __fmul_rn(st.acc[i], corr);
+        for (int i = 0; i < NI; i++)
+            st.acc[i] = __fmul_rn(st.acc[i], corr);
         for (int j = 0; j < n_valid; j++) {
             const float pj = __shfl_sync(CUDA__FULL_MASK, pr, j);
             const T *kj = (const T *)__shfl_sync(CUDA__FULL_MASK, (unsigned long long)krow, j);
@@ -222,7 +233,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
     int32_t s, n_kv;
     if (!token_kv(a.kv, a.seq, a.pos, t, &s, &n_kv)) {
         if (blockIdx.y == 0) {
-            for (int e = threadIdx.x; e < hd; e += ATTN_THREADS) out[e] = 0.0f;
+            for (int e = threadIdx.x; e < hd; e += ATTN_THREADS)
+                out[e] = 0.0f;
             if (threadIdx.x == 0) cuda__raise(a.fault, CUDA__FAULT_KV_POS);
         }
         return;
@@ -234,14 +246,16 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
     float qv[NI];
     const float *q = a.q + (t * a.n_head + h) * hd;
 #pragma unroll
-    for (int i = 0; i < NI; i++) qv[i] = lane + 32 * i < hd ? q[lane + 32 * i] : 0.0f;
+    for (int i = 0; i < NI; i++)
+        qv[i] = lane + 32 * i < hd ? q[lane + 32 * i] : 0.0f;
 
     for (int sp = blockIdx.y; sp < n_split; sp += gridDim.y) {
         softmax_state<NI> st;
         st.m = -INFINITY;
         st.l = 0.0f;
 #pragma unroll
-        for (int i = 0; i < NI; i++) st.acc[i] = 0.0f;
+        for (int i = 0; i < NI; i++)
+            st.acc[i] = 0.0f;
         const int32_t p_begin = sp * chunk, p_end = min(n_kv, p_begin + chunk);
         warp_split<T, NI>(a, s, kvh, p_begin, p_end, qv, st);
 
@@ -255,7 +269,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
         __syncthreads();
         /* Merge the warps in order 0..3 against the block's max. */
         float m = -INFINITY;
-        for (int w = 0; w < ATTN_WARPS; w++) m = fmaxf(m, sh_ml[w][0]);
+        for (int w = 0; w < ATTN_WARPS; w++)
+            m = fmaxf(m, sh_ml[w][0]);
         float wgt[ATTN_WARPS], l = 0.0f;
         for (int w = 0; w < ATTN_WARPS; w++) {
             wgt[w] = sh_ml[w][0] == -INFINITY ? 0.0f : expf(sh_ml[w][0] - m);
@@ -264,7 +279,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
         const size_t slot = ((size_t)lt * a.n_head + h) * MAX_SPLITS + sp;
         for (int e = threadIdx.x; e < hd; e += ATTN_THREADS) {
             float acc = 0.0f;
-            for (int w = 0; w < ATTN_WARPS; w++) acc = __fmaf_rn(wgt[w], sh_acc[w][e], acc);
+            for (int w = 0; w < ATTN_WARPS; w++)
+                acc = __fmaf_rn(wgt[w], sh_acc[w][e], acc);
             if (n_split == 1)
                 out[e] = l > 0.0f ? __fdiv_rn(acc, l) : 0.0f;
             else
@@ -287,7 +303,8 @@ __global__ void attn_combine_kernel(attn_args a)
     if (n_split == 1) return;
     const size_t slot0 = ((size_t)lt * a.n_head + h) * MAX_SPLITS;
     float m = -INFINITY;
-    for (int sp = 0; sp < n_split; sp++) m = fmaxf(m, a.part_ml[slot0 + sp].x);
+    for (int sp = 0; sp < n_split; sp++)
+        m = fmaxf(m, a.part_ml[slot0 + sp].x);
     float l = 0.0f;
     for (int sp = 0; sp < n_split; sp++) {
         const float2 ml = a.part_ml[slot0 + sp];
@@ -317,14 +334,30 @@ template <typename T>
 void launch_split_dims(const attn_args &a, unsigned slots, cudaStream_t stream)
 {
     switch ((a.head_dim + 31) / 32) {
-    case 1: launch_split<T, 1>(a, slots, stream); break;
-    case 2: launch_split<T, 2>(a, slots, stream); break;
-    case 3: launch_split<T, 3>(a, slots, stream); break;
-    case 4: launch_split<T, 4>(a, slots, stream); break;
-    case 5: launch_split<T, 5>(a, slots, stream); break;
-    case 6: launch_split<T, 6>(a, slots, stream); break;
-    case 7: launch_split<T, 7>(a, slots, stream); break;
-    default: launch_split<T, 8>(a, slots, stream); break;
+    case 1:
+        launch_split<T, 1>(a, slots, stream);
+        break;
+    case 2:
+        launch_split<T, 2>(a, slots, stream);
+        break;
+    case 3:
+        launch_split<T, 3>(a, slots, stream);
+        break;
+    case 4:
+        launch_split<T, 4>(a, slots, stream);
+        break;
+    case 5:
+        launch_split<T, 5>(a, slots, stream);
+        break;
+    case 6:
+        launch_split<T, 6>(a, slots, stream);
+        break;
+    case 7:
+        launch_split<T, 7>(a, slots, stream);
+        break;
+    default:
+        launch_split<T, 8>(a, slots, stream);
+        break;
     }
 }
 
@@ -362,11 +395,11 @@ void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const 
     const kv_view view = make_view(kv, layer);
     const unsigned grid = cuda__grid(n_tokens * kv->kv_dim, 256);
     if (kv->type == KERN_KV_F16)
-        kv_store_kernel<__half><<<grid, 256, 0, cuda__compute(cb)>>>(view, k, v, seq, pos,
-                                                                      n_tokens, cb->fault_device);
+        kv_store_kernel<__half>
+            <<<grid, 256, 0, cuda__compute(cb)>>>(view, k, v, seq, pos, n_tokens, cb->fault_device);
     else
-        kv_store_kernel<float><<<grid, 256, 0, cuda__compute(cb)>>>(view, k, v, seq, pos,
-                                                                     n_tokens, cb->fault_device);
+        kv_store_kernel<float>
+            <<<grid, 256, 0, cuda__compute(cb)>>>(view, k, v, seq, pos, n_tokens, cb->fault_device);
     cuda__launched(cb, "kv_store");
 }
 
@@ -386,13 +419,15 @@ void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const
         return;
     }
     cudaStream_t stream = cuda__compute(cb);
-    const size_t per_token = (size_t)n_head * MAX_SPLITS * (sizeof(float2) + head_dim * sizeof(float));
+    const size_t per_token =
+        (size_t)n_head * MAX_SPLITS * (sizeof(float2) + head_dim * sizeof(float));
     int64_t group = (int64_t)(PARTIAL_CAP / per_token);
     if (group < 1) group = 1;
     if (group > n_tokens) group = n_tokens;
     /* grid.x holds (token, head) pairs */
     if (group * n_head > 0x7fffffff) group = 0x7fffffff / n_head;
-    uint8_t *scratch = (uint8_t *)cuda__scratch_get(cb, &cb->partial, per_token * group, "attention");
+    uint8_t *scratch =
+        (uint8_t *)cuda__scratch_get(cb, &cb->partial, per_token * group, "attention");
     if (!scratch) return;
 
     attn_args a;

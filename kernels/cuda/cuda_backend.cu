@@ -34,13 +34,18 @@ int cuda__errno(cudaError_t rc)
 {
     (void)cudaGetLastError();
     switch (rc) {
-    case cudaSuccess: return 0;
-    case cudaErrorMemoryAllocation: return -ENOMEM;
-    case cudaErrorInvalidValue: return -EINVAL;
+    case cudaSuccess:
+        return 0;
+    case cudaErrorMemoryAllocation:
+        return -ENOMEM;
+    case cudaErrorInvalidValue:
+        return -EINVAL;
     case cudaErrorNoDevice:
     case cudaErrorInsufficientDriver:
-    case cudaErrorNoKernelImageForDevice: return -ENODEV;
-    default: return -EIO;
+    case cudaErrorNoKernelImageForDevice:
+        return -ENODEV;
+    default:
+        return -EIO;
     }
 }
 
@@ -180,10 +185,17 @@ static int cuda_copy(kern_backend *b, kern_stream s, void *dst, const void *src,
     if (!dst || !src) return -EINVAL;
     cudaMemcpyKind kind;
     switch (dir) {
-    case KERN_COPY_TO_DEVICE: kind = cudaMemcpyHostToDevice; break;
-    case KERN_COPY_TO_HOST: kind = cudaMemcpyDeviceToHost; break;
-    case KERN_COPY_ON_DEVICE: kind = cudaMemcpyDeviceToDevice; break;
-    default: return -EINVAL;
+    case KERN_COPY_TO_DEVICE:
+        kind = cudaMemcpyHostToDevice;
+        break;
+    case KERN_COPY_TO_HOST:
+        kind = cudaMemcpyDeviceToHost;
+        break;
+    case KERN_COPY_ON_DEVICE:
+        kind = cudaMemcpyDeviceToDevice;
+        break;
+    default:
+        return -EINVAL;
     }
     cudaError_t rc = cudaSetDevice(cb->device);
     if (rc == cudaSuccess) rc = cudaMemcpyAsync(dst, src, bytes, kind, cb->streams[s]);
@@ -280,8 +292,7 @@ static int cuda_sync(kern_backend *b, char *err, size_t err_size)
         e = cudaStreamSynchronize(cb->streams[s]);
     if (e != cudaSuccess) {
         rc = cuda__errno(e);
-        snprintf(msg, sizeof msg, "cuda sync: %s: %s", cudaGetErrorName(e),
-                 cudaGetErrorString(e));
+        snprintf(msg, sizeof msg, "cuda sync: %s: %s", cudaGetErrorName(e), cudaGetErrorString(e));
     }
     /* Both streams are idle, so every fault bit a kernel will raise is in place. */
     unsigned fault = *(volatile unsigned *)cb->fault;
@@ -323,13 +334,12 @@ static void cuda_destroy(kern_backend *b)
 }
 
 static const kern_ops cuda_ops = {
-    cuda_alloc,          cuda_free,          cuda_register_host, cuda_unregister_host,
-    cuda_mem_info,       cuda_copy,          cuda_event_create,  cuda_event_destroy,
-    cuda_event_record,   cuda_event_query,   cuda_event_wait,    cuda_stream_wait,
-    cuda_sync,           cuda__matmul,       cuda__rmsnorm,      cuda__rope,
-    cuda__kv_store,      cuda__attention,    cuda__silu_mul,     cuda__add,
-    cuda__add_bias,      cuda__get_rows,     cuda__gather,       cuda__router,
-    cuda__moe_combine,   cuda__gate_add,     cuda_destroy,
+    cuda_alloc,      cuda_free,         cuda_register_host, cuda_unregister_host, cuda_mem_info,
+    cuda_copy,       cuda_event_create, cuda_event_destroy, cuda_event_record,    cuda_event_query,
+    cuda_event_wait, cuda_stream_wait,  cuda_sync,          cuda__matmul,         cuda__rmsnorm,
+    cuda__rope,      cuda__kv_store,    cuda__attention,    cuda__silu_mul,       cuda__add,
+    cuda__add_bias,  cuda__get_rows,    cuda__gather,       cuda__router,         cuda__moe_combine,
+    cuda__gate_add,  cuda_destroy,
 };
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */

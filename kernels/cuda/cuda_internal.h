@@ -25,10 +25,10 @@ extern "C" {
 
 /* Device-side faults, one bit per kind; kern_sync names each one set. */
 enum {
-    CUDA__FAULT_KV_POS = 1u << 0,      /* kv_store / attention: (seq, pos) outside the cache */
-    CUDA__FAULT_KV_BLOCK = 1u << 1,    /* kv_store / attention: block not reserved (NULL) */
-    CUDA__FAULT_ROW_ID = 1u << 2,      /* get_rows: id outside the weight */
-    CUDA__FAULT_ROW_INDEX = 1u << 3,   /* gather / moe_combine: negative row index */
+    CUDA__FAULT_KV_POS = 1u << 0,    /* kv_store / attention: (seq, pos) outside the cache */
+    CUDA__FAULT_KV_BLOCK = 1u << 1,  /* kv_store / attention: block not reserved (NULL) */
+    CUDA__FAULT_ROW_ID = 1u << 2,    /* get_rows: id outside the weight */
+    CUDA__FAULT_ROW_INDEX = 1u << 3, /* gather / moe_combine: negative row index */
     CUDA__FAULT_COUNT = 4,
 };
 
@@ -43,12 +43,12 @@ typedef struct cuda_backend {
     int device;
     int sm_count;
     cudaStream_t streams[KERN_STREAM_COUNT];
-    int error;          /* first failure since the last sync (negative errno), 0 if none */
-    char message[256];  /* its description */
-    unsigned *fault;    /* mapped pinned host word the kernels set CUDA__FAULT_* bits in */
+    int error;              /* first failure since the last sync (negative errno), 0 if none */
+    char message[256];      /* its description */
+    unsigned *fault;        /* mapped pinned host word the kernels set CUDA__FAULT_* bits in */
     unsigned *fault_device; /* the same word as the device addresses it */
-    cuda__scratch act;     /* matmul: activations quantised to 8 bits */
-    cuda__scratch partial; /* attention: per-split partial results */
+    cuda__scratch act;      /* matmul: activations quantised to 8 bits */
+    cuda__scratch partial;  /* attention: per-split partial results */
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
@@ -109,19 +109,19 @@ void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const
 /* cuda_ops.cu */
 void cuda__rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
                    int64_t n_rows, int64_t stride, float eps);
-void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
-                int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode);
+void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
+                const int32_t *pos, float freq_base, kern_rope_mode mode);
 void cuda__silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
 void cuda__add(kern_backend *b, float *y, const float *x, int64_t n);
 void cuda__add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim);
 void cuda__gather(kern_backend *b, const float *src, const int32_t *rows, float *dst,
                   int64_t n_rows, int64_t dim);
-void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens,
-                  const kern_router_opts *o, int32_t *ids, float *weights);
-void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows,
-                       const float *weights, float *out, int64_t n_tokens, int k, int64_t dim);
-void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const float *x,
-                    float *out, int64_t n_tokens, int64_t dim);
+void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens, const kern_router_opts *o,
+                  int32_t *ids, float *weights);
+void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows, const float *weights,
+                       float *out, int64_t n_tokens, int k, int64_t dim);
+void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const float *x, float *out,
+                    int64_t n_tokens, int64_t dim);
 
 /* ---- device helpers shared by the kernels ------------------------------------------------ */
 
@@ -132,28 +132,32 @@ void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const fl
 static __device__ __forceinline__ float cuda__warp_sum(float v)
 {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(CUDA__FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(CUDA__FULL_MASK, v, o));
     return v;
 }
 
 static __device__ __forceinline__ double cuda__warp_sum_double(double v)
 {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(CUDA__FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(CUDA__FULL_MASK, v, o);
     return v;
 }
 
 static __device__ __forceinline__ float cuda__warp_max(float v)
 {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(CUDA__FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(CUDA__FULL_MASK, v, o));
     return v;
 }
 
 static __device__ __forceinline__ int cuda__warp_sum_int(int v)
 {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(CUDA__FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(CUDA__FULL_MASK, v, o);
     return v;
 }
 

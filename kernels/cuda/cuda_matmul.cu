@@ -46,7 +46,8 @@ extern "C" {
 }
 #undef _Static_assert
 
-namespace {
+namespace
+{
 
 enum { WARPS = 4, THREADS = 32 * WARPS, DECODE_MAX_TOKENS = 8, BATCH_ROWS = 4, BATCH_TOKENS = 8 };
 
@@ -95,10 +96,10 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, int *sc, i
 /* ---- one weight unit as signed bytes -------------------------------------------------- */
 
 struct unit {
-    int w[8];     /* 32 weights as signed bytes, in element order */
+    int w[8];         /* 32 weights as signed bytes, in element order */
     int sc_lo, sc_hi; /* integer multipliers of the dot over elements 0..15 and 16..31 */
-    int bmul;     /* integer multiplier of the activation block's sum */
-    float da, db; /* float scales of the two integer terms */
+    int bmul;         /* integer multiplier of the activation block's sum */
+    float da, db;     /* float scales of the two integer terms */
 };
 
 /* Q4_0 and Q4_1 share the nibble order: element j low nibble of qs[j], j+16 the high one. */
@@ -122,8 +123,7 @@ __device__ __forceinline__ void fives_32(const uint8_t *qs, uint32_t qh, int off
     }
 }
 
-template <int TYPE>
-__device__ __forceinline__ void load_unit(const uint8_t *row, int u, unit &q)
+template <int TYPE> __device__ __forceinline__ void load_unit(const uint8_t *row, int u, unit &q)
 {
     q.sc_lo = q.sc_hi = 1;
     q.bmul = 0;
@@ -132,7 +132,8 @@ __device__ __forceinline__ void load_unit(const uint8_t *row, int u, unit &q)
         const uint8_t *b = row + (size_t)u * sizeof(block_q8_0);
         q.da = ld_f16(b + offsetof(block_q8_0, d));
 #pragma unroll
-        for (int k = 0; k < 8; k++) q.w[k] = ld_i32(b + offsetof(block_q8_0, qs) + 4 * k);
+        for (int k = 0; k < 8; k++)
+            q.w[k] = ld_i32(b + offsetof(block_q8_0, qs) + 4 * k);
     } else if constexpr (TYPE == KERN_T_Q4_0) {
         const uint8_t *b = row + (size_t)u * sizeof(block_q4_0);
         q.da = ld_f16(b + offsetof(block_q4_0, d));
@@ -208,10 +209,10 @@ struct mm_args {
     size_t row_bytes;
     int64_t n_rows;
     int64_t n_cols;
-    int64_t n_units;   /* n_cols / 32 (quantised types) */
-    const int4 *xq;    /* [n_tokens][n_units][32 int8] */
-    const float2 *xd;  /* [n_tokens][n_units] (scale, integer sum) */
-    const float *x;    /* float types: the activations themselves */
+    int64_t n_units;  /* n_cols / 32 (quantised types) */
+    const int4 *xq;   /* [n_tokens][n_units][32 int8] */
+    const float2 *xd; /* [n_tokens][n_units] (scale, integer sum) */
+    const float *x;   /* float types: the activations themselves */
     float *y;
     int64_t n_tokens;
     int64_t n_tiles_per_group; /* batch mapping: token-tile groups of WARPS tiles */
@@ -241,7 +242,8 @@ __device__ __forceinline__ void write_outputs(const mm_args &a, float (&acc)[R][
 #pragma unroll
         for (int t = 0; t < T; t++) {
             float s = cuda__warp_sum(acc[r][t]);
-            if (r < nr && t < nt && (threadIdx.x & 31) == 0) a.y[(tok0 + t) * a.n_rows + row0 + r] = s;
+            if (r < nr && t < nt && (threadIdx.x & 31) == 0)
+                a.y[(tok0 + t) * a.n_rows + row0 + r] = s;
         }
 }
 
@@ -257,7 +259,8 @@ __global__ void __launch_bounds__(THREADS) matmul_quant_kernel(mm_args a)
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
+        for (int t = 0; t < T; t++)
+            acc[r][t] = 0.0f;
 
     for (int64_t u = threadIdx.x & 31; u < a.n_units; u += 32) {
         unit q[R];
@@ -312,20 +315,22 @@ __global__ void __launch_bounds__(THREADS) matmul_float_kernel(mm_args a)
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
+        for (int t = 0; t < T; t++)
+            acc[r][t] = 0.0f;
 
     for (int64_t e = threadIdx.x & 31; e < a.n_cols; e += 32) {
         float wv[R];
 #pragma unroll
         for (int r = 0; r < R; r++)
-            wv[r] = r < nr ? load_float_weight<TYPE>(a.w + (size_t)(row0 + r) * a.row_bytes, e)
-                           : 0.0f;
+            wv[r] =
+                r < nr ? load_float_weight<TYPE>(a.w + (size_t)(row0 + r) * a.row_bytes, e) : 0.0f;
 #pragma unroll
         for (int t = 0; t < T; t++) {
             if (t >= nt) break;
             const float xv = a.x[(tok0 + t) * a.n_cols + e];
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r][t] = __fmaf_rn(wv[r], xv, acc[r][t]);
+            for (int r = 0; r < R; r++)
+                acc[r][t] = __fmaf_rn(wv[r], xv, acc[r][t]);
         }
     }
     write_outputs<R, T>(a, acc, row0, tok0, nr, nt);
@@ -367,8 +372,7 @@ void launch_tile(unsigned blocks, const mm_args &a, cudaStream_t stream)
         matmul_quant_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
 }
 
-template <int TYPE>
-void launch_matmul(const mm_args &a, cudaStream_t stream)
+template <int TYPE> void launch_matmul(const mm_args &a, cudaStream_t stream)
 {
     if (a.n_tokens <= DECODE_MAX_TOKENS) {
         const unsigned blocks = (unsigned)((a.n_rows + WARPS - 1) / WARPS);
@@ -397,8 +401,7 @@ static_assert(offsetof(block_q4_K, d) == offsetof(block_q5_K, d) &&
 
 /* Element e (0..31) of unit u of a row, bit-exact with quant_ref.c's to_f32 (explicitly
  * rounded operations, so no fused multiply-add changes a bit). */
-template <int TYPE>
-__device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
+template <int TYPE> __device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
 {
     if constexpr (TYPE == KERN_T_Q8_0) {
         const uint8_t *b = row + (size_t)u * sizeof(block_q8_0);
@@ -408,7 +411,8 @@ __device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
     if constexpr (TYPE == KERN_T_Q4_0 || TYPE == KERN_T_Q4_1) {
         const bool one = TYPE == KERN_T_Q4_1;
         const uint8_t *b = row + (size_t)u * (one ? sizeof(block_q4_1) : sizeof(block_q4_0));
-        const uint8_t byte = b[(one ? offsetof(block_q4_1, qs) : offsetof(block_q4_0, qs)) + e % 16];
+        const uint8_t byte =
+            b[(one ? offsetof(block_q4_1, qs) : offsetof(block_q4_0, qs)) + e % 16];
         const int q = e < 16 ? byte & 0xF : byte >> 4;
         const float d = ld_f16(b); /* d is first in both */
         if (!one) return __fmul_rn(d, (float)(q - 8));
@@ -417,8 +421,10 @@ __device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
     if constexpr (TYPE == KERN_T_Q5_0 || TYPE == KERN_T_Q5_1) {
         const bool one = TYPE == KERN_T_Q5_1;
         const uint8_t *b = row + (size_t)u * (one ? sizeof(block_q5_1) : sizeof(block_q5_0));
-        const uint8_t byte = b[(one ? offsetof(block_q5_1, qs) : offsetof(block_q5_0, qs)) + e % 16];
-        const uint32_t qh = (uint32_t)ld_i32(b + (one ? offsetof(block_q5_1, qh) : offsetof(block_q5_0, qh)));
+        const uint8_t byte =
+            b[(one ? offsetof(block_q5_1, qs) : offsetof(block_q5_0, qs)) + e % 16];
+        const uint32_t qh =
+            (uint32_t)ld_i32(b + (one ? offsetof(block_q5_1, qh) : offsetof(block_q5_0, qh)));
         const int q = (e < 16 ? byte & 0xF : byte >> 4) | (int)(((qh >> e) & 1) << 4);
         const float d = ld_f16(b);
         if (!one) return __fmul_rn(d, (float)(q - 16));
@@ -450,9 +456,8 @@ __device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
 }
 
 template <int TYPE>
-__global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64_t n_rows,
-                                int64_t n_cols, const int32_t *ids, float *out, int64_t n_ids,
-                                unsigned *fault)
+__global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                                const int32_t *ids, float *out, int64_t n_ids, unsigned *fault)
 {
     const int64_t n = n_ids * n_cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -476,18 +481,39 @@ __global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64_t n_ro
 bool type_geometry(uint32_t type, int64_t *block_elems, size_t *block_bytes)
 {
     switch (type) {
-    case KERN_T_F32: *block_elems = 1, *block_bytes = 4; return true;
+    case KERN_T_F32:
+        *block_elems = 1, *block_bytes = 4;
+        return true;
     case KERN_T_F16:
-    case KERN_T_BF16: *block_elems = 1, *block_bytes = 2; return true;
-    case KERN_T_Q8_0: *block_elems = QK8_0, *block_bytes = sizeof(block_q8_0); return true;
-    case KERN_T_Q4_0: *block_elems = QK4_0, *block_bytes = sizeof(block_q4_0); return true;
-    case KERN_T_Q4_1: *block_elems = QK4_1, *block_bytes = sizeof(block_q4_1); return true;
-    case KERN_T_Q5_0: *block_elems = QK5_0, *block_bytes = sizeof(block_q5_0); return true;
-    case KERN_T_Q5_1: *block_elems = QK5_1, *block_bytes = sizeof(block_q5_1); return true;
-    case KERN_T_Q4_K: *block_elems = QK_K, *block_bytes = sizeof(block_q4_K); return true;
-    case KERN_T_Q5_K: *block_elems = QK_K, *block_bytes = sizeof(block_q5_K); return true;
-    case KERN_T_Q6_K: *block_elems = QK_K, *block_bytes = sizeof(block_q6_K); return true;
-    default: return false;
+    case KERN_T_BF16:
+        *block_elems = 1, *block_bytes = 2;
+        return true;
+    case KERN_T_Q8_0:
+        *block_elems = QK8_0, *block_bytes = sizeof(block_q8_0);
+        return true;
+    case KERN_T_Q4_0:
+        *block_elems = QK4_0, *block_bytes = sizeof(block_q4_0);
+        return true;
+    case KERN_T_Q4_1:
+        *block_elems = QK4_1, *block_bytes = sizeof(block_q4_1);
+        return true;
+    case KERN_T_Q5_0:
+        *block_elems = QK5_0, *block_bytes = sizeof(block_q5_0);
+        return true;
+    case KERN_T_Q5_1:
+        *block_elems = QK5_1, *block_bytes = sizeof(block_q5_1);
+        return true;
+    case KERN_T_Q4_K:
+        *block_elems = QK_K, *block_bytes = sizeof(block_q4_K);
+        return true;
+    case KERN_T_Q5_K:
+        *block_elems = QK_K, *block_bytes = sizeof(block_q5_K);
+        return true;
+    case KERN_T_Q6_K:
+        *block_elems = QK_K, *block_bytes = sizeof(block_q6_K);
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -502,8 +528,9 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
     }
     if (w->n_rows < 0 || w->n_cols < 0 || w->n_cols % block_elems != 0 ||
         w->row_bytes < (size_t)(w->n_cols / block_elems) * block_bytes || !w->data) {
-        cuda__fail(cb, -EINVAL, "cuda %s: weight %lld x %lld of type %u (row %zu bytes) is malformed",
-                   op, (long long)w->n_rows, (long long)w->n_cols, w->type, w->row_bytes);
+        cuda__fail(cb, -EINVAL,
+                   "cuda %s: weight %lld x %lld of type %u (row %zu bytes) is malformed", op,
+                   (long long)w->n_rows, (long long)w->n_cols, w->type, w->row_bytes);
         return false;
     }
     /* Blocks are read 16 bits at a time (F32 32 bits): the rows must be aligned to that. */
@@ -518,11 +545,10 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 
 } // namespace
 
-#define FOR_EACH_TYPE(X)                                                                       \
+#define FOR_EACH_TYPE(X)                                                                           \
     X(F32) X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K)
 
-void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
-                  int64_t n_tokens)
+void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y, int64_t n_tokens)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || w->n_rows <= 0) return;
@@ -547,8 +573,8 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
         a.n_units = w->n_cols / 32;
         const size_t n_blocks = (size_t)(n_tokens * a.n_units);
         const size_t q_bytes = n_blocks * 32;
-        uint8_t *act = (uint8_t *)cuda__scratch_get(cb, &cb->act, q_bytes + n_blocks * sizeof(float2),
-                                                    "matmul");
+        uint8_t *act = (uint8_t *)cuda__scratch_get(cb, &cb->act,
+                                                    q_bytes + n_blocks * sizeof(float2), "matmul");
         if (!act) return;
         a.xq = (const int4 *)act;
         a.xd = (const float2 *)(act + q_bytes); /* q_bytes is a multiple of 32: aligned */
@@ -557,11 +583,14 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
         if (!cuda__launched(cb, "matmul (quantise activations)")) return;
     }
     switch (w->type) {
-#define CASE(T)                                                                                \
-    case KERN_T_##T: launch_matmul<KERN_T_##T>(a, stream); break;
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        launch_matmul<KERN_T_##T>(a, stream);                                                      \
+        break;
         FOR_EACH_TYPE(CASE)
 #undef CASE
-    default: break;
+    default:
+        break;
     }
     cuda__launched(cb, "matmul");
 }
@@ -575,15 +604,16 @@ void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, f
     const unsigned grid = cuda__grid(n_ids * w->n_cols, 256);
     cudaStream_t stream = cuda__compute(cb);
     switch (w->type) {
-#define CASE(T)                                                                                \
-    case KERN_T_##T:                                                                           \
-        get_rows_kernel<KERN_T_##T><<<grid, 256, 0, stream>>>(                                 \
-            (const uint8_t *)w->data, w->row_bytes, w->n_rows, w->n_cols, ids, out, n_ids,     \
-            cb->fault_device);                                                                 \
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        get_rows_kernel<KERN_T_##T><<<grid, 256, 0, stream>>>((const uint8_t *)w->data,            \
+                                                              w->row_bytes, w->n_rows, w->n_cols,  \
+                                                              ids, out, n_ids, cb->fault_device);  \
         break;
         FOR_EACH_TYPE(CASE)
 #undef CASE
-    default: break;
+    default:
+        break;
     }
     cuda__launched(cb, "get_rows");
 }

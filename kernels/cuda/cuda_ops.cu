@@ -14,12 +14,13 @@
 #include <errno.h>
 #include <math.h>
 
-namespace {
+namespace
+{
 
 enum { BLOCK = 256 };
 
-#define GRID_STRIDE(i, n)                                                                      \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                  \
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
          i += (int64_t)gridDim.x * blockDim.x)
 
 /* Sum of one double per thread of a BLOCK-thread block, in a fixed tree; every thread gets
@@ -39,16 +40,17 @@ __device__ double block_sum_double(double v, double *sh)
 
 /* ---- rmsnorm ---------------------------------------------------------------------------- */
 
-__global__ void __launch_bounds__(BLOCK) rmsnorm_kernel(const float *x, const float *weight,
-                                                        float *out, int64_t n, int64_t n_rows,
-                                                        int64_t stride, float eps)
+__global__ void __launch_bounds__(BLOCK)
+    rmsnorm_kernel(const float *x, const float *weight, float *out, int64_t n, int64_t n_rows,
+                   int64_t stride, float eps)
 {
     __shared__ double sh[BLOCK];
     for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
         const float *xr = x + r * stride;
         float *o = out + r * stride;
         double ss = 0.0;
-        for (int64_t i = threadIdx.x; i < n; i += BLOCK) ss += (double)xr[i] * xr[i];
+        for (int64_t i = threadIdx.x; i < n; i += BLOCK)
+            ss += (double)xr[i] * xr[i];
         /* Every read of the row happens before the barriers in the sum: out may be x. */
         ss = block_sum_double(ss, sh);
         const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
@@ -146,14 +148,15 @@ __global__ void moe_combine_kernel(const float *src, const int32_t *rows, const 
 }
 
 /* out[t] += sigmoid(dot(gate, h[t])) * x[t]; one block per token, the dot in double. */
-__global__ void __launch_bounds__(BLOCK) gate_add_kernel(const float *h, const float *gate,
-                                                         const float *x, float *out,
-                                                         int64_t n_tokens, int64_t dim)
+__global__ void __launch_bounds__(BLOCK)
+    gate_add_kernel(const float *h, const float *gate, const float *x, float *out, int64_t n_tokens,
+                    int64_t dim)
 {
     __shared__ double sh[BLOCK];
     for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
         double dot = 0.0;
-        for (int64_t i = threadIdx.x; i < dim; i += BLOCK) dot += (double)gate[i] * h[t * dim + i];
+        for (int64_t i = threadIdx.x; i < dim; i += BLOCK)
+            dot += (double)gate[i] * h[t * dim + i];
         /* All of h[t] is read before anyone writes: out may be h. */
         dot = block_sum_double(dot, sh);
         const float g = (float)(1.0 / (1.0 + exp(-dot)));
@@ -190,7 +193,8 @@ __global__ void router_kernel(const float *logits, int64_t n_tokens, kern_router
         if (o.gating == KERN_GATING_SOFTMAX) {
             float mx = -INFINITY;
 #pragma unroll
-            for (int i = 0; i < PER_LANE; i++) mx = fmaxf(mx, p[i]);
+            for (int i = 0; i < PER_LANE; i++)
+                mx = fmaxf(mx, p[i]);
             mx = cuda__warp_max(mx);
             double sum = 0.0;
 #pragma unroll
@@ -200,7 +204,8 @@ __global__ void router_kernel(const float *logits, int64_t n_tokens, kern_router
             }
             sum = cuda__warp_sum_double(sum);
 #pragma unroll
-            for (int i = 0; i < PER_LANE; i++) p[i] = (float)((double)p[i] / sum);
+            for (int i = 0; i < PER_LANE; i++)
+                p[i] = (float)((double)p[i] / sum);
         } else {
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++)
@@ -268,20 +273,20 @@ void cuda__rmsnorm(kern_backend *b, const float *x, const float *weight, float *
         return;
     }
     rmsnorm_kernel<<<cuda__grid(n_rows, 1), BLOCK, 0, cuda__compute(cb)>>>(x, weight, out, n,
-                                                                          n_rows, stride, eps);
+                                                                           n_rows, stride, eps);
     cuda__launched(cb, "rmsnorm");
 }
 
-void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
-                int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
+void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
+                const int32_t *pos, float freq_base, kern_rope_mode mode)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || n_heads <= 0 || n_rot <= 0) return;
     if (!cuda__enter(cb, "rope")) return;
     if (n_rot % 2 != 0 || n_rot > head_dim || n_rot > 8192 ||
         (mode != KERN_ROPE_NORM && mode != KERN_ROPE_NEOX)) {
-        cuda__fail(cb, -EINVAL, "cuda rope: n_rot %d of head_dim %d, mode %d not supported",
-                   n_rot, head_dim, (int)mode);
+        cuda__fail(cb, -EINVAL, "cuda rope: n_rot %d of head_dim %d, mode %d not supported", n_rot,
+                   head_dim, (int)mode);
         return;
     }
     rope_kernel<<<cuda__grid(n_tokens, 1), 128, (size_t)n_rot * sizeof(float), cuda__compute(cb)>>>(
@@ -310,7 +315,7 @@ void cuda__add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows
     cuda_backend *cb = cuda__of(b);
     if (n_rows <= 0 || dim <= 0 || !cuda__enter(cb, "add_bias")) return;
     add_bias_kernel<<<cuda__grid(n_rows * dim, BLOCK), BLOCK, 0, cuda__compute(cb)>>>(x, bias,
-                                                                                    n_rows, dim);
+                                                                                      n_rows, dim);
     cuda__launched(cb, "add_bias");
 }
 
@@ -324,8 +329,8 @@ void cuda__gather(kern_backend *b, const float *src, const int32_t *rows, float 
     cuda__launched(cb, "gather");
 }
 
-void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens,
-                  const kern_router_opts *o, int32_t *ids, float *weights)
+void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens, const kern_router_opts *o,
+                  int32_t *ids, float *weights)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || !cuda__enter(cb, "router")) return;
@@ -344,8 +349,8 @@ void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens,
     cuda__launched(cb, "router");
 }
 
-void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows,
-                       const float *weights, float *out, int64_t n_tokens, int k, int64_t dim)
+void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows, const float *weights,
+                       float *out, int64_t n_tokens, int k, int64_t dim)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || dim <= 0 || !cuda__enter(cb, "moe_combine")) return;
@@ -358,12 +363,12 @@ void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows,
     cuda__launched(cb, "moe_combine");
 }
 
-void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const float *x,
-                    float *out, int64_t n_tokens, int64_t dim)
+void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const float *x, float *out,
+                    int64_t n_tokens, int64_t dim)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || dim <= 0 || !cuda__enter(cb, "gate_add")) return;
     gate_add_kernel<<<cuda__grid(n_tokens, 1), BLOCK, 0, cuda__compute(cb)>>>(h, gate, x, out,
-                                                                             n_tokens, dim);
+                                                                              n_tokens, dim);
     cuda__launched(cb, "gate_add");
 }

@@ -74,6 +74,8 @@ typedef struct sim_backend {
     bool stop;
 
     atomic_uint_least64_t copies, to_device, to_host, link_ns;
+    int64_t fail_in; /* operations until an injected failure; -1: none */
+    int fail_code;
 } sim_backend;
 
 struct kern_event {
@@ -99,7 +101,8 @@ static uint64_t now_ns(void)
 
 static void sleep_until(uint64_t t_ns)
 {
-    struct timespec ts = {.tv_sec = (time_t)(t_ns / 1000000000ull), .tv_nsec = (long)(t_ns % 1000000000ull)};
+    struct timespec ts = {.tv_sec = (time_t)(t_ns / 1000000000ull),
+                          .tv_nsec = (long)(t_ns % 1000000000ull)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
     }
 }
@@ -112,8 +115,10 @@ static size_t find_segment(const sim_backend *sim, size_t off)
     size_t lo = 0, hi = sim->n_seg;
     while (hi - lo > 1) {
         size_t mid = (lo + hi) / 2;
-        if (sim->seg[mid].off <= off) lo = mid;
-        else hi = mid;
+        if (sim->seg[mid].off <= off)
+            lo = mid;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -229,7 +234,8 @@ static bool is_pinned(const sim_backend *sim, const void *p, size_t bytes)
 {
     const uint8_t *u = p;
     for (size_t i = 0; i < sim->n_pinned; i++)
-        if (u >= sim->pinned[i].p && u + bytes <= sim->pinned[i].p + sim->pinned[i].bytes) return true;
+        if (u >= sim->pinned[i].p && u + bytes <= sim->pinned[i].p + sim->pinned[i].bytes)
+            return true;
     return false;
 }
 
@@ -282,7 +288,8 @@ static int sim_mem_info(kern_backend *b, size_t *free_bytes, size_t *total_bytes
     return 0;
 }
 
-/* ---- copies and events ------------------------------------------------------------------------ */
+/* ---- copies and events ------------------------------------------------------------------------
+ */
 
 static uint64_t link_time(const sim_backend *sim, size_t bytes, bool pinned)
 {
@@ -296,7 +303,8 @@ static void *copy_thread(void *arg)
     uint64_t link_free = 0; /* one copy engine: copies run back to back */
     pthread_mutex_lock(&sim->mu);
     for (;;) {
-        while (!sim->q_len && !sim->stop) pthread_cond_wait(&sim->cv, &sim->mu);
+        while (!sim->q_len && !sim->stop)
+            pthread_cond_wait(&sim->cv, &sim->mu);
         if (!sim->q_len) break;
         copy_item it = sim->queue[sim->q_head];
         pthread_mutex_unlock(&sim->mu);
@@ -325,7 +333,8 @@ static int enqueue(sim_backend *sim, copy_item it)
             pthread_mutex_unlock(&sim->mu);
             return -ENOMEM;
         }
-        for (size_t i = 0; i < sim->q_len; i++) grown[i] = sim->queue[(sim->q_head + i) % sim->q_cap];
+        for (size_t i = 0; i < sim->q_len; i++)
+            grown[i] = sim->queue[(sim->q_head + i) % sim->q_cap];
         free(sim->queue);
         sim->queue = grown;
         sim->q_head = 0;
@@ -342,13 +351,16 @@ static int enqueue(sim_backend *sim, copy_item it)
 static void wait_completed(sim_backend *sim, uint64_t target)
 {
     pthread_mutex_lock(&sim->mu);
-    while (sim->completed < target) pthread_cond_wait(&sim->done, &sim->mu);
+    while (sim->completed < target)
+        pthread_cond_wait(&sim->done, &sim->mu);
     pthread_mutex_unlock(&sim->mu);
 }
 
 static const char *dir_name(kern_copy_dir dir)
 {
-    return dir == KERN_COPY_TO_DEVICE ? "to device" : dir == KERN_COPY_TO_HOST ? "to host" : "on device";
+    return dir == KERN_COPY_TO_DEVICE ? "to device"
+           : dir == KERN_COPY_TO_HOST ? "to host"
+                                      : "on device";
 }
 
 static int sim_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
@@ -361,9 +373,9 @@ static int sim_copy(kern_backend *b, kern_stream s, void *dst, const void *src, 
     bool src_ok = src_dev ? in_device(sim, src, bytes) : !in_arena(sim, src);
     if (!dst_ok || !src_ok) {
         char msg[200];
-        snprintf(msg, sizeof msg, "sim: copy %s of %zu bytes: %s %p is not %s memory", dir_name(dir),
-                 bytes, !dst_ok ? "destination" : "source", !dst_ok ? dst : (void *)src,
-                 (!dst_ok ? dst_dev : src_dev) ? "device" : "host");
+        snprintf(msg, sizeof msg, "sim: copy %s of %zu bytes: %s %p is not %s memory",
+                 dir_name(dir), bytes, !dst_ok ? "destination" : "source",
+                 !dst_ok ? dst : (void *)src, (!dst_ok ? dst_dev : src_dev) ? "device" : "host");
         kern__error_set(&sim->error, -EFAULT, "%s", msg);
         fprintf(stderr, "%s\n", msg);
         return -EFAULT;
@@ -450,16 +462,25 @@ static bool check(sim_backend *sim, const char *op, const char *arg, const void 
 {
     if (in_device(sim, p, bytes)) return true;
     char msg[220];
-    snprintf(msg, sizeof msg, "sim: %s: %s (%p, %zu bytes) is not device memory%s", op, arg, p, bytes,
-             in_arena(sim, p) ? " (it runs past its allocation)" : "");
+    snprintf(msg, sizeof msg, "sim: %s: %s (%p, %zu bytes) is not device memory%s", op, arg, p,
+             bytes, in_arena(sim, p) ? " (it runs past its allocation)" : "");
     kern__error_set(&sim->error, -EFAULT, "%s", msg);
     fprintf(stderr, "%s\n", msg);
     return false;
 }
 
-#define CHECK(arg, bytes)                                                                        \
-    do {                                                                                         \
-        if (!check(sim, __func__ + 4, #arg, (arg), (bytes))) return;                             \
+/* An injected failure takes the place of this operation. */
+static bool injected(sim_backend *sim, const char *op)
+{
+    if (sim->fail_in < 0 || sim->fail_in-- > 0) return false;
+    kern__error_set(&sim->error, sim->fail_code, "sim: %s failed (injected: %s)", op,
+                    strerror(-sim->fail_code));
+    return true;
+}
+
+#define CHECK(arg, bytes)                                                                          \
+    do {                                                                                           \
+        if (!check(sim, __func__ + 4, #arg, (arg), (bytes))) return;                               \
     } while (0)
 
 static size_t floats(int64_t n)
@@ -490,11 +511,12 @@ static void sim_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
     CHECK(data, weight_bytes(w));
     CHECK(x, floats(n_tokens * w->n_cols));
     CHECK(y, floats(n_tokens * w->n_rows));
+    if (injected(sim, "matmul")) return;
     kern_matmul(sim->cpu, w, x, y, n_tokens);
 }
 
-static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out,
-                        int64_t n, int64_t n_rows, int64_t stride, float eps)
+static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
+                        int64_t n_rows, int64_t stride, float eps)
 {
     sim_backend *sim = as_sim(b);
     if (n_rows <= 0) return;
@@ -502,6 +524,7 @@ static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, fl
     CHECK(x, extent);
     CHECK(out, extent);
     if (weight) CHECK(weight, floats(n));
+    if (injected(sim, "rmsnorm")) return;
     kern_rmsnorm(sim->cpu, x, weight, out, n, n_rows, stride, eps);
 }
 
@@ -512,12 +535,13 @@ static void sim_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, i
     if (n_tokens <= 0) return;
     CHECK(x, floats(n_tokens * n_heads * head_dim));
     CHECK(pos, (size_t)n_tokens * sizeof *pos);
+    if (injected(sim, "rope")) return;
     kern_rope(sim->cpu, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode);
 }
 
 /* The block table and every block the tokens reach must be device memory too. */
-static bool check_kv(sim_backend *sim, const char *op, const kern_kv_layout *kv,
-                     const int32_t *seq, const int32_t *pos, int64_t n_tokens, bool whole_prefix)
+static bool check_kv(sim_backend *sim, const char *op, const kern_kv_layout *kv, const int32_t *seq,
+                     const int32_t *pos, int64_t n_tokens, bool whole_prefix)
 {
     if (!check(sim, op, "kv->table", kv->table,
                (size_t)kv->n_seq * (size_t)kv->max_blocks * sizeof(void *)) ||
@@ -529,8 +553,9 @@ static bool check_kv(sim_backend *sim, const char *op, const kern_kv_layout *kv,
     for (int64_t t = 0; t < n_tokens; t++) {
         if (seq[t] < 0 || seq[t] >= kv->n_seq || pos[t] < 0 ||
             pos[t] / kv->block_tokens >= kv->max_blocks) {
-            kern__error_set(&sim->error, -EINVAL, "sim: %s: token %lld at (%d, %d) is outside the KV cache",
-                            op, (long long)t, seq[t], pos[t]);
+            kern__error_set(&sim->error, -EINVAL,
+                            "sim: %s: token %lld at (%d, %d) is outside the KV cache", op,
+                            (long long)t, seq[t], pos[t]);
             return false;
         }
         int32_t first = whole_prefix ? 0 : pos[t] / kv->block_tokens;
@@ -550,6 +575,7 @@ static void sim_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, c
     CHECK(k, floats(n_tokens * kv->kv_dim));
     CHECK(v, floats(n_tokens * kv->kv_dim));
     if (!check_kv(sim, "kv_store", kv, seq, pos, n_tokens, false)) return;
+    if (injected(sim, "kv_store")) return;
     kern_kv_store(sim->cpu, kv, layer, k, v, seq, pos, n_tokens);
 }
 
@@ -562,6 +588,7 @@ static void sim_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
     CHECK(q, floats(n_tokens * n_head * head_dim));
     CHECK(out, floats(n_tokens * n_head * head_dim));
     if (!check_kv(sim, "attention", kv, seq, pos, n_tokens, true)) return;
+    if (injected(sim, "attention")) return;
     kern_attention(sim->cpu, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim,
                    scale);
 }
@@ -573,6 +600,7 @@ static void sim_silu_mul(kern_backend *b, const float *gate, const float *up, fl
     CHECK(gate, floats(n));
     CHECK(up, floats(n));
     CHECK(out, floats(n));
+    if (injected(sim, "silu_mul")) return;
     kern_silu_mul(sim->cpu, gate, up, out, n);
 }
 
@@ -582,6 +610,7 @@ static void sim_add(kern_backend *b, float *y, const float *x, int64_t n)
     if (n <= 0) return;
     CHECK(y, floats(n));
     CHECK(x, floats(n));
+    if (injected(sim, "add")) return;
     kern_add(sim->cpu, y, x, n);
 }
 
@@ -591,6 +620,7 @@ static void sim_add_bias(kern_backend *b, float *x, const float *bias, int64_t n
     if (n_rows <= 0) return;
     CHECK(x, floats(n_rows * dim));
     CHECK(bias, floats(dim));
+    if (injected(sim, "add_bias")) return;
     kern_add_bias(sim->cpu, x, bias, n_rows, dim);
 }
 
@@ -603,6 +633,7 @@ static void sim_get_rows(kern_backend *b, const kern_weight *w, const int32_t *i
     CHECK(ids, (size_t)n_ids * sizeof *ids);
     CHECK(out, floats(n_ids * w->n_cols));
     CHECK(data, weight_bytes(w));
+    if (injected(sim, "get_rows")) return;
     kern_get_rows(sim->cpu, w, ids, out, n_ids);
 }
 
@@ -614,6 +645,7 @@ static void sim_gather(kern_backend *b, const float *src, const int32_t *rows, f
     CHECK(rows, (size_t)n_rows * sizeof *rows);
     CHECK(dst, floats(n_rows * dim));
     CHECK(src, floats(rows_reached(rows, n_rows) * dim));
+    if (injected(sim, "gather")) return;
     kern_gather(sim->cpu, src, rows, dst, n_rows, dim);
 }
 
@@ -625,6 +657,7 @@ static void sim_router(kern_backend *b, const float *logits, int64_t n_tokens,
     CHECK(logits, floats(n_tokens * o->n_expert));
     CHECK(ids, (size_t)(n_tokens * o->k) * sizeof *ids);
     CHECK(weights, floats(n_tokens * o->k));
+    if (injected(sim, "router")) return;
     kern_router(sim->cpu, logits, n_tokens, o, ids, weights);
 }
 
@@ -637,6 +670,7 @@ static void sim_moe_combine(kern_backend *b, const float *src, const int32_t *ro
     CHECK(weights, floats(n_tokens * k));
     CHECK(out, floats(n_tokens * dim));
     CHECK(src, floats(rows_reached(rows, n_tokens * k) * dim));
+    if (injected(sim, "moe_combine")) return;
     kern_moe_combine(sim->cpu, src, rows, weights, out, n_tokens, k, dim);
 }
 
@@ -649,6 +683,7 @@ static void sim_gate_add(kern_backend *b, const float *h, const float *gate, con
     CHECK(gate, floats(dim));
     CHECK(x, floats(n_tokens * dim));
     CHECK(out, floats(n_tokens * dim));
+    if (injected(sim, "gate_add")) return;
     kern_gate_add(sim->cpu, h, gate, x, out, n_tokens, dim);
 }
 
@@ -717,6 +752,7 @@ int kern_sim_open(kern_backend **out, const kern_open_opts *opts, char *err, siz
     sim->base.name = "sim";
     sim->base.kind = KERN_BACKEND_SIM;
     sim->base.ops = &sim_ops;
+    sim->fail_in = -1;
     pthread_mutex_init(&sim->mu, NULL);
     pthread_cond_init(&sim->cv, NULL);
     pthread_cond_init(&sim->done, NULL);
@@ -753,6 +789,14 @@ int kern_sim_open(kern_backend **out, const kern_open_opts *opts, char *err, siz
 fail:
     sim_destroy(&sim->base);
     return rc;
+}
+
+int kern_sim_inject_failure(kern_backend *b, int64_t after_ops, int code)
+{
+    if (b->kind != KERN_BACKEND_SIM || after_ops < 0 || code >= 0) return -EINVAL;
+    as_sim(b)->fail_in = after_ops;
+    as_sim(b)->fail_code = code;
+    return 0;
 }
 
 int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out)

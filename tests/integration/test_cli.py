@@ -124,6 +124,19 @@ with tempfile.TemporaryDirectory() as tmp:
         rc2, out2, err2 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
                               "--ignore-eos", "--expert-cache", "min", "--predictor", "pregate")
         check(rc2 == 0 and out2 == out, f"{arch}: the minimum expert cache gives the same text ({err2.strip()[-200:]})")
+        # the GPU data path on the simulated device, its tier at a quarter of the experts
+        rc3, out3, err3 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
+                              "--ignore-eos", "--backend", "sim", "--device-cache", "25%", "--expert-cache", "50%")
+        check(rc3 == 0 and out3 == out and "sim backend" in err3 and "device tier" in err3,
+              f"{arch}: --backend sim --device-cache 25% gives the CPU's text ({err3.strip()[-300:]})")
+    rc, out, err = run("bench", "--model", q4km, "--backend", "sim", "--device-cache", "min", "--prompt", "8",
+                       "--gen", "4", "--threads", "2")
+    check(rc == 0 and "| sim backend |" in out and "| device tier |" in out,
+          f"bench --backend sim reports the link and the device tier ({out[-400:]} {err[-200:]})")
+    rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "cuda")
+    check(rc != 0 and "cuda" in err.lower(), f"--backend cuda without a device fails with the reason ({err.strip()[-200:]})")
+    rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "tpu")
+    check(rc == 2 and "--backend" in err, f"an unknown backend is a usage error ({err.strip()[-200:]})")
 
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--temperature", "3")
     check(rc == 1 and "temperature" in err, f"an out-of-range sampling parameter is named ({err.strip()})")

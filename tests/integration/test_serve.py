@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import openai
 
@@ -204,6 +205,21 @@ with tempfile.TemporaryDirectory() as tmp:
     p = subprocess.run([MOESERVE, "serve", "--model", bad, "--port", "0"], capture_output=True, timeout=60)
     err = p.stderr.decode(errors="replace")
     check(p.returncode == 1 and "cut.gguf" in err, f"a damaged model stops the server with its reason ({err[-300:]})")
+
+# --- the GPU data path on the simulated device: a device tier of a quarter of the experts --------------
+srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "kv.type=f16")
+client = srv.client()
+r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
+check(r.choices[0].text == want, f"sim backend, device tier 25%: the CPU's greedy text ({r.choices[0].text!r})")
+metrics = urllib.request.urlopen(f"{srv.base}/metrics", timeout=10).read().decode()
+check('moeserve_expert_cache_capacity_experts{tier="device"}' in metrics and
+      'moeserve_expert_cache_capacity_experts{tier="host"}' in metrics,
+      "/metrics has a sample per tier")
+m = re.search(r'^moeserve_expert_device_copy_bytes_total (\S+)$', metrics, re.M)
+check(m is not None and float(m.group(1)) > 0, "experts were copied into the device tier")
+rc = srv.stop()
+check(rc == 0 and "sim backend" in srv.err and "device tier" in srv.err,
+      f"the log says which backend and tiers run ({srv.err[-400:]})")
 
 # --- logging as configured; a GPU demanded where none can be used --------------------------------------
 srv = Server(model, "--set", "log.format=json", "--set", "log.level=debug", "--set", "cache.host_bytes=50%")

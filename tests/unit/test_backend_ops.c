@@ -75,7 +75,8 @@ static void open_backends(void)
     kern_backend *best_cpu = NULL;
     if (kind_wanted("cpu") || kind_wanted("sim")) {
         for (int level = 0; level <= (int)best; level++) {
-            if (level == KERN_ISA_AVX512 && best == KERN_ISA_AVX512_VNNI) continue; /* same kernels */
+            if (level == KERN_ISA_AVX512 && best == KERN_ISA_AVX512_VNNI)
+                continue; /* same kernels */
             backend_entry *e = &backends[n_backends];
             kern_open_opts co = kern_open_opts_default();
             co.n_threads = 2;
@@ -113,16 +114,18 @@ static void open_backends(void)
         }
     }
     printf("backends:");
-    for (int i = 0; i < n_backends; i++) printf(" %s", backends[i].name);
+    for (int i = 0; i < n_backends; i++)
+        printf(" %s", backends[i].name);
     printf("\n");
 }
 
 /* ---- worst errors, for the summary table --------------------------------------------------- */
 
 enum { MAX_OPS = 16 };
-static const char *op_names[MAX_OPS] = {"matmul", "rmsnorm", "rope", "attention", "silu_mul",
-                                        "add", "add_bias", "get_rows", "gather", "router",
-                                        "moe_combine", "gate_add", "batch_invariance"};
+static const char *op_names[MAX_OPS] = {"matmul",          "rmsnorm", "rope",        "attention",
+                                        "silu_mul",        "add",     "add_bias",    "get_rows",
+                                        "gather",          "router",  "moe_combine", "gate_add",
+                                        "batch_invariance"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -142,8 +145,9 @@ static void expect_close(int be, const char *op, const char *what, double got, d
     double err = fabs(got - want) / (scale > 0 ? scale : 1.0);
     if (isnan(got) != isnan(want) || err > worst[o][be]) worst[o][be] = isnan(got) ? INFINITY : err;
     checked[o][be]++;
-    ck_assert_msg(!isnan(got) && err <= tol, "%s %s %s: %.9g, reference %.9g (error %.3g of %.3g > %.3g)",
-                  backends[be].name, op, what, got, want, err * scale, scale, tol);
+    ck_assert_msg(!isnan(got) && err <= tol,
+                  "%s %s %s: %.9g, reference %.9g (error %.3g of %.3g > %.3g)", backends[be].name,
+                  op, what, got, want, err * scale, scale, tol);
 }
 
 /* ---- device memory helpers ------------------------------------------------------------------ */
@@ -152,7 +156,8 @@ static void *to_device(kern_backend *b, const void *host, size_t bytes)
 {
     void *d = NULL;
     ck_assert_int_eq(kern_alloc(b, KERN_MEM_DEVICE, bytes ? bytes : 1, &d), 0);
-    if (bytes) ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, d, host, bytes, KERN_COPY_TO_DEVICE), 0);
+    if (bytes)
+        ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, d, host, bytes, KERN_COPY_TO_DEVICE), 0);
     return d;
 }
 
@@ -181,7 +186,8 @@ static float *random_floats(int64_t n, float scale)
 {
     float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
     ck_assert_ptr_nonnull(x);
-    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform() * scale;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rng_uniform() * scale;
     return x;
 }
 
@@ -209,20 +215,28 @@ static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float 
     if (t->block_elems == 1) {
         for (int64_t i = 0; i < n; i++) {
             float v = rng_uniform();
-            if (type == KERN_T_F32) memcpy(p + 4 * i, &v, 4);
+            if (type == KERN_T_F32)
+                memcpy(p + 4 * i, &v, 4);
             else {
                 uint16_t h = type == KERN_T_F16 ? kern_f32_to_f16(v) : kern_f32_to_bf16(v);
                 memcpy(p + 2 * i, &h, 2);
             }
         }
     } else {
-        for (size_t i = 0; i < bytes; i++) p[i] = (uint8_t)rng_next();
+        for (size_t i = 0; i < bytes; i++)
+            p[i] = (uint8_t)rng_next();
         for (size_t blk = 0; blk < bytes / t->block_bytes; blk++) {
             uint8_t *b = p + blk * t->block_bytes;
             switch (type) {
-            case KERN_T_Q8_0: ((block_q8_0 *)b)->d = rand_half(0.001f, 0.02f); break;
-            case KERN_T_Q4_0: ((block_q4_0 *)b)->d = rand_half(-0.05f, 0.05f); break;
-            case KERN_T_Q5_0: ((block_q5_0 *)b)->d = rand_half(-0.05f, 0.05f); break;
+            case KERN_T_Q8_0:
+                ((block_q8_0 *)b)->d = rand_half(0.001f, 0.02f);
+                break;
+            case KERN_T_Q4_0:
+                ((block_q4_0 *)b)->d = rand_half(-0.05f, 0.05f);
+                break;
+            case KERN_T_Q5_0:
+                ((block_q5_0 *)b)->d = rand_half(-0.05f, 0.05f);
+                break;
             case KERN_T_Q4_1:
                 ((block_q4_1 *)b)->d = rand_half(0.001f, 0.02f);
                 ((block_q4_1 *)b)->m = rand_half(-0.2f, 0.0f);
@@ -239,8 +253,11 @@ static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float 
                 ((block_q5_K *)b)->d = rand_half(0.0001f, 0.002f);
                 ((block_q5_K *)b)->dmin = rand_half(0.0001f, 0.002f);
                 break;
-            case KERN_T_Q6_K: ((block_q6_K *)b)->d = rand_half(-0.002f, 0.002f); break;
-            default: ck_abort_msg("no scale rule for %s", t->name);
+            case KERN_T_Q6_K:
+                ((block_q6_K *)b)->d = rand_half(-0.002f, 0.002f);
+                break;
+            default:
+                ck_abort_msg("no scale rule for %s", t->name);
             }
         }
     }
@@ -249,7 +266,8 @@ static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float 
     return p;
 }
 
-/* ---- matmul ----------------------------------------------------------------------------------- */
+/* ---- matmul -----------------------------------------------------------------------------------
+ */
 
 /* Activations are rounded to 8 bits per block for the quantised types (CPU: Q8_0/Q8_1/Q8_K;
  * CUDA: its own 8-bit blocks), which bounds the error by about half a step of the largest
@@ -268,11 +286,15 @@ static void matmul_case(int be, uint32_t type, int64_t rows, int64_t cols, int64
     void *w = random_weight(type, rows, cols, &wf);
     float *x = random_floats(n_tok * cols, 1.0f);
     size_t wbytes = kern_row_bytes(type, cols) * (size_t)rows;
-    kern_weight kw = {.data = to_device(b, w, wbytes), .type = type, .n_rows = rows,
-                      .n_cols = cols, .row_bytes = kern_row_bytes(type, cols)};
+    kern_weight kw = {.data = to_device(b, w, wbytes),
+                      .type = type,
+                      .n_rows = rows,
+                      .n_cols = cols,
+                      .row_bytes = kern_row_bytes(type, cols)};
     float *dx = to_device(b, x, (size_t)(n_tok * cols) * sizeof *x);
     float *dy = dev_zeros(b, (size_t)(n_tok * rows) * sizeof(float));
-    float *y = malloc((size_t)(n_tok * rows) * sizeof *y), *one = malloc((size_t)rows * sizeof *one);
+    float *y = malloc((size_t)(n_tok * rows) * sizeof *y),
+          *one = malloc((size_t)rows * sizeof *one);
     kern_matmul(b, &kw, dx, dy, n_tok);
     from_device(b, y, dy, (size_t)(n_tok * rows) * sizeof *y);
     double tol = matmul_tol(type, backends[be].approx);
@@ -284,26 +306,31 @@ static void matmul_case(int be, uint32_t type, int64_t rows, int64_t cols, int64
                 ref += (double)wf[r * cols + c] * x[t * cols + c];
                 mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
             }
-            snprintf(what, sizeof what, "%s %lldx%lld n=%lld t=%lld r=%lld", kern_type_info(type)->name,
-                     (long long)rows, (long long)cols, (long long)n_tok, (long long)t, (long long)r);
+            snprintf(what, sizeof what, "%s %lldx%lld n=%lld t=%lld r=%lld",
+                     kern_type_info(type)->name, (long long)rows, (long long)cols, (long long)n_tok,
+                     (long long)t, (long long)r);
             expect_close(be, "matmul", what, y[t * rows + r], ref, mag, tol);
         }
     }
     /* batch invariance: each token alone */
     if (n_tok > 1) {
-        for (int64_t t = 0; t < n_tok; t += n_tok > 4 ? 3 : 1) {
+        for (int64_t t = 0; t<n_tok; t += n_tok> 4 ? 3 : 1) {
             kern_matmul(b, &kw, dx + t * cols, dy, 1);
             from_device(b, one, dy, (size_t)rows * sizeof *one);
             for (int64_t r = 0; r < rows; r++) {
                 if (!backends[be].approx) {
-                    ck_assert_msg(memcmp(&one[r], &y[t * rows + r], 4) == 0,
-                                  "%s matmul %s: token %lld alone differs from inside a batch of %lld",
-                                  backends[be].name, kern_type_info(type)->name, (long long)t, (long long)n_tok);
+                    ck_assert_msg(
+                        memcmp(&one[r], &y[t * rows + r], 4) == 0,
+                        "%s matmul %s: token %lld alone differs from inside a batch of %lld",
+                        backends[be].name, kern_type_info(type)->name, (long long)t,
+                        (long long)n_tok);
                     checked[op_index("batch_invariance")][be]++;
                 } else {
                     double mag = 0.0;
-                    for (int64_t c = 0; c < cols; c++) mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
-                    expect_close(be, "batch_invariance", "matmul", one[r], y[t * rows + r], mag, tol);
+                    for (int64_t c = 0; c < cols; c++)
+                        mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
+                    expect_close(be, "batch_invariance", "matmul", one[r], y[t * rows + r], mag,
+                                 tol);
                 }
             }
         }
@@ -345,11 +372,13 @@ START_TEST(matmul_every_type)
                 matmul_case(be, type, shapes[s][0], cols, toks[k]);
         }
     if (blk == 1) /* float rows of any length */
-        for (int be = 0; be < n_backends; be++) matmul_case(be, type, 5, 1000, 3);
+        for (int be = 0; be < n_backends; be++)
+            matmul_case(be, type, 5, 1000, 3);
 }
 END_TEST
 
-/* ---- rmsnorm, rope, element-wise --------------------------------------------------------------- */
+/* ---- rmsnorm, rope, element-wise ---------------------------------------------------------------
+ */
 
 START_TEST(rmsnorm_shapes)
 {
@@ -361,7 +390,8 @@ START_TEST(rmsnorm_shapes)
             int64_t total = (rows - 1) * stride + n;
             float *x = random_floats(total, 3.0f), *w = random_floats(n, 1.0f);
             float *out = malloc((size_t)total * sizeof *out);
-            float *dx = to_device(b, x, (size_t)total * sizeof *x), *dw = to_device(b, w, (size_t)n * sizeof *w);
+            float *dx = to_device(b, x, (size_t)total * sizeof *x),
+                  *dw = to_device(b, w, (size_t)n * sizeof *w);
             float *dout = dev_zeros(b, (size_t)total * sizeof *out);
             for (int in_place = 0; in_place < 2; in_place++) {
                 const float *weight = in_place ? NULL : dw;
@@ -370,12 +400,14 @@ START_TEST(rmsnorm_shapes)
                 from_device(b, out, dst, (size_t)total * sizeof *out);
                 for (int64_t r = 0; r < rows; r++) {
                     double ss = 0.0;
-                    for (int64_t i = 0; i < n; i++) ss += (double)x[r * stride + i] * x[r * stride + i];
+                    for (int64_t i = 0; i < n; i++)
+                        ss += (double)x[r * stride + i] * x[r * stride + i];
                     double scale = 1.0 / sqrt(ss / (double)n + 1e-5);
                     for (int64_t i = 0; i < n; i++) {
                         double ref = x[r * stride + i] * scale * (in_place ? 1.0 : w[i]);
-                        expect_close(be, "rmsnorm", in_place ? "in place" : "weighted", out[r * stride + i],
-                                     ref, 1.0 + fabs(ref), backends[be].approx ? 2e-5 : 2e-6);
+                        expect_close(be, "rmsnorm", in_place ? "in place" : "weighted",
+                                     out[r * stride + i], ref, 1.0 + fabs(ref),
+                                     backends[be].approx ? 2e-5 : 2e-6);
                     }
                 }
             }
@@ -417,10 +449,13 @@ START_TEST(rope_modes_and_positions)
                             double th = pos[t] * pow(base, -2.0 * i / n_rot);
                             int i0 = m == KERN_ROPE_NEOX ? i : 2 * i;
                             int i1 = m == KERN_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
-                            expect_close(be, "rope", "rotated", got[i0], o[i0] * cos(th) - o[i1] * sin(th), 1.0, 2e-5);
-                            expect_close(be, "rope", "rotated", got[i1], o[i0] * sin(th) + o[i1] * cos(th), 1.0, 2e-5);
+                            expect_close(be, "rope", "rotated", got[i0],
+                                         o[i0] * cos(th) - o[i1] * sin(th), 1.0, 2e-5);
+                            expect_close(be, "rope", "rotated", got[i1],
+                                         o[i0] * sin(th) + o[i1] * cos(th), 1.0, 2e-5);
                         }
-                        for (int i = n_rot; i < hd; i++) expect_close(be, "rope", "tail", got[i], o[i], 1.0, 0.0);
+                        for (int i = n_rot; i < hd; i++)
+                            expect_close(be, "rope", "tail", got[i], o[i], 1.0, 0.0);
                     }
                 dev_free(b, dx);
                 free(x);
@@ -439,7 +474,8 @@ START_TEST(elementwise_ops)
         kern_backend *b = backends[be].b;
         for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
             int64_t n = ns[k];
-            float *g = random_floats(n, 8.0f), *u = random_floats(n, 1.0f), *o = malloc((size_t)n * sizeof *o);
+            float *g = random_floats(n, 8.0f), *u = random_floats(n, 1.0f),
+                  *o = malloc((size_t)n * sizeof *o);
             float *dg = to_device(b, g, (size_t)n * 4), *du = to_device(b, u, (size_t)n * 4);
             float *dout = dev_zeros(b, (size_t)n * 4);
             kern_silu_mul(b, dg, du, dout, n);
@@ -450,7 +486,8 @@ START_TEST(elementwise_ops)
             }
             kern_add(b, du, dg, n);
             from_device(b, o, du, (size_t)n * 4);
-            for (int64_t i = 0; i < n; i++) expect_close(be, "add", "", o[i], (double)(u[i] + g[i]), 1.0, 0.0);
+            for (int64_t i = 0; i < n; i++)
+                expect_close(be, "add", "", o[i], (double)(u[i] + g[i]), 1.0, 0.0);
             /* add_bias: rows of an odd width */
             int64_t dim = k == 0 ? 1 : 37, rows = n / dim;
             float *bias = random_floats(dim, 2.0f);
@@ -460,7 +497,8 @@ START_TEST(elementwise_ops)
             from_device(b, o, dx, (size_t)(rows * dim) * 4);
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t i = 0; i < dim; i++)
-                    expect_close(be, "add_bias", "", o[r * dim + i], (double)(g[r * dim + i] + bias[i]), 1.0, 0.0);
+                    expect_close(be, "add_bias", "", o[r * dim + i],
+                                 (double)(g[r * dim + i] + bias[i]), 1.0, 0.0);
             dev_free(b, dg);
             dev_free(b, du);
             dev_free(b, dout);
@@ -481,15 +519,20 @@ START_TEST(get_rows_and_gather)
         kern_backend *b = backends[be].b;
         for (size_t ti = 0; ti < N_ALL_TYPES; ti++) {
             uint32_t type = all_types[ti];
-            int64_t blk = kern_type_info(type)->block_elems, cols = blk > 1 ? 2 * blk : 40, rows = 11;
+            int64_t blk = kern_type_info(type)->block_elems, cols = blk > 1 ? 2 * blk : 40,
+                    rows = 11;
             float *ref = NULL;
             void *w = random_weight(type, rows, cols, &ref);
             size_t wbytes = kern_row_bytes(type, cols) * (size_t)rows;
-            kern_weight kw = {.data = to_device(b, w, wbytes), .type = type, .n_rows = rows,
-                              .n_cols = cols, .row_bytes = kern_row_bytes(type, cols)};
+            kern_weight kw = {.data = to_device(b, w, wbytes),
+                              .type = type,
+                              .n_rows = rows,
+                              .n_cols = cols,
+                              .row_bytes = kern_row_bytes(type, cols)};
             int32_t ids[5] = {10, 0, 4, 4, 7};
             int32_t *dids = to_device(b, ids, sizeof ids);
-            float *dout = dev_zeros(b, (size_t)(5 * cols) * 4), *out = malloc((size_t)(5 * cols) * 4);
+            float *dout = dev_zeros(b, (size_t)(5 * cols) * 4),
+                  *out = malloc((size_t)(5 * cols) * 4);
             kern_get_rows(b, &kw, dids, dout, 5);
             from_device(b, out, dout, (size_t)(5 * cols) * 4);
             for (int j = 0; j < 5; j++)
@@ -508,8 +551,10 @@ START_TEST(get_rows_and_gather)
         int64_t dim = 257, n_src = 9, n = 20;
         float *src = random_floats(n_src * dim, 4.0f), *out = malloc((size_t)(n * dim) * 4);
         int32_t rows[20];
-        for (int i = 0; i < n; i++) rows[i] = (int32_t)((i * 7 + 3) % n_src);
-        float *dsrc = to_device(b, src, (size_t)(n_src * dim) * 4), *ddst = dev_zeros(b, (size_t)(n * dim) * 4);
+        for (int i = 0; i < n; i++)
+            rows[i] = (int32_t)((i * 7 + 3) % n_src);
+        float *dsrc = to_device(b, src, (size_t)(n_src * dim) * 4),
+              *ddst = dev_zeros(b, (size_t)(n * dim) * 4);
         int32_t *drows = to_device(b, rows, sizeof rows);
         kern_gather(b, dsrc, drows, ddst, n, dim);
         from_device(b, out, ddst, (size_t)(n * dim) * 4);
@@ -533,19 +578,23 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
     int E = o->n_expert;
     double *p = malloc((size_t)E * sizeof *p);
     double max = -INFINITY, sum = 0.0;
-    for (int e = 0; e < E; e++) max = fmax(max, logits[e]);
+    for (int e = 0; e < E; e++)
+        max = fmax(max, logits[e]);
     for (int e = 0; e < E; e++) {
-        p[e] = o->gating == KERN_GATING_SIGMOID ? 1.0 / (1.0 + exp(-(double)logits[e])) : exp(logits[e] - max);
+        p[e] = o->gating == KERN_GATING_SIGMOID ? 1.0 / (1.0 + exp(-(double)logits[e]))
+                                                : exp(logits[e] - max);
         sum += p[e];
     }
     if (o->gating == KERN_GATING_SOFTMAX)
-        for (int e = 0; e < E; e++) p[e] /= sum;
+        for (int e = 0; e < E; e++)
+            p[e] /= sum;
     double top = 0.0;
     for (int j = 0; j < o->k; j++) {
         int best = -1;
         for (int e = 0; e < E; e++) {
             bool taken = false;
-            for (int i = 0; i < j; i++) taken |= ids[i] == e;
+            for (int i = 0; i < j; i++)
+                taken |= ids[i] == e;
             if (!taken && (best < 0 || p[e] > p[best])) best = e;
         }
         ids[j] = best;
@@ -566,25 +615,31 @@ START_TEST(router_gatings_and_ties)
         kern_gating g;
         bool norm;
         float scale;
-    } cases[] = {{8, 2, KERN_GATING_SOFTMAX, true, 1.0f},    {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
-                 {128, 8, KERN_GATING_SOFTMAX, true, 1.0f},  {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
-                 {256, 8, KERN_GATING_SIGMOID, true, 2.5f},  {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
-                 {8, 8, KERN_GATING_SOFTMAX, false, 0.5f}};
+    } cases[] = {
+        {8, 2, KERN_GATING_SOFTMAX, true, 1.0f},   {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
+        {128, 8, KERN_GATING_SOFTMAX, true, 1.0f}, {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
+        {256, 8, KERN_GATING_SIGMOID, true, 2.5f}, {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
+        {8, 8, KERN_GATING_SOFTMAX, false, 0.5f}};
     int n_tok = 13;
     for (int be = 0; be < n_backends; be++) {
         kern_backend *b = backends[be].b;
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-            kern_router_opts o = {.n_expert = cases[c].E, .k = cases[c].k, .gating = cases[c].g,
-                                  .norm = cases[c].norm, .scale = cases[c].scale};
+            kern_router_opts o = {.n_expert = cases[c].E,
+                                  .k = cases[c].k,
+                                  .gating = cases[c].g,
+                                  .norm = cases[c].norm,
+                                  .scale = cases[c].scale};
             int E = o.n_expert, K = o.k;
             /* well separated values (so that every backend agrees on the order), and one token
              * of exact ties: the lowest index must win */
             float *logits = malloc((size_t)(n_tok * E) * sizeof *logits);
             for (int t = 0; t < n_tok; t++)
                 for (int e = 0; e < E; e++)
-                    logits[t * E + e] = t == 0 ? 0.25f : (float)((e * 37 + t * 11) % E) * (4.0f / (float)E) - 2.0f;
+                    logits[t * E + e] =
+                        t == 0 ? 0.25f : (float)((e * 37 + t * 11) % E) * (4.0f / (float)E) - 2.0f;
             float *dl = to_device(b, logits, (size_t)(n_tok * E) * 4);
-            int32_t *did = dev_zeros(b, (size_t)(n_tok * K) * 4), *ids = malloc((size_t)(n_tok * K) * 4);
+            int32_t *did = dev_zeros(b, (size_t)(n_tok * K) * 4),
+                    *ids = malloc((size_t)(n_tok * K) * 4);
             float *dw = dev_zeros(b, (size_t)(n_tok * K) * 4), *w = malloc((size_t)(n_tok * K) * 4);
             kern_router(b, dl, n_tok, &o, did, dw);
             from_device(b, ids, did, (size_t)(n_tok * K) * 4);
@@ -594,7 +649,8 @@ START_TEST(router_gatings_and_ties)
             for (int t = 0; t < n_tok; t++) {
                 ref_route(logits + t * E, &o, rid, rw);
                 for (int j = 0; j < K; j++) {
-                    ck_assert_msg(ids[t * K + j] == rid[j], "%s router E=%d k=%d token %d: slot %d is expert %d, want %d",
+                    ck_assert_msg(ids[t * K + j] == rid[j],
+                                  "%s router E=%d k=%d token %d: slot %d is expert %d, want %d",
                                   backends[be].name, E, K, t, j, ids[t * K + j], rid[j]);
                     expect_close(be, "router", "weight", w[t * K + j], rw[j], 1.0, 2e-6);
                 }
@@ -617,9 +673,11 @@ START_TEST(combine_and_shared_gate)
         kern_backend *b = backends[be].b;
         float *src = random_floats(n_rows * dim, 3.0f), *wts = random_floats(n_rows, 1.0f);
         int32_t *rows = malloc((size_t)n_rows * sizeof *rows);
-        for (int64_t i = 0; i < n_rows; i++) rows[i] = (int32_t)((i * 13 + 5) % n_rows);
+        for (int64_t i = 0; i < n_rows; i++)
+            rows[i] = (int32_t)((i * 13 + 5) % n_rows);
         float *out = malloc((size_t)(n_tok * dim) * 4);
-        float *dsrc = to_device(b, src, (size_t)(n_rows * dim) * 4), *dw = to_device(b, wts, (size_t)n_rows * 4);
+        float *dsrc = to_device(b, src, (size_t)(n_rows * dim) * 4),
+              *dw = to_device(b, wts, (size_t)n_rows * 4);
         int32_t *drows = to_device(b, rows, (size_t)n_rows * 4);
         float *dout = dev_zeros(b, (size_t)(n_tok * dim) * 4);
         kern_moe_combine(b, dsrc, drows, dw, dout, n_tok, (int)K, dim);
@@ -634,8 +692,10 @@ START_TEST(combine_and_shared_gate)
                 expect_close(be, "moe_combine", "", out[t * dim + i], ref, mag + 1e-30, 1e-6);
             }
         /* gate_add: out += sigmoid(gate . h) * x */
-        float *h = random_floats(n_tok * dim, 1.0f), *gate = random_floats(dim, 0.2f), *x = random_floats(n_tok * dim, 2.0f);
-        float *dh = to_device(b, h, (size_t)(n_tok * dim) * 4), *dg = to_device(b, gate, (size_t)dim * 4);
+        float *h = random_floats(n_tok * dim, 1.0f), *gate = random_floats(dim, 0.2f),
+              *x = random_floats(n_tok * dim, 2.0f);
+        float *dh = to_device(b, h, (size_t)(n_tok * dim) * 4),
+              *dg = to_device(b, gate, (size_t)dim * 4);
         float *dx = to_device(b, x, (size_t)(n_tok * dim) * 4);
         float *before = malloc((size_t)(n_tok * dim) * 4);
         memcpy(before, out, (size_t)(n_tok * dim) * 4);
@@ -643,7 +703,8 @@ START_TEST(combine_and_shared_gate)
         from_device(b, out, dout, (size_t)(n_tok * dim) * 4);
         for (int64_t t = 0; t < n_tok; t++) {
             double z = 0.0;
-            for (int64_t i = 0; i < dim; i++) z += (double)gate[i] * h[t * dim + i];
+            for (int64_t i = 0; i < dim; i++)
+                z += (double)gate[i] * h[t * dim + i];
             double g = 1.0 / (1.0 + exp(-z));
             for (int64_t i = 0; i < dim; i++) {
                 double ref = before[t * dim + i] + g * x[t * dim + i];
@@ -669,7 +730,8 @@ START_TEST(combine_and_shared_gate)
 }
 END_TEST
 
-/* ---- the paged KV cache and attention ---------------------------------------------------------- */
+/* ---- the paged KV cache and attention ----------------------------------------------------------
+ */
 
 static float kv_round(float v, kern_kv_type t)
 {
@@ -690,8 +752,12 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
         if (lens[s] > max_len) max_len = lens[s];
     }
     kern_kv *kv = NULL;
-    kern_kv_opts ko = {.n_layer = n_layer, .kv_dim = kv_dim, .n_seq = n_seq, .n_ctx = max_len + 1,
-                       .block_tokens = block_tokens, .type = type};
+    kern_kv_opts ko = {.n_layer = n_layer,
+                       .kv_dim = kv_dim,
+                       .n_seq = n_seq,
+                       .n_ctx = max_len + 1,
+                       .block_tokens = block_tokens,
+                       .type = type};
     ck_assert_msg(kern_kv_open(&kv, b, &ko, err, sizeof err) == 0, "%s", err);
     /* the prefill batch: sequences interleaved, each token at its position */
     int32_t *seq = malloc((size_t)total * 4), *pos = malloc((size_t)total * 4);
@@ -702,20 +768,27 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
                 seq[n] = s;
                 pos[n++] = i;
             }
-    for (int s = 0; s < n_seq; s++) ck_assert_msg(kern_kv_reserve(kv, s, lens[s], err, sizeof err) == 0, "%s", err);
+    for (int s = 0; s < n_seq; s++)
+        ck_assert_msg(kern_kv_reserve(kv, s, lens[s], err, sizeof err) == 0, "%s", err);
     float *q = random_floats((int64_t)total * n_head * hd, 1.0f);
-    float *k = random_floats((int64_t)total * kv_dim, 2.0f), *v = random_floats((int64_t)total * kv_dim, 1.0f);
+    float *k = random_floats((int64_t)total * kv_dim, 2.0f),
+          *v = random_floats((int64_t)total * kv_dim, 1.0f);
     float *dq = to_device(b, q, (size_t)total * n_head * hd * 4);
-    float *dk = to_device(b, k, (size_t)total * kv_dim * 4), *dv = to_device(b, v, (size_t)total * kv_dim * 4);
-    int32_t *dseq = to_device(b, seq, (size_t)total * 4), *dpos = to_device(b, pos, (size_t)total * 4);
-    float *dout = dev_zeros(b, (size_t)total * n_head * hd * 4), *out = malloc((size_t)total * n_head * hd * 4);
+    float *dk = to_device(b, k, (size_t)total * kv_dim * 4),
+          *dv = to_device(b, v, (size_t)total * kv_dim * 4);
+    int32_t *dseq = to_device(b, seq, (size_t)total * 4),
+            *dpos = to_device(b, pos, (size_t)total * 4);
+    float *dout = dev_zeros(b, (size_t)total * n_head * hd * 4),
+          *out = malloc((size_t)total * n_head * hd * 4);
     const kern_kv_layout *l = kern_kv_get_layout(kv);
     kern_kv_store(b, l, layer, dk, dv, dseq, dpos, total);
-    kern_attention(b, l, layer, dq, dseq, dpos, dout, total, n_head, n_head_kv, hd, 1.0f / sqrtf((float)hd));
+    kern_attention(b, l, layer, dq, dseq, dpos, dout, total, n_head, n_head_kv, hd,
+                   1.0f / sqrtf((float)hd));
     from_device(b, out, dout, (size_t)total * n_head * hd * 4);
     /* row of (seq s, position p) in the batch */
     int *row_of = malloc((size_t)(n_seq * max_len) * sizeof *row_of);
-    for (int i = 0; i < total; i++) row_of[seq[i] * max_len + pos[i]] = i;
+    for (int i = 0; i < total; i++)
+        row_of[seq[i] * max_len + pos[i]] = i;
     double *sc = malloc((size_t)max_len * sizeof *sc);
     char what[200];
     int group = n_head / n_head_kv;
@@ -731,19 +804,25 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
             for (int j = 0; j <= pos[i]; j++) {
                 int r = row_of[seq[i] * max_len + j];
                 double d = 0.0;
-                for (int c = 0; c < hd; c++) d += (double)qq[c] * kv_round(k[(size_t)r * kv_dim + kh * hd + c], type);
+                for (int c = 0; c < hd; c++)
+                    d += (double)qq[c] * kv_round(k[(size_t)r * kv_dim + kh * hd + c], type);
                 sc[j] = d / sqrt((double)hd);
                 max = fmax(max, sc[j]);
             }
-            for (int j = 0; j <= pos[i]; j++) sum += (sc[j] = exp(sc[j] - max));
+            for (int j = 0; j <= pos[i]; j++)
+                sum += (sc[j] = exp(sc[j] - max));
             for (int c = 0; c < hd; c++) {
                 double ref = 0.0;
                 for (int j = 0; j <= pos[i]; j++)
-                    ref += sc[j] / sum * kv_round(v[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c], type);
-                snprintf(what, sizeof what, "%s blocks of %d, %d/%d heads of %d, seq %d pos %d head %d",
-                         kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, seq[i], pos[i], h);
-                expect_close(be, "attention", what, out[((size_t)i * n_head + h) * hd + c], ref, 1.0,
-                             backends[be].approx ? 2e-4 : 1e-5);
+                    ref += sc[j] / sum *
+                           kv_round(v[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c],
+                                    type);
+                snprintf(what, sizeof what,
+                         "%s blocks of %d, %d/%d heads of %d, seq %d pos %d head %d",
+                         kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, seq[i],
+                         pos[i], h);
+                expect_close(be, "attention", what, out[((size_t)i * n_head + h) * hd + c], ref,
+                             1.0, backends[be].approx ? 2e-4 : 1e-5);
             }
         }
     }
@@ -751,8 +830,8 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     if (!backends[be].approx) {
         int i = total - 1;
         float *one = malloc((size_t)n_head * hd * 4);
-        kern_attention(b, l, layer, dq + (size_t)i * n_head * hd, dseq + i, dpos + i, dout, 1, n_head, n_head_kv, hd,
-                       1.0f / sqrtf((float)hd));
+        kern_attention(b, l, layer, dq + (size_t)i * n_head * hd, dseq + i, dpos + i, dout, 1,
+                       n_head, n_head_kv, hd, 1.0f / sqrtf((float)hd));
         from_device(b, one, dout, (size_t)n_head * hd * 4);
         ck_assert_msg(memcmp(one, out + (size_t)i * n_head * hd, (size_t)n_head * hd * 4) == 0,
                       "%s attention: a token alone differs from the batch", backends[be].name);
@@ -792,8 +871,8 @@ START_TEST(attention_paged_kv)
         for (int t = 0; t < 2; t++) {
             kern_kv_type type = t ? KERN_KV_F32 : KERN_KV_F16;
             attention_case(be, type, 16, 8, 2, 32, lens, 4);
-            attention_case(be, type, 5, 4, 4, 64, lens, 4);   /* odd blocks, no grouping */
-            attention_case(be, type, 16, 32, 4, 128, lens, 3); /* Qwen3-30B-A3B heads */
+            attention_case(be, type, 5, 4, 4, 64, lens, 4);      /* odd blocks, no grouping */
+            attention_case(be, type, 16, 32, 4, 128, lens, 3);   /* Qwen3-30B-A3B heads */
             attention_case(be, type, 32, 8, 8, 96, long_len, 1); /* one long sequence */
         }
     }
@@ -813,7 +892,8 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
     o.sim_link_gbps = 1.0; /* slow enough to see a copy in flight */
     ck_assert_msg(kern_open(&b, &o, err, sizeof err) == 0, "%s", err);
     float host[256], back[256];
-    for (int i = 0; i < 256; i++) host[i] = (float)i;
+    for (int i = 0; i < 256; i++)
+        host[i] = (float)i;
     float *dev = dev_zeros(b, sizeof host);
     /* an operation given host memory fails the step, naming the argument */
     kern_add(b, dev, host, 256);
@@ -825,7 +905,8 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
     ck_assert_int_eq(kern_sync(b, err, sizeof err), -EFAULT);
     ck_assert_msg(strstr(err, "past its allocation"), "%s", err);
     /* copies check both sides */
-    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, host, host, 16, KERN_COPY_TO_DEVICE), -EFAULT);
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, host, host, 16, KERN_COPY_TO_DEVICE),
+                     -EFAULT);
     ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, dev, dev, 16, KERN_COPY_TO_DEVICE), -EFAULT);
     (void)kern_sync(b, err, sizeof err);
     /* a copy on the copy stream lands later; its destination is NaN until then */
@@ -836,7 +917,8 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
     float *big_dev = dev_zeros(b, big);
     kern_event *ev = NULL;
     ck_assert_int_eq(kern_event_create(b, &ev), 0);
-    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COPY, big_dev, big_host, big, KERN_COPY_TO_DEVICE), 0);
+    ck_assert_int_eq(kern_copy(b, KERN_STREAM_COPY, big_dev, big_host, big, KERN_COPY_TO_DEVICE),
+                     0);
     ck_assert_int_eq(kern_event_record(b, ev, KERN_STREAM_COPY), 0);
     ck_assert_int_eq(kern_event_query(b, ev), 0); /* 8 MiB at 1 GB/s: milliseconds away */
     float probe = 0.0f;
@@ -859,6 +941,14 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
     ck_assert_int_eq(kern_sync(b, err, sizeof err), -EFAULT);
     void *too_big = NULL;
     ck_assert_int_eq(kern_alloc(b, KERN_MEM_DEVICE, 128u << 20, &too_big), -ENOMEM);
+    /* an operation that fails leaves its error for the next sync, once */
+    ck_assert_int_eq(kern_sim_inject_failure(b, 1, -EIO), 0);
+    kern_add(b, dev, dev, 16); /* runs */
+    kern_add(b, dev, dev, 16); /* fails */
+    kern_add(b, dev, dev, 16); /* runs again: the failure was one launch */
+    ck_assert_int_eq(kern_sync(b, err, sizeof err), -EIO);
+    ck_assert_msg(strstr(err, "add failed (injected"), "%s", err);
+    ck_assert_int_eq(kern_sync(b, err, sizeof err), 0);
     kern_event_destroy(b, &ev);
     dev_free(b, big_dev);
     dev_free(b, dev);
@@ -869,22 +959,27 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
 }
 END_TEST
 
-/* ---- the summary ------------------------------------------------------------------------------ */
+/* ---- the summary ------------------------------------------------------------------------------
+ */
 
 static void print_summary(void)
 {
     printf("\n| operation |");
-    for (int be = 0; be < n_backends; be++) printf(" %s |", backends[be].name);
+    for (int be = 0; be < n_backends; be++)
+        printf(" %s |", backends[be].name);
     printf("\n|---|");
-    for (int be = 0; be < n_backends; be++) printf("---|");
+    for (int be = 0; be < n_backends; be++)
+        printf("---|");
     printf("\n");
     for (int o = 0; o < MAX_OPS && op_names[o]; o++) {
         printf("| %s |", op_names[o]);
         for (int be = 0; be < n_backends; be++) {
-            if (!checked[o][be]) printf(" - |");
+            if (!checked[o][be])
+                printf(" - |");
             else if (!strcmp(op_names[o], "batch_invariance") && !backends[be].approx)
                 printf(" bit-exact (%ld) |", checked[o][be]);
-            else printf(" %.1e (%ld) |", worst[o][be], checked[o][be]);
+            else
+                printf(" %.1e (%ld) |", worst[o][be], checked[o][be]);
         }
         printf("\n");
     }
@@ -914,6 +1009,7 @@ int main(void)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     print_summary();
-    for (int be = 0; be < n_backends; be++) kern_backend_close(&backends[be].b);
+    for (int be = 0; be < n_backends; be++)
+        kern_backend_close(&backends[be].b);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

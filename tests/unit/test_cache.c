@@ -35,7 +35,8 @@ static void synth_create(synth_file *f, const char *name)
 {
     enum { N = N_KEYS * CACHE_PARTS };
     int order[N];
-    for (int i = 0; i < N; i++) order[i] = i;
+    for (int i = 0; i < N; i++)
+        order[i] = i;
     for (int i = N - 1; i > 0; i--) {
         int j = (int)(rng_next() % (uint64_t)(i + 1)), t = order[i];
         order[i] = order[j];
@@ -51,7 +52,8 @@ static void synth_create(synth_file *f, const char *name)
     snprintf(f->path, sizeof f->path, "%s/%s", test_env_or("MOE_BUILD_ROOT", "."), name);
     f->bytes = malloc(f->size);
     ck_assert_ptr_nonnull(f->bytes);
-    for (size_t i = 0; i < f->size; i++) f->bytes[i] = (uint8_t)(rng_next() >> 24);
+    for (size_t i = 0; i < f->size; i++)
+        f->bytes[i] = (uint8_t)(rng_next() >> 24);
     FILE *out = fopen(f->path, "wb");
     ck_assert_ptr_nonnull(out);
     ck_assert_uint_eq(fwrite(f->bytes, 1, f->size, out), f->size);
@@ -108,7 +110,8 @@ static void exercise(cache *c, const synth_file *f, int rounds, int max_request)
             for (int p = 0; p < CACHE_PARTS; p++) {
                 const cache_extent *e = &f->ext[(layer * N_EXPERT + ref.expert) * CACHE_PARTS + p];
                 ck_assert_msg(memcmp(ref.part[p], f->bytes + e->offset, e->bytes) == 0,
-                              "layer %d expert %d part %d differs from the file", layer, ref.expert, p);
+                              "layer %d expert %d part %d differs from the file", layer, ref.expert,
+                              p);
             }
             got++;
             cache_release(c, &ref);
@@ -170,7 +173,8 @@ static void reference_run(const int32_t *keys, int n, uint32_t n_slots, cache_po
     for (int i = 0; i < n; i++) {
         ref_history[keys[i]]++;
         uint32_t j = 0;
-        while (j < used && slots[j].key != keys[i]) j++;
+        while (j < used && slots[j].key != keys[i])
+            j++;
         if (j < used) {
             (*hits)++;
             slots[j].last = (uint64_t)i + 1;
@@ -183,9 +187,9 @@ static void reference_run(const int32_t *keys, int n, uint32_t n_slots, cache_po
             j = 0;
             for (uint32_t k = 1; k < used; k++) {
                 uint64_t hk = ref_history[slots[k].key], hj = ref_history[slots[j].key];
-                bool less = policy == CACHE_POLICY_LFU
-                                ? slots[k].uses < slots[j].uses ||
-                                      (slots[k].uses == slots[j].uses && slots[k].last < slots[j].last)
+                bool less = policy == CACHE_POLICY_LFU ? slots[k].uses < slots[j].uses ||
+                                                             (slots[k].uses == slots[j].uses &&
+                                                              slots[k].last < slots[j].last)
                             : policy == CACHE_POLICY_LFU_HISTORY
                                 ? hk < hj || (hk == hj && slots[k].last > slots[j].last)
                                 : slots[k].last < slots[j].last;
@@ -209,7 +213,8 @@ START_TEST(policies_match_a_reference_and_traces_replay)
         keys[i] = (int32_t)(r < 60 ? r % 4 : r % N_KEYS);
     }
     cache_extent ext[N_KEYS * CACHE_PARTS];
-    for (int i = 0; i < N_KEYS * CACHE_PARTS; i++) ext[i] = (cache_extent){(uint64_t)i * 8192, 100};
+    for (int i = 0; i < N_KEYS * CACHE_PARTS; i++)
+        ext[i] = (cache_extent){(uint64_t)i * 8192, 100};
     for (int pol = 0; pol < CACHE_POLICY_COUNT; pol++) {
         for (uint32_t n_slots = 2; n_slots <= 10; n_slots += 4) {
             char trace_path[600];
@@ -249,7 +254,8 @@ START_TEST(policies_match_a_reference_and_traces_replay)
             ck_assert_uint_eq(st.hits + st.misses, STEPS);
             rewind(trace);
             ck_assert_msg(cache_trace_replay(trace, (cache_policy)pol, n_slots, &replayed, err,
-                                             sizeof err) == 0, "%s", err);
+                                             sizeof err) == 0,
+                          "%s", err);
             ck_assert_uint_eq(replayed.hits, st.hits);
             ck_assert_uint_eq(replayed.misses, st.misses);
             ck_assert_uint_eq(replayed.evictions, st.evictions);
@@ -317,7 +323,8 @@ START_TEST(faults_give_clear_errors_and_the_cache_stays_usable)
     cache_ref ref;
     int rc = cache_request(c, 1, ids, 2, err, sizeof err);
     ck_assert_int_eq(rc, 0);
-    while ((rc = cache_next(c, &ref, err, sizeof err)) == 0) cache_release(c, &ref);
+    while ((rc = cache_next(c, &ref, err, sizeof err)) == 0)
+        cache_release(c, &ref);
     ck_assert_int_eq(rc, -EIO);
     ck_assert_msg(strstr(err, "expert 2 of layer 1") != NULL, "%s", err);
     fault_lo = fault_hi = 0;
@@ -337,7 +344,8 @@ START_TEST(faults_give_clear_errors_and_the_cache_stays_usable)
 }
 END_TEST
 
-/* ---- the model through the cache -------------------------------------------------------------- */
+/* ---- the model through the cache --------------------------------------------------------------
+ */
 
 enum { N_SEQ = 3, N_DECODE = 4 };
 
@@ -429,7 +437,8 @@ static void check_model_budgets(const char *name, const char *gen_args)
     cache_opts co = cache_opts_default();
     run_model(path, &co, got, &n_got, &all);
     ck_assert_uint_eq(n_got, n_ref);
-    ck_assert_msg(memcmp(ref, got, n_ref * sizeof *ref) == 0, "%s: all-resident cache differs", name);
+    ck_assert_msg(memcmp(ref, got, n_ref * sizeof *ref) == 0, "%s: all-resident cache differs",
+                  name);
     ck_assert(all.all_resident);
     uint32_t n_all = all.n_slots;
 
@@ -465,8 +474,9 @@ static void check_model_budgets(const char *name, const char *gen_args)
         co.direct = CACHE_DIRECT_AUTO;
         co.budget_bytes = (n_all / 2) * all.slot_bytes;
         run_model_pred(path, &co, (pred_kind)kind, got, &n_got, &st, &ps);
-        ck_assert_msg(memcmp(ref, got, n_ref * sizeof *ref) == 0, "%s: logits differ with the %s predictor",
-                      name, pred_kind_name((pred_kind)kind));
+        ck_assert_msg(memcmp(ref, got, n_ref * sizeof *ref) == 0,
+                      "%s: logits differ with the %s predictor", name,
+                      pred_kind_name((pred_kind)kind));
         ck_assert_uint_le(ps.correct, ps.guessed);
         ck_assert_uint_le(ps.correct, ps.used);
         ck_assert_uint_gt(ps.used, 0);
@@ -493,7 +503,8 @@ static void check_model_budgets(const char *name, const char *gen_args)
 
 START_TEST(model_logits_identical_at_every_budget)
 {
-    check_model_budgets("cache-qwen3moe-tiny-q4_k_m", "--arch qwen3moe --preset tiny --type q4_k_m --seed 1");
+    check_model_budgets("cache-qwen3moe-tiny-q4_k_m",
+                        "--arch qwen3moe --preset tiny --type q4_k_m --seed 1");
     check_model_budgets("cache-llama-tiny-q8_0", "--arch llama --preset tiny --type q8_0 --seed 1");
 }
 END_TEST

@@ -4,8 +4,8 @@
  * with a printed reason.  The backend operations themselves are tested on every backend by
  * test_backend_ops.c.
  */
-#include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/kernels.h"
 #include "tests/unit/test_util.h"
 
@@ -24,13 +24,13 @@
 
 static void fill_random(float *x, int64_t n, float scale)
 {
-    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform() * scale;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rng_uniform() * scale;
 }
 
 /* A weight matrix in `type` holding (the nearest representable) values of `ref`; `ref` is
  * overwritten with the values actually stored so that references see the same weights. */
-static void *make_weight(uint32_t type, float *ref, int64_t n_rows, int64_t n_cols,
-                         kern_weight *w)
+static void *make_weight(uint32_t type, float *ref, int64_t n_rows, int64_t n_cols, kern_weight *w)
 {
     size_t row_bytes = kern_row_bytes(type, n_cols);
     uint8_t *data = malloc(row_bytes * (size_t)n_rows + 64);
@@ -48,15 +48,14 @@ static void *make_weight(uint32_t type, float *ref, int64_t n_rows, int64_t n_co
             ref[i] = kern_bf16_to_f32(h);
         }
     }
-    *w = (kern_weight){.data = data, .type = type, .n_rows = n_rows, .n_cols = n_cols,
-                       .row_bytes = row_bytes};
+    *w = (kern_weight){
+        .data = data, .type = type, .n_rows = n_rows, .n_cols = n_cols, .row_bytes = row_bytes};
     return data;
 }
 
-
 static const uint32_t types[] = {KERN_T_F32, KERN_T_F16, KERN_T_BF16};
-static const int64_t odd_sizes[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
-                                    127, 255, 256, 257, 1000, 4099};
+static const int64_t odd_sizes[] = {1,  3,  7,  8,  9,   15,  16,  17,  31,   32,
+                                    33, 63, 64, 65, 127, 255, 256, 257, 1000, 4099};
 
 /* ---- conversions ------------------------------------------------------------------------- */
 
@@ -66,7 +65,8 @@ START_TEST(f16_roundtrip_all_values)
         float f = kern_f16_to_f32((uint16_t)h);
         uint16_t back = kern_f32_to_f16(f);
         if (isnan(f))
-            ck_assert_msg((back & 0x7c00) == 0x7c00 && (back & 0x3ff), "nan 0x%04x -> 0x%04x", h, back);
+            ck_assert_msg((back & 0x7c00) == 0x7c00 && (back & 0x3ff), "nan 0x%04x -> 0x%04x", h,
+                          back);
         else
             ck_assert_msg(back == h, "0x%04x -> %g -> 0x%04x", h, f, back);
     }
@@ -150,7 +150,8 @@ START_TEST(dot_levels_match_scalar)
                 kern_weight kw;
                 void *data = make_weight(types[ti], w, 1, n, &kw);
                 double mag = 0.0;
-                for (int64_t i = 0; i < n; i++) mag += fabs((double)w[i] * x[i]);
+                for (int64_t i = 0; i < n; i++)
+                    mag += fabs((double)w[i] * x[i]);
                 float ref = tk->dot[KERN_ISA_SCALAR](data, x, n);
                 float got = tk->dot[level](data, x, n);
                 ck_assert_msg(fabs((double)got - ref) <= 2e-6 * mag + 1e-30,
@@ -211,8 +212,10 @@ static void pool_probe_run(void *ctx, int64_t begin, int64_t end, int thread_ind
     pool_probe *p = ctx;
     (void)thread_index;
     for (int64_t i = begin; i < end; i++) {
-        if (i >= p->n) atomic_fetch_add(p->wrong, 1);
-        else atomic_fetch_add(&p->hits[i], 1);
+        if (i >= p->n)
+            atomic_fetch_add(p->wrong, 1);
+        else
+            atomic_fetch_add(&p->hits[i], 1);
     }
 }
 
@@ -229,8 +232,9 @@ START_TEST(pool_runs_every_item_once_across_changing_jobs)
             pool_probe probe = {job, n, hits, &wrong};
             kern__pool_run(pool, pool_probe_run, &probe, n, 1);
             for (int i = 0; i < n; i++) {
-                ck_assert_msg(atomic_load(&hits[i]) == 1, "job %d (%d items, %d threads): item %d ran %d times",
-                              job, n, threads, i, atomic_load(&hits[i]));
+                ck_assert_msg(atomic_load(&hits[i]) == 1,
+                              "job %d (%d items, %d threads): item %d ran %d times", job, n,
+                              threads, i, atomic_load(&hits[i]));
                 atomic_store(&hits[i], 0);
             }
         }

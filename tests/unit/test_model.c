@@ -12,6 +12,7 @@
  *     give bit-identical logits to each sequence run alone;
  *   - the legacy one-tensor-per-expert layout gives bit-identical logits to the stacked one.
  */
+#include "kernels/sim/sim.h"
 #include "model/model.h"
 
 #include <check.h>
@@ -33,12 +34,17 @@ typedef struct golden_case {
     double logit_tol; /* max |delta| / max |logit| */
 } golden_case;
 
-#define FLOAT_CASES(arch)                                                                        \
-    {arch "-tiny-f32", 1e-3}, {arch "-tiny-f16", 1e-3}, {arch "-tiny-bf16", 1e-3}
-#define QUANT_CASES(arch)                                                                        \
-    {arch "-tiny-q8_0", QUANT_TOL}, {arch "-tiny-q4_0", QUANT_TOL},                              \
-        {arch "-tiny-q4_k_m", QUANT_TOL}, {arch "-tiny-q5_k_m", QUANT_TOL},                      \
-        {arch "-tiny-q6_k", QUANT_TOL}
+#define FLOAT_CASES(arch)                                                                          \
+    {arch "-tiny-f32", 1e-3}, {arch "-tiny-f16", 1e-3},                                            \
+    {                                                                                              \
+        arch "-tiny-bf16", 1e-3                                                                    \
+    }
+#define QUANT_CASES(arch)                                                                          \
+    {arch "-tiny-q8_0", QUANT_TOL}, {arch "-tiny-q4_0", QUANT_TOL},                                \
+        {arch "-tiny-q4_k_m", QUANT_TOL}, {arch "-tiny-q5_k_m", QUANT_TOL},                        \
+    {                                                                                              \
+        arch "-tiny-q6_k", QUANT_TOL                                                               \
+    }
 #define QUANT_TOL 3e-2
 
 static const golden_case goldens[] = {
@@ -72,7 +78,8 @@ static char *read_file(const char *path)
 static cJSON *load_golden(const char *name)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/data/golden/%s.json", env_or("MOE_SOURCE_ROOT", "."), name);
+    snprintf(path, sizeof path, "%s/tests/data/golden/%s.json", env_or("MOE_SOURCE_ROOT", "."),
+             name);
     char *text = read_file(path);
     cJSON *j = cJSON_Parse(text);
     free(text);
@@ -98,10 +105,11 @@ static void ensure_model(const cJSON *args, const char *extra, const char *name,
     struct stat st;
     if (stat(path, &st) == 0) return;
     char cmd[4096];
-    int n = snprintf(cmd, sizeof cmd, "'%s' '%s/tools/gen_model.py'", env_or("MOE_PYTHON", "python3"),
-                     env_or("MOE_SOURCE_ROOT", "."));
+    int n = snprintf(cmd, sizeof cmd, "'%s' '%s/tools/gen_model.py'",
+                     env_or("MOE_PYTHON", "python3"), env_or("MOE_SOURCE_ROOT", "."));
     const cJSON *a;
-    cJSON_ArrayForEach(a, args) n += snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", a->valuestring);
+    cJSON_ArrayForEach(a, args) n +=
+        snprintf(cmd + n, sizeof cmd - (size_t)n, " '%s'", a->valuestring);
     n += snprintf(cmd + n, sizeof cmd - (size_t)n, " %s -o '%s.%d' >/dev/null && mv '%s.%d' '%s'",
                   extra, path, (int)getpid(), path, (int)getpid(), path);
     ck_assert_msg(run_cmd(cmd) == 0, "model generation failed: %s", cmd);
@@ -169,7 +177,8 @@ static int32_t *json_ints(const cJSON *arr, int *n)
     *n = cJSON_GetArraySize(arr);
     int32_t *v = malloc((size_t)(*n > 0 ? *n : 1) * sizeof *v);
     ck_assert_ptr_nonnull(v);
-    for (int i = 0; i < *n; i++) v[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    for (int i = 0; i < *n; i++)
+        v[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
     return v;
 }
 
@@ -222,8 +231,9 @@ static double check_logits(fixture *fx, const char *label, double tol)
             max_delta = fmax(max_delta, fabs(logits[i] - w));
         }
         ck_assert_msg(max_abs > 0.5, "golden logits are degenerate (max |logit| %g)", max_abs);
-        ck_assert_msg(max_delta <= tol * max_abs, "%s prompt of %d tokens: max |delta| %g > %g * %g",
-                      label, n, max_delta, tol, max_abs);
+        ck_assert_msg(max_delta <= tol * max_abs,
+                      "%s prompt of %d tokens: max |delta| %g > %g * %g", label, n, max_delta, tol,
+                      max_abs);
         worst = fmax(worst, max_delta / max_abs);
         model_ctx_destroy(&ctx);
         free(tokens);
@@ -267,27 +277,31 @@ static void check_greedy(fixture *fx, const char *label, double tol)
     for (int g = 0; g < n_want; g++) {
         int32_t next = model_argmax(logits, fx->hp->n_vocab);
         if (exact) {
-            ck_assert_msg(next == want[g], "%s: greedy token %d is %d, transformers gave %d",
-                          label, g, next, want[g]);
+            ck_assert_msg(next == want[g], "%s: greedy token %d is %d, transformers gave %d", label,
+                          g, next, want[g]);
         } else {
             float max_abs = 0.0f;
-            for (int32_t v = 0; v < fx->hp->n_vocab; v++) max_abs = fmaxf(max_abs, fabsf(logits[v]));
+            for (int32_t v = 0; v < fx->hp->n_vocab; v++)
+                max_abs = fmaxf(max_abs, fabsf(logits[v]));
             float shortfall = logits[next] - logits[want[g]];
             if (shortfall > 2.0 * tol * max_abs) {
                 outliers++;
                 printf("%s: step %d: transformers' token %d is %g below our best %d\n", label, g,
                        want[g], shortfall, next);
             }
-            ck_assert_msg(outliers <= 1, "%s: %d teacher-forced steps outside the bound", label, outliers);
+            ck_assert_msg(outliers <= 1, "%s: %d teacher-forced steps outside the bound", label,
+                          outliers);
             next = want[g];
         }
         matched += next == model_argmax(logits, fx->hp->n_vocab);
         int32_t pos = n_prompt + g, seq = 0;
         model_batch b = {.n_tokens = 1, .token = &next, .pos = &pos, .seq = &seq};
-        if (g + 1 < n_want) ck_assert_msg(model_forward(ctx, &b, logits, err, sizeof err) == 0, "%s", err);
+        if (g + 1 < n_want)
+            ck_assert_msg(model_forward(ctx, &b, logits, err, sizeof err) == 0, "%s", err);
     }
-    if (!exact) printf("%s: our argmax equals transformers' token at %d of %d teacher-forced steps\n",
-                       label, matched, n_want);
+    if (!exact)
+        printf("%s: our argmax equals transformers' token at %d of %d teacher-forced steps\n",
+               label, matched, n_want);
     model_ctx_destroy(&ctx);
     free(logits);
     free(prompt);
@@ -320,7 +334,8 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
         total += len[s];
     }
     int max_len = 0;
-    for (int s = 0; s < n_seq; s++) max_len = len[s] > max_len ? len[s] : max_len;
+    for (int s = 0; s < n_seq; s++)
+        max_len = len[s] > max_len ? len[s] : max_len;
 
     /* Alone: each sequence prefilled, then n_dec greedy steps; keep every step's logits. */
     float *alone = malloc((size_t)(n_seq * (n_dec + 1) * n_vocab) * sizeof *alone);
@@ -331,7 +346,8 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
         for (int d = 0; d < n_dec; d++) {
             int32_t next = model_argmax(l + d * n_vocab, n_vocab), pos = len[s] + d, seq = 0;
             model_batch b = {.n_tokens = 1, .token = &next, .pos = &pos, .seq = &seq};
-            ck_assert_msg(model_forward(ctx, &b, l + (d + 1) * n_vocab, err, sizeof err) == 0, "%s", err);
+            ck_assert_msg(model_forward(ctx, &b, l + (d + 1) * n_vocab, err, sizeof err) == 0, "%s",
+                          err);
         }
         model_ctx_destroy(&ctx);
     }
@@ -382,11 +398,13 @@ START_TEST(batch_gives_each_sequence_its_own_logits)
             ns[s] = n_seq - 1 - s;
             all[s] = 1;
         }
-        model_batch step = {.n_tokens = n_seq, .token = nt, .pos = np, .seq = ns, .want_logits = all};
+        model_batch step = {
+            .n_tokens = n_seq, .token = nt, .pos = np, .seq = ns, .want_logits = all};
         ck_assert_msg(model_forward(ctx, &step, by_seq, err, sizeof err) == 0, "%s", err);
     }
     model_ctx_destroy(&ctx);
-    for (int s = 0; s < n_seq; s++) free(tok[s]);
+    for (int s = 0; s < n_seq; s++)
+        free(tok[s]);
     free(alone);
     free(bt);
     free(bp);
@@ -441,7 +459,8 @@ START_TEST(thread_count_does_not_change_logits)
 }
 END_TEST
 
-/* ---- bad batches ------------------------------------------------------------------------------ */
+/* ---- bad batches ------------------------------------------------------------------------------
+ */
 
 START_TEST(bad_batches_are_refused)
 {
@@ -461,8 +480,8 @@ START_TEST(bad_batches_are_refused)
         {1, 0, 2, "sequence"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        model_batch b = {.n_tokens = 1, .token = &cases[i].token, .pos = &cases[i].pos,
-                         .seq = &cases[i].seq};
+        model_batch b = {
+            .n_tokens = 1, .token = &cases[i].token, .pos = &cases[i].pos, .seq = &cases[i].seq};
         err[0] = 0;
         ck_assert_int_eq(model_forward(ctx, &b, logits, err, sizeof err), -EINVAL);
         ck_assert_msg(strstr(err, cases[i].word) != NULL, "message '%s' lacks '%s'", err,
@@ -476,15 +495,16 @@ START_TEST(bad_batches_are_refused)
 }
 END_TEST
 
-/* ---- files the model refuses ------------------------------------------------------------------ */
+/* ---- files the model refuses ------------------------------------------------------------------
+ */
 
 typedef struct edit {
-    const char *drop_key;          /* leave this key out */
-    const char *set_key;           /* ... or replace its value with a string / u32 */
+    const char *drop_key; /* leave this key out */
+    const char *set_key;  /* ... or replace its value with a string / u32 */
     const char *set_str;
     long set_u32;
-    const char *drop_tensor;       /* leave this tensor out */
-    const char *retype_tensor;     /* rewrite this tensor with another type / shape */
+    const char *drop_tensor;   /* leave this tensor out */
+    const char *retype_tensor; /* rewrite this tensor with another type / shape */
     gguf_ttype new_type;
     int64_t new_ne0;
 } edit;
@@ -524,7 +544,8 @@ static void rewrite(const char *src, const char *dst, const edit *e)
             uint64_t n_bytes = 0;
             ck_assert_int_eq(gguf_tensor_nbytes(e->new_type, t->n_dims, ne, &n_bytes), 0);
             scratch = calloc(1, n_bytes);
-            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, ne, e->new_type, scratch), 0);
+            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, ne, e->new_type, scratch),
+                             0);
             continue;
         }
         ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data), 0);
@@ -545,18 +566,28 @@ START_TEST(unusable_models_are_refused_with_the_reason)
         int code;
         const char *words;
     } cases[] = {
-        {{.set_key = "general.architecture", .set_str = "gptx"}, -ENOTSUP, "architecture 'gptx' is not supported"},
+        {{.set_key = "general.architecture", .set_str = "gptx"},
+         -ENOTSUP,
+         "architecture 'gptx' is not supported"},
         {{.drop_key = "general.architecture"}, -EINVAL, "general.architecture"},
         {{.drop_key = "qwen3moe.expert_count"}, -ENOTSUP, "Mixture-of-Experts"},
         {{.drop_key = "qwen3moe.embedding_length"}, -EINVAL, "qwen3moe.embedding_length"},
         {{.set_key = "qwen3moe.attention.head_count_kv", .set_u32 = 3}, -EINVAL, "multiple"},
         {{.set_key = "qwen3moe.expert_used_count", .set_u32 = 9}, -EINVAL, "exceeds"},
-        {{.set_key = "qwen3moe.attention.layer_norm_rms_epsilon", .set_str = "x"}, -EINVAL, "rms_epsilon"},
+        {{.set_key = "qwen3moe.attention.layer_norm_rms_epsilon", .set_str = "x"},
+         -EINVAL,
+         "rms_epsilon"},
         {{.drop_tensor = "blk.1.attn_k.weight"}, -EINVAL, "'blk.1.attn_k.weight' is missing"},
-        {{.drop_tensor = "blk.0.attn_q_norm.weight"}, -EINVAL, "'blk.0.attn_q_norm.weight' is missing"},
+        {{.drop_tensor = "blk.0.attn_q_norm.weight"},
+         -EINVAL,
+         "'blk.0.attn_q_norm.weight' is missing"},
         {{.drop_tensor = "blk.1.ffn_down_exps.weight"}, -EINVAL, "ffn_down"},
-        {{.retype_tensor = "blk.0.attn_q.weight", .new_type = GGUF_T_F32, .new_ne0 = 128}, -EINVAL, "has shape"},
-        {{.retype_tensor = "blk.0.ffn_up_exps.weight", .new_type = GGUF_T_IQ2_XXS}, -ENOTSUP, "IQ2_XXS"},
+        {{.retype_tensor = "blk.0.attn_q.weight", .new_type = GGUF_T_F32, .new_ne0 = 128},
+         -EINVAL,
+         "has shape"},
+        {{.retype_tensor = "blk.0.ffn_up_exps.weight", .new_type = GGUF_T_IQ2_XXS},
+         -ENOTSUP,
+         "IQ2_XXS"},
         {{.retype_tensor = "blk.0.ffn_norm.weight", .new_type = GGUF_T_I32}, -ENOTSUP, "I32"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -567,7 +598,8 @@ START_TEST(unusable_models_are_refused_with_the_reason)
         err[0] = 0;
         int rc = model_open(&m, dst, &mo, err, sizeof err);
         unlink(dst);
-        ck_assert_msg(rc == cases[i].code, "case %zu: code %d, want %d (%s)", i, rc, cases[i].code, err);
+        ck_assert_msg(rc == cases[i].code, "case %zu: code %d, want %d (%s)", i, rc, cases[i].code,
+                      err);
         ck_assert_ptr_null(m);
         ck_assert_msg(strstr(err, cases[i].words) && strstr(err, dst),
                       "case %zu: message '%s' lacks '%s' or the file name", i, err, cases[i].words);
@@ -603,17 +635,20 @@ static void dequantise_copy(const char *src, const char *dst)
         const kern_type_traits *tt = kern_type_info(t->type);
         ck_assert_ptr_nonnull(tt);
         if (tt->block_elems == 1) {
-            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data), 0);
+            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data),
+                             0);
             continue;
         }
         int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
         owned[i] = malloc((size_t)n * sizeof(float));
         tt->to_f32(t->data, owned[i], n);
-        ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, GGUF_T_F32, owned[i]), 0);
+        ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, GGUF_T_F32, owned[i]),
+                         0);
     }
     ck_assert_msg(gguf_writer_write(w, dst, err, sizeof err) == 0, "%s", err);
     gguf_writer_destroy(&w);
-    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) free(owned[i]);
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
+        free(owned[i]);
     free(owned);
     gguf_close(&f);
 }
@@ -638,6 +673,51 @@ START_TEST(dequantised_weights_match_transformers)
     snprintf(label, sizeof label, "%s dequantised", gc->name);
     check_logits(&fx, label, 1e-3);
     check_greedy(&fx, label, 1e-3);
+    fixture_close(&fx);
+}
+END_TEST
+
+/* ---- a failing backend ----------------------------------------------------------------------- */
+
+/* A kernel that fails mid-step (injected on sim) fails the step with a message naming it, and
+ * the next step on a fresh context gives the same logits as if nothing had happened. */
+START_TEST(a_failed_operation_fails_the_step)
+{
+    char err[512];
+    fixture fx;
+    kern_backend_kind saved = test_backend;
+    test_backend = KERN_BACKEND_SIM;
+    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    test_backend = saved;
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fx.golden, "prompts"), 0);
+    int n;
+    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *seqs = calloc((size_t)n, sizeof *seqs);
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    float *ref = malloc((size_t)fx.hp->n_vocab * sizeof *ref),
+          *got = malloc((size_t)fx.hp->n_vocab * sizeof *got);
+    model_ctx *ctx = new_ctx(fx.m, 1, n);
+    run_prompt(ctx, tokens, n, 0, ref);
+    model_ctx_destroy(&ctx);
+    for (int64_t after = 0; after < 60; after += 7) {
+        ctx = new_ctx(fx.m, 1, n);
+        ck_assert_int_eq(kern_sim_inject_failure(fx.backend, after, -EIO), 0);
+        model_batch b = {.n_tokens = n, .token = tokens, .pos = pos, .seq = seqs};
+        err[0] = 0;
+        ck_assert_int_eq(model_forward(ctx, &b, got, err, sizeof err), -EIO);
+        ck_assert_msg(strstr(err, "injected") && strstr(err, "sim"), "%s", err);
+        model_ctx_destroy(&ctx);
+        ctx = new_ctx(fx.m, 1, n);
+        run_prompt(ctx, tokens, n, 0, got);
+        ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
+        model_ctx_destroy(&ctx);
+    }
+    free(tokens);
+    free(pos);
+    free(seqs);
+    free(ref);
+    free(got);
     fixture_close(&fx);
 }
 END_TEST
@@ -681,7 +761,8 @@ START_TEST(f16_kv_stays_close_to_f32)
         model_ctx_destroy(&c16);
         free(tokens);
     }
-    printf("%s: F16 KV vs F32 KV: max |delta logit| / max |logit| = %.2e\n", goldens[_i].name, worst);
+    printf("%s: F16 KV vs F32 KV: max |delta logit| / max |logit| = %.2e\n", goldens[_i].name,
+           worst);
     /* the goldens' greedy tokens, with the F16 cache */
     test_kv_type = KERN_KV_F16;
     check_greedy(&fx, goldens[_i].name, goldens[_i].logit_tol);
@@ -709,6 +790,7 @@ int main(void)
     tcase_add_loop_test(tc, thread_count_does_not_change_logits, 0, N_GOLDEN);
     tcase_add_loop_test(tc, dequantised_weights_match_transformers, 0, N_GOLDEN - N_FLOAT_GOLDEN);
     tcase_add_loop_test(tc, f16_kv_stays_close_to_f32, 0, N_FLOAT_GOLDEN);
+    tcase_add_test(tc, a_failed_operation_fails_the_step);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);

@@ -33,13 +33,20 @@ static void *random_blocks(uint32_t type, int64_t n_blocks)
     const kern_type_traits *t = kern_type_info(type);
     uint8_t *p = malloc((size_t)n_blocks * t->block_bytes);
     ck_assert_ptr_nonnull(p);
-    for (size_t i = 0; i < (size_t)n_blocks * t->block_bytes; i++) p[i] = (uint8_t)rng_next();
+    for (size_t i = 0; i < (size_t)n_blocks * t->block_bytes; i++)
+        p[i] = (uint8_t)rng_next();
     for (int64_t i = 0; i < n_blocks; i++) {
         uint8_t *b = p + (size_t)i * t->block_bytes;
         switch (type) {
-        case KERN_T_Q8_0: ((block_q8_0 *)b)->d = rand_scale(0.001f, 0.02f); break;
-        case KERN_T_Q4_0: ((block_q4_0 *)b)->d = rand_scale(-0.05f, 0.05f); break;
-        case KERN_T_Q5_0: ((block_q5_0 *)b)->d = rand_scale(-0.05f, 0.05f); break;
+        case KERN_T_Q8_0:
+            ((block_q8_0 *)b)->d = rand_scale(0.001f, 0.02f);
+            break;
+        case KERN_T_Q4_0:
+            ((block_q4_0 *)b)->d = rand_scale(-0.05f, 0.05f);
+            break;
+        case KERN_T_Q5_0:
+            ((block_q5_0 *)b)->d = rand_scale(-0.05f, 0.05f);
+            break;
         case KERN_T_Q4_1:
             ((block_q4_1 *)b)->d = rand_scale(0.001f, 0.02f);
             ((block_q4_1 *)b)->m = rand_scale(-0.2f, 0.0f);
@@ -56,13 +63,15 @@ static void *random_blocks(uint32_t type, int64_t n_blocks)
             ((block_q5_K *)b)->d = rand_scale(0.0001f, 0.002f);
             ((block_q5_K *)b)->dmin = rand_scale(0.0001f, 0.002f);
             break;
-        case KERN_T_Q6_K: ((block_q6_K *)b)->d = rand_scale(-0.002f, 0.002f); break;
-        default: ck_abort_msg("no scale rule for type %u", type);
+        case KERN_T_Q6_K:
+            ((block_q6_K *)b)->d = rand_scale(-0.002f, 0.002f);
+            break;
+        default:
+            ck_abort_msg("no scale rule for type %u", type);
         }
     }
     return p;
 }
-
 
 /* ---- dequantisation against gguf-py ---------------------------------------------------------- */
 
@@ -76,11 +85,13 @@ START_TEST(dequantize_matches_gguf_py)
     uint32_t type = quant_types[_i];
     const kern_type_traits *t = kern_type_info(type);
     char lower[16], path[1024];
-    for (size_t i = 0; i <= strlen(t->name); i++) lower[i] = (char)(t->name[i] >= 'A' && t->name[i] <= 'Z' ? t->name[i] + 32 : t->name[i]);
+    for (size_t i = 0; i <= strlen(t->name); i++)
+        lower[i] = (char)(t->name[i] >= 'A' && t->name[i] <= 'Z' ? t->name[i] + 32 : t->name[i]);
     const char *root = getenv("MOE_SOURCE_ROOT");
     snprintf(path, sizeof path, "%s/tests/data/quant/%s.bin", root ? root : ".", lower);
     FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "%s: %s (regenerate with tools/quant_vectors.py)", path, strerror(errno));
+    ck_assert_msg(f != NULL, "%s: %s (regenerate with tools/quant_vectors.py)", path,
+                  strerror(errno));
     uint8_t hdr[20];
     ck_assert_uint_eq(fread(hdr, 1, sizeof hdr, f), sizeof hdr);
     ck_assert(memcmp(hdr, "MQV1", 4) == 0);
@@ -91,7 +102,8 @@ START_TEST(dequantize_matches_gguf_py)
     size_t n = (size_t)n_blocks * t->block_elems;
     uint8_t *blocks = malloc((size_t)n_blocks * t->block_bytes);
     float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
-    ck_assert_uint_eq(fread(blocks, 1, (size_t)n_blocks * t->block_bytes, f), (size_t)n_blocks * t->block_bytes);
+    ck_assert_uint_eq(fread(blocks, 1, (size_t)n_blocks * t->block_bytes, f),
+                      (size_t)n_blocks * t->block_bytes);
     ck_assert_uint_eq(fread(want, sizeof *want, n, f), n);
     fclose(f);
     t->to_f32(blocks, got, (int64_t)n);
@@ -121,15 +133,18 @@ START_TEST(activation_quantisers)
         const kern_cpu_type *tk = kern_cpu_type_kernels(act_types[a]);
         int64_t n = 8 * 256;
         float *x = malloc((size_t)n * sizeof *x), *back = malloc((size_t)n * sizeof *back);
-        for (int64_t i = 0; i < n; i++) x[i] = rng_uniform() * (i % 300 == 0 ? 40.0f : 3.0f);
-        for (int64_t i = 0; i < t->block_elems; i++) x[i] = 0.0f; /* an all-zero block */
+        for (int64_t i = 0; i < n; i++)
+            x[i] = rng_uniform() * (i % 300 == 0 ? 40.0f : 3.0f);
+        for (int64_t i = 0; i < t->block_elems; i++)
+            x[i] = 0.0f; /* an all-zero block */
         size_t bytes = kern_row_bytes(act_types[a], n);
         uint8_t *ref = malloc(bytes), *simd = malloc(bytes);
         t->from_f32(x, ref, n);
         t->to_f32(ref, back, n);
         for (int64_t blk = 0; blk < n / t->block_elems; blk++) {
             float amax = 0.0f;
-            for (int j = 0; j < (int)t->block_elems; j++) amax = fmaxf(amax, fabsf(x[blk * t->block_elems + j]));
+            for (int j = 0; j < (int)t->block_elems; j++)
+                amax = fmaxf(amax, fabsf(x[blk * t->block_elems + j]));
             for (int j = 0; j < (int)t->block_elems; j++) {
                 int64_t i = blk * t->block_elems + j;
                 /* half a step of d = amax/127, plus the f16 rounding of d */
@@ -141,9 +156,13 @@ START_TEST(activation_quantisers)
             const block_q8_1 *b = (const block_q8_1 *)ref;
             for (int64_t blk = 0; blk < n / 32; blk++) {
                 int sum = 0;
-                for (int j = 0; j < 32; j++) sum += b[blk].qs[j];
-                ck_assert(kern_f16_to_f32(b[blk].s) == kern_f16_to_f32(kern_f32_to_f16((float)sum * kern_f16_to_f32(b[blk].d))) ||
-                          fabsf(kern_f16_to_f32(b[blk].s) - sum * kern_f16_to_f32(b[blk].d)) <= 1e-3f * fabsf(sum * kern_f16_to_f32(b[blk].d)));
+                for (int j = 0; j < 32; j++)
+                    sum += b[blk].qs[j];
+                ck_assert(
+                    kern_f16_to_f32(b[blk].s) ==
+                        kern_f16_to_f32(kern_f32_to_f16((float)sum * kern_f16_to_f32(b[blk].d))) ||
+                    fabsf(kern_f16_to_f32(b[blk].s) - sum * kern_f16_to_f32(b[blk].d)) <=
+                        1e-3f * fabsf(sum * kern_f16_to_f32(b[blk].d)));
             }
         }
         if (act_types[a] == KERN_T_Q8_K) { /* bsums are the sums of 16 */
@@ -151,7 +170,8 @@ START_TEST(activation_quantisers)
             for (int64_t blk = 0; blk < n / 256; blk++)
                 for (int g = 0; g < 16; g++) {
                     int sum = 0;
-                    for (int j = 0; j < 16; j++) sum += b[blk].qs[16 * g + j];
+                    for (int j = 0; j < 16; j++)
+                        sum += b[blk].qs[16 * g + j];
                     ck_assert_int_eq(sum, b[blk].bsums[g]);
                 }
         }
@@ -194,10 +214,12 @@ START_TEST(dot_levels_match_reference)
         float *wf = malloc((size_t)n * sizeof *wf), *x = malloc((size_t)n * 9 * sizeof *x);
         float *xf = malloc((size_t)n * sizeof *xf);
         t->to_f32(w, wf, n);
-        for (int64_t i = 0; i < n * 9; i++) x[i] = rng_uniform();
+        for (int64_t i = 0; i < n * 9; i++)
+            x[i] = rng_uniform();
         size_t xrow = kern_row_bytes(t->act_type, n);
         uint8_t *xq = malloc(xrow * 9);
-        for (int j = 0; j < 9; j++) at->from_f32(x + j * n, xq + j * xrow, n);
+        for (int j = 0; j < 9; j++)
+            at->from_f32(x + j * n, xq + j * xrow, n);
         at->to_f32(xq, xf, n);
         double ref = 0.0, mag = 0.0;
         for (int64_t i = 0; i < n; i++) {
@@ -216,8 +238,8 @@ START_TEST(dot_levels_match_reference)
         }
         float scalar = tk->dot[KERN_ISA_SCALAR](w, xq, n);
         /* integer sums are exact; only the block scale products round */
-        ck_assert_msg(fabs(scalar - ref) <= 1e-5 * mag + s_rounding + 1e-6, "%s n=%lld scalar %.9g vs %.9g",
-                      t->name, (long long)n, scalar, ref);
+        ck_assert_msg(fabs(scalar - ref) <= 1e-5 * mag + s_rounding + 1e-6,
+                      "%s n=%lld scalar %.9g vs %.9g", t->name, (long long)n, scalar, ref);
         for (int level = 1; level < KERN_ISA_COUNT; level++) {
             if (!tk->dot[level]) continue;
             if (level > (int)best) {
@@ -225,8 +247,9 @@ START_TEST(dot_levels_match_reference)
                 continue;
             }
             float got = tk->dot[level](w, xq, n);
-            ck_assert_msg(fabs(got - scalar) <= 1e-5 * mag + 1e-6, "%s %s n=%lld: %.9g vs scalar %.9g",
-                          t->name, kern_isa_name(level), (long long)n, got, scalar);
+            ck_assert_msg(fabs(got - scalar) <= 1e-5 * mag + 1e-6,
+                          "%s %s n=%lld: %.9g vs scalar %.9g", t->name, kern_isa_name(level),
+                          (long long)n, got, scalar);
             for (int n_x = 1; n_x <= 9; n_x++) {
                 float out[9];
                 tk->dot_multi[level](w, xq, xrow, n_x, n, out);
@@ -296,7 +319,8 @@ START_TEST(dot_levels_extreme_scales)
         }
         size_t xrow = kern_row_bytes(t->act_type, n);
         uint8_t *xq = malloc(xrow * 9);
-        for (int j = 0; j < 9; j++) at->from_f32(x + j * n, xq + j * xrow, n);
+        for (int j = 0; j < 9; j++)
+            at->from_f32(x + j * n, xq + j * xrow, n);
         at->to_f32(xq, xf, n);
         /* rounding scales with the two scaled parts separately, which may cancel in the sum */
         memcpy(w1, w, wbytes);
@@ -325,8 +349,8 @@ START_TEST(dot_levels_extreme_scales)
                 for (int j = 0; j < n_x; j++) {
                     float single = tk->dot[level](w, xq + j * xrow, n);
                     ck_assert_msg(memcmp(&single, &out[j], 4) == 0,
-                                  "%s %s n_x=%d j=%d: %.9g vs %.9g", t->name,
-                                  kern_isa_name(level), n_x, j, out[j], single);
+                                  "%s %s n_x=%d j=%d: %.9g vs %.9g", t->name, kern_isa_name(level),
+                                  n_x, j, out[j], single);
                 }
             }
         }
@@ -352,13 +376,18 @@ START_TEST(matmul_matches_float_reference)
     int64_t rows = 37, cols = 2 * 256, n_tok = 11;
     int64_t blocks_per_row = cols / t->block_elems;
     void *w = random_blocks(type, rows * blocks_per_row);
-    kern_weight kw = {.data = w, .type = type, .n_rows = rows, .n_cols = cols,
+    kern_weight kw = {.data = w,
+                      .type = type,
+                      .n_rows = rows,
+                      .n_cols = cols,
                       .row_bytes = kern_row_bytes(type, cols)};
     float *wf = malloc((size_t)(rows * cols) * sizeof *wf);
     t->to_f32(w, wf, rows * cols);
     float *x = malloc((size_t)(n_tok * cols) * sizeof *x);
-    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = rng_uniform();
-    float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1), *y2 = malloc((size_t)(n_tok * rows) * sizeof *y2);
+    for (int64_t i = 0; i < n_tok * cols; i++)
+        x[i] = rng_uniform();
+    float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1),
+          *y2 = malloc((size_t)(n_tok * rows) * sizeof *y2);
     float *one = malloc((size_t)rows * sizeof *one);
     kern_matmul(b1, &kw, x, y1, n_tok);
     kern_matmul(b2, &kw, x, y2, n_tok);
@@ -373,7 +402,8 @@ START_TEST(matmul_matches_float_reference)
             for (int64_t c = 0; c < cols; c++) {
                 ref += (double)wf[r * cols + c] * x[tk * cols + c];
                 /* activation quantisation: at most half a step of amax/127 per element */
-                bound += fabs((double)wf[r * cols + c]) * (0.5 / 127.0 + 1e-3); /* + f16 rounding of d */
+                bound +=
+                    fabs((double)wf[r * cols + c]) * (0.5 / 127.0 + 1e-3); /* + f16 rounding of d */
             }
             ck_assert_msg(fabs(y1[tk * rows + r] - ref) <= bound + 1e-5,
                           "%s t=%lld r=%lld: %.7g vs %.7g (bound %.3g)", t->name, (long long)tk,
@@ -414,12 +444,16 @@ START_TEST(vnni_kernels_only_at_vnni_level)
         uint32_t type = quant_types[i];
         int64_t rows = 9, cols = 512, n_tok = 5;
         void *w = random_blocks(type, rows * (cols / kern_type_info(type)->block_elems));
-        kern_weight kw = {.data = w, .type = type, .n_rows = rows, .n_cols = cols,
+        kern_weight kw = {.data = w,
+                          .type = type,
+                          .n_rows = rows,
+                          .n_cols = cols,
                           .row_bytes = kern_row_bytes(type, cols)};
         float *x = malloc((size_t)(n_tok * cols) * sizeof *x);
         float *y1 = malloc((size_t)(n_tok * rows) * sizeof *y1);
         float *y2 = malloc((size_t)(n_tok * rows) * sizeof *y2);
-        for (int64_t j = 0; j < n_tok * cols; j++) x[j] = rng_uniform();
+        for (int64_t j = 0; j < n_tok * cols; j++)
+            x[j] = rng_uniform();
         kern_matmul(b_avx2, &kw, x, y1, n_tok);
         kern_matmul(b_512, &kw, x, y2, n_tok);
         ck_assert_msg(memcmp(y1, y2, (size_t)(n_tok * rows) * sizeof *y1) == 0,
@@ -447,7 +481,8 @@ START_TEST(table_rows_are_consistent)
         ck_assert_ptr_nonnull(at->from_f32);
         ck_assert_ptr_nonnull(tk->dot[KERN_ISA_SCALAR]);
         ck_assert_uint_eq(kern_row_bytes(quant_types[i], t->block_elems * 3), 3u * t->block_bytes);
-        ck_assert_uint_eq(kern_row_bytes(quant_types[i], t->block_elems + 1), 0); /* not whole blocks */
+        ck_assert_uint_eq(kern_row_bytes(quant_types[i], t->block_elems + 1),
+                          0); /* not whole blocks */
     }
     ck_assert(!kern_type_supported(KERN_T_Q8_1));
     ck_assert(!kern_type_supported(KERN_T_Q8_K));

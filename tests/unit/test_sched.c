@@ -6,6 +6,7 @@
  */
 #include "engine/scheduler.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/sim/sim.h"
 #include "test_models.h"
 
 #include <check.h>
@@ -91,18 +92,24 @@ typedef struct fixture {
     int32_t n_vocab;
 } fixture;
 
-static void fixture_open(fixture *fx, const char *type)
+static void fixture_open_on(fixture *fx, const char *type, kern_backend_kind kind)
 {
     char path[1024], name[128], args[256], err[512];
     snprintf(name, sizeof name, "qwen3moe-tiny-%s", type);
     snprintf(args, sizeof args, "--arch qwen3moe --preset tiny --type %s --seed 1", type);
     test_model_file(name, args, path, sizeof path);
-    kern_cpu_opts o = kern_cpu_opts_default();
+    kern_open_opts o = kern_open_opts_default();
+    o.kind = kind;
     o.n_threads = 2;
-    ck_assert_msg(kern_cpu_open(&fx->backend, &o, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(kern_open(&fx->backend, &o, err, sizeof err) == 0, "%s", err);
     model_opts mo = {.backend = fx->backend};
     ck_assert_msg(model_open(&fx->m, path, &mo, err, sizeof err) == 0, "%s", err);
     fx->n_vocab = model_params(fx->m)->n_vocab;
+}
+
+static void fixture_open(fixture *fx, const char *type)
+{
+    fixture_open_on(fx, type, KERN_BACKEND_CPU);
 }
 
 static void fixture_close(fixture *fx)
@@ -343,6 +350,49 @@ START_TEST(refusals)
 }
 END_TEST
 
+/* A step that fails (a kernel failure, injected on sim) ends exactly the requests in that step,
+ * with the error; requests not in it go on, and the next ones run as if nothing had happened. */
+START_TEST(a_failed_step_ends_its_requests_with_the_error)
+{
+    fixture fx;
+    fixture_open_on(&fx, "f32", KERN_BACKEND_SIM);
+    scheduler *s = open_sched(&fx, 1, 64, 16, 4, 64); /* one runs, the next waits */
+    int32_t prompt[4] = {3, 1, 4, 1};
+    probe ref, a, b, after;
+    probe_init(&ref, fx.n_vocab);
+    submit(s, prompt, 4, 6, &ref, NULL);
+    wait_done(&ref);
+    ck_assert_int_eq(ref.why, SCHEDULER_LENGTH);
+    /* a decodes; the failure hits its next step */
+    probe_init(&a, fx.n_vocab);
+    submit(s, prompt, 4, 40, &a, NULL);
+    wait_tokens(&a, 2);
+    probe_init(&b, fx.n_vocab);
+    submit(s, prompt, 4, 6, &b, NULL); /* waiting: not in the step that fails */
+    ck_assert_int_eq(kern_sim_inject_failure(fx.backend, 5, -EIO), 0);
+    wait_done(&a);
+    ck_assert_int_eq(a.why, SCHEDULER_ERROR);
+    ck_assert_msg(strstr(a.message, "injected") != NULL, "%s", a.message);
+    ck_assert_int_lt(a.n_tokens, 40);
+    /* the scheduler and the backend are usable again: the same request gives the same tokens */
+    wait_done(&b);
+    probe_init(&after, fx.n_vocab);
+    submit(s, prompt, 4, 6, &after, NULL);
+    wait_done(&after);
+    ck_assert_int_eq(after.why, SCHEDULER_LENGTH);
+    ck_assert_int_eq(after.n_tokens, 6);
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(after.tokens[i], ref.tokens[i]);
+    ck_assert_uint_eq(after.logits_hash, ref.logits_hash);
+    wait_done(&b);
+    ck_assert_int_eq(b.why, SCHEDULER_LENGTH);
+    ck_assert_uint_eq(b.logits_hash, ref.logits_hash);
+    scheduler_close(&s);
+    ck_assert_int_eq(a.n_done, 1);
+    fixture_close(&fx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *suite = suite_create("sched");
@@ -354,6 +404,7 @@ int main(void)
     tcase_add_test(tc, stop_and_length);
     tcase_add_test(tc, cancel_running_and_waiting);
     tcase_add_test(tc, refusals);
+    tcase_add_test(tc, a_failed_step_ends_its_requests_with_the_error);
     suite_add_tcase(suite, tc);
     SRunner *runner = srunner_create(suite);
     srunner_run_all(runner, CK_NORMAL);
