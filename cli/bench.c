@@ -125,6 +125,7 @@ typedef struct bench_opts {
     long n_prompt;
     long n_gen;
     int header;
+    int random_tokens;
     cli_cache_args cache;
 } bench_opts;
 
@@ -146,7 +147,9 @@ static void usage(FILE *out)
             "  --lookahead N layers pre-gating looks ahead (default 1)\n"
             "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
             "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
-            "  --kv-type f16|f32  KV cache storage (default f16)\n");
+            "  --kv-type f16|f32  KV cache storage (default f16)\n"
+            "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
+            "                varies like text's on random-weight models)\n");
 }
 
 static int run(bench_opts *o)
@@ -227,7 +230,10 @@ static int run(bench_opts *o)
     memset(want, 1, (size_t)B);
     for (int32_t g = 0; g < G; g++) {
         for (int32_t s = 0; s < B; s++) {
-            tok[s] = next[s];
+            /* Greedy decoding of a random-weight model soon repeats one token, and with it one
+             * routing: random tokens route like text does, so the tiers see real misses. */
+            lcg = lcg * 1664525u + 1013904223u;
+            tok[s] = o->random_tokens ? (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab) : next[s];
             pos[s] = P + g;
             seq[s] = s;
         }
@@ -321,7 +327,7 @@ done:
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
-    kern_backend_close(&be);
+    kern_close(&be);
     cli_cache_args_close(&o->cache);
     return status;
 }
@@ -346,6 +352,9 @@ int cli_bench(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--no-header")) {
             o.header = 0;
+            continue;
+        } else if (!strcmp(a, "--random-tokens")) {
+            o.random_tokens = 1;
             continue;
         } else if (!strcmp(a, "--model") && v) {
             o.path = v, i++;

@@ -396,7 +396,7 @@ done:
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
-    kern_backend_close(&be);
+    kern_close(&be);
     cli_cache_args_close(&a.cache);
     return status;
 }

@@ -262,6 +262,6 @@ int cli_inspect(int argc, char **argv)
         print_model(m);
     }
     model_close(&m);
-    kern_backend_close(&be);
+    kern_close(&be);
     return status;
 }

@@ -337,7 +337,7 @@ done:
     chat_template_destroy(&st.tmpl);
     tokenizer_destroy(&st.tok);
     model_close(&st.m);
-    kern_backend_close(&st.backend);
+    kern_close(&st.backend);
     cfg_free(&c);
     return status;
 }

@@ -77,7 +77,7 @@ int kern_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t 
     return -EINVAL;
 }
 
-void kern_backend_close(kern_backend **bp)
+void kern_close(kern_backend **bp)
 {
     if (!*bp) return;
     (*bp)->ops->destroy(*bp);

@@ -32,7 +32,7 @@
  * - Weight types are a table (kern_type_traits): one row per storage type with its block
  *   geometry and the scalar reference dequantiser.  How a backend computes with a type is the
  *   backend's (the CPU's dot products per instruction-set level are in kernels/cpu/cpu.h).
- * - A backend is driven by one thread at a time (the engine thread).  kern_backend_close frees
+ * - A backend is driven by one thread at a time (the engine thread).  kern_close frees
  *   the backend; memory from kern_alloc and kern_place must be returned before.
  */
 #ifndef MOE_KERNELS_H
@@ -253,7 +253,7 @@ kern_open_opts kern_open_opts_default(void);
 /* Opens the backend of opts->kind.  -ENODEV (with the reason) for cuda without a usable device
  * or without CUDA in this build. */
 int kern_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t err_size);
-void kern_backend_close(kern_backend **b);
+void kern_close(kern_backend **b);
 /* "cpu", "sim", "cuda"; parse gives -EINVAL for anything else. */
 const char *kern_backend_kind_name(kern_backend_kind kind);
 int kern_backend_kind_parse(const char *name, kern_backend_kind *out);

@@ -717,21 +717,29 @@ def write_model(args) -> dict:
     return dict(hp=hp, n_params=n_params, size=size, type_counts=type_counts)
 
 
-# Where each block type keeps its f16 scales (d; then dmin or m where the type has one).
-_SCALE_OFFSETS = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q5_0: (0,), QT.Q4_1: (0, 2), QT.Q5_1: (0, 2),
-                  QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+# Where each block type keeps its f16 scales: d, then (for the types with a minimum or an
+# offset) where that lives and the multiple of d that centres the values on zero (the mean
+# code times the mean sub-block scale, or minus the mean code for Q4_1/Q5_1's additive m).
+# Zero-mean weights matter: a common positive offset in every row would make every token's
+# hidden state, and so its routing, the same.
+_SCALES = {QT.Q8_0: (0, None, 0), QT.Q4_0: (0, None, 0), QT.Q5_0: (0, None, 0),
+           QT.Q4_1: (0, 2, -7.5), QT.Q5_1: (0, 2, -15.5), QT.Q4_K: (0, 2, 7.5),
+           QT.Q5_K: (0, 2, 15.5), QT.Q6_K: (208, None, 0)}
 
 
 def random_blocks(rng, qt: QT, shape) -> np.ndarray:
-    """Random payload with small positive scales (no inf/nan): the speed of a real file, for
-    benchmarks, without quantising anything."""
+    """Random payload with small scales (no inf/nan) and values centred on zero: the speed of a
+    real file, for benchmarks, without quantising anything."""
     be, bb = GGML_QUANT_SIZES[qt]
     n_blocks = int(np.prod(shape)) // be
     raw = rng.integers(0, 256, size=(n_blocks, bb), dtype=np.uint8)
+    d_off, m_off, m_mult = _SCALES[qt]
     per_elem = 1.0 / (be if be > 32 else 8)
-    for off in _SCALE_OFFSETS[qt]:
-        d = (rng.random(n_blocks, dtype=np.float32) * 0.02 * per_elem + 1e-4).astype(np.float16)
-        raw[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    d = rng.random(n_blocks, dtype=np.float32) * 0.02 * per_elem + 1e-4
+    raw[:, d_off:d_off + 2] = d.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    if m_off is not None:
+        m = (d * m_mult).astype(np.float16)
+        raw[:, m_off:m_off + 2] = m.view(np.uint8).reshape(n_blocks, 2)
     return raw.reshape(-1)
 
 

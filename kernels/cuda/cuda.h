@@ -4,7 +4,7 @@
  * kern_cuda_open opens device opts->device (0 when opts is NULL) with two non-blocking
  * streams, compute and copy.  Operations run on the compute stream; copies on either; events
  * order the two.  A failure inside queued work is kept and returned by the next kern_sync.
- * Close it with kern_backend_close, after every allocation and placement is returned.
+ * Close it with kern_close, after every allocation and placement is returned.
  *
  * Returns 0, or -ENODEV with a one-line reason in err when there is no driver, no such
  * device, or the device cannot run this build's kernels (they are built for sm_80, sm_89,

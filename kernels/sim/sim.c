@@ -702,7 +702,7 @@ static void sim_destroy(kern_backend *b)
     pthread_mutex_destroy(&sim->mu);
     pthread_cond_destroy(&sim->cv);
     pthread_cond_destroy(&sim->done);
-    kern_backend_close(&sim->cpu);
+    kern_close(&sim->cpu);
     if (sim->arena) munmap(sim->arena, sim->arena_bytes);
     free(sim->seg);
     free(sim->pinned);

@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     o.n_threads = threads;
     if (kern_open(&cpu, &co, err, sizeof err) || kern_open(&be, &o, err, sizeof err)) {
         fprintf(stderr, "backend_parity: %s\n", err);
-        kern_backend_close(&cpu);
+        kern_close(&cpu);
         return 1;
     }
     /* the vocabulary size, for the buffers */
@@ -235,8 +235,8 @@ int main(int argc, char **argv)
     }
     free(ref.logits);
     free(got.logits);
-    kern_backend_close(&be);
-    kern_backend_close(&cpu);
+    kern_close(&be);
+    kern_close(&cpu);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

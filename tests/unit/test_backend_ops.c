@@ -955,7 +955,7 @@ START_TEST(sim_refuses_host_pointers_and_delays_copies)
     kern_free(b, KERN_MEM_HOST_PINNED, big_host);
     ck_assert_int_eq(kern_mem_info(b, &free_b, &total_b), 0);
     ck_assert_uint_eq(free_b, total_b);
-    kern_backend_close(&b);
+    kern_close(&b);
 }
 END_TEST
 
@@ -1010,6 +1010,6 @@ int main(void)
     srunner_free(sr);
     print_summary();
     for (int be = 0; be < n_backends; be++)
-        kern_backend_close(&backends[be].b);
+        kern_close(&backends[be].b);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

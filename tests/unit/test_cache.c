@@ -415,7 +415,7 @@ static void run_model_pred(const char *path, const cache_opts *co, pred_kind kin
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
-    kern_backend_close(&be);
+    kern_close(&be);
 }
 
 static void run_model(const char *path, const cache_opts *co, float *out, size_t *n_out,
@@ -449,7 +449,7 @@ static void check_model_budgets(const char *name, const char *gen_args)
     ck_assert(model_open(&m, path, &mo, err, sizeof err) == 0);
     uint32_t k = (uint32_t)model_params(m)->n_expert_used;
     model_close(&m);
-    kern_backend_close(&be);
+    kern_close(&be);
 
     const uint32_t slots[] = {n_all / 2, n_all / 4, k};
     for (int d = 0; d < 2; d++) {
@@ -496,7 +496,7 @@ static void check_model_budgets(const char *name, const char *gen_args)
     char want_msg[64];
     snprintf(want_msg, sizeof want_msg, "at least %u", k);
     ck_assert_msg(strstr(err, want_msg) != NULL, "%s", err);
-    kern_backend_close(&be);
+    kern_close(&be);
     free(ref);
     free(got);
 }

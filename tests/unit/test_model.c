@@ -168,7 +168,7 @@ static void fixture_open(fixture *fx, const char *name, const char *extra_args, 
 static void fixture_close(fixture *fx)
 {
     model_close(&fx->m);
-    kern_backend_close(&fx->backend);
+    kern_close(&fx->backend);
     cJSON_Delete(fx->golden);
 }
 

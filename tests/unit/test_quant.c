@@ -416,8 +416,8 @@ START_TEST(matmul_matches_float_reference)
     free(y1);
     free(y2);
     free(one);
-    kern_backend_close(&b1);
-    kern_backend_close(&b2);
+    kern_close(&b1);
+    kern_close(&b2);
 }
 END_TEST
 
@@ -463,8 +463,8 @@ START_TEST(vnni_kernels_only_at_vnni_level)
         free(y1);
         free(y2);
     }
-    kern_backend_close(&b_avx2);
-    kern_backend_close(&b_512);
+    kern_close(&b_avx2);
+    kern_close(&b_512);
 }
 END_TEST
 

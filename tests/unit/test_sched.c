@@ -115,7 +115,7 @@ static void fixture_open(fixture *fx, const char *type)
 static void fixture_close(fixture *fx)
 {
     model_close(&fx->m);
-    kern_backend_close(&fx->backend);
+    kern_close(&fx->backend);
 }
 
 static void probe_init(probe *p, int32_t n_vocab)
