@@ -114,6 +114,10 @@ typedef struct cache_device_opts {
     uint64_t budget_bytes;  /* 0: every expert */
     double budget_fraction; /* > 0: this share of all experts instead */
     bool budget_min;        /* exactly one token's experts of one layer */
+    /* With no budget given (the three above unset): device memory to leave free for everything
+     * else (the KV cache, the step's scratch).  The tier then takes every expert if they fit in
+     * what the device has free minus this, else as many as fit (said in the log). */
+    uint64_t reserve_bytes;
     cache_policy policy;
     void (*log)(void *user, const char *msg); /* NULL: the upper tier's */
     void *log_user;
@@ -139,6 +143,12 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
                   size_t err_size);
 int cache_next(cache *c, cache_ref *out, char *err, size_t err_size);
 void cache_release(cache *c, const cache_ref *ref);
+/* True when (layer, expert) is in the tier or on its way in (a request for it will not start a
+ * new load).  For deciding, before a request, what to ask this tier for. */
+bool cache_holds(const cache *c, int32_t layer, int32_t expert);
+/* Waits until the tier has no load in flight (a device tier's prefetch copies included), so that
+ * the tier above may be used directly.  0 or the filler's negative error. */
+int cache_wait_idle(cache *c, char *err, size_t err_size);
 /* Starts reads for the experts of `layer` a predictor expects, into slots that are neither
  * pinned nor being read nor filled by this same call (the least valuable first), without
  * pinning them: a later request that asks for one finds it resident or in flight.  Stops early

@@ -297,11 +297,31 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
         if (b > slot_bytes) slot_bytes = b;
     }
     cache_opts co = cache_opts_default();
+    if (!opts->budget_bytes && opts->budget_fraction <= 0 && !opts->budget_min &&
+        opts->reserve_bytes) {
+        size_t free_b = 0, total_b = 0;
+        uint64_t all = slot_bytes * (uint64_t)n_keys;
+        if (kern_mem_info(opts->backend, &free_b, &total_b) == 0 &&
+            free_b < all + opts->reserve_bytes) {
+            co.budget_bytes = free_b > opts->reserve_bytes ? free_b - opts->reserve_bytes : 1;
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "device memory: %.2f of %.2f GiB free, %.2f GiB kept for the KV cache and "
+                     "scratch: the device tier gets %.2f GiB of the experts' %.2f GiB",
+                     (double)free_b / (1 << 30), (double)total_b / (1 << 30),
+                     (double)opts->reserve_bytes / (1 << 30), (double)co.budget_bytes / (1 << 30),
+                     (double)all / (1 << 30));
+            if (opts->log)
+                opts->log(opts->log_user, msg);
+            else if (upper->o.log)
+                upper->o.log(upper->o.log_user, msg);
+        }
+    }
     co.path = upper->o.path;
     co.n_layer = upper->o.n_layer;
     co.n_expert = upper->o.n_expert;
     co.min_slots = upper->o.min_slots;
-    co.budget_bytes = opts->budget_bytes;
+    if (opts->budget_bytes) co.budget_bytes = opts->budget_bytes;
     co.budget_fraction = opts->budget_fraction;
     co.budget_min = opts->budget_min;
     co.policy = opts->policy;

@@ -492,6 +492,22 @@ void cache_release(cache *c, const cache_ref *ref)
     (void)flush(c, ignored, sizeof ignored); /* a failure resurfaces at the next flush */
 }
 
+bool cache_holds(const cache *c, int32_t layer, int32_t expert)
+{
+    if (layer < 0 || layer >= c->o.n_layer || expert < 0 || expert >= c->o.n_expert) return false;
+    int32_t i = c->slot_of[layer * c->o.n_expert + expert];
+    return i >= 0 && !(c->slots[i].state == SLOT_READY && c->slots[i].error);
+}
+
+int cache_wait_idle(cache *c, char *err, size_t err_size)
+{
+    while (in_flight(c) > 0) {
+        int rc = progress(c, true, err, err_size);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                    size_t err_size)
 {

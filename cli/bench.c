@@ -131,40 +131,46 @@ typedef struct bench_opts {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: moeserve bench --model FILE [--threads N] [--batch B] [--prompt P] [--gen G] "
-            "[--no-header]\n"
-            "  --threads N   CPU threads (default: all)\n"
-            "  --batch B     sequences decoded together (default 1)\n"
-            "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
-            "  --gen G       decode steps timed (default 32)\n"
-            "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
-            "                (default off: experts read through the file's mapping)\n"
-            "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  "
-            "--io-depth N\n"
-            "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
-            "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
-            "  --lookahead N layers pre-gating looks ahead (default 1)\n"
-            "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
-            "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
-            "  --kv-type f16|f32  KV cache storage (default f16)\n"
-            "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
-            "                varies like text's on random-weight models)\n");
+    fprintf(
+        out,
+        "usage: moeserve bench --model FILE [--threads N] [--batch B] [--prompt P] [--gen G] "
+        "[--no-header]\n"
+        "  --threads N   CPU threads (default: all)\n"
+        "  --batch B     sequences decoded together (default 1)\n"
+        "  --prompt P    prompt tokens prefilled per sequence (default 64)\n"
+        "  --gen G       decode steps timed (default 32)\n"
+        "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
+        "                (default off: experts read through the file's mapping)\n"
+        "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  "
+        "--io-depth N\n"
+        "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
+        "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
+        "  --lookahead N layers pre-gating looks ahead (default 1)\n"
+        "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
+        "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
+        "  --kv-type f16|f32  KV cache storage (default f16)\n"
+        "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
+        "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
+        "                varies like text's on random-weight models)\n");
 }
 
 static int run(bench_opts *o)
 {
     int status = 1;
     char err[512];
-    kern_backend *be = NULL;
+    kern_backend *be = NULL, *cpu = NULL;
     model *m = NULL;
     model_ctx *ctx = NULL;
     int32_t *tok = NULL, *pos = NULL, *seq = NULL;
     float *logits = NULL;
     if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0))
         goto done;
-    model_opts mo = {
-        .backend = be, .predictor = o->cache.predictor, .lookahead = o->cache.lookahead};
+    if (cli_open_miss_backend(be, (int)o->n_threads, o->cache.miss_policy, &cpu)) goto done;
+    model_opts mo = {.backend = be,
+                     .predictor = o->cache.predictor,
+                     .lookahead = o->cache.lookahead,
+                     .cpu_backend = cpu,
+                     .miss_policy = (model_miss_policy)o->cache.miss_policy};
     if (cli_cache_args_open(&o->cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, o->path, &mo, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
@@ -221,7 +227,7 @@ static int run(bench_opts *o)
     cache_stats c0 = {0}, c1 = {0};
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c0);
     double t_decode = 0.0;
-    uint64_t bytes = 0, experts = 0;
+    uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0;
     uint8_t *want = malloc((size_t)B);
     if (!want) {
         free(next);
@@ -250,6 +256,8 @@ static int run(bench_opts *o)
         const model_step_stats *st = model_ctx_last_stats(ctx);
         bytes += st->dense_bytes + st->expert_bytes;
         experts += st->experts_used;
+        cpu_experts += st->cpu_experts;
+        cpu_ns += st->cpu_ns;
         for (int32_t s = 0; s < B; s++)
             next[s] = model_argmax(logits + (size_t)s * hp->n_vocab, hp->n_vocab);
     }
@@ -284,8 +292,11 @@ static int run(bench_opts *o)
                link / 1e9);
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
             double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
-            printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step |\n",
-                   copied / (1 << 20), copied / link * 1e3);
+            printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
+                   "experts/step "
+                   "computed on the CPU (%.2f ms/step) |\n",
+                   copied / (1 << 20), copied / link * 1e3, (double)cpu_experts / G,
+                   (double)cpu_ns / G / 1e6);
         }
     }
     if (model_expert_cache(m)) {
@@ -327,6 +338,7 @@ done:
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
+    kern_close(&cpu);
     kern_close(&be);
     cli_cache_args_close(&o->cache);
     return status;

@@ -5,6 +5,7 @@
  * layer: the worst case) and "off" (experts read through the file's mapping, their default).
  */
 #include "cli/cli.h"
+#include "kernels/cpu/cpu.h"
 #include "model/model.h"
 
 #include <errno.h>
@@ -86,6 +87,15 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
             fprintf(stderr, "--backend expects auto, cpu, sim or cuda; got '%s'\n", v);
             return -EINVAL;
         }
+        return 1;
+    }
+    if (!strcmp(opt, "--miss-policy")) {
+        model_miss_policy p;
+        if (model_miss_policy_parse(v, &p)) {
+            fprintf(stderr, "--miss-policy expects auto, copy or cpu; got '%s'\n", v);
+            return -EINVAL;
+        }
+        a->miss_policy = (int)p;
         return 1;
     }
     if (!strcmp(opt, "--kv-type")) {
@@ -195,4 +205,22 @@ void cli_log_expert_tiers(const model *m)
     cache_get_stats(near, &cs);
     cli_log("expert cache, device tier: %u of %llu experts (%.1f MiB of device memory)", cs.n_slots,
             (unsigned long long)total, (double)cs.arena_bytes / (1 << 20));
+}
+
+int cli_open_miss_backend(const kern_backend *be, int n_threads, int miss_policy,
+                          kern_backend **out)
+{
+    *out = NULL;
+    if (be->kind == KERN_BACKEND_CPU || miss_policy == MODEL_MISS_COPY) return 0;
+    kern_open_opts o = kern_open_opts_default();
+    o.n_threads = n_threads;
+    char err[256];
+    int rc = kern_open(out, &o, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moeserve: the CPU backend for the device tier's misses: %s\n", err);
+        return rc;
+    }
+    cli_log("device tier misses: policy %s, computed on the CPU with %d threads when cheaper",
+            model_miss_policy_name((model_miss_policy)miss_policy), kern_cpu_n_threads(*out));
+    return 0;
 }

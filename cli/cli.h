@@ -44,6 +44,7 @@ typedef struct cli_cache_args {
     bool device_enabled;
     cache_device_opts device;
     kern_kv_type kv_type;
+    int miss_policy; /* --miss-policy auto|copy|cpu (model_miss_policy) */
     const char *trace_path;
     FILE *trace;
     pred_kind predictor; /* --predictor none|pregate|affinity */
@@ -64,6 +65,10 @@ void cli_cache_args_close(cli_cache_args *a);
  * cache. */
 struct model;
 void cli_log_expert_tiers(const struct model *m);
+/* A device backend computes its tier's misses on the CPU (policy auto or cpu): opens that CPU
+ * backend (*out NULL for the CPU backend itself, or policy copy). */
+int cli_open_miss_backend(const kern_backend *be, int n_threads, int miss_policy,
+                          kern_backend **out);
 
 /* Logs go to stderr, one line each: text ("<time> moeserve: message") or JSON objects
  * ({"time","level","msg"}); messages above the level are dropped.  cli_log is level info. */

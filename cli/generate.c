@@ -72,7 +72,11 @@ static void usage(FILE *out)
         "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is "
         "usable)\n"
         "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
-        "  --kv-type f16|f32       KV cache storage (default f16)\n");
+        "  --kv-type f16|f32       KV cache storage (default f16)\n"
+        "  --miss-policy auto|copy|cpu   a device tier's misses: copied in, or computed on the "
+        "CPU\n"
+        "                          (default auto: per expert, whichever the measured rates "
+        "favour)\n");
 }
 
 static int parse_float(const char *opt, const char *text, float *out)
@@ -267,7 +271,7 @@ int cli_generate(int argc, char **argv)
 
     int status = 1;
     char err[1024];
-    kern_backend *be = NULL;
+    kern_backend *be = NULL, *cpu = NULL;
     model *m = NULL;
     model_ctx *ctx = NULL;
     tokenizer *tok = NULL;
@@ -282,7 +286,12 @@ int cli_generate(int argc, char **argv)
 
     if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0))
         goto done;
-    model_opts mo = {.backend = be, .predictor = a.cache.predictor, .lookahead = a.cache.lookahead};
+    if (cli_open_miss_backend(be, (int)a.n_threads, a.cache.miss_policy, &cpu)) goto done;
+    model_opts mo = {.backend = be,
+                     .predictor = a.cache.predictor,
+                     .lookahead = a.cache.lookahead,
+                     .cpu_backend = cpu,
+                     .miss_policy = (model_miss_policy)a.cache.miss_policy};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache, &mo.device_cache)) goto done;
     if (model_open(&m, a.path, &mo, err, sizeof err)) goto fail_msg;
     cli_log_expert_tiers(m);
@@ -396,6 +405,7 @@ done:
     free(logits);
     model_ctx_destroy(&ctx);
     model_close(&m);
+    kern_close(&cpu);
     kern_close(&be);
     cli_cache_args_close(&a.cache);
     return status;

@@ -24,6 +24,7 @@
 typedef struct serve_state {
     const cfg *c;
     kern_backend *backend;
+    kern_backend *miss_cpu; /* a device backend's CPU for its tier's misses */
     model *m;
     tokenizer *tok;
     chat_template *tmpl;
@@ -101,6 +102,8 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     const cfg *c = st->c;
     static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
     model_opts mo = {.backend = st->backend,
+                     .cpu_backend = st->miss_cpu,
+                     .miss_policy = (model_miss_policy)c->cache.miss_policy,
                      .predictor = kinds[c->predictor.kind],
                      .lookahead = c->predictor.lookahead};
     int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
@@ -120,6 +123,16 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     cli_cache_budget(&dev_budget, &c->cache.device_bytes, sz.expert_bytes, 0);
     st->device.budget_bytes = dev_budget.budget_bytes;
     st->device.budget_fraction = dev_budget.budget_fraction;
+    {
+        /* auto: what the device has free after the dense weights, less the KV cache's most and
+         * a margin for scratch */
+        const model_hparams *h = model_params(st->m);
+        int32_t n_ctx = c->kv.context_length > 0 ? c->kv.context_length : h->n_ctx_train;
+        uint64_t kv_max = kv_bytes_per_position(h, c->kv.type) * (uint64_t)n_ctx *
+                          (uint64_t)c->batching.max_running;
+        uint64_t kv = cfg_budget_resolve(&c->kv.budget_bytes, kv_max, kv_max);
+        st->device.reserve_bytes = (kv < kv_max ? kv : kv_max) + ((uint64_t)1 << 30);
+    }
     rc = model_open_expert_cache(st->m, &st->cache, &st->device, err, err_size);
     if (rc) return rc;
     cache_stats cs;
@@ -286,6 +299,8 @@ int cli_serve(int argc, char **argv)
     if (cli_open_backend(&st.backend, c.compute.threads, kind, want_auto,
                          c.gpu.device < 0 ? 0 : c.gpu.device))
         goto done;
+    if (cli_open_miss_backend(st.backend, c.compute.threads, c.cache.miss_policy, &st.miss_cpu))
+        goto done;
     if (st.backend->kind == KERN_BACKEND_CPU && c.cache.device_bytes.kind != CFG_BUDGET_AUTO)
         cli_logl(CLI_LOG_WARN, "cache.device_bytes is ignored: the CPU backend has no device tier");
     if (engine_open(&st.engine, err, sizeof err)) goto fail_msg;
@@ -337,6 +352,7 @@ done:
     chat_template_destroy(&st.tmpl);
     tokenizer_destroy(&st.tok);
     model_close(&st.m);
+    kern_close(&st.miss_cpu);
     kern_close(&st.backend);
     cfg_free(&c);
     return status;

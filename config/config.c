@@ -35,6 +35,7 @@ static const char *const policy_names[] = {"lru", "lfu", "lru-protect", "lfu-his
 static const char *const predictor_names[] = {"none", "pregate", "affinity", NULL};
 static const char *const backend_names[] = {"auto", "cpu", "sim", "cuda", NULL};
 static const char *const kv_type_names[] = {"f16", "f32", NULL};
+static const char *const miss_names[] = {"auto", "copy", "cpu", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_names[] = {"text", "json", NULL};
 
@@ -81,6 +82,7 @@ static const cfg__key keys[] = {
      NULL},
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,
      NULL},
+    {"cache.miss_policy", CFG__ENUM, OFF(cache.miss_policy), 0, 0, miss_names, "auto", NULL, NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
     {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},

@@ -122,6 +122,7 @@ typedef struct cfg {
         cfg_budget host_bytes;
         cfg_budget device_bytes;
         cfg_cache_policy policy;
+        int miss_policy; /* model_miss_policy: auto, copy, cpu */
     } cache;
     struct {
         cfg_predictor_kind kind;

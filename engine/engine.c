@@ -403,7 +403,8 @@ static void single(srv_mx_buf *b, const char *name, const char *type, const char
 /* The expert tiers: one sample per tier (tier="host", and tier="device" on a device backend) of
  * the per-tier families; storage reads from the host tier; stalls and prefetches from the tier
  * the engine asks (the nearest one). */
-static void write_cache(srv_mx_buf *b, const cache *host, const cache *nearest)
+static void write_cache(srv_mx_buf *b, const cache *host, const cache *nearest,
+                        uint64_t cpu_experts)
 {
     cache_stats tiers[2];
     const char *labels[2] = {"{tier=\"host\"}", "{tier=\"device\"}"};
@@ -454,6 +455,9 @@ static void write_cache(srv_mx_buf *b, const cache *host, const cache *nearest)
         {"moeserve_expert_device_copy_bytes_total", "counter",
          "Bytes copied from the host tier into the device tier (0 without a device tier)",
          n_tiers == 2 ? (double)near->bytes_read : 0.0},
+        {"moeserve_expert_cpu_computed_total", "counter",
+         "Experts a device backend computed on the CPU from the host tier instead of copying them",
+         (double)cpu_experts},
         {"moeserve_engine_expert_stall_seconds_total", "counter",
          "Time the engine waited for experts to be read or copied", (double)near->stall_ns * 1e-9},
         {"moeserve_expert_prefetches_total", "counter",
@@ -542,6 +546,7 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
                   "KV cache memory allocated, by state: blocks held by sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
-    if (model_expert_cache(e->m)) write_cache(b, model_host_cache(e->m), model_expert_cache(e->m));
+    if (model_expert_cache(e->m))
+        write_cache(b, model_host_cache(e->m), model_expert_cache(e->m), model_cpu_experts(e->m));
     write_routing(b, e->m);
 }

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Device buffers of one step; grown (never shrunk) when a larger batch arrives. */
 typedef struct dev_scratch {
@@ -55,6 +56,10 @@ typedef struct host_scratch {
     int32_t *guess;        /* n_expert: the next layer's predicted experts */
     uint8_t *mark;         /* n_expert */
     int32_t *out_rows;     /* tokens whose logits are wanted */
+    /* misses computed on the CPU (device backends with a CPU backend only) */
+    int32_t *on_device, *on_cpu; /* n_expert each: the layer's experts, split */
+    float *xe, *de;              /* their bucket rows in and out, laid out as the device's */
+    float *ge, *ue;              /* one expert's gate and up */
 } host_scratch;
 
 struct model_ctx {
@@ -67,11 +72,21 @@ struct model_ctx {
     int64_t cap_tokens;
     dev_scratch d;
     host_scratch hs;
+    kern_event *inputs_ready; /* the CPU experts' inputs have reached the host */
     model_step_stats stats;
 };
 
 /* ---- scratch ----------------------------------------------------------------------------------
  */
+
+/* Whether this context's misses may be computed on the CPU: a device tier, a CPU backend, and a
+ * policy that allows it. */
+static bool cpu_misses(const model_ctx *ctx)
+{
+    const model *m = ctx->m;
+    return m->experts && m->experts != m->host_tier && m->cpu_backend &&
+           m->miss_policy != MODEL_MISS_COPY;
+}
 
 static void scratch_free(model_ctx *ctx)
 {
@@ -112,7 +127,9 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         DEV(comb_rows, n * K) || DEV(comb_w, n * K) || HOST(route_id, n * K) ||
         HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
         HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E) || HOST(guess, E) ||
-        HOST(mark, E) || HOST(out_rows, n)) {
+        HOST(mark, E) || HOST(out_rows, n) ||
+        (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
+                             HOST(de, n * K * D) || HOST(ge, n * ff) || HOST(ue, n * ff)))) {
         scratch_free(ctx);
         return rc;
     }
@@ -155,6 +172,11 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
         model_ctx_destroy(&ctx);
         return rc;
     }
+    if ((rc = kern_event_create(m->backend, &ctx->inputs_ready))) {
+        snprintf(err, err_size, "out of memory");
+        model_ctx_destroy(&ctx);
+        return rc;
+    }
     *out = ctx;
     return 0;
 }
@@ -167,6 +189,7 @@ void model_ctx_destroy(model_ctx **ctxp)
     (void)kern_sync(ctx->be, ignored, sizeof ignored); /* nothing queued may outlive its buffers */
     scratch_free(ctx);
     kern_kv_close(&ctx->kv);
+    if (ctx->inputs_ready) kern_event_destroy(ctx->be, &ctx->inputs_ready);
     free(ctx);
     *ctxp = NULL;
 }
@@ -367,6 +390,52 @@ static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *u
     matmul(ctx, down, g, out, n);
 }
 
+/* Expert e on the CPU, from the host tier: the bucket's rows of hs.xe in, of hs.de out.  Its
+ * time teaches the cost model the CPU's compute rate. */
+static void cpu_expert(model_ctx *ctx, const model_expert *x, int e)
+{
+    model *m = ctx->m;
+    host_scratch *h = &ctx->hs;
+    kern_backend *cpu = m->cpu_backend;
+    int64_t D = m->hp.n_embd;
+    int32_t b0 = h->bucket_start[e], count = h->bucket_start[e + 1] - b0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kern_matmul(cpu, &x->gate, h->xe + (int64_t)b0 * D, h->ge, count);
+    kern_matmul(cpu, &x->up, h->xe + (int64_t)b0 * D, h->ue, count);
+    kern_silu_mul(cpu, h->ge, h->ue, h->ge, count * x->gate.n_rows);
+    kern_matmul(cpu, &x->down, h->ge, h->de + (int64_t)b0 * D, count);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    uint64_t bytes = weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+    double macs = (double)count *
+                  (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
+    double compute = s - (double)bytes / m->cpu_bps;
+    if (compute > 0 && macs > 0) /* a slow moving average: one odd timing must not swing it */
+        m->cpu_s_per_mac = 0.9 * m->cpu_s_per_mac + 0.1 * compute / macs;
+    ctx->stats.expert_bytes += bytes;
+    ctx->stats.experts_used++;
+    ctx->stats.cpu_experts++;
+    ctx->stats.cpu_ns += (uint64_t)(s * 1e9);
+    ctx->stats.matmul_macs += (uint64_t)macs;
+    atomic_fetch_add(&m->cpu_experts, 1);
+}
+
+/* The cost model of a miss: the CPU reads the expert once from RAM and does count tokens of
+ * work; a copy moves the expert over the link (the device's compute on it is small next to
+ * either).  Batch-1 decode mostly goes to the CPU, prefill (many tokens) to the copy. */
+static bool prefer_cpu(const model_ctx *ctx, const model_expert *x, int32_t count)
+{
+    const model *m = ctx->m;
+    if (m->miss_policy == MODEL_MISS_CPU) return true;
+    double bytes = (double)(weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down));
+    double macs = (double)count *
+                  (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
+    double t_cpu = bytes / m->cpu_bps + macs * m->cpu_s_per_mac;
+    double t_copy = m->link_latency_s + bytes / m->link_bps;
+    return t_cpu < t_copy;
+}
+
 /* Expert e over its bucket: the bucket's rows of xe in, the same rows of de out. */
 static void run_expert(model_ctx *ctx, const model_expert *x, int e)
 {
@@ -380,6 +449,27 @@ static void run_expert(model_ctx *ctx, const model_expert *x, int e)
     ctx->stats.experts_used++;
 }
 
+/* Requests the experts of layer il from tier c and runs each as it becomes resident, on the
+ * device (run_expert) or, for the host tier of a device backend, on the CPU (cpu_expert). */
+static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *experts, int32_t n,
+                         bool on_cpu, char *err, size_t err_size)
+{
+    int rc = cache_request(c, il, experts, n, err, err_size);
+    cache_ref ref;
+    while (rc == 0 && (rc = cache_next(c, &ref, err, err_size)) == 0) {
+        model_expert x = ctx->m->layers[il].experts[ref.expert];
+        x.gate.data = ref.part[0];
+        x.up.data = ref.part[1];
+        x.down.data = ref.part[2];
+        if (on_cpu)
+            cpu_expert(ctx, &x, ref.expert);
+        else
+            run_expert(ctx, &x, ref.expert);
+        cache_release(c, &ref);
+    }
+    return rc < 0 ? rc : 0;
+}
+
 static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_used, char *err,
                        size_t err_size)
 {
@@ -389,17 +479,55 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
             run_expert(ctx, &m->layers[il].experts_dev[used[j]], used[j]);
         return 0;
     }
-    int rc = cache_request(m->experts, il, used, n_used, err, err_size);
-    cache_ref ref;
-    while (rc == 0 && (rc = cache_next(m->experts, &ref, err, err_size)) == 0) {
-        model_expert x = m->layers[il].experts[ref.expert];
-        x.gate.data = ref.part[0];
-        x.up.data = ref.part[1];
-        x.down.data = ref.part[2];
-        run_expert(ctx, &x, ref.expert);
-        cache_release(m->experts, &ref);
+    if (!cpu_misses(ctx))
+        return run_from_tier(ctx, m->experts, il, used, n_used, false, err, err_size);
+
+    /* The device computes what its tier holds and the misses worth copying; the CPU computes
+     * the rest from the host tier at the same time (the device's work is queued first). */
+    host_scratch *h = &ctx->hs;
+    int32_t n_dev = 0, n_cpu = 0;
+    for (int32_t j = 0; j < n_used; j++) {
+        int e = used[j];
+        int32_t count = h->bucket_start[e + 1] - h->bucket_start[e];
+        if (cache_holds(m->experts, il, e) || !prefer_cpu(ctx, &m->layers[il].experts[e], count))
+            h->on_device[n_dev++] = e;
+        else
+            h->on_cpu[n_cpu++] = e;
     }
-    return rc < 0 ? rc : 0;
+    int64_t D = m->hp.n_embd;
+    kern_backend *be = ctx->be;
+    int rc = 0;
+    for (int32_t j = 0; j < n_cpu && rc == 0; j++) { /* their inputs, right behind the gather */
+        int32_t b0 = h->bucket_start[h->on_cpu[j]], count = h->bucket_start[h->on_cpu[j] + 1] - b0;
+        rc =
+            kern_copy(be, KERN_STREAM_COMPUTE, h->xe + (int64_t)b0 * D, ctx->d.xe + (int64_t)b0 * D,
+                      (size_t)(count * D) * sizeof(float), KERN_COPY_TO_HOST);
+    }
+    if (rc == 0 && n_cpu) rc = kern_event_record(be, ctx->inputs_ready, KERN_STREAM_COMPUTE);
+    if (rc) {
+        snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s", be->name,
+                 strerror(-rc));
+        return rc;
+    }
+    if (n_dev &&
+        (rc = run_from_tier(ctx, m->experts, il, h->on_device, n_dev, false, err, err_size)))
+        return rc;
+    if (n_cpu == 0) return 0;
+    /* the host tier is the device tier's to use until its copies (prefetches too) are done */
+    if ((rc = kern_event_wait(be, ctx->inputs_ready)) ||
+        (rc = cache_wait_idle(m->experts, err, err_size)) ||
+        (rc = run_from_tier(ctx, m->host_tier, il, h->on_cpu, n_cpu, true, err, err_size)))
+        return rc;
+    for (int32_t j = 0; j < n_cpu && rc == 0; j++) { /* their outputs, in the buckets' rows */
+        int32_t b0 = h->bucket_start[h->on_cpu[j]], count = h->bucket_start[h->on_cpu[j] + 1] - b0;
+        rc = upload(ctx, ctx->d.de + (int64_t)b0 * D, h->de + (int64_t)b0 * D,
+                    (size_t)(count * D) * sizeof(float), err, err_size);
+    }
+    /* ... and are copied in behind the step, on the copy stream, so that the device tier follows
+     * the working set instead of staying what it was */
+    if (rc == 0 && (rc = cache_prefetch(m->experts, il, h->on_cpu, n_cpu, err, err_size)) > 0)
+        rc = 0;
+    return rc;
 }
 
 static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t *n_used_out,

@@ -8,6 +8,8 @@
  */
 #include "model/model_internal.h"
 
+#include "kernels/cpu/cpu.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct arch_info {
     const char *name;
@@ -593,11 +596,19 @@ int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_o
     if (m->backend->kind == KERN_BACKEND_CPU) return 0;
     cache_device_opts d = device ? *device : cache_device_opts_default();
     d.backend = m->backend;
+    size_t free_b = 0, total_b = 0;
+    if (!d.reserve_bytes && kern_mem_info(m->backend, &free_b, &total_b) == 0) {
+        /* room for the step's scratch and the backend's own buffers when nobody said more */
+        uint64_t margin = (uint64_t)total_b / 20;
+        d.reserve_bytes = margin > ((uint64_t)1 << 30) ? margin : (uint64_t)1 << 30;
+    }
     if ((rc = cache_open_device(&m->experts, m->host_tier, &d, err, err_size))) {
         cache_close(&m->host_tier);
         m->experts = NULL;
+        return rc;
     }
-    return rc;
+    if (m->cpu_backend && m->miss_policy != MODEL_MISS_COPY) model__calibrate(m);
+    return 0;
 }
 
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size)
@@ -613,6 +624,8 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
         return -ENOMEM;
     }
     m->backend = opts->backend;
+    m->cpu_backend = opts->cpu_backend;
+    m->miss_policy = opts->miss_policy;
     loader ld = {.m = m, .path = path, .err = err, .err_size = err_size};
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
@@ -694,6 +707,83 @@ uint64_t model_expert_tokens(const model *m, int layer, int expert)
 const pred *model_predictor(const model *m)
 {
     return m->predictor;
+}
+
+uint64_t model_cpu_experts(const model *m)
+{
+    return atomic_load(&m->cpu_experts);
+}
+
+static const char *const miss_names[] = {"auto", "copy", "cpu"};
+
+const char *model_miss_policy_name(model_miss_policy p)
+{
+    return (unsigned)p < 3 ? miss_names[p] : "?";
+}
+
+int model_miss_policy_parse(const char *name, model_miss_policy *out)
+{
+    for (int i = 0; i < 3; i++) {
+        if (!strcmp(name, miss_names[i])) {
+            *out = (model_miss_policy)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The link: the best of a few pinned copies of 1 MiB (its latency share) and 64 MiB; the CPU:
+ * its read bandwidth with its own threads.  A few tens of milliseconds, once, at open.  The
+ * CPU's compute rate starts from a conservative guess and is learnt from the CPU experts'
+ * own timings (forward.c). */
+void model__calibrate(model *m)
+{
+    kern_backend *b = m->backend;
+    size_t big = (size_t)64 << 20, small = (size_t)1 << 20;
+    void *h = NULL, *d = NULL;
+    char err[128];
+    double t_big = 0.0, t_small = 0.0;
+    if (kern_alloc(b, KERN_MEM_HOST_PINNED, big, &h) == 0 &&
+        kern_alloc(b, KERN_MEM_DEVICE, big, &d) == 0) {
+        memset(h, 0, big);
+        for (int r = 0; r < 3; r++) {
+            for (int k = 0; k < 2; k++) {
+                size_t n = k ? big : small;
+                double t0 = seconds_now();
+                if (kern_copy(b, KERN_STREAM_COPY, d, h, n, KERN_COPY_TO_DEVICE) ||
+                    kern_sync(b, err, sizeof err))
+                    break;
+                double t = seconds_now() - t0;
+                double *best = k ? &t_big : &t_small;
+                if (*best == 0.0 || t < *best) *best = t;
+            }
+        }
+    }
+    kern_free(b, KERN_MEM_DEVICE, d);
+    kern_free(b, KERN_MEM_HOST_PINNED, h);
+    /* two points of t = latency + bytes / rate */
+    m->link_bps = t_big > t_small ? (double)(big - small) / (t_big - t_small) : 25e9;
+    m->link_latency_s =
+        t_small > (double)small / m->link_bps ? t_small - (double)small / m->link_bps : 5e-6;
+    void *buf = malloc((size_t)256 << 20);
+    m->cpu_bps = 0.0;
+    if (buf) {
+        memset(buf, 1, (size_t)256 << 20);
+        for (int r = 0; r < 3; r++) {
+            double bw = kern_cpu_read_bandwidth(m->cpu_backend, buf, (size_t)256 << 20);
+            if (bw > m->cpu_bps) m->cpu_bps = bw;
+        }
+        free(buf);
+    }
+    if (m->cpu_bps <= 0) m->cpu_bps = 10e9;
+    m->cpu_s_per_mac = 1.0 / (5e9 * (double)kern_cpu_n_threads(m->cpu_backend)); /* learnt later */
 }
 
 const model_expert *model_get_expert(const model *m, int layer, int index)

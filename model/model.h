@@ -95,14 +95,31 @@ typedef struct model_sizes {
 
 typedef struct model model;
 
+/* What happens to an expert the device tier does not hold: copied in (then resident for the
+ * steps after), or computed on the CPU from the host tier while the device computes the
+ * others; auto decides per expert and step from measured rates (docs/architecture.md). */
+typedef enum model_miss_policy {
+    MODEL_MISS_AUTO = 0,
+    MODEL_MISS_COPY,
+    MODEL_MISS_CPU,
+} model_miss_policy;
+
+const char *model_miss_policy_name(model_miss_policy p);
+int model_miss_policy_parse(const char *name, model_miss_policy *out);
+
 typedef struct model_opts {
     kern_backend *backend; /* required; not owned */
     /* NULL: experts through the mapping.  Else the cache's budget, policy, I/O and log
      * settings; model_open fills in the file, the shapes, the extents and min_slots. */
     const cache_opts *expert_cache;
     /* With a device backend (sim, cuda): the device tier in front of the host tier; NULL
-     * there means a device tier that holds every expert.  Ignored on the CPU backend. */
+     * there means a tier that holds every expert that fits in the device's free memory less a
+     * reserve (reserve_bytes, or 1 GiB / 5% of the device).  Ignored on the CPU backend. */
     const cache_device_opts *device_cache;
+    /* With a device tier: the CPU backend that computes misses (not owned; NULL: every miss is
+     * copied) and the policy that chooses. */
+    kern_backend *cpu_backend;
+    model_miss_policy miss_policy;
     /* Guesses each next layer's experts (scored online; with an expert cache the guesses are
      * prefetched so that their reads overlap the next layer's attention). */
     pred_kind predictor;
@@ -131,6 +148,8 @@ const cache *model_host_cache(const model *m);
 uint64_t model_expert_tokens(const model *m, int layer, int expert);
 /* The routing predictor, NULL for PRED_NONE. */
 const pred *model_predictor(const model *m);
+/* Experts computed on the CPU instead of the device since open (any thread may read it). */
+uint64_t model_cpu_experts(const model *m);
 /* The expert's weights as mapped from the file; layer < n_layer, index < n_expert are the
  * caller's contract. */
 const model_expert *model_get_expert(const model *m, int layer, int index);
@@ -173,6 +192,8 @@ typedef struct model_step_stats {
     uint64_t expert_bytes; /* bytes of the distinct experts the batch selected */
     uint32_t experts_used; /* distinct (layer, expert) pairs */
     uint64_t matmul_macs;  /* multiply-adds of all weight products (2 FLOP each) */
+    uint32_t cpu_experts;  /* experts a device backend's step computed on the CPU */
+    uint64_t cpu_ns;       /* time the engine thread spent computing them */
 } model_step_stats;
 
 /* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions

@@ -38,6 +38,14 @@ struct model {
     } * placed; /* device copies made at open or on the first context */
     size_t n_placed;
     bool experts_placed;
+    /* misses of the device tier: who computes them (forward.c's cost model) */
+    kern_backend *cpu_backend;
+    model_miss_policy miss_policy;
+    double link_bps; /* measured host-to-device copy rate */
+    double link_latency_s;
+    double cpu_bps;       /* measured CPU read bandwidth */
+    double cpu_s_per_mac; /* learnt from the CPU experts' timings */
+    _Atomic uint64_t cpu_experts;
     pred *predictor;                 /* NULL: no guesses */
     int32_t lookahead;               /* layers pre-gating guesses ahead (>= 1) */
     _Atomic uint64_t *expert_tokens; /* [n_layer][n_expert]: tokens routed, for metrics */
@@ -48,5 +56,7 @@ struct model {
 /* Makes the experts reachable by the backend's operations: through the cache, directly from
  * the mapping on the CPU, or placed on the device (once) otherwise. */
 int model__reach_experts(model *m, char *err, size_t err_size);
+/* Measures the rates the miss policy compares (the link, the CPU's bandwidth). */
+void model__calibrate(model *m);
 
 #endif

@@ -40,5 +40,21 @@ for arch in ("llama", "qwen2moe", "qwen3moe", "olmoe"):
             print(f"FAIL: {arch} {qtype}: exit {p.returncode}\n{p.stderr[-2000:]}")
         else:
             passed += int(m.group(1))
+# A device tier's misses computed on the CPU (from the host tier) while the device computes the
+# rest: the same bits again, and the CPU really computed some.
+for arch in ("qwen2moe", "llama"):
+    for policy in ("cpu", "auto"):
+        p = subprocess.run([TOOL, "--model", model(arch, "q4_k_m"), "--backend", "sim", "--exact", "--steps", "6",
+                            "--miss-policy", policy, "--host-budgets", "all,25%", "--device-budgets", "25%,min"],
+                           capture_output=True, text=True, timeout=600)
+        print(p.stdout, end="")
+        rows = [l.split("|") for l in p.stdout.splitlines() if l.startswith("| parity-")]
+        on_cpu = [int(r[8]) for r in rows if len(r) > 9 and r[8].strip().isdigit()]
+        ok = p.returncode == 0 and len(rows) == 4 and len(on_cpu) == 4 and (policy != "cpu" or min(on_cpu) > 0)
+        if ok:
+            passed += len(rows)
+        else:
+            failed += 1
+            print(f"FAIL: {arch} miss policy {policy}: exit {p.returncode}, experts on the CPU {on_cpu}\n{p.stderr[-2000:]}")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

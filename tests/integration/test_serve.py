@@ -220,6 +220,15 @@ check(m is not None and float(m.group(1)) > 0, "experts were copied into the dev
 rc = srv.stop()
 check(rc == 0 and "sim backend" in srv.err and "device tier" in srv.err,
       f"the log says which backend and tiers run ({srv.err[-400:]})")
+# ... and with its misses computed on the CPU from the host tier
+srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "cache.miss_policy=cpu")
+client = srv.client()
+r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
+check(r.choices[0].text == want, f"sim backend, misses on the CPU: the CPU's greedy text ({r.choices[0].text!r})")
+metrics = urllib.request.urlopen(f"{srv.base}/metrics", timeout=10).read().decode()
+m = re.search(r'^moeserve_expert_cpu_computed_total (\S+)$', metrics, re.M)
+check(m is not None and float(m.group(1)) > 0, "misses were computed on the CPU")
+check(srv.stop() == 0, "SIGTERM: exit 0")
 
 # --- logging as configured; a GPU demanded where none can be used --------------------------------------
 srv = Server(model, "--set", "log.format=json", "--set", "log.level=debug", "--set", "cache.host_bytes=50%")

@@ -4,6 +4,7 @@
  *
  *   backend_parity --model F --backend sim|cuda [--exact | --tol X] [--steps N]
  *                  [--device-budgets all,50%,25%,min] [--host-budgets all,min] [--threads N]
+ *                  [--miss-policy auto|copy|cpu]
  *
  * Three prompts are prefilled in one batch, then decoded in lockstep for N steps, teacher-forced
  * with the CPU's greedy tokens (so that a near tie broken differently cannot make the runs
@@ -28,7 +29,8 @@
 enum { N_SEQ = 3, MAX_STEPS = 64 };
 
 typedef struct run_out {
-    float *logits; /* [(steps + 1) * N_SEQ][n_vocab] */
+    uint64_t cpu_experts; /* a device tier's misses computed on the CPU */
+    float *logits;        /* [(steps + 1) * N_SEQ][n_vocab] */
     int32_t tokens[MAX_STEPS + 1][N_SEQ];
 } run_out;
 
@@ -46,6 +48,9 @@ static int parse_budget(const char *text, double *fraction, bool *min)
 
 /* One run: prefill, then `steps` lockstep decode steps.  forced: tokens to feed (the CPU's
  * greedy choices), NULL to take this run's own argmax. */
+static kern_backend *miss_cpu; /* computes a device tier's misses (policy auto, cpu) */
+static model_miss_policy miss_policy = MODEL_MISS_COPY;
+
 static int run(kern_backend *be, const char *path, const char *host_budget, const char *dev_budget,
                int steps, const run_out *forced, run_out *out, char *err, size_t err_size)
 {
@@ -62,7 +67,9 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
     bool tiers = strcmp(host_budget, "off") != 0;
     model_opts mo = {.backend = be,
                      .expert_cache = tiers ? &co : NULL,
-                     .device_cache = tiers && be->kind != KERN_BACKEND_CPU ? &dev : NULL};
+                     .device_cache = tiers && be->kind != KERN_BACKEND_CPU ? &dev : NULL,
+                     .cpu_backend = be->kind != KERN_BACKEND_CPU ? miss_cpu : NULL,
+                     .miss_policy = miss_policy};
     model *m = NULL;
     int rc = model_open(&m, path, &mo, err, err_size);
     if (rc) return rc;
@@ -98,6 +105,7 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
         }
         b.n_tokens = N_SEQ;
     }
+    out->cpu_experts = model_cpu_experts(m);
     model_ctx_destroy(&ctx);
     model_close(&m);
     return rc;
@@ -143,7 +151,12 @@ int main(int argc, char **argv)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads"))
             threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--device-budgets"))
+        else if (!strcmp(argv[i], "--miss-policy")) {
+            if (model_miss_policy_parse(argv[++i], &miss_policy)) {
+                fprintf(stderr, "backend_parity: --miss-policy auto|copy|cpu\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--device-budgets"))
             snprintf(dev_list, sizeof dev_list, "%s", argv[++i]);
         else if (!strcmp(argv[i], "--host-budgets"))
             snprintf(host_list, sizeof host_list, "%s", argv[++i]);
@@ -164,7 +177,8 @@ int main(int argc, char **argv)
     kern_open_opts co = kern_open_opts_default();
     co.n_threads = threads;
     o.n_threads = threads;
-    if (kern_open(&cpu, &co, err, sizeof err) || kern_open(&be, &o, err, sizeof err)) {
+    if (kern_open(&cpu, &co, err, sizeof err) || kern_open(&be, &o, err, sizeof err) ||
+        (miss_policy != MODEL_MISS_COPY && kern_open(&miss_cpu, &co, err, sizeof err))) {
         fprintf(stderr, "backend_parity: %s\n", err);
         kern_close(&cpu);
         return 1;
@@ -189,9 +203,8 @@ int main(int argc, char **argv)
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     printf("| model | backend | host tier | device tier | median / worst |delta| / max |logit| | "
-           "rows over "
-           "the tolerance | argmax agrees | result |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+           "rows over the tolerance | argmax agrees | experts on the CPU | result |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
     char hosts[256];
     snprintf(hosts, sizeof hosts, "%s", host_list);
     char *hc = hosts, *h;
@@ -201,7 +214,8 @@ int main(int argc, char **argv)
         char *dc = devs, *d;
         while ((d = next_item(&dc)) != NULL) {
             if (run(be, path, h, d, steps, &ref, &got, err, sizeof err)) {
-                printf("| %s | %s | %s | %s | - | - | - | FAIL: %s |\n", base, backend, h, d, err);
+                printf("| %s | %s | %s | %s | - | - | - | - | FAIL: %s |\n", base, backend, h, d,
+                       err);
                 failed++;
                 continue;
             }
@@ -227,8 +241,9 @@ int main(int argc, char **argv)
                 }
             qsort(ratios, (size_t)total, sizeof ratios[0], cmp_double);
             bool ok = exact ? identical : over * 8 <= total && (total - agree) * 8 <= total;
-            printf("| %s | %s | %s | %s | %.2e / %.2e | %d | %d/%d | %s |\n", base, backend, h, d,
-                   ratios[total / 2], ratios[total - 1], over, agree, total,
+            printf("| %s | %s | %s | %s | %.2e / %.2e | %d | %d/%d | %llu | %s |\n", base, backend,
+                   h, d, ratios[total / 2], ratios[total - 1], over, agree, total,
+                   (unsigned long long)got.cpu_experts,
                    ok ? (identical ? "bit-identical" : "ok") : "FAIL");
             ok ? passed++ : failed++;
         }
@@ -237,6 +252,7 @@ int main(int argc, char **argv)
     free(got.logits);
     kern_close(&be);
     kern_close(&cpu);
+    kern_close(&miss_cpu);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
