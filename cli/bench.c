@@ -25,50 +25,18 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* A device's memory bandwidth: the best of a few device-to-device copies (each reads and writes
- * every byte). */
+/* A device's memory bandwidth: device-to-device copies read and write every byte. */
 static double device_bandwidth(kern_backend *be, size_t bytes)
 {
-    void *a = NULL, *b = NULL;
-    char err[256];
-    double best = 0.0;
-    if (kern_alloc(be, KERN_MEM_DEVICE, bytes, &a) == 0 &&
-        kern_alloc(be, KERN_MEM_DEVICE, bytes, &b) == 0) {
-        for (int r = 0; r < 10; r++) {
-            double t0 = now_s();
-            if (kern_copy(be, KERN_STREAM_COMPUTE, b, a, bytes, KERN_COPY_ON_DEVICE) ||
-                kern_sync(be, err, sizeof err))
-                break;
-            double t = now_s() - t0;
-            if (t > 0 && 2.0 * (double)bytes / t > best) best = 2.0 * (double)bytes / t;
-        }
-    }
-    kern_free(be, KERN_MEM_DEVICE, a);
-    kern_free(be, KERN_MEM_DEVICE, b);
-    return best;
+    double t = kern_copy_seconds(be, KERN_COPY_ON_DEVICE, bytes, 10);
+    return t > 0 ? 2.0 * (double)bytes / t : 0.0;
 }
 
 /* Host-to-device copies from pinned memory: the link the device tier is filled through. */
 static double link_bandwidth(kern_backend *be, size_t bytes)
 {
-    void *h = NULL, *d = NULL;
-    char err[256];
-    double best = 0.0;
-    if (kern_alloc(be, KERN_MEM_HOST_PINNED, bytes, &h) == 0 &&
-        kern_alloc(be, KERN_MEM_DEVICE, bytes, &d) == 0) {
-        memset(h, 1, bytes);
-        for (int r = 0; r < 5; r++) {
-            double t0 = now_s();
-            if (kern_copy(be, KERN_STREAM_COPY, d, h, bytes, KERN_COPY_TO_DEVICE) ||
-                kern_sync(be, err, sizeof err))
-                break;
-            double t = now_s() - t0;
-            if (t > 0 && (double)bytes / t > best) best = (double)bytes / t;
-        }
-    }
-    kern_free(be, KERN_MEM_DEVICE, d);
-    kern_free(be, KERN_MEM_HOST_PINNED, h);
-    return best;
+    double t = kern_copy_seconds(be, KERN_COPY_TO_DEVICE, bytes, 5);
+    return t > 0 ? (double)bytes / t : 0.0;
 }
 
 static double measure_bandwidth(kern_backend *be, size_t bytes)

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 void kern__error_set(kern__error *e, int code, const char *fmt, ...)
 {
@@ -116,4 +117,28 @@ int kern_place(kern_backend *b, const void *host, size_t bytes, const void **out
 void kern_unplace(kern_backend *b, const void *host, const void *placed)
 {
     if (placed && placed != host) kern_free(b, KERN_MEM_DEVICE, (void *)placed);
+}
+
+double kern_copy_seconds(kern_backend *b, kern_copy_dir dir, size_t bytes, int reps)
+{
+    kern_mem src_kind = dir == KERN_COPY_TO_DEVICE ? KERN_MEM_HOST_PINNED : KERN_MEM_DEVICE;
+    kern_mem dst_kind = dir == KERN_COPY_TO_HOST ? KERN_MEM_HOST_PINNED : KERN_MEM_DEVICE;
+    kern_stream s = dir == KERN_COPY_ON_DEVICE ? KERN_STREAM_COMPUTE : KERN_STREAM_COPY;
+    void *src = NULL, *dst = NULL;
+    char err[128];
+    double best = 0.0;
+    if (kern_alloc(b, src_kind, bytes, &src) == 0 && kern_alloc(b, dst_kind, bytes, &dst) == 0) {
+        if (src_kind != KERN_MEM_DEVICE) memset(src, 1, bytes);
+        for (int r = 0; r < reps; r++) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            if (kern_copy(b, s, dst, src, bytes, dir) || kern_sync(b, err, sizeof err)) break;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            double t = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+            if (best == 0.0 || t < best) best = t;
+        }
+    }
+    kern_free(b, dst_kind, dst);
+    kern_free(b, src_kind, src);
+    return best;
 }

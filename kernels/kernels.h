@@ -321,6 +321,11 @@ static inline int kern_sync(kern_backend *b, char *err, size_t err_size)
     return b->ops->sync(b, err, err_size);
 }
 
+/* The best time, in seconds, of `reps` copies of `bytes` in direction `dir` (host memory pinned,
+ * device-to-host and host-to-device on the copy stream): what benchmarks and the miss policy's
+ * cost model measure the link and the device's memory with.  0 when the memory cannot be had. */
+double kern_copy_seconds(kern_backend *b, kern_copy_dir dir, size_t bytes, int reps);
+
 /* A device copy of `bytes` host bytes, made once (weights at load); on the CPU backend the host
  * pointer itself.  Return it with kern_unplace. */
 int kern_place(kern_backend *b, const void *host, size_t bytes, const void **out, char *err,

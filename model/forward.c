@@ -523,10 +523,6 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
         rc = upload(ctx, ctx->d.de + (int64_t)b0 * D, h->de + (int64_t)b0 * D,
                     (size_t)(count * D) * sizeof(float), err, err_size);
     }
-    /* ... and are copied in behind the step, on the copy stream, so that the device tier follows
-     * the working set instead of staying what it was */
-    if (rc == 0 && (rc = cache_prefetch(m->experts, il, h->on_cpu, n_cpu, err, err_size)) > 0)
-        rc = 0;
     return rc;
 }
 

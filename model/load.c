@@ -732,42 +732,15 @@ int model_miss_policy_parse(const char *name, model_miss_policy *out)
     return -EINVAL;
 }
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* The link: the best of a few pinned copies of 1 MiB (its latency share) and 64 MiB; the CPU:
  * its read bandwidth with its own threads.  A few tens of milliseconds, once, at open.  The
- * CPU's compute rate starts from a conservative guess and is learnt from the CPU experts'
+ * CPU's compute rate starts from a guess and is learnt from the CPU experts'
  * own timings (forward.c). */
 void model__calibrate(model *m)
 {
-    kern_backend *b = m->backend;
     size_t big = (size_t)64 << 20, small = (size_t)1 << 20;
-    void *h = NULL, *d = NULL;
-    char err[128];
-    double t_big = 0.0, t_small = 0.0;
-    if (kern_alloc(b, KERN_MEM_HOST_PINNED, big, &h) == 0 &&
-        kern_alloc(b, KERN_MEM_DEVICE, big, &d) == 0) {
-        memset(h, 0, big);
-        for (int r = 0; r < 3; r++) {
-            for (int k = 0; k < 2; k++) {
-                size_t n = k ? big : small;
-                double t0 = seconds_now();
-                if (kern_copy(b, KERN_STREAM_COPY, d, h, n, KERN_COPY_TO_DEVICE) ||
-                    kern_sync(b, err, sizeof err))
-                    break;
-                double t = seconds_now() - t0;
-                double *best = k ? &t_big : &t_small;
-                if (*best == 0.0 || t < *best) *best = t;
-            }
-        }
-    }
-    kern_free(b, KERN_MEM_DEVICE, d);
-    kern_free(b, KERN_MEM_HOST_PINNED, h);
+    double t_big = kern_copy_seconds(m->backend, KERN_COPY_TO_DEVICE, big, 3);
+    double t_small = kern_copy_seconds(m->backend, KERN_COPY_TO_DEVICE, small, 3);
     /* two points of t = latency + bytes / rate */
     m->link_bps = t_big > t_small ? (double)(big - small) / (t_big - t_small) : 25e9;
     m->link_latency_s =
@@ -783,7 +756,9 @@ void model__calibrate(model *m)
         free(buf);
     }
     if (m->cpu_bps <= 0) m->cpu_bps = 10e9;
-    m->cpu_s_per_mac = 1.0 / (5e9 * (double)kern_cpu_n_threads(m->cpu_backend)); /* learnt later */
+    /* A quantised dot product keeps a core busy at a few tens of GMAC/s; the first CPU experts'
+     * timings replace this guess.  Too slow a guess would never let the CPU be tried. */
+    m->cpu_s_per_mac = 1.0 / (40e9 * (double)kern_cpu_n_threads(m->cpu_backend));
 }
 
 const model_expert *model_get_expert(const model *m, int layer, int index)

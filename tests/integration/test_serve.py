@@ -207,7 +207,8 @@ with tempfile.TemporaryDirectory() as tmp:
     check(p.returncode == 1 and "cut.gguf" in err, f"a damaged model stops the server with its reason ({err[-300:]})")
 
 # --- the GPU data path on the simulated device: a device tier of a quarter of the experts --------------
-srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "kv.type=f16")
+srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "kv.type=f16",
+             "--set", "cache.miss_policy=copy")
 client = srv.client()
 r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
 check(r.choices[0].text == want, f"sim backend, device tier 25%: the CPU's greedy text ({r.choices[0].text!r})")
