@@ -94,6 +94,7 @@ typedef struct bench_opts {
     long n_gen;
     int header;
     int random_tokens;
+    int profile;
     cli_cache_args cache;
 } bench_opts;
 
@@ -118,6 +119,7 @@ static void usage(FILE *out)
         "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
         "  --kv-type f16|f32  KV cache storage (default f16)\n"
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
+        "  --profile     time each CPU operation over the decode steps (a table per run)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
         "                varies like text's on random-weight models)\n");
 }
@@ -196,6 +198,8 @@ static int run(bench_opts *o)
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c0);
     double t_decode = 0.0;
     uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0;
+    if (o->profile && kern_cpu_set_profiling(be, true))
+        fprintf(stderr, "moeserve bench: --profile times the CPU backend's operations only\n");
     uint8_t *want = malloc((size_t)B);
     if (!want) {
         free(next);
@@ -234,6 +238,25 @@ static int run(bench_opts *o)
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c1);
 
     double step_s = t_decode / G;
+    if (o->profile && be->kind == KERN_BACKEND_CPU) {
+        /* where a decode step's time goes: each operation, and what is outside them (routing
+         * and bucketing on the host, the expert cache, the step's own bookkeeping) */
+        kern_cpu_profile pr;
+        kern_cpu_get_profile(be, &pr);
+        kern_cpu_set_profiling(be, false);
+        uint64_t in_ops = 0;
+        printf("| operation | calls/step | us/step | share of the step |\n|---|---|---|---|\n");
+        for (int op = 0; op < KERN_OP_COUNT; op++) {
+            if (!pr.calls[op]) continue;
+            in_ops += pr.ns[op];
+            printf("| %s | %.1f | %.1f | %.1f%% |\n", kern_cpu_op_name((kern_cpu_op)op),
+                   (double)pr.calls[op] / G, (double)pr.ns[op] / G / 1e3,
+                   100.0 * (double)pr.ns[op] * 1e-9 / t_decode);
+        }
+        printf("| outside the operations | | %.1f | %.1f%% |\n",
+               (t_decode * 1e9 - (double)in_ops) / G / 1e3,
+               100.0 * (1.0 - (double)in_ops * 1e-9 / t_decode));
+    }
     double step_bytes = (double)bytes / G;
     double floor_s = step_bytes / bw;
     const char *base = strrchr(o->path, '/');
@@ -335,6 +358,9 @@ int cli_bench(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--random-tokens")) {
             o.random_tokens = 1;
+            continue;
+        } else if (!strcmp(a, "--profile")) {
+            o.profile = 1;
             continue;
         } else if (!strcmp(a, "--model") && v) {
             o.path = v, i++;

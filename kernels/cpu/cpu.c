@@ -33,6 +33,7 @@ typedef struct cpu_backend {
     uint8_t *act; /* activations quantised for the current matmul */
     size_t act_bytes;
     kern__error error; /* first failure since the last sync */
+    kern_cpu_profile profile;
 } cpu_backend;
 
 static cpu_backend *as_cpu(kern_backend *b)
@@ -745,6 +746,121 @@ static const kern_ops cpu_ops = {
     .destroy = cpu_destroy,
 };
 
+/* ---- per-operation timing ------------------------------------------------------------------- */
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void profiled(kern_backend *b, kern_cpu_op op, uint64_t t0)
+{
+    cpu_backend *cpu = as_cpu(b);
+    cpu->profile.calls[op]++;
+    cpu->profile.ns[op] += mono_ns() - t0;
+}
+
+#define PROFILED(op, OP, params, args)                                                             \
+    static void prof_##op params                                                                   \
+    {                                                                                              \
+        uint64_t t0 = mono_ns();                                                                   \
+        cpu_##op args;                                                                             \
+        profiled(b, OP, t0);                                                                       \
+    }
+
+PROFILED(matmul, KERN_OP_MATMUL,
+         (kern_backend * b, const kern_weight *w, const float *x, float *y, int64_t n),
+         (b, w, x, y, n))
+PROFILED(rmsnorm, KERN_OP_RMSNORM,
+         (kern_backend * b, const float *x, const float *w, float *o, int64_t n, int64_t r,
+          int64_t s, float e),
+         (b, x, w, o, n, r, s, e))
+PROFILED(rope, KERN_OP_ROPE,
+         (kern_backend * b, float *x, int64_t n, int h, int hd, int nr, const int32_t *p, float fb,
+          kern_rope_mode m),
+         (b, x, n, h, hd, nr, p, fb, m))
+PROFILED(kv_store, KERN_OP_KV_STORE,
+         (kern_backend * b, const kern_kv_layout *kv, int l, const float *k, const float *v,
+          const int32_t *s, const int32_t *p, int64_t n),
+         (b, kv, l, k, v, s, p, n))
+PROFILED(attention, KERN_OP_ATTENTION,
+         (kern_backend * b, const kern_kv_layout *kv, int l, const float *q, const int32_t *s,
+          const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc),
+         (b, kv, l, q, s, p, o, n, h, hkv, hd, sc))
+PROFILED(silu_mul, KERN_OP_SILU_MUL,
+         (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
+PROFILED(add, KERN_OP_ADD, (kern_backend * b, float *y, const float *x, int64_t n), (b, y, x, n))
+PROFILED(add_bias, KERN_OP_ADD_BIAS,
+         (kern_backend * b, float *x, const float *bi, int64_t r, int64_t d), (b, x, bi, r, d))
+PROFILED(get_rows, KERN_OP_GET_ROWS,
+         (kern_backend * b, const kern_weight *w, const int32_t *ids, float *o, int64_t n),
+         (b, w, ids, o, n))
+PROFILED(gather, KERN_OP_GATHER,
+         (kern_backend * b, const float *s, const int32_t *r, float *d, int64_t n, int64_t dim),
+         (b, s, r, d, n, dim))
+PROFILED(router, KERN_OP_ROUTER,
+         (kern_backend * b, const float *l, int64_t n, const kern_router_opts *o, int32_t *ids,
+          float *w),
+         (b, l, n, o, ids, w))
+PROFILED(moe_combine, KERN_OP_MOE_COMBINE,
+         (kern_backend * b, const float *s, const int32_t *r, const float *w, float *o, int64_t n,
+          int k, int64_t d),
+         (b, s, r, w, o, n, k, d))
+PROFILED(gate_add, KERN_OP_GATE_ADD,
+         (kern_backend * b, const float *h, const float *g, const float *x, float *o, int64_t n,
+          int64_t d),
+         (b, h, g, x, o, n, d))
+
+static int prof_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
+                     kern_copy_dir dir)
+{
+    uint64_t t0 = mono_ns();
+    int rc = cpu_copy(b, s, dst, src, bytes, dir);
+    profiled(b, KERN_OP_COPY, t0);
+    return rc;
+}
+
+static const kern_ops cpu_ops_profiled = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .register_host = cpu_register,
+    .unregister_host = cpu_unregister,
+    .mem_info = cpu_mem_info,
+    .copy = prof_copy,
+    .event_create = cpu_event_create,
+    .event_destroy = cpu_event_destroy,
+    .event_record = cpu_event_record,
+    .event_query = cpu_event_query,
+    .event_wait = cpu_event_wait,
+    .stream_wait = cpu_stream_wait,
+    .sync = cpu_sync,
+    .matmul = prof_matmul,
+    .rmsnorm = prof_rmsnorm,
+    .rope = prof_rope,
+    .kv_store = prof_kv_store,
+    .attention = prof_attention,
+    .silu_mul = prof_silu_mul,
+    .add = prof_add,
+    .add_bias = prof_add_bias,
+    .get_rows = prof_get_rows,
+    .gather = prof_gather,
+    .router = prof_router,
+    .moe_combine = prof_moe_combine,
+    .gate_add = prof_gate_add,
+    .destroy = cpu_destroy,
+};
+
+static const char *const op_names[KERN_OP_COUNT] = {
+    "matmul",   "rmsnorm",  "rope",   "kv_store", "attention",   "silu_mul", "add",
+    "add_bias", "get_rows", "gather", "router",   "moe_combine", "gate_add", "copy"};
+
+const char *kern_cpu_op_name(kern_cpu_op op)
+{
+    return op < KERN_OP_COUNT ? op_names[op] : "?";
+}
+
 /* ---- open / close ---------------------------------------------------------------------------- */
 
 kern_cpu_opts kern_cpu_opts_default(void)
@@ -797,6 +913,21 @@ static cpu_backend *cpu_of(const kern_backend *b)
     if (b->kind == KERN_BACKEND_CPU) return (cpu_backend *)b;
     if (b->kind == KERN_BACKEND_SIM) return (cpu_backend *)kern__sim_cpu(b);
     return NULL;
+}
+
+int kern_cpu_set_profiling(kern_backend *b, bool on)
+{
+    if (b->kind != KERN_BACKEND_CPU) return -EINVAL;
+    cpu_backend *cpu = as_cpu(b);
+    if (on) memset(&cpu->profile, 0, sizeof cpu->profile);
+    cpu->base.ops = on ? &cpu_ops_profiled : &cpu_ops;
+    return 0;
+}
+
+void kern_cpu_get_profile(const kern_backend *b, kern_cpu_profile *out)
+{
+    memset(out, 0, sizeof *out);
+    if (b->kind == KERN_BACKEND_CPU) *out = ((const cpu_backend *)b)->profile;
 }
 
 int kern_cpu_n_threads(const kern_backend *b)

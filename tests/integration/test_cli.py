@@ -133,6 +133,11 @@ with tempfile.TemporaryDirectory() as tmp:
                        "--gen", "4", "--threads", "2")
     check(rc == 0 and "| sim backend |" in out and "| device tier |" in out,
           f"bench --backend sim reports the link and the device tier ({out[-400:]} {err[-200:]})")
+    rc, out, err = run("bench", "--model", q4km, "--backend", "cpu", "--prompt", "8", "--gen", "4", "--threads", "2",
+                       "--profile")
+    rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ") and l.count("|") == 5}
+    check(rc == 0 and "matmul" in rows and "outside the operations" in rows and "router" in rows,
+          f"bench --profile tables the operations of a decode step ({out[:600]} {err[-200:]})")
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "cuda")
     check(rc != 0 and "cuda" in err.lower(), f"--backend cuda without a device fails with the reason ({err.strip()[-200:]})")
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "tpu")
