@@ -312,6 +312,12 @@ static void cpu_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, c
                         (int)job.missing);
 }
 
+/* Attention runs per (token, KV head, slice of that KV head's query heads): each K and V row is
+ * read (and converted from F16) once for every query head of the slice, and the slice's scores
+ * come from one multi-vector dot product per position.  The slices exist for parallelism only:
+ * decode has one token and a handful of KV heads, fewer work items than a big machine's
+ * threads, so a group's query heads are split until there are enough.  Every head's arithmetic
+ * is the same whatever the slicing and the batch. */
 typedef struct attn_job {
     cpu_backend *cpu;
     const kern_kv_layout *kv;
@@ -319,54 +325,75 @@ typedef struct attn_job {
     const float *q;
     const int32_t *seq, *pos;
     float *out;
-    int n_head, n_head_kv, head_dim;
+    int n_head, n_head_kv, head_dim, slices, slice_heads;
     float scale;
-    kern_dot_fn dot; /* K row (the cache's type) against q (f32) */
-    void (*axpy)(float *y, float a, const void *x, int64_t n);
+    int64_t max_kv;
+    kern_dot_multi_fn dot_multi; /* f32 K row against the slice's query heads */
+    void (*to_f32)(const void *src, float *dst, int64_t n);
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
     _Atomic int missing;
 } attn_job;
 
-static void axpy_f32(float *y, float a, const void *x, int64_t n)
-{
-    const float *v = x;
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * v[i];
-}
-
-static void attention_pairs(void *ctx, int64_t p0, int64_t p1, int thread_index)
+static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
 {
     attn_job *job = ctx;
     const kern_kv_layout *kv = job->kv;
-    float *scores = job->cpu->scratch[thread_index];
-    int hd = job->head_dim, group = job->n_head / job->n_head_kv;
+    int hd = job->head_dim, group = job->n_head / job->n_head_kv, hs = job->slice_heads;
     size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
-    for (int64_t p = p0; p < p1; p++) {
-        int64_t t = p / job->n_head;
-        int h = (int)(p % job->n_head);
+    /* scratch: scores [hs][max_kv], then one converted row */
+    float *scores = job->cpu->scratch[thread_index];
+    float *row = scores + (size_t)hs * (size_t)job->max_kv;
+    float dots[256];
+    for (int64_t it = i0; it < i1; it++) {
+        int64_t t = it / ((int64_t)job->n_head_kv * job->slices);
+        int g = (int)(it / job->slices % job->n_head_kv), sl = (int)(it % job->slices);
+        int h0 = g * group + sl * hs;
         int32_t seq = job->seq[t], n_kv = job->pos[t] + 1;
-        size_t head_off = (size_t)(h / group) * (size_t)hd * elem;
-        const float *q = job->q + (t * job->n_head + h) * hd;
-        float *out = job->out + (t * job->n_head + h) * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        float max = -INFINITY;
+        size_t head_off = (size_t)g * (size_t)hd * elem;
+        const float *q = job->q + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
+        float *out = job->out + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
+        memset(out, 0, (size_t)hs * (size_t)hd * sizeof(float));
+        float max[256];
+        for (int h = 0; h < hs; h++)
+            max[h] = -INFINITY;
         for (int32_t j = 0; j < n_kv; j++) {
             const uint8_t *k = kv_row(kv, job->layer, 0, seq, j);
             if (!k) {
                 job->missing++;
                 return;
             }
-            scores[j] = job->dot(k + head_off, q, hd) * job->scale;
-            if (scores[j] > max) max = scores[j];
+            const float *kf = (const float *)(k + head_off);
+            if (elem == 2) {
+                job->to_f32(k + head_off, row, hd);
+                kf = row;
+            }
+            job->dot_multi(kf, q, (size_t)hd * sizeof(float), hs, hd, dots);
+            for (int h = 0; h < hs; h++) {
+                float sc = dots[h] * job->scale;
+                scores[(size_t)h * (size_t)job->max_kv + (size_t)j] = sc;
+                if (sc > max[h]) max[h] = sc;
+            }
         }
-        double sum = 0.0;
-        for (int32_t j = 0; j < n_kv; j++) {
-            scores[j] = expf(scores[j] - max);
-            sum += scores[j];
+        float inv[256];
+        for (int h = 0; h < hs; h++) {
+            float *s = scores + (size_t)h * (size_t)job->max_kv;
+            double sum = 0.0;
+            for (int32_t j = 0; j < n_kv; j++) {
+                s[j] = expf(s[j] - max[h]);
+                sum += s[j];
+            }
+            inv[h] = (float)(1.0 / sum);
         }
-        float inv = (float)(1.0 / sum);
         for (int32_t j = 0; j < n_kv; j++) {
             const uint8_t *v = kv_row(kv, job->layer, 1, seq, j);
-            job->axpy(out, scores[j] * inv, v + head_off, hd);
+            const float *vf = (const float *)(v + head_off);
+            if (elem == 2) {
+                job->to_f32(v + head_off, row, hd);
+                vf = row;
+            }
+            for (int h = 0; h < hs; h++)
+                job->axpy(out + (size_t)h * (size_t)hd,
+                          scores[(size_t)h * (size_t)job->max_kv + (size_t)j] * inv[h], vf, hd);
         }
     }
 }
@@ -394,14 +421,21 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
     int64_t max_kv = 1;
     for (int64_t t = 0; t < n_tokens; t++)
         if (pos[t] + 1 > max_kv) max_kv = pos[t] + 1;
-    if (ensure_scratch(cpu, max_kv) != 0) {
+    int group = n_head / n_head_kv, slices = 1;
+    /* split a group's query heads while there are fewer items than eight per thread: decode has
+     * one token and a handful of KV heads, and small items balance across threads */
+    int want = 8 * kern__pool_size(cpu->pool);
+    while (n_tokens * n_head_kv * slices < want && slices < group && group % (slices * 2) == 0)
+        slices *= 2;
+    int hs = group / slices;
+    if (hs > 256 || head_dim > 4096 || ensure_scratch(cpu, (int64_t)hs * max_kv + head_dim) != 0) {
         memset(out, 0, (size_t)(n_tokens * n_head * head_dim) * sizeof *out);
-        kern__error_set(&cpu->error, -ENOMEM, "attention: scores for %lld positions: out of memory",
-                        (long long)max_kv);
+        kern__error_set(&cpu->error, hs > 256 ? -EINVAL : -ENOMEM,
+                        "attention: %d heads per KV head over %lld positions: %s", hs,
+                        (long long)max_kv, hs > 256 ? "too many" : "out of memory");
         return;
     }
-    bool f16 = kv->type == KERN_KV_F16;
-    const kern_cpu_type *kt = kern_cpu_type_kernels(f16 ? KERN_T_F16 : KERN_T_F32);
+    bool avx2 = cpu->isa >= KERN_ISA_AVX2;
     attn_job job = {.cpu = cpu,
                     .kv = kv,
                     .layer = layer,
@@ -412,12 +446,14 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
                     .n_head = n_head,
                     .n_head_kv = n_head_kv,
                     .head_dim = head_dim,
+                    .slices = slices,
+                    .slice_heads = hs,
                     .scale = scale,
-                    .dot = kt->dot[cpu->isa],
-                    .axpy = !f16                        ? axpy_f32
-                            : cpu->isa >= KERN_ISA_AVX2 ? kern__axpy_f16_avx2
-                                                        : kern__axpy_f16_scalar};
-    kern__pool_run(cpu->pool, attention_pairs, &job, n_tokens * n_head, 1);
+                    .max_kv = max_kv,
+                    .dot_multi = kern_cpu_type_kernels(KERN_T_F32)->dot_multi[cpu->isa],
+                    .to_f32 = avx2 ? kern__f16_to_f32_avx2 : kern__f16_to_f32_scalar,
+                    .axpy = avx2 ? kern__axpy_f32_avx2 : kern__axpy_f32_scalar};
+    kern__pool_run(cpu->pool, attention_items, &job, n_tokens * n_head_kv * slices, 1);
     if (job.missing)
         kern__error_set(&cpu->error, -EINVAL, "attention: a position with no KV block");
 }

@@ -72,9 +72,11 @@ void kern__quantize_q8_0_avx2(const float *x, void *dst, int64_t n);
 void kern__quantize_q8_1_avx2(const float *x, void *dst, int64_t n);
 void kern__quantize_q8_K_avx2(const float *x, void *dst, int64_t n);
 
-/* y[i] += a * x[i] with x in F16 (attention over an F16 KV cache); levels agree bit for bit. */
-void kern__axpy_f16_scalar(float *y, float a, const void *x, int64_t n);
-void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n);
+/* Attention's row helpers (levels agree bit for bit): an F16 row to f32, and y += a * x. */
+void kern__f16_to_f32_scalar(const void *src, float *dst, int64_t n);
+void kern__f16_to_f32_avx2(const void *src, float *dst, int64_t n);
+void kern__axpy_f32_scalar(float *y, float a, const float *x, int64_t n);
+void kern__axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 
 /* ---- worker pool ---------------------------------------------------------------------- */
 

@@ -132,16 +132,24 @@ DEFINE_DOTS(f32)
 DEFINE_DOTS(f16)
 DEFINE_DOTS(bf16)
 
-/* y[i] += a * f16 x[i]: attention's weighted sum over F16 values. */
-void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n)
+/* An F16 row (a K or V row of the cache) to f32, once, for every head that reads it. */
+void kern__f16_to_f32_avx2(const void *src, float *dst, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, load8_f16(src, i));
+    for (; i < n; i++)
+        dst[i] = scalar_f16(src, i);
+}
+
+/* y[i] += a * x[i] in f32 (multiply, then add: the scalar path's rounding). */
+void kern__axpy_f32_avx2(float *y, float a, const float *x, int64_t n)
 {
     __m256 va = _mm256_set1_ps(a);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        /* multiply then add (no FMA): the same rounding as the scalar path */
-        __m256 prod = _mm256_mul_ps(va, load8_f16(x, i));
-        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), prod));
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i),
+                                              _mm256_mul_ps(va, _mm256_loadu_ps(x + i))));
     for (; i < n; i++)
-        y[i] += a * scalar_f16(x, i);
+        y[i] += a * x[i];
 }

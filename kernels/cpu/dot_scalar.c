@@ -45,12 +45,18 @@ KERN__MULTI_FROM_SINGLE(f32, scalar)
 KERN__MULTI_FROM_SINGLE(f16, scalar)
 KERN__MULTI_FROM_SINGLE(bf16, scalar)
 
-void kern__axpy_f16_scalar(float *y, float a, const void *x, int64_t n)
+void kern__f16_to_f32_scalar(const void *src, float *dst, int64_t n)
 {
-    const uint8_t *p = x;
+    const uint8_t *p = src;
     for (int64_t i = 0; i < n; i++) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        y[i] += a * kern_f16_to_f32(h);
+        dst[i] = kern_f16_to_f32(h);
     }
+}
+
+void kern__axpy_f32_scalar(float *y, float a, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * x[i];
 }
