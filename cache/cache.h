@@ -109,6 +109,12 @@ typedef struct cache cache;
 int cache_open(cache **out, const cache_opts *opts, char *err, size_t err_size);
 void cache_close(cache **c);
 
+/* How copies to the device read the host tier: from the tier itself, registered with the
+ * backend (page-locked: the fastest copies, but all of it stays resident), or through a pinned
+ * staging ring of a fixed size (the host tier stays ordinary memory; each expert is copied into
+ * the ring first).  auto registers a host tier of at most a quarter of the machine's RAM. */
+typedef enum cache_pinning { CACHE_PIN_AUTO = 0, CACHE_PIN_TIER, CACHE_PIN_RING } cache_pinning;
+
 typedef struct cache_device_opts {
     kern_backend *backend;  /* required: owns the slots' memory and does the copies */
     uint64_t budget_bytes;  /* 0: every expert */
@@ -118,6 +124,8 @@ typedef struct cache_device_opts {
      * else (the KV cache, the step's scratch).  The tier then takes every expert if they fit in
      * what the device has free minus this, else as many as fit (said in the log). */
     uint64_t reserve_bytes;
+    cache_pinning pinning;
+    uint64_t ring_bytes; /* the staging ring; 0: 256 MiB, and at least two experts */
     cache_policy policy;
     void (*log)(void *user, const char *msg); /* NULL: the upper tier's */
     void *log_user;

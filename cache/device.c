@@ -18,12 +18,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { PART_ALIGN = 256 };
 
 typedef struct copy_in_flight {
     uint32_t slot;
-    cache_ref ref; /* the upper tier's slot, released when the copy lands */
+    cache_ref ref;   /* the upper tier's slot, released when the copy lands ... */
+    bool holds_ref;  /* ... unless it was staged through the ring, and released then */
+    size_t ring_len; /* ring bytes the copy holds (with any wasted tail before it) */
     kern_event *ev;
 } copy_in_flight;
 
@@ -31,6 +34,8 @@ typedef struct dev_fill {
     kern_backend *b;
     cache *upper;
     void *registered; /* the upper tier's arena, registered for fast copies */
+    uint8_t *ring;    /* else: a pinned staging ring, filled in copy order */
+    size_t ring_bytes, ring_head, ring_used;
     /* loads not yet asked of the upper tier */
     uint32_t *pend_slot;
     int32_t *pend_key;
@@ -100,6 +105,13 @@ static void start_upper_request(cache *c)
     d->n_active = n;
 }
 
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+static int retire_copies(cache *c, bool wait_oldest);
+
 /* Copies a resident upper-tier expert into its device slot, an event behind it. */
 static void issue_copy(cache *c, const cache_ref *ref)
 {
@@ -114,9 +126,32 @@ static void issue_copy(cache *c, const cache_ref *ref)
     int rc = kern_event_record(d->b, d->compute, KERN_STREAM_COMPUTE);
     if (rc == 0) rc = kern_stream_wait(d->b, KERN_STREAM_COPY, d->compute);
     uint64_t bytes = 0;
+    size_t ring_len = 0;
+    const void *src[CACHE_PARTS] = {ref->part[0], ref->part[1], ref->part[2]};
+    if (rc == 0 && d->ring) {
+        /* Stage the parts in the ring (contiguous: a copy that would run past the end starts
+         * again at the beginning, the tail counted as used until it retires). */
+        size_t need = 0;
+        for (int p = 0; p < CACHE_PARTS; p++)
+            need += align_up(c->part_bytes[(size_t)key * CACHE_PARTS + (size_t)p], PART_ALIGN);
+        size_t waste = d->ring_head + need > d->ring_bytes ? d->ring_bytes - d->ring_head : 0;
+        while (d->fl_len > 0 && d->ring_used + waste + need > d->ring_bytes)
+            retire_copies(c, true);
+        if (waste) d->ring_head = 0;
+        uint8_t *at = d->ring + d->ring_head;
+        for (int p = 0; p < CACHE_PARTS; p++) {
+            size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
+            memcpy(at, ref->part[p], c->part_bytes[i]);
+            src[p] = at;
+            at += align_up(c->part_bytes[i], PART_ALIGN);
+        }
+        ring_len = waste + need;
+        d->ring_head = (d->ring_head + need) % d->ring_bytes;
+        d->ring_used += ring_len;
+    }
     for (int p = 0; p < CACHE_PARTS && rc == 0; p++) {
         size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
-        rc = kern_copy(d->b, KERN_STREAM_COPY, dst + c->part_off[i], ref->part[p], c->part_bytes[i],
+        rc = kern_copy(d->b, KERN_STREAM_COPY, dst + c->part_off[i], src[p], c->part_bytes[i],
                        KERN_COPY_TO_DEVICE);
         bytes += c->part_bytes[i];
     }
@@ -125,14 +160,18 @@ static void issue_copy(cache *c, const cache_ref *ref)
     if (rc) {
         snprintf(d->msg, sizeof d->msg, "copying expert %d of layer %d to the device: %s",
                  ref->expert, ref->layer, strerror(-rc));
+        d->ring_used -= ring_len;
         cache_release(d->upper, ref);
         fail_load(c, (uint32_t)slot, rc);
         return;
     }
     atomic_fetch_add(&c->st.bytes_read, bytes);
     atomic_fetch_add(&c->st.reads, 1);
+    /* staged: the host slot is free for the next read at once */
+    if (d->ring) cache_release(d->upper, ref);
     uint32_t at = (d->fl_head + d->fl_len) % c->n_slots;
-    d->fl[at] = (copy_in_flight){.slot = (uint32_t)slot, .ref = *ref, .ev = ev};
+    d->fl[at] = (copy_in_flight){
+        .slot = (uint32_t)slot, .ref = *ref, .holds_ref = !d->ring, .ring_len = ring_len, .ev = ev};
     d->fl_len++;
 }
 
@@ -146,7 +185,8 @@ static int retire_copies(cache *c, bool wait_oldest)
                             : kern_event_query(d->b, f->ev);
         wait_oldest = false;
         if (q == 0) break;
-        cache_release(d->upper, &f->ref);
+        if (f->holds_ref) cache_release(d->upper, &f->ref);
+        d->ring_used -= f->ring_len;
         if (q < 0) {
             snprintf(d->msg, sizeof d->msg, "copying expert %d of layer %d to the device: %s",
                      f->ref.expert, f->ref.layer, strerror(-q));
@@ -240,7 +280,7 @@ static void dev_close(cache *c)
     char ignored[64];
     (void)kern_sync(d->b, ignored, sizeof ignored);
     while (d->fl_len > 0) {
-        cache_release(d->upper, &d->fl[d->fl_head].ref);
+        if (d->fl[d->fl_head].holds_ref) cache_release(d->upper, &d->fl[d->fl_head].ref);
         d->fl_head = (d->fl_head + 1) % c->n_slots;
         d->fl_len--;
     }
@@ -249,6 +289,7 @@ static void dev_close(cache *c)
             kern_event_destroy(d->b, &d->events[i]);
     kern_event_destroy(d->b, &d->compute);
     kern_unregister(d->b, d->registered);
+    kern_free(d->b, KERN_MEM_HOST_PINNED, d->ring);
     kern_free(d->b, KERN_MEM_DEVICE, c->arena);
     c->arena = NULL;
     free(d->pend_slot);
@@ -270,14 +311,53 @@ static const cache__filler_ops dev_filler = {
     .close = dev_close,
 };
 
+/* Registers the host tier for copies, or sets up the staging ring (auto: register a host tier
+ * of at most a quarter of RAM; page-locking more starves everything else, as users of other
+ * servers found pinning tens of GB). */
+static int attach_host(cache *c, cache *upper, const cache_device_opts *opts, char *err,
+                       size_t err_size)
+{
+    dev_fill *d = fill_of(c);
+    if (!upper->arena) return 0;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    bool tier = opts->pinning == CACHE_PIN_TIER ||
+                (opts->pinning == CACHE_PIN_AUTO && ram && upper->arena_bytes <= ram / 4);
+    char msg[256];
+    if (tier) {
+        if (kern_register(d->b, upper->arena, upper->arena_bytes) == 0) {
+            d->registered = upper->arena;
+            return 0;
+        }
+        if (opts->pinning == CACHE_PIN_TIER) {
+            snprintf(err, err_size,
+                     "cannot register the host tier (%zu bytes) for copies to the device",
+                     upper->arena_bytes);
+            return -ENOMEM;
+        }
+        cache__log_msg(c, "could not register the host tier for copies: staging through a ring");
+    }
+    size_t ring = opts->ring_bytes ? (size_t)opts->ring_bytes : (size_t)256 << 20;
+    if (ring < 2 * c->slot_bytes) ring = (size_t)(2 * c->slot_bytes);
+    void *mem = NULL;
+    int rc = kern_alloc(d->b, KERN_MEM_HOST_PINNED, ring, &mem);
+    if (rc) {
+        snprintf(err, err_size, "the pinned staging ring of %zu bytes: out of memory", ring);
+        return rc;
+    }
+    d->ring = mem;
+    d->ring_bytes = ring;
+    snprintf(msg, sizeof msg,
+             "copies to the device are staged through a pinned ring of %.0f MiB (the host tier, "
+             "%.1f GiB, stays pageable)",
+             (double)ring / (1 << 20), (double)upper->arena_bytes / (1 << 30));
+    cache__log_msg(c, msg);
+    return 0;
+}
+
 cache_device_opts cache_device_opts_default(void)
 {
     return (cache_device_opts){.policy = CACHE_POLICY_LRU};
-}
-
-static uint64_t align_up(uint64_t v, uint64_t a)
-{
-    return (v + a - 1) / a * a;
 }
 
 int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, char *err,
@@ -368,11 +448,7 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
         goto fail;
     }
     c->arena = mem;
-    if (upper->arena && kern_register(d->b, upper->arena, upper->arena_bytes) == 0)
-        d->registered = upper->arena;
-    else if (upper->arena)
-        cache__log_msg(
-            c, "could not register the host tier for fast copies: copying from pageable memory");
+    if ((rc = attach_host(c, upper, opts, err, err_size))) goto fail;
     if ((rc = cache__start(c, err, err_size))) goto fail;
     *out = c;
     return 0;

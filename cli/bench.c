@@ -118,6 +118,8 @@ static void usage(FILE *out)
         "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
         "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
         "  --kv-type f16|f32  KV cache storage (default f16)\n"
+        "  --host-pinning auto|tier|ring  copies to the device from the registered host tier or "
+        "via a pinned ring\n"
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
         "  --profile     time each CPU operation over the decode steps (a table per run)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"

@@ -89,6 +89,20 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         }
         return 1;
     }
+    if (!strcmp(opt, "--host-pinning")) {
+        if (!strcmp(v, "auto"))
+            a->device.pinning = CACHE_PIN_AUTO;
+        else if (!strcmp(v, "tier"))
+            a->device.pinning = CACHE_PIN_TIER;
+        else if (!strcmp(v, "ring"))
+            a->device.pinning = CACHE_PIN_RING;
+        else {
+            fprintf(stderr, "--host-pinning expects auto, tier or ring; got '%s'\n", v);
+            return -EINVAL;
+        }
+        a->device_enabled = true; /* the device tier's options travel; its budget stays auto */
+        return 1;
+    }
     if (!strcmp(opt, "--miss-policy")) {
         model_miss_policy p;
         if (model_miss_policy_parse(v, &p)) {

@@ -38,7 +38,7 @@ typedef struct cli_cache_args {
     cache_opts opts;
     /* --backend auto|cpu|sim|cuda, --device-cache SIZE|N%|all|min (the device tier in front of
      * the host tier; on a device backend without it, the device tier holds every expert),
-     * --kv-type f16|f32 */
+     * --kv-type f16|f32, --host-pinning auto|tier|ring */
     kern_backend_kind backend;
     bool backend_auto;
     bool device_enabled;

@@ -36,6 +36,7 @@ static const char *const predictor_names[] = {"none", "pregate", "affinity", NUL
 static const char *const backend_names[] = {"auto", "cpu", "sim", "cuda", NULL};
 static const char *const kv_type_names[] = {"f16", "f32", NULL};
 static const char *const miss_names[] = {"auto", "copy", "cpu", NULL};
+static const char *const pinning_names[] = {"auto", "tier", "ring", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_names[] = {"text", "json", NULL};
 
@@ -83,6 +84,10 @@ static const cfg__key keys[] = {
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,
      NULL},
     {"cache.miss_policy", CFG__ENUM, OFF(cache.miss_policy), 0, 0, miss_names, "auto", NULL, NULL},
+    {"cache.host_pinning", CFG__ENUM, OFF(cache.host_pinning), 0, 0, pinning_names, "auto", NULL,
+     NULL},
+    {"cache.staging_bytes", CFG__SIZE, OFF(cache.staging_bytes), 1 * MIB, 64 * GIB, NULL, "256MiB",
+     NULL, NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
     {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},

@@ -122,7 +122,9 @@ typedef struct cfg {
         cfg_budget host_bytes;
         cfg_budget device_bytes;
         cfg_cache_policy policy;
-        int miss_policy; /* model_miss_policy: auto, copy, cpu */
+        int miss_policy;  /* model_miss_policy: auto, copy, cpu */
+        int host_pinning; /* cache_pinning: auto, tier, ring */
+        uint64_t staging_bytes;
     } cache;
     struct {
         cfg_predictor_kind kind;

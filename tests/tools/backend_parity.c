@@ -4,7 +4,7 @@
  *
  *   backend_parity --model F --backend sim|cuda [--exact | --tol X] [--steps N]
  *                  [--device-budgets all,50%,25%,min] [--host-budgets all,min] [--threads N]
- *                  [--miss-policy auto|copy|cpu]
+ *                  [--miss-policy auto|copy|cpu] [--pinning auto|tier|ring]
  *
  * Three prompts are prefilled in one batch, then decoded in lockstep for N steps, teacher-forced
  * with the CPU's greedy tokens (so that a near tie broken differently cannot make the runs
@@ -50,6 +50,7 @@ static int parse_budget(const char *text, double *fraction, bool *min)
  * greedy choices), NULL to take this run's own argmax. */
 static kern_backend *miss_cpu; /* computes a device tier's misses (policy auto, cpu) */
 static model_miss_policy miss_policy = MODEL_MISS_COPY;
+static cache_pinning pinning = CACHE_PIN_AUTO;
 
 static int run(kern_backend *be, const char *path, const char *host_budget, const char *dev_budget,
                int steps, const run_out *forced, run_out *out, char *err, size_t err_size)
@@ -64,6 +65,7 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
     }
     co.budget_min = host_min;
     dev.budget_min = dev_min;
+    dev.pinning = pinning;
     bool tiers = strcmp(host_budget, "off") != 0;
     model_opts mo = {.backend = be,
                      .expert_cache = tiers ? &co : NULL,
@@ -151,7 +153,12 @@ int main(int argc, char **argv)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads"))
             threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--miss-policy")) {
+        else if (!strcmp(argv[i], "--pinning")) {
+            const char *v = argv[++i];
+            pinning = !strcmp(v, "ring")   ? CACHE_PIN_RING
+                      : !strcmp(v, "tier") ? CACHE_PIN_TIER
+                                           : CACHE_PIN_AUTO;
+        } else if (!strcmp(argv[i], "--miss-policy")) {
             if (model_miss_policy_parse(argv[++i], &miss_policy)) {
                 fprintf(stderr, "backend_parity: --miss-policy auto|copy|cpu\n");
                 return 2;

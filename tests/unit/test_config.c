@@ -155,6 +155,8 @@ static const key_case key_cases[] = {
     {"cache.policy", "\"lfu\"", "lru-protect", V_ENUM, F(cache.policy), .i = -1},
     {"kv.type", "\"f32\"", "f32", V_ENUM, F(kv.type), .i = CFG_KV_F32},
     {"cache.miss_policy", "\"cpu\"", "cpu", V_ENUM, F(cache.miss_policy), .i = 2},
+    {"cache.host_pinning", "\"ring\"", "ring", V_ENUM, F(cache.host_pinning), .i = 2},
+    {"cache.staging_bytes", "\"64MiB\"", "64MiB", V_U64, F(cache.staging_bytes), .u = 64ull << 20},
     {"predictor.kind", "\"affinity\"", "affinity", V_ENUM, F(predictor.kind),
      .i = CFG_PREDICTOR_AFFINITY},
     {"predictor.lookahead", "3", "3", V_I32, F(predictor.lookahead), .i = 3},
