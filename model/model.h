@@ -16,6 +16,8 @@
  * - The model places its dense weights on the backend's device once at open (kern_place; free
  *   on the CPU backend).  Experts on a device backend live in a device tier in front of the
  *   host tier, or, without an expert cache, are placed whole when the first context is made.
+ *   The device tier's misses are copied in or, with model_opts.cpu_backend, computed on the CPU
+ *   from the host tier while the device computes the rest (model_opts.miss_policy).
  * - A model_ctx owns the paged KV cache (kern_kv) and the device scratch of the forward pass.
  *   model_forward() runs one step over a batch of tokens from any mix of sequences (each token
  *   carries its sequence id and position) and writes the logits of the tokens that ask for
