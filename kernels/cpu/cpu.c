@@ -329,6 +329,8 @@ typedef struct attn_job {
     float scale;
     int64_t max_kv;
     kern_dot_multi_fn dot_multi; /* f32 K row against the slice's query heads */
+    kern_dot_fn dot_f16;         /* an F16 K row against one query head, converted in registers */
+    void (*axpy_f16)(float *y, float a, const void *x, int64_t n);
     void (*to_f32)(const void *src, float *dst, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     _Atomic int missing;
@@ -363,11 +365,17 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
                 return;
             }
             const float *kf = (const float *)(k + head_off);
-            if (elem == 2) {
-                job->to_f32(k + head_off, row, hd);
-                kf = row;
+            /* with one query head per KV head (a property of the model, never of the batch: the
+             * arithmetic must not depend on how the work was sliced) nobody else reads the row */
+            if (elem == 2 && group == 1) {
+                dots[0] = job->dot_f16(k + head_off, q, hd);
+            } else {
+                if (elem == 2) {
+                    job->to_f32(k + head_off, row, hd);
+                    kf = row;
+                }
+                job->dot_multi(kf, q, (size_t)hd * sizeof(float), hs, hd, dots);
             }
-            job->dot_multi(kf, q, (size_t)hd * sizeof(float), hs, hd, dots);
             for (int h = 0; h < hs; h++) {
                 float sc = dots[h] * job->scale;
                 scores[(size_t)h * (size_t)job->max_kv + (size_t)j] = sc;
@@ -387,6 +395,10 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
         for (int32_t j = 0; j < n_kv; j++) {
             const uint8_t *v = kv_row(kv, job->layer, 1, seq, j);
             const float *vf = (const float *)(v + head_off);
+            if (elem == 2 && group == 1) {
+                job->axpy_f16(out, scores[j] * inv[0], v + head_off, hd);
+                continue;
+            }
             if (elem == 2) {
                 job->to_f32(v + head_off, row, hd);
                 vf = row;
@@ -452,6 +464,8 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
                     .max_kv = max_kv,
                     .dot_multi = kern_cpu_type_kernels(KERN_T_F32)->dot_multi[cpu->isa],
                     .to_f32 = avx2 ? kern__f16_to_f32_avx2 : kern__f16_to_f32_scalar,
+                    .dot_f16 = kern_cpu_type_kernels(KERN_T_F16)->dot[cpu->isa],
+                    .axpy_f16 = avx2 ? kern__axpy_f16_avx2 : kern__axpy_f16_scalar,
                     .axpy = avx2 ? kern__axpy_f32_avx2 : kern__axpy_f32_scalar};
     kern__pool_run(cpu->pool, attention_items, &job, n_tokens * n_head_kv * slices, 1);
     if (job.missing)

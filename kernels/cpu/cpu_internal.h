@@ -77,6 +77,9 @@ void kern__f16_to_f32_scalar(const void *src, float *dst, int64_t n);
 void kern__f16_to_f32_avx2(const void *src, float *dst, int64_t n);
 void kern__axpy_f32_scalar(float *y, float a, const float *x, int64_t n);
 void kern__axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
+/* y += a * x with x an F16 row converted in registers (a row no other head reads) */
+void kern__axpy_f16_scalar(float *y, float a, const void *x, int64_t n);
+void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n);
 
 /* ---- worker pool ---------------------------------------------------------------------- */
 

@@ -153,3 +153,16 @@ void kern__axpy_f32_avx2(float *y, float a, const float *x, int64_t n)
     for (; i < n; i++)
         y[i] += a * x[i];
 }
+
+/* y[i] += a * f16 x[i], converting in registers: attention over an F16 cache where no other
+ * head shares the row (no point converting it to a buffer first). */
+void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(va, load8_f16(x, i))));
+    for (; i < n; i++)
+        y[i] += a * scalar_f16(x, i);
+}

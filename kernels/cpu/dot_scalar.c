@@ -60,3 +60,13 @@ void kern__axpy_f32_scalar(float *y, float a, const float *x, int64_t n)
     for (int64_t i = 0; i < n; i++)
         y[i] += a * x[i];
 }
+
+void kern__axpy_f16_scalar(float *y, float a, const void *x, int64_t n)
+{
+    const uint8_t *p = x;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        y[i] += a * kern_f16_to_f32(h);
+    }
+}
