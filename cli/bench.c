@@ -43,18 +43,7 @@ static double measure_bandwidth(kern_backend *be, size_t bytes)
 {
     /* the CPU's read bandwidth on cpu and sim (which computes with the CPU) */
     if (be->kind == KERN_BACKEND_CUDA) return device_bandwidth(be, bytes);
-    uint8_t *buf = malloc(bytes);
-    if (!buf) return 0.0;
-    for (size_t i = 0; i < bytes; i += 64)
-        buf[i] = (uint8_t)i; /* fault every page in */
-    memset(buf, 1, bytes);
-    double best = 0.0;
-    for (int r = 0; r < 10; r++) {
-        double bw = kern_cpu_read_bandwidth(be, buf, bytes);
-        if (bw > best) best = bw;
-    }
-    free(buf);
-    return best;
+    return kern_cpu_best_read_bandwidth(be, bytes, 10);
 }
 
 /* Routed experts: stacked `blk.L.ffn_X_exps.weight` or legacy `blk.L.ffn_X.E.weight`. */

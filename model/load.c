@@ -745,16 +745,7 @@ void model__calibrate(model *m)
     m->link_bps = t_big > t_small ? (double)(big - small) / (t_big - t_small) : 25e9;
     m->link_latency_s =
         t_small > (double)small / m->link_bps ? t_small - (double)small / m->link_bps : 5e-6;
-    void *buf = malloc((size_t)256 << 20);
-    m->cpu_bps = 0.0;
-    if (buf) {
-        memset(buf, 1, (size_t)256 << 20);
-        for (int r = 0; r < 3; r++) {
-            double bw = kern_cpu_read_bandwidth(m->cpu_backend, buf, (size_t)256 << 20);
-            if (bw > m->cpu_bps) m->cpu_bps = bw;
-        }
-        free(buf);
-    }
+    m->cpu_bps = kern_cpu_best_read_bandwidth(m->cpu_backend, (size_t)256 << 20, 3);
     if (m->cpu_bps <= 0) m->cpu_bps = 10e9;
     /* A quantised dot product keeps a core busy at a few tens of GMAC/s; the first CPU experts'
      * timings replace this guess.  Too slow a guess would never let the CPU be tried. */

@@ -97,5 +97,8 @@ void kern_cpu_get_profile(const kern_backend *b, kern_cpu_profile *out);
 /* Reads `bytes` of `buf` once with all of the backend's threads and returns the achieved rate
  * in bytes per second: the memory-bandwidth floor the benchmarks compare against. */
 double kern_cpu_read_bandwidth(kern_backend *b, const void *buf, size_t bytes);
+/* The best of `reps` such passes over a buffer of `bytes` it allocates (every page faulted in
+ * first); 0 when the memory cannot be had or the backend runs no CPU kernels. */
+double kern_cpu_best_read_bandwidth(kern_backend *b, size_t bytes, int reps);
 
 #endif

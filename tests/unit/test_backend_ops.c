@@ -198,67 +198,28 @@ static const uint32_t all_types[] = {KERN_T_F32,  KERN_T_F16,  KERN_T_BF16, KERN
                                      KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
 enum { N_ALL_TYPES = sizeof all_types / sizeof all_types[0] };
 
-static kern_half rand_half(float lo, float hi)
-{
-    return kern_f32_to_f16(lo + (hi - lo) * (rng_uniform() + 1.0f) * 0.5f);
-}
-
 /* n_rows x n_cols of `type` with random payload and sane scales; *ref gets the dequantised
  * values (the reference dequantisers are bit-exact with gguf-py, test_quant.c). */
 static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float **ref)
 {
     const kern_type_traits *t = kern_type_info(type);
     size_t bytes = kern_row_bytes(type, n_cols) * (size_t)n_rows;
+    int64_t n = n_rows * n_cols;
+    if (t->block_elems > 1) {
+        uint8_t *q = test_random_blocks(type, n / (int64_t)t->block_elems);
+        *ref = malloc((size_t)n * sizeof **ref);
+        t->to_f32(q, *ref, n);
+        return q;
+    }
     uint8_t *p = malloc(bytes);
     ck_assert_ptr_nonnull(p);
-    int64_t n = n_rows * n_cols;
-    if (t->block_elems == 1) {
-        for (int64_t i = 0; i < n; i++) {
-            float v = rng_uniform();
-            if (type == KERN_T_F32)
-                memcpy(p + 4 * i, &v, 4);
-            else {
-                uint16_t h = type == KERN_T_F16 ? kern_f32_to_f16(v) : kern_f32_to_bf16(v);
-                memcpy(p + 2 * i, &h, 2);
-            }
-        }
-    } else {
-        for (size_t i = 0; i < bytes; i++)
-            p[i] = (uint8_t)rng_next();
-        for (size_t blk = 0; blk < bytes / t->block_bytes; blk++) {
-            uint8_t *b = p + blk * t->block_bytes;
-            switch (type) {
-            case KERN_T_Q8_0:
-                ((block_q8_0 *)b)->d = rand_half(0.001f, 0.02f);
-                break;
-            case KERN_T_Q4_0:
-                ((block_q4_0 *)b)->d = rand_half(-0.05f, 0.05f);
-                break;
-            case KERN_T_Q5_0:
-                ((block_q5_0 *)b)->d = rand_half(-0.05f, 0.05f);
-                break;
-            case KERN_T_Q4_1:
-                ((block_q4_1 *)b)->d = rand_half(0.001f, 0.02f);
-                ((block_q4_1 *)b)->m = rand_half(-0.2f, 0.0f);
-                break;
-            case KERN_T_Q5_1:
-                ((block_q5_1 *)b)->d = rand_half(0.001f, 0.02f);
-                ((block_q5_1 *)b)->m = rand_half(-0.2f, 0.0f);
-                break;
-            case KERN_T_Q4_K:
-                ((block_q4_K *)b)->d = rand_half(0.0001f, 0.002f);
-                ((block_q4_K *)b)->dmin = rand_half(0.0001f, 0.002f);
-                break;
-            case KERN_T_Q5_K:
-                ((block_q5_K *)b)->d = rand_half(0.0001f, 0.002f);
-                ((block_q5_K *)b)->dmin = rand_half(0.0001f, 0.002f);
-                break;
-            case KERN_T_Q6_K:
-                ((block_q6_K *)b)->d = rand_half(-0.002f, 0.002f);
-                break;
-            default:
-                ck_abort_msg("no scale rule for %s", t->name);
-            }
+    for (int64_t i = 0; i < n; i++) {
+        float v = rng_uniform();
+        if (type == KERN_T_F32)
+            memcpy(p + 4 * i, &v, 4);
+        else {
+            uint16_t h = type == KERN_T_F16 ? kern_f32_to_f16(v) : kern_f32_to_bf16(v);
+            memcpy(p + 2 * i, &h, 2);
         }
     }
     *ref = malloc((size_t)n * sizeof **ref);

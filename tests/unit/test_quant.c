@@ -21,58 +21,6 @@ static const uint32_t quant_types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KE
                                        KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
 enum { N_TYPES = sizeof quant_types / sizeof quant_types[0] };
 
-static kern_half rand_scale(float lo, float hi)
-{
-    float u = (rng_uniform() + 1.0f) * 0.5f;
-    return kern_f32_to_f16(lo + (hi - lo) * u);
-}
-
-/* n_blocks blocks of `type` with random payload bytes and sane random scales. */
-static void *random_blocks(uint32_t type, int64_t n_blocks)
-{
-    const kern_type_traits *t = kern_type_info(type);
-    uint8_t *p = malloc((size_t)n_blocks * t->block_bytes);
-    ck_assert_ptr_nonnull(p);
-    for (size_t i = 0; i < (size_t)n_blocks * t->block_bytes; i++)
-        p[i] = (uint8_t)rng_next();
-    for (int64_t i = 0; i < n_blocks; i++) {
-        uint8_t *b = p + (size_t)i * t->block_bytes;
-        switch (type) {
-        case KERN_T_Q8_0:
-            ((block_q8_0 *)b)->d = rand_scale(0.001f, 0.02f);
-            break;
-        case KERN_T_Q4_0:
-            ((block_q4_0 *)b)->d = rand_scale(-0.05f, 0.05f);
-            break;
-        case KERN_T_Q5_0:
-            ((block_q5_0 *)b)->d = rand_scale(-0.05f, 0.05f);
-            break;
-        case KERN_T_Q4_1:
-            ((block_q4_1 *)b)->d = rand_scale(0.001f, 0.02f);
-            ((block_q4_1 *)b)->m = rand_scale(-0.2f, 0.0f);
-            break;
-        case KERN_T_Q5_1:
-            ((block_q5_1 *)b)->d = rand_scale(0.001f, 0.02f);
-            ((block_q5_1 *)b)->m = rand_scale(-0.2f, 0.0f);
-            break;
-        case KERN_T_Q4_K:
-            ((block_q4_K *)b)->d = rand_scale(0.0001f, 0.002f);
-            ((block_q4_K *)b)->dmin = rand_scale(0.0001f, 0.002f);
-            break;
-        case KERN_T_Q5_K:
-            ((block_q5_K *)b)->d = rand_scale(0.0001f, 0.002f);
-            ((block_q5_K *)b)->dmin = rand_scale(0.0001f, 0.002f);
-            break;
-        case KERN_T_Q6_K:
-            ((block_q6_K *)b)->d = rand_scale(-0.002f, 0.002f);
-            break;
-        default:
-            ck_abort_msg("no scale rule for type %u", type);
-        }
-    }
-    return p;
-}
-
 /* ---- dequantisation against gguf-py ---------------------------------------------------------- */
 
 static uint32_t rd32(const uint8_t *p)
@@ -210,7 +158,7 @@ START_TEST(dot_levels_match_reference)
     static const int block_counts[] = {1, 2, 3, 7, 16, 33};
     for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
         int64_t n = block_counts[bc] * (int64_t)t->block_elems;
-        void *w = random_blocks(type, block_counts[bc]);
+        void *w = test_random_blocks(type, block_counts[bc]);
         float *wf = malloc((size_t)n * sizeof *wf), *x = malloc((size_t)n * 9 * sizeof *x);
         float *xf = malloc((size_t)n * sizeof *xf);
         t->to_f32(w, wf, n);
@@ -309,7 +257,7 @@ START_TEST(dot_levels_extreme_scales)
     for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
         int64_t nb = block_counts[bc], n = nb * (int64_t)t->block_elems;
         size_t wbytes = (size_t)nb * t->block_bytes;
-        uint8_t *w = random_blocks(type, nb), *w1 = malloc(wbytes), *w2 = malloc(wbytes);
+        uint8_t *w = test_random_blocks(type, nb), *w1 = malloc(wbytes), *w2 = malloc(wbytes);
         set_extreme_scales(type, w, nb, t->block_bytes);
         float *x = malloc((size_t)n * 9 * sizeof *x), *xf = malloc((size_t)n * sizeof *xf);
         float *p1 = malloc((size_t)n * sizeof *p1), *p2 = malloc((size_t)n * sizeof *p2);
@@ -375,7 +323,7 @@ START_TEST(matmul_matches_float_reference)
     kern_backend *b1 = open_cpu_isa(1, KERN_ISA_COUNT), *b2 = open_cpu_isa(2, KERN_ISA_COUNT);
     int64_t rows = 37, cols = 2 * 256, n_tok = 11;
     int64_t blocks_per_row = cols / t->block_elems;
-    void *w = random_blocks(type, rows * blocks_per_row);
+    void *w = test_random_blocks(type, rows * blocks_per_row);
     kern_weight kw = {.data = w,
                       .type = type,
                       .n_rows = rows,
@@ -443,7 +391,7 @@ START_TEST(vnni_kernels_only_at_vnni_level)
     for (size_t i = 0; i < N_TYPES; i++) {
         uint32_t type = quant_types[i];
         int64_t rows = 9, cols = 512, n_tok = 5;
-        void *w = random_blocks(type, rows * (cols / kern_type_info(type)->block_elems));
+        void *w = test_random_blocks(type, rows * (cols / kern_type_info(type)->block_elems));
         kern_weight kw = {.data = w,
                           .type = type,
                           .n_rows = rows,
