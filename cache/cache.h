@@ -150,6 +150,10 @@ typedef struct cache_ref {
 int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                   size_t err_size);
 int cache_next(cache *c, cache_ref *out, char *err, size_t err_size);
+/* cache_next without waiting: -EAGAIN when none of the requested experts is resident yet (or
+ * the next load needs a slot the caller holds), so that a caller can run, as one group, all
+ * the experts that are ready. */
+int cache_try_next(cache *c, cache_ref *out, char *err, size_t err_size);
 void cache_release(cache *c, const cache_ref *ref);
 /* True when (layer, expert) is in the tier or on its way in (a request for it will not start a
  * new load).  For deciding, before a request, what to ask this tier for. */

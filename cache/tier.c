@@ -482,6 +482,11 @@ int cache_next(cache *c, cache_ref *out, char *err, size_t err_size)
     return cache__next(c, out, true, err, err_size);
 }
 
+int cache_try_next(cache *c, cache_ref *out, char *err, size_t err_size)
+{
+    return cache__next(c, out, false, err, err_size);
+}
+
 void cache_release(cache *c, const cache_ref *ref)
 {
     cache__slot *s = &c->slots[ref->slot];

@@ -161,6 +161,13 @@ typedef struct kern_router_opts {
 typedef struct kern_backend kern_backend;
 typedef struct kern_event kern_event;
 
+/* One routed expert of a grouped FFN (the experts op): its three weights and its bucket, rows
+ * [row0, row0 + n_rows) of the op's x and out. */
+typedef struct kern_ffn_expert {
+    kern_weight gate, up, down;
+    int64_t row0, n_rows;
+} kern_ffn_expert;
+
 /* The table a backend fills in.  Callers use the kern_* wrappers below. */
 typedef struct kern_ops {
     /* -- memory, copies, events (return 0 or a negative errno) -- */
@@ -217,6 +224,13 @@ typedef struct kern_ops {
     /* ids[t][j], weights[t][j] for j < k: token t's routing (kern_router_opts). */
     void (*router)(kern_backend *b, const float *logits, int64_t n_tokens,
                    const kern_router_opts *o, int32_t *ids, float *weights);
+    /* For each of the n_experts experts: rows [row0, row0 + n_rows) of out (n_embd wide) =
+     * down(silu(gate x) * up x) over the same rows of x; buckets do not overlap.  Each row is
+     * computed as matmul, silu_mul and matmul compute it, bit for bit.  g: scratch of n_ff
+     * floats for every row of x the buckets cover; u: n_ff floats for each row of the largest
+     * bucket.  NULL in a backend's table: kern_experts runs the experts one by one. */
+    void (*experts)(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                    float *out, float *g, float *u);
     /* out[t] = sum over j < k, in j order, of weights[t][j] * src[rows[t][j]]: the experts'
      * outputs scattered back to their tokens.  The caller orders each token's j by ascending
      * expert, so the sum's order never depends on the batch. */
@@ -422,6 +436,23 @@ static inline void kern_router(kern_backend *b, const float *logits, int64_t n_t
                                const kern_router_opts *o, int32_t *ids, float *weights)
 {
     b->ops->router(b, logits, n_tokens, o, ids, weights);
+}
+static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
+                                const float *x, float *out, float *g, float *u)
+{
+    if (b->ops->experts) {
+        b->ops->experts(b, ex, n_experts, x, out, g, u);
+        return;
+    }
+    for (int i = 0; i < n_experts; i++) {
+        const kern_ffn_expert *e = &ex[i];
+        int64_t ff = e->gate.n_rows, dim = e->down.n_rows;
+        float *gi = g + e->row0 * ff;
+        b->ops->matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
+        b->ops->matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
+        b->ops->silu_mul(b, gi, u, gi, e->n_rows * ff);
+        b->ops->matmul(b, &e->down, gi, out + e->row0 * dim, e->n_rows);
+    }
 }
 static inline void kern_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
                                     const float *weights, float *out, int64_t n_tokens, int k,

@@ -34,7 +34,8 @@ typedef struct dev_scratch {
     float *x, *h, *q, *k, *v, *attn, *proj, *moe;
     float *router, *route_w;
     int32_t *route_id;
-    float *xe, *ge, *ue;    /* every bucket's inputs; one expert's gate and up */
+    float *xe;              /* every bucket's inputs */
+    float *ge, *ue;         /* every bucket row's silu(gate) * up; one bucket's up */
     float *de;              /* every bucket's down outputs, in bucket order */
     float *shg, *shu, *shd; /* shared expert */
     float *logits;
@@ -59,7 +60,9 @@ typedef struct host_scratch {
     /* misses computed on the CPU (device backends with a CPU backend only) */
     int32_t *on_device, *on_cpu; /* n_expert each: the layer's experts, split */
     float *xe, *de;              /* their bucket rows in and out, laid out as the device's */
-    float *ge, *ue;              /* one expert's gate and up */
+    float *ge, *ue;              /* as the device's */
+    kern_ffn_expert *group;      /* n_expert: the experts run together */
+    cache_ref *refs;             /* n_expert: their cache slots */
 } host_scratch;
 
 struct model_ctx {
@@ -121,15 +124,15 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     if (DEV(x, n * D) || DEV(h, n * D) || DEV(q, n * q_dim) || DEV(k, n * ctx->kv_dim) ||
         DEV(v, n * ctx->kv_dim) || DEV(attn, n * q_dim) || DEV(proj, n * D) || DEV(moe, n * D) ||
         DEV(router, n * E) || DEV(route_w, n * K) || DEV(route_id, n * K) || DEV(xe, n * K * D) ||
-        DEV(ge, n * ff) || DEV(ue, n * ff) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
+        DEV(ge, n * K * ff) || DEV(ue, n * ff) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
         DEV(shu, n * ff) || DEV(shd, n * D) || DEV(logits, n * hp->n_vocab) || DEV(token, n) ||
         DEV(pos, n) || DEV(seq, n) || DEV(out_rows, n) || DEV(bucket, n * K) ||
         DEV(comb_rows, n * K) || DEV(comb_w, n * K) || HOST(route_id, n * K) ||
         HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
         HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E) || HOST(guess, E) ||
-        HOST(mark, E) || HOST(out_rows, n) ||
+        HOST(mark, E) || HOST(out_rows, n) || HOST(group, E) || HOST(refs, E) ||
         (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
-                             HOST(de, n * K * D) || HOST(ge, n * ff) || HOST(ue, n * ff)))) {
+                             HOST(de, n * K * D) || HOST(ge, n * K * ff) || HOST(ue, n * ff)))) {
         scratch_free(ctx);
         return rc;
     }
@@ -390,35 +393,54 @@ static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *u
     matmul(ctx, down, g, out, n);
 }
 
-/* Expert e on the CPU, from the host tier: the bucket's rows of hs.xe in, of hs.de out.  Its
- * time teaches the cost model the CPU's compute rate. */
-static void cpu_expert(model_ctx *ctx, const model_expert *x, int e)
+/* Bucket of expert e as an experts-op entry with the weights of x. */
+static kern_ffn_expert ffn_expert(const model_ctx *ctx, const model_expert *x, int e)
+{
+    int32_t b0 = ctx->hs.bucket_start[e];
+    return (kern_ffn_expert){.gate = x->gate,
+                             .up = x->up,
+                             .down = x->down,
+                             .row0 = b0,
+                             .n_rows = ctx->hs.bucket_start[e + 1] - b0};
+}
+
+static uint64_t expert_bytes(const kern_ffn_expert *x)
+{
+    return weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
+}
+
+static double expert_macs(const kern_ffn_expert *x)
+{
+    return (double)x->n_rows * (double)(x->gate.n_rows * x->gate.n_cols * 2 +
+                                        x->down.n_rows * x->down.n_cols);
+}
+
+/* The n experts of hs.group on the CPU, from the host tier: their buckets' rows of hs.xe in, of
+ * hs.de out.  Their time teaches the cost model the CPU's compute rate. */
+static void cpu_experts(model_ctx *ctx, int n)
 {
     model *m = ctx->m;
     host_scratch *h = &ctx->hs;
-    kern_backend *cpu = m->cpu_backend;
-    int64_t D = m->hp.n_embd;
-    int32_t b0 = h->bucket_start[e], count = h->bucket_start[e + 1] - b0;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    kern_matmul(cpu, &x->gate, h->xe + (int64_t)b0 * D, h->ge, count);
-    kern_matmul(cpu, &x->up, h->xe + (int64_t)b0 * D, h->ue, count);
-    kern_silu_mul(cpu, h->ge, h->ue, h->ge, count * x->gate.n_rows);
-    kern_matmul(cpu, &x->down, h->ge, h->de + (int64_t)b0 * D, count);
+    kern_experts(m->cpu_backend, h->group, n, h->xe, h->de, h->ge, h->ue);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    uint64_t bytes = weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
-    double macs = (double)count *
-                  (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
+    uint64_t bytes = 0;
+    double macs = 0;
+    for (int i = 0; i < n; i++) {
+        bytes += expert_bytes(&h->group[i]);
+        macs += expert_macs(&h->group[i]);
+    }
     double compute = s - (double)bytes / m->cpu_bps;
     if (compute > 0 && macs > 0) /* a slow moving average: one odd timing must not swing it */
         m->cpu_s_per_mac = 0.9 * m->cpu_s_per_mac + 0.1 * compute / macs;
     ctx->stats.expert_bytes += bytes;
-    ctx->stats.experts_used++;
-    ctx->stats.cpu_experts++;
+    ctx->stats.experts_used += (uint32_t)n;
+    ctx->stats.cpu_experts += (uint32_t)n;
     ctx->stats.cpu_ns += (uint64_t)(s * 1e9);
     ctx->stats.matmul_macs += (uint64_t)macs;
-    atomic_fetch_add(&m->cpu_experts, 1);
+    atomic_fetch_add(&m->cpu_experts, (uint64_t)n);
 }
 
 /* The cost model of a miss: the CPU reads the expert once from RAM and does count tokens of
@@ -436,36 +458,47 @@ static bool prefer_cpu(const model_ctx *ctx, const model_expert *x, int32_t coun
     return t_cpu < t_copy;
 }
 
-/* Expert e over its bucket: the bucket's rows of xe in, the same rows of de out. */
-static void run_expert(model_ctx *ctx, const model_expert *x, int e)
+/* The n experts of hs.group on the compute backend: their buckets' rows of xe in, of de out. */
+static void run_group(model_ctx *ctx, int n)
 {
     dev_scratch *s = &ctx->d;
-    int64_t D = ctx->m->hp.n_embd;
-    int32_t b0 = ctx->hs.bucket_start[e], count = ctx->hs.bucket_start[e + 1] - b0;
-    swiglu(ctx, &x->gate, &x->up, &x->down, s->xe + (int64_t)b0 * D, s->ge, s->ue,
-           s->de + (int64_t)b0 * D, count);
-    ctx->stats.expert_bytes +=
-        weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down);
-    ctx->stats.experts_used++;
+    kern_experts(ctx->be, ctx->hs.group, n, s->xe, s->de, s->ge, s->ue);
+    for (int i = 0; i < n; i++) {
+        ctx->stats.expert_bytes += expert_bytes(&ctx->hs.group[i]);
+        ctx->stats.matmul_macs += (uint64_t)expert_macs(&ctx->hs.group[i]);
+    }
+    ctx->stats.experts_used += (uint32_t)n;
 }
 
-/* Requests the experts of layer il from tier c and runs each as it becomes resident, on the
- * device (run_expert) or, for the host tier of a device backend, on the CPU (cpu_expert). */
+/* Requests the experts of layer il from tier c and runs those resident, as a group, as they
+ * arrive: on the device (run_group) or, for the host tier of a device backend, on the CPU
+ * (cpu_experts). */
 static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *experts, int32_t n,
                          bool on_cpu, char *err, size_t err_size)
 {
+    host_scratch *h = &ctx->hs;
     int rc = cache_request(c, il, experts, n, err, err_size);
-    cache_ref ref;
-    while (rc == 0 && (rc = cache_next(c, &ref, err, err_size)) == 0) {
-        model_expert x = ctx->m->layers[il].experts[ref.expert];
-        x.gate.data = ref.part[0];
-        x.up.data = ref.part[1];
-        x.down.data = ref.part[2];
-        if (on_cpu)
-            cpu_expert(ctx, &x, ref.expert);
-        else
-            run_expert(ctx, &x, ref.expert);
-        cache_release(c, &ref);
+    while (rc == 0 && (rc = cache_next(c, &h->refs[0], err, err_size)) == 0) {
+        int k = 1;
+        while (k < n && (rc = cache_try_next(c, &h->refs[k], err, err_size)) == 0)
+            k++;
+        for (int i = 0; i < k; i++) {
+            const cache_ref *ref = &h->refs[i];
+            model_expert x = ctx->m->layers[il].experts[ref->expert];
+            x.gate.data = ref->part[0];
+            x.up.data = ref->part[1];
+            x.down.data = ref->part[2];
+            h->group[i] = ffn_expert(ctx, &x, ref->expert);
+        }
+        if (rc == 0 || rc == 1 || rc == -EAGAIN) {
+            if (on_cpu)
+                cpu_experts(ctx, k);
+            else
+                run_group(ctx, k);
+        }
+        for (int i = 0; i < k; i++)
+            cache_release(c, &h->refs[i]);
+        if (rc == -EAGAIN) rc = 0;
     }
     return rc < 0 ? rc : 0;
 }
@@ -476,7 +509,8 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
     model *m = ctx->m;
     if (!m->experts) {
         for (int32_t j = 0; j < n_used; j++)
-            run_expert(ctx, &m->layers[il].experts_dev[used[j]], used[j]);
+            ctx->hs.group[j] = ffn_expert(ctx, &m->layers[il].experts_dev[used[j]], used[j]);
+        run_group(ctx, n_used);
         return 0;
     }
     if (!cpu_misses(ctx))

@@ -32,6 +32,8 @@ typedef struct cpu_backend {
     int64_t scratch_floats;
     uint8_t *act; /* activations quantised for the current matmul */
     size_t act_bytes;
+    int64_t *first; /* experts op: each expert's first work item */
+    int first_cap;
     kern__error error; /* first failure since the last sync */
     kern_cpu_profile profile;
 } cpu_backend;
@@ -90,28 +92,35 @@ typedef struct matmul_job {
     kern_dot_multi_fn dot_multi;
 } matmul_job;
 
-static void matmul_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
+/* y[t][r - r0] (rows y_stride floats apart) for rows [r0, r1) of w and n_tokens activations. */
+static void dot_rows(const kern_weight *w, kern_dot_fn dot, kern_dot_multi_fn dot_multi,
+                     int64_t r0, int64_t r1, const uint8_t *x, size_t x_stride, int64_t n_tokens,
+                     float *y, int64_t y_stride)
 {
-    const matmul_job *job = ctx;
-    const kern_weight *w = job->w;
     const uint8_t *base = w->data;
-    int64_t n_cols = w->n_cols, n_rows = w->n_rows;
-    if (job->n_tokens == 1) {
+    int64_t n_cols = w->n_cols;
+    if (n_tokens == 1) {
         for (int64_t r = r0; r < r1; r++)
-            job->y[r] = job->dot(base + (size_t)r * w->row_bytes, job->x, n_cols);
+            y[r - r0] = dot(base + (size_t)r * w->row_bytes, x, n_cols);
         return;
     }
     float out[TOKEN_BLOCK];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = base + (size_t)r * w->row_bytes;
-        for (int64_t t0 = 0; t0 < job->n_tokens; t0 += TOKEN_BLOCK) {
-            int nt = (int)(job->n_tokens - t0 < TOKEN_BLOCK ? job->n_tokens - t0 : TOKEN_BLOCK);
-            job->dot_multi(row, job->x + (size_t)t0 * job->x_stride, job->x_stride, nt, n_cols,
-                           out);
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_BLOCK) {
+            int nt = (int)(n_tokens - t0 < TOKEN_BLOCK ? n_tokens - t0 : TOKEN_BLOCK);
+            dot_multi(row, x + (size_t)t0 * x_stride, x_stride, nt, n_cols, out);
             for (int j = 0; j < nt; j++)
-                job->y[(t0 + j) * n_rows + r] = out[j];
+                y[(t0 + j) * y_stride + r - r0] = out[j];
         }
     }
+}
+
+static void matmul_rows(void *ctx, int64_t r0, int64_t r1, int thread_index)
+{
+    const matmul_job *job = ctx;
+    dot_rows(job->w, job->dot, job->dot_multi, r0, r1, job->x, job->x_stride, job->n_tokens,
+             job->y + r0, job->w->n_rows);
 }
 
 typedef struct quantize_job {
@@ -129,46 +138,256 @@ static void quantize_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         job->quantize(job->x + t * job->n_cols, job->dst + (size_t)t * job->row_bytes, job->n_cols);
 }
 
+/* The dot products of w's type at the backend's level (or the best level below it). */
+static void pick_dots(const cpu_backend *cpu, uint32_t type, kern_dot_fn *dot,
+                      kern_dot_multi_fn *dot_multi)
+{
+    const kern_cpu_type *k = kern_cpu_type_kernels(type);
+    *dot = NULL;
+    *dot_multi = NULL;
+    for (int level = cpu->isa; level >= 0 && !*dot; level--) {
+        *dot = k->dot[level];
+        *dot_multi = k->dot_multi[level];
+    }
+}
+
+static kern_quantize_fn pick_quantize(const cpu_backend *cpu, uint32_t act_type)
+{
+    const kern_cpu_type *ak = kern_cpu_type_kernels(act_type);
+    kern_quantize_fn q = NULL;
+    for (int level = cpu->isa; level >= 0 && !q; level--)
+        q = ak->from_f32[level];
+    return q;
+}
+
+static int ensure_act(cpu_backend *cpu, size_t need)
+{
+    if (need <= cpu->act_bytes) return 0;
+    uint8_t *grown = realloc(cpu->act, need);
+    if (!grown) {
+        kern__error_set(&cpu->error, -ENOMEM, "%zu bytes of quantised activations: out of memory",
+                        need);
+        return -ENOMEM;
+    }
+    cpu->act = grown;
+    cpu->act_bytes = need;
+    return 0;
+}
+
 static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
                        int64_t n_tokens)
 {
     cpu_backend *cpu = as_cpu(b);
     if (n_tokens <= 0) return;
     const kern_type_traits *t = kern_type_info(w->type);
-    const kern_cpu_type *k = kern_cpu_type_kernels(w->type);
     matmul_job job = {.w = w, .y = y, .n_tokens = n_tokens};
-    /* Levels without a kernel for this type fall back to the best level below. */
-    for (int level = cpu->isa; level >= 0 && !job.dot; level--) {
-        job.dot = k->dot[level];
-        job.dot_multi = k->dot_multi[level];
-    }
+    pick_dots(cpu, w->type, &job.dot, &job.dot_multi);
     if (t->act_type == KERN_T_F32) {
         job.x = (const uint8_t *)x;
         job.x_stride = (size_t)w->n_cols * sizeof(float);
     } else {
-        const kern_cpu_type *ak = kern_cpu_type_kernels(t->act_type);
         size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
-        size_t need = row_bytes * (size_t)n_tokens;
-        if (need > cpu->act_bytes) {
-            uint8_t *grown = realloc(cpu->act, need);
-            if (!grown) {
-                memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
-                kern__error_set(&cpu->error, -ENOMEM,
-                                "matmul: %zu bytes of activations: out of memory", need);
-                return;
-            }
-            cpu->act = grown;
-            cpu->act_bytes = need;
+        if (ensure_act(cpu, row_bytes * (size_t)n_tokens)) {
+            memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
+            return;
         }
-        quantize_job qj = {.x = x, .dst = cpu->act, .n_cols = w->n_cols, .row_bytes = row_bytes};
-        for (int level = cpu->isa; level >= 0 && !qj.quantize; level--)
-            qj.quantize = ak->from_f32[level];
+        quantize_job qj = {.quantize = pick_quantize(cpu, t->act_type),
+                           .x = x,
+                           .dst = cpu->act,
+                           .n_cols = w->n_cols,
+                           .row_bytes = row_bytes};
         kern__pool_run(cpu->pool, quantize_tokens, &qj, n_tokens, 4);
         job.x = cpu->act;
         job.x_stride = row_bytes;
     }
     /* Grain of 16 rows keeps each thread's slice on whole cache lines of y. */
     kern__pool_run(cpu->pool, matmul_rows, &job, w->n_rows, 16);
+}
+
+/* ---- experts: a layer's routed experts in two jobs ------------------------------------------
+ *
+ * One job runs every expert's gate and up (silu applied as each row pair is done), one runs
+ * every down, each over (expert, block of rows) items, so a decode step's eight or so small
+ * experts cost two hand-offs instead of six each and every thread streams weights without a
+ * barrier between experts.  Each bucket's activations are quantised once for gate and up
+ * together.  The arithmetic per row is the matmul's, so results do not change. */
+
+enum { EXPERT_ROW_BLOCK = 16 };
+
+static inline float silu_times(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
+typedef struct experts_job {
+    const cpu_backend *cpu;
+    const kern_ffn_expert *ex;
+    const int64_t *first; /* n_experts + 1: each expert's first item */
+    int n_experts;
+    int which;            /* 0: gate and up into g; 1: down into out */
+    const float *x;       /* f32 input rows (x or g) */
+    const uint8_t *act;   /* the same rows quantised (NULL: the weights read f32) */
+    size_t act_stride;    /* bytes per row of act (or of x) */
+    int64_t n_cols;
+    kern_quantize_fn quantize;
+    float *g, *out;
+} experts_job;
+
+/* The expert holding item `it`: the last i with first[i] <= it. */
+static int expert_of(const experts_job *job, int64_t it)
+{
+    int lo = 0, hi = job->n_experts - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (job->first[mid] <= it)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Items are bucket rows: quantise them for the next job. */
+static void experts_quantize(void *ctx, int64_t i0, int64_t i1, int thread_index)
+{
+    const experts_job *job = ctx;
+    for (int64_t it = i0; it < i1;) {
+        int e = expert_of(job, it);
+        int64_t end = job->first[e + 1] < i1 ? job->first[e + 1] : i1;
+        for (int64_t r = job->ex[e].row0 + (it - job->first[e]); it < end; it++, r++)
+            job->quantize(job->x + r * job->n_cols, (uint8_t *)job->act + (size_t)r * job->act_stride,
+                          job->n_cols);
+    }
+}
+
+static void experts_rows(void *ctx, int64_t i0, int64_t i1, int thread_index)
+{
+    const experts_job *job = ctx;
+    float gbuf[EXPERT_ROW_BLOCK * TOKEN_BLOCK], ubuf[EXPERT_ROW_BLOCK * TOKEN_BLOCK];
+    for (int64_t it = i0; it < i1; it++) {
+        int e = expert_of(job, it);
+        const kern_ffn_expert *x = &job->ex[e];
+        const uint8_t *in = job->act ? job->act + (size_t)x->row0 * job->act_stride
+                                     : (const uint8_t *)(job->x + x->row0 * job->n_cols);
+        int64_t r0 = (it - job->first[e]) * EXPERT_ROW_BLOCK;
+        kern_dot_fn dot;
+        kern_dot_multi_fn dot_multi;
+        if (job->which == 1) {
+            int64_t r1 = r0 + EXPERT_ROW_BLOCK < x->down.n_rows ? r0 + EXPERT_ROW_BLOCK : x->down.n_rows;
+            pick_dots(job->cpu, x->down.type, &dot, &dot_multi);
+            dot_rows(&x->down, dot, dot_multi, r0, r1, in, job->act_stride, x->n_rows,
+                     job->out + x->row0 * x->down.n_rows + r0, x->down.n_rows);
+            continue;
+        }
+        int64_t ff = x->gate.n_rows;
+        int64_t r1 = r0 + EXPERT_ROW_BLOCK < ff ? r0 + EXPERT_ROW_BLOCK : ff;
+        kern_dot_fn udot;
+        kern_dot_multi_fn udot_multi;
+        pick_dots(job->cpu, x->gate.type, &dot, &dot_multi);
+        pick_dots(job->cpu, x->up.type, &udot, &udot_multi);
+        /* tokens in blocks, so that the gate and up results of a block stay in registers' reach */
+        for (int64_t t0 = 0; t0 < x->n_rows; t0 += TOKEN_BLOCK) {
+            int64_t nt = x->n_rows - t0 < TOKEN_BLOCK ? x->n_rows - t0 : TOKEN_BLOCK;
+            const uint8_t *xt = in + (size_t)t0 * job->act_stride;
+            dot_rows(&x->gate, dot, dot_multi, r0, r1, xt, job->act_stride, nt, gbuf,
+                     EXPERT_ROW_BLOCK);
+            dot_rows(&x->up, udot, udot_multi, r0, r1, xt, job->act_stride, nt, ubuf,
+                     EXPERT_ROW_BLOCK);
+            for (int64_t t = 0; t < nt; t++) {
+                float *gr = job->g + (x->row0 + t0 + t) * ff;
+                for (int64_t r = r0; r < r1; r++)
+                    gr[r] = silu_times(gbuf[t * EXPERT_ROW_BLOCK + r - r0],
+                                       ubuf[t * EXPERT_ROW_BLOCK + r - r0]);
+            }
+        }
+    }
+}
+
+/* Whether the experts can share the two jobs: gate and up read one activation type and width,
+ * and so do the downs.  (GGUF stores a layer's experts as one tensor per part, so they do.) */
+static bool experts_uniform(const kern_ffn_expert *ex, int n)
+{
+    uint32_t a0 = kern_type_info(ex[0].gate.type)->act_type;
+    uint32_t a1 = kern_type_info(ex[0].down.type)->act_type;
+    for (int i = 0; i < n; i++)
+        if (kern_type_info(ex[i].gate.type)->act_type != a0 ||
+            kern_type_info(ex[i].up.type)->act_type != a0 ||
+            kern_type_info(ex[i].down.type)->act_type != a1 ||
+            ex[i].gate.n_cols != ex[0].gate.n_cols || ex[i].up.n_cols != ex[0].gate.n_cols ||
+            ex[i].up.n_rows != ex[i].gate.n_rows || ex[i].down.n_cols != ex[i].gate.n_rows ||
+            ex[i].down.n_cols != ex[0].down.n_cols)
+            return false;
+    return true;
+}
+
+/* Runs one phase (which: 0 gate and up, 1 down) of the experts over `in` (x or g). */
+static int experts_phase(cpu_backend *cpu, experts_job *job, int which, const float *in)
+{
+    const kern_ffn_expert *ex = job->ex;
+    const kern_weight *w0 = which == 0 ? &ex[0].gate : &ex[0].down;
+    uint32_t act_type = kern_type_info(w0->type)->act_type;
+    int64_t n_cols = w0->n_cols, rows_end = 0, n_rows = 0;
+    for (int i = 0; i < job->n_experts; i++) {
+        if (ex[i].row0 + ex[i].n_rows > rows_end) rows_end = ex[i].row0 + ex[i].n_rows;
+        n_rows += ex[i].n_rows;
+    }
+    job->which = which;
+    job->x = in;
+    job->n_cols = n_cols;
+    job->act = NULL;
+    job->act_stride = (size_t)n_cols * sizeof(float);
+    int64_t *first = cpu->first;
+    if (act_type != KERN_T_F32) {
+        job->act_stride = kern_row_bytes(act_type, n_cols);
+        if (ensure_act(cpu, job->act_stride * (size_t)rows_end)) return -ENOMEM;
+        job->act = cpu->act;
+        job->quantize = pick_quantize(cpu, act_type);
+        first[0] = 0;
+        for (int i = 0; i < job->n_experts; i++)
+            first[i + 1] = first[i] + ex[i].n_rows;
+        kern__pool_run(cpu->pool, experts_quantize, job, n_rows, 1);
+    }
+    first[0] = 0;
+    for (int i = 0; i < job->n_experts; i++) {
+        int64_t out_rows = which == 0 ? ex[i].gate.n_rows : ex[i].down.n_rows;
+        first[i + 1] = first[i] + (out_rows + EXPERT_ROW_BLOCK - 1) / EXPERT_ROW_BLOCK;
+    }
+    kern__pool_run(cpu->pool, experts_rows, job, first[job->n_experts], 1);
+    return 0;
+}
+
+static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
+                         int64_t n);
+
+static void cpu_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                        float *out, float *g, float *u)
+{
+    cpu_backend *cpu = as_cpu(b);
+    if (n_experts <= 0) return;
+    if (n_experts + 1 > cpu->first_cap) {
+        int64_t *grown = realloc(cpu->first, (size_t)(n_experts + 1) * sizeof *grown);
+        if (!grown) {
+            kern__error_set(&cpu->error, -ENOMEM, "experts: out of memory");
+            return;
+        }
+        cpu->first = grown;
+        cpu->first_cap = n_experts + 1;
+    }
+    if (experts_uniform(ex, n_experts)) {
+        experts_job job = {.cpu = cpu, .ex = ex, .first = cpu->first, .n_experts = n_experts,
+                           .g = g, .out = out};
+        if (experts_phase(cpu, &job, 0, x) == 0) experts_phase(cpu, &job, 1, g);
+        return;
+    }
+    for (int i = 0; i < n_experts; i++) { /* mixed activation types: one expert at a time */
+        const kern_ffn_expert *e = &ex[i];
+        int64_t ff = e->gate.n_rows;
+        float *gi = g + e->row0 * ff;
+        cpu_matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
+        cpu_matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
+        cpu_silu_mul(b, gi, u, gi, e->n_rows * ff);
+        cpu_matmul(b, &e->down, gi, out + e->row0 * e->down.n_rows, e->n_rows);
+    }
 }
 
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
@@ -484,8 +703,7 @@ static void silu_mul_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
 {
     const elementwise_job *job = ctx;
     for (int64_t i = i0; i < i1; i++) {
-        float g = job->a[i];
-        job->out[i] = g / (1.0f + expf(-g)) * job->b[i];
+        job->out[i] = silu_times(job->a[i], job->b[i]);
     }
 }
 
@@ -791,6 +1009,7 @@ static const kern_ops cpu_ops = {
     .get_rows = cpu_get_rows,
     .gather = cpu_gather,
     .router = cpu_router,
+    .experts = cpu_experts,
     .moe_combine = cpu_moe_combine,
     .gate_add = cpu_gate_add,
     .destroy = cpu_destroy,
@@ -854,6 +1073,10 @@ PROFILED(router, KERN_OP_ROUTER,
          (kern_backend * b, const float *l, int64_t n, const kern_router_opts *o, int32_t *ids,
           float *w),
          (b, l, n, o, ids, w))
+PROFILED(experts, KERN_OP_EXPERTS,
+         (kern_backend * b, const kern_ffn_expert *ex, int n, const float *x, float *o, float *g,
+          float *u),
+         (b, ex, n, x, o, g, u))
 PROFILED(moe_combine, KERN_OP_MOE_COMBINE,
          (kern_backend * b, const float *s, const int32_t *r, const float *w, float *o, int64_t n,
           int k, int64_t d),
@@ -897,14 +1120,15 @@ static const kern_ops cpu_ops_profiled = {
     .get_rows = prof_get_rows,
     .gather = prof_gather,
     .router = prof_router,
+    .experts = prof_experts,
     .moe_combine = prof_moe_combine,
     .gate_add = prof_gate_add,
     .destroy = cpu_destroy,
 };
 
 static const char *const op_names[KERN_OP_COUNT] = {
-    "matmul",   "rmsnorm",  "rope",   "kv_store", "attention",   "silu_mul", "add",
-    "add_bias", "get_rows", "gather", "router",   "moe_combine", "gate_add", "copy"};
+    "matmul",   "rmsnorm",  "rope",   "kv_store", "attention", "silu_mul",    "add",
+    "add_bias", "get_rows", "gather", "router",   "experts",   "moe_combine", "gate_add", "copy"};
 
 const char *kern_cpu_op_name(kern_cpu_op op)
 {
@@ -1001,6 +1225,7 @@ static void cpu_destroy(kern_backend *b)
         free(cpu->scratch[i]);
     free(cpu->scratch);
     free(cpu->act);
+    free(cpu->first);
     free(cpu);
 }
 

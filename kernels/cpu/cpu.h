@@ -77,6 +77,7 @@ typedef enum kern_cpu_op {
     KERN_OP_GET_ROWS,
     KERN_OP_GATHER,
     KERN_OP_ROUTER,
+    KERN_OP_EXPERTS,
     KERN_OP_MOE_COMBINE,
     KERN_OP_GATE_ADD,
     KERN_OP_COPY,

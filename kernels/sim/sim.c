@@ -515,6 +515,28 @@ static void sim_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
     kern_matmul(sim->cpu, w, x, y, n_tokens);
 }
 
+static void sim_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                        float *out, float *g, float *u)
+{
+    sim_backend *sim = as_sim(b);
+    for (int i = 0; i < n_experts; i++) {
+        const kern_ffn_expert *e = &ex[i];
+        if (e->n_rows <= 0) continue;
+        const void *gd = e->gate.data, *ud = e->up.data, *dd = e->down.data;
+        CHECK(gd, weight_bytes(&e->gate));
+        CHECK(ud, weight_bytes(&e->up));
+        CHECK(dd, weight_bytes(&e->down));
+        const float *xi = x + e->row0 * e->gate.n_cols;
+        float *gi = g + e->row0 * e->gate.n_rows, *oi = out + e->row0 * e->down.n_rows;
+        CHECK(xi, floats(e->n_rows * e->gate.n_cols));
+        CHECK(gi, floats(e->n_rows * e->gate.n_rows));
+        CHECK(u, floats(e->n_rows * e->up.n_rows));
+        CHECK(oi, floats(e->n_rows * e->down.n_rows));
+    }
+    if (injected(sim, "experts")) return;
+    kern_experts(sim->cpu, ex, n_experts, x, out, g, u);
+}
+
 static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
                         int64_t n_rows, int64_t stride, float eps)
 {
@@ -735,6 +757,7 @@ static const kern_ops sim_ops = {
     .get_rows = sim_get_rows,
     .gather = sim_gather,
     .router = sim_router,
+    .experts = sim_experts,
     .moe_combine = sim_moe_combine,
     .gate_add = sim_gate_add,
     .destroy = sim_destroy,

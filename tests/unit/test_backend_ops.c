@@ -125,7 +125,7 @@ enum { MAX_OPS = 16 };
 static const char *op_names[MAX_OPS] = {"matmul",          "rmsnorm", "rope",        "attention",
                                         "silu_mul",        "add",     "add_bias",    "get_rows",
                                         "gather",          "router",  "moe_combine", "gate_add",
-                                        "batch_invariance"};
+                                        "experts",         "batch_invariance"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -691,6 +691,154 @@ START_TEST(combine_and_shared_gate)
 }
 END_TEST
 
+/* ---- experts: a layer's routed SwiGLU experts over their buckets -------------------------------
+ */
+
+typedef struct ffn_case_expert {
+    void *w[3];   /* gate, up, down on the host */
+    float *wf[3]; /* dequantised */
+    kern_ffn_expert e;
+} ffn_case_expert;
+
+/* Experts of types (gu for gate and up, dn for down; per expert when mixed) over buckets with
+ * gaps between them, against a double-precision SwiGLU of the dequantised weights, and bit for
+ * bit against matmul, silu_mul and matmul run one expert at a time on the same backend. */
+static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_ex)
+{
+    kern_backend *b = backends[be].b;
+    enum { MAXE = 4 };
+    static const int64_t counts[MAXE] = {1, 9, 3, 17};
+    /* widths that are whole blocks of every type in the case: float rows end inside the CPU's
+     * 16-row work items */
+    uint32_t blk = 1;
+    for (int i = 0; i < n_ex; i++) {
+        if (kern_type_info(gu[i])->block_elems > blk) blk = kern_type_info(gu[i])->block_elems;
+        if (kern_type_info(dn[i])->block_elems > blk) blk = kern_type_info(dn[i])->block_elems;
+    }
+    int64_t cols_d = blk == 1 ? 72 : 2 * (int64_t)blk, ff = blk == 1 ? 40 : 3 * (int64_t)blk;
+    ffn_case_expert ex[MAXE];
+    kern_ffn_expert host_ex[MAXE];
+    int64_t rows = 0;
+    for (int i = 0; i < n_ex; i++) {
+        ffn_case_expert *c = &ex[i];
+        uint32_t types[3] = {gu[i], gu[i], dn[i]};
+        int64_t shape[3][2] = {{ff, cols_d}, {ff, cols_d}, {cols_d, ff}};
+        kern_weight *kw[3] = {&c->e.gate, &c->e.up, &c->e.down};
+        for (int p = 0; p < 3; p++) {
+            c->w[p] = random_weight(types[p], shape[p][0], shape[p][1], &c->wf[p]);
+            size_t rb = kern_row_bytes(types[p], shape[p][1]);
+            *kw[p] = (kern_weight){.data = to_device(b, c->w[p], rb * (size_t)shape[p][0]),
+                                   .type = types[p],
+                                   .n_rows = shape[p][0],
+                                   .n_cols = shape[p][1],
+                                   .row_bytes = rb};
+        }
+        c->e.row0 = rows + 2; /* a gap: rows between buckets are not the op's */
+        c->e.n_rows = counts[i];
+        rows = c->e.row0 + c->e.n_rows;
+        host_ex[i] = c->e;
+    }
+    float *x = random_floats(rows * cols_d, 1.0f);
+    float *dx = to_device(b, x, (size_t)(rows * cols_d) * 4);
+    float *dout = dev_zeros(b, (size_t)(rows * cols_d) * 4), *dg = dev_zeros(b, (size_t)(rows * ff) * 4);
+    float *du = dev_zeros(b, (size_t)(rows * ff) * 4);
+    float *out = malloc((size_t)(rows * cols_d) * 4), *seq = malloc((size_t)(rows * cols_d) * 4);
+    kern_experts(b, host_ex, n_ex, dx, dout, dg, du);
+    from_device(b, out, dout, (size_t)(rows * cols_d) * 4);
+    double tol = blk > 1 ? 1e-2 : (backends[be].approx ? 2e-3 : 1e-5);
+    double *h = malloc((size_t)ff * sizeof *h), *hm = malloc((size_t)ff * sizeof *hm);
+    char what[160];
+    for (int i = 0; i < n_ex; i++) {
+        ffn_case_expert *c = &ex[i];
+        for (int64_t t = c->e.row0; t < c->e.row0 + c->e.n_rows; t++) {
+            for (int64_t f = 0; f < ff; f++) {
+                double g = 0, u = 0, gm = 0, um = 0;
+                for (int64_t k = 0; k < cols_d; k++) {
+                    g += (double)c->wf[0][f * cols_d + k] * x[t * cols_d + k];
+                    u += (double)c->wf[1][f * cols_d + k] * x[t * cols_d + k];
+                    gm += fabs((double)c->wf[0][f * cols_d + k] * x[t * cols_d + k]);
+                    um += fabs((double)c->wf[1][f * cols_d + k] * x[t * cols_d + k]);
+                }
+                h[f] = g / (1.0 + exp(-g)) * u;
+                /* the scale of h's rounding error: gate's and up's errors are relative to
+                 * sum |w x| (see matmul_tol), carried through silu (slope <= 1.1) and the product */
+                hm[f] = fabs(h[f]) + 1.1 * fabs(u) * gm + fabs(g) * um;
+            }
+            for (int64_t r = 0; r < cols_d; r++) {
+                double ref = 0, mag = 0;
+                for (int64_t f = 0; f < ff; f++) {
+                    ref += (double)c->wf[2][r * ff + f] * h[f];
+                    mag += fabs((double)c->wf[2][r * ff + f]) * hm[f];
+                }
+                snprintf(what, sizeof what, "%s/%s expert %d row %lld out %lld",
+                         kern_type_info(gu[i])->name, kern_type_info(dn[i])->name, i,
+                         (long long)t, (long long)r);
+                expect_close(be, "experts", what, out[t * cols_d + r], ref, mag + 1e-30, tol);
+            }
+        }
+    }
+    /* the same bits as the three operations, one expert at a time */
+    for (int i = 0; i < n_ex; i++) {
+        kern_ffn_expert *e = &ex[i].e;
+        float *g = dg + e->row0 * ff;
+        kern_matmul(b, &e->gate, dx + e->row0 * cols_d, g, e->n_rows);
+        kern_matmul(b, &e->up, dx + e->row0 * cols_d, du, e->n_rows);
+        kern_silu_mul(b, g, du, g, e->n_rows * ff);
+        kern_matmul(b, &e->down, g, dout + e->row0 * cols_d, e->n_rows);
+    }
+    from_device(b, seq, dout, (size_t)(rows * cols_d) * 4);
+    for (int i = 0; i < n_ex; i++) {
+        size_t off = (size_t)(ex[i].e.row0 * cols_d), n = (size_t)(ex[i].e.n_rows * cols_d);
+        ck_assert_msg(memcmp(out + off, seq + off, n * 4) == 0,
+                      "%s experts (%s/%s): expert %d differs from matmul, silu_mul, matmul",
+                      backends[be].name, kern_type_info(gu[i])->name, kern_type_info(dn[i])->name,
+                      i);
+    }
+    for (int i = 0; i < n_ex; i++)
+        for (int p = 0; p < 3; p++) {
+            kern_weight *kw[3] = {&ex[i].e.gate, &ex[i].e.up, &ex[i].e.down};
+            dev_free(b, (void *)kw[p]->data);
+            free(ex[i].w[p]);
+            free(ex[i].wf[p]);
+        }
+    dev_free(b, dx);
+    dev_free(b, dout);
+    dev_free(b, dg);
+    dev_free(b, du);
+    free(x);
+    free(out);
+    free(seq);
+    free(h);
+    free(hm);
+}
+
+START_TEST(experts_grouped)
+{
+    uint32_t t = all_types[_i], same[4] = {t, t, t, t};
+    for (int be = 0; be < n_backends; be++) {
+        experts_case(be, same, same, 4);
+        experts_case(be, same, same, 1);
+    }
+}
+END_TEST
+
+START_TEST(experts_mixed_types)
+{
+    /* Q4_K_M's layout (Q6_K downs); float gate/up with quantised downs; and experts whose types
+     * differ (not a GGUF layout, but the op must still compute it) */
+    const uint32_t q4[4] = {KERN_T_Q4_K, KERN_T_Q4_K, KERN_T_Q4_K, KERN_T_Q4_K},
+                   q6[4] = {KERN_T_Q6_K, KERN_T_Q6_K, KERN_T_Q6_K, KERN_T_Q6_K},
+                   f16[4] = {KERN_T_F16, KERN_T_F16, KERN_T_F16, KERN_T_F16},
+                   q8[4] = {KERN_T_Q8_0, KERN_T_Q8_0, KERN_T_Q8_0, KERN_T_Q8_0},
+                   mix[4] = {KERN_T_Q8_0, KERN_T_F32, KERN_T_Q4_0, KERN_T_BF16};
+    for (int be = 0; be < n_backends; be++) {
+        experts_case(be, q4, q6, 4);
+        experts_case(be, f16, q8, 3);
+        experts_case(be, mix, mix, 4);
+    }
+}
+END_TEST
+
 /* ---- the paged KV cache and attention ----------------------------------------------------------
  */
 
@@ -960,6 +1108,8 @@ int main(void)
     tcase_add_test(tc, get_rows_and_gather);
     tcase_add_test(tc, router_gatings_and_ties);
     tcase_add_test(tc, combine_and_shared_gate);
+    tcase_add_loop_test(tc, experts_grouped, 0, N_ALL_TYPES);
+    tcase_add_test(tc, experts_mixed_types);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);
     suite_add_tcase(s, tc);
