@@ -411,8 +411,8 @@ static uint64_t expert_bytes(const kern_ffn_expert *x)
 
 static double expert_macs(const kern_ffn_expert *x)
 {
-    return (double)x->n_rows * (double)(x->gate.n_rows * x->gate.n_cols * 2 +
-                                        x->down.n_rows * x->down.n_cols);
+    return (double)x->n_rows *
+           (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
 }
 
 /* The n experts of hs.group on the CPU, from the host tier: their buckets' rows of hs.xe in, of

@@ -2,13 +2,14 @@
  * bench_kernels — single-thread, in-cache throughput of the quantised dot products at every
  * instruction-set level this CPU has, as a markdown table.
  *
- *   bench_kernels [--reps N] [--kib K] [--cols N]
+ *   bench_kernels [--reps N] [--kib K] [--cols N] [--tokens T] [--type NAME]
  *
  * For each type a matrix of about K KiB (default 256: inside L2, so the kernel, not memory,
  * is measured) is dotted row by row with one quantised activation vector (decode: GB/s of
- * weight bytes) and with four (dot_multi, prefill: GB/s of weight bytes x 4 tokens, i.e. the
- * rate of weight-activation products in bytes).  Best of N repetitions, because other processes
- * share the machine.  Weights are random bytes with sane block scales.
+ * weight bytes) and with T (default 8, the matmul's token block; dot_multi, prefill: GB/s of
+ * weight bytes x T tokens, i.e. the rate of weight-activation products in bytes).  Best of N
+ * repetitions, because other processes share the machine.  Weights are random bytes with sane block
+ * scales.
  */
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/quant_blocks.h"
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -62,6 +64,8 @@ int main(int argc, char **argv)
 {
     int reps = 20;
     int64_t kib = 256, cols = 4096;
+    int nt = 8;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
@@ -69,13 +73,20 @@ int main(int argc, char **argv)
             kib = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--cols") && i + 1 < argc)
             cols = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
+            nt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--type") && i + 1 < argc)
+            only = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--kib K] [--cols N]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--reps N] [--kib K] [--cols N] [--tokens T] [--type NAME]\n",
+                    argv[0]);
             return 2;
         }
     }
-    if (reps < 1 || kib < 1 || cols < 256 || cols % 256) {
-        fprintf(stderr, "bench_kernels: need reps >= 1, kib >= 1, cols a multiple of 256\n");
+    if (reps < 1 || kib < 1 || cols < 256 || cols % 256 || nt < 1 || nt > 64) {
+        fprintf(stderr, "bench_kernels: need reps >= 1, kib >= 1, cols a multiple of 256, "
+                        "1 <= tokens <= 64\n");
         return 2;
     }
     static const uint32_t types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,
@@ -83,9 +94,10 @@ int main(int argc, char **argv)
     kern_isa best = kern_cpu_isa();
     printf("CPU level: %s; %lld KiB per matrix, %lld columns, best of %d\n\n", kern_isa_name(best),
            (long long)kib, (long long)cols, reps);
-    printf("| type | level | dot GB/s | dot_multi x4 GB/s |\n|---|---|---|---|\n");
+    printf("| type | level | dot GB/s | dot_multi x%d GB/s |\n|---|---|---|---|\n", nt);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const kern_type_traits *t = kern_type_info(types[ti]);
+        if (only && strcasecmp(only, t->name)) continue;
         const kern_type_traits *at = kern_type_info(t->act_type);
         const kern_cpu_type *k = kern_cpu_type_kernels(types[ti]);
         size_t row_bytes = kern_row_bytes(types[ti], cols);
@@ -93,8 +105,8 @@ int main(int argc, char **argv)
         if (rows < 1) rows = 1;
         size_t w_bytes = row_bytes * (size_t)rows;
         size_t x_row = kern_row_bytes(t->act_type, cols);
-        uint8_t *w = malloc(w_bytes), *xq = malloc(x_row * 4);
-        float *x = malloc((size_t)cols * 4 * sizeof *x), out[4];
+        uint8_t *w = malloc(w_bytes), *xq = malloc(x_row * (size_t)nt);
+        float *x = malloc((size_t)cols * (size_t)nt * sizeof *x), out[64];
         if (!w || !xq || !x) {
             fprintf(stderr, "bench_kernels: %s\n", strerror(ENOMEM));
             return 1;
@@ -102,9 +114,9 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < w_bytes; i++)
             w[i] = (uint8_t)rng_next();
         sane_scales(types[ti], w, (int64_t)(w_bytes / t->block_bytes), t->block_bytes);
-        for (int64_t i = 0; i < cols * 4; i++)
+        for (int64_t i = 0; i < cols * nt; i++)
             x[i] = (float)((int)(rng_next() % 2001) - 1000) / 1000.0f;
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < nt; j++)
             at->from_f32(x + j * cols, xq + j * x_row, cols);
         volatile float sink = 0.0f;
         for (int level = 0; level < KERN_ISA_COUNT && level <= (int)best; level++) {
@@ -117,7 +129,7 @@ int main(int argc, char **argv)
                     s += k->dot[level](w + (size_t)i * row_bytes, xq, cols);
                 double t1 = now_s();
                 for (int64_t i = 0; i < rows; i++) {
-                    k->dot_multi[level](w + (size_t)i * row_bytes, xq, x_row, 4, cols, out);
+                    k->dot_multi[level](w + (size_t)i * row_bytes, xq, x_row, nt, cols, out);
                     s += out[0];
                 }
                 double t2 = now_s();
@@ -126,7 +138,7 @@ int main(int argc, char **argv)
                 if (t2 - t1 < best_4) best_4 = t2 - t1;
             }
             printf("| %s | %s | %.1f | %.1f |\n", t->name, kern_isa_name(level),
-                   (double)w_bytes / best_1 * 1e-9, 4.0 * (double)w_bytes / best_4 * 1e-9);
+                   (double)w_bytes / best_1 * 1e-9, nt * (double)w_bytes / best_4 * 1e-9);
         }
         (void)sink;
         free(w);

@@ -93,9 +93,9 @@ typedef struct matmul_job {
 } matmul_job;
 
 /* y[t][r - r0] (rows y_stride floats apart) for rows [r0, r1) of w and n_tokens activations. */
-static void dot_rows(const kern_weight *w, kern_dot_fn dot, kern_dot_multi_fn dot_multi,
-                     int64_t r0, int64_t r1, const uint8_t *x, size_t x_stride, int64_t n_tokens,
-                     float *y, int64_t y_stride)
+static void dot_rows(const kern_weight *w, kern_dot_fn dot, kern_dot_multi_fn dot_multi, int64_t r0,
+                     int64_t r1, const uint8_t *x, size_t x_stride, int64_t n_tokens, float *y,
+                     int64_t y_stride)
 {
     const uint8_t *base = w->data;
     int64_t n_cols = w->n_cols;
@@ -224,10 +224,10 @@ typedef struct experts_job {
     const kern_ffn_expert *ex;
     const int64_t *first; /* n_experts + 1: each expert's first item */
     int n_experts;
-    int which;            /* 0: gate and up into g; 1: down into out */
-    const float *x;       /* f32 input rows (x or g) */
-    const uint8_t *act;   /* the same rows quantised (NULL: the weights read f32) */
-    size_t act_stride;    /* bytes per row of act (or of x) */
+    int which;          /* 0: gate and up into g; 1: down into out */
+    const float *x;     /* f32 input rows (x or g) */
+    const uint8_t *act; /* the same rows quantised (NULL: the weights read f32) */
+    size_t act_stride;  /* bytes per row of act (or of x) */
     int64_t n_cols;
     kern_quantize_fn quantize;
     float *g, *out;
@@ -255,8 +255,8 @@ static void experts_quantize(void *ctx, int64_t i0, int64_t i1, int thread_index
         int e = expert_of(job, it);
         int64_t end = job->first[e + 1] < i1 ? job->first[e + 1] : i1;
         for (int64_t r = job->ex[e].row0 + (it - job->first[e]); it < end; it++, r++)
-            job->quantize(job->x + r * job->n_cols, (uint8_t *)job->act + (size_t)r * job->act_stride,
-                          job->n_cols);
+            job->quantize(job->x + r * job->n_cols,
+                          (uint8_t *)job->act + (size_t)r * job->act_stride, job->n_cols);
     }
 }
 
@@ -273,7 +273,8 @@ static void experts_rows(void *ctx, int64_t i0, int64_t i1, int thread_index)
         kern_dot_fn dot;
         kern_dot_multi_fn dot_multi;
         if (job->which == 1) {
-            int64_t r1 = r0 + EXPERT_ROW_BLOCK < x->down.n_rows ? r0 + EXPERT_ROW_BLOCK : x->down.n_rows;
+            int64_t r1 =
+                r0 + EXPERT_ROW_BLOCK < x->down.n_rows ? r0 + EXPERT_ROW_BLOCK : x->down.n_rows;
             pick_dots(job->cpu, x->down.type, &dot, &dot_multi);
             dot_rows(&x->down, dot, dot_multi, r0, r1, in, job->act_stride, x->n_rows,
                      job->out + x->row0 * x->down.n_rows + r0, x->down.n_rows);
@@ -374,8 +375,8 @@ static void cpu_experts(kern_backend *b, const kern_ffn_expert *ex, int n_expert
         cpu->first_cap = n_experts + 1;
     }
     if (experts_uniform(ex, n_experts)) {
-        experts_job job = {.cpu = cpu, .ex = ex, .first = cpu->first, .n_experts = n_experts,
-                           .g = g, .out = out};
+        experts_job job = {
+            .cpu = cpu, .ex = ex, .first = cpu->first, .n_experts = n_experts, .g = g, .out = out};
         if (experts_phase(cpu, &job, 0, x) == 0) experts_phase(cpu, &job, 1, g);
         return;
     }
@@ -547,84 +548,129 @@ typedef struct attn_job {
     int n_head, n_head_kv, head_dim, slices, slice_heads;
     float scale;
     int64_t max_kv;
-    kern_dot_multi_fn dot_multi; /* f32 K row against the slice's query heads */
-    kern_dot_fn dot_f16;         /* an F16 K row against one query head, converted in registers */
-    void (*axpy_f16)(float *y, float a, const void *x, int64_t n);
+    bool avx512;                 /* the AVX-512 chunk kernels (head_dim a multiple of 16) */
+    kern_dot_multi_fn dot_multi; /* otherwise: f32 K row against the slice's query heads */
     void (*to_f32)(const void *src, float *dst, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     _Atomic int missing;
 } attn_job;
 
+enum { ATTN_CHUNK = 16 }; /* positions per inner step (at most one KV block's) */
+
+/* scores[h][j] = q_h . k_j * scale for the chunk's nb positions (rows k_stride floats apart) */
+static void chunk_scores(const attn_job *job, const float *q, int hs, const float *k,
+                         size_t k_stride, int nb, float *s, size_t s_stride)
+{
+    int hd = job->head_dim;
+    if (job->avx512) {
+        kern__attn_scores_avx512(q, hs, hd, k, k_stride, nb, job->scale, s, s_stride);
+        return;
+    }
+    float dots[256];
+    for (int j = 0; j < nb; j++) {
+        job->dot_multi(k + (size_t)j * k_stride, q, (size_t)hd * sizeof(float), hs, hd, dots);
+        for (int h = 0; h < hs; h++)
+            s[(size_t)h * s_stride + (size_t)j] = dots[h] * job->scale;
+    }
+}
+
+/* out_h += sum_j p[h][j] * inv[h] * v_j over the chunk */
+static void chunk_values(const attn_job *job, const float *p, size_t p_stride, const float *inv,
+                         int hs, const float *v, size_t v_stride, int nb, float *out)
+{
+    int hd = job->head_dim;
+    if (job->avx512) {
+        kern__attn_values_avx512(p, p_stride, inv, hs, hd, v, v_stride, nb, out);
+        return;
+    }
+    for (int j = 0; j < nb; j++)
+        for (int h = 0; h < hs; h++)
+            job->axpy(out + (size_t)h * (size_t)hd, p[(size_t)h * p_stride + (size_t)j] * inv[h],
+                      v + (size_t)j * v_stride, hd);
+}
+
+/* The chunk at position j0 of a sequence's K (which 0) or V (1) rows of KV head g: up to
+ * ATTN_CHUNK positions inside one KV block, as f32 rows (*stride floats apart) — the cache's
+ * own rows for F32, converted into `tile` for F16.  NULL: a position has no block. */
+static const float *chunk_rows(const attn_job *job, int which, int32_t seq, int32_t j0, int nb,
+                               int g, float *tile, size_t *stride)
+{
+    const kern_kv_layout *kv = job->kv;
+    int hd = job->head_dim;
+    const uint8_t *row0 = kv_row(kv, job->layer, which, seq, j0);
+    if (!row0) return NULL;
+    if (kv->type == KERN_KV_F32) {
+        *stride = (size_t)kv->kv_dim;
+        return (const float *)row0 + (size_t)g * (size_t)hd;
+    }
+    const uint8_t *src = row0 + (size_t)g * (size_t)hd * 2;
+    size_t src_stride = (size_t)kv->kv_dim * 2;
+    if (job->avx512) {
+        kern__f16_rows_to_f32_avx512(src, src_stride, nb, hd, tile);
+    } else {
+        for (int j = 0; j < nb; j++)
+            job->to_f32(src + (size_t)j * src_stride, tile + (size_t)j * (size_t)hd, hd);
+    }
+    *stride = (size_t)hd;
+    return tile;
+}
+
+/* One item: token t's query heads [h0, h0 + hs) against KV head g over positions 0 .. pos[t],
+ * in chunks of up to 16 positions of one KV block: scores, then a softmax per head, then the
+ * values.  Every head's arithmetic depends on its own query and the cache only. */
 static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
 {
     attn_job *job = ctx;
     const kern_kv_layout *kv = job->kv;
     int hd = job->head_dim, group = job->n_head / job->n_head_kv, hs = job->slice_heads;
-    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
-    /* scratch: scores [hs][max_kv], then one converted row */
+    /* scratch: scores [hs][max_kv rounded up to a chunk], then a chunk of converted rows */
+    size_t s_stride = (size_t)((job->max_kv + ATTN_CHUNK - 1) / ATTN_CHUNK * ATTN_CHUNK);
     float *scores = job->cpu->scratch[thread_index];
-    float *row = scores + (size_t)hs * (size_t)job->max_kv;
-    float dots[256];
+    float *tile = scores + (size_t)hs * s_stride;
+    float inv[256];
     for (int64_t it = i0; it < i1; it++) {
         int64_t t = it / ((int64_t)job->n_head_kv * job->slices);
         int g = (int)(it / job->slices % job->n_head_kv), sl = (int)(it % job->slices);
         int h0 = g * group + sl * hs;
         int32_t seq = job->seq[t], n_kv = job->pos[t] + 1;
-        size_t head_off = (size_t)g * (size_t)hd * elem;
         const float *q = job->q + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
         float *out = job->out + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
         memset(out, 0, (size_t)hs * (size_t)hd * sizeof(float));
-        float max[256];
-        for (int h = 0; h < hs; h++)
-            max[h] = -INFINITY;
-        for (int32_t j = 0; j < n_kv; j++) {
-            const uint8_t *k = kv_row(kv, job->layer, 0, seq, j);
-            if (!k) {
-                job->missing++;
-                return;
-            }
-            const float *kf = (const float *)(k + head_off);
-            /* with one query head per KV head (a property of the model, never of the batch: the
-             * arithmetic must not depend on how the work was sliced) nobody else reads the row */
-            if (elem == 2 && group == 1) {
-                dots[0] = job->dot_f16(k + head_off, q, hd);
-            } else {
-                if (elem == 2) {
-                    job->to_f32(k + head_off, row, hd);
-                    kf = row;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int32_t j0 = 0; j0 < n_kv;) {
+                int32_t in_block = kv->block_tokens - j0 % kv->block_tokens;
+                int nb = n_kv - j0 < ATTN_CHUNK ? n_kv - j0 : ATTN_CHUNK;
+                if (nb > in_block) nb = in_block;
+                size_t stride;
+                const float *rows = chunk_rows(job, pass, seq, j0, nb, g, tile, &stride);
+                if (!rows) {
+                    job->missing++;
+                    return;
                 }
-                job->dot_multi(kf, q, (size_t)hd * sizeof(float), hs, hd, dots);
+                if (pass == 0)
+                    chunk_scores(job, q, hs, rows, stride, nb, scores + j0, s_stride);
+                else
+                    chunk_values(job, scores + j0, s_stride, inv, hs, rows, stride, nb, out);
+                j0 += nb;
             }
+            if (pass == 1) break;
             for (int h = 0; h < hs; h++) {
-                float sc = dots[h] * job->scale;
-                scores[(size_t)h * (size_t)job->max_kv + (size_t)j] = sc;
-                if (sc > max[h]) max[h] = sc;
+                float *s = scores + (size_t)h * s_stride;
+                double sum;
+                if (job->avx512) {
+                    sum = kern__exp_sum_avx512(s, n_kv, kern__max_avx512(s, n_kv));
+                } else {
+                    float max = -INFINITY;
+                    for (int32_t j = 0; j < n_kv; j++)
+                        if (s[j] > max) max = s[j];
+                    sum = 0.0;
+                    for (int32_t j = 0; j < n_kv; j++) {
+                        s[j] = expf(s[j] - max);
+                        sum += s[j];
+                    }
+                }
+                inv[h] = (float)(1.0 / sum);
             }
-        }
-        float inv[256];
-        for (int h = 0; h < hs; h++) {
-            float *s = scores + (size_t)h * (size_t)job->max_kv;
-            double sum = 0.0;
-            for (int32_t j = 0; j < n_kv; j++) {
-                s[j] = expf(s[j] - max[h]);
-                sum += s[j];
-            }
-            inv[h] = (float)(1.0 / sum);
-        }
-        for (int32_t j = 0; j < n_kv; j++) {
-            const uint8_t *v = kv_row(kv, job->layer, 1, seq, j);
-            const float *vf = (const float *)(v + head_off);
-            if (elem == 2 && group == 1) {
-                job->axpy_f16(out, scores[j] * inv[0], v + head_off, hd);
-                continue;
-            }
-            if (elem == 2) {
-                job->to_f32(v + head_off, row, hd);
-                vf = row;
-            }
-            for (int h = 0; h < hs; h++)
-                job->axpy(out + (size_t)h * (size_t)hd,
-                          scores[(size_t)h * (size_t)job->max_kv + (size_t)j] * inv[h], vf, hd);
         }
     }
 }
@@ -659,7 +705,9 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
     while (n_tokens * n_head_kv * slices < want && slices < group && group % (slices * 2) == 0)
         slices *= 2;
     int hs = group / slices;
-    if (hs > 256 || head_dim > 4096 || ensure_scratch(cpu, (int64_t)hs * max_kv + head_dim) != 0) {
+    int64_t padded = (max_kv + ATTN_CHUNK - 1) / ATTN_CHUNK * ATTN_CHUNK;
+    if (hs > 256 || head_dim > 4096 ||
+        ensure_scratch(cpu, (int64_t)hs * padded + (int64_t)ATTN_CHUNK * head_dim) != 0) {
         memset(out, 0, (size_t)(n_tokens * n_head * head_dim) * sizeof *out);
         kern__error_set(&cpu->error, hs > 256 ? -EINVAL : -ENOMEM,
                         "attention: %d heads per KV head over %lld positions: %s", hs,
@@ -681,10 +729,9 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
                     .slice_heads = hs,
                     .scale = scale,
                     .max_kv = max_kv,
+                    .avx512 = cpu->isa >= KERN_ISA_AVX512 && head_dim % 16 == 0,
                     .dot_multi = kern_cpu_type_kernels(KERN_T_F32)->dot_multi[cpu->isa],
                     .to_f32 = avx2 ? kern__f16_to_f32_avx2 : kern__f16_to_f32_scalar,
-                    .dot_f16 = kern_cpu_type_kernels(KERN_T_F16)->dot[cpu->isa],
-                    .axpy_f16 = avx2 ? kern__axpy_f16_avx2 : kern__axpy_f16_scalar,
                     .axpy = avx2 ? kern__axpy_f32_avx2 : kern__axpy_f32_scalar};
     kern__pool_run(cpu->pool, attention_items, &job, n_tokens * n_head_kv * slices, 1);
     if (job.missing)
@@ -1127,8 +1174,8 @@ static const kern_ops cpu_ops_profiled = {
 };
 
 static const char *const op_names[KERN_OP_COUNT] = {
-    "matmul",   "rmsnorm",  "rope",   "kv_store", "attention", "silu_mul",    "add",
-    "add_bias", "get_rows", "gather", "router",   "experts",   "moe_combine", "gate_add", "copy"};
+    "matmul",   "rmsnorm", "rope",   "kv_store", "attention",   "silu_mul", "add", "add_bias",
+    "get_rows", "gather",  "router", "experts",  "moe_combine", "gate_add", "copy"};
 
 const char *kern_cpu_op_name(kern_cpu_op op)
 {

@@ -40,7 +40,7 @@
 #include <string.h>
 
 #define PREFETCH_BYTES 2048 /* 1024 streamed Q4_K from DRAM ~7% slower here */
-#define NT 4
+#define NT 4 /* tokens per pass over a row (8 measured slower for Q4_K: the accumulators spill) */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 static inline float h2f(kern_half h)
@@ -315,15 +315,18 @@ ALWAYS_INLINE void rows_q5_1(const void *row, const void *x, size_t stride, int 
 /* ---- Q4_K and Q5_K against Q8_K activations ----------------------------------------------------
  *
  * Chunk c is 32 bytes of qs: low nibbles are sub-block 2c, high nibbles 2c+1 (32 weights each,
- * one vector each, in the activations' order; Q5_K adds bit 2c / 2c+1 of qh as 16).  vpdpbusd
- * sums groups of four products, at most 4 * 31 * 127 < 2^15, so the two sub-blocks' sums pack
- * into one int16 vector and one vpdpwssd multiplies them by their scales and adds them to the
- * block's int32 accumulator.  Mins go through Q8_K's sums of 16.
+ * in the activations' order; Q5_K adds bit 2c / 2c+1 of qh as 16).  One 512-bit vector holds a
+ * chunk's 64 weights, sub-block 2c in the low half and 2c+1 in the high half, against 64
+ * consecutive activations: vpdpbusd leaves four-product sums (at most 4 * 31 * 127 < 2^15), so
+ * two chunks' sums pack into one int16 vector and one vpdpwssd applies the four sub-blocks'
+ * scales and adds them to the block's int32 accumulator — per token and block four vpdpbusd and
+ * two vpdpwssd on full-width vectors, half the instructions of the 256-bit form.  Mins go
+ * through Q8_K's sums of 16.
  */
 
 typedef struct k4_w {
-    __m256i q[8];  /* sub-block j: 32 weights as bytes */
-    __m256i sv[4]; /* chunk c: int16 lanes 0-3 and 8-11 scale 2c, 4-7 and 12-15 scale 2c+1 */
+    __m512i q[4];  /* chunk c: sub-block 2c's 32 weights, then 2c+1's, as bytes */
+    __m512i sv[2]; /* chunks 2p, 2p+1 packed: the scale of each int16 lane (see k4_prepare) */
     __m256i mins;  /* min j as int16 at positions 2j and 2j+1, against Q8_K's sums of 16 */
     float d, dmin;
 } k4_w;
@@ -347,38 +350,39 @@ static inline __m128i k4_scales_mins(const uint8_t *scales)
     return _mm_or_si128(_mm_or_si128(low, high_nibble), top_bits);
 }
 
+/* vpackssdw of chunks 2p and 2p+1 leaves, in each 128-bit lane L, four sums of chunk 2p's lane
+ * L then four of chunk 2p+1's: lanes 0-1 of a chunk are its first sub-block, lanes 2-3 its
+ * second.  So int16 lane i of 128-bit lane L belongs to sub-block 4p + (L >= 2) + 2 (i >= 4).
+ * The shuffle indices pick those scale bytes (zero-extended: 0x80 gives a zero byte). */
+static const int8_t k4_scale_index[2][64] = {
+#define K4_LANE(a, b) a, -128, a, -128, a, -128, a, -128, b, -128, b, -128, b, -128, b, -128
+    {K4_LANE(0, 2), K4_LANE(0, 2), K4_LANE(1, 3), K4_LANE(1, 3)},
+    {K4_LANE(4, 6), K4_LANE(4, 6), K4_LANE(5, 7), K4_LANE(5, 7)},
+#undef K4_LANE
+};
+
 ALWAYS_INLINE void k4_prepare(const uint8_t *qs, const uint8_t *qh, kern_half d, kern_half dmin,
                               const uint8_t *scales, k4_w *k)
 {
     __m128i sm = k4_scales_mins(scales);
-    __m256i smb = _mm256_broadcastsi128_si256(sm);
+    __m512i smz = _mm512_broadcast_i32x4(sm);
     k->mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
         sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i hb = qh ? load256(qh) : _mm256_setzero_si256();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i hb = qh ? _mm512_broadcast_i64x4(load256(qh)) : _mm512_setzero_si512();
     for (int c = 0; c < 4; c++) {
-        __m256i raw = load256(qs + 32 * c);
-        __m256i lo = _mm256_and_si256(raw, m4),
-                hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        if (qh) { /* Q5_K: bit 2c (2c+1) of qh[l] is the fifth bit of element l of sub-block 2c
-                     (2c+1) */
-            lo = _mm256_mask_add_epi8(
-                lo, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * c)))), lo,
-                _mm256_set1_epi8(16));
-            hi = _mm256_mask_add_epi8(
-                hi, _mm256_test_epi8_mask(hb, _mm256_set1_epi8((char)(1 << (2 * c + 1)))), hi,
-                _mm256_set1_epi8(16));
+        __m512i raw = _mm512_broadcast_i64x4(load256(qs + 32 * c));
+        /* low nibbles in the low half, high nibbles in the high half */
+        __m512i q = _mm512_and_si512(_mm512_mask_srli_epi16(raw, 0xFFFF0000u, raw, 4), m4);
+        if (qh) { /* Q5_K: bit 2c (low half) or 2c+1 (high half) of qh[l] is the fifth bit */
+            __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))),
+                                             _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+            q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hb, bit), q, _mm512_set1_epi8(16));
         }
-        k->q[2 * c] = lo;
-        k->q[2 * c + 1] = hi;
+        k->q[c] = q;
     }
-    /* scale bytes 2c and 2c+1 zero-extended into int16 lanes, in the order vpackssdw leaves
-     * the two sub-blocks' sums (see k4_token) */
-    for (int c = 0; c < 4; c++) {
-        const short a = (short)(0x8000 | (2 * c)), b = (short)(0x8000 | (2 * c + 1));
-        k->sv[c] = _mm256_shuffle_epi8(
-            smb, _mm256_setr_epi16(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b));
-    }
+    for (int p = 0; p < 2; p++)
+        k->sv[p] = _mm512_shuffle_epi8(smz, _mm512_loadu_si512(k4_scale_index[p]));
     /* d and dmin are adjacent: one conversion */
     uint32_t dd = (uint32_t)d | (uint32_t)dmin << 16;
     __m128 df = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
@@ -386,33 +390,32 @@ ALWAYS_INLINE void k4_prepare(const uint8_t *qs, const uint8_t *qh, kern_half d,
     k->dmin = _mm_cvtss_f32(_mm_movehdup_ps(df));
 }
 
-/* Three multiplies per 64 weights (two vpdpbusd, one vpdpwssd after the lossless vpackssdw)
- * where AVX2 needs four and two adds: the multiply pipes are what limits this loop. */
-ALWAYS_INLINE void k4_token(const k4_w *k, const block_q8_K *y, __m256 *acc, __m256 *summs)
+ALWAYS_INLINE void k4_token(const k4_w *k, const block_q8_K *y, __m512 *acc, __m256 *summs)
 {
-    __m256i sumi[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int c = 0; c < 4; c++) {
-        __m256i pa =
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * c], load256(y->qs + 64 * c));
-        __m256i pb = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * c + 1],
-                                         load256(y->qs + 64 * c + 32));
-        sumi[c & 1] = _mm256_dpwssd_epi32(sumi[c & 1], _mm256_packs_epi32(pa, pb), k->sv[c]);
+    __m512i sumi = _mm512_setzero_si512();
+    for (int p = 0; p < 2; p++) {
+        __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k->q[2 * p],
+                                         _mm512_loadu_si512(y->qs + 128 * p));
+        __m512i pb = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k->q[2 * p + 1],
+                                         _mm512_loadu_si512(y->qs + 128 * p + 64));
+        sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(pa, pb), k->sv[p]);
     }
     /* sum_j m_j * (sum of activations over sub-block j) */
     __m256i mp = _mm256_madd_epi16(k->mins, load256(y->bsums));
     *summs = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->dmin), _mm256_cvtepi32_ps(mp), *summs);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->d),
-                           _mm256_cvtepi32_ps(_mm256_add_epi32(sumi[0], sumi[1])), *acc);
+    *acc = _mm512_fmadd_ps(_mm512_set1_ps(y->d * k->d), _mm512_cvtepi32_ps(sumi), *acc);
 }
 
 ALWAYS_INLINE void rows_k4(bool q5, const void *row, const void *x, size_t stride, int nt,
                            int64_t n, float *out)
 {
     const block_q8_K *y[NT];
-    __m256 acc[NT], summs[NT];
+    __m512 acc[NT];
+    __m256 summs[NT];
     for (int t = 0; t < nt; t++) {
         y[t] = token_x(x, stride, t);
-        acc[t] = summs[t] = _mm256_setzero_ps();
+        acc[t] = _mm512_setzero_ps();
+        summs[t] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < n / QK_K; i++) {
         k4_w k;
@@ -430,7 +433,7 @@ ALWAYS_INLINE void rows_k4(bool q5, const void *row, const void *x, size_t strid
             k4_token(&k, &y[t][i], &acc[t], &summs[t]);
     }
     for (int t = 0; t < nt; t++)
-        out[t] = hsum8(acc[t]) - hsum8(summs[t]);
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum8(summs[t]);
 }
 
 ALWAYS_INLINE void rows_q4_K(const void *row, const void *x, size_t stride, int nt, int64_t n,
@@ -557,8 +560,8 @@ ALWAYS_INLINE void rows_q6_K(const void *row, const void *x, size_t stride, int 
         int j = 0;                                                                                 \
         for (; j + NT <= n_x; j += NT)                                                             \
             rows_##type(row, token_x(x, x_stride, j), x_stride, NT, n, out + j);                   \
-        for (; j < n_x; j++)                                                                       \
-            out[j] = kern__dot_##type##_vnni(row, token_x(x, x_stride, j), n);                     \
+        /* the rest share one pass too: a token's arithmetic does not depend on nt */              \
+        if (j < n_x) rows_##type(row, token_x(x, x_stride, j), x_stride, n_x - j, n, out + j);     \
     }
 
 VNNI_ENTRIES(q8_0)

@@ -122,10 +122,9 @@ static void open_backends(void)
 /* ---- worst errors, for the summary table --------------------------------------------------- */
 
 enum { MAX_OPS = 16 };
-static const char *op_names[MAX_OPS] = {"matmul",          "rmsnorm", "rope",        "attention",
-                                        "silu_mul",        "add",     "add_bias",    "get_rows",
-                                        "gather",          "router",  "moe_combine", "gate_add",
-                                        "experts",         "batch_invariance"};
+static const char *op_names[MAX_OPS] = {
+    "matmul",   "rmsnorm", "rope",   "attention",   "silu_mul", "add",     "add_bias",
+    "get_rows", "gather",  "router", "moe_combine", "gate_add", "experts", "batch_invariance"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -740,7 +739,8 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
     }
     float *x = random_floats(rows * cols_d, 1.0f);
     float *dx = to_device(b, x, (size_t)(rows * cols_d) * 4);
-    float *dout = dev_zeros(b, (size_t)(rows * cols_d) * 4), *dg = dev_zeros(b, (size_t)(rows * ff) * 4);
+    float *dout = dev_zeros(b, (size_t)(rows * cols_d) * 4),
+          *dg = dev_zeros(b, (size_t)(rows * ff) * 4);
     float *du = dev_zeros(b, (size_t)(rows * ff) * 4);
     float *out = malloc((size_t)(rows * cols_d) * 4), *seq = malloc((size_t)(rows * cols_d) * 4);
     kern_experts(b, host_ex, n_ex, dx, dout, dg, du);
@@ -761,7 +761,8 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
                 }
                 h[f] = g / (1.0 + exp(-g)) * u;
                 /* the scale of h's rounding error: gate's and up's errors are relative to
-                 * sum |w x| (see matmul_tol), carried through silu (slope <= 1.1) and the product */
+                 * sum |w x| (see matmul_tol), carried through silu (slope <= 1.1) and the product
+                 */
                 hm[f] = fabs(h[f]) + 1.1 * fabs(u) * gm + fabs(g) * um;
             }
             for (int64_t r = 0; r < cols_d; r++) {
@@ -771,8 +772,8 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
                     mag += fabs((double)c->wf[2][r * ff + f]) * hm[f];
                 }
                 snprintf(what, sizeof what, "%s/%s expert %d row %lld out %lld",
-                         kern_type_info(gu[i])->name, kern_type_info(dn[i])->name, i,
-                         (long long)t, (long long)r);
+                         kern_type_info(gu[i])->name, kern_type_info(dn[i])->name, i, (long long)t,
+                         (long long)r);
                 expect_close(be, "experts", what, out[t * cols_d + r], ref, mag + 1e-30, tol);
             }
         }
