@@ -6,8 +6,10 @@
 #
 # llama.cpp: a `llama-bench` binary (--llama-bench, or $LLAMA_BENCH, or the one
 # tools/build_llamacpp.sh builds from the llama-cpp-python source distribution that
-# scripts/setup.sh already fetches).  Both tools run with the file in the page cache, prompt 512,
-# 32 decode steps; llama-bench reports its mean of 3 repetitions, moeserve the best of 3 runs.
+# scripts/setup.sh already fetches).  Both tools run with the file in the page cache: prefill of
+# a 512-token prompt, then 32 decode steps after it (llama-bench: `-p 512` and `-n 32 -d 512`, so
+# that both decode over the same 512 cached positions; its plain tg32 decodes from an empty
+# context); llama-bench reports its mean of 3 repetitions, moeserve the best of 3 runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 threads="1 $(nproc)"
@@ -25,18 +27,18 @@ moeserve=$root/build-release/cli/moeserve
 [ -x "$llama_bench" ] || { echo "no llama-bench at $llama_bench (tools/build_llamacpp.sh builds one)" >&2; exit 2; }
 [ ${#files[@]} -gt 0 ] || { echo "usage: $0 [--threads \"1 2\"] FILE.gguf ..." >&2; exit 2; }
 
-echo "| model | threads | llama.cpp prefill-512 | moeserve prefill-512 | ratio | llama.cpp decode | moeserve decode | ratio | moeserve floor/achieved |"
+echo "| model | threads | llama.cpp prefill-512 | moeserve prefill-512 | ratio | llama.cpp decode @512 | moeserve decode @512 | ratio | moeserve floor/achieved |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for f in "${files[@]}"; do
     cat "$f" >/dev/null # both read it from the page cache
     for t in $threads; do
-        json=$("$llama_bench" -m "$f" -p 512 -n 32 -t "$t" -r 3 -o json 2>/dev/null)
+        pp_json=$("$llama_bench" -m "$f" -p 512 -n 0 -t "$t" -r 3 -o json 2>/dev/null)
+        tg_json=$("$llama_bench" -m "$f" -p 0 -n 32 -d 512 -t "$t" -r 3 -o json 2>/dev/null)
         read -r l_pp l_tg < <(python3 -c '
 import json, sys
-rows = json.loads(sys.argv[1])
-pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
-tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
-print(f"{pp:.1f} {tg:.2f}")' "$json")
+pp = json.loads(sys.argv[1])[0]["avg_ts"]
+tg = json.loads(sys.argv[2])[0]["avg_ts"]
+print(f"{pp:.1f} {tg:.2f}")' "$pp_json" "$tg_json")
         best_pp=0 best_tg=0 floor=""
         for _ in 1 2 3; do
             row=$("$moeserve" bench --model "$f" --threads "$t" --prompt 512 --gen 32 --no-header 2>/dev/null | grep '^| ' | head -1)

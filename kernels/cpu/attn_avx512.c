@@ -59,8 +59,8 @@ void kern__attn_scores_avx512(const float *q, int hs, int hd, const float *k, si
     }
 }
 
-void kern__attn_values_avx512(const float *p, size_t p_stride, const float *inv, int hs, int hd,
-                              const float *v, size_t v_stride, int nb, float *out)
+void kern__attn_values_avx512(const float *p, size_t p_stride, int hs, int hd, const float *v,
+                              size_t v_stride, int nb, float *out)
 {
     for (int h = 0; h < hs; h++) {
         const float *ph = p + (size_t)h * p_stride;
@@ -71,7 +71,7 @@ void kern__attn_values_avx512(const float *p, size_t p_stride, const float *inv,
             for (int c = 0; c < nc; c++)
                 acc[c] = _mm512_loadu_ps(oh + d0 + 16 * c);
             for (int j = 0; j < nb; j++) {
-                __m512 w = _mm512_set1_ps(ph[j] * inv[h]);
+                __m512 w = _mm512_set1_ps(ph[j]);
                 const float *vj = v + (size_t)j * v_stride + d0;
                 for (int c = 0; c < nc; c++)
                     acc[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj + 16 * c), acc[c]);
@@ -118,6 +118,16 @@ double kern__exp_sum_avx512(float *s, int64_t n, float max)
                                            _mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(sum_lo, sum_hi));
+}
+
+void kern__scale_avx512(float *s, int64_t n, float a)
+{
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), va));
+    for (; j < n; j++)
+        s[j] *= a;
 }
 
 float kern__max_avx512(const float *s, int64_t n)

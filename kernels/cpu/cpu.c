@@ -574,18 +574,18 @@ static void chunk_scores(const attn_job *job, const float *q, int hs, const floa
     }
 }
 
-/* out_h += sum_j p[h][j] * inv[h] * v_j over the chunk */
-static void chunk_values(const attn_job *job, const float *p, size_t p_stride, const float *inv,
-                         int hs, const float *v, size_t v_stride, int nb, float *out)
+/* out_h += sum_j p[h][j] * v_j over the chunk (p: the normalised probabilities) */
+static void chunk_values(const attn_job *job, const float *p, size_t p_stride, int hs,
+                         const float *v, size_t v_stride, int nb, float *out)
 {
     int hd = job->head_dim;
     if (job->avx512) {
-        kern__attn_values_avx512(p, p_stride, inv, hs, hd, v, v_stride, nb, out);
+        kern__attn_values_avx512(p, p_stride, hs, hd, v, v_stride, nb, out);
         return;
     }
     for (int j = 0; j < nb; j++)
         for (int h = 0; h < hs; h++)
-            job->axpy(out + (size_t)h * (size_t)hd, p[(size_t)h * p_stride + (size_t)j] * inv[h],
+            job->axpy(out + (size_t)h * (size_t)hd, p[(size_t)h * p_stride + (size_t)j],
                       v + (size_t)j * v_stride, hd);
 }
 
@@ -627,7 +627,6 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
     size_t s_stride = (size_t)((job->max_kv + ATTN_CHUNK - 1) / ATTN_CHUNK * ATTN_CHUNK);
     float *scores = job->cpu->scratch[thread_index];
     float *tile = scores + (size_t)hs * s_stride;
-    float inv[256];
     for (int64_t it = i0; it < i1; it++) {
         int64_t t = it / ((int64_t)job->n_head_kv * job->slices);
         int g = (int)(it / job->slices % job->n_head_kv), sl = (int)(it % job->slices);
@@ -650,26 +649,28 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
                 if (pass == 0)
                     chunk_scores(job, q, hs, rows, stride, nb, scores + j0, s_stride);
                 else
-                    chunk_values(job, scores + j0, s_stride, inv, hs, rows, stride, nb, out);
+                    chunk_values(job, scores + j0, s_stride, hs, rows, stride, nb, out);
                 j0 += nb;
             }
             if (pass == 1) break;
             for (int h = 0; h < hs; h++) {
                 float *s = scores + (size_t)h * s_stride;
-                double sum;
                 if (job->avx512) {
-                    sum = kern__exp_sum_avx512(s, n_kv, kern__max_avx512(s, n_kv));
-                } else {
-                    float max = -INFINITY;
-                    for (int32_t j = 0; j < n_kv; j++)
-                        if (s[j] > max) max = s[j];
-                    sum = 0.0;
-                    for (int32_t j = 0; j < n_kv; j++) {
-                        s[j] = expf(s[j] - max);
-                        sum += s[j];
-                    }
+                    double sum = kern__exp_sum_avx512(s, n_kv, kern__max_avx512(s, n_kv));
+                    kern__scale_avx512(s, n_kv, (float)(1.0 / sum));
+                    continue;
                 }
-                inv[h] = (float)(1.0 / sum);
+                float max = -INFINITY;
+                for (int32_t j = 0; j < n_kv; j++)
+                    if (s[j] > max) max = s[j];
+                double sum = 0.0;
+                for (int32_t j = 0; j < n_kv; j++) {
+                    s[j] = expf(s[j] - max);
+                    sum += s[j];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int32_t j = 0; j < n_kv; j++)
+                    s[j] *= inv;
             }
         }
     }

@@ -83,12 +83,13 @@ void kern__axpy_f16_avx2(float *y, float a, const void *x, int64_t n);
 
 /* Attention over a chunk of up to 16 positions (attn_avx512.c; head_dim a multiple of 16):
  * s[h][j] = scale * q_h . k_j for j < nb, rows k_stride floats apart;
- * out_h += sum_j p[h][j] * inv[h] * v_j; s[j] = exp(s[j] - max) returning the sum; the max;
+ * out_h += sum_j p[h][j] * v_j; s[j] = exp(s[j] - max) returning the sum; s[j] *= a; the max;
  * rows of F16 to f32. */
 void kern__attn_scores_avx512(const float *q, int hs, int hd, const float *k, size_t k_stride,
                               int nb, float scale, float *s, size_t s_stride);
-void kern__attn_values_avx512(const float *p, size_t p_stride, const float *inv, int hs, int hd,
-                              const float *v, size_t v_stride, int nb, float *out);
+void kern__attn_values_avx512(const float *p, size_t p_stride, int hs, int hd, const float *v,
+                              size_t v_stride, int nb, float *out);
+void kern__scale_avx512(float *s, int64_t n, float a);
 double kern__exp_sum_avx512(float *s, int64_t n, float max);
 float kern__max_avx512(const float *s, int64_t n);
 void kern__f16_rows_to_f32_avx512(const void *src, size_t src_stride, int rows, int n, float *dst);

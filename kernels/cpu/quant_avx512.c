@@ -455,65 +455,65 @@ ALWAYS_INLINE void rows_q5_K(const void *row, const void *x, size_t stride, int 
  * moved to bits 4-5.  Weights are used as unsigned q in 0..63; the -32 offset is applied once
  * per block through Q8_K's sums of 16: sum_g sc_g (q.y)_g - 32 sum_g sc_g bsum_g.  vpdpbusd
  * sums of four reach 4 * 63 * 127 < 2^15, so two parts pack into int16 and vpdpwssd applies
- * the per-16 scales, as for Q4_K.
+ * the per-16 scales, as for Q4_K; two parts share each 512-bit vector.
  */
 
 typedef struct q6_w {
-    __m256i q[8];  /* half h, part p: q[4h + p], 32 weights in activation order */
-    __m256i sv[4]; /* parts 2r, 2r+1 of half h: sv[2h + r], scales in vpackssdw's order */
+    __m512i q[4];  /* parts 2j and 2j+1 (of the block's eight): 64 weights in activation order */
+    __m512i sv[2]; /* vpackssdw of q[2r] and q[2r+1]'s sums: the scale of each int16 lane */
     __m256i sc16;  /* the 16 scales as int16 */
     float d;
 } q6_w;
+
+/* int16 lane i of 128-bit lane L of vpackssdw(sums of q[2r], sums of q[2r+1]): part 4r + 2
+ * (i >= 4) + (L >= 2), elements 16 (L & 1) .. +15 of it, whose scale is group 8r + L + 4 (i >= 4).
+ */
+static const int16_t q6_scale_index[2][32] = {
+#define Q6_LANE(a, b) a, a, a, a, b, b, b, b
+    {Q6_LANE(0, 4), Q6_LANE(1, 5), Q6_LANE(2, 6), Q6_LANE(3, 7)},
+    {Q6_LANE(8, 12), Q6_LANE(9, 13), Q6_LANE(10, 14), Q6_LANE(11, 15)},
+#undef Q6_LANE
+};
 
 ALWAYS_INLINE void q6_prepare(const block_q6_K *w, q6_w *k)
 {
     __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
     k->sc16 = _mm256_cvtepi8_epi16(sc8);
+    __m512i sc = _mm512_castsi256_si512(k->sc16); /* vpermw reads only the low 16 lanes */
+    for (int r = 0; r < 2; r++)
+        k->sv[r] = _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_scale_index[r]), sc);
     const __m256i m0F = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     for (int h = 0; h < 2; h++) {
-        /* scales 8h..8h+7 (int16) in both lanes.  Part p's sums: groups 8h+2p (elements 0-15,
-         * low lane) and 8h+2p+1 (high lane); vpackssdw(part 2r, part 2r+1) puts per lane four
-         * sums of part 2r, then four of part 2r+1. */
-        __m256i sch = _mm256_broadcastsi128_si256(h ? _mm256_extracti128_si256(k->sc16, 1)
-                                                    : _mm256_castsi256_si128(k->sc16));
-        for (int r = 0; r < 2; r++) {
-#define SC_WORD(i) (short)(0x0100 * (2 * (i) + 1) + 2 * (i)) /* bytes of int16 scale i */
-            const short a0 = SC_WORD(4 * r), b0 = SC_WORD(4 * r + 2);
-            const short a1 = SC_WORD(4 * r + 1), b1 = SC_WORD(4 * r + 3);
-#undef SC_WORD
-            k->sv[2 * h + r] =
-                _mm256_shuffle_epi8(sch, _mm256_setr_epi16(a0, a0, a0, a0, b0, b0, b0, b0, a1, a1,
-                                                           a1, a1, b1, b1, b1, b1));
-        }
         __m256i ql0 = load256(w->ql + 64 * h), ql1 = load256(w->ql + 64 * h + 32);
         __m256i qh = load256(w->qh + 32 * h);
-        /* ternary logic 0xEC: (a & c) | b */
-        k->q[4 * h + 0] = _mm256_ternarylogic_epi32(
-            ql0, _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30), m0F, 0xEC);
-        k->q[4 * h + 1] = _mm256_ternarylogic_epi32(
-            ql1, _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30), m0F, 0xEC);
-        k->q[4 * h + 2] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4),
-                                                    _mm256_and_si256(qh, m30), m0F, 0xEC);
-        k->q[4 * h + 3] = _mm256_ternarylogic_epi32(
+        /* part p of half h: ternary logic 0xEC is (a & c) | b */
+        __m256i p0 = _mm256_ternarylogic_epi32(ql0, _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                                               m0F, 0xEC);
+        __m256i p1 = _mm256_ternarylogic_epi32(ql1, _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                                               m0F, 0xEC);
+        __m256i p2 = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4), _mm256_and_si256(qh, m30),
+                                               m0F, 0xEC);
+        __m256i p3 = _mm256_ternarylogic_epi32(
             _mm256_srli_epi16(ql1, 4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30), m0F, 0xEC);
+        k->q[2 * h] = _mm512_inserti64x4(_mm512_castsi256_si512(p0), p1, 1);
+        k->q[2 * h + 1] = _mm512_inserti64x4(_mm512_castsi256_si512(p2), p3, 1);
     }
     k->d = h2f(w->d);
 }
 
-ALWAYS_INLINE void q6_token(const q6_w *k, const block_q8_K *y, __m256 *acc)
+ALWAYS_INLINE void q6_token(const q6_w *k, const block_q8_K *y, __m512 *acc)
 {
     __m256i corr = _mm256_madd_epi16(k->sc16, load256(y->bsums));
-    __m256i sumi[2] = {_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)),
-                       _mm256_setzero_si256()};
-    for (int j = 0; j < 4; j++) {
-        __m256i pa =
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * j], load256(y->qs + 64 * j));
-        __m256i pb = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k->q[2 * j + 1],
-                                         load256(y->qs + 64 * j + 32));
-        sumi[j & 1] = _mm256_dpwssd_epi32(sumi[j & 1], _mm256_packs_epi32(pa, pb), k->sv[j]);
+    __m512i sumi = _mm512_zextsi256_si512(
+        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)));
+    for (int r = 0; r < 2; r++) {
+        __m512i pa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k->q[2 * r],
+                                         _mm512_loadu_si512(y->qs + 128 * r));
+        __m512i pb = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k->q[2 * r + 1],
+                                         _mm512_loadu_si512(y->qs + 128 * r + 64));
+        sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(pa, pb), k->sv[r]);
     }
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(y->d * k->d),
-                           _mm256_cvtepi32_ps(_mm256_add_epi32(sumi[0], sumi[1])), *acc);
+    *acc = _mm512_fmadd_ps(_mm512_set1_ps(y->d * k->d), _mm512_cvtepi32_ps(sumi), *acc);
 }
 
 ALWAYS_INLINE void rows_q6(const void *row, const void *x, size_t stride, int nt, int64_t n,
@@ -521,10 +521,10 @@ ALWAYS_INLINE void rows_q6(const void *row, const void *x, size_t stride, int nt
 {
     const block_q6_K *w = row;
     const block_q8_K *y[NT];
-    __m256 acc[NT];
+    __m512 acc[NT];
     for (int t = 0; t < nt; t++) {
         y[t] = token_x(x, stride, t);
-        acc[t] = _mm256_setzero_ps();
+        acc[t] = _mm512_setzero_ps();
     }
     for (int64_t i = 0; i < n / QK_K; i++) {
         prefetch_ahead(&w[i], sizeof w[i]);
@@ -535,7 +535,7 @@ ALWAYS_INLINE void rows_q6(const void *row, const void *x, size_t stride, int nt
             q6_token(&k, &y[t][i], &acc[t]);
     }
     for (int t = 0; t < nt; t++)
-        out[t] = hsum8(acc[t]);
+        out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
 ALWAYS_INLINE void rows_q6_K(const void *row, const void *x, size_t stride, int nt, int64_t n,
