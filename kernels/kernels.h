@@ -130,14 +130,19 @@ typedef enum kern_kv_type { KERN_KV_F16 = 0, KERN_KV_F32 } kern_kv_type;
 /* Where one layer's keys and values of every sequence are, as the operations see it (device
  * side).  Position p of sequence s lives in block table[s * max_blocks + p / block_tokens],
  * which points at a block laid out as [n_layer][2 (K, V)][block_tokens][kv_dim] elements of
- * `type`. */
+ * `type` — or, with head_major, [n_layer][2][kv_dim / head_dim][block_tokens][head_dim], so that
+ * one KV head's rows of a block are contiguous.  The layout is the backend's: the CPU's
+ * attention reads a head's rows one after the other (head_major, set for cpu and sim), CUDA's
+ * reads a position's row across a warp. */
 typedef struct kern_kv_layout {
     void *const *table; /* device memory: [n_seq][max_blocks] block pointers */
     int32_t n_seq;
     int32_t max_blocks;
     int32_t block_tokens;
     int32_t n_layer;
-    int32_t kv_dim; /* n_head_kv * head_dim */
+    int32_t kv_dim;   /* n_head_kv * head_dim */
+    int32_t head_dim; /* with head_major: the width of one head's rows */
+    bool head_major;
     kern_kv_type type;
 } kern_kv_layout;
 
@@ -355,6 +360,7 @@ void kern_unplace(kern_backend *b, const void *host, const void *placed);
 typedef struct kern_kv_opts {
     int32_t n_layer;
     int32_t kv_dim;
+    int32_t head_dim; /* 0: kv_dim (one head) */
     int32_t n_seq;
     int32_t n_ctx;        /* positions per sequence */
     int32_t block_tokens; /* 0: 16 */

@@ -68,7 +68,9 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
     *out = NULL;
     kern_kv_opts o = *opts;
     if (!o.block_tokens) o.block_tokens = DEFAULT_BLOCK_TOKENS;
-    if (o.n_layer <= 0 || o.kv_dim <= 0 || o.n_seq <= 0 || o.n_ctx <= 0 || o.block_tokens <= 0) {
+    if (!o.head_dim) o.head_dim = o.kv_dim;
+    if (o.n_layer <= 0 || o.kv_dim <= 0 || o.n_seq <= 0 || o.n_ctx <= 0 || o.block_tokens <= 0 ||
+        o.head_dim <= 0 || o.kv_dim % o.head_dim) {
         snprintf(err, err_size,
                  "KV cache: bad shape (%d layers, %d wide, %d sequences of %d, "
                  "blocks of %d)",
@@ -121,6 +123,8 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
                                   .block_tokens = o.block_tokens,
                                   .n_layer = o.n_layer,
                                   .kv_dim = o.kv_dim,
+                                  .head_dim = o.head_dim,
+                                  .head_major = b->kind != KERN_BACKEND_CUDA,
                                   .type = o.type};
     *out = kv;
     return 0;

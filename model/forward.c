@@ -167,6 +167,7 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     kern_kv_opts ko = {.n_layer = hp->n_layer,
                        .kv_dim = (int32_t)ctx->kv_dim,
+                       .head_dim = hp->head_dim,
                        .n_seq = n_seq,
                        .n_ctx = n_ctx,
                        .block_tokens = opts ? opts->kv_block_tokens : 0,

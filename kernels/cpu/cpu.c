@@ -21,8 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+enum { HUGE_PAGE = 2 << 20, HUGE_ALLOC = 8 << 20 };
 
 typedef struct cpu_backend {
     kern_backend base; /* first: a kern_backend * is a cpu_backend * */
@@ -473,17 +476,21 @@ static void cpu_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, i
 
 /* ---- KV cache and attention ------------------------------------------------------------------ */
 
-/* Element (layer, K or V, row) of the block holding position pos of seq, NULL when the position
- * was never reserved. */
-static void *kv_row(const kern_kv_layout *kv, int layer, int which, int32_t seq, int32_t pos)
+/* KV head g's row (K: which 0, V: 1) at position pos of seq in `layer`, NULL when the position
+ * was never reserved; *stride: elements from one position's row to the next inside the block. */
+static void *kv_head_row(const kern_kv_layout *kv, int layer, int which, int32_t seq, int32_t pos,
+                         int g, size_t *stride)
 {
     uint8_t *block =
         kv->table[(size_t)seq * (size_t)kv->max_blocks + (size_t)(pos / kv->block_tokens)];
     if (!block) return NULL;
-    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4;
-    size_t row = ((size_t)layer * 2 + (size_t)which) * (size_t)kv->block_tokens +
-                 (size_t)(pos % kv->block_tokens);
-    return block + row * (size_t)kv->kv_dim * elem;
+    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4, bt = (size_t)kv->block_tokens;
+    size_t plane = ((size_t)layer * 2 + (size_t)which) * bt * (size_t)kv->kv_dim;
+    size_t in = (size_t)(pos % kv->block_tokens), hd = (size_t)kv->head_dim;
+    size_t off = kv->head_major ? plane + ((size_t)g * bt + in) * hd
+                                : plane + in * (size_t)kv->kv_dim + (size_t)g * hd;
+    if (stride) *stride = kv->head_major ? hd : (size_t)kv->kv_dim;
+    return block + off * elem;
 }
 
 typedef struct kv_store_job {
@@ -494,14 +501,14 @@ typedef struct kv_store_job {
     _Atomic int missing; /* tokens whose position had no block */
 } kv_store_job;
 
-static void store_row(const kern_kv_layout *kv, void *dst, const float *src)
+static void store_row(const kern_kv_layout *kv, void *dst, const float *src, int32_t n)
 {
     if (kv->type == KERN_KV_F32) {
-        memcpy(dst, src, (size_t)kv->kv_dim * sizeof(float));
+        memcpy(dst, src, (size_t)n * sizeof(float));
         return;
     }
     uint16_t *h = dst;
-    for (int32_t i = 0; i < kv->kv_dim; i++)
+    for (int32_t i = 0; i < n; i++)
         h[i] = kern_f32_to_f16(src[i]);
 }
 
@@ -509,15 +516,19 @@ static void kv_store_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 {
     kv_store_job *job = ctx;
     const kern_kv_layout *kv = job->kv;
+    int n_heads = kv->kv_dim / kv->head_dim;
     for (int64_t t = t0; t < t1; t++) {
-        void *k = kv_row(kv, job->layer, 0, job->seq[t], job->pos[t]);
-        void *v = kv_row(kv, job->layer, 1, job->seq[t], job->pos[t]);
-        if (!k) {
-            job->missing++;
-            continue;
+        for (int g = 0; g < n_heads; g++) {
+            void *k = kv_head_row(kv, job->layer, 0, job->seq[t], job->pos[t], g, NULL);
+            void *v = kv_head_row(kv, job->layer, 1, job->seq[t], job->pos[t], g, NULL);
+            if (!k) {
+                job->missing++;
+                break;
+            }
+            size_t off = (size_t)t * (size_t)kv->kv_dim + (size_t)g * (size_t)kv->head_dim;
+            store_row(kv, k, job->k + off, kv->head_dim);
+            store_row(kv, v, job->v + off, kv->head_dim);
         }
-        store_row(kv, k, job->k + t * kv->kv_dim);
-        store_row(kv, v, job->v + t * kv->kv_dim);
     }
 }
 
@@ -597,14 +608,14 @@ static const float *chunk_rows(const attn_job *job, int which, int32_t seq, int3
 {
     const kern_kv_layout *kv = job->kv;
     int hd = job->head_dim;
-    const uint8_t *row0 = kv_row(kv, job->layer, which, seq, j0);
-    if (!row0) return NULL;
+    size_t row_stride;
+    const uint8_t *src = kv_head_row(kv, job->layer, which, seq, j0, g, &row_stride);
+    if (!src) return NULL;
     if (kv->type == KERN_KV_F32) {
-        *stride = (size_t)kv->kv_dim;
-        return (const float *)row0 + (size_t)g * (size_t)hd;
+        *stride = row_stride;
+        return (const float *)src;
     }
-    const uint8_t *src = row0 + (size_t)g * (size_t)hd * 2;
-    size_t src_stride = (size_t)kv->kv_dim * 2;
+    size_t src_stride = row_stride * 2;
     if (job->avx512) {
         kern__f16_rows_to_f32_avx512(src, src_stride, nb, hd, tile);
     } else {
@@ -613,6 +624,26 @@ static const float *chunk_rows(const attn_job *job, int which, int32_t seq, int3
     }
     *stride = (size_t)hd;
     return tile;
+}
+
+/* Starts loading the chunk at position j (if below n_kv) while the current one computes.  Into
+ * L2 only: in the position-major layout a head's rows are kv_dim apart, a power of two that
+ * maps them onto a few L1 sets where they would evict each other. */
+static void prefetch_chunk(const attn_job *job, int which, int32_t seq, int32_t j, int32_t n_kv,
+                           int g)
+{
+    const kern_kv_layout *kv = job->kv;
+    if (j >= n_kv) return;
+    size_t row_stride;
+    const uint8_t *src = kv_head_row(kv, job->layer, which, seq, j, g, &row_stride);
+    if (!src) return;
+    size_t elem = kv->type == KERN_KV_F16 ? 2 : 4, row_bytes = (size_t)job->head_dim * elem;
+    int nb = n_kv - j < ATTN_CHUNK ? n_kv - j : ATTN_CHUNK;
+    int32_t in_block = kv->block_tokens - j % kv->block_tokens;
+    if (nb > in_block) nb = in_block;
+    for (int r = 0; r < nb; r++)
+        for (size_t off = 0; off < row_bytes; off += 64)
+            __builtin_prefetch(src + (size_t)r * row_stride * elem + off, 0, 2);
 }
 
 /* One item: token t's query heads [h0, h0 + hs) against KV head g over positions 0 .. pos[t],
@@ -640,6 +671,7 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
                 int32_t in_block = kv->block_tokens - j0 % kv->block_tokens;
                 int nb = n_kv - j0 < ATTN_CHUNK ? n_kv - j0 : ATTN_CHUNK;
                 if (nb > in_block) nb = in_block;
+                prefetch_chunk(job, pass, seq, j0 + nb, n_kv, g);
                 size_t stride;
                 const float *rows = chunk_rows(job, pass, seq, j0, nb, g, tile, &stride);
                 if (!rows) {
@@ -707,6 +739,13 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
         slices *= 2;
     int hs = group / slices;
     int64_t padded = (max_kv + ATTN_CHUNK - 1) / ATTN_CHUNK * ATTN_CHUNK;
+    if (kv->head_major && kv->head_dim != head_dim) {
+        memset(out, 0, (size_t)(n_tokens * n_head * head_dim) * sizeof *out);
+        kern__error_set(&cpu->error, -EINVAL,
+                        "attention: heads of %d over a KV cache laid out in heads of %d", head_dim,
+                        kv->head_dim);
+        return;
+    }
     if (hs > 256 || head_dim > 4096 ||
         ensure_scratch(cpu, (int64_t)hs * padded + (int64_t)ATTN_CHUNK * head_dim) != 0) {
         memset(out, 0, (size_t)(n_tokens * n_head * head_dim) * sizeof *out);
@@ -956,7 +995,17 @@ static int cpu_alloc(kern_backend *b, kern_mem kind, size_t bytes, void **out)
 {
     /* 64-byte alignment: whole cache lines, and what the SIMD loads prefer */
     *out = NULL;
-    if (posix_memalign(out, 64, bytes ? bytes : 1) != 0) return -ENOMEM;
+    if (bytes < HUGE_ALLOC) {
+        if (posix_memalign(out, 64, bytes ? bytes : 1) != 0) return -ENOMEM;
+        return 0;
+    }
+    /* Large buffers (KV storage, a batch's scratch) on huge pages where the kernel has them:
+     * attention reads a head's rows a KV row apart, each in another 4 KiB page, and misses the
+     * TLB on nearly every row otherwise.  The advice may be refused; the memory works anyway. */
+    if (posix_memalign(out, HUGE_PAGE, bytes) != 0) return -ENOMEM;
+    if (madvise(*out, bytes / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE) != 0) {
+        /* no transparent huge pages: 4 KiB pages, slower attention on long contexts */
+    }
     return 0;
 }
 

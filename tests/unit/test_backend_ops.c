@@ -864,6 +864,7 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     kern_kv *kv = NULL;
     kern_kv_opts ko = {.n_layer = n_layer,
                        .kv_dim = kv_dim,
+                       .head_dim = hd,
                        .n_seq = n_seq,
                        .n_ctx = max_len + 1,
                        .block_tokens = block_tokens,
