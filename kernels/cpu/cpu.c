@@ -141,6 +141,14 @@ static void quantize_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         job->quantize(job->x + t * job->n_cols, job->dst + (size_t)t * job->row_bytes, job->n_cols);
 }
 
+/* Chunks per thread of a matmul-like job over n_tokens tokens: decode's short jobs read weights
+ * from memory and want few, long chunks; prefill's are compute-bound and balance better in many
+ * small ones (measured on olmoe-slice: +4% prefill with 16, -10% decode). */
+static int chunks_per_thread(int64_t n_tokens)
+{
+    return n_tokens >= 16 ? 16 : 4;
+}
+
 /* The dot products of w's type at the backend's level (or the best level below it). */
 static void pick_dots(const cpu_backend *cpu, uint32_t type, kern_dot_fn *dot,
                       kern_dot_multi_fn *dot_multi)
@@ -204,7 +212,7 @@ static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
         job.x_stride = row_bytes;
     }
     /* Grain of 16 rows keeps each thread's slice on whole cache lines of y. */
-    kern__pool_run(cpu->pool, matmul_rows, &job, w->n_rows, 16);
+    kern__pool_run_chunks(cpu->pool, matmul_rows, &job, w->n_rows, 16, chunks_per_thread(n_tokens));
 }
 
 /* ---- experts: a layer's routed experts in two jobs ------------------------------------------
@@ -356,7 +364,8 @@ static int experts_phase(cpu_backend *cpu, experts_job *job, int which, const fl
         int64_t out_rows = which == 0 ? ex[i].gate.n_rows : ex[i].down.n_rows;
         first[i + 1] = first[i] + (out_rows + EXPERT_ROW_BLOCK - 1) / EXPERT_ROW_BLOCK;
     }
-    kern__pool_run(cpu->pool, experts_rows, job, first[job->n_experts], 1);
+    kern__pool_run_chunks(cpu->pool, experts_rows, job, first[job->n_experts], 1,
+                          chunks_per_thread(n_rows));
     return 0;
 }
 

@@ -107,5 +107,10 @@ int kern__pool_size(const kern__pool *pool);
 /* Splits [0, n_items) into one contiguous range per thread, each a multiple of `grain`
  * items (but the last), runs them and returns when all are done.  Caller: one thread only. */
 void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items, int64_t grain);
+/* The same with chunks_per_thread chunks per thread (kern__pool_run: 4).  Long jobs whose items
+ * differ in cost (a prefill's matmuls, its experts' unequal buckets) want more, smaller chunks:
+ * a thread that finishes early then waits for at most a small chunk. */
+void kern__pool_run_chunks(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items,
+                           int64_t grain, int chunks_per_thread);
 
 #endif

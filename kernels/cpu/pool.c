@@ -36,8 +36,8 @@
 #endif
 
 enum {
-    SPIN_ITERATIONS = 2048,  /* ~50 us of pause before a worker starts yielding */
-    YIELD_ITERATIONS = 64,   /* then sched_yield() this many times before sleeping */
+    SPIN_ITERATIONS = 2048, /* ~50 us of pause before a worker starts yielding */
+    YIELD_ITERATIONS = 64,  /* then sched_yield() this many times before sleeping */
     CHUNKS_PER_THREAD = 4,
 };
 
@@ -178,7 +178,8 @@ void kern__pool_destroy(kern__pool **poolp)
     atomic_store(&pool->stop, true);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
-    for (int i = 0; i < pool->n_started; i++) pthread_join(pool->workers[i].thread, NULL);
+    for (int i = 0; i < pool->n_started; i++)
+        pthread_join(pool->workers[i].thread, NULL);
     pthread_cond_destroy(&pool->wake);
     pthread_mutex_destroy(&pool->mutex);
     free(pool->workers);
@@ -191,8 +192,13 @@ int kern__pool_size(const kern__pool *pool)
     return pool->n_threads;
 }
 
-void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items,
-                    int64_t grain)
+void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items, int64_t grain)
+{
+    kern__pool_run_chunks(pool, fn, ctx, n_items, grain, CHUNKS_PER_THREAD);
+}
+
+void kern__pool_run_chunks(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_items,
+                           int64_t grain, int chunks_per_thread)
 {
     if (n_items <= 0) return;
     if (grain < 1) grain = 1;
@@ -202,7 +208,7 @@ void kern__pool_run(kern__pool *pool, kern__pool_fn fn, void *ctx, int64_t n_ite
         fn(ctx, 0, n_items, 0);
         return;
     }
-    int64_t want = (int64_t)pool->n_threads * CHUNKS_PER_THREAD;
+    int64_t want = (int64_t)pool->n_threads * (chunks_per_thread > 0 ? chunks_per_thread : 1);
     if (want > n_groups) want = n_groups;
     if (want > 0xffff) want = 0xffff; /* the claim word's chunk fields are 16 bits */
     int64_t groups_per_chunk = (n_groups + want - 1) / want;
