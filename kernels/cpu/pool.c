@@ -27,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -60,9 +61,11 @@ struct kern__pool {
     int64_t chunk_items;
     uint32_t n_chunks;
 
-    atomic_uint_fast64_t claim; /* generation << 32 | n_chunks << 16 | next chunk */
-    atomic_uint done;           /* chunks finished in the current generation */
-    atomic_bool stop;
+    /* The two words every thread writes, each on a cache line of its own: a claim must not
+     * wait for the line that finishing threads are bumping, nor for the job fields above. */
+    _Alignas(64) atomic_uint_fast64_t claim; /* generation << 32 | n_chunks << 16 | next chunk */
+    _Alignas(64) atomic_uint done;           /* chunks finished in the current generation */
+    _Alignas(64) atomic_bool stop;
 
     pthread_mutex_t mutex;
     pthread_cond_t wake;
@@ -130,8 +133,9 @@ int kern__pool_create(kern__pool **out, int n_threads)
 {
     *out = NULL;
     if (n_threads < 1) return -EINVAL;
-    kern__pool *pool = calloc(1, sizeof *pool);
+    kern__pool *pool = aligned_alloc(_Alignof(kern__pool), sizeof *pool); /* its cache lines */
     if (!pool) return -ENOMEM;
+    memset(pool, 0, sizeof *pool);
     pool->n_threads = n_threads;
     atomic_init(&pool->claim, 0);
     atomic_init(&pool->done, 0);
