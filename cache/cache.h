@@ -158,6 +158,9 @@ void cache_release(cache *c, const cache_ref *ref);
 /* True when (layer, expert) is in the tier or on its way in (a request for it will not start a
  * new load).  For deciding, before a request, what to ask this tier for. */
 bool cache_holds(const cache *c, int32_t layer, int32_t expert);
+/* True while (layer, expert) is complete in a slot of the tier.  Safe from any thread (the
+ * expert map reads it while the engine runs); a snapshot, not a promise. */
+bool cache_resident(const cache *c, int32_t layer, int32_t expert);
 /* Waits until the tier has no load in flight (a device tier's prefetch copies included), so that
  * the tier above may be used directly.  0 or the filler's negative error. */
 int cache_wait_idle(cache *c, char *err, size_t err_size);

@@ -113,6 +113,7 @@ static void empty_slot(cache *c, uint32_t i)
     s->prefetched = false;
     if (s->key >= 0) c->slot_of[s->key] = -1;
     if (s->state == SLOT_READY && !s->error) atomic_fetch_sub(&c->st.resident, 1);
+    if (s->key >= 0) atomic_store_explicit(&c->resident_map[s->key], 0, memory_order_relaxed);
     s->key = -1;
     s->state = SLOT_EMPTY;
     s->error = 0;
@@ -131,6 +132,7 @@ static void start_load(cache *c, uint32_t i, int32_t key)
     if (c->o.simulate) {
         s->state = SLOT_READY;
         atomic_fetch_add(&c->st.resident, 1);
+        atomic_store_explicit(&c->resident_map[key], 1, memory_order_relaxed);
         return;
     }
     c->fill->start(c, i, key);
@@ -148,7 +150,10 @@ void cache__loaded(cache *c, uint32_t i, int result)
     atomic_fetch_add(&c->st.read_hist[b], 1);
     atomic_fetch_add(&c->st.loads, 1);
     atomic_fetch_add(&c->st.read_ns_sum, ns);
-    if (!s->error) atomic_fetch_add(&c->st.resident, 1);
+    if (!s->error) {
+        atomic_fetch_add(&c->st.resident, 1);
+        atomic_store_explicit(&c->resident_map[s->key], 1, memory_order_relaxed);
+    }
 }
 
 static int progress(cache *c, bool wait, char *err, size_t err_size)
@@ -246,7 +251,9 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
     c->key_requests = calloc((size_t)c->n_keys, sizeof *c->key_requests);
     c->part_off = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_off);
     c->part_bytes = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_bytes);
-    if (!c->slot_of || !c->key_requests || !c->part_off || !c->part_bytes) goto oom;
+    c->resident_map = calloc((size_t)c->n_keys, sizeof *c->resident_map);
+    if (!c->slot_of || !c->key_requests || !c->part_off || !c->part_bytes || !c->resident_map)
+        goto oom;
     for (int32_t k = 0; k < c->n_keys; k++)
         c->slot_of[k] = -1;
 
@@ -317,6 +324,7 @@ void cache__free(cache *c)
     free(c->key_requests);
     free(c->part_off);
     free(c->part_bytes);
+    free(c->resident_map);
     free(c->slots);
     free(c->wants);
     free(c);
@@ -495,6 +503,13 @@ void cache_release(cache *c, const cache_ref *ref)
     assign(c);
     char ignored[64];
     (void)flush(c, ignored, sizeof ignored); /* a failure resurfaces at the next flush */
+}
+
+bool cache_resident(const cache *c, int32_t layer, int32_t expert)
+{
+    if (layer < 0 || layer >= c->o.n_layer || expert < 0 || expert >= c->o.n_expert) return false;
+    return atomic_load_explicit(&c->resident_map[layer * c->o.n_expert + expert],
+                                memory_order_relaxed) != 0;
 }
 
 bool cache_holds(const cache *c, int32_t layer, int32_t expert)

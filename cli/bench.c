@@ -310,6 +310,15 @@ static int run(bench_opts *o)
             pred_kind_name(pred_get_kind(model_predictor(m))),
             sum.guessed ? 100.0 * (double)sum.correct / (double)sum.guessed : 0.0,
             sum.used ? 100.0 * (double)sum.correct / (double)sum.used : 0.0, hp->n_layer - 1);
+        printf("| predictor per layer | precision / recall |");
+        for (int il = 1; il < hp->n_layer; il++) {
+            pred_layer_stats ls;
+            pred_get_stats(model_predictor(m), il, &ls);
+            printf(" L%d %.1f%% / %.1f%% |", il,
+                   ls.guessed ? 100.0 * (double)ls.correct / (double)ls.guessed : 0.0,
+                   ls.used ? 100.0 * (double)ls.correct / (double)ls.used : 0.0);
+        }
+        printf("\n");
     }
     fflush(stdout);
     status = 0;

@@ -321,6 +321,7 @@ int cli_serve(int argc, char **argv)
     so.log_requests = c.log.level >= CFG_LOG_DEBUG;
     so.log = server_log;
     so.write_metrics = engine_write_metrics;
+    so.write_expert_stats = engine_write_expert_stats;
     so.metrics_user = st.engine;
     srv_engine_t ops = engine_ops(st.engine);
     if (srv_open(&st.srv, &so, &ops, err, sizeof err)) goto fail_msg;

@@ -497,7 +497,6 @@ static void write_routing(srv_mx_buf *b, const model *m)
         }
     }
     const pred *p = model_predictor(m);
-    if (!p) return;
     static const struct {
         const char *name, *type, *help;
     } fam[] = {
@@ -510,18 +509,105 @@ static void write_routing(srv_mx_buf *b, const model *m)
         {"moeserve_predictor_precision_ratio", "gauge", "Correct / guessed, since start"},
         {"moeserve_predictor_recall_ratio", "gauge", "Correct / used, since start"},
     };
+    /* With the predictor off the families stay, at zero under predictor="none", so that
+     * dashboards and alerts keep their series. */
     for (int f = 0; f < 5; f++) {
         srv_mx_family(b, fam[f].name, fam[f].type, fam[f].help);
         for (int il = 1; il < hp->n_layer; il++) {
-            pred_layer_stats ls;
-            pred_get_stats(p, il, &ls);
+            pred_layer_stats ls = {0};
+            if (p) pred_get_stats(p, il, &ls);
             snprintf(labels, sizeof labels, "{predictor=\"%s\",layer=\"%d\"}",
-                     pred_kind_name(pred_get_kind(p)), il);
+                     p ? pred_kind_name(pred_get_kind(p)) : "none", il);
             const double values[5] = {(double)ls.guessed, (double)ls.correct, (double)ls.used,
                                       ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used)};
             srv_mx_sample(b, fam[f].name, labels, values[f]);
         }
     }
+}
+
+/* ---- the expert map (/v1/experts/stats) ---------------------------------------------------- */
+
+static void json_tier(srv_mx_buf *b, const char *name, const cache *c, bool comma)
+{
+    cache_stats st;
+    cache_get_stats(c, &st);
+    srv_mx_printf(b,
+                  "%s\"%s\":{\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+                  "\"hit_rate\":%.6f,\"resident_experts\":%u,\"capacity_experts\":%u,"
+                  "\"slot_bytes\":%llu,\"bytes_read\":%llu,\"stall_seconds\":%.6f,"
+                  "\"prefetches\":%llu,\"prefetches_used\":%llu}",
+                  comma ? "," : "", name, (unsigned long long)st.hits,
+                  (unsigned long long)st.misses, (unsigned long long)st.evictions,
+                  ratio(st.hits, st.hits + st.misses), st.resident, st.n_slots,
+                  (unsigned long long)st.slot_bytes, (unsigned long long)st.bytes_read,
+                  (double)st.stall_ns * 1e-9, (unsigned long long)st.prefetch_issued,
+                  (unsigned long long)st.prefetch_used);
+}
+
+/* One row per layer of 0/1: which experts the tier holds complete. */
+static void json_residency(srv_mx_buf *b, const char *name, const cache *c, int n_layer,
+                           int n_expert, bool comma)
+{
+    srv_mx_printf(b, "%s\"%s\":[", comma ? "," : "", name);
+    for (int il = 0; il < n_layer; il++) {
+        srv_mx_printf(b, "%s\"", il ? "," : "");
+        for (int e = 0; e < n_expert; e++)
+            srv_mx_printf(b, "%c", cache_resident(c, il, e) ? '1' : '0');
+        srv_mx_printf(b, "\"");
+    }
+    srv_mx_printf(b, "]");
+}
+
+void engine_write_expert_stats(void *user, srv_mx_buf *b)
+{
+    engine *e = user;
+    if (!atomic_load(&e->ready)) {
+        srv_mx_printf(b, "{\"ready\":false}");
+        return;
+    }
+    const model_hparams *hp = model_params(e->m);
+    scheduler_stats st;
+    scheduler_get_stats(e->sched, &st);
+    srv_mx_printf(b,
+                  "{\"ready\":true,\"arch\":\"%s\",\"n_layer\":%d,\"n_expert\":%d,"
+                  "\"n_expert_used\":%d,\"engine\":{\"steps\":%llu,\"tokens\":%llu,"
+                  "\"prompt_tokens\":%llu,\"decode_tokens\":%llu,\"step_seconds\":%.6f,"
+                  "\"running\":%u,\"waiting\":%u},\"activations\":[",
+                  model_arch_name(hp->arch), hp->n_layer, hp->n_expert, hp->n_expert_used,
+                  (unsigned long long)st.steps, (unsigned long long)st.tokens,
+                  (unsigned long long)st.prompt_tokens, (unsigned long long)st.decode_tokens,
+                  (double)st.step_ns * 1e-9, st.running, st.waiting);
+    for (int il = 0; il < hp->n_layer; il++) {
+        srv_mx_printf(b, "%s[", il ? "," : "");
+        for (int x = 0; x < hp->n_expert; x++)
+            srv_mx_printf(b, "%s%llu", x ? "," : "",
+                          (unsigned long long)model_expert_tokens(e->m, il, x));
+        srv_mx_printf(b, "]");
+    }
+    srv_mx_printf(b, "]");
+    /* Tiers nearest the file first; without a cache every expert is read through the mapping. */
+    const cache *host = model_host_cache(e->m), *nearest = model_expert_cache(e->m);
+    srv_mx_printf(b, ",\"tiers\":{");
+    if (host) json_tier(b, "host", host, false);
+    if (nearest && nearest != host) json_tier(b, "device", nearest, host != NULL);
+    srv_mx_printf(b, "},\"resident\":{");
+    if (host) json_residency(b, "host", host, hp->n_layer, hp->n_expert, false);
+    if (nearest && nearest != host)
+        json_residency(b, "device", nearest, hp->n_layer, hp->n_expert, host != NULL);
+    const pred *p = model_predictor(e->m);
+    srv_mx_printf(b, "},\"predictor\":{\"kind\":\"%s\",\"layers\":[",
+                  p ? pred_kind_name(pred_get_kind(p)) : "none");
+    for (int il = 1; p && il < hp->n_layer; il++) {
+        pred_layer_stats ls;
+        pred_get_stats(p, il, &ls);
+        srv_mx_printf(b,
+                      "%s{\"layer\":%d,\"guessed\":%llu,\"correct\":%llu,\"used\":%llu,"
+                      "\"precision\":%.6f,\"recall\":%.6f}",
+                      il > 1 ? "," : "", il, (unsigned long long)ls.guessed,
+                      (unsigned long long)ls.correct, (unsigned long long)ls.used,
+                      ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used));
+    }
+    srv_mx_printf(b, "]}}");
 }
 
 void engine_write_metrics(void *user, srv_mx_buf *b)

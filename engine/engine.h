@@ -39,6 +39,10 @@ srv_engine_t engine_ops(engine *e);
 /* The engine's metric families (scheduler, KV, expert cache, routing, predictor), for
  * srv_opts_t.write_metrics with the engine as user.  Loop thread; reads counters only. */
 void engine_write_metrics(void *user, srv_mx_buf *b);
+/* The expert map's JSON (GET /v1/experts/stats): per layer and expert the tokens routed, what
+ * each tier holds, the tiers' counters, the predictor's per-layer precision and recall and the
+ * engine's step counters.  Reads only atomics: safe on the server's thread while steps run. */
+void engine_write_expert_stats(void *user, srv_mx_buf *b);
 /* NULL until started. */
 scheduler *engine_scheduler(engine *e);
 

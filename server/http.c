@@ -495,6 +495,8 @@ static srv_endpoint classify(const char *path, size_t len)
     if (IS("/v1/models") || (len > 11 && !memcmp(path, "/v1/models/", 11))) return SRV_EP_MODELS;
     if (IS("/health")) return SRV_EP_HEALTH;
     if (IS("/metrics")) return SRV_EP_METRICS;
+    if (IS("/v1/experts/stats")) return SRV_EP_EXPERTS;
+    if (IS("/dashboard") || IS("/dashboard/")) return SRV_EP_DASHBOARD;
 #undef IS
     return SRV_EP_OTHER;
 }
@@ -535,6 +537,22 @@ static void serve_metrics(srv_conn *c)
     srv_mx_buf_release(&b);
 }
 
+static void serve_expert_stats(srv_conn *c)
+{
+    srv_server_t *s = c->srv;
+    srv_mx_buf b = {0};
+    s->opts.write_expert_stats(s->opts.metrics_user, &b);
+    if (b.failed) {
+        srv_api_err e;
+        srv__err_set(&e, 500, NULL, "out of memory");
+        srv__respond_error(c, &e);
+    } else {
+        srv__respond(c, 200, "application/json", b.data ? b.data : "{}", b.data ? b.len : 2,
+                     "Cache-Control: no-store\r\n");
+    }
+    srv_mx_buf_release(&b);
+}
+
 static void dispatch(srv_conn *c)
 {
     srv_server_t *s = c->srv;
@@ -558,7 +576,9 @@ static void dispatch(srv_conn *c)
     bool get = c->method == HTTP_GET || c->method == HTTP_HEAD;
     c->head_only = c->method == HTTP_HEAD;
     srv_api_err e;
-    if (c->endpoint != SRV_EP_HEALTH && !authorized(c)) {
+    /* The page holds no data (it asks /v1/experts/stats, with the key the user gives it), so a
+     * browser can open it without an Authorization header. */
+    if (c->endpoint != SRV_EP_HEALTH && c->endpoint != SRV_EP_DASHBOARD && !authorized(c)) {
         srv__err_set(&e, 401, NULL,
                      "Incorrect or missing API key: send 'Authorization: Bearer KEY'");
         e.code = "invalid_api_key";
@@ -575,6 +595,17 @@ static void dispatch(srv_conn *c)
     } else if (c->endpoint == SRV_EP_METRICS) {
         if (get)
             serve_metrics(c);
+        else
+            not_allowed(c, "GET, HEAD");
+    } else if (c->endpoint == SRV_EP_EXPERTS && s->opts.write_expert_stats) {
+        if (get)
+            serve_expert_stats(c);
+        else
+            not_allowed(c, "GET, HEAD");
+    } else if (c->endpoint == SRV_EP_DASHBOARD && s->opts.write_expert_stats) {
+        if (get)
+            srv__respond(c, 200, "text/html; charset=utf-8", srv__dashboard_html,
+                         srv__dashboard_html_len, "Cache-Control: no-cache\r\n");
         else
             not_allowed(c, "GET, HEAD");
     } else if (c->endpoint == SRV_EP_MODELS) {

@@ -523,7 +523,8 @@ void srv__stats_free(srv_stats *st)
 }
 
 static const char *const endpoint_names[SRV_EP_COUNT] = {
-    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "other",
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics",
+    "/v1/experts/stats",    "/dashboard",      "other",
 };
 
 void srv__count_request(srv_server_t *s, srv_endpoint ep, int status)

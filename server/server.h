@@ -180,6 +180,9 @@ typedef struct srv_opts {
     /* GET /metrics: appends the engine's families after the server's own (loop thread). */
     void (*write_metrics)(void *user, srv_mx_buf *b);
     void *metrics_user;
+    /* GET /v1/experts/stats: writes the expert map's JSON object (loop thread, metrics_user);
+     * NULL: 404.  GET /dashboard serves the page that polls it. */
+    void (*write_expert_stats)(void *user, srv_mx_buf *b);
 } srv_opts_t;
 
 srv_opts_t srv_opts_default(void);

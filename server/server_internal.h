@@ -126,6 +126,8 @@ typedef enum srv_endpoint {
     SRV_EP_MODELS,
     SRV_EP_HEALTH,
     SRV_EP_METRICS,
+    SRV_EP_EXPERTS,
+    SRV_EP_DASHBOARD,
     SRV_EP_OTHER,
     SRV_EP_COUNT
 } srv_endpoint;
@@ -249,5 +251,9 @@ uint64_t srv__now_ns(void);
 /* A log line through opts.log (or stderr). */
 void srv__log(const srv_server_t *s, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* The expert map page (server/dashboard.html, embedded at build time by tools/embed_file.py). */
+extern const char srv__dashboard_html[];
+extern const size_t srv__dashboard_html_len;
 
 #endif
