@@ -117,6 +117,7 @@ typedef struct cfg {
         int32_t context_length; /* 0: the model's training context */
         cfg_budget budget_bytes;
         cfg_kv_type type;
+        cfg_tristate prefix_cache; /* reuse cached prompt blocks; auto: on */
     } kv;
     struct {
         cfg_budget host_bytes;

@@ -195,10 +195,10 @@ static void engine_done(void *user, scheduler_end why, const char *message)
     job_state_free(st);
 }
 
-static void engine_admitted(void *user)
+static void engine_admitted(void *user, int32_t n_cached)
 {
     job_state *st = user;
-    srv_job_post_admitted(st->job);
+    srv_job_post_admitted(st->job, n_cached);
 }
 
 static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, engine_done,
@@ -632,6 +632,17 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
                   "KV cache memory allocated, by state: blocks held by sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
+    single(b, "moeserve_prefix_cache_queries_total", "counter",
+           "Admitted requests whose prompt was looked up in the prefix cache", "",
+           (double)st.prefix_queries);
+    single(b, "moeserve_prefix_cache_hit_tokens_total", "counter",
+           "Prompt tokens taken from cached KV blocks instead of being prefilled", "",
+           (double)st.prefix_hit_tokens);
+    single(b, "moeserve_prefix_cache_evictions_total", "counter",
+           "Cached KV blocks given up because the KV memory was needed", "",
+           (double)st.prefix_evictions);
+    single(b, "moeserve_prefix_cache_blocks", "gauge", "KV blocks no request holds, kept for reuse",
+           "", (double)st.prefix_cached_blocks);
     if (model_expert_cache(e->m))
         write_cache(b, model_host_cache(e->m), model_expert_cache(e->m), model_cpu_experts(e->m));
     write_routing(b, e->m);

@@ -38,6 +38,12 @@ typedef struct sched_req {
     int32_t n_generated;
     int32_t last_token; /* the token to feed next once the prompt is consumed */
     int32_t batch_row;  /* logits row of this step, -1 when none */
+    /* prefix reuse: the token at every position fed so far, the blocks published (or attached)
+     * and the chained key of the last of them */
+    int32_t *hist;
+    int32_t n_published;
+    int32_t n_cached; /* prompt tokens attached from cached blocks */
+    uint64_t key;
 } sched_req;
 
 struct scheduler {
@@ -60,6 +66,8 @@ struct scheduler {
     scheduler_stats stats;
 
     /* batch scratch, engine thread only */
+    uint64_t *keys; /* a prompt's block keys, n_ctx / block_tokens + 1 */
+    int32_t block_tokens;
     int32_t *b_token, *b_pos, *b_seq;
     uint8_t *b_want;
     float *logits;
@@ -74,6 +82,7 @@ scheduler_opts scheduler_opts_default(void)
         .prefill_chunk = 256,
         .max_waiting = 64,
         .n_ctx = 0,
+        .prefix_cache = true,
     };
 }
 
@@ -81,6 +90,7 @@ static void req_free(sched_req *r)
 {
     if (!r) return;
     free(r->prompt);
+    free(r->hist);
     free(r);
 }
 
@@ -113,6 +123,8 @@ int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *
         return rc;
     }
     s->opts.n_ctx = model_ctx_n_ctx(s->ctx);
+    s->block_tokens = model_ctx_block_tokens(s->ctx);
+    s->keys = malloc(((size_t)s->opts.n_ctx / (size_t)s->block_tokens + 1) * sizeof *s->keys);
     size_t nt = (size_t)o.max_tokens_per_step;
     s->running = calloc((size_t)o.max_running, sizeof *s->running);
     s->b_token = malloc(nt * sizeof *s->b_token);
@@ -120,7 +132,8 @@ int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *
     s->b_seq = malloc(nt * sizeof *s->b_seq);
     s->b_want = malloc(nt);
     s->logits = malloc((size_t)o.max_running * (size_t)s->n_vocab * sizeof *s->logits);
-    if (!s->running || !s->b_token || !s->b_pos || !s->b_seq || !s->b_want || !s->logits)
+    if (!s->running || !s->keys || !s->b_token || !s->b_pos || !s->b_seq || !s->b_want ||
+        !s->logits)
         goto fail_oom;
     if (pthread_mutex_init(&s->lock, NULL)) goto fail_oom;
     if (pthread_cond_init(&s->wake, NULL)) {
@@ -143,6 +156,7 @@ int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *
 fail_oom:
     model_ctx_destroy(&s->ctx);
     free(s->running);
+    free(s->keys);
     free(s->b_token);
     free(s->b_pos);
     free(s->b_seq);
@@ -170,6 +184,7 @@ void scheduler_close(scheduler **sp)
     }
     model_ctx_destroy(&s->ctx);
     free(s->running);
+    free(s->keys);
     free(s->b_token);
     free(s->b_pos);
     free(s->b_seq);
@@ -204,12 +219,14 @@ int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int3
     }
     sched_req *r = calloc(1, sizeof *r);
     if (r) r->prompt = malloc((size_t)n_prompt * sizeof *r->prompt);
-    if (!r || !r->prompt) {
+    if (r) r->hist = malloc(((size_t)n_prompt + (size_t)max_tokens) * sizeof *r->hist);
+    if (!r || !r->prompt || !r->hist) {
         req_free(r);
         snprintf(err, err_size, "scheduler: out of memory");
         return -ENOMEM;
     }
     memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
+    memcpy(r->hist, prompt, (size_t)n_prompt * sizeof *prompt);
     r->n_prompt = n_prompt;
     r->max_tokens = max_tokens;
     r->ops = ops;
@@ -315,6 +332,9 @@ static int32_t free_slot(const scheduler *s)
 }
 
 /* Drops cancelled requests wherever they are and fills free slots from the queue.  Lock held. */
+static void note_prefix_stats(scheduler *s);
+static void attach_prefix(scheduler *s, sched_req *r);
+
 static void retire_and_admit(scheduler *s)
 {
     for (int32_t i = 0; i < s->n_running;) {
@@ -350,14 +370,74 @@ static void retire_and_admit(scheduler *s)
         r->next = NULL;
         r->slot = free_slot(s);
         model_ctx_clear_seq(s->ctx, r->slot);
+        if (s->opts.prefix_cache) attach_prefix(s, r);
         s->running[s->n_running++] = r;
     }
     s->stats.waiting = (uint32_t)s->n_waiting;
     s->stats.running = (uint32_t)s->n_running;
+    note_prefix_stats(s);
+}
+
+/* Lock held: the KV cache's prefix counters into the statistics other threads read. */
+static void note_prefix_stats(scheduler *s)
+{
+    kern_kv_prefix_stats ps;
+    model_ctx_prefix_stats(s->ctx, &ps);
+    s->stats.prefix_cached_blocks = (uint32_t)ps.cached_blocks;
+    s->stats.prefix_evictions = ps.evictions;
+}
+
+/* The key of a block: its tokens chained onto the key of everything before it (splitmix64
+ * rounds; never 0, which means "no key"). */
+static uint64_t block_key(uint64_t prev, const int32_t *tokens, int32_t n)
+{
+    uint64_t h = prev ^ 0x9E3779B97F4A7C15ull;
+    for (int32_t i = 0; i < n; i++) {
+        h ^= (uint64_t)(uint32_t)tokens[i] + 0x632BE59BD9B4E019ull;
+        h ^= h >> 30;
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 27;
+        h *= 0x94D049BB133111EBull;
+        h ^= h >> 31;
+    }
+    return h ? h : 1;
+}
+
+/* Lock held; the model context is the engine thread's, as here. */
+static void attach_prefix(scheduler *s, sched_req *r)
+{
+    int32_t bt = s->block_tokens, n_keys = (r->n_prompt - 1) / bt; /* the last token is computed */
+    uint64_t key = 0;
+    for (int32_t b = 0; b < n_keys; b++)
+        s->keys[b] = key = block_key(key, r->prompt + (size_t)b * (size_t)bt, bt);
+    s->stats.prefix_queries++;
+    if (n_keys == 0) return;
+    char err[160];
+    int32_t got = model_ctx_attach_prefix(s->ctx, r->slot, s->keys, n_keys, err, sizeof err);
+    if (got <= 0) return; /* a failed table copy leaves the sequence empty: it prefills */
+    r->n_past = r->n_cached = got * bt;
+    r->n_published = got;
+    r->key = s->keys[got - 1];
+    s->stats.prefix_hit_tokens += (uint64_t)r->n_cached;
+}
+
+/* After a step that stored its tokens: every newly full block of each sequence is published. */
+static void publish_blocks(scheduler *s)
+{
+    int32_t bt = s->block_tokens;
+    for (int32_t i = 0; i < s->n_running; i++) {
+        sched_req *r = s->running[i];
+        for (int32_t b = r->n_published; b < r->n_past / bt; b++) {
+            r->key = block_key(r->key, r->hist + (size_t)b * (size_t)bt, bt);
+            model_ctx_publish_block(s->ctx, r->slot, b, r->key);
+        }
+        if (r->n_past / bt > r->n_published) r->n_published = r->n_past / bt;
+    }
 }
 
 static void add_token(scheduler *s, int32_t *n, sched_req *r, int32_t token, bool want)
 {
+    r->hist[r->n_past] = token;
     s->b_token[*n] = token;
     s->b_pos[*n] = r->n_past++;
     s->b_seq[*n] = r->slot;
@@ -435,7 +515,7 @@ static void *engine_main(void *arg)
         /* Only this thread changes running[]; other threads only queue or flag requests. */
         for (int32_t i = 0; i < s->n_running; i++) {
             sched_req *r = s->running[i];
-            if (!r->admission_told && r->ops->admitted) r->ops->admitted(r->user);
+            if (!r->admission_told && r->ops->admitted) r->ops->admitted(r->user, r->n_cached);
             r->admission_told = true;
         }
 
@@ -450,6 +530,7 @@ static void *engine_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int rc = model_forward(s->ctx, &b, s->logits, s->err, sizeof s->err);
         clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (rc == 0 && s->opts.prefix_cache) publish_blocks(s);
 
         pthread_mutex_lock(&s->lock);
         s->stats.step_ns +=
@@ -463,6 +544,7 @@ static void *engine_main(void *arg)
         s->stats.prompt_tokens += (uint64_t)n_prompt_tokens;
         s->stats.decode_tokens += (uint64_t)(n - n_prompt_tokens);
         s->stats.last_batch = (uint32_t)n;
+        note_prefix_stats(s);
         if (rc) {
             /* The step's sequences cannot go on (their KV is incomplete); the others can. */
             for (int32_t i = 0; i < s->n_running;) {

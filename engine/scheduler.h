@@ -47,7 +47,7 @@ typedef struct scheduler_seq_ops {
     /* The last call for this request; message is NULL unless why is SCHEDULER_ERROR. */
     void (*done)(void *user, scheduler_end why, const char *message);
     /* Optional: the request left the queue and got its KV slot (before its first step). */
-    void (*admitted)(void *user);
+    void (*admitted)(void *user, int32_t n_cached); /* n_cached: prompt tokens reused */
 } scheduler_seq_ops;
 
 typedef struct scheduler_opts {
@@ -57,6 +57,11 @@ typedef struct scheduler_opts {
     int32_t max_waiting;         /* queued requests beyond which submit says -EAGAIN */
     int32_t n_ctx;               /* positions per sequence; 0: the model's training context */
     kern_kv_type kv_type;        /* KV storage: F16 (default) or F32 */
+    /* Reuse the KV blocks of earlier sequences that began with the same tokens (on in the
+     * defaults): a prompt's full blocks are looked up by a chained hash of their tokens, the
+     * longest published run is attached instead of prefilled (always leaving at least the last
+     * prompt token to compute), and every sequence publishes its blocks as they fill. */
+    bool prefix_cache;
 } scheduler_opts;
 
 scheduler_opts scheduler_opts_default(void);
@@ -75,6 +80,10 @@ typedef struct scheduler_stats {
     uint32_t last_batch;                          /* tokens in the last step */
     uint64_t step_ns;                             /* time in model_forward over all steps */
     uint64_t batch_hist[SCHEDULER_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
+    uint64_t prefix_queries;    /* admissions that looked for a cached prefix */
+    uint64_t prefix_hit_tokens; /* prompt tokens taken from cached blocks instead of prefilled */
+    uint32_t prefix_cached_blocks; /* blocks kept for reuse that no sequence holds */
+    uint64_t prefix_evictions;     /* such blocks given up for memory */
 } scheduler_stats;
 
 typedef struct scheduler scheduler;

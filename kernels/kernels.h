@@ -378,6 +378,20 @@ int kern_kv_reserve(kern_kv *kv, int32_t seq, int32_t n_pos, char *err, size_t e
 /* Gives seq's blocks back; its next token may start again at position 0. */
 void kern_kv_clear(kern_kv *kv, int32_t seq);
 const kern_kv_layout *kern_kv_get_layout(const kern_kv *kv);
+/* Prefix reuse.  A sequence's full block may be published under a key that names its tokens and
+ * every token before them (the caller's chained hash; 0 is no key); a sequence with no blocks
+ * attaches the longest run of published blocks matching keys[0..n_keys) in order and returns
+ * how many (its next position is that many blocks in), or a negative error.  Published blocks
+ * that no sequence holds are kept, least recently released first out, until a reserve finds
+ * neither a free block nor room for a new chunk. */
+int32_t kern_kv_attach_prefix(kern_kv *kv, int32_t seq, const uint64_t *keys, int32_t n_keys,
+                              char *err, size_t err_size);
+void kern_kv_publish(kern_kv *kv, int32_t seq, int32_t block, uint64_t key);
+typedef struct kern_kv_prefix_stats {
+    int32_t cached_blocks; /* published blocks no sequence holds, kept for reuse */
+    uint64_t evictions;    /* such blocks given up for memory */
+} kern_kv_prefix_stats;
+void kern_kv_get_prefix_stats(const kern_kv *kv, kern_kv_prefix_stats *out);
 /* Bytes of storage allocated now, bytes per block, and bytes per 1024 positions held. */
 size_t kern_kv_allocated_bytes(const kern_kv *kv);
 size_t kern_kv_block_bytes(const kern_kv *kv);

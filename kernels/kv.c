@@ -9,9 +9,14 @@
  *
  * The table lives twice: a host mirror that this file edits, and its device copy that the
  * operations read.  A reserve that adds blocks queues the changed span of the table on the
- * compute stream, so it is in place before any later operation reads it.  Each block carries a
- * reference count so that sequences can later share a prefix's blocks; today every block has
- * one owner.
+ * compute stream, so it is in place before any later operation reads it.
+ *
+ * Prefix reuse: a full block can be published under a key (the caller's hash of its tokens and
+ * of every token before them), and a new sequence attaches the longest run of published blocks
+ * its own keys name instead of computing them again — exact, because every position's K and V
+ * depend only on the tokens up to it (the batch-invariance contract).  Blocks carry reference
+ * counts; one that no sequence holds but that has a key stays in an LRU list, findable, until a
+ * reserve needs a block and neither the free list nor a new chunk can give one.
  */
 #include "kernels/kernels.h"
 
@@ -37,6 +42,14 @@ struct kern_kv {
     uint16_t *refs;
     int32_t *free_ids;
     int32_t n_free, n_used;
+    /* prefix reuse: per block its key (0: none) and its place in the LRU list of unheld keyed
+     * blocks (oldest at lru_head); an open-addressed table from key to block */
+    uint64_t *key_of;
+    int32_t *lru_prev, *lru_next;
+    int32_t lru_head, lru_tail, n_cached;
+    int32_t *ht; /* [ht_size]: block id, -1 empty, -2 deleted */
+    uint32_t ht_size;
+    uint64_t evictions;
 };
 
 const char *kern_kv_type_name(kern_kv_type t)
@@ -58,6 +71,10 @@ void kern_kv_close(kern_kv **kvp)
     free(kv->chunks);
     free(kv->block_ptr);
     free(kv->refs);
+    free(kv->key_of);
+    free(kv->lru_prev);
+    free(kv->lru_next);
+    free(kv->ht);
     free(kv->free_ids);
     free(kv);
 }
@@ -98,9 +115,19 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
     kv->block_ptr = calloc(max_ids, sizeof *kv->block_ptr);
     kv->refs = calloc(max_ids, sizeof *kv->refs);
     kv->free_ids = malloc(max_ids * sizeof *kv->free_ids);
+    kv->key_of = calloc(max_ids, sizeof *kv->key_of);
+    kv->lru_prev = malloc(max_ids * sizeof *kv->lru_prev);
+    kv->lru_next = malloc(max_ids * sizeof *kv->lru_next);
+    kv->ht_size = 16;
+    while (kv->ht_size < 2 * max_ids)
+        kv->ht_size *= 2;
+    kv->ht = malloc(kv->ht_size * sizeof *kv->ht);
     if (!kv->table_host || !kv->table_ids || !kv->n_held || !kv->chunks || !kv->block_ptr ||
-        !kv->refs || !kv->free_ids)
+        !kv->refs || !kv->free_ids || !kv->key_of || !kv->lru_prev || !kv->lru_next || !kv->ht)
         goto nomem;
+    for (uint32_t i = 0; i < kv->ht_size; i++)
+        kv->ht[i] = -1;
+    kv->lru_head = kv->lru_tail = -1;
     for (size_t i = 0; i < n_entries; i++)
         kv->table_ids[i] = -1;
     int rc = kern_alloc(b, KERN_MEM_DEVICE, n_entries * sizeof(void *), (void **)&kv->table_dev);
@@ -162,6 +189,129 @@ static int grow(kern_kv *kv, char *err, size_t err_size)
     return 0;
 }
 
+/* ---- prefix reuse --------------------------------------------------------------------------- */
+
+static uint32_t ht_slot(const kern_kv *kv, uint64_t key)
+{
+    return (uint32_t)(key ^ (key >> 29)) & (kv->ht_size - 1);
+}
+
+/* The block published under key, or -1. */
+static int32_t ht_find(const kern_kv *kv, uint64_t key)
+{
+    for (uint32_t i = ht_slot(kv, key), n = 0; n < kv->ht_size;
+         i = (i + 1) & (kv->ht_size - 1), n++) {
+        int32_t id = kv->ht[i];
+        if (id == -1) return -1;
+        if (id >= 0 && kv->key_of[id] == key) return id;
+    }
+    return -1;
+}
+
+static void ht_insert(kern_kv *kv, int32_t id)
+{
+    uint32_t i = ht_slot(kv, kv->key_of[id]);
+    while (kv->ht[i] >= 0)
+        i = (i + 1) & (kv->ht_size - 1);
+    kv->ht[i] = id;
+}
+
+static void ht_remove(kern_kv *kv, int32_t id)
+{
+    for (uint32_t i = ht_slot(kv, kv->key_of[id]), n = 0; n < kv->ht_size;
+         i = (i + 1) & (kv->ht_size - 1), n++) {
+        if (kv->ht[i] == -1) return;
+        if (kv->ht[i] == id) {
+            kv->ht[i] = -2;
+            return;
+        }
+    }
+}
+
+static void lru_unlink(kern_kv *kv, int32_t id)
+{
+    int32_t p = kv->lru_prev[id], n = kv->lru_next[id];
+    if (p >= 0)
+        kv->lru_next[p] = n;
+    else
+        kv->lru_head = n;
+    if (n >= 0)
+        kv->lru_prev[n] = p;
+    else
+        kv->lru_tail = p;
+    kv->n_cached--;
+}
+
+static void lru_push(kern_kv *kv, int32_t id)
+{
+    kv->lru_prev[id] = kv->lru_tail;
+    kv->lru_next[id] = -1;
+    if (kv->lru_tail >= 0)
+        kv->lru_next[kv->lru_tail] = id;
+    else
+        kv->lru_head = id;
+    kv->lru_tail = id;
+    kv->n_cached++;
+}
+
+/* The least recently released keyed block loses its key and goes to the free list. */
+static void evict_oldest(kern_kv *kv)
+{
+    int32_t id = kv->lru_head;
+    lru_unlink(kv, id);
+    ht_remove(kv, id);
+    kv->key_of[id] = 0;
+    kv->free_ids[kv->n_free++] = id;
+    kv->evictions++;
+}
+
+int32_t kern_kv_attach_prefix(kern_kv *kv, int32_t seq, const uint64_t *keys, int32_t n_keys,
+                              char *err, size_t err_size)
+{
+    if (seq < 0 || seq >= kv->o.n_seq || kv->n_held[seq] != 0 || n_keys < 0) {
+        snprintf(err, err_size, "KV cache: a prefix attaches only to an empty sequence");
+        return -EINVAL;
+    }
+    if (n_keys > kv->layout.max_blocks) n_keys = kv->layout.max_blocks;
+    size_t row = (size_t)seq * (size_t)kv->layout.max_blocks;
+    int32_t n = 0;
+    for (; n < n_keys; n++) {
+        int32_t id = keys[n] ? ht_find(kv, keys[n]) : -1;
+        if (id < 0) break;
+        if (kv->refs[id]++ == 0) {
+            lru_unlink(kv, id);
+            kv->n_used++;
+        }
+        kv->table_ids[row + (size_t)n] = id;
+        kv->table_host[row + (size_t)n] = kv->block_ptr[id];
+    }
+    kv->n_held[seq] = n;
+    if (n == 0) return 0;
+    int rc = kern_copy(kv->b, KERN_STREAM_COMPUTE, kv->table_dev + row, kv->table_host + row,
+                       (size_t)n * sizeof(void *), KERN_COPY_TO_DEVICE);
+    if (rc) {
+        snprintf(err, err_size, "KV cache: updating the block table: %s", strerror(-rc));
+        kern_kv_clear(kv, seq);
+        return rc;
+    }
+    return n;
+}
+
+void kern_kv_publish(kern_kv *kv, int32_t seq, int32_t block, uint64_t key)
+{
+    if (seq < 0 || seq >= kv->o.n_seq || block < 0 || block >= kv->n_held[seq] || !key) return;
+    int32_t id = kv->table_ids[(size_t)seq * (size_t)kv->layout.max_blocks + (size_t)block];
+    if (kv->key_of[id] || ht_find(kv, key) >= 0) return; /* keyed already, or a twin is */
+    kv->key_of[id] = key;
+    ht_insert(kv, id);
+}
+
+void kern_kv_get_prefix_stats(const kern_kv *kv, kern_kv_prefix_stats *out)
+{
+    out->cached_blocks = kv->n_cached;
+    out->evictions = kv->evictions;
+}
+
 int kern_kv_reserve(kern_kv *kv, int32_t seq, int32_t n_pos, char *err, size_t err_size)
 {
     if (seq < 0 || seq >= kv->o.n_seq || n_pos < 0 || n_pos > kv->o.n_ctx) {
@@ -174,9 +324,14 @@ int kern_kv_reserve(kern_kv *kv, int32_t seq, int32_t n_pos, char *err, size_t e
     if (need <= have) return 0;
     size_t row = (size_t)seq * (size_t)kv->layout.max_blocks;
     for (int32_t i = have; i < need; i++) {
-        if (kv->n_free == 0) {
+        if (kv->n_free == 0 && kv->n_chunks < kv->max_chunks) {
             int rc = grow(kv, err, err_size);
             if (rc) return rc;
+        }
+        if (kv->n_free == 0 && kv->lru_head >= 0) evict_oldest(kv);
+        if (kv->n_free == 0) {
+            snprintf(err, err_size, "KV cache: every block is in use");
+            return -ENOSPC;
         }
         int32_t id = kv->free_ids[--kv->n_free];
         kv->refs[id] = 1;
@@ -201,7 +356,10 @@ void kern_kv_clear(kern_kv *kv, int32_t seq)
         kv->table_ids[row + (size_t)i] = -1;
         kv->table_host[row + (size_t)i] = NULL;
         if (--kv->refs[id] == 0) {
-            kv->free_ids[kv->n_free++] = id;
+            if (kv->key_of[id])
+                lru_push(kv, id); /* findable until its memory is needed */
+            else
+                kv->free_ids[kv->n_free++] = id;
             kv->n_used--;
         }
     }

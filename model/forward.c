@@ -224,6 +224,27 @@ void model_ctx_clear_seq(model_ctx *ctx, int32_t seq)
     kern_kv_clear(ctx->kv, seq);
 }
 
+int32_t model_ctx_block_tokens(const model_ctx *ctx)
+{
+    return kern_kv_get_layout(ctx->kv)->block_tokens;
+}
+
+int32_t model_ctx_attach_prefix(model_ctx *ctx, int32_t seq, const uint64_t *keys, int32_t n_keys,
+                                char *err, size_t err_size)
+{
+    return kern_kv_attach_prefix(ctx->kv, seq, keys, n_keys, err, err_size);
+}
+
+void model_ctx_publish_block(model_ctx *ctx, int32_t seq, int32_t block, uint64_t key)
+{
+    kern_kv_publish(ctx->kv, seq, block, key);
+}
+
+void model_ctx_prefix_stats(const model_ctx *ctx, kern_kv_prefix_stats *out)
+{
+    kern_kv_get_prefix_stats(ctx->kv, out);
+}
+
 const model_step_stats *model_ctx_last_stats(const model_ctx *ctx)
 {
     return &ctx->stats;

@@ -178,6 +178,14 @@ size_t model_ctx_kv_bytes_per_1k(const model_ctx *ctx);
 size_t model_ctx_kv_used_bytes(const model_ctx *ctx);
 /* Forget a sequence: its next token may start again at position 0. */
 void model_ctx_clear_seq(model_ctx *ctx, int32_t seq);
+/* Prefix reuse (kern_kv_attach_prefix / kern_kv_publish): positions per KV block; attach a
+ * cleared sequence to the published blocks its chained keys name (returns the blocks attached:
+ * the sequence's next position is that many blocks in); publish a full block of a sequence. */
+int32_t model_ctx_block_tokens(const model_ctx *ctx);
+int32_t model_ctx_attach_prefix(model_ctx *ctx, int32_t seq, const uint64_t *keys, int32_t n_keys,
+                                char *err, size_t err_size);
+void model_ctx_publish_block(model_ctx *ctx, int32_t seq, int32_t block, uint64_t key);
+void model_ctx_prefix_stats(const model_ctx *ctx, kern_kv_prefix_stats *out);
 
 typedef struct model_batch {
     int32_t n_tokens;

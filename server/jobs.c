@@ -109,11 +109,12 @@ void srv_job_post_text(srv_job_t *job, const char *text, size_t len, const srv_l
     post(job, ev);
 }
 
-void srv_job_post_admitted(srv_job_t *job)
+void srv_job_post_admitted(srv_job_t *job, int64_t n_cached)
 {
     srv_ev *ev = calloc(1, sizeof *ev);
     if (!ev) return;
     ev->kind = SRV_EV_ADMITTED;
+    ev->n_cached = n_cached;
     post(job, ev);
 }
 
@@ -477,6 +478,7 @@ void srv__drain_events(srv_server_t *s)
             break;
         case SRV_EV_ADMITTED:
             mark_admitted(job, ev->t_ns);
+            if (ev->n_cached > job->call->n_cached) job->call->n_cached = ev->n_cached;
             free(ev);
             break;
         case SRV_EV_ERROR:

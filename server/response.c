@@ -135,9 +135,12 @@ static cJSON *envelope(const srv_call *call, const char *model_id, const char *o
 static bool add_usage(cJSON *o, const srv_call *call)
 {
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
-    return u && cJSON_AddNumberToObject(u, "prompt_tokens", (double)call->n_prompt) &&
+    cJSON *d = u ? cJSON_AddObjectToObject(u, "prompt_tokens_details") : NULL;
+    return d && cJSON_AddNumberToObject(u, "prompt_tokens", (double)call->n_prompt) &&
            cJSON_AddNumberToObject(u, "completion_tokens", (double)call->n_generated) &&
-           cJSON_AddNumberToObject(u, "total_tokens", (double)(call->n_prompt + call->n_generated));
+           cJSON_AddNumberToObject(u, "total_tokens",
+                                   (double)(call->n_prompt + call->n_generated)) &&
+           cJSON_AddNumberToObject(d, "cached_tokens", (double)call->n_cached);
 }
 
 static char *print(cJSON *o, size_t *len)

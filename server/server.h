@@ -143,9 +143,10 @@ void *srv_job_engine_data(const srv_job_t *job);
 /* Any thread.  text is copied; it must end on a UTF-8 character boundary.  lp (NULL when the
  * request did not ask for logprobs) is copied too.  len 0 with lp still records a token. */
 void srv_job_post_text(srv_job_t *job, const char *text, size_t len, const srv_logprobs_t *lp);
-/* Optional, any thread: the engine admitted the job (its prompt starts being processed).  Queue
+/* Optional, any thread: the engine admitted the job (its prompt starts being processed), with
+ * n_cached of its prompt tokens taken from a prefix cache (usage.prompt_tokens_details).  Queue
  * time is measured up to here; without it, up to the first posted text or terminal event. */
-void srv_job_post_admitted(srv_job_t *job);
+void srv_job_post_admitted(srv_job_t *job, int64_t n_cached);
 /* Terminal events: exactly one per accepted job.  Posting never fails (the memory for it was
  * taken at submit). */
 void srv_job_post_error(srv_job_t *job, int status, const char *message);

@@ -73,6 +73,7 @@ typedef struct srv_ev {
     char message[512];
     srv_finish_t why;
     int64_t n_prompt, n_generated;
+    int64_t n_cached; /* admitted: prompt tokens from the prefix cache */
 } srv_ev;
 
 typedef struct srv_call srv_call;
@@ -116,6 +117,7 @@ struct srv_call {
     bool headers_sent, ended, failed;
     srv_api_err err;
     int64_t n_prompt, n_generated;
+    int64_t n_cached; /* prompt tokens the prefix cache supplied (the most of any choice) */
 };
 
 /* ---- connections ---------------------------------------------------------------------------- */

@@ -181,7 +181,7 @@ static bool step_job(fake_job *fj, uint64_t step)
     }
     if (!fj->admitted) {
         fj->admitted = true;
-        srv_job_post_admitted(fj->job);
+        srv_job_post_admitted(fj->job, 0);
     }
     if (fj->slow && step % 10) return false;
     if (fj->pos >= fj->len && (!fj->loop || fj->len == 0)) {

@@ -154,6 +154,7 @@ static const key_case key_cases[] = {
      .bkind = CFG_BUDGET_BYTES},
     {"cache.policy", "\"lfu\"", "lru-protect", V_ENUM, F(cache.policy), .i = -1},
     {"kv.type", "\"f32\"", "f32", V_ENUM, F(kv.type), .i = CFG_KV_F32},
+    {"kv.prefix_cache", "false", "false", V_ENUM, F(kv.prefix_cache), .i = CFG_OFF},
     {"cache.miss_policy", "\"cpu\"", "cpu", V_ENUM, F(cache.miss_policy), .i = 2},
     {"cache.host_pinning", "\"ring\"", "ring", V_ENUM, F(cache.host_pinning), .i = 2},
     {"cache.staging_bytes", "\"64MiB\"", "64MiB", V_U64, F(cache.staging_bytes), .u = 64ull << 20},

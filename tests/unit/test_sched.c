@@ -229,6 +229,82 @@ START_TEST(invariance_one_token_chunks)
 }
 END_TEST
 
+/* Prefix reuse: requests that begin with tokens an earlier request computed attach its KV blocks
+ * and get exactly the tokens and logits they get without reuse — a repeat, a shared beginning, a
+ * chat's next turn (the prompt extended by the answer), and after the cached blocks were evicted
+ * by a prompt that needed all the memory. */
+START_TEST(prefix_reuse_is_exact)
+{
+    fixture fx;
+    fixture_open(&fx, "q4_k_m");
+    enum { NP = 6, LEN = 40, G = 12 };
+    int32_t prompts[NP][128];
+    int lens[NP];
+    for (int i = 0; i < LEN; i++) {
+        prompts[0][i] = (int32_t)((i * 37 + 11) % fx.n_vocab);
+        prompts[2][i] = i < 20 ? prompts[0][i] : (int32_t)((i * 53 + 7) % fx.n_vocab);
+    }
+    memcpy(prompts[1], prompts[0], sizeof prompts[0]);
+    lens[0] = lens[1] = lens[2] = LEN;
+    for (int i = 0; i < 120; i++) /* all eight blocks of the cache */
+        prompts[4][i] = (int32_t)((i * 71 + 3) % fx.n_vocab);
+    lens[4] = 120;
+    memcpy(prompts[5], prompts[0], sizeof prompts[0]);
+    lens[5] = LEN;
+
+    /* reference: no reuse; request 3 (the next turn) is built from request 0's answer */
+    probe ref[NP], got[NP];
+    char err[512];
+    scheduler_opts o = {.max_running = 1,
+                        .max_tokens_per_step = 64,
+                        .prefill_chunk = 64,
+                        .max_waiting = NP,
+                        .n_ctx = 128,
+                        .prefix_cache = false};
+    for (int pass = 0; pass < 2; pass++) {
+        probe *p = pass ? got : ref;
+        o.prefix_cache = pass == 1;
+        scheduler *s = NULL;
+        ck_assert_msg(scheduler_open(&s, fx.m, &o, err, sizeof err) == 0, "%s", err);
+        for (int r = 0; r < NP; r++) {
+            if (r == 3) { /* request 0's prompt, its answer as fed back (all but the last), more */
+                memcpy(prompts[3], prompts[0], LEN * sizeof(int32_t));
+                memcpy(prompts[3] + LEN, p[0].tokens, (G - 1) * sizeof(int32_t));
+                for (int i = 0; i < 5; i++)
+                    prompts[3][LEN + G - 1 + i] = (int32_t)(i + 1);
+                lens[3] = LEN + G - 1 + 5;
+            }
+            probe_init(&p[r], fx.n_vocab);
+            submit(s, prompts[r], lens[r], r == 4 ? 4 : G, &p[r], NULL);
+            wait_done(&p[r]);
+            ck_assert_int_eq(p[r].why, SCHEDULER_LENGTH);
+        }
+        scheduler_stats st;
+        scheduler_get_stats(s, &st);
+        scheduler_close(&s);
+        if (pass == 0) {
+            ck_assert_int_eq(st.prefix_queries, 0);
+            continue;
+        }
+        /* 0: nothing; 1: two blocks (the last prompt token is always computed); 2: one; 3: three
+         * (the third holds request 0's answer); 4: none, and it evicts; 5: none left */
+        ck_assert_int_eq(st.prefix_queries, NP);
+        ck_assert_uint_eq(st.prefix_hit_tokens, 32 + 16 + 48);
+        ck_assert_uint_gt(st.prefix_evictions, 0);
+    }
+    for (int r = 0; r < NP; r++) {
+        ck_assert_int_eq(got[r].n_tokens, ref[r].n_tokens);
+        for (int i = 0; i < got[r].n_tokens; i++)
+            ck_assert_msg(got[r].tokens[i] == ref[r].tokens[i],
+                          "request %d token %d: %d, %d without reuse", r, i, got[r].tokens[i],
+                          ref[r].tokens[i]);
+        ck_assert_msg(got[r].logits_hash == ref[r].logits_hash,
+                      "request %d: logits differ from the run without reuse", r);
+    }
+    fixture_close(&fx);
+}
+END_TEST
+
 START_TEST(stop_and_length)
 {
     fixture fx;
@@ -401,6 +477,7 @@ int main(void)
     tcase_add_test(tc, batch_invariance_f32);
     tcase_add_test(tc, batch_invariance_q4_k_m);
     tcase_add_test(tc, invariance_one_token_chunks);
+    tcase_add_test(tc, prefix_reuse_is_exact);
     tcase_add_test(tc, stop_and_length);
     tcase_add_test(tc, cancel_running_and_waiting);
     tcase_add_test(tc, refusals);
