@@ -80,8 +80,8 @@ typedef struct scheduler_stats {
     uint32_t last_batch;                          /* tokens in the last step */
     uint64_t step_ns;                             /* time in model_forward over all steps */
     uint64_t batch_hist[SCHEDULER_BATCH_BUCKETS]; /* steps by tokens, per bucket (not cumulative) */
-    uint64_t prefix_queries;    /* admissions that looked for a cached prefix */
-    uint64_t prefix_hit_tokens; /* prompt tokens taken from cached blocks instead of prefilled */
+    uint64_t prefix_queries;                      /* admissions that looked for a cached prefix */
+    uint64_t prefix_hit_tokens;    /* prompt tokens taken from cached blocks instead of prefilled */
     uint32_t prefix_cached_blocks; /* blocks kept for reuse that no sequence holds */
     uint64_t prefix_evictions;     /* such blocks given up for memory */
 } scheduler_stats;

@@ -142,3 +142,17 @@ double kern_copy_seconds(kern_backend *b, kern_copy_dir dir, size_t bytes, int r
     kern_free(b, src_kind, src);
     return best;
 }
+
+void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
+                             const float *x, float *out, float *g, float *u)
+{
+    for (int i = 0; i < n_experts; i++) {
+        const kern_ffn_expert *e = &ex[i];
+        int64_t ff = e->gate.n_rows, dim = e->down.n_rows;
+        float *gi = g + e->row0 * ff;
+        b->ops->matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
+        b->ops->matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
+        b->ops->silu_mul(b, gi, u, gi, e->n_rows * ff);
+        b->ops->matmul(b, &e->down, gi, out + e->row0 * dim, e->n_rows);
+    }
+}

@@ -457,22 +457,17 @@ static inline void kern_router(kern_backend *b, const float *logits, int64_t n_t
 {
     b->ops->router(b, logits, n_tokens, o, ids, weights);
 }
+/* The experts op as matmul, silu_mul and matmul per expert: backends without a grouped kernel,
+ * and the CPU's for experts whose types cannot share one. */
+void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
+                             const float *x, float *out, float *g, float *u);
 static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
                                 const float *x, float *out, float *g, float *u)
 {
-    if (b->ops->experts) {
+    if (b->ops->experts)
         b->ops->experts(b, ex, n_experts, x, out, g, u);
-        return;
-    }
-    for (int i = 0; i < n_experts; i++) {
-        const kern_ffn_expert *e = &ex[i];
-        int64_t ff = e->gate.n_rows, dim = e->down.n_rows;
-        float *gi = g + e->row0 * ff;
-        b->ops->matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
-        b->ops->matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
-        b->ops->silu_mul(b, gi, u, gi, e->n_rows * ff);
-        b->ops->matmul(b, &e->down, gi, out + e->row0 * dim, e->n_rows);
-    }
+    else
+        kern_experts_one_by_one(b, ex, n_experts, x, out, g, u);
 }
 static inline void kern_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
                                     const float *weights, float *out, int64_t n_tokens, int k,

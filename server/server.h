@@ -158,21 +158,21 @@ bool srv_job_cancelled(const srv_job_t *job);
  * ---------------------------------------------------------------------------------- */
 
 typedef struct srv_opts {
-    const char *host;            /* IPv4 or IPv6 literal; default "127.0.0.1" */
-    int port;                    /* 0: an ephemeral port */
-    const char *model_id;        /* the served model's name (/v1/models, the "model" field) */
-    size_t max_header_bytes;     /* request line + headers; beyond: 431 */
-    size_t max_body_bytes;       /* beyond: 413 */
-    int max_connections;         /* beyond: 503 and close */
-    uint32_t header_timeout_ms;  /* from a request's first byte to the end of its headers: 408 */
-    uint32_t idle_timeout_ms;    /* an idle keep-alive connection, or a stalled body: close */
-    uint32_t shutdown_grace_ms;  /* how long srv_run waits for cancelled jobs on stop */
-    int max_n;                   /* largest accepted n (choices per request) */
+    const char *host;           /* IPv4 or IPv6 literal; default "127.0.0.1" */
+    int port;                   /* 0: an ephemeral port */
+    const char *model_id;       /* the served model's name (/v1/models, the "model" field) */
+    size_t max_header_bytes;    /* request line + headers; beyond: 431 */
+    size_t max_body_bytes;      /* beyond: 413 */
+    int max_connections;        /* beyond: 503 and close */
+    uint32_t header_timeout_ms; /* from a request's first byte to the end of its headers: 408 */
+    uint32_t idle_timeout_ms;   /* an idle keep-alive connection, or a stalled body: close */
+    uint32_t shutdown_grace_ms; /* how long srv_run waits for cancelled jobs on stop */
+    int max_n;                  /* largest accepted n (choices per request) */
     /* Unsent response bytes queued per connection beyond which a stream coalesces its text
      * into fewer, bigger chunks (and a pipelining client's next request waits). */
     size_t write_high_water_bytes;
     int socket_send_buffer_bytes; /* SO_SNDBUF of client sockets; 0: the kernel's default */
-    const char *const *api_keys; /* when n_api_keys > 0: Authorization: Bearer KEY required */
+    const char *const *api_keys;  /* when n_api_keys > 0: Authorization: Bearer KEY required */
     size_t n_api_keys;
     bool log_requests; /* one line per request on stderr */
     /* Where the server's log lines go (level 0 error, 1 warn, 2 info, 3 debug); NULL: stderr. */

@@ -369,9 +369,6 @@ static int experts_phase(cpu_backend *cpu, experts_job *job, int which, const fl
     return 0;
 }
 
-static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
-                         int64_t n);
-
 static void cpu_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
                         float *out, float *g, float *u)
 {
@@ -392,15 +389,7 @@ static void cpu_experts(kern_backend *b, const kern_ffn_expert *ex, int n_expert
         if (experts_phase(cpu, &job, 0, x) == 0) experts_phase(cpu, &job, 1, g);
         return;
     }
-    for (int i = 0; i < n_experts; i++) { /* mixed activation types: one expert at a time */
-        const kern_ffn_expert *e = &ex[i];
-        int64_t ff = e->gate.n_rows;
-        float *gi = g + e->row0 * ff;
-        cpu_matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
-        cpu_matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
-        cpu_silu_mul(b, gi, u, gi, e->n_rows * ff);
-        cpu_matmul(b, &e->down, gi, out + e->row0 * e->down.n_rows, e->n_rows);
-    }
+    kern_experts_one_by_one(b, ex, n_experts, x, out, g, u); /* mixed activation types */
 }
 
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
