@@ -11,12 +11,14 @@
 #include "engine/engine.h"
 
 #include "engine/prompt.h"
+#include "sampling/json_guide.h"
 #include "sampling/sampler.h"
 #include "sampling/stop.h"
 #include "server/metrics.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +45,11 @@ typedef struct job_state {
     bool all_banned;
     int64_t n_prompt;
     int64_t n_generated;
+    /* response_format json_object: the guide over the text so far, the step's masked logits */
+    bool json;
+    json_guide guide;
+    float *masked;
+    int64_t max_tokens;
 } job_state;
 
 int engine_open(engine **out, char *err, size_t err_size)
@@ -94,14 +101,55 @@ static void job_state_free(job_state *st)
     sampler_destroy(&st->smp);
     stop_matcher_destroy(&st->stops);
     tokenizer_stream_release(&st->stream);
+    free(st->masked);
     free(st);
 }
 
 /* ---- engine thread ------------------------------------------------------------------------ */
 
+/* Whether token may come next under response_format json_object: its bytes keep the text a
+ * prefix of one JSON object (the end of generation only once the object is closed), and when
+ * max_tokens is about to run out, they are the start of the object's shortest completion. */
+static bool json_allows(const job_state *st, int32_t token, const char *closing, int n_closing,
+                        bool closing_mode)
+{
+    const tokenizer *tok = st->e->tok;
+    if (tokenizer_is_eog(tok, token)) return json_guide_done(&st->guide);
+    if (json_guide_done(&st->guide)) return false;
+    tokenizer_token_type type = tokenizer_token_type_of(tok, token);
+    if (type == TOKENIZER_TT_CONTROL || type == TOKENIZER_TT_UNUSED) return false;
+    size_t len = 0;
+    const char *piece = tokenizer_piece(tok, token, &len);
+    if (!piece || len == 0) return false;
+    if (closing_mode) return len <= (size_t)n_closing && !memcmp(piece, closing, len);
+    json_guide g = st->guide;
+    return json_guide_feed(&g, piece, len);
+}
+
+/* The logits with every token the JSON guide refuses at -inf (into st->masked). */
+static const float *json_mask(job_state *st, const float *logits)
+{
+    int32_t n = st->e->n_vocab;
+    char closing[JSON_GUIDE_MAX_DEPTH + 16];
+    int n_closing = json_guide_closing(&st->guide, closing, sizeof closing);
+    /* one token per byte of the completion at worst, and one for the end */
+    bool closing_mode = n_closing >= 0 && st->max_tokens - st->n_generated <= n_closing + 1;
+    bool any = false;
+    for (int32_t t = 0; t < n; t++) {
+        bool ok = json_allows(st, t, closing, n_closing, closing_mode);
+        st->masked[t] = ok ? logits[t] : -INFINITY;
+        any |= ok;
+    }
+    if (!any) /* no token continues the object: end here rather than write nonsense */
+        for (int32_t t = 0; t < n; t++)
+            if (tokenizer_is_eog(st->e->tok, t)) st->masked[t] = logits[t];
+    return st->masked;
+}
+
 static int32_t engine_sample(void *user, const float *logits)
 {
     job_state *st = user;
+    if (st->json) logits = json_mask(st, logits);
     int32_t token = sampler_sample(st->smp, logits, st->want_logprobs ? &st->res : NULL);
     if (token < 0) { /* every token banned by logit_bias */
         st->all_banned = true;
@@ -155,6 +203,11 @@ static bool engine_emit(void *user, int32_t token)
     st->n_generated++;
     sampler_accept(st->smp, token);
     if (tokenizer_is_eog(st->e->tok, token)) return true;
+    if (st->json) {
+        size_t plen = 0;
+        const char *piece = tokenizer_piece(st->e->tok, token, &plen);
+        if (piece) (void)json_guide_feed(&st->guide, piece, plen); /* the mask let it through */
+    }
     const char *text = NULL;
     size_t len = 0;
     if (tokenizer_stream_feed(&st->stream, token, &text, &len)) len = 0;
@@ -167,7 +220,8 @@ static bool engine_emit(void *user, int32_t token)
     else if (so.len)
         srv_job_post_text(st->job, so.text, so.len, NULL);
     if (so.stopped) st->stopped = true;
-    return so.stopped || srv_job_cancelled(st->job);
+    /* a closed JSON object is the whole answer: end as the end-of-generation token would */
+    return so.stopped || (st->json && json_guide_done(&st->guide)) || srv_job_cancelled(st->job);
 }
 
 static void engine_done(void *user, scheduler_end why, const char *message)
@@ -342,6 +396,15 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
     st->job = job;
     st->n_prompt = (int64_t)n_ids;
     st->want_logprobs = req->logprobs;
+    st->json = req->json_object;
+    st->max_tokens = max_tokens;
+    json_guide_init(&st->guide);
+    if (st->json && !(st->masked = malloc((size_t)e->n_vocab * sizeof *st->masked))) {
+        free(ids);
+        job_state_free(st);
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
     tokenizer_stream_init(&st->stream, e->tok, true);
     rc = stop_matcher_create(&st->stops, req->stop, NULL, req->n_stop, err, err_size);
     if (rc == 0) rc = sampler_for(e, req, &st->smp, err, err_size);

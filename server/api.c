@@ -9,8 +9,9 @@
  * reasoning_effort, stream_options without include_usage, echo false, best_of 1, suffix
  * null/"", response_format {"type":"text"}, tool_choice "none"/"auto", tools []) are accepted and
  * ignored, as are fields OpenAI does not define (clients send vendor extensions); fields whose
- * meaning we cannot honour (tools, functions, json response formats, audio, echo, best_of > 1,
- * token-id or batched prompts) are refused with 400 rather than silently dropped.
+ * meaning we cannot honour (tools, functions, response_format json_schema, audio, echo,
+ * best_of > 1, token-id or batched prompts) are refused with 400 rather than silently dropped.
+ * response_format json_object sets the request's json_object (the engine's JSON guide).
  * Extensions accepted as in vLLM: top_k, min_p, repetition_penalty.
  *
  * Every string taken from the request lives in the call's cJSON tree or its arena, both freed
@@ -421,9 +422,11 @@ static int refuse_unsupported(const cJSON *root, srv_kind_t kind, srv_api_err *e
     }
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "response_format")) && !absent(it)) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(it, "type");
-        if (!cJSON_IsObject(it) || !cJSON_IsString(type) || strcmp(type->valuestring, "text")) {
+        if (!cJSON_IsObject(it) || !cJSON_IsString(type) ||
+            (strcmp(type->valuestring, "text") && strcmp(type->valuestring, "json_object"))) {
             srv__err_set(e, 400, "response_format",
-                         "only response_format {\"type\": \"text\"} is supported");
+                         "response_format {\"type\": \"text\"} and {\"type\": \"json_object\"} "
+                         "are supported (json_schema is not yet)");
             return -EINVAL;
         }
     }
@@ -560,5 +563,9 @@ int srv__parse_request(srv_call *call, const char *body, size_t len, srv_kind_t 
             return -EINVAL;
         }
     }
-    return refuse_unsupported(root, kind, e);
+    if ((rc = refuse_unsupported(root, kind, e))) return rc;
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    const cJSON *rf_type = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
+    r->json_object = cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
+    return 0;
 }

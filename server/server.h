@@ -104,6 +104,7 @@ typedef struct srv_gen_request {
     int32_t n; /* always 1 in a job's request; the HTTP request's n is the job count */
     bool stream;
     bool include_usage; /* stream_options.include_usage */
+    bool json_object;   /* response_format {"type": "json_object"}: the output is one JSON object */
     const char *user;   /* NULL when absent */
 } srv_gen_request_t;
 
