@@ -12,6 +12,7 @@
 
 #include "engine/prompt.h"
 #include "sampling/json_guide.h"
+#include "sampling/json_schema.h"
 #include "sampling/sampler.h"
 #include "sampling/stop.h"
 #include "server/metrics.h"
@@ -45,9 +46,12 @@ typedef struct job_state {
     bool all_banned;
     int64_t n_prompt;
     int64_t n_generated;
-    /* response_format json_object: the guide over the text so far, the step's masked logits */
+    /* response_format json_object (guide) or json_schema (sch, sguide): the guide over the text
+     * so far, the step's masked logits */
     bool json;
     json_guide guide;
+    schema *sch;
+    schema_guide *sguide;
     float *masked;
     int64_t max_tokens;
 } job_state;
@@ -102,44 +106,75 @@ static void job_state_free(job_state *st)
     stop_matcher_destroy(&st->stops);
     tokenizer_stream_release(&st->stream);
     free(st->masked);
+    free(st->sguide);
+    schema_free(&st->sch);
     free(st);
 }
 
 /* ---- engine thread ------------------------------------------------------------------------ */
 
-/* Whether token may come next under response_format json_object: its bytes keep the text a
- * prefix of one JSON object (the end of generation only once the object is closed), and when
- * max_tokens is about to run out, they are the start of the object's shortest completion. */
+static bool guide_done(const job_state *st)
+{
+    return st->sch ? schema_guide_done(st->sguide) : json_guide_done(&st->guide);
+}
+
+/* Whether bytes would keep the text acceptable (on a copy of the guide). */
+static bool guide_accepts(const job_state *st, const char *bytes, size_t len)
+{
+    if (st->sch) {
+        schema_guide g;
+        schema_guide_copy(&g, st->sguide);
+        return schema_guide_feed(&g, bytes, len);
+    }
+    json_guide g = st->guide;
+    return json_guide_feed(&g, bytes, len);
+}
+
+/* Whether token may come next under response_format json_object / json_schema: its bytes keep
+ * the text a prefix of an accepted value (the end of generation only once it is complete), and
+ * when max_tokens is about to run out, they are the start of the value's shortest completion. */
 static bool json_allows(const job_state *st, int32_t token, const char *closing, int n_closing,
                         bool closing_mode)
 {
     const tokenizer *tok = st->e->tok;
-    if (tokenizer_is_eog(tok, token)) return json_guide_done(&st->guide);
-    if (json_guide_done(&st->guide)) return false;
+    if (tokenizer_is_eog(tok, token)) return guide_done(st);
+    if (guide_done(st)) return false;
     tokenizer_token_type type = tokenizer_token_type_of(tok, token);
     if (type == TOKENIZER_TT_CONTROL || type == TOKENIZER_TT_UNUSED) return false;
     size_t len = 0;
     const char *piece = tokenizer_piece(tok, token, &len);
     if (!piece || len == 0) return false;
     if (closing_mode) return len <= (size_t)n_closing && !memcmp(piece, closing, len);
-    json_guide g = st->guide;
-    return json_guide_feed(&g, piece, len);
+    return guide_accepts(st, piece, len);
 }
 
 /* The logits with every token the JSON guide refuses at -inf (into st->masked). */
 static const float *json_mask(job_state *st, const float *logits)
 {
     int32_t n = st->e->n_vocab;
-    char closing[JSON_GUIDE_MAX_DEPTH + 16];
-    int n_closing = json_guide_closing(&st->guide, closing, sizeof closing);
+    char closing[4096];
+    int n_closing = st->sch ? schema_guide_closing(st->sguide, closing, sizeof closing)
+                            : json_guide_closing(&st->guide, closing, sizeof closing);
     /* one token per byte of the completion at worst, and one for the end */
     bool closing_mode = n_closing >= 0 && st->max_tokens - st->n_generated <= n_closing + 1;
     bool any = false;
+    int32_t longest = -1;
+    size_t longest_len = 0;
     for (int32_t t = 0; t < n; t++) {
         bool ok = json_allows(st, t, closing, n_closing, closing_mode);
         st->masked[t] = ok ? logits[t] : -INFINITY;
         any |= ok;
+        size_t len = 0;
+        if (ok && closing_mode && !tokenizer_is_eog(st->e->tok, t) &&
+            tokenizer_piece(st->e->tok, t, &len) && len > longest_len) {
+            longest = t;
+            longest_len = len;
+        }
     }
+    /* Running out of tokens: the completion in as few tokens as the vocabulary allows. */
+    if (longest >= 0)
+        for (int32_t t = 0; t < n; t++)
+            if (t != longest) st->masked[t] = -INFINITY;
     if (!any) /* no token continues the object: end here rather than write nonsense */
         for (int32_t t = 0; t < n; t++)
             if (tokenizer_is_eog(st->e->tok, t)) st->masked[t] = logits[t];
@@ -206,7 +241,10 @@ static bool engine_emit(void *user, int32_t token)
     if (st->json) {
         size_t plen = 0;
         const char *piece = tokenizer_piece(st->e->tok, token, &plen);
-        if (piece) (void)json_guide_feed(&st->guide, piece, plen); /* the mask let it through */
+        if (piece && st->sch) /* the mask let it through */
+            (void)schema_guide_feed(st->sguide, piece, plen);
+        else if (piece)
+            (void)json_guide_feed(&st->guide, piece, plen);
     }
     const char *text = NULL;
     size_t len = 0;
@@ -221,7 +259,7 @@ static bool engine_emit(void *user, int32_t token)
         srv_job_post_text(st->job, so.text, so.len, NULL);
     if (so.stopped) st->stopped = true;
     /* a closed JSON object is the whole answer: end as the end-of-generation token would */
-    return so.stopped || (st->json && json_guide_done(&st->guide)) || srv_job_cancelled(st->job);
+    return so.stopped || (st->json && guide_done(st)) || srv_job_cancelled(st->job);
 }
 
 static void engine_done(void *user, scheduler_end why, const char *message)
@@ -396,16 +434,30 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
     st->job = job;
     st->n_prompt = (int64_t)n_ids;
     st->want_logprobs = req->logprobs;
-    st->json = req->json_object;
+    tokenizer_stream_init(&st->stream, e->tok, true);
+    st->json = req->json_object || req->json_schema;
     st->max_tokens = max_tokens;
     json_guide_init(&st->guide);
-    if (st->json && !(st->masked = malloc((size_t)e->n_vocab * sizeof *st->masked))) {
+    if (req->json_schema) {
+        rc = schema_compile(&st->sch, req->json_schema, err, err_size);
+        if (rc) {
+            *status = rc == -ENOMEM ? 500 : 400;
+            free(ids);
+            job_state_free(st);
+            return rc;
+        }
+        if (!(st->sguide = malloc(sizeof *st->sguide))) rc = -ENOMEM;
+        if (st->sguide) schema_guide_init(st->sguide, st->sch);
+    }
+    if (rc == 0 && st->json && !(st->masked = malloc((size_t)e->n_vocab * sizeof *st->masked)))
+        rc = -ENOMEM;
+    if (rc) {
         free(ids);
         job_state_free(st);
+        *status = 500;
         snprintf(err, err_size, "out of memory");
-        return -ENOMEM;
+        return rc;
     }
-    tokenizer_stream_init(&st->stream, e->tok, true);
     rc = stop_matcher_create(&st->stops, req->stop, NULL, req->n_stop, err, err_size);
     if (rc == 0) rc = sampler_for(e, req, &st->smp, err, err_size);
     if (rc == 0) rc = sampler_accept_prompt(st->smp, ids, n_ids);

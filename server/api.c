@@ -9,9 +9,10 @@
  * reasoning_effort, stream_options without include_usage, echo false, best_of 1, suffix
  * null/"", response_format {"type":"text"}, tool_choice "none"/"auto", tools []) are accepted and
  * ignored, as are fields OpenAI does not define (clients send vendor extensions); fields whose
- * meaning we cannot honour (tools, functions, response_format json_schema, audio, echo,
- * best_of > 1, token-id or batched prompts) are refused with 400 rather than silently dropped.
- * response_format json_object sets the request's json_object (the engine's JSON guide).
+ * meaning we cannot honour (tools, functions, audio, echo, best_of > 1, token-id or batched
+ * prompts) are refused with 400 rather than silently dropped.  response_format json_object and
+ * json_schema set the request's json_object / json_schema (the engine's guides; a schema it
+ * cannot enforce is refused there, with a 400 naming the keyword).
  * Extensions accepted as in vLLM: top_k, min_p, repetition_penalty.
  *
  * Every string taken from the request lives in the call's cJSON tree or its arena, both freed
@@ -423,10 +424,19 @@ static int refuse_unsupported(const cJSON *root, srv_kind_t kind, srv_api_err *e
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "response_format")) && !absent(it)) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(it, "type");
         if (!cJSON_IsObject(it) || !cJSON_IsString(type) ||
-            (strcmp(type->valuestring, "text") && strcmp(type->valuestring, "json_object"))) {
+            (strcmp(type->valuestring, "text") && strcmp(type->valuestring, "json_object") &&
+             strcmp(type->valuestring, "json_schema"))) {
             srv__err_set(e, 400, "response_format",
-                         "response_format {\"type\": \"text\"} and {\"type\": \"json_object\"} "
-                         "are supported (json_schema is not yet)");
+                         "response_format's type must be \"text\", \"json_object\" or "
+                         "\"json_schema\"");
+            return -EINVAL;
+        }
+        const cJSON *js = cJSON_GetObjectItemCaseSensitive(it, "json_schema");
+        if (!strcmp(type->valuestring, "json_schema") &&
+            !(cJSON_IsObject(js) &&
+              cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(js, "schema")))) {
+            srv__err_set(e, 400, "response_format",
+                         "response_format json_schema needs json_schema.schema, an object");
             return -EINVAL;
         }
     }
@@ -567,5 +577,8 @@ int srv__parse_request(srv_call *call, const char *body, size_t len, srv_kind_t 
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
     const cJSON *rf_type = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
     r->json_object = cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");
+    if (cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_schema"))
+        r->json_schema = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(rf, "json_schema"), "schema");
     return 0;
 }

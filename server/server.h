@@ -105,7 +105,9 @@ typedef struct srv_gen_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool json_object;   /* response_format {"type": "json_object"}: the output is one JSON object */
-    const char *user;   /* NULL when absent */
+    /* response_format {"type": "json_schema"}: its json_schema.schema (in the call's tree) */
+    const struct cJSON *json_schema;
+    const char *user; /* NULL when absent */
 } srv_gen_request_t;
 
 /* ---- what the engine posts back

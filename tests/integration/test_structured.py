@@ -2,7 +2,9 @@
 """Structured output through `moeserve serve` and the real `openai` client:
 response_format {"type": "json_object"} makes even a random-weight model answer with one JSON
 object — at any temperature, streamed or not, with max_tokens tight or loose — while the same
-request without it is free text; json_schema is refused with a clear 400 until it is supported.
+request without it is free text; {"type": "json_schema"} makes it answer with a value its schema
+accepts (checked by an independent walk here), and a schema with keywords the server cannot
+enforce is refused with a 400 that names them.
 Usage: test_structured.py /path/to/moeserve"""
 import json
 import sys
@@ -54,12 +56,84 @@ n3 = client.chat.completions.create(model=name, messages=messages, max_tokens=24
                                     response_format={"type": "json_object"})
 for i, c in enumerate(n3.choices):
     as_object(c.message.content, f"n=3, choice {i}")
-for kind in ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
-             {"type": "xml"}):
+try:
+    client.chat.completions.create(model=name, messages=messages, max_tokens=4, response_format={"type": "xml"})
+    check(False, "response_format xml is refused")
+except openai.BadRequestError as e:
+    check(e.body.get("param") == "response_format", f"xml: 400 names response_format ({e.body})")
+
+# ---- json_schema: OpenAI's strict structured outputs ------------------------------------------------
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags", "ok", "where", "unit"],
+          "properties": {"name": {"type": "string", "description": "who"}, "age": {"type": "integer"},
+                         "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}},
+                         "ok": {"type": "boolean"},
+                         "where": {"type": "object", "additionalProperties": False, "required": ["lat", "lon"],
+                                   "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}},
+                         "unit": {"const": "m"}}}
+
+
+def fits(value, schema, path="$"):
+    """An independent check of the subset the server enforces (with its key order)."""
+    if "const" in schema:
+        return value == schema["const"] or f"{path}: {value!r} is not {schema['const']!r}"
+    if "enum" in schema:
+        return value in schema["enum"] or f"{path}: {value!r} not in the enum"
+    t = schema["type"]
+    if t == "object":
+        if not isinstance(value, dict) or list(value) != list(schema["properties"]):
+            return f"{path}: keys {list(value) if isinstance(value, dict) else value!r}"
+        for k, sub in schema["properties"].items():
+            r = fits(value[k], sub, f"{path}.{k}")
+            if r is not True:
+                return r
+        return True
+    if t == "array":
+        if not isinstance(value, list):
+            return f"{path}: not an array"
+        for i, v in enumerate(value):
+            r = fits(v, schema["items"], f"{path}[{i}]")
+            if r is not True:
+                return r
+        return True
+    ok = {"string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}[t](value)
+    return ok or f"{path}: {value!r} is not {t}"
+
+
+fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": SCHEMA}}
+for seed in range(6):
+    for max_tokens in (90, 200):
+        r = client.chat.completions.create(model=name, messages=messages, max_tokens=max_tokens, temperature=1.0,
+                                           seed=seed, response_format=fmt)
+        value = as_object(r.choices[0].message.content, f"schema, seed {seed}, max_tokens {max_tokens}")
+        verdict = fits(value, SCHEMA) if value is not None else "not JSON"
+        check(verdict is True, f"schema, seed {seed}, max_tokens {max_tokens}: {verdict}")
+        check(r.choices[0].finish_reason == "stop", f"schema, seed {seed}: stopped ({r.choices[0].finish_reason})")
+chunks = client.chat.completions.create(model=name, messages=messages, max_tokens=120, temperature=0.7, seed=3,
+                                        stream=True, response_format=fmt)
+streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+value = as_object(streamed, "schema, streamed")
+check(value is not None and fits(value, SCHEMA) is True, "schema, streamed: fits")
+# fewer tokens than the shortest valid answer needs: cut, as OpenAI cuts, and said so
+r = client.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=1.0, seed=1,
+                                   response_format=fmt)
+check(r.choices[0].finish_reason == "length", f"max_tokens 8 < the schema's shortest answer: length "
+                                              f"({r.choices[0].finish_reason}, {r.choices[0].message.content!r})")
+for bad, says in (({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, "pattern"),
+                  ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}, "anyOf"),
+                  ({"type": "string"}, "top level must be an object")):
     try:
-        client.chat.completions.create(model=name, messages=messages, max_tokens=4, response_format=kind)
-        check(False, f"response_format {kind['type']} is refused")
+        client.chat.completions.create(model=name, messages=messages, max_tokens=4,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": bad}})
+        check(False, f"a schema with {says} is refused")
     except openai.BadRequestError as e:
-        check(e.body.get("param") == "response_format", f"{kind['type']}: 400 names response_format ({e.body})")
+        check(says in str(e.body), f"the refusal says {says!r}: {e.body}")
+try:
+    client.chat.completions.create(model=name, messages=messages, max_tokens=4,
+                                   response_format={"type": "json_schema", "json_schema": {"name": "b"}})
+    check(False, "json_schema without a schema is refused")
+except openai.BadRequestError as e:
+    check(e.body.get("param") == "response_format", f"no schema: 400 names response_format ({e.body})")
 srv.stop()
 finish()
