@@ -140,7 +140,10 @@ static bool json_allows(const job_state *st, int32_t token, const char *closing,
     if (tokenizer_is_eog(tok, token)) return guide_done(st);
     if (guide_done(st)) return false;
     tokenizer_token_type type = tokenizer_token_type_of(tok, token);
-    if (type == TOKENIZER_TT_CONTROL || type == TOKENIZER_TT_UNUSED) return false;
+    /* what the output's decoding skips (control, unknown) would not reach the text the guide
+     * follows */
+    if (type == TOKENIZER_TT_CONTROL || type == TOKENIZER_TT_UNKNOWN || type == TOKENIZER_TT_UNUSED)
+        return false;
     size_t len = 0;
     const char *piece = tokenizer_piece(tok, token, &len);
     if (!piece || len == 0) return false;
