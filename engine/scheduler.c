@@ -331,10 +331,10 @@ static int32_t free_slot(const scheduler *s)
     return -1;
 }
 
-/* Drops cancelled requests wherever they are and fills free slots from the queue.  Lock held. */
 static void note_prefix_stats(scheduler *s);
 static void attach_prefix(scheduler *s, sched_req *r);
 
+/* Drops cancelled requests wherever they are and fills free slots from the queue.  Lock held. */
 static void retire_and_admit(scheduler *s)
 {
     for (int32_t i = 0; i < s->n_running;) {
