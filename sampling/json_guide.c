@@ -4,6 +4,7 @@
  * after them, which is then read again in the state after a value.
  */
 #include "sampling/json_guide.h"
+#include "sampling/json_lex.h"
 
 #include <string.h>
 
@@ -15,24 +16,10 @@ enum {
     S_VALUE,     /* a value is due */
     S_ARR_FIRST, /* after '[': a value or ']' */
     S_AFTER,     /* after a value: ',' or the container's closer */
-    S_STR,
-    S_ESC,
-    S_HEX,
-    S_NUM,
+    S_STR,       /* aux: the string's lexer state (json_lex.h) */
+    S_NUM,       /* aux: the number's */
     S_LIT,
     S_DONE,
-};
-
-/* number sub-states; the ones marked "end" may stop before any byte */
-enum {
-    N_MINUS,
-    N_ZERO /* end */,
-    N_INT /* end */,
-    N_DOT,
-    N_FRAC /* end */,
-    N_E,
-    N_ESIGN,
-    N_EXP /* end */
 };
 
 static const char *const literals[3] = {"true", "false", "null"};
@@ -71,17 +58,13 @@ static void pop(json_guide *g)
     g->state = g->depth ? S_AFTER : S_DONE;
 }
 
-static bool is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
 /* The first byte of a value. */
 static bool start_value(json_guide *g, unsigned char c)
 {
     switch (c) {
     case '"':
         g->state = S_STR;
+        g->aux = JLEX_IN;
         g->key = false;
         return true;
     case '{':
@@ -90,7 +73,7 @@ static bool start_value(json_guide *g, unsigned char c)
         return push(g, false);
     case '-':
         g->state = S_NUM;
-        g->aux = N_MINUS;
+        g->aux = JLEX_MINUS;
         return true;
     case 't':
     case 'f':
@@ -100,9 +83,9 @@ static bool start_value(json_guide *g, unsigned char c)
         g->aux = 1;
         return true;
     default:
-        if (!is_digit(c)) return false;
+        if (!jlex_digit(c)) return false;
         g->state = S_NUM;
-        g->aux = c == '0' ? N_ZERO : N_INT;
+        g->aux = c == '0' ? JLEX_ZERO : JLEX_INT;
         return true;
     }
 }
@@ -122,50 +105,9 @@ static bool after_value(json_guide *g, unsigned char c)
 
 static bool number(json_guide *g, unsigned char c)
 {
-    switch (g->aux) {
-    case N_MINUS:
-        if (!is_digit(c)) return false;
-        g->aux = c == '0' ? N_ZERO : N_INT;
-        return true;
-    case N_ZERO:
-    case N_INT:
-        if (g->aux == N_INT && is_digit(c)) return true;
-        if (c == '.') {
-            g->aux = N_DOT;
-            return true;
-        }
-        if (c == 'e' || c == 'E') {
-            g->aux = N_E;
-            return true;
-        }
-        break;
-    case N_DOT:
-        if (!is_digit(c)) return false;
-        g->aux = N_FRAC;
-        return true;
-    case N_FRAC:
-        if (is_digit(c)) return true;
-        if (c == 'e' || c == 'E') {
-            g->aux = N_E;
-            return true;
-        }
-        break;
-    case N_E:
-        if (c == '+' || c == '-') {
-            g->aux = N_ESIGN;
-            return true;
-        }
-        __attribute__((fallthrough)); /* a digit */
-    case N_ESIGN:
-        if (!is_digit(c)) return false;
-        g->aux = N_EXP;
-        return true;
-    case N_EXP:
-        if (is_digit(c)) return true;
-        break;
-    }
-    /* the number ended before c: c belongs to what follows a value */
-    g->state = S_AFTER;
+    jlex_result r = jlex_number(&g->aux, c, false);
+    if (r != JLEX_ENDED) return r == JLEX_ACCEPT;
+    g->state = S_AFTER; /* the number ended before c: c belongs to what follows a value */
     return after_value(g, c);
 }
 
@@ -183,6 +125,7 @@ static bool step(json_guide *g, unsigned char c)
     case S_OBJ_KEY:
         if (c != '"') return false;
         g->state = S_STR;
+        g->aux = JLEX_IN;
         g->key = true;
         return true;
     case S_COLON:
@@ -200,28 +143,15 @@ static bool step(json_guide *g, unsigned char c)
     case S_AFTER:
         return after_value(g, c);
     case S_STR:
-        if (c == '"') {
+        switch (jlex_string(&g->aux, c)) {
+        case JLEX_ENDED:
             g->state = g->key ? S_COLON : S_AFTER;
             return true;
-        }
-        if (c == '\\') {
-            g->state = S_ESC;
+        case JLEX_ACCEPT:
             return true;
+        default:
+            return false;
         }
-        return c >= 0x20;
-    case S_ESC:
-        if (c == 'u') {
-            g->state = S_HEX;
-            g->aux = 4;
-            return true;
-        }
-        if (!strchr("\"\\/bfnrt", c) || !c) return false;
-        g->state = S_STR;
-        return true;
-    case S_HEX:
-        if (!is_digit(c) && !((c | 0x20) >= 'a' && (c | 0x20) <= 'f')) return false;
-        if (--g->aux == 0) g->state = S_STR;
-        return true;
     case S_NUM:
         return number(g, c);
     case S_LIT:
@@ -249,21 +179,18 @@ int json_guide_closing(const json_guide *g, char *out, size_t size)
         memcpy(buf, "{}", 2);
         n = 2;
         break;
-    case S_STR:
-    case S_ESC:
-    case S_HEX:
-        if (g->state == S_ESC) buf[n++] = 'n';
-        for (int i = 0; g->state == S_HEX && i < g->aux; i++)
-            buf[n++] = '0';
-        buf[n++] = '"';
+    case S_STR: {
+        const char *close = jlex_string_close(g->aux);
+        n = strlen(close);
+        memcpy(buf, close, n);
         if (g->key) {
             memcpy(buf + n, ":0", 2);
             n += 2;
         }
         break;
+    }
     case S_NUM:
-        if (g->aux == N_MINUS || g->aux == N_DOT || g->aux == N_E || g->aux == N_ESIGN)
-            buf[n++] = '0';
+        if (jlex_number_open(g->aux)) buf[n++] = '0';
         break;
     case S_LIT:
         for (const char *p = literals[g->lit] + g->aux; *p; p++)

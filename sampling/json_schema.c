@@ -6,6 +6,7 @@
  * byte after it, which is then read again by the frame below.
  */
 #include "sampling/json_schema.h"
+#include "sampling/json_lex.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -272,10 +273,8 @@ int schema_compile(schema **out, const cJSON *json, char *err, size_t err_size)
 
 /* ---- the guide ----------------------------------------------------------------------------- */
 
-/* frame stages */
-enum { OPEN, SEP, KEY, VALUE, CLOSE, FIRST, AFTER, IN, ESC, HEX, NUM, LIT };
-/* number sub-states (as json_guide.c; "end" ones may stop) */
-enum { N_START, N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP };
+/* frame stages; strings and numbers keep their lexer state (json_lex.h) in `sub` */
+enum { OPEN, SEP, KEY, VALUE, CLOSE, FIRST, AFTER, IN, NUM, LIT };
 
 typedef enum { REJECT, ACCEPT, AGAIN } outcome;
 
@@ -299,7 +298,7 @@ static bool push(schema_guide *g, const node *n)
     case K_NUMBER:
     case K_INTEGER:
         f->stage = NUM;
-        f->sub = N_START;
+        f->sub = JLEX_START;
         break;
     case K_ENUM:
         f->stage = LIT;
@@ -324,62 +323,10 @@ static void finish(schema_guide *g)
     }
 }
 
-static bool is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
 static outcome number(schema_guide *g, schema_frame *f, unsigned char c, bool integer)
 {
-    switch (f->sub) {
-    case N_START:
-        if (c == '-') {
-            f->sub = N_MINUS;
-            return ACCEPT;
-        }
-        __attribute__((fallthrough));
-    case N_MINUS:
-        if (!is_digit(c)) return REJECT;
-        f->sub = c == '0' ? N_ZERO : N_INT;
-        return ACCEPT;
-    case N_INT:
-        if (is_digit(c)) return ACCEPT;
-        __attribute__((fallthrough));
-    case N_ZERO:
-        if (!integer && c == '.') {
-            f->sub = N_DOT;
-            return ACCEPT;
-        }
-        if (!integer && (c == 'e' || c == 'E')) {
-            f->sub = N_E;
-            return ACCEPT;
-        }
-        break;
-    case N_DOT:
-        if (!is_digit(c)) return REJECT;
-        f->sub = N_FRAC;
-        return ACCEPT;
-    case N_FRAC:
-        if (is_digit(c)) return ACCEPT;
-        if (c == 'e' || c == 'E') {
-            f->sub = N_E;
-            return ACCEPT;
-        }
-        break;
-    case N_E:
-        if (c == '+' || c == '-') {
-            f->sub = N_ESIGN;
-            return ACCEPT;
-        }
-        __attribute__((fallthrough));
-    case N_ESIGN:
-        if (!is_digit(c)) return REJECT;
-        f->sub = N_EXP;
-        return ACCEPT;
-    case N_EXP:
-        if (is_digit(c)) return ACCEPT;
-        break;
-    }
+    jlex_result r = jlex_number(&f->sub, c, integer);
+    if (r != JLEX_ENDED) return r == JLEX_ACCEPT ? ACCEPT : REJECT;
     finish(g); /* c follows the number */
     return AGAIN;
 }
@@ -469,27 +416,18 @@ static outcome step(schema_guide *g, unsigned char c)
         case OPEN:
             if (c != '"') return REJECT;
             f->stage = IN;
+            f->sub = JLEX_IN;
             return ACCEPT;
         case IN:
-            if (c == '"') {
+            switch (jlex_string(&f->sub, c)) {
+            case JLEX_ENDED:
                 finish(g);
                 return ACCEPT;
-            }
-            if (c == '\\') f->stage = ESC;
-            return c >= 0x20 ? ACCEPT : REJECT;
-        case ESC:
-            if (c == 'u') {
-                f->stage = HEX;
-                f->sub = 4;
+            case JLEX_ACCEPT:
                 return ACCEPT;
+            default:
+                return REJECT;
             }
-            if (!c || !strchr("\"\\/bfnrt", c)) return REJECT;
-            f->stage = IN;
-            return ACCEPT;
-        case HEX:
-            if (!is_digit(c) && !((c | 0x20) >= 'a' && (c | 0x20) <= 'f')) return REJECT;
-            if (--f->sub == 0) f->stage = IN;
-            return ACCEPT;
         default:
             return REJECT;
         }
@@ -631,17 +569,16 @@ int schema_guide_closing(const schema_guide *g, char *out, size_t size)
             put(&t, f->stage == OPEN ? "[]" : "]", f->stage == OPEN ? 2 : 1);
             break;
         case K_STRING:
-            if (f->stage == OPEN) put(&t, "\"", 1);
-            if (f->stage == ESC) put(&t, "n", 1);
-            for (int i = 0; f->stage == HEX && i < f->sub; i++)
-                put(&t, "0", 1);
-            put(&t, "\"", 1);
+            if (f->stage == OPEN) {
+                put(&t, "\"\"", 2);
+            } else {
+                const char *close = jlex_string_close(f->sub);
+                put(&t, close, strlen(close));
+            }
             break;
         case K_NUMBER:
         case K_INTEGER:
-            if (f->sub == N_START || f->sub == N_MINUS || f->sub == N_DOT || f->sub == N_E ||
-                f->sub == N_ESIGN)
-                put(&t, "0", 1);
+            if (jlex_number_open(f->sub)) put(&t, "0", 1);
             break;
         case K_ENUM: {
             int a = shortest_alt(n, f->alts);
