@@ -80,6 +80,16 @@ static void cache_log(void *user, const char *msg)
 /* The expert cache's options from the config.  "auto" holds every expert when they fit in
  * what the machine has available (less a margin for the KV cache and everything else), else
  * as many as fit; a size or a percentage is taken as given. */
+/* Test-only fault injection (tools/soak.py): MOESERVE_TEST_READ_FAULTS=N fails every Nth expert
+ * read with EIO, so that a soak shows that retried steps keep every answer complete and right. */
+static atomic_uint_fast64_t fault_reads;
+static uint64_t fault_every;
+
+static int read_fault(void *user, uint64_t offset, uint32_t len)
+{
+    return atomic_fetch_add(&fault_reads, 1) % fault_every == fault_every - 1 ? -EIO : 0;
+}
+
 static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
 {
     *co = cache_opts_default();
@@ -95,6 +105,13 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
     /* 0: the machine's memory is unknown, no limit; else 80% of what the dense part leaves. */
     uint64_t room = avail == 0 ? 0 : avail > dense ? (avail - dense) / 10 * 8 : 1;
     cli_cache_budget(co, &c->cache.host_bytes, sz->expert_bytes, room);
+    const char *faults = getenv("MOESERVE_TEST_READ_FAULTS");
+    if (faults && strtoull(faults, NULL, 10) > 0) {
+        fault_every = strtoull(faults, NULL, 10);
+        co->fault = read_fault;
+        cli_log("MOESERVE_TEST_READ_FAULTS: every %llu-th expert read fails (a test setting)",
+                (unsigned long long)fault_every);
+    }
 }
 
 static int load_model(serve_state *st, char *err, size_t err_size)

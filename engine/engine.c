@@ -759,6 +759,9 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
     single(b, "moeserve_prefix_cache_evictions_total", "counter",
            "Cached KV blocks given up because the KV memory was needed", "",
            (double)st.prefix_evictions);
+    single(b, "moeserve_engine_step_retries_total", "counter",
+           "Steps run again because an expert could not be read (the requests went on)", "",
+           (double)st.step_retries);
     single(b, "moeserve_prefix_cache_blocks", "gauge", "KV blocks no request holds, kept for reuse",
            "", (double)st.prefix_cached_blocks);
     if (model_expert_cache(e->m))

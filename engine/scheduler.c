@@ -22,6 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+enum { STEP_RETRIES = 3 };
+
 typedef struct sched_req {
     struct sched_req *next; /* waiting queue link */
     uint64_t id;
@@ -529,6 +531,14 @@ static void *engine_main(void *arg)
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int rc = model_forward(s->ctx, &b, s->logits, s->err, sizeof s->err);
+        /* An expert that could not be read fails the step, and the cache reads it again on the
+         * next request: the same batch runs again (its positions are simply stored again) a few
+         * times before its sequences end with the error. */
+        uint32_t retries = 0;
+        while (rc && model_ctx_last_stats(s->ctx)->expert_read_failed && retries < STEP_RETRIES) {
+            retries++;
+            rc = model_forward(s->ctx, &b, s->logits, s->err, sizeof s->err);
+        }
         clock_gettime(CLOCK_MONOTONIC, &t1);
         if (rc == 0 && s->opts.prefix_cache) publish_blocks(s);
 
@@ -544,6 +554,7 @@ static void *engine_main(void *arg)
         s->stats.prompt_tokens += (uint64_t)n_prompt_tokens;
         s->stats.decode_tokens += (uint64_t)(n - n_prompt_tokens);
         s->stats.last_batch = (uint32_t)n;
+        s->stats.step_retries += retries;
         note_prefix_stats(s);
         if (rc) {
             /* The step's sequences cannot go on (their KV is incomplete); the others can. */

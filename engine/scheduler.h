@@ -84,6 +84,7 @@ typedef struct scheduler_stats {
     uint64_t prefix_hit_tokens;    /* prompt tokens taken from cached blocks instead of prefilled */
     uint32_t prefix_cached_blocks; /* blocks kept for reuse that no sequence holds */
     uint64_t prefix_evictions;     /* such blocks given up for memory */
+    uint64_t step_retries;         /* steps run again after an expert could not be read */
 } scheduler_stats;
 
 typedef struct scheduler scheduler;

@@ -494,7 +494,7 @@ static void run_group(model_ctx *ctx, int n)
 
 /* Requests the experts of layer il from tier c and runs those resident, as a group, as they
  * arrive: on the device (run_group) or, for the host tier of a device backend, on the CPU
- * (cpu_experts). */
+ * (cpu_experts).  A failure here is the tier's: an expert that could not be read or copied. */
 static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *experts, int32_t n,
                          bool on_cpu, char *err, size_t err_size)
 {
@@ -522,6 +522,7 @@ static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *expert
             cache_release(c, &h->refs[i]);
         if (rc == -EAGAIN) rc = 0;
     }
+    if (rc < 0) ctx->stats.expert_read_failed = true;
     return rc < 0 ? rc : 0;
 }
 

@@ -204,6 +204,10 @@ typedef struct model_step_stats {
     uint64_t matmul_macs;  /* multiply-adds of all weight products (2 FLOP each) */
     uint32_t cpu_experts;  /* experts a device backend's step computed on the CPU */
     uint64_t cpu_ns;       /* time the engine thread spent computing them */
+    /* the step failed because an expert could not be read (the cache reads it again on the next
+     * request, so running the same batch again may succeed; its positions are simply stored
+     * again) */
+    bool expert_read_failed;
 } model_step_stats;
 
 /* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions

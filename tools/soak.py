@@ -3,7 +3,8 @@
 requests — greedy completions and chats (streamed and not) whose text must equal what the same
 request got alone before the load, seeded n=2 samples, stop strings, clients that vanish
 mid-stream, slow readers, and malformed, oversized, unknown and wrong-method requests — against a
-server with a small expert cache (a quarter of the experts).  Then it checks that every
+server with a small expert cache (a quarter of the experts), optionally failing every Nth expert
+read (--faults N: the server retries such steps).  Then it checks that every
 well-formed request got a complete and correct answer, every bad one its 4xx, the server's open
 files and memory stayed flat after the warm-up, nothing is left running, and /metrics counted
 what the clients saw.  Prints a table and `N passed, N failed`; exits 1 on any failure.
@@ -39,8 +40,10 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, moeserve, model, threads):
+    def __init__(self, moeserve, model, threads, faults):
         env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8")
+        if faults:
+            env["MOESERVE_TEST_READ_FAULTS"] = str(faults)
         self.proc = subprocess.Popen(
             [moeserve, "serve", "--model", model, "--port", "0", "--set", f"compute.threads={threads}",
              "--set", "kv.context_length=512", "--set", "batching.max_running=4", "--set", "cache.host_bytes=25%",
@@ -102,9 +105,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--faults", type=int, default=0,
+                    help="fail every Nth expert read (the server retries the step; answers must not change)")
     args = ap.parse_args()
 
-    srv = Server(args.moeserve, args.model, args.threads)
+    srv = Server(args.moeserve, args.model, args.threads, args.faults)
     client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=300)
     name = client.models.list().data[0].id
     prompts = [f"Soak prompt {i}: " + "the experts route the tokens " * (1 + 7 * (i % 3)) for i in range(6)]
@@ -194,14 +199,18 @@ def main():
     served = sum(float(v) for v in re.findall(r'^moeserve_http_requests_total\{[^}]*\} (\S+)', metrics, re.M))
     check(served >= sent["ok"] + sent["bad"], f"/metrics counted {served:.0f} requests, the clients sent "
                                               f"{sent['ok'] + sent['bad']} (and more before)")
+    retries = re.search(r"^moeserve_engine_step_retries_total (\S+)", metrics, re.M)
+    retries = float(retries.group(1)) if retries else -1
+    check(retries > 0 if args.faults else retries == 0, f"steps retried after read faults: {retries:.0f}")
     srv.proc.terminate()
     rc = srv.proc.wait(timeout=60)
     check(rc == 0, f"the server exits 0 on SIGTERM ({rc})")
     log = b"".join(srv.log).decode(errors="replace")
     check("ERROR: AddressSanitizer" not in log and "runtime error:" not in log, "no sanitizer report")
-    print(f"| seconds | clients | well-formed | bad | open files | RSS KiB |\n|---|---|---|---|---|---|\n"
-          f"| {args.seconds:.0f} | {args.clients} | {sent['ok']} | {sent['bad']} | {fds0} -> {fds1} | "
-          f"{rss0} -> {rss1} |")
+    print(f"| seconds | clients | read faults | steps retried | well-formed | bad | open files | RSS KiB |\n"
+          f"|---|---|---|---|---|---|---|---|\n"
+          f"| {args.seconds:.0f} | {args.clients} | {'1 in ' + str(args.faults) if args.faults else 'none'} | "
+          f"{retries:.0f} | {sent['ok']} | {sent['bad']} | {fds0} -> {fds1} | {rss0} -> {rss1} |")
     print(f"{counts['passed']} passed, {counts['failed']} failed")
     return 1 if counts["failed"] else 0
 
