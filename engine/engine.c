@@ -750,20 +750,26 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
                   "KV cache memory allocated, by state: blocks held by sequences are used");
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
     srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
-    single(b, "moeserve_prefix_cache_queries_total", "counter",
-           "Admitted requests whose prompt was looked up in the prefix cache", "",
-           (double)st.prefix_queries);
-    single(b, "moeserve_prefix_cache_hit_tokens_total", "counter",
-           "Prompt tokens taken from cached KV blocks instead of being prefilled", "",
-           (double)st.prefix_hit_tokens);
-    single(b, "moeserve_prefix_cache_evictions_total", "counter",
-           "Cached KV blocks given up because the KV memory was needed", "",
-           (double)st.prefix_evictions);
-    single(b, "moeserve_engine_step_retries_total", "counter",
-           "Steps run again because an expert could not be read (the requests went on)", "",
-           (double)st.step_retries);
-    single(b, "moeserve_prefix_cache_blocks", "gauge", "KV blocks no request holds, kept for reuse",
-           "", (double)st.prefix_cached_blocks);
+    const struct {
+        const char *name, *type, *help;
+        double value;
+    } rows[] = {
+        {"moeserve_prefix_cache_queries_total", "counter",
+         "Admitted requests whose prompt was looked up in the prefix cache",
+         (double)st.prefix_queries},
+        {"moeserve_prefix_cache_hit_tokens_total", "counter",
+         "Prompt tokens taken from cached KV blocks instead of being prefilled",
+         (double)st.prefix_hit_tokens},
+        {"moeserve_prefix_cache_evictions_total", "counter",
+         "Cached KV blocks given up because the KV memory was needed", (double)st.prefix_evictions},
+        {"moeserve_prefix_cache_blocks", "gauge", "KV blocks no request holds, kept for reuse",
+         (double)st.prefix_cached_blocks},
+        {"moeserve_engine_step_retries_total", "counter",
+         "Steps run again because an expert could not be read (the requests went on)",
+         (double)st.step_retries},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        single(b, rows[i].name, rows[i].type, rows[i].help, "", rows[i].value);
     if (model_expert_cache(e->m))
         write_cache(b, model_host_cache(e->m), model_expert_cache(e->m), model_cpu_experts(e->m));
     write_routing(b, e->m);
