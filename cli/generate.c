@@ -250,7 +250,7 @@ static int chat_prompt(const gen_args *a, const model *m, const tokenizer *tok, 
         snprintf(err, err_size, "out of memory");
         rc = -ENOMEM;
     } else {
-        rc = prompt_render_chat(tmpl, tok, messages, &text, &len, err, err_size);
+        rc = prompt_render_chat(tmpl, tok, messages, NULL, &text, &len, err, err_size);
     }
     if (rc == 0) rc = prompt_tokenize(tok, text, len, ids, n_ids, err, err_size);
     free(text);

@@ -11,6 +11,9 @@
 #include "engine/engine.h"
 
 #include "engine/prompt.h"
+#include "engine/toolcall.h"
+
+#include "base/vec.h"
 #include "sampling/json_guide.h"
 #include "sampling/json_schema.h"
 #include "sampling/sampler.h"
@@ -18,20 +21,26 @@
 #include "server/metrics.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct engine {
     atomic_bool ready;
     model *m;
     const tokenizer *tok;
     const chat_template *tmpl;
+    tool_format tool_fmt; /* how the template's model writes tool calls */
     scheduler *sched;
     int32_t n_vocab;
+    /* constrained decoding: masks built and the time they took (engine thread writes, the
+     * metrics reader on the loop thread reads) */
+    atomic_uint_fast64_t masks, mask_ns;
 };
 
 typedef struct job_state {
@@ -54,6 +63,12 @@ typedef struct job_state {
     schema_guide *sguide;
     float *masked;
     int64_t max_tokens;
+    /* tools: the parser that splits the output into content and calls; with tool_choice
+     * required or a named function, the guide (tguide, tried on tscratch) that forces calls */
+    tool_parser *tparser;
+    tool_spec *tspec;
+    tool_guide *tguide, *tscratch;
+    int tool_min_call; /* bytes of the shortest call: another one needs at least that many tokens */
 } job_state;
 
 int engine_open(engine **out, char *err, size_t err_size)
@@ -64,6 +79,8 @@ int engine_open(engine **out, char *err, size_t err_size)
         return -ENOMEM;
     }
     atomic_init(&(*out)->ready, false);
+    atomic_init(&(*out)->masks, 0);
+    atomic_init(&(*out)->mask_ns, 0);
     return 0;
 }
 
@@ -80,6 +97,7 @@ int engine_start(engine *e, model *m, const tokenizer *tok, const chat_template 
     e->m = m;
     e->tok = tok;
     e->tmpl = tmpl;
+    e->tool_fmt = tool_format_detect(chat_template_source(tmpl));
     e->n_vocab = model_params(m)->n_vocab;
     atomic_store(&e->ready, true);
     return 0;
@@ -108,6 +126,10 @@ static void job_state_free(job_state *st)
     free(st->masked);
     free(st->sguide);
     schema_free(&st->sch);
+    tool_parser_destroy(&st->tparser);
+    free(st->tguide);
+    free(st->tscratch);
+    tool_spec_destroy(&st->tspec);
     free(st);
 }
 
@@ -115,12 +137,17 @@ static void job_state_free(job_state *st)
 
 static bool guide_done(const job_state *st)
 {
+    if (st->tguide) return tool_guide_done(st->tguide);
     return st->sch ? schema_guide_done(st->sguide) : json_guide_done(&st->guide);
 }
 
 /* Whether bytes would keep the text acceptable (on a copy of the guide). */
 static bool guide_accepts(const job_state *st, const char *bytes, size_t len)
 {
+    if (st->tguide) {
+        tool_guide_copy(st->tscratch, st->tguide);
+        return tool_guide_feed(st->tscratch, bytes, len);
+    }
     if (st->sch) {
         schema_guide g;
         schema_guide_copy(&g, st->sguide);
@@ -138,26 +165,52 @@ static bool json_allows(const job_state *st, int32_t token, const char *closing,
 {
     const tokenizer *tok = st->e->tok;
     if (tokenizer_is_eog(tok, token)) return guide_done(st);
-    if (guide_done(st)) return false;
+    if (guide_done(st) && !(st->tguide && tool_guide_may_continue(st->tguide))) return false;
     tokenizer_token_type type = tokenizer_token_type_of(tok, token);
-    /* what the output's decoding skips (control, unknown) would not reach the text the guide
-     * follows */
-    if (type == TOKENIZER_TT_CONTROL || type == TOKENIZER_TT_UNKNOWN || type == TOKENIZER_TT_UNUSED)
-        return false;
     size_t len = 0;
     const char *piece = tokenizer_piece(tok, token, &len);
     if (!piece || len == 0) return false;
+    /* what the output's decoding skips (control, unknown) would not reach the text the guide
+     * follows, but for the markers of the tool-call format, which the parser reads */
+    if ((type == TOKENIZER_TT_CONTROL &&
+         !(st->tguide && tool_marker_token(st->e->tool_fmt, piece, len))) ||
+        type == TOKENIZER_TT_UNKNOWN || type == TOKENIZER_TT_UNUSED)
+        return false;
     if (closing_mode) return len <= (size_t)n_closing && !memcmp(piece, closing, len);
     return guide_accepts(st, piece, len);
 }
 
 /* The logits with every token the JSON guide refuses at -inf (into st->masked). */
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const float *build_mask(job_state *st, const float *logits);
+
+/* The masked logits, timed: the mask is work the decode step waits for. */
 static const float *json_mask(job_state *st, const float *logits)
 {
+    uint64_t t0 = now_ns();
+    const float *out = build_mask(st, logits);
+    atomic_fetch_add(&st->e->mask_ns, now_ns() - t0);
+    atomic_fetch_add(&st->e->masks, 1);
+    return out;
+}
+
+static const float *build_mask(job_state *st, const float *logits)
+{
     int32_t n = st->e->n_vocab;
+    /* forced calls: another one only while max_tokens leaves room to finish it (a token per
+     * byte at worst) */
+    if (st->tguide && st->max_tokens - st->n_generated <= (int64_t)st->tool_min_call + 1)
+        tool_guide_last_call(st->tguide);
     char closing[4096];
-    int n_closing = st->sch ? schema_guide_closing(st->sguide, closing, sizeof closing)
-                            : json_guide_closing(&st->guide, closing, sizeof closing);
+    int n_closing = st->tguide ? tool_guide_closing(st->tguide, closing, sizeof closing)
+                    : st->sch  ? schema_guide_closing(st->sguide, closing, sizeof closing)
+                               : json_guide_closing(&st->guide, closing, sizeof closing);
     /* one token per byte of the completion at worst, and one for the end */
     bool closing_mode = n_closing >= 0 && st->max_tokens - st->n_generated <= n_closing + 1;
     bool any = false;
@@ -234,6 +287,37 @@ static void post_with_logprobs(job_state *st, int32_t token, const char *text, s
         free(owned[i]);
 }
 
+/* Tool-call parser output: content as text, calls as the server's tool-call events. */
+static void tool_content(void *user, const char *text, size_t len)
+{
+    job_state *st = user;
+    srv_job_post_text(st->job, text, len, NULL);
+}
+
+static void tool_begin(void *user, int index, const char *name)
+{
+    job_state *st = user;
+    srv_job_post_tool_call(st->job, name, NULL, 0);
+}
+
+static void tool_args(void *user, int index, const char *text, size_t len)
+{
+    job_state *st = user;
+    srv_job_post_tool_call(st->job, NULL, text, len);
+}
+
+/* Output text: through the tool-call parser when the request has tools. */
+static void out_text(job_state *st, const char *text, size_t len)
+{
+    if (!len) return;
+    if (!st->tparser) {
+        srv_job_post_text(st->job, text, len, NULL);
+        return;
+    }
+    tool_sink sink = {st, tool_content, tool_begin, tool_args};
+    (void)tool_parser_feed(st->tparser, text, len, &sink); /* -ENOMEM: that text is lost */
+}
+
 static bool engine_emit(void *user, int32_t token)
 {
     job_state *st = user;
@@ -241,28 +325,45 @@ static bool engine_emit(void *user, int32_t token)
     st->n_generated++;
     sampler_accept(st->smp, token);
     if (tokenizer_is_eog(st->e->tok, token)) return true;
-    if (st->json) {
-        size_t plen = 0;
-        const char *piece = tokenizer_piece(st->e->tok, token, &plen);
-        if (piece && st->sch) /* the mask let it through */
+    size_t plen = 0;
+    const char *piece = tokenizer_piece(st->e->tok, token, &plen);
+    if (st->json && piece) { /* the mask let it through */
+        if (st->tguide)
+            (void)tool_guide_feed(st->tguide, piece, plen);
+        else if (st->sch)
             (void)schema_guide_feed(st->sguide, piece, plen);
-        else if (piece)
+        else
             (void)json_guide_feed(&st->guide, piece, plen);
     }
     const char *text = NULL;
     size_t len = 0;
-    if (tokenizer_stream_feed(&st->stream, token, &text, &len)) len = 0;
+    if (st->tparser && piece &&
+        tokenizer_token_type_of(st->e->tok, token) == TOKENIZER_TT_CONTROL &&
+        tool_marker_token(st->e->tool_fmt, piece, plen)) {
+        /* a special token of the call format: decoding would skip it, the parser needs it */
+        text = piece;
+        len = plen;
+    } else if (tokenizer_stream_feed(&st->stream, token, &text, &len)) {
+        len = 0;
+    }
     /* Stop strings see the text as it is decoded; what they hold back (a possible start of a
      * stop string) is released with a later token or at the end. */
     stop_output so = {text, len, false};
     if (stop_matcher_feed(st->stops, text, len, &so)) so = (stop_output){text, len, false};
-    if (st->want_logprobs)
+    if (st->tparser) {
+        out_text(st, so.text, so.len);
+        if (st->want_logprobs) post_with_logprobs(st, token, "", 0);
+    } else if (st->want_logprobs) {
         post_with_logprobs(st, token, so.text, so.len);
-    else if (so.len)
+    } else if (so.len) {
         srv_job_post_text(st->job, so.text, so.len, NULL);
+    }
     if (so.stopped) st->stopped = true;
-    /* a closed JSON object is the whole answer: end as the end-of-generation token would */
-    return so.stopped || (st->json && guide_done(st)) || srv_job_cancelled(st->job);
+    /* a closed JSON object (or the last forced call) is the whole answer: end as the
+     * end-of-generation token would */
+    bool complete =
+        st->json && guide_done(st) && !(st->tguide && tool_guide_may_continue(st->tguide));
+    return so.stopped || complete || srv_job_cancelled(st->job);
 }
 
 static void engine_done(void *user, scheduler_end why, const char *message)
@@ -273,12 +374,16 @@ static void engine_done(void *user, scheduler_end why, const char *message)
     stop_output so;
     if (!st->stopped && tokenizer_stream_flush(&st->stream, &text, &len) == 0 && len &&
         stop_matcher_feed(st->stops, text, len, &so) == 0) {
-        if (so.len) srv_job_post_text(st->job, so.text, so.len, NULL);
+        out_text(st, so.text, so.len);
         st->stopped = so.stopped;
     }
     if (!st->stopped) {
         stop_matcher_flush(st->stops, &so);
-        if (so.len) srv_job_post_text(st->job, so.text, so.len, NULL);
+        out_text(st, so.text, so.len);
+    }
+    if (st->tparser && why != SCHEDULER_ERROR) {
+        tool_sink sink = {st, tool_content, tool_begin, tool_args};
+        (void)tool_parser_finish(st->tparser, &sink);
     }
     if (st->all_banned)
         srv_job_post_error(st->job, 400, "logit_bias bans every token of the vocabulary");
@@ -301,6 +406,20 @@ static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, eng
 
 /* ---- loop thread ---------------------------------------------------------------------------- */
 
+typedef struct text_buf {
+    char *data;
+    size_t len, cap;
+} text_buf;
+
+static int tb_adds(text_buf *t, const char *str)
+{
+    size_t n = strlen(str);
+    if (vec_reserve(&t->data, &t->cap, t->len + n + 1, 1, 256) < 0) return -ENOMEM;
+    memcpy(t->data + t->len, str, n + 1);
+    t->len += n;
+    return 0;
+}
+
 static const char *role_name(srv_role_t role)
 {
     switch (role) {
@@ -319,16 +438,154 @@ static const char *role_name(srv_role_t role)
     return "user";
 }
 
-static cJSON *messages_json(const srv_gen_request_t *req)
+/* A call's arguments as templates expect them: the parsed object (Llama 3's and Mistral's
+ * templates write it with tojson, as transformers users pass dicts), the string when it is not
+ * JSON. */
+static cJSON *call_arguments(const char *args)
 {
+    cJSON *v = cJSON_Parse(args);
+    if (v) return v;
+    return cJSON_CreateString(args);
+}
+
+/* Mistral's templates accept only 9-character alphanumeric call ids (its own tools make them):
+ * any other id is mapped to one, the same for a call and the result that answers it. */
+static const char *template_call_id(tool_format f, const char *id, char out[10])
+{
+    size_t n = strlen(id), alnum = 0;
+    for (size_t i = 0; i < n; i++)
+        alnum += isalnum((unsigned char)id[i]) != 0;
+    if (f != TOOL_FORMAT_MISTRAL || (n == 9 && alnum == 9)) return id;
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    for (int i = 0; i < 9; i++, h /= 62)
+        out[i] = digits[h % 62];
+    out[9] = 0;
+    return out;
+}
+
+/* An assistant message's tool_calls for the template: {id, type, function {name, arguments}}. */
+static cJSON *template_tool_calls(tool_format fmt, const cJSON *calls)
+{
+    cJSON *out = cJSON_CreateArray();
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls)
+    {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+        cJSON *o = cJSON_CreateObject();
+        cJSON *f = o ? cJSON_CreateObject() : NULL;
+        cJSON *args =
+            f ? call_arguments(cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring)
+              : NULL;
+        char id9[10];
+        if (!out || !args || !cJSON_AddItemToArray(out, o) ||
+            (cJSON_IsString(id) &&
+             !cJSON_AddStringToObject(o, "id", template_call_id(fmt, id->valuestring, id9))) ||
+            !cJSON_AddStringToObject(o, "type", "function") ||
+            !cJSON_AddItemToObject(o, "function", f) ||
+            !cJSON_AddStringToObject(f, "name",
+                                     cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring) ||
+            !cJSON_AddItemToObject(f, "arguments", args)) {
+            if (!cJSON_GetObjectItemCaseSensitive(f, "arguments")) cJSON_Delete(args);
+            if (!cJSON_GetObjectItemCaseSensitive(o, "function")) cJSON_Delete(f);
+            if (cJSON_GetArrayItem(out, cJSON_GetArraySize(out) - 1) != o) cJSON_Delete(o);
+            cJSON_Delete(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* A message as a GENERIC template sees it: calls written out in the Hermes form after the
+ * content, tool results as a user turn in <tool_response> (the template may know no other
+ * roles). */
+static int generic_message(cJSON *o, const srv_message_t *msg)
+{
+    text_buf t = {0};
+    int rc = 0;
+    if (msg->role == SRV_ROLE_TOOL) {
+        rc |= tb_adds(&t, "<tool_response>\n");
+        rc |= tb_adds(&t, msg->content ? msg->content : "");
+        rc |= tb_adds(&t, "\n</tool_response>");
+    } else {
+        rc |= tb_adds(&t, msg->content ? msg->content : "");
+        const cJSON *c;
+        cJSON_ArrayForEach(c, msg->tool_calls)
+        {
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+            cJSON *args =
+                call_arguments(cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring);
+            char *call = args ? tool_generic_call_text(
+                                    cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring, args)
+                              : NULL;
+            cJSON_Delete(args);
+            if (t.len) rc |= tb_adds(&t, "\n");
+            rc |= call ? tb_adds(&t, call) : -ENOMEM;
+            free(call);
+        }
+    }
+    const char *role = msg->role == SRV_ROLE_TOOL ? "user" : role_name(msg->role);
+    rc = rc || !cJSON_AddStringToObject(o, "role", role) ||
+                 !cJSON_AddStringToObject(o, "content", t.data ? t.data : "")
+             ? -ENOMEM
+             : 0;
+    free(t.data);
+    return rc;
+}
+
+/* The messages as the template reads them: with tool_calls and tool_call_id when the request
+ * shows the model its tools (GENERIC templates get them written into the text instead). */
+static cJSON *messages_json(const engine *e, const srv_gen_request_t *req, bool with_tools)
+{
+    bool generic = with_tools && e->tool_fmt == TOOL_FORMAT_GENERIC;
     cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; arr && i < req->n_messages; i++) {
+    size_t i = 0;
+    if (arr && generic) {
+        /* the tools described in the system message, ahead of the caller's own */
+        char *sys = tool_generic_system(req->tools);
+        bool merge = req->n_messages && (req->messages[0].role == SRV_ROLE_SYSTEM ||
+                                         req->messages[0].role == SRV_ROLE_DEVELOPER);
+        text_buf t = {0};
+        int rc = sys ? 0 : -ENOMEM;
+        if (merge) rc |= tb_adds(&t, req->messages[0].content) | tb_adds(&t, "\n\n");
+        rc |= sys ? tb_adds(&t, sys) : 0;
+        free(sys);
+        cJSON *o = rc ? NULL : cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(arr, o) || !cJSON_AddStringToObject(o, "role", "system") ||
+            !cJSON_AddStringToObject(o, "content", t.data)) {
+            if (o && cJSON_GetArraySize(arr) == 0) cJSON_Delete(o);
+            free(t.data);
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        free(t.data);
+        i = merge ? 1 : 0;
+    }
+    for (; arr && i < req->n_messages; i++) {
         const srv_message_t *msg = &req->messages[i];
         cJSON *o = cJSON_CreateObject();
-        if (!o || !cJSON_AddItemToArray(arr, o) ||
-            !cJSON_AddStringToObject(o, "role", role_name(msg->role)) ||
-            !cJSON_AddStringToObject(o, "content", msg->content ? msg->content : "") ||
-            (msg->name && !cJSON_AddStringToObject(o, "name", msg->name))) {
+        bool ok = o && cJSON_AddItemToArray(arr, o);
+        if (ok && generic) {
+            ok = generic_message(o, msg) == 0;
+        } else if (ok) {
+            ok = cJSON_AddStringToObject(o, "role", role_name(msg->role)) &&
+                 cJSON_AddStringToObject(o, "content", msg->content ? msg->content : "");
+            if (ok && with_tools && msg->tool_calls) {
+                cJSON *calls = template_tool_calls(e->tool_fmt, msg->tool_calls);
+                ok = calls && cJSON_AddItemToObject(o, "tool_calls", calls);
+                if (!ok) cJSON_Delete(calls);
+            }
+            char id9[10];
+            if (ok && msg->tool_call_id)
+                ok = cJSON_AddStringToObject(o, "tool_call_id",
+                                             template_call_id(e->tool_fmt, msg->tool_call_id, id9));
+        }
+        if (ok && msg->name) ok = cJSON_AddStringToObject(o, "name", msg->name);
+        if (!ok) {
+            if (o && cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1) != o) cJSON_Delete(o);
             cJSON_Delete(arr);
             return NULL;
         }
@@ -336,19 +593,28 @@ static cJSON *messages_json(const srv_gen_request_t *req)
     return arr;
 }
 
+/* Whether the model is shown the request's tools (and its output read for calls). */
+static bool uses_tools(const srv_gen_request_t *req)
+{
+    return req->kind == SRV_KIND_CHAT && req->tools && req->tool_choice != SRV_TOOL_CHOICE_NONE;
+}
+
 static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids, size_t *n_ids,
                       char *err, size_t err_size)
 {
     if (req->kind == SRV_KIND_COMPLETION)
         return prompt_tokenize(e->tok, req->prompt, req->prompt_len, ids, n_ids, err, err_size);
-    cJSON *messages = messages_json(req);
+    bool tools = uses_tools(req);
+    cJSON *messages = messages_json(e, req, tools);
     if (!messages) {
         snprintf(err, err_size, "out of memory");
         return -ENOMEM;
     }
     char *text = NULL;
     size_t len = 0;
-    int rc = prompt_render_chat(e->tmpl, e->tok, messages, &text, &len, err, err_size);
+    int rc = prompt_render_chat(e->tmpl, e->tok, messages,
+                                tools && e->tool_fmt != TOOL_FORMAT_GENERIC ? req->tools : NULL,
+                                &text, &len, err, err_size);
     cJSON_Delete(messages);
     if (rc == 0) rc = prompt_tokenize(e->tok, text, len, ids, n_ids, err, err_size);
     free(text);
@@ -384,6 +650,48 @@ static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **
     p.n_logit_bias = req->n_logit_bias;
     int rc = sampler_create(out, e->n_vocab, &p, err, err_size);
     free(bias);
+    return rc;
+}
+
+/* The tool-call parser, and the guide when calls are forced (tool_choice required or named). */
+static int tool_setup(const engine *e, const srv_gen_request_t *req, job_state *st, int *status,
+                      char *err, size_t err_size)
+{
+    *status = 400;
+    if (e->tool_fmt == TOOL_FORMAT_UNSUPPORTED) {
+        snprintf(err, err_size,
+                 "this model's chat template writes tool calls in a format moeserve does not "
+                 "read (it reads Hermes/Qwen <tool_call>, Mistral [TOOL_CALLS] and Llama 3 "
+                 "JSON); configure model.chat_template, or send the request without tools");
+        return -EINVAL;
+    }
+    bool forced =
+        req->tool_choice == SRV_TOOL_CHOICE_REQUIRED || req->tool_choice == SRV_TOOL_CHOICE_NAMED;
+    if (forced && st->json) {
+        snprintf(err, err_size,
+                 "tool_choice \"required\" or a named function cannot be combined "
+                 "with a JSON response_format");
+        return -EINVAL;
+    }
+    int rc = tool_parser_create(&st->tparser, e->tool_fmt);
+    if (rc == 0 && forced) {
+        rc = tool_spec_create(&st->tspec, e->tool_fmt, req->tools, req->tool_choice_name,
+                              req->parallel_tool_calls, err, err_size);
+        if (rc == 0 && (!(st->tguide = malloc(sizeof *st->tguide)) ||
+                        !(st->tscratch = malloc(sizeof *st->tscratch))))
+            rc = -ENOMEM;
+        if (rc == 0) {
+            tool_guide_init(st->tguide, st->tspec);
+            st->json = true; /* the logits are masked as for a JSON guide */
+            char closing[4096];
+            int n = tool_guide_closing(st->tguide, closing, sizeof closing);
+            st->tool_min_call = n < 0 ? (int)sizeof closing : n;
+        }
+    }
+    if (rc == -ENOMEM) {
+        *status = 500;
+        snprintf(err, err_size, "out of memory");
+    }
     return rc;
 }
 
@@ -451,6 +759,14 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
         }
         if (!(st->sguide = malloc(sizeof *st->sguide))) rc = -ENOMEM;
         if (st->sguide) schema_guide_init(st->sguide, st->sch);
+    }
+    if (rc == 0 && uses_tools(req)) {
+        rc = tool_setup(e, req, st, status, err, err_size);
+        if (rc) {
+            free(ids);
+            job_state_free(st);
+            return rc;
+        }
     }
     if (rc == 0 && st->json && !(st->masked = malloc((size_t)e->n_vocab * sizeof *st->masked)))
         rc = -ENOMEM;
@@ -767,6 +1083,12 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
         {"moeserve_engine_step_retries_total", "counter",
          "Steps run again because an expert could not be read (the requests went on)",
          (double)st.step_retries},
+        {"moeserve_constrained_masks_total", "counter",
+         "Token masks built for constrained decoding (response_format, forced tool calls)",
+         (double)atomic_load(&e->masks)},
+        {"moeserve_constrained_mask_seconds_total", "counter",
+         "Time spent building those masks (the sampling of their sequences waits for it)",
+         (double)atomic_load(&e->mask_ns) * 1e-9},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         single(b, rows[i].name, rows[i].type, rows[i].help, "", rows[i].value);

@@ -84,7 +84,7 @@ int prompt_template_create(chat_template **out, const gguf_file *file, const cha
 }
 
 int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJSON *messages,
-                       char **text, size_t *len, char *err, size_t err_size)
+                       const cJSON *tools, char **text, size_t *len, char *err, size_t err_size)
 {
     *text = NULL;
     if (!tmpl) {
@@ -99,7 +99,8 @@ int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJ
     if (!ctx || !ref || !cJSON_AddItemToObject(ctx, "messages", ref) ||
         !cJSON_AddBoolToObject(ctx, "add_generation_prompt", 1) ||
         !cJSON_AddStringToObject(ctx, "bos_token", tokenizer_bos_text(tok)) ||
-        !cJSON_AddStringToObject(ctx, "eos_token", tokenizer_eos_text(tok))) {
+        !cJSON_AddStringToObject(ctx, "eos_token", tokenizer_eos_text(tok)) ||
+        (tools && !cJSON_AddItemToObject(ctx, "tools", cJSON_CreateArrayReference(tools->child)))) {
         if (ref && !cJSON_GetObjectItem(ctx, "messages")) cJSON_Delete(ref);
         cJSON_Delete(ctx);
         snprintf(err, err_size, "out of memory");

@@ -34,7 +34,7 @@ int prompt_template_create(chat_template **out, const gguf_file *file, const cha
                            char *err, size_t err_size);
 
 int prompt_render_chat(const chat_template *tmpl, const tokenizer *tok, const cJSON *messages,
-                       char **text, size_t *len, char *err, size_t err_size);
+                       const cJSON *tools, char **text, size_t *len, char *err, size_t err_size);
 
 int prompt_tokenize(const tokenizer *tok, const char *text, size_t len, int32_t **ids,
                     size_t *n_ids, char *err, size_t err_size);

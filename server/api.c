@@ -5,15 +5,17 @@
  *
  * Validation follows OpenAI's documented ranges and answers 400 with the offending `param`.
  * Fields that OpenAI defines and that change nothing here (store, metadata, service_tier,
- * parallel_tool_calls, modalities ["text"], prompt_cache_key, safety_identifier,
- * reasoning_effort, stream_options without include_usage, echo false, best_of 1, suffix
- * null/"", response_format {"type":"text"}, tool_choice "none"/"auto", tools []) are accepted and
- * ignored, as are fields OpenAI does not define (clients send vendor extensions); fields whose
- * meaning we cannot honour (tools, functions, audio, echo, best_of > 1, token-id or batched
- * prompts) are refused with 400 rather than silently dropped.  response_format json_object and
- * json_schema set the request's json_object / json_schema (the engine's guides; a schema it
- * cannot enforce is refused there, with a 400 naming the keyword).
- * Extensions accepted as in vLLM: top_k, min_p, repetition_penalty.
+ * modalities ["text"], prompt_cache_key, safety_identifier, reasoning_effort, stream_options
+ * without include_usage, echo false, best_of 1, suffix null/"", response_format
+ * {"type":"text"}) are accepted and ignored, as are fields OpenAI does not define (clients send
+ * vendor extensions); fields whose meaning we cannot honour (functions / function_call, audio,
+ * echo, best_of > 1, token-id or batched prompts) are refused with 400 rather than silently
+ * dropped.  tools, tool_choice and parallel_tool_calls are validated here (function names as
+ * OpenAI allows them, no duplicates, a named choice among the tools) and carried to the engine,
+ * as are assistant messages' tool_calls and tool messages' tool_call_id.  response_format
+ * json_object and json_schema set the request's json_object / json_schema (the engine's guides; a
+ * schema it cannot enforce is refused there, with a 400 naming the keyword). Extensions accepted as
+ * in vLLM: top_k, min_p, repetition_penalty.
  *
  * Every string taken from the request lives in the call's cJSON tree or its arena, both freed
  * with the call, so a job's request stays valid as long as the job.
@@ -23,6 +25,7 @@
 #include "base/utf8.h"
 #include "base/vec.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -259,6 +262,169 @@ static int parse_content(srv_call *call, const cJSON *content, size_t index, con
     return 0;
 }
 
+/* A function name as OpenAI allows it: 1-64 of a-z, A-Z, 0-9, '_' and '-'. */
+static bool function_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-')) return false;
+    return true;
+}
+
+/* An assistant's tool_calls and a tool message's tool_call_id. */
+static int parse_message_tools(const cJSON *m, size_t index, srv_message_t *out, srv_api_err *e)
+{
+    char param[96];
+    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+    if (!absent(calls)) {
+        snprintf(param, sizeof param, "messages[%zu].tool_calls", index);
+        if (out->role != SRV_ROLE_ASSISTANT || !cJSON_IsArray(calls)) {
+            srv__err_set(e, 400, param, "'%s' must be an array, on assistant messages only", param);
+            return -EINVAL;
+        }
+        size_t j = 0;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, calls)
+        {
+            snprintf(param, sizeof param, "messages[%zu].tool_calls[%zu]", index, j++);
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(c, "type");
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+            const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+            if (!cJSON_IsObject(c) || !cJSON_IsObject(fn) ||
+                !(absent(type) ||
+                  (cJSON_IsString(type) && !strcmp(type->valuestring, "function"))) ||
+                !(absent(id) || cJSON_IsString(id)) || !cJSON_IsString(name) ||
+                !cJSON_IsString(args)) {
+                srv__err_set(e, 400, param,
+                             "'%s' must be {\"id\", \"type\": \"function\", \"function\": "
+                             "{\"name\", \"arguments\": a string}}",
+                             param);
+                return -EINVAL;
+            }
+        }
+        if (cJSON_GetArraySize(calls) > 0) out->tool_calls = calls;
+    }
+    const cJSON *tcid = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+    if (!absent(tcid)) {
+        snprintf(param, sizeof param, "messages[%zu].tool_call_id", index);
+        if (!cJSON_IsString(tcid)) {
+            srv__err_set(e, 400, param, "'%s' must be a string", param);
+            return -EINVAL;
+        }
+        out->tool_call_id = tcid->valuestring;
+    }
+    return 0;
+}
+
+/* tools, tool_choice and parallel_tool_calls (chat). */
+static int parse_tools(srv_gen_request_t *r, const cJSON *root, srv_kind_t kind, srv_api_err *e)
+{
+    char param[64];
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    r->parallel_tool_calls = true;
+    if (get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e)) return -EINVAL;
+    if (!absent(tools)) {
+        if (kind != SRV_KIND_CHAT) {
+            srv__err_set(e, 400, "tools", "tools are a chat completions parameter");
+            return -EINVAL;
+        }
+        if (!cJSON_IsArray(tools)) {
+            srv__err_set(e, 400, "tools", "'tools' must be an array");
+            return -EINVAL;
+        }
+        size_t i = 0;
+        const cJSON *t;
+        cJSON_ArrayForEach(t, tools)
+        {
+            snprintf(param, sizeof param, "tools[%zu]", i);
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+            const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+            const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
+            if (!cJSON_IsObject(t) || !cJSON_IsString(type) ||
+                strcmp(type->valuestring, "function") || !cJSON_IsObject(fn)) {
+                srv__err_set(e, 400, param,
+                             "'%s' must be {\"type\": \"function\", \"function\": {...}}", param);
+                return -EINVAL;
+            }
+            if (!cJSON_IsString(name) || !function_name_ok(name->valuestring)) {
+                snprintf(param, sizeof param, "tools[%zu].function.name", i);
+                srv__err_set(e, 400, param,
+                             "'%s' must be 1 to 64 letters, digits, underscores or dashes", param);
+                return -EINVAL;
+            }
+            if ((!absent(params) && !cJSON_IsObject(params)) ||
+                (!absent(desc) && !cJSON_IsString(desc))) {
+                snprintf(param, sizeof param, "tools[%zu].function", i);
+                srv__err_set(e, 400, param,
+                             "'%s': parameters must be a JSON Schema object and description a "
+                             "string",
+                             param);
+                return -EINVAL;
+            }
+            const cJSON *u;
+            cJSON_ArrayForEach(u, tools)
+            {
+                if (u == t) break;
+                const cJSON *un = cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(u, "function"), "name");
+                if (!strcmp(un->valuestring, name->valuestring)) {
+                    snprintf(param, sizeof param, "tools[%zu].function.name", i);
+                    srv__err_set(e, 400, param, "two tools are named '%s'", name->valuestring);
+                    return -EINVAL;
+                }
+            }
+            i++;
+        }
+        if (i) r->tools = tools;
+    }
+    r->tool_choice = r->tools ? SRV_TOOL_CHOICE_AUTO : SRV_TOOL_CHOICE_NONE;
+    if (absent(choice)) return 0;
+    if (cJSON_IsString(choice) &&
+        (!strcmp(choice->valuestring, "none") || !strcmp(choice->valuestring, "auto"))) {
+        if (!strcmp(choice->valuestring, "none")) r->tool_choice = SRV_TOOL_CHOICE_NONE;
+        return 0;
+    }
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(choice, "function");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(choice, "type");
+    if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required")) {
+        r->tool_choice = SRV_TOOL_CHOICE_REQUIRED;
+    } else if (cJSON_IsObject(choice) && cJSON_IsString(type) &&
+               !strcmp(type->valuestring, "function") && cJSON_IsString(name)) {
+        r->tool_choice = SRV_TOOL_CHOICE_NAMED;
+        r->tool_choice_name = name->valuestring;
+    } else {
+        srv__err_set(e, 400, "tool_choice",
+                     "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        return -EINVAL;
+    }
+    if (!r->tools) {
+        srv__err_set(e, 400, "tool_choice", "'tool_choice' %s needs 'tools'",
+                     r->tool_choice_name ? "naming a function" : "\"required\"");
+        return -EINVAL;
+    }
+    if (r->tool_choice_name) {
+        const cJSON *t;
+        cJSON_ArrayForEach(t, r->tools)
+        {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(t, "function"), "name");
+            if (!strcmp(n->valuestring, r->tool_choice_name)) return 0;
+        }
+        srv__err_set(e, 400, "tool_choice", "'tool_choice' names '%s', which is not in 'tools'",
+                     r->tool_choice_name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int parse_messages(srv_call *call, const cJSON *root, srv_api_err *e)
 {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
@@ -302,6 +468,7 @@ static int parse_messages(srv_call *call, const cJSON *root, srv_api_err *e)
             }
             out[i].name = name->valuestring;
         }
+        if ((rc = parse_message_tools(m, i, &out[i], e))) return rc;
         i++;
     }
     call->req.messages = out;
@@ -406,19 +573,12 @@ static int parse_logit_bias(srv_call *call, const cJSON *root, srv_api_err *e)
 static int refuse_unsupported(const cJSON *root, srv_kind_t kind, srv_api_err *e)
 {
     const cJSON *it;
-    if ((it = cJSON_GetObjectItemCaseSensitive(root, "tools")) && !absent(it) &&
-        !(cJSON_IsArray(it) && cJSON_GetArraySize(it) == 0)) {
-        srv__err_set(e, 400, "tools", "tool calling is not supported");
-        return -EINVAL;
-    }
-    if ((it = cJSON_GetObjectItemCaseSensitive(root, "functions")) && !absent(it)) {
-        srv__err_set(e, 400, "functions", "function calling is not supported");
-        return -EINVAL;
-    }
-    if ((it = cJSON_GetObjectItemCaseSensitive(root, "tool_choice")) && !absent(it) &&
-        !(cJSON_IsString(it) &&
-          (!strcmp(it->valuestring, "none") || !strcmp(it->valuestring, "auto")))) {
-        srv__err_set(e, 400, "tool_choice", "tool calling is not supported");
+    if (((it = cJSON_GetObjectItemCaseSensitive(root, "functions")) && !absent(it)) ||
+        ((it = cJSON_GetObjectItemCaseSensitive(root, "function_call")) && !absent(it))) {
+        srv__err_set(e, 400, it->string,
+                     "'%s' (deprecated by OpenAI) is not supported: use 'tools' and "
+                     "'tool_choice'",
+                     it->string);
         return -EINVAL;
     }
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "response_format")) && !absent(it)) {
@@ -574,6 +734,7 @@ int srv__parse_request(srv_call *call, const char *body, size_t len, srv_kind_t 
         }
     }
     if ((rc = refuse_unsupported(root, kind, e))) return rc;
+    if ((rc = parse_tools(r, root, kind, e))) return rc;
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
     const cJSON *rf_type = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
     r->json_object = cJSON_IsString(rf_type) && !strcmp(rf_type->valuestring, "json_object");

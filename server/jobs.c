@@ -109,6 +109,20 @@ void srv_job_post_text(srv_job_t *job, const char *text, size_t len, const srv_l
     post(job, ev);
 }
 
+void srv_job_post_tool_call(srv_job_t *job, const char *name, const char *args, size_t len)
+{
+    if (atomic_load(&job->cancelled)) return;
+    srv_ev *ev = calloc(1, sizeof *ev + len + 1);
+    if (!ev) return; /* like text: lost, and the terminal event still arrives */
+    ev->kind = SRV_EV_TOOL;
+    ev->tool_begin = name != NULL;
+    if (name) snprintf(ev->message, sizeof ev->message, "%s", name);
+    ev->text = (char *)(ev + 1);
+    if (len) memcpy(ev->text, args, len);
+    ev->len = len;
+    post(job, ev);
+}
+
 void srv_job_post_admitted(srv_job_t *job, int64_t n_cached)
 {
     srv_ev *ev = calloc(1, sizeof *ev);
@@ -151,6 +165,8 @@ static void call_free(srv_call *call)
     for (int i = 0; call->choices && i < call->n; i++) {
         srv__buf_free(&call->choices[i].text);
         cJSON_Delete(call->choices[i].lp);
+        srv__buf_free(&call->choices[i].args);
+        cJSON_Delete(call->choices[i].calls);
     }
     free(call->choices);
     free(call->jobs);
@@ -222,24 +238,48 @@ static size_t lp_bytes(const cJSON *entries)
     return n;
 }
 
+/* A choice's unsent text (and logprobs) as one chunk. */
+static void send_text(srv_call *call, int i)
+{
+    srv_choice *ch = &call->choices[i];
+    if (!ch->text.len && !(ch->lp && cJSON_GetArraySize(ch->lp))) return;
+    size_t len = 0;
+    char *json = srv__chunk_json(call, call->srv->model_id, i, false, ch->text.data, ch->text.len,
+                                 ch->lp, ch->lp_offset, -1, &len);
+    send_event(call->conn, json, len);
+    ch->text.len = 0;
+    if (ch->lp) {
+        ch->lp_offset += lp_bytes(ch->lp);
+        cJSON_Delete(ch->lp);
+        ch->lp = NULL;
+    }
+}
+
+/* A choice's unsent tool-call delta (the call's head, arguments so far) as one chunk. */
+static void send_tool(srv_call *call, int i)
+{
+    srv_choice *ch = &call->choices[i];
+    if (!ch->n_calls || (!ch->head_pending && !ch->args.len)) return;
+    size_t len = 0;
+    char *json = srv__tool_chunk_json(call, call->srv->model_id, i, &len);
+    send_event(call->conn, json, len);
+    ch->head_pending = false;
+    ch->args.len = 0;
+}
+
 void srv__stream_pump(srv_call *call, bool final)
 {
     srv_conn *c = call->conn;
     if (!c || !call->headers_sent) return;
     for (int i = 0; i < call->n; i++) {
         srv_choice *ch = &call->choices[i];
-        if (!ch->text.len && !(ch->lp && cJSON_GetArraySize(ch->lp))) continue;
+        bool text = ch->text.len || (ch->lp && cJSON_GetArraySize(ch->lp));
+        bool tool = ch->n_calls && (ch->head_pending || ch->args.len);
+        if (!text && !tool) continue;
         if (!final && c->write_bytes >= call->srv->opts.write_high_water_bytes) return;
-        size_t len = 0;
-        char *json = srv__chunk_json(call, call->srv->model_id, i, false, ch->text.data,
-                                     ch->text.len, ch->lp, ch->lp_offset, -1, &len);
-        send_event(c, json, len);
-        ch->text.len = 0;
-        if (ch->lp) {
-            ch->lp_offset += lp_bytes(ch->lp);
-            cJSON_Delete(ch->lp);
-            ch->lp = NULL;
-        }
+        /* only one of the two is pending: each flushes the other before it arrives */
+        send_text(call, i);
+        send_tool(call, i);
     }
 }
 
@@ -405,11 +445,73 @@ static void on_text(srv_job_t *job, srv_ev *ev)
     job->t_last_text_ns = ev->t_ns;
     if (!call->conn || call->ended || call->failed) return;
     srv_choice *ch = &call->choices[job->index];
+    if (call->req.stream && call->conn) send_tool(call, job->index); /* keep the order */
     bool ok = srv__buf_append(&ch->text, ev->text, ev->len) == 0;
     if (ok && ev->has_lp) {
         if (!ch->lp) ch->lp = cJSON_CreateArray();
         ok = ch->lp && cJSON_AddItemToArray(ch->lp, srv__lp_entry(ev));
     }
+    if (!ok) {
+        set_engine_error(call, 500, "out of memory while collecting the output");
+        call_fail(call);
+        return;
+    }
+    if (call->req.stream) srv__stream_pump(call, false);
+}
+
+/* The current call's arguments into its entry (non-stream: before the next call starts). */
+static bool store_args(srv_choice *ch)
+{
+    cJSON *fn = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(ch->calls, ch->n_calls - 1),
+                                                 "function");
+    size_t n = 0;
+    char *clean = srv__utf8_clean(ch->args.data ? ch->args.data : "", ch->args.len, &n);
+    cJSON *a = clean ? cJSON_CreateString(clean) : NULL;
+    free(clean);
+    if (!a || !cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", a)) {
+        cJSON_Delete(a);
+        return false;
+    }
+    ch->args.len = 0;
+    return true;
+}
+
+static void on_tool(srv_job_t *job, srv_ev *ev)
+{
+    srv_call *call = job->call;
+    srv_stats *st = &call->srv->stats;
+    mark_admitted(job, ev->t_ns);
+    if (!job->got_text) srv_mx_histogram_observe(&st->ttft, seconds(job->t_submit_ns, ev->t_ns));
+    job->got_text = true;
+    job->t_last_text_ns = ev->t_ns;
+    if (!call->conn || call->ended || call->failed) return;
+    srv_choice *ch = &call->choices[job->index];
+    bool ok = true;
+    if (call->req.stream) send_text(call, job->index); /* keep the order */
+    if (ev->tool_begin) {
+        if (call->req.stream)
+            send_tool(call, job->index);
+        else if (ch->n_calls)
+            ok = store_args(ch);
+        char id[40];
+        snprintf(id, sizeof id, "call_%016llx", (unsigned long long)next_id(call->srv));
+        cJSON *c = ok ? cJSON_CreateObject() : NULL;
+        cJSON *fn = c && cJSON_AddStringToObject(c, "id", id) &&
+                            cJSON_AddStringToObject(c, "type", "function")
+                        ? cJSON_AddObjectToObject(c, "function")
+                        : NULL;
+        if (!ch->calls) ch->calls = cJSON_CreateArray();
+        ok = fn && ch->calls && cJSON_AddStringToObject(fn, "name", ev->message) &&
+             cJSON_AddStringToObject(fn, "arguments", "") && cJSON_AddItemToArray(ch->calls, c);
+        if (!ok) {
+            cJSON_Delete(c);
+        } else {
+            ch->n_calls++;
+            ch->head_pending = true;
+            ch->args.len = 0;
+        }
+    }
+    if (ok && ch->n_calls) ok = srv__buf_append(&ch->args, ev->text, ev->len) == 0;
     if (!ok) {
         set_engine_error(call, 500, "out of memory while collecting the output");
         call_fail(call);
@@ -474,6 +576,10 @@ void srv__drain_events(srv_server_t *s)
         switch (ev->kind) {
         case SRV_EV_TEXT:
             on_text(job, ev);
+            free(ev);
+            break;
+        case SRV_EV_TOOL:
+            on_tool(job, ev);
             free(ev);
             break;
         case SRV_EV_ADMITTED:

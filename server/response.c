@@ -17,9 +17,10 @@
 /* ---- responses ----------------------------------------------------------------------------------
  */
 
-const char *srv__finish_name(srv_finish_t why)
+const char *srv__finish_name(const srv_choice *ch)
 {
-    return why == SRV_FINISH_LENGTH ? "length" : "stop";
+    if (ch->why == SRV_FINISH_LENGTH) return "length";
+    return ch->n_calls ? "tool_calls" : "stop";
 }
 
 static bool add_clean_string(cJSON *o, const char *key, const char *s, size_t len)
@@ -151,19 +152,57 @@ static char *print(cJSON *o, size_t *len)
     return out;
 }
 
+/* The current call's arguments into its entry of ch->calls (the text so far; a fragment when
+ * streaming). */
+static cJSON *call_args_string(const srv_choice *ch)
+{
+    size_t n = 0;
+    char *clean = srv__utf8_clean(ch->args.data ? ch->args.data : "", ch->args.len, &n);
+    cJSON *s = clean ? cJSON_CreateString(clean) : NULL;
+    free(clean);
+    return s;
+}
+
+/* Non-stream: the message's tool_calls, the last call's arguments completed from ch->args. */
+static cJSON *tool_calls_json(const srv_choice *ch)
+{
+    cJSON *calls = cJSON_Duplicate(ch->calls, true);
+    cJSON *last = calls ? cJSON_GetArrayItem(calls, ch->n_calls - 1) : NULL;
+    cJSON *fn = cJSON_GetObjectItemCaseSensitive(last, "function");
+    cJSON *args = fn ? call_args_string(ch) : NULL;
+    if (!args || !cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", args)) {
+        cJSON_Delete(args);
+        cJSON_Delete(calls);
+        return NULL;
+    }
+    return calls;
+}
+
 /* One choice's body: chat {"index","message"|"delta",...}, completions {"index","text",...}. */
 static cJSON *choice_json(const srv_call *call, int index, bool stream, bool role, const char *text,
                           size_t text_len, cJSON *lp, size_t lp_offset, int finish)
 {
+    const srv_choice *ch = &call->choices[index];
     cJSON *c = cJSON_CreateObject();
     if (!c || !cJSON_AddNumberToObject(c, "index", index)) goto fail;
     if (call->req.kind == SRV_KIND_CHAT) {
         cJSON *m = cJSON_AddObjectToObject(c, stream ? "delta" : "message");
         if (!m) goto fail;
         if ((role || !stream) && !cJSON_AddStringToObject(m, "role", "assistant")) goto fail;
-        if ((text_len || role || !stream) &&
-            !add_clean_string(m, "content", text ? text : "", text_len))
+        if (!stream && ch->n_calls && !text_len) {
+            /* as OpenAI answers a call without text */
+            if (!cJSON_AddNullToObject(m, "content")) goto fail;
+        } else if ((text_len || role || !stream) &&
+                   !add_clean_string(m, "content", text ? text : "", text_len)) {
             goto fail;
+        }
+        if (!stream && ch->n_calls) {
+            cJSON *calls = tool_calls_json(ch);
+            if (!calls || !cJSON_AddItemToObject(m, "tool_calls", calls)) {
+                cJSON_Delete(calls);
+                goto fail;
+            }
+        }
         if (!stream && !cJSON_AddNullToObject(m, "refusal")) goto fail;
     } else if (!add_clean_string(c, "text", text ? text : "", text_len)) {
         goto fail;
@@ -177,9 +216,8 @@ static cJSON *choice_json(const srv_call *call, int index, bool stream, bool rol
     } else if (!cJSON_AddNullToObject(c, "logprobs")) {
         goto fail;
     }
-    if (finish >= 0
-            ? !cJSON_AddStringToObject(c, "finish_reason", srv__finish_name((srv_finish_t)finish))
-            : !cJSON_AddNullToObject(c, "finish_reason"))
+    if (finish >= 0 ? !cJSON_AddStringToObject(c, "finish_reason", srv__finish_name(ch))
+                    : !cJSON_AddNullToObject(c, "finish_reason"))
         goto fail;
     return c;
 fail:
@@ -215,6 +253,43 @@ char *srv__chunk_json(const srv_call *call, const char *model_id, int index, boo
     cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
     if (!choices || !cJSON_AddItemToArray(choices, choice_json(call, index, true, role, text,
                                                                text_len, lp, lp_offset, finish)))
+        goto fail;
+    if (call->req.include_usage && !cJSON_AddNullToObject(o, "usage")) goto fail;
+    return print(o, len);
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+char *srv__tool_chunk_json(const srv_call *call, const char *model_id, int index, size_t *len)
+{
+    const srv_choice *ch = &call->choices[index];
+    cJSON *o = envelope(call, model_id, "chat.completion.chunk");
+    cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
+    cJSON *c = choices ? cJSON_CreateObject() : NULL;
+    if (!cJSON_AddItemToArray(choices, c) || !cJSON_AddNumberToObject(c, "index", index)) goto fail;
+    cJSON *delta = cJSON_AddObjectToObject(c, "delta");
+    cJSON *calls = delta ? cJSON_AddArrayToObject(delta, "tool_calls") : NULL;
+    cJSON *tc = calls ? cJSON_CreateObject() : NULL;
+    if (!cJSON_AddItemToArray(calls, tc) || !cJSON_AddNumberToObject(tc, "index", ch->n_calls - 1))
+        goto fail;
+    const cJSON *cur = cJSON_GetArrayItem(ch->calls, ch->n_calls - 1);
+    const cJSON *cur_fn = cJSON_GetObjectItemCaseSensitive(cur, "function");
+    cJSON *fn = cJSON_AddObjectToObject(tc, "function");
+    if (!fn) goto fail;
+    if (ch->head_pending &&
+        (!cJSON_AddStringToObject(tc, "id",
+                                  cJSON_GetObjectItemCaseSensitive(cur, "id")->valuestring) ||
+         !cJSON_AddStringToObject(tc, "type", "function") ||
+         !cJSON_AddStringToObject(fn, "name",
+                                  cJSON_GetObjectItemCaseSensitive(cur_fn, "name")->valuestring)))
+        goto fail;
+    cJSON *args = call_args_string(ch);
+    if (!cJSON_AddItemToObject(fn, "arguments", args)) {
+        cJSON_Delete(args);
+        goto fail;
+    }
+    if (!cJSON_AddNullToObject(c, "logprobs") || !cJSON_AddNullToObject(c, "finish_reason"))
         goto fail;
     if (call->req.include_usage && !cJSON_AddNullToObject(o, "usage")) goto fail;
     return print(o, len);

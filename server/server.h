@@ -40,8 +40,9 @@
  * for HTTP/2 request lines, 404, 405 with Allow, 401 with WWW-Authenticate.  Errors are
  * {"error":{"message","type","param","code"}}; an unknown "model" is 400 model_not_found.
  * Streams are SSE over chunked encoding: chat sends a role chunk first, each choice ends with
- * a finish_reason chunk, then the usage chunk (stream_options.include_usage) and
- * `data: [DONE]`; a job that fails mid-stream sends `data: {"error":...}` then [DONE].
+ * a finish_reason chunk ("tool_calls" when the choice made calls), then the usage chunk
+ * (stream_options.include_usage) and `data: [DONE]`; a job that fails mid-stream sends `data:
+ * {"error":...}` then [DONE].
  */
 #ifndef MOE_SERVER_SERVER_H
 #define MOE_SERVER_SERVER_H
@@ -72,7 +73,18 @@ typedef struct srv_message {
     srv_role_t role;
     const char *content; /* never NULL; text parts joined with no separator */
     const char *name;    /* NULL when absent */
+    /* assistant: its tool_calls ([{id, type "function", function {name, arguments}}], validated,
+     * in the call's tree), NULL when none; tool: the tool_call_id it answers, NULL when absent */
+    const struct cJSON *tool_calls;
+    const char *tool_call_id;
 } srv_message_t;
+
+typedef enum srv_tool_choice {
+    SRV_TOOL_CHOICE_AUTO = 0, /* the model decides (the default with tools) */
+    SRV_TOOL_CHOICE_NONE,     /* no calls: the tools are not shown to the model */
+    SRV_TOOL_CHOICE_REQUIRED, /* one or more calls, nothing else */
+    SRV_TOOL_CHOICE_NAMED,    /* a call of tool_choice_name */
+} srv_tool_choice_t;
 
 typedef struct srv_logit_bias {
     int32_t token_id;
@@ -108,6 +120,11 @@ typedef struct srv_gen_request {
     /* response_format {"type": "json_schema"}: its json_schema.schema (in the call's tree) */
     const struct cJSON *json_schema;
     const char *user; /* NULL when absent */
+    /* chat: the tools array (validated, in the call's tree), NULL when absent or empty */
+    const struct cJSON *tools;
+    srv_tool_choice_t tool_choice;
+    const char *tool_choice_name; /* SRV_TOOL_CHOICE_NAMED: the function */
+    bool parallel_tool_calls;     /* default true */
 } srv_gen_request_t;
 
 /* ---- what the engine posts back
@@ -146,6 +163,10 @@ void *srv_job_engine_data(const srv_job_t *job);
 /* Any thread.  text is copied; it must end on a UTF-8 character boundary.  lp (NULL when the
  * request did not ask for logprobs) is copied too.  len 0 with lp still records a token. */
 void srv_job_post_text(srv_job_t *job, const char *text, size_t len, const srv_logprobs_t *lp);
+/* Any thread: a tool call of the answer (chat with tools).  name non-NULL starts the next call
+ * (the server gives it its id); args (len bytes, may be 0) is a fragment of the current call's
+ * arguments, which the fragments build up in order. */
+void srv_job_post_tool_call(srv_job_t *job, const char *name, const char *args, size_t len);
 /* Optional, any thread: the engine admitted the job (its prompt starts being processed), with
  * n_cached of its prompt tokens taken from a prefix cache (usage.prompt_tokens_details).  Queue
  * time is measured up to here; without it, up to the first posted text or terminal event. */

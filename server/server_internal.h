@@ -54,7 +54,13 @@ char *srv__err_json(const srv_api_err *e, size_t *len);
 /* ---- events from the engine -------------------------------------------------------------------
  */
 
-typedef enum srv_ev_kind { SRV_EV_TEXT, SRV_EV_ADMITTED, SRV_EV_ERROR, SRV_EV_FINISH } srv_ev_kind;
+typedef enum srv_ev_kind {
+    SRV_EV_TEXT,
+    SRV_EV_TOOL, /* a tool call's start (message holds the name) or an arguments fragment */
+    SRV_EV_ADMITTED,
+    SRV_EV_ERROR,
+    SRV_EV_FINISH
+} srv_ev_kind;
 
 typedef struct srv_ev {
     struct srv_ev *next;
@@ -65,6 +71,7 @@ typedef struct srv_ev {
     char *text;
     size_t len;
     bool has_lp;
+    bool tool_begin; /* SRV_EV_TOOL: a new call named in message */
     srv_token_logprob_t chosen;
     srv_token_logprob_t *top;
     size_t n_top;
@@ -98,6 +105,14 @@ typedef struct srv_choice {
     size_t lp_offset; /* completions' text_offset of the next entry */
     bool finished;
     srv_finish_t why;
+    /* tool calls: calls holds {id, type, function {name, arguments}} of each call made (the
+     * current call's arguments are in args until the next call starts or the answer ends);
+     * when streaming, args holds the fragment not yet sent and head_pending says whether the
+     * current call's id and name are still to be sent */
+    cJSON *calls;
+    srv_buf args;
+    int n_calls;
+    bool head_pending;
 } srv_choice;
 
 struct srv_call {
@@ -217,12 +232,14 @@ int srv__parse_request(srv_call *call, const char *body, size_t len, srv_kind_t 
                        const char *model_id, int max_n, srv_api_err *e);
 cJSON *srv__lp_entry(const srv_ev *ev);
 char *srv__response_json(const srv_call *call, const char *model_id, size_t *len);
+/* A stream chunk with the choice's pending tool-call delta (head and/or arguments fragment). */
+char *srv__tool_chunk_json(const srv_call *call, const char *model_id, int index, size_t *len);
 char *srv__chunk_json(const srv_call *call, const char *model_id, int index, bool role,
                       const char *text, size_t text_len, cJSON *lp, size_t lp_offset, int finish,
                       size_t *len);
 char *srv__usage_chunk_json(const srv_call *call, const char *model_id, size_t *len);
 char *srv__models_json(const char *model_id, int64_t created, bool one, size_t *len);
-const char *srv__finish_name(srv_finish_t why);
+const char *srv__finish_name(const srv_choice *ch);
 /* Replaces invalid UTF-8 with U+FFFD so that JSON output stays valid. */
 char *srv__utf8_clean(const char *s, size_t len, size_t *out_len);
 

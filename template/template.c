@@ -29,6 +29,10 @@ int chat_template_create(chat_template **out, const char *src, size_t len, char 
     arena_init(&t->arena, TPL_ARENA_BLOCK);
     int rc = tpl__lex(&t->arena, src, len, &toks, &n_toks, err, err_size);
     if (rc == 0) rc = tpl__parse(&t->arena, toks, n_toks, &t->root, err, err_size);
+    if (rc == 0 && !(t->source = arena_strndup(&t->arena, src, len))) {
+        snprintf(err, err_size, "out of memory");
+        rc = -ENOMEM;
+    }
     free(toks);
     if (rc < 0) {
         arena_release(&t->arena);
@@ -37,6 +41,11 @@ int chat_template_create(chat_template **out, const char *src, size_t len, char 
     }
     *out = t;
     return 0;
+}
+
+const char *chat_template_source(const chat_template *t)
+{
+    return t ? t->source : NULL;
 }
 
 void chat_template_destroy(chat_template **t)

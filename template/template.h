@@ -50,6 +50,8 @@ int chat_template_render(const chat_template *t, const cJSON *context,
                          size_t err_size);
 
 void chat_template_destroy(chat_template **t);
+/* The template's Jinja source as given to create (NUL-terminated; NULL for a NULL template). */
+const char *chat_template_source(const chat_template *t);
 
 const char *chat_template_builtin(const char *name);
 const char *chat_template_builtin_names(void);

@@ -206,6 +206,7 @@ struct tpl_stmt {
 struct chat_template {
     arena arena;
     tpl_body root;
+    const char *source; /* the Jinja text, NUL-terminated (in the arena) */
 };
 
 /* Parses tokens into a body in the template's arena.  -ENOTSUP names an unsupported construct. */
