@@ -334,6 +334,8 @@ int cli_serve(int argc, char **argv)
     so.max_connections = c.server.max_connections;
     so.header_timeout_ms = (uint32_t)c.server.header_timeout_ms;
     so.idle_timeout_ms = (uint32_t)c.server.idle_timeout_ms;
+    so.drain_timeout_ms = (uint32_t)c.server.drain_timeout_ms;
+    so.replica = c.server.replica;
     so.api_keys = (const char *const *)c.server.api_keys.items;
     so.n_api_keys = c.server.api_keys.count;
     so.log_requests = c.log.level >= CFG_LOG_DEBUG;

@@ -106,7 +106,9 @@ typedef struct cfg {
         int32_t max_connections;
         uint64_t header_timeout_ms;
         uint64_t idle_timeout_ms;
-        int32_t queue_depth; /* waiting requests beyond which new ones are refused */
+        uint64_t drain_timeout_ms; /* on SIGTERM, how long requests in flight may still run */
+        char *replica;             /* NULL: no replica label on the metrics */
+        int32_t queue_depth;       /* waiting requests beyond which new ones are refused */
     } server;
     struct {
         int32_t max_running;

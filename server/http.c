@@ -134,9 +134,9 @@ static void write_head(srv_conn *c, int status, const char *content_type, const 
                        const char *extra_headers)
 {
     char head[1024];
-    const char *conn_header = !c->keep_alive ? "Connection: close\r\n"
-                              : c->http10    ? "Connection: keep-alive\r\n"
-                                             : "";
+    const char *conn_header = !c->keep_alive || c->srv->stopping ? "Connection: close\r\n"
+                              : c->http10                        ? "Connection: keep-alive\r\n"
+                                                                 : "";
     int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s\r\n", status,
                      reason(status), content_type, length_or_te, conn_header,
                      extra_headers ? extra_headers : "");
@@ -526,6 +526,12 @@ static void serve_metrics(srv_conn *c)
     srv_mx_buf b = {0};
     srv__write_metrics(s, &b);
     if (s->opts.write_metrics) s->opts.write_metrics(s->opts.metrics_user, &b);
+    if (s->replica && !b.failed) {
+        srv_mx_buf labelled = {0};
+        if (srv_mx_with_label(&b, "replica", s->replica, &labelled)) labelled.failed = true;
+        srv_mx_buf_release(&b);
+        b = labelled;
+    }
     if (b.failed) {
         srv_api_err e;
         srv__err_set(&e, 500, NULL, "out of memory");
@@ -586,6 +592,8 @@ static void dispatch(srv_conn *c)
     } else if (c->endpoint == SRV_EP_HEALTH) {
         if (!get) {
             not_allowed(c, "GET, HEAD");
+        } else if (s->stopping) { /* a balancer should send nothing more here */
+            srv__respond(c, 503, "application/json", "{\"status\":\"draining\"}", 21, NULL);
         } else if (!s->engine.ready || s->engine.ready(s->engine.ctx)) {
             srv__respond(c, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
         } else {

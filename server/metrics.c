@@ -184,3 +184,29 @@ void srv_mx_histogram_write_counts(srv_mx_buf *b, const char *name, const double
                              .count = count};
     srv_mx_histogram_write(b, name, "", &view);
 }
+
+int srv_mx_with_label(const srv_mx_buf *in, const char *name, const char *value, srv_mx_buf *out)
+{
+    char set[512];
+    const char *names[] = {name}, *values[] = {value};
+    int n = srv_mx_labels(set, sizeof set, 1, names, values);
+    if (n < 2) return -EINVAL;
+    const char *p = in->data ? in->data : "", *end = p + in->len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t len = eol ? (size_t)(eol - p) + 1 : (size_t)(end - p);
+        size_t name_len = strcspn(p, "{ \n");
+        if (*p == '#' || *p == '\n' || name_len >= len) {
+            srv_mx_printf(out, "%.*s", (int)len, p);
+        } else if (p[name_len] == '{') { /* name{a="x"} v → name{replica="r",a="x"} v */
+            bool empty = name_len + 1 < len && p[name_len + 1] == '}';
+            srv_mx_printf(out, "%.*s%.*s%s%.*s", (int)name_len, p, n - 1, set, empty ? "" : ",",
+                          (int)(len - name_len - 1), p + name_len + 1);
+        } else { /* name v → name{replica="r"} v */
+            srv_mx_printf(out, "%.*s%s%.*s", (int)name_len, p, set, (int)(len - name_len),
+                          p + name_len);
+        }
+        p += len;
+    }
+    return out->failed ? -ENOMEM : 0;
+}

@@ -42,6 +42,9 @@ int srv_mx_labels(char *out, size_t size, size_t n, const char *const *names,
 
 /* One sample line: name, preformatted labels ("" or "{...}"), value. */
 void srv_mx_sample(srv_mx_buf *b, const char *name, const char *labels, double value);
+/* The exposition in `in` with name="value" added first to every sample's labels, into `out`
+ * (appended): one Prometheus tells the servers apart.  0, -ENOMEM or -EINVAL (a bad name). */
+int srv_mx_with_label(const srv_mx_buf *in, const char *name, const char *value, srv_mx_buf *out);
 void srv_mx_sample_u64(srv_mx_buf *b, const char *name, const char *labels, uint64_t value);
 
 typedef struct srv_mx_histogram {

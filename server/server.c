@@ -1,12 +1,15 @@
 /*
  * The server's life: open (bind and listen at once), run the loop, stop gracefully, close.
  *
- * Stopping is a drain, not a cut: the listener closes, idle and half-read connections close,
- * and every connection that is answering a generation request has its jobs cancelled; the
- * engine ends each one with a terminal event, so that streams get their final chunk and
- * `data: [DONE]` and non-streamed requests their answer.  Connections close as their last
- * bytes are written; a grace timer closes whatever is left.  When no connection remains the
- * server's own handles close and uv_run() returns.
+ * Stopping is a drain, not a cut: the listener closes (a load balancer's next connection goes
+ * to another replica, and a refused connection is one it may always retry), idle keep-alive
+ * connections close, and every request already on the way — being read or being answered — is
+ * answered to the end, each connection closing after its answer.  Only when the drain deadline
+ * (opts.drain_timeout_ms; a second SIGTERM / SIGINT ends it at once) passes with requests still
+ * running are their jobs cancelled; the engine ends each one with a terminal event, so that
+ * streams get their final chunk and `data: [DONE]` and non-streamed requests their answer.
+ * Connections close as their last bytes are written; a grace timer closes whatever is left.
+ * When no connection remains the server's own handles close and uv_run() returns.
  */
 #include "server/server_internal.h"
 
@@ -35,6 +38,7 @@ srv_opts_t srv_opts_default(void)
         .header_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
         .shutdown_grace_ms = 5000,
+        .drain_timeout_ms = 30000,
         .max_n = 16,
         .write_high_water_bytes = 256 * 1024,
     };
@@ -85,21 +89,49 @@ static void on_grace_timeout(uv_timer_t *t)
         srv__conn_close(s->conns);
 }
 
+/* The drain is over: what still runs is cut (cleanly: every answer still ends properly). */
+static void cut_running(srv_server_t *s)
+{
+    if (s->draining_done) return;
+    s->draining_done = true;
+    for (srv_conn *c = s->conns; c; c = c->next)
+        if (c->state == SRV_CONN_HANDLING && c->call) srv__call_cancel_jobs(c->call);
+    uv_timer_start(&s->grace, on_grace_timeout, s->opts.shutdown_grace_ms, 0);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    srv_server_t *s = SRV_CONTAINER_OF(t, srv_server_t, grace);
+    srv__log(s, 1, "drain deadline passed: cancelling the requests still running");
+    cut_running(s);
+}
+
 static void begin_stop(srv_server_t *s)
 {
-    if (s->stopping) return;
+    if (s->stopping) {
+        cut_running(s); /* asked again: stop waiting */
+        return;
+    }
     s->stopping = true;
     close_if_open((uv_handle_t *)&s->listener);
+    int in_flight = 0;
     for (srv_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
-        if (c->state == SRV_CONN_HANDLING) {
+        if (c->state == SRV_CONN_HANDLING || c->state == SRV_CONN_HEADERS ||
+            c->state == SRV_CONN_BODY) {
             c->keep_alive = false; /* close once this answer is out */
-            if (c->call) srv__call_cancel_jobs(c->call);
+            in_flight++;
         } else if (c->state != SRV_CONN_LINGER || c->fin_sent) {
-            srv__conn_close(c); /* idle, half-read, or answered and flushed */
+            srv__conn_close(c); /* idle, or answered and flushed */
         }
     }
-    uv_timer_start(&s->grace, on_grace_timeout, s->opts.shutdown_grace_ms, 0);
+    if (in_flight && s->opts.drain_timeout_ms) {
+        srv__log(s, 2, "draining: %d request(s) in flight, at most %u ms", in_flight,
+                 s->opts.drain_timeout_ms);
+        uv_timer_start(&s->grace, on_drain_timeout, s->opts.drain_timeout_ms, 0);
+    } else {
+        cut_running(s);
+    }
     srv__maybe_finish_stop(s);
 }
 
@@ -172,7 +204,9 @@ int srv_open(srv_server_t **out, const srv_opts_t *o, const srv_engine_t *e, cha
     s->host = dup_str(o->host ? o->host : d.host);
     s->model_id = dup_str(o->model_id ? o->model_id : d.model_id);
     s->api_keys = calloc(o->n_api_keys + 1, sizeof *s->api_keys);
-    if (!s->host || !s->model_id || !s->api_keys || srv__stats_init(&s->stats)) {
+    s->opts.replica = s->replica = o->replica && *o->replica ? dup_str(o->replica) : NULL;
+    if (!s->host || !s->model_id || !s->api_keys || (o->replica && *o->replica && !s->replica) ||
+        srv__stats_init(&s->stats)) {
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
@@ -245,8 +279,7 @@ void srv_close(srv_server_t **sp)
             srv__conn_close(s->conns);
         srv__maybe_finish_stop(s);
         uv_run(&s->loop, UV_RUN_DEFAULT);
-        if (uv_loop_close(&s->loop) != 0)
-            srv__log(s, 1, "the event loop did not close cleanly");
+        if (uv_loop_close(&s->loop) != 0) srv__log(s, 1, "the event loop did not close cleanly");
     }
     /* The engine has stopped (the caller's duty): what it posted last is freed unread. */
     for (srv_ev *ev = s->ev_head, *next; ev; ev = next) {
@@ -260,6 +293,7 @@ void srv_close(srv_server_t **sp)
         free(s->api_keys[i]);
     free(s->api_keys);
     free(s->host);
+    free(s->replica);
     free(s->model_id);
     free(s);
 }

@@ -6,12 +6,14 @@
  * - srv_open() binds and listens at once (port 0 picks a free one, srv_port() tells which),
  *   so that the port answers while a model is still loading.  srv_run() runs the event loop on
  *   the calling thread — the loop thread — until srv_stop() (any thread) or SIGTERM / SIGINT.
- *   On stop it closes the listener, cancels every job still running (engine->cancel) and waits
- *   (at most a few seconds) for their terminal events, so that every in-flight response ends
- *   properly (a stream with its final chunk and `data: [DONE]`), flushes and closes the
- *   connections, then returns 0.  srv_close() frees the server; call it after the engine has
- *   stopped posting (the engine's own shutdown joins its thread), since jobs whose terminal
- *   event never arrived are freed there.
+ *   On stop it closes the listener and drains: requests already on the way run to their end
+ *   (each connection closes after its answer) for at most opts.drain_timeout_ms (a second
+ *   stop or signal ends the drain at once); then it cancels every job still running
+ *   (engine->cancel) and waits (at most opts.shutdown_grace_ms) for their terminal events, so
+ *   that every in-flight response ends properly (a stream with its final chunk and
+ *   `data: [DONE]`), flushes and closes the connections, then returns 0.  srv_close() frees the
+ * server; call it after the engine has stopped posting (the engine's own shutdown joins its
+ * thread), since jobs whose terminal event never arrived are freed there.
  * - The process ignores SIGPIPE once srv_open() succeeded (a peer that vanished must not kill
  *   the server; writes report EPIPE instead).
  * - The engine (srv_engine_t) does the generation.  submit() runs on the loop thread and either
@@ -191,7 +193,12 @@ typedef struct srv_opts {
     uint32_t header_timeout_ms; /* from a request's first byte to the end of its headers: 408 */
     uint32_t idle_timeout_ms;   /* an idle keep-alive connection, or a stalled body: close */
     uint32_t shutdown_grace_ms; /* how long srv_run waits for cancelled jobs on stop */
-    int max_n;                  /* largest accepted n (choices per request) */
+    /* On stop, how long requests already on the way may run to their end before they are
+     * cancelled; 0: cancel them at once.  srv_opts_default(): 30 s. */
+    uint32_t drain_timeout_ms;
+    /* When set, every /metrics sample carries replica="…" (one Prometheus over many servers). */
+    const char *replica;
+    int max_n; /* largest accepted n (choices per request) */
     /* Unsent response bytes queued per connection beyond which a stream coalesces its text
      * into fewer, bigger chunks (and a pipelining client's next request waits). */
     size_t write_high_water_bytes;

@@ -202,7 +202,7 @@ typedef struct srv_stats {
 
 struct srv_server {
     srv_opts_t opts;
-    char *host, *model_id;
+    char *host, *model_id, *replica;
     char **api_keys;
     srv_engine_t engine;
     uv_loop_t loop;
@@ -215,6 +215,7 @@ struct srv_server {
     srv_conn *conns;
     srv_call *calls;
     bool stopping, stop_done;
+    bool draining_done; /* the drain ended: what still ran was cancelled */
     llhttp_settings_t settings;
     uint64_t id_state;
     int64_t created;          /* the models' "created" time */

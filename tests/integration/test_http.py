@@ -193,7 +193,7 @@ def request_bytes(method, path, body=b"", extra=b""):
 t_start = time.time()
 
 # ==== the main server ===========================================================================
-srv = Server("--delay-ms", "1")
+srv = Server("--delay-ms", "1", "--drain-ms", "500")
 client = srv.client()
 
 # --- models -------------------------------------------------------------------------------------
@@ -520,6 +520,88 @@ for t in threads:
 check(rc == 0, f"SIGTERM: exit status 0 (got {rc}; log tail: {srv.err[-1500:]})")
 check(all(r and r[1] == "stop" and r[0].startswith("abab") for r in results),
       f"in-flight streams end with a finish chunk and [DONE] ({[(len(r[0]), r[1]) for r in results if r]})")
+
+# --- SIGTERM drains: requests on the way finish, new connections are refused ---------------------------------
+section('--- SIGTERM drain')
+drain = Server("--delay-ms", "5", "--drain-ms", "20000", "--replica", "r-1")
+st, _, out = http(drain, "GET", "/metrics")
+samples = [ln for ln in out.decode().splitlines() if ln and not ln.startswith("#")]
+check(st == 200 and samples and all('replica="r-1"' in ln for ln in samples),
+      f"--replica: every sample carries replica=\"r-1\" ({[ln for ln in samples if 'replica' not in ln][:3]})")
+dc = drain.client()
+TEXT = "drain ✓ " + "0123456789" * 20  # 208 tokens, 5 ms each: about a second
+
+
+def finite(results, i):
+    try:
+        if i % 2:
+            r = dc.completions.create(model=MODEL, prompt=TEXT)
+            results[i] = (r.choices[0].text, r.choices[0].finish_reason)
+            return
+        parts, finish = [], None
+        for ch in dc.completions.create(model=MODEL, prompt=TEXT, stream=True):
+            if not parts:
+                started.release()
+            for ck in ch.choices:
+                parts.append(ck.text)
+                finish = ck.finish_reason or finish
+        results[i] = ("".join(parts), finish)
+    except Exception as ex:  # noqa: BLE001
+        results[i] = ("", repr(ex))
+
+
+results = [None] * 6
+threads = [threading.Thread(target=finite, args=(results, i)) for i in range(6)]
+for t in threads:
+    t.start()
+for i in range(3):
+    started.acquire(timeout=10)
+time.sleep(0.1)
+t0 = time.time()
+drain.proc.send_signal(signal.SIGTERM)
+refused = False
+for _ in range(50):  # the listener closes at once
+    try:
+        socket.create_connection((drain.host, drain.port), timeout=1).close()
+        time.sleep(0.02)
+    except ConnectionRefusedError:
+        refused = True
+        break
+check(refused, "during the drain new connections are refused (a balancer sends them elsewhere)")
+try:  # no second signal: that would end the drain
+    rc = drain.proc.wait(timeout=25)
+except subprocess.TimeoutExpired:
+    drain.proc.kill()
+    rc = -9
+drain.err = drain.proc.stderr.read().decode(errors="replace")
+elapsed = time.time() - t0
+for t in threads:
+    t.join(10)
+check(rc == 0, f"drain: exit status 0 ({rc}; {drain.err[-800:]})")
+check(all(r == (TEXT, "stop") for r in results),
+      f"drain: every request on the way got its whole answer ({[(len(r[0]), r[1]) for r in results if r]})")
+check(elapsed < 15, f"drain: the server exited as soon as the last answer was out ({elapsed:.1f} s)")
+# a second SIGTERM ends the drain at once, still cleanly
+drain2 = Server("--delay-ms", "1", "--drain-ms", "60000")
+dc = drain2.client()
+shared_before, shared = shared, dc
+results = [None] * 2
+threads = [threading.Thread(target=long_stream, args=(results, i)) for i in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    started.acquire(timeout=10)
+time.sleep(0.1)
+t0 = time.time()
+drain2.proc.send_signal(signal.SIGTERM)
+time.sleep(0.3)
+rc = drain2.stop(timeout=20)
+for t in threads:
+    t.join(10)
+shared = shared_before
+check(rc == 0 and time.time() - t0 < 10, f"a second SIGTERM cuts the drain short ({rc}, {time.time() - t0:.1f} s)")
+check(all(r and r[1] == "stop" and r[0].startswith("abab") for r in results),
+      f"cut by the second SIGTERM: streams still end with a finish chunk ({results})")
 
 # ==== limits ================================================================================================
 section('==== limits')

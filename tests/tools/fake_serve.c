@@ -19,6 +19,7 @@
  * Usage: fake_serve [--port N] [--model NAME] [--delay-ms N] [--loading-ms N] [--api-key K]...
  *   [--max-body N] [--max-header N] [--header-timeout-ms N] [--idle-timeout-ms N]
  *   [--max-connections N] [--max-queue N] [--high-water BYTES] [--send-buffer BYTES]
+ *   [--drain-ms N] [--replica NAME]
  * Prints "listening on HOST:PORT" on stdout once bound.
  */
 #include "base/utf8.h"
@@ -312,6 +313,10 @@ int main(int argc, char **argv)
             o.write_high_water_bytes = (size_t)atol(v);
         else if (!strcmp(a, "--send-buffer"))
             o.socket_send_buffer_bytes = atoi(v);
+        else if (!strcmp(a, "--drain-ms"))
+            o.drain_timeout_ms = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--replica"))
+            o.replica = v;
         else {
             fprintf(stderr, "fake_serve: unknown option '%s'\n", a);
             return 2;
