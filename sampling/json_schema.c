@@ -726,7 +726,9 @@ enum { OPEN, FIRST, KEY, VALUE, AFTER, IN, NUM, LIT, CHOICE };
  * Lone halves are refused: many parsers (cJSON among them) reject them. */
 enum { S_D = 1, S_HIGH = 2, S_LOW_DUE = 4 };
 
-typedef enum { REJECT, ACCEPT, AGAIN } outcome;
+/* PLAIN: accepted, and the frame on top is inside a string with no escape under way, so a run
+ * of plain bytes may follow (string_run). */
+typedef enum { REJECT, ACCEPT, AGAIN, PLAIN } outcome;
 
 static void init_frame(schema_frame *f, const node *n)
 {
@@ -888,7 +890,8 @@ static outcome string_byte(schema_guide *g, int si, schema_frame *f, unsigned ch
             if (f->count >= n->max_count) return REJECT;
             f->count++;
         }
-        if (c == '\\') f->sub = JLEX_ESC;
+        if (c != '\\') return PLAIN;
+        f->sub = JLEX_ESC;
         return ACCEPT;
     }
     if (f->sub == JLEX_ESC) {
@@ -918,7 +921,7 @@ static outcome string_value(schema_guide *g, int si, schema_frame *f, unsigned c
     if (c != '"') return REJECT;
     f->stage = IN;
     f->sub = JLEX_IN;
-    return ACCEPT;
+    return PLAIN;
 }
 
 static outcome number(schema_guide *g, int si, schema_frame *f, unsigned char c, bool integer)
@@ -992,7 +995,9 @@ static outcome choose(schema_guide *g, int si, schema_frame *f, unsigned char c)
     return AGAIN;
 }
 
-static outcome step(schema_guide *g, int si, unsigned char c)
+/* Inlined into both callers: a call per byte costs about what reading the byte does, and this
+ * runs for every vocabulary token's bytes. */
+static inline __attribute__((always_inline)) outcome step(schema_guide *g, int si, unsigned char c)
 {
     if (g->depth[si] == 0) return REJECT;
     schema_frame *f = &g->f[si][g->depth[si] - 1];
@@ -1035,24 +1040,28 @@ static void merge(schema_guide *g)
                 drop(g, k);
 }
 
-/* Stacks are kept packed: a dead one takes the last one's place, which (like every stack
- * after the current one, forks included) has not read c yet. */
-static bool advance(schema_guide *g, unsigned char c)
+/* Stacks from si on read c.  Stacks are kept packed: a dead one takes the last one's place,
+ * which (like every stack after the current one, forks included) has not read c yet. */
+static bool advance(schema_guide *g, unsigned char c, int si)
 {
-    g->overflow = false;
-    g->popped = false;
-    for (int si = 0; si < g->n_stacks;) {
+    while (si < g->n_stacks) {
         outcome o;
         while ((o = step(g, si, c)) == AGAIN) {
         }
-        if (o == ACCEPT)
+        if (o != REJECT)
             si++;
         else
             drop(g, si);
     }
-    if (g->overflow) return false;
+    if (g->overflow) {
+        g->overflow = false;
+        return false;
+    }
     /* stacks part at a CHOICE on different alternatives, so they meet again only by popping */
-    if (g->n_stacks > 1 && g->popped) merge(g);
+    if (g->popped) {
+        g->popped = false;
+        if (g->n_stacks > 1) merge(g);
+    }
     return g->n_stacks > 0;
 }
 
@@ -1070,6 +1079,7 @@ void schema_guide_copy(schema_guide *dst, const schema_guide *src)
     dst->s = src->s;
     dst->started = src->started;
     dst->overflow = false;
+    dst->popped = false;
     dst->n_stacks = src->n_stacks;
     for (int i = 0; i < src->n_stacks; i++) {
         dst->depth[i] = src->depth[i];
@@ -1078,20 +1088,17 @@ void schema_guide_copy(schema_guide *dst, const schema_guide *src)
 }
 
 /* Plain bytes inside a string, the bulk of most answers, read in one loop while a single stack
- * is alive; any other byte is left to advance(). */
+ * is alive and its top is a string that step() left PLAIN; any other byte is left to step(). */
 static size_t string_run(schema_guide *g, const unsigned char *p, size_t n)
 {
-    if (g->n_stacks != 1 || g->depth[0] == 0) return 0;
     schema_frame *f = &g->f[0][g->depth[0] - 1];
-    const node *str = f->node;
-    if (str->k != K_STRING || f->stage != IN || f->sub != JLEX_IN || f->pos) return 0;
-    uint32_t count = f->count;
+    uint32_t count = f->count, max_count = ((const node *)f->node)->max_count;
     size_t i = 0;
     for (; i < n; i++) {
         unsigned char c = p[i];
         if (c < 0x20 || c == '"' || c == '\\') break;
         if ((c & 0xC0) != 0x80) { /* a code point begins */
-            if (count == str->max_count) break;
+            if (count == max_count) break;
             count++;
         }
     }
@@ -1109,12 +1116,24 @@ bool schema_guide_feed(schema_guide *g, const char *bytes, size_t n)
             g->depth[0] = 0;
             push(g, 0, g->s->root); /* fits: compiling checked */
         }
-        size_t run = string_run(g, p + i, n - i);
-        if (run) {
-            i += run;
-            continue;
+        unsigned char c = p[i++];
+        int from = 0;
+        if (g->n_stacks == 1) { /* the common case, without advance()'s bookkeeping */
+            outcome o;
+            while ((o = step(g, 0, c)) == AGAIN) {
+            }
+            if (g->n_stacks == 1) {
+                if (o == REJECT) return false;
+                if (o == PLAIN) i += string_run(g, p + i, n - i);
+                continue;
+            }
+            /* c forked the stack: the copies still have to read it */
+            if (o == REJECT)
+                drop(g, 0);
+            else
+                from = 1;
         }
-        if (!advance(g, p[i++])) return false;
+        if (!advance(g, c, from)) return false;
     }
     return true;
 }
