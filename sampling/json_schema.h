@@ -59,7 +59,7 @@ typedef struct schema_guide {
     const schema *s;
     bool started;
     bool overflow; /* the last byte needed more than SCHEMA_MAX_STACKS stacks */
-    bool popped;   /* the last byte ended a value on some stack */
+    bool popped;   /* a value ended since stacks were last merged */
     uint8_t n_stacks;
     uint8_t depth[SCHEMA_MAX_STACKS]; /* frames in use per stack; 0: that value is complete */
     schema_frame f[SCHEMA_MAX_STACKS][SCHEMA_MAX_DEPTH];
