@@ -202,6 +202,15 @@ static int load_model(serve_state *st, char *err, size_t err_size)
                 (unsigned long long)budget, so.n_ctx, (long long)fit);
         so.n_ctx = (int32_t)fit;
     }
+    if (so.prefix_cache && c->kv.prefix_cache_bytes.kind != CFG_BUDGET_AUTO) {
+        uint64_t kv_total = per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running;
+        uint64_t bytes = cfg_budget_resolve(&c->kv.prefix_cache_bytes, kv_total, kv_total);
+        uint64_t blocks = bytes / (per_pos * 16); /* the KV cache's blocks of 16 positions */
+        so.prefix_cache_blocks = blocks < 1 ? 1 : blocks > INT32_MAX ? INT32_MAX : (int32_t)blocks;
+        cli_log("prefix cache: at most %d unheld blocks (%.1f MiB) kept for reuse",
+                so.prefix_cache_blocks,
+                (double)((uint64_t)so.prefix_cache_blocks * per_pos * 16) / (1 << 20));
+    }
     cli_log("kv cache (%s, paged: memory grows with the positions held): at most %d sequences x "
             "%d positions = %.1f MiB",
             c->kv.type == CFG_KV_F32 ? "f32" : "f16", so.max_running, so.n_ctx,

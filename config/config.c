@@ -84,6 +84,8 @@ static const cfg__key keys[] = {
      NULL},
     {"kv.type", CFG__ENUM, OFF(kv.type), 0, 0, kv_type_names, "f16", NULL, NULL},
     {"kv.prefix_cache", CFG__TRISTATE, OFF(kv.prefix_cache), 0, 0, NULL, "auto", NULL, NULL},
+    {"kv.prefix_cache_bytes", CFG__BUDGET, OFF(kv.prefix_cache_bytes), KIB, INT64_MAX, NULL, "auto",
+     NULL, NULL},
     {"cache.host_bytes", CFG__BUDGET, OFF(cache.host_bytes), 1 * MIB, INT64_MAX, NULL, "auto", NULL,
      NULL},
     {"cache.device_bytes", CFG__BUDGET, OFF(cache.device_bytes), 0, INT64_MAX, NULL, "auto", NULL,

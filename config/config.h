@@ -120,6 +120,8 @@ typedef struct cfg {
         cfg_budget budget_bytes;
         cfg_kv_type type;
         cfg_tristate prefix_cache; /* reuse cached prompt blocks; auto: on */
+        cfg_budget
+            prefix_cache_bytes; /* unheld cached blocks at most; auto: what KV memory holds */
     } kv;
     struct {
         cfg_budget host_bytes;

@@ -142,26 +142,34 @@ static bool guide_done(const job_state *st)
 }
 
 /* Whether bytes would keep the text acceptable (on a copy of the guide). */
-static bool guide_accepts(const job_state *st, const char *bytes, size_t len)
+/* Whether bytes would keep the text acceptable (on a copy of the guide), and, when budget >= 0,
+ * leave a completion of at most budget bytes. */
+static bool guide_accepts(const job_state *st, const char *bytes, size_t len, int budget)
 {
+    char closing[4096];
+    int n = 0;
     if (st->tguide) {
         tool_guide_copy(st->tscratch, st->tguide);
-        return tool_guide_feed(st->tscratch, bytes, len);
-    }
-    if (st->sch) {
+        if (!tool_guide_feed(st->tscratch, bytes, len)) return false;
+        if (budget >= 0) n = tool_guide_closing(st->tscratch, closing, sizeof closing);
+    } else if (st->sch) {
         schema_guide g;
         schema_guide_copy(&g, st->sguide);
-        return schema_guide_feed(&g, bytes, len);
+        if (!schema_guide_feed(&g, bytes, len)) return false;
+        if (budget >= 0) n = schema_guide_closing(&g, closing, sizeof closing);
+    } else {
+        json_guide g = st->guide;
+        if (!json_guide_feed(&g, bytes, len)) return false;
+        if (budget >= 0) n = json_guide_closing(&g, closing, sizeof closing);
     }
-    json_guide g = st->guide;
-    return json_guide_feed(&g, bytes, len);
+    return budget < 0 || (n >= 0 && n <= budget);
 }
 
 /* Whether token may come next under response_format json_object / json_schema: its bytes keep
  * the text a prefix of an accepted value (the end of generation only once it is complete), and
  * when max_tokens is about to run out, they are the start of the value's shortest completion. */
 static bool json_allows(const job_state *st, int32_t token, const char *closing, int n_closing,
-                        bool closing_mode)
+                        bool closing_mode, int budget)
 {
     const tokenizer *tok = st->e->tok;
     if (tokenizer_is_eog(tok, token)) return guide_done(st);
@@ -177,7 +185,7 @@ static bool json_allows(const job_state *st, int32_t token, const char *closing,
         type == TOKENIZER_TT_UNKNOWN || type == TOKENIZER_TT_UNUSED)
         return false;
     if (closing_mode) return len <= (size_t)n_closing && !memcmp(piece, closing, len);
-    return guide_accepts(st, piece, len);
+    return guide_accepts(st, piece, len, budget);
 }
 
 /* The logits with every token the JSON guide refuses at -inf (into st->masked). */
@@ -212,12 +220,17 @@ static const float *build_mask(job_state *st, const float *logits)
                     : st->sch  ? schema_guide_closing(st->sguide, closing, sizeof closing)
                                : json_guide_closing(&st->guide, closing, sizeof closing);
     /* one token per byte of the completion at worst, and one for the end */
-    bool closing_mode = n_closing >= 0 && st->max_tokens - st->n_generated <= n_closing + 1;
+    int64_t left = st->max_tokens - st->n_generated;
+    bool closing_mode = n_closing >= 0 && left <= n_closing + 1;
+    /* Close to the end, a token may not leave more to close than the tokens after it can write
+     * (one byte each at worst, and one for the end): a token that opens a string, a container
+     * or a multi-byte character adds to what must follow. */
+    int budget = n_closing >= 0 && left <= n_closing + 16 ? (int)(left - 2) : -1;
     bool any = false;
     int32_t longest = -1;
     size_t longest_len = 0;
     for (int32_t t = 0; t < n; t++) {
-        bool ok = json_allows(st, t, closing, n_closing, closing_mode);
+        bool ok = json_allows(st, t, closing, n_closing, closing_mode, budget);
         st->masked[t] = ok ? logits[t] : -INFINITY;
         any |= ok;
         size_t len = 0;

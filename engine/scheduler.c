@@ -118,7 +118,10 @@ int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *
     s->opts = o;
     s->n_vocab = model_params(m)->n_vocab;
     s->next_id = 1;
-    model_ctx_opts co = {.n_seq = o.max_running, .n_ctx = o.n_ctx, .kv_type = o.kv_type};
+    model_ctx_opts co = {.n_seq = o.max_running,
+                         .n_ctx = o.n_ctx,
+                         .kv_type = o.kv_type,
+                         .kv_max_cached_blocks = o.prefix_cache_blocks};
     int rc = model_ctx_create(&s->ctx, m, &co, err, err_size);
     if (rc) {
         free(s);

@@ -62,6 +62,9 @@ typedef struct scheduler_opts {
      * longest published run is attached instead of prefilled (always leaving at least the last
      * prompt token to compute), and every sequence publishes its blocks as they fill. */
     bool prefix_cache;
+    /* Blocks kept for reuse that no sequence holds, at most (least recently released out
+     * first); 0: as many as the KV memory holds, given up only when it is needed. */
+    int32_t prefix_cache_blocks;
 } scheduler_opts;
 
 scheduler_opts scheduler_opts_default(void);

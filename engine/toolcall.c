@@ -725,6 +725,19 @@ struct tool_spec {
     schema *sch[TOOL_GUIDE_MAX_FUNCS];
 };
 
+/* Whether a schema anywhere holds {"$ref": "#"}. */
+static bool refs_root(const cJSON *j)
+{
+    const cJSON *ref = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "$ref") : NULL;
+    if (cJSON_IsString(ref) && !strcmp(ref->valuestring, "#")) return true;
+    const cJSON *kid;
+    cJSON_ArrayForEach(kid, j)
+    {
+        if (refs_root(kid)) return true;
+    }
+    return false;
+}
+
 int tool_spec_create(tool_spec **out, tool_format f, const cJSON *tools, const char *only,
                      bool parallel, char *err, size_t err_size)
 {
@@ -773,15 +786,37 @@ int tool_spec_create(tool_spec **out, tool_format f, const cJSON *tools, const c
         cJSON *nm = props ? cJSON_AddObjectToObject(props, "name") : NULL;
         cJSON *pc = params ? cJSON_Duplicate(params, true)
                            : cJSON_Parse("{\"type\":\"object\",\"properties\":{}}");
-        if (!nm || !pc || !cJSON_AddStringToObject(w, "type", "object") ||
+        cJSON *req = cJSON_CreateArray();
+        if (!nm || !pc || !req || !cJSON_AddStringToObject(w, "type", "object") ||
             !cJSON_AddStringToObject(nm, "const", name->valuestring) ||
-            !cJSON_AddItemToObject(props, args_key, pc)) {
+            !cJSON_AddItemToObject(props, args_key, pc) ||
+            !cJSON_AddItemToObject(w, "required", req) ||
+            !cJSON_AddItemToArray(req, cJSON_CreateString("name")) ||
+            !cJSON_AddItemToArray(req, cJSON_CreateString(args_key)) ||
+            !cJSON_AddFalseToObject(w, "additionalProperties")) {
             if (!cJSON_GetObjectItemCaseSensitive(props, args_key)) cJSON_Delete(pc);
+            if (!cJSON_GetObjectItemCaseSensitive(w, "required")) cJSON_Delete(req);
             cJSON_Delete(w);
             rc = -ENOMEM;
             break;
         }
+        /* The parameters' definitions move to the root, where their "#/$defs/…" references
+         * now point; a reference to the parameters' own root cannot follow them there. */
+        static const char *const defs[] = {"$defs", "definitions"};
+        for (int d = 0; d < 2; d++) {
+            cJSON *dj = cJSON_DetachItemFromObjectCaseSensitive(pc, defs[d]);
+            if (dj) cJSON_AddItemToObject(w, defs[d], dj);
+        }
         char msg[300];
+        if (refs_root(pc)) {
+            snprintf(err, err_size,
+                     "tool '%.64s' cannot be forced: its parameters refer to their own root "
+                     "(\"$ref\": \"#\")",
+                     name->valuestring);
+            cJSON_Delete(w);
+            rc = -EINVAL;
+            break;
+        }
         rc = schema_compile(&s->sch[s->n], w, msg, sizeof msg);
         cJSON_Delete(w);
         if (rc) {

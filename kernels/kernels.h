@@ -365,6 +365,9 @@ typedef struct kern_kv_opts {
     int32_t n_ctx;        /* positions per sequence */
     int32_t block_tokens; /* 0: 16 */
     kern_kv_type type;
+    /* Published blocks no sequence holds are kept for reuse up to this many (least recently
+     * released out first); 0: as many as the memory holds. */
+    int32_t max_cached_blocks;
 } kern_kv_opts;
 
 typedef struct kern_kv kern_kv;

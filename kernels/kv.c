@@ -363,6 +363,8 @@ void kern_kv_clear(kern_kv *kv, int32_t seq)
             kv->n_used--;
         }
     }
+    while (kv->o.max_cached_blocks > 0 && kv->n_cached > kv->o.max_cached_blocks)
+        evict_oldest(kv); /* the configured budget, before the memory's */
     /* The device table keeps stale pointers: no operation reads past what a later reserve
      * rewrites, and rewriting it here would cost a copy per finished request. */
     kv->n_held[seq] = 0;

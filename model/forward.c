@@ -171,7 +171,8 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
                        .n_seq = n_seq,
                        .n_ctx = n_ctx,
                        .block_tokens = opts ? opts->kv_block_tokens : 0,
-                       .type = opts ? opts->kv_type : KERN_KV_F16};
+                       .type = opts ? opts->kv_type : KERN_KV_F16,
+                       .max_cached_blocks = opts ? opts->kv_max_cached_blocks : 0};
     if ((rc = kern_kv_open(&ctx->kv, m->backend, &ko, err, err_size))) {
         model_ctx_destroy(&ctx);
         return rc;

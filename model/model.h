@@ -161,10 +161,11 @@ const model_expert *model_get_expert(const model *m, int layer, int index);
 typedef struct model_ctx model_ctx;
 
 typedef struct model_ctx_opts {
-    int32_t n_seq;           /* sequences that can be live at once */
-    int32_t n_ctx;           /* positions per sequence; 0: the model's training context */
-    kern_kv_type kv_type;    /* KV storage: F16 (the default) or F32 */
-    int32_t kv_block_tokens; /* positions per KV block; 0: 16 */
+    int32_t n_seq;                /* sequences that can be live at once */
+    int32_t n_ctx;                /* positions per sequence; 0: the model's training context */
+    kern_kv_type kv_type;         /* KV storage: F16 (the default) or F32 */
+    int32_t kv_block_tokens;      /* positions per KV block; 0: 16 */
+    int32_t kv_max_cached_blocks; /* prefix reuse: unheld blocks kept at most; 0: memory-bound */
 } model_ctx_opts;
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,

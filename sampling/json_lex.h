@@ -90,8 +90,52 @@ static inline bool jlex_number_open(uint8_t st)
 }
 
 /* String states after the opening quote: IN, after a backslash ESC, in \u's hex digits HEX1..4
- * (the digits still due). */
-enum { JLEX_IN = 0, JLEX_ESC = 5, JLEX_HEX1 = 1 };
+ * (the digits still due), and inside a multi-byte UTF-8 character (U1 .. U3F4: the continuation
+ * bytes still due, with the narrower range the second byte has after E0, ED, F0 and F4).  Only
+ * valid UTF-8 (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF) is accepted:
+ * invalid bytes would reach the client as U+FFFD, a different text from the one the guide
+ * followed. */
+enum {
+    JLEX_IN = 0,
+    JLEX_HEX1 = 1,
+    JLEX_ESC = 5,
+    JLEX_U1 = 6, /* one continuation byte due */
+    JLEX_U2,     /* two */
+    JLEX_U2E0,   /* after E0: A0..BF, then one more */
+    JLEX_U2ED,   /* after ED: 80..9F, then one more */
+    JLEX_U3,     /* three */
+    JLEX_U3F0,   /* after F0: 90..BF, then two more */
+    JLEX_U3F4,   /* after F4: 80..8F, then two more */
+};
+
+/* The state after a UTF-8 lead byte c (>= 0x80), or JLEX_IN when c cannot start a character. */
+static inline uint8_t jlex_utf8_lead(unsigned char c)
+{
+    if (c >= 0xC2 && c <= 0xDF) return JLEX_U1;
+    if (c == 0xE0) return JLEX_U2E0;
+    if (c == 0xED) return JLEX_U2ED;
+    if (c >= 0xE1 && c <= 0xEF) return JLEX_U2;
+    if (c == 0xF0) return JLEX_U3F0;
+    if (c >= 0xF1 && c <= 0xF3) return JLEX_U3;
+    if (c == 0xF4) return JLEX_U3F4;
+    return JLEX_IN;
+}
+
+/* A continuation byte in UTF-8 state st (U1 .. U3F4): false when c is not one the state allows. */
+static inline bool jlex_utf8_cont(uint8_t *st, unsigned char c)
+{
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (*st == JLEX_U2E0) lo = 0xA0;
+    if (*st == JLEX_U2ED) hi = 0x9F;
+    if (*st == JLEX_U3F0) lo = 0x90;
+    if (*st == JLEX_U3F4) hi = 0x8F;
+    if (c < lo || c > hi) return false;
+    static const uint8_t next[] = {
+        [JLEX_U1] = JLEX_IN, [JLEX_U2] = JLEX_U1,   [JLEX_U2E0] = JLEX_U1, [JLEX_U2ED] = JLEX_U1,
+        [JLEX_U3] = JLEX_U2, [JLEX_U3F0] = JLEX_U2, [JLEX_U3F4] = JLEX_U2};
+    *st = next[*st];
+    return true;
+}
 
 /* One byte inside a string; JLEX_ENDED for the closing quote (consumed). */
 static inline jlex_result jlex_string(uint8_t *st, unsigned char c)
@@ -99,8 +143,13 @@ static inline jlex_result jlex_string(uint8_t *st, unsigned char c)
     if (*st == JLEX_IN) {
         if (c == '"') return JLEX_ENDED;
         if (c == '\\') *st = JLEX_ESC;
+        if (c >= 0x80) {
+            *st = jlex_utf8_lead(c);
+            return *st != JLEX_IN ? JLEX_ACCEPT : JLEX_REJECT;
+        }
         return c >= 0x20 ? JLEX_ACCEPT : JLEX_REJECT;
     }
+    if (*st >= JLEX_U1) return jlex_utf8_cont(st, c) ? JLEX_ACCEPT : JLEX_REJECT;
     if (*st == JLEX_ESC) {
         if (c == 'u') {
             *st = 4;
@@ -118,7 +167,19 @@ static inline jlex_result jlex_string(uint8_t *st, unsigned char c)
 /* The shortest text that closes a string in state st, with its quote. */
 static inline const char *jlex_string_close(uint8_t st)
 {
-    static const char *const closers[6] = {"\"", "0\"", "00\"", "000\"", "0000\"", "n\""};
+    static const char *const closers[] = {"\"",
+                                          "0\"",
+                                          "00\"",
+                                          "000\"",
+                                          "0000\"",
+                                          "n\"",
+                                          "\x80\"",
+                                          "\x80\x80\"",
+                                          "\xa0\x80\"",
+                                          "\x80\x80\"",
+                                          "\x80\x80\x80\"",
+                                          "\x90\x80\x80\"",
+                                          "\x80\x80\x80\""};
     return closers[st];
 }
 

@@ -886,13 +886,22 @@ static outcome string_byte(schema_guide *g, int si, schema_frame *f, unsigned ch
             return ACCEPT;
         }
         if (c < 0x20) return REJECT;
-        if ((c & 0xC0) != 0x80) { /* not a UTF-8 continuation byte: a code point begins */
-            if (f->count >= n->max_count) return REJECT;
+        if (c >= 0x80) { /* a multi-byte character begins: valid UTF-8 only */
+            uint8_t st = jlex_utf8_lead(c);
+            if (st == JLEX_IN || f->count >= n->max_count) return REJECT;
             f->count++;
+            f->sub = st;
+            return ACCEPT;
         }
+        if (f->count >= n->max_count) return REJECT;
+        f->count++;
         if (c != '\\') return PLAIN;
         f->sub = JLEX_ESC;
         return ACCEPT;
+    }
+    if (f->sub >= JLEX_U1) {
+        if (!jlex_utf8_cont(&f->sub, c)) return REJECT;
+        return f->sub == JLEX_IN ? PLAIN : ACCEPT;
     }
     if (f->sub == JLEX_ESC) {
         if ((f->pos & S_LOW_DUE) && c != 'u') return REJECT;
@@ -1096,11 +1105,9 @@ static size_t string_run(schema_guide *g, const unsigned char *p, size_t n)
     size_t i = 0;
     for (; i < n; i++) {
         unsigned char c = p[i];
-        if (c < 0x20 || c == '"' || c == '\\') break;
-        if ((c & 0xC0) != 0x80) { /* a code point begins */
-            if (count == max_count) break;
-            count++;
-        }
+        /* ASCII only: a multi-byte character goes through string_byte's UTF-8 check */
+        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80 || count == max_count) break;
+        count++;
     }
     f->count = count;
     return i;
@@ -1252,7 +1259,10 @@ static void close_string(text *t, const schema_frame *f, const node *n)
 {
     static const char zeros[] = "0000";
     unsigned flags = f->pos, due = f->sub;
-    if (f->sub == JLEX_ESC) {
+    if (f->sub >= JLEX_U1) { /* the character under way: its continuation bytes */
+        const char *rest = jlex_string_close(f->sub);
+        put(t, rest, strlen(rest) - 1);
+    } else if (f->sub == JLEX_ESC) {
         put(t, flags & S_LOW_DUE ? "udc00" : "n", flags & S_LOW_DUE ? 5 : 1);
     } else if (f->sub != JLEX_IN) {
         if (flags & S_LOW_DUE) {

@@ -3,8 +3,11 @@ closing `N passed, N failed` line, seeded test models cached in the build tree, 
 on a free loopback port whose log is drained while it runs (a full pipe would block it)."""
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -100,3 +103,75 @@ class Server:
         self._drain.join(timeout=10)
         self.err = b"".join(self._log).decode(errors="replace")
         return rc
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    """Debian's nginx in front of replicas, with deploy/nginx-moeserve.conf as shipped (only its
+    ports changed: the replicas' for 8081.., a free one for the front), in a private prefix;
+    .port is the front's port.  check_config() runs `nginx -t` on it."""
+
+    def __init__(self, ports):
+        self.dir = tempfile.mkdtemp(prefix="moeserve-nginx-")
+        conf = open(os.path.join(ROOT, "deploy", "nginx-moeserve.conf"), encoding="utf-8").read()
+        lines = []
+        for line in conf.splitlines(keepends=True):
+            m = re.match(r"(\s*server 127\.0\.0\.1:)808(\d)( .*)", line)
+            if m:  # one line per replica, in place of the three of the file
+                if m.group(2) == "1":
+                    lines += [f"{m.group(1)}{p}{m.group(3)}\n" for p in ports]
+                continue
+            lines.append(line)
+        self.port = free_port()
+        conf = "".join(lines).replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
+        with open(os.path.join(self.dir, "moeserve.conf"), "w") as f:
+            f.write(conf)
+        d = self.dir
+        self.conf = os.path.join(d, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""daemon off;
+worker_processes 1;
+error_log {d}/error.log info;
+pid {d}/nginx.pid;
+events {{ worker_connections 512; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/moeserve.conf;
+}}
+""")
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = None
+
+    def check_config(self):
+        return subprocess.run([self.binary, "-t", "-p", self.dir, "-c", self.conf], capture_output=True, text=True)
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, "-p", self.dir, "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start: " + open(os.path.join(self.dir, "error.log")).read()[-1000:])
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish what is in flight
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,12 +3,15 @@
 response_format {"type": "json_object"} makes even a random-weight model answer with one JSON
 object — at any temperature, streamed or not, with max_tokens tight or loose — while the same
 request without it is free text; {"type": "json_schema"} makes it answer with a value its schema
-accepts (checked by an independent walk here), and a schema with keywords the server cannot
-enforce is refused with a 400 that names them.
+accepts (checked by an independent walk here, and for a corpus of schemas — optional properties,
+lengths, anyOf, type lists, recursive $ref, enums — by the `jsonschema` package, streamed and not
+giving the same text), and a schema with keywords the server cannot enforce is refused with a 400
+that names them.
 Usage: test_structured.py /path/to/moeserve"""
 import json
 import sys
 
+import jsonschema
 import openai
 
 from serving import Server, check, finish, model_path
@@ -120,8 +123,52 @@ r = client.chat.completions.create(model=name, messages=messages, max_tokens=8, 
                                    response_format=fmt)
 check(r.choices[0].finish_reason == "length", f"max_tokens 8 < the schema's shortest answer: length "
                                               f"({r.choices[0].finish_reason}, {r.choices[0].message.content!r})")
+# ---- a corpus of schemas: every answer validated by the `jsonschema` package, streamed = unstreamed --------
+CORPUS = {
+    "optional properties": {"type": "object", "required": ["id"],
+                            "properties": {"id": {"type": "integer"}, "nick": {"type": "string", "maxLength": 8},
+                                           "score": {"type": "number"}, "tags": {"type": "array",
+                                                                                 "items": {"type": "string"}}}},
+    "lengths": {"type": "object", "required": ["code", "words"], "additionalProperties": False,
+                "properties": {"code": {"type": "string", "minLength": 3, "maxLength": 5},
+                               "words": {"type": "array", "items": {"type": "string", "maxLength": 4},
+                                         "minItems": 2, "maxItems": 3}}},
+    "anyOf and type lists": {"type": "object", "required": ["v", "w"],
+                             "properties": {"v": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 6},
+                                                            {"type": "array", "items": {"type": "boolean"},
+                                                             "maxItems": 2}]},
+                                            "w": {"type": ["number", "null"]}}},
+    "$ref recursion": {"type": "object", "required": ["root"], "properties": {"root": {"$ref": "#/$defs/node"}},
+                       "$defs": {"node": {"type": "object", "required": ["label", "kids"],
+                                          "properties": {"label": {"type": "string", "maxLength": 4},
+                                                         "kids": {"type": "array", "maxItems": 2,
+                                                                  "items": {"$ref": "#/$defs/node"}}}}}},
+    "enums and consts": {"type": "object", "required": ["kind", "level", "on"],
+                         "properties": {"kind": {"enum": ["a", "bb", 3, None, True]}, "level": {"const": 2.5},
+                                        "on": {"type": "boolean"}}},
+}
+for label, schema in CORPUS.items():
+    fmt_c = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    for seed in range(8):
+        r = client.chat.completions.create(model=name, messages=messages, max_tokens=160, temperature=1.0,
+                                           seed=seed, response_format=fmt_c)
+        text = r.choices[0].message.content
+        try:
+            jsonschema.validate(json.loads(text), schema)
+            ok = True
+        except (ValueError, jsonschema.ValidationError) as e:
+            ok = str(e)[:200]
+        check(ok is True, f"{label}, seed {seed}: {text!r} validates ({ok})")
+    kw = dict(model=name, messages=messages, max_tokens=160, temperature=0.8, seed=11, response_format=fmt_c)
+    plain = client.chat.completions.create(**kw).choices[0].message.content
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(stream=True, **kw)
+                       if ch.choices)
+    check(streamed == plain, f"{label}: streamed and not give the same text")
+
 for bad, says in (({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, "pattern"),
-                  ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}, "anyOf"),
+                  ({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}]}}}, "allOf"),
+                  ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3}}}, "minimum"),
+                  ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
                   ({"type": "string"}, "top level must be an object")):
     try:
         client.chat.completions.create(model=name, messages=messages, max_tokens=4,

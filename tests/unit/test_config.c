@@ -150,6 +150,8 @@ static const key_case key_cases[] = {
     {"kv.context_length", "2048", "2048", V_I32, F(kv.context_length), .i = 2048},
     {"kv.budget_bytes", "\"2GiB\"", "2147483648", V_BUDGET, F(kv.budget_bytes), .u = 1ull << 31,
      .bkind = CFG_BUDGET_BYTES},
+    {"kv.prefix_cache_bytes", "\"25%\"", "25%", V_BUDGET, F(kv.prefix_cache_bytes),
+     .bkind = CFG_BUDGET_PERCENT, .pct = 25},
     {"cache.host_bytes", "\"12.5%\"", "12.5%", V_BUDGET, F(cache.host_bytes),
      .bkind = CFG_BUDGET_PERCENT, .pct = 12.5},
     {"cache.device_bytes", "0", "0B", V_BUDGET, F(cache.device_bytes), .u = 0,

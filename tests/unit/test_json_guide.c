@@ -22,6 +22,7 @@ static const char *const valid[] = {
     "{\"\":\"\",\"k\":[],\"l\":[[]],\"m\":[{}]}",
     "{\"n\":-12.75e2,\"o\":\"caf\xc3\xa9 \\/ \\\\ \\t\"}",
     "{\"deep\":{\"a\":{\"b\":[{\"c\":[0]}]}}}",
+    "{\"u\":\"\xf0\x9f\x98\x80 \xe2\x82\xac \xc3\xa9 \xed\x9f\xbf \xf4\x8f\xbf\xbf\"}",
 };
 
 /* with the byte at which the guide must refuse */
@@ -36,6 +37,14 @@ static const struct {
     {"{\"a\":1.}", 7},
     {"{\"a\":tru}", 8},
     {"{\"a\":\"\x01\"}", 6},
+    /* strings hold valid UTF-8 only: what the client would see as U+FFFD is refused */
+    {"{\"a\":\"\x80\"}", 6},
+    {"{\"a\":\"\xc3\x28\"}", 7},
+    {"{\"a\":\"\xc0\xaf\"}", 6},
+    {"{\"a\":\"\xe0\x80\x80\"}", 7},
+    {"{\"a\":\"\xed\xa0\x80\"}", 7},
+    {"{\"a\":\"\xf4\x90\x80\x80\"}", 7},
+    {"{\"a\":\"\xf5\"}", 6},
     {"{}x", 2},
     {"{\"a\":1,}", 7},
     {"{,}", 1},

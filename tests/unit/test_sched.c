@@ -233,6 +233,54 @@ END_TEST
  * and get exactly the tokens and logits they get without reuse — a repeat, a shared beginning, a
  * chat's next turn (the prompt extended by the answer), and after the cached blocks were evicted
  * by a prompt that needed all the memory. */
+/* With a budget of 2 unheld blocks, the blocks of the latest prompt stay and older ones go: A, B,
+ * B again (its 2 blocks reused), A again (nothing left of it). */
+START_TEST(prefix_budget_holds)
+{
+    fixture fx;
+    fixture_open(&fx, "q4_k_m");
+    enum { LEN = 40, G = 4 };
+    int32_t a[LEN], b[LEN];
+    for (int i = 0; i < LEN; i++) {
+        a[i] = (int32_t)((i * 37 + 11) % fx.n_vocab);
+        b[i] = (int32_t)((i * 53 + 5) % fx.n_vocab);
+    }
+    char err[512];
+    scheduler_opts o = {.max_running = 1,
+                        .max_tokens_per_step = 64,
+                        .prefill_chunk = 64,
+                        .max_waiting = 4,
+                        .n_ctx = 128,
+                        .prefix_cache = true,
+                        .prefix_cache_blocks = 2};
+    scheduler *s = NULL;
+    ck_assert_msg(scheduler_open(&s, fx.m, &o, err, sizeof err) == 0, "%s", err);
+    const int32_t *order[] = {a, b, b, a};
+    for (int r = 0; r < 4; r++) {
+        probe p;
+        probe_init(&p, fx.n_vocab);
+        submit(s, order[r], LEN, G, &p, NULL);
+        wait_done(&p);
+        ck_assert_int_eq(p.why, SCHEDULER_LENGTH);
+        scheduler_stats st;
+        scheduler_get_stats(s, &st);
+        ck_assert_uint_le(st.prefix_cached_blocks, 2);
+    }
+    /* a last short request: by the time it ends, the engine has released A's blocks */
+    probe p;
+    probe_init(&p, fx.n_vocab);
+    submit(s, a, 3, 1, &p, NULL);
+    wait_done(&p);
+    scheduler_stats st;
+    scheduler_get_stats(s, &st);
+    ck_assert_uint_le(st.prefix_cached_blocks, 2);
+    ck_assert_uint_eq(st.prefix_hit_tokens, 32); /* only the repeated B, both its full blocks */
+    ck_assert_uint_ge(st.prefix_evictions, 4);
+    scheduler_close(&s);
+    fixture_close(&fx);
+}
+END_TEST
+
 START_TEST(prefix_reuse_is_exact)
 {
     fixture fx;
@@ -478,6 +526,7 @@ int main(void)
     tcase_add_test(tc, batch_invariance_q4_k_m);
     tcase_add_test(tc, invariance_one_token_chunks);
     tcase_add_test(tc, prefix_reuse_is_exact);
+    tcase_add_test(tc, prefix_budget_holds);
     tcase_add_test(tc, stop_and_length);
     tcase_add_test(tc, cancel_running_and_waiting);
     tcase_add_test(tc, refusals);
