@@ -789,10 +789,27 @@ static gguf_value arr_elem(const gguf_arr *arr, uint64_t index)
     return v;
 }
 
+/* A float outside the integer type's range (or NaN) cannot be cast: C leaves that undefined,
+ * and such values come straight from the file.  They saturate; NaN reads as 0. */
+static int64_t f64_to_i64(double x)
+{
+    if (x != x) return 0;
+    if (x <= -9223372036854775808.0) return INT64_MIN;
+    if (x >= 9223372036854775808.0) return INT64_MAX;
+    return (int64_t)x;
+}
+
+static uint64_t f64_to_u64(double x)
+{
+    if (!(x > 0)) return 0; /* NaN too */
+    if (x >= 18446744073709551616.0) return UINT64_MAX;
+    return (uint64_t)x;
+}
+
 int64_t gguf_arr_i64(const gguf_arr *arr, uint64_t index)
 {
     gguf_value v = arr_elem(arr, index);
-    if (v.type == GGUF_VT_FLOAT32 || v.type == GGUF_VT_FLOAT64) return (int64_t)v.v.f64;
+    if (v.type == GGUF_VT_FLOAT32 || v.type == GGUF_VT_FLOAT64) return f64_to_i64(v.v.f64);
     if (v.type == GGUF_VT_BOOL) return v.v.b;
     return v.v.i64; /* unsigned values wrap, as a cast would */
 }
@@ -800,7 +817,7 @@ int64_t gguf_arr_i64(const gguf_arr *arr, uint64_t index)
 uint64_t gguf_arr_u64(const gguf_arr *arr, uint64_t index)
 {
     gguf_value v = arr_elem(arr, index);
-    if (v.type == GGUF_VT_FLOAT32 || v.type == GGUF_VT_FLOAT64) return (uint64_t)v.v.f64;
+    if (v.type == GGUF_VT_FLOAT32 || v.type == GGUF_VT_FLOAT64) return f64_to_u64(v.v.f64);
     if (v.type == GGUF_VT_BOOL) return v.v.b;
     return v.v.u64;
 }

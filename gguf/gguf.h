@@ -169,7 +169,8 @@ int gguf_get_bool(const gguf_file *file, const char *key, bool *out);
 int gguf_get_str(const gguf_file *file, const char *key, gguf_str *out);
 int gguf_get_arr(const gguf_file *file, const char *key, gguf_arr *out);
 
-/* Element readers for fixed-size arrays (index < arr->n is the caller's contract). */
+/* Element readers for fixed-size arrays (index < arr->n is the caller's contract).  Float
+ * elements read as integers are truncated and saturate at the type's limits (NaN reads 0). */
 int64_t gguf_arr_i64(const gguf_arr *arr, uint64_t index);
 uint64_t gguf_arr_u64(const gguf_arr *arr, uint64_t index);
 double gguf_arr_f64(const gguf_arr *arr, uint64_t index);

@@ -6,7 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 apt_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libcjson-dev liburing-dev check
-          node-llhttp python3 python3-venv prometheus cmake g++ chromium nginx)
+          node-llhttp python3 python3-venv prometheus cmake g++ chromium nginx
+          clang libclang-rt-dev) # clang + its runtimes: the libFuzzer targets (tools/fuzz.sh)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

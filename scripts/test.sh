@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs moeserve's whole test suite the way CI does: installs what is missing (scripts/setup.sh),
 # then builds and tests twice — a release build with the CUDA backend compiled (when nvcc is
-# installed) and an ASan + UBSan build — with warnings as errors in both.  Ends with a
-# "tests: N passed, N failed" line counting every Check test case and Python check.
+# installed) and an ASan + UBSan build — with warnings as errors in both, then runs each fuzz
+# target for MOE_FUZZ_SECONDS (default 25) seconds.  Ends with a "tests: N passed, N failed"
+# line counting every Check test case, Python check and fuzz target.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -49,9 +50,31 @@ run_build() { # name, dir, options...
     total_fail=$((total_fail + f))
 }
 
+# Third stage: the libFuzzer targets (tests/fuzz, built with clang in build-fuzz by tools/fuzz.sh),
+# each run for a bounded time from the committed seeds and regressions; each target is one check.
+# (The two builds above already replayed those inputs once through every target.)
+run_fuzz() { # seconds per target
+    local secs=$1 p=0 f=0 t
+    echo "=== fuzz targets (build-fuzz: clang, libFuzzer, ASan + UBSan; ${secs} s each)"
+    if ! tools/fuzz.sh build; then
+        echo "build failed: fuzz"
+        status=1
+        total_fail=$((total_fail + 1))
+        return
+    fi
+    for t in $(tools/fuzz.sh list); do
+        if tools/fuzz.sh "$t" "$secs"; then p=$((p + 1)); else f=$((f + 1)); fi
+    done
+    [ "$f" -eq 0 ] || status=1
+    echo "fuzz: $p passed, $f failed"
+    total_pass=$((total_pass + p))
+    total_fail=$((total_fail + f))
+}
+
 run_build release build-release -Dbuildtype=release -Dcuda=$cuda
 run_build sanitize build-asan -Dbuildtype=debugoptimized -Dcuda=disabled \
     -Db_sanitize=address,undefined -Db_lundef=false
+run_fuzz "${MOE_FUZZ_SECONDS:-25}"
 
 echo "tests: $total_pass passed, $total_fail failed"
 [ "$status" -eq 0 ] && [ "$total_fail" -eq 0 ]

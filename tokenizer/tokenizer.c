@@ -396,7 +396,7 @@ static int build_eog(tokenizer *t, const gguf_file *f, char *err, size_t err_siz
     /* clang-format off */
     static const char *const names[] = {
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-        "<EOT>", "_<EOT>", "<|end_of_text|>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+        "<EOT>", "_<EOT>", "<|end_of_text|>", ("<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"),
         "<|return|>", "<|call|>",
     };
     /* clang-format on */
