@@ -16,10 +16,12 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct serve_state {
     const cfg *c;
@@ -114,6 +116,38 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
     }
 }
 
+/* The model file is mapped: if it is truncated under the server, touching a lost page raises
+ * SIGBUS.  The engine checks the file's size before every step and fails requests cleanly, but
+ * a truncation racing a step can still hit a page; then the process says what happened and
+ * exits (EX_IOERR) instead of dumping core with no word. */
+static const char *mapped_at;
+static size_t mapped_size;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    const char *a = si->si_addr;
+    if (mapped_at && a >= mapped_at && a < mapped_at + mapped_size) {
+        static const char msg[] = "moeserve: a page of the model file could not be read (the "
+                                  "file was truncated while serving?): exiting\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        _exit(74);
+    }
+    signal(sig, SIG_DFL); /* not ours: the default action, as if no handler were installed */
+    raise(sig);
+}
+
+static void watch_mapping(const gguf_file *f)
+{
+    mapped_at = gguf_mapping(f, &mapped_size);
+    struct sigaction sa = {0};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, NULL) != 0) cli_log("cannot watch SIGBUS: %s", strerror(errno));
+}
+
 static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
@@ -124,6 +158,7 @@ static int load_model(serve_state *st, char *err, size_t err_size)
                      .predictor = kinds[c->predictor.kind],
                      .lookahead = c->predictor.lookahead};
     int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
+    if (rc == 0) watch_mapping(model_file(st->m));
     if (rc) return rc;
     /* The cache comes second: its budget is resolved against the model's sizes. */
     model_sizes sz;

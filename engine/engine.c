@@ -810,7 +810,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
                           &id, err, err_size);
     free(ids);
     if (rc) {
-        *status = rc == -EAGAIN || rc == -ESHUTDOWN ? 503 : rc == -ENOMEM ? 500 : 400;
+        *status = rc == -EAGAIN || rc == -ESHUTDOWN || rc == -EIO ? 503 : rc == -ENOMEM ? 500 : 400;
         job_state_free(st);
         return rc;
     }
@@ -831,10 +831,19 @@ static bool engine_ready(void *ctx)
     return atomic_load(&e->ready);
 }
 
+static const char *engine_unavailable(void *ctx)
+{
+    engine *e = ctx;
+    return atomic_load(&e->ready) ? scheduler_unavailable(e->sched) : NULL;
+}
+
 srv_engine_t engine_ops(engine *e)
 {
-    return (srv_engine_t){
-        .ctx = e, .submit = engine_submit, .cancel = engine_cancel, .ready = engine_ready};
+    return (srv_engine_t){.ctx = e,
+                          .submit = engine_submit,
+                          .cancel = engine_cancel,
+                          .ready = engine_ready,
+                          .unavailable = engine_unavailable};
 }
 
 /* ---- metrics (loop thread) ------------------------------------------------------------------ */

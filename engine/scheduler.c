@@ -59,6 +59,8 @@ struct scheduler {
     pthread_t thread;
     bool thread_started;
     bool stopping;
+    /* the model file changed under the server: every request fails with this (under lock) */
+    char broken[320];
 
     sched_req *wait_head, *wait_tail;
     int32_t n_waiting;
@@ -244,6 +246,9 @@ int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int3
     if (s->stopping) {
         snprintf(err, err_size, "the server is shutting down");
         rc = -ESHUTDOWN;
+    } else if (s->broken[0]) {
+        snprintf(err, err_size, "%s", s->broken);
+        rc = -EIO;
     } else if (s->n_waiting >= s->opts.max_waiting && s->n_running >= s->opts.max_running) {
         snprintf(err, err_size, "the request queue is full (%d waiting)", s->n_waiting);
         rc = -EAGAIN;
@@ -273,6 +278,14 @@ void scheduler_cancel(scheduler *s, uint64_t id)
         if (s->running[i]->id == id) s->running[i]->cancelled = true;
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
+}
+
+const char *scheduler_unavailable(scheduler *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool broken = s->broken[0] != 0;
+    pthread_mutex_unlock(&s->lock);
+    return broken ? s->broken : NULL; /* set once, never changed after */
 }
 
 int32_t scheduler_n_ctx(const scheduler *s)
@@ -524,6 +537,30 @@ static void *engine_main(void *arg)
             r->admission_told = true;
         }
 
+        /* A model file truncated under the server would turn the next read of a lost page into
+         * SIGBUS: one fstat per step finds it first, and every request then fails saying so. */
+        if (gguf_check_unchanged(model_file(s->m), s->err, sizeof s->err)) {
+            pthread_mutex_lock(&s->lock);
+            /* the details (a path) go to the log; clients are told what happened */
+            if (!s->broken[0]) fprintf(stderr, "moeserve: %s\n", s->err);
+            snprintf(s->broken, sizeof s->broken,
+                     "the model file was truncated or replaced while serving; the server must be "
+                     "restarted with an intact file");
+            while (s->n_running)
+                finish_running(s, 0, SCHEDULER_ERROR, s->err);
+            while (s->wait_head) {
+                sched_req *r = s->wait_head;
+                s->wait_head = r->next;
+                if (!s->wait_head) s->wait_tail = NULL;
+                s->n_waiting--;
+                pthread_mutex_unlock(&s->lock);
+                r->ops->done(r->user, SCHEDULER_ERROR, s->err);
+                req_free(r);
+                pthread_mutex_lock(&s->lock);
+            }
+            s->stats.waiting = 0;
+            continue;
+        }
         int32_t n_rows = 0, n_prompt_tokens = 0;
         int32_t n = build_batch(s, &n_rows, &n_prompt_tokens);
         model_batch b = {.n_tokens = n,

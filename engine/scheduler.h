@@ -103,6 +103,9 @@ int scheduler_submit(scheduler *s, const int32_t *prompt, int32_t n_prompt, int3
 void scheduler_cancel(scheduler *s, uint64_t id);
 
 int32_t scheduler_n_ctx(const scheduler *s);
+/* NULL while requests can be served; otherwise why not (the model file changed under the
+ * server: every request then fails, and submit says -EIO with the same words). */
+const char *scheduler_unavailable(scheduler *s);
 int32_t scheduler_max_running(const scheduler *s);
 /* KV memory allocated (it grows with the positions held) and the part of it in use. */
 size_t scheduler_kv_bytes(const scheduler *s);

@@ -613,6 +613,30 @@ fail:
     return rc;
 }
 
+int gguf_check_unchanged(const gguf_file *f, char *err, size_t err_size)
+{
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) {
+        snprintf(err, err_size, "model file %s: fstat: %s", f->path, strerror(errno));
+        return -EIO;
+    }
+    if ((uint64_t)st.st_size < f->size) {
+        snprintf(
+            err, err_size,
+            "the model file %s was truncated while serving (%llu bytes now, %llu when loaded): "
+            "restart the server with an intact file",
+            f->path, (unsigned long long)st.st_size, (unsigned long long)f->size);
+        return -EIO;
+    }
+    return 0;
+}
+
+const void *gguf_mapping(const gguf_file *f, size_t *size)
+{
+    *size = (size_t)f->size;
+    return f->map;
+}
+
 void gguf_close(gguf_file **file)
 {
     if (!file || !*file) return;

@@ -143,6 +143,13 @@ int gguf_tensor_nbytes(gguf_ttype type, uint32_t n_dims, const int64_t *ne, uint
 
 int gguf_open(gguf_file **out, const char *path, char *err, size_t err_size);
 void gguf_close(gguf_file **file); /* sets *file to NULL; NULL is fine */
+/* Whether the file is still as long as when it was opened (one fstat): a file truncated while
+ * mapped turns reads of its lost pages into SIGBUS, so a server checks before touching them.
+ * 0, or -EIO with a message naming the file and both sizes.  A file deleted or renamed while
+ * open is unchanged: the open descriptor and the mapping keep its data. */
+int gguf_check_unchanged(const gguf_file *f, char *err, size_t err_size);
+/* The file's mapping (for a SIGBUS handler to tell whose pages were lost). */
+const void *gguf_mapping(const gguf_file *f, size_t *size);
 
 const char *gguf_path(const gguf_file *file);
 uint32_t gguf_version(const gguf_file *file);

@@ -592,6 +592,17 @@ static void dispatch(srv_conn *c)
     } else if (c->endpoint == SRV_EP_HEALTH) {
         if (!get) {
             not_allowed(c, "GET, HEAD");
+        } else if (s->engine.unavailable && s->engine.unavailable(s->engine.ctx)) {
+            cJSON *o = cJSON_CreateObject();
+            char *body =
+                o && cJSON_AddStringToObject(o, "status", "unavailable") &&
+                        cJSON_AddStringToObject(o, "message", s->engine.unavailable(s->engine.ctx))
+                    ? cJSON_PrintUnformatted(o)
+                    : NULL;
+            cJSON_Delete(o);
+            srv__respond(c, 503, "application/json", body ? body : "{\"status\":\"unavailable\"}",
+                         body ? strlen(body) : 24, NULL);
+            free(body);
         } else if (s->stopping) { /* a balancer should send nothing more here */
             srv__respond(c, 503, "application/json", "{\"status\":\"draining\"}", 21, NULL);
         } else if (!s->engine.ready || s->engine.ready(s->engine.ctx)) {

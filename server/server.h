@@ -156,6 +156,9 @@ typedef struct srv_engine {
     void (*cancel)(void *ctx, srv_job_t *job);
     /* Any thread; NULL means always ready. */
     bool (*ready)(void *ctx);
+    /* Any thread, optional: NULL while the engine can serve, else why it cannot any more (the
+     * model file changed under it); GET /health then answers 503 with that message. */
+    const char *(*unavailable)(void *ctx);
 } srv_engine_t;
 
 const srv_gen_request_t *srv_job_request(const srv_job_t *job);

@@ -12,15 +12,17 @@ Columns: TTFT (median), decode tokens/s (completion tokens after the first over 
 the first), the mask's time per generated token, and its share of the decode step.
 """
 import argparse
-import json
+import os
 import re
 import statistics
-import subprocess
-import threading
+import sys
 import time
 import urllib.request
 
 import openai
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
+from serving import Server  # noqa: E402
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "experts", "active", "score"],
           "properties": {"name": {"type": "string"}, "experts": {"type": "array", "items": {"type": "integer"}},
@@ -36,23 +38,6 @@ MODES = {
     "json_schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}},
     "tool_choice required": {"tools": TOOLS, "tool_choice": "required"},
 }
-
-
-def start(moeserve, model, threads, context):
-    proc = subprocess.Popen([moeserve, "serve", "--model", model, "--port", "0", "--set", f"compute.threads={threads}",
-                             "--set", f"kv.context_length={context}", "--set", "batching.max_running=1",
-                             "--set", "kv.prefix_cache=false"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    threading.Thread(target=lambda: [None for _ in iter(proc.stderr.readline, b"")], daemon=True).start()
-    m = re.search(r"listening on ([0-9.]+):(\d+)", proc.stdout.readline().decode())
-    base = f"http://{m.group(1)}:{m.group(2)}"
-    for _ in range(6000):
-        try:
-            if urllib.request.urlopen(base + "/health", timeout=5).status == 200:
-                break
-        except OSError:
-            time.sleep(0.05)
-    return proc, base
 
 
 def counters(base):
@@ -87,7 +72,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--context", type=int, default=4096)
     a = ap.parse_args()
-    proc, base = start(a.moeserve, a.model, a.threads, a.context)
+    srv = Server(a.moeserve, a.model, "--set", f"compute.threads={a.threads}", "--set",
+                 f"kv.context_length={a.context}", "--set", "batching.max_running=1", "--set",
+                 "kv.prefix_cache=false")
+    base = srv.base
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=600)
         name = client.models.list().data[0].id
@@ -116,8 +104,7 @@ def main():
         for r in rows:
             print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.1%} | {r[6]} |")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        srv.stop()
 
 
 if __name__ == "__main__":

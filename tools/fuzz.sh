@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 build=build-fuzz
 out=$build/fuzz
-targets=(gguf gguf_header http api template tokenizer config json_schema)
+targets=(gguf gguf_header http api template tokenizer config json_schema toolcall)
 
 # Inputs longer than these are not generated: a few times the largest seed, so that a mutation
 # can still grow a seed, while short inputs keep the executions per second high.
