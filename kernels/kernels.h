@@ -55,11 +55,16 @@ typedef enum kern_type {
     KERN_T_Q5_1 = 7,
     KERN_T_Q8_0 = 8,
     KERN_T_Q8_1 = 9, /* activations only */
+    KERN_T_Q2_K = 10,
+    KERN_T_Q3_K = 11,
     KERN_T_Q4_K = 12,
     KERN_T_Q5_K = 13,
     KERN_T_Q6_K = 14,
     KERN_T_Q8_K = 15, /* activations only */
+    KERN_T_IQ4_NL = 20,
+    KERN_T_IQ4_XS = 23,
     KERN_T_BF16 = 30,
+    KERN_T_MXFP4 = 39,
     KERN_T_COUNT = 40
 } kern_type;
 

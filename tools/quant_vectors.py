@@ -4,10 +4,12 @@
     .venv/bin/python tools/quant_vectors.py --out tests/data/quant          # write + verify
     .venv/bin/python tools/quant_vectors.py --out tests/data/quant --check  # verify existing files only
 
-For each of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K it writes `<type>.bin` (lower case):
+For each of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS and MXFP4
+it writes `<type>.bin` (lower case):
 
     offset 0   char[4]  magic "MQV1"
-           4   u32      ggml type id (Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q8_0=8, Q4_K=12, Q5_K=13, Q6_K=14)
+           4   u32      ggml type id (Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q8_0=8, Q2_K=10, Q3_K=11,
+                        Q4_K=12, Q5_K=13, Q6_K=14, IQ4_NL=20, IQ4_XS=23, MXFP4=39)
            8   u32      n_blocks
           12   u32      block_bytes   (bytes of one block)
           16   u32      block_elems   (values of one block: 32, or 256 for the K-quants)
@@ -17,7 +19,9 @@ For each of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K it writes `<type>.bin
 (all little-endian, no padding).  Blocks are seeded random bytes; every f16 field (d, dmin, m) is
 drawn from a mix of ordinary scales, +-0, f16 subnormals (0x0001, 0x03ff, ...), the smallest
 normal, the largest finite half (0x7bff / 0xfbff) and random finite halves (never exponent 0x1f,
-so no NaN/inf scale); Q6_K's int8 scales include -128 and 127.  The first blocks of every file
+so no NaN/inf scale); Q6_K's int8 scales include -128 and 127.  MXFP4's E8M0 exponent byte is
+drawn from 0..252 (0 and 1 give f32 subnormal scales; above 252, 12 * 2^(e-128) overflows f32),
+with the extremes in the first blocks.  The first blocks of every file
 cover each special value deterministically.
 
 Every file is checked against an independent scalar re-implementation of ggml's dequantize_row_*
@@ -40,13 +44,20 @@ from gguf.quants import dequantize
 
 MAGIC = b"MQV1"
 SEED = 20250101
-TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+# New types go at the end: each file's seed is its index here, so the older files stay
+# byte-identical.  The later files have fewer blocks to keep tests/data small.
+TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
+         "q2_k", "q3_k", "iq4_nl", "iq4_xs", "mxfp4")
 QTYPE = {t: QT[t.upper()] for t in TYPES}
 N_BLOCKS = {"q8_0": 256, "q4_0": 256, "q4_1": 256, "q5_0": 256, "q5_1": 256,
-            "q4_k": 128, "q5_k": 128, "q6_k": 128}
+            "q4_k": 128, "q5_k": 128, "q6_k": 128,
+            "q2_k": 20, "q3_k": 20, "iq4_nl": 64, "iq4_xs": 20, "mxfp4": 64}
 # byte offsets of the f16 fields inside a block
 HALF_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2),
-               "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
+               "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,),
+               "q2_k": (80, 82), "q3_k": (108,), "iq4_nl": (0,), "iq4_xs": (0,), "mxfp4": ()}
+# MXFP4 exponents that must appear: subnormal scales, 2^-1 .. 2^1, the largest finite products
+SPECIAL_E8M0 = (0, 1, 2, 3, 126, 127, 128, 129, 250, 251, 252)
 
 SPECIAL_HALVES = (0x0000, 0x8000,            # +0, -0
                   0x0001, 0x03ff, 0x8001, 0x83ff, 0x0200,   # subnormals
@@ -95,6 +106,15 @@ def make_blocks(typ: str, rng: np.random.Generator) -> np.ndarray:
         for i in range(k):
             h[i] = SPECIAL_HALVES[(i + phase) % k]
         blocks[:, off:off + 2] = h.view(np.uint8).reshape(n, 2)
+    if typ == "mxfp4":
+        e = rng.integers(0, 253, n).astype(np.uint8)
+        e[:len(SPECIAL_E8M0)] = SPECIAL_E8M0
+        # most real exponents sit near 127 (weights of order 1e-3 .. 1)
+        near = rng.random(n) < 0.5
+        e[len(SPECIAL_E8M0):] = np.where(near, rng.integers(110, 130, n), e)[len(SPECIAL_E8M0):]
+        blocks[:, 0] = e
+        blocks[len(SPECIAL_E8M0), 1:] = 0x88    # both zero codes (+0 and "-0", both 0)
+        blocks[len(SPECIAL_E8M0) + 1, 1:] = 0x77  # the largest magnitude code
     if typ == "q6_k":
         sc = blocks[:, 192:208].view(np.int8)
         sc[0, :] = -128
@@ -108,7 +128,16 @@ def make_blocks(typ: str, rng: np.random.Generator) -> np.ndarray:
         blocks[0, 4:16] = 0xff      # all 6-bit scales and mins = 63
         blocks[1, 4:16] = 0x00
         blocks[2, 4:16] = 0x3f      # low 6 bits set, high bits clear
-    if typ in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
+    if typ in ("q2_k", "q3_k"):
+        sc = (0, 16) if typ == "q2_k" else (96, 108)
+        blocks[0, sc[0]:sc[1]] = 0xff      # all scales (and Q2_K mins) at their maximum
+        blocks[1, sc[0]:sc[1]] = 0x00      # Q3_K: all scales -32
+        blocks[2, (16 if typ == "q2_k" else 0):(80 if typ == "q2_k" else 96)] = 0x00  # all q = 0 (Q3_K: -4)
+    if typ == "iq4_xs":
+        blocks[0, 2:8] = 0xff              # all scales 63 - 32 = 31
+        blocks[1, 2:8] = 0x00              # all scales -32
+        blocks[2, 2:8] = (0xaa, 0xaa, 0, 0, 0, 0)  # every scale 32 - 32 = 0
+    if typ in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"):
         # a block of all-zero and one of all-ones payload
         off = fields[-1] + 2
         blocks[k, off:] = 0x00
@@ -143,6 +172,11 @@ def get_scale_min_k4(j, q):
     if j < 4:
         return q[j] & 63, q[j + 4] & 63
     return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+
+# ggml-common.h kvalues_iq4nl / kvalues_mxfp4 (typed in again, not taken from gguf-py)
+KV_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+KV_MXFP4 = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
 
 def ref_block(typ: str, b: bytes) -> list:
@@ -229,6 +263,60 @@ def ref_block(typ: str, b: bytes) -> list:
                 y[o + l + 32] = d * F(S[is_ + 2]) * F(q2)
                 y[o + l + 64] = d * F(S[is_ + 4]) * F(q3)
                 y[o + l + 96] = d * F(S[is_ + 6]) * F(q4)
+    elif typ == "q2_k":
+        sc, qs = b[0:16], b[16:80]
+        d, mn = fp16_to_fp32(u16(b, 80)), fp16_to_fp32(u16(b, 82))
+        for n in range(2):          # ggml: for n in 0, 128; shift 0, 2, 4, 6; two halves of 16
+            q = qs[32 * n:]
+            for j in range(4):
+                for h in range(2):
+                    s = sc[8 * n + 2 * j + h]
+                    dl, ml = d * F(s & 0xF), mn * F(s >> 4)
+                    for l in range(16):
+                        y.append(dl * F((q[16 * h + l] >> (2 * j)) & 3) - ml)
+    elif typ == "q3_k":
+        hm, qs, s12 = b[0:32], b[32:96], b[96:108]
+        d = fp16_to_fp32(u16(b, 108))
+        aux = list(struct.unpack("<3I", bytes(s12)))
+        tmp = aux[2]
+        k1, k2 = 0x03030303, 0x0f0f0f0f
+        a = [(aux[0] & k2) | (((tmp >> 0) & k1) << 4), (aux[1] & k2) | (((tmp >> 2) & k1) << 4),
+             ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4), ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4)]
+        scales = [x - 256 if x > 127 else x for x in struct.pack("<4I", *a)]
+        m, is_ = 1, 0
+        for n in range(2):
+            q = qs[32 * n:]
+            for j in range(4):
+                for h in range(2):
+                    dl = d * F(scales[is_] - 32)
+                    is_ += 1
+                    for l in range(16):
+                        v = ((q[16 * h + l] >> (2 * j)) & 3) - (0 if hm[16 * h + l] & m else 4)
+                        y.append(dl * F(v))
+                m <<= 1
+    elif typ == "iq4_nl":
+        d = fp16_to_fp32(u16(b, 0))
+        y = [None] * 32
+        for j in range(16):
+            y[j], y[j + 16] = d * F(KV_IQ4NL[b[2 + j] & 0xF]), d * F(KV_IQ4NL[b[2 + j] >> 4])
+    elif typ == "iq4_xs":
+        d = fp16_to_fp32(u16(b, 0))
+        sh, sl, qs = u16(b, 2), b[4:8], b[8:]
+        for ib in range(8):
+            ls = ((sl[ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+            dl = d * F(ls - 32)
+            blk = [None] * 32
+            for j in range(16):
+                blk[j] = dl * F(KV_IQ4NL[qs[16 * ib + j] & 0xF])
+                blk[j + 16] = dl * F(KV_IQ4NL[qs[16 * ib + j] >> 4])
+            y += blk
+    elif typ == "mxfp4":
+        e = b[0]
+        bits = (0x00200000 << e) if e < 2 else ((e - 1) << 23)
+        d = np.array([bits], np.uint32).view(np.float32)[0]
+        y = [None] * 32
+        for j in range(16):
+            y[j], y[j + 16] = F(KV_MXFP4[b[1 + j] & 0xF]) * d, F(KV_MXFP4[b[1 + j] >> 4]) * d
     else:
         raise ValueError(typ)
     return y

@@ -588,6 +588,13 @@ START_TEST(unusable_models_are_refused_with_the_reason)
         {{.retype_tensor = "blk.0.ffn_up_exps.weight", .new_type = GGUF_T_IQ2_XXS},
          -ENOTSUP,
          "IQ2_XXS"},
+        /* the IQ2 / IQ3 / IQ1 grid types this build has no kernels for */
+        {{.retype_tensor = "blk.1.ffn_gate_exps.weight", .new_type = GGUF_T_IQ3_S},
+         -ENOTSUP,
+         "has type IQ3_S"},
+        {{.retype_tensor = "blk.0.ffn_down_exps.weight", .new_type = GGUF_T_IQ1_M},
+         -ENOTSUP,
+         "has type IQ1_M"},
         {{.retype_tensor = "blk.0.ffn_norm.weight", .new_type = GGUF_T_I32}, -ENOTSUP, "I32"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

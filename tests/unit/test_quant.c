@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const uint32_t quant_types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,
-                                       KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
+static const uint32_t quant_types[] = {
+    KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,   KERN_T_Q5_1,   KERN_T_Q4_K, KERN_T_Q5_K,
+    KERN_T_Q6_K, KERN_T_Q2_K, KERN_T_Q3_K, KERN_T_IQ4_NL, KERN_T_IQ4_XS, KERN_T_MXFP4};
 enum { N_TYPES = sizeof quant_types / sizeof quant_types[0] };
 
 /* ---- dequantisation against gguf-py ---------------------------------------------------------- */
@@ -218,31 +219,54 @@ END_TEST
 
 /* Extreme block scales: zero, negative zero, subnormal, the smallest normal and the largest
  * finite f16, of both signs, in random combination per block (the second scale too: Q4_1 / Q5_1
- * m, Q4_K / Q5_K dmin), against activations of very different magnitudes per block.  Every level
- * must stay within float rounding of the scalar reference, and dot_multi must stay bit-identical
- * to dot.  (Activations stay below ~1e3: Q8_1 stores d * sum(q) as f16, which overflows beyond
- * that, in ggml's format as in ours.) */
+ * m, Q4_K / Q5_K / Q2_K dmin; MXFP4: extreme E8M0 exponents), against activations of very different
+ * magnitudes per block.  Every level must stay within float rounding of the scalar reference, and
+ * dot_multi must stay bit-identical to dot.  (Activations stay below ~1e3: Q8_1 stores d * sum(q)
+ * as f16, which overflows beyond that, in ggml's format as in ours.) */
 static const uint16_t extreme_halves[] = {0x0000, 0x8000, 0x0001, 0x83FF, 0x0400,
                                           0x7BFF, 0xFBFF, 0x3C00, 0xBC00};
 
-/* Types with a second f16 at bytes 2-3 of the block (Q4_1 / Q5_1 m, Q4_K / Q5_K dmin). */
-static bool has_second_scale(uint32_t type)
+/* MXFP4's E8M0 exponents: f32-subnormal half-scales, 1/2, and large ones whose products with
+ * the activations above still fit in a float (12 * 2^(230-128) * 8 * 48768 < FLT_MAX). */
+static const uint8_t extreme_e8m0[] = {0, 1, 2, 127, 140, 200, 230};
+
+/* Byte offsets of a block's f16 scale (d) and of its second f16 (Q4_1 / Q5_1 m, Q4_K / Q5_K /
+ * Q2_K dmin), -1 where there is none (MXFP4's scale is an E8M0 byte, not a half). */
+typedef struct half_fields {
+    int d_off, m_off;
+} half_fields;
+
+static half_fields scale_fields(uint32_t type)
 {
-    return type == KERN_T_Q4_1 || type == KERN_T_Q5_1 || type == KERN_T_Q4_K || type == KERN_T_Q5_K;
+    switch (type) {
+    case KERN_T_Q4_1:
+    case KERN_T_Q5_1:
+    case KERN_T_Q4_K:
+    case KERN_T_Q5_K:
+        return (half_fields){0, 2};
+    case KERN_T_Q6_K:
+        return (half_fields){offsetof(block_q6_K, d), -1};
+    case KERN_T_Q2_K:
+        return (half_fields){offsetof(block_q2_K, d), offsetof(block_q2_K, dmin)};
+    case KERN_T_Q3_K:
+        return (half_fields){offsetof(block_q3_K, d), -1};
+    case KERN_T_MXFP4:
+        return (half_fields){-1, -1};
+    default:
+        return (half_fields){0, -1};
+    }
 }
 
 static void set_extreme_scales(uint32_t type, uint8_t *blocks, int64_t n_blocks, size_t block_bytes)
 {
     enum { N_EXT = sizeof extreme_halves / sizeof extreme_halves[0] };
+    half_fields f = scale_fields(type);
     for (int64_t i = 0; i < n_blocks; i++) {
         uint8_t *b = blocks + (size_t)i * block_bytes;
         uint16_t d = extreme_halves[rng_next() % N_EXT], m = extreme_halves[rng_next() % N_EXT];
-        if (type == KERN_T_Q6_K) {
-            memcpy(b + offsetof(block_q6_K, d), &d, 2);
-            continue;
-        }
-        memcpy(b, &d, 2);
-        if (has_second_scale(type)) memcpy(b + 2, &m, 2);
+        if (type == KERN_T_MXFP4) b[0] = extreme_e8m0[rng_next() % sizeof extreme_e8m0];
+        if (f.d_off >= 0) memcpy(b + f.d_off, &d, 2);
+        if (f.m_off >= 0) memcpy(b + f.m_off, &m, 2);
     }
 }
 
@@ -252,7 +276,8 @@ START_TEST(dot_levels_extreme_scales)
     const kern_type_traits *t = kern_type_info(type), *at = kern_type_info(t->act_type);
     const kern_cpu_type *tk = kern_cpu_type_kernels(type);
     kern_isa best = kern_cpu_isa();
-    bool two_scales = has_second_scale(type);
+    half_fields fields = scale_fields(type);
+    bool two_scales = fields.m_off >= 0;
     static const int block_counts[] = {1, 5, 33};
     for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
         int64_t nb = block_counts[bc], n = nb * (int64_t)t->block_elems;
@@ -274,8 +299,8 @@ START_TEST(dot_levels_extreme_scales)
         memcpy(w1, w, wbytes);
         memcpy(w2, w, wbytes);
         for (int64_t b = 0; b < nb && two_scales; b++) {
-            memset(w1 + (size_t)b * t->block_bytes + 2, 0, 2); /* first part: d only */
-            memset(w2 + (size_t)b * t->block_bytes, 0, 2);     /* second part: m / dmin only */
+            memset(w1 + (size_t)b * t->block_bytes + fields.m_off, 0, 2); /* d part only */
+            memset(w2 + (size_t)b * t->block_bytes + fields.d_off, 0, 2); /* m / dmin only */
         }
         t->to_f32(w1, p1, n);
         t->to_f32(w2, p2, n);

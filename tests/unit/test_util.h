@@ -83,6 +83,22 @@ static inline void *test_random_blocks(uint32_t type, int64_t n_blocks)
         case KERN_T_Q6_K:
             ((block_q6_K *)b)->d = test_rand_scale(-0.002f, 0.002f);
             break;
+        case KERN_T_Q2_K:
+            ((block_q2_K *)b)->d = test_rand_scale(0.0001f, 0.002f);
+            ((block_q2_K *)b)->dmin = test_rand_scale(0.0001f, 0.002f);
+            break;
+        case KERN_T_Q3_K:
+            ((block_q3_K *)b)->d = test_rand_scale(-0.002f, 0.002f);
+            break;
+        case KERN_T_IQ4_NL:
+            ((block_iq4_nl *)b)->d = test_rand_scale(-0.0005f, 0.0005f);
+            break;
+        case KERN_T_IQ4_XS:
+            ((block_iq4_xs *)b)->d = test_rand_scale(-0.0001f, 0.0001f);
+            break;
+        case KERN_T_MXFP4: /* half-scales 2^-11 .. 2^-4, gpt-oss's range */
+            ((block_mxfp4 *)b)->e = (uint8_t)(117 + rng_next() % 8);
+            break;
         default:
             ck_abort_msg("no scale rule for type %u", type);
         }
