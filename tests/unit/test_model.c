@@ -14,6 +14,7 @@
  */
 #include "kernels/sim/sim.h"
 #include "model/model.h"
+#include "tests/unit/test_util.h"
 
 #include <check.h>
 #include <cjson/cJSON.h>
@@ -688,6 +689,156 @@ END_TEST
 
 /* A kernel that fails mid-step (injected on sim) fails the step with a message naming it, and
  * the next step on a fresh context gives the same logits as if nothing had happened. */
+/* ---- expert types without a golden ----------------------------------------------------------- */
+
+/* The types the large MoE models keep their experts in, which no quantiser of ours writes:
+ * random valid blocks stand in for quantised weights. */
+static const uint32_t lowbit_expert_types[] = {KERN_T_IQ4_NL, KERN_T_IQ4_XS, KERN_T_MXFP4,
+                                               KERN_T_Q3_K, KERN_T_Q2_K};
+enum { N_LOWBIT = sizeof lowbit_expert_types / sizeof lowbit_expert_types[0] };
+
+/* Multiplies every block's scale by k (MXFP4: the nearest power of two), so that random blocks
+ * get the magnitude of the weights they replace.  Q2_K's dmin is set to 1.5 d, which centres
+ * its values on zero (mean code 1.5 times mean scale 7.5 = 1.5 times mean min 7.5): a common
+ * offset in every row would give every token the same hidden state and the same experts. */
+static void scale_blocks(uint32_t type, uint8_t *blocks, int64_t n_blocks, double k)
+{
+    size_t bb = kern_type_info(type)->block_bytes;
+    for (int64_t i = 0; i < n_blocks; i++) {
+        uint8_t *b = blocks + (size_t)i * bb;
+        if (type == KERN_T_MXFP4) {
+            ((block_mxfp4 *)b)->e = (uint8_t)(((block_mxfp4 *)b)->e + lround(log2(k)));
+            continue;
+        }
+        size_t d_off = type == KERN_T_Q2_K   ? offsetof(block_q2_K, d)
+                       : type == KERN_T_Q3_K ? offsetof(block_q3_K, d)
+                                             : 0;
+        kern_half d;
+        memcpy(&d, b + d_off, 2);
+        float scaled = (float)(kern_f16_to_f32(d) * k);
+        d = kern_f32_to_f16(scaled);
+        memcpy(b + d_off, &d, 2);
+        if (type == KERN_T_Q2_K) {
+            kern_half dmin = kern_f32_to_f16(1.5f * scaled);
+            memcpy(b + offsetof(block_q2_K, dmin), &dmin, 2);
+        }
+    }
+}
+
+/* Random blocks of `type` for a tensor of n elements whose values have root mean square rms. */
+static uint8_t *lowbit_blocks_like(uint32_t type, int64_t n, double rms)
+{
+    const kern_type_traits *t = kern_type_info(type);
+    int64_t n_blocks = n / t->block_elems;
+    uint8_t *blocks = test_random_blocks(type, n_blocks);
+    scale_blocks(type, blocks, n_blocks, 1.0); /* Q2_K: centre first */
+    float *v = malloc((size_t)n * sizeof *v);
+    t->to_f32(blocks, v, n);
+    double sum2 = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum2 += (double)v[i] * v[i];
+    scale_blocks(type, blocks, n_blocks, rms / sqrt(sum2 / (double)n));
+    free(v);
+    return blocks;
+}
+
+/* Copies the F32 model `src` to `dst` with its routed-expert tensors (ffn_*_exps) in `type`. */
+static void expert_type_copy(const char *src, const char *dst, uint32_t type)
+{
+    char err[512];
+    gguf_file *f = NULL;
+    ck_assert_msg(gguf_open(&f, src, err, sizeof err) == 0, "%s", err);
+    gguf_writer *w = NULL;
+    ck_assert_int_eq(gguf_writer_create(&w, gguf_alignment(f)), 0);
+    for (uint64_t i = 0; i < gguf_n_kv(f); i++) {
+        const gguf_kv *kv = gguf_kv_at(f, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.data);
+        ck_assert_int_eq(gguf_writer_add_value(w, key, &kv->value), 0);
+    }
+    uint8_t **owned = calloc(gguf_n_tensors(f), sizeof *owned);
+    int n_retyped = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.data);
+        if (!strstr(name, "_exps.weight")) {
+            ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, t->data),
+                             0);
+            continue;
+        }
+        ck_assert_int_eq(t->type, GGUF_T_F32);
+        int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        double sum2 = 0.0;
+        for (int64_t j = 0; j < n; j++)
+            sum2 += (double)((const float *)t->data)[j] * ((const float *)t->data)[j];
+        owned[i] = lowbit_blocks_like(type, n, sqrt(sum2 / (double)n));
+        ck_assert_int_eq(gguf_writer_add_tensor(w, name, t->n_dims, t->ne, type, owned[i]), 0);
+        n_retyped++;
+    }
+    ck_assert_int_gt(n_retyped, 0);
+    ck_assert_msg(gguf_writer_write(w, dst, err, sizeof err) == 0, "%s", err);
+    gguf_writer_destroy(&w);
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
+        free(owned[i]);
+    free(owned);
+    gguf_close(&f);
+}
+
+/* A model whose experts are in one of these types runs end to end, and its logits are those of
+ * the same model with the experts dequantised to F32, within the 8-bit activations' bound. */
+START_TEST(lowbit_expert_types_match_their_dequantisation)
+{
+    char err[512], quant_path[1100], f32_path[1200];
+    uint32_t type = lowbit_expert_types[_i];
+    const char *type_name = kern_type_info(type)->name;
+    fixture fx;
+    fixture_open(&fx, "llama-tiny-f32", "", 2);
+    snprintf(quant_path, sizeof quant_path, "%s.%s.%d", fx.path, type_name, (int)getpid());
+    snprintf(f32_path, sizeof f32_path, "%s.f32.%d", quant_path, (int)getpid());
+    expert_type_copy(fx.path, quant_path, type);
+    dequantise_copy(quant_path, f32_path);
+    model *mq = NULL, *mf = NULL;
+    model_opts mo = {.backend = fx.backend};
+    ck_assert_msg(model_open(&mq, quant_path, &mo, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(model_open(&mf, f32_path, &mo, err, sizeof err) == 0, "%s", err);
+    unlink(quant_path);
+    unlink(f32_path);
+    int n_vocab = fx.hp->n_vocab;
+    float *lq = malloc((size_t)n_vocab * sizeof *lq), *lf = malloc((size_t)n_vocab * sizeof *lf);
+    double worst = 0.0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(fx.golden, "prompts"))
+    {
+        int n;
+        int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+        model_ctx *cq = new_ctx(mq, 1, n + 1), *cf = new_ctx(mf, 1, n + 1);
+        run_prompt(cq, tokens, n, 0, lq);
+        run_prompt(cf, tokens, n, 0, lf);
+        double max_abs = 0.0, max_delta = 0.0;
+        for (int i = 0; i < n_vocab; i++) {
+            ck_assert(isfinite(lq[i]));
+            max_abs = fmax(max_abs, fabs(lf[i]));
+            max_delta = fmax(max_delta, fabs(lq[i] - lf[i]));
+        }
+        ck_assert_msg(max_abs > 0.5, "%s: degenerate logits (max |logit| %g)", type_name, max_abs);
+        ck_assert_msg(max_delta <= QUANT_TOL * max_abs, "%s: max |delta| %g > %g * %g", type_name,
+                      max_delta, QUANT_TOL, max_abs);
+        worst = fmax(worst, max_delta / max_abs);
+        model_ctx_destroy(&cq);
+        model_ctx_destroy(&cf);
+        free(tokens);
+    }
+    printf("%s experts vs their F32 dequantisation: max |delta logit| / max |logit| = %.2e\n",
+           type_name, worst);
+    free(lq);
+    free(lf);
+    model_close(&mq);
+    model_close(&mf);
+    fixture_close(&fx);
+}
+END_TEST
+
 START_TEST(a_failed_operation_fails_the_step)
 {
     char err[512];
@@ -801,6 +952,7 @@ int main(void)
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
+    tcase_add_loop_test(tc, lowbit_expert_types_match_their_dequantisation, 0, N_LOWBIT);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
