@@ -18,8 +18,15 @@
                       kern__dot_multi_##lower##_vnni},                                             \
     }
 
-/* A quantised weight type with only the scalar reference so far: every level runs it
- * (cpu.c falls back to the best level below the CPU's that has a kernel). */
+/* Quantised weight types with fewer levels: cpu.c runs the best level at or below the CPU's
+ * that has a kernel. */
+#define AVX2_ROW(TYPE, lower)                                                                      \
+    [KERN_T_##TYPE] = {                                                                            \
+        .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL, NULL},                 \
+        .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL,      \
+                      NULL},                                                                       \
+    }
+
 #define SCALAR_ROW(TYPE, lower)                                                                    \
     [KERN_T_##TYPE] = {                                                                            \
         .dot = {kern__dot_##lower##_scalar, NULL, NULL, NULL},                                     \
@@ -37,9 +44,9 @@ static const kern_cpu_type type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q6_K, q6_K),
     SCALAR_ROW(Q2_K, q2_K),
     SCALAR_ROW(Q3_K, q3_K),
-    SCALAR_ROW(IQ4_NL, iq4_nl),
-    SCALAR_ROW(IQ4_XS, iq4_xs),
-    SCALAR_ROW(MXFP4, mxfp4),
+    AVX2_ROW(IQ4_NL, iq4_nl),
+    AVX2_ROW(IQ4_XS, iq4_xs),
+    AVX2_ROW(MXFP4, mxfp4),
     [KERN_T_Q8_0] =
         {
             .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL, kern__dot_q8_0_vnni},

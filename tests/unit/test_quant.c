@@ -157,6 +157,8 @@ START_TEST(dot_levels_match_reference)
     kern_isa best = kern_cpu_isa();
     /* 33: many blocks, with a remainder after the 4-block steps of the AVX-512 kernels */
     static const int block_counts[] = {1, 2, 3, 7, 16, 33};
+    /* worst |error| / sum |w x| of the scalar dot vs double, and of each level vs scalar */
+    double worst[KERN_ISA_COUNT] = {0};
     for (size_t bc = 0; bc < sizeof block_counts / sizeof block_counts[0]; bc++) {
         int64_t n = block_counts[bc] * (int64_t)t->block_elems;
         void *w = test_random_blocks(type, block_counts[bc]);
@@ -189,6 +191,7 @@ START_TEST(dot_levels_match_reference)
         /* integer sums are exact; only the block scale products round */
         ck_assert_msg(fabs(scalar - ref) <= 1e-5 * mag + s_rounding + 1e-6,
                       "%s n=%lld scalar %.9g vs %.9g", t->name, (long long)n, scalar, ref);
+        worst[KERN_ISA_SCALAR] = fmax(worst[KERN_ISA_SCALAR], fabs(scalar - ref) / mag);
         for (int level = 1; level < KERN_ISA_COUNT; level++) {
             if (!tk->dot[level]) continue;
             if (level > (int)best) {
@@ -199,6 +202,7 @@ START_TEST(dot_levels_match_reference)
             ck_assert_msg(fabs(got - scalar) <= 1e-5 * mag + 1e-6,
                           "%s %s n=%lld: %.9g vs scalar %.9g", t->name, kern_isa_name(level),
                           (long long)n, got, scalar);
+            worst[level] = fmax(worst[level], fabs(got - scalar) / mag);
             for (int n_x = 1; n_x <= 9; n_x++) {
                 float out[9];
                 tk->dot_multi[level](w, xq, xrow, n_x, n, out);
@@ -214,6 +218,11 @@ START_TEST(dot_levels_match_reference)
         free(xf);
         free(xq);
     }
+    printf("%s dot, worst |error| / sum|w x|: scalar vs double %.1e", t->name,
+           worst[KERN_ISA_SCALAR]);
+    for (int level = 1; level < KERN_ISA_COUNT && level <= (int)best; level++)
+        if (tk->dot[level]) printf(", %s vs scalar %.1e", kern_isa_name(level), worst[level]);
+    printf("\n");
 }
 END_TEST
 
