@@ -47,6 +47,16 @@ static void sane_scales(uint32_t type, uint8_t *p, int64_t n_blocks, size_t bloc
         case KERN_T_Q6_K:
             memcpy(b + offsetof(block_q6_K, d), &s, 2);
             break;
+        case KERN_T_Q2_K:
+            memcpy(b + offsetof(block_q2_K, d), &s, 2);
+            memcpy(b + offsetof(block_q2_K, dmin), &s, 2);
+            break;
+        case KERN_T_Q3_K:
+            memcpy(b + offsetof(block_q3_K, d), &s, 2);
+            break;
+        case KERN_T_MXFP4:
+            b[0] = 120; /* an E8M0 exponent: half-scale 2^-8 */
+            break;
         case KERN_T_Q4_1:
         case KERN_T_Q5_1:
         case KERN_T_Q4_K:
@@ -89,8 +99,10 @@ int main(int argc, char **argv)
                         "1 <= tokens <= 64\n");
         return 2;
     }
-    static const uint32_t types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,
-                                     KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K, KERN_T_Q6_K};
+    static const uint32_t types[] = {KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1,   KERN_T_Q5_0,
+                                     KERN_T_Q5_1, KERN_T_Q4_K, KERN_T_Q5_K,   KERN_T_Q6_K,
+                                     KERN_T_Q2_K, KERN_T_Q3_K, KERN_T_IQ4_NL, KERN_T_IQ4_XS,
+                                     KERN_T_MXFP4};
     kern_isa best = kern_cpu_isa();
     printf("CPU level: %s; %lld KiB per matrix, %lld columns, best of %d\n\n", kern_isa_name(best),
            (long long)kib, (long long)cols, reps);

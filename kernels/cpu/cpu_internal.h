@@ -68,6 +68,9 @@ KERN__DECLARE_DOTS(q5_1, vnni)
 KERN__DECLARE_DOTS(q4_K, vnni)
 KERN__DECLARE_DOTS(q5_K, vnni)
 KERN__DECLARE_DOTS(q6_K, vnni)
+KERN__DECLARE_DOTS(iq4_nl, vnni)
+KERN__DECLARE_DOTS(mxfp4, vnni)
+KERN__DECLARE_DOTS(iq4_xs, vnni)
 
 /* activation quantisers */
 void kern__quantize_q8_0_scalar(const float *x, void *dst, int64_t n);

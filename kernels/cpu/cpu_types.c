@@ -44,9 +44,9 @@ static const kern_cpu_type type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q6_K, q6_K),
     SCALAR_ROW(Q2_K, q2_K),
     SCALAR_ROW(Q3_K, q3_K),
-    AVX2_ROW(IQ4_NL, iq4_nl),
-    AVX2_ROW(IQ4_XS, iq4_xs),
-    AVX2_ROW(MXFP4, mxfp4),
+    QUANT_ROW(IQ4_NL, iq4_nl),
+    QUANT_ROW(IQ4_XS, iq4_xs),
+    QUANT_ROW(MXFP4, mxfp4),
     [KERN_T_Q8_0] =
         {
             .dot = {kern__dot_q8_0_scalar, kern__dot_q8_0_avx2, NULL, kern__dot_q8_0_vnni},

@@ -8,8 +8,9 @@
  * byte) and one float scale per block.  IQ4_XS applies its 6-bit sub-block scales in integers
  * (vpmaddwd against the pairwise sums) and converts to float once per 256 weights.
  *
- * Accumulation: even and odd blocks in two accumulators (one would wait on the FMA latency), as
- * the neighbouring kernels do.  dot_multi runs dot per vector: bit-identical by construction.
+ * Accumulation: IQ4_NL and MXFP4 keep even and odd blocks in two accumulators (one would wait on
+ * the FMA latency every 17-18 bytes), as Q4_0 does; IQ4_XS has 256 weights of integer work
+ * between FMAs and needs one.  dot_multi runs dot per vector: bit-identical by construction.
  */
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/cpu/cpu_internal.h"
@@ -58,13 +59,19 @@ float kern__dot_iq4_nl_avx2(const void *row, const void *xq, int64_t n)
     const block_iq4_nl *w = row;
     const block_q8_0 *y = xq;
     const __m256i table = table_both_lanes(kern__kvalues_iq4nl);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK4_NL; i++) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t nb = n / QK4_NL, i = 0;
+    for (; i + 2 <= nb; i += 2) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
-        acc[i & 1] = _mm256_fmadd_ps(d, block32(table, w[i].qs, y[i].qs), acc[i & 1]);
+        __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d));
+        __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * h2f(y[i + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, block32(table, w[i].qs, y[i].qs), acc0);
+        acc1 = _mm256_fmadd_ps(d1, block32(table, w[i + 1].qs, y[i + 1].qs), acc1);
     }
-    return hsum8(_mm256_add_ps(acc[0], acc[1]));
+    if (i < nb)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)),
+                               block32(table, w[i].qs, y[i].qs), acc0);
+    return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
 float kern__dot_mxfp4_avx2(const void *row, const void *xq, int64_t n)
@@ -72,13 +79,19 @@ float kern__dot_mxfp4_avx2(const void *row, const void *xq, int64_t n)
     const block_mxfp4 *w = row;
     const block_q8_0 *y = xq;
     const __m256i table = table_both_lanes(kern__kvalues_mxfp4);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK_MXFP4; i++) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t nb = n / QK_MXFP4, i = 0;
+    for (; i + 2 <= nb; i += 2) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        __m256 d = _mm256_set1_ps(kern__e8m0_to_f32_half(w[i].e) * h2f(y[i].d));
-        acc[i & 1] = _mm256_fmadd_ps(d, block32(table, w[i].qs, y[i].qs), acc[i & 1]);
+        __m256 d0 = _mm256_set1_ps(kern__e8m0_to_f32_half(w[i].e) * h2f(y[i].d));
+        __m256 d1 = _mm256_set1_ps(kern__e8m0_to_f32_half(w[i + 1].e) * h2f(y[i + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, block32(table, w[i].qs, y[i].qs), acc0);
+        acc1 = _mm256_fmadd_ps(d1, block32(table, w[i + 1].qs, y[i + 1].qs), acc1);
     }
-    return hsum8(_mm256_add_ps(acc[0], acc[1]));
+    if (i < nb)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(kern__e8m0_to_f32_half(w[i].e) * h2f(y[i].d)),
+                               block32(table, w[i].qs, y[i].qs), acc0);
+    return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
 /* Per super-block: sum over sub-blocks s of (ls_s - 32) * (w . y)_s in int32 lanes (at most
@@ -88,7 +101,7 @@ float kern__dot_iq4_xs_avx2(const void *row, const void *xq, int64_t n)
     const block_iq4_xs *w = row;
     const block_q8_K *y = xq;
     const __m256i table = table_both_lanes(kern__kvalues_iq4nl);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
         __m256i sumi = _mm256_setzero_si256();
@@ -99,9 +112,9 @@ float kern__dot_iq4_xs_avx2(const void *row, const void *xq, int64_t n)
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
         }
         __m256 d = _mm256_set1_ps(h2f(w[i].d) * y[i].d);
-        acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[i & 1]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(_mm256_add_ps(acc[0], acc[1]));
+    return hsum8(acc);
 }
 
 KERN__MULTI_FROM_SINGLE(iq4_nl, avx2)
