@@ -18,19 +18,13 @@
                       kern__dot_multi_##lower##_vnni},                                             \
     }
 
-/* Quantised weight types with fewer levels: cpu.c runs the best level at or below the CPU's
- * that has a kernel. */
+/* Quantised weight types without VNNI kernels (yet): cpu.c runs the best level at or below the
+ * CPU's that has a kernel, here AVX2. */
 #define AVX2_ROW(TYPE, lower)                                                                      \
     [KERN_T_##TYPE] = {                                                                            \
         .dot = {kern__dot_##lower##_scalar, kern__dot_##lower##_avx2, NULL, NULL},                 \
         .dot_multi = {kern__dot_multi_##lower##_scalar, kern__dot_multi_##lower##_avx2, NULL,      \
                       NULL},                                                                       \
-    }
-
-#define SCALAR_ROW(TYPE, lower)                                                                    \
-    [KERN_T_##TYPE] = {                                                                            \
-        .dot = {kern__dot_##lower##_scalar, NULL, NULL, NULL},                                     \
-        .dot_multi = {kern__dot_multi_##lower##_scalar, NULL, NULL, NULL},                         \
     }
 
 /* The float types have no VNNI-specific kernels: their AVX-512 kernels fill both levels. */
@@ -42,8 +36,8 @@ static const kern_cpu_type type_table[KERN_T_COUNT] = {
     QUANT_ROW(Q4_K, q4_K),
     QUANT_ROW(Q5_K, q5_K),
     QUANT_ROW(Q6_K, q6_K),
-    SCALAR_ROW(Q2_K, q2_K),
-    SCALAR_ROW(Q3_K, q3_K),
+    AVX2_ROW(Q2_K, q2_K),
+    AVX2_ROW(Q3_K, q3_K),
     QUANT_ROW(IQ4_NL, iq4_nl),
     QUANT_ROW(IQ4_XS, iq4_xs),
     QUANT_ROW(MXFP4, mxfp4),
