@@ -8,12 +8,9 @@
  * the state: a cancel from the loop thread may race with the sequence ending on the engine
  * thread, and a stale id is harmless where a stale pointer is not.
  */
-#include "engine/engine.h"
-
+#include "engine/engine_internal.h"
 #include "engine/prompt.h"
-#include "engine/toolcall.h"
 
-#include "base/vec.h"
 #include "sampling/json_guide.h"
 #include "sampling/json_schema.h"
 #include "sampling/sampler.h"
@@ -30,19 +27,6 @@
 #include <string.h>
 #include <time.h>
 
-struct engine {
-    atomic_bool ready;
-    model *m;
-    const tokenizer *tok;
-    const chat_template *tmpl;
-    tool_format tool_fmt; /* how the template's model writes tool calls */
-    scheduler *sched;
-    int32_t n_vocab;
-    /* constrained decoding: masks built and the time they took (engine thread writes, the
-     * metrics reader on the loop thread reads) */
-    atomic_uint_fast64_t masks, mask_ns;
-};
-
 typedef struct job_state {
     engine *e;
     srv_job_t *job;
@@ -56,12 +40,11 @@ typedef struct job_state {
     int64_t n_prompt;
     int64_t n_generated;
     /* response_format json_object (guide) or json_schema (sch, sguide): the guide over the text
-     * so far, the step's masked logits */
+     * so far (the step's masked logits go to the engine's one buffer) */
     bool json;
     json_guide guide;
     schema *sch;
     schema_guide *sguide;
-    float *masked;
     int64_t max_tokens;
     /* tools: the parser that splits the output into content and calls; with tool_choice
      * required or a named function, the guide (tguide, tried on tscratch) that forces calls */
@@ -92,6 +75,13 @@ int engine_start(engine *e, model *m, const tokenizer *tok, const chat_template 
                  tokenizer_n_vocab(tok), model_params(m)->n_vocab);
         return -EINVAL;
     }
+    /* masks are built one at a time, on the engine thread: one buffer serves every job (a
+     * vocabulary's floats per constrained job would churn the allocator) */
+    e->masked = malloc((size_t)model_params(m)->n_vocab * sizeof *e->masked);
+    if (!e->masked) {
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
+    }
     int rc = scheduler_open(&e->sched, m, sched_opts, err, err_size);
     if (rc) return rc;
     e->m = m;
@@ -109,6 +99,7 @@ void engine_close(engine **ep)
     if (!e) return;
     *ep = NULL;
     scheduler_close(&e->sched);
+    free(e->masked);
     free(e);
 }
 
@@ -123,7 +114,6 @@ static void job_state_free(job_state *st)
     sampler_destroy(&st->smp);
     stop_matcher_destroy(&st->stops);
     tokenizer_stream_release(&st->stream);
-    free(st->masked);
     free(st->sguide);
     schema_free(&st->sch);
     tool_parser_destroy(&st->tparser);
@@ -188,7 +178,7 @@ static bool json_allows(const job_state *st, int32_t token, const char *closing,
     return guide_accepts(st, piece, len, budget);
 }
 
-/* The logits with every token the JSON guide refuses at -inf (into st->masked). */
+/* The logits with every token the JSON guide refuses at -inf (into the engine's buffer). */
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -231,7 +221,7 @@ static const float *build_mask(job_state *st, const float *logits)
     size_t longest_len = 0;
     for (int32_t t = 0; t < n; t++) {
         bool ok = json_allows(st, t, closing, n_closing, closing_mode, budget);
-        st->masked[t] = ok ? logits[t] : -INFINITY;
+        st->e->masked[t] = ok ? logits[t] : -INFINITY;
         any |= ok;
         size_t len = 0;
         if (ok && closing_mode && !tokenizer_is_eog(st->e->tok, t) &&
@@ -243,11 +233,11 @@ static const float *build_mask(job_state *st, const float *logits)
     /* Running out of tokens: the completion in as few tokens as the vocabulary allows. */
     if (longest >= 0)
         for (int32_t t = 0; t < n; t++)
-            if (t != longest) st->masked[t] = -INFINITY;
+            if (t != longest) st->e->masked[t] = -INFINITY;
     if (!any) /* no token continues the object: end here rather than write nonsense */
         for (int32_t t = 0; t < n; t++)
-            if (tokenizer_is_eog(st->e->tok, t)) st->masked[t] = logits[t];
-    return st->masked;
+            if (tokenizer_is_eog(st->e->tok, t)) st->e->masked[t] = logits[t];
+    return st->e->masked;
 }
 
 static int32_t engine_sample(void *user, const float *logits)
@@ -419,221 +409,6 @@ static const scheduler_seq_ops engine_seq_ops = {engine_sample, engine_emit, eng
 
 /* ---- loop thread ---------------------------------------------------------------------------- */
 
-typedef struct text_buf {
-    char *data;
-    size_t len, cap;
-} text_buf;
-
-static int tb_adds(text_buf *t, const char *str)
-{
-    size_t n = strlen(str);
-    if (vec_reserve(&t->data, &t->cap, t->len + n + 1, 1, 256) < 0) return -ENOMEM;
-    memcpy(t->data + t->len, str, n + 1);
-    t->len += n;
-    return 0;
-}
-
-static const char *role_name(srv_role_t role)
-{
-    switch (role) {
-    case SRV_ROLE_SYSTEM:
-        return "system";
-    case SRV_ROLE_USER:
-        return "user";
-    case SRV_ROLE_ASSISTANT:
-        return "assistant";
-    /* OpenAI's developer messages replace system messages; templates only know the latter. */
-    case SRV_ROLE_DEVELOPER:
-        return "system";
-    case SRV_ROLE_TOOL:
-        return "tool";
-    }
-    return "user";
-}
-
-/* A call's arguments as templates expect them: the parsed object (Llama 3's and Mistral's
- * templates write it with tojson, as transformers users pass dicts), the string when it is not
- * JSON. */
-static cJSON *call_arguments(const char *args)
-{
-    cJSON *v = cJSON_Parse(args);
-    if (v) return v;
-    return cJSON_CreateString(args);
-}
-
-/* Mistral's templates accept only 9-character alphanumeric call ids (its own tools make them):
- * any other id is mapped to one, the same for a call and the result that answers it. */
-static const char *template_call_id(tool_format f, const char *id, char out[10])
-{
-    size_t n = strlen(id), alnum = 0;
-    for (size_t i = 0; i < n; i++)
-        alnum += isalnum((unsigned char)id[i]) != 0;
-    if (f != TOOL_FORMAT_MISTRAL || (n == 9 && alnum == 9)) return id;
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    for (int i = 0; i < 9; i++, h /= 62)
-        out[i] = digits[h % 62];
-    out[9] = 0;
-    return out;
-}
-
-/* An assistant message's tool_calls for the template: {id, type, function {name, arguments}}. */
-static cJSON *template_tool_calls(tool_format fmt, const cJSON *calls)
-{
-    cJSON *out = cJSON_CreateArray();
-    const cJSON *c;
-    cJSON_ArrayForEach(c, calls)
-    {
-        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
-        cJSON *o = cJSON_CreateObject();
-        cJSON *f = o ? cJSON_CreateObject() : NULL;
-        cJSON *args =
-            f ? call_arguments(cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring)
-              : NULL;
-        char id9[10];
-        if (!out || !args || !cJSON_AddItemToArray(out, o) ||
-            (cJSON_IsString(id) &&
-             !cJSON_AddStringToObject(o, "id", template_call_id(fmt, id->valuestring, id9))) ||
-            !cJSON_AddStringToObject(o, "type", "function") ||
-            !cJSON_AddItemToObject(o, "function", f) ||
-            !cJSON_AddStringToObject(f, "name",
-                                     cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring) ||
-            !cJSON_AddItemToObject(f, "arguments", args)) {
-            if (!cJSON_GetObjectItemCaseSensitive(f, "arguments")) cJSON_Delete(args);
-            if (!cJSON_GetObjectItemCaseSensitive(o, "function")) cJSON_Delete(f);
-            if (cJSON_GetArrayItem(out, cJSON_GetArraySize(out) - 1) != o) cJSON_Delete(o);
-            cJSON_Delete(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
-/* A message as a GENERIC template sees it: calls written out in the Hermes form after the
- * content, tool results as a user turn in <tool_response> (the template may know no other
- * roles). */
-static int generic_message(cJSON *o, const srv_message_t *msg)
-{
-    text_buf t = {0};
-    int rc = 0;
-    if (msg->role == SRV_ROLE_TOOL) {
-        rc |= tb_adds(&t, "<tool_response>\n");
-        rc |= tb_adds(&t, msg->content ? msg->content : "");
-        rc |= tb_adds(&t, "\n</tool_response>");
-    } else {
-        rc |= tb_adds(&t, msg->content ? msg->content : "");
-        const cJSON *c;
-        cJSON_ArrayForEach(c, msg->tool_calls)
-        {
-            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
-            cJSON *args =
-                call_arguments(cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring);
-            char *call = args ? tool_generic_call_text(
-                                    cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring, args)
-                              : NULL;
-            cJSON_Delete(args);
-            if (t.len) rc |= tb_adds(&t, "\n");
-            rc |= call ? tb_adds(&t, call) : -ENOMEM;
-            free(call);
-        }
-    }
-    const char *role = msg->role == SRV_ROLE_TOOL ? "user" : role_name(msg->role);
-    rc = rc || !cJSON_AddStringToObject(o, "role", role) ||
-                 !cJSON_AddStringToObject(o, "content", t.data ? t.data : "")
-             ? -ENOMEM
-             : 0;
-    free(t.data);
-    return rc;
-}
-
-/* The messages as the template reads them: with tool_calls and tool_call_id when the request
- * shows the model its tools (GENERIC templates get them written into the text instead). */
-static cJSON *messages_json(const engine *e, const srv_gen_request_t *req, bool with_tools)
-{
-    bool generic = with_tools && e->tool_fmt == TOOL_FORMAT_GENERIC;
-    cJSON *arr = cJSON_CreateArray();
-    size_t i = 0;
-    if (arr && generic) {
-        /* the tools described in the system message, ahead of the caller's own */
-        char *sys = tool_generic_system(req->tools);
-        bool merge = req->n_messages && (req->messages[0].role == SRV_ROLE_SYSTEM ||
-                                         req->messages[0].role == SRV_ROLE_DEVELOPER);
-        text_buf t = {0};
-        int rc = sys ? 0 : -ENOMEM;
-        if (merge) rc |= tb_adds(&t, req->messages[0].content) | tb_adds(&t, "\n\n");
-        rc |= sys ? tb_adds(&t, sys) : 0;
-        free(sys);
-        cJSON *o = rc ? NULL : cJSON_CreateObject();
-        if (!o || !cJSON_AddItemToArray(arr, o) || !cJSON_AddStringToObject(o, "role", "system") ||
-            !cJSON_AddStringToObject(o, "content", t.data)) {
-            if (o && cJSON_GetArraySize(arr) == 0) cJSON_Delete(o);
-            free(t.data);
-            cJSON_Delete(arr);
-            return NULL;
-        }
-        free(t.data);
-        i = merge ? 1 : 0;
-    }
-    for (; arr && i < req->n_messages; i++) {
-        const srv_message_t *msg = &req->messages[i];
-        cJSON *o = cJSON_CreateObject();
-        bool ok = o && cJSON_AddItemToArray(arr, o);
-        if (ok && generic) {
-            ok = generic_message(o, msg) == 0;
-        } else if (ok) {
-            ok = cJSON_AddStringToObject(o, "role", role_name(msg->role)) &&
-                 cJSON_AddStringToObject(o, "content", msg->content ? msg->content : "");
-            if (ok && with_tools && msg->tool_calls) {
-                cJSON *calls = template_tool_calls(e->tool_fmt, msg->tool_calls);
-                ok = calls && cJSON_AddItemToObject(o, "tool_calls", calls);
-                if (!ok) cJSON_Delete(calls);
-            }
-            char id9[10];
-            if (ok && msg->tool_call_id)
-                ok = cJSON_AddStringToObject(o, "tool_call_id",
-                                             template_call_id(e->tool_fmt, msg->tool_call_id, id9));
-        }
-        if (ok && msg->name) ok = cJSON_AddStringToObject(o, "name", msg->name);
-        if (!ok) {
-            if (o && cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1) != o) cJSON_Delete(o);
-            cJSON_Delete(arr);
-            return NULL;
-        }
-    }
-    return arr;
-}
-
-/* Whether the model is shown the request's tools (and its output read for calls). */
-static bool uses_tools(const srv_gen_request_t *req)
-{
-    return req->kind == SRV_KIND_CHAT && req->tools && req->tool_choice != SRV_TOOL_CHOICE_NONE;
-}
-
-static int prompt_ids(engine *e, const srv_gen_request_t *req, int32_t **ids, size_t *n_ids,
-                      char *err, size_t err_size)
-{
-    if (req->kind == SRV_KIND_COMPLETION)
-        return prompt_tokenize(e->tok, req->prompt, req->prompt_len, ids, n_ids, err, err_size);
-    bool tools = uses_tools(req);
-    cJSON *messages = messages_json(e, req, tools);
-    if (!messages) {
-        snprintf(err, err_size, "out of memory");
-        return -ENOMEM;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    int rc = prompt_render_chat(e->tmpl, e->tok, messages,
-                                tools && e->tool_fmt != TOOL_FORMAT_GENERIC ? req->tools : NULL,
-                                &text, &len, err, err_size);
-    cJSON_Delete(messages);
-    if (rc == 0) rc = prompt_tokenize(e->tok, text, len, ids, n_ids, err, err_size);
-    free(text);
-    return rc;
-}
-
 static int sampler_for(const engine *e, const srv_gen_request_t *req, sampler **out, char *err,
                        size_t err_size)
 {
@@ -690,8 +465,8 @@ static int tool_setup(const engine *e, const srv_gen_request_t *req, job_state *
     if (rc == 0 && forced) {
         rc = tool_spec_create(&st->tspec, e->tool_fmt, req->tools, req->tool_choice_name,
                               req->parallel_tool_calls, err, err_size);
-        if (rc == 0 && (!(st->tguide = malloc(sizeof *st->tguide)) ||
-                        !(st->tscratch = malloc(sizeof *st->tscratch))))
+        if (rc == 0 && (!(st->tguide = malloc(tool_guide_size(st->tspec))) ||
+                        !(st->tscratch = malloc(tool_guide_size(st->tspec)))))
             rc = -ENOMEM;
         if (rc == 0) {
             tool_guide_init(st->tguide, st->tspec);
@@ -720,7 +495,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
     *status = 400;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    int rc = prompt_ids(e, req, &ids, &n_ids, err, err_size);
+    int rc = engine__prompt_ids(e, req, &ids, &n_ids, err, err_size);
     if (rc) {
         if (rc == -ENOMEM) *status = 500;
         return rc;
@@ -773,7 +548,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
         if (!(st->sguide = malloc(sizeof *st->sguide))) rc = -ENOMEM;
         if (st->sguide) schema_guide_init(st->sguide, st->sch);
     }
-    if (rc == 0 && uses_tools(req)) {
+    if (rc == 0 && engine__uses_tools(req)) {
         rc = tool_setup(e, req, st, status, err, err_size);
         if (rc) {
             free(ids);
@@ -781,8 +556,7 @@ static int engine_submit(void *ctx, srv_job_t *job, int *status, char *err, size
             return rc;
         }
     }
-    if (rc == 0 && st->json && !(st->masked = malloc((size_t)e->n_vocab * sizeof *st->masked)))
-        rc = -ENOMEM;
+
     if (rc) {
         free(ids);
         job_state_free(st);
@@ -844,277 +618,4 @@ srv_engine_t engine_ops(engine *e)
                           .cancel = engine_cancel,
                           .ready = engine_ready,
                           .unavailable = engine_unavailable};
-}
-
-/* ---- metrics (loop thread) ------------------------------------------------------------------ */
-
-/* A family with one sample. */
-static void single(srv_mx_buf *b, const char *name, const char *type, const char *help,
-                   const char *labels, double value)
-{
-    srv_mx_family(b, name, type, help);
-    srv_mx_sample(b, name, labels, value);
-}
-
-/* The expert tiers: one sample per tier (tier="host", and tier="device" on a device backend) of
- * the per-tier families; storage reads from the host tier; stalls and prefetches from the tier
- * the engine asks (the nearest one). */
-static void write_cache(srv_mx_buf *b, const cache *host, const cache *nearest,
-                        uint64_t cpu_experts)
-{
-    cache_stats tiers[2];
-    const char *labels[2] = {"{tier=\"host\"}", "{tier=\"device\"}"};
-    int n_tiers = nearest != host ? 2 : 1;
-    cache_get_stats(host, &tiers[0]);
-    if (n_tiers == 2) cache_get_stats(nearest, &tiers[1]);
-    const cache_stats *st = &tiers[0], *near = &tiers[n_tiers - 1];
-    static const struct {
-        const char *name, *type, *help;
-    } per_tier[] = {
-        {"moeserve_expert_cache_hits_total", "counter",
-         "Requested experts that were resident in the tier or already being loaded"},
-        {"moeserve_expert_cache_misses_total", "counter",
-         "Requested experts that had to be loaded into the tier"},
-        {"moeserve_expert_cache_evictions_total", "counter", "Experts evicted to make room"},
-        {"moeserve_expert_cache_resident_experts", "gauge", "Experts held complete in the tier"},
-        {"moeserve_expert_cache_resident_bytes", "gauge",
-         "Bytes of slots holding a complete expert"},
-        {"moeserve_expert_cache_capacity_experts", "gauge", "Slots in the tier"},
-        {"moeserve_expert_cache_capacity_bytes", "gauge", "Bytes of the tier's arena"},
-    };
-    for (size_t i = 0; i < sizeof per_tier / sizeof per_tier[0]; i++) {
-        srv_mx_family(b, per_tier[i].name, per_tier[i].type, per_tier[i].help);
-        for (int t = 0; t < n_tiers; t++) {
-            const cache_stats *c = &tiers[t];
-            double v[] = {(double)c->hits,
-                          (double)c->misses,
-                          (double)c->evictions,
-                          (double)c->resident,
-                          (double)c->resident * (double)c->slot_bytes,
-                          (double)c->n_slots,
-                          (double)c->n_slots * (double)c->slot_bytes};
-            srv_mx_sample(b, per_tier[i].name, labels[t], v[i]);
-        }
-    }
-    const struct {
-        const char *name, *type, *help;
-        double value;
-    } rows[] = {
-        {"moeserve_expert_storage_read_bytes_total", "counter",
-         "Bytes read from the model file into the host tier (with alignment padding)",
-         (double)st->bytes_read},
-        {"moeserve_expert_storage_reads_total", "counter",
-         "Read operations completed against the model file", (double)st->reads},
-        {"moeserve_expert_storage_read_errors_total", "counter",
-         "Reads that failed (the request that needed them failed with a clear error)",
-         (double)st->read_errors},
-        {"moeserve_expert_device_copy_bytes_total", "counter",
-         "Bytes copied from the host tier into the device tier (0 without a device tier)",
-         n_tiers == 2 ? (double)near->bytes_read : 0.0},
-        {"moeserve_expert_cpu_computed_total", "counter",
-         "Experts a device backend computed on the CPU from the host tier instead of copying them",
-         (double)cpu_experts},
-        {"moeserve_engine_expert_stall_seconds_total", "counter",
-         "Time the engine waited for experts to be read or copied", (double)near->stall_ns * 1e-9},
-        {"moeserve_expert_prefetches_total", "counter",
-         "Experts loaded ahead for the predictor's guesses", (double)near->prefetch_issued},
-        {"moeserve_expert_prefetches_used_total", "counter",
-         "Prefetched experts that a later request asked for", (double)near->prefetch_used},
-        {"moeserve_expert_prefetches_wasted_total", "counter",
-         "Prefetched experts evicted before any request asked for them",
-         (double)near->prefetch_wasted},
-    };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        single(b, rows[i].name, rows[i].type, rows[i].help, "", rows[i].value);
-    srv_mx_family(b, "moeserve_expert_load_seconds", "histogram",
-                  "Time from submitting an expert's reads to the expert being resident in the host "
-                  "tier");
-    srv_mx_histogram_write_counts(b, "moeserve_expert_load_seconds", cache_read_bounds,
-                                  CACHE_READ_BUCKETS - 1, st->read_hist,
-                                  (double)st->read_ns_sum * 1e-9);
-}
-
-static double ratio(uint64_t num, uint64_t den)
-{
-    return den ? (double)num / (double)den : 0.0;
-}
-
-static void write_routing(srv_mx_buf *b, const model *m)
-{
-    const model_hparams *hp = model_params(m);
-    char labels[96];
-    srv_mx_family(b, "moeserve_expert_activations_total", "counter",
-                  "Tokens routed to each expert of each layer");
-    for (int il = 0; il < hp->n_layer; il++) {
-        for (int e = 0; e < hp->n_expert; e++) {
-            snprintf(labels, sizeof labels, "{layer=\"%d\",expert=\"%d\"}", il, e);
-            srv_mx_sample_u64(b, "moeserve_expert_activations_total", labels,
-                              model_expert_tokens(m, il, e));
-        }
-    }
-    const pred *p = model_predictor(m);
-    static const struct {
-        const char *name, *type, *help;
-    } fam[] = {
-        {"moeserve_predictor_guessed_experts_total", "counter",
-         "Experts the predictor guessed for the layer"},
-        {"moeserve_predictor_correct_experts_total", "counter",
-         "Guessed experts the layer then used"},
-        {"moeserve_predictor_used_experts_total", "counter",
-         "Experts the layer used in steps with a guess"},
-        {"moeserve_predictor_precision_ratio", "gauge", "Correct / guessed, since start"},
-        {"moeserve_predictor_recall_ratio", "gauge", "Correct / used, since start"},
-    };
-    /* With the predictor off the families stay, at zero under predictor="none", so that
-     * dashboards and alerts keep their series. */
-    for (int f = 0; f < 5; f++) {
-        srv_mx_family(b, fam[f].name, fam[f].type, fam[f].help);
-        for (int il = 1; il < hp->n_layer; il++) {
-            pred_layer_stats ls = {0};
-            if (p) pred_get_stats(p, il, &ls);
-            snprintf(labels, sizeof labels, "{predictor=\"%s\",layer=\"%d\"}",
-                     p ? pred_kind_name(pred_get_kind(p)) : "none", il);
-            const double values[5] = {(double)ls.guessed, (double)ls.correct, (double)ls.used,
-                                      ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used)};
-            srv_mx_sample(b, fam[f].name, labels, values[f]);
-        }
-    }
-}
-
-/* ---- the expert map (/v1/experts/stats) ---------------------------------------------------- */
-
-static void json_tier(srv_mx_buf *b, const char *name, const cache *c, bool comma)
-{
-    cache_stats st;
-    cache_get_stats(c, &st);
-    srv_mx_printf(b,
-                  "%s\"%s\":{\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
-                  "\"hit_rate\":%.6f,\"resident_experts\":%u,\"capacity_experts\":%u,"
-                  "\"slot_bytes\":%llu,\"bytes_read\":%llu,\"stall_seconds\":%.6f,"
-                  "\"prefetches\":%llu,\"prefetches_used\":%llu}",
-                  comma ? "," : "", name, (unsigned long long)st.hits,
-                  (unsigned long long)st.misses, (unsigned long long)st.evictions,
-                  ratio(st.hits, st.hits + st.misses), st.resident, st.n_slots,
-                  (unsigned long long)st.slot_bytes, (unsigned long long)st.bytes_read,
-                  (double)st.stall_ns * 1e-9, (unsigned long long)st.prefetch_issued,
-                  (unsigned long long)st.prefetch_used);
-}
-
-/* One row per layer of 0/1: which experts the tier holds complete. */
-static void json_residency(srv_mx_buf *b, const char *name, const cache *c, int n_layer,
-                           int n_expert, bool comma)
-{
-    srv_mx_printf(b, "%s\"%s\":[", comma ? "," : "", name);
-    for (int il = 0; il < n_layer; il++) {
-        srv_mx_printf(b, "%s\"", il ? "," : "");
-        for (int e = 0; e < n_expert; e++)
-            srv_mx_printf(b, "%c", cache_resident(c, il, e) ? '1' : '0');
-        srv_mx_printf(b, "\"");
-    }
-    srv_mx_printf(b, "]");
-}
-
-void engine_write_expert_stats(void *user, srv_mx_buf *b)
-{
-    engine *e = user;
-    if (!atomic_load(&e->ready)) {
-        srv_mx_printf(b, "{\"ready\":false}");
-        return;
-    }
-    const model_hparams *hp = model_params(e->m);
-    scheduler_stats st;
-    scheduler_get_stats(e->sched, &st);
-    srv_mx_printf(b,
-                  "{\"ready\":true,\"arch\":\"%s\",\"n_layer\":%d,\"n_expert\":%d,"
-                  "\"n_expert_used\":%d,\"engine\":{\"steps\":%llu,\"tokens\":%llu,"
-                  "\"prompt_tokens\":%llu,\"decode_tokens\":%llu,\"step_seconds\":%.6f,"
-                  "\"running\":%u,\"waiting\":%u},\"activations\":[",
-                  model_arch_name(hp->arch), hp->n_layer, hp->n_expert, hp->n_expert_used,
-                  (unsigned long long)st.steps, (unsigned long long)st.tokens,
-                  (unsigned long long)st.prompt_tokens, (unsigned long long)st.decode_tokens,
-                  (double)st.step_ns * 1e-9, st.running, st.waiting);
-    for (int il = 0; il < hp->n_layer; il++) {
-        srv_mx_printf(b, "%s[", il ? "," : "");
-        for (int x = 0; x < hp->n_expert; x++)
-            srv_mx_printf(b, "%s%llu", x ? "," : "",
-                          (unsigned long long)model_expert_tokens(e->m, il, x));
-        srv_mx_printf(b, "]");
-    }
-    srv_mx_printf(b, "]");
-    /* Tiers nearest the file first; without a cache every expert is read through the mapping. */
-    const cache *host = model_host_cache(e->m), *nearest = model_expert_cache(e->m);
-    srv_mx_printf(b, ",\"tiers\":{");
-    if (host) json_tier(b, "host", host, false);
-    if (nearest && nearest != host) json_tier(b, "device", nearest, host != NULL);
-    srv_mx_printf(b, "},\"resident\":{");
-    if (host) json_residency(b, "host", host, hp->n_layer, hp->n_expert, false);
-    if (nearest && nearest != host)
-        json_residency(b, "device", nearest, hp->n_layer, hp->n_expert, host != NULL);
-    const pred *p = model_predictor(e->m);
-    srv_mx_printf(b, "},\"predictor\":{\"kind\":\"%s\",\"layers\":[",
-                  p ? pred_kind_name(pred_get_kind(p)) : "none");
-    for (int il = 1; p && il < hp->n_layer; il++) {
-        pred_layer_stats ls;
-        pred_get_stats(p, il, &ls);
-        srv_mx_printf(b,
-                      "%s{\"layer\":%d,\"guessed\":%llu,\"correct\":%llu,\"used\":%llu,"
-                      "\"precision\":%.6f,\"recall\":%.6f}",
-                      il > 1 ? "," : "", il, (unsigned long long)ls.guessed,
-                      (unsigned long long)ls.correct, (unsigned long long)ls.used,
-                      ratio(ls.correct, ls.guessed), ratio(ls.correct, ls.used));
-    }
-    srv_mx_printf(b, "]}}");
-}
-
-void engine_write_metrics(void *user, srv_mx_buf *b)
-{
-    engine *e = user;
-    if (!atomic_load(&e->ready)) return;
-    scheduler_stats st;
-    scheduler_get_stats(e->sched, &st);
-    srv_mx_family(b, "moeserve_engine_steps_total", "counter", "Engine steps (forward passes)");
-    srv_mx_sample_u64(b, "moeserve_engine_steps_total", "", st.steps);
-    srv_mx_family(b, "moeserve_engine_step_seconds_total", "counter",
-                  "Time spent in forward passes");
-    srv_mx_sample(b, "moeserve_engine_step_seconds_total", "", (double)st.step_ns * 1e-9);
-    srv_mx_family(b, "moeserve_engine_batch_tokens", "histogram",
-                  "Tokens per engine step (decode tokens plus prompt chunks)");
-    srv_mx_histogram_write_counts(b, "moeserve_engine_batch_tokens", scheduler_batch_bounds,
-                                  SCHEDULER_BATCH_BUCKETS - 1, st.batch_hist, (double)st.tokens);
-    /* The KV cache is paged: allocated memory grows with the positions held; used is the
-     * blocks live sequences hold. */
-    uint64_t kv = scheduler_kv_bytes(e->sched), used = scheduler_kv_used_bytes(e->sched);
-    srv_mx_family(b, "moeserve_kv_cache_bytes", "gauge",
-                  "KV cache memory allocated, by state: blocks held by sequences are used");
-    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"used\"}", used);
-    srv_mx_sample_u64(b, "moeserve_kv_cache_bytes", "{state=\"free\"}", kv - used);
-    const struct {
-        const char *name, *type, *help;
-        double value;
-    } rows[] = {
-        {"moeserve_prefix_cache_queries_total", "counter",
-         "Admitted requests whose prompt was looked up in the prefix cache",
-         (double)st.prefix_queries},
-        {"moeserve_prefix_cache_hit_tokens_total", "counter",
-         "Prompt tokens taken from cached KV blocks instead of being prefilled",
-         (double)st.prefix_hit_tokens},
-        {"moeserve_prefix_cache_evictions_total", "counter",
-         "Cached KV blocks given up because the KV memory was needed", (double)st.prefix_evictions},
-        {"moeserve_prefix_cache_blocks", "gauge", "KV blocks no request holds, kept for reuse",
-         (double)st.prefix_cached_blocks},
-        {"moeserve_engine_step_retries_total", "counter",
-         "Steps run again because an expert could not be read (the requests went on)",
-         (double)st.step_retries},
-        {"moeserve_constrained_masks_total", "counter",
-         "Token masks built for constrained decoding (response_format, forced tool calls)",
-         (double)atomic_load(&e->masks)},
-        {"moeserve_constrained_mask_seconds_total", "counter",
-         "Time spent building those masks (the sampling of their sequences waits for it)",
-         (double)atomic_load(&e->mask_ns) * 1e-9},
-    };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-        single(b, rows[i].name, rows[i].type, rows[i].help, "", rows[i].value);
-    if (model_expert_cache(e->m))
-        write_cache(b, model_host_cache(e->m), model_expert_cache(e->m), model_cpu_experts(e->m));
-    write_routing(b, e->m);
 }

@@ -1,5 +1,6 @@
 /*
- * Tool calls: format detection, the streaming parser and the forced-call guide (toolcall.h).
+ * Tool calls (toolcall.h): format detection, the generic format's texts and the streaming
+ * parser; the forced-call guide is in toolcall_guide.c.
  *
  * The parser reads one call object at a time with a byte-level scanner that knows only what it
  * must: where the top-level keys "name" and "arguments" (Llama 3: "parameters") are and where
@@ -9,7 +10,7 @@
  */
 #include "engine/toolcall.h"
 
-#include "base/vec.h"
+#include "base/strbuf.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -67,41 +68,22 @@ bool tool_marker_token(tool_format f, const char *text, size_t len)
     return false;
 }
 
-/* ---- growable text --------------------------------------------------------------------------- */
-
-typedef struct text {
-    char *data;
-    size_t len, cap;
-} text;
-
-static int text_add(text *t, const char *p, size_t n)
-{
-    if (vec_reserve(&t->data, &t->cap, t->len + n + 1, 1, 64) < 0) return -ENOMEM;
-    if (n) memcpy(t->data + t->len, p, n);
-    t->len += n;
-    t->data[t->len] = 0;
-    return 0;
-}
-
-static int text_adds(text *t, const char *s)
-{
-    return text_add(t, s, strlen(s));
-}
-
 char *tool_generic_system(const cJSON *tools)
 {
-    text t = {0};
-    int rc = text_adds(&t, "# Tools\n\nYou may call one or more functions to assist with the user "
-                           "query.\n\nYou are provided with function signatures within "
-                           "<tools></tools> XML tags:\n<tools>");
+    strbuf t = {0};
+    int rc =
+        strbuf_adds(&t, "# Tools\n\nYou may call one or more functions to assist with the user "
+                        "query.\n\nYou are provided with function signatures within "
+                        "<tools></tools> XML tags:\n<tools>");
     const cJSON *tool;
     cJSON_ArrayForEach(tool, tools)
     {
         char *j = cJSON_PrintUnformatted(tool);
-        rc |= j ? text_adds(&t, "\n") | text_adds(&t, j) : -ENOMEM;
+        rc |= j ? strbuf_adds(&t, "\n") | strbuf_adds(&t, j) : -ENOMEM;
         free(j);
     }
-    rc |= text_adds(&t, "\n</tools>\n\nFor each function call, return a json object with function "
+    rc |=
+        strbuf_adds(&t, "\n</tools>\n\nFor each function call, return a json object with function "
                         "name and arguments within <tool_call></tool_call> XML tags:\n"
                         "<tool_call>\n{\"name\": <function-name>, \"arguments\": "
                         "<args-json-object>}\n</tool_call>");
@@ -117,13 +99,13 @@ char *tool_generic_call_text(const char *name, const cJSON *arguments)
     cJSON *n = cJSON_CreateString(name);
     char *nj = n ? cJSON_PrintUnformatted(n) : NULL;
     char *aj = arguments ? cJSON_PrintUnformatted(arguments) : NULL;
-    text t = {0};
+    strbuf t = {0};
     int rc = nj ? 0 : -ENOMEM;
-    rc |= text_adds(&t, "<tool_call>\n{\"name\": ");
-    rc |= nj ? text_adds(&t, nj) : 0;
-    rc |= text_adds(&t, ", \"arguments\": ");
-    rc |= text_adds(&t, aj ? aj : "{}");
-    rc |= text_adds(&t, "}\n</tool_call>");
+    rc |= strbuf_adds(&t, "<tool_call>\n{\"name\": ");
+    rc |= nj ? strbuf_adds(&t, nj) : 0;
+    rc |= strbuf_adds(&t, ", \"arguments\": ");
+    rc |= strbuf_adds(&t, aj ? aj : "{}");
+    rc |= strbuf_adds(&t, "}\n</tool_call>");
     cJSON_Delete(n);
     free(nj);
     free(aj);
@@ -144,12 +126,12 @@ enum { SCAN_MORE, SCAN_DONE, SCAN_FAIL };
 typedef struct obj_scan {
     int k, vkind, depth; /* depth inside the value being read */
     bool in_str, esc, value_is_str, begun, have_args;
-    text key, name, args; /* args: held until the name is known (or when a string) */
+    strbuf key, name, args; /* args: held until the name is known (or when a string) */
 } obj_scan;
 
 static void scan_reset(obj_scan *s)
 {
-    text key = s->key, name = s->name, args = s->args;
+    strbuf key = s->key, name = s->name, args = s->args;
     key.len = name.len = args.len = 0;
     *s = (obj_scan){.key = key, .name = name, .args = args};
 }
@@ -172,8 +154,8 @@ struct tool_parser {
     int n_calls;
     bool seen_text;  /* Llama 3: something other than whitespace came first */
     bool after_call; /* nothing but whitespace since the last call */
-    text hold;       /* text that may be the start of a marker, or a call being read */
-    text out_args;   /* arguments bytes of this feed, passed on together (whole characters) */
+    strbuf hold;     /* text that may be the start of a marker, or a call being read */
+    strbuf out_args; /* arguments bytes of this feed, passed on together (whole characters) */
     size_t matched;  /* bytes of the marker being matched after a call */
     obj_scan sc;
     int rc;
@@ -221,7 +203,7 @@ static void flush_args(tool_parser *p, const tool_sink *k)
  * call, so that a fragment never splits a character. */
 static void call_args(tool_parser *p, const tool_sink *k, const char *s, size_t n)
 {
-    if (n && text_add(&p->out_args, s, n)) p->rc = -ENOMEM;
+    if (n && strbuf_add(&p->out_args, s, n)) p->rc = -ENOMEM;
 }
 
 /* The name is complete: announce the call and pass on what was held of its arguments. */
@@ -249,7 +231,7 @@ static void args_byte(tool_parser *p, const tool_sink *k, char c)
     s->have_args = true;
     if (s->begun && !s->value_is_str)
         call_args(p, k, &c, 1);
-    else if (text_add(&s->args, &c, 1))
+    else if (strbuf_add(&s->args, &c, 1))
         p->rc = -ENOMEM;
 }
 
@@ -291,7 +273,7 @@ static int scan_byte(tool_parser *p, const tool_sink *k, char c)
             s->k = K_WANT_COLON;
             return SCAN_MORE;
         }
-        if (text_add(&s->key, &c, 1)) p->rc = -ENOMEM;
+        if (strbuf_add(&s->key, &c, 1)) p->rc = -ENOMEM;
         return SCAN_MORE;
     case K_WANT_COLON:
         if (is_ws(c)) return SCAN_MORE;
@@ -333,7 +315,7 @@ static int scan_byte(tool_parser *p, const tool_sink *k, char c)
             } else if (c == '"')
                 s->in_str = false;
             if (s->vkind == V_NAME) {
-                if (text_add(&s->name, &c, 1)) p->rc = -ENOMEM;
+                if (strbuf_add(&s->name, &c, 1)) p->rc = -ENOMEM;
             } else if (s->vkind == V_ARGS)
                 args_byte(p, k, c);
             return SCAN_MORE;
@@ -448,7 +430,7 @@ static const char *call_prefix(const tool_parser *p)
  * back. */
 static void call_byte(tool_parser *p, const tool_sink *k, char c)
 {
-    if (text_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
+    if (strbuf_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
     int r = scan_byte(p, k, c);
     if (r == SCAN_MORE) return;
     if (r == SCAN_DONE && close_call(p, k)) {
@@ -519,7 +501,7 @@ static void step(tool_parser *p, const tool_sink *k, const char *s, size_t n)
             i--;
             break;
         case P_M_NAME: {
-            if (text_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
+            if (strbuf_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
             size_t al = sizeof mistral_args - 1;
             if (p->hold.len >= al && !memcmp(p->hold.data + p->hold.len - al, mistral_args, al)) {
                 obj_scan *sc = &p->sc;
@@ -530,12 +512,12 @@ static void step(tool_parser *p, const tool_sink *k, const char *s, size_t n)
                 while (st < nl && is_ws(p->hold.data[st]))
                     st++;
                 sc->name.len = 0;
-                if (text_add(&sc->name, p->hold.data + st, nl - st)) p->rc = -ENOMEM;
+                if (strbuf_add(&sc->name, p->hold.data + st, nl - st)) p->rc = -ENOMEM;
                 begin_call(p, k);
                 /* the arguments: one JSON value read as the value of an "arguments" key */
                 sc->k = K_WANT_VALUE;
                 sc->key.len = 0;
-                if (text_adds(&sc->key, "arguments")) p->rc = -ENOMEM;
+                if (strbuf_adds(&sc->key, "arguments")) p->rc = -ENOMEM;
                 p->hold.len = 0;
                 p->state = P_M_ARGS;
             } else if (c == '{' || c == '\n' || p->hold.len > 256) {
@@ -544,7 +526,7 @@ static void step(tool_parser *p, const tool_sink *k, const char *s, size_t n)
             break;
         }
         case P_M_ARGS: {
-            if (text_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
+            if (strbuf_add(&p->hold, &c, 1)) p->rc = -ENOMEM;
             int r = scan_byte(p, k, c);
             if (p->sc.k == K_AFTER_VALUE || r != SCAN_MORE) {
                 if (r != SCAN_FAIL) close_call(p, k);
@@ -580,7 +562,7 @@ static void text_bytes(tool_parser *p, const tool_sink *k, const char *s, size_t
         /* A Llama 3 call is the whole answer: decide on its first non-space byte. */
         size_t i = 0;
         while (i < n) {
-            if (text_add(&p->hold, s + i, 1)) {
+            if (strbuf_add(&p->hold, s + i, 1)) {
                 p->rc = -ENOMEM;
                 return;
             }
@@ -630,7 +612,7 @@ static void text_bytes(tool_parser *p, const tool_sink *k, const char *s, size_t
         size_t hl = p->hold.len;
         size_t take = ml - hl < n ? ml - hl : n;
         if (!memcmp(m + hl, s, take)) {
-            if (text_add(&p->hold, s, take)) {
+            if (strbuf_add(&p->hold, s, take)) {
                 p->rc = -ENOMEM;
                 return;
             }
@@ -663,7 +645,7 @@ static void text_bytes(tool_parser *p, const tool_sink *k, const char *s, size_t
         }
         size_t keep = partial_suffix(s, n, m);
         emit_content(p, k, s, n - keep);
-        if (keep && text_add(&p->hold, s + n - keep, keep)) p->rc = -ENOMEM;
+        if (keep && strbuf_add(&p->hold, s + n - keep, keep)) p->rc = -ENOMEM;
         return;
     }
 found:
@@ -714,270 +696,4 @@ int tool_parser_finish(tool_parser *p, const tool_sink *k)
     p->hold.len = 0;
     p->state = P_TEXT;
     return p->rc;
-}
-
-/* ---- forced calls ------------------------------------------------------------------------------
- */
-
-struct tool_spec {
-    const char *open, *end, *next; /* next NULL: one call only */
-    int n;
-    schema *sch[TOOL_GUIDE_MAX_FUNCS];
-};
-
-/* Whether a schema anywhere holds {"$ref": "#"}. */
-static bool refs_root(const cJSON *j)
-{
-    const cJSON *ref = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "$ref") : NULL;
-    if (cJSON_IsString(ref) && !strcmp(ref->valuestring, "#")) return true;
-    const cJSON *kid;
-    cJSON_ArrayForEach(kid, j)
-    {
-        if (refs_root(kid)) return true;
-    }
-    return false;
-}
-
-int tool_spec_create(tool_spec **out, tool_format f, const cJSON *tools, const char *only,
-                     bool parallel, char *err, size_t err_size)
-{
-    *out = NULL;
-    if (f == TOOL_FORMAT_UNSUPPORTED) {
-        snprintf(err, err_size,
-                 "this model's chat template has a tool-call format moeserve "
-                 "does not read");
-        return -EINVAL;
-    }
-    tool_spec *s = calloc(1, sizeof *s);
-    if (!s) return -ENOMEM;
-    switch (f) {
-    case TOOL_FORMAT_MISTRAL:
-        *s = (tool_spec){.open = "[TOOL_CALLS][", .end = "]", .next = ", "};
-        break;
-    case TOOL_FORMAT_LLAMA3:
-        *s = (tool_spec){.open = "", .end = "", .next = NULL};
-        parallel = false; /* the answer is one JSON object */
-        break;
-    default:
-        *s = (tool_spec){.open = "<tool_call>\n",
-                         .end = "\n</tool_call>",
-                         .next = "\n</tool_call>\n<tool_call>\n"};
-        break;
-    }
-    if (!parallel) s->next = NULL;
-    const char *args_key = f == TOOL_FORMAT_LLAMA3 ? "parameters" : "arguments";
-    int rc = 0;
-    const cJSON *tool;
-    cJSON_ArrayForEach(tool, tools)
-    {
-        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tool, "function");
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
-        if (!cJSON_IsString(name) || (only && strcmp(only, name->valuestring))) continue;
-        if (s->n == TOOL_GUIDE_MAX_FUNCS) {
-            snprintf(err, err_size, "more than %d tools cannot be forced at once",
-                     TOOL_GUIDE_MAX_FUNCS);
-            rc = -EINVAL;
-            break;
-        }
-        /* {"name": const, "arguments": the parameters}: the call as the format writes it */
-        const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
-        cJSON *w = cJSON_CreateObject();
-        cJSON *props = w ? cJSON_AddObjectToObject(w, "properties") : NULL;
-        cJSON *nm = props ? cJSON_AddObjectToObject(props, "name") : NULL;
-        cJSON *pc = params ? cJSON_Duplicate(params, true)
-                           : cJSON_Parse("{\"type\":\"object\",\"properties\":{}}");
-        cJSON *req = cJSON_CreateArray();
-        if (!nm || !pc || !req || !cJSON_AddStringToObject(w, "type", "object") ||
-            !cJSON_AddStringToObject(nm, "const", name->valuestring) ||
-            !cJSON_AddItemToObject(props, args_key, pc) ||
-            !cJSON_AddItemToObject(w, "required", req) ||
-            !cJSON_AddItemToArray(req, cJSON_CreateString("name")) ||
-            !cJSON_AddItemToArray(req, cJSON_CreateString(args_key)) ||
-            !cJSON_AddFalseToObject(w, "additionalProperties")) {
-            if (!cJSON_GetObjectItemCaseSensitive(props, args_key)) cJSON_Delete(pc);
-            if (!cJSON_GetObjectItemCaseSensitive(w, "required")) cJSON_Delete(req);
-            cJSON_Delete(w);
-            rc = -ENOMEM;
-            break;
-        }
-        /* The parameters' definitions move to the root, where their "#/$defs/…" references
-         * now point; a reference to the parameters' own root cannot follow them there. */
-        static const char *const defs[] = {"$defs", "definitions"};
-        for (int d = 0; d < 2; d++) {
-            cJSON *dj = cJSON_DetachItemFromObjectCaseSensitive(pc, defs[d]);
-            if (dj) cJSON_AddItemToObject(w, defs[d], dj);
-        }
-        char msg[300];
-        if (refs_root(pc)) {
-            snprintf(err, err_size,
-                     "tool '%.64s' cannot be forced: its parameters refer to their own root "
-                     "(\"$ref\": \"#\")",
-                     name->valuestring);
-            cJSON_Delete(w);
-            rc = -EINVAL;
-            break;
-        }
-        rc = schema_compile(&s->sch[s->n], w, msg, sizeof msg);
-        cJSON_Delete(w);
-        if (rc) {
-            snprintf(err, err_size, "tool '%.64s' cannot be forced: its parameters %s",
-                     name->valuestring, msg);
-            break;
-        }
-        s->n++;
-    }
-    if (rc == 0 && s->n == 0) {
-        snprintf(err, err_size, "no tool named '%.64s'", only ? only : "");
-        rc = -EINVAL;
-    }
-    if (rc) {
-        if (rc == -ENOMEM) snprintf(err, err_size, "out of memory");
-        tool_spec_destroy(&s);
-        return rc;
-    }
-    *out = s;
-    return 0;
-}
-
-void tool_spec_destroy(tool_spec **sp)
-{
-    tool_spec *s = *sp;
-    if (!s) return;
-    *sp = NULL;
-    for (int i = 0; i < s->n; i++)
-        schema_free(&s->sch[i]);
-    free(s);
-}
-
-enum { G_OPEN, G_BODY, G_AFTER };
-
-static void body_start(tool_guide *g)
-{
-    g->stage = G_BODY;
-    g->n_alive = g->spec->n;
-    for (int i = 0; i < g->spec->n; i++) {
-        g->alive[i] = i;
-        schema_guide_init(&g->g[i], g->spec->sch[i]);
-    }
-}
-
-void tool_guide_init(tool_guide *g, const tool_spec *s)
-{
-    g->spec = s;
-    g->last = g->end_alive = g->next_alive = false;
-    g->stage = G_OPEN;
-    g->pos = 0;
-    g->n_alive = 0;
-    if (!s->open[0]) body_start(g);
-}
-
-void tool_guide_last_call(tool_guide *g)
-{
-    g->last = true;
-    /* before the next call's opening diverges from the end: only the end remains */
-    if (g->stage == G_AFTER && g->end_alive) g->next_alive = false;
-}
-
-void tool_guide_copy(tool_guide *dst, const tool_guide *src)
-{
-    dst->spec = src->spec;
-    dst->last = src->last;
-    dst->stage = src->stage;
-    dst->pos = src->pos;
-    dst->end_alive = src->end_alive;
-    dst->next_alive = src->next_alive;
-    dst->n_alive = src->n_alive;
-    for (int j = 0; j < src->n_alive; j++) {
-        int i = src->alive[j];
-        dst->alive[j] = i;
-        schema_guide_copy(&dst->g[i], &src->g[i]);
-    }
-}
-
-static bool guide_byte(tool_guide *g, char c)
-{
-    const tool_spec *s = g->spec;
-    switch (g->stage) {
-    case G_OPEN:
-        if (c != s->open[g->pos]) return false;
-        if (!s->open[++g->pos]) body_start(g);
-        return true;
-    case G_BODY: {
-        int kept = 0;
-        bool done = false;
-        for (int j = 0; j < g->n_alive; j++) {
-            int i = g->alive[j];
-            if (!schema_guide_feed(&g->g[i], &c, 1)) continue;
-            g->alive[kept++] = i;
-            done |= schema_guide_done(&g->g[i]);
-        }
-        g->n_alive = kept;
-        if (!kept) return false;
-        if (done) {
-            g->stage = G_AFTER;
-            g->pos = 0;
-            g->end_alive = true;
-            g->next_alive = s->next != NULL && !g->last;
-        }
-        return true;
-    }
-    case G_AFTER: {
-        size_t el = strlen(s->end);
-        g->end_alive = g->end_alive && g->pos < el && s->end[g->pos] == c;
-        g->next_alive = g->next_alive && s->next[g->pos] == c;
-        if (!g->end_alive && !g->next_alive) return false;
-        g->pos++;
-        if (g->next_alive && !s->next[g->pos]) body_start(g);
-        return true;
-    }
-    }
-    return false;
-}
-
-bool tool_guide_feed(tool_guide *g, const char *bytes, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!guide_byte(g, bytes[i])) return false;
-    return true;
-}
-
-bool tool_guide_done(const tool_guide *g)
-{
-    return g->stage == G_AFTER && g->end_alive && g->pos == strlen(g->spec->end);
-}
-
-bool tool_guide_may_continue(const tool_guide *g)
-{
-    return g->stage != G_AFTER || g->next_alive;
-}
-
-int tool_guide_closing(const tool_guide *g, char *out, size_t size)
-{
-    const tool_spec *s = g->spec;
-    text t = {0};
-    int rc = 0;
-    char buf[4096];
-    if (g->stage == G_OPEN || (g->stage == G_AFTER && !g->end_alive)) {
-        /* before a call, or midway into the text that opens the next one: a whole call */
-        rc |= text_adds(&t, g->stage == G_OPEN ? s->open + g->pos : s->next + g->pos);
-        schema_guide fresh;
-        schema_guide_init(&fresh, s->sch[0]);
-        int n = schema_guide_closing(&fresh, buf, sizeof buf);
-        rc |= n < 0 ? -1 : text_add(&t, buf, (size_t)n);
-        rc |= text_adds(&t, s->end);
-    } else if (g->stage == G_BODY) {
-        int n = schema_guide_closing(&g->g[g->alive[0]], buf, sizeof buf);
-        rc |= n < 0 ? -1 : text_add(&t, buf, (size_t)n);
-        rc |= text_adds(&t, s->end);
-    } else {
-        rc |= text_adds(&t, s->end + g->pos);
-    }
-    int len = -1;
-    if (rc == 0 && t.len < size) {
-        memcpy(out, t.data ? t.data : "", t.len);
-        out[t.len] = 0;
-        len = (int)t.len;
-    }
-    free(t.data);
-    return len;
 }

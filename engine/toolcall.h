@@ -24,8 +24,9 @@
  *   function's parameters by the JSON-schema guide (sampling/json_schema.h; a keyword it cannot
  *   enforce refuses the request with -EINVAL and a message).  The guide works on bytes like the
  *   schema guide: feed() false at the first byte no accepted answer continues with; done() when
- *   the answer may end; closing() the shortest text that ends it.  A guide is a fixed-size value
- *   (tool_guide_copy for tentative feeds) tied to its spec, which must outlive it.
+ *   the answer may end; closing() the shortest text that ends it.  A guide is a value of
+ *   tool_guide_size(spec) bytes (one schema guide per allowed function; tool_guide_copy for
+ *   tentative feeds) tied to its spec, which must outlive it.
  * - Memory: create/destroy pairs; every function is safe on NULL where it destroys.
  */
 #ifndef MOE_ENGINE_TOOLCALL_H
@@ -99,9 +100,11 @@ typedef struct tool_guide {
     bool end_alive, next_alive;
     int n_alive;
     int alive[TOOL_GUIDE_MAX_FUNCS]; /* indices of the functions whose guides still match */
-    schema_guide g[TOOL_GUIDE_MAX_FUNCS];
+    schema_guide g[];                /* one per function of the spec */
 } tool_guide;
 
+/* Bytes of a guide for spec s (allocate that much; a copy needs as much as its source). */
+size_t tool_guide_size(const tool_spec *s);
 void tool_guide_init(tool_guide *g, const tool_spec *s);
 void tool_guide_copy(tool_guide *dst, const tool_guide *src);
 bool tool_guide_feed(tool_guide *g, const char *bytes, size_t n);

@@ -244,58 +244,61 @@ fail:
     return NULL;
 }
 
-char *srv__chunk_json(const srv_call *call, const char *model_id, int index, bool role,
-                      const char *text, size_t text_len, cJSON *lp, size_t lp_offset, int finish,
-                      size_t *len)
+/* A stream chunk holding one choice (taken over; NULL: out of memory), printed. */
+static char *chunk_with(const srv_call *call, const char *model_id, cJSON *choice, size_t *len)
 {
     bool chat = call->req.kind == SRV_KIND_CHAT;
     cJSON *o = envelope(call, model_id, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
-    if (!choices || !cJSON_AddItemToArray(choices, choice_json(call, index, true, role, text,
-                                                               text_len, lp, lp_offset, finish)))
-        goto fail;
-    if (call->req.include_usage && !cJSON_AddNullToObject(o, "usage")) goto fail;
+    if (!choices || !cJSON_AddItemToArray(choices, choice) ||
+        (call->req.include_usage && !cJSON_AddNullToObject(o, "usage"))) {
+        if (!cJSON_GetArraySize(choices)) cJSON_Delete(choice);
+        cJSON_Delete(o);
+        return NULL;
+    }
     return print(o, len);
-fail:
-    cJSON_Delete(o);
-    return NULL;
+}
+
+char *srv__chunk_json(const srv_call *call, const char *model_id, int index, bool role,
+                      const char *text, size_t text_len, cJSON *lp, size_t lp_offset, int finish,
+                      size_t *len)
+{
+    return chunk_with(call, model_id,
+                      choice_json(call, index, true, role, text, text_len, lp, lp_offset, finish),
+                      len);
 }
 
 char *srv__tool_chunk_json(const srv_call *call, const char *model_id, int index, size_t *len)
 {
     const srv_choice *ch = &call->choices[index];
-    cJSON *o = envelope(call, model_id, "chat.completion.chunk");
-    cJSON *choices = o ? cJSON_AddArrayToObject(o, "choices") : NULL;
-    cJSON *c = choices ? cJSON_CreateObject() : NULL;
-    if (!cJSON_AddItemToArray(choices, c) || !cJSON_AddNumberToObject(c, "index", index)) goto fail;
-    cJSON *delta = cJSON_AddObjectToObject(c, "delta");
-    cJSON *calls = delta ? cJSON_AddArrayToObject(delta, "tool_calls") : NULL;
-    cJSON *tc = calls ? cJSON_CreateObject() : NULL;
-    if (!cJSON_AddItemToArray(calls, tc) || !cJSON_AddNumberToObject(tc, "index", ch->n_calls - 1))
-        goto fail;
     const cJSON *cur = cJSON_GetArrayItem(ch->calls, ch->n_calls - 1);
     const cJSON *cur_fn = cJSON_GetObjectItemCaseSensitive(cur, "function");
-    cJSON *fn = cJSON_AddObjectToObject(tc, "function");
-    if (!fn) goto fail;
-    if (ch->head_pending &&
-        (!cJSON_AddStringToObject(tc, "id",
-                                  cJSON_GetObjectItemCaseSensitive(cur, "id")->valuestring) ||
-         !cJSON_AddStringToObject(tc, "type", "function") ||
-         !cJSON_AddStringToObject(fn, "name",
-                                  cJSON_GetObjectItemCaseSensitive(cur_fn, "name")->valuestring)))
-        goto fail;
-    cJSON *args = call_args_string(ch);
-    if (!cJSON_AddItemToObject(fn, "arguments", args)) {
-        cJSON_Delete(args);
-        goto fail;
+    cJSON *c = cJSON_CreateObject();
+    cJSON *delta = c && cJSON_AddNumberToObject(c, "index", index)
+                       ? cJSON_AddObjectToObject(c, "delta")
+                       : NULL;
+    cJSON *calls = delta ? cJSON_AddArrayToObject(delta, "tool_calls") : NULL;
+    cJSON *tc = calls ? cJSON_CreateObject() : NULL;
+    cJSON *fn =
+        cJSON_AddItemToArray(calls, tc) && cJSON_AddNumberToObject(tc, "index", ch->n_calls - 1)
+            ? cJSON_AddObjectToObject(tc, "function")
+            : NULL;
+    /* the call's id, type and name once, with its first fragment */
+    bool ok =
+        fn && (!ch->head_pending ||
+               (cJSON_AddStringToObject(tc, "id",
+                                        cJSON_GetObjectItemCaseSensitive(cur, "id")->valuestring) &&
+                cJSON_AddStringToObject(tc, "type", "function") &&
+                cJSON_AddStringToObject(
+                    fn, "name", cJSON_GetObjectItemCaseSensitive(cur_fn, "name")->valuestring)));
+    cJSON *args = ok ? call_args_string(ch) : NULL;
+    if (!cJSON_AddItemToObject(fn, "arguments", args) || !cJSON_AddNullToObject(c, "logprobs") ||
+        !cJSON_AddNullToObject(c, "finish_reason")) {
+        if (!cJSON_GetObjectItemCaseSensitive(fn, "arguments")) cJSON_Delete(args);
+        cJSON_Delete(c);
+        return NULL;
     }
-    if (!cJSON_AddNullToObject(c, "logprobs") || !cJSON_AddNullToObject(c, "finish_reason"))
-        goto fail;
-    if (call->req.include_usage && !cJSON_AddNullToObject(o, "usage")) goto fail;
-    return print(o, len);
-fail:
-    cJSON_Delete(o);
-    return NULL;
+    return chunk_with(call, model_id, c, len);
 }
 
 char *srv__usage_chunk_json(const srv_call *call, const char *model_id, size_t *len)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A bounded soak of `moeserve serve` on loopback: for SECONDS, CLIENTS threads send a mix of
 requests — greedy completions and chats (streamed and not) whose text must equal what the same
-request got alone before the load, seeded n=2 samples, stop strings, clients that vanish
+request got alone before the load, structured output and forced tool calls likewise, seeded n=2
+samples, stop strings, clients that vanish
 mid-stream, slow readers, and malformed, oversized, unknown and wrong-method requests — against a
 server with a small expert cache (a quarter of the experts), optionally failing every Nth expert
 read (--faults N: the server retries such steps).  Then it checks that every well-formed request
@@ -26,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 
+import jsonschema
 import openai
 
 counts = {"passed": 0, "failed": 0}
@@ -48,7 +50,7 @@ class Server:
             env["MOESERVE_TEST_READ_FAULTS"] = str(faults)
         self.proc = subprocess.Popen(
             [moeserve, "serve", "--model", model, "--port", "0", "--set", f"compute.threads={threads}",
-             "--set", "kv.context_length=512", "--set", "batching.max_running=4", "--set", "cache.host_bytes=25%",
+             "--set", "kv.context_length=1024", "--set", "batching.max_running=4", "--set", "cache.host_bytes=25%",
              "--set", "server.max_body_bytes=64KiB"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.log = []
@@ -125,12 +127,45 @@ def main():
                       for p in prompts]
     ref_chat = [client.chat.completions.create(model=name, messages=[{"role": "user", "content": p}], max_tokens=12,
                                                temperature=0).choices[0].message.content for p in prompts]
+    schema = {"type": "object", "required": ["name", "n"],
+              "properties": {"name": {"type": "string", "maxLength": 12}, "n": {"type": "integer"},
+                             "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    tools = [{"type": "function", "function": {"name": "route", "parameters": schema}}]
+
+    def structured(i):
+        return client.chat.completions.create(model=name, messages=[{"role": "user", "content": prompts[i]}],
+                                              max_tokens=48, temperature=0, response_format=fmt)
+
+    def tool_call(i):
+        return client.chat.completions.create(model=name, messages=[{"role": "user", "content": prompts[i]}],
+                                              max_tokens=64, temperature=0, tools=tools, tool_choice="required",
+                                              parallel_tool_calls=False)
+
+    # the short prompts only: a tool request also carries the tools' description
+    short = [i for i in range(len(prompts)) if i % 3 == 0]
+    ref_structured = {i: structured(i).choices[0].message.content for i in short}
+    ref_calls = {i: [(c.function.name, c.function.arguments) for c in tool_call(i).choices[0].message.tool_calls or []]
+                 for i in short}
+    for i in short:
+        jsonschema.validate(json.loads(ref_structured[i]), schema)
+        check(len(ref_calls[i]) == 1, f"tool call {i}: one call alone")
     sent = {"ok": 0, "bad": 0}
 
     def well_formed(rng):
         i = rng.randrange(len(prompts))
-        kind = rng.randrange(5)
-        if kind == 0:
+        kind = rng.randrange(7)
+        if kind >= 5:
+            i = short[i % len(short)]
+        if kind == 5:  # structured output, greedy: the same object as alone
+            check(structured(i).choices[0].message.content == ref_structured[i],
+                  f"json_schema {i}: the same object as alone")
+        elif kind == 6:  # a forced tool call, greedy: the same call as alone
+            r = tool_call(i)
+            calls = [(c.function.name, c.function.arguments) for c in r.choices[0].message.tool_calls or []]
+            check(calls == ref_calls[i] and r.choices[0].finish_reason == "tool_calls",
+                  f"tool call {i}: the same call as alone")
+        elif kind == 0:
             r = client.completions.create(model=name, prompt=prompts[i], max_tokens=12, temperature=0)
             check(r.choices[0].text == ref_completion[i], f"completion {i}: the same text as alone")
         elif kind == 1:

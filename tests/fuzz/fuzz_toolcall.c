@@ -67,15 +67,20 @@ static const char tools_json[] =
 
 static void guide_run(tool_format f, const tool_spec *s, const char *text, size_t len)
 {
-    static tool_guide g, c;
     static char closing[8192], full[16384];
-    tool_guide_init(&g, s);
+    tool_guide *g = malloc(tool_guide_size(s)), *c = malloc(tool_guide_size(s));
+    if (!g || !c) {
+        free(g);
+        free(c);
+        return;
+    }
+    tool_guide_init(g, s);
     for (size_t i = 0; i <= len; i++) {
-        int n = tool_guide_closing(&g, closing, sizeof closing);
+        int n = tool_guide_closing(g, closing, sizeof closing);
         if (n >= 0 && i + (size_t)n < sizeof full) {
-            tool_guide_copy(&c, &g);
-            FUZZ_CHECK(tool_guide_feed(&c, closing, (size_t)n));
-            FUZZ_CHECK(tool_guide_done(&c));
+            tool_guide_copy(c, g);
+            FUZZ_CHECK(tool_guide_feed(c, closing, (size_t)n));
+            FUZZ_CHECK(tool_guide_done(c));
             memcpy(full, text, i);
             memcpy(full + i, closing, (size_t)n);
             static out o;
@@ -83,8 +88,10 @@ static void guide_run(tool_format f, const tool_spec *s, const char *text, size_
             /* a forced answer is calls and nothing else (the text holds valid UTF-8 only) */
             FUZZ_CHECK(o.calls >= 1 && o.content_len == 0);
         }
-        if (i == len || !tool_guide_feed(&g, text + i, 1)) return;
+        if (i == len || !tool_guide_feed(g, text + i, 1)) break;
     }
+    free(g);
+    free(c);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -493,16 +493,21 @@ section('--- SIGTERM')
 started = threading.Semaphore(0)
 
 
+def stream_text(c, **kw):
+    """A completions stream's text and finish_reason; releases `started` at its first chunk."""
+    parts, finish = [], None
+    for ch in c.completions.create(model=MODEL, stream=True, **kw):
+        if not parts:
+            started.release()
+        for ck in ch.choices:
+            parts.append(ck.text)
+            finish = ck.finish_reason or finish
+    return "".join(parts), finish
+
+
 def long_stream(results, i):
     try:
-        parts, finish = [], None
-        for ch in shared.completions.create(model=MODEL, prompt="!loop ab", max_tokens=100000, stream=True):
-            if not parts:
-                started.release()
-            for ck in ch.choices:
-                parts.append(ck.text)
-                finish = ck.finish_reason or finish
-        results[i] = ("".join(parts), finish)
+        results[i] = stream_text(shared, prompt="!loop ab", max_tokens=100000)
     except Exception as ex:  # noqa: BLE001
         results[i] = ("", repr(ex))
 
@@ -538,14 +543,7 @@ def finite(results, i):
             r = dc.completions.create(model=MODEL, prompt=TEXT)
             results[i] = (r.choices[0].text, r.choices[0].finish_reason)
             return
-        parts, finish = [], None
-        for ch in dc.completions.create(model=MODEL, prompt=TEXT, stream=True):
-            if not parts:
-                started.release()
-            for ck in ch.choices:
-                parts.append(ck.text)
-                finish = ck.finish_reason or finish
-        results[i] = ("".join(parts), finish)
+        results[i] = stream_text(dc, prompt=TEXT)
     except Exception as ex:  # noqa: BLE001
         results[i] = ("", repr(ex))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tool calls through `moeserve serve` and the real `openai` client, for each format the server
 reads: a template that never mentions tools (the generator's ChatML: tools described in a system
-message, Hermes answers), Qwen3's (<tool_call>), Mistral's v3 tools template ([TOOL_CALLS]) and
+message, Hermes answers; Mixtral v0.1's, which refuses a system role and wants user and assistant
+to alternate: the description opens the first user turn, tool results join the user turns), Qwen3's (<tool_call>), Mistral's v3 tools template ([TOOL_CALLS]) and
 Llama 3.1's (JSON with "parameters").
 
 With tool_choice "required" or a named function even a random-weight model answers with
@@ -157,6 +158,8 @@ def reference_prompt_tokens(template_src, messages, tools):
 NAMES = [t["function"]["name"] for t in TOOLS]
 CASES = [  # (what, chat template override or None for the file's ChatML, jinja source for the reference)
     ("generic", None, None),
+    # Mixtral-Instruct v0.1's template: no tools, no system role, strict alternation
+    ("generic on mistral", "mistral", None),
     ("qwen3", os.path.join(TEMPLATES, "Qwen-Qwen3-0.6B.jinja"), "Qwen-Qwen3-0.6B.jinja"),
     ("mistral", os.path.join(TEMPLATES, "mistral-v3-tools.jinja"), None),
     ("llama3.1", os.path.join(TEMPLATES, "meta-llama-Llama-3.1-8B-Instruct.jinja"),

@@ -208,7 +208,7 @@ static cJSON *tools_json(void)
 
 static bool guide_accepts(const tool_spec *s, const char *text, size_t *bad_at, bool *done)
 {
-    tool_guide *g = malloc(sizeof *g);
+    tool_guide *g = malloc(tool_guide_size(s));
     ck_assert_ptr_nonnull(g);
     tool_guide_init(g, s);
     size_t n = strlen(text);
@@ -230,7 +230,7 @@ static bool guide_accepts(const tool_spec *s, const char *text, size_t *bad_at, 
 static void check_closings(tool_format f, const tool_spec *s, const char *text,
                            const char *const *names, size_t n_names)
 {
-    tool_guide *g = malloc(sizeof *g);
+    tool_guide *g = malloc(tool_guide_size(s));
     ck_assert_ptr_nonnull(g);
     tool_guide_init(g, s);
     size_t n = strlen(text);
@@ -239,7 +239,7 @@ static void check_closings(tool_format f, const tool_spec *s, const char *text,
         int cl = tool_guide_closing(g, closing, sizeof closing);
         ck_assert_int_ge(cl, 0);
         snprintf(full, sizeof full, "%.*s%s", (int)i, text, closing);
-        tool_guide *h = malloc(sizeof *h);
+        tool_guide *h = malloc(tool_guide_size(s));
         ck_assert_ptr_nonnull(h);
         tool_guide_copy(h, g);
         ck_assert_msg(tool_guide_feed(h, closing, (size_t)cl) && tool_guide_done(h),
