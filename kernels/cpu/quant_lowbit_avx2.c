@@ -26,14 +26,6 @@ static inline float h2f(kern_half h)
     return _cvtsh_ss(h);
 }
 
-static inline int hsum_i32_8(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* The table in both 128-bit lanes, for _mm256_shuffle_epi8. */
 static inline __m256i table_both_lanes(const int8_t table[16])
 {
