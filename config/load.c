@@ -31,7 +31,8 @@ void cfg__quote(const char *s, char *out, size_t out_size)
         return;
     }
     out[o++] = '"';
-    for (const unsigned char *p = (const unsigned char *)s; *p && o + 6 < out_size; p++) {
+    /* room kept for the longest escape (6), the closing quote and the NUL */
+    for (const unsigned char *p = (const unsigned char *)s; *p && o + 8 <= out_size; p++) {
         if (*p == '"' || *p == '\\') {
             out[o++] = '\\';
             out[o++] = (char)*p;
@@ -41,7 +42,7 @@ void cfg__quote(const char *s, char *out, size_t out_size)
         } else {
             out[o++] = (char)*p;
         }
-        if (p[1] && o + 6 >= out_size) { /* no room for the rest: say it was cut */
+        if (p[1] && o + 8 > out_size) { /* no room for the rest: say it was cut */
             o = o > out_size - 5 ? out_size - 5 : o;
             out[o++] = '.';
             out[o++] = '.';
@@ -49,6 +50,7 @@ void cfg__quote(const char *s, char *out, size_t out_size)
             break;
         }
     }
+    if (o > out_size - 2) o = out_size - 2;
     out[o++] = '"';
     out[o] = '\0';
 }

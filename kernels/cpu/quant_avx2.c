@@ -84,9 +84,9 @@ static inline float quantize_block32(const float *x, int8_t *qs, float *d_out)
     /* round half away from zero, as roundf does in the scalar reference */
     const int mode = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
     const __m256 half = _mm256_set1_ps(0.5f);
-#define ROUND_AWAY(v)                                                                           \
-    _mm256_round_ps(_mm256_add_ps(_mm256_mul_ps(v, mul),                                        \
-                                  _mm256_or_ps(half, _mm256_and_ps(sign, v))), mode)
+#define ROUND_AWAY(v)                                                                              \
+    _mm256_round_ps(                                                                               \
+        _mm256_add_ps(_mm256_mul_ps(v, mul), _mm256_or_ps(half, _mm256_and_ps(sign, v))), mode)
     __m256i i0 = _mm256_cvtps_epi32(ROUND_AWAY(v0)), i1 = _mm256_cvtps_epi32(ROUND_AWAY(v1));
     __m256i i2 = _mm256_cvtps_epi32(ROUND_AWAY(v2)), i3 = _mm256_cvtps_epi32(ROUND_AWAY(v3));
 #undef ROUND_AWAY
@@ -194,12 +194,14 @@ float kern__dot_q8_0_avx2(const void *row, const void *xq, int64_t n)
     for (; i + 2 <= nb; i += 2) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES + 64, _MM_HINT_T0);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q8_0_block(&w[i], &y[i]), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q8_0_block(&w[i], &y[i]),
+                               acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i + 1].d) * h2f(y[i + 1].d)),
                                q8_0_block(&w[i + 1], &y[i + 1]), acc1);
     }
     if (i < nb)
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q8_0_block(&w[i], &y[i]), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q8_0_block(&w[i], &y[i]),
+                               acc0);
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
@@ -218,12 +220,14 @@ float kern__dot_q4_0_avx2(const void *row, const void *xq, int64_t n)
     int64_t nb = n / QK4_0, i = 0;
     for (; i + 2 <= nb; i += 2) {
         _mm_prefetch((const char *)&w[i] + PREFETCH_BYTES, _MM_HINT_T0);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]),
+                               acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i + 1].d) * h2f(y[i + 1].d)),
                                q4_0_block(&w[i + 1], &y[i + 1]), acc1);
     }
     if (i < nb)
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[i].d) * h2f(y[i].d)), q4_0_block(&w[i], &y[i]),
+                               acc0);
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
@@ -297,14 +301,18 @@ static inline __m256i k4_mins_and_scales(const uint8_t *scales)
 {
     const __m128i v = _mm_loadu_si128((const __m128i *)scales);
     /* lanes: sc0-3 from b0-3, sc4-7 low nibbles of b8-11, m0-3 from b4-7, m4-7 high nibbles */
-    const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i a =
+        _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
     /* the top two bits of b0-3 (b4-7) become bits 4-5 of sc4-7 (m4-7) */
-    const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-    __m128i low = _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
-    __m128i high_nibble = _mm_and_si128(_mm_srli_epi16(a, 4),
-                                        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
-    __m128i top_bits = _mm_and_si128(_mm_srli_epi16(top, 2),
-                                     _mm_setr_epi8(0, 0, 0, 0, 48, 48, 48, 48, 0, 0, 0, 0, 48, 48, 48, 48));
+    const __m128i top =
+        _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    __m128i low =
+        _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    __m128i high_nibble = _mm_and_si128(
+        _mm_srli_epi16(a, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+    __m128i top_bits =
+        _mm_and_si128(_mm_srli_epi16(top, 2),
+                      _mm_setr_epi8(0, 0, 0, 0, 48, 48, 48, 48, 0, 0, 0, 0, 48, 48, 48, 48));
     return _mm256_cvtepu8_epi16(_mm_or_si128(_mm_or_si128(low, high_nibble), top_bits));
 }
 
@@ -312,8 +320,8 @@ static inline __m256i k4_mins_and_scales(const uint8_t *scales)
 static inline __m128i k4_min_products(__m256i mins_and_scales, const int16_t *bsums)
 {
     __m256i q8sums = _mm256_loadu_si256((const __m256i *)bsums);
-    __m128i q8s = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0),
-                                 _mm256_extracti128_si256(q8sums, 1));
+    __m128i q8s =
+        _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
     return _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
 }
 
@@ -337,8 +345,10 @@ static inline void k4_unpack(const uint8_t *qs, const uint8_t *qh, __m256i hbits
     *lo = _mm256_and_si256(bits, m4);
     *hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
     if (qh) {
-        __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(1));
-        __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)), _mm256_set1_epi8(1));
+        __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j)),
+                                      _mm256_set1_epi8(1));
+        __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * j + 1)),
+                                      _mm256_set1_epi8(1));
         *lo = _mm256_or_si256(*lo, _mm256_slli_epi16(h0, 4));
         *hi = _mm256_or_si256(*hi, _mm256_slli_epi16(h1, 4));
     }
@@ -351,7 +361,8 @@ static inline void k4_block(const uint8_t *qs, const uint8_t *qh, kern_half wd, 
 {
     float d = y->d * h2f(wd), dmin = y->d * h2f(wdmin);
     __m256i mins_and_scales = k4_mins_and_scales(scales_packed);
-    *summs = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y->bsums)), *summs);
+    *summs = _mm_fmadd_ps(_mm_set1_ps(dmin),
+                          _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y->bsums)), *summs);
     __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
     __m256i scales = _mm256_set_m128i(sc128, sc128);
     __m256i hbits = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
@@ -362,8 +373,10 @@ static inline void k4_block(const uint8_t *qs, const uint8_t *qh, kern_half wd, 
         __m256i ql, qhi;
         k4_unpack(qs, qh, hbits, j, &ql, &qhi);
         const int8_t *q8 = y->qs + 64 * j;
-        __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
-        __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+        __m256i p16l = _mm256_madd_epi16(
+            scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
+        __m256i p16h = _mm256_madd_epi16(
+            scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
     }
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
@@ -434,27 +447,40 @@ float kern__dot_q6_K_avx2(const void *row, const void *xq, int64_t n)
             q4 += 64;
             qh += 32;
             __m256i q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4);
-            __m256i q4h_1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4);
-            __m256i q4h_2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4);
-            __m256i q4h_3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4);
+            __m256i q4h_1 =
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4);
+            __m256i q4h_2 =
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4);
+            __m256i q4h_3 =
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4);
             __m256i q4_0 = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0);
             __m256i q4_1 = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1);
-            __m256i q4_2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2);
-            __m256i q4_3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3);
+            __m256i q4_2 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2);
+            __m256i q4_3 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3);
             __m256i q8_0 = _mm256_loadu_si256((const __m256i *)q8);
             __m256i q8_1 = _mm256_loadu_si256((const __m256i *)(q8 + 32));
             __m256i q8_2 = _mm256_loadu_si256((const __m256i *)(q8 + 64));
             __m256i q8_3 = _mm256_loadu_si256((const __m256i *)(q8 + 96));
             q8 += 128;
             /* (q - 32) * y = q * y - 32 * y, both as unsigned x signed byte products */
-            __m256i p16_0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0, q8_0), _mm256_maddubs_epi16(m32s, q8_0));
-            __m256i p16_1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_1, q8_1), _mm256_maddubs_epi16(m32s, q8_1));
-            __m256i p16_2 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_2, q8_2), _mm256_maddubs_epi16(m32s, q8_2));
-            __m256i p16_3 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_3, q8_3), _mm256_maddubs_epi16(m32s, q8_3));
-            p16_0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 0))), p16_0);
-            p16_1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 1))), p16_1);
-            p16_2 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 2))), p16_2);
-            p16_3 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 3))), p16_3);
+            __m256i p16_0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_0, q8_0),
+                                             _mm256_maddubs_epi16(m32s, q8_0));
+            __m256i p16_1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_1, q8_1),
+                                             _mm256_maddubs_epi16(m32s, q8_1));
+            __m256i p16_2 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_2, q8_2),
+                                             _mm256_maddubs_epi16(m32s, q8_2));
+            __m256i p16_3 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_3, q8_3),
+                                             _mm256_maddubs_epi16(m32s, q8_3));
+            p16_0 = _mm256_madd_epi16(
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 0))), p16_0);
+            p16_1 = _mm256_madd_epi16(
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 1))), p16_1);
+            p16_2 = _mm256_madd_epi16(
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 2))), p16_2);
+            p16_3 = _mm256_madd_epi16(
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + 3))), p16_3);
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
         }
@@ -489,7 +515,8 @@ static inline __m256i signed32_q8_0(const uint8_t *block)
 
 static inline __m256i signed32_q4_0(const uint8_t *block)
 {
-    return _mm256_sub_epi8(bytes_from_nibbles_32(((const block_q4_0 *)block)->qs), _mm256_set1_epi8(8));
+    return _mm256_sub_epi8(bytes_from_nibbles_32(((const block_q4_0 *)block)->qs),
+                           _mm256_set1_epi8(8));
 }
 
 static inline void signed32_block4(const uint8_t *block, signed32_fn unpack,
@@ -525,7 +552,8 @@ static inline void dot4_signed32(const void *row, size_t block_bytes, signed32_f
         signed32_block4(w + (size_t)(i + 1) * block_bytes, unpack, y, i + 1, acc1);
     }
     if (i < nb) signed32_block4(w + (size_t)i * block_bytes, unpack, y, i, acc0);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
+    for (int t = 0; t < NT; t++)
+        out[t] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
 }
 
 static void dot4_q8_0(const void *row, const void *x, size_t stride, int64_t n, float *out)
@@ -550,7 +578,8 @@ static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, k
     for (int t = 0; t < NT; t++) {
         float dmin = y[t][i].d * h2f(wdmin);
         summs[t] = _mm_fmadd_ps(_mm_set1_ps(dmin),
-                                _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[t][i].bsums)), summs[t]);
+                                _mm_cvtepi32_ps(k4_min_products(mins_and_scales, y[t][i].bsums)),
+                                summs[t]);
         sumi[t] = _mm256_setzero_si256();
     }
     __m256i hbits = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
@@ -562,8 +591,10 @@ static inline void dot4_k4(const uint8_t *qs, const uint8_t *qh, kern_half wd, k
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             const int8_t *q8 = y[t][i].qs + 64 * j;
-            __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
-            __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+            __m256i p16l = _mm256_madd_epi16(
+                scale_l, _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)q8)));
+            __m256i p16h = _mm256_madd_epi16(
+                scale_h, _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
             sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16l, p16h));
         }
     }
@@ -586,7 +617,8 @@ static void dot4_q4_K(const void *row, const void *x, size_t stride, int64_t n, 
     }
     for (int64_t i = 0; i < n / QK_K; i++)
         dot4_k4(w[i].qs, NULL, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - hsum4(summs[t]);
+    for (int t = 0; t < NT; t++)
+        out[t] = hsum8(acc[t]) - hsum4(summs[t]);
 }
 
 static void dot4_q5_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
@@ -602,7 +634,8 @@ static void dot4_q5_K(const void *row, const void *x, size_t stride, int64_t n, 
     }
     for (int64_t i = 0; i < n / QK_K; i++)
         dot4_k4(w[i].qs, w[i].qh, w[i].d, w[i].dmin, w[i].scales, y, i, acc, summs);
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]) - hsum4(summs[t]);
+    for (int t = 0; t < NT; t++)
+        out[t] = hsum8(acc[t]) - hsum4(summs[t]);
 }
 
 static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, float *out)
@@ -618,17 +651,25 @@ static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, 
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m128i scales = _mm_loadu_si128((const __m128i *)w[i].scales);
         __m256i sumi[NT];
-        for (int t = 0; t < NT; t++) sumi[t] = _mm256_setzero_si256();
+        for (int t = 0; t < NT; t++)
+            sumi[t] = _mm256_setzero_si256();
         for (int j = 0, is = 0; j < QK_K / 128; j++, is += 4) {
             const uint8_t *q4 = w[i].ql + 64 * j, *qh = w[i].qh + 32 * j;
             __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
             __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
             __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4], sc[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4));
+            q[0] = _mm256_or_si256(_mm256_and_si256(q4bits1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m2), 4));
+            q[1] = _mm256_or_si256(
+                _mm256_and_si256(q4bits2, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 2), m2), 4));
+            q[2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 4), m2), 4));
+            q[3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bitsH, 6), m2), 4));
             for (int k = 0; k < 4; k++)
                 sc[k] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_q6(is + k)));
 #pragma GCC unroll 4
@@ -637,7 +678,8 @@ static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, 
                 __m256i p[4];
                 for (int k = 0; k < 4; k++) {
                     __m256i q8k = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
-                    p[k] = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8k), _mm256_maddubs_epi16(m32s, q8k));
+                    p[k] = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8k),
+                                            _mm256_maddubs_epi16(m32s, q8k));
                     p[k] = _mm256_madd_epi16(sc[k], p[k]);
                 }
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p[0], p[1]));
@@ -649,16 +691,19 @@ static void dot4_q6_K(const void *row, const void *x, size_t stride, int64_t n, 
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
         }
     }
-    for (int t = 0; t < NT; t++) out[t] = hsum8(acc[t]);
+    for (int t = 0; t < NT; t++)
+        out[t] = hsum8(acc[t]);
 }
 
-#define MULTI_BY_FOUR(type)                                                                      \
-    void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x, \
-                                       int64_t n, float *out)                                   \
-    {                                                                                            \
-        int j = 0;                                                                               \
-        for (; j + NT <= n_x; j += NT) dot4_##type(row, token_x(x, x_stride, j), x_stride, n, out + j); \
-        for (; j < n_x; j++) out[j] = kern__dot_##type##_avx2(row, token_x(x, x_stride, j), n);  \
+#define MULTI_BY_FOUR(type)                                                                        \
+    void kern__dot_multi_##type##_avx2(const void *row, const void *x, size_t x_stride, int n_x,   \
+                                       int64_t n, float *out)                                      \
+    {                                                                                              \
+        int j = 0;                                                                                 \
+        for (; j + NT <= n_x; j += NT)                                                             \
+            dot4_##type(row, token_x(x, x_stride, j), x_stride, n, out + j);                       \
+        for (; j < n_x; j++)                                                                       \
+            out[j] = kern__dot_##type##_avx2(row, token_x(x, x_stride, j), n);                     \
     }
 
 MULTI_BY_FOUR(q8_0)
