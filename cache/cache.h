@@ -35,8 +35,15 @@
  *   evictions, and among equals the most recently used — which keeps a fixed subset resident
  *   when a cyclic working set does not fit, where LRU and LFU evict exactly what comes next).  A
  * pinned slot (handed out or being read) is never evicted.
- * - cache_prefetch() reads experts a predictor expects before they are asked for; a hit on
- *   one counts as a used prefetch, its eviction unasked as a wasted one.
+ * - cache_predict() tells the tier what a predictor expects a coming layer to ask for, each
+ *   expert with its probability: it reads those at least as likely as the caller's threshold
+ *   before they are asked for (never into a pinned slot, one being read, or one this call
+ *   keeps), and marks all of them as expected, which the lru-predict policy does not evict.  A
+ *   hit on a prefetched expert counts as a used prefetch, its eviction unasked as a wasted one.
+ *   When the layer is requested, its prefetched experts that the request did not ask for are
+ *   cancelled: they become the first to be evicted (a read still in flight completes first),
+ *   and the layer's expectations end.  cache_prefetch() is cache_predict() with every
+ *   expert read.
  * - cache_get_stats() may be called from any thread (counters are atomics).
  * - With opts.simulate the cache has no file and reads complete at once: the same policy code
  *   replays a recorded routing trace offline (cache_trace_replay) to compare policies and
@@ -66,10 +73,12 @@ typedef enum cache_policy {
     CACHE_POLICY_LRU_PROTECT, /* LRU that passes over prefetched, not yet used experts for a step */
     CACHE_POLICY_LFU_HISTORY, /* requests since start (kept across evictions); newest first among
                                  equals */
+    CACHE_POLICY_LRU_PREDICT, /* LRU that passes over what the predictor expects in the layers
+                                 ahead (cache_predict), until those layers are requested */
     CACHE_POLICY_COUNT
 } cache_policy;
 
-/* "lru", "lfu", "lru-protect", "lfu-history"; NULL for an unknown value. */
+/* "lru", "lfu", "lru-protect", "lfu-history", "lru-predict"; NULL for an unknown value. */
 const char *cache_policy_name(cache_policy p);
 int cache_policy_parse(const char *name, cache_policy *out);
 
@@ -170,6 +179,11 @@ int cache_wait_idle(cache *c, char *err, size_t err_size);
  * when no slot can be taken.  Returns the number of reads started, or a negative error. */
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                    size_t err_size);
+/* experts ranked most likely first; prob[j] the probability that the layer asks for experts[j]
+ * (NULL: certain).  Reads those with prob >= min_prob; returns the number of reads started or
+ * a negative error.  Recorded in the trace (a "p" line) so that replays see it too. */
+int cache_predict(cache *c, int32_t layer, const int32_t *experts, const float *prob,
+                  int32_t n_experts, float min_prob, char *err, size_t err_size);
 
 /* Upper bounds (seconds) of the expert-load latency histogram's buckets; the last is +Inf. */
 enum { CACHE_READ_BUCKETS = 12 };
@@ -205,8 +219,10 @@ uint64_t cache_slot_bytes(const cache_extent *extents, size_t n_experts_total);
 
 /* Replays a trace written through opts.trace (its first line gives layers and experts) into a
  * simulated cache with the given policy and number of slots, and fills *out with the
- * counters.  A malformed trace is -EINVAL with the line named. */
-int cache_trace_replay(FILE *trace, cache_policy policy, uint32_t n_slots, cache_stats *out,
-                       char *err, size_t err_size);
+ * counters.  Its predictions ("p" lines) are replayed through cache_predict with min_prob as
+ * the threshold, or ignored when min_prob is negative (no prefetching).  A malformed trace is
+ * -EINVAL with the line named. */
+int cache_trace_replay(FILE *trace, cache_policy policy, uint32_t n_slots, float min_prob,
+                       cache_stats *out, char *err, size_t err_size);
 
 #endif

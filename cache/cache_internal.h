@@ -64,6 +64,7 @@ struct cache {
     int32_t n_keys;
     int32_t *slot_of;           /* [n_keys]: slot or -1 */
     uint32_t *key_requests;     /* [n_keys]: requests since open, kept across evictions */
+    uint8_t *expected;          /* [n_keys]: predicted for a layer not requested since */
     atomic_uchar *resident_map; /* [n_keys]: 1 while complete in a slot; read from any thread */
     uint64_t *part_off;         /* [n_keys][CACHE_PARTS]: where each part's data starts in a slot */
     uint64_t *part_bytes;       /* [n_keys][CACHE_PARTS]: its length */

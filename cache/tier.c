@@ -39,6 +39,8 @@ const char *cache_policy_name(cache_policy p)
         return "lru-protect";
     case CACHE_POLICY_LFU_HISTORY:
         return "lfu-history";
+    case CACHE_POLICY_LRU_PREDICT:
+        return "lru-predict";
     case CACHE_POLICY_COUNT:
         break;
     }
@@ -79,6 +81,10 @@ static uint64_t score(const cache *c, const cache__slot *s)
     }
     case CACHE_POLICY_LRU_PROTECT:
         if (s->prefetched && c->tick - s->last_use <= (uint64_t)c->o.n_layer) return UINT64_MAX - 1;
+        break;
+    case CACHE_POLICY_LRU_PREDICT:
+        /* expected soon: after everything else, least recent first among them */
+        if (c->expected[s->key]) return (UINT64_MAX >> 1) + s->last_use;
         break;
     case CACHE_POLICY_LRU:
     case CACHE_POLICY_COUNT:
@@ -249,10 +255,12 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
     int rc = 0;
     c->slot_of = malloc((size_t)c->n_keys * sizeof *c->slot_of);
     c->key_requests = calloc((size_t)c->n_keys, sizeof *c->key_requests);
+    c->expected = calloc((size_t)c->n_keys, 1);
     c->part_off = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_off);
     c->part_bytes = calloc((size_t)c->n_keys * CACHE_PARTS, sizeof *c->part_bytes);
     c->resident_map = calloc((size_t)c->n_keys, sizeof *c->resident_map);
-    if (!c->slot_of || !c->key_requests || !c->part_off || !c->part_bytes || !c->resident_map)
+    if (!c->slot_of || !c->key_requests || !c->expected || !c->part_off || !c->part_bytes ||
+        !c->resident_map)
         goto oom;
     for (int32_t k = 0; k < c->n_keys; k++)
         c->slot_of[k] = -1;
@@ -322,6 +330,7 @@ void cache__free(cache *c)
     if (c->fill && c->fill->close) c->fill->close(c); /* waits for loads in flight */
     free(c->slot_of);
     free(c->key_requests);
+    free(c->expected);
     free(c->part_off);
     free(c->part_bytes);
     free(c->resident_map);
@@ -403,6 +412,16 @@ int cache_request(cache *c, int32_t layer, const int32_t *experts, int32_t n_exp
         c->wants[c->n_wants++] = (cache__want){.expert = e, .slot = -1};
     }
     if (c->o.trace) fputc('\n', c->o.trace);
+    /* The layer's prefetches that the request did not want are cancelled (evicted first), and
+     * what was expected of it is no longer. */
+    for (int32_t e = 0; e < c->o.n_expert; e++) {
+        int32_t key = layer * c->o.n_expert + e, i = c->slot_of[key];
+        c->expected[key] = 0;
+        if (i >= 0 && c->slots[i].prefetched) {
+            c->slots[i].last_use = 0;
+            c->slots[i].uses = 0;
+        }
+    }
     /* Touch every requested resident expert before choosing victims, so that a batch never
      * evicts an expert it is about to use. */
     for (int32_t w = 0; w < c->n_wants; w++) {
@@ -531,23 +550,38 @@ int cache_wait_idle(cache *c, char *err, size_t err_size)
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                    size_t err_size)
 {
-    if (c->all_fit) return 0;
-    if (layer < 0 || layer >= c->o.n_layer || n_experts < 0) {
-        snprintf(err, err_size, "cache: prefetch for layer %d is out of range", layer);
+    return cache_predict(c, layer, experts, NULL, n_experts, 0.0f, err, err_size);
+}
+
+int cache_predict(cache *c, int32_t layer, const int32_t *experts, const float *prob,
+                  int32_t n_experts, float min_prob, char *err, size_t err_size)
+{
+    if (layer < 0 || layer >= c->o.n_layer || n_experts < 0 || n_experts > c->o.n_expert) {
+        snprintf(err, err_size, "cache: prediction of %d experts for layer %d is out of range",
+                 n_experts, layer);
         return -EINVAL;
     }
+    if (c->o.trace) { /* also when everything fits: a replay at a smaller budget needs them */
+        fprintf(c->o.trace, "p %d", layer);
+        for (int32_t j = 0; j < n_experts; j++)
+            fprintf(c->o.trace, " %d/%.3f", experts[j], prob ? prob[j] : 1.0);
+        fputc('\n', c->o.trace);
+    }
+    if (c->all_fit) return 0;
     uint64_t gen = ++c->prefetch_gen;
     int started = 0;
     /* What is guessed and already resident must not make room for the rest. */
     for (int32_t j = 0; j < n_experts; j++) {
         int32_t e = experts[j];
         if (e < 0 || e >= c->o.n_expert) continue;
+        c->expected[layer * c->o.n_expert + e] = 1;
         int32_t i = c->slot_of[layer * c->o.n_expert + e];
         if (i >= 0) c->slots[i].protect_gen = gen;
     }
     for (int32_t j = 0; j < n_experts; j++) {
         int32_t e = experts[j];
         if (e < 0 || e >= c->o.n_expert) continue;
+        if (prob && prob[j] < min_prob) break; /* ranked: the rest are less likely still */
         int32_t key = layer * c->o.n_expert + e;
         if (c->slot_of[key] >= 0) continue;
         int32_t best = -1;

@@ -11,7 +11,9 @@
 #include "gguf/gguf.h"
 #include "kernels/cpu/cpu.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +85,7 @@ typedef struct bench_opts {
     long n_gen;
     int header;
     int random_tokens;
+    const char *text_path; /* --text FILE: prompts and decode tokens cut from this text */
     int profile;
     cli_cache_args cache;
 } bench_opts;
@@ -99,11 +102,16 @@ static void usage(FILE *out)
         "  --gen G       decode steps timed (default 32)\n"
         "  --expert-cache SIZE|N%%|all|min|off   experts through the cache with this budget\n"
         "                (default off: experts read through the file's mapping)\n"
-        "  --direct auto|on|off  O_DIRECT reads  --policy lru|lfu|lru-protect|lfu-history  "
+        "  --direct auto|on|off  O_DIRECT reads  --policy "
+        "lru|lfu|lru-protect|lfu-history|lru-predict  "
         "--io-depth N\n"
         "  --trace FILE  record the routing trace (replay: moeserve cache-replay)\n"
-        "  --predictor none|pregate|affinity  guess (and prefetch) each next layer's experts\n"
-        "  --lookahead N layers pre-gating looks ahead (default 1)\n"
+        "  --predictor none|pregate|affinity|hybrid  guess (and prefetch) the coming layers' "
+        "experts\n"
+        "  --lookahead N layers guessed ahead (default 1)  --width N  guesses per token (default "
+        "top-k)\n"
+        "  --min-prob P  least probability prefetched (default auto: 0.1 rising to 0.5 as steps "
+        "wait on reads)\n"
         "  --backend auto|cpu|sim|cuda  compute backend (default auto)\n"
         "  --device-cache SIZE|N%%|all|min  device tier budget (device backends; default all)\n"
         "  --kv-type f16|f32  KV cache storage (default f16)\n"
@@ -112,7 +120,92 @@ static void usage(FILE *out)
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
         "  --profile     time each CPU operation over the decode steps (a table per run)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
-        "                varies like text's on random-weight models)\n");
+        "                varies like text's on random-weight models)\n"
+        "  --text FILE   prompts and decoded tokens are the file's text, tokenized by the model\n"
+        "                (sequence s reads the window after s's; decode is teacher-forced): the\n"
+        "                routing of real text, for the predictor and the cache on trained "
+        "models\n");
+}
+
+/* The predictor's counters at a moment, to count the decode steps apart from the prefill. */
+typedef struct pred_snapshot {
+    pred_layer_stats *layer; /* [n_layer] */
+    pred_layer_stats depth[PRED_MAX_LOOKAHEAD];
+} pred_snapshot;
+
+static int snapshot_predictor(const pred *p, int n_layer, pred_snapshot *out)
+{
+    if (!out->layer && !(out->layer = calloc((size_t)n_layer, sizeof *out->layer))) {
+        fprintf(stderr, "moeserve bench: out of memory\n");
+        return -1;
+    }
+    for (int il = 0; il < n_layer; il++)
+        pred_get_stats(p, il, &out->layer[il]);
+    for (int d = 1; d <= PRED_MAX_LOOKAHEAD; d++)
+        pred_get_depth_stats(p, d, &out->depth[d - 1]);
+    return 0;
+}
+
+static pred_layer_stats since(const pred_layer_stats *now, const pred_layer_stats *then)
+{
+    return (pred_layer_stats){.steps = now->steps - then->steps,
+                              .guessed = now->guessed - then->guessed,
+                              .used = now->used - then->used,
+                              .correct = now->correct - then->correct};
+}
+
+static double pct(uint64_t part, uint64_t whole)
+{
+    return whole ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
+/* The --text file, tokenized by the model's tokenizer: at least `need` tokens. */
+static int read_text_tokens(const bench_opts *o, const model *m, size_t need, int32_t **ids)
+{
+    char err[512];
+    FILE *f = fopen(o->text_path, "rb");
+    if (!f) {
+        fprintf(stderr, "moeserve bench: cannot open %s: %s\n", o->text_path, strerror(errno));
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 65536 > cap) {
+            char *grown = realloc(text, cap = 2 * cap + 65536);
+            if (!grown) {
+                free(text);
+                fclose(f);
+                fprintf(stderr, "moeserve bench: out of memory reading %s\n", o->text_path);
+                return -1;
+            }
+            text = grown;
+        }
+        size_t got = fread(text + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) break;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    tokenizer *tok = NULL;
+    size_t n = 0;
+    int rc = failed ? -EIO : tokenizer_create(&tok, model_file(m), err, sizeof err);
+    if (rc == 0) rc = tokenizer_encode(tok, text, len, 0, ids, &n, err, sizeof err);
+    tokenizer_destroy(&tok);
+    free(text);
+    if (rc) {
+        fprintf(stderr, "moeserve bench: %s: %s\n", o->text_path, failed ? "read error" : err);
+        return -1;
+    }
+    if (n < need) {
+        fprintf(stderr,
+                "moeserve bench: %s has %zu tokens; --batch x (--prompt + --gen) needs %zu\n",
+                o->text_path, n, need);
+        free(*ids);
+        *ids = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 static int run(bench_opts *o)
@@ -122,14 +215,17 @@ static int run(bench_opts *o)
     kern_backend *be = NULL, *cpu = NULL;
     model *m = NULL;
     model_ctx *ctx = NULL;
-    int32_t *tok = NULL, *pos = NULL, *seq = NULL;
+    int32_t *tok = NULL, *pos = NULL, *seq = NULL, *text_ids = NULL;
     float *logits = NULL;
+    pred_snapshot pred0 = {0}, pred1 = {0};
     if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0))
         goto done;
     if (cli_open_miss_backend(be, (int)o->n_threads, o->cache.miss_policy, &cpu)) goto done;
     model_opts mo = {.backend = be,
                      .predictor = o->cache.predictor,
                      .lookahead = o->cache.lookahead,
+                     .width = o->cache.width,
+                     .min_prob = o->cache.min_prob,
                      .cpu_backend = cpu,
                      .miss_policy = (model_miss_policy)o->cache.miss_policy};
     if (cli_cache_args_open(&o->cache, &mo.expert_cache, &mo.device_cache)) goto done;
@@ -155,6 +251,7 @@ static int run(bench_opts *o)
         goto done;
     }
 
+    if (o->text_path && read_text_tokens(o, m, (size_t)B * (size_t)(P + G), &text_ids)) goto done;
     touch_file(model_file(m), o->cache.enabled);
     double bw = measure_bandwidth(be, (size_t)1 << 30);
 
@@ -167,7 +264,8 @@ static int run(bench_opts *o)
     for (int32_t s = 0; s < B; s++) {
         for (int32_t i = 0; i < P; i++) {
             lcg = lcg * 1664525u + 1013904223u;
-            tok[i] = (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab);
+            tok[i] = text_ids ? text_ids[(size_t)s * (size_t)(P + G) + (size_t)i]
+                              : (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab);
             pos[i] = i;
             seq[i] = s;
         }
@@ -187,6 +285,10 @@ static int run(bench_opts *o)
     /* Decode: G steps, each advancing every sequence by one greedy token. */
     cache_stats c0 = {0}, c1 = {0};
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c0);
+    if (model_predictor(m) && snapshot_predictor(model_predictor(m), hp->n_layer, &pred0)) {
+        free(next);
+        goto done;
+    }
     double t_decode = 0.0;
     uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0;
     if (o->profile && kern_cpu_set_profiling(be, true))
@@ -202,7 +304,9 @@ static int run(bench_opts *o)
             /* Greedy decoding of a random-weight model soon repeats one token, and with it one
              * routing: random tokens route like text does, so the tiers see real misses. */
             lcg = lcg * 1664525u + 1013904223u;
-            tok[s] = o->random_tokens ? (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab) : next[s];
+            tok[s] = text_ids           ? text_ids[(size_t)s * (size_t)(P + G) + (size_t)(P + g)]
+                     : o->random_tokens ? (int32_t)((lcg >> 8) % (uint32_t)hp->n_vocab)
+                                        : next[s];
             pos[s] = P + g;
             seq[s] = s;
         }
@@ -296,27 +400,33 @@ static int run(bench_opts *o)
                (unsigned long long)(c1.prefetch_used - c0.prefetch_used),
                (unsigned long long)(c1.prefetch_wasted - c0.prefetch_wasted));
     }
-    if (model_predictor(m)) {
+    if (model_predictor(m)) { /* the decode steps' guesses only (prefill guesses a batch) */
+        const pred *pr = model_predictor(m);
+        if (snapshot_predictor(pr, hp->n_layer, &pred1)) goto done;
         pred_layer_stats sum = {0};
         for (int il = 0; il < hp->n_layer; il++) {
-            pred_layer_stats ls;
-            pred_get_stats(model_predictor(m), il, &ls);
+            pred_layer_stats ls = since(&pred1.layer[il], &pred0.layer[il]);
             sum.guessed += ls.guessed;
             sum.used += ls.used;
             sum.correct += ls.correct;
         }
-        printf(
-            "| predictor | %s | precision %.1f%% | recall %.1f%% | (all steps, layers 1..%d) |\n",
-            pred_kind_name(pred_get_kind(model_predictor(m))),
-            sum.guessed ? 100.0 * (double)sum.correct / (double)sum.guessed : 0.0,
-            sum.used ? 100.0 * (double)sum.correct / (double)sum.used : 0.0, hp->n_layer - 1);
+        printf("| predictor | %s, width %d per token | precision %.1f%% | recall %.1f%% | (decode "
+               "steps, layers 1..%d, one layer ahead) |\n",
+               pred_kind_name(pred_get_kind(pr)), pred_width(pr), pct(sum.correct, sum.guessed),
+               pct(sum.correct, sum.used), hp->n_layer - 1);
+        for (int d = 2; d <= pred_lookahead(pr); d++) {
+            pred_layer_stats ds = since(&pred1.depth[d - 1], &pred0.depth[d - 1]);
+            if (ds.steps == 0) continue;
+            printf("| predictor %d layers ahead | %s, width %d | precision %.1f%% | recall %.1f%% "
+                   "| |\n",
+                   d, pred_kind_name(pred_get_kind(pr)), pred_width(pr),
+                   pct(ds.correct, ds.guessed), pct(ds.correct, ds.used));
+        }
         printf("| predictor per layer | precision / recall |");
         for (int il = 1; il < hp->n_layer; il++) {
-            pred_layer_stats ls;
-            pred_get_stats(model_predictor(m), il, &ls);
-            printf(" L%d %.1f%% / %.1f%% |", il,
-                   ls.guessed ? 100.0 * (double)ls.correct / (double)ls.guessed : 0.0,
-                   ls.used ? 100.0 * (double)ls.correct / (double)ls.used : 0.0);
+            pred_layer_stats ls = since(&pred1.layer[il], &pred0.layer[il]);
+            printf(" L%d %.1f%% / %.1f%% |", il, pct(ls.correct, ls.guessed),
+                   pct(ls.correct, ls.used));
         }
         printf("\n");
     }
@@ -327,6 +437,9 @@ done:
     free(pos);
     free(seq);
     free(logits);
+    free(text_ids);
+    free(pred0.layer);
+    free(pred1.layer);
     model_ctx_destroy(&ctx);
     model_close(&m);
     kern_close(&cpu);
@@ -364,6 +477,9 @@ int cli_bench(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--model") && v) {
             o.path = v, i++;
+            continue;
+        } else if (!strcmp(a, "--text") && v) {
+            o.text_path = v, i++;
             continue;
         } else if (!strcmp(a, "--threads")) {
             target = &o.n_threads, lo = 0, hi = 1024;

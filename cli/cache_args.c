@@ -138,7 +138,10 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
     }
     if (!strcmp(opt, "--policy")) {
         if (cache_policy_parse(v, &a->opts.policy)) {
-            fprintf(stderr, "--policy expects lru, lfu, lru-protect or lfu-history; got '%s'\n", v);
+            fprintf(
+                stderr,
+                "--policy expects lru, lfu, lru-protect, lfu-history or lru-predict; got '%s'\n",
+                v);
             return -EINVAL;
         }
         return 1;
@@ -151,7 +154,7 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
     }
     if (!strcmp(opt, "--predictor")) {
         if (pred_kind_parse(v, &a->predictor)) {
-            fprintf(stderr, "--predictor expects none, pregate or affinity; got '%s'\n", v);
+            fprintf(stderr, "--predictor expects none, pregate, affinity or hybrid; got '%s'\n", v);
             return -EINVAL;
         }
         return 1;
@@ -160,6 +163,22 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         long n;
         if (cli_parse_int(opt, v, 1, 8, &n)) return -EINVAL;
         a->lookahead = (int32_t)n;
+        return 1;
+    }
+    if (!strcmp(opt, "--width")) {
+        long n;
+        if (cli_parse_int(opt, v, 1, PRED_MAX_WIDTH, &n)) return -EINVAL;
+        a->width = (int32_t)n;
+        return 1;
+    }
+    if (!strcmp(opt, "--min-prob")) {
+        char *end;
+        float p = strtof(v, &end);
+        if (end == v || *end || !(p > 0.0f && p <= 1.0f)) {
+            fprintf(stderr, "--min-prob expects a probability in (0, 1]; got '%s'\n", v);
+            return -EINVAL;
+        }
+        a->min_prob = p;
         return 1;
     }
     if (!strcmp(opt, "--trace")) {

@@ -31,7 +31,8 @@ int cli_parse_int(const char *opt, const char *text, long min, long max, long *o
 
 /* --expert-cache SIZE|N%|all|min|off, --direct auto|on|off, --policy
  * lru|lfu|lru-protect|lfu-history, --io-depth N,
- * --trace FILE, --predictor none|pregate|affinity: the expert cache and routing predictor
+ * --trace FILE, --predictor none|pregate|affinity|hybrid, --lookahead, --width, --min-prob: the
+ * expert cache and routing predictor
  * as `generate` and `bench` take them (cache_args.c). */
 typedef struct cli_cache_args {
     bool enabled;
@@ -47,8 +48,10 @@ typedef struct cli_cache_args {
     int miss_policy; /* --miss-policy auto|copy|cpu (model_miss_policy) */
     const char *trace_path;
     FILE *trace;
-    pred_kind predictor; /* --predictor none|pregate|affinity */
-    int32_t lookahead;   /* --lookahead N (pregate) */
+    pred_kind predictor; /* --predictor none|pregate|affinity|hybrid */
+    int32_t lookahead;   /* --lookahead N */
+    int32_t width;       /* --width N: guesses per token (0: top-k) */
+    float min_prob;      /* --min-prob P: least probability prefetched (0: auto) */
 } cli_cache_args;
 void cli_cache_args_init(cli_cache_args *a);
 /* A budget as the cache takes it: a percentage is a share of all experts, bytes are bytes,

@@ -66,9 +66,10 @@ static void usage(FILE *out)
         "  --ignore-eos            keep going past end-of-generation tokens\n"
         "  --threads N             CPU threads (default: all)\n"
         "  --expert-cache SIZE|N%%|all|min|off   experts through the cache (default off)\n"
-        "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history  --io-depth N  "
+        "  --direct auto|on|off  --policy lru|lfu|lru-protect|lfu-history|lru-predict  --io-depth "
+        "N  "
         "--trace FILE\n"
-        "  --predictor none|pregate|affinity  --lookahead N\n"
+        "  --predictor none|pregate|affinity|hybrid  --lookahead N  --width N  --min-prob P\n"
         "  --backend auto|cpu|sim|cuda   compute backend (default auto: CUDA when a device is "
         "usable)\n"
         "  --device-cache SIZE|N%%|all|min   device tier budget (device backends; default all)\n"
@@ -292,6 +293,8 @@ int cli_generate(int argc, char **argv)
     model_opts mo = {.backend = be,
                      .predictor = a.cache.predictor,
                      .lookahead = a.cache.lookahead,
+                     .width = a.cache.width,
+                     .min_prob = a.cache.min_prob,
                      .cpu_backend = cpu,
                      .miss_policy = (model_miss_policy)a.cache.miss_policy};
     if (cli_cache_args_open(&a.cache, &mo.expert_cache, &mo.device_cache)) goto done;

@@ -96,7 +96,8 @@ static void cache_options(const cfg *c, const model_sizes *sz, cache_opts *co)
 {
     *co = cache_opts_default();
     static const cache_policy policies[] = {CACHE_POLICY_LRU, CACHE_POLICY_LFU,
-                                            CACHE_POLICY_LRU_PROTECT, CACHE_POLICY_LFU_HISTORY};
+                                            CACHE_POLICY_LRU_PROTECT, CACHE_POLICY_LFU_HISTORY,
+                                            CACHE_POLICY_LRU_PREDICT};
     co->policy = policies[c->cache.policy];
     co->queue_depth = (uint32_t)c->io.queue_depth;
     co->direct = c->io.direct == CFG_AUTO ? CACHE_DIRECT_AUTO
@@ -151,12 +152,14 @@ static void watch_mapping(const gguf_file *f)
 static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
-    static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY};
+    static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY, PRED_HYBRID};
     model_opts mo = {.backend = st->backend,
                      .cpu_backend = st->miss_cpu,
                      .miss_policy = (model_miss_policy)c->cache.miss_policy,
                      .predictor = kinds[c->predictor.kind],
-                     .lookahead = c->predictor.lookahead};
+                     .lookahead = c->predictor.lookahead,
+                     .width = c->predictor.width,
+                     .min_prob = (float)c->predictor.prefetch_threshold / 100.0f};
     int rc = model_open(&st->m, c->model.path, &mo, err, err_size);
     if (rc == 0) watch_mapping(model_file(st->m));
     if (rc) return rc;

@@ -31,8 +31,9 @@
 
 /* --- the keys ------------------------------------------------------------------------------- */
 
-static const char *const policy_names[] = {"lru", "lfu", "lru-protect", "lfu-history", NULL};
-static const char *const predictor_names[] = {"none", "pregate", "affinity", NULL};
+static const char *const policy_names[] = {"lru",         "lfu",         "lru-protect",
+                                           "lfu-history", "lru-predict", NULL};
+static const char *const predictor_names[] = {"none", "pregate", "affinity", "hybrid", NULL};
 static const char *const backend_names[] = {"auto", "cpu", "sim", "cuda", NULL};
 static const char *const kv_type_names[] = {"f16", "f32", NULL};
 static const char *const miss_names[] = {"auto", "copy", "cpu", NULL};
@@ -98,6 +99,9 @@ static const cfg__key keys[] = {
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
     {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},
+    {"predictor.width", CFG__INT, OFF(predictor.width), 0, 64, NULL, "0", NULL, NULL},
+    {"predictor.prefetch_threshold", CFG__INT, OFF(predictor.prefetch_threshold), 0, 100, NULL, "0",
+     NULL, NULL},
     {"io.queue_depth", CFG__INT, OFF(io.queue_depth), 1, 4096, NULL, "64", NULL, NULL},
     {"io.direct", CFG__TRISTATE, OFF(io.direct), 0, 0, NULL, "auto", NULL, NULL},
     {"compute.threads", CFG__INT, OFF(compute.threads), 0, 1024, NULL, "0", NULL, NULL},
@@ -122,7 +126,8 @@ const char *cfg_cache_policy_name(cfg_cache_policy p)
 }
 const char *cfg_predictor_kind_name(cfg_predictor_kind k)
 {
-    return (unsigned)k < 3 ? predictor_names[k] : "?";
+    return (unsigned)k < sizeof predictor_names / sizeof predictor_names[0] - 1 ? predictor_names[k]
+                                                                                : "?";
 }
 const char *cfg_backend_name(cfg_backend b)
 {

@@ -57,12 +57,14 @@ typedef enum cfg_cache_policy {
     CFG_CACHE_LFU,
     CFG_CACHE_LRU_PROTECT, /* LRU that passes over experts the predictor has just asked for */
     CFG_CACHE_LFU_HISTORY, /* fewest requests since start; most recent first among equals */
+    CFG_CACHE_LRU_PREDICT, /* LRU that passes over what the predictor expects soon */
 } cfg_cache_policy;
 
 typedef enum cfg_predictor_kind {
     CFG_PREDICTOR_NONE = 0,
     CFG_PREDICTOR_PREGATE,
     CFG_PREDICTOR_AFFINITY,
+    CFG_PREDICTOR_HYBRID,
 } cfg_predictor_kind;
 
 typedef enum cfg_backend {
@@ -133,7 +135,9 @@ typedef struct cfg {
     } cache;
     struct {
         cfg_predictor_kind kind;
-        int32_t lookahead; /* layers ahead */
+        int32_t lookahead;          /* layers ahead */
+        int32_t width;              /* guesses per token; 0: the model's top-k */
+        int32_t prefetch_threshold; /* percent; 0: auto */
     } predictor;
     struct {
         int32_t queue_depth;

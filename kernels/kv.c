@@ -178,6 +178,10 @@ static int grow(kern_kv *kv, char *err, size_t err_size)
                  kv->b->kind == KERN_BACKEND_CPU ? "host" : "device");
         return rc;
     }
+    /* Host memory is touched now, not block by block as sequences grow: the cache's bytes in
+     * /metrics are then the memory the process holds (a soak that watches RSS sees it flat), and
+     * no decode step takes the page faults. */
+    if (kv->b->kind == KERN_BACKEND_CPU) memset(mem, 0, bytes);
     int32_t c = kv->n_chunks++;
     kv->chunks[c] = mem;
     /* Pushed in reverse so that blocks are handed out in address order. */

@@ -54,8 +54,9 @@ typedef struct host_scratch {
     float *comb_w;
     int32_t *bucket_start; /* n_expert + 1 */
     int32_t *fill;         /* n_expert: bucket cursors, then the experts used */
-    int32_t *guess;        /* n_expert: the next layer's predicted experts */
-    uint8_t *mark;         /* n_expert */
+    int32_t *guess;        /* n_expert: a coming layer's predicted experts, most likely first */
+    float *guess_p;        /* n_expert: their probabilities */
+    float *router;         /* [n][n_expert]: a coming layer's router logits, for pre-gating */
     int32_t *out_rows;     /* tokens whose logits are wanted */
     /* misses computed on the CPU (device backends with a CPU backend only) */
     int32_t *on_device, *on_cpu; /* n_expert each: the layer's experts, split */
@@ -130,7 +131,8 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         DEV(comb_rows, n * K) || DEV(comb_w, n * K) || HOST(route_id, n * K) ||
         HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
         HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E) || HOST(guess, E) ||
-        HOST(mark, E) || HOST(out_rows, n) || HOST(group, E) || HOST(refs, E) ||
+        HOST(guess_p, E) || HOST(router, n * E) || HOST(out_rows, n) || HOST(group, E) ||
+        HOST(refs, E) ||
         (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
                              HOST(de, n * K * D) || HOST(ge, n * K * ff) || HOST(ue, n * ff)))) {
         scratch_free(ctx);
@@ -584,8 +586,7 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
     return rc;
 }
 
-static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t *n_used_out,
-               char *err, size_t err_size)
+static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
@@ -600,11 +601,10 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t 
     int rc = route(ctx, L, n, err, err_size);
     if (rc) return rc;
     int32_t n_used = bucket_tokens(ctx, n);
-    *n_used_out = n_used;
     for (int32_t u = 0; u < n_used; u++)
         atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)h->fill[u]],
                          (uint64_t)(h->bucket_start[h->fill[u] + 1] - h->bucket_start[h->fill[u]]));
-    if (m->predictor) pred_actual(m->predictor, il, h->fill, n_used);
+    if (m->predictor) pred_observe(m->predictor, il, h->route_id, n);
     if ((rc = upload(ctx, s->bucket, h->bucket, nk * sizeof *h->bucket, err, err_size)) ||
         (rc = upload(ctx, s->comb_rows, h->comb_rows, nk * sizeof *h->comb_rows, err, err_size)) ||
         (rc = upload(ctx, s->comb_w, h->comb_w, nk * sizeof *h->comb_w, err, err_size)))
@@ -624,47 +624,56 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, int32_t 
 
 /* ---- routing prediction ------------------------------------------------------------------- */
 
-/* Guesses layer il + 1's experts after layer il ran (hs.fill still holds layer il's experts):
- * pre-gating applies layer il + 1's router to the current hidden state; affinity asks the
- * predictor's co-activation counts.  The guess is scored later by pred_actual and, with an
- * expert cache, read ahead while layer il + 1's attention computes. */
-static int predict_next(model_ctx *ctx, int il, int32_t n_used_here, int64_t n, char *err,
-                        size_t err_size)
+/* The least probability worth a prefetch.  A wrong guess costs a read and a slot; a right
+ * one saves a stall.  When reads already keep up (no stall), a read costs little: guesses
+ * from 10% are fetched.  When the engine waits on reads, a wasted read delays a demanded one
+ * by as much as a right guess saves, so a guess must be right more often than wrong: 50%.
+ * In between, linearly in the share of step time spent stalled (saturating at one half). */
+static float prefetch_threshold(const model *m)
+{
+    if (m->min_prob >= 0.0f) return m->min_prob;
+    double stall = m->stall_share > 0.5 ? 0.5 : m->stall_share;
+    return (float)(0.1 + 0.8 * stall);
+}
+
+/* Guesses the experts of the `lookahead` layers after il (deepest first, so that the nearest,
+ * most accurate guess is the one a layer is scored on): pre-gating applies each target
+ * layer's router to the current hidden state; the counts start from the tokens' experts of
+ * layer il (hs.route_id still holds them).  The guesses are scored when their layers route
+ * and, with an expert cache, the likely ones are read while the layers in between compute. */
+static int predict_next(model_ctx *ctx, int il, int64_t n, char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
     host_scratch *h = &ctx->hs;
     if (!m->predictor) return 0;
-    int E = hp->n_expert, K = hp->n_expert_used;
-    bool pregate = pred_get_kind(m->predictor) == PRED_PREGATE;
-    /* Pre-gating looks `lookahead` layers ahead with each one's router; the farthest guess is
-     * made first so that the nearest, most accurate one is what a layer is scored on.  Affinity
-     * counts only link a layer to the next one. */
-    int ahead = pregate ? m->lookahead : 1;
-    for (int k = ahead; k >= 1; k--) {
+    int64_t E = hp->n_expert;
+    bool router = pred_kind_uses_router(pred_get_kind(m->predictor));
+    for (int k = pred_lookahead(m->predictor); k >= 1; k--) {
         int target = il + k;
         if (target >= hp->n_layer) continue;
-        int32_t n_guess = 0;
-        if (pregate) {
+        int rc;
+        if (router) {
             const model_layer *L = &m->layers[target];
             kern_rmsnorm(ctx->be, ctx->d.x, L->ffn_norm, ctx->d.h, hp->n_embd, n, hp->n_embd,
                          hp->rms_eps);
-            int rc = route(ctx, L, n, err, err_size);
-            if (rc) return rc;
-            memset(h->mark, 0, (size_t)E);
-            for (int64_t i = 0; i < n * K; i++)
-                h->mark[h->route_id[i]] = 1;
-            for (int e = 0; e < E; e++)
-                if (h->mark[e]) h->guess[n_guess++] = e;
-        } else {
-            n_guess =
-                pred_affinity_guess(m->predictor, il, h->fill, n_used_here, n_used_here, h->guess);
+            matmul(ctx, &L->router, ctx->d.h, ctx->d.router, n);
+            ctx->stats.dense_bytes += weight_bytes(&L->router);
+            if ((rc = download(ctx, h->router, ctx->d.router, (size_t)(n * E) * sizeof *h->router,
+                               err, err_size)))
+                return rc;
         }
-        pred_guess(m->predictor, target, h->guess, n_guess);
-        if (m->experts && n_guess > 0) {
-            int rc = cache_prefetch(m->experts, target, h->guess, n_guess, err, err_size);
-            if (rc < 0) return rc;
+        int32_t n_guess = pred_predict(m->predictor, il, k, h->route_id, router ? h->router : NULL,
+                                       n, h->guess, h->guess_p);
+        if (n_guess < 0) {
+            snprintf(err, err_size, "predictor: out of memory for a batch of %lld tokens",
+                     (long long)n);
+            return n_guess;
         }
+        if (m->experts && n_guess > 0 &&
+            (rc = cache_predict(m->experts, target, h->guess, h->guess_p, n_guess,
+                                prefetch_threshold(m), err, err_size)) < 0)
+            return rc;
     }
     return 0;
 }
@@ -736,13 +745,26 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
 
     kern_get_rows(be, &m->tok_embd, s->token, s->x, n);
     ctx->stats.dense_bytes += (uint64_t)n * m->tok_embd.row_bytes;
+    struct timespec t0, t1;
+    cache_stats c0, c1;
+    bool watch_stalls = m->predictor && m->experts && m->min_prob < 0.0f;
+    if (watch_stalls) {
+        cache_get_stats(m->experts, &c0);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    }
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer *L = &m->layers[il];
         ctx->stats.dense_bytes += 2 * D * sizeof(float);
         attention(ctx, L, il, n);
-        int32_t n_used = 0;
-        if ((rc = moe(ctx, L, il, n, &n_used, err, err_size))) return rc;
-        if ((rc = predict_next(ctx, il, n_used, n, err, err_size))) return rc;
+        if ((rc = moe(ctx, L, il, n, err, err_size))) return rc;
+        if ((rc = predict_next(ctx, il, n, err, err_size))) return rc;
+    }
+    if (watch_stalls) { /* the prefetch threshold follows how much the steps wait on reads */
+        cache_get_stats(m->experts, &c1);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        double share = dt > 0 ? 1e-9 * (double)(c1.stall_ns - c0.stall_ns) / dt : 0.0;
+        m->stall_share = 0.8 * m->stall_share + 0.2 * (share > 1.0 ? 1.0 : share);
     }
 
     int64_t n_out = 0;

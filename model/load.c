@@ -642,10 +642,14 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
         rc = -ENOMEM;
         goto fail;
     }
-    m->lookahead = opts->lookahead > 0 ? opts->lookahead : 1;
-    if (opts->predictor != PRED_NONE &&
-        (rc = pred_create(&m->predictor, opts->predictor, m->hp.n_layer, m->hp.n_expert, err,
-                          err_size)))
+    m->min_prob = opts->min_prob > 0.0f ? opts->min_prob : -1.0f;
+    pred_opts po = {.kind = opts->predictor,
+                    .n_layer = m->hp.n_layer,
+                    .n_expert = m->hp.n_expert,
+                    .n_expert_used = m->hp.n_expert_used,
+                    .lookahead = opts->lookahead,
+                    .width = opts->width};
+    if (opts->predictor != PRED_NONE && (rc = pred_create(&m->predictor, &po, err, err_size)))
         goto fail;
     *out = m;
     return 0;

@@ -122,10 +122,14 @@ typedef struct model_opts {
      * copied) and the policy that chooses. */
     kern_backend *cpu_backend;
     model_miss_policy miss_policy;
-    /* Guesses each next layer's experts (scored online; with an expert cache the guesses are
-     * prefetched so that their reads overlap the next layer's attention). */
+    /* Guesses the coming layers' experts (scored online; with an expert cache the likely
+     * guesses are prefetched so that their reads overlap the layers in between). */
     pred_kind predictor;
-    int32_t lookahead; /* layers pre-gating guesses ahead; 0 means 1 */
+    int32_t lookahead; /* layers guessed ahead; 0 means 1 */
+    int32_t width;     /* guesses per token; 0 means the model's top-k */
+    /* Least probability a guess needs to be read ahead, in (0, 1]; 0 means auto: from 10%
+     * when reads keep up to 50% when the engine waits on them (docs/architecture.md). */
+    float min_prob;
 } model_opts;
 
 int model_open(model **out, const char *path, const model_opts *opts, char *err, size_t err_size);

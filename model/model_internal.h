@@ -47,7 +47,8 @@ struct model {
     double cpu_s_per_mac; /* learnt from the CPU experts' timings */
     _Atomic uint64_t cpu_experts;
     pred *predictor;                 /* NULL: no guesses */
-    int32_t lookahead;               /* layers pre-gating guesses ahead (>= 1) */
+    float min_prob;                  /* least probability prefetched; < 0: from stall_share */
+    double stall_share;              /* of recent steps' time, waiting on expert reads (EMA) */
     _Atomic uint64_t *expert_tokens; /* [n_layer][n_expert]: tokens routed, for metrics */
     float **owned;                   /* f32 copies of 1-D tensors, freed at close */
     size_t n_owned;

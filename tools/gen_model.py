@@ -560,9 +560,12 @@ def spm_vocab(hp: HParams) -> dict:
 ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE"}
 
 
-def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args) -> None:
+def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab: dict | None = None,
+                 name: str | None = None) -> None:
+    """The file's keys; vocab and name default to the generated vocabulary and the test name
+    (tools/train_moe.py passes the tokenizer it trained)."""
     a = hp.arch
-    w.add_name(f"moeserve-test {ARCH_NAME[a]} {hp.preset} {tname} seed {args.seed}")
+    w.add_name(name or f"moeserve-test {ARCH_NAME[a]} {hp.preset} {tname} seed {args.seed}")
     w.add_file_type(int(ftype))
     if tname not in PLAIN_TYPES:
         w.add_quantization_version(GGML_QUANT_VERSION)
@@ -589,7 +592,7 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args) -> No
     w.add_uint32(f"{a}.expert_used_count", hp.n_expert_used)
     w.add_uint32(f"{a}.vocab_size", hp.n_vocab)
 
-    v = spm_vocab(hp) if a == "llama" else bpe_vocab(hp)
+    v = vocab or (spm_vocab(hp) if a == "llama" else bpe_vocab(hp))
     w.add_tokenizer_model(v["model"])
     if "pre" in v:
         w.add_tokenizer_pre(v["pre"])

@@ -138,6 +138,33 @@ with tempfile.TemporaryDirectory() as tmp:
     rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ") and l.count("|") == 5}
     check(rc == 0 and "matmul" in rows and "outside the operations" in rows and "router" in rows,
           f"bench --profile tables the operations of a decode step ({out[:600]} {err[-200:]})")
+    # The predictor on text: bench --text teacher-forces the file's tokens, --trace records the
+    # requests and the predictions, and cache-replay compares policies and thresholds on them.
+    text = os.path.join(tmp, "text.txt")
+    with open(text, "w") as f:
+        f.write("The router picks the experts of every token, layer after layer. " * 40)
+    trace = os.path.join(tmp, "trace.txt")
+    deep = os.path.join(tmp, "deep.gguf")  # four layers, so that two layers ahead exists
+    gen(deep, "--arch", "qwen3moe", "--preset", "tiny", "--type", "q4_k_m", "--n-layer", "4")
+    rc, out, err = run("bench", "--model", deep, "--threads", "2", "--prompt", "32", "--gen", "16", "--text", text,
+                       "--expert-cache", "all", "--trace", trace, "--predictor", "hybrid", "--lookahead", "2",
+                       "--width", "4")
+    check(rc == 0 and "| predictor | hybrid, width 4 per token |" in out and "| predictor 2 layers ahead |" in out,
+          f"bench --text --predictor hybrid --lookahead 2 scores both depths ({out[-600:]} {err[-300:]})")
+    with open(trace) as f:
+        lines = f.read().splitlines()
+    check(lines[0].startswith("moeserve-trace 1 ") and any(l.startswith("p ") and "/" in l for l in lines),
+          f"the trace holds the predictions ({lines[:3]})")
+    rc, out, err = run("cache-replay", trace, "--slots", "4", "--min-prob", "off,0.2", "--policy", "lru-predict")
+    rows = [l for l in out.splitlines() if l.startswith("| lru-predict |")]
+    issued = [int(l.split("|")[8].split("/")[1]) for l in rows] if len(rows) == 2 else []
+    check(rc == 0 and len(rows) == 2 and "| off |" in rows[0] and "p >= 0.20" in rows[1] and issued[0] == 0
+          and issued[1] > 0, f"cache-replay replays the predictions at a threshold ({out} {err})")
+    rc, out, err = run("cache-replay", trace, "--min-prob", "0.2,")
+    check(rc == 2 and "--min-prob" in err, f"a malformed --min-prob is a usage error ({err.strip()})")
+    rc, out, err = run("bench", "--model", q4km, "--prompt", "4000", "--gen", "4", "--text", text)
+    check(rc == 1 and "tokens" in err and "needs" in err, f"bench --text too short for the run says so ({err.strip()})")
+
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "cuda")
     check(rc != 0 and "cuda" in err.lower(), f"--backend cuda without a device fails with the reason ({err.strip()[-200:]})")
     rc, out, err = run("generate", "--model", q4km, "--prompt", "x", "--backend", "tpu")

@@ -253,8 +253,8 @@ START_TEST(policies_match_a_reference_and_traces_replay)
                           (unsigned long long)hits, (unsigned long long)evictions);
             ck_assert_uint_eq(st.hits + st.misses, STEPS);
             rewind(trace);
-            ck_assert_msg(cache_trace_replay(trace, (cache_policy)pol, n_slots, &replayed, err,
-                                             sizeof err) == 0,
+            ck_assert_msg(cache_trace_replay(trace, (cache_policy)pol, n_slots, 0.0f, &replayed,
+                                             err, sizeof err) == 0,
                           "%s", err);
             ck_assert_uint_eq(replayed.hits, st.hits);
             ck_assert_uint_eq(replayed.misses, st.misses);
@@ -275,8 +275,16 @@ START_TEST(policies_match_a_reference_and_traces_replay)
     fputs("moeserve-trace 1 2 4\n0 1 2\n1 7\n", bad);
     rewind(bad);
     cache_stats st;
-    ck_assert_int_eq(cache_trace_replay(bad, CACHE_POLICY_LRU, 2, &st, err, sizeof err), -EINVAL);
+    ck_assert_int_eq(cache_trace_replay(bad, CACHE_POLICY_LRU, 2, 0.0f, &st, err, sizeof err),
+                     -EINVAL);
     ck_assert_msg(strstr(err, "line 3") != NULL, "%s", err);
+    fclose(bad);
+    bad = tmpfile();
+    fputs("moeserve-trace 1 2 4\np 1 2/0.5 3/1.5\n", bad); /* a probability above one */
+    rewind(bad);
+    ck_assert_int_eq(cache_trace_replay(bad, CACHE_POLICY_LRU, 2, 0.0f, &st, err, sizeof err),
+                     -EINVAL);
+    ck_assert_msg(strstr(err, "line 2") != NULL, "%s", err);
     fclose(bad);
 }
 END_TEST
@@ -287,6 +295,94 @@ static int fault_at(void *user, uint64_t offset, uint32_t len)
     (void)user;
     return offset < fault_hi && offset + len > fault_lo ? -EIO : 0;
 }
+
+/* A layer of the (simulated) cache handed out and released at once. */
+static void request_all(cache *c, int32_t layer, const int32_t *experts, int32_t n)
+{
+    char err[256];
+    ck_assert_msg(cache_request(c, layer, experts, n, err, sizeof err) == 0, "%s", err);
+    cache_ref ref;
+    int rc;
+    while ((rc = cache_next(c, &ref, err, sizeof err)) == 0)
+        cache_release(c, &ref);
+    ck_assert_msg(rc == 1, "%s", err);
+}
+
+/* Predictions read only the guesses likely enough, the ones the layer then does not ask for
+ * are evicted first, lru-predict keeps what is expected where LRU evicts it, and a trace
+ * replays the predictions as they happened. */
+START_TEST(predictions_prefetch_by_probability_and_cancel)
+{
+    char err[512];
+    enum { P_LAYER = 2, P_EXPERT = 8, P_KEYS = P_LAYER * P_EXPERT };
+    cache_extent ext[P_KEYS * CACHE_PARTS];
+    for (int i = 0; i < P_KEYS * CACHE_PARTS; i++)
+        ext[i] = (cache_extent){(uint64_t)i * 8192, 100};
+    const cache_policy policies[] = {CACHE_POLICY_LRU, CACHE_POLICY_LRU_PREDICT};
+    for (int pi = 0; pi < 2; pi++) {
+        FILE *trace = tmpfile();
+        ck_assert_ptr_nonnull(trace);
+        cache_opts o = cache_opts_default();
+        o.n_layer = P_LAYER;
+        o.n_expert = P_EXPERT;
+        o.extents = ext;
+        o.simulate = true;
+        o.policy = policies[pi];
+        o.trace = trace;
+        o.budget_bytes = 4 * cache_slot_bytes(ext, P_KEYS);
+        cache *c = NULL;
+        ck_assert_msg(cache_open(&c, &o, err, sizeof err) == 0, "%s", err);
+        const int32_t l0[] = {0, 1};
+        request_all(c, 0, l0, 2);
+        const int32_t guess[] = {2, 3, 4};
+        const float prob[] = {0.9f, 0.6f, 0.2f};
+        ck_assert_int_eq(cache_predict(c, 1, guess, prob, 3, 0.5f, err, sizeof err), 2);
+        ck_assert(cache_holds(c, 1, 2) && cache_holds(c, 1, 3) && !cache_holds(c, 1, 4));
+        const int32_t l1[] = {2};
+        request_all(c, 1, l1, 1); /* 3 was prefetched and not wanted: cancelled */
+        const int32_t five[] = {5};
+        request_all(c, 0, five, 1);
+        ck_assert_msg(!cache_holds(c, 1, 3), "the cancelled prefetch is evicted first");
+        ck_assert(cache_holds(c, 0, 0) && cache_holds(c, 0, 1) && cache_holds(c, 1, 2));
+        cache_stats st;
+        cache_get_stats(c, &st);
+        ck_assert_uint_eq(st.prefetch_issued, 2);
+        ck_assert_uint_eq(st.prefetch_used, 1);
+        ck_assert_uint_eq(st.prefetch_wasted, 1);
+        /* Layer 0's expert 0 is the least recent; the predictor expects it (too unlikely to be
+         * worth a read, but it is there): lru-predict keeps it, LRU does not. */
+        const int32_t zero[] = {0};
+        const float low[] = {0.3f};
+        ck_assert_int_eq(cache_predict(c, 0, zero, low, 1, 0.5f, err, sizeof err), 0);
+        const int32_t seven[] = {7};
+        request_all(c, 1, seven, 1);
+        if (policies[pi] == CACHE_POLICY_LRU_PREDICT)
+            ck_assert(cache_holds(c, 0, 0) && !cache_holds(c, 0, 1));
+        else
+            ck_assert(!cache_holds(c, 0, 0) && cache_holds(c, 0, 1));
+        cache_get_stats(c, &st);
+        cache_close(&c);
+        /* The trace holds the predictions: replayed at the same threshold it is the same run;
+         * without them, nothing is prefetched. */
+        cache_stats replayed;
+        rewind(trace);
+        ck_assert_msg(
+            cache_trace_replay(trace, policies[pi], 4, 0.5f, &replayed, err, sizeof err) == 0, "%s",
+            err);
+        ck_assert_uint_eq(replayed.hits, st.hits);
+        ck_assert_uint_eq(replayed.misses, st.misses);
+        ck_assert_uint_eq(replayed.evictions, st.evictions);
+        ck_assert_uint_eq(replayed.prefetch_issued, st.prefetch_issued);
+        ck_assert_uint_eq(replayed.prefetch_used, st.prefetch_used);
+        rewind(trace);
+        ck_assert(cache_trace_replay(trace, policies[pi], 4, -1.0f, &replayed, err, sizeof err) ==
+                  0);
+        ck_assert_uint_eq(replayed.prefetch_issued, 0);
+        ck_assert_uint_eq(replayed.hits + replayed.misses, st.hits + st.misses);
+        fclose(trace);
+    }
+}
+END_TEST
 
 START_TEST(faults_give_clear_errors_and_the_cache_stays_usable)
 {
@@ -358,6 +454,11 @@ static void run_model_pred(const char *path, const cache_opts *co, pred_kind kin
     kern_backend *be = open_cpu_isa(2, KERN_ISA_COUNT);
     model *m = NULL;
     model_opts mo = {.backend = be, .expert_cache = co, .predictor = kind};
+    if (kind == PRED_HYBRID) { /* two layers ahead, twice top-k wide, every guess read */
+        mo.lookahead = 2;
+        mo.width = 2 * 2;
+        mo.min_prob = 1e-6f;
+    }
     /* The cache at open, or after it (as `serve` does, to size the budget from the model). */
     if (co && kind == PRED_NONE) {
         mo.expert_cache = NULL;
@@ -516,6 +617,7 @@ int main(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, reads_equal_the_file_at_every_budget);
     tcase_add_test(tc, policies_match_a_reference_and_traces_replay);
+    tcase_add_test(tc, predictions_prefetch_by_probability_and_cancel);
     tcase_add_test(tc, faults_give_clear_errors_and_the_cache_stays_usable);
     tcase_add_test(tc, model_logits_identical_at_every_budget);
     suite_add_tcase(s, tc);

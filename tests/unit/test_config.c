@@ -165,6 +165,8 @@ static const key_case key_cases[] = {
     {"predictor.kind", "\"affinity\"", "affinity", V_ENUM, F(predictor.kind),
      .i = CFG_PREDICTOR_AFFINITY},
     {"predictor.lookahead", "3", "3", V_I32, F(predictor.lookahead), .i = 3},
+    {"predictor.width", "16", "16", V_I32, F(predictor.width), .i = 16},
+    {"predictor.prefetch_threshold", "40", "40", V_I32, F(predictor.prefetch_threshold), .i = 40},
     {"io.queue_depth", "8", "8", V_I32, F(io.queue_depth), .i = 8},
     {"io.direct", "false", "false", V_ENUM, F(io.direct), .i = CFG_OFF},
     {"compute.threads", "3", "3", V_I32, F(compute.threads), .i = 3},
@@ -296,7 +298,7 @@ static const error_case error_cases[] = {
     {"{\"cache\": {\"policy\": 3}}",
      NULL,
      {"cache.policy: 3 is a number: expected one of \"lru\", \"lfu\", \"lru-protect\", "
-      "\"lfu-history\""}},
+      "\"lfu-history\", \"lru-predict\""}},
     {"{\"io\": {\"direct\": 1}}",
      NULL,
      {"io.direct: 1 is a number: expected \"auto\", true or false"}},
@@ -405,11 +407,14 @@ static const error_case error_cases[] = {
     {NULL,
      "cache.policy=LRU",
      {"cache.policy: \"LRU\" is not a known value: expected one of \"lru\", \"lfu\", "
-      "\"lru-protect\", \"lfu-history\""}},
+      "\"lru-protect\", \"lfu-history\", \"lru-predict\""}},
     {NULL,
      "predictor.kind=oracle",
      {"predictor.kind: \"oracle\" is not a known value: expected one of \"none\", \"pregate\", "
-      "\"affinity\""}},
+      "\"affinity\", \"hybrid\""}},
+    {NULL,
+     "predictor.prefetch_threshold=101",
+     {"predictor.prefetch_threshold: \"101\" is out of range: expected an integer from 0 to 100"}},
     {NULL,
      "predictor.lookahead=0",
      {"predictor.lookahead: \"0\" is out of range: expected an integer from 1 to 8"}},
@@ -1068,6 +1073,8 @@ START_TEST(enum_names)
 {
     ck_assert_str_eq(cfg_cache_policy_name(CFG_CACHE_LRU_PROTECT), "lru-protect");
     ck_assert_str_eq(cfg_cache_policy_name(CFG_CACHE_LFU_HISTORY), "lfu-history");
+    ck_assert_str_eq(cfg_cache_policy_name(CFG_CACHE_LRU_PREDICT), "lru-predict");
+    ck_assert_str_eq(cfg_predictor_kind_name(CFG_PREDICTOR_HYBRID), "hybrid");
     ck_assert_str_eq(cfg_predictor_kind_name(CFG_PREDICTOR_PREGATE), "pregate");
     ck_assert_str_eq(cfg_log_level_name(CFG_LOG_WARN), "warn");
     ck_assert_str_eq(cfg_log_format_name(CFG_LOG_JSON), "json");

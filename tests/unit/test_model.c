@@ -4,8 +4,9 @@
  * tests/data/golden/<arch>-tiny-<type>.json hold logits and greedy tokens that transformers
  * computed on the weights of a model that tools/gen_model.py makes from a seed (the JSON
  * records the generator's arguments and the file's sha256; tests/data/golden/README.md has
- * the command that regenerates them).  Each test generates that model (once per build tree),
- * checks it is byte-for-byte the model the goldens were made from, and compares:
+ * the command that regenerates them); trained-moe.json is the trained model committed at
+ * tests/data/trained-moe.gguf (tools/train_moe.py).  Each test generates that model (once per build
+ * tree), checks it is byte-for-byte the model the goldens were made from, and compares:
  *   - last-position logits of each prompt: max |delta| <= 1e-3 * max |logit|;
  *   - 32 greedy tokens: identical;
  *   - batching: the prompts run as separate sequences of one batch, and decoded in lockstep,
@@ -150,10 +151,17 @@ static void fixture_open(fixture *fx, const char *name, const char *extra_args, 
     memset(fx, 0, sizeof *fx);
     fx->golden = load_golden(name);
     const cJSON *args = cJSON_GetObjectItem(fx->golden, "generator_args");
-    ck_assert(cJSON_IsArray(args));
-    char model_name[256];
-    snprintf(model_name, sizeof model_name, "%s%s", name, *extra_args ? "-split" : "");
-    ensure_model(args, extra_args, model_name, fx->path, sizeof fx->path);
+    const cJSON *committed = cJSON_GetObjectItem(fx->golden, "model_path");
+    if (cJSON_IsString(committed)) { /* the trained model: a file in the tree, not generated */
+        ck_assert(!*extra_args);
+        snprintf(fx->path, sizeof fx->path, "%s/%s", env_or("MOE_SOURCE_ROOT", "."),
+                 committed->valuestring);
+    } else {
+        ck_assert(cJSON_IsArray(args));
+        char model_name[256];
+        snprintf(model_name, sizeof model_name, "%s%s", name, *extra_args ? "-split" : "");
+        ensure_model(args, extra_args, model_name, fx->path, sizeof fx->path);
+    }
     if (!*extra_args)
         check_sha256(fx->path, cJSON_GetObjectItem(fx->golden, "model_sha256")->valuestring);
     kern_open_opts o = kern_open_opts_default();
