@@ -573,16 +573,38 @@ static void rewrite(const char *src, const char *dst, const edit *e)
     gguf_close(&f);
 }
 
-START_TEST(unusable_models_are_refused_with_the_reason)
+typedef struct refusal {
+    edit e;
+    int code;
+    const char *words; /* the message names them (and the file) */
+} refusal;
+
+/* Each edit of the fixture's file makes model_open fail with its code and words. */
+static void expect_refusals(fixture *fx, const refusal *cases, size_t n)
 {
     char err[512], dst[1100];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(dst, sizeof dst, "%s.bad%zu.%d", fx->path, i, (int)getpid());
+        rewrite(fx->path, dst, &cases[i].e);
+        model *m = NULL;
+        model_opts mo = {.backend = fx->backend};
+        err[0] = 0;
+        int rc = model_open(&m, dst, &mo, err, sizeof err);
+        unlink(dst);
+        ck_assert_msg(rc == cases[i].code, "case %zu: code %d, want %d (%s)", i, rc, cases[i].code,
+                      err);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(err, cases[i].words) && strstr(err, dst),
+                      "case %zu: message '%s' lacks '%s' or the file name", i, err, cases[i].words);
+    }
+}
+
+START_TEST(unusable_models_are_refused_with_the_reason)
+{
+    char err[512];
     fixture fx;
     fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
-    static const struct {
-        edit e;
-        int code;
-        const char *words;
-    } cases[] = {
+    static const refusal cases[] = {
         {{.set_key = "general.architecture", .set_str = "gptx"},
          -ENOTSUP,
          "architecture 'gptx' is not supported"},
@@ -614,25 +636,47 @@ START_TEST(unusable_models_are_refused_with_the_reason)
          "has type IQ1_M"},
         {{.retype_tensor = "blk.0.ffn_norm.weight", .new_type = GGUF_T_I32}, -ENOTSUP, "I32"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        snprintf(dst, sizeof dst, "%s.bad%zu.%d", fx.path, i, (int)getpid());
-        rewrite(fx.path, dst, &cases[i].e);
-        model *m = NULL;
-        model_opts mo = {.backend = fx.backend};
-        err[0] = 0;
-        int rc = model_open(&m, dst, &mo, err, sizeof err);
-        unlink(dst);
-        ck_assert_msg(rc == cases[i].code, "case %zu: code %d, want %d (%s)", i, rc, cases[i].code,
-                      err);
-        ck_assert_ptr_null(m);
-        ck_assert_msg(strstr(err, cases[i].words) && strstr(err, dst),
-                      "case %zu: message '%s' lacks '%s' or the file name", i, err, cases[i].words);
-    }
+    expect_refusals(&fx, cases, sizeof cases / sizeof cases[0]);
     /* a file that is not there */
     model *m = NULL;
     model_opts mo = {.backend = fx.backend};
     ck_assert_int_eq(model_open(&m, "/nonexistent/model.gguf", &mo, err, sizeof err), -ENOENT);
     ck_assert(strstr(err, "/nonexistent/model.gguf") != NULL);
+    fixture_close(&fx);
+}
+END_TEST
+
+/* What gpt-oss needs beyond the other families: sinks, expert biases, the post-attention norm's
+ * name, the sliding window and YaRN's keys. */
+START_TEST(unusable_gpt_oss_models_are_refused_with_the_reason)
+{
+    fixture fx;
+    fixture_open(&fx, "gpt-oss-tiny-f32", "", 1);
+    static const refusal cases[] = {
+        {{.drop_tensor = "blk.0.attn_sinks.weight"},
+         -EINVAL,
+         "'blk.0.attn_sinks.weight' is missing"},
+        {{.drop_tensor = "blk.1.ffn_up_exps.bias"}, -EINVAL, "'blk.1.ffn_up_exps.bias' is missing"},
+        {{.retype_tensor = "blk.0.ffn_down_exps.bias", .new_type = GGUF_T_F32, .new_ne0 = 128},
+         -EINVAL,
+         "has shape"},
+        {{.drop_tensor = "blk.1.post_attention_norm.weight"},
+         -EINVAL,
+         "'blk.1.post_attention_norm.weight' is missing"},
+        {{.drop_tensor = "blk.0.attn_k.bias"}, -EINVAL, "some but not all of the Q/K/V biases"},
+        {{.drop_key = "gpt-oss.attention.sliding_window"},
+         -EINVAL,
+         "gpt-oss.attention.sliding_window"},
+        {{.set_key = "gpt-oss.attention.sliding_window", .set_u32 = 0}, -EINVAL, "sliding_window"},
+        {{.set_key = "gpt-oss.rope.scaling.type", .set_str = "linear"},
+         -ENOTSUP,
+         "rope scaling 'linear'"},
+        {{.drop_key = "gpt-oss.rope.scaling.factor"}, -EINVAL, "gpt-oss.rope.scaling.factor"},
+        {{.set_key = "gpt-oss.rope.scaling.original_context_length", .set_u32 = 0},
+         -EINVAL,
+         "YaRN"},
+    };
+    expect_refusals(&fx, cases, sizeof cases / sizeof cases[0]);
     fixture_close(&fx);
 }
 END_TEST
@@ -968,6 +1012,7 @@ int main(void)
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
+    tcase_add_test(tc, unusable_gpt_oss_models_are_refused_with_the_reason);
     tcase_add_loop_test(tc, lowbit_expert_types_match_their_dequantisation, 0, N_LOWBIT);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
