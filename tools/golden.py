@@ -46,6 +46,8 @@ ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss")
 PLAIN_TYPES = ("f32", "f16", "bf16")
 QUANT_TYPES = ("q8_0", "q4_0", "q4_k_m", "q6_k", "q5_k_m")   # quantised goldens (any gen_model type works)
 TYPES = PLAIN_TYPES + QUANT_TYPES
+# gpt-oss's quantised goldens are the types its files come in (the Q4_K_M rules are Mixtral's)
+ARCH_QUANT_TYPES = {"gpt-oss": ("q8_0", "mxfp4")}
 PROMPT_LENGTHS = (5, 23, 80)
 N_GREEDY = 32
 PROMPT_SEED = 20240601
@@ -519,7 +521,8 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="HF-transformers golden outputs for the tiny test models")
     ap.add_argument("--all", action="store_true",
-                    help="all 4 archs x the default types (%s)" % ", ".join(TYPES))
+                    help="all 5 archs x the default types (%s; gpt-oss: %s)"
+                    % (", ".join(TYPES), ", ".join(PLAIN_TYPES + ARCH_QUANT_TYPES["gpt-oss"])))
     ap.add_argument("--quant", action="store_true", help="only the quantised default types (%s)" % ", ".join(QUANT_TYPES))
     ap.add_argument("--arch", choices=ARCHS, action="append")
     ap.add_argument("--type", choices=tuple(gen_model.TYPES), action="append",
@@ -530,10 +533,11 @@ def main(argv=None) -> int:
                     help="also run the independent numpy forward and compare with HF")
     args = ap.parse_args(argv)
     archs = ARCHS if args.all or not args.arch else args.arch
-    types = QUANT_TYPES if args.quant else TYPES if args.all or not args.type else args.type
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="moeserve-golden-") as tmp:
         for arch in archs:
+            quant = ARCH_QUANT_TYPES.get(arch, QUANT_TYPES)
+            types = quant if args.quant else PLAIN_TYPES + quant if args.all or not args.type else args.type
             for typ in types:
                 text, st = golden_for(arch, typ, args.seed, tmp, args.selfcheck, args.out)
                 fn = os.path.join(args.out, f"{arch}-tiny-{typ}.json")
