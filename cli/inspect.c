@@ -165,13 +165,27 @@ static void print_model(const model *m)
     printf("  %-22s %d (%d KV heads, head size %d, rope dims %d)\n", "attention heads", hp->n_head,
            hp->n_head_kv, hp->head_dim, hp->n_rot);
     printf("  %-22s %d, top-%d, expert FFN %d, routing weights %s\n", "experts", hp->n_expert,
-           hp->n_expert_used, hp->n_ff_exp, hp->norm_topk ? "renormalised" : "as softmax");
+           hp->n_expert_used, hp->n_ff_exp,
+           hp->gating == KERN_GATING_TOPK_SOFTMAX ? "a softmax of the top-k logits"
+           : hp->norm_topk                        ? "renormalised"
+                                                  : "as softmax");
+    if (hp->has_expert_bias || hp->glu == KERN_GLU_SWIGLU_OAI)
+        printf("  %-22s %s%s\n", "expert FFN", hp->has_expert_bias ? "biases, " : "",
+               hp->glu == KERN_GLU_SWIGLU_OAI ? "clamped SwiGLU (gpt-oss)" : "SwiGLU");
+    if (hp->has_sinks || hp->swa_pattern)
+        printf("  %-22s %s; a sliding window of %d positions on %d of every %d layers\n",
+               "attention", hp->has_sinks ? "sinks" : "no sinks", hp->n_swa, hp->swa_pattern - 1,
+               hp->swa_pattern);
     if (hp->has_shared_expert)
         printf("  %-22s FFN %d, sigmoid gate\n", "shared expert", hp->n_ff_shexp);
     printf("  %-22s %s\n", "expert layout",
            hp->experts_split ? "one tensor per expert (legacy)" : "stacked");
     printf("  %-22s %s, base %g\n", "rope", hp->rope_mode == KERN_ROPE_NEOX ? "neox" : "normal",
            hp->rope_freq_base);
+    if (hp->rope_yarn)
+        printf("  %-22s factor %g over %g positions, betas %g / %g, attention factor %g\n",
+               "rope scaling (YaRN)", hp->yarn.factor, hp->yarn.orig_ctx, hp->yarn.beta_fast,
+               hp->yarn.beta_slow, hp->yarn.attn_factor);
     printf("  %-22s %s\n", "q/k norm",
            hp->qk_norm == MODEL_QK_NORM_PER_HEAD ? "per head"
            : hp->qk_norm == MODEL_QK_NORM_FULL   ? "whole vector"

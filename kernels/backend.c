@@ -150,9 +150,16 @@ void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_e
         const kern_ffn_expert *e = &ex[i];
         int64_t ff = e->gate.n_rows, dim = e->down.n_rows;
         float *gi = g + e->row0 * ff;
+        float *oi = out + e->row0 * dim;
         b->ops->matmul(b, &e->gate, x + e->row0 * e->gate.n_cols, gi, e->n_rows);
+        if (e->gate_bias) b->ops->add_bias(b, gi, e->gate_bias, e->n_rows, ff);
         b->ops->matmul(b, &e->up, x + e->row0 * e->up.n_cols, u, e->n_rows);
-        b->ops->silu_mul(b, gi, u, gi, e->n_rows * ff);
-        b->ops->matmul(b, &e->down, gi, out + e->row0 * dim, e->n_rows);
+        if (e->up_bias) b->ops->add_bias(b, u, e->up_bias, e->n_rows, ff);
+        if (e->glu == KERN_GLU_SWIGLU_OAI)
+            b->ops->swiglu_oai(b, gi, u, gi, e->n_rows * ff);
+        else
+            b->ops->silu_mul(b, gi, u, gi, e->n_rows * ff);
+        b->ops->matmul(b, &e->down, gi, oi, e->n_rows);
+        if (e->down_bias) b->ops->add_bias(b, oi, e->down_bias, e->n_rows, dim);
     }
 }

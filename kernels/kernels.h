@@ -130,6 +130,20 @@ typedef enum kern_copy_dir {
  * (x[i], x[i + n_rot/2]). */
 typedef enum kern_rope_mode { KERN_ROPE_NORM = 0, KERN_ROPE_NEOX = 2 } kern_rope_mode;
 
+/* YaRN context extension (gpt-oss), as transformers' _compute_yarn_parameters computes it:
+ * pair i's frequency blends the interpolated base^(-2i/n_rot) / factor and the extrapolated
+ * base^(-2i/n_rot) by a ramp that is 0 below the correction dimension `low` and 1 above `high`
+ * (low, high: the dimensions where a pair turns beta_fast and beta_slow times over orig_ctx
+ * positions; floored and ceiled with truncate, as llama.cpp always does); cos and sin are then
+ * multiplied by attn_factor. */
+typedef struct kern_rope_yarn {
+    float factor;
+    float orig_ctx;
+    float beta_fast, beta_slow;
+    float attn_factor;
+    bool truncate;
+} kern_rope_yarn;
+
 typedef enum kern_kv_type { KERN_KV_F16 = 0, KERN_KV_F32 } kern_kv_type;
 
 /* Where one layer's keys and values of every sequence are, as the operations see it (device
@@ -152,14 +166,16 @@ typedef struct kern_kv_layout {
 } kern_kv_layout;
 
 typedef enum kern_gating {
-    KERN_GATING_SOFTMAX = 0, /* softmax over all experts, then top-k */
-    KERN_GATING_SIGMOID,     /* per-expert sigmoid, then top-k */
+    KERN_GATING_SOFTMAX = 0,  /* softmax over all experts, then top-k */
+    KERN_GATING_SIGMOID,      /* per-expert sigmoid, then top-k */
+    KERN_GATING_TOPK_SOFTMAX, /* top-k of the logits, then a softmax over the k chosen (gpt-oss) */
 } kern_gating;
 
 /* How router logits become k (expert, weight) pairs per token: p = gating(logits); the k
  * largest p (the lower index first among equals) in descending order; then, with norm, divided
  * by their sum (clamped below at 6.103515625e-5, the smallest normal f16, as llama.cpp does);
- * then multiplied by scale. */
+ * then multiplied by scale.  TOPK_SOFTMAX picks the k largest logits the same way and turns
+ * only those into weights. */
 typedef struct kern_router_opts {
     int32_t n_expert;
     int32_t k;
@@ -171,11 +187,23 @@ typedef struct kern_router_opts {
 typedef struct kern_backend kern_backend;
 typedef struct kern_event kern_event;
 
+/* The gated activation between an FFN's gate and up products and its down product. */
+typedef enum kern_glu {
+    KERN_GLU_SILU = 0, /* silu(g) * u */
+    /* gpt-oss's clamped SwiGLU: g = min(g, 7), u = clamp(u, -7, 7), g * sigmoid(1.702 g) * (u + 1)
+     * (alpha 1.702 and limit 7 are fixed by the model: transformers' GptOssExperts, llama.cpp's
+     * swiglu_oai) */
+    KERN_GLU_SWIGLU_OAI,
+} kern_glu;
+
 /* One routed expert of a grouped FFN (the experts op): its three weights and its bucket, rows
- * [row0, row0 + n_rows) of the op's x and out. */
+ * [row0, row0 + n_rows) of the op's x and out; optional biases (device memory, NULL: none)
+ * added after each product, and the activation between them. */
 typedef struct kern_ffn_expert {
     kern_weight gate, up, down;
     int64_t row0, n_rows;
+    const float *gate_bias, *up_bias, *down_bias;
+    kern_glu glu;
 } kern_ffn_expert;
 
 /* The table a backend fills in.  Callers use the kern_* wrappers below. */
@@ -206,21 +234,29 @@ typedef struct kern_ops {
     void (*rmsnorm)(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
                     int64_t n_rows, int64_t stride, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]: rotate the first n_rot dims of each head by
-     * the angles of pos[t] (theta_i = pos * freq_base^(-2i/n_rot)). */
+     * the angles of pos[t] (theta_i = pos * freq_base^(-2i/n_rot)), or YaRN's (yarn not NULL;
+     * host memory, read during the call). */
     void (*rope)(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
-                 const int32_t *pos, float freq_base, kern_rope_mode mode);
+                 const int32_t *pos, float freq_base, kern_rope_mode mode,
+                 const kern_rope_yarn *yarn);
     /* Stores token t's k and v rows (kv_dim each) at (seq[t], pos[t]) of `layer`; the blocks
      * must have been reserved (kern_kv_reserve). */
     void (*kv_store)(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
                      const float *v, const int32_t *seq, const int32_t *pos, int64_t n_tokens);
     /* out[t] (n_head * head_dim) = softmax(q[t]·K^T * scale) V per head over positions
      * 0 .. pos[t] of sequence seq[t] in `layer`, grouped-query: query head h reads KV head
-     * h / (n_head / n_head_kv). */
+     * h / (n_head / n_head_kv).  window > 0: only positions above pos[t] - window (a sliding
+     * window).  sinks (device memory, [n_head], or NULL): head h's softmax gets one more logit,
+     * sinks[h], whose share of the probability is dropped (gpt-oss's attention sinks). */
     void (*attention)(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
                       const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
-                      int n_head, int n_head_kv, int head_dim, float scale);
+                      int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                      const float *sinks);
     /* out[i] = silu(gate[i]) * up[i] */
     void (*silu_mul)(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
+    /* out[i] = KERN_GLU_SWIGLU_OAI of gate[i] and up[i].  NULL in a backend's table: the
+     * backend cannot run gpt-oss (the model refuses it at open). */
+    void (*swiglu_oai)(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
     /* y[i] += x[i] */
     void (*add)(kern_backend *b, float *y, const float *x, int64_t n);
     /* x[r][i] += bias[i] for n_rows rows of dim */
@@ -235,8 +271,9 @@ typedef struct kern_ops {
     void (*router)(kern_backend *b, const float *logits, int64_t n_tokens,
                    const kern_router_opts *o, int32_t *ids, float *weights);
     /* For each of the n_experts experts: rows [row0, row0 + n_rows) of out (n_embd wide) =
-     * down(silu(gate x) * up x) over the same rows of x; buckets do not overlap.  Each row is
-     * computed as matmul, silu_mul and matmul compute it, bit for bit.  g: scratch of n_ff
+     * down(glu(gate x, up x)) over the same rows of x (with the expert's biases); buckets do not
+     * overlap.  Each row is computed as matmul, add_bias, silu_mul (or swiglu_oai), matmul and
+     * add_bias compute it, bit for bit.  g: scratch of n_ff
      * floats for every row of x the buckets cover; u: n_ff floats for each row of the largest
      * bucket.  NULL in a backend's table: kern_experts runs the experts one by one. */
     void (*experts)(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
@@ -419,9 +456,10 @@ static inline void kern_rmsnorm(kern_backend *b, const float *x, const float *we
     b->ops->rmsnorm(b, x, weight, out, n, n_rows, stride, eps);
 }
 static inline void kern_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
-                             int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
+                             int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode,
+                             const kern_rope_yarn *yarn)
 {
-    b->ops->rope(b, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode);
+    b->ops->rope(b, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode, yarn);
 }
 static inline void kern_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer,
                                  const float *k, const float *v, const int32_t *seq,
@@ -432,14 +470,20 @@ static inline void kern_kv_store(kern_backend *b, const kern_kv_layout *kv, int 
 static inline void kern_attention(kern_backend *b, const kern_kv_layout *kv, int layer,
                                   const float *q, const int32_t *seq, const int32_t *pos,
                                   float *out, int64_t n_tokens, int n_head, int n_head_kv,
-                                  int head_dim, float scale)
+                                  int head_dim, float scale, int32_t window, const float *sinks)
 {
-    b->ops->attention(b, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim, scale);
+    b->ops->attention(b, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim, scale,
+                      window, sinks);
 }
 static inline void kern_silu_mul(kern_backend *b, const float *gate, const float *up, float *out,
                                  int64_t n)
 {
     b->ops->silu_mul(b, gate, up, out, n);
+}
+static inline void kern_swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out,
+                                   int64_t n)
+{
+    b->ops->swiglu_oai(b, gate, up, out, n);
 }
 static inline void kern_add(kern_backend *b, float *y, const float *x, int64_t n)
 {
@@ -465,8 +509,8 @@ static inline void kern_router(kern_backend *b, const float *logits, int64_t n_t
 {
     b->ops->router(b, logits, n_tokens, o, ids, weights);
 }
-/* The experts op as matmul, silu_mul and matmul per expert: backends without a grouped kernel,
- * and the CPU's for experts whose types cannot share one. */
+/* The experts op as matmul, add_bias, silu_mul (or swiglu_oai), matmul and add_bias per expert:
+ * backends without a grouped kernel, and the CPU's for experts whose types cannot share one. */
 void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
                              const float *x, float *out, float *g, float *u);
 static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts,

@@ -2,7 +2,8 @@
  * The forward pass over a batch of tokens, read top to bottom like the math:
  *
  *   x = embed(tokens)
- *   for each layer:  x += attention(rmsnorm(x))          (GQA, RoPE, optional Q/K norm)
+ *   for each layer:  x += attention(rmsnorm(x))          (GQA, RoPE, optional Q/K norm,
+ *                                                          sliding window and sinks)
  *                    x += moe(rmsnorm(x))                 (router top-k, grouped experts)
  *   logits = output · rmsnorm(x)                          (only for the tokens that ask)
  *
@@ -322,16 +323,18 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
         kern_rmsnorm(be, s->q, L->q_norm, s->q, q_dim, n, q_dim, hp->rms_eps);
         kern_rmsnorm(be, s->k, L->k_norm, s->k, kv_dim, n, kv_dim, hp->rms_eps);
     }
+    const kern_rope_yarn *yarn = hp->rope_yarn ? &hp->yarn : NULL;
     kern_rope(be, s->q, n, hp->n_head, hp->head_dim, hp->n_rot, s->pos, hp->rope_freq_base,
-              hp->rope_mode);
+              hp->rope_mode, yarn);
     kern_rope(be, s->k, n, hp->n_head_kv, hp->head_dim, hp->n_rot, s->pos, hp->rope_freq_base,
-              hp->rope_mode);
+              hp->rope_mode, yarn);
     /* Every token's K/V is stored before any token attends: tokens of one sequence in this
      * batch see each other up to their own position. */
     kern_kv_store(be, kv, il, s->k, s->v, s->seq, s->pos, n);
     kern_attention(be, kv, il, s->q, s->seq, s->pos, s->attn, n, hp->n_head, hp->n_head_kv,
-                   hp->head_dim, hp->attn_scale);
+                   hp->head_dim, hp->attn_scale, L->window, L->sinks);
     matmul(ctx, &L->wo, s->attn, s->proj, n);
+    if (L->bo) kern_add_bias(be, s->proj, L->bo, n, hp->n_embd);
     kern_add(be, s->x, s->proj, n * hp->n_embd);
     ctx->stats.dense_bytes +=
         weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) + weight_bytes(&L->wo);
@@ -343,7 +346,7 @@ static kern_router_opts router_opts(const model_hparams *hp)
 {
     return (kern_router_opts){.n_expert = hp->n_expert,
                               .k = hp->n_expert_used,
-                              .gating = KERN_GATING_SOFTMAX,
+                              .gating = hp->gating,
                               .norm = hp->norm_topk,
                               .scale = hp->expert_weights_scale};
 }
@@ -355,6 +358,7 @@ static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, siz
     dev_scratch *s = &ctx->d;
     kern_router_opts ro = router_opts(hp);
     matmul(ctx, &L->router, s->h, s->router, n);
+    if (L->router_bias) kern_add_bias(ctx->be, s->router, L->router_bias, n, hp->n_expert);
     kern_router(ctx->be, s->router, n, &ro, s->route_id, s->route_w);
     ctx->stats.dense_bytes += weight_bytes(&L->router);
     size_t nk = (size_t)n * (size_t)hp->n_expert_used;
@@ -418,15 +422,27 @@ static void swiglu(model_ctx *ctx, const kern_weight *gate, const kern_weight *u
     matmul(ctx, down, g, out, n);
 }
 
-/* Bucket of expert e as an experts-op entry with the weights of x. */
-static kern_ffn_expert ffn_expert(const model_ctx *ctx, const model_expert *x, int e)
+/* Bucket of expert e of layer L as an experts-op entry with the weights of x, and its biases
+ * where the backend that computes it reads them (the CPU computing a device tier's miss reads
+ * the host's copy). */
+static kern_ffn_expert ffn_expert(const model_ctx *ctx, const model_layer *L, const model_expert *x,
+                                  int e, bool on_cpu)
 {
+    const model_hparams *hp = &ctx->m->hp;
     int32_t b0 = ctx->hs.bucket_start[e];
-    return (kern_ffn_expert){.gate = x->gate,
-                             .up = x->up,
-                             .down = x->down,
-                             .row0 = b0,
-                             .n_rows = ctx->hs.bucket_start[e + 1] - b0};
+    kern_ffn_expert fe = {.gate = x->gate,
+                          .up = x->up,
+                          .down = x->down,
+                          .row0 = b0,
+                          .n_rows = ctx->hs.bucket_start[e + 1] - b0,
+                          .glu = hp->glu};
+    const float *const *bias = on_cpu ? L->exp_bias_host : L->exp_bias;
+    if (bias[0]) {
+        fe.gate_bias = bias[0] + (int64_t)e * hp->n_ff_exp;
+        fe.up_bias = bias[1] + (int64_t)e * hp->n_ff_exp;
+        fe.down_bias = bias[2] + (int64_t)e * hp->n_embd;
+    }
+    return fe;
 }
 
 static uint64_t expert_bytes(const kern_ffn_expert *x)
@@ -513,7 +529,7 @@ static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *expert
             x.gate.data = ref->part[0];
             x.up.data = ref->part[1];
             x.down.data = ref->part[2];
-            h->group[i] = ffn_expert(ctx, &x, ref->expert);
+            h->group[i] = ffn_expert(ctx, &ctx->m->layers[il], &x, ref->expert, on_cpu);
         }
         if (rc == 0 || rc == 1 || rc == -EAGAIN) {
             if (on_cpu)
@@ -535,7 +551,8 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
     model *m = ctx->m;
     if (!m->experts) {
         for (int32_t j = 0; j < n_used; j++)
-            ctx->hs.group[j] = ffn_expert(ctx, &m->layers[il].experts_dev[used[j]], used[j]);
+            ctx->hs.group[j] = ffn_expert(ctx, &m->layers[il], &m->layers[il].experts_dev[used[j]],
+                                          used[j], false);
         run_group(ctx, n_used);
         return 0;
     }

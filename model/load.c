@@ -1,10 +1,12 @@
 /*
  * Binding a GGUF file to a model: hyper-parameters from the metadata, tensors by name.
  *
- * Each architecture is a row of one table (rope layout, Q/K norm, routing normalisation,
- * shared expert), because the four MoE families differ in a handful of switches, not in
- * structure.  Every tensor is checked for shape and type here, once, so that the forward pass
- * can trust them; a file we cannot run is refused with the name of the key or tensor at fault.
+ * Each architecture is a row of one table (rope layout, Q/K norm, routing, shared expert,
+ * gpt-oss's sinks, sliding windows and clamped SwiGLU), because the MoE families differ in a
+ * handful of switches, not in structure.  Biases (attention, router, experts) are bound
+ * wherever a file has them, all or none of a kind.  Every tensor is checked for shape and type
+ * here, once, so that the forward pass can trust them; a file we cannot run is refused with the
+ * name of the key or tensor at fault.
  */
 #include "model/model_internal.h"
 
@@ -27,15 +29,29 @@ typedef struct arch_info {
     bool norm_topk;
     bool shared_expert;
     bool ff_key_is_expert; /* n_ff_exp lives in expert_feed_forward_length */
+    kern_gating gating;
+    kern_glu glu;
+    const char *ffn_norm;  /* the pre-MoE norm's tensor (blk.N.<name>.weight) */
+    bool sinks_and_biases; /* attention sinks and expert biases required (gpt-oss) */
+    int32_t swa_pattern;   /* see model_hparams; the key attention.sliding_window required */
+    bool yarn_truncate;    /* transformers' rope_scaling truncate for this family's YaRN */
 } arch_info;
 
 /* Routing normalisation and rope layout as llama.cpp's graphs hard-code them (REFERENCE 3.3,
- * 3.4); the GGUF key expert_weights_norm is not consulted for these architectures. */
+ * 3.4); the GGUF key expert_weights_norm is not consulted for these architectures.  gpt-oss
+ * as transformers' modeling_gpt_oss.py computes it (docs/architecture.md): top-k then softmax,
+ * every even layer a sliding window, YaRN with an untruncated correction range. */
 static const arch_info arch_table[MODEL_ARCH_COUNT] = {
-    {"llama", MODEL_ARCH_LLAMA, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, true, false, false},
-    {"qwen2moe", MODEL_ARCH_QWEN2MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, true, true},
-    {"qwen3moe", MODEL_ARCH_QWEN3MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, true, false, true},
-    {"olmoe", MODEL_ARCH_OLMOE, KERN_ROPE_NEOX, MODEL_QK_NORM_FULL, false, false, false},
+    {"llama", MODEL_ARCH_LLAMA, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, true, false, false,
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+    {"qwen2moe", MODEL_ARCH_QWEN2MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, true, true,
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+    {"qwen3moe", MODEL_ARCH_QWEN3MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, true, false, true,
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+    {"olmoe", MODEL_ARCH_OLMOE, KERN_ROPE_NEOX, MODEL_QK_NORM_FULL, false, false, false,
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+    {"gpt-oss", MODEL_ARCH_GPT_OSS, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, false, true,
+     KERN_GATING_TOPK_SOFTMAX, KERN_GLU_SWIGLU_OAI, "post_attention_norm", true, 2, false},
 };
 
 const char *model_arch_name(model_arch arch)
@@ -108,8 +124,44 @@ static int read_arch(loader *ld)
     }
     return fail(ld, -ENOTSUP,
                 "architecture '%.*s' is not supported (supported: llama with experts "
-                "(Mixtral), qwen2moe, qwen3moe, olmoe)",
+                "(Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss)",
                 (int)(name.len > 64 ? 64 : name.len), name.data);
+}
+
+/* rope.scaling.*: none, or YaRN (transformers' _compute_yarn_parameters; gguf-py's keys as
+ * convert_hf_to_gguf.py writes them from rope_scaling).  Other scalings are refused. */
+static int read_rope_scaling(loader *ld, const arch_info *ai)
+{
+    model_hparams *hp = &ld->m->hp;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch_name);
+    gguf_str type;
+    int rc = gguf_get_str(ld->m->file, key, &type);
+    if (rc == -ENOENT || (rc == 0 && gguf_str_eq(type, "none"))) return 0;
+    if (rc) return fail(ld, -EINVAL, "key '%s' must be a string", key);
+    if (!gguf_str_eq(type, "yarn"))
+        return fail(ld, -ENOTSUP, "rope scaling '%.*s' is not supported (supported: none, yarn)",
+                    (int)(type.len > 32 ? 32 : type.len), type.data);
+    kern_rope_yarn *y = &hp->yarn;
+    float attn_factor = 0.0f;
+    int32_t orig_ctx = 0;
+    if ((rc = get_f32(ld, "rope.scaling.factor", true, 0.0f, &y->factor)) ||
+        (rc = get_i32(ld, "rope.scaling.original_context_length", true, 0, &orig_ctx)) ||
+        (rc = get_f32(ld, "rope.scaling.yarn_beta_fast", false, 32.0f, &y->beta_fast)) ||
+        (rc = get_f32(ld, "rope.scaling.yarn_beta_slow", false, 1.0f, &y->beta_slow)) ||
+        (rc = get_f32(ld, "rope.scaling.yarn_attn_factor", false, 0.0f, &attn_factor)))
+        return rc;
+    if (y->factor < 1.0f || orig_ctx <= 0 || y->beta_fast <= 0.0f || y->beta_slow <= 0.0f)
+        return fail(ld, -EINVAL,
+                    "YaRN scaling factor %g, original context %d, betas %g / %g: the factor must "
+                    "be at least 1, the others positive",
+                    y->factor, orig_ctx, y->beta_fast, y->beta_slow);
+    y->orig_ctx = (float)orig_ctx;
+    /* transformers: attention_factor when the config gives one, else 0.1 ln(factor) + 1 */
+    y->attn_factor = attn_factor > 0.0f ? attn_factor : 0.1f * logf(y->factor) + 1.0f;
+    y->truncate = ai->yarn_truncate;
+    hp->rope_yarn = true;
+    return 0;
 }
 
 static int read_hparams(loader *ld)
@@ -171,6 +223,14 @@ static int read_hparams(loader *ld)
     hp->qk_norm = ai->qk_norm;
     hp->norm_topk = ai->norm_topk;
     hp->has_shared_expert = ai->shared_expert;
+    hp->gating = ai->gating;
+    hp->glu = ai->glu;
+    hp->has_sinks = hp->has_expert_bias = ai->sinks_and_biases;
+    hp->swa_pattern = ai->swa_pattern;
+    if ((rc = read_rope_scaling(ld, ai))) return rc;
+    if (ai->swa_pattern &&
+        ((rc = get_i32(ld, "attention.sliding_window", true, 0, &hp->n_swa)) || hp->n_swa <= 0))
+        return rc ? rc : fail(ld, -EINVAL, "attention.sliding_window must be positive");
     float scale = 0.0f;
     if ((rc = get_f32(ld, "attention.scale", false, 0.0f, &scale))) return rc;
     hp->attn_scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)hp->head_dim);
@@ -238,9 +298,10 @@ static int own(model *m, float *p)
     return 0;
 }
 
-/* A 1-D tensor of n elements, copied out as f32 (norm weights, biases, the shared gate). */
-static int bind_vec(loader *ld, const char *name, int64_t n, bool required, const float **out,
-                    uint64_t *bytes)
+/* A {n, n_rows} tensor copied out as f32: norm weights, biases, the shared gate (n_rows 1), a
+ * layer's expert biases (n_rows n_expert). */
+static int bind_f32(loader *ld, const char *name, int64_t n, int64_t n_rows, bool required,
+                    const float **out, uint64_t *bytes)
 {
     *out = NULL;
     const gguf_tensor *t = find(ld, name);
@@ -248,19 +309,26 @@ static int bind_vec(loader *ld, const char *name, int64_t n, bool required, cons
         if (!required) return 0;
         return fail(ld, -EINVAL, "required tensor '%s' is missing", name);
     }
-    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1)
-        return shape_error(ld, t, n, 1, 1);
+    if (t->ne[0] != n || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1)
+        return shape_error(ld, t, n, n_rows, 1);
     int rc = check_type(ld, t);
     if (rc) return rc;
-    float *v = malloc((size_t)n * sizeof *v);
+    float *v = malloc((size_t)(n * n_rows) * sizeof *v);
     if (!v || own(ld->m, v)) {
         free(v);
         return fail(ld, -ENOMEM, "out of memory");
     }
-    kern_type_info(t->type)->to_f32(t->data, v, n);
+    kern_type_info(t->type)->to_f32(t->data, v, n * n_rows);
     *out = v;
     if (bytes) *bytes += t->n_bytes;
     return 0;
+}
+
+/* A 1-D tensor of n elements as f32. */
+static int bind_vec(loader *ld, const char *name, int64_t n, bool required, const float **out,
+                    uint64_t *bytes)
+{
+    return bind_f32(ld, name, n, 1, required, out, bytes);
 }
 
 /* Stacked experts: one {n_cols, n_rows, n_expert} tensor; expert e is the e-th slab. */
@@ -303,6 +371,12 @@ static int bind_experts(loader *ld, int il, model_layer *layer)
             if (rc) return rc;
             continue;
         }
+        snprintf(name, sizeof name, "blk.%d.ffn_gate_up_exps.weight", il);
+        if (find(ld, name))
+            return fail(ld, -ENOTSUP,
+                        "'%s': fused gate/up experts are not supported (convert without "
+                        "fusing them: separate ffn_gate_exps and ffn_up_exps)",
+                        name);
         /* Older Mixtral files: one 2-D tensor per expert. */
         for (int e = 0; e < hp->n_expert; e++) {
             snprintf(name, sizeof name, "blk.%d.ffn_%s.%d.weight", il, parts[p].part, e);
@@ -331,7 +405,8 @@ static int bind_layer(loader *ld, int il)
     int64_t q_dim = (int64_t)hp->n_head * hp->head_dim;
     int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     uint64_t *db = &layer->dense_bytes;
-    char name[128];
+    char name[128], ffn_norm[128];
+    snprintf(ffn_norm, sizeof ffn_norm, "blk.%d.%s.weight", il, arch_table[hp->arch].ffn_norm);
     int rc = 0;
 #define NAME(fmt) (snprintf(name, sizeof name, "blk.%d." fmt, il), name)
     if ((rc = bind_vec(ld, NAME("attn_norm.weight"), hp->n_embd, true, &layer->attn_norm, db)) ||
@@ -343,10 +418,26 @@ static int bind_layer(loader *ld, int il)
         (rc = bind_vec(ld, NAME("attn_q.bias"), q_dim, false, &layer->bq, db)) ||
         (rc = bind_vec(ld, NAME("attn_k.bias"), kv_dim, false, &layer->bk, db)) ||
         (rc = bind_vec(ld, NAME("attn_v.bias"), kv_dim, false, &layer->bv, db)) ||
-        (rc = bind_vec(ld, NAME("ffn_norm.weight"), hp->n_embd, true, &layer->ffn_norm, db)) ||
+        (rc = bind_vec(ld, NAME("attn_output.bias"), hp->n_embd, false, &layer->bo, db)) ||
+        (rc = bind_vec(ld, NAME("attn_sinks.weight"), hp->n_head, hp->has_sinks, &layer->sinks,
+                       db)) ||
+        (rc = bind_vec(ld, ffn_norm, hp->n_embd, true, &layer->ffn_norm, db)) ||
         (rc = bind_weight(ld, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, true,
-                          &layer->router, db)))
+                          &layer->router, db)) ||
+        (rc =
+             bind_vec(ld, NAME("ffn_gate_inp.bias"), hp->n_expert, false, &layer->router_bias, db)))
         return rc;
+    if (hp->swa_pattern && il % hp->swa_pattern < hp->swa_pattern - 1) layer->window = hp->n_swa;
+    if (hp->has_expert_bias) {
+        static const char *const part[3] = {"gate", "up", "down"};
+        for (int p = 0; p < 3; p++) {
+            snprintf(name, sizeof name, "blk.%d.ffn_%s_exps.bias", il, part[p]);
+            if ((rc = bind_f32(ld, name, p == 2 ? hp->n_embd : hp->n_ff_exp, hp->n_expert, true,
+                               &layer->exp_bias_host[p], db)))
+                return rc;
+            layer->exp_bias[p] = layer->exp_bias_host[p];
+        }
+    }
     if ((layer->bq != NULL) != (layer->bk != NULL) || (layer->bq != NULL) != (layer->bv != NULL))
         return fail(ld, -EINVAL, "layer %d has some but not all of the Q/K/V biases", il);
     if (layer->bq) m->hp.has_qkv_bias = true;
@@ -484,6 +575,15 @@ static int place_dense(model *m, char *err, size_t err_size)
             (rc = place_vec(m, &L->bq, q_dim, err, err_size)) ||
             (rc = place_vec(m, &L->bk, kv_dim, err, err_size)) ||
             (rc = place_vec(m, &L->bv, kv_dim, err, err_size)) ||
+            (rc = place_vec(m, &L->bo, hp->n_embd, err, err_size)) ||
+            (rc = place_vec(m, &L->sinks, hp->n_head, err, err_size)) ||
+            (rc = place_vec(m, &L->router_bias, hp->n_expert, err, err_size)) ||
+            (rc = place_vec(m, &L->exp_bias[0], (int64_t)hp->n_expert * hp->n_ff_exp, err,
+                            err_size)) ||
+            (rc = place_vec(m, &L->exp_bias[1], (int64_t)hp->n_expert * hp->n_ff_exp, err,
+                            err_size)) ||
+            (rc = place_vec(m, &L->exp_bias[2], (int64_t)hp->n_expert * hp->n_embd, err,
+                            err_size)) ||
             (rc = place_vec(m, &L->q_norm, qn, err, err_size)) ||
             (rc = place_vec(m, &L->k_norm, kn, err, err_size)) ||
             (rc = place_vec(m, &L->shexp_gate_inp, hp->n_embd, err, err_size)))
@@ -629,7 +729,15 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     loader ld = {.m = m, .path = path, .err = err, .err_size = err_size};
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
-    if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld)) || (rc = bind_tensors(&ld))) goto fail;
+    if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld))) goto fail;
+    if (m->hp.glu == KERN_GLU_SWIGLU_OAI && !m->backend->ops->swiglu_oai) {
+        rc = fail(&ld, -ENOTSUP,
+                  "the %s backend cannot run %s yet (attention sinks, sliding windows, YaRN "
+                  "and the clamped SwiGLU have CPU kernels only): use the cpu or sim backend",
+                  m->backend->name, m->hp.arch_name);
+        goto fail;
+    }
+    if ((rc = bind_tensors(&ld))) goto fail;
     if ((rc = place_dense(m, err, err_size))) goto fail;
     bool tiers = opts->expert_cache || (opts->device_cache && m->backend->kind != KERN_BACKEND_CPU);
     if (tiers &&

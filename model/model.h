@@ -3,8 +3,8 @@
  *
  * Contract
  * - model_open() reads the hyper-parameters for the file's architecture (Mixtral as GGUF
- *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`), binds every tensor it needs and
- *   checks its shape and type, or refuses the file with a message naming the key or tensor.
+ *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`, `gpt-oss`), binds every tensor it needs
+ * and checks its shape and type, or refuses the file with a message naming the key or tensor.
  *   Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases) are
  *   copied out as f32.  A model is immutable after open and may be shared by contexts.
  * - Experts are reached in two ways.  Without an expert cache (model_opts.expert_cache NULL)
@@ -43,6 +43,7 @@ typedef enum model_arch {
     MODEL_ARCH_QWEN2MOE,
     MODEL_ARCH_QWEN3MOE,
     MODEL_ARCH_OLMOE,
+    MODEL_ARCH_GPT_OSS, /* OpenAI gpt-oss-20b / 120b */
     MODEL_ARCH_COUNT
 } model_arch;
 
@@ -70,9 +71,17 @@ typedef struct model_hparams {
     int32_t n_ctx_train;
     float rms_eps;
     float rope_freq_base;
-    float attn_scale;           /* 1/sqrt(head_dim) unless the file says otherwise */
+    bool rope_yarn;      /* rope.scaling.type is yarn: `yarn` holds its parameters */
+    kern_rope_yarn yarn; /* (docs/architecture.md, gpt-oss) */
+    int32_t n_swa;       /* attention.sliding_window: the window of the sliding layers */
+    int32_t swa_pattern; /* layer il slides when il % swa_pattern < swa_pattern - 1; 0: none */
+    float attn_scale;    /* 1/sqrt(head_dim) unless the file says otherwise */
     float expert_weights_scale; /* 1 when absent */
     bool norm_topk;             /* renormalise the top-k routing weights to sum 1 */
+    kern_gating gating;         /* softmax then top-k, or top-k then softmax (gpt-oss) */
+    kern_glu glu;               /* the experts' activation */
+    bool has_sinks;             /* attention sinks (gpt-oss) */
+    bool has_expert_bias;       /* biases on every expert's gate, up and down (gpt-oss) */
     kern_rope_mode rope_mode;
     model_qk_norm qk_norm;
     bool has_qkv_bias;

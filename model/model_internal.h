@@ -10,10 +10,18 @@
 typedef struct model_layer {
     const float *attn_norm;
     kern_weight wq, wk, wv, wo;
-    const float *bq, *bk, *bv; /* qwen2moe only */
+    const float *bq, *bk, *bv; /* qwen2moe, gpt-oss */
+    const float *bo;           /* gpt-oss */
     const float *q_norm, *k_norm;
+    const float *sinks; /* [n_head]: gpt-oss's attention sinks */
+    int32_t window;     /* > 0: a sliding-window layer */
     const float *ffn_norm;
-    kern_weight router;        /* [n_expert][n_embd] */
+    kern_weight router;       /* [n_expert][n_embd] */
+    const float *router_bias; /* [n_expert], gpt-oss */
+    /* gpt-oss: every expert's biases, [n_expert][n_ff_exp] for gate and up, [n_expert][n_embd]
+     * for down; on the device (used by the compute backend) and on the host (used by the CPU
+     * when it computes a device tier's misses) */
+    const float *exp_bias[3], *exp_bias_host[3];
     model_expert *experts;     /* views of the file's mapping */
     model_expert *experts_dev; /* the same on the device, when reached without a cache */
     uint64_t dense_bytes;

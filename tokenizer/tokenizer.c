@@ -176,6 +176,7 @@ static int load_pre(tokenizer *t, const gguf_file *f, char *err, size_t err_size
         {"deepseek-r1-qwen", TOK_PRE_QWEN2, false, true},
         {"qwen35", TOK_PRE_QWEN35, false, false},
         {"deepseek-llm", TOK_PRE_DEEPSEEK, false, false},
+        {"gpt-4o", TOK_PRE_GPT4O, false, false},
     };
     gguf_str s;
     int rc = gguf_get_str(f, "tokenizer.ggml.pre", &s);

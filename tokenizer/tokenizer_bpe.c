@@ -201,7 +201,7 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
  * are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no category (they match [^\s\p{L}\p{N}]). */
 typedef struct cps {
     uint32_t *cp;
-    uint8_t *fl;
+    uint16_t *fl;
     size_t *off;
     size_t n;
 } cps;
@@ -215,7 +215,7 @@ typedef struct cps {
  * *next may be moved past i to say that no match starts before it. */
 typedef size_t (*matcher)(const cps *c, size_t i, size_t end, size_t *next);
 
-static size_t run_of(const cps *c, size_t i, size_t end, uint8_t flag)
+static size_t run_of(const cps *c, size_t i, size_t end, uint16_t flag)
 {
     while (i < end && (c->fl[i] & flag))
         i++;
@@ -276,8 +276,8 @@ static size_t match_gpt2(const cps *c, size_t i, size_t end, size_t *next)
  * prefix or the run's first character, the same match either way. */
 static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_digits, bool marks)
 {
-    uint8_t letter = marks ? (uint8_t)(TOK_UC_L | TOK_UC_M) : (uint8_t)TOK_UC_L;
-    uint8_t not_other = letter | TOK_UC_N | TOK_UC_SPACE;
+    uint16_t letter = marks ? (uint16_t)(TOK_UC_L | TOK_UC_M) : (uint16_t)TOK_UC_L;
+    uint16_t not_other = letter | TOK_UC_N | TOK_UC_SPACE;
     size_t e = contraction(c, i, end, true);
     if (e > i) return e;
     uint32_t cp = c->cp[i];
@@ -323,6 +323,76 @@ static size_t match_qwen35(const cps *c, size_t i, size_t end, size_t *next)
 {
     (void)next;
     return match_llama3_like(c, i, end, 1, true);
+}
+
+/* o200k's letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] */
+static bool is_upper_class(const cps *c, size_t i)
+{
+    return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LL)) || (c->fl[i] & TOK_UC_M);
+}
+
+static bool is_lower_class(const cps *c, size_t i)
+{
+    return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LU)) || (c->fl[i] & TOK_UC_M);
+}
+
+/* At j: [UPPER]*[LOWER]+ (lower_run) or [UPPER]+[LOWER]*, as a backtracking engine matches them
+ * (the classes overlap: Lm, Lo and marks are in both), then the optional (?i:) contraction.
+ * Returns j when there is no match. */
+static size_t cased_word(const cps *c, size_t j, size_t end, bool lower_run)
+{
+    size_t u = j, e = j;
+    while (u < end && is_upper_class(c, u))
+        u++;
+    if (!lower_run) {
+        if (u == j) return j;
+        for (e = u; e < end && is_lower_class(c, e);)
+            e++;
+    } else if (u < end && is_lower_class(c, u)) {
+        for (e = u; e < end && is_lower_class(c, e);)
+            e++;
+    } else {
+        /* [UPPER]* gives back characters until one of them can start [LOWER]+: the last such
+         * one in the run, which the [LOWER]+ ends right after (the next is upper only) */
+        for (size_t k = u; k > j && e == j; k--)
+            if (is_lower_class(c, k - 1)) e = k;
+        if (e == j) return j;
+    }
+    return e < end ? contraction(c, e, end, true) : e;
+}
+
+/* [^\r\n\p{L}\p{N}]?[UPPER]*[LOWER]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
+ * [^\r\n\p{L}\p{N}]?[UPPER]+[LOWER]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * (o200k_base / o200k_harmony, tokenizer.ggml.pre "gpt-4o"; UPPER and LOWER above) */
+static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    uint32_t cp = c->cp[i];
+    bool prefix = !IS_L(c, i) && !IS_N(c, i) && cp != '\r' && cp != '\n';
+    for (int alt = 0; alt < 2; alt++) { /* each with the optional prefix first, then without */
+        size_t e;
+        if (prefix && (e = cased_word(c, i + 1, end, alt == 0)) > i + 1) return e;
+        if ((e = cased_word(c, i, end, alt == 0)) > i) return e;
+    }
+    if (IS_N(c, i)) {
+        size_t e = i;
+        while (e < end && e - i < 3 && IS_N(c, e))
+            e++;
+        return e;
+    }
+    size_t s = (cp == ' ' && i + 1 < end && IS_O(c, i + 1)) ? i + 1 : i;
+    if (IS_O(c, s)) {
+        size_t e = run_other(c, s, end);
+        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n' || c->cp[e] == '/'))
+            e++;
+        return e;
+    }
+    /* white space: \s*[\r\n]+ ends after the run's last line break, if it has one */
+    size_t j = run_of(c, i, end, TOK_UC_SPACE);
+    for (size_t k = j; k > i; k--)
+        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
+    return space_run(c, i, end);
 }
 
 /* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through
@@ -571,7 +641,7 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
 static int to_cps(const char *text, size_t len, cps *c)
 {
     c->cp = malloc((len + 1) * sizeof *c->cp);
-    c->fl = malloc(len + 1);
+    c->fl = malloc((len + 1) * sizeof *c->fl);
     c->off = malloc((len + 1) * sizeof *c->off);
     if (!c->cp || !c->fl || !c->off) return -ENOMEM;
     size_t n = 0;
@@ -618,6 +688,9 @@ int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *i
             break;
         case TOK_PRE_QWEN35:
             rc = split_isolated(&c, &a, match_qwen35, &b);
+            break;
+        case TOK_PRE_GPT4O:
+            rc = split_isolated(&c, &a, match_gpt4o, &b);
             break;
         case TOK_PRE_DEEPSEEK:
             for (size_t k = 0; k < sizeof deepseek / sizeof deepseek[0] && rc == 0; k++) {

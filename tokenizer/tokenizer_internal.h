@@ -23,7 +23,9 @@
 #define TOK_UC_S 0x10u
 #define TOK_UC_M 0x20u
 #define TOK_UC_C 0x40u
-uint8_t tok__uc_flags(uint32_t cp);
+#define TOK_UC_LU 0x80u  /* upper- or title-case letter (Lu, Lt) */
+#define TOK_UC_LL 0x100u /* lower-case letter (Ll) */
+uint16_t tok__uc_flags(uint32_t cp);
 uint8_t tok__uc_ccc(uint32_t cp); /* canonical combining class */
 /* canonical decomposition: 0, 1 or 2 code points */
 int tok__uc_decomp(uint32_t cp, uint32_t out[2]);
@@ -41,6 +43,7 @@ typedef enum tok_pre {
     TOK_PRE_QWEN2,    /* Llama 3's regex with single digits */
     TOK_PRE_QWEN35,   /* Qwen2's, with combining marks counted with letters */
     TOK_PRE_DEEPSEEK, /* deepseek-llm: a sequence of isolating splits */
+    TOK_PRE_GPT4O,    /* o200k (gpt-4o, gpt-oss): words split by letter case */
 } tok_pre;
 
 typedef struct tok_token {

@@ -115,7 +115,7 @@ def gguf_seeds(tmp: Path) -> None:
     write("gguf", "truncated-tensor", tensors[:-7])
     write("gguf", "magic-only", b"GGUF")
 
-    for arch, vocab in (("llama", "spm"), ("qwen3moe", "qwen2"), ("olmoe", "olmo")):
+    for arch, vocab in (("llama", "spm"), ("qwen3moe", "qwen2"), ("olmoe", "olmo"), ("gpt-oss", "gpt-4o")):
         model = tiny_model(arch, tmp)
         meta = metadata_only(model)
         (FUZZ / "data").mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def tokenizer_seeds() -> None:
              "<|im_start|>user\nhi<|im_end|>", "<s>[INST] hi [/INST]</s>", "   spaces   and\n\n\nnewlines",
              "emoji \U0001f600\U0001f44d", "\u2581leading"]
     for i, t in enumerate(texts):
-        for vocab in range(3):
+        for vocab in range(4):
             flags = (0x10 if i % 2 else 0) | (0x20 if i % 3 == 0 else 0) | (0x40 if i % 4 == 0 else 0)
             write("tokenizer", f"text{i}-v{vocab}", bytes([vocab | flags]) + t.encode())
     write("tokenizer", "invalid-utf8", b"\x01ab\xff\xc3(\xe2\x82 \xf0\x9f\x98")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe).
+"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe, gpt-oss).
 
 Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
 
@@ -8,7 +8,8 @@ Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
 
 Types: f32/f16/bf16 (every 2+-dim tensor), q8_0/q4_0/q4_1/q5_0/q5_1/q4_k/q5_k/q6_k (every
 2+-dim tensor but the F32 router, as llama-quantize --pure), q4_k_m/q5_k_m (llama.cpp's
-llama-quant.cpp mixes).  K-quants are quantised by tools/quantize.py (port of ggml's reference
+llama-quant.cpp mixes), mxfp4 (llama-quantize's MXFP4_MOE: the 3-D expert tensors MXFP4, the
+other 2-D tensors Q8_0, the router F32).  K-quants are quantised by tools/quantize.py (port of ggml's reference
 quantisers), the others by gguf-py.
 
 Reproducibility rule: the same arguments always give the same bytes.  Every tensor's
@@ -41,8 +42,8 @@ from gguf.constants import GGML_QUANT_SIZES
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quantize as kquant  # noqa: E402  (tools/quantize.py)
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
-PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss")
+PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice", "gpt-oss-slice")
 # --type NAME: (type of the 2+-dim tensors, general.file_type).
 # f32/f16/bf16: every tensor with 2+ dims in that type (router included).
 TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32),
@@ -60,11 +61,14 @@ TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32),
          "q6_k": (QT.Q6_K, LlamaFileType.MOSTLY_Q6_K),
          # llama.cpp mixes (llama-quant.cpp llama_tensor_get_type rules, see mix_type())
          "q4_k_m": (QT.Q4_K, LlamaFileType.MOSTLY_Q4_K_M),
-         "q5_k_m": (QT.Q5_K, LlamaFileType.MOSTLY_Q5_K_M)}
+         "q5_k_m": (QT.Q5_K, LlamaFileType.MOSTLY_Q5_K_M),
+         # llama-quant.cpp MOSTLY_MXFP4_MOE: 3-D (expert) tensors MXFP4, other 2-D tensors Q8_0
+         "mxfp4": (QT.MXFP4, LlamaFileType.MOSTLY_MXFP4_MOE)}
 PLAIN_TYPES = ("f32", "f16", "bf16")
 MIX_TYPES = ("q4_k_m", "q5_k_m")
 GGML_QUANT_VERSION = 2   # general.quantization_version written by llama-quantize (quantised files only)
-SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe"}
+SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe",
+              "gpt-oss-slice": "gpt-oss"}
 
 # elements per chunk when generating/writing a tensor (bounds memory)
 CHUNK_ELEMS = 1 << 24
@@ -93,6 +97,7 @@ class HParams:
     eps: float
     n_ff_shexp: int = 0  # qwen2moe shared expert FFN size
     n_ff_dense: int = 0  # qwen2moe/qwen3moe feed_forward_length (unused dense size)
+    n_swa: int = 0       # gpt-oss: attention.sliding_window (every even layer slides)
     extra: dict = field(default_factory=dict)
 
 
@@ -101,7 +106,10 @@ ARCH_DEFAULTS = {  # rope.freq_base, rms eps (realistic values of the real model
     "qwen2moe": (1e6, 1e-6),
     "qwen3moe": (1e6, 1e-6),
     "olmoe": (1e4, 1e-5),
+    "gpt-oss": (150000.0, 1e-5),
 }
+# gpt-oss-20b's config.json rope_scaling (YaRN), written as convert_hf_to_gguf.py writes it
+GPT_OSS_YARN = dict(factor=32.0, original_context_length=4096, beta_fast=32.0, beta_slow=1.0)
 
 
 def preset_shapes(preset: str, arch: str) -> dict:
@@ -114,6 +122,9 @@ def preset_shapes(preset: str, arch: str) -> dict:
             p.update(n_head_kv=4)
         if arch == "qwen2moe":
             p.update(n_ff_shexp=512)
+        if arch == "gpt-oss":   # top-4 as the real ones; H*hd = 512 != n_embd as 4096 != 2880;
+            # a window of 16 so that the golden prompts (up to 80 tokens) slide past it
+            p.update(n_head=8, n_head_kv=2, n_expert_used=4, n_swa=16)
     elif preset == "small":
         p = dict(n_embd=512, n_ff=512, n_expert=16, n_expert_used=4, n_head=8, n_head_kv=2,
                  head_dim=64, n_layer=4, n_vocab=2048, n_ctx=1024)
@@ -123,6 +134,8 @@ def preset_shapes(preset: str, arch: str) -> dict:
             p.update(n_head_kv=8)
         if arch == "qwen2moe":
             p.update(n_ff_shexp=1024)
+        if arch == "gpt-oss":
+            p.update(n_swa=128)
     elif preset == "mixtral-slice":
         p = dict(n_embd=4096, n_ff=14336, n_expert=8, n_expert_used=2, n_head=32, n_head_kv=8,
                  head_dim=128, n_layer=4, n_vocab=32000, n_ctx=32768)
@@ -132,6 +145,9 @@ def preset_shapes(preset: str, arch: str) -> dict:
     elif preset == "qwen3moe-slice":
         p = dict(n_embd=2048, n_ff=768, n_expert=128, n_expert_used=8, n_head=32, n_head_kv=4,
                  head_dim=128, n_layer=4, n_vocab=151936, n_ctx=40960)
+    elif preset == "gpt-oss-slice":   # gpt-oss-20b's config.json, 4 of its 24 layers
+        p = dict(n_embd=2880, n_ff=2880, n_expert=32, n_expert_used=4, n_head=64, n_head_kv=8,
+                 head_dim=64, n_layer=4, n_vocab=201088, n_ctx=131072, n_swa=128)
     else:
         raise SystemExit(f"unknown preset {preset}")
     return p
@@ -143,18 +159,22 @@ def make_hparams(args) -> HParams:
         raise SystemExit(f"--arch is required for preset {args.preset}")
     p = preset_shapes(args.preset, arch)
     for k in ("n_embd", "n_ff", "n_expert", "n_expert_used", "n_head", "n_head_kv", "head_dim",
-              "n_layer", "n_vocab", "n_ctx", "n_ff_shexp"):
+              "n_layer", "n_vocab", "n_ctx", "n_ff_shexp", "n_swa"):
         v = getattr(args, k, None)
         if v is not None:
             p[k] = v
     if arch == "qwen2moe" and not p.get("n_ff_shexp"):
         p["n_ff_shexp"] = 4 * p["n_ff"]
+    if arch == "gpt-oss" and not p.get("n_swa"):
+        p["n_swa"] = 128
     rope, eps = ARCH_DEFAULTS[arch]
     hp = HParams(arch=arch, preset=args.preset, rope_base=rope, eps=eps, **p)
     if arch == "qwen2moe":
         hp.n_ff_dense = hp.n_ff_shexp          # as in Qwen1.5-MoE (intermediate_size == shared size)
     elif arch == "qwen3moe":
         hp.n_ff_dense = 8 * hp.n_ff            # as in Qwen3-30B-A3B (6144 = 8 * 768)
+    elif arch == "gpt-oss":
+        hp.n_ff_dense = hp.n_ff                # intermediate_size is the expert width
     # sanity
     if hp.n_head % hp.n_head_kv:
         raise SystemExit("n_head must be a multiple of n_head_kv")
@@ -180,7 +200,44 @@ class TSpec:
     quant: bool = True  # False: stays F32 (1-D tensors)
 
 
+def gpt_oss_specs(hp: HParams) -> list[TSpec]:
+    """gpt-oss as convert_hf_to_gguf.py's GptOssModel writes it: biases on Q/K/V/O, the router
+    and every expert part, one sink logit per head, the pre-MoE norm named
+    post_attention_norm; gate and up de-interleaved from HF's fused gate_up_proj."""
+    F, D, X = hp.n_ff, hp.n_embd, hp.n_expert
+    q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    s_in = 1.0 / math.sqrt(D)
+    norm = dict(scale=0.1, offset=1.0, quant=False)
+    bias = dict(quant=False)
+    out: list[TSpec] = [TSpec("token_embd.weight", (hp.n_vocab, D), 1.0)]
+    for i in range(hp.n_layer):
+        b = f"blk.{i}."
+        out.append(TSpec(b + "attn_norm.weight", (D,), **norm))
+        for n, rows, sc in (("q", q_dim, 1.2), ("k", kv_dim, 1.2), ("v", kv_dim, 1.0)):
+            out.append(TSpec(b + f"attn_{n}.weight", (rows, D), sc * s_in))
+            out.append(TSpec(b + f"attn_{n}.bias", (rows,), 0.2, **bias))
+        out.append(TSpec(b + "attn_output.weight", (D, q_dim), 1.0 / math.sqrt(q_dim)))
+        out.append(TSpec(b + "attn_output.bias", (D,), 0.2, **bias))
+        # sinks of the order of the attention logits: a real share of each softmax
+        out.append(TSpec(b + "attn_sinks.weight", (hp.n_head,), 1.0, **bias))
+        out.append(TSpec(b + "post_attention_norm.weight", (D,), **norm))
+        out.append(TSpec(b + "ffn_gate_inp.weight", (X, D), 2.0 * s_in))
+        out.append(TSpec(b + "ffn_gate_inp.bias", (X,), 0.5, **bias))
+        # gate and up of std ~2.5: the clamp at 7 is reached now and then
+        out.append(TSpec(b + "ffn_gate_exps.weight", (X, F, D), 2.5 * s_in))
+        out.append(TSpec(b + "ffn_gate_exps.bias", (X, F), 0.5, **bias))
+        out.append(TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)))
+        out.append(TSpec(b + "ffn_down_exps.bias", (X, D), 0.2, **bias))
+        out.append(TSpec(b + "ffn_up_exps.weight", (X, F, D), 2.5 * s_in))
+        out.append(TSpec(b + "ffn_up_exps.bias", (X, F), 0.5, **bias))
+    out.append(TSpec("output_norm.weight", (D,), **norm))
+    out.append(TSpec("output.weight", (hp.n_vocab, D), 4.0 * s_in))
+    return out
+
+
 def tensor_specs(hp: HParams) -> list[TSpec]:
+    if hp.arch == "gpt-oss":
+        return gpt_oss_specs(hp)
     E, F, D = hp.n_embd, hp.n_ff, hp.n_embd
     q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
     s_in = 1.0 / math.sqrt(D)
@@ -317,6 +374,8 @@ def tensor_type(name: str, spec: TSpec, shape, typ: str, hp: HParams) -> QT:
         return qt
     if name.endswith("ffn_gate_inp.weight"):     # llama-quantize never quantises the router
         return QT.F32
+    if typ == "mxfp4" and len(shape) < 3:       # MXFP4_MOE: only the stacked experts in MXFP4
+        qt = QT.Q8_0
     ncols = shape[-1]
     t = mix_type(name, ncols, qt, ftype, hp) if typ in MIX_TYPES else qt
     if ncols % GGML_QUANT_SIZES[t][0]:
@@ -498,11 +557,28 @@ MISTRAL_TEMPLATE = (
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
 
 
+def harmony_template() -> str:
+    """gpt-oss's chat template (the harmony format) as published with the model: the copy the
+    template cross-check renders (tests/data/templates/README.md)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
+                        "templates", "openai-gpt-oss-120b.jinja")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# gpt-oss's special tokens (o200k_harmony), in their order there
+HARMONY_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
+                    "<|start|>", "<|end|>", "<|message|>", "<|call|>"]
+
+
 def bpe_vocab(hp: HParams) -> dict:
-    """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe."""
+    """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe / gpt-oss."""
     if hp.arch == "olmoe":
         specials = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
         pre = "olmo"
+    elif hp.arch == "gpt-oss":
+        specials = HARMONY_SPECIALS
+        pre = "gpt-4o"
     else:
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         pre = "qwen2"
@@ -523,6 +599,11 @@ def bpe_vocab(hp: HParams) -> dict:
     assert len(tokens) == hp.n_vocab == len(set(tokens))
     types = [int(TokenType.NORMAL)] * (len(base) + len(new_tokens)) + [int(TokenType.CONTROL)] * len(specials)
     sid = {s: tokens.index(s) for s in specials}
+    if hp.arch == "gpt-oss":   # as llama.cpp's gpt-oss files: <|return|> ends a reply
+        return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
+                    merges=[f"{a} {b}" for a, b in merges], bos=sid["<|startoftext|>"],
+                    eos=sid["<|return|>"], pad=sid["<|endoftext|>"], add_bos=False,
+                    template=harmony_template())
     return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
                 merges=[f"{a} {b}" for a, b in merges],
                 bos=sid["<|endoftext|>"], eos=sid["<|im_end|>"] if hp.arch != "olmoe" else sid["<|endoftext|>"],
@@ -557,7 +638,8 @@ def spm_vocab(hp: HParams) -> dict:
 # --------------------------------------------------------------------------------------
 # Writer
 # --------------------------------------------------------------------------------------
-ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE"}
+ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE",
+             "gpt-oss": "gpt-oss"}
 
 
 def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab: dict | None = None,
@@ -581,13 +663,20 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
         w.add_uint32(f"{a}.expert_shared_feed_forward_length", hp.n_ff_shexp)
     w.add_uint32(f"{a}.attention.head_count", hp.n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", hp.n_head_kv)
-    if a == "qwen3moe" or hp.head_dim * hp.n_head != hp.n_embd:
+    if a in ("qwen3moe", "gpt-oss") or hp.head_dim * hp.n_head != hp.n_embd:
         w.add_uint32(f"{a}.attention.key_length", hp.head_dim)
         w.add_uint32(f"{a}.attention.value_length", hp.head_dim)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", hp.eps)
     w.add_float32(f"{a}.rope.freq_base", hp.rope_base)
     if a == "llama":
         w.add_uint32(f"{a}.rope.dimension_count", hp.head_dim)
+    if a == "gpt-oss":
+        w.add_uint32(f"{a}.attention.sliding_window", hp.n_swa)
+        w.add_string(f"{a}.rope.scaling.type", "yarn")
+        w.add_float32(f"{a}.rope.scaling.factor", GPT_OSS_YARN["factor"])
+        w.add_uint32(f"{a}.rope.scaling.original_context_length", GPT_OSS_YARN["original_context_length"])
+        w.add_float32(f"{a}.rope.scaling.yarn_beta_fast", GPT_OSS_YARN["beta_fast"])
+        w.add_float32(f"{a}.rope.scaling.yarn_beta_slow", GPT_OSS_YARN["beta_slow"])
     w.add_uint32(f"{a}.expert_count", hp.n_expert)
     w.add_uint32(f"{a}.expert_used_count", hp.n_expert_used)
     w.add_uint32(f"{a}.vocab_size", hp.n_vocab)
@@ -736,6 +825,9 @@ def random_blocks(rng, qt: QT, shape) -> np.ndarray:
     be, bb = GGML_QUANT_SIZES[qt]
     n_blocks = int(np.prod(shape)) // be
     raw = rng.integers(0, 256, size=(n_blocks, bb), dtype=np.uint8)
+    if qt == QT.MXFP4:   # an E8M0 byte: half-scales 2^-11 .. 2^-9, codes up to 12 of them
+        raw[:, 0] = rng.integers(117, 120, size=n_blocks, dtype=np.uint8)
+        return raw.reshape(-1)
     d_off, m_off, m_mult = _SCALES[qt]
     per_elem = 1.0 / (be if be > 32 else 8)
     d = rng.random(n_blocks, dtype=np.float32) * 0.02 * per_elem + 1e-4
@@ -768,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--expert-layout", choices=("stacked", "split"), default="stacked")
     for k in ("n-embd", "n-ff", "n-expert", "n-expert-used", "n-head", "n-head-kv", "head-dim",
-              "n-layer", "n-vocab", "n-ctx", "n-ff-shexp"):
+              "n-layer", "n-vocab", "n-ctx", "n-ff-shexp", "n-swa"):
         ap.add_argument("--" + k, type=int, dest=k.replace("-", "_"))
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
                     help="worker processes for the K-quant quantiser on big models (output does not depend on it)")

@@ -13,6 +13,7 @@ needs neither the package nor Python:
 Layout: a two-stage table.  stage1[cp >> 8] names a 256-entry block in stage2; identical
 blocks are stored once, so the whole of U+0000..U+10FFFF fits in a few tens of kilobytes.
 """
+import array
 import sys
 
 UCD = sys.argv[1] if len(sys.argv) > 1 else "/usr/share/unicode"
@@ -21,17 +22,19 @@ N_CP = 0x110000
 # Flag bits; keep in sync with TOK_UC_* in tokenizer/tokenizer_internal.h.
 FLAGS = {"L": 0x01, "N": 0x02, "P": 0x08, "S": 0x10, "M": 0x20, "C": 0x40}
 WHITE = 0x04
+# letter case (o200k's classes [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}])
+CASE = {"Lu": 0x80, "Lt": 0x80, "Ll": 0x100}
 
 
 def read_categories():
-    cat = bytearray(N_CP)
+    cat = array.array("H", bytes(2 * N_CP))
     first = None
     with open(f"{UCD}/UnicodeData.txt", encoding="utf-8") as f:
         for line in f:
             fields = line.split(";")
             cp = int(fields[0], 16)
             name, gc = fields[1], fields[2]
-            flag = FLAGS.get(gc[0], 0)
+            flag = FLAGS.get(gc[0], 0) | CASE.get(gc, 0)
             if name.endswith(", First>"):
                 first = cp
                 continue
@@ -159,7 +162,7 @@ def main():
     read_white_space(cat)
     blocks, index, stage1 = [], {}, []
     for b in range(N_CP >> 8):
-        blk = bytes(cat[b << 8:(b + 1) << 8])
+        blk = tuple(cat[b << 8:(b + 1) << 8])
         if blk not in index:
             index[blk] = len(blocks)
             blocks.append(blk)
@@ -173,14 +176,14 @@ def main():
     for i in range(0, len(stage1), 16):
         out.write("    " + ", ".join(str(x) for x in stage1[i:i + 16]) + ",\n")
     out.write("};\n\n")
-    out.write(f"static const uint8_t stage2[{len(blocks)}][256] = {{\n")
+    out.write(f"static const uint16_t stage2[{len(blocks)}][256] = {{\n")
     for blk in blocks:
         out.write("    {\n")
         for i in range(0, 256, 32):
             out.write("        " + ",".join(str(x) for x in blk[i:i + 32]) + ",\n")
         out.write("    },\n")
     out.write("};\n\n")
-    out.write("uint8_t tok__uc_flags(uint32_t cp)\n{\n"
+    out.write("uint16_t tok__uc_flags(uint32_t cp)\n{\n"
               "    if (cp >= 0x110000u)\n        return 0;\n"
               "    return stage2[stage1[cp >> 8]][cp & 0xffu];\n}\n")
     write_normalization(out)

@@ -11,7 +11,8 @@ those; --type: any gen_model.py type).
 For every (arch, type) it generates the model with tools/gen_model.py into a temp dir, reads it
 back with gguf-py's GGUFReader (dequantised to float32: an independent reader from ours),
 builds the matching HF model (MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,
-OlmoeForCausalLM; float32, eager attention, no sliding window), loads every GGUF tensor into
+OlmoeForCausalLM, GptOssForCausalLM; float32, eager attention, no sliding window but gpt-oss's
+own), loads every GGUF tensor into
 it (strictly: every GGUF tensor consumed and every HF parameter set), and records the
 last-position logits of three prompts plus 32 greedy tokens.  The temp model is deleted.
 
@@ -41,10 +42,12 @@ from gguf.quants import dequantize  # noqa: E402
 
 import gen_model  # noqa: E402
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss")
 PLAIN_TYPES = ("f32", "f16", "bf16")
 QUANT_TYPES = ("q8_0", "q4_0", "q4_k_m", "q6_k", "q5_k_m")   # quantised goldens (any gen_model type works)
 TYPES = PLAIN_TYPES + QUANT_TYPES
+# gpt-oss's quantised goldens are the types its files come in (the Q4_K_M rules are Mixtral's)
+ARCH_QUANT_TYPES = {"gpt-oss": ("q8_0", "mxfp4")}
 PROMPT_LENGTHS = (5, 23, 80)
 N_GREEDY = 32
 PROMPT_SEED = 20240601
@@ -87,12 +90,19 @@ class HP:
         self.rope_base = float(g("rope.freq_base", 10000.0))
         self.n_expert = int(g("expert_count"))
         self.n_expert_used = int(g("expert_used_count"))
-        if a in ("qwen2moe", "qwen3moe"):
+        if a in ("qwen2moe", "qwen3moe", "gpt-oss"):
             self.n_ff = int(g("expert_feed_forward_length"))
             self.n_ff_dense = int(g("feed_forward_length"))
         else:
             self.n_ff = self.n_ff_dense = int(g("feed_forward_length"))
         self.n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
+        self.n_swa = int(g("attention.sliding_window", 0))
+        self.yarn = None
+        if g("rope.scaling.type") == "yarn":
+            self.yarn = dict(factor=float(g("rope.scaling.factor")),
+                             orig_ctx=int(g("rope.scaling.original_context_length")),
+                             beta_fast=float(g("rope.scaling.yarn_beta_fast", 32.0)),
+                             beta_slow=float(g("rope.scaling.yarn_beta_slow", 1.0)))
         self.token_types = [int(x) for x in meta["tokenizer.ggml.token_type"]]
 
 
@@ -103,6 +113,30 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of convert_hf_to_gguf.py LlamaModel.permute (GGUF NORM-RoPE rows -> HF rows)."""
     rows, cols = w.shape
     return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def gpt_oss_layer(sd: dict, p: str, b: str, T) -> None:
+    """A gpt-oss layer's GGUF tensors as GptOss parameters: the inverse of convert_hf_to_gguf.py's
+    GptOssModel (gate and up back into the interleaved gate_up_proj, [expert][in][out])."""
+    for n in "qkv":
+        sd[p + f"self_attn.{n}_proj.weight"] = T(b + f"attn_{n}.weight")
+        sd[p + f"self_attn.{n}_proj.bias"] = T(b + f"attn_{n}.bias")
+    sd[p + "self_attn.o_proj.weight"] = T(b + "attn_output.weight")
+    sd[p + "self_attn.o_proj.bias"] = T(b + "attn_output.bias")
+    sd[p + "self_attn.sinks"] = T(b + "attn_sinks.weight")
+    sd[p + "post_attention_layernorm.weight"] = T(b + "post_attention_norm.weight")
+    sd[p + "mlp.router.weight"] = T(b + "ffn_gate_inp.weight")
+    sd[p + "mlp.router.bias"] = T(b + "ffn_gate_inp.bias")
+    gate, up = T(b + "ffn_gate_exps.weight"), T(b + "ffn_up_exps.weight")      # [E][F][D]
+    E, F, D = gate.shape
+    gate_up = np.empty((E, D, 2 * F), np.float32)
+    gate_up[:, :, 0::2], gate_up[:, :, 1::2] = gate.transpose(0, 2, 1), up.transpose(0, 2, 1)
+    gate_up_bias = np.empty((E, 2 * F), np.float32)
+    gate_up_bias[:, 0::2], gate_up_bias[:, 1::2] = T(b + "ffn_gate_exps.bias"), T(b + "ffn_up_exps.bias")
+    sd[p + "mlp.experts.gate_up_proj"] = gate_up
+    sd[p + "mlp.experts.gate_up_proj_bias"] = gate_up_bias
+    sd[p + "mlp.experts.down_proj"] = T(b + "ffn_down_exps.weight").transpose(0, 2, 1)   # [E][F][D]
+    sd[p + "mlp.experts.down_proj_bias"] = T(b + "ffn_down_exps.bias")
 
 
 def build_hf(hp: HP, tensors: dict):
@@ -137,6 +171,16 @@ def build_hf(hp: HP, tensors: dict):
         cfg = tf.OlmoeConfig(**common, intermediate_size=hp.n_ff, num_experts=hp.n_expert,
                              norm_topk_prob=False, attention_bias=False, clip_qkv=None)
         cls, moe, ex = tf.OlmoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj")
+    elif a == "gpt-oss":
+        y = hp.yarn
+        # truncate=False as gpt-oss's config.json; layer_types default: even layers slide
+        cfg = tf.GptOssConfig(**common, intermediate_size=hp.n_ff, num_local_experts=hp.n_expert,
+                              head_dim=hp.head_dim, sliding_window=hp.n_swa,
+                              rope_scaling=dict(rope_type="yarn", factor=y["factor"],
+                                                beta_fast=y["beta_fast"], beta_slow=y["beta_slow"],
+                                                truncate=False,
+                                                original_max_position_embeddings=y["orig_ctx"]))
+        cls, moe, ex = tf.GptOssForCausalLM, "mlp", None
     else:
         raise SystemExit(f"unsupported arch {a}")
     cfg._attn_implementation = "eager"
@@ -169,6 +213,9 @@ def build_hf(hp: HP, tensors: dict):
             sd[p + "self_attn.q_norm.weight"] = T(b + "attn_q_norm.weight")
             sd[p + "self_attn.k_norm.weight"] = T(b + "attn_k_norm.weight")
         sd[p + "input_layernorm.weight"] = T(b + "attn_norm.weight")
+        if a == "gpt-oss":
+            gpt_oss_layer(sd, p, b, T)
+            continue
         sd[p + "post_attention_layernorm.weight"] = T(b + "ffn_norm.weight")
         sd[p + f"{moe}.gate.weight"] = T(b + "ffn_gate_inp.weight")
         stacked = b + "ffn_gate_exps.weight" in tensors
@@ -201,8 +248,74 @@ def build_hf(hp: HP, tensors: dict):
 # --------------------------------------------------------------------------------------
 # Independent numpy forward (llama.cpp math on the raw GGUF weights)
 # --------------------------------------------------------------------------------------
+def np_forward_gpt_oss(hp: HP, W: dict, tokens: list[int]) -> np.ndarray:
+    """gpt-oss's last-position logits in float64 numpy, written from the model's description
+    (llama.cpp's gpt-oss graph): YaRN NEOX RoPE, sinks, even layers in a sliding window,
+    biases everywhere, top-k then softmax routing, the clamped SwiGLU."""
+    D, H, Hk, hd, T = hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, len(tokens)
+    f = lambda n: W[n].astype(np.float64)  # noqa: E731
+
+    def rms(x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + hp.eps) * w
+
+    y, base = hp.yarn, hp.rope_base
+    i = np.arange(hd // 2, dtype=np.float64)
+    extra = base ** (-2 * i / hd)
+    corr = lambda rot: hd * math.log(y["orig_ctx"] / (rot * 2 * math.pi)) / (2 * math.log(base))  # noqa: E731
+    low, high = max(corr(y["beta_fast"]), 0.0), min(corr(y["beta_slow"]), hd - 1.0)
+    ramp = np.clip((i - low) / (high - low), 0, 1)
+    inv = extra / y["factor"] * ramp + extra * (1 - ramp)
+    mscale = 0.1 * math.log(y["factor"]) + 1
+    ang = np.arange(T)[:, None] * inv[None, :]
+    cos, sin = (np.cos(ang) * mscale)[:, None, :], (np.sin(ang) * mscale)[:, None, :]
+
+    def rope(x):
+        x0, x1 = x[..., :hd // 2], x[..., hd // 2:]
+        return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+    x = f("token_embd.weight")[tokens]
+    qi, ki = np.arange(T)[:, None], np.arange(T)[None, :]
+    for il in range(hp.n_layer):
+        b = f"blk.{il}."
+        h = rms(x, f(b + "attn_norm.weight"))
+        q = (h @ f(b + "attn_q.weight").T + f(b + "attn_q.bias")).reshape(T, H, hd)
+        k = (h @ f(b + "attn_k.weight").T + f(b + "attn_k.bias")).reshape(T, Hk, hd)
+        v = (h @ f(b + "attn_v.weight").T + f(b + "attn_v.bias")).reshape(T, Hk, hd)
+        q, k = rope(q), rope(k)
+        k, v = np.repeat(k, H // Hk, axis=1), np.repeat(v, H // Hk, axis=1)
+        allowed = ki <= qi
+        if il % 2 == 0:
+            allowed &= ki > qi - hp.n_swa
+        sc = np.einsum("thd,uhd->htu", q, k) / math.sqrt(hd)
+        sc = np.where(allowed[None], sc, -np.inf)
+        sink = f(b + "attn_sinks.weight")[:, None, None]
+        m = np.maximum(sc.max(-1, keepdims=True), sink)
+        e = np.exp(sc - m)
+        pr = e / (e.sum(-1, keepdims=True) + np.exp(sink - m))
+        o = np.einsum("htu,uhd->thd", pr, v).reshape(T, H * hd)
+        x = x + o @ f(b + "attn_output.weight").T + f(b + "attn_output.bias")
+        h = rms(x, f(b + "post_attention_norm.weight"))
+        logits = h @ f(b + "ffn_gate_inp.weight").T + f(b + "ffn_gate_inp.bias")
+        out = np.zeros_like(x)
+        for t in range(T):
+            sel = np.argsort(-logits[t], kind="stable")[:hp.n_expert_used]
+            w = np.exp(logits[t, sel] - logits[t, sel].max())
+            w /= w.sum()
+            for e_, we in zip(sel, w):
+                g = f(b + "ffn_gate_exps.weight")[e_] @ h[t] + f(b + "ffn_gate_exps.bias")[e_]
+                u = f(b + "ffn_up_exps.weight")[e_] @ h[t] + f(b + "ffn_up_exps.bias")[e_]
+                g, u = np.minimum(g, 7.0), np.clip(u, -7.0, 7.0)
+                act = (u + 1) * g / (1 + np.exp(-1.702 * g))
+                out[t] += we * (f(b + "ffn_down_exps.weight")[e_] @ act + f(b + "ffn_down_exps.bias")[e_])
+        x = x + out
+    x = rms(x, f("output_norm.weight"))
+    return x[-1] @ f("output.weight").T
+
+
 def np_forward(hp: HP, W: dict, tokens: list[int]) -> np.ndarray:
     """Last-position logits, float64 numpy, no HF code involved."""
+    if hp.arch == "gpt-oss":
+        return np_forward_gpt_oss(hp, W, tokens)
     a, D, H, Hk, hd = hp.arch, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim
     T = len(tokens)
     f = lambda n: W[n].astype(np.float64)  # noqa: E731
@@ -306,8 +419,14 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
     # implementation with a different rounding must pick the same experts.  Likewise greedy
     # continuations need a top-1/top-2 logit gap >= GREEDY_GAP at every step.
     router_logits = []
-    hooks = [getattr(layer, moe).gate.register_forward_hook(lambda m, i, o: router_logits.append(o.detach().clone()))
-             for layer in model.model.layers]
+    if arch == "gpt-oss":   # its router returns the top-k scores: recompute the logits
+        hooks = [layer.mlp.router.register_forward_hook(
+            lambda m, i, o: router_logits.append(
+                torch.nn.functional.linear(i[0].reshape(-1, m.hidden_dim), m.weight, m.bias).detach().clone()))
+            for layer in model.model.layers]
+    else:
+        hooks = [getattr(layer, moe).gate.register_forward_hook(lambda m, i, o: router_logits.append(o.detach().clone()))
+                 for layer in model.model.layers]
     k = hp.n_expert_used
 
     def router_gap():
@@ -371,6 +490,11 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
     g2 = model.generate(ids, max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False,
                         pad_token_id=0)[0, len(gprompt):].tolist()
     assert g2 == gen, f"manual greedy {gen} != generate {g2}"
+    # and against one uncached forward over the whole sequence (the KV cache's sliding-window
+    # layers included)
+    full = model(input_ids=torch.tensor([gprompt + gen])).logits[0]
+    g3 = [int(torch.argmax(full[len(gprompt) - 1 + j])) for j in range(N_GREEDY)]
+    assert g3 == gen, f"cached greedy {gen} != uncached argmax {g3}"
 
     ref = f"transformers {transformers.__version__} / torch {torch.__version__.split('+')[0]}"
     regen = (f".venv-golden/bin/python tools/golden.py --arch {arch} --type {typ} --seed {seed} "
@@ -397,7 +521,8 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="HF-transformers golden outputs for the tiny test models")
     ap.add_argument("--all", action="store_true",
-                    help="all 4 archs x the default types (%s)" % ", ".join(TYPES))
+                    help="all 5 archs x the default types (%s; gpt-oss: %s)"
+                    % (", ".join(TYPES), ", ".join(PLAIN_TYPES + ARCH_QUANT_TYPES["gpt-oss"])))
     ap.add_argument("--quant", action="store_true", help="only the quantised default types (%s)" % ", ".join(QUANT_TYPES))
     ap.add_argument("--arch", choices=ARCHS, action="append")
     ap.add_argument("--type", choices=tuple(gen_model.TYPES), action="append",
@@ -408,10 +533,11 @@ def main(argv=None) -> int:
                     help="also run the independent numpy forward and compare with HF")
     args = ap.parse_args(argv)
     archs = ARCHS if args.all or not args.arch else args.arch
-    types = QUANT_TYPES if args.quant else TYPES if args.all or not args.type else args.type
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="moeserve-golden-") as tmp:
         for arch in archs:
+            quant = ARCH_QUANT_TYPES.get(arch, QUANT_TYPES)
+            types = quant if args.quant else PLAIN_TYPES + quant if args.all or not args.type else args.type
             for typ in types:
                 text, st = golden_for(arch, typ, args.seed, tmp, args.selfcheck, args.out)
                 fn = os.path.join(args.out, f"{arch}-tiny-{typ}.json")

@@ -230,6 +230,22 @@ static inline float silu_times(float g, float u)
     return g / (1.0f + expf(-g)) * u;
 }
 
+/* gpt-oss's clamped SwiGLU (kernels.h, KERN_GLU_SWIGLU_OAI), in the order transformers'
+ * GptOssExperts computes it: glu = g * sigmoid(alpha g), then (u + 1) * glu. */
+static inline float swiglu_oai(float g, float u)
+{
+    const float alpha = 1.702f, limit = 7.0f;
+    g = g < limit ? g : limit;
+    u = u < -limit ? -limit : u > limit ? limit : u;
+    float glu = g / (1.0f + expf(-alpha * g));
+    return (u + 1.0f) * glu;
+}
+
+static inline float glu_of(kern_glu kind, float g, float u)
+{
+    return kind == KERN_GLU_SWIGLU_OAI ? swiglu_oai(g, u) : silu_times(g, u);
+}
+
 typedef struct experts_job {
     const cpu_backend *cpu;
     const kern_ffn_expert *ex;
@@ -287,8 +303,13 @@ static void experts_rows(void *ctx, int64_t i0, int64_t i1, int thread_index)
             int64_t r1 =
                 r0 + EXPERT_ROW_BLOCK < x->down.n_rows ? r0 + EXPERT_ROW_BLOCK : x->down.n_rows;
             pick_dots(job->cpu, x->down.type, &dot, &dot_multi);
-            dot_rows(&x->down, dot, dot_multi, r0, r1, in, job->act_stride, x->n_rows,
-                     job->out + x->row0 * x->down.n_rows + r0, x->down.n_rows);
+            float *o = job->out + x->row0 * x->down.n_rows;
+            dot_rows(&x->down, dot, dot_multi, r0, r1, in, job->act_stride, x->n_rows, o + r0,
+                     x->down.n_rows);
+            if (x->down_bias) /* as add_bias adds it after the matmul */
+                for (int64_t t = 0; t < x->n_rows; t++)
+                    for (int64_t r = r0; r < r1; r++)
+                        o[t * x->down.n_rows + r] += x->down_bias[r];
             continue;
         }
         int64_t ff = x->gate.n_rows;
@@ -307,9 +328,13 @@ static void experts_rows(void *ctx, int64_t i0, int64_t i1, int thread_index)
                      EXPERT_ROW_BLOCK);
             for (int64_t t = 0; t < nt; t++) {
                 float *gr = job->g + (x->row0 + t0 + t) * ff;
-                for (int64_t r = r0; r < r1; r++)
-                    gr[r] = silu_times(gbuf[t * EXPERT_ROW_BLOCK + r - r0],
-                                       ubuf[t * EXPERT_ROW_BLOCK + r - r0]);
+                for (int64_t r = r0; r < r1; r++) {
+                    float gv = gbuf[t * EXPERT_ROW_BLOCK + r - r0],
+                          uv = ubuf[t * EXPERT_ROW_BLOCK + r - r0];
+                    if (x->gate_bias) gv += x->gate_bias[r];
+                    if (x->up_bias) uv += x->up_bias[r];
+                    gr[r] = glu_of(x->glu, gv, uv);
+                }
             }
         }
     }
@@ -429,13 +454,41 @@ static void cpu_rmsnorm(kern_backend *b, const float *x, const float *weight, fl
 
 /* ---- rope --------------------------------------------------------------------------------- */
 
+enum { ROPE_MAX_PAIRS = 4096 };
+
 typedef struct rope_job {
     float *x;
     int n_heads, head_dim, n_rot;
     const int32_t *pos;
     float freq_base;
     kern_rope_mode mode;
+    const double *inv_freq; /* YaRN: each pair's frequency; NULL: base^(-2i/n_rot) */
+    double mscale;          /* YaRN's attention factor on cos and sin; 1 without */
 } rope_job;
+
+/* YaRN's frequency of every pair (kernels.h, kern_rope_yarn), in double. */
+static void yarn_inv_freq(const kern_rope_yarn *y, int n_rot, float freq_base, double *inv)
+{
+    const double two_pi = 6.283185307179586;
+    double base = freq_base, dim = n_rot;
+    /* the dimension where a pair turns `beta` times over the original context */
+    double low = dim * log(y->orig_ctx / (y->beta_fast * two_pi)) / (2.0 * log(base));
+    double high = dim * log(y->orig_ctx / (y->beta_slow * two_pi)) / (2.0 * log(base));
+    if (y->truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
+    low = low > 0.0 ? low : 0.0;
+    high = high < dim - 1 ? high : dim - 1;
+    if (low == high) high += 0.001; /* transformers' guard against a zero-width ramp */
+    for (int i = 0; i < n_rot / 2; i++) {
+        double extrapolated = pow(base, -2.0 * i / dim), interpolated = extrapolated / y->factor;
+        double ramp = ((double)i - low) / (high - low);
+        ramp = ramp < 0.0 ? 0.0 : ramp > 1.0 ? 1.0 : ramp;
+        double keep = 1.0 - ramp; /* share of the extrapolated (unscaled) frequency */
+        inv[i] = interpolated * (1.0 - keep) + extrapolated * keep;
+    }
+}
 
 static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 {
@@ -445,8 +498,10 @@ static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         double p = job->pos[t];
         for (int i = 0; i < half; i++) {
             /* theta_i = p * base^(-2i/n_rot), computed in double: positions reach 10^5 */
-            double theta = p * pow((double)job->freq_base, -2.0 * i / job->n_rot);
-            float c = (float)cos(theta), s = (float)sin(theta);
+            double theta = job->inv_freq ? p * job->inv_freq[i]
+                                         : p * pow((double)job->freq_base, -2.0 * i / job->n_rot);
+            /* mscale is 1 without YaRN, which leaves cos and sin exact */
+            float c = (float)(cos(theta) * job->mscale), s = (float)(sin(theta) * job->mscale);
             for (int h = 0; h < job->n_heads; h++) {
                 float *v = job->x + (t * job->n_heads + h) * job->head_dim;
                 int i0 = job->mode == KERN_ROPE_NEOX ? i : 2 * i;
@@ -460,15 +515,30 @@ static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 }
 
 static void cpu_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
-                     int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
+                     int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode,
+                     const kern_rope_yarn *yarn)
 {
+    double inv_freq[ROPE_MAX_PAIRS];
     rope_job job = {.x = x,
                     .n_heads = n_heads,
                     .head_dim = head_dim,
                     .n_rot = n_rot,
                     .pos = pos,
                     .freq_base = freq_base,
-                    .mode = mode};
+                    .mode = mode,
+                    .mscale = 1.0};
+    if (yarn) {
+        if (n_rot / 2 > ROPE_MAX_PAIRS || yarn->factor <= 0.0f || yarn->orig_ctx <= 0.0f ||
+            yarn->beta_fast <= 0.0f || yarn->beta_slow <= 0.0f) {
+            kern__error_set(&as_cpu(b)->error, -EINVAL,
+                            "rope: YaRN over %d dims with factor %g, context %g, betas %g/%g",
+                            n_rot, yarn->factor, yarn->orig_ctx, yarn->beta_fast, yarn->beta_slow);
+            return;
+        }
+        yarn_inv_freq(yarn, n_rot, freq_base, inv_freq);
+        job.inv_freq = inv_freq;
+        job.mscale = yarn->attn_factor;
+    }
     kern__pool_run(as_cpu(b)->pool, rope_tokens, &job, n_tokens, 1);
 }
 
@@ -556,6 +626,8 @@ typedef struct attn_job {
     float *out;
     int n_head, n_head_kv, head_dim, slices, slice_heads;
     float scale;
+    int32_t window;     /* > 0: positions above pos - window only */
+    const float *sinks; /* [n_head] or NULL */
     int64_t max_kv;
     bool avx512;                 /* the AVX-512 chunk kernels (head_dim a multiple of 16) */
     kern_dot_multi_fn dot_multi; /* otherwise: f32 K row against the slice's query heads */
@@ -644,9 +716,10 @@ static void prefetch_chunk(const attn_job *job, int which, int32_t seq, int32_t 
             __builtin_prefetch(src + (size_t)r * row_stride * elem + off, 0, 2);
 }
 
-/* One item: token t's query heads [h0, h0 + hs) against KV head g over positions 0 .. pos[t],
- * in chunks of up to 16 positions of one KV block: scores, then a softmax per head, then the
- * values.  Every head's arithmetic depends on its own query and the cache only. */
+/* One item: token t's query heads [h0, h0 + hs) against KV head g over positions 0 .. pos[t]
+ * (or the window's last positions), in chunks of up to 16 positions of one KV block: scores,
+ * then a softmax per head (with the head's sink logit in its denominator), then the values.
+ * Every head's arithmetic depends on its own query and the cache only. */
 static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
 {
     attn_job *job = ctx;
@@ -661,11 +734,12 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
         int g = (int)(it / job->slices % job->n_head_kv), sl = (int)(it % job->slices);
         int h0 = g * group + sl * hs;
         int32_t seq = job->seq[t], n_kv = job->pos[t] + 1;
+        int32_t first = job->window > 0 && n_kv > job->window ? n_kv - job->window : 0;
         const float *q = job->q + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
         float *out = job->out + ((size_t)t * (size_t)job->n_head + (size_t)h0) * (size_t)hd;
         memset(out, 0, (size_t)hs * (size_t)hd * sizeof(float));
         for (int pass = 0; pass < 2; pass++) {
-            for (int32_t j0 = 0; j0 < n_kv;) {
+            for (int32_t j0 = first; j0 < n_kv;) {
                 int32_t in_block = kv->block_tokens - j0 % kv->block_tokens;
                 int nb = n_kv - j0 < ATTN_CHUNK ? n_kv - j0 : ATTN_CHUNK;
                 if (nb > in_block) nb = in_block;
@@ -683,23 +757,29 @@ static void attention_items(void *ctx, int64_t i0, int64_t i1, int thread_index)
                 j0 += nb;
             }
             if (pass == 1) break;
+            int32_t n = n_kv - first;
             for (int h = 0; h < hs; h++) {
-                float *s = scores + (size_t)h * s_stride;
+                float *s = scores + (size_t)h * s_stride + first;
+                /* a sink is one more logit in the softmax whose probability is dropped */
+                float sink = job->sinks ? job->sinks[h0 + h] : -INFINITY;
                 if (job->avx512) {
-                    double sum = kern__exp_sum_avx512(s, n_kv, kern__max_avx512(s, n_kv));
-                    kern__scale_avx512(s, n_kv, (float)(1.0 / sum));
+                    float max = kern__max_avx512(s, n);
+                    if (sink > max) max = sink;
+                    double sum = kern__exp_sum_avx512(s, n, max);
+                    if (job->sinks) sum += expf(sink - max);
+                    kern__scale_avx512(s, n, (float)(1.0 / sum));
                     continue;
                 }
-                float max = -INFINITY;
-                for (int32_t j = 0; j < n_kv; j++)
+                float max = sink;
+                for (int32_t j = 0; j < n; j++)
                     if (s[j] > max) max = s[j];
-                double sum = 0.0;
-                for (int32_t j = 0; j < n_kv; j++) {
+                double sum = job->sinks ? expf(sink - max) : 0.0;
+                for (int32_t j = 0; j < n; j++) {
                     s[j] = expf(s[j] - max);
                     sum += s[j];
                 }
                 float inv = (float)(1.0 / sum);
-                for (int32_t j = 0; j < n_kv; j++)
+                for (int32_t j = 0; j < n; j++)
                     s[j] *= inv;
             }
         }
@@ -723,7 +803,8 @@ static int ensure_scratch(cpu_backend *cpu, int64_t n_floats)
 
 static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
                           const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
-                          int n_head, int n_head_kv, int head_dim, float scale)
+                          int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                          const float *sinks)
 {
     cpu_backend *cpu = as_cpu(b);
     int64_t max_kv = 1;
@@ -766,6 +847,8 @@ static void cpu_attention(kern_backend *b, const kern_kv_layout *kv, int layer, 
                     .slices = slices,
                     .slice_heads = hs,
                     .scale = scale,
+                    .window = window,
+                    .sinks = sinks,
                     .max_kv = max_kv,
                     .avx512 = cpu->isa >= KERN_ISA_AVX512 && head_dim % 16 == 0,
                     .dot_multi = kern_cpu_type_kernels(KERN_T_F32)->dot_multi[cpu->isa],
@@ -796,6 +879,20 @@ static void cpu_silu_mul(kern_backend *b, const float *gate, const float *up, fl
 {
     elementwise_job job = {.a = gate, .b = up, .out = out};
     kern__pool_run(as_cpu(b)->pool, silu_mul_range, &job, n, 4096);
+}
+
+static void swiglu_oai_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
+{
+    const elementwise_job *job = ctx;
+    for (int64_t i = i0; i < i1; i++)
+        job->out[i] = swiglu_oai(job->a[i], job->b[i]);
+}
+
+static void cpu_swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out,
+                           int64_t n)
+{
+    elementwise_job job = {.a = gate, .b = up, .out = out};
+    kern__pool_run(as_cpu(b)->pool, swiglu_oai_range, &job, n, 4096);
 }
 
 static void add_range(void *ctx, int64_t i0, int64_t i1, int thread_index)
@@ -882,6 +979,8 @@ static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
         if (o->gating == KERN_GATING_SIGMOID) {
             for (int e = 0; e < E; e++)
                 p[e] = 1.0f / (1.0f + expf(-logits[e]));
+        } else if (o->gating == KERN_GATING_TOPK_SOFTMAX) {
+            memcpy(p, logits, (size_t)E * sizeof *p); /* chosen by logit, weighted below */
         } else {
             float max = -INFINITY;
             for (int e = 0; e < E; e++)
@@ -904,6 +1003,15 @@ static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
             }
             ids[j] = best;
             weights[j] = p[best];
+        }
+        if (o->gating == KERN_GATING_TOPK_SOFTMAX) { /* weights[0] is the largest logit */
+            double sum = 0.0;
+            for (int j = 0; j < K; j++) {
+                weights[j] = expf(weights[j] - p[ids[0]]);
+                sum += weights[j];
+            }
+            for (int j = 0; j < K; j++)
+                weights[j] = (float)(weights[j] / sum);
         }
         if (o->norm) {
             double topk_sum = 0.0;
@@ -1099,6 +1207,7 @@ static const kern_ops cpu_ops = {
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .silu_mul = cpu_silu_mul,
+    .swiglu_oai = cpu_swiglu_oai,
     .add = cpu_add,
     .add_bias = cpu_add_bias,
     .get_rows = cpu_get_rows,
@@ -1143,17 +1252,20 @@ PROFILED(rmsnorm, KERN_OP_RMSNORM,
          (b, x, w, o, n, r, s, e))
 PROFILED(rope, KERN_OP_ROPE,
          (kern_backend * b, float *x, int64_t n, int h, int hd, int nr, const int32_t *p, float fb,
-          kern_rope_mode m),
-         (b, x, n, h, hd, nr, p, fb, m))
+          kern_rope_mode m, const kern_rope_yarn *y),
+         (b, x, n, h, hd, nr, p, fb, m, y))
 PROFILED(kv_store, KERN_OP_KV_STORE,
          (kern_backend * b, const kern_kv_layout *kv, int l, const float *k, const float *v,
           const int32_t *s, const int32_t *p, int64_t n),
          (b, kv, l, k, v, s, p, n))
 PROFILED(attention, KERN_OP_ATTENTION,
          (kern_backend * b, const kern_kv_layout *kv, int l, const float *q, const int32_t *s,
-          const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc),
-         (b, kv, l, q, s, p, o, n, h, hkv, hd, sc))
+          const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc, int32_t w,
+          const float *sk),
+         (b, kv, l, q, s, p, o, n, h, hkv, hd, sc, w, sk))
 PROFILED(silu_mul, KERN_OP_SILU_MUL,
+         (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
+PROFILED(swiglu_oai, KERN_OP_SWIGLU_OAI,
          (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
 PROFILED(add, KERN_OP_ADD, (kern_backend * b, float *y, const float *x, int64_t n), (b, y, x, n))
 PROFILED(add_bias, KERN_OP_ADD_BIAS,
@@ -1210,6 +1322,7 @@ static const kern_ops cpu_ops_profiled = {
     .kv_store = prof_kv_store,
     .attention = prof_attention,
     .silu_mul = prof_silu_mul,
+    .swiglu_oai = prof_swiglu_oai,
     .add = prof_add,
     .add_bias = prof_add_bias,
     .get_rows = prof_get_rows,
@@ -1222,8 +1335,8 @@ static const kern_ops cpu_ops_profiled = {
 };
 
 static const char *const op_names[KERN_OP_COUNT] = {
-    "matmul",   "rmsnorm", "rope",   "kv_store", "attention",   "silu_mul", "add", "add_bias",
-    "get_rows", "gather",  "router", "experts",  "moe_combine", "gate_add", "copy"};
+    "matmul",   "rmsnorm", "rope",   "kv_store", "attention",   "silu_mul", "add",  "add_bias",
+    "get_rows", "gather",  "router", "experts",  "moe_combine", "gate_add", "copy", "swiglu_oai"};
 
 const char *kern_cpu_op_name(kern_cpu_op op)
 {

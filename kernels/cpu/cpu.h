@@ -81,6 +81,7 @@ typedef enum kern_cpu_op {
     KERN_OP_MOE_COMBINE,
     KERN_OP_GATE_ADD,
     KERN_OP_COPY,
+    KERN_OP_SWIGLU_OAI,
     KERN_OP_COUNT
 } kern_cpu_op;
 

@@ -405,11 +405,16 @@ void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const 
 
 void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
                      const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
-                     int n_head, int n_head_kv, int head_dim, float scale)
+                     int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                     const float *sinks)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0) return;
     if (!cuda__enter(cb, "attention") || !layout_ok(cb, kv, layer, "attention")) return;
+    if (window > 0 || sinks) { /* gpt-oss's; the model refuses it on this backend at open */
+        cuda__fail(cb, -ENOTSUP, "cuda attention: sliding windows and sinks are not implemented");
+        return;
+    }
     if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0 || head_dim <= 0 ||
         head_dim > MAX_HEAD_DIM || (int64_t)n_head_kv * head_dim != kv->kv_dim) {
         cuda__fail(cb, -EINVAL,

@@ -104,13 +104,15 @@ void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const 
                     const float *v, const int32_t *seq, const int32_t *pos, int64_t n_tokens);
 void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
                      const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
-                     int n_head, int n_head_kv, int head_dim, float scale);
+                     int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                     const float *sinks);
 
 /* cuda_ops.cu */
 void cuda__rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
                    int64_t n_rows, int64_t stride, float eps);
 void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
-                const int32_t *pos, float freq_base, kern_rope_mode mode);
+                const int32_t *pos, float freq_base, kern_rope_mode mode,
+                const kern_rope_yarn *yarn);
 void cuda__silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
 void cuda__add(kern_backend *b, float *y, const float *x, int64_t n);
 void cuda__add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim);

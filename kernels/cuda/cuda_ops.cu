@@ -278,15 +278,16 @@ void cuda__rmsnorm(kern_backend *b, const float *x, const float *weight, float *
 }
 
 void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
-                const int32_t *pos, float freq_base, kern_rope_mode mode)
+                const int32_t *pos, float freq_base, kern_rope_mode mode,
+                const kern_rope_yarn *yarn)
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || n_heads <= 0 || n_rot <= 0) return;
     if (!cuda__enter(cb, "rope")) return;
     if (n_rot % 2 != 0 || n_rot > head_dim || n_rot > 8192 ||
-        (mode != KERN_ROPE_NORM && mode != KERN_ROPE_NEOX)) {
-        cuda__fail(cb, -EINVAL, "cuda rope: n_rot %d of head_dim %d, mode %d not supported", n_rot,
-                   head_dim, (int)mode);
+        (mode != KERN_ROPE_NORM && mode != KERN_ROPE_NEOX) || yarn) {
+        cuda__fail(cb, -EINVAL, "cuda rope: n_rot %d of head_dim %d, mode %d%s not supported",
+                   n_rot, head_dim, (int)mode, yarn ? ", YaRN" : "");
         return;
     }
     rope_kernel<<<cuda__grid(n_tokens, 1), 128, (size_t)n_rot * sizeof(float), cuda__compute(cb)>>>(

@@ -532,6 +532,9 @@ static void sim_experts(kern_backend *b, const kern_ffn_expert *ex, int n_expert
         CHECK(gi, floats(e->n_rows * e->gate.n_rows));
         CHECK(u, floats(e->n_rows * e->up.n_rows));
         CHECK(oi, floats(e->n_rows * e->down.n_rows));
+        if (e->gate_bias) CHECK(e->gate_bias, floats(e->gate.n_rows));
+        if (e->up_bias) CHECK(e->up_bias, floats(e->up.n_rows));
+        if (e->down_bias) CHECK(e->down_bias, floats(e->down.n_rows));
     }
     if (injected(sim, "experts")) return;
     kern_experts(sim->cpu, ex, n_experts, x, out, g, u);
@@ -551,14 +554,15 @@ static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, fl
 }
 
 static void sim_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
-                     int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode)
+                     int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode,
+                     const kern_rope_yarn *yarn)
 {
     sim_backend *sim = as_sim(b);
     if (n_tokens <= 0) return;
     CHECK(x, floats(n_tokens * n_heads * head_dim));
     CHECK(pos, (size_t)n_tokens * sizeof *pos);
     if (injected(sim, "rope")) return;
-    kern_rope(sim->cpu, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode);
+    kern_rope(sim->cpu, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode, yarn);
 }
 
 /* The block table and every block the tokens reach must be device memory too. */
@@ -603,16 +607,18 @@ static void sim_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, c
 
 static void sim_attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
                           const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
-                          int n_head, int n_head_kv, int head_dim, float scale)
+                          int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                          const float *sinks)
 {
     sim_backend *sim = as_sim(b);
     if (n_tokens <= 0) return;
     CHECK(q, floats(n_tokens * n_head * head_dim));
     CHECK(out, floats(n_tokens * n_head * head_dim));
+    if (sinks) CHECK(sinks, floats(n_head));
     if (!check_kv(sim, "attention", kv, seq, pos, n_tokens, true)) return;
     if (injected(sim, "attention")) return;
     kern_attention(sim->cpu, kv, layer, q, seq, pos, out, n_tokens, n_head, n_head_kv, head_dim,
-                   scale);
+                   scale, window, sinks);
 }
 
 static void sim_silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n)
@@ -624,6 +630,18 @@ static void sim_silu_mul(kern_backend *b, const float *gate, const float *up, fl
     CHECK(out, floats(n));
     if (injected(sim, "silu_mul")) return;
     kern_silu_mul(sim->cpu, gate, up, out, n);
+}
+
+static void sim_swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out,
+                           int64_t n)
+{
+    sim_backend *sim = as_sim(b);
+    if (n <= 0) return;
+    CHECK(gate, floats(n));
+    CHECK(up, floats(n));
+    CHECK(out, floats(n));
+    if (injected(sim, "swiglu_oai")) return;
+    kern_swiglu_oai(sim->cpu, gate, up, out, n);
 }
 
 static void sim_add(kern_backend *b, float *y, const float *x, int64_t n)
@@ -752,6 +770,7 @@ static const kern_ops sim_ops = {
     .kv_store = sim_kv_store,
     .attention = sim_attention,
     .silu_mul = sim_silu_mul,
+    .swiglu_oai = sim_swiglu_oai,
     .add = sim_add,
     .add_bias = sim_add_bias,
     .get_rows = sim_get_rows,

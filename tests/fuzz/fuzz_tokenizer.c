@@ -4,11 +4,12 @@
  *
  * The first byte picks the vocabulary and the flags; the rest is the text.  The vocabularies are
  * the ones tools/gen_model.py makes for its tiny models (SentencePiece for llama, byte-level BPE
- * with the qwen2 and olmo pre-tokenizers), cut down to their tokenizer metadata and committed in
- * tests/fuzz/data/ (tools/fuzz_seeds.py writes them), so that every run and every build sees
- * the same ones.  Checked: ids are in range; the stream gives valid UTF-8 only; for the olmo
- * (GPT-2) vocabulary, valid UTF-8 text without special tokens decodes back to itself, as
- * byte-level BPE must (qwen2 normalises to NFC first, SentencePiece may add a space).
+ * with the qwen2, olmo and gpt-4o pre-tokenizers), cut down to their tokenizer metadata and
+ * committed in tests/fuzz/data/ (tools/fuzz_seeds.py writes them), so that every run and every
+ * build sees the same ones.  Checked: ids are in range; the stream gives valid UTF-8 only; for
+ * the olmo (GPT-2) and gpt-4o (gpt-oss) vocabularies, valid UTF-8 text without special tokens
+ * decodes back to itself, as byte-level BPE must (qwen2 normalises to NFC first, SentencePiece
+ * may add a space).
  */
 #include "base/utf8.h"
 #include "fuzz.h"
@@ -21,9 +22,9 @@
 #error "MOE_FUZZ_DATA must name tests/fuzz/data (tests/fuzz/meson.build sets it)"
 #endif
 
-enum { VOCAB_SPM, VOCAB_QWEN2, VOCAB_OLMO, N_VOCABS };
+enum { VOCAB_SPM, VOCAB_QWEN2, VOCAB_OLMO, VOCAB_GPT4O, N_VOCABS };
 static const char *const vocab_files[N_VOCABS] = {"vocab-spm.gguf", "vocab-qwen2.gguf",
-                                                  "vocab-olmo.gguf"};
+                                                  "vocab-olmo.gguf", "vocab-gpt-4o.gguf"};
 static tokenizer *vocabs[N_VOCABS];
 
 static tokenizer *load(const char *name)
@@ -91,8 +92,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t out_len = 0;
     FUZZ_CHECK(tokenizer_decode(t, ids, n_ids, skip_special, &out, &out_len, err, sizeof err) == 0);
     FUZZ_CHECK(out && out[out_len] == 0);
-    if (which == VOCAB_OLMO && flags == 0 && utf8_valid_prefix(text, len) == len &&
-        !memchr(text, 0, len))
+    if ((which == VOCAB_OLMO || which == VOCAB_GPT4O) && flags == 0 &&
+        utf8_valid_prefix(text, len) == len && !memchr(text, 0, len))
         FUZZ_CHECK(out_len == len && memcmp(out, text, len) == 0);
     free(out);
     check_stream(t, ids, n_ids, skip_special);

@@ -115,7 +115,8 @@ with tempfile.TemporaryDirectory() as tmp:
           f"an unknown template name lists the built-in ones ({err.strip()[-300:]})")
     # Every architecture's template, tokenizer and forward pass through `generate --chat`, with
     # the expert cache at its minimum giving the same text as the mapped path.
-    for arch, typ in (("llama", "q8_0"), ("qwen2moe", "q4_k_m"), ("olmoe", "q6_k"), ("qwen3moe", "f16")):
+    for arch, typ in (("llama", "q8_0"), ("qwen2moe", "q4_k_m"), ("olmoe", "q6_k"), ("qwen3moe", "f16"),
+                      ("gpt-oss", "mxfp4")):
         path = os.path.join(tmp, f"{arch}.gguf")
         gen(path, "--arch", arch, "--preset", "tiny", "--type", typ)
         rc, out, err = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",

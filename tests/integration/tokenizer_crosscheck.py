@@ -27,7 +27,9 @@ Checks per vocabulary and corpus string (tests/data/tokenizer/corpus.py, 1000+ s
   the text parsed with TOKENIZER_PARSE_SPECIAL equal HF with its added tokens; random id
   sequences decode like the reference (U+FFFD for broken UTF-8).
 
-Also: the synthetic vocabularies of the qwen3moe and olmoe test models (tools/gen_model.py) against
+Also: the synthetic vocabularies of the qwen3moe, olmoe and gpt-oss test models (tools/gen_model.py;
+gpt-oss's is the only check of the o200k pre-tokenizer, "gpt-4o", llama.cpp vendoring no such
+vocabulary) against
 HF the same way, and our NFC (decode(encode(x)) for pre qwen2) against Python's unicodedata on
 500 strings dense in combining marks, jamo and singletons.
 
@@ -56,6 +58,10 @@ RE_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 RE_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# o200k (gpt-4o, and gpt-oss's o200k_harmony), as llama-vocab.cpp quotes it
+RE_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 RE_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 RE_DEEPSEEK = [  # escaped: these classes hold characters that NFC would change
@@ -177,6 +183,8 @@ def hf_bpe(v: dict):
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_LLAMA3), "isolated"), bl])
     elif pre == "qwen2":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_QWEN2), "isolated"), bl])
+    elif pre == "gpt-4o":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_GPT4O), "isolated"), bl])
     elif pre == "qwen35":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_QWEN35), "isolated"), bl])
     elif pre == "deepseek-llm":
@@ -479,7 +487,7 @@ def main() -> int:
     # the synthetic vocabularies of the test models (what the server tests run on), made by
     # tools/gen_model.py into the build tree's cache as the unit tests make them
     build = os.environ.get("MOE_BUILD_ROOT")
-    for arch in ("qwen3moe", "olmoe"):
+    for arch in ("qwen3moe", "olmoe", "gpt-oss"):   # gpt-oss: pre "gpt-4o" (o200k's regex)
         print(f"vocabulary of the {arch} tiny test model:")
         if not check(build is not None, "MOE_BUILD_ROOT is set (run through meson test)"):
             break

@@ -123,8 +123,9 @@ static void open_backends(void)
 
 enum { MAX_OPS = 16 };
 static const char *op_names[MAX_OPS] = {
-    "matmul",   "rmsnorm", "rope",   "attention",   "silu_mul", "add",     "add_bias",
-    "get_rows", "gather",  "router", "moe_combine", "gate_add", "experts", "batch_invariance"};
+    "matmul",      "rmsnorm",  "rope",     "attention",        "silu_mul",
+    "add",         "add_bias", "get_rows", "gather",           "router",
+    "moe_combine", "gate_add", "experts",  "batch_invariance", "swiglu_oai"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -205,6 +206,13 @@ static bool backend_computes(int be, uint32_t type)
     bool cuda_lacks = type == KERN_T_Q2_K || type == KERN_T_Q3_K || type == KERN_T_IQ4_NL ||
                       type == KERN_T_IQ4_XS || type == KERN_T_MXFP4;
     return !(cuda_lacks && !strcmp(backends[be].name, "cuda"));
+}
+
+/* gpt-oss's operations (attention sinks and windows, YaRN, the clamped SwiGLU) have CPU
+ * kernels only; a backend without swiglu_oai refuses them all. */
+static bool backend_runs_gpt_oss(int be)
+{
+    return backends[be].b->ops->swiglu_oai != NULL;
 }
 
 /* n_rows x n_cols of `type` with random payload and sane scales; *ref gets the dequantised
@@ -411,7 +419,7 @@ START_TEST(rope_modes_and_positions)
                 int64_t n = (int64_t)n_tok * heads * hd;
                 float *x = random_floats(n, 1.0f), *r = malloc((size_t)n * sizeof *r);
                 float *dx = to_device(b, x, (size_t)n * sizeof *x);
-                kern_rope(b, dx, n_tok, heads, hd, n_rot, dpos, base, m);
+                kern_rope(b, dx, n_tok, heads, hd, n_rot, dpos, base, m, NULL);
                 from_device(b, r, dx, (size_t)n * sizeof *r);
                 for (int t = 0; t < n_tok; t++)
                     for (int h = 0; h < heads; h++) {
@@ -427,6 +435,73 @@ START_TEST(rope_modes_and_positions)
                         }
                         for (int i = n_rot; i < hd; i++)
                             expect_close(be, "rope", "tail", got[i], o[i], 1.0, 0.0);
+                    }
+                dev_free(b, dx);
+                free(x);
+                free(r);
+            }
+        }
+        dev_free(b, dpos);
+    }
+}
+END_TEST
+
+/* YaRN, written out from transformers' _compute_yarn_parameters: each pair's frequency blends
+ * base^(-2i/d) / factor and base^(-2i/d) by a linear ramp between the correction dimensions,
+ * and cos and sin are scaled by the attention factor. */
+static double ref_yarn_inv_freq(const kern_rope_yarn *y, double base, int dim, int i)
+{
+    double lo = dim * log(y->orig_ctx / (y->beta_fast * 2 * M_PI)) / (2 * log(base));
+    double hi = dim * log(y->orig_ctx / (y->beta_slow * 2 * M_PI)) / (2 * log(base));
+    if (y->truncate) {
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
+    lo = fmax(lo, 0.0);
+    hi = fmin(hi, dim - 1.0);
+    if (lo == hi) hi += 0.001;
+    double ramp = fmin(fmax((i - lo) / (hi - lo), 0.0), 1.0);
+    double pos_freq = pow(base, 2.0 * i / dim);
+    return 1.0 / (y->factor * pos_freq) * ramp + 1.0 / pos_freq * (1.0 - ramp);
+}
+
+START_TEST(rope_yarn)
+{
+    /* gpt-oss-20b's scaling, untruncated as its config says, and truncated as llama.cpp does */
+    int32_t pos[5] = {0, 3, 100, 4095, 131071};
+    int n_tok = 5, heads = 4, hd = 64;
+    for (int be = 0; be < n_backends; be++) {
+        if (!backend_runs_gpt_oss(be)) continue;
+        kern_backend *b = backends[be].b;
+        int32_t *dpos = to_device(b, pos, sizeof pos);
+        for (int trunc = 0; trunc < 2; trunc++) {
+            kern_rope_yarn y = {.factor = 32.0f,
+                                .orig_ctx = 4096.0f,
+                                .beta_fast = 32.0f,
+                                .beta_slow = 1.0f,
+                                .attn_factor = 0.1f * logf(32.0f) + 1.0f,
+                                .truncate = trunc};
+            for (int mode = 0; mode < 2; mode++) {
+                kern_rope_mode m = mode ? KERN_ROPE_NEOX : KERN_ROPE_NORM;
+                double base = 150000.0;
+                int64_t n = (int64_t)n_tok * heads * hd;
+                float *x = random_floats(n, 1.0f), *r = malloc((size_t)n * sizeof *r);
+                float *dx = to_device(b, x, (size_t)n * sizeof *x);
+                kern_rope(b, dx, n_tok, heads, hd, hd, dpos, (float)base, m, &y);
+                from_device(b, r, dx, (size_t)n * sizeof *r);
+                for (int t = 0; t < n_tok; t++)
+                    for (int h = 0; h < heads; h++) {
+                        const float *o = x + (t * heads + h) * hd, *got = r + (t * heads + h) * hd;
+                        for (int i = 0; i < hd / 2; i++) {
+                            double th = pos[t] * ref_yarn_inv_freq(&y, base, hd, i);
+                            double c = cos(th) * y.attn_factor, sn = sin(th) * y.attn_factor;
+                            int i0 = m == KERN_ROPE_NEOX ? i : 2 * i;
+                            int i1 = m == KERN_ROPE_NEOX ? i + hd / 2 : 2 * i + 1;
+                            expect_close(be, "rope", "yarn", got[i0], o[i0] * c - o[i1] * sn, 1.0,
+                                         4e-5);
+                            expect_close(be, "rope", "yarn", got[i1], o[i0] * sn + o[i1] * c, 1.0,
+                                         4e-5);
+                        }
                     }
                 dev_free(b, dx);
                 free(x);
@@ -454,6 +529,19 @@ START_TEST(elementwise_ops)
             for (int64_t i = 0; i < n; i++) {
                 double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
                 expect_close(be, "silu_mul", "", o[i], ref, 1.0 + fabs(ref), 1e-6);
+            }
+            if (backend_runs_gpt_oss(be)) {
+                /* gate past the clamp at 7 (the scale of 8), up on both sides of it */
+                float *u8 = random_floats(n, 9.0f), *du8 = to_device(b, u8, (size_t)n * 4);
+                kern_swiglu_oai(b, dg, du8, dout, n);
+                from_device(b, o, dout, (size_t)n * 4);
+                for (int64_t i = 0; i < n; i++) {
+                    double gc = fmin(g[i], 7.0), uc = fmin(fmax(u8[i], -7.0), 7.0);
+                    double ref = (uc + 1.0) * gc / (1.0 + exp(-1.702 * gc));
+                    expect_close(be, "swiglu_oai", "", o[i], ref, 1.0 + fabs(ref), 1e-6);
+                }
+                dev_free(b, du8);
+                free(u8);
             }
             kern_add(b, du, dg, n);
             from_device(b, o, du, (size_t)n * 4);
@@ -553,8 +641,9 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
     for (int e = 0; e < E; e++)
         max = fmax(max, logits[e]);
     for (int e = 0; e < E; e++) {
-        p[e] = o->gating == KERN_GATING_SIGMOID ? 1.0 / (1.0 + exp(-(double)logits[e]))
-                                                : exp(logits[e] - max);
+        p[e] = o->gating == KERN_GATING_SIGMOID        ? 1.0 / (1.0 + exp(-(double)logits[e]))
+               : o->gating == KERN_GATING_TOPK_SOFTMAX ? logits[e] /* chosen by logit */
+                                                       : exp(logits[e] - max);
         sum += p[e];
     }
     if (o->gating == KERN_GATING_SOFTMAX)
@@ -573,6 +662,13 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
         w[j] = p[best];
         top += p[best];
     }
+    if (o->gating == KERN_GATING_TOPK_SOFTMAX) { /* a softmax over the k chosen logits */
+        top = 0.0;
+        for (int j = 0; j < o->k; j++)
+            top += (w[j] = exp(w[j] - p[ids[0]]));
+        for (int j = 0; j < o->k; j++)
+            w[j] /= top;
+    }
     for (int j = 0; j < o->k; j++) {
         if (o->norm) w[j] /= fmax(top, 6.103515625e-5);
         w[j] *= o->scale;
@@ -587,15 +683,20 @@ START_TEST(router_gatings_and_ties)
         kern_gating g;
         bool norm;
         float scale;
-    } cases[] = {
-        {8, 2, KERN_GATING_SOFTMAX, true, 1.0f},   {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
-        {128, 8, KERN_GATING_SOFTMAX, true, 1.0f}, {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
-        {256, 8, KERN_GATING_SIGMOID, true, 2.5f}, {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
-        {8, 8, KERN_GATING_SOFTMAX, false, 0.5f}};
+    } cases[] = {{8, 2, KERN_GATING_SOFTMAX, true, 1.0f},
+                 {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
+                 {128, 8, KERN_GATING_SOFTMAX, true, 1.0f},
+                 {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
+                 {256, 8, KERN_GATING_SIGMOID, true, 2.5f},
+                 {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
+                 {8, 8, KERN_GATING_SOFTMAX, false, 0.5f},
+                 {32, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f},
+                 {128, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f}};
     int n_tok = 13;
     for (int be = 0; be < n_backends; be++) {
         kern_backend *b = backends[be].b;
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            if (cases[c].g == KERN_GATING_TOPK_SOFTMAX && !backend_runs_gpt_oss(be)) continue;
             kern_router_opts o = {.n_expert = cases[c].E,
                                   .k = cases[c].k,
                                   .gating = cases[c].g,
@@ -708,13 +809,24 @@ END_TEST
 typedef struct ffn_case_expert {
     void *w[3];   /* gate, up, down on the host */
     float *wf[3]; /* dequantised */
+    float *bias[3];
     kern_ffn_expert e;
 } ffn_case_expert;
 
+/* The activation of one row, in double: SwiGLU, or gpt-oss's clamped one. */
+static double ref_glu(bool oai, double g, double u)
+{
+    if (!oai) return g / (1.0 + exp(-g)) * u;
+    g = fmin(g, 7.0);
+    u = fmin(fmax(u, -7.0), 7.0);
+    return (u + 1.0) * g / (1.0 + exp(-1.702 * g));
+}
+
 /* Experts of types (gu for gate and up, dn for down; per expert when mixed) over buckets with
  * gaps between them, against a double-precision SwiGLU of the dequantised weights, and bit for
- * bit against matmul, silu_mul and matmul run one expert at a time on the same backend. */
-static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_ex)
+ * bit against matmul, silu_mul and matmul run one expert at a time on the same backend.  With
+ * oai: gpt-oss's experts, biases after every product and the clamped SwiGLU. */
+static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_ex, bool oai)
 {
     kern_backend *b = backends[be].b;
     enum { MAXE = 4 };
@@ -728,6 +840,7 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
     }
     int64_t cols_d = blk == 1 ? 72 : 2 * (int64_t)blk, ff = blk == 1 ? 40 : 3 * (int64_t)blk;
     ffn_case_expert ex[MAXE];
+    memset(ex, 0, sizeof ex);
     kern_ffn_expert host_ex[MAXE];
     int64_t rows = 0;
     for (int i = 0; i < n_ex; i++) {
@@ -743,6 +856,14 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
                                    .n_rows = shape[p][0],
                                    .n_cols = shape[p][1],
                                    .row_bytes = rb};
+            c->bias[p] = NULL;
+            if (oai) c->bias[p] = random_floats(shape[p][0], 1.0f);
+        }
+        if (oai) {
+            c->e.glu = KERN_GLU_SWIGLU_OAI;
+            c->e.gate_bias = to_device(b, c->bias[0], (size_t)ff * 4);
+            c->e.up_bias = to_device(b, c->bias[1], (size_t)ff * 4);
+            c->e.down_bias = to_device(b, c->bias[2], (size_t)cols_d * 4);
         }
         c->e.row0 = rows + 2; /* a gap: rows between buckets are not the op's */
         c->e.n_rows = counts[i];
@@ -771,14 +892,18 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
                     gm += fabs((double)c->wf[0][f * cols_d + k] * x[t * cols_d + k]);
                     um += fabs((double)c->wf[1][f * cols_d + k] * x[t * cols_d + k]);
                 }
-                h[f] = g / (1.0 + exp(-g)) * u;
+                if (oai) {
+                    g += c->bias[0][f];
+                    u += c->bias[1][f];
+                }
+                h[f] = ref_glu(oai, g, u);
                 /* the scale of h's rounding error: gate's and up's errors are relative to
                  * sum |w x| (see matmul_tol), carried through silu (slope <= 1.1) and the product
                  */
                 hm[f] = fabs(h[f]) + 1.1 * fabs(u) * gm + fabs(g) * um;
             }
             for (int64_t r = 0; r < cols_d; r++) {
-                double ref = 0, mag = 0;
+                double ref = oai ? c->bias[2][r] : 0.0, mag = fabs(ref);
                 for (int64_t f = 0; f < ff; f++) {
                     ref += (double)c->wf[2][r * ff + f] * h[f];
                     mag += fabs((double)c->wf[2][r * ff + f]) * hm[f];
@@ -790,14 +915,21 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
             }
         }
     }
-    /* the same bits as the three operations, one expert at a time */
+    /* the same bits as the operations, one expert at a time */
     for (int i = 0; i < n_ex; i++) {
         kern_ffn_expert *e = &ex[i].e;
-        float *g = dg + e->row0 * ff;
+        float *g = dg + e->row0 * ff, *o = dout + e->row0 * cols_d;
         kern_matmul(b, &e->gate, dx + e->row0 * cols_d, g, e->n_rows);
         kern_matmul(b, &e->up, dx + e->row0 * cols_d, du, e->n_rows);
-        kern_silu_mul(b, g, du, g, e->n_rows * ff);
-        kern_matmul(b, &e->down, g, dout + e->row0 * cols_d, e->n_rows);
+        if (oai) {
+            kern_add_bias(b, g, e->gate_bias, e->n_rows, ff);
+            kern_add_bias(b, du, e->up_bias, e->n_rows, ff);
+            kern_swiglu_oai(b, g, du, g, e->n_rows * ff);
+        } else {
+            kern_silu_mul(b, g, du, g, e->n_rows * ff);
+        }
+        kern_matmul(b, &e->down, g, o, e->n_rows);
+        if (oai) kern_add_bias(b, o, e->down_bias, e->n_rows, cols_d);
     }
     from_device(b, seq, dout, (size_t)(rows * cols_d) * 4);
     for (int i = 0; i < n_ex; i++) {
@@ -813,7 +945,13 @@ static void experts_case(int be, const uint32_t *gu, const uint32_t *dn, int n_e
             dev_free(b, (void *)kw[p]->data);
             free(ex[i].w[p]);
             free(ex[i].wf[p]);
+            free(ex[i].bias[p]);
         }
+    for (int i = 0; i < n_ex && oai; i++) {
+        dev_free(b, (void *)ex[i].e.gate_bias);
+        dev_free(b, (void *)ex[i].e.up_bias);
+        dev_free(b, (void *)ex[i].e.down_bias);
+    }
     dev_free(b, dx);
     dev_free(b, dout);
     dev_free(b, dg);
@@ -830,8 +968,8 @@ START_TEST(experts_grouped)
     uint32_t t = all_types[_i], same[4] = {t, t, t, t};
     for (int be = 0; be < n_backends; be++) {
         if (!backend_computes(be, t)) continue;
-        experts_case(be, same, same, 4);
-        experts_case(be, same, same, 1);
+        experts_case(be, same, same, 4, false);
+        experts_case(be, same, same, 1, false);
     }
 }
 END_TEST
@@ -846,9 +984,23 @@ START_TEST(experts_mixed_types)
                    q8[4] = {KERN_T_Q8_0, KERN_T_Q8_0, KERN_T_Q8_0, KERN_T_Q8_0},
                    mix[4] = {KERN_T_Q8_0, KERN_T_F32, KERN_T_Q4_0, KERN_T_BF16};
     for (int be = 0; be < n_backends; be++) {
-        experts_case(be, q4, q6, 4);
-        experts_case(be, f16, q8, 3);
-        experts_case(be, mix, mix, 4);
+        experts_case(be, q4, q6, 4, false);
+        experts_case(be, f16, q8, 3, false);
+        experts_case(be, mix, mix, 4, false);
+    }
+}
+END_TEST
+
+START_TEST(experts_gpt_oss)
+{
+    /* gpt-oss's files: MXFP4 experts; and F32 ones (bounds without the 8-bit activations) */
+    const uint32_t mx[4] = {KERN_T_MXFP4, KERN_T_MXFP4, KERN_T_MXFP4, KERN_T_MXFP4},
+                   f32[4] = {KERN_T_F32, KERN_T_F32, KERN_T_F32, KERN_T_F32};
+    for (int be = 0; be < n_backends; be++) {
+        if (!backend_runs_gpt_oss(be)) continue;
+        experts_case(be, mx, mx, 4, true);
+        experts_case(be, f32, f32, 4, true);
+        experts_case(be, f32, f32, 1, true);
     }
 }
 END_TEST
@@ -863,9 +1015,9 @@ static float kv_round(float v, kern_kv_type t)
 
 /* Sequences of different lengths stored in one batch of tokens (as a prefill of several
  * prompts), then a decode step, each step's attention against the reference over the values
- * as stored. */
+ * as stored.  window > 0: a sliding window; sinks: a random sink logit per head (gpt-oss). */
 static void attention_case(int be, kern_kv_type type, int block_tokens, int n_head, int n_head_kv,
-                           int hd, const int *lens, int n_seq)
+                           int hd, const int *lens, int n_seq, int32_t window, bool sinks)
 {
     kern_backend *b = backends[be].b;
     char err[256];
@@ -904,10 +1056,12 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
             *dpos = to_device(b, pos, (size_t)total * 4);
     float *dout = dev_zeros(b, (size_t)total * n_head * hd * 4),
           *out = malloc((size_t)total * n_head * hd * 4);
+    float *sink = sinks ? random_floats(n_head, 3.0f) : NULL;
+    float *dsink = sinks ? to_device(b, sink, (size_t)n_head * 4) : NULL;
     const kern_kv_layout *l = kern_kv_get_layout(kv);
     kern_kv_store(b, l, layer, dk, dv, dseq, dpos, total);
     kern_attention(b, l, layer, dq, dseq, dpos, dout, total, n_head, n_head_kv, hd,
-                   1.0f / sqrtf((float)hd));
+                   1.0f / sqrtf((float)hd), window, dsink);
     from_device(b, out, dout, (size_t)total * n_head * hd * 4);
     /* row of (seq s, position p) in the batch */
     int *row_of = malloc((size_t)(n_seq * max_len) * sizeof *row_of);
@@ -924,8 +1078,9 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
         for (int h = 0; h < n_head; h++) {
             int kh = h / group;
             const float *qq = q + ((size_t)i * n_head + h) * hd;
-            double max = -INFINITY, sum = 0.0;
-            for (int j = 0; j <= pos[i]; j++) {
+            double max = sinks ? sink[h] : -INFINITY, sum = 0.0;
+            int lo = window > 0 && pos[i] + 1 > window ? pos[i] + 1 - window : 0;
+            for (int j = lo; j <= pos[i]; j++) {
                 int r = row_of[seq[i] * max_len + j];
                 double d = 0.0;
                 for (int c = 0; c < hd; c++)
@@ -933,18 +1088,19 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
                 sc[j] = d / sqrt((double)hd);
                 max = fmax(max, sc[j]);
             }
-            for (int j = 0; j <= pos[i]; j++)
+            for (int j = lo; j <= pos[i]; j++)
                 sum += (sc[j] = exp(sc[j] - max));
+            if (sinks) sum += exp(sink[h] - max); /* the sink's share is dropped */
             for (int c = 0; c < hd; c++) {
                 double ref = 0.0;
-                for (int j = 0; j <= pos[i]; j++)
+                for (int j = lo; j <= pos[i]; j++)
                     ref += sc[j] / sum *
                            kv_round(v[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c],
                                     type);
                 snprintf(what, sizeof what,
-                         "%s blocks of %d, %d/%d heads of %d, seq %d pos %d head %d",
-                         kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, seq[i],
-                         pos[i], h);
+                         "%s blocks of %d, %d/%d heads of %d, window %d%s, seq %d pos %d head %d",
+                         kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, window,
+                         sinks ? ", sinks" : "", seq[i], pos[i], h);
                 expect_close(be, "attention", what, out[((size_t)i * n_head + h) * hd + c], ref,
                              1.0, backends[be].approx ? 2e-4 : 1e-5);
             }
@@ -955,7 +1111,7 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
         int i = total - 1;
         float *one = malloc((size_t)n_head * hd * 4);
         kern_attention(b, l, layer, dq + (size_t)i * n_head * hd, dseq + i, dpos + i, dout, 1,
-                       n_head, n_head_kv, hd, 1.0f / sqrtf((float)hd));
+                       n_head, n_head_kv, hd, 1.0f / sqrtf((float)hd), window, dsink);
         from_device(b, one, dout, (size_t)n_head * hd * 4);
         ck_assert_msg(memcmp(one, out + (size_t)i * n_head * hd, (size_t)n_head * hd * 4) == 0,
                       "%s attention: a token alone differs from the batch", backends[be].name);
@@ -976,6 +1132,8 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     dev_free(b, dseq);
     dev_free(b, dpos);
     dev_free(b, dout);
+    dev_free(b, dsink);
+    free(sink);
     kern_kv_close(&kv);
     free(seq);
     free(pos);
@@ -994,10 +1152,17 @@ START_TEST(attention_paged_kv)
     for (int be = 0; be < n_backends; be++) {
         for (int t = 0; t < 2; t++) {
             kern_kv_type type = t ? KERN_KV_F32 : KERN_KV_F16;
-            attention_case(be, type, 16, 8, 2, 32, lens, 4);
-            attention_case(be, type, 5, 4, 4, 64, lens, 4);      /* odd blocks, no grouping */
-            attention_case(be, type, 16, 32, 4, 128, lens, 3);   /* Qwen3-30B-A3B heads */
-            attention_case(be, type, 32, 8, 8, 96, long_len, 1); /* one long sequence */
+            attention_case(be, type, 16, 8, 2, 32, lens, 4, 0, false);
+            attention_case(be, type, 5, 4, 4, 64, lens, 4, 0, false); /* odd blocks, no grouping */
+            attention_case(be, type, 16, 32, 4, 128, lens, 3, 0, false);   /* Qwen3-30B-A3B heads */
+            attention_case(be, type, 32, 8, 8, 96, long_len, 1, 0, false); /* one long sequence */
+            if (!backend_runs_gpt_oss(be)) continue;
+            /* gpt-oss-20b's heads: sinks on a full layer; sinks in a window of 128 and in an
+             * odd window that ends inside blocks */
+            attention_case(be, type, 16, 64, 8, 64, lens, 4, 0, true);
+            attention_case(be, type, 16, 64, 8, 64, lens, 4, 128, true);
+            attention_case(be, type, 5, 8, 2, 32, lens, 4, 7, true);
+            attention_case(be, type, 32, 8, 8, 96, long_len, 1, 100, false);
         }
     }
 }
@@ -1125,6 +1290,8 @@ int main(void)
     tcase_add_test(tc, combine_and_shared_gate);
     tcase_add_loop_test(tc, experts_grouped, 0, N_ALL_TYPES);
     tcase_add_test(tc, experts_mixed_types);
+    tcase_add_test(tc, experts_gpt_oss);
+    tcase_add_test(tc, rope_yarn);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);
     suite_add_tcase(s, tc);
