@@ -175,13 +175,22 @@ typedef enum kern_gating {
  * largest p (the lower index first among equals) in descending order; then, with norm, divided
  * by their sum (clamped below at 6.103515625e-5, the smallest normal f16, as llama.cpp does);
  * then multiplied by scale.  TOPK_SOFTMAX picks the k largest logits the same way and turns
- * only those into weights. */
+ * only those into weights.
+ * DeepSeek-V3 / GLM-4.5 choose differently from how they weight: with sel_bias, the experts are
+ * chosen by p + sel_bias but weighted by p; with n_group > 1, the experts form n_group equal
+ * groups, each scored by the sum of its two largest p + sel_bias, and only the n_group_used
+ * best groups' experts can be chosen (transformers' Glm4MoeTopkRouter.get_topk_indices). */
+#define KERN_ROUTER_MAX_GROUPS 64 /* DeepSeek-V3 has 8 */
+
 typedef struct kern_router_opts {
     int32_t n_expert;
     int32_t k;
     kern_gating gating;
     bool norm;
     float scale;
+    const float *sel_bias; /* device memory, [n_expert], or NULL */
+    int32_t n_group;       /* 0 or 1: no groups; at most KERN_ROUTER_MAX_GROUPS */
+    int32_t n_group_used;
 } kern_router_opts;
 
 typedef struct kern_backend kern_backend;

@@ -964,14 +964,49 @@ typedef struct router_job {
     float *weights;
 } router_job;
 
-/* p = gating(logits); keep the k largest (lowest index first among equals); then renormalise
- * and scale as the architecture does. */
+/* Group-limited choice: each group of experts is scored by the sum of its two best choice
+ * scores; the experts outside the n_used best groups can no longer be chosen.  transformers
+ * masks them to 0.0, which equals exclusion whenever the chosen scores are positive (sigmoid
+ * plus a bias that keeps them so); -inf excludes them always, as llama.cpp does. */
+static void limit_groups(float *choice, int n_expert, int n_group, int n_used)
+{
+    int per = n_expert / n_group;
+    float score[KERN_ROUTER_MAX_GROUPS];
+    bool kept[KERN_ROUTER_MAX_GROUPS] = {false};
+    for (int g = 0; g < n_group; g++) {
+        float best = -INFINITY, second = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++) {
+            if (choice[e] > best) {
+                second = best;
+                best = choice[e];
+            } else if (choice[e] > second) {
+                second = choice[e];
+            }
+        }
+        score[g] = per > 1 ? best + second : best;
+    }
+    for (int j = 0; j < n_used; j++) {
+        int top = -1;
+        for (int g = 0; g < n_group; g++)
+            if (!kept[g] && (top < 0 || score[g] > score[top])) top = g;
+        kept[top] = true;
+    }
+    for (int g = 0; g < n_group; g++)
+        if (!kept[g])
+            for (int e = g * per; e < (g + 1) * per; e++)
+                choice[e] = -INFINITY;
+}
+
+/* p = gating(logits); keep the k largest (lowest index first among equals), chosen by p or by
+ * p + sel_bias within the allowed groups; then renormalise and scale as the architecture does. */
 static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
 {
     const router_job *job = ctx;
     const kern_router_opts *o = job->o;
     int E = o->n_expert, K = o->k;
     float *p = job->cpu->scratch[thread_index];
+    bool separate = o->sel_bias || o->n_group > 1;
+    float *choice = separate ? p + E : p;
     for (int64_t t = t0; t < t1; t++) {
         const float *logits = job->logits + t * E;
         int32_t *ids = job->ids + t * K;
@@ -993,13 +1028,18 @@ static void route_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
             for (int e = 0; e < E; e++)
                 p[e] = (float)(p[e] / sum);
         }
+        if (separate) {
+            for (int e = 0; e < E; e++)
+                choice[e] = p[e] + (o->sel_bias ? o->sel_bias[e] : 0.0f);
+            if (o->n_group > 1) limit_groups(choice, E, o->n_group, o->n_group_used);
+        }
         for (int j = 0; j < K; j++) {
             int best = -1;
             for (int e = 0; e < E; e++) {
                 bool taken = false;
                 for (int i = 0; i < j; i++)
                     taken |= ids[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+                if (!taken && (best < 0 || choice[e] > choice[best])) best = e;
             }
             ids[j] = best;
             weights[j] = p[best];
@@ -1032,9 +1072,15 @@ static void cpu_router(kern_backend *b, const float *logits, int64_t n_tokens,
                        const kern_router_opts *o, int32_t *ids, float *weights)
 {
     cpu_backend *cpu = as_cpu(b);
-    if (o->k < 1 || o->k > o->n_expert || ensure_scratch(cpu, o->n_expert) != 0) {
-        kern__error_set(&cpu->error, o->k < 1 || o->k > o->n_expert ? -EINVAL : -ENOMEM,
-                        "router: top-%d of %d experts", o->k, o->n_expert);
+    bool groups_ok =
+        o->n_group <= 1 || (o->n_group <= KERN_ROUTER_MAX_GROUPS && o->n_expert % o->n_group == 0 &&
+                            o->n_group_used >= 1 && o->n_group_used <= o->n_group &&
+                            o->k <= o->n_group_used * (o->n_expert / o->n_group));
+    bool valid = o->k >= 1 && o->k <= o->n_expert && groups_ok;
+    if (!valid || ensure_scratch(cpu, 2 * (int64_t)o->n_expert) != 0) {
+        kern__error_set(&cpu->error, valid ? -ENOMEM : -EINVAL,
+                        "router: top-%d of %d experts in %d groups (%d used)", o->k, o->n_expert,
+                        o->n_group, o->n_group_used);
         return;
     }
     router_job job = {.cpu = cpu, .logits = logits, .o = o, .ids = ids, .weights = weights};

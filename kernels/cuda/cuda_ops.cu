@@ -337,10 +337,11 @@ void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens, const 
     if (n_tokens <= 0 || !cuda__enter(cb, "router")) return;
     if (o->n_expert < 1 || o->n_expert > MAX_EXPERTS || o->k < 1 || o->k > MAX_K ||
         o->k > o->n_expert ||
-        (o->gating != KERN_GATING_SOFTMAX && o->gating != KERN_GATING_SIGMOID)) {
+        (o->gating != KERN_GATING_SOFTMAX && o->gating != KERN_GATING_SIGMOID) ||
+        o->sel_bias || o->n_group > 1) {
         cuda__fail(cb, -EINVAL,
                    "cuda router: %d experts, top %d, gating %d not supported (at most %d "
-                   "experts, k at most %d)",
+                   "experts, k at most %d; no selection bias, no groups)",
                    o->n_expert, o->k, (int)o->gating, MAX_EXPERTS, MAX_K);
         return;
     }

@@ -697,6 +697,7 @@ static void sim_router(kern_backend *b, const float *logits, int64_t n_tokens,
     CHECK(logits, floats(n_tokens * o->n_expert));
     CHECK(ids, (size_t)(n_tokens * o->k) * sizeof *ids);
     CHECK(weights, floats(n_tokens * o->k));
+    if (o->sel_bias) CHECK(o->sel_bias, floats(o->n_expert));
     if (injected(sim, "router")) return;
     kern_router(sim->cpu, logits, n_tokens, o, ids, weights);
 }

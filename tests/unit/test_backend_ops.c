@@ -632,11 +632,46 @@ END_TEST
 
 /* ---- routing and the experts' combine ------------------------------------------------------- */
 
-/* The reference router: gating in double, top-k by value (lowest index first among equals). */
-static void ref_route(const float *logits, const kern_router_opts *o, int32_t *ids, double *w)
+/* DeepSeek-V3 / GLM-4.5's choice (kern_router_opts): c = p + bias, only the experts of the
+ * n_group_used groups with the largest sums of their two best c can be chosen. */
+static void ref_choice(const double *p, const kern_router_opts *o, const float *bias, double *c)
+{
+    int E = o->n_expert, G = o->n_group > 1 ? o->n_group : 1, per = E / G;
+    double score[KERN_ROUTER_MAX_GROUPS];
+    bool kept[KERN_ROUTER_MAX_GROUPS] = {false};
+    for (int e = 0; e < E; e++)
+        c[e] = p[e] + (bias ? bias[e] : 0.0);
+    for (int g = 0; g < G; g++) {
+        double a = -INFINITY, b = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++) {
+            if (c[e] > a) {
+                b = a;
+                a = c[e];
+            } else if (c[e] > b) {
+                b = c[e];
+            }
+        }
+        score[g] = per > 1 ? a + b : a;
+    }
+    for (int j = 0; j < (G > 1 ? o->n_group_used : 1); j++) {
+        int top = -1;
+        for (int g = 0; g < G; g++)
+            if (!kept[g] && (top < 0 || score[g] > score[top])) top = g;
+        kept[top] = true;
+    }
+    for (int g = 0; g < G; g++)
+        if (!kept[g])
+            for (int e = g * per; e < (g + 1) * per; e++)
+                c[e] = -INFINITY;
+}
+
+/* The reference router: gating in double, top-k by value (lowest index first among equals),
+ * chosen by ref_choice when a selection bias (host copy) or groups are given. */
+static void ref_route(const float *logits, const kern_router_opts *o, const float *bias,
+                      int32_t *ids, double *w)
 {
     int E = o->n_expert;
-    double *p = malloc((size_t)E * sizeof *p);
+    double *p = malloc((size_t)E * sizeof *p), *c = malloc((size_t)E * sizeof *c);
     double max = -INFINITY, sum = 0.0;
     for (int e = 0; e < E; e++)
         max = fmax(max, logits[e]);
@@ -649,6 +684,7 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
     if (o->gating == KERN_GATING_SOFTMAX)
         for (int e = 0; e < E; e++)
             p[e] /= sum;
+    ref_choice(p, o, bias, c);
     double top = 0.0;
     for (int j = 0; j < o->k; j++) {
         int best = -1;
@@ -656,7 +692,7 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
             bool taken = false;
             for (int i = 0; i < j; i++)
                 taken |= ids[i] == e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            if (!taken && (best < 0 || c[e] > c[best])) best = e;
         }
         ids[j] = best;
         w[j] = p[best];
@@ -674,6 +710,7 @@ static void ref_route(const float *logits, const kern_router_opts *o, int32_t *i
         w[j] *= o->scale;
     }
     free(p);
+    free(c);
 }
 
 START_TEST(router_gatings_and_ties)
@@ -683,26 +720,48 @@ START_TEST(router_gatings_and_ties)
         kern_gating g;
         bool norm;
         float scale;
-    } cases[] = {{8, 2, KERN_GATING_SOFTMAX, true, 1.0f},
-                 {60, 4, KERN_GATING_SOFTMAX, false, 1.0f},
-                 {128, 8, KERN_GATING_SOFTMAX, true, 1.0f},
-                 {64, 8, KERN_GATING_SOFTMAX, false, 1.0f},
-                 {256, 8, KERN_GATING_SIGMOID, true, 2.5f},
-                 {16, 1, KERN_GATING_SOFTMAX, true, 1.0f},
-                 {8, 8, KERN_GATING_SOFTMAX, false, 0.5f},
-                 {32, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f},
-                 {128, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f}};
+        int bias; /* 0 none; 1: small, mixing with p; 2: large, deciding alone */
+        int n_group, n_group_used;
+    } cases[] = {{8, 2, KERN_GATING_SOFTMAX, true, 1.0f, 0, 0, 0},
+                 {60, 4, KERN_GATING_SOFTMAX, false, 1.0f, 0, 0, 0},
+                 {128, 8, KERN_GATING_SOFTMAX, true, 1.0f, 0, 0, 0},
+                 {64, 8, KERN_GATING_SOFTMAX, false, 1.0f, 0, 0, 0},
+                 {256, 8, KERN_GATING_SIGMOID, true, 2.5f, 0, 0, 0},
+                 {16, 1, KERN_GATING_SOFTMAX, true, 1.0f, 0, 0, 0},
+                 {8, 8, KERN_GATING_SOFTMAX, false, 0.5f, 0, 0, 0},
+                 {32, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f, 0, 0, 0},
+                 {128, 4, KERN_GATING_TOPK_SOFTMAX, false, 1.0f, 0, 0, 0},
+                 /* glm4moe: sigmoid chosen with its selection bias, weighted without it */
+                 {128, 8, KERN_GATING_SIGMOID, true, 1.0f, 1, 1, 1},
+                 {16, 4, KERN_GATING_SIGMOID, true, 2.5f, 2, 0, 0},
+                 /* DeepSeek-V3's groups: with large biases the 2 of 4 groups kept are known */
+                 {16, 4, KERN_GATING_SIGMOID, true, 2.5f, 2, 4, 2},
+                 {64, 6, KERN_GATING_SIGMOID, false, 1.0f, 1, 8, 3}};
     int n_tok = 13;
     for (int be = 0; be < n_backends; be++) {
         kern_backend *b = backends[be].b;
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
             if (cases[c].g == KERN_GATING_TOPK_SOFTMAX && !backend_runs_gpt_oss(be)) continue;
+            /* cuda's router has neither (glm4moe is refused there) */
+            if ((cases[c].bias || cases[c].n_group > 1) && b->kind == KERN_BACKEND_CUDA) continue;
             kern_router_opts o = {.n_expert = cases[c].E,
                                   .k = cases[c].k,
                                   .gating = cases[c].g,
                                   .norm = cases[c].norm,
-                                  .scale = cases[c].scale};
+                                  .scale = cases[c].scale,
+                                  .n_group = cases[c].n_group,
+                                  .n_group_used = cases[c].n_group_used};
             int E = o.n_expert, K = o.k;
+            /* large biases 4 apart order the experts alone (p < 1 cannot change it, nor the
+             * groups' sums of two); small ones 0.01 apart mix with p's 3e-3 or more */
+            float *bias = NULL;
+            if (cases[c].bias) {
+                bias = malloc((size_t)E * sizeof *bias);
+                for (int e = 0; e < E; e++)
+                    bias[e] = cases[c].bias == 2 ? 4.0f * (float)((e * 7) % E)
+                                                 : 0.01f * (float)((e * 37) % E);
+                o.sel_bias = to_device(b, bias, (size_t)E * sizeof *bias);
+            }
             /* well separated values (so that every backend agrees on the order), and one token
              * of exact ties: the lowest index must win */
             float *logits = malloc((size_t)(n_tok * E) * sizeof *logits);
@@ -720,7 +779,7 @@ START_TEST(router_gatings_and_ties)
             int32_t rid[16];
             double rw[16];
             for (int t = 0; t < n_tok; t++) {
-                ref_route(logits + t * E, &o, rid, rw);
+                ref_route(logits + t * E, &o, bias, rid, rw);
                 for (int j = 0; j < K; j++) {
                     ck_assert_msg(ids[t * K + j] == rid[j],
                                   "%s router E=%d k=%d token %d: slot %d is expert %d, want %d",
@@ -731,6 +790,8 @@ START_TEST(router_gatings_and_ties)
             dev_free(b, dl);
             dev_free(b, did);
             dev_free(b, dw);
+            if (bias) dev_free(b, (void *)o.sel_bias);
+            free(bias);
             free(logits);
             free(ids);
             free(w);
