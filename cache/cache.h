@@ -93,12 +93,15 @@ typedef struct cache_opts {
     int32_t n_layer;
     int32_t n_expert;
     const cache_extent *extents; /* [n_layer][n_expert][CACHE_PARTS], copied */
-    uint64_t budget_bytes;       /* 0: every expert */
-    double budget_fraction;      /* > 0: this share of all experts instead of budget_bytes */
-    bool budget_min;             /* exactly min_slots slots (benchmarks of the worst case) */
-    uint32_t min_slots;          /* budgets below this many slots are refused */
-    uint32_t queue_depth;        /* io_uring reads in flight; 0: 32 */
-    uint32_t chunk_bytes;        /* largest single read; 0: 1 MiB */
+    /* the layers below hold no experts (glm4moe's leading dense layers: empty extents, never
+     * requested): "every expert", shares and the start-up load count only the others */
+    int32_t first_layer;
+    uint64_t budget_bytes;  /* 0: every expert */
+    double budget_fraction; /* > 0: this share of all experts instead of budget_bytes */
+    bool budget_min;        /* exactly min_slots slots (benchmarks of the worst case) */
+    uint32_t min_slots;     /* budgets below this many slots are refused */
+    uint32_t queue_depth;   /* io_uring reads in flight; 0: 32 */
+    uint32_t chunk_bytes;   /* largest single read; 0: 1 MiB */
     cache_direct direct;
     cache_policy policy;
     bool simulate; /* no I/O: for trace replay */

@@ -62,6 +62,7 @@ struct cache {
     cache_opts o;
     const char *tier_name; /* "host", "device" */
     int32_t n_keys;
+    int32_t first_key;          /* keys below are the empty ones of opts.first_layer's layers */
     int32_t *slot_of;           /* [n_keys]: slot or -1 */
     uint32_t *key_requests;     /* [n_keys]: requests since open, kept across evictions */
     uint8_t *expected;          /* [n_keys]: predicted for a layer not requested since */

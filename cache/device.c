@@ -380,7 +380,7 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
     if (!opts->budget_bytes && opts->budget_fraction <= 0 && !opts->budget_min &&
         opts->reserve_bytes) {
         size_t free_b = 0, total_b = 0;
-        uint64_t all = slot_bytes * (uint64_t)n_keys;
+        uint64_t all = slot_bytes * (uint64_t)(n_keys - (size_t)upper->first_key);
         if (kern_mem_info(opts->backend, &free_b, &total_b) == 0 &&
             free_b < all + opts->reserve_bytes) {
             co.budget_bytes = free_b > opts->reserve_bytes ? free_b - opts->reserve_bytes : 1;
@@ -400,6 +400,7 @@ int cache_open_device(cache **out, cache *upper, const cache_device_opts *opts, 
     co.path = upper->o.path;
     co.n_layer = upper->o.n_layer;
     co.n_expert = upper->o.n_expert;
+    co.first_layer = upper->o.first_layer;
     co.min_slots = upper->o.min_slots;
     if (opts->budget_bytes) co.budget_bytes = opts->budget_bytes;
     co.budget_fraction = opts->budget_fraction;

@@ -197,17 +197,19 @@ static int preload_all(cache *c, char *err, size_t err_size)
     int32_t next_report = 10;
     char msg[200];
     uint32_t depth = c->o.queue_depth ? c->o.queue_depth : 32;
-    for (int32_t key = 0; key < c->n_keys; key++) {
-        start_load(c, (uint32_t)key, key);
+    int32_t n_real = c->n_keys - c->first_key;
+    for (int32_t key = c->first_key; key < c->n_keys; key++) {
+        start_load(c, (uint32_t)(key - c->first_key), key);
         /* Keep the filler busy but bounded. */
         int rc = flush(c, err, err_size);
         while (rc == 0 && in_flight(c) > depth)
             rc = progress(c, true, err, err_size);
         if (rc) return rc;
-        int32_t pct = (int32_t)((int64_t)(key + 1) * 100 / c->n_keys);
-        if (pct >= next_report || key + 1 == c->n_keys) {
+        int32_t done = key + 1 - c->first_key;
+        int32_t pct = (int32_t)((int64_t)done * 100 / n_real);
+        if (pct >= next_report || done == n_real) {
             snprintf(msg, sizeof msg, "loading experts into the %s tier: %3d%% (%d/%d, %.1f MiB)",
-                     c->tier_name, pct, key + 1, c->n_keys,
+                     c->tier_name, pct, done, n_real,
                      (double)atomic_load(&c->st.bytes_read) / (1 << 20));
             cache__log_msg(c, msg);
             next_report = pct + 10;
@@ -227,7 +229,7 @@ static int preload_all(cache *c, char *err, size_t err_size)
     atomic_store(&c->st.stall_ns, 0); /* start-up is not a stall of the engine */
     double s = (double)(now_ns() - t0) * 1e-9;
     snprintf(msg, sizeof msg,
-             "loaded all %d experts into the %s tier (%.1f MiB) in %.2f s (%.0f MiB/s)", c->n_keys,
+             "loaded all %d experts into the %s tier (%.1f MiB) in %.2f s (%.0f MiB/s)", n_real,
              c->tier_name, (double)atomic_load(&c->st.bytes_read) / (1 << 20), s,
              (double)atomic_load(&c->st.bytes_read) / (1 << 20) / (s > 0 ? s : 1));
     cache__log_msg(c, msg);
@@ -252,6 +254,10 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
     c->o.extents = NULL; /* not kept: each tier derives what it needs at open */
     c->tier_name = tier_name;
     c->n_keys = opts->n_layer * opts->n_expert;
+    c->first_key = opts->first_layer > 0 && opts->first_layer < opts->n_layer
+                       ? opts->first_layer * opts->n_expert
+                       : 0;
+    int32_t n_real = c->n_keys - c->first_key; /* the experts there are */
     int rc = 0;
     c->slot_of = malloc((size_t)c->n_keys * sizeof *c->slot_of);
     c->key_requests = calloc((size_t)c->n_keys, sizeof *c->key_requests);
@@ -266,20 +272,20 @@ int cache__new(cache **out, const cache_opts *opts, uint64_t slot_bytes, const c
         c->slot_of[k] = -1;
 
     c->slot_bytes = slot_bytes ? slot_bytes : 4096;
-    uint64_t all = c->slot_bytes * (uint64_t)c->n_keys;
+    uint64_t all = c->slot_bytes * (uint64_t)n_real;
     uint64_t budget = opts->budget_bytes ? opts->budget_bytes : all;
     uint64_t n_slots = budget / c->slot_bytes;
     if (opts->budget_fraction > 0) {
-        double share = opts->budget_fraction * (double)c->n_keys;
-        n_slots = share >= (double)c->n_keys ? (uint64_t)c->n_keys : (uint64_t)(share + 0.999999);
+        double share = opts->budget_fraction * (double)n_real;
+        n_slots = share >= (double)n_real ? (uint64_t)n_real : (uint64_t)(share + 0.999999);
         budget = n_slots * c->slot_bytes;
     }
     if (opts->budget_min) {
         n_slots = opts->min_slots ? opts->min_slots : 1;
         budget = n_slots * c->slot_bytes;
     }
-    if (n_slots >= (uint64_t)c->n_keys) {
-        n_slots = (uint64_t)c->n_keys;
+    if (n_slots >= (uint64_t)n_real) {
+        n_slots = (uint64_t)n_real;
         c->all_fit = true;
     }
     uint32_t min_slots = opts->min_slots ? opts->min_slots : 1;
@@ -313,8 +319,8 @@ int cache__start(cache *c, char *err, size_t err_size)
 {
     if (c->all_fit) {
         if (c->o.simulate) {
-            for (int32_t key = 0; key < c->n_keys; key++)
-                start_load(c, (uint32_t)key, key);
+            for (int32_t key = c->first_key; key < c->n_keys; key++)
+                start_load(c, (uint32_t)(key - c->first_key), key);
         } else {
             int rc = preload_all(c, err, err_size);
             if (rc) return rc;

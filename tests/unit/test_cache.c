@@ -311,6 +311,40 @@ static void request_all(cache *c, int32_t layer, const int32_t *experts, int32_t
 /* Predictions read only the guesses likely enough, the ones the layer then does not ask for
  * are evicted first, lru-predict keeps what is expected where LRU evicts it, and a trace
  * replays the predictions as they happened. */
+/* glm4moe's leading dense layers have no experts: their keys are empty, and "every expert",
+ * a share of them and the start-up load count only the other layers'. */
+START_TEST(layers_without_experts_take_no_slots)
+{
+    char err[512];
+    enum { D_LAYER = 3, D_EXPERT = 8, D_KEYS = D_LAYER * D_EXPERT };
+    cache_extent ext[D_KEYS * CACHE_PARTS];
+    for (int i = 0; i < D_KEYS * CACHE_PARTS; i++)
+        ext[i] = i < D_EXPERT * CACHE_PARTS ? (cache_extent){0, 0}
+                                            : (cache_extent){(uint64_t)i * 8192, 100};
+    const double fractions[] = {0.0, 0.25};
+    const uint32_t want[] = {2 * D_EXPERT, D_EXPERT / 2};
+    for (int i = 0; i < 2; i++) {
+        cache_opts o = cache_opts_default();
+        o.n_layer = D_LAYER;
+        o.n_expert = D_EXPERT;
+        o.first_layer = 1;
+        o.extents = ext;
+        o.simulate = true;
+        o.budget_fraction = fractions[i];
+        cache *c = NULL;
+        ck_assert_msg(cache_open(&c, &o, err, sizeof err) == 0, "%s", err);
+        cache_stats st;
+        cache_get_stats(c, &st);
+        ck_assert_uint_eq(st.n_slots, want[i]);
+        ck_assert(st.all_resident == (i == 0));
+        const int32_t used[] = {1, 6};
+        request_all(c, 2, used, 2);
+        ck_assert(cache_holds(c, 2, 1) && cache_holds(c, 2, 6) && !cache_holds(c, 0, 1));
+        cache_close(&c);
+    }
+}
+END_TEST
+
 START_TEST(predictions_prefetch_by_probability_and_cancel)
 {
     char err[512];
@@ -618,6 +652,7 @@ int main(void)
     tcase_add_test(tc, reads_equal_the_file_at_every_budget);
     tcase_add_test(tc, policies_match_a_reference_and_traces_replay);
     tcase_add_test(tc, predictions_prefetch_by_probability_and_cancel);
+    tcase_add_test(tc, layers_without_experts_take_no_slots);
     tcase_add_test(tc, faults_give_clear_errors_and_the_cache_stays_usable);
     tcase_add_test(tc, model_logits_identical_at_every_budget);
     suite_add_tcase(s, tc);
