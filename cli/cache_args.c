@@ -230,7 +230,9 @@ void cli_log_expert_tiers(const model *m)
     if (!host) return;
     cache_stats cs;
     cache_get_stats(host, &cs);
-    uint64_t total = (uint64_t)model_params(m)->n_layer * (uint64_t)model_params(m)->n_expert;
+    model_sizes sz;
+    model_get_sizes(m, &sz);
+    uint64_t total = sz.n_experts_total; /* a leading dense layer has none */
     cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s)", cs.n_slots,
             (unsigned long long)total, (double)cs.arena_bytes / (1 << 20),
             cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread");

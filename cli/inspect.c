@@ -166,9 +166,17 @@ static void print_model(const model *m)
            hp->n_head_kv, hp->head_dim, hp->n_rot);
     printf("  %-22s %d, top-%d, expert FFN %d, routing weights %s\n", "experts", hp->n_expert,
            hp->n_expert_used, hp->n_ff_exp,
-           hp->gating == KERN_GATING_TOPK_SOFTMAX ? "a softmax of the top-k logits"
-           : hp->norm_topk                        ? "renormalised"
-                                                  : "as softmax");
+           hp->gating == KERN_GATING_TOPK_SOFTMAX               ? "a softmax of the top-k logits"
+           : hp->gating == KERN_GATING_SIGMOID && hp->norm_topk ? "sigmoid, renormalised"
+           : hp->gating == KERN_GATING_SIGMOID                  ? "sigmoid"
+           : hp->norm_topk                                      ? "renormalised"
+                                                                : "as softmax");
+    if (hp->expert_weights_scale != 1.0f || hp->n_group > 1)
+        printf("  %-22s weights x %g; %d of %d expert groups\n", "routing",
+               hp->expert_weights_scale, hp->n_group_used, hp->n_group);
+    if (hp->n_layer_dense || hp->n_nextn)
+        printf("  %-22s %d leading dense (FFN %d); %d MTP layers not run\n", "dense layers",
+               hp->n_layer_dense, hp->n_ff_dense, hp->n_nextn);
     if (hp->has_expert_bias || hp->glu == KERN_GLU_SWIGLU_OAI)
         printf("  %-22s %s%s\n", "expert FFN", hp->has_expert_bias ? "biases, " : "",
                hp->glu == KERN_GLU_SWIGLU_OAI ? "clamped SwiGLU (gpt-oss)" : "SwiGLU");
@@ -177,7 +185,8 @@ static void print_model(const model *m)
                "attention", hp->has_sinks ? "sinks" : "no sinks", hp->n_swa, hp->swa_pattern - 1,
                hp->swa_pattern);
     if (hp->has_shared_expert)
-        printf("  %-22s FFN %d, sigmoid gate\n", "shared expert", hp->n_ff_shexp);
+        printf("  %-22s FFN %d, %s\n", "shared expert", hp->n_ff_shexp,
+               hp->arch == MODEL_ARCH_QWEN2MOE ? "sigmoid gate" : "ungated");
     printf("  %-22s %s\n", "expert layout",
            hp->experts_split ? "one tensor per expert (legacy)" : "stacked");
     printf("  %-22s %s, base %g\n", "rope", hp->rope_mode == KERN_ROPE_NEOX ? "neox" : "normal",

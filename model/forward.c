@@ -4,7 +4,9 @@
  *   x = embed(tokens)
  *   for each layer:  x += attention(rmsnorm(x))          (GQA, RoPE, optional Q/K norm,
  *                                                          sliding window and sinks)
- *                    x += moe(rmsnorm(x))                 (router top-k, grouped experts)
+ *                    x += moe(rmsnorm(x))                 (router top-k, grouped experts,
+ *                                                          shared expert)
+ *                      or ffn(rmsnorm(x))                 (glm4moe's leading dense layers)
  *   logits = output · rmsnorm(x)                          (only for the tokens that ask)
  *
  * Every arithmetic step is a backend operation on device memory (kernels/kernels.h); this file
@@ -114,6 +116,7 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     int64_t D = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim, K = hp->n_expert_used;
     int64_t E = hp->n_expert;
     int64_t ff = hp->n_ff_exp > hp->n_ff_shexp ? hp->n_ff_exp : hp->n_ff_shexp;
+    if (hp->n_ff_dense > ff) ff = hp->n_ff_dense;
     scratch_free(ctx);
     dev_scratch *d = &ctx->d;
     host_scratch *h = &ctx->hs;
@@ -342,13 +345,16 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
 
 /* ---- mixture of experts ------------------------------------------------------------------ */
 
-static kern_router_opts router_opts(const model_hparams *hp)
+static kern_router_opts router_opts(const model_hparams *hp, const model_layer *L)
 {
     return (kern_router_opts){.n_expert = hp->n_expert,
                               .k = hp->n_expert_used,
                               .gating = hp->gating,
                               .norm = hp->norm_topk,
-                              .scale = hp->expert_weights_scale};
+                              .scale = hp->expert_weights_scale,
+                              .sel_bias = L->sel_bias,
+                              .n_group = hp->n_group,
+                              .n_group_used = hp->n_group_used};
 }
 
 /* Routes the n rows of ctx->d.h through layer L's router and brings the ids and weights up. */
@@ -356,7 +362,7 @@ static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, siz
 {
     const model_hparams *hp = &ctx->m->hp;
     dev_scratch *s = &ctx->d;
-    kern_router_opts ro = router_opts(hp);
+    kern_router_opts ro = router_opts(hp, L);
     matmul(ctx, &L->router, s->h, s->router, n);
     if (L->router_bias) kern_add_bias(ctx->be, s->router, L->router_bias, n, hp->n_expert);
     kern_router(ctx->be, s->router, n, &ro, s->route_id, s->route_w);
@@ -631,12 +637,28 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *er
     kern_moe_combine(be, s->de, s->comb_rows, s->comb_w, s->moe, n, K, D);
     if (hp->has_shared_expert) {
         swiglu(ctx, &L->shexp_gate, &L->shexp_up, &L->shexp_down, s->h, s->shg, s->shu, s->shd, n);
-        kern_gate_add(be, s->h, L->shexp_gate_inp, s->shd, s->moe, n, D);
+        if (L->shexp_gate_inp)
+            kern_gate_add(be, s->h, L->shexp_gate_inp, s->shd, s->moe, n, D);
+        else
+            kern_add(be, s->moe, s->shd, n * D);
         ctx->stats.dense_bytes += weight_bytes(&L->shexp_gate) + weight_bytes(&L->shexp_up) +
                                   weight_bytes(&L->shexp_down);
     }
     kern_add(be, s->x, s->moe, n * D);
     return 0;
+}
+
+/* A leading dense layer (glm4moe): x += down(silu(gate h) * up h), h = rmsnorm(x). */
+static void dense_ffn(model_ctx *ctx, const model_layer *L, int64_t n)
+{
+    const model_hparams *hp = &ctx->m->hp;
+    dev_scratch *s = &ctx->d;
+    int64_t D = hp->n_embd;
+    kern_rmsnorm(ctx->be, s->x, L->ffn_norm, s->h, D, n, D, hp->rms_eps);
+    swiglu(ctx, &L->ffn_gate, &L->ffn_up, &L->ffn_down, s->h, s->shg, s->shu, s->shd, n);
+    kern_add(ctx->be, s->x, s->shd, n * D);
+    ctx->stats.dense_bytes +=
+        weight_bytes(&L->ffn_gate) + weight_bytes(&L->ffn_up) + weight_bytes(&L->ffn_down);
 }
 
 /* ---- routing prediction ------------------------------------------------------------------- */
@@ -663,7 +685,9 @@ static int predict_next(model_ctx *ctx, int il, int64_t n, char *err, size_t err
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
     host_scratch *h = &ctx->hs;
-    if (!m->predictor) return 0;
+    /* a dense layer routed nothing: no experts to count from, and the MoE layers after it are
+     * guessed from the first of them */
+    if (!m->predictor || il < hp->n_layer_dense) return 0;
     int64_t E = hp->n_expert;
     bool router = pred_kind_uses_router(pred_get_kind(m->predictor));
     for (int k = pred_lookahead(m->predictor); k >= 1; k--) {
@@ -773,7 +797,10 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
         const model_layer *L = &m->layers[il];
         ctx->stats.dense_bytes += 2 * D * sizeof(float);
         attention(ctx, L, il, n);
-        if ((rc = moe(ctx, L, il, n, err, err_size))) return rc;
+        if (il < hp->n_layer_dense)
+            dense_ffn(ctx, L, n);
+        else if ((rc = moe(ctx, L, il, n, err, err_size)))
+            return rc;
         if ((rc = predict_next(ctx, il, n, err, err_size))) return rc;
     }
     if (watch_stalls) { /* the prefetch threshold follows how much the steps wait on reads */

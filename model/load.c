@@ -35,23 +35,32 @@ typedef struct arch_info {
     bool sinks_and_biases; /* attention sinks and expert biases required (gpt-oss) */
     int32_t swa_pattern;   /* see model_hparams; the key attention.sliding_window required */
     bool yarn_truncate;    /* transformers' rope_scaling truncate for this family's YaRN */
+    /* DeepSeek-V3's MoE as GLM-4.5 has it: leading dense layers, MTP layers at the end, the
+     * routing normalisation from expert_weights_norm, the expert-selection bias exp_probs_b,
+     * router groups, an ungated shared expert of expert_shared_count experts' width, and
+     * optional Q/K norms */
+    bool deepseek_moe;
 } arch_info;
 
 /* Routing normalisation and rope layout as llama.cpp's graphs hard-code them (REFERENCE 3.3,
  * 3.4); the GGUF key expert_weights_norm is not consulted for these architectures.  gpt-oss
  * as transformers' modeling_gpt_oss.py computes it (docs/architecture.md): top-k then softmax,
- * every even layer a sliding window, YaRN with an untruncated correction range. */
+ * every even layer a sliding window, YaRN with an untruncated correction range.  glm4moe as
+ * transformers' modeling_glm4_moe.py computes it: sigmoid scores chosen with the selection bias,
+ * partial NEOX rotary (rope.dimension_count < head size), post_attention_norm before the FFN. */
 static const arch_info arch_table[MODEL_ARCH_COUNT] = {
     {"llama", MODEL_ARCH_LLAMA, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, true, false, false,
-     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, false},
     {"qwen2moe", MODEL_ARCH_QWEN2MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, true, true,
-     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, false},
     {"qwen3moe", MODEL_ARCH_QWEN3MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, true, false, true,
-     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, false},
     {"olmoe", MODEL_ARCH_OLMOE, KERN_ROPE_NEOX, MODEL_QK_NORM_FULL, false, false, false,
-     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true},
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, false},
     {"gpt-oss", MODEL_ARCH_GPT_OSS, KERN_ROPE_NEOX, MODEL_QK_NORM_NONE, false, false, true,
-     KERN_GATING_TOPK_SOFTMAX, KERN_GLU_SWIGLU_OAI, "post_attention_norm", true, 2, false},
+     KERN_GATING_TOPK_SOFTMAX, KERN_GLU_SWIGLU_OAI, "post_attention_norm", true, 2, false, false},
+    {"glm4moe", MODEL_ARCH_GLM4MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, false, true, true,
+     KERN_GATING_SIGMOID, KERN_GLU_SILU, "post_attention_norm", false, 0, true, true},
 };
 
 const char *model_arch_name(model_arch arch)
@@ -110,6 +119,18 @@ static int get_f32(loader *ld, const char *suffix, bool required, float fallback
     return 0;
 }
 
+static int get_bool(loader *ld, const char *suffix, bool fallback, bool *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", ld->m->hp.arch_name, suffix);
+    int rc = gguf_get_bool(ld->m->file, key, out);
+    if (rc == -ENOENT) {
+        *out = fallback;
+        return 0;
+    }
+    return rc ? fail(ld, -EINVAL, "key '%s' must be a boolean", key) : 0;
+}
+
 static int read_arch(loader *ld)
 {
     gguf_str name;
@@ -124,7 +145,7 @@ static int read_arch(loader *ld)
     }
     return fail(ld, -ENOTSUP,
                 "architecture '%.*s' is not supported (supported: llama with experts "
-                "(Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss)",
+                "(Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe)",
                 (int)(name.len > 64 ? 64 : name.len), name.data);
 }
 
@@ -161,6 +182,56 @@ static int read_rope_scaling(loader *ld, const arch_info *ai)
     y->attn_factor = attn_factor > 0.0f ? attn_factor : 0.1f * logf(y->factor) + 1.0f;
     y->truncate = ai->yarn_truncate;
     hp->rope_yarn = true;
+    return 0;
+}
+
+/* The DeepSeek-V3-family keys (convert_hf_to_gguf.py's Glm4MoeModel writes them): block_count
+ * counts the MTP layers, feed_forward_length is the dense layers' width. */
+static int read_deepseek_moe(loader *ld, int32_t n_ff)
+{
+    model_hparams *hp = &ld->m->hp;
+    int32_t gating = 2, n_shared = 1;
+    int rc;
+    if ((rc = get_i32(ld, "leading_dense_block_count", false, 0, &hp->n_layer_dense)) ||
+        (rc = get_i32(ld, "nextn_predict_layers", false, 0, &hp->n_nextn)) ||
+        (rc = get_bool(ld, "expert_weights_norm", false, &hp->norm_topk)) ||
+        (rc = get_i32(ld, "expert_gating_func", false, 2, &gating)) ||
+        (rc = get_i32(ld, "expert_group_count", false, 1, &hp->n_group)) ||
+        (rc = get_i32(ld, "expert_group_used_count", false, hp->n_group, &hp->n_group_used)) ||
+        (rc = get_i32(ld, "expert_shared_count", false, 1, &n_shared)) ||
+        (rc = get_i32(ld, "expert_feed_forward_length", true, 0, &hp->n_ff_exp)))
+        return rc;
+    /* gguf-py's ExpertGatingFuncType: 1 softmax, 2 sigmoid */
+    if (gating != 1 && gating != 2)
+        return fail(ld, -ENOTSUP, "expert_gating_func %d is not supported (1 softmax, 2 sigmoid)",
+                    gating);
+    hp->gating = gating == 1 ? KERN_GATING_SOFTMAX : KERN_GATING_SIGMOID;
+    if (hp->n_nextn >= hp->n_layer)
+        return fail(ld, -EINVAL, "nextn_predict_layers %d leaves no layer of block_count %d",
+                    hp->n_nextn, hp->n_layer);
+    hp->n_layer -= hp->n_nextn; /* the MTP layers are not run */
+    if (hp->n_layer_dense >= hp->n_layer)
+        return fail(ld, -EINVAL,
+                    "leading_dense_block_count %d leaves no MoE layer of the %d run (after %d "
+                    "nextn_predict_layers)",
+                    hp->n_layer_dense, hp->n_layer, hp->n_nextn);
+    hp->n_ff_dense = n_ff;
+    if (hp->n_layer_dense > 0 && n_ff <= 0)
+        return fail(ld, -EINVAL, "feed_forward_length is required with leading dense layers");
+    int per = hp->n_group > 0 ? hp->n_expert / hp->n_group : 0;
+    if (hp->n_group < 1 || hp->n_group > KERN_ROUTER_MAX_GROUPS || hp->n_expert % hp->n_group ||
+        hp->n_group_used < 1 || hp->n_group_used > hp->n_group ||
+        hp->n_expert_used > hp->n_group_used * per)
+        return fail(ld, -EINVAL,
+                    "expert_group_count %d / expert_group_used_count %d: the groups must divide "
+                    "the %d experts (at most %d groups) and the used ones hold the top %d",
+                    hp->n_group, hp->n_group_used, hp->n_expert, KERN_ROUTER_MAX_GROUPS,
+                    hp->n_expert_used);
+    if (n_shared < 1 || hp->n_ff_exp < 1)
+        return fail(ld, -EINVAL,
+                    "expert_shared_count and expert_feed_forward_length must be "
+                    "positive");
+    hp->n_ff_shexp = hp->n_ff_exp * n_shared;
     return 0;
 }
 
@@ -227,6 +298,8 @@ static int read_hparams(loader *ld)
     hp->glu = ai->glu;
     hp->has_sinks = hp->has_expert_bias = ai->sinks_and_biases;
     hp->swa_pattern = ai->swa_pattern;
+    hp->n_group = hp->n_group_used = 1;
+    if (ai->deepseek_moe && (rc = read_deepseek_moe(ld, n_ff))) return rc;
     if ((rc = read_rope_scaling(ld, ai))) return rc;
     if (ai->swa_pattern &&
         ((rc = get_i32(ld, "attention.sliding_window", true, 0, &hp->n_swa)) || hp->n_swa <= 0))
@@ -397,6 +470,21 @@ static int bind_experts(loader *ld, int il, model_layer *layer)
     return 0;
 }
 
+static int bind_qk_norm(loader *ld, int il, model_layer *layer)
+{
+    const model_hparams *hp = &ld->m->hp;
+    bool per_head = hp->qk_norm == MODEL_QK_NORM_PER_HEAD;
+    int64_t qn = per_head ? hp->head_dim : (int64_t)hp->n_head * hp->head_dim;
+    int64_t kn = per_head ? hp->head_dim : (int64_t)hp->n_head_kv * hp->head_dim;
+    char name[128];
+    int rc;
+    if (hp->qk_norm == MODEL_QK_NORM_NONE) return 0;
+    snprintf(name, sizeof name, "blk.%d.attn_q_norm.weight", il);
+    if ((rc = bind_vec(ld, name, qn, true, &layer->q_norm, &layer->dense_bytes))) return rc;
+    snprintf(name, sizeof name, "blk.%d.attn_k_norm.weight", il);
+    return bind_vec(ld, name, kn, true, &layer->k_norm, &layer->dense_bytes);
+}
+
 static int bind_layer(loader *ld, int il)
 {
     model *m = ld->m;
@@ -421,13 +509,30 @@ static int bind_layer(loader *ld, int il)
         (rc = bind_vec(ld, NAME("attn_output.bias"), hp->n_embd, false, &layer->bo, db)) ||
         (rc = bind_vec(ld, NAME("attn_sinks.weight"), hp->n_head, hp->has_sinks, &layer->sinks,
                        db)) ||
-        (rc = bind_vec(ld, ffn_norm, hp->n_embd, true, &layer->ffn_norm, db)) ||
-        (rc = bind_weight(ld, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, true,
-                          &layer->router, db)) ||
-        (rc =
-             bind_vec(ld, NAME("ffn_gate_inp.bias"), hp->n_expert, false, &layer->router_bias, db)))
+        (rc = bind_vec(ld, ffn_norm, hp->n_embd, true, &layer->ffn_norm, db)))
         return rc;
+    layer->experts = calloc((size_t)hp->n_expert, sizeof *layer->experts);
+    if (!layer->experts) return fail(ld, -ENOMEM, "out of memory");
+    if ((layer->bq != NULL) != (layer->bk != NULL) || (layer->bq != NULL) != (layer->bv != NULL))
+        return fail(ld, -EINVAL, "layer %d has some but not all of the Q/K/V biases", il);
+    if (layer->bq) m->hp.has_qkv_bias = true;
     if (hp->swa_pattern && il % hp->swa_pattern < hp->swa_pattern - 1) layer->window = hp->n_swa;
+    if ((rc = bind_qk_norm(ld, il, layer))) return rc;
+    if (il < hp->n_layer_dense) { /* its experts stay empty */
+        if ((rc = bind_weight(ld, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff_dense, true,
+                              &layer->ffn_gate, db)) ||
+            (rc = bind_weight(ld, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff_dense, true,
+                              &layer->ffn_up, db)))
+            return rc;
+        return bind_weight(ld, NAME("ffn_down.weight"), hp->n_ff_dense, hp->n_embd, true,
+                           &layer->ffn_down, db);
+    }
+    if ((rc = bind_weight(ld, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, true,
+                          &layer->router, db)) ||
+        (rc = bind_vec(ld, NAME("ffn_gate_inp.bias"), hp->n_expert, false, &layer->router_bias,
+                       db)) ||
+        (rc = bind_vec(ld, NAME("exp_probs_b.bias"), hp->n_expert, false, &layer->sel_bias, db)))
+        return rc;
     if (hp->has_expert_bias) {
         static const char *const part[3] = {"gate", "up", "down"};
         for (int p = 0; p < 3; p++) {
@@ -438,21 +543,9 @@ static int bind_layer(loader *ld, int il)
             layer->exp_bias[p] = layer->exp_bias_host[p];
         }
     }
-    if ((layer->bq != NULL) != (layer->bk != NULL) || (layer->bq != NULL) != (layer->bv != NULL))
-        return fail(ld, -EINVAL, "layer %d has some but not all of the Q/K/V biases", il);
-    if (layer->bq) m->hp.has_qkv_bias = true;
-    if (hp->qk_norm == MODEL_QK_NORM_PER_HEAD) {
-        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), hp->head_dim, true, &layer->q_norm,
-                           db)) ||
-            (rc = bind_vec(ld, NAME("attn_k_norm.weight"), hp->head_dim, true, &layer->k_norm, db)))
-            return rc;
-    } else if (hp->qk_norm == MODEL_QK_NORM_FULL) {
-        if ((rc = bind_vec(ld, NAME("attn_q_norm.weight"), q_dim, true, &layer->q_norm, db)) ||
-            (rc = bind_vec(ld, NAME("attn_k_norm.weight"), kv_dim, true, &layer->k_norm, db)))
-            return rc;
-    }
     if (hp->has_shared_expert) {
-        if ((rc = bind_vec(ld, NAME("ffn_gate_inp_shexp.weight"), hp->n_embd, true,
+        bool gated = !arch_table[hp->arch].deepseek_moe;
+        if ((rc = bind_vec(ld, NAME("ffn_gate_inp_shexp.weight"), hp->n_embd, gated,
                            &layer->shexp_gate_inp, db)) ||
             (rc = bind_weight(ld, NAME("ffn_gate_shexp.weight"), hp->n_embd, hp->n_ff_shexp, true,
                               &layer->shexp_gate, db)) ||
@@ -463,8 +556,6 @@ static int bind_layer(loader *ld, int il)
             return rc;
     }
 #undef NAME
-    layer->experts = calloc((size_t)hp->n_expert, sizeof *layer->experts);
-    if (!layer->experts) return fail(ld, -ENOMEM, "out of memory");
     return bind_experts(ld, il, layer);
 }
 
@@ -504,6 +595,9 @@ static int bind_tensors(loader *ld)
         m->head_bytes += find(ld, "token_embd.weight")->n_bytes;
         hp->output_tied = true;
     }
+    /* GLM-4.5 has Q/K norms (use_qk_norm), GLM-4.5-Air has none: layer 0 says which */
+    if (arch_table[hp->arch].deepseek_moe && !find(ld, "blk.0.attn_q_norm.weight"))
+        hp->qk_norm = MODEL_QK_NORM_NONE;
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return fail(ld, -ENOMEM, "out of memory");
     for (int il = 0; il < hp->n_layer; il++)
@@ -570,6 +664,10 @@ static int place_dense(model *m, char *err, size_t err_size)
             (rc = place_weight(m, &L->shexp_gate, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_up, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_down, err, err_size)) ||
+            (rc = place_weight(m, &L->ffn_gate, err, err_size)) ||
+            (rc = place_weight(m, &L->ffn_up, err, err_size)) ||
+            (rc = place_weight(m, &L->ffn_down, err, err_size)) ||
+            (rc = place_vec(m, &L->sel_bias, hp->n_expert, err, err_size)) ||
             (rc = place_vec(m, &L->attn_norm, hp->n_embd, err, err_size)) ||
             (rc = place_vec(m, &L->ffn_norm, hp->n_embd, err, err_size)) ||
             (rc = place_vec(m, &L->bq, q_dim, err, err_size)) ||
@@ -610,8 +708,8 @@ int model__reach_experts(model *m, char *err, size_t err_size)
     if (m->experts || m->experts_placed) return 0;
     for (int il = 0; il < hp->n_layer; il++) {
         model_layer *L = &m->layers[il];
-        if (m->backend->kind == KERN_BACKEND_CPU) {
-            L->experts_dev = L->experts;
+        if (m->backend->kind == KERN_BACKEND_CPU || il < hp->n_layer_dense) {
+            L->experts_dev = L->experts; /* a dense layer's are empty */
             continue;
         }
         L->experts_dev = malloc((size_t)hp->n_expert * sizeof *L->experts_dev);
@@ -677,8 +775,10 @@ int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_o
             for (int p = 0; p < CACHE_PARTS; p++) {
                 size_t i =
                     ((size_t)il * (size_t)hp->n_expert + (size_t)e) * CACHE_PARTS + (size_t)p;
-                ext[i].offset = (uint64_t)((const uint8_t *)parts[p]->data - base);
                 ext[i].bytes = weight_bytes(parts[p]);
+                /* a leading dense layer's experts are empty: nothing to read */
+                ext[i].offset =
+                    ext[i].bytes ? (uint64_t)((const uint8_t *)parts[p]->data - base) : 0;
             }
         }
     }
@@ -686,6 +786,7 @@ int model_open_expert_cache(model *m, const cache_opts *co, const cache_device_o
     o.path = gguf_path(m->file);
     o.n_layer = hp->n_layer;
     o.n_expert = hp->n_expert;
+    o.first_layer = hp->n_layer_dense;
     o.extents = ext;
     /* One token's experts of one layer must fit at once; larger batches are read in waves. */
     o.min_slots = (uint32_t)hp->n_expert_used;
@@ -730,6 +831,13 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld))) goto fail;
+    if (arch_table[m->hp.arch].deepseek_moe && m->backend->kind == KERN_BACKEND_CUDA) {
+        rc = fail(&ld, -ENOTSUP,
+                  "the %s backend cannot run %s yet (its router has no selection bias "
+                  "(exp_probs_b) and no expert groups): use the cpu or sim backend",
+                  m->backend->name, m->hp.arch_name);
+        goto fail;
+    }
     if (m->hp.glu == KERN_GLU_SWIGLU_OAI && !m->backend->ops->swiglu_oai) {
         rc = fail(&ld, -ENOTSUP,
                   "the %s backend cannot run %s yet (attention sinks, sliding windows, YaRN "
@@ -874,12 +982,24 @@ static uint64_t weight_bytes(const kern_weight *w)
     return (uint64_t)w->row_bytes * (uint64_t)w->n_rows;
 }
 
+/* Whether t belongs to a block past n_layer (glm4moe's MTP layers): never read. */
+static bool skipped_layer(const model *m, const gguf_tensor *t)
+{
+    char name[32];
+    int len = t->name.len < sizeof name - 1 ? (int)t->name.len : (int)sizeof name - 1;
+    memcpy(name, t->name.data, (size_t)len);
+    name[len] = '\0';
+    int block = -1;
+    return sscanf(name, "blk.%d.", &block) == 1 && block >= m->hp.n_layer;
+}
+
 void model_get_sizes(const model *m, model_sizes *out)
 {
     memset(out, 0, sizeof *out);
     uint64_t total = 0;
     for (uint64_t i = 0; i < gguf_n_tensors(m->file); i++)
-        total += gguf_tensor_at(m->file, i)->n_bytes;
+        if (!skipped_layer(m, gguf_tensor_at(m->file, i)))
+            total += gguf_tensor_at(m->file, i)->n_bytes;
     for (int il = 0; il < m->hp.n_layer; il++) {
         for (int e = 0; e < m->hp.n_expert; e++) {
             const model_expert *x = &m->layers[il].experts[e];
@@ -889,5 +1009,6 @@ void model_get_sizes(const model *m, model_sizes *out)
         }
     }
     out->dense_bytes = total - out->expert_bytes;
-    out->n_experts_total = (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_expert;
+    out->n_experts_total =
+        (uint64_t)(m->hp.n_layer - m->hp.n_layer_dense) * (uint64_t)m->hp.n_expert;
 }

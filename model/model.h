@@ -3,10 +3,10 @@
  *
  * Contract
  * - model_open() reads the hyper-parameters for the file's architecture (Mixtral as GGUF
- *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`, `gpt-oss`), binds every tensor it needs
- * and checks its shape and type, or refuses the file with a message naming the key or tensor.
- *   Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases) are
- *   copied out as f32.  A model is immutable after open and may be shared by contexts.
+ *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`, `gpt-oss`, `glm4moe`), binds every
+ * tensor it needs and checks its shape and type, or refuses the file with a message naming the key
+ * or tensor. Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases)
+ * are copied out as f32.  A model is immutable after open and may be shared by contexts.
  * - Experts are reached in two ways.  Without an expert cache (model_opts.expert_cache NULL)
  *   they are read through the file's mapping (model_get_expert).  With one, model_open()
  *   hands the cache the file extents of every expert's gate, up and down slices and the forward
@@ -44,6 +44,7 @@ typedef enum model_arch {
     MODEL_ARCH_QWEN3MOE,
     MODEL_ARCH_OLMOE,
     MODEL_ARCH_GPT_OSS, /* OpenAI gpt-oss-20b / 120b */
+    MODEL_ARCH_GLM4MOE, /* GLM-4.5 / 4.6 / 4.5-Air */
     MODEL_ARCH_COUNT
 } model_arch;
 
@@ -69,6 +70,14 @@ typedef struct model_hparams {
     int32_t n_ff_exp;   /* per-expert FFN width */
     int32_t n_ff_shexp; /* shared expert FFN width, 0 when none */
     int32_t n_ctx_train;
+    /* glm4moe: the first n_layer_dense layers have a dense FFN of n_ff_dense instead of experts
+     * (their experts are empty: no bytes, never routed to); the file's last n_nextn blocks are
+     * its multi-token-prediction layers, which are not run (n_layer excludes them) */
+    int32_t n_layer_dense;
+    int32_t n_ff_dense;
+    int32_t n_nextn;
+    int32_t n_group;      /* router groups (kern_router_opts); 1: none */
+    int32_t n_group_used; /* groups a token's experts may come from */
     float rms_eps;
     float rope_freq_base;
     bool rope_yarn;      /* rope.scaling.type is yarn: `yarn` holds its parameters */

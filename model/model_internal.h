@@ -18,6 +18,7 @@ typedef struct model_layer {
     const float *ffn_norm;
     kern_weight router;       /* [n_expert][n_embd] */
     const float *router_bias; /* [n_expert], gpt-oss */
+    const float *sel_bias;    /* [n_expert]: exp_probs_b, chooses experts but never weights */
     /* gpt-oss: every expert's biases, [n_expert][n_ff_exp] for gate and up, [n_expert][n_embd]
      * for down; on the device (used by the compute backend) and on the host (used by the CPU
      * when it computes a device tier's misses) */
@@ -25,9 +26,11 @@ typedef struct model_layer {
     model_expert *experts;     /* views of the file's mapping */
     model_expert *experts_dev; /* the same on the device, when reached without a cache */
     uint64_t dense_bytes;
-    /* qwen2moe shared expert */
-    const float *shexp_gate_inp; /* [n_embd]: one scalar gate per token */
+    /* shared expert (qwen2moe gates it per token; glm4moe adds it ungated) */
+    const float *shexp_gate_inp; /* [n_embd]: one scalar gate per token, or NULL */
     kern_weight shexp_gate, shexp_up, shexp_down;
+    /* a leading dense layer's FFN (glm4moe): no router, no experts */
+    kern_weight ffn_gate, ffn_up, ffn_down;
 } model_layer;
 
 struct model {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe, gpt-oss).
+"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe).
 
 Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
 
@@ -42,8 +42,9 @@ from gguf.constants import GGML_QUANT_SIZES
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quantize as kquant  # noqa: E402  (tools/quantize.py)
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss")
-PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice", "gpt-oss-slice")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe")
+PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice", "gpt-oss-slice",
+           "glm4moe-slice")
 # --type NAME: (type of the 2+-dim tensors, general.file_type).
 # f32/f16/bf16: every tensor with 2+ dims in that type (router included).
 TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32),
@@ -68,7 +69,7 @@ PLAIN_TYPES = ("f32", "f16", "bf16")
 MIX_TYPES = ("q4_k_m", "q5_k_m")
 GGML_QUANT_VERSION = 2   # general.quantization_version written by llama-quantize (quantised files only)
 SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe",
-              "gpt-oss-slice": "gpt-oss"}
+              "gpt-oss-slice": "gpt-oss", "glm4moe-slice": "glm4moe"}
 
 # elements per chunk when generating/writing a tensor (bounds memory)
 CHUNK_ELEMS = 1 << 24
@@ -98,6 +99,13 @@ class HParams:
     n_ff_shexp: int = 0  # qwen2moe shared expert FFN size
     n_ff_dense: int = 0  # qwen2moe/qwen3moe feed_forward_length (unused dense size)
     n_swa: int = 0       # gpt-oss: attention.sliding_window (every even layer slides)
+    # glm4moe: leading dense layers (of n_ff_dense), MTP layers written after the n_layer run
+    # (block_count = n_layer + n_nextn), Q/K norms or not (GLM-4.5 has them, 4.5-Air not),
+    # routed_scaling_factor
+    n_dense: int = 0
+    n_nextn: int = 0
+    qk_norm: bool = False
+    routed_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -107,6 +115,7 @@ ARCH_DEFAULTS = {  # rope.freq_base, rms eps (realistic values of the real model
     "qwen3moe": (1e6, 1e-6),
     "olmoe": (1e4, 1e-5),
     "gpt-oss": (150000.0, 1e-5),
+    "glm4moe": (1e6, 1e-5),
 }
 # gpt-oss-20b's config.json rope_scaling (YaRN), written as convert_hf_to_gguf.py writes it
 GPT_OSS_YARN = dict(factor=32.0, original_context_length=4096, beta_fast=32.0, beta_slow=1.0)
@@ -125,6 +134,10 @@ def preset_shapes(preset: str, arch: str) -> dict:
         if arch == "gpt-oss":   # top-4 as the real ones; H*hd = 512 != n_embd as 4096 != 2880;
             # a window of 16 so that the golden prompts (up to 80 tokens) slide past it
             p.update(n_head=8, n_head_kv=2, n_expert_used=4, n_swa=16)
+        if arch == "glm4moe":   # GLM-4.5's features: 1 dense layer, 1 MTP layer, Q/K norms,
+            # H*hd != n_embd, top-4, routed scaling 2.5 (GLM-4.5's; Air has 1.0)
+            p.update(n_head=8, n_head_kv=2, n_expert_used=4, n_layer=3, n_dense=1,
+                     n_nextn=1, qk_norm=True, routed_scale=2.5)
     elif preset == "small":
         p = dict(n_embd=512, n_ff=512, n_expert=16, n_expert_used=4, n_head=8, n_head_kv=2,
                  head_dim=64, n_layer=4, n_vocab=2048, n_ctx=1024)
@@ -136,6 +149,8 @@ def preset_shapes(preset: str, arch: str) -> dict:
             p.update(n_ff_shexp=1024)
         if arch == "gpt-oss":
             p.update(n_swa=128)
+        if arch == "glm4moe":
+            p.update(n_dense=1, n_ff=256)
     elif preset == "mixtral-slice":
         p = dict(n_embd=4096, n_ff=14336, n_expert=8, n_expert_used=2, n_head=32, n_head_kv=8,
                  head_dim=128, n_layer=4, n_vocab=32000, n_ctx=32768)
@@ -148,6 +163,9 @@ def preset_shapes(preset: str, arch: str) -> dict:
     elif preset == "gpt-oss-slice":   # gpt-oss-20b's config.json, 4 of its 24 layers
         p = dict(n_embd=2880, n_ff=2880, n_expert=32, n_expert_used=4, n_head=64, n_head_kv=8,
                  head_dim=64, n_layer=4, n_vocab=201088, n_ctx=131072, n_swa=128)
+    elif preset == "glm4moe-slice":   # GLM-4.5-Air's config.json, 4 of its 46 layers (the first dense)
+        p = dict(n_embd=4096, n_ff=1408, n_expert=128, n_expert_used=8, n_head=96, n_head_kv=8,
+                 head_dim=128, n_layer=4, n_vocab=151552, n_ctx=131072, n_dense=1)
     else:
         raise SystemExit(f"unknown preset {preset}")
     return p
@@ -175,6 +193,10 @@ def make_hparams(args) -> HParams:
         hp.n_ff_dense = 8 * hp.n_ff            # as in Qwen3-30B-A3B (6144 = 8 * 768)
     elif arch == "gpt-oss":
         hp.n_ff_dense = hp.n_ff                # intermediate_size is the expert width
+    elif arch == "glm4moe":
+        hp.n_ff_shexp = hp.n_ff                # n_shared_experts = 1
+        # the dense layers' intermediate_size: GLM-4.5-Air's 10944, else 4 * n_embd
+        hp.n_ff_dense = 10944 if args.preset == "glm4moe-slice" else 4 * hp.n_embd
     # sanity
     if hp.n_head % hp.n_head_kv:
         raise SystemExit("n_head must be a multiple of n_head_kv")
@@ -235,9 +257,58 @@ def gpt_oss_specs(hp: HParams) -> list[TSpec]:
     return out
 
 
+def glm4moe_specs(hp: HParams) -> list[TSpec]:
+    """glm4moe as convert_hf_to_gguf.py's Glm4MoeModel writes it: biases on Q, K and V, the
+    pre-FFN norm named post_attention_norm, dense FFNs in the first n_dense layers, the expert
+    selection bias exp_probs_b and one ungated shared expert in the others, and the MTP layers'
+    blocks after the n_layer run (a whole layer plus its nextn.* tensors)."""
+    F, D, X, Fd = hp.n_ff, hp.n_embd, hp.n_expert, hp.n_ff_dense
+    q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    s_in = 1.0 / math.sqrt(D)
+    norm = dict(scale=0.1, offset=1.0, quant=False)
+    out: list[TSpec] = [TSpec("token_embd.weight", (hp.n_vocab, D), 1.0)]
+    for i in range(hp.n_layer + hp.n_nextn):
+        b = f"blk.{i}."
+        out.append(TSpec(b + "attn_norm.weight", (D,), **norm))
+        for n, rows, sc in (("q", q_dim, 1.2), ("k", kv_dim, 1.2), ("v", kv_dim, 1.0)):
+            out.append(TSpec(b + f"attn_{n}.weight", (rows, D), sc * s_in))
+            out.append(TSpec(b + f"attn_{n}.bias", (rows,), 0.2, quant=False))
+        if hp.qk_norm:
+            out.append(TSpec(b + "attn_q_norm.weight", (hp.head_dim,), **norm))
+            out.append(TSpec(b + "attn_k_norm.weight", (hp.head_dim,), **norm))
+        out.append(TSpec(b + "attn_output.weight", (D, q_dim), 1.0 / math.sqrt(q_dim)))
+        out.append(TSpec(b + "post_attention_norm.weight", (D,), **norm))
+        if i < hp.n_dense:
+            out.append(TSpec(b + "ffn_gate.weight", (Fd, D), s_in))
+            out.append(TSpec(b + "ffn_down.weight", (D, Fd), 1.0 / math.sqrt(Fd)))
+            out.append(TSpec(b + "ffn_up.weight", (Fd, D), s_in))
+            continue
+        # router logits of std ~2; selection biases wider than the sigmoid scores' spread, which
+        # spaces the choice scores apart (the goldens' near-tie filter needs gaps that 8-bit
+        # activations cannot close) while the scores still change many choices
+        out.append(TSpec(b + "ffn_gate_inp.weight", (X, D), 2.0 * s_in))
+        out.append(TSpec(b + "exp_probs_b.bias", (X,), 0.5, quant=False))
+        out.append(TSpec(b + "ffn_gate_exps.weight", (X, F, D), s_in))
+        out.append(TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)))
+        out.append(TSpec(b + "ffn_up_exps.weight", (X, F, D), s_in))
+        Fs = hp.n_ff_shexp
+        out.append(TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in))
+        out.append(TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)))
+        out.append(TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in))
+        if i >= hp.n_layer:   # the MTP layer's own tensors: present in real files, never run
+            out.append(TSpec(b + "nextn.eh_proj.weight", (D, 2 * D), s_in))
+            for n in ("enorm", "hnorm", "shared_head_norm"):
+                out.append(TSpec(b + f"nextn.{n}.weight", (D,), **norm))
+    out.append(TSpec("output_norm.weight", (D,), **norm))
+    out.append(TSpec("output.weight", (hp.n_vocab, D), 4.0 * s_in))
+    return out
+
+
 def tensor_specs(hp: HParams) -> list[TSpec]:
     if hp.arch == "gpt-oss":
         return gpt_oss_specs(hp)
+    if hp.arch == "glm4moe":
+        return glm4moe_specs(hp)
     E, F, D = hp.n_embd, hp.n_ff, hp.n_embd
     q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
     s_in = 1.0 / math.sqrt(D)
@@ -571,6 +642,22 @@ HARMONY_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constra
                     "<|start|>", "<|end|>", "<|message|>", "<|call|>"]
 
 
+def glm_template() -> str:
+    """GLM-4.5's chat template family, as published with GLM-4.6 (the copy the template
+    cross-check renders, tests/data/templates/README.md)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
+                        "templates", "GLM-4.6.jinja")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# GLM-4.5's special tokens (a subset, in their order there)
+GLM_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>",
+                "<|user|>", "<|assistant|>", "<|observation|>", "<think>", "</think>",
+                "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+                "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", "/nothink"]
+
+
 def bpe_vocab(hp: HParams) -> dict:
     """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe / gpt-oss."""
     if hp.arch == "olmoe":
@@ -579,6 +666,9 @@ def bpe_vocab(hp: HParams) -> dict:
     elif hp.arch == "gpt-oss":
         specials = HARMONY_SPECIALS
         pre = "gpt-4o"
+    elif hp.arch == "glm4moe":
+        specials = GLM_SPECIALS
+        pre = "glm4"
     else:
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         pre = "qwen2"
@@ -604,6 +694,11 @@ def bpe_vocab(hp: HParams) -> dict:
                     merges=[f"{a} {b}" for a, b in merges], bos=sid["<|startoftext|>"],
                     eos=sid["<|return|>"], pad=sid["<|endoftext|>"], add_bos=False,
                     template=harmony_template())
+    if hp.arch == "glm4moe":   # as convert_hf_to_gguf.py's _set_vocab_glm: no BOS added
+        return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
+                    merges=[f"{a} {b}" for a, b in merges], bos=sid["[gMASK]"],
+                    eos=sid["<|endoftext|>"], eot=sid["<|user|>"], pad=sid["<|endoftext|>"],
+                    add_bos=False, template=glm_template())
     return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
                 merges=[f"{a} {b}" for a, b in merges],
                 bos=sid["<|endoftext|>"], eos=sid["<|im_end|>"] if hp.arch != "olmoe" else sid["<|endoftext|>"],
@@ -639,7 +734,7 @@ def spm_vocab(hp: HParams) -> dict:
 # Writer
 # --------------------------------------------------------------------------------------
 ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE",
-             "gpt-oss": "gpt-oss"}
+             "gpt-oss": "gpt-oss", "glm4moe": "GLM-4.5"}
 
 
 def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab: dict | None = None,
@@ -653,7 +748,7 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
         w.add_quantization_version(GGML_QUANT_VERSION)
     w.add_uint32(f"{a}.context_length", hp.n_ctx)
     w.add_uint32(f"{a}.embedding_length", hp.n_embd)
-    w.add_uint32(f"{a}.block_count", hp.n_layer)
+    w.add_uint32(f"{a}.block_count", hp.n_layer + hp.n_nextn)
     if a in ("llama", "olmoe"):
         w.add_uint32(f"{a}.feed_forward_length", hp.n_ff)
     else:
@@ -663,7 +758,7 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
         w.add_uint32(f"{a}.expert_shared_feed_forward_length", hp.n_ff_shexp)
     w.add_uint32(f"{a}.attention.head_count", hp.n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", hp.n_head_kv)
-    if a in ("qwen3moe", "gpt-oss") or hp.head_dim * hp.n_head != hp.n_embd:
+    if a in ("qwen3moe", "gpt-oss", "glm4moe") or hp.head_dim * hp.n_head != hp.n_embd:
         w.add_uint32(f"{a}.attention.key_length", hp.head_dim)
         w.add_uint32(f"{a}.attention.value_length", hp.head_dim)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", hp.eps)
@@ -677,6 +772,14 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
         w.add_uint32(f"{a}.rope.scaling.original_context_length", GPT_OSS_YARN["original_context_length"])
         w.add_float32(f"{a}.rope.scaling.yarn_beta_fast", GPT_OSS_YARN["beta_fast"])
         w.add_float32(f"{a}.rope.scaling.yarn_beta_slow", GPT_OSS_YARN["beta_slow"])
+    if a == "glm4moe":   # Glm4MoeModel.set_gguf_parameters: partial_rotary_factor 0.5
+        w.add_uint32(f"{a}.rope.dimension_count", hp.head_dim // 2)
+        w.add_uint32(f"{a}.expert_shared_count", 1)
+        w.add_uint32(f"{a}.leading_dense_block_count", hp.n_dense)
+        w.add_uint32(f"{a}.expert_gating_func", 2)   # ExpertGatingFuncType.SIGMOID
+        w.add_float32(f"{a}.expert_weights_scale", hp.routed_scale)
+        w.add_bool(f"{a}.expert_weights_norm", True)
+        w.add_uint32(f"{a}.nextn_predict_layers", hp.n_nextn)
     w.add_uint32(f"{a}.expert_count", hp.n_expert)
     w.add_uint32(f"{a}.expert_used_count", hp.n_expert_used)
     w.add_uint32(f"{a}.vocab_size", hp.n_vocab)
@@ -693,6 +796,8 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
         w.add_token_merges(v["merges"])
     w.add_bos_token_id(v["bos"])
     w.add_eos_token_id(v["eos"])
+    if "eot" in v:
+        w.add_eot_token_id(v["eot"])
     if "unk" in v:
         w.add_unk_token_id(v["unk"])
     if "pad" in v:

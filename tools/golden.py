@@ -11,7 +11,7 @@ those; --type: any gen_model.py type).
 For every (arch, type) it generates the model with tools/gen_model.py into a temp dir, reads it
 back with gguf-py's GGUFReader (dequantised to float32: an independent reader from ours),
 builds the matching HF model (MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,
-OlmoeForCausalLM, GptOssForCausalLM; float32, eager attention, no sliding window but gpt-oss's
+OlmoeForCausalLM, GptOssForCausalLM, Glm4MoeForCausalLM; float32, eager attention, no sliding window but gpt-oss's
 own), loads every GGUF tensor into
 it (strictly: every GGUF tensor consumed and every HF parameter set), and records the
 last-position logits of three prompts plus 32 greedy tokens.  The temp model is deleted.
@@ -42,17 +42,20 @@ from gguf.quants import dequantize  # noqa: E402
 
 import gen_model  # noqa: E402
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe")
 PLAIN_TYPES = ("f32", "f16", "bf16")
 QUANT_TYPES = ("q8_0", "q4_0", "q4_k_m", "q6_k", "q5_k_m")   # quantised goldens (any gen_model type works)
 TYPES = PLAIN_TYPES + QUANT_TYPES
 # gpt-oss's quantised goldens are the types its files come in (the Q4_K_M rules are Mixtral's)
-ARCH_QUANT_TYPES = {"gpt-oss": ("q8_0", "mxfp4")}
+ARCH_QUANT_TYPES = {"gpt-oss": ("q8_0", "mxfp4"), "glm4moe": ("q8_0", "q4_k_m")}
 PROMPT_LENGTHS = (5, 23, 80)
 N_GREEDY = 32
 PROMPT_SEED = 20240601
 GREEDY_PROMPT_LEN = 7
 ROUTER_GAP = 0.01   # min gap between the k-th and (k+1)-th router logit in accepted prompts
+# glm4moe chooses by sigmoid score + bias: the sigmoid squeezes logit gaps by 4 or more, so its
+# gap is asked of the choice scores, at what 8-bit activations move a score by (~5e-3)
+ARCH_ROUTER_GAP = {"glm4moe": 0.008}
 GREEDY_GAP = 0.05   # min top-1/top-2 logit gap at every greedy step
 
 
@@ -90,13 +93,20 @@ class HP:
         self.rope_base = float(g("rope.freq_base", 10000.0))
         self.n_expert = int(g("expert_count"))
         self.n_expert_used = int(g("expert_used_count"))
-        if a in ("qwen2moe", "qwen3moe", "gpt-oss"):
+        if a in ("qwen2moe", "qwen3moe", "gpt-oss", "glm4moe"):
             self.n_ff = int(g("expert_feed_forward_length"))
             self.n_ff_dense = int(g("feed_forward_length"))
         else:
             self.n_ff = self.n_ff_dense = int(g("feed_forward_length"))
         self.n_ff_shexp = int(g("expert_shared_feed_forward_length", 0))
         self.n_swa = int(g("attention.sliding_window", 0))
+        # glm4moe: block_count counts the MTP layers, which are not run
+        self.n_nextn = int(g("nextn_predict_layers", 0))
+        self.n_layer -= self.n_nextn
+        self.n_dense = int(g("leading_dense_block_count", 0))
+        self.n_rot = int(g("rope.dimension_count", self.head_dim))
+        self.routed_scale = float(g("expert_weights_scale", 1.0))
+        self.norm_topk = bool(g("expert_weights_norm", False))
         self.yarn = None
         if g("rope.scaling.type") == "yarn":
             self.yarn = dict(factor=float(g("rope.scaling.factor")),
@@ -181,6 +191,14 @@ def build_hf(hp: HP, tensors: dict):
                                                 truncate=False,
                                                 original_max_position_embeddings=y["orig_ctx"]))
         cls, moe, ex = tf.GptOssForCausalLM, "mlp", None
+    elif a == "glm4moe":
+        cfg = tf.Glm4MoeConfig(**common, intermediate_size=hp.n_ff_dense, moe_intermediate_size=hp.n_ff,
+                               n_routed_experts=hp.n_expert, n_shared_experts=1, head_dim=hp.head_dim,
+                               partial_rotary_factor=hp.n_rot / hp.head_dim, attention_bias=True,
+                               use_qk_norm="blk.0.attn_q_norm.weight" in tensors,
+                               first_k_dense_replace=hp.n_dense, n_group=1, topk_group=1,
+                               norm_topk_prob=hp.norm_topk, routed_scaling_factor=hp.routed_scale)
+        cls, moe, ex = tf.Glm4MoeForCausalLM, "mlp", ("gate_proj", "up_proj", "down_proj")
     else:
         raise SystemExit(f"unsupported arch {a}")
     cfg._attn_implementation = "eager"
@@ -209,14 +227,27 @@ def build_hf(hp: HP, tensors: dict):
         if a == "qwen2moe":
             for n in "qkv":
                 sd[p + f"self_attn.{n}_proj.bias"] = T(b + f"attn_{n}.bias")
-        if a in ("qwen3moe", "olmoe"):
+        if a == "glm4moe":
+            for n in "qkv":
+                sd[p + f"self_attn.{n}_proj.bias"] = T(b + f"attn_{n}.bias")
+        if a in ("qwen3moe", "olmoe") or (a == "glm4moe" and b + "attn_q_norm.weight" in tensors):
             sd[p + "self_attn.q_norm.weight"] = T(b + "attn_q_norm.weight")
             sd[p + "self_attn.k_norm.weight"] = T(b + "attn_k_norm.weight")
         sd[p + "input_layernorm.weight"] = T(b + "attn_norm.weight")
         if a == "gpt-oss":
             gpt_oss_layer(sd, p, b, T)
             continue
-        sd[p + "post_attention_layernorm.weight"] = T(b + "ffn_norm.weight")
+        if a == "glm4moe":
+            sd[p + "post_attention_layernorm.weight"] = T(b + "post_attention_norm.weight")
+            if i < hp.n_dense:
+                for gk, hn in zip(("gate", "up", "down"), ex):
+                    sd[p + f"mlp.{hn}.weight"] = T(b + f"ffn_{gk}.weight")
+                continue
+            sd[p + "mlp.gate.e_score_correction_bias"] = T(b + "exp_probs_b.bias")
+            for gk, hn in zip(("gate", "up", "down"), ex):
+                sd[p + f"mlp.shared_experts.{hn}.weight"] = T(b + f"ffn_{gk}_shexp.weight")
+        else:
+            sd[p + "post_attention_layernorm.weight"] = T(b + "ffn_norm.weight")
         sd[p + f"{moe}.gate.weight"] = T(b + "ffn_gate_inp.weight")
         stacked = b + "ffn_gate_exps.weight" in tensors
         for e in range(hp.n_expert):
@@ -231,16 +262,25 @@ def build_hf(hp: HP, tensors: dict):
             sd[p + "mlp.shared_expert.up_proj.weight"] = T(b + "ffn_up_shexp.weight")
             sd[p + "mlp.shared_expert.down_proj.weight"] = T(b + "ffn_down_shexp.weight")
             sd[p + "mlp.shared_expert_gate.weight"] = T(b + "ffn_gate_inp_shexp.weight")[None, :]
-    unused = set(tensors) - used
+    # the MTP layers' blocks (glm4moe) are in the file but not in the model: never run
+    mtp = {n for n in tensors if n.startswith("blk.") and int(n.split(".")[1]) >= hp.n_layer}
+    unused = set(tensors) - used - mtp
     assert not unused, f"GGUF tensors not consumed: {sorted(unused)}"
     sdt = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
     params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
     for k, v in sdt.items():
-        assert k in params, f"unexpected HF parameter {k}"
-        assert tuple(params[k].shape) == tuple(v.shape), f"{k}: HF {tuple(params[k].shape)} vs GGUF {tuple(v.shape)}"
+        assert k in params or k in buffers, f"unexpected HF parameter {k}"
+        hf = params[k] if k in params else buffers[k]
+        assert tuple(hf.shape) == tuple(v.shape), f"{k}: HF {tuple(hf.shape)} vs GGUF {tuple(v.shape)}"
     missing = set(params) - set(sdt)
     assert not missing, f"HF parameters left unset (random!): {sorted(missing)}"
-    res = model.load_state_dict(sdt, strict=True)
+    for k in buffers:   # Glm4MoeTopkRouter's e_score_correction_bias is a buffer
+        if k.endswith("e_score_correction_bias"):
+            assert k in sdt, f"HF buffer left unset: {k}"
+    res = model.load_state_dict(sdt, strict=False)
+    assert not res.unexpected_keys, res.unexpected_keys
+    assert all(k in buffers for k in res.missing_keys), res.missing_keys
     assert not res.missing_keys and not res.unexpected_keys
     return model, moe
 
@@ -424,10 +464,17 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
             lambda m, i, o: router_logits.append(
                 torch.nn.functional.linear(i[0].reshape(-1, m.hidden_dim), m.weight, m.bias).detach().clone()))
             for layer in model.model.layers]
+    elif arch == "glm4moe":   # its router returns (ids, weights): the choice scores decide
+        hooks = [layer.mlp.gate.register_forward_hook(
+            lambda m, i, o: router_logits.append(
+                (torch.nn.functional.linear(i[0].reshape(-1, m.config.hidden_size), m.weight).sigmoid()
+                 + m.e_score_correction_bias).detach().clone()))
+            for layer in model.model.layers if hasattr(layer.mlp, "gate")]
     else:
         hooks = [getattr(layer, moe).gate.register_forward_hook(lambda m, i, o: router_logits.append(o.detach().clone()))
                  for layer in model.model.layers]
     k = hp.n_expert_used
+    min_gap = ARCH_ROUTER_GAP.get(arch, ROUTER_GAP)
 
     def router_gap():
         g = float("inf")
@@ -450,14 +497,14 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
             router_logits.clear()
             lg = model(input_ids=torch.tensor([toks])).logits[0, -1].float().numpy()
             gap = router_gap()
-            if gap >= ROUTER_GAP:
+            if gap >= min_gap:
                 break
         min_router_gap = min(min_router_gap, gap)
         for rl in router_logits:
             experts_seen |= set(torch.topk(rl, k, dim=-1).indices.flatten().tolist())
         max_abs_logit = max(max_abs_logit, float(np.abs(lg).max()))
         res_prompts.append((toks, lg))
-        if selfcheck:
+        if selfcheck and arch != "glm4moe":   # the numpy forward has no glm4moe path
             ref = np_forward(hp, W, toks)
             d = float(np.abs(ref - lg).max())
             stats["selfcheck_max_abs_diff"] = max(stats.get("selfcheck_max_abs_diff", 0.0), d)
@@ -481,7 +528,7 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
             out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
             past, lg = out.past_key_values, out.logits[0, -1]
         gap = router_gap()
-        if gap >= ROUTER_GAP and min_top_gap >= GREEDY_GAP:
+        if gap >= min_gap and min_top_gap >= GREEDY_GAP:
             break
     min_router_gap = min(min_router_gap, gap)
     for h in hooks:
@@ -521,7 +568,7 @@ def golden_for(arch: str, typ: str, seed: int, workdir: str, selfcheck: bool, ou
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="HF-transformers golden outputs for the tiny test models")
     ap.add_argument("--all", action="store_true",
-                    help="all 5 archs x the default types (%s; gpt-oss: %s)"
+                    help="all 6 archs x the default types (%s; gpt-oss: %s)"
                     % (", ".join(TYPES), ", ".join(PLAIN_TYPES + ARCH_QUANT_TYPES["gpt-oss"])))
     ap.add_argument("--quant", action="store_true", help="only the quantised default types (%s)" % ", ".join(QUANT_TYPES))
     ap.add_argument("--arch", choices=ARCHS, action="append")

@@ -179,7 +179,7 @@ def hf_bpe(v: dict):
     bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in ("gpt-2", "mpt", "olmo"):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif pre in ("llama-bpe", "dbrx"):
+    elif pre in ("llama-bpe", "dbrx", "glm4"):   # glm4: llama.cpp's CHATGLM4 is Llama 3's regex
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_LLAMA3), "isolated"), bl])
     elif pre == "qwen2":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_QWEN2), "isolated"), bl])
@@ -487,7 +487,8 @@ def main() -> int:
     # the synthetic vocabularies of the test models (what the server tests run on), made by
     # tools/gen_model.py into the build tree's cache as the unit tests make them
     build = os.environ.get("MOE_BUILD_ROOT")
-    for arch in ("qwen3moe", "olmoe", "gpt-oss"):   # gpt-oss: pre "gpt-4o" (o200k's regex)
+    # gpt-oss: pre "gpt-4o" (o200k's regex); glm4moe: "glm4" (Llama 3's regex, merges not ignored)
+    for arch in ("qwen3moe", "olmoe", "gpt-oss", "glm4moe"):
         print(f"vocabulary of the {arch} tiny test model:")
         if not check(build is not None, "MOE_BUILD_ROOT is set (run through meson test)"):
             break

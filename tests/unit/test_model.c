@@ -55,21 +55,25 @@ typedef struct golden_case {
 #define GPT_OSS_QUANT_TOL 4.5e-2
 
 /* Float cases first (N_FLOAT_GOLDEN of them), then the quantised ones. gpt-oss's quantised
- * goldens are the types its files come in: Q8_0 (its dense tensors) and MXFP4 experts. */
+ * goldens are the types its files come in: Q8_0 (its dense tensors) and MXFP4 experts; glm4moe's
+ * Q8_0 and the Q4_K_M mix its files are most often shared in. */
 static const golden_case goldens[] = {
     FLOAT_CASES("llama"),
     FLOAT_CASES("qwen2moe"),
     FLOAT_CASES("qwen3moe"),
     FLOAT_CASES("olmoe"),
     FLOAT_CASES("gpt-oss"),
+    FLOAT_CASES("glm4moe"),
     QUANT_CASES("llama"),
     QUANT_CASES("qwen2moe"),
     QUANT_CASES("qwen3moe"),
     QUANT_CASES("olmoe"),
+    {"glm4moe-tiny-q8_0", QUANT_TOL},
+    {"glm4moe-tiny-q4_k_m", QUANT_TOL},
     {"gpt-oss-tiny-q8_0", GPT_OSS_QUANT_TOL},
     {"gpt-oss-tiny-mxfp4", GPT_OSS_QUANT_TOL},
 };
-enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 15 };
+enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 18 };
 
 static const char *env_or(const char *name, const char *fallback)
 {
@@ -197,18 +201,21 @@ static void fixture_close(fixture *fx)
     cJSON_Delete(fx->golden);
 }
 
-/* gpt-oss's operations have CPU kernels only (docs/architecture.md): on a backend without them
- * (cuda) a gpt-oss golden is skipped, once the model is seen refused there with the reason. */
+/* gpt-oss's and glm4moe's operations have CPU kernels only (docs/architecture.md): on a backend
+ * without them (cuda) their goldens are skipped, once the model is seen refused there with the
+ * reason. */
 static bool refused_on_this_backend(const char *name)
 {
-    char err[512], path[1024];
-    if (strncmp(name, "gpt-oss", 7) != 0) return false;
+    char err[512], path[1024], arch[16];
+    bool gpt_oss = strncmp(name, "gpt-oss", 7) == 0, glm = strncmp(name, "glm4moe", 7) == 0;
+    if (!gpt_oss && !glm) return false;
+    snprintf(arch, sizeof arch, "%.7s", name);
     kern_open_opts o = kern_open_opts_default();
     o.kind = test_backend;
     o.n_threads = 1;
     kern_backend *b = NULL;
     ck_assert_msg(kern_open(&b, &o, err, sizeof err) == 0, "%s", err);
-    bool refused = b->ops->swiglu_oai == NULL;
+    bool refused = gpt_oss ? b->ops->swiglu_oai == NULL : b->kind == KERN_BACKEND_CUDA;
     if (refused) {
         cJSON *golden = load_golden(name);
         ensure_model(cJSON_GetObjectItem(golden, "generator_args"), "", name, path, sizeof path);
@@ -216,7 +223,9 @@ static bool refused_on_this_backend(const char *name)
         model *m = NULL;
         model_opts mo = {.backend = b};
         ck_assert_int_eq(model_open(&m, path, &mo, err, sizeof err), -ENOTSUP);
-        ck_assert_msg(strstr(err, "cannot run gpt-oss"), "%s", err);
+        char want[64];
+        snprintf(want, sizeof want, "cannot run %s", arch);
+        ck_assert_msg(strstr(err, want), "%s", err);
         printf("SKIP %s on %s: refused at open (%s)\n", name, b->name, err);
     }
     kern_close(&b);
@@ -720,6 +729,67 @@ START_TEST(unusable_gpt_oss_models_are_refused_with_the_reason)
 }
 END_TEST
 
+/* What glm4moe reads beyond the other families: the leading dense layers, the MTP layer left
+ * out of the layers run, the selection bias, the ungated shared expert, the optional Q/K norms
+ * (all layers or none), the gating function and the router groups. */
+START_TEST(glm4moe_keys_are_read_and_unusable_files_refused)
+{
+    if (refused_on_this_backend("glm4moe-tiny-f32")) return;
+    fixture fx;
+    fixture_open(&fx, "glm4moe-tiny-f32", "", 1);
+    const model_hparams *hp = fx.hp;
+    ck_assert_int_eq(hp->n_layer, 3); /* block_count 4 less the MTP layer */
+    ck_assert_int_eq(hp->n_nextn, 1);
+    ck_assert_int_eq(hp->n_layer_dense, 1);
+    ck_assert_int_eq(hp->n_ff_dense, 1024);
+    ck_assert_int_eq(hp->n_ff_shexp, hp->n_ff_exp);
+    ck_assert_int_eq(hp->n_rot, hp->head_dim / 2);
+    ck_assert_int_eq(hp->gating, KERN_GATING_SIGMOID);
+    ck_assert(hp->norm_topk && hp->has_qkv_bias && hp->has_shared_expert);
+    ck_assert_int_eq(hp->qk_norm, MODEL_QK_NORM_PER_HEAD);
+    ck_assert_float_eq(hp->expert_weights_scale, 2.5f);
+    model_sizes sz;
+    model_get_sizes(fx.m, &sz);
+    ck_assert_int_eq(sz.n_experts_total, 2 * 8); /* the dense layer has none */
+    static const refusal cases[] = {
+        {{.drop_tensor = "blk.0.ffn_up.weight"}, -EINVAL, "'blk.0.ffn_up.weight' is missing"},
+        {{.drop_tensor = "blk.1.ffn_gate_shexp.weight"},
+         -EINVAL,
+         "'blk.1.ffn_gate_shexp.weight' is missing"},
+        {{.drop_tensor = "blk.2.attn_k_norm.weight"},
+         -EINVAL,
+         "'blk.2.attn_k_norm.weight' is missing"},
+        {{.retype_tensor = "blk.1.exp_probs_b.bias", .new_type = GGUF_T_F32, .new_ne0 = 4},
+         -EINVAL,
+         "has shape"},
+        {{.set_key = "glm4moe.leading_dense_block_count", .set_u32 = 3},
+         -EINVAL,
+         "leading_dense_block_count 3"},
+        {{.set_key = "glm4moe.nextn_predict_layers", .set_u32 = 4},
+         -EINVAL,
+         "nextn_predict_layers 4"},
+        {{.set_key = "glm4moe.expert_gating_func", .set_u32 = 3}, -ENOTSUP, "expert_gating_func 3"},
+        {{.set_key = "glm4moe.expert_weights_norm", .set_u32 = 1}, -EINVAL, "must be a boolean"},
+        {{.drop_key = "glm4moe.expert_feed_forward_length"},
+         -EINVAL,
+         "glm4moe.expert_feed_forward_length"},
+        {{.drop_key = "glm4moe.feed_forward_length"}, -EINVAL, "feed_forward_length"},
+    };
+    expect_refusals(&fx, cases, sizeof cases / sizeof cases[0]);
+    /* the MTP layer's tensors are never read: a file without them loads the same */
+    char err[512], dst[1100];
+    snprintf(dst, sizeof dst, "%s.nomtp.%d", fx.path, (int)getpid());
+    rewrite(fx.path, dst, &(edit){.drop_tensor = "blk.3.nextn.eh_proj.weight"});
+    model *m = NULL;
+    model_opts mo = {.backend = fx.backend};
+    int rc = model_open(&m, dst, &mo, err, sizeof err);
+    unlink(dst);
+    ck_assert_msg(rc == 0, "%s", err);
+    model_close(&m);
+    fixture_close(&fx);
+}
+END_TEST
+
 /* Copies `src` to `dst` with every quantised tensor replaced by its F32 dequantisation. */
 static void dequantise_copy(const char *src, const char *dst)
 {
@@ -1054,6 +1124,7 @@ int main(void)
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
     tcase_add_test(tc, unusable_gpt_oss_models_are_refused_with_the_reason);
+    tcase_add_test(tc, glm4moe_keys_are_read_and_unusable_files_refused);
     tcase_add_loop_test(tc, lowbit_expert_types_match_their_dequantisation, 0, N_LOWBIT);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
