@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """moeserve's logits against llama.cpp's on the same files, quantised by llama.cpp itself.
 
-For each architecture (llama/Mixtral, qwen2moe, qwen3moe, olmoe; gpt-oss apart, below) a tiny F32 model from
+For each architecture (llama/Mixtral, qwen2moe, qwen3moe, olmoe; gpt-oss and glm4moe apart, below) a tiny F32 model from
 tools/gen_model.py is converted by llama.cpp (llama_model_quantize of the llama-cpp-python build
 scripts/setup.sh makes) to F16, BF16 and the eight quantised types, each with every tensor in that
 type (llama-quantize --pure), and to Q4_K_M as llama.cpp mixes it.  One fixed sequence of 32
@@ -229,9 +229,9 @@ def moeserve_run(path, kv, work):
             raise RuntimeError(f"logits_dump {path}: exit {p.returncode}: {p.stderr[-2000:]}")
         if not extra:
             logits = np.fromfile(out, dtype=np.float32).reshape(len(TOKENS), -1)
-    with open(routing) as f:
-        routes = [tuple(tuple(sorted(int(e) for e in part.split(":")[1].split(","))) for part in line.split())
-                  for line in f]
+    with open(routing) as f:   # a dense layer (glm4moe's leading ones) routes nothing: left out
+        routes = [tuple(tuple(sorted(int(e) for e in part.split(":")[1].split(","))) for part in line.split()
+                        if part.split(":")[1]) for line in f]
     return logits, routes
 
 
@@ -360,6 +360,40 @@ def gpt_oss_agreement(work):
         check(not why, f"gpt-oss {label}: {'; '.join(why)}")
 
 
+def glm4moe_agreement(work):
+    """glm4moe against llama.cpp's own implementation: its tiny F32 model (a leading dense layer,
+    an MTP layer llama.cpp also skips, sigmoid routing with the selection bias, the shared
+    expert, partial rotary, Q/K norms), llama.cpp's Q4_K_M of it and that dequantised; F32 KV."""
+    f32 = model_path("glm4moe", work)
+    qk = os.path.join(work, "glm4moe-q4_k_m.gguf")
+    deq = os.path.join(work, "glm4moe-q4_k_m-dequant.gguf")
+    if not os.path.exists(qk):
+        llamacpp_quantize(f32, f"{qk}.tmp", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, False)
+        os.rename(f"{qk}.tmp", qk)
+    if not os.path.exists(deq):
+        llamacpp_quantize(qk, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
+        os.rename(f"{deq}.tmp", deq)
+    print("\n| glm4moe file | max over positions (median) | bound | routing flips | result |")
+    print("|---|---|---|---|---|")
+    for label, path, bound in (("F32", f32, BOUND_REFERENCE), ("llama.cpp Q4_K_M, dequantised", deq, BOUND_REFERENCE),
+                               ("llama.cpp Q4_K_M", qk, BOUND_QUANT)):
+        ms, ms_routes = moeserve_run(path, "f32", work)
+        lc, lc_routes = llamacpp_run(path, "f32", False)
+        flips = [p for p in range(len(TOKENS)) if ms_routes[p] != lc_routes[p]]
+        early = [p for p in flips if ms_routes[p][:-1] != lc_routes[p][:-1]]
+        clean = [p for p in range(len(TOKENS)) if p not in flips and (not early or p < early[0])]
+        ratios = row_ratio(ms, lc)
+        worst = float(ratios[clean].max())
+        why = []
+        if worst > bound:
+            why.append(f"max {worst:.2e} > {bound:.0e}")
+        if len(flips) > MAX_FLIPS:
+            why.append(f"routing differs at {len(flips)} positions")
+        print(f"| {label} | {worst:.1e} ({float(np.median(ratios[clean])):.1e}) | {bound:.0e} | {len(flips)} | "
+              f"{'ok' if not why else 'FAIL: ' + '; '.join(why)} |", flush=True)
+        check(not why, f"glm4moe {label}: {'; '.join(why)}")
+
+
 def print_summary():
     """The table over the four architectures, per type and KV cache (docs/benchmarks.md)."""
     print("\nSummary over the architectures (worst of the four; distances: mean of their medians)")
@@ -423,6 +457,10 @@ def main():
         gpt_oss_agreement(work)
     except (RuntimeError, subprocess.CalledProcessError) as e:
         check(False, f"gpt-oss: {e}")
+    try:
+        glm4moe_agreement(work)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        check(False, f"glm4moe: {e}")
     print_summary()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
