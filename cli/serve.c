@@ -152,7 +152,9 @@ static void watch_mapping(const gguf_file *f)
 static int load_model(serve_state *st, char *err, size_t err_size)
 {
     const cfg *c = st->c;
-    static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY, PRED_HYBRID};
+    /* auto starts as none: whether guessing pays is known once the cache is open */
+    static const pred_kind kinds[] = {PRED_NONE, PRED_PREGATE, PRED_AFFINITY, PRED_HYBRID,
+                                      PRED_NONE};
     model_opts mo = {.backend = st->backend,
                      .cpu_backend = st->miss_cpu,
                      .miss_policy = (model_miss_policy)c->cache.miss_policy,
@@ -192,6 +194,16 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     }
     rc = model_open_expert_cache(st->m, &st->cache, &st->device, err, err_size);
     if (rc) return rc;
+    cache_stats near;
+    cache_get_stats(model_expert_cache(st->m), &near);
+    bool device_tier = model_expert_cache(st->m) != model_host_cache(st->m);
+    if (c->predictor.kind == CFG_PREDICTOR_AUTO && device_tier && !near.all_resident) {
+        /* Copies to hide: pre-gating halves the device tier's stall at a quarter of the experts
+         * resident, where on the host tier (disk reads of this VM) it was measured not to pay
+         * (docs/benchmarks.md, "The routing predictor on a trained model"). */
+        mo.predictor = PRED_PREGATE;
+        if ((rc = model_start_predictor(st->m, &mo, err, err_size))) return rc;
+    }
     cache_stats cs;
     cache_get_stats(model_host_cache(st->m), &cs);
     cli_log("expert cache, host tier: %u of %llu experts (%.1f MiB, %s, %s), policy %s, "
@@ -199,6 +211,10 @@ static int load_model(serve_state *st, char *err, size_t err_size)
             cs.n_slots, (unsigned long long)sz.n_experts_total, (double)cs.arena_bytes / (1 << 20),
             cs.direct ? "O_DIRECT" : "buffered", cs.uring ? "io_uring" : "pread",
             cache_policy_name(st->cache.policy), pred_kind_name(mo.predictor));
+    if (c->predictor.kind == CFG_PREDICTOR_AUTO)
+        cli_log("predictor auto: %s", mo.predictor == PRED_NONE
+                                          ? "none (no device tier short of experts)"
+                                          : "pregate (the device tier holds part of the experts)");
     if (model_expert_cache(st->m) != model_host_cache(st->m)) {
         cache_get_stats(model_expert_cache(st->m), &cs);
         cli_log("expert cache, device tier: %u of %llu experts (%.1f MiB of %s device memory)",

@@ -33,7 +33,8 @@
 
 static const char *const policy_names[] = {"lru",         "lfu",         "lru-protect",
                                            "lfu-history", "lru-predict", NULL};
-static const char *const predictor_names[] = {"none", "pregate", "affinity", "hybrid", NULL};
+static const char *const predictor_names[] = {"none",   "pregate", "affinity",
+                                              "hybrid", "auto",    NULL};
 static const char *const backend_names[] = {"auto", "cpu", "sim", "cuda", NULL};
 static const char *const kv_type_names[] = {"f16", "f32", NULL};
 static const char *const miss_names[] = {"auto", "copy", "cpu", NULL};
@@ -97,7 +98,7 @@ static const cfg__key keys[] = {
     {"cache.staging_bytes", CFG__SIZE, OFF(cache.staging_bytes), 1 * MIB, 64 * GIB, NULL, "256MiB",
      NULL, NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
-    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "none", NULL, NULL},
+    {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "auto", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},
     {"predictor.width", CFG__INT, OFF(predictor.width), 0, 64, NULL, "0", NULL, NULL},
     {"predictor.prefetch_threshold", CFG__INT, OFF(predictor.prefetch_threshold), 0, 100, NULL, "0",

@@ -65,6 +65,7 @@ typedef enum cfg_predictor_kind {
     CFG_PREDICTOR_PREGATE,
     CFG_PREDICTOR_AFFINITY,
     CFG_PREDICTOR_HYBRID,
+    CFG_PREDICTOR_AUTO, /* pregate when a device tier does not hold every expert, else none */
 } cfg_predictor_kind;
 
 typedef enum cfg_backend {

@@ -858,14 +858,7 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
         rc = -ENOMEM;
         goto fail;
     }
-    m->min_prob = opts->min_prob > 0.0f ? opts->min_prob : -1.0f;
-    pred_opts po = {.kind = opts->predictor,
-                    .n_layer = m->hp.n_layer,
-                    .n_expert = m->hp.n_expert,
-                    .n_expert_used = m->hp.n_expert_used,
-                    .lookahead = opts->lookahead,
-                    .width = opts->width};
-    if (opts->predictor != PRED_NONE && (rc = pred_create(&m->predictor, &po, err, err_size)))
+    if (opts->predictor != PRED_NONE && (rc = model_start_predictor(m, opts, err, err_size)))
         goto fail;
     *out = m;
     return 0;
@@ -927,6 +920,22 @@ uint64_t model_expert_tokens(const model *m, int layer, int expert)
 const pred *model_predictor(const model *m)
 {
     return m->predictor;
+}
+
+int model_start_predictor(model *m, const model_opts *opts, char *err, size_t err_size)
+{
+    if (m->predictor) {
+        snprintf(err, err_size, "the model already has a predictor");
+        return -EEXIST;
+    }
+    m->min_prob = opts->min_prob > 0.0f ? opts->min_prob : -1.0f;
+    pred_opts po = {.kind = opts->predictor,
+                    .n_layer = m->hp.n_layer,
+                    .n_expert = m->hp.n_expert,
+                    .n_expert_used = m->hp.n_expert_used,
+                    .lookahead = opts->lookahead,
+                    .width = opts->width};
+    return pred_create(&m->predictor, &po, err, err_size);
 }
 
 uint64_t model_cpu_experts(const model *m)

@@ -172,6 +172,10 @@ const cache *model_host_cache(const model *m);
 uint64_t model_expert_tokens(const model *m, int layer, int expert);
 /* The routing predictor, NULL for PRED_NONE. */
 const pred *model_predictor(const model *m);
+/* Starts a predictor after open (kind, lookahead, width and min_prob as in model_opts), e.g.
+ * once the expert cache is known not to hold every expert.  Call before any context runs a
+ * step; -EEXIST when the model already has one. */
+int model_start_predictor(model *m, const model_opts *opts, char *err, size_t err_size);
 /* Experts computed on the CPU instead of the device since open (any thread may read it). */
 uint64_t model_cpu_experts(const model *m);
 /* The expert's weights as mapped from the file; layer < n_layer, index < n_expert are the

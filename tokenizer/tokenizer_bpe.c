@@ -254,6 +254,16 @@ static size_t space_run(const cps *c, size_t i, size_t end)
     return j;
 }
 
+/* \s*[\r\n]+|\s+(?!\S)|\s+ at a white-space position: a run with line breaks ends after its
+ * last one. */
+static size_t space_or_breaks(const cps *c, size_t i, size_t end)
+{
+    size_t j = run_of(c, i, end, TOK_UC_SPACE);
+    for (size_t k = j; k > i; k--)
+        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
+    return space_run(c, i, end);
+}
+
 /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
 static size_t match_gpt2(const cps *c, size_t i, size_t end, size_t *next)
 {
@@ -300,11 +310,7 @@ static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_d
             e++;
         return e;
     }
-    /* white space: \s*[\r\n]+ ends after the run's last line break, if it has one */
-    size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    for (size_t k = j; k > i; k--)
-        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
-    return space_run(c, i, end);
+    return space_or_breaks(c, i, end);
 }
 
 static size_t match_llama3(const cps *c, size_t i, size_t end, size_t *next)
@@ -388,11 +394,7 @@ static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
             e++;
         return e;
     }
-    /* white space: \s*[\r\n]+ ends after the run's last line break, if it has one */
-    size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    for (size_t k = j; k > i; k--)
-        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
-    return space_run(c, i, end);
+    return space_or_breaks(c, i, end);
 }
 
 /* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through

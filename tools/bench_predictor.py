@@ -14,9 +14,9 @@ routing is the routing of real text; decode is teacher-forced) and reads its tab
    decode steps (batch 1: per token).
 3. Eviction policies (lru, lfu, lru-protect, lfu-history, lru-predict) and prefetch thresholds
    replayed offline (`moeserve cache-replay`) on one trace of the same text, recorded with the
-   hybrid predictor's guesses.
-2. Cost: decode with the expert cache at each budget, predictor off and on (hybrid, the auto
-   prefetch threshold), for the host tier (O_DIRECT reads from the file, after dropping the
+   --prefetcher's guesses at width 2 x top-k (so that the thresholds have unlikely guesses to drop).
+2. Cost: decode with the expert cache at each budget, predictor off and on (--prefetcher,
+   default pregate, the auto prefetch threshold), for the host tier (O_DIRECT reads from the file, after dropping the
    page cache's copy is not needed: O_DIRECT bypasses it) and for a `sim` device tier in front of
    a host tier holding every expert (misses copied over the simulated link): tokens/s, stall per
    token, bytes read (or copied) per token, prefetches used / issued.
@@ -157,6 +157,7 @@ def main() -> int:
     ap.add_argument("--budgets", default="50%,25%,min")
     ap.add_argument("--kinds", default="pregate,affinity,hybrid")
     ap.add_argument("--plot", help="PNG (and .svg next to it) of recall and stall")
+    ap.add_argument("--prefetcher", default="pregate", help="the predictor of the cost runs and the trace")
     args = ap.parse_args()
 
     k = k_of(args)
@@ -185,32 +186,33 @@ def main() -> int:
           "prefetches used / issued |\n|---|---|---|---|---|---|---|---|")
     all_out = bench(args, "--expert-cache", "all")
     print(f"| host | all | off | {model_row(all_out)['decode']:.1f} | 100% | 0 | 0 | |")
-    on_all = bench(args, "--expert-cache", "all", "--predictor", "hybrid")
-    print(f"| host | all | hybrid | {model_row(on_all)['decode']:.1f} | 100% | 0 | 0 | |")
+    on_all = bench(args, "--expert-cache", "all", "--predictor", args.prefetcher)
+    print(f"| host | all | {args.prefetcher} | {model_row(on_all)['decode']:.1f} | 100% | 0 | 0 | |")
     for tier in ("host", "sim"):
         for budget in args.budgets.split(","):
             row = dict(tier=tier, budget=budget)
-            for key, pred in (("off", []), ("on", ["--predictor", "hybrid"])):
+            for key, pred in (("off", []), ("on", ["--predictor", args.prefetcher])):
                 extra = (["--expert-cache", budget, "--direct", "on"] if tier == "host" else
                          ["--backend", "sim", "--expert-cache", "all", "--device-cache", budget,
                           "--miss-policy", "copy"])
                 out = bench(args, *extra, *pred)
                 c, mrow = cache_row(out), model_row(out)
                 row[key] = dict(**c, **mrow)
-                print(f"| {tier} | {budget} | {'hybrid' if pred else 'off'} | {mrow['decode']:.1f} | "
+                print(f"| {tier} | {budget} | {args.prefetcher if pred else 'off'} | {mrow['decode']:.1f} | "
                       f"{c['hit']:.1f}% | {c['stall']:.2f} | {c['mib']:.2f} | "
                       f"{c['used']} / {c['issued']} |", flush=True)
             cost.append(row)
     # 3. Policies and thresholds on one recorded trace of this text (requests and predictions)
     with tempfile.TemporaryDirectory() as d:
         trace = os.path.join(d, "trace.txt")
-        bench(args, "--expert-cache", "all", "--trace", trace, "--predictor", "hybrid")
-        r = subprocess.run([args.moeserve, "cache-replay", trace, "--min-prob", "off,0.1,0.3,0.5"],
+        bench(args, "--expert-cache", "all", "--trace", trace, "--predictor", args.prefetcher,
+              "--width", str(2 * k))
+        r = subprocess.run([args.moeserve, "cache-replay", trace, "--min-prob", "off,0.1,0.3,0.5,0.7"],
                            capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"cache-replay failed:\n{r.stderr}")
-        print("\nEviction policies and prefetch thresholds replayed on the trace of this run "
-              "(hybrid predictor, one layer ahead):\n")
+        print(f"\nEviction policies and prefetch thresholds replayed on the trace of this run "
+              f"({args.prefetcher}, one layer ahead, width 2 x top-k):\n")
         print(r.stdout)
     if args.plot:
         svg = svg_plot(acc, cost, f"{os.path.basename(args.model)}: routing predictor")

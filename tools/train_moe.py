@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
@@ -232,14 +231,6 @@ def export(path: str, model, hp, vocab: dict, args) -> None:
     w.close()
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def goldens(path: str, val_ids: np.ndarray, out_json: str, regenerate: str, seed: int) -> list[int]:
     """transformers on the exported file's dequantised weights, read back by gguf-py (golden.py's
     loader).  Prompts are windows of the held-out text; as in golden.py, ones whose routing has a
@@ -298,7 +289,7 @@ def goldens(path: str, val_ids: np.ndarray, out_json: str, regenerate: str, seed
     new = [int(t) for t in gen.sequences[0, len(gprompt):]]
     ref = f"transformers {transformers.__version__} / torch {torch.__version__.split('+')[0]}"
     parts = ['{"arch": "olmoe"', '"type": "q8_0"', '"model_path": "tests/data/trained-moe.gguf"',
-             '"model_sha256": %s' % json.dumps(sha256(path)), '"n_vocab": %d' % hp.n_vocab,
+             '"model_sha256": %s' % json.dumps(gen_model.sha256_file(path)), '"n_vocab": %d' % hp.n_vocab,
              '"prompts": [\n' + ",\n".join('  {"tokens": %s,\n   "logits": %s}' % (json.dumps(t), golden.fmt_floats(lg))
                                           for t, lg in prompts) + "\n]",
              '"greedy": {"prompt": %s, "n_new": %d, "tokens": %s}' % (json.dumps(gprompt), N_GREEDY,
@@ -316,13 +307,14 @@ def sample_text(model, tok, prompt: str, seed: int, n: int = 160) -> str:
     torch.manual_seed(seed)
     ids = tok.encode(prompt, add_special_tokens=False).ids
     model.eval()
+    model.config.output_router_logits = False  # the balancing loss has no place in generate()
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=True, temperature=0.7, top_k=40,
                              pad_token_id=0)
     return tok.decode([int(t) for t in out[0]])
 
 
-def write_curve(prefix: str, curve, args, hp, n_params: int, train_tokens: int, sample: str) -> None:
+def write_curve(prefix: str, curve, hp, n_params: int) -> None:
     with open(prefix + "-loss.csv", "w") as f:
         f.write("step,tokens,train_loss,val_loss,seconds\n")
         for s, t, tl, vl, el in curve:
@@ -352,8 +344,6 @@ def write_curve(prefix: str, curve, args, hp, n_params: int, train_tokens: int, 
            f'{hp.n_expert} experts top-{hp.n_expert_used}, {n_params / 1e6:.1f} M parameters</text></svg>\n')
     with open(prefix + "-loss.svg", "w") as f:
         f.write(svg)
-    with open(prefix + "-sample.txt", "w") as f:
-        f.write(sample)
 
 
 def main() -> int:
@@ -404,9 +394,11 @@ def main() -> int:
         print(f"wrote {args.golden}; greedy: {tok.decode(g)!r}", flush=True)
     if args.docs:
         n_params = sum(p.numel() for p in model.parameters())
+        write_curve(args.docs, curve, hp, n_params)
         samples = "".join(f"--- prompt {p!r}, temperature 0.7, top-k 40, seed {args.seed}:\n"
                           f"{sample_text(model, tok, p, args.seed)}\n\n" for p in SAMPLE_PROMPTS)
-        write_curve(args.docs, curve, args, hp, n_params, len(train_ids), samples)
+        with open(args.docs + "-sample.txt", "w") as f:
+            f.write(samples)
         print(samples)
     return 0
 

@@ -497,6 +497,14 @@ def main() -> int:
             check_bpe(f"{arch}-tiny", tool, path, strings)
         except Exception as e:
             check(False, f"{arch}-tiny: {e}")
+    # the trained test model's own byte-level BPE (tools/train_moe.py, trained on Python sources)
+    trained = os.path.join(ROOT, "tests", "data", "trained-moe.gguf")
+    print("vocabulary of the trained test model:")
+    if check(os.path.exists(trained), f"{trained} present"):
+        try:
+            check_bpe("trained-moe", tool, trained, strings)
+        except Exception as e:
+            check(False, f"trained-moe: {e}")
     print("vocabulary llama-spm:")
     gguf = os.path.join(models_dir, "ggml-vocab-llama-spm.gguf")
     if check(os.path.exists(gguf), f"llama-spm: {gguf} present", "MISSING"):

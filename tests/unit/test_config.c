@@ -86,7 +86,7 @@ START_TEST(defaults_are_documented_values)
     ck_assert_int_eq(c.cache.host_bytes.kind, CFG_BUDGET_AUTO);
     ck_assert_int_eq(c.cache.device_bytes.kind, CFG_BUDGET_AUTO);
     ck_assert_int_eq(c.cache.policy, CFG_CACHE_LRU);
-    ck_assert_int_eq(c.predictor.kind, CFG_PREDICTOR_NONE);
+    ck_assert_int_eq(c.predictor.kind, CFG_PREDICTOR_AUTO);
     ck_assert_int_eq(c.predictor.lookahead, 1);
     ck_assert_int_eq(c.io.queue_depth, 64);
     ck_assert_int_eq(c.io.direct, CFG_AUTO);
@@ -411,7 +411,7 @@ static const error_case error_cases[] = {
     {NULL,
      "predictor.kind=oracle",
      {"predictor.kind: \"oracle\" is not a known value: expected one of \"none\", \"pregate\", "
-      "\"affinity\", \"hybrid\""}},
+      "\"affinity\", \"hybrid\", \"auto\""}},
     {NULL,
      "predictor.prefetch_threshold=101",
      {"predictor.prefetch_threshold: \"101\" is out of range: expected an integer from 0 to 100"}},

@@ -72,6 +72,9 @@ static const golden_case goldens[] = {
     {"glm4moe-tiny-q4_k_m", QUANT_TOL},
     {"gpt-oss-tiny-q8_0", GPT_OSS_QUANT_TOL},
     {"gpt-oss-tiny-mxfp4", GPT_OSS_QUANT_TOL},
+    /* tools/train_moe.py's model (tests/data/trained-moe.gguf): real text, routing that is not
+     * random, prompts cut from its held-out text */
+    {"trained-moe", QUANT_TOL},
 };
 enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 18 };
 

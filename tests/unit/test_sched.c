@@ -26,6 +26,7 @@ typedef struct probe {
     int n_tokens;
     uint64_t logits_hash; /* FNV-1a over every logits row this request saw */
     int stop_after;       /* emit() returns true after this many tokens; 0: never */
+    bool hold;            /* emit() waits while set: the request stays running */
     int n_done;
     scheduler_end why;
     char message[256];
@@ -50,6 +51,8 @@ static bool probe_emit(void *user, int32_t token)
     p->tokens[p->n_tokens++] = token;
     bool stop = p->stop_after && p->n_tokens >= p->stop_after;
     pthread_cond_broadcast(p->cond);
+    while (p->hold)
+        pthread_cond_wait(p->cond, p->lock);
     pthread_mutex_unlock(p->lock);
     return stop;
 }
@@ -456,12 +459,17 @@ START_TEST(refusals)
     probe_init(&b, fx.n_vocab);
     probe_init(&c, fx.n_vocab);
     uint64_t ida, idb;
+    a.hold = true; /* a tiny model decodes 25 tokens in a few ms: a must not finish first */
     submit(s, prompt, 2, 25, &a, &ida);
     wait_tokens(&a, 1);
     submit(s, prompt, 2, 25, &b, &idb);
     ck_assert_int_eq(scheduler_submit(s, prompt, 2, 3, &probe_ops, &c, NULL, err, sizeof err),
                      -EAGAIN);
     ck_assert_ptr_nonnull(strstr(err, "queue is full"));
+    pthread_mutex_lock(&lock);
+    a.hold = false;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
     /* Shutdown ends both with a final callback. */
     scheduler_close(&s);
     ck_assert_int_eq(a.n_done, 1);
