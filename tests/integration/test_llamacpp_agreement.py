@@ -324,27 +324,39 @@ def compare(label, qtype, kv, flash, ms, ms_routes, lc, lc_routes, ref):
     return why
 
 
+def llamacpp_quantised(f32, work, name, ftype):
+    """llama.cpp's quantisation of f32 and that dequantised to F32, made once per work dir."""
+    q, deq = os.path.join(work, f"{name}.gguf"), os.path.join(work, f"{name}-dequant.gguf")
+    if not os.path.exists(q):
+        llamacpp_quantize(f32, f"{q}.tmp", ftype, False)
+        os.rename(f"{q}.tmp", q)
+    if not os.path.exists(deq):
+        llamacpp_quantize(q, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
+        os.rename(f"{deq}.tmp", deq)
+    return q, deq
+
+
+def routed_comparison(path, work):
+    """Both tools' logits on path (F32 KV): the per-position ratio, the positions whose routing
+    differs, and the clean ones (same routing, before any flip that changes more than the last
+    layer's choice)."""
+    ms, ms_routes = moeserve_run(path, "f32", work)
+    lc, lc_routes = llamacpp_run(path, "f32", False)
+    flips = [p for p in range(len(TOKENS)) if ms_routes[p] != lc_routes[p]]
+    early = [p for p in flips if ms_routes[p][:-1] != lc_routes[p][:-1]]
+    clean = [p for p in range(len(TOKENS)) if p not in flips and (not early or p < early[0])]
+    return row_ratio(ms, lc), flips, clean
+
+
 def gpt_oss_agreement(work):
     """gpt-oss against llama.cpp's own implementation (the docstring says why the bounds)."""
     f32 = model_path("gpt-oss", work)
-    mx = os.path.join(work, "gpt-oss-mxfp4.gguf")
-    deq = os.path.join(work, "gpt-oss-mxfp4-dequant.gguf")
-    if not os.path.exists(mx):
-        llamacpp_quantize(f32, f"{mx}.tmp", llama_cpp.LLAMA_FTYPE_MOSTLY_MXFP4_MOE, False)
-        os.rename(f"{mx}.tmp", mx)
-    if not os.path.exists(deq):
-        llamacpp_quantize(mx, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
-        os.rename(f"{deq}.tmp", deq)
+    mx, deq = llamacpp_quantised(f32, work, "gpt-oss-mxfp4", llama_cpp.LLAMA_FTYPE_MOSTLY_MXFP4_MOE)
     print("\n| gpt-oss file | position 0 | max over positions (median) | bound | routing flips | result |")
     print("|---|---|---|---|---|---|")
     for label, path, quantised in (("F32", f32, False), ("llama.cpp MXFP4_MOE, dequantised", deq, False),
                                    ("llama.cpp MXFP4_MOE", mx, True)):
-        ms, ms_routes = moeserve_run(path, "f32", work)
-        lc, lc_routes = llamacpp_run(path, "f32", False)
-        flips = [p for p in range(len(TOKENS)) if ms_routes[p] != lc_routes[p]]
-        early = [p for p in flips if ms_routes[p][:-1] != lc_routes[p][:-1]]
-        clean = [p for p in range(len(TOKENS)) if p not in flips and (not early or p < early[0])]
-        ratios = row_ratio(ms, lc)
+        ratios, flips, clean = routed_comparison(path, work)
         pos0, worst = float(ratios[0]), float(ratios[clean].max())
         bound0 = BOUND_QUANT if quantised else GPT_OSS_BOUND_POS0
         bound = BOUND_QUANT if quantised else GPT_OSS_BOUND_YARN
@@ -365,24 +377,12 @@ def glm4moe_agreement(work):
     an MTP layer llama.cpp also skips, sigmoid routing with the selection bias, the shared
     expert, partial rotary, Q/K norms), llama.cpp's Q4_K_M of it and that dequantised; F32 KV."""
     f32 = model_path("glm4moe", work)
-    qk = os.path.join(work, "glm4moe-q4_k_m.gguf")
-    deq = os.path.join(work, "glm4moe-q4_k_m-dequant.gguf")
-    if not os.path.exists(qk):
-        llamacpp_quantize(f32, f"{qk}.tmp", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, False)
-        os.rename(f"{qk}.tmp", qk)
-    if not os.path.exists(deq):
-        llamacpp_quantize(qk, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
-        os.rename(f"{deq}.tmp", deq)
+    qk, deq = llamacpp_quantised(f32, work, "glm4moe-q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
     print("\n| glm4moe file | max over positions (median) | bound | routing flips | result |")
     print("|---|---|---|---|---|")
     for label, path, bound in (("F32", f32, BOUND_REFERENCE), ("llama.cpp Q4_K_M, dequantised", deq, BOUND_REFERENCE),
                                ("llama.cpp Q4_K_M", qk, BOUND_QUANT)):
-        ms, ms_routes = moeserve_run(path, "f32", work)
-        lc, lc_routes = llamacpp_run(path, "f32", False)
-        flips = [p for p in range(len(TOKENS)) if ms_routes[p] != lc_routes[p]]
-        early = [p for p in flips if ms_routes[p][:-1] != lc_routes[p][:-1]]
-        clean = [p for p in range(len(TOKENS)) if p not in flips and (not early or p < early[0])]
-        ratios = row_ratio(ms, lc)
+        ratios, flips, clean = routed_comparison(path, work)
         worst = float(ratios[clean].max())
         why = []
         if worst > bound:
