@@ -162,6 +162,9 @@ typedef struct kern_kv_layout {
     int32_t kv_dim;   /* n_head_kv * head_dim */
     int32_t head_dim; /* with head_major: the width of one head's rows */
     bool head_major;
+    /* The values are the keys' rows (deepseek2's latent attention reads its latent as both): a
+     * block holds one plane per layer, [n_layer][1][...], and kv_store's v is not read. */
+    bool v_is_k;
     kern_kv_type type;
 } kern_kv_layout;
 
@@ -416,6 +419,7 @@ typedef struct kern_kv_opts {
     int32_t n_ctx;        /* positions per sequence */
     int32_t block_tokens; /* 0: 16 */
     kern_kv_type type;
+    bool v_is_k; /* see kern_kv_layout */
     /* Published blocks no sequence holds are kept for reuse up to this many (least recently
      * released out first); 0: as many as the memory holds. */
     int32_t max_cached_blocks;

@@ -100,8 +100,8 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
     kv->o = o;
     int32_t max_blocks = (o.n_ctx + o.block_tokens - 1) / o.block_tokens;
     size_t n_entries = (size_t)o.n_seq * (size_t)max_blocks;
-    kv->block_bytes = (size_t)o.n_layer * 2 * (size_t)o.block_tokens * (size_t)o.kv_dim *
-                      (o.type == KERN_KV_F16 ? 2 : 4);
+    kv->block_bytes = (size_t)o.n_layer * (o.v_is_k ? 1 : 2) * (size_t)o.block_tokens *
+                      (size_t)o.kv_dim * (o.type == KERN_KV_F16 ? 2 : 4);
     size_t per_chunk = CHUNK_TARGET_BYTES / kv->block_bytes;
     if (per_chunk < 1) per_chunk = 1;
     if (per_chunk > n_entries) per_chunk = n_entries;
@@ -152,6 +152,7 @@ int kern_kv_open(kern_kv **out, kern_backend *b, const kern_kv_opts *opts, char 
                                   .kv_dim = o.kv_dim,
                                   .head_dim = o.head_dim,
                                   .head_major = b->kind != KERN_BACKEND_CUDA,
+                                  .v_is_k = o.v_is_k,
                                   .type = o.type};
     *out = kv;
     return 0;

@@ -46,6 +46,9 @@ typedef struct dev_scratch {
     int32_t *bucket;    /* token of each bucket row */
     int32_t *comb_rows; /* [n][K]: each token's bucket rows, ascending expert */
     float *comb_w;
+    float *qa;        /* deepseek2: the low-rank Q, [n][n_lora_q] */
+    float *mla;       /* deepseek2: the per-head regions (mla_attention) */
+    int32_t *mla_idx; /* deepseek2: the step's four reshuffles, in units of mla_unit floats */
 } dev_scratch;
 
 /* Host-side integer bookkeeping, and the staging of what crosses to and from the device. */
@@ -67,6 +70,7 @@ typedef struct host_scratch {
     float *ge, *ue;              /* as the device's */
     kern_ffn_expert *group;      /* n_expert: the experts run together */
     cache_ref *refs;             /* n_expert: their cache slots */
+    int32_t *mla_idx;            /* as the device's */
 } host_scratch;
 
 struct model_ctx {
@@ -95,6 +99,46 @@ static bool cpu_misses(const model_ctx *ctx)
            m->miss_policy != MODEL_MISS_COPY;
 }
 
+/* deepseek2's latent attention moves each head's vectors between token-major rows (what the
+ * projections and the attention read and write) and head-major blocks (what one head's
+ * absorption matmul reads and writes) with the gather operation, in units of the largest
+ * size that divides every piece (the nope, rope, latent and value widths).  The four index
+ * lists depend only on the batch size, so they are built once per step.  Regions of
+ * dev_scratch.mla for n tokens: A, head-major [H][n][R] (absorbed queries, then the heads'
+ * latent outputs); B, token-major [n][H][nope + rope] (the projected queries); C, head-major
+ * [H][n][max(nope, V)] (the queries' nope parts, then the heads' values). */
+typedef struct mla_shape {
+    int64_t H, R, P, N, V; /* heads, latent, rope, nope, value widths */
+    int64_t unit;          /* floats per gathered row */
+    int64_t region_floats; /* of dev_scratch.mla, per token */
+    int64_t idx_per_token; /* of the four index lists together */
+} mla_shape;
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+static mla_shape mla_shape_of(const model_hparams *hp)
+{
+    mla_shape s = {0};
+    if (!hp->mla) return s;
+    s.H = hp->n_head;
+    s.R = hp->n_lora_kv;
+    s.P = hp->n_rot;
+    s.N = hp->mla_k - hp->n_rot;
+    s.V = hp->mla_v;
+    s.unit = gcd64(gcd64(s.R, s.P), gcd64(s.N, s.V));
+    s.region_floats = s.H * (s.R + s.N + s.P + (s.N > s.V ? s.N : s.V));
+    s.idx_per_token = s.H * (s.N + (s.R + s.P) + s.R + s.V) / s.unit;
+    return s;
+}
+
 static void scratch_free(model_ctx *ctx)
 {
     kern_backend *be = ctx->be;
@@ -117,6 +161,7 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     int64_t E = hp->n_expert;
     int64_t ff = hp->n_ff_exp > hp->n_ff_shexp ? hp->n_ff_exp : hp->n_ff_shexp;
     if (hp->n_ff_dense > ff) ff = hp->n_ff_dense;
+    mla_shape ms = mla_shape_of(hp);
     scratch_free(ctx);
     dev_scratch *d = &ctx->d;
     host_scratch *h = &ctx->hs;
@@ -138,7 +183,9 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         HOST(guess_p, E) || HOST(router, n * E) || HOST(out_rows, n) || HOST(group, E) ||
         HOST(refs, E) ||
         (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
-                             HOST(de, n * K * D) || HOST(ge, n * K * ff) || HOST(ue, n * ff)))) {
+                             HOST(de, n * K * D) || HOST(ge, n * K * ff) || HOST(ue, n * ff))) ||
+        (hp->mla && (DEV(qa, n * hp->n_lora_q + 1) || DEV(mla, n * ms.region_floats) ||
+                     DEV(mla_idx, n * ms.idx_per_token) || HOST(mla_idx, n * ms.idx_per_token)))) {
         scratch_free(ctx);
         return rc;
     }
@@ -178,7 +225,8 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
                        .n_ctx = n_ctx,
                        .block_tokens = opts ? opts->kv_block_tokens : 0,
                        .type = opts ? opts->kv_type : KERN_KV_F16,
-                       .max_cached_blocks = opts ? opts->kv_max_cached_blocks : 0};
+                       .max_cached_blocks = opts ? opts->kv_max_cached_blocks : 0,
+                       .v_is_k = hp->mla};
     if ((rc = kern_kv_open(&ctx->kv, m->backend, &ko, err, err_size))) {
         model_ctx_destroy(&ctx);
         return rc;
@@ -341,6 +389,106 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
     kern_add(be, s->x, s->proj, n * hp->n_embd);
     ctx->stats.dense_bytes +=
         weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) + weight_bytes(&L->wo);
+}
+
+/* One head's slice of a weight whose heads are stacked along the rows. */
+static kern_weight head_rows(const kern_weight *w, int64_t rows, int64_t h)
+{
+    kern_weight v = *w;
+    v.n_rows = rows;
+    v.data = (const uint8_t *)w->data + (size_t)(h * rows) * w->row_bytes;
+    return v;
+}
+
+/* The step's reshuffles for deepseek2's latent attention (mla_shape says where each lives). */
+static void mla_indices(const mla_shape *ms, int64_t n, int32_t *idx)
+{
+    int64_t u = ms->unit, H = ms->H, R = ms->R, N = ms->N, P = ms->P, V = ms->V, Dq = N + P;
+    int64_t b_off = H * n * R; /* region B, after A */
+    int32_t *p = idx;
+    for (int64_t h = 0; h < H; h++) /* q's nope parts into C, head-major */
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t j = 0; j < N / u; j++)
+                *p++ = (int32_t)((t * H + h) * Dq / u + j);
+    for (int64_t t = 0; t < n; t++) /* attention's queries: absorbed (A), then rotary (B) */
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t j = 0; j < R / u; j++)
+                *p++ = (int32_t)((h * n * R + t * R) / u + j);
+            for (int64_t j = 0; j < P / u; j++)
+                *p++ = (int32_t)((b_off + (t * H + h) * Dq + N) / u + j);
+        }
+    for (int64_t h = 0; h < H; h++) /* attention's latent outputs into A, head-major */
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t j = 0; j < R / u; j++)
+                *p++ = (int32_t)((t * H + h) * (R + P) / u + j);
+    for (int64_t t = 0; t < n; t++) /* the heads' values, token-major */
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = 0; j < V / u; j++)
+                *p++ = (int32_t)((h * n * V + t * V) / u + j);
+}
+
+/* deepseek2's multi-head latent attention, in the absorbed form llama.cpp runs (transformers'
+ * DeepseekV3Attention decompresses instead; the two agree up to rounding):
+ *
+ *   q = Wq_b rmsnorm(Wq_a h)  (or Wq h)    per head [nope | rope], rope rotated
+ *   [c | k_r] = Wkv_a h                     c = rmsnorm(c): the latent; k_r rotated, shared
+ *   q_c = Wk_b[h] q_nope                    the nope query absorbed into the latent space
+ *   o = attention([q_c | q_rope], K = V = [c | k_r], one KV head)
+ *   out = Wo concat_h(Wv_b[h] o[:R])
+ *
+ * The cache holds only [c | k_r] per token, and attention's value rows are the same rows: the
+ * part of o from k_r is dropped by taking o[:R]. */
+static void mla_attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
+{
+    const model_hparams *hp = &ctx->m->hp;
+    kern_backend *be = ctx->be;
+    dev_scratch *s = &ctx->d;
+    mla_shape ms = mla_shape_of(hp);
+    int64_t H = ms.H, R = ms.R, P = ms.P, N = ms.N, V = ms.V, u = ms.unit;
+    float *A = s->mla, *B = A + H * n * R, *C = B + n * H * (N + P);
+    const int32_t *idx_qn = s->mla_idx, *idx_q = idx_qn + n * H * N / u,
+                  *idx_ol = idx_q + n * H * (R + P) / u, *idx_vo = idx_ol + n * H * R / u;
+    const kern_rope_yarn *yarn = hp->rope_yarn ? &hp->yarn : NULL;
+
+    kern_rmsnorm(be, s->x, L->attn_norm, s->h, hp->n_embd, n, hp->n_embd, hp->rms_eps);
+    if (L->wq_a.data) {
+        matmul(ctx, &L->wq_a, s->h, s->qa, n);
+        kern_rmsnorm(be, s->qa, L->q_a_norm, s->qa, hp->n_lora_q, n, hp->n_lora_q, hp->rms_eps);
+        matmul(ctx, &L->wq_b, s->qa, B, n);
+        ctx->stats.dense_bytes += weight_bytes(&L->wq_a) + weight_bytes(&L->wq_b);
+    } else {
+        matmul(ctx, &L->wq, s->h, B, n);
+        ctx->stats.dense_bytes += weight_bytes(&L->wq);
+    }
+    /* each head's rotary part sits after its nope part: rotate from there, a head's width on */
+    kern_rope(be, B + N, n, (int)H, (int)(N + P), (int)P, s->pos, hp->rope_freq_base, hp->rope_mode,
+              yarn);
+    matmul(ctx, &L->wkv_a, s->h, s->k, n);
+    kern_rmsnorm(be, s->k, L->kv_a_norm, s->k, R, n, R + P, hp->rms_eps);
+    kern_rope(be, s->k + R, n, 1, (int)(R + P), (int)P, s->pos, hp->rope_freq_base, hp->rope_mode,
+              yarn);
+
+    kern_gather(be, B, idx_qn, C, n * H * N / u, u);
+    for (int64_t h = 0; h < H; h++) {
+        kern_weight kb = head_rows(&L->wk_b, R, h);
+        matmul(ctx, &kb, C + h * n * N, A + h * n * R, n);
+    }
+    kern_gather(be, A, idx_q, s->q, n * H * (R + P) / u, u);
+
+    kern_kv_store(be, kern_kv_get_layout(ctx->kv), il, s->k, s->k, s->seq, s->pos, n);
+    kern_attention(be, kern_kv_get_layout(ctx->kv), il, s->q, s->seq, s->pos, s->attn, n, (int)H, 1,
+                   (int)(R + P), hp->attn_scale, 0, NULL);
+
+    kern_gather(be, s->attn, idx_ol, A, n * H * R / u, u);
+    for (int64_t h = 0; h < H; h++) {
+        kern_weight vb = head_rows(&L->wv_b, V, h);
+        matmul(ctx, &vb, A + h * n * R, C + h * n * V, n);
+    }
+    kern_gather(be, C, idx_vo, s->attn, n * H * V / u, u);
+    matmul(ctx, &L->wo, s->attn, s->proj, n);
+    kern_add(be, s->x, s->proj, n * hp->n_embd);
+    ctx->stats.dense_bytes += weight_bytes(&L->wkv_a) + weight_bytes(&L->wk_b) +
+                              weight_bytes(&L->wv_b) + weight_bytes(&L->wo);
 }
 
 /* ---- mixture of experts ------------------------------------------------------------------ */
@@ -761,6 +909,12 @@ static int begin_step(model_ctx *ctx, const model_batch *b, char *err, size_t er
         (rc = upload(ctx, ctx->d.pos, b->pos, n * sizeof *b->pos, err, err_size)) ||
         (rc = upload(ctx, ctx->d.seq, b->seq, n * sizeof *b->seq, err, err_size)))
         return rc;
+    if (ctx->m->hp.mla) {
+        mla_shape ms = mla_shape_of(&ctx->m->hp);
+        mla_indices(&ms, (int64_t)n, ctx->hs.mla_idx);
+        return upload(ctx, ctx->d.mla_idx, ctx->hs.mla_idx,
+                      n * (size_t)ms.idx_per_token * sizeof *ctx->hs.mla_idx, err, err_size);
+    }
     return 0;
 }
 
@@ -796,7 +950,10 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     for (int il = 0; il < hp->n_layer; il++) {
         const model_layer *L = &m->layers[il];
         ctx->stats.dense_bytes += 2 * D * sizeof(float);
-        attention(ctx, L, il, n);
+        if (hp->mla)
+            mla_attention(ctx, L, il, n);
+        else
+            attention(ctx, L, il, n);
         if (il < hp->n_layer_dense)
             dense_ffn(ctx, L, n);
         else if ((rc = moe(ctx, L, il, n, err, err_size)))

@@ -47,7 +47,10 @@ typedef struct arch_info {
  * as transformers' modeling_gpt_oss.py computes it (docs/architecture.md): top-k then softmax,
  * every even layer a sliding window, YaRN with an untruncated correction range.  glm4moe as
  * transformers' modeling_glm4_moe.py computes it: sigmoid scores chosen with the selection bias,
- * partial NEOX rotary (rope.dimension_count < head size), post_attention_norm before the FFN. */
+ * partial NEOX rotary (rope.dimension_count < head size), post_attention_norm before the FFN.
+ * deepseek2 as transformers' modeling_deepseek_v3.py computes it: the same MoE (softmax when
+ * the file names no gating function, as DeepSeek-V2's files), latent attention with NORM
+ * (interleaved-pair) rotary on the decoupled key. */
 static const arch_info arch_table[MODEL_ARCH_COUNT] = {
     {"llama", MODEL_ARCH_LLAMA, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, true, false, false,
      KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, false},
@@ -61,6 +64,8 @@ static const arch_info arch_table[MODEL_ARCH_COUNT] = {
      KERN_GATING_TOPK_SOFTMAX, KERN_GLU_SWIGLU_OAI, "post_attention_norm", true, 2, false, false},
     {"glm4moe", MODEL_ARCH_GLM4MOE, KERN_ROPE_NEOX, MODEL_QK_NORM_PER_HEAD, false, true, true,
      KERN_GATING_SIGMOID, KERN_GLU_SILU, "post_attention_norm", false, 0, true, true},
+    {"deepseek2", MODEL_ARCH_DEEPSEEK2, KERN_ROPE_NORM, MODEL_QK_NORM_NONE, false, true, true,
+     KERN_GATING_SOFTMAX, KERN_GLU_SILU, "ffn_norm", false, 0, true, true},
 };
 
 const char *model_arch_name(model_arch arch)
@@ -145,7 +150,7 @@ static int read_arch(loader *ld)
     }
     return fail(ld, -ENOTSUP,
                 "architecture '%.*s' is not supported (supported: llama with experts "
-                "(Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe)",
+                "(Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, deepseek2)",
                 (int)(name.len > 64 ? 64 : name.len), name.data);
 }
 
@@ -190,12 +195,13 @@ static int read_rope_scaling(loader *ld, const arch_info *ai)
 static int read_deepseek_moe(loader *ld, int32_t n_ff)
 {
     model_hparams *hp = &ld->m->hp;
-    int32_t gating = 2, n_shared = 1;
+    /* a DeepSeek-V2 file names no gating function: softmax (llama.cpp's default there) */
+    int32_t gating = hp->arch == MODEL_ARCH_DEEPSEEK2 ? 1 : 2, n_shared = 1;
     int rc;
     if ((rc = get_i32(ld, "leading_dense_block_count", false, 0, &hp->n_layer_dense)) ||
         (rc = get_i32(ld, "nextn_predict_layers", false, 0, &hp->n_nextn)) ||
         (rc = get_bool(ld, "expert_weights_norm", false, &hp->norm_topk)) ||
-        (rc = get_i32(ld, "expert_gating_func", false, 2, &gating)) ||
+        (rc = get_i32(ld, "expert_gating_func", false, gating, &gating)) ||
         (rc = get_i32(ld, "expert_group_count", false, 1, &hp->n_group)) ||
         (rc = get_i32(ld, "expert_group_used_count", false, hp->n_group, &hp->n_group_used)) ||
         (rc = get_i32(ld, "expert_shared_count", false, 1, &n_shared)) ||
@@ -235,6 +241,59 @@ static int read_deepseek_moe(loader *ld, int32_t n_ff)
     return 0;
 }
 
+/* deepseek2's latent attention, as llama.cpp's converter writes it since the MLA split:
+ * key_length and value_length are the latent's (kv_lora_rank + rope, kv_lora_rank; one KV
+ * head), the *_mla lengths a query head's.  An older file (no *_mla keys, attn_kv_b unsplit)
+ * is refused: its K absorption would need the transpose of a quantised tensor. */
+static int read_mla(loader *ld)
+{
+    model_hparams *hp = &ld->m->hp;
+    int rc;
+    if ((rc = get_i32(ld, "attention.q_lora_rank", false, 0, &hp->n_lora_q)) ||
+        (rc = get_i32(ld, "attention.kv_lora_rank", true, 0, &hp->n_lora_kv)) ||
+        (rc = get_i32(ld, "attention.key_length_mla", false, 0, &hp->mla_k)) ||
+        (rc = get_i32(ld, "attention.value_length_mla", false, 0, &hp->mla_v)))
+        return rc;
+    if (hp->mla_k == 0 || hp->mla_v == 0)
+        return fail(ld, -ENOTSUP,
+                    "%s.attention.key_length_mla / value_length_mla are missing: a file "
+                    "converted before llama.cpp split attn_kv_b into attn_k_b and attn_v_b "
+                    "(spring 2025); convert the model again with a current convert_hf_to_gguf.py",
+                    hp->arch_name);
+    if (hp->n_head_kv != 1 || hp->n_lora_kv <= 0 || hp->head_dim != hp->n_lora_kv + hp->n_rot ||
+        hp->head_dim_v != hp->n_lora_kv || hp->mla_k <= hp->n_rot || hp->mla_v <= 0)
+        return fail(ld, -EINVAL,
+                    "latent attention: head_count_kv %d, kv_lora_rank %d, key_length %d, "
+                    "value_length %d, rope.dimension_count %d, key_length_mla %d, "
+                    "value_length_mla %d: expected one KV head, key_length = kv_lora_rank + the "
+                    "rotary dimensions, value_length = kv_lora_rank, key_length_mla above the "
+                    "rotary dimensions",
+                    hp->n_head_kv, hp->n_lora_kv, hp->head_dim, hp->head_dim_v, hp->n_rot,
+                    hp->mla_k, hp->mla_v);
+    hp->mla = true;
+    return 0;
+}
+
+/* DeepSeek's YaRN (transformers' DeepseekV3Attention): the logits are scaled by mscale^2, with
+ * mscale = 0.1 mscale_all_dim ln(factor) + 1, and cos and sin by mscale(mscale) /
+ * mscale(mscale_all_dim) -- 1 in every published config (llama.cpp assumes the two equal, or
+ * mscale = mscale_all_dim for V2's 0.707).  The file carries 0.1 mscale_all_dim as
+ * rope.scaling.yarn_log_multiplier; without it transformers puts the factor on cos and sin
+ * only, which read_rope_scaling already did. */
+static int read_mla_scale(loader *ld)
+{
+    model_hparams *hp = &ld->m->hp;
+    float log_mul = 0.0f;
+    int rc = get_f32(ld, "rope.scaling.yarn_log_multiplier", false, 0.0f, &log_mul);
+    if (rc) return rc;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->mla_k);
+    if (!hp->rope_yarn || log_mul == 0.0f) return 0;
+    float mscale = 1.0f + log_mul * logf(hp->yarn.factor);
+    hp->yarn.attn_factor = 1.0f;
+    hp->attn_scale *= mscale * mscale;
+    return 0;
+}
+
 static int read_hparams(loader *ld)
 {
     model_hparams *hp = &ld->m->hp;
@@ -271,7 +330,7 @@ static int read_hparams(loader *ld)
         (rc = get_i32(ld, "attention.value_length", false, hp->head_dim, &hp->head_dim_v)) ||
         (rc = get_i32(ld, "rope.dimension_count", false, hp->head_dim, &hp->n_rot)))
         return rc;
-    if (hp->head_dim <= 0 || hp->head_dim_v != hp->head_dim)
+    if (hp->head_dim <= 0 || (hp->head_dim_v != hp->head_dim && hp->arch != MODEL_ARCH_DEEPSEEK2))
         return fail(ld, -ENOTSUP,
                     "attention.key_length %d / value_length %d: only equal, "
                     "positive head sizes are supported",
@@ -301,12 +360,14 @@ static int read_hparams(loader *ld)
     hp->n_group = hp->n_group_used = 1;
     if (ai->deepseek_moe && (rc = read_deepseek_moe(ld, n_ff))) return rc;
     if ((rc = read_rope_scaling(ld, ai))) return rc;
+    if (hp->arch == MODEL_ARCH_DEEPSEEK2 && (rc = read_mla(ld))) return rc;
     if (ai->swa_pattern &&
         ((rc = get_i32(ld, "attention.sliding_window", true, 0, &hp->n_swa)) || hp->n_swa <= 0))
         return rc ? rc : fail(ld, -EINVAL, "attention.sliding_window must be positive");
     float scale = 0.0f;
     if ((rc = get_f32(ld, "attention.scale", false, 0.0f, &scale))) return rc;
     hp->attn_scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)hp->head_dim);
+    if (hp->mla && (rc = read_mla_scale(ld))) return rc;
     if (hp->expert_weights_scale == 0.0f) hp->expert_weights_scale = 1.0f;
     if (hp->rms_eps <= 0.0f) return fail(ld, -EINVAL, "layer_norm_rms_epsilon must be positive");
     return 0;
@@ -359,6 +420,23 @@ static int bind_weight(loader *ld, const char *name, int64_t n_cols, int64_t n_r
     if (rc) return rc;
     *out = weight_view(t, t->data, n_cols, n_rows);
     if (bytes) *bytes += t->n_bytes;
+    return 0;
+}
+
+/* A {n_cols, n_rows, n_head} tensor (deepseek2's per-head absorptions) as one weight of
+ * n_head * n_rows rows: head h's matrix is rows [h n_rows, (h + 1) n_rows). */
+static int bind_heads(loader *ld, const char *name, int64_t n_cols, int64_t n_rows,
+                      kern_weight *out, uint64_t *bytes)
+{
+    const gguf_tensor *t = find(ld, name);
+    int64_t n_head = ld->m->hp.n_head;
+    if (!t) return fail(ld, -EINVAL, "required tensor '%s' is missing", name);
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != n_head || t->ne[3] != 1)
+        return shape_error(ld, t, n_cols, n_rows, n_head);
+    int rc = check_type(ld, t);
+    if (rc) return rc;
+    *out = weight_view(t, t->data, n_cols, n_rows * n_head);
+    *bytes += t->n_bytes;
     return 0;
 }
 
@@ -485,6 +563,42 @@ static int bind_qk_norm(loader *ld, int il, model_layer *layer)
     return bind_vec(ld, name, kn, true, &layer->k_norm, &layer->dense_bytes);
 }
 
+/* deepseek2's latent attention (llama.cpp's names; docs/architecture.md has the math). */
+static int bind_mla(loader *ld, int il, model_layer *layer)
+{
+    const model_hparams *hp = &ld->m->hp;
+    int64_t D = hp->n_embd, H = hp->n_head, R = hp->n_lora_kv, nope = hp->mla_k - hp->n_rot;
+    uint64_t *db = &layer->dense_bytes;
+    char name[128];
+    int rc;
+#define NAME(fmt) (snprintf(name, sizeof name, "blk.%d." fmt, il), name)
+    if (hp->n_lora_q > 0) {
+        if ((rc = bind_weight(ld, NAME("attn_q_a.weight"), D, hp->n_lora_q, true, &layer->wq_a,
+                              db)) ||
+            (rc = bind_vec(ld, NAME("attn_q_a_norm.weight"), hp->n_lora_q, true, &layer->q_a_norm,
+                           db)) ||
+            (rc = bind_weight(ld, NAME("attn_q_b.weight"), hp->n_lora_q, H * hp->mla_k, true,
+                              &layer->wq_b, db)))
+            return rc;
+    } else if ((rc = bind_weight(ld, NAME("attn_q.weight"), D, H * hp->mla_k, true, &layer->wq,
+                                 db))) {
+        return rc;
+    }
+    if (find(ld, NAME("attn_kv_b.weight")) && !find(ld, NAME("attn_k_b.weight")))
+        return fail(ld, -ENOTSUP,
+                    "'%s': an unsplit attn_kv_b (a file converted before llama.cpp's MLA "
+                    "split); convert the model again with a current convert_hf_to_gguf.py",
+                    name);
+    if ((rc = bind_weight(ld, NAME("attn_kv_a_mqa.weight"), D, R + hp->n_rot, true, &layer->wkv_a,
+                          db)) ||
+        (rc = bind_vec(ld, NAME("attn_kv_a_norm.weight"), R, true, &layer->kv_a_norm, db)) ||
+        (rc = bind_heads(ld, NAME("attn_k_b.weight"), nope, R, &layer->wk_b, db)) ||
+        (rc = bind_heads(ld, NAME("attn_v_b.weight"), R, hp->mla_v, &layer->wv_b, db)))
+        return rc;
+    return bind_weight(ld, NAME("attn_output.weight"), H * hp->mla_v, D, true, &layer->wo, db);
+#undef NAME
+}
+
 static int bind_layer(loader *ld, int il)
 {
     model *m = ld->m;
@@ -498,19 +612,26 @@ static int bind_layer(loader *ld, int il)
     int rc = 0;
 #define NAME(fmt) (snprintf(name, sizeof name, "blk.%d." fmt, il), name)
     if ((rc = bind_vec(ld, NAME("attn_norm.weight"), hp->n_embd, true, &layer->attn_norm, db)) ||
-        (rc = bind_weight(ld, NAME("attn_q.weight"), hp->n_embd, q_dim, true, &layer->wq, db)) ||
-        (rc = bind_weight(ld, NAME("attn_k.weight"), hp->n_embd, kv_dim, true, &layer->wk, db)) ||
-        (rc = bind_weight(ld, NAME("attn_v.weight"), hp->n_embd, kv_dim, true, &layer->wv, db)) ||
-        (rc = bind_weight(ld, NAME("attn_output.weight"), q_dim, hp->n_embd, true, &layer->wo,
-                          db)) ||
-        (rc = bind_vec(ld, NAME("attn_q.bias"), q_dim, false, &layer->bq, db)) ||
-        (rc = bind_vec(ld, NAME("attn_k.bias"), kv_dim, false, &layer->bk, db)) ||
-        (rc = bind_vec(ld, NAME("attn_v.bias"), kv_dim, false, &layer->bv, db)) ||
-        (rc = bind_vec(ld, NAME("attn_output.bias"), hp->n_embd, false, &layer->bo, db)) ||
-        (rc = bind_vec(ld, NAME("attn_sinks.weight"), hp->n_head, hp->has_sinks, &layer->sinks,
-                       db)) ||
         (rc = bind_vec(ld, ffn_norm, hp->n_embd, true, &layer->ffn_norm, db)))
         return rc;
+    if (hp->mla) {
+        if ((rc = bind_mla(ld, il, layer))) return rc;
+    } else if ((rc = bind_weight(ld, NAME("attn_q.weight"), hp->n_embd, q_dim, true, &layer->wq,
+                                 db)) ||
+               (rc = bind_weight(ld, NAME("attn_k.weight"), hp->n_embd, kv_dim, true, &layer->wk,
+                                 db)) ||
+               (rc = bind_weight(ld, NAME("attn_v.weight"), hp->n_embd, kv_dim, true, &layer->wv,
+                                 db)) ||
+               (rc = bind_weight(ld, NAME("attn_output.weight"), q_dim, hp->n_embd, true,
+                                 &layer->wo, db)) ||
+               (rc = bind_vec(ld, NAME("attn_q.bias"), q_dim, false, &layer->bq, db)) ||
+               (rc = bind_vec(ld, NAME("attn_k.bias"), kv_dim, false, &layer->bk, db)) ||
+               (rc = bind_vec(ld, NAME("attn_v.bias"), kv_dim, false, &layer->bv, db)) ||
+               (rc = bind_vec(ld, NAME("attn_output.bias"), hp->n_embd, false, &layer->bo, db)) ||
+               (rc = bind_vec(ld, NAME("attn_sinks.weight"), hp->n_head, hp->has_sinks,
+                              &layer->sinks, db))) {
+        return rc;
+    }
     layer->experts = calloc((size_t)hp->n_expert, sizeof *layer->experts);
     if (!layer->experts) return fail(ld, -ENOMEM, "out of memory");
     if ((layer->bq != NULL) != (layer->bk != NULL) || (layer->bq != NULL) != (layer->bv != NULL))
@@ -660,6 +781,13 @@ static int place_dense(model *m, char *err, size_t err_size)
             (rc = place_weight(m, &L->wk, err, err_size)) ||
             (rc = place_weight(m, &L->wv, err, err_size)) ||
             (rc = place_weight(m, &L->wo, err, err_size)) ||
+            (rc = place_weight(m, &L->wq_a, err, err_size)) ||
+            (rc = place_weight(m, &L->wq_b, err, err_size)) ||
+            (rc = place_weight(m, &L->wkv_a, err, err_size)) ||
+            (rc = place_weight(m, &L->wk_b, err, err_size)) ||
+            (rc = place_weight(m, &L->wv_b, err, err_size)) ||
+            (rc = place_vec(m, &L->q_a_norm, hp->n_lora_q, err, err_size)) ||
+            (rc = place_vec(m, &L->kv_a_norm, hp->n_lora_kv, err, err_size)) ||
             (rc = place_weight(m, &L->router, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_gate, err, err_size)) ||
             (rc = place_weight(m, &L->shexp_up, err, err_size)) ||
@@ -834,8 +962,9 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     if (arch_table[m->hp.arch].deepseek_moe && m->backend->kind == KERN_BACKEND_CUDA) {
         rc = fail(&ld, -ENOTSUP,
                   "the %s backend cannot run %s yet (its router has no selection bias "
-                  "(exp_probs_b) and no expert groups): use the cpu or sim backend",
-                  m->backend->name, m->hp.arch_name);
+                  "(exp_probs_b) and no expert groups%s): use the cpu or sim backend",
+                  m->backend->name, m->hp.arch_name,
+                  m->hp.mla ? ", and latent attention is untested there" : "");
         goto fail;
     }
     if (m->hp.glu == KERN_GLU_SWIGLU_OAI && !m->backend->ops->swiglu_oai) {

@@ -3,10 +3,11 @@
  *
  * Contract
  * - model_open() reads the hyper-parameters for the file's architecture (Mixtral as GGUF
- *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`, `gpt-oss`, `glm4moe`), binds every
- * tensor it needs and checks its shape and type, or refuses the file with a message naming the key
- * or tensor. Weights stay in the read-only mapping of the file; small 1-D tensors (norms, biases)
- * are copied out as f32.  A model is immutable after open and may be shared by contexts.
+ *   `llama` with experts, `qwen2moe`, `qwen3moe`, `olmoe`, `gpt-oss`, `glm4moe`, `deepseek2`),
+ * binds every tensor it needs and checks its shape and type, or refuses the file with a message
+ * naming the key or tensor. Weights stay in the read-only mapping of the file; small 1-D tensors
+ * (norms, biases) are copied out as f32.  A model is immutable after open and may be shared by
+ * contexts.
  * - Experts are reached in two ways.  Without an expert cache (model_opts.expert_cache NULL)
  *   they are read through the file's mapping (model_get_expert).  With one, model_open()
  *   hands the cache the file extents of every expert's gate, up and down slices and the forward
@@ -43,8 +44,9 @@ typedef enum model_arch {
     MODEL_ARCH_QWEN2MOE,
     MODEL_ARCH_QWEN3MOE,
     MODEL_ARCH_OLMOE,
-    MODEL_ARCH_GPT_OSS, /* OpenAI gpt-oss-20b / 120b */
-    MODEL_ARCH_GLM4MOE, /* GLM-4.5 / 4.6 / 4.5-Air */
+    MODEL_ARCH_GPT_OSS,   /* OpenAI gpt-oss-20b / 120b */
+    MODEL_ARCH_GLM4MOE,   /* GLM-4.5 / 4.6 / 4.5-Air */
+    MODEL_ARCH_DEEPSEEK2, /* DeepSeek-V2 / V3 / R1, Kimi-K2 */
     MODEL_ARCH_COUNT
 } model_arch;
 
@@ -64,7 +66,15 @@ typedef struct model_hparams {
     int32_t n_head_kv;
     int32_t head_dim;   /* attention.key_length, default n_embd / n_head */
     int32_t head_dim_v; /* attention.value_length, default head_dim */
-    int32_t n_rot;      /* rope.dimension_count, default head_dim */
+    /* deepseek2's multi-head latent attention: attention runs as one KV head whose rows are the
+     * compressed latent (n_lora_kv) and the shared rotary key (n_rot), so head_dim is
+     * n_lora_kv + n_rot and head_dim_v n_lora_kv; each query head's key and value sizes before
+     * the absorption are mla_k (nope + rope) and mla_v (docs/architecture.md, deepseek2) */
+    bool mla;
+    int32_t n_lora_q; /* 0: one Q projection (DeepSeek-V2-Lite) */
+    int32_t n_lora_kv;
+    int32_t mla_k, mla_v;
+    int32_t n_rot; /* rope.dimension_count, default head_dim */
     int32_t n_expert;
     int32_t n_expert_used;
     int32_t n_ff_exp;   /* per-expert FFN width */

@@ -15,6 +15,11 @@ typedef struct model_layer {
     const float *q_norm, *k_norm;
     const float *sinks; /* [n_head]: gpt-oss's attention sinks */
     int32_t window;     /* > 0: a sliding-window layer */
+    /* deepseek2's latent attention: Q through a low-rank pair (wq_a, q_a_norm, wq_b) or wq; the
+     * latent and the rotary key from wkv_a; per-head absorptions wk_b (n_lora_kv rows of nope
+     * per head) and wv_b (mla_v rows of n_lora_kv per head), heads stacked along the rows */
+    kern_weight wq_a, wq_b, wkv_a, wk_b, wv_b;
+    const float *q_a_norm, *kv_a_norm;
     const float *ffn_norm;
     kern_weight router;       /* [n_expert][n_embd] */
     const float *router_bias; /* [n_expert], gpt-oss */

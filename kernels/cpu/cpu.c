@@ -553,7 +553,8 @@ static void *kv_head_row(const kern_kv_layout *kv, int layer, int which, int32_t
         kv->table[(size_t)seq * (size_t)kv->max_blocks + (size_t)(pos / kv->block_tokens)];
     if (!block) return NULL;
     size_t elem = kv->type == KERN_KV_F16 ? 2 : 4, bt = (size_t)kv->block_tokens;
-    size_t plane = ((size_t)layer * 2 + (size_t)which) * bt * (size_t)kv->kv_dim;
+    size_t plane = kv->v_is_k ? (size_t)layer * bt * (size_t)kv->kv_dim
+                              : ((size_t)layer * 2 + (size_t)which) * bt * (size_t)kv->kv_dim;
     size_t in = (size_t)(pos % kv->block_tokens), hd = (size_t)kv->head_dim;
     size_t off = kv->head_major ? plane + ((size_t)g * bt + in) * hd
                                 : plane + in * (size_t)kv->kv_dim + (size_t)g * hd;
@@ -595,7 +596,7 @@ static void kv_store_tokens(void *ctx, int64_t t0, int64_t t1, int thread_index)
             }
             size_t off = (size_t)t * (size_t)kv->kv_dim + (size_t)g * (size_t)kv->head_dim;
             store_row(kv, k, job->k + off, kv->head_dim);
-            store_row(kv, v, job->v + off, kv->head_dim);
+            if (!kv->v_is_k) store_row(kv, v, job->v + off, kv->head_dim);
         }
     }
 }

@@ -369,6 +369,10 @@ bool layout_ok(cuda_backend *cb, const kern_kv_layout *kv, int layer, const char
         cuda__fail(cb, -EINVAL, "cuda %s: bad KV layout or layer %d", op, layer);
         return false;
     }
+    if (kv->v_is_k) { /* deepseek2's latent cache: refused at model open on cuda */
+        cuda__fail(cb, -ENOTSUP, "cuda %s: a KV cache whose values are its keys", op);
+        return false;
+    }
     return true;
 }
 

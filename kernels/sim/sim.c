@@ -574,8 +574,8 @@ static bool check_kv(sim_backend *sim, const char *op, const kern_kv_layout *kv,
         !check(sim, op, "seq", seq, (size_t)n_tokens * sizeof *seq) ||
         !check(sim, op, "pos", pos, (size_t)n_tokens * sizeof *pos))
         return false;
-    size_t block_bytes = (size_t)kv->n_layer * 2 * (size_t)kv->block_tokens * (size_t)kv->kv_dim *
-                         (kv->type == KERN_KV_F16 ? 2 : 4);
+    size_t block_bytes = (size_t)kv->n_layer * (kv->v_is_k ? 1 : 2) * (size_t)kv->block_tokens *
+                         (size_t)kv->kv_dim * (kv->type == KERN_KV_F16 ? 2 : 4);
     for (int64_t t = 0; t < n_tokens; t++) {
         if (seq[t] < 0 || seq[t] >= kv->n_seq || pos[t] < 0 ||
             pos[t] / kv->block_tokens >= kv->max_blocks) {
@@ -599,7 +599,7 @@ static void sim_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, c
     sim_backend *sim = as_sim(b);
     if (n_tokens <= 0) return;
     CHECK(k, floats(n_tokens * kv->kv_dim));
-    CHECK(v, floats(n_tokens * kv->kv_dim));
+    if (!kv->v_is_k) CHECK(v, floats(n_tokens * kv->kv_dim));
     if (!check_kv(sim, "kv_store", kv, seq, pos, n_tokens, false)) return;
     if (injected(sim, "kv_store")) return;
     kern_kv_store(sim->cpu, kv, layer, k, v, seq, pos, n_tokens);

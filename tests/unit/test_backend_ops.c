@@ -1077,8 +1077,9 @@ static float kv_round(float v, kern_kv_type t)
 /* Sequences of different lengths stored in one batch of tokens (as a prefill of several
  * prompts), then a decode step, each step's attention against the reference over the values
  * as stored.  window > 0: a sliding window; sinks: a random sink logit per head (gpt-oss). */
-static void attention_case(int be, kern_kv_type type, int block_tokens, int n_head, int n_head_kv,
-                           int hd, const int *lens, int n_seq, int32_t window, bool sinks)
+static void attention_case_kv(int be, kern_kv_type type, int block_tokens, int n_head,
+                              int n_head_kv, int hd, const int *lens, int n_seq, int32_t window,
+                              bool sinks, bool v_is_k)
 {
     kern_backend *b = backends[be].b;
     char err[256];
@@ -1094,8 +1095,13 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
                        .n_seq = n_seq,
                        .n_ctx = max_len + 1,
                        .block_tokens = block_tokens,
-                       .type = type};
+                       .type = type,
+                       .v_is_k = v_is_k};
     ck_assert_msg(kern_kv_open(&kv, b, &ko, err, sizeof err) == 0, "%s", err);
+    /* one plane per layer when the values are the keys */
+    ck_assert_uint_eq(kern_kv_block_bytes(kv), (size_t)n_layer * (v_is_k ? 1 : 2) *
+                                                   (size_t)block_tokens * (size_t)kv_dim *
+                                                   (type == KERN_KV_F16 ? 2 : 4));
     /* the prefill batch: sequences interleaved, each token at its position */
     int32_t *seq = malloc((size_t)total * 4), *pos = malloc((size_t)total * 4);
     int n = 0;
@@ -1110,6 +1116,7 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     float *q = random_floats((int64_t)total * n_head * hd, 1.0f);
     float *k = random_floats((int64_t)total * kv_dim, 2.0f),
           *v = random_floats((int64_t)total * kv_dim, 1.0f);
+    const float *vref = v_is_k ? k : v; /* v is passed but must not be read */
     float *dq = to_device(b, q, (size_t)total * n_head * hd * 4);
     float *dk = to_device(b, k, (size_t)total * kv_dim * 4),
           *dv = to_device(b, v, (size_t)total * kv_dim * 4);
@@ -1155,13 +1162,14 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
             for (int c = 0; c < hd; c++) {
                 double ref = 0.0;
                 for (int j = lo; j <= pos[i]; j++)
-                    ref += sc[j] / sum *
-                           kv_round(v[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c],
-                                    type);
+                    ref +=
+                        sc[j] / sum *
+                        kv_round(vref[(size_t)row_of[seq[i] * max_len + j] * kv_dim + kh * hd + c],
+                                 type);
                 snprintf(what, sizeof what,
-                         "%s blocks of %d, %d/%d heads of %d, window %d%s, seq %d pos %d head %d",
+                         "%s blocks of %d, %d/%d heads of %d, window %d%s%s, seq %d pos %d head %d",
                          kern_kv_type_name(type), block_tokens, n_head, n_head_kv, hd, window,
-                         sinks ? ", sinks" : "", seq[i], pos[i], h);
+                         sinks ? ", sinks" : "", v_is_k ? ", V = K" : "", seq[i], pos[i], h);
                 expect_close(be, "attention", what, out[((size_t)i * n_head + h) * hd + c], ref,
                              1.0, backends[be].approx ? 2e-4 : 1e-5);
             }
@@ -1206,6 +1214,13 @@ static void attention_case(int be, kern_kv_type type, int block_tokens, int n_he
     free(sc);
 }
 
+static void attention_case(int be, kern_kv_type type, int block_tokens, int n_head, int n_head_kv,
+                           int hd, const int *lens, int n_seq, int32_t window, bool sinks)
+{
+    attention_case_kv(be, type, block_tokens, n_head, n_head_kv, hd, lens, n_seq, window, sinks,
+                      false);
+}
+
 START_TEST(attention_paged_kv)
 {
     static const int lens[] = {1, 5, 37, 130};
@@ -1218,6 +1233,9 @@ START_TEST(attention_paged_kv)
             attention_case(be, type, 16, 32, 4, 128, lens, 3, 0, false);   /* Qwen3-30B-A3B heads */
             attention_case(be, type, 32, 8, 8, 96, long_len, 1, 0, false); /* one long sequence */
             if (!backend_runs_gpt_oss(be)) continue;
+            /* deepseek2's latent cache: 16 heads over one KV head of 512 + 64 that is also V */
+            attention_case_kv(be, type, 16, 16, 1, 576, lens, 4, 0, false, true);
+            attention_case_kv(be, type, 5, 4, 1, 48, lens, 4, 0, false, true);
             /* gpt-oss-20b's heads: sinks on a full layer; sinks in a window of 128 and in an
              * odd window that ends inside blocks */
             attention_case(be, type, 16, 64, 8, 64, lens, 4, 0, true);
