@@ -7,7 +7,8 @@
  * where the leftmost-first alternative that a backtracking engine would pick ends.  The comments
  * above each matcher give the expression it implements.  A "split" applies one matcher to a piece
  * of text and isolates its matches (the text between matches becomes pieces too), which is what
- * HF's Split(behavior = Isolated) does; deepseek-llm chains several of them.
+ * HF's Split(behavior = Isolated) does; a pre-tokenizer is a row of pre_table, the splits it
+ * applies in turn (deepseek-llm's tokenizer.json chains six, most have one).
  *
  * Merging keeps the word as a linked list of symbols and a binary heap of candidate pairs ordered
  * by (rank, position), so a word of n bytes costs O(n log n) however it is shaped — a long run of
@@ -15,6 +16,7 @@
  */
 #include "tokenizer/tokenizer_internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,6 +247,15 @@ static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
     return i;
 }
 
+/* \p{N}{1,max_digits} */
+static size_t digit_run(const cps *c, size_t i, size_t end, size_t max_digits)
+{
+    size_t e = i;
+    while (e < end && e - i < max_digits && IS_N(c, e))
+        e++;
+    return e;
+}
+
 /* \s+(?!\S)|\s+ at a white-space position: the run, less its last character when a
  * non-space follows and the run is longer than one. */
 static size_t space_run(const cps *c, size_t i, size_t end)
@@ -295,12 +306,7 @@ static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_d
     if (c->fl[i] & letter) return run_of(c, i, end, letter);
     if (!nl && !IS_N(c, i) && i + 1 < end && (c->fl[i + 1] & letter))
         return run_of(c, i + 1, end, letter);
-    if (IS_N(c, i)) {
-        e = i;
-        while (e < end && e - i < max_digits && IS_N(c, e))
-            e++;
-        return e;
-    }
+    if (IS_N(c, i)) return digit_run(c, i, end, max_digits);
     size_t s = (cp == ' ' && i + 1 < end && !(c->fl[i + 1] & not_other)) ? i + 1 : i;
     if (!(c->fl[s] & not_other)) {
         e = s;
@@ -381,12 +387,7 @@ static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
         if (prefix && (e = cased_word(c, i + 1, end, alt == 0)) > i + 1) return e;
         if ((e = cased_word(c, i, end, alt == 0)) > i) return e;
     }
-    if (IS_N(c, i)) {
-        size_t e = i;
-        while (e < end && e - i < 3 && IS_N(c, e))
-            e++;
-        return e;
-    }
+    if (IS_N(c, i)) return digit_run(c, i, end, 3);
     size_t s = (cp == ' ' && i + 1 < end && IS_O(c, i + 1)) ? i + 1 : i;
     if (IS_O(c, s)) {
         size_t e = run_other(c, s, end);
@@ -495,6 +496,30 @@ static size_t ds_digits(const cps *c, size_t i, size_t end, size_t *next)
     return run_of(c, i, end, TOK_UC_N);
 }
 
+/* ---- the table: each pre-tokenizer is a sequence of isolating splits ---------------------- */
+
+static const matcher gpt2_steps[] = {match_gpt2};
+static const matcher llama3_steps[] = {match_llama3};
+static const matcher qwen2_steps[] = {match_qwen2};
+static const matcher qwen35_steps[] = {match_qwen35};
+static const matcher gpt4o_steps[] = {match_gpt4o};
+static const matcher deepseek_steps[] = {ds_newline,        ds_letters, ds_punct,
+                                         ds_trailing_space, ds_cjk,     ds_digits};
+
+#define N_STEPS(a) (sizeof a / sizeof a[0])
+static const struct {
+    const matcher *steps;
+    size_t n_steps;
+} pre_table[] = {
+    [TOK_PRE_GPT2] = {gpt2_steps, N_STEPS(gpt2_steps)},
+    [TOK_PRE_LLAMA3] = {llama3_steps, N_STEPS(llama3_steps)},
+    [TOK_PRE_QWEN2] = {qwen2_steps, N_STEPS(qwen2_steps)},
+    [TOK_PRE_QWEN35] = {qwen35_steps, N_STEPS(qwen35_steps)},
+    [TOK_PRE_DEEPSEEK] = {deepseek_steps, N_STEPS(deepseek_steps)},
+    [TOK_PRE_GPT4O] = {gpt4o_steps, N_STEPS(gpt4o_steps)},
+};
+#undef N_STEPS
+
 /* ---- splitting and merging ---------------------------------------------------------------- */
 
 typedef struct span {
@@ -533,6 +558,21 @@ static int split_isolated(const cps *c, const spans *in, matcher m, spans *out)
         if (rc == 0 && last < b) rc = span_push(out, last, b);
     }
     return rc;
+}
+
+/* The pre-tokenizer's splits in turn, each on the pieces of the one before: the words end in
+ * *words (*tmp is scratch). */
+static int pre_tokenize(const cps *c, tok_pre pre, spans *words, spans *tmp)
+{
+    assert((size_t)pre < sizeof pre_table / sizeof pre_table[0] && pre_table[pre].n_steps > 0);
+    for (size_t k = 0; k < pre_table[pre].n_steps; k++) {
+        int rc = split_isolated(c, words, pre_table[pre].steps[k], tmp);
+        if (rc < 0) return rc;
+        spans swap = *words;
+        *words = *tmp;
+        *tmp = swap;
+    }
+    return 0;
 }
 
 typedef struct sym {
@@ -662,10 +702,8 @@ static int to_cps(const char *text, size_t len, cps *c)
 
 int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids)
 {
-    static const matcher deepseek[] = {ds_newline,        ds_letters, ds_punct,
-                                       ds_trailing_space, ds_cjk,     ds_digits};
     cps c = {0};
-    spans a = {0}, b = {0};
+    spans words = {0}, scratch = {0};
     bpe_work w = {0};
     char *normalized = NULL;
     size_t nlen;
@@ -676,52 +714,21 @@ int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *i
         len = nlen;
     }
     rc = to_cps(text, len, &c);
-    if (rc == 0 && c.n > 0) rc = span_push(&a, 0, c.n);
-    if (rc == 0) {
-        switch (t->pre) {
-        case TOK_PRE_GPT2:
-            rc = split_isolated(&c, &a, match_gpt2, &b);
-            break;
-        case TOK_PRE_LLAMA3:
-            rc = split_isolated(&c, &a, match_llama3, &b);
-            break;
-        case TOK_PRE_QWEN2:
-            rc = split_isolated(&c, &a, match_qwen2, &b);
-            break;
-        case TOK_PRE_QWEN35:
-            rc = split_isolated(&c, &a, match_qwen35, &b);
-            break;
-        case TOK_PRE_GPT4O:
-            rc = split_isolated(&c, &a, match_gpt4o, &b);
-            break;
-        case TOK_PRE_DEEPSEEK:
-            for (size_t k = 0; k < sizeof deepseek / sizeof deepseek[0] && rc == 0; k++) {
-                rc = split_isolated(&c, &a, deepseek[k], &b);
-                spans tmp = a;
-                a = b;
-                b = tmp;
-            }
-            if (rc == 0) {
-                spans tmp = a;
-                a = b;
-                b = tmp;
-            }
-            break;
-        }
-    }
+    if (rc == 0 && c.n > 0) rc = span_push(&words, 0, c.n);
+    if (rc == 0) rc = pre_tokenize(&c, t->pre, &words, &scratch);
     if (rc == 0 && len > 0) {
         w.syms = malloc(len * sizeof *w.syms);
         w.heap = malloc((3 * len + 1) * sizeof *w.heap);
         w.buf = malloc(len * 2 + 1);
         if (!w.syms || !w.heap || !w.buf) rc = -ENOMEM;
     }
-    for (size_t k = 0; k < b.n && rc == 0; k++)
-        rc = bpe_word(t, text, c.off[b.v[k].a], c.off[b.v[k].b], &w, ids);
+    for (size_t k = 0; k < words.n && rc == 0; k++)
+        rc = bpe_word(t, text, c.off[words.v[k].a], c.off[words.v[k].b], &w, ids);
     free(w.syms);
     free(w.heap);
     free(w.buf);
-    free(a.v);
-    free(b.v);
+    free(words.v);
+    free(scratch.v);
     free(c.cp);
     free(c.fl);
     free(c.off);
