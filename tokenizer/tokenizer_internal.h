@@ -23,8 +23,9 @@
 #define TOK_UC_S 0x10u
 #define TOK_UC_M 0x20u
 #define TOK_UC_C 0x40u
-#define TOK_UC_LU 0x80u  /* upper- or title-case letter (Lu, Lt) */
-#define TOK_UC_LL 0x100u /* lower-case letter (Ll) */
+#define TOK_UC_LU 0x80u   /* upper- or title-case letter (Lu, Lt) */
+#define TOK_UC_LL 0x100u  /* lower-case letter (Ll) */
+#define TOK_UC_HAN 0x200u /* the Han script, \p{Han} (a script, not a category) */
 uint16_t tok__uc_flags(uint32_t cp);
 uint8_t tok__uc_ccc(uint32_t cp); /* canonical combining class */
 /* canonical decomposition: 0, 1 or 2 code points */
