@@ -177,6 +177,8 @@ static int load_pre(tokenizer *t, const gguf_file *f, char *err, size_t err_size
         {"qwen35", TOK_PRE_QWEN35, false, false},
         {"deepseek-llm", TOK_PRE_DEEPSEEK, false, false},
         {"gpt-4o", TOK_PRE_GPT4O, false, false},
+        /* DeepSeek-V3 / R1: its tokenizer.json has an empty normalizer, merges not ignored */
+        {"deepseek-v3", TOK_PRE_DEEPSEEK3, false, false},
         /* GLM-4.5's files: llama.cpp's CHATGLM4 regex is Llama 3's, without ignore_merges */
         {"glm4", TOK_PRE_LLAMA3, false, false},
     };

@@ -496,6 +496,73 @@ static size_t ds_digits(const cps *c, size_t i, size_t end, size_t *next)
     return run_of(c, i, end, TOK_UC_N);
 }
 
+/* deepseek-v3's splits (DeepSeek-V3 / R1's tokenizer.json, as llama.cpp's llama-vocab.cpp quotes
+ * them): \p{N}{1,3}, then [一-龥぀-ゟ゠-ヿ]+, then the words below.  Each is applied to the
+ * pieces of the one before, so the words never see a digit or a character of those CJK ranges. */
+static size_t ds3_digits(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return digit_run(c, i, end, 3);
+}
+
+/* [一-龥぀-ゟ゠-ヿ]+: U+4E00..U+9FA5 (the unified ideographs of Unicode 1.1, not the whole
+ * block), Hiragana U+3040..U+309F and Katakana U+30A0..U+30FF (punctuation ・ and the prolonged
+ * sound mark ー included) */
+static bool ds3_is_cjk(uint32_t cp)
+{
+    return (cp >= 0x4e00 && cp <= 0x9fa5) || (cp >= 0x3040 && cp <= 0x30ff);
+}
+
+static size_t ds3_cjk(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    while (i < end && ds3_is_cjk(c->cp[i]))
+        i++;
+    return i;
+}
+
+static bool is_ascii_letter(uint32_t cp)
+{
+    return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
+}
+
+/* [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]: every ASCII punctuation character and symbol */
+static bool is_ascii_punct(uint32_t cp)
+{
+    return cp > ' ' && cp < 0x7f && !is_ascii_letter(cp) && !(cp >= '0' && cp <= '9');
+}
+
+/* [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|
+ *  ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * The optional prefix of the second is anything but a line break, a letter, punctuation or a
+ * symbol: white space, a mark (the run's first character either way), a control or format
+ * character.  A character that none of these match (U+200B, a control character not before a
+ * letter) is left between matches: Split(Isolated) makes a piece of such a stretch. */
+static size_t ds3_words(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    const uint16_t letter = TOK_UC_L | TOK_UC_M, punct = TOK_UC_P | TOK_UC_S;
+    uint32_t cp = c->cp[i];
+    if (is_ascii_punct(cp) && i + 1 < end && is_ascii_letter(c->cp[i + 1])) {
+        size_t e = i + 1;
+        while (e < end && is_ascii_letter(c->cp[e]))
+            e++;
+        return e;
+    }
+    if (c->fl[i] & letter) return run_of(c, i, end, letter);
+    bool prefix = cp != '\r' && cp != '\n' && !(c->fl[i] & (TOK_UC_L | punct));
+    if (prefix && i + 1 < end && (c->fl[i + 1] & letter)) return run_of(c, i + 1, end, letter);
+    size_t s = (cp == ' ' && i + 1 < end && (c->fl[i + 1] & punct)) ? i + 1 : i;
+    if (c->fl[s] & punct) {
+        size_t e = run_of(c, s, end, punct);
+        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n'))
+            e++;
+        return e;
+    }
+    if (IS_S(c, i)) return space_or_breaks(c, i, end);
+    return i;
+}
+
 /* ---- the table: each pre-tokenizer is a sequence of isolating splits ---------------------- */
 
 static const matcher gpt2_steps[] = {match_gpt2};
@@ -505,6 +572,7 @@ static const matcher qwen35_steps[] = {match_qwen35};
 static const matcher gpt4o_steps[] = {match_gpt4o};
 static const matcher deepseek_steps[] = {ds_newline,        ds_letters, ds_punct,
                                          ds_trailing_space, ds_cjk,     ds_digits};
+static const matcher deepseek3_steps[] = {ds3_digits, ds3_cjk, ds3_words};
 
 #define N_STEPS(a) (sizeof a / sizeof a[0])
 static const struct {
@@ -517,6 +585,7 @@ static const struct {
     [TOK_PRE_QWEN35] = {qwen35_steps, N_STEPS(qwen35_steps)},
     [TOK_PRE_DEEPSEEK] = {deepseek_steps, N_STEPS(deepseek_steps)},
     [TOK_PRE_GPT4O] = {gpt4o_steps, N_STEPS(gpt4o_steps)},
+    [TOK_PRE_DEEPSEEK3] = {deepseek3_steps, N_STEPS(deepseek3_steps)},
 };
 #undef N_STEPS
 

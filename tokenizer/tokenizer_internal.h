@@ -39,12 +39,13 @@ int tok__nfc(const char *text, size_t len, char **out, size_t *out_len);
 typedef enum tok_model { TOK_MODEL_SPM, TOK_MODEL_BPE } tok_model;
 
 typedef enum tok_pre {
-    TOK_PRE_GPT2,     /* GPT-2's regex: gpt-2, olmo, mpt, default */
-    TOK_PRE_LLAMA3,   /* Llama 3's regex, digits in groups of up to three */
-    TOK_PRE_QWEN2,    /* Llama 3's regex with single digits */
-    TOK_PRE_QWEN35,   /* Qwen2's, with combining marks counted with letters */
-    TOK_PRE_DEEPSEEK, /* deepseek-llm: a sequence of isolating splits */
-    TOK_PRE_GPT4O,    /* o200k (gpt-4o, gpt-oss): words split by letter case */
+    TOK_PRE_GPT2,      /* GPT-2's regex: gpt-2, olmo, mpt, default */
+    TOK_PRE_LLAMA3,    /* Llama 3's regex, digits in groups of up to three */
+    TOK_PRE_QWEN2,     /* Llama 3's regex with single digits */
+    TOK_PRE_QWEN35,    /* Qwen2's, with combining marks counted with letters */
+    TOK_PRE_DEEPSEEK,  /* deepseek-llm: a sequence of isolating splits */
+    TOK_PRE_GPT4O,     /* o200k (gpt-4o, gpt-oss): words split by letter case */
+    TOK_PRE_DEEPSEEK3, /* deepseek-v3: digits, then CJK, then words, each isolated in turn */
 } tok_pre;
 
 typedef struct tok_token {
