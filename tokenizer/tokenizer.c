@@ -179,6 +179,8 @@ static int load_pre(tokenizer *t, const gguf_file *f, char *err, size_t err_size
         {"gpt-4o", TOK_PRE_GPT4O, false, false},
         /* DeepSeek-V3 / R1: its tokenizer.json has an empty normalizer, merges not ignored */
         {"deepseek-v3", TOK_PRE_DEEPSEEK3, false, false},
+        /* Kimi-K2: tiktoken's vocabulary, converted to merges; llama.cpp does not ignore them */
+        {"kimi-k2", TOK_PRE_KIMI_K2, false, false},
         /* GLM-4.5's files: llama.cpp's CHATGLM4 regex is Llama 3's, without ignore_merges */
         {"glm4", TOK_PRE_LLAMA3, false, false},
     };

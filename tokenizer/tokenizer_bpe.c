@@ -337,37 +337,40 @@ static size_t match_qwen35(const cps *c, size_t i, size_t end, size_t *next)
     return match_llama3_like(c, i, end, 1, true);
 }
 
-/* o200k's letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] */
-static bool is_upper_class(const cps *c, size_t i)
+/* o200k's letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}], less the
+ * characters with a flag in `exclude` (Kimi-K2 takes the Han script out of both: "&&[^\p{Han}]") */
+static bool is_upper_class(const cps *c, size_t i, uint16_t exclude)
 {
+    if (c->fl[i] & exclude) return false;
     return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LL)) || (c->fl[i] & TOK_UC_M);
 }
 
-static bool is_lower_class(const cps *c, size_t i)
+static bool is_lower_class(const cps *c, size_t i, uint16_t exclude)
 {
+    if (c->fl[i] & exclude) return false;
     return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LU)) || (c->fl[i] & TOK_UC_M);
 }
 
 /* At j: [UPPER]*[LOWER]+ (lower_run) or [UPPER]+[LOWER]*, as a backtracking engine matches them
  * (the classes overlap: Lm, Lo and marks are in both), then the optional (?i:) contraction.
  * Returns j when there is no match. */
-static size_t cased_word(const cps *c, size_t j, size_t end, bool lower_run)
+static size_t cased_word(const cps *c, size_t j, size_t end, bool lower_run, uint16_t exclude)
 {
     size_t u = j, e = j;
-    while (u < end && is_upper_class(c, u))
+    while (u < end && is_upper_class(c, u, exclude))
         u++;
     if (!lower_run) {
         if (u == j) return j;
-        for (e = u; e < end && is_lower_class(c, e);)
+        for (e = u; e < end && is_lower_class(c, e, exclude);)
             e++;
-    } else if (u < end && is_lower_class(c, u)) {
-        for (e = u; e < end && is_lower_class(c, e);)
+    } else if (u < end && is_lower_class(c, u, exclude)) {
+        for (e = u; e < end && is_lower_class(c, e, exclude);)
             e++;
     } else {
         /* [UPPER]* gives back characters until one of them can start [LOWER]+: the last such
          * one in the run, which the [LOWER]+ ends right after (the next is upper only) */
         for (size_t k = u; k > j && e == j; k--)
-            if (is_lower_class(c, k - 1)) e = k;
+            if (is_lower_class(c, k - 1, exclude)) e = k;
         if (e == j) return j;
     }
     return e < end ? contraction(c, e, end, true) : e;
@@ -376,26 +379,45 @@ static size_t cased_word(const cps *c, size_t j, size_t end, bool lower_run)
 /* [^\r\n\p{L}\p{N}]?[UPPER]*[LOWER]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
  * [^\r\n\p{L}\p{N}]?[UPPER]+[LOWER]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}|
  *  ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
- * (o200k_base / o200k_harmony, tokenizer.ggml.pre "gpt-4o"; UPPER and LOWER above) */
-static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
+ * with UPPER and LOWER above less `exclude`, and the '/' only when `slash`. */
+static size_t match_o200k_like(const cps *c, size_t i, size_t end, uint16_t exclude, bool slash)
 {
-    (void)next;
     uint32_t cp = c->cp[i];
     bool prefix = !IS_L(c, i) && !IS_N(c, i) && cp != '\r' && cp != '\n';
     for (int alt = 0; alt < 2; alt++) { /* each with the optional prefix first, then without */
         size_t e;
-        if (prefix && (e = cased_word(c, i + 1, end, alt == 0)) > i + 1) return e;
-        if ((e = cased_word(c, i, end, alt == 0)) > i) return e;
+        if (prefix && (e = cased_word(c, i + 1, end, alt == 0, exclude)) > i + 1) return e;
+        if ((e = cased_word(c, i, end, alt == 0, exclude)) > i) return e;
     }
     if (IS_N(c, i)) return digit_run(c, i, end, 3);
     size_t s = (cp == ' ' && i + 1 < end && IS_O(c, i + 1)) ? i + 1 : i;
     if (IS_O(c, s)) {
         size_t e = run_other(c, s, end);
-        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n' || c->cp[e] == '/'))
+        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n' || (slash && c->cp[e] == '/')))
             e++;
         return e;
     }
     return space_or_breaks(c, i, end);
+}
+
+/* o200k_base / o200k_harmony (tokenizer.ggml.pre "gpt-4o") */
+static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    return match_o200k_like(c, i, end, 0, true);
+}
+
+/* [\p{Han}]+|<o200k's words, Han taken out of both letter classes>|\p{N}{1,3}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * (Kimi-K2's tokenization_kimi.py, which llama.cpp's unicode.cpp quotes; tokenizer.ggml.pre
+ * "kimi-k2").  A Han character that starts a match always starts a Han run: the first
+ * alternative is tried first, so Han is never the prefix of a word, although radicals (So) and
+ * Hangzhou numerals (Nl) are in its class. */
+static size_t match_kimi_k2(const cps *c, size_t i, size_t end, size_t *next)
+{
+    (void)next;
+    if (c->fl[i] & TOK_UC_HAN) return run_of(c, i, end, TOK_UC_HAN);
+    return match_o200k_like(c, i, end, TOK_UC_HAN, false);
 }
 
 /* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through
@@ -570,6 +592,7 @@ static const matcher llama3_steps[] = {match_llama3};
 static const matcher qwen2_steps[] = {match_qwen2};
 static const matcher qwen35_steps[] = {match_qwen35};
 static const matcher gpt4o_steps[] = {match_gpt4o};
+static const matcher kimi_k2_steps[] = {match_kimi_k2};
 static const matcher deepseek_steps[] = {ds_newline,        ds_letters, ds_punct,
                                          ds_trailing_space, ds_cjk,     ds_digits};
 static const matcher deepseek3_steps[] = {ds3_digits, ds3_cjk, ds3_words};
@@ -586,6 +609,7 @@ static const struct {
     [TOK_PRE_DEEPSEEK] = {deepseek_steps, N_STEPS(deepseek_steps)},
     [TOK_PRE_GPT4O] = {gpt4o_steps, N_STEPS(gpt4o_steps)},
     [TOK_PRE_DEEPSEEK3] = {deepseek3_steps, N_STEPS(deepseek3_steps)},
+    [TOK_PRE_KIMI_K2] = {kimi_k2_steps, N_STEPS(kimi_k2_steps)},
 };
 #undef N_STEPS
 

@@ -46,6 +46,7 @@ typedef enum tok_pre {
     TOK_PRE_DEEPSEEK,  /* deepseek-llm: a sequence of isolating splits */
     TOK_PRE_GPT4O,     /* o200k (gpt-4o, gpt-oss): words split by letter case */
     TOK_PRE_DEEPSEEK3, /* deepseek-v3: digits, then CJK, then words, each isolated in turn */
+    TOK_PRE_KIMI_K2,   /* kimi-k2: o200k's words with Han runs taken out first */
 } tok_pre;
 
 typedef struct tok_token {

@@ -435,18 +435,49 @@ END_TEST
 /* A vocabulary whose merges join everything across the places a pre-tokenizer splits, so that
  * the tokens show the splits: "1 2" ... "123 4" would make "1234" one token, "a 1" would join
  * a letter and a digit, "Ġ ." a space and a full stop (Ġ is U+0120, Ċ U+010A: the byte-level
- * characters of ' ' and '\n').  Each merge's result is a token of its own. */
+ * characters of ' ' and '\n'; HAN is U+6F22 written the same way: bytes e6 bc a2 as "æ¼¢").
+ * Each merge's result is a token of its own. */
 #define SP "\xc4\xa0"
 #define NL "\xc4\x8a"
+#define HAN "\xc3\xa6\xc2\xbc\xc2\xa2"
 static tokenizer *split_vocab(const char *name, const char *pre)
 {
     static const char *const merges[] = {
-        "1 2",    "12 3",  "123 4",  "a 1",   "1 a",    ". N",         ".N E",  ".NE T",   SP " .",
-        SP ". .", SP " a", SP "a b", "a b",   ". .",    "! " NL,       "H e",   "He l",    "Hel l",
-        "Hell o", "W o",   "Wo r",   "Wor l", "Worl d", "Hello World", NL " a", NL " " NL,
+        "1 2",
+        "12 3",
+        "123 4",
+        "a 1",
+        "1 a",
+        ". N",
+        ".N E",
+        ".NE T",
+        SP " .",
+        SP ". .",
+        SP " a",
+        SP "a b",
+        "a b",
+        ". .",
+        "! " NL,
+        "H e",
+        "He l",
+        "Hel l",
+        "Hell o",
+        "W o",
+        "Wo r",
+        "Wor l",
+        "Worl d",
+        "Hello World",
+        NL " a",
+        NL " " NL,
+        "\xc3\xa6 \xc2\xbc",
+        "\xc3\xa6\xc2\xbc \xc2\xa2",
+        HAN " a",
+        "a " HAN,
+        "' s",
+        "ab 's",
     };
     enum { N_MERGES = sizeof merges / sizeof merges[0] };
-    char joined[N_MERGES][16];
+    char joined[N_MERGES][24];
     const char *extra[N_MERGES];
     for (size_t i = 0; i < N_MERGES; i++) {
         const char *sp = strchr(merges[i] + 1, ' ');
@@ -480,6 +511,30 @@ START_TEST(test_pre_deepseek3)
     check_ids(t, "ab ab\na", (const char *const[]){"ab", SP "ab", NL, "a"}, 4);
     /* no case split: "HelloWorld" is one letter run */
     check_ids(t, "HelloWorld", (const char *const[]){"HelloWorld"}, 1);
+    /* U+6F22 is in [一-龥]: split off before the words see it */
+    check_ids(t, "a\xe6\xbc\xa2", (const char *const[]){"a", HAN}, 2);
+    check_ids(t, "ab's", (const char *const[]){"ab", "'s"}, 2);
+    tokenizer_destroy(&t);
+}
+END_TEST
+
+START_TEST(test_pre_kimi_k2)
+{
+    tokenizer *t = split_vocab("kimi", "kimi-k2");
+    /* o200k's words: split where lower case turns upper, contractions kept with the word */
+    check_ids(t, "HelloWorld", (const char *const[]){"Hello", "World"}, 2);
+    check_ids(t, "ab's", (const char *const[]){"ab's"}, 1);
+    check_ids(t, "1234", (const char *const[]){"123", "4"}, 2);
+    /* Han runs first, and Han is in neither letter class: "漢a" and "a漢" are two words each */
+    check_ids(t,
+              "\xe6\xbc\xa2"
+              "a",
+              (const char *const[]){HAN, "a"}, 2);
+    check_ids(t, "a\xe6\xbc\xa2", (const char *const[]){"a", HAN}, 2);
+    /* a space goes with the punctuation run after it, and line breaks with the run ('/' not) */
+    check_ids(t, "ab ..", (const char *const[]){"ab", SP ".."}, 2);
+    check_ids(t, "!\n\na", (const char *const[]){"!" NL, NL, "a"}, 3);
+    check_ids(t, "ab ab\na", (const char *const[]){"ab", SP "ab", NL, "a"}, 4);
     tokenizer_destroy(&t);
 }
 END_TEST
@@ -631,6 +686,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, test_model_vocab_llama);
     tcase_add_test(tc, test_bpe_merge_order);
     tcase_add_test(tc, test_pre_deepseek3);
+    tcase_add_test(tc, test_pre_kimi_k2);
     tcase_add_test(tc, test_spm_scores);
     tcase_add_test(tc, test_refuses_bad_metadata);
     suite_add_tcase(s, tc);
