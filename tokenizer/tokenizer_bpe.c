@@ -231,8 +231,13 @@ static size_t run_other(const cps *c, size_t i, size_t end)
     return i;
 }
 
-static uint32_t lower_ascii(uint32_t cp)
+/* The case folding that (?i:) applies, for the letters of the contractions: A-Z, and U+017F
+ * (long s), whose simple case folding is 's' (CaseFolding.txt: no other character folds to one
+ * of s, t, r, e, v, m, l, d).  HF's Oniguruma and tiktoken's regex fold it; llama.cpp, which
+ * writes the contractions out as '[sS], does not. */
+static uint32_t fold_case(uint32_t cp)
 {
+    if (cp == 0x17f) return 's';
     return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
 }
 
@@ -240,8 +245,8 @@ static uint32_t lower_ascii(uint32_t cp)
 static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
 {
     if (c->cp[i] != '\'' || i + 1 >= end) return i;
-    uint32_t a = fold ? lower_ascii(c->cp[i + 1]) : c->cp[i + 1];
-    uint32_t b = i + 2 < end ? (fold ? lower_ascii(c->cp[i + 2]) : c->cp[i + 2]) : 0;
+    uint32_t a = fold ? fold_case(c->cp[i + 1]) : c->cp[i + 1];
+    uint32_t b = i + 2 < end ? (fold ? fold_case(c->cp[i + 2]) : c->cp[i + 2]) : 0;
     if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
     if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
     return i;

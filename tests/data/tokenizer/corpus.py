@@ -86,7 +86,7 @@ SPLITS = [
     # letter case (kimi-k2): Lu, Lt, Ll, Lm and Lo, marks, contractions
     "HelloWorld camelCase snake_case SCREAMING_CASE XMLHttpRequest iPhone McDonald's",
     "\u01c5ungla \u01c7 \u01c8 \u01c9", "\u02b0\u02b2x", "ABC'S ABC's abc'S", "DON'T Hello's",
-    "they'RE I'm'm x'd' o'clock rock'n'roll", "\u00c9COLE \u00e9cole \u00c9cole", "\u0391\u03b2\u0393\u03b4",
+    "they'RE I'm'm x'd' o'clock rock'n'roll", "x'\u017f it'\u017fa '\u017f word'\u017f'\u017f 1'\u017f", "\u00c9COLE \u00e9cole \u00c9cole", "\u0391\u03b2\u0393\u03b4",
     "A\u0301B\u0301c", "\u05d0\u05b8b", "\u16a0\u16a1", "X\u02b0Y\u02b0z",
     # white space: runs before letters, before other characters, before line breaks, at the end
     "a \n b", "  \n\n  x", "\t\t\n", " \r\n\r\n ", "x   \u200b", "a\u0085b", "a\u2028\u2029b",
