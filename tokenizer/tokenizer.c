@@ -1,7 +1,7 @@
 /*
  * tokenizer.c — loading a vocabulary from GGUF metadata and splitting special tokens out of the
- * text.  The encoders live in tokenizer_bpe.c (with tokenizer_nfc.c) and tokenizer_spm.c,
- * decoding and streaming in tokenizer_decode.c.
+ * text.  The encoders live in tokenizer_bpe.c (with tokenizer_pre.c, tokenizer_nfc.c) and
+ * tokenizer_spm.c, decoding and streaming in tokenizer_decode.c.
  *
  * Why it is built this way: every token's text and its decoded bytes are copied into two
  * blobs at load, so that decoding is a table lookup and the tokenizer does not depend on the

@@ -1,8 +1,8 @@
 /*
  * Shared between the tokenizer's files (tokenizer.c: loading, special tokens; tokenizer_bpe.c:
- * byte-level BPE and its pre-tokenizers; tokenizer_spm.c: SentencePiece BPE; tokenizer_nfc.c:
- * NFC; tokenizer_decode.c: decoding and streams; unicode_data.c: generated tables).  Not part
- * of the public interface.
+ * byte-level BPE; tokenizer_pre.c: its pre-tokenizers; tokenizer_spm.c: SentencePiece BPE;
+ * tokenizer_nfc.c: NFC; tokenizer_decode.c: decoding and streams; unicode_data.c: generated
+ * tables).  Not part of the public interface.
  */
 #ifndef MOE_TOKENIZER_INTERNAL_H
 #define MOE_TOKENIZER_INTERNAL_H
@@ -95,6 +95,32 @@ typedef struct tok_ids {
     size_t n, cap;
 } tok_ids;
 int tok__ids_push(tok_ids *ids, int32_t id);
+
+/* ---- pre-tokenizers (tokenizer_pre.c) ---- */
+
+/* A piece of text as code points: cp[i] starts at byte off[i]; off[n] is the end; fl[i] its
+ * TOK_UC_* flags.  Bytes that are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no flags
+ * (they match [^\s\p{L}\p{N}]). */
+typedef struct tok_cps {
+    uint32_t *cp;
+    uint16_t *fl;
+    size_t *off;
+    size_t n;
+} tok_cps;
+/* tok__cps_release frees what tok__cps_from_utf8 allocated, after a failure too. */
+int tok__cps_from_utf8(const char *text, size_t len, tok_cps *c);
+void tok__cps_release(tok_cps *c);
+
+typedef struct tok_span {
+    size_t a, b; /* code point indices, [a, b) */
+} tok_span;
+typedef struct tok_spans {
+    tok_span *v;
+    size_t n, cap;
+} tok_spans;
+/* The words of c as pre-tokenizer `pre` splits it, in order, covering c: words->v is malloc'd
+ * (the caller frees it, after a failure too). */
+int tok__pre_tokenize(const tok_cps *c, tok_pre pre, tok_spans *words);
 
 /* Encode one fragment of plain text (no special tokens inside) and append to ids. */
 int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids);
