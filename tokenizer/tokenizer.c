@@ -1,7 +1,7 @@
 /*
  * tokenizer.c — loading a vocabulary from GGUF metadata and splitting special tokens out of the
- * text.  The encoders live in tokenizer_bpe.c (with tokenizer_nfc.c) and tokenizer_spm.c,
- * decoding and streaming in tokenizer_decode.c.
+ * text.  The encoders live in tokenizer_bpe.c (with tokenizer_pre.c, tokenizer_nfc.c) and
+ * tokenizer_spm.c, decoding and streaming in tokenizer_decode.c.
  *
  * Why it is built this way: every token's text and its decoded bytes are copied into two
  * blobs at load, so that decoding is a table lookup and the tokenizer does not depend on the
@@ -177,6 +177,10 @@ static int load_pre(tokenizer *t, const gguf_file *f, char *err, size_t err_size
         {"qwen35", TOK_PRE_QWEN35, false, false},
         {"deepseek-llm", TOK_PRE_DEEPSEEK, false, false},
         {"gpt-4o", TOK_PRE_GPT4O, false, false},
+        /* DeepSeek-V3 / R1: its tokenizer.json has an empty normalizer, merges not ignored */
+        {"deepseek-v3", TOK_PRE_DEEPSEEK3, false, false},
+        /* Kimi-K2: tiktoken's vocabulary, converted to merges; llama.cpp does not ignore them */
+        {"kimi-k2", TOK_PRE_KIMI_K2, false, false},
         /* GLM-4.5's files: llama.cpp's CHATGLM4 regex is Llama 3's, without ignore_merges */
         {"glm4", TOK_PRE_LLAMA3, false, false},
     };

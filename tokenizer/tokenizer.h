@@ -8,12 +8,14 @@
  *              when `tokenizer.ggml.add_space_prefix` says so (default true), byte fallback to
  *              the <0xNN> tokens, <unk> otherwise);
  *     `gpt2`:  byte-level BPE with `tokenizer.ggml.merges`, after the pre-tokenizer that
- *              `tokenizer.ggml.pre` names: "gpt-2", "olmo", "mpt" (GPT-2's regex), "llama-bpe",
- *              "llama3", "llama-v3", "dbrx", "smaug-bpe" (Llama 3's), "qwen2", "deepseek-r1-qwen"
- *              (Qwen2's), "qwen35" (Qwen3.5's), "deepseek-llm".  A missing `pre` or "default"
- *              uses GPT-2's regex, as Hugging Face's ByteLevel pre-tokenizer does (llama.cpp
- *              has an odd fallback there; we do not copy it), and says so on stderr.  Any
- *              other `pre` is refused.
+ *              `tokenizer.ggml.pre` names: "gpt-2", "olmo", "mpt", "phi-2" (GPT-2's regex),
+ *              "llama-bpe", "llama3", "llama-v3", "dbrx", "smaug-bpe", "glm4" (Llama 3's),
+ *              "qwen2", "deepseek-r1-qwen" (Qwen2's), "qwen35" (Qwen3.5's), "deepseek-llm",
+ *              "gpt-4o" (o200k's), "deepseek-v3" (DeepSeek-V3 / R1's), "kimi-k2" (Kimi-K2's);
+ *              tokenizer/README.md lists them with their flags and checks.  A missing `pre`
+ *              or "default" uses GPT-2's regex, as Hugging Face's ByteLevel pre-tokenizer does
+ *              (llama.cpp has an odd fallback there; we do not copy it), and says so on
+ *              stderr.  Any other `pre` is refused.
  *   Malformed metadata (missing or mistyped keys, lengths that disagree, merges naming unknown
  *   tokens, unknown model names) is refused with -EINVAL / -ENOTSUP and a message naming the key.
  * - Encoding follows llama.cpp's llama_tokenize, which was itself matched to Hugging Face

@@ -2,12 +2,7 @@
  * tokenizer_bpe.c — byte-level BPE (tokenizer.ggml.model = gpt2): the pre-tokenizer that splits
  * text into words, then merges by rank inside each word.
  *
- * The pre-tokenizers are regular expressions in Hugging Face's tokenizer.json files.  We have no
- * regex engine; each expression is written out by hand as a matcher that, at a position, returns
- * where the leftmost-first alternative that a backtracking engine would pick ends.  The comments
- * above each matcher give the expression it implements.  A "split" applies one matcher to a piece
- * of text and isolates its matches (the text between matches becomes pieces too), which is what
- * HF's Split(behavior = Isolated) does; deepseek-llm chains several of them.
+ * The pre-tokenizers (the split into words) are tokenizer_pre.c's.
  *
  * Merging keeps the word as a linked list of symbols and a binary heap of candidate pairs ordered
  * by (rank, position), so a word of n bytes costs O(n log n) however it is shaped — a long run of
@@ -195,346 +190,6 @@ int tok__bpe_load(tokenizer *t, const gguf_file *f, char *err, size_t err_size)
     return rc;
 }
 
-/* ---- pre-tokenizers ----------------------------------------------------------------------- */
-
-/* A piece of text as code points: cp[i] starts at byte off[i]; off[n] is the end.  Bytes that
- * are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no category (they match [^\s\p{L}\p{N}]). */
-typedef struct cps {
-    uint32_t *cp;
-    uint16_t *fl;
-    size_t *off;
-    size_t n;
-} cps;
-
-#define IS_L(c, i) ((c)->fl[i] & TOK_UC_L)
-#define IS_N(c, i) ((c)->fl[i] & TOK_UC_N)
-#define IS_S(c, i) ((c)->fl[i] & TOK_UC_SPACE)
-#define IS_O(c, i) (!((c)->fl[i] & (TOK_UC_L | TOK_UC_N | TOK_UC_SPACE))) /* [^\s\p{L}\p{N}] */
-
-/* A matcher returns the end of the match at i (within [i, end)), or i when none starts there;
- * *next may be moved past i to say that no match starts before it. */
-typedef size_t (*matcher)(const cps *c, size_t i, size_t end, size_t *next);
-
-static size_t run_of(const cps *c, size_t i, size_t end, uint16_t flag)
-{
-    while (i < end && (c->fl[i] & flag))
-        i++;
-    return i;
-}
-
-static size_t run_other(const cps *c, size_t i, size_t end)
-{
-    while (i < end && IS_O(c, i))
-        i++;
-    return i;
-}
-
-static uint32_t lower_ascii(uint32_t cp)
-{
-    return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
-}
-
-/* 's|'t|'re|'ve|'m|'ll|'d, case-sensitive or (?i:) */
-static size_t contraction(const cps *c, size_t i, size_t end, bool fold)
-{
-    if (c->cp[i] != '\'' || i + 1 >= end) return i;
-    uint32_t a = fold ? lower_ascii(c->cp[i + 1]) : c->cp[i + 1];
-    uint32_t b = i + 2 < end ? (fold ? lower_ascii(c->cp[i + 2]) : c->cp[i + 2]) : 0;
-    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
-    return i;
-}
-
-/* \s+(?!\S)|\s+ at a white-space position: the run, less its last character when a
- * non-space follows and the run is longer than one. */
-static size_t space_run(const cps *c, size_t i, size_t end)
-{
-    size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    if (j < end && j - i >= 2) return j - 1;
-    return j;
-}
-
-/* \s*[\r\n]+|\s+(?!\S)|\s+ at a white-space position: a run with line breaks ends after its
- * last one. */
-static size_t space_or_breaks(const cps *c, size_t i, size_t end)
-{
-    size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    for (size_t k = j; k > i; k--)
-        if (c->cp[k - 1] == '\r' || c->cp[k - 1] == '\n') return k;
-    return space_run(c, i, end);
-}
-
-/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-static size_t match_gpt2(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    size_t e = contraction(c, i, end, false);
-    if (e > i) return e;
-    size_t s = i;
-    if (c->cp[i] == ' ' && i + 1 < end) s = i + 1;
-    if (IS_L(c, s)) return run_of(c, s, end, TOK_UC_L);
-    if (IS_N(c, s)) return run_of(c, s, end, TOK_UC_N);
-    if (IS_O(c, s)) return run_other(c, s, end);
-    /* a single space followed by another space, or any other white space */
-    return space_run(c, i, end);
-}
-
-/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
- *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
- * With marks (Qwen3.5), \p{L} becomes [\p{L}\p{M}] in the letter run and in the class of
- * the fourth alternative, but not in the optional prefix of the second: a mark there is the
- * prefix or the run's first character, the same match either way. */
-static size_t match_llama3_like(const cps *c, size_t i, size_t end, size_t max_digits, bool marks)
-{
-    uint16_t letter = marks ? (uint16_t)(TOK_UC_L | TOK_UC_M) : (uint16_t)TOK_UC_L;
-    uint16_t not_other = letter | TOK_UC_N | TOK_UC_SPACE;
-    size_t e = contraction(c, i, end, true);
-    if (e > i) return e;
-    uint32_t cp = c->cp[i];
-    bool nl = cp == '\r' || cp == '\n';
-    if (c->fl[i] & letter) return run_of(c, i, end, letter);
-    if (!nl && !IS_N(c, i) && i + 1 < end && (c->fl[i + 1] & letter))
-        return run_of(c, i + 1, end, letter);
-    if (IS_N(c, i)) {
-        e = i;
-        while (e < end && e - i < max_digits && IS_N(c, e))
-            e++;
-        return e;
-    }
-    size_t s = (cp == ' ' && i + 1 < end && !(c->fl[i + 1] & not_other)) ? i + 1 : i;
-    if (!(c->fl[s] & not_other)) {
-        e = s;
-        while (e < end && !(c->fl[e] & not_other))
-            e++;
-        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n'))
-            e++;
-        return e;
-    }
-    return space_or_breaks(c, i, end);
-}
-
-static size_t match_llama3(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return match_llama3_like(c, i, end, 3, false);
-}
-
-static size_t match_qwen2(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return match_llama3_like(c, i, end, 1, false);
-}
-
-static size_t match_qwen35(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return match_llama3_like(c, i, end, 1, true);
-}
-
-/* o200k's letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] */
-static bool is_upper_class(const cps *c, size_t i)
-{
-    return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LL)) || (c->fl[i] & TOK_UC_M);
-}
-
-static bool is_lower_class(const cps *c, size_t i)
-{
-    return (IS_L(c, i) && !(c->fl[i] & TOK_UC_LU)) || (c->fl[i] & TOK_UC_M);
-}
-
-/* At j: [UPPER]*[LOWER]+ (lower_run) or [UPPER]+[LOWER]*, as a backtracking engine matches them
- * (the classes overlap: Lm, Lo and marks are in both), then the optional (?i:) contraction.
- * Returns j when there is no match. */
-static size_t cased_word(const cps *c, size_t j, size_t end, bool lower_run)
-{
-    size_t u = j, e = j;
-    while (u < end && is_upper_class(c, u))
-        u++;
-    if (!lower_run) {
-        if (u == j) return j;
-        for (e = u; e < end && is_lower_class(c, e);)
-            e++;
-    } else if (u < end && is_lower_class(c, u)) {
-        for (e = u; e < end && is_lower_class(c, e);)
-            e++;
-    } else {
-        /* [UPPER]* gives back characters until one of them can start [LOWER]+: the last such
-         * one in the run, which the [LOWER]+ ends right after (the next is upper only) */
-        for (size_t k = u; k > j && e == j; k--)
-            if (is_lower_class(c, k - 1)) e = k;
-        if (e == j) return j;
-    }
-    return e < end ? contraction(c, e, end, true) : e;
-}
-
-/* [^\r\n\p{L}\p{N}]?[UPPER]*[LOWER]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
- * [^\r\n\p{L}\p{N}]?[UPPER]+[LOWER]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}|
- *  ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
- * (o200k_base / o200k_harmony, tokenizer.ggml.pre "gpt-4o"; UPPER and LOWER above) */
-static size_t match_gpt4o(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    uint32_t cp = c->cp[i];
-    bool prefix = !IS_L(c, i) && !IS_N(c, i) && cp != '\r' && cp != '\n';
-    for (int alt = 0; alt < 2; alt++) { /* each with the optional prefix first, then without */
-        size_t e;
-        if (prefix && (e = cased_word(c, i + 1, end, alt == 0)) > i + 1) return e;
-        if ((e = cased_word(c, i, end, alt == 0)) > i) return e;
-    }
-    if (IS_N(c, i)) {
-        size_t e = i;
-        while (e < end && e - i < 3 && IS_N(c, e))
-            e++;
-        return e;
-    }
-    size_t s = (cp == ' ' && i + 1 < end && IS_O(c, i + 1)) ? i + 1 : i;
-    if (IS_O(c, s)) {
-        size_t e = run_other(c, s, end);
-        while (e < end && (c->cp[e] == '\r' || c->cp[e] == '\n' || c->cp[e] == '/'))
-            e++;
-        return e;
-    }
-    return space_or_breaks(c, i, end);
-}
-
-/* deepseek-llm's splits.  The character classes are copied from its tokenizer.json (through
- * llama.cpp's llama-vocab.cpp) as UTF-8 text and read as ranges "a-b" and single characters. */
-/* clang-format off */
-static const char DS_LETTERS[] =
-    "A-Za-z\xc2\xb5\xc3\x80-\xc3\x96\xc3\x98-\xc3\xb6\xc3\xb8-\xc6\xba\xc6\xbc-\xc6\xbf\xc7\x84-\xca\x93"
-    "\xca\x95-\xca\xaf\xcd\xb0-\xcd\xb3\xcd\xb6\xcd\xb7\xcd\xbb-\xcd\xbd\xcd\xbf\xce\x86\xce\x88-\xce\x8a"
-    "\xce\x8c\xce\x8e-\xce\xa1\xce\xa3-\xcf\xb5\xcf\xb7-\xd2\x81\xd2\x8a-\xd4\xaf\xd4\xb1-\xd5\x96"
-    "\xe1\x82\xa0-\xe1\x83\x85\xe1\x8e\xa0-\xe1\x8f\xb5\xe1\x8f\xb8-\xe1\x8f\xbd\xe1\xb2\x90-\xe1\xb2\xba"
-    "\xe1\xb2\xbd-\xe1\xb2\xbf\xe1\xb4\x80-\xe1\xb4\xab\xe1\xb5\xab-\xe1\xb5\xb7\xe1\xb5\xb9-\xe1\xb6\x9a"
-    "\xe1\xb8\x80-\xe1\xbc\x95\xe1\xbc\x98-\xe1\xbc\x9d\xe1\xbc\xa0-\xe1\xbd\x85\xe1\xbd\x88-\xe1\xbd\x8d"
-    "\xe1\xbd\x90-\xe1\xbd\x97\xe1\xbd\x99\xe1\xbd\x9b\xe1\xbd\x9d\xe1\xbd\x9f-\xe1\xbd\xbd"
-    "\xe1\xbe\x80-\xe1\xbe\xb4\xe1\xbe\xb6-\xe1\xbe\xbc\xe1\xbe\xbe\xe1\xbf\x82-\xe1\xbf\x84"
-    "\xe1\xbf\x86-\xe1\xbf\x8c\xe1\xbf\x90-\xe1\xbf\x93\xe1\xbf\x96-\xe1\xbf\x9b\xe1\xbf\xa0-\xe1\xbf\xac"
-    "\xe1\xbf\xb2-\xe1\xbf\xb4\xe1\xbf\xb6-\xe1\xbf\xbc\xe2\x84\x82\xe2\x84\x87\xe2\x84\x8a-\xe2\x84\x93"
-    "\xe2\x84\x95\xe2\x84\x99-\xe2\x84\x9d\xe2\x84\xa4\xe2\x84\xa6\xe2\x84\xa8\xe2\x84\xaa-\xe2\x84\xad"
-    "\xe2\x84\xaf-\xe2\x84\xb4\xe2\x84\xb9\xe2\x84\xbc-\xe2\x84\xbf\xe2\x85\x85-\xe2\x85\x89\xe2\x85\x8e"
-    "\xe2\x86\x83\xe2\x86\x84\xe2\xb0\x80-\xe2\xb1\xbb\xe2\xb1\xbe-\xe2\xb3\xa4\xe2\xb3\xab-\xe2\xb3\xae"
-    "\xe2\xb3\xb2\xe2\xb3\xb3\xea\x99\x80-\xea\x99\xad\xea\x9a\x80-\xea\x9a\x9b\xea\x9c\xa2-\xea\x9d\xaf"
-    "\xea\x9d\xb1-\xea\x9e\x87\xea\x9e\x8b-\xea\x9e\x8e\xea\xad\xb0-\xea\xae\xbf\xef\xac\x80-\xef\xac\x86"
-    "\xef\xac\x93-\xef\xac\x97\xef\xbc\xa1-\xef\xbc\xba\xef\xbd\x81-\xef\xbd\x9a\xf0\x90\x90\x80-\xf0\x90\x91\x8f"
-    "\xf0\x90\x92\xb0-\xf0\x90\x93\x93\xf0\x90\x93\x98-\xf0\x90\x93\xbb\xf0\x90\xb2\x80-\xf0\x90\xb2\xb2"
-    "\xf0\x90\xb3\x80-\xf0\x90\xb3\xb2\xf0\x91\xa2\xa0-\xf0\x91\xa3\x9f\xf0\x9e\xa4\x80-\xf0\x9e\xa5\x83";
-static const char DS_PUNCT[] =
-    "!-/:-~\xef\xbc\x81-\xef\xbc\x8f\xef\xbc\x9a-\xef\xbd\x9e\xe2\x80\x98-\xe2\x80\x9f\xe3\x80\x80-\xe3\x80\x82";
-static const char DS_CJK[] = "\xe4\xb8\x80-\xe9\xbe\xa5\xe0\xa0\x80-\xe4\xb8\x80\xea\xb0\x80-\xed\x9f\xbf";
-/* clang-format on */
-
-static bool in_class(const char *cls, uint32_t cp)
-{
-    size_t len = strlen(cls), i = 0, n;
-    while (i < len) {
-        uint32_t lo = utf8_next(cls + i, len - i, &n), hi = lo;
-        i += n;
-        if (i + 1 < len && cls[i] == '-') {
-            hi = utf8_next(cls + i + 1, len - i - 1, &n);
-            i += 1 + n;
-        }
-        if (cp >= lo && cp <= hi) return true;
-    }
-    return false;
-}
-
-static size_t class_run(const cps *c, size_t i, size_t end, const char *cls)
-{
-    while (i < end && in_class(cls, c->cp[i]))
-        i++;
-    return i;
-}
-
-/* \s?[cls]+ */
-static size_t space_opt_class(const cps *c, size_t i, size_t end, const char *cls)
-{
-    if (IS_S(c, i) && i + 1 < end && in_class(cls, c->cp[i + 1]))
-        return class_run(c, i + 1, end, cls);
-    return class_run(c, i, end, cls);
-}
-
-static size_t ds_newline(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)end;
-    (void)next;
-    return (c->cp[i] == '\r' || c->cp[i] == '\n') ? i + 1 : i;
-}
-
-static size_t ds_letters(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return space_opt_class(c, i, end, DS_LETTERS);
-}
-
-static size_t ds_punct(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return space_opt_class(c, i, end, DS_PUNCT);
-}
-
-/* \s+$ : only the white-space run that reaches the end of the piece */
-static size_t ds_trailing_space(const cps *c, size_t i, size_t end, size_t *next)
-{
-    if (!IS_S(c, i)) return i;
-    size_t j = run_of(c, i, end, TOK_UC_SPACE);
-    if (j == end) return j;
-    *next = j;
-    return i;
-}
-
-static size_t ds_cjk(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return class_run(c, i, end, DS_CJK);
-}
-
-static size_t ds_digits(const cps *c, size_t i, size_t end, size_t *next)
-{
-    (void)next;
-    return run_of(c, i, end, TOK_UC_N);
-}
-
-/* ---- splitting and merging ---------------------------------------------------------------- */
-
-typedef struct span {
-    size_t a, b; /* code point indices */
-} span;
-
-typedef struct spans {
-    span *v;
-    size_t n, cap;
-} spans;
-
-static int span_push(spans *s, size_t a, size_t b)
-{
-    if (vec_reserve(&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) < 0) return -ENOMEM;
-    s->v[s->n++] = (span){a, b};
-    return 0;
-}
-
-/* Split(behavior = Isolated): matches and the text between them become pieces. */
-static int split_isolated(const cps *c, const spans *in, matcher m, spans *out)
-{
-    out->n = 0;
-    int rc = 0;
-    for (size_t k = 0; k < in->n && rc == 0; k++) {
-        size_t a = in->v[k].a, b = in->v[k].b, last = a, pos = a;
-        while (pos < b && rc == 0) {
-            size_t next = pos + 1;
-            size_t e = m(c, pos, b, &next);
-            if (e > pos) {
-                if (last < pos) rc = span_push(out, last, pos);
-                if (rc == 0) rc = span_push(out, pos, e);
-                last = pos = e;
-            } else
-                pos = next;
-        }
-        if (rc == 0 && last < b) rc = span_push(out, last, b);
-    }
-    return rc;
-}
-
 typedef struct sym {
     int32_t id;
     int32_t prev, next; /* -1 at the ends */
@@ -640,32 +295,10 @@ static int bpe_word(const tokenizer *t, const char *text, size_t a, size_t b, bp
     return 0;
 }
 
-static int to_cps(const char *text, size_t len, cps *c)
-{
-    c->cp = malloc((len + 1) * sizeof *c->cp);
-    c->fl = malloc((len + 1) * sizeof *c->fl);
-    c->off = malloc((len + 1) * sizeof *c->off);
-    if (!c->cp || !c->fl || !c->off) return -ENOMEM;
-    size_t n = 0;
-    for (size_t i = 0; i < len;) {
-        size_t k;
-        uint32_t cp = utf8_next(text + i, len - i, &k);
-        c->cp[n] = cp;
-        c->fl[n] = tok__uc_flags(cp);
-        c->off[n++] = i;
-        i += k;
-    }
-    c->off[n] = len;
-    c->n = n;
-    return 0;
-}
-
 int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids)
 {
-    static const matcher deepseek[] = {ds_newline,        ds_letters, ds_punct,
-                                       ds_trailing_space, ds_cjk,     ds_digits};
-    cps c = {0};
-    spans a = {0}, b = {0};
+    tok_cps c = {0};
+    tok_spans words = {0};
     bpe_work w = {0};
     char *normalized = NULL;
     size_t nlen;
@@ -675,56 +308,21 @@ int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *i
         text = normalized;
         len = nlen;
     }
-    rc = to_cps(text, len, &c);
-    if (rc == 0 && c.n > 0) rc = span_push(&a, 0, c.n);
-    if (rc == 0) {
-        switch (t->pre) {
-        case TOK_PRE_GPT2:
-            rc = split_isolated(&c, &a, match_gpt2, &b);
-            break;
-        case TOK_PRE_LLAMA3:
-            rc = split_isolated(&c, &a, match_llama3, &b);
-            break;
-        case TOK_PRE_QWEN2:
-            rc = split_isolated(&c, &a, match_qwen2, &b);
-            break;
-        case TOK_PRE_QWEN35:
-            rc = split_isolated(&c, &a, match_qwen35, &b);
-            break;
-        case TOK_PRE_GPT4O:
-            rc = split_isolated(&c, &a, match_gpt4o, &b);
-            break;
-        case TOK_PRE_DEEPSEEK:
-            for (size_t k = 0; k < sizeof deepseek / sizeof deepseek[0] && rc == 0; k++) {
-                rc = split_isolated(&c, &a, deepseek[k], &b);
-                spans tmp = a;
-                a = b;
-                b = tmp;
-            }
-            if (rc == 0) {
-                spans tmp = a;
-                a = b;
-                b = tmp;
-            }
-            break;
-        }
-    }
+    rc = tok__cps_from_utf8(text, len, &c);
+    if (rc == 0) rc = tok__pre_tokenize(&c, t->pre, &words);
     if (rc == 0 && len > 0) {
         w.syms = malloc(len * sizeof *w.syms);
         w.heap = malloc((3 * len + 1) * sizeof *w.heap);
         w.buf = malloc(len * 2 + 1);
         if (!w.syms || !w.heap || !w.buf) rc = -ENOMEM;
     }
-    for (size_t k = 0; k < b.n && rc == 0; k++)
-        rc = bpe_word(t, text, c.off[b.v[k].a], c.off[b.v[k].b], &w, ids);
+    for (size_t k = 0; k < words.n && rc == 0; k++)
+        rc = bpe_word(t, text, c.off[words.v[k].a], c.off[words.v[k].b], &w, ids);
     free(w.syms);
     free(w.heap);
     free(w.buf);
-    free(a.v);
-    free(b.v);
-    free(c.cp);
-    free(c.fl);
-    free(c.off);
+    free(words.v);
+    tok__cps_release(&c);
     free(normalized);
     return rc;
 }

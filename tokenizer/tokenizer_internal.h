@@ -1,8 +1,8 @@
 /*
  * Shared between the tokenizer's files (tokenizer.c: loading, special tokens; tokenizer_bpe.c:
- * byte-level BPE and its pre-tokenizers; tokenizer_spm.c: SentencePiece BPE; tokenizer_nfc.c:
- * NFC; tokenizer_decode.c: decoding and streams; unicode_data.c: generated tables).  Not part
- * of the public interface.
+ * byte-level BPE; tokenizer_pre.c: its pre-tokenizers; tokenizer_spm.c: SentencePiece BPE;
+ * tokenizer_nfc.c: NFC; tokenizer_decode.c: decoding and streams; unicode_data.c: generated
+ * tables).  Not part of the public interface.
  */
 #ifndef MOE_TOKENIZER_INTERNAL_H
 #define MOE_TOKENIZER_INTERNAL_H
@@ -23,8 +23,9 @@
 #define TOK_UC_S 0x10u
 #define TOK_UC_M 0x20u
 #define TOK_UC_C 0x40u
-#define TOK_UC_LU 0x80u  /* upper- or title-case letter (Lu, Lt) */
-#define TOK_UC_LL 0x100u /* lower-case letter (Ll) */
+#define TOK_UC_LU 0x80u   /* upper- or title-case letter (Lu, Lt) */
+#define TOK_UC_LL 0x100u  /* lower-case letter (Ll) */
+#define TOK_UC_HAN 0x200u /* the Han script, \p{Han} (a script, not a category) */
 uint16_t tok__uc_flags(uint32_t cp);
 uint8_t tok__uc_ccc(uint32_t cp); /* canonical combining class */
 /* canonical decomposition: 0, 1 or 2 code points */
@@ -38,12 +39,14 @@ int tok__nfc(const char *text, size_t len, char **out, size_t *out_len);
 typedef enum tok_model { TOK_MODEL_SPM, TOK_MODEL_BPE } tok_model;
 
 typedef enum tok_pre {
-    TOK_PRE_GPT2,     /* GPT-2's regex: gpt-2, olmo, mpt, default */
-    TOK_PRE_LLAMA3,   /* Llama 3's regex, digits in groups of up to three */
-    TOK_PRE_QWEN2,    /* Llama 3's regex with single digits */
-    TOK_PRE_QWEN35,   /* Qwen2's, with combining marks counted with letters */
-    TOK_PRE_DEEPSEEK, /* deepseek-llm: a sequence of isolating splits */
-    TOK_PRE_GPT4O,    /* o200k (gpt-4o, gpt-oss): words split by letter case */
+    TOK_PRE_GPT2,      /* GPT-2's regex: gpt-2, olmo, mpt, default */
+    TOK_PRE_LLAMA3,    /* Llama 3's regex, digits in groups of up to three */
+    TOK_PRE_QWEN2,     /* Llama 3's regex with single digits */
+    TOK_PRE_QWEN35,    /* Qwen2's, with combining marks counted with letters */
+    TOK_PRE_DEEPSEEK,  /* deepseek-llm: a sequence of isolating splits */
+    TOK_PRE_GPT4O,     /* o200k (gpt-4o, gpt-oss): words split by letter case */
+    TOK_PRE_DEEPSEEK3, /* deepseek-v3: digits, then CJK, then words, each isolated in turn */
+    TOK_PRE_KIMI_K2,   /* kimi-k2: o200k's words with Han runs taken out first */
 } tok_pre;
 
 typedef struct tok_token {
@@ -92,6 +95,32 @@ typedef struct tok_ids {
     size_t n, cap;
 } tok_ids;
 int tok__ids_push(tok_ids *ids, int32_t id);
+
+/* ---- pre-tokenizers (tokenizer_pre.c) ---- */
+
+/* A piece of text as code points: cp[i] starts at byte off[i]; off[n] is the end; fl[i] its
+ * TOK_UC_* flags.  Bytes that are not UTF-8 become UTF8_INVALID (0xFFFFFFFF) with no flags
+ * (they match [^\s\p{L}\p{N}]). */
+typedef struct tok_cps {
+    uint32_t *cp;
+    uint16_t *fl;
+    size_t *off;
+    size_t n;
+} tok_cps;
+/* tok__cps_release frees what tok__cps_from_utf8 allocated, after a failure too. */
+int tok__cps_from_utf8(const char *text, size_t len, tok_cps *c);
+void tok__cps_release(tok_cps *c);
+
+typedef struct tok_span {
+    size_t a, b; /* code point indices, [a, b) */
+} tok_span;
+typedef struct tok_spans {
+    tok_span *v;
+    size_t n, cap;
+} tok_spans;
+/* The words of c as pre-tokenizer `pre` splits it, in order, covering c: words->v is malloc'd
+ * (the caller frees it, after a failure too). */
+int tok__pre_tokenize(const tok_cps *c, tok_pre pre, tok_spans *words);
 
 /* Encode one fragment of plain text (no special tokens inside) and append to ids. */
 int tok__bpe_encode(const tokenizer *t, const char *text, size_t len, tok_ids *ids);

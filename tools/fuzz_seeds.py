@@ -7,7 +7,9 @@ target's vocabularies (tests/fuzz/data/), so that both can be made again and rev
 Seeds are small, valid (or nearly valid) examples of each target's input: libFuzzer mutates
 from them, so each one that reaches code the others do not is worth its bytes.  GGUF seeds
 are made here with gguf-py or cut from tools/gen_model.py's tiny models (their metadata and
-tensor infos, never their weights); every file stays under 64 KiB.
+tensor infos, never their weights); every file stays under 64 KiB.  The tokenizer target's
+deepseek-v3 and kimi-k2 vocabularies, which no test model has, are learnt on the tokenizer
+cross-check's corpus by tests/data/tokenizer/synth_vocab.py (HF tokenizers' trainer, 1000 merges).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ import gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "tests" / "fuzz"
+sys.path.insert(0, str(ROOT / "tests" / "data" / "tokenizer"))
+import corpus  # noqa: E402  (the tokenizer cross-check's corpus)
+import synth_vocab  # noqa: E402
 MAX_SEED_BYTES = 64 * 1024
 
 
@@ -123,6 +128,25 @@ def gguf_seeds(tmp: Path) -> None:
         write("gguf", f"metadata-{arch}", meta)
         write("gguf_header", f"metadata-{arch}", meta)
         write("gguf_header", f"header-{arch}", header_of(model))
+    synthetic_vocabs()
+
+
+# Pre-tokenizers no test model uses get a vocabulary learnt on the cross-check's corpus with no
+# pre-tokenization (tests/data/tokenizer/synth_vocab.py), with the real models' special tokens.
+SYNTH_VOCABS = {
+    "deepseek-v3": ["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
+                    "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>"],
+    "kimi-k2": ["[BOS]", "[EOS]", "<|im_end|>", "<|im_user|>", "<|im_assistant|>", "<|im_system|>",
+                "<|im_middle|>"],
+}
+
+
+def synthetic_vocabs() -> None:
+    texts = [s.decode() for s in corpus.corpus() if corpus.is_valid(s)]
+    for pre, specials in SYNTH_VOCABS.items():
+        path = FUZZ / "data" / f"vocab-{pre}.gguf"
+        synth_vocab.make(str(path), pre, texts, 1000, specials)
+        write("gguf_header", f"metadata-{pre}", path.read_bytes())  # tokenizer_create runs there too
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
@@ -277,9 +301,11 @@ def tokenizer_seeds() -> None:
              "caf\u00e9 e\u0301 \u00c5ngstr\u00f6m", "\u4f60\u597d\uff0c\u4e16\u754c",
              "int main(void) { return 0; }\n\tx += 1;", "123 4567 3.14159",
              "<|im_start|>user\nhi<|im_end|>", "<s>[INST] hi [/INST]</s>", "   spaces   and\n\n\nnewlines",
-             "emoji \U0001f600\U0001f44d", "\u2581leading"]
+             "emoji \U0001f600\U0001f44d", "\u2581leading",
+             "HelloWorld .NET x'\u017f \u6f22\u5b57\u304b\u306a\u3005\u3007 \u2e80 \u9fa6 e\u0301\u200b",
+             "1234567 \u0661\u0662\u0663\u0664 \u00bd!!\n\n \t\u3000x"]
     for i, t in enumerate(texts):
-        for vocab in range(4):
+        for vocab in range(6):  # the vocabularies of fuzz_tokenizer.c, in its order
             flags = (0x10 if i % 2 else 0) | (0x20 if i % 3 == 0 else 0) | (0x40 if i % 4 == 0 else 0)
             write("tokenizer", f"text{i}-v{vocab}", bytes([vocab | flags]) + t.encode())
     write("tokenizer", "invalid-utf8", b"\x01ab\xff\xc3(\xe2\x82 \xf0\x9f\x98")

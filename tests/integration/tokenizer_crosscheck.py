@@ -21,17 +21,21 @@ References, and what is independent of our code:
   - `sentencepiece` running Mistral's real .model files: fully independent.
   - llama.cpp's ggml-vocab-*.gguf.inp/.out files: token ids produced by the real HF tokenizers
     (AutoTokenizer) when llama.cpp generated them: fully independent, but only ~40 strings each.
-Checks per vocabulary and corpus string (tests/data/tokenizer/corpus.py, 1000+ strings):
+Checks per vocabulary and corpus string (tests/data/tokenizer/corpus.py, 1800+ strings):
   encode equal; decode(our ids) equal to the reference's decode; streaming decode equal to the
   reference's decode; invalid UTF-8 strings round-trip byte for byte.  Plus: special tokens in
   the text parsed with TOKENIZER_PARSE_SPECIAL equal HF with its added tokens; random id
   sequences decode like the reference (U+FFFD for broken UTF-8).
 
-Also: the synthetic vocabularies of the qwen3moe, olmoe and gpt-oss test models (tools/gen_model.py;
-gpt-oss's is the only check of the o200k pre-tokenizer, "gpt-4o", llama.cpp vendoring no such
-vocabulary) against
-HF the same way, and our NFC (decode(encode(x)) for pre qwen2) against Python's unicodedata on
-500 strings dense in combining marks, jamo and singletons.
+Also: the synthetic vocabularies of the qwen3moe, olmoe, gpt-oss and glm4moe test models
+(tools/gen_model.py; gpt-oss's is the only check of the o200k pre-tokenizer, "gpt-4o", llama.cpp
+vendoring no such vocabulary) against HF the same way.  Pre-tokenizers with no small real
+vocabulary ("deepseek-v3", "kimi-k2") on a byte-level BPE learnt here from the corpus with no
+pre-tokenization (tests/data/tokenizer/synth_vocab.py: its merges cross the places where the
+splits fall), with a proof that the check can fail: each of a list of deliberately wrong
+pre-tokenizers (every alternative of every regex left out, classes and counts changed) must give
+HF other ids than the right one on some string.  And our NFC (decode(encode(x)) for pre qwen2)
+against Python's unicodedata on 500 strings dense in combining marks, jamo and singletons.
 
 A vocabulary that cannot be found is a failure, never a skip.
 Usage: tokenizer_crosscheck.py TOK_TOOL
@@ -48,6 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get("MOE_SOURCE_ROOT", os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "tokenizer"))
 import corpus as corpus_mod  # noqa: E402
+import synth_vocab  # noqa: E402
 
 DATA = os.environ.get("MOE_TOKENIZER_DATA", os.path.join(ROOT, ".venv", "tokenizer-data"))
 
@@ -64,6 +69,27 @@ RE_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{
             r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 RE_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek-V3 / R1 (pre "deepseek-v3"): three isolating splits in turn, as its tokenizer.json has
+# them (line breaks in the classes are the characters themselves there, as here; the CJK class
+# escaped: U+4E00-U+9FA5, Hiragana, Katakana)
+RE_DEEPSEEK3 = [
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^""" "\r\n" r"""\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+    r"""| ?[\p{P}\p{S}]+[""" "\r\n" r"""]*|\s*[""" "\r\n" r"""]+|\s+(?!\S)|\s+""",
+]
+# Kimi-K2 (pre "kimi-k2"): the pat_str of its tokenization_kimi.py (tiktoken; llama.cpp's unicode.cpp
+# quotes it), one regex: o200k's with Han runs first and Han taken out of the letter classes
+RE_KIMI_K2 = "|".join([
+    r"[\p{Han}]+",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*",
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+])
 RE_DEEPSEEK = [  # escaped: these classes hold characters that NFC would change
     "[\r\n]",
     "\\s?["
@@ -167,7 +193,13 @@ def read_gguf_vocab(path: str) -> dict:
                 merges=kv.get("tokenizer.ggml.merges"))
 
 
-def hf_bpe(v: dict):
+# Pre-tokenizers checked on a vocabulary made here (synthetic_vocabularies()): pre -> its splits.
+SYNTH_SPLITS = {"deepseek-v3": RE_DEEPSEEK3, "kimi-k2": [RE_KIMI_K2]}
+
+
+def hf_bpe(v: dict, splits: list | None = None):
+    """HF tokenizers' BPE for a vocabulary; splits, when given, replaces the pre-tokenizer's
+    regexes (the mutants of check_sensitive())."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     vocab = {}
     for i, t in enumerate(v["tokens"]):
@@ -187,6 +219,9 @@ def hf_bpe(v: dict):
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_GPT4O), "isolated"), bl])
     elif pre == "qwen35":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(RE_QWEN35), "isolated"), bl])
+    elif pre in SYNTH_SPLITS:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), "isolated") for r in (splits or SYNTH_SPLITS[pre])] + [bl])
     elif pre == "deepseek-llm":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(r), "isolated") for r in RE_DEEPSEEK] + [bl])
@@ -450,6 +485,155 @@ def check_spm(name: str, tool: str, model_path: str, strings: list, tmp: str) ->
     round_trip(name, tool, gguf_path, invalid, set(range(256)))
 
 
+# Deliberately wrong pre-tokenizers: for each regex, each alternative left out and the classes and
+# counts changed the ways a hand-written matcher could get them wrong.  Each must give other ids
+# than the right one on some string of the corpus with the synthetic vocabulary, or the
+# comparison with our matcher could not have caught that mistake.
+def _alts(regex: str) -> list:
+    """The top-level alternatives of a regex (no '|' inside brackets or groups)."""
+    out, depth, cls, cur, k = [], 0, False, "", 0
+    while k < len(regex):
+        ch = regex[k]
+        if ch == "\\":
+            cur += regex[k:k + 2]
+            k += 2
+            continue
+        if cls:
+            cls = ch != "]"
+        elif ch == "[":
+            cls = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            out.append(cur)
+            cur = ""
+            k += 1
+            continue
+        cur += ch
+        k += 1
+    return out + [cur]
+
+
+def mutants(splits: list, edits: list, same: dict | None = None) -> list:
+    """(what, splits): every top-level alternative left out of each split regex but those in
+    `same` ((split, alternative) -> why leaving it out changes nothing), then each
+    (what, split index, old, new) edit (every occurrence of old replaced)."""
+    out = []
+    for k, regex in enumerate(splits):
+        alts = _alts(regex)
+        for j in range(len(alts)):
+            if len(alts) > 1 and (k, j) not in (same or {}):
+                out.append((f"split {k + 1} without alternative {j + 1} {alts[j]!r}",
+                            splits[:k] + ["|".join(alts[:j] + alts[j + 1:])] + splits[k + 1:]))
+        if len(alts) == 1:
+            out.append((f"without split {k + 1} {regex!r}", splits[:k] + splits[k + 1:]))
+    for what, k, old, new in edits:
+        if old not in splits[k]:
+            raise RuntimeError(f"mutant {what!r}: {old!r} is not in split {k + 1}")
+        out.append((what, splits[:k] + [splits[k].replace(old, new)] + splits[k + 1:]))
+    return out
+
+
+SYNTH_MUTANTS = {
+    "deepseek-v3": [
+        ("digits in runs of 1-2", 0, "{1,3}", "{1,2}"),
+        ("digits in runs of any length", 0, "{1,3}", "+"),
+        ("ASCII digits only", 0, r"\p{N}", "[0-9]"),
+        ("decimal digits only (\\p{Nd})", 0, r"\p{N}", r"\p{Nd}"),
+        ("ideographs to U+9FFF", 1, "\u9fa5", "\u9fff"),
+        ("ideographs to U+9FA4", 1, "\u9fa5", "\u9fa4"),
+        ("no Hiragana", 1, "\u3040-\u309f", ""),
+        ("no Katakana", 1, "\u30a0-\u30ff", ""),
+        ("Katakana without U+30FB-U+30FF", 1, "\u30ff", "\u30fa"),
+        ("punctuation then any letters", 2, "][A-Za-z]+", r"]\p{L}+"),
+        ("\\p{P} then ASCII letters", 2, r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]""", r"\p{P}"),
+        ("no prefix before letters", 2, r"[^" "\r\n" r"\p{L}\p{P}\p{S}]?[", "["),
+        ("a prefix required before letters", 2, r"\p{S}]?[\p{L}\p{M}]+", r"\p{S}][\p{L}\p{M}]+"),
+        ("marks not in the letter run", 2, r"?[\p{L}\p{M}]+", r"?\p{L}+"),
+        ("line breaks can be the prefix", 2, "[^\r\n" + r"\p{L}", r"[^\p{L}"),
+        ("any white space before punctuation", 2, r"| ?[\p{P}", r"|\s?[\p{P}"),
+        ("no space before punctuation", 2, r"| ?[\p{P}", r"|[\p{P}"),
+        ("punctuation only (no \\p{S})", 2, r"| ?[\p{P}\p{S}]+", r"| ?\p{P}+"),
+        ("no line breaks after punctuation", 2, "\\p{S}]+[\r\n]*", r"\p{S}]+"),
+        ("'/' after punctuation too (o200k's)", 2, "]+[\r\n]*", "]+[\r\n/]*"),
+        ("one white space at a time", 2, r"|\s+(?!\S)|\s+", r"|\s"),
+    ],
+    "kimi-k2": [
+        ("Han letters only", 0, r"[\p{Han}]+", r"[\p{Han}&&\p{L}]+"),
+        ("Han as the CJK ideograph blocks", 0, r"[\p{Han}]+", "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"),
+        ("Han not taken out of the letter classes", 0, r"&&[^\p{Han}]", ""),
+        ("llama.cpp's hand-written words: one letter run, no case split, no marks", 0,
+         r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+",
+         r"[\p{L}&&[^\p{Han}]]+"),
+        ("no prefix before words", 0, r"[^\r\n\p{L}\p{N}]?", ""),
+        ("line breaks can be the prefix", 0, r"[^\r\n\p{L}\p{N}]?", r"[^\p{L}\p{N}]?"),
+        ("Lt counted as no letter case", 0, r"\p{Lt}", ""),
+        ("Lm only in the lower class", 0, r"\p{Lt}\p{Lm}", r"\p{Lt}"),
+        ("Lo only in the upper class", 0, r"\p{Ll}\p{Lm}\p{Lo}", r"\p{Ll}\p{Lm}"),
+        ("marks in neither letter class", 0, r"\p{Lo}\p{M}", r"\p{Lo}"),
+        ("case-sensitive contractions", 0, "(?i:", "(?:"),
+        ("no contractions", 0, "(?i:'s|'t|'re|'ve|'m|'ll|'d)?", ""),
+        ("digits in runs of 1-2", 0, "{1,3}", "{1,2}"),
+        ("ASCII digits only", 0, r"\p{N}{1,3}", "[0-9]{1,3}"),
+        ("'/' after punctuation too (o200k's)", 0, r"]+[\r\n]*", r"]+[\r\n/]*"),
+        ("no line breaks after punctuation", 0, r"]+[\r\n]*", "]+"),
+        ("any white space before punctuation", 0, r"| ?[^\s", r"|\s?[^\s"),
+        ("one white space at a time", 0, r"|\s+(?!\S)|\s+", r"|\s"),
+    ],
+}
+
+
+# Alternatives whose absence no input can show: (split, alternative) -> why.
+SYNTH_SAME = {
+    "kimi-k2": {(0, 7): "every character but white space starts some alternative, so the lone "
+                        "white space character that \\s+ would take is a piece of its own anyway"},
+}
+
+
+def check_sensitive(name: str, v: dict, splits: list, edits: list, valid: list,
+                    same: dict | None = None) -> None:
+    def encode(m):
+        tok = hf_bpe(v, m)
+        tok.encode_special_tokens = True  # as check_bpe compares plain text
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    texts = [s.decode() for s in valid]
+    right = encode(None)
+    caught = 0
+    muts = mutants(splits, edits, same)
+    for (k, j), why in (same or {}).items():
+        print(f"    {name}: split {k + 1} without alternative {j + 1} {_alts(splits[k])[j]!r}: "
+              f"not a wrong pre-tokenizer ({why})")
+    for what, m in muts:
+        ids = encode(m)
+        n = sum(1 for a, b in zip(right, ids) if a != b)
+        caught += check(n > 0, f"{name}: the corpus cannot tell a wrong pre-tokenizer ({what}) from the right one")
+        print(f"    {name}: wrong pre-tokenizer, {what}: {n} strings tokenised differently")
+    print(f"  {name}: {caught}/{len(muts)} deliberately wrong pre-tokenizers give other ids on some string")
+
+
+def synthetic_vocabularies(tool: str, strings: list) -> None:
+    """Pre-tokenizers with no small real vocabulary: a byte-level BPE learnt on the corpus with no
+    pre-tokenization (tests/data/tokenizer/synth_vocab.py), so that its merges cross the splits."""
+    # the corpus, and its strings written for these splits eight times more, so that merges
+    # across their rarer boundaries are learnt too
+    texts = [s.decode() for s in strings if corpus_mod.is_valid(s)] + corpus_mod.SPLITS * 8
+    specials = ["<|bos|>", "<|eos|>", "<|im_end|>", "<\uff5cUser\uff5c>"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre, splits in SYNTH_SPLITS.items():
+            print(f"synthetic vocabulary, pre {pre} (4000 merges learnt on the corpus):")
+            path = os.path.join(tmp, f"synth-{pre}.gguf")
+            try:
+                synth_vocab.make(path, pre, texts, 4000, specials)
+                check_bpe(f"synth-{pre}", tool, path, strings)
+                check_sensitive(f"synth-{pre}", read_gguf_vocab(path), splits, SYNTH_MUTANTS[pre],
+                                [s for s in strings if corpus_mod.is_valid(s)], SYNTH_SAME.get(pre))
+            except Exception as e:
+                check(False, f"synth-{pre}: {e}")
+
+
 def test_model(build: str, arch: str) -> str:
     """Same cache file and arguments as tests/unit/test_models.h's test_model_file()."""
     d = os.path.join(build, "test-models")
@@ -497,6 +681,7 @@ def main() -> int:
             check_bpe(f"{arch}-tiny", tool, path, strings)
         except Exception as e:
             check(False, f"{arch}-tiny: {e}")
+    synthetic_vocabularies(tool, strings)
     # the trained test model's own byte-level BPE (tools/train_moe.py, trained on Python sources)
     trained = os.path.join(ROOT, "tests", "data", "trained-moe.gguf")
     print("vocabulary of the trained test model:")

@@ -432,6 +432,113 @@ START_TEST(test_bpe_merge_order)
 }
 END_TEST
 
+/* A vocabulary whose merges join everything across the places a pre-tokenizer splits, so that
+ * the tokens show the splits: "1 2" ... "123 4" would make "1234" one token, "a 1" would join
+ * a letter and a digit, "Ġ ." a space and a full stop (Ġ is U+0120, Ċ U+010A: the byte-level
+ * characters of ' ' and '\n'; HAN is U+6F22 written the same way: bytes e6 bc a2 as "æ¼¢").
+ * Each merge's result is a token of its own. */
+#define SP "\xc4\xa0"
+#define NL "\xc4\x8a"
+#define HAN "\xc3\xa6\xc2\xbc\xc2\xa2"
+static tokenizer *split_vocab(const char *name, const char *pre)
+{
+    static const char *const merges[] = {
+        "1 2",
+        "12 3",
+        "123 4",
+        "a 1",
+        "1 a",
+        ". N",
+        ".N E",
+        ".NE T",
+        SP " .",
+        SP ". .",
+        SP " a",
+        SP "a b",
+        "a b",
+        ". .",
+        "! " NL,
+        "H e",
+        "He l",
+        "Hel l",
+        "Hell o",
+        "W o",
+        "Wo r",
+        "Wor l",
+        "Worl d",
+        "Hello World",
+        NL " a",
+        NL " " NL,
+        "\xc3\xa6 \xc2\xbc",
+        "\xc3\xa6\xc2\xbc \xc2\xa2",
+        HAN " a",
+        "a " HAN,
+        "' s",
+        "ab 's",
+    };
+    enum { N_MERGES = sizeof merges / sizeof merges[0] };
+    char joined[N_MERGES][24];
+    const char *extra[N_MERGES];
+    for (size_t i = 0; i < N_MERGES; i++) {
+        const char *sp = strchr(merges[i] + 1, ' ');
+        snprintf(joined[i], sizeof joined[i], "%.*s%s", (int)(sp - merges[i]), merges[i], sp + 1);
+        extra[i] = joined[i];
+    }
+    char path[512];
+    vocab_spec v = {.model = "gpt2",
+                    .pre = pre,
+                    .extra = extra,
+                    .n_extra = N_MERGES,
+                    .merges = merges,
+                    .n_merges = N_MERGES,
+                    .bos = -1};
+    write_vocab(name, &v, path, sizeof path);
+    return load_path(path);
+}
+
+START_TEST(test_pre_deepseek3)
+{
+    tokenizer *t = split_vocab("ds3", "deepseek-v3");
+    /* \p{N}{1,3} first: digits in threes, never joined to letters */
+    check_ids(t, "1234", (const char *const[]){"123", "4"}, 2);
+    check_ids(t, "a1a", (const char *const[]){"a", "1", "a"}, 3);
+    /* an ASCII punctuation character takes the ASCII letters after it */
+    check_ids(t, ".NET", (const char *const[]){".NET"}, 1);
+    /* a space goes with the punctuation run after it, and line breaks with the run */
+    check_ids(t, "ab ..", (const char *const[]){"ab", SP ".."}, 2);
+    check_ids(t, "!\n\na", (const char *const[]){"!" NL, NL, "a"}, 3);
+    /* a space before letters is their prefix; a line break never is */
+    check_ids(t, "ab ab\na", (const char *const[]){"ab", SP "ab", NL, "a"}, 4);
+    /* no case split: "HelloWorld" is one letter run */
+    check_ids(t, "HelloWorld", (const char *const[]){"HelloWorld"}, 1);
+    /* U+6F22 is in [一-龥]: split off before the words see it */
+    check_ids(t, "a\xe6\xbc\xa2", (const char *const[]){"a", HAN}, 2);
+    check_ids(t, "ab's", (const char *const[]){"ab", "'s"}, 2);
+    tokenizer_destroy(&t);
+}
+END_TEST
+
+START_TEST(test_pre_kimi_k2)
+{
+    tokenizer *t = split_vocab("kimi", "kimi-k2");
+    /* o200k's words: split where lower case turns upper, contractions kept with the word */
+    check_ids(t, "HelloWorld", (const char *const[]){"Hello", "World"}, 2);
+    check_ids(t, "ab's", (const char *const[]){"ab's"}, 1);
+    check_ids(t, "1234", (const char *const[]){"123", "4"}, 2);
+    /* Han runs first, and Han is in neither letter class: "漢a" and "a漢" are two words each */
+    check_ids(t,
+              "\xe6\xbc\xa2"
+              "a",
+              (const char *const[]){HAN, "a"}, 2);
+    check_ids(t, "a\xe6\xbc\xa2", (const char *const[]){"a", HAN}, 2);
+    /* a space goes with the punctuation run after it, and line breaks with the run ('/' not) */
+    check_ids(t, "ab ..", (const char *const[]){"ab", SP ".."}, 2);
+    check_ids(t, "!\n\na", (const char *const[]){"!" NL, NL, "a"}, 3);
+    check_ids(t, "ab ab\na", (const char *const[]){"ab", SP "ab", NL, "a"}, 4);
+    tokenizer_destroy(&t);
+}
+END_TEST
+
 START_TEST(test_spm_scores)
 {
     /* Symbols "\u2581" "a" "b": candidates "\u2581a" (-2) and "ab" (-1); "ab" scores higher and
@@ -578,6 +685,8 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, test_model_vocab_olmoe);
     tcase_add_test(tc, test_model_vocab_llama);
     tcase_add_test(tc, test_bpe_merge_order);
+    tcase_add_test(tc, test_pre_deepseek3);
+    tcase_add_test(tc, test_pre_kimi_k2);
     tcase_add_test(tc, test_spm_scores);
     tcase_add_test(tc, test_refuses_bad_metadata);
     suite_add_tcase(s, tc);

@@ -1,8 +1,14 @@
 """The tokenizer crosscheck corpus: hand-written cases plus seeded random strings.
 
-corpus() returns a list of bytes (deterministic: fixed seed, no dependence on the machine).
+corpus() returns a list of bytes (deterministic: fixed seeds, no dependence on the machine).
 Most strings are valid UTF-8; the ones in INVALID are not and are checked for an exact round
 trip only (no reference library takes invalid UTF-8 as text).
+
+HAND and the word-level random strings came first; SPLITS and the character-level random
+strings (MIXED) were added with the deepseek-v3 and kimi-k2 pre-tokenizers, whose regexes turn
+on categories the others ignore (punctuation against symbols, marks, the Han script, letter
+case, a CJK range that ends inside the ideograph block): they put the characters of each class
+next to one another, so that each alternative of each regex decides some split.
 """
 import random
 
@@ -50,6 +56,43 @@ HAND = [
     "\ufffd replacement", "\U0010fffd private", "\ue000 pua", "\u0085 nel",
 ]
 
+# One or more cases per alternative of the deepseek-v3 and kimi-k2 regexes (the comments name
+# them), and the characters that sit at the edges of their classes.
+SPLITS = [
+    # deepseek-v3, [ASCII punctuation][A-Za-z]+ against the ' ?[\p{P}\p{S}]+' run and letters
+    ".NET .net .Net", "x.y.z", "e.g. i.e.", "..abc", "'s's", "(abc)", "@user #tag $HOME",
+    "__init__ a_b_c", ".\u00e9t\u00e9 '\u00e9 .e\u00e9", "#\u03b1\u03b2 -\u0434\u0430", "[a]{b}<c>", "~/.bashrc",
+    # the optional prefix of the letter run: a mark, a control or format character, white space
+    "\u0301abc", "\x01abc", "\u200babc", "\u200b\u200b", "\tword", "\u3000word", "\u00a0word",
+    " \u0301", "\u2028word", "\x7fdel", "\u00adsoft", "x\u200by", "a\u0301\u0302b", "\u0301\u0301",
+    "abc\u200b word\x01 d\u00e9j\u00e0\u200b\u200b x\u00ad", "first\nsecond\nthird\r\nfourth\rfifth",
+    "\u0915\u093f\u0928\u094d", "\u0e01\u0e34\u0e19",
+    # punctuation and symbol runs, with and without a space and line breaks after them
+    " !!", "!!\n\n", " ...\r\n", "\u00bfqu\u00e9?", "\u201cquoted\u201d", "\u00a9\u00ae\u2122 \u00b0C",
+    "+-*/=", "a+b", "x\uff01\uff1f\n", "\u2190\u2192 \u2200x", " \u00a7\n\r", "-- //\n", "a/b/c/\n",
+    "a.\n/b end;\n//comment\n/* x */\n/", "x = 1;\n/ y",
+    # digits: ASCII and others, in runs longer than three, against letters
+    "12345678", "\u0661\u0662\u0663\u0664\u0665", "\u00b2\u00b3\u00b9", "\u2160\u2161\u2162\u2163",
+    "abc123def", "1a2b3c", "x\u00bd\u00bc", "\u2460\u2461\u2462\u2463", "v2.0.1-rc3", "\uff11\uff12\uff13\uff14",
+    # CJK: deepseek-v3's range ends at U+9FA5 and holds all of Hiragana and Katakana
+    "\u4e00\u9fa5\u9fa6\u9fa7\u9fbb", "\u3400\u3401 ext-a", "\u3041\u3042\u30a1\u30fc\u30fb",
+    "\u309b\u309c\u30a0", "\u6f22\u5b57abc", "abc\u6f22\u5b57", "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8",
+    "\uff76\uff9e\uff71", "\u3131\u314f", "\u7b2c3\u7ae0", "\u4e2d\u6587,English.\u6df7\u5408",
+    "\u9fa4\u9fa5\u9fa6 \u9fa5\u9fa6\u9fa5a \u9fa5.", "\u30b3\u30f3\u30d4\u30e5\u30fc\u30bf\u30fc\u30fb\u30b5\u30a4\u30a8\u30f3\u30b9",
+    "\u30c7\u30fc\u30bf\u30fb\u30d9\u30fc\u30b9 a\u30fc b\u30fb c\u30fd\u30fe\u30ff",
+    # the Han script (kimi-k2): radicals, iteration marks and numerals are Han but not letters
+    "\u2e80\u2e81\u2f00\u2f01", "\u3005\u3007\u3021\u3029\u303b", "\u6642\u3005", "\u3007\u3007\u4e03",
+    "\uf900\ufa0e", "\U00020000\U0002a6d6", "x\u3005y", " \u2e80x", "a\u2f00b", "\u3038\u3039 7",
+    # letter case (kimi-k2): Lu, Lt, Ll, Lm and Lo, marks, contractions
+    "HelloWorld camelCase snake_case SCREAMING_CASE XMLHttpRequest iPhone McDonald's",
+    "\u01c5ungla \u01c7 \u01c8 \u01c9", "\u02b0\u02b2x", "ABC'S ABC's abc'S", "DON'T Hello's",
+    "they'RE I'm'm x'd' o'clock rock'n'roll", "x'\u017f it'\u017fa '\u017f word'\u017f'\u017f 1'\u017f", "\u00c9COLE \u00e9cole \u00c9cole", "\u0391\u03b2\u0393\u03b4",
+    "A\u0301B\u0301c", "\u05d0\u05b8b", "\u16a0\u16a1", "X\u02b0Y\u02b0z",
+    # white space: runs before letters, before other characters, before line breaks, at the end
+    "a \n b", "  \n\n  x", "\t\t\n", " \r\n\r\n ", "x   \u200b", "a\u0085b", "a\u2028\u2029b",
+    "  \u200b", "end  ", "\u3000\u3000x", "x \t\u00a0y", "a\n\n\u00a0\u00a0b", " \x01", "a  \x01",
+]
+
 INVALID = [
     b"\xff", b"\xfe\xff", b"abc\x80def", b"\xe2\x82", b"\xe2\x82 x", b"\xc0\xaf", b"\xed\xa0\x80",
     b"\xf4\x90\x80\x80", b"\xf0\x9f\x98", b"ok \xf0\x9f\x98\x80 \x80\x80 end", b"\xc3", b"\xc3(",
@@ -94,10 +137,48 @@ def _random_string(rng: random.Random) -> str:
     return "".join(parts)
 
 
-def corpus(n_random: int = 1000, seed: int = 20261129) -> list:
+# Character classes for MIXED, each a list of (first, last) code point ranges; all long assigned
+# (Unicode 6.0 or before), so that the references' Unicode versions agree on them.
+MIXED_CLASSES = [
+    [(0x41, 0x5a)], [(0x61, 0x7a)], [(0x30, 0x39)],
+    [(0x21, 0x2f), (0x3a, 0x40), (0x5b, 0x60), (0x7b, 0x7e)],        # ASCII punctuation, symbols
+    [(0x20, 0x20)], [(0x20, 0x20)], [(0x09, 0x0a), (0x0d, 0x0d)], [(0xa0, 0xa0), (0x3000, 0x3000), (0x2028, 0x2029), (0x85, 0x85)],
+    [(0x300, 0x36f), (0x93f, 0x94d)],                                  # marks
+    [(0xc0, 0xd6), (0xd8, 0xf6), (0x391, 0x3a9), (0x3b1, 0x3c9), (0x410, 0x44f), (0x1c4, 0x1cc)],
+    [(0x2b0, 0x2c1), (0x5d0, 0x5ea), (0x627, 0x64a), (0xe01, 0xe30)],  # Lm, Lo
+    [(0x4e00, 0x4e80), (0x9f90, 0x9fbb)],                              # ideographs, either side of U+9FA5
+    [(0x3400, 0x3420), (0xf900, 0xf910), (0x20000, 0x20010)],          # Han outside deepseek-v3's range
+    [(0x2e80, 0x2e99), (0x2f00, 0x2f10), (0x3005, 0x3007), (0x3021, 0x3029)],  # Han, not letters
+    [(0x3041, 0x3096), (0x3099, 0x30ff)],                              # kana, marks and ・ ー
+    [(0xac00, 0xac40), (0x3131, 0x3163)],                              # Hangul
+    [(0x660, 0x669), (0xb2, 0xb3), (0xbc, 0xbe), (0x2160, 0x216b), (0x2460, 0x2473), (0xff10, 0xff19)],
+    [(0xa1, 0xbf), (0x2010, 0x2027), (0x2190, 0x21ff), (0x3001, 0x3003), (0xff01, 0xff0f), (0x20a0, 0x20b5)],
+    [(0x1, 0x8), (0x200b, 0x200f), (0xad, 0xad), (0xfeff, 0xfeff)],     # control and format
+    [(0x1f600, 0x1f64f)],
+]
+QUOTES = ["'s", "'S", "'re", "'RE", "'ll", "'d", "'m", "'t", "'ve", "'x"]
+
+
+def _mixed_string(rng: random.Random) -> str:
+    """A short string of characters drawn class by class, with runs, so that every pair of
+    classes meets somewhere in the corpus."""
+    out = []
+    for _ in range(rng.randint(2, 10)):
+        if rng.random() < 0.08:
+            out.append(rng.choice(QUOTES))
+            continue
+        lo, hi = rng.choice(rng.choice(MIXED_CLASSES))
+        out.append("".join(chr(rng.randint(lo, hi)) for _ in range(rng.choice((1, 1, 2, 3, 5)))))
+    return "".join(out)
+
+
+def corpus(n_random: int = 1000, seed: int = 20261129, n_mixed: int = 600) -> list:
     rng = random.Random(seed)
     out = [s.encode("utf-8") for s in HAND]
     out += [_random_string(rng).encode("utf-8") for _ in range(n_random)]
+    out += [s.encode("utf-8") for s in SPLITS]
+    mixed = random.Random(seed + 1)
+    out += [_mixed_string(mixed).encode("utf-8") for _ in range(n_mixed)]
     out += INVALID
     return out
 
