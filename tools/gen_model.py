@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe).
+"""Seeded random MoE test models in GGUF (llama/Mixtral, qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe,
+deepseek2).
 
 Needs only numpy and gguf-py (tools/requirements.txt); this runs in CI.
 
@@ -42,9 +43,9 @@ from gguf.constants import GGML_QUANT_SIZES
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quantize as kquant  # noqa: E402  (tools/quantize.py)
 
-ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe")
+ARCHS = ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe", "deepseek2")
 PRESETS = ("tiny", "small", "mixtral-slice", "olmoe-slice", "qwen3moe-slice", "gpt-oss-slice",
-           "glm4moe-slice")
+           "glm4moe-slice", "tiny-lite", "deepseek2-slice")
 # --type NAME: (type of the 2+-dim tensors, general.file_type).
 # f32/f16/bf16: every tensor with 2+ dims in that type (router included).
 TYPES = {"f32": (QT.F32, LlamaFileType.ALL_F32),
@@ -69,7 +70,9 @@ PLAIN_TYPES = ("f32", "f16", "bf16")
 MIX_TYPES = ("q4_k_m", "q5_k_m")
 GGML_QUANT_VERSION = 2   # general.quantization_version written by llama-quantize (quantised files only)
 SLICE_ARCH = {"mixtral-slice": "llama", "olmoe-slice": "olmoe", "qwen3moe-slice": "qwen3moe",
-              "gpt-oss-slice": "gpt-oss", "glm4moe-slice": "glm4moe"}
+              "gpt-oss-slice": "gpt-oss", "glm4moe-slice": "glm4moe", "deepseek2-slice": "deepseek2"}
+# deepseek2 comes only in its own presets (MLA has no head_dim / head_count_kv to take from the others)
+DEEPSEEK2_PRESETS = ("tiny", "tiny-lite", "small", "deepseek2-slice")
 
 # elements per chunk when generating/writing a tensor (bounds memory)
 CHUNK_ELEMS = 1 << 24
@@ -106,6 +109,19 @@ class HParams:
     n_nextn: int = 0
     qk_norm: bool = False
     routed_scale: float = 1.0
+    # deepseek2 (MLA): q_lora_rank 0 = no query compression (attn_q, DeepSeek-V2-Lite); head_dim
+    # is qk_nope + qk_rope and n_head_kv 1 (the converter's MQA view of the latent cache)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope: int = 0
+    qk_rope: int = 0
+    v_head_dim: int = 0
+    n_shared: int = 0       # deepseek2: shared experts, each n_ff wide (so n_ff_shexp = n_shared * n_ff)
+    n_group: int = 1        # expert groups and how many of them are kept (DeepSeek-V3's router)
+    n_group_used: int = 1
+    gating: str = "softmax"  # deepseek2 expert_gating_func: "softmax" (V2) or "sigmoid" (V3, exp_probs_b)
+    norm_topk: bool = False
+    yarn: dict | None = None  # deepseek2: rope_scaling of config.json (factor, orig_ctx, beta_fast/slow, mscale_all_dim)
     extra: dict = field(default_factory=dict)
 
 
@@ -116,12 +132,52 @@ ARCH_DEFAULTS = {  # rope.freq_base, rms eps (realistic values of the real model
     "olmoe": (1e4, 1e-5),
     "gpt-oss": (150000.0, 1e-5),
     "glm4moe": (1e6, 1e-5),
+    "deepseek2": (10000.0, 1e-6),
 }
 # gpt-oss-20b's config.json rope_scaling (YaRN), written as convert_hf_to_gguf.py writes it
 GPT_OSS_YARN = dict(factor=32.0, original_context_length=4096, beta_fast=32.0, beta_slow=1.0)
 
 
+def deepseek2_shapes(preset: str) -> dict:
+    """DeepSeek-V3's features at toy size (tiny), DeepSeek-V2-Lite's (tiny-lite), V3's real
+    config.json shapes with 1 dense + 2 MoE layers (deepseek2-slice).  Every quantised tensor's
+    row length is a multiple of 32 (q8_0 everywhere); the MLA ranks and head sizes all differ, so
+    that a rank or head size used for another shows."""
+    # DeepSeek-V3's rope_scaling: YaRN, mscale = mscale_all_dim = 1; the tiny models keep
+    # factor > 1 with a short original context (the ramp then covers the first rope pairs)
+    v3_yarn = dict(factor=4.0, orig_ctx=64, beta_fast=32.0, beta_slow=1.0, mscale_all_dim=1.0)
+    mla = dict(n_head_kv=1, q_lora_rank=192, kv_lora_rank=128, qk_nope=64, qk_rope=32, v_head_dim=48)
+    if preset == "tiny":
+        p = dict(n_embd=256, n_ff=256, n_expert=16, n_expert_used=4, n_head=16, n_layer=3,
+                 n_vocab=512, n_ctx=256, n_dense=1, n_ff_dense=1024, n_shared=1, n_group=4,
+                 n_group_used=2, gating="sigmoid", norm_topk=True, routed_scale=2.5, yarn=v3_yarn, **mla)
+    elif preset == "tiny-lite":   # V2-Lite: no q_lora, softmax top-k without groups or norm, 2 shared
+        p = dict(n_embd=256, n_ff=256, n_expert=16, n_expert_used=6, n_head=16, n_layer=3,
+                 n_vocab=512, n_ctx=256, n_dense=1, n_ff_dense=1024, n_shared=2, n_group=1,
+                 n_group_used=1, gating="softmax", norm_topk=False, routed_scale=1.0,
+                 yarn=dict(v3_yarn, mscale_all_dim=0.707), **dict(mla, q_lora_rank=0))
+    elif preset == "small":
+        p = dict(n_embd=512, n_ff=512, n_expert=16, n_expert_used=4, n_head=16, n_layer=4,
+                 n_vocab=2048, n_ctx=1024, n_dense=1, n_ff_dense=2048, n_shared=1, n_group=4,
+                 n_group_used=2, gating="sigmoid", norm_topk=True, routed_scale=2.5,
+                 yarn=dict(v3_yarn, orig_ctx=256), **dict(mla, q_lora_rank=384, kv_lora_rank=256))
+    elif preset == "deepseek2-slice":   # DeepSeek-V3's config.json, 3 of its 61 layers
+        p = dict(n_embd=7168, n_ff=2048, n_expert=256, n_expert_used=8, n_head=128, n_head_kv=1,
+                 n_layer=3, n_vocab=129280, n_ctx=163840, n_dense=1, n_ff_dense=18432, n_shared=1,
+                 n_group=8, n_group_used=4, gating="sigmoid", norm_topk=True, routed_scale=2.5,
+                 q_lora_rank=1536, kv_lora_rank=512, qk_nope=128, qk_rope=64, v_head_dim=128,
+                 yarn=dict(factor=40.0, orig_ctx=4096, beta_fast=32.0, beta_slow=1.0, mscale_all_dim=1.0))
+    else:
+        raise SystemExit(f"deepseek2 takes the presets {', '.join(DEEPSEEK2_PRESETS)}, not {preset}")
+    p["head_dim"] = p["qk_nope"] + p["qk_rope"]
+    return p
+
+
 def preset_shapes(preset: str, arch: str) -> dict:
+    if arch == "deepseek2":
+        return deepseek2_shapes(preset)
+    if preset in ("tiny-lite", "deepseek2-slice"):
+        raise SystemExit(f"preset {preset} is deepseek2's")
     if preset == "tiny":
         p = dict(n_embd=256, n_ff=256, n_expert=8, n_expert_used=2, n_head=4, n_head_kv=2,
                  head_dim=64, n_layer=2, n_vocab=512, n_ctx=256)
@@ -185,6 +241,9 @@ def make_hparams(args) -> HParams:
         p["n_ff_shexp"] = 4 * p["n_ff"]
     if arch == "gpt-oss" and not p.get("n_swa"):
         p["n_swa"] = 128
+    if arch == "deepseek2":   # MLA: one latent KV "head", heads of qk_nope + qk_rope
+        p.update(n_head_kv=1, head_dim=p["qk_nope"] + p["qk_rope"])
+        p["n_ff_shexp"] = p["n_shared"] * p["n_ff"]
     rope, eps = ARCH_DEFAULTS[arch]
     hp = HParams(arch=arch, preset=args.preset, rope_base=rope, eps=eps, **p)
     if arch == "qwen2moe":
@@ -197,6 +256,12 @@ def make_hparams(args) -> HParams:
         hp.n_ff_shexp = hp.n_ff                # n_shared_experts = 1
         # the dense layers' intermediate_size: GLM-4.5-Air's 10944, else 4 * n_embd
         hp.n_ff_dense = 10944 if args.preset == "glm4moe-slice" else 4 * hp.n_embd
+    if arch == "deepseek2":
+        per_group = hp.n_expert // hp.n_group
+        if hp.n_expert % hp.n_group or (hp.n_group > 1 and per_group < 2):
+            raise SystemExit("deepseek2: n_expert must split into groups of 2 or more experts")
+        if hp.n_group_used * per_group < hp.n_expert_used:
+            raise SystemExit("deepseek2: the kept expert groups hold fewer than n_expert_used experts")
     # sanity
     if hp.n_head % hp.n_head_kv:
         raise SystemExit("n_head must be a multiple of n_head_kv")
@@ -304,7 +369,62 @@ def glm4moe_specs(hp: HParams) -> list[TSpec]:
     return out
 
 
+def deepseek2_specs(hp: HParams) -> list[TSpec]:
+    """deepseek2 as llama.cpp's converter (conversion/deepseek.py DeepseekV2Model) writes it: MLA
+    with the query compressed through attn_q_a / attn_q_a_norm / attn_q_b (attn_q when there is
+    no q_lora_rank), the latent KV and the shared rope key from attn_kv_a_mqa, kv_b_proj split per
+    head into attn_k_b (transposed: rows of qk_nope) and attn_v_b (rows of kv_lora_rank); dense
+    FFNs in the first n_dense layers; routed experts, one or more shared experts (n_shared * n_ff
+    wide) and, with sigmoid gating, the selection bias exp_probs_b in the others.  k_b and v_b are
+    drawn under their own names, each as the converter would have cut it out of kv_b_proj."""
+    F, D, X, Fd, H = hp.n_ff, hp.n_embd, hp.n_expert, hp.n_ff_dense, hp.n_head
+    C, R = hp.kv_lora_rank, hp.qk_rope
+    s_in = 1.0 / math.sqrt(D)
+    norm = dict(scale=0.1, offset=1.0, quant=False)
+    out: list[TSpec] = [TSpec("token_embd.weight", (hp.n_vocab, D), 1.0)]
+    for i in range(hp.n_layer):
+        b = f"blk.{i}."
+        out.append(TSpec(b + "attn_norm.weight", (D,), **norm))
+        if hp.q_lora_rank:
+            Q = hp.q_lora_rank
+            out.append(TSpec(b + "attn_q_a.weight", (Q, D), s_in))
+            out.append(TSpec(b + "attn_q_a_norm.weight", (Q,), **norm))
+            out.append(TSpec(b + "attn_q_b.weight", (H * hp.head_dim, Q), 1.2 / math.sqrt(Q)))
+        else:
+            out.append(TSpec(b + "attn_q.weight", (H * hp.head_dim, D), 1.2 * s_in))
+        # rows: the kv_lora_rank latent, then the qk_rope key shared by every head
+        out.append(TSpec(b + "attn_kv_a_mqa.weight", (C + R, D), 1.2 * s_in))
+        out.append(TSpec(b + "attn_kv_a_norm.weight", (C,), **norm))
+        out.append(TSpec(b + "attn_k_b.weight", (H, C, hp.qk_nope), 1.2 / math.sqrt(C)))
+        out.append(TSpec(b + "attn_v_b.weight", (H, hp.v_head_dim, C), 1.0 / math.sqrt(C)))
+        out.append(TSpec(b + "attn_output.weight", (D, H * hp.v_head_dim), 1.0 / math.sqrt(H * hp.v_head_dim)))
+        out.append(TSpec(b + "ffn_norm.weight", (D,), **norm))
+        if i < hp.n_dense:
+            out.append(TSpec(b + "ffn_gate.weight", (Fd, D), s_in))
+            out.append(TSpec(b + "ffn_down.weight", (D, Fd), 1.0 / math.sqrt(Fd)))
+            out.append(TSpec(b + "ffn_up.weight", (Fd, D), s_in))
+            continue
+        out.append(TSpec(b + "ffn_gate_inp.weight", (X, D), 2.0 * s_in))
+        if hp.gating == "sigmoid":
+            # the selection bias: as glm4moe's, 0.5 N, plus 2 so that every choice score
+            # sigmoid + bias is positive; a common offset changes no choice (llama.cpp masks the
+            # groups left out with -inf, transformers with 0: they agree only on positive scores)
+            out.append(TSpec(b + "exp_probs_b.bias", (X,), 0.5, offset=2.0, quant=False))
+        out.append(TSpec(b + "ffn_gate_exps.weight", (X, F, D), s_in))
+        out.append(TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)))
+        out.append(TSpec(b + "ffn_up_exps.weight", (X, F, D), s_in))
+        Fs = hp.n_ff_shexp
+        out.append(TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in))
+        out.append(TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)))
+        out.append(TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in))
+    out.append(TSpec("output_norm.weight", (D,), **norm))
+    out.append(TSpec("output.weight", (hp.n_vocab, D), 4.0 * s_in))
+    return out
+
+
 def tensor_specs(hp: HParams) -> list[TSpec]:
+    if hp.arch == "deepseek2":
+        return deepseek2_specs(hp)
     if hp.arch == "gpt-oss":
         return gpt_oss_specs(hp)
     if hp.arch == "glm4moe":
@@ -440,6 +560,9 @@ FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}   # tensor_typ
 def tensor_type(name: str, spec: TSpec, shape, typ: str, hp: HParams) -> QT:
     qt, ftype = TYPES[typ]
     if not spec.quant:
+        return QT.F32
+    # deepseek2 as the converter writes it: FFN_GATE_INP is F32 in its F16/BF16 files too
+    if hp.arch == "deepseek2" and name.endswith("ffn_gate_inp.weight"):
         return QT.F32
     if typ in PLAIN_TYPES:
         return qt
@@ -658,9 +781,38 @@ GLM_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>
                 "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", "/nothink"]
 
 
+def deepseek_template(name: str) -> str:
+    """DeepSeek-V3's published chat template (tokenizer_config.json) or DeepSeek-V2's, the copies
+    the template cross-check renders (tests/data/templates/README.md)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
+                        "templates", name)
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# DeepSeek-V3's special tokens: begin/end of sentence and pad are its ids 0, 1, 2; the others
+# (fill-in-the-middle, chat turns, tool calls) sit after the BPE tokens, in their order there
+DEEPSEEK_V3_HEAD = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"]
+DEEPSEEK_V3_TAIL = ["<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<｜User｜>", "<｜Assistant｜>",
+                    "<|EOT|>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
+                    "<｜tool▁call▁end｜>", "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>",
+                    "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>", "<｜tool▁sep｜>"]
+# DeepSeek-V2's (deepseek-llm vocabulary): after the BPE tokens
+DEEPSEEK_V2_TAIL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>",
+                    "<｜fim▁end｜>", "<|EOT|>"]
+
+
 def bpe_vocab(hp: HParams) -> dict:
-    """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe / gpt-oss."""
-    if hp.arch == "olmoe":
+    """Byte-level BPE (tokenizer.ggml.model = gpt2) for qwen2moe / qwen3moe / olmoe / gpt-oss /
+    glm4moe / deepseek2."""
+    head: list[str] = []     # specials placed before the byte tokens (DeepSeek-V3's ids 0-2)
+    if hp.arch == "deepseek2" and hp.preset == "tiny-lite":
+        specials = DEEPSEEK_V2_TAIL
+        pre = "deepseek-llm"
+    elif hp.arch == "deepseek2":
+        head, specials = DEEPSEEK_V3_HEAD, DEEPSEEK_V3_TAIL
+        pre = "deepseek-v3"
+    elif hp.arch == "olmoe":
         specials = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
         pre = "olmo"
     elif hp.arch == "gpt-oss":
@@ -674,9 +826,10 @@ def bpe_vocab(hp: HParams) -> dict:
         pre = "qwen2"
     b2u = bytes_to_unicode()
     base = [u for _, u in b2u]
-    n_new = hp.n_vocab - len(base) - len(specials)
+    n_new = hp.n_vocab - len(head) - len(base) - len(specials)
     if n_new < 1:
-        raise SystemExit(f"n_vocab {hp.n_vocab} too small for a BPE vocabulary (need > {len(base) + len(specials)})")
+        raise SystemExit(f"n_vocab {hp.n_vocab} too small for a BPE vocabulary "
+                         f"(need > {len(head) + len(base) + len(specials)})")
     bmap = dict(b2u)
     words: dict[tuple, int] = {}
     for m in GPT2_PAT.findall(CORPUS):
@@ -685,10 +838,19 @@ def bpe_vocab(hp: HParams) -> dict:
     vocab = set(base)
     merges, new_tokens = train_bpe(words, n_new, vocab)
     merges, new_tokens = extend_merges(merges, new_tokens, vocab, n_new, bmap[ord(" ")], base)
-    tokens = base + new_tokens + specials
+    tokens = head + base + new_tokens + specials
     assert len(tokens) == hp.n_vocab == len(set(tokens))
-    types = [int(TokenType.NORMAL)] * (len(base) + len(new_tokens)) + [int(TokenType.CONTROL)] * len(specials)
-    sid = {s: tokens.index(s) for s in specials}
+    types = [int(TokenType.CONTROL)] * len(head) + [int(TokenType.NORMAL)] * (len(base) + len(new_tokens)) + \
+        [int(TokenType.CONTROL)] * len(specials)
+    sid = {s: tokens.index(s) for s in head + specials}
+    if hp.arch == "deepseek2":
+        # as the converter's _set_vocab_gpt2 + SpecialVocab write DeepSeek's tokenizer_config.json:
+        # BOS added (add_bos_token true), pad = eos; DeepSeek-V2's template for the V2-Lite model
+        template = deepseek_template("deepseek-v2.jinja" if hp.preset == "tiny-lite" else "deepseek-v3.jinja")
+        return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
+                    merges=[f"{a} {b}" for a, b in merges], bos=sid["<｜begin▁of▁sentence｜>"],
+                    eos=sid["<｜end▁of▁sentence｜>"], pad=sid["<｜end▁of▁sentence｜>"], add_bos=True,
+                    template=template)
     if hp.arch == "gpt-oss":   # as llama.cpp's gpt-oss files: <|return|> ends a reply
         return dict(model="gpt2", pre=pre, tokens=tokens, types=types,
                     merges=[f"{a} {b}" for a, b in merges], bos=sid["<|startoftext|>"],
@@ -734,7 +896,7 @@ def spm_vocab(hp: HParams) -> dict:
 # Writer
 # --------------------------------------------------------------------------------------
 ARCH_NAME = {"llama": "Mixtral", "qwen2moe": "Qwen2MoE", "qwen3moe": "Qwen3MoE", "olmoe": "OLMoE",
-             "gpt-oss": "gpt-oss", "glm4moe": "GLM-4.5"}
+             "gpt-oss": "gpt-oss", "glm4moe": "GLM-4.5", "deepseek2": "DeepSeek"}
 
 
 def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab: dict | None = None,
@@ -746,6 +908,61 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
     w.add_file_type(int(ftype))
     if tname not in PLAIN_TYPES:
         w.add_quantization_version(GGML_QUANT_VERSION)
+    if a == "deepseek2":
+        add_deepseek2_keys(w, hp)
+    else:
+        add_arch_keys(w, hp)
+    add_tokenizer_keys(w, hp, vocab)
+
+
+def add_deepseek2_keys(w: GGUFWriter, hp: HParams) -> None:
+    """The keys and the order of llama.cpp's converter: TextModel.set_gguf_parameters (the
+    generic ones, num_key_value_heads set to 1 first), then DeepseekV2Model's.  config.json's
+    head_dim is absent, so key_length / value_length are the MLA cache's (kv_lora_rank + qk_rope
+    and kv_lora_rank); expert_weights_norm only when norm_topk_prob is true; the YaRN log
+    multiplier is 0.1 * mscale_all_dim (the converter's legacy form, llama.cpp divides by 0.1)."""
+    y = hp.yarn
+    w.add_block_count(hp.n_layer)
+    w.add_context_length(hp.n_ctx)
+    w.add_embedding_length(hp.n_embd)
+    w.add_feed_forward_length(hp.n_ff_dense)
+    w.add_head_count(hp.n_head)
+    w.add_head_count_kv(1)
+    if y is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(y["factor"])
+        w.add_rope_scaling_orig_ctx_len(y["orig_ctx"])
+        w.add_rope_scaling_yarn_beta_fast(y["beta_fast"])
+        w.add_rope_scaling_yarn_beta_slow(y["beta_slow"])
+    w.add_rope_freq_base(hp.rope_base)
+    w.add_layer_norm_rms_eps(hp.eps)
+    w.add_expert_count(hp.n_expert)
+    w.add_expert_used_count(hp.n_expert_used)
+    w.add_expert_group_count(hp.n_group)
+    w.add_expert_group_used_count(hp.n_group_used)
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID if hp.gating == "sigmoid"
+                             else gguf.ExpertGatingFuncType.SOFTMAX)
+    w.add_leading_dense_block_count(hp.n_dense)
+    w.add_vocab_size(hp.n_vocab)
+    if hp.q_lora_rank:
+        w.add_q_lora_rank(hp.q_lora_rank)
+    w.add_kv_lora_rank(hp.kv_lora_rank)
+    w.add_key_length(hp.kv_lora_rank + hp.qk_rope)
+    w.add_value_length(hp.kv_lora_rank)
+    w.add_key_length_mla(hp.qk_nope + hp.qk_rope)
+    w.add_value_length_mla(hp.v_head_dim)
+    w.add_expert_feed_forward_length(hp.n_ff)
+    w.add_expert_shared_count(hp.n_shared)
+    w.add_expert_weights_scale(hp.routed_scale)
+    if hp.norm_topk:
+        w.add_expert_weights_norm(True)
+    w.add_rope_dimension_count(hp.qk_rope)
+    if y is not None:
+        w.add_rope_scaling_yarn_log_mul(0.1 * y["mscale_all_dim"])
+
+
+def add_arch_keys(w: GGUFWriter, hp: HParams) -> None:
+    a = hp.arch
     w.add_uint32(f"{a}.context_length", hp.n_ctx)
     w.add_uint32(f"{a}.embedding_length", hp.n_embd)
     w.add_uint32(f"{a}.block_count", hp.n_layer + hp.n_nextn)
@@ -784,6 +1001,9 @@ def add_metadata(w: GGUFWriter, hp: HParams, tname: str, ftype: int, args, vocab
     w.add_uint32(f"{a}.expert_used_count", hp.n_expert_used)
     w.add_uint32(f"{a}.vocab_size", hp.n_vocab)
 
+
+def add_tokenizer_keys(w: GGUFWriter, hp: HParams, vocab: dict | None) -> None:
+    a = hp.arch
     v = vocab or (spm_vocab(hp) if a == "llama" else bpe_vocab(hp))
     w.add_tokenizer_model(v["model"])
     if "pre" in v:
@@ -994,6 +1214,10 @@ def main(argv=None) -> int:
            f"layout={args.expert_layout} n_embd={hp.n_embd} n_ff={hp.n_ff} experts={hp.n_expert}/top{hp.n_expert_used} "
            f"heads={hp.n_head}/{hp.n_head_kv}x{hp.head_dim} layers={hp.n_layer} vocab={hp.n_vocab} "
            f"params={r['n_params']} bytes={r['size']}")
+    if hp.arch == "deepseek2":
+        msg += (f" q_lora={hp.q_lora_rank} kv_lora={hp.kv_lora_rank} nope/rope/v={hp.qk_nope}/{hp.qk_rope}/"
+                f"{hp.v_head_dim} dense={hp.n_dense}x{hp.n_ff_dense} shared={hp.n_shared} "
+                f"groups={hp.n_group}/{hp.n_group_used} gating={hp.gating}")
     if args.type not in PLAIN_TYPES:
         msg += " tensors=" + ",".join(f"{k}:{v}" for k, v in sorted(r["type_counts"].items()))
     if args.sha256:
