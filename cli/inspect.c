@@ -162,8 +162,15 @@ static void print_model(const model *m)
     printf("  %-22s %d\n", "vocabulary", hp->n_vocab);
     printf("  %-22s %d\n", "embedding", hp->n_embd);
     printf("  %-22s %d\n", "layers", hp->n_layer);
-    printf("  %-22s %d (%d KV heads, head size %d, rope dims %d)\n", "attention heads", hp->n_head,
-           hp->n_head_kv, hp->head_dim, hp->n_rot);
+    if (hp->mla)
+        printf("  %-22s %d, latent (MLA): KV rank %d, Q %s %d, per head %d + %d rope key, %d "
+               "value\n",
+               "attention heads", hp->n_head, hp->n_lora_kv, hp->n_lora_q ? "rank" : "full",
+               hp->n_lora_q ? hp->n_lora_q : hp->n_head * hp->mla_k, hp->mla_k - hp->n_rot,
+               hp->n_rot, hp->mla_v);
+    else
+        printf("  %-22s %d (%d KV heads, head size %d, rope dims %d)\n", "attention heads",
+               hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot);
     printf("  %-22s %d, top-%d, expert FFN %d, routing weights %s\n", "experts", hp->n_expert,
            hp->n_expert_used, hp->n_ff_exp,
            hp->gating == KERN_GATING_TOPK_SOFTMAX               ? "a softmax of the top-k logits"
@@ -208,7 +215,8 @@ static void print_model(const model *m)
     human(sz.expert_bytes, experts, sizeof experts);
     human(sz.bytes_per_expert, per, sizeof per);
     human(sz.bytes_per_expert * (uint64_t)hp->n_expert, layer, sizeof layer);
-    uint64_t kv_per_token = 2ull * sizeof(uint16_t) * (uint64_t)hp->n_layer *
+    /* the latent cache keeps one row per token and layer (its values are its keys) */
+    uint64_t kv_per_token = (hp->mla ? 1ull : 2ull) * sizeof(uint16_t) * (uint64_t)hp->n_layer *
                             (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
     human(kv_per_token * 1024, kv, sizeof kv);
     human(sz.dense_bytes +
@@ -225,7 +233,15 @@ static void print_model(const model *m)
            " bytes)\n",
            "expert cache", sz.bytes_per_expert, hp->n_expert_used,
            sz.bytes_per_expert * (uint64_t)hp->n_expert_used);
-    printf("  %-22s %s per 1024 tokens of context per sequence (f16)\n", "KV cache", kv);
+    printf("  %-22s %s per 1024 tokens of context per sequence (f16)", "KV cache", kv);
+    if (hp->mla) { /* what the same attention would cache as full K and V per head */
+        char full[32];
+        human(sizeof(uint16_t) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head *
+                  (uint64_t)(hp->mla_k + hp->mla_v) * 1024,
+              full, sizeof full);
+        printf("; full K/V would take %s", full);
+    }
+    printf("\n");
     printf("  %-22s %s (dense + top-%d experts of every layer)\n", "read per token, at most", tok,
            hp->n_expert_used);
 }

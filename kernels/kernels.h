@@ -247,7 +247,9 @@ typedef struct kern_ops {
                     int64_t n_rows, int64_t stride, float eps);
     /* In place on x [n_tokens][n_heads * head_dim]: rotate the first n_rot dims of each head by
      * the angles of pos[t] (theta_i = pos * freq_base^(-2i/n_rot)), or YaRN's (yarn not NULL;
-     * host memory, read during the call). */
+     * host memory, read during the call).  Nothing past the first n_rot of a head is touched, so
+     * x may point into a wider row (deepseek2 rotates the tail of each head or latent row): it
+     * must hold (n_tokens * n_heads - 1) * head_dim + n_rot floats. */
     void (*rope)(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
                  const int32_t *pos, float freq_base, kern_rope_mode mode,
                  const kern_rope_yarn *yarn);

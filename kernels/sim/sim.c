@@ -559,7 +559,8 @@ static void sim_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, i
 {
     sim_backend *sim = as_sim(b);
     if (n_tokens <= 0) return;
-    CHECK(x, floats(n_tokens * n_heads * head_dim));
+    /* what the op touches: up to the last head's rotated part (kernels.h) */
+    CHECK(x, floats((n_tokens * n_heads - 1) * head_dim + n_rot));
     CHECK(pos, (size_t)n_tokens * sizeof *pos);
     if (injected(sim, "rope")) return;
     kern_rope(sim->cpu, x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode, yarn);

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The forward pass on the sim backend, with its device tier in front of the host tier at every
-budget, gives bit for bit the CPU backend's logits — on all six architectures, float and
-quantised (gpt-oss: F16 and its files' MXFP4 experts; glm4moe: its leading dense layer's empty
-expert keys left out of every budget).  sim runs the CPU's kernels behind a separate device arena with checked pointers and
+budget, gives bit for bit the CPU backend's logits — on all seven architectures, float and
+quantised (gpt-oss: F16 and its files' MXFP4 experts; glm4moe and deepseek2: the leading dense
+layer's empty expert keys left out of every budget; deepseek2: its latent KV cache).  sim runs the CPU's kernels behind a separate device arena with checked pointers and
 delayed copies, so equality here means every copy and wait of the GPU data path is in place.
 Usage: test_backend_parity.py /path/to/backend_parity   (prints "N passed, N failed")"""
 import os
@@ -31,8 +31,8 @@ def model(arch, qtype):
 
 # the quantised type each family's files come in
 QUANT = {"llama": "q4_k_m", "qwen2moe": "q4_k_m", "qwen3moe": "q4_k_m", "olmoe": "q4_k_m", "gpt-oss": "mxfp4",
-         "glm4moe": "q4_k_m"}
-for arch in ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe"):
+         "glm4moe": "q4_k_m", "deepseek2": "q4_k_m"}
+for arch in ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe", "deepseek2"):
     for qtype in ("f16", QUANT[arch]):
         p = subprocess.run([TOOL, "--model", model(arch, qtype), "--backend", "sim", "--exact", "--steps", "6",
                             "--host-budgets", "all,50%,25%,min", "--device-budgets", "all,50%,25%,min"],
@@ -47,7 +47,7 @@ for arch in ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe"):
 # A device tier's misses computed on the CPU (from the host tier) while the device computes the
 # rest: the same bits again, and the CPU really computed some (gpt-oss: with the host's copy of
 # the expert biases).
-for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe"):
+for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
     for policy in ("cpu", "auto"):
         p = subprocess.run([TOOL, "--model", model(arch, QUANT[arch]), "--backend", "sim", "--exact", "--steps", "6",
                             "--miss-policy", policy, "--host-budgets", "all,25%", "--device-budgets", "25%,min"],

@@ -116,7 +116,7 @@ with tempfile.TemporaryDirectory() as tmp:
     # Every architecture's template, tokenizer and forward pass through `generate --chat`, with
     # the expert cache at its minimum giving the same text as the mapped path.
     for arch, typ in (("llama", "q8_0"), ("qwen2moe", "q4_k_m"), ("olmoe", "q6_k"), ("qwen3moe", "f16"),
-                      ("gpt-oss", "mxfp4"), ("glm4moe", "q4_k_m")):
+                      ("gpt-oss", "mxfp4"), ("glm4moe", "q4_k_m"), ("deepseek2", "q4_k_m")):
         path = os.path.join(tmp, f"{arch}.gguf")
         gen(path, "--arch", arch, "--preset", "tiny", "--type", typ)
         rc, out, err = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
@@ -125,10 +125,14 @@ with tempfile.TemporaryDirectory() as tmp:
         rc2, out2, err2 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
                               "--ignore-eos", "--expert-cache", "min", "--predictor", "pregate")
         check(rc2 == 0 and out2 == out, f"{arch}: the minimum expert cache gives the same text ({err2.strip()[-200:]})")
-        if arch == "glm4moe":   # a quarter of the keys, a third of them the dense layer's empty ones
+        if arch in ("glm4moe", "deepseek2"):   # a quarter of the keys, a third of them the dense layer's empty ones
             rc2, out2, err2 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
                                   "--ignore-eos", "--expert-cache", "25%")
             check(rc2 == 0 and out2 == out, f"{arch}: --expert-cache 25% gives the same text ({err2.strip()[-200:]})")
+        if arch == "deepseek2":   # the latent attention's shape, and what its cache saves
+            rc2, out2, err2 = run("inspect", path)
+            check(rc2 == 0 and "latent (MLA): KV rank" in out2 and "full K/V would take" in out2,
+                  f"inspect shows deepseek2's latent attention and its KV saving ({out2[-800:]} {err2[-200:]})")
         # the GPU data path on the simulated device, its tier at a quarter of the experts
         rc3, out3, err3 = run("generate", "--model", path, "--chat", "--prompt", "Hello there", "-n", "12",
                               "--ignore-eos", "--backend", "sim", "--device-cache", "25%", "--expert-cache", "50%")

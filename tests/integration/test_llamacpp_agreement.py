@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """moeserve's logits against llama.cpp's on the same files, quantised by llama.cpp itself.
 
-For each architecture (llama/Mixtral, qwen2moe, qwen3moe, olmoe; gpt-oss and glm4moe apart, below) a tiny F32 model from
+For each architecture (llama/Mixtral, qwen2moe, qwen3moe, olmoe; gpt-oss, glm4moe and deepseek2 apart, below) a tiny F32 model from
 tools/gen_model.py is converted by llama.cpp (llama_model_quantize of the llama-cpp-python build
 scripts/setup.sh makes) to F16, BF16 and the eight quantised types, each with every tensor in that
 type (llama-quantize --pure), and to Q4_K_M as llama.cpp mixes it.  One fixed sequence of 32
@@ -266,12 +266,12 @@ def argmax_ok(ms, lc, rows, tol):
     return bad
 
 
-def model_path(arch, work):
-    f32 = os.path.join(work, f"{arch}-f32.gguf")
+def model_path(arch, work, preset="tiny"):
+    f32 = os.path.join(work, f"{arch}-f32.gguf" if preset == "tiny" else f"{arch}-{preset}-f32.gguf")
     if not os.path.exists(f32):
         tmp = f"{f32}.{os.getpid()}"
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_model.py"), "--arch", arch,
-                        "--preset", "tiny", "--type", "f32", "--seed", str(SEED), "-o", tmp],
+                        "--preset", preset, "--type", "f32", "--seed", str(SEED), "-o", tmp],
                        check=True, capture_output=True)
         os.rename(tmp, f32)
     return f32
@@ -372,13 +372,17 @@ def gpt_oss_agreement(work):
         check(not why, f"gpt-oss {label}: {'; '.join(why)}")
 
 
-def glm4moe_agreement(work):
-    """glm4moe against llama.cpp's own implementation: its tiny F32 model (a leading dense layer,
-    an MTP layer llama.cpp also skips, sigmoid routing with the selection bias, the shared
-    expert, partial rotary, Q/K norms), llama.cpp's Q4_K_M of it and that dequantised; F32 KV."""
-    f32 = model_path("glm4moe", work)
-    qk, deq = llamacpp_quantised(f32, work, "glm4moe-q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
-    print("\n| glm4moe file | max over positions (median) | bound | routing flips | result |")
+def deepseek_family_agreement(arch, work, preset="tiny"):
+    """glm4moe or deepseek2 against llama.cpp's own implementation: the tiny F32 model, llama.cpp's
+    Q4_K_M of it and that dequantised; F32 KV.  glm4moe: a leading dense layer, an MTP layer
+    llama.cpp also skips, sigmoid routing with the selection bias, the shared expert, partial
+    rotary, Q/K norms.  deepseek2: the same MoE (with expert groups) under latent attention
+    (low-rank Q, the cached latent and the shared rotary key, YaRN with DeepSeek's logit scale),
+    which llama.cpp runs in the same absorbed form."""
+    f32 = model_path(arch, work, preset)
+    name = arch if preset == "tiny" else f"{arch}-{preset}"
+    qk, deq = llamacpp_quantised(f32, work, f"{name}-q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    print(f"\n| {name} file | max over positions (median) | bound | routing flips | result |")
     print("|---|---|---|---|---|")
     for label, path, bound in (("F32", f32, BOUND_REFERENCE), ("llama.cpp Q4_K_M, dequantised", deq, BOUND_REFERENCE),
                                ("llama.cpp Q4_K_M", qk, BOUND_QUANT)):
@@ -391,7 +395,7 @@ def glm4moe_agreement(work):
             why.append(f"routing differs at {len(flips)} positions")
         print(f"| {label} | {worst:.1e} ({float(np.median(ratios[clean])):.1e}) | {bound:.0e} | {len(flips)} | "
               f"{'ok' if not why else 'FAIL: ' + '; '.join(why)} |", flush=True)
-        check(not why, f"glm4moe {label}: {'; '.join(why)}")
+        check(not why, f"{name} {label}: {'; '.join(why)}")
 
 
 def print_summary():
@@ -457,10 +461,13 @@ def main():
         gpt_oss_agreement(work)
     except (RuntimeError, subprocess.CalledProcessError) as e:
         check(False, f"gpt-oss: {e}")
-    try:
-        glm4moe_agreement(work)
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        check(False, f"glm4moe: {e}")
+    # deepseek2's tiny-lite is left out: llama.cpp recognises V2-Lite's single Q projection by its
+    # layer count (26 or 27) and requires q_lora_rank of any other file
+    for arch in ("glm4moe", "deepseek2"):
+        try:
+            deepseek_family_agreement(arch, work)
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            check(False, f"{arch}: {e}")
     print_summary()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -53,10 +53,15 @@ typedef struct golden_case {
  * coarsely (measured 3.2e-2 on the Q8_0 and MXFP4 goldens; dequantised_weights_match_transformers
  * shows the weights themselves exact to 2e-6). */
 #define GPT_OSS_QUANT_TOL 4.5e-2
+/* deepseek2's latent attention quantises each head's absorbed query and latent output once more
+ * (8-bit activations into attn_k_b and attn_v_b): llama.cpp's own run of the Q8_0 and Q4_K_M
+ * goldens' files is 2.5e-2 and 3.3e-2 from transformers, as far as moeserve is */
+#define DEEPSEEK2_QUANT_TOL 4.5e-2
 
 /* Float cases first (N_FLOAT_GOLDEN of them), then the quantised ones. gpt-oss's quantised
  * goldens are the types its files come in: Q8_0 (its dense tensors) and MXFP4 experts; glm4moe's
- * Q8_0 and the Q4_K_M mix its files are most often shared in. */
+ * and deepseek2's Q8_0 and the Q4_K_M mix their files are most often shared in (deepseek2's
+ * tiny-lite is DeepSeek-V2-Lite's shape: one Q projection, softmax routing). */
 static const golden_case goldens[] = {
     FLOAT_CASES("llama"),
     FLOAT_CASES("qwen2moe"),
@@ -64,6 +69,8 @@ static const golden_case goldens[] = {
     FLOAT_CASES("olmoe"),
     FLOAT_CASES("gpt-oss"),
     FLOAT_CASES("glm4moe"),
+    FLOAT_CASES("deepseek2"),
+    {"deepseek2-tiny-lite-f32", 1e-3},
     QUANT_CASES("llama"),
     QUANT_CASES("qwen2moe"),
     QUANT_CASES("qwen3moe"),
@@ -72,11 +79,14 @@ static const golden_case goldens[] = {
     {"glm4moe-tiny-q4_k_m", QUANT_TOL},
     {"gpt-oss-tiny-q8_0", GPT_OSS_QUANT_TOL},
     {"gpt-oss-tiny-mxfp4", GPT_OSS_QUANT_TOL},
+    {"deepseek2-tiny-q8_0", DEEPSEEK2_QUANT_TOL},
+    {"deepseek2-tiny-q4_k_m", DEEPSEEK2_QUANT_TOL},
+    {"deepseek2-tiny-lite-q8_0", DEEPSEEK2_QUANT_TOL},
     /* tools/train_moe.py's model (tests/data/trained-moe.gguf): real text, routing that is not
      * random, prompts cut from its held-out text */
     {"trained-moe", QUANT_TOL},
 };
-enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 18 };
+enum { N_GOLDEN = sizeof goldens / sizeof goldens[0], N_FLOAT_GOLDEN = 22 };
 
 static const char *env_or(const char *name, const char *fallback)
 {
@@ -204,15 +214,16 @@ static void fixture_close(fixture *fx)
     cJSON_Delete(fx->golden);
 }
 
-/* gpt-oss's and glm4moe's operations have CPU kernels only (docs/architecture.md): on a backend
- * without them (cuda) their goldens are skipped, once the model is seen refused there with the
- * reason. */
+/* gpt-oss's, glm4moe's and deepseek2's operations have CPU kernels only (docs/architecture.md): on
+ * a backend without them (cuda) their goldens are skipped, once the model is seen refused there
+ * with the reason. */
 static bool refused_on_this_backend(const char *name)
 {
     char err[512], path[1024], arch[16];
-    bool gpt_oss = strncmp(name, "gpt-oss", 7) == 0, glm = strncmp(name, "glm4moe", 7) == 0;
-    if (!gpt_oss && !glm) return false;
-    snprintf(arch, sizeof arch, "%.7s", name);
+    bool gpt_oss = strncmp(name, "gpt-oss", 7) == 0, glm = strncmp(name, "glm4moe", 7) == 0,
+         ds = strncmp(name, "deepseek2", 9) == 0;
+    if (!gpt_oss && !glm && !ds) return false;
+    snprintf(arch, sizeof arch, "%.*s", ds ? 9 : 7, name);
     kern_open_opts o = kern_open_opts_default();
     o.kind = test_backend;
     o.n_threads = 1;
@@ -793,6 +804,71 @@ START_TEST(glm4moe_keys_are_read_and_unusable_files_refused)
 }
 END_TEST
 
+/* What deepseek2 reads beyond glm4moe's MoE: the latent attention's ranks and head sizes, the
+ * per-head absorptions (3-D tensors), DeepSeek's YaRN logit scale, and a KV cache of one latent
+ * row per token and layer; files it cannot run are refused with the key or tensor at fault. */
+START_TEST(deepseek2_keys_are_read_and_unusable_files_refused)
+{
+    if (refused_on_this_backend("deepseek2-tiny-f32")) return;
+    fixture fx;
+    fixture_open(&fx, "deepseek2-tiny-f32", "", 1);
+    const model_hparams *hp = fx.hp;
+    ck_assert(hp->mla && hp->has_shared_expert && hp->norm_topk);
+    ck_assert_int_eq(hp->n_head_kv, 1);
+    ck_assert_int_eq(hp->head_dim, hp->n_lora_kv + hp->n_rot); /* the cached row */
+    ck_assert_int_eq(hp->head_dim_v, hp->n_lora_kv);
+    ck_assert_int_gt(hp->n_lora_q, 0);
+    ck_assert_int_gt(hp->mla_k, hp->n_rot);
+    ck_assert_int_ne(hp->mla_v, hp->mla_k - hp->n_rot); /* the preset keeps them apart */
+    ck_assert_int_eq(hp->gating, KERN_GATING_SIGMOID);
+    ck_assert_int_eq(hp->rope_mode, KERN_ROPE_NORM);
+    ck_assert(hp->n_group > 1 && hp->n_group_used < hp->n_group);
+    ck_assert_int_eq(hp->n_layer_dense, 1);
+    /* 1/sqrt(nope + rope) x (0.1 ln(factor) + 1)^2 (mscale_all_dim 1) */
+    ck_assert(hp->rope_yarn && hp->yarn.factor > 1.0f);
+    double mscale = 1.0 + 0.1 * log(hp->yarn.factor);
+    ck_assert_double_eq_tol(hp->attn_scale, mscale * mscale / sqrt((double)hp->mla_k), 1e-6);
+    ck_assert_float_eq(hp->yarn.attn_factor, 1.0f);
+    /* one row of the latent and the rotary key per token and layer, its values read from it */
+    model_ctx *ctx = new_ctx(fx.m, 1, 64);
+    ck_assert_uint_eq(model_ctx_kv_bytes_per_1k(ctx), (size_t)hp->n_layer * (size_t)hp->head_dim *
+                                                          (test_kv_type == KERN_KV_F16 ? 2u : 4u) *
+                                                          1024);
+    model_ctx_destroy(&ctx);
+    static const refusal cases[] = {
+        {{.drop_key = "deepseek2.attention.key_length_mla"}, -ENOTSUP, "convert the model again"},
+        {{.drop_key = "deepseek2.attention.kv_lora_rank"},
+         -EINVAL,
+         "deepseek2.attention.kv_lora_rank"},
+        {{.set_key = "deepseek2.attention.head_count_kv", .set_u32 = 2}, -EINVAL, "latent"},
+        {{.set_key = "deepseek2.attention.value_length", .set_u32 = 7}, -EINVAL, "latent"},
+        {{.drop_tensor = "blk.1.attn_k_b.weight"}, -EINVAL, "'blk.1.attn_k_b.weight' is missing"},
+        {{.drop_tensor = "blk.2.attn_q_a_norm.weight"},
+         -EINVAL,
+         "'blk.2.attn_q_a_norm.weight' is missing"},
+        {{.retype_tensor = "blk.0.attn_v_b.weight", .new_type = GGUF_T_F32, .new_ne0 = 8},
+         -EINVAL,
+         "has shape"},
+        {{.drop_key = "deepseek2.expert_feed_forward_length"},
+         -EINVAL,
+         "deepseek2.expert_feed_forward_length"},
+    };
+    expect_refusals(&fx, cases, sizeof cases / sizeof cases[0]);
+    /* DeepSeek-V2's files name no gating function: softmax */
+    char err[512], dst[1100];
+    snprintf(dst, sizeof dst, "%s.nogating.%d", fx.path, (int)getpid());
+    rewrite(fx.path, dst, &(edit){.drop_key = "deepseek2.expert_gating_func"});
+    model *m = NULL;
+    model_opts mo = {.backend = fx.backend};
+    int rc = model_open(&m, dst, &mo, err, sizeof err);
+    unlink(dst);
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_int_eq(model_params(m)->gating, KERN_GATING_SOFTMAX);
+    model_close(&m);
+    fixture_close(&fx);
+}
+END_TEST
+
 /* Copies `src` to `dst` with every quantised tensor replaced by its F32 dequantisation. */
 static void dequantise_copy(const char *src, const char *dst)
 {
@@ -1128,6 +1204,7 @@ int main(void)
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
     tcase_add_test(tc, unusable_gpt_oss_models_are_refused_with_the_reason);
     tcase_add_test(tc, glm4moe_keys_are_read_and_unusable_files_refused);
+    tcase_add_test(tc, deepseek2_keys_are_read_and_unusable_files_refused);
     tcase_add_loop_test(tc, lowbit_expert_types_match_their_dequantisation, 0, N_LOWBIT);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
