@@ -348,6 +348,21 @@ def schema_seeds() -> None:
     write("json_schema", "json-object-partial", b'\x00{"a":[1,{"b":"x')
 
 
+def toolcall_seeds() -> None:
+    # first byte b: format b % 4 and chunks of 1 + b / 4 bytes (fuzz_toolcall.c), then the answer
+    seeds = {
+        'hermes': b'\x01Sure.\n<tool_call>\n{"name": "get", "arguments": {"q": "abc"}}\n</tool_call>',
+        'hermes-two': b'\x05<tool_call>\n{"name":"go","arguments":{}}\n</tool_call>\n<tool_call>\n{"name":"get","arguments":{"q":"x","n":3}}\n</tool_call>',
+        'llama': b'\x03<|python_tag|>{"name": "get", "parameters": {"q": "a", "n": null}}',
+        'mistral': b'\x02[TOOL_CALLS][{"name": "get", "arguments": {"q": "z"}}, {"name": "go", "arguments": {}}]',
+        'mistral-args': b'\x06[TOOL_CALLS]get[ARGS]{"q": "hi"}',
+        'not-a-call': b'\t<tool_call>\n{"nom": 1}\n</tool_call> after',
+        'text': b'\x00plain text with \xc3\xbcn\xc3\xafcode and a < sign',
+    }
+    for name, data in seeds.items():
+        write("toolcall", name, data)
+
+
 def main() -> None:
     for sub in ("corpus",):
         shutil.rmtree(FUZZ / sub, ignore_errors=True)
@@ -359,6 +374,7 @@ def main() -> None:
     tokenizer_seeds()
     config_seeds()
     schema_seeds()
+    toolcall_seeds()
     total = sum(p.stat().st_size for p in (FUZZ / "corpus").rglob("*") if p.is_file())
     n = sum(1 for p in (FUZZ / "corpus").rglob("*") if p.is_file())
     print(f"fuzz_seeds: {n} seed files, {total} bytes")

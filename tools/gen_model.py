@@ -322,6 +322,13 @@ def gpt_oss_specs(hp: HParams) -> list[TSpec]:
     return out
 
 
+def dense_ffn_specs(b: str, D: int, Fd: int, s_in: float) -> list[TSpec]:
+    """A leading dense layer's FFN (glm4moe, deepseek2), in the converter's tensor order."""
+    return [TSpec(b + "ffn_gate.weight", (Fd, D), s_in),
+            TSpec(b + "ffn_down.weight", (D, Fd), 1.0 / math.sqrt(Fd)),
+            TSpec(b + "ffn_up.weight", (Fd, D), s_in)]
+
+
 def glm4moe_specs(hp: HParams) -> list[TSpec]:
     """glm4moe as convert_hf_to_gguf.py's Glm4MoeModel writes it: biases on Q, K and V, the
     pre-FFN norm named post_attention_norm, dense FFNs in the first n_dense layers, the expert
@@ -344,9 +351,7 @@ def glm4moe_specs(hp: HParams) -> list[TSpec]:
         out.append(TSpec(b + "attn_output.weight", (D, q_dim), 1.0 / math.sqrt(q_dim)))
         out.append(TSpec(b + "post_attention_norm.weight", (D,), **norm))
         if i < hp.n_dense:
-            out.append(TSpec(b + "ffn_gate.weight", (Fd, D), s_in))
-            out.append(TSpec(b + "ffn_down.weight", (D, Fd), 1.0 / math.sqrt(Fd)))
-            out.append(TSpec(b + "ffn_up.weight", (Fd, D), s_in))
+            out += dense_ffn_specs(b, D, Fd, s_in)
             continue
         # router logits of std ~2; selection biases wider than the sigmoid scores' spread, which
         # spaces the choice scores apart (the goldens' near-tie filter needs gaps that 8-bit
@@ -400,9 +405,7 @@ def deepseek2_specs(hp: HParams) -> list[TSpec]:
         out.append(TSpec(b + "attn_output.weight", (D, H * hp.v_head_dim), 1.0 / math.sqrt(H * hp.v_head_dim)))
         out.append(TSpec(b + "ffn_norm.weight", (D,), **norm))
         if i < hp.n_dense:
-            out.append(TSpec(b + "ffn_gate.weight", (Fd, D), s_in))
-            out.append(TSpec(b + "ffn_down.weight", (D, Fd), 1.0 / math.sqrt(Fd)))
-            out.append(TSpec(b + "ffn_up.weight", (Fd, D), s_in))
+            out += dense_ffn_specs(b, D, Fd, s_in)
             continue
         out.append(TSpec(b + "ffn_gate_inp.weight", (X, D), 2.0 * s_in))
         if hp.gating == "sigmoid":

@@ -393,16 +393,7 @@ def check_nfc(name: str, tool: str, gguf: str) -> None:
 
 def bytes_to_unicode() -> dict:
     """GPT-2's byte -> character map (from openai/gpt-2 encoder.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
-        list(range(ord("\u00ae"), ord("\u00ff") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return dict(synth_vocab.bytes_to_unicode())
 
 
 def round_trip(name: str, tool: str, gguf: str, strings: list, kept: set) -> None:

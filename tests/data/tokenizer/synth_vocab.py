@@ -15,21 +15,18 @@ Deterministic: the same texts give the same file.
 from __future__ import annotations
 
 import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tools"))
+from gen_model import bytes_to_unicode  # noqa: E402
 
 TYPE_NORMAL, TYPE_CONTROL = 1, 3
 
 
 def byte_chars() -> list:
     """GPT-2's byte -> character map, in byte order of the 256 base tokens as GPT-2 lists them."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xa1, 0xac + 1)) + list(range(0xae, 0xff + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+    return [c for _, c in bytes_to_unicode()]
 
 
 def train(texts: list, n_merges: int) -> tuple:
