@@ -353,6 +353,10 @@ START_TEST(matmul_every_type)
     if (blk == 1) /* float rows of any length */
         for (int be = 0; be < n_backends; be++)
             matmul_case(be, type, 5, 1000, 3);
+    /* a prefill long enough for the CPU's token tiles (half an L2 of activations: 112 tokens of
+     * 4096 as Q8_K, 32 as f32) to end inside the batch */
+    for (int be = 0; be < n_backends; be++)
+        if (backend_computes(be, type)) matmul_case(be, type, 20, 4096, 150);
 }
 END_TEST
 
