@@ -81,6 +81,7 @@ struct model_ctx {
     int64_t kv_dim;
     kern_kv *kv;
     int64_t cap_tokens;
+    int64_t cap_logits; /* rows of dev_scratch.logits, grown apart: a prefill wants one */
     dev_scratch d;
     host_scratch hs;
     kern_event *inputs_ready; /* the CPU experts' inputs have reached the host */
@@ -150,6 +151,7 @@ static void scratch_free(model_ctx *ctx)
     memset(&ctx->d, 0, sizeof ctx->d);
     memset(&ctx->hs, 0, sizeof ctx->hs);
     ctx->cap_tokens = 0;
+    ctx->cap_logits = 0;
 }
 
 static int scratch_reserve(model_ctx *ctx, int64_t n)
@@ -159,8 +161,11 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     kern_backend *be = ctx->be;
     int64_t D = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim, K = hp->n_expert_used;
     int64_t E = hp->n_expert;
-    int64_t ff = hp->n_ff_exp > hp->n_ff_shexp ? hp->n_ff_exp : hp->n_ff_shexp;
-    if (hp->n_ff_dense > ff) ff = hp->n_ff_dense;
+    /* the routed experts' rows (ge, ue) are n_ff_exp wide; the shared expert's and a dense
+     * layer's (shg, shu) up to the widest of theirs, which is 9x an expert's on DeepSeek-V3 */
+    int64_t fe = hp->n_ff_exp;
+    int64_t ff = hp->n_ff_shexp > hp->n_ff_dense ? hp->n_ff_shexp : hp->n_ff_dense;
+    if (fe > ff) ff = fe;
     mla_shape ms = mla_shape_of(hp);
     scratch_free(ctx);
     dev_scratch *d = &ctx->d;
@@ -174,16 +179,15 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
     if (DEV(x, n * D) || DEV(h, n * D) || DEV(q, n * q_dim) || DEV(k, n * ctx->kv_dim) ||
         DEV(v, n * ctx->kv_dim) || DEV(attn, n * q_dim) || DEV(proj, n * D) || DEV(moe, n * D) ||
         DEV(router, n * E) || DEV(route_w, n * K) || DEV(route_id, n * K) || DEV(xe, n * K * D) ||
-        DEV(ge, n * K * ff) || DEV(ue, n * ff) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
-        DEV(shu, n * ff) || DEV(shd, n * D) || DEV(logits, n * hp->n_vocab) || DEV(token, n) ||
-        DEV(pos, n) || DEV(seq, n) || DEV(out_rows, n) || DEV(bucket, n * K) ||
-        DEV(comb_rows, n * K) || DEV(comb_w, n * K) || HOST(route_id, n * K) ||
-        HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
-        HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E) || HOST(guess, E) ||
-        HOST(guess_p, E) || HOST(router, n * E) || HOST(out_rows, n) || HOST(group, E) ||
-        HOST(refs, E) ||
+        DEV(ge, n * K * fe) || DEV(ue, n * fe) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
+        DEV(shu, n * ff) || DEV(shd, n * D) || DEV(token, n) || DEV(pos, n) || DEV(seq, n) ||
+        DEV(out_rows, n) || DEV(bucket, n * K) || DEV(comb_rows, n * K) || DEV(comb_w, n * K) ||
+        HOST(route_id, n * K) || HOST(route_w, n * K) || HOST(bucket, n * K) ||
+        HOST(comb_rows, n * K) || HOST(comb_w, n * K) || HOST(bucket_start, E + 1) ||
+        HOST(fill, E) || HOST(guess, E) || HOST(guess_p, E) || HOST(router, n * E) ||
+        HOST(out_rows, n) || HOST(group, E) || HOST(refs, E) ||
         (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
-                             HOST(de, n * K * D) || HOST(ge, n * K * ff) || HOST(ue, n * ff))) ||
+                             HOST(de, n * K * D) || HOST(ge, n * K * fe) || HOST(ue, n * fe))) ||
         (hp->mla && (DEV(qa, n * hp->n_lora_q + 1) || DEV(mla, n * ms.region_floats) ||
                      DEV(mla_idx, n * ms.idx_per_token) || HOST(mla_idx, n * ms.idx_per_token)))) {
         scratch_free(ctx);
@@ -977,6 +981,18 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     if ((rc = upload(ctx, s->out_rows, ctx->hs.out_rows, (size_t)n_out * sizeof *s->out_rows, err,
                      err_size)))
         return rc;
+    if (n_out > ctx->cap_logits) {
+        kern_free(be, KERN_MEM_DEVICE, s->logits);
+        s->logits = NULL;
+        ctx->cap_logits = 0;
+        if ((rc = kern_alloc(be, KERN_MEM_DEVICE, (size_t)(n_out * hp->n_vocab) * sizeof *s->logits,
+                             (void **)&s->logits))) {
+            snprintf(err, err_size, "logits of %lld tokens: out of %s memory", (long long)n_out,
+                     be->kind == KERN_BACKEND_CPU ? "host" : "device");
+            return rc;
+        }
+        ctx->cap_logits = n_out;
+    }
     kern_gather(be, s->x, s->out_rows, s->h, n_out, D);
     kern_rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
     matmul(ctx, &m->output, s->h, s->logits, n_out);
