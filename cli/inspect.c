@@ -215,9 +215,7 @@ static void print_model(const model *m)
     human(sz.expert_bytes, experts, sizeof experts);
     human(sz.bytes_per_expert, per, sizeof per);
     human(sz.bytes_per_expert * (uint64_t)hp->n_expert, layer, sizeof layer);
-    /* the latent cache keeps one row per token and layer (its values are its keys) */
-    uint64_t kv_per_token = (hp->mla ? 1ull : 2ull) * sizeof(uint16_t) * (uint64_t)hp->n_layer *
-                            (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    uint64_t kv_per_token = model_kv_bytes_per_position(hp, sizeof(uint16_t));
     human(kv_per_token * 1024, kv, sizeof kv);
     human(sz.dense_bytes +
               sz.bytes_per_expert * (uint64_t)hp->n_layer * (uint64_t)hp->n_expert_used,

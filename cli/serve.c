@@ -48,11 +48,10 @@ static void usage(FILE *out)
             "  --set KEY=VALUE    override one config key, e.g. --set cache.host_bytes=4GiB\n");
 }
 
-/* Bytes of K and V one position of one sequence takes in the KV cache's storage type. */
+/* Bytes one position of one sequence takes in the KV cache's storage type. */
 static uint64_t kv_bytes_per_position(const model_hparams *hp, cfg_kv_type type)
 {
-    return 2 * (type == CFG_KV_F32 ? 4u : 2u) * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
-           (uint64_t)hp->head_dim;
+    return model_kv_bytes_per_position(hp, type == CFG_KV_F32 ? 4u : 2u);
 }
 
 static uint64_t mem_available_bytes(void)

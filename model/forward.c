@@ -267,6 +267,12 @@ size_t model_ctx_kv_bytes(const model_ctx *ctx)
     return kern_kv_allocated_bytes(ctx->kv);
 }
 
+uint64_t model_kv_bytes_per_position(const model_hparams *hp, size_t elem_bytes)
+{
+    return (hp->mla ? 1u : 2u) * (uint64_t)elem_bytes * (uint64_t)hp->n_layer *
+           (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+}
+
 size_t model_ctx_kv_bytes_per_1k(const model_ctx *ctx)
 {
     const kern_kv_layout *l = kern_kv_get_layout(ctx->kv);

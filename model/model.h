@@ -212,6 +212,9 @@ int32_t model_ctx_n_ctx(const model_ctx *ctx);
  * 1024 positions of one sequence take. */
 size_t model_ctx_kv_bytes(const model_ctx *ctx);
 size_t model_ctx_kv_bytes_per_1k(const model_ctx *ctx);
+/* What one position of one sequence takes in a KV cache of elem_bytes per value, before any
+ * context exists: K and V of every layer, or deepseek2's one latent row per layer. */
+uint64_t model_kv_bytes_per_position(const model_hparams *hp, size_t elem_bytes);
 size_t model_ctx_kv_used_bytes(const model_ctx *ctx);
 /* Forget a sequence: its next token may start again at position 0. */
 void model_ctx_clear_seq(model_ctx *ctx, int32_t seq);

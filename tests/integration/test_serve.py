@@ -252,4 +252,18 @@ p = subprocess.run([MOESERVE, "serve", "--model", model, "--port", "0", "--set",
 check(p.returncode == 2 and b"gpu.enabled" in p.stderr and b"CUDA" in p.stderr,
       f"gpu.enabled=true without a usable CUDA device is refused ({p.stderr[-200:]!r})")
 
+# --- deepseek2: its chat template over the API, and a KV budget sized by its latent cache -------
+# One position of one sequence takes one latent row per layer: 3 layers x (128 + 32) x 2 bytes
+# = 960 bytes in F16 (K and V planes would take twice that).  Half of 16 sequences x 256
+# positions is 128 positions each.
+ds = model_path("deepseek2-tiny-q8_0", "--arch", "deepseek2", "--preset", "tiny", "--type", "q8_0", "--seed", "1")
+srv = Server(ds, "--set", f"kv.budget_bytes={960 * 16 * 128}")
+r = srv.client().chat.completions.create(model="deepseek2-tiny-q8_0", messages=[{"role": "user", "content": "Hello"}],
+                                         max_tokens=8, temperature=0)
+check(r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1,
+      f"deepseek2 answers a chat completion ({r.choices[0].finish_reason}, {r.usage})")
+rc = srv.stop()
+check(rc == 0 and "context length 256 -> 128 positions" in srv.err,
+      f"deepseek2's KV budget counts one latent row per position ({rc}; {srv.err[-600:]})")
+
 serving.finish()
