@@ -260,7 +260,8 @@ static int read_mla(loader *ld)
                     "converted before llama.cpp split attn_kv_b into attn_k_b and attn_v_b "
                     "(spring 2025); convert the model again with a current convert_hf_to_gguf.py",
                     hp->arch_name);
-    if (hp->n_head_kv != 1 || hp->n_lora_kv <= 0 || hp->head_dim != hp->n_lora_kv + hp->n_rot ||
+    if (hp->n_head_kv != 1 || hp->n_lora_kv <= 0 ||
+        (int64_t)hp->head_dim != (int64_t)hp->n_lora_kv + hp->n_rot ||
         hp->head_dim_v != hp->n_lora_kv || hp->mla_k <= hp->n_rot || hp->mla_v <= 0)
         return fail(ld, -EINVAL,
                     "latent attention: head_count_kv %d, kv_lora_rank %d, key_length %d, "

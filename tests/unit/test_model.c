@@ -842,6 +842,8 @@ START_TEST(deepseek2_keys_are_read_and_unusable_files_refused)
          "deepseek2.attention.kv_lora_rank"},
         {{.set_key = "deepseek2.attention.head_count_kv", .set_u32 = 2}, -EINVAL, "latent"},
         {{.set_key = "deepseek2.attention.value_length", .set_u32 = 7}, -EINVAL, "latent"},
+        /* kv_lora_rank + rope would overflow a 32-bit sum (UBSan watches the sanitize build) */
+        {{.set_key = "deepseek2.attention.kv_lora_rank", .set_u32 = 2147483647}, -EINVAL, "latent"},
         {{.drop_tensor = "blk.1.attn_k_b.weight"}, -EINVAL, "'blk.1.attn_k_b.weight' is missing"},
         {{.drop_tensor = "blk.2.attn_q_a_norm.weight"},
          -EINVAL,
