@@ -329,6 +329,17 @@ def dense_ffn_specs(b: str, D: int, Fd: int, s_in: float) -> list[TSpec]:
             TSpec(b + "ffn_up.weight", (Fd, D), s_in)]
 
 
+def moe_ffn_specs(b: str, X: int, F: int, Fs: int, D: int, s_in: float) -> list[TSpec]:
+    """The routed experts (stacked) and the ungated shared expert of a DeepSeek-style MoE layer
+    (glm4moe, deepseek2), in the converter's tensor order."""
+    return [TSpec(b + "ffn_gate_exps.weight", (X, F, D), s_in),
+            TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)),
+            TSpec(b + "ffn_up_exps.weight", (X, F, D), s_in),
+            TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in),
+            TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)),
+            TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in)]
+
+
 def glm4moe_specs(hp: HParams) -> list[TSpec]:
     """glm4moe as convert_hf_to_gguf.py's Glm4MoeModel writes it: biases on Q, K and V, the
     pre-FFN norm named post_attention_norm, dense FFNs in the first n_dense layers, the expert
@@ -358,13 +369,7 @@ def glm4moe_specs(hp: HParams) -> list[TSpec]:
         # activations cannot close) while the scores still change many choices
         out.append(TSpec(b + "ffn_gate_inp.weight", (X, D), 2.0 * s_in))
         out.append(TSpec(b + "exp_probs_b.bias", (X,), 0.5, quant=False))
-        out.append(TSpec(b + "ffn_gate_exps.weight", (X, F, D), s_in))
-        out.append(TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)))
-        out.append(TSpec(b + "ffn_up_exps.weight", (X, F, D), s_in))
-        Fs = hp.n_ff_shexp
-        out.append(TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in))
-        out.append(TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)))
-        out.append(TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in))
+        out += moe_ffn_specs(b, X, F, hp.n_ff_shexp, D, s_in)
         if i >= hp.n_layer:   # the MTP layer's own tensors: present in real files, never run
             out.append(TSpec(b + "nextn.eh_proj.weight", (D, 2 * D), s_in))
             for n in ("enorm", "hnorm", "shared_head_norm"):
@@ -413,13 +418,7 @@ def deepseek2_specs(hp: HParams) -> list[TSpec]:
             # sigmoid + bias is positive; a common offset changes no choice (llama.cpp masks the
             # groups left out with -inf, transformers with 0: they agree only on positive scores)
             out.append(TSpec(b + "exp_probs_b.bias", (X,), 0.5, offset=2.0, quant=False))
-        out.append(TSpec(b + "ffn_gate_exps.weight", (X, F, D), s_in))
-        out.append(TSpec(b + "ffn_down_exps.weight", (X, D, F), 1.0 / math.sqrt(F)))
-        out.append(TSpec(b + "ffn_up_exps.weight", (X, F, D), s_in))
-        Fs = hp.n_ff_shexp
-        out.append(TSpec(b + "ffn_gate_shexp.weight", (Fs, D), s_in))
-        out.append(TSpec(b + "ffn_down_shexp.weight", (D, Fs), 1.0 / math.sqrt(Fs)))
-        out.append(TSpec(b + "ffn_up_shexp.weight", (Fs, D), s_in))
+        out += moe_ffn_specs(b, X, F, hp.n_ff_shexp, D, s_in)
     out.append(TSpec("output_norm.weight", (D,), **norm))
     out.append(TSpec("output.weight", (hp.n_vocab, D), 4.0 * s_in))
     return out
