@@ -324,11 +324,12 @@ def compare(label, qtype, kv, flash, ms, ms_routes, lc, lc_routes, ref):
     return why
 
 
-def llamacpp_quantised(f32, work, name, ftype):
-    """llama.cpp's quantisation of f32 and that dequantised to F32, made once per work dir."""
+def llamacpp_quantised(f32, work, name, ftype, pure=False):
+    """llama.cpp's quantisation of f32 (pure: every tensor in ftype's type) and that dequantised
+    to F32, made once per work dir."""
     q, deq = os.path.join(work, f"{name}.gguf"), os.path.join(work, f"{name}-dequant.gguf")
     if not os.path.exists(q):
-        llamacpp_quantize(f32, f"{q}.tmp", ftype, False)
+        llamacpp_quantize(f32, f"{q}.tmp", ftype, pure)
         os.rename(f"{q}.tmp", q)
     if not os.path.exists(deq):
         llamacpp_quantize(q, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
@@ -431,18 +432,11 @@ def main():
     for arch in ARCHS:
         f32 = model_path(arch, work)
         for qtype, ftype, pure in TYPES:
-            path = os.path.join(work, f"{arch}-{qtype}.gguf")
-            deq = os.path.join(work, f"{arch}-{qtype}-dequant.gguf")
             try:
                 if qtype == "f32":
                     path = deq = f32
                 else:
-                    if not os.path.exists(path):
-                        llamacpp_quantize(f32, f"{path}.tmp", ftype, pure)
-                        os.rename(f"{path}.tmp", path)
-                    if not os.path.exists(deq):
-                        llamacpp_quantize(path, f"{deq}.tmp", llama_cpp.LLAMA_FTYPE_ALL_F32, True, True)
-                        os.rename(f"{deq}.tmp", deq)
+                    path, deq = llamacpp_quantised(f32, work, f"{arch}-{qtype}", ftype, pure)
                 # The float result: the weights as the file holds them, every step in F32.
                 ref, _ = moeserve_run(deq, "f32", work)
                 ref_lc, _ = llamacpp_run(deq, "f32", False)
