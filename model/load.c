@@ -960,18 +960,10 @@ int model_open(model **out, const char *path, const model_opts *opts, char *err,
     int rc = gguf_open(&m->file, path, err, err_size);
     if (rc) goto fail;
     if ((rc = read_arch(&ld)) || (rc = read_hparams(&ld))) goto fail;
-    if (arch_table[m->hp.arch].deepseek_moe && m->backend->kind == KERN_BACKEND_CUDA) {
-        rc = fail(&ld, -ENOTSUP,
-                  "the %s backend cannot run %s yet (its router has no selection bias "
-                  "(exp_probs_b) and no expert groups%s): use the cpu or sim backend",
-                  m->backend->name, m->hp.arch_name,
-                  m->hp.mla ? ", and latent attention is untested there" : "");
-        goto fail;
-    }
     if (m->hp.glu == KERN_GLU_SWIGLU_OAI && !m->backend->ops->swiglu_oai) {
         rc = fail(&ld, -ENOTSUP,
-                  "the %s backend cannot run %s yet (attention sinks, sliding windows, YaRN "
-                  "and the clamped SwiGLU have CPU kernels only): use the cpu or sim backend",
+                  "the %s backend cannot run %s (it has no clamped SwiGLU): use the cpu or sim "
+                  "backend",
                   m->backend->name, m->hp.arch_name);
         goto fail;
     }

@@ -22,6 +22,15 @@ extern "C" {
 
 int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, char *err, size_t err_size);
 
+/* The CUDA kernels' own reading of weight blocks, run on the host (kernels/cuda/cuda_blocks.cuh
+ * is compiled for both), so that machines without a GPU test it against the reference
+ * dequantisers.  Unit u of `row` (its elements 32u .. 32u + 31) of a quantised `type`:
+ * kern_cuda_unit_values as the matmul's integer form weighs them (da * scale * q + db * min,
+ * in double), kern_cuda_dequant_values as get_rows writes them.  False for a type the CUDA
+ * kernels do not read as blocks (the float types), and always in builds without CUDA. */
+bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32]);
+bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,7 +14,12 @@
  * compute.  So a token's output has the same bits alone or in any batch (kernels.h).  The
  * grid's second dimension only says how many blocks share a token's splits.
  *
- * Inside a warp each lane owns head dims lane, lane + 32, ... (head_dim up to 256).  A tile's
+ * A sliding window moves the first position a token sees (the splits cover only the window);
+ * a sink logit (gpt-oss) joins the softmax's denominator when a head's output is normalised;
+ * with v_is_k (deepseek2's latent cache) a layer has one plane and the values are read from
+ * the key rows.
+ *
+ * Inside a warp each lane owns head dims lane, lane + 32, ... (head_dim up to 576).  A tile's
  * 32 scores are reduced with a transposing butterfly: 31 shuffles leave lane j holding the
  * score of position j, instead of 32 separate reductions.
  *
@@ -34,9 +39,9 @@ namespace
 enum {
     ATTN_WARPS = 4,
     ATTN_THREADS = 32 * ATTN_WARPS,
-    MAX_HEAD_DIM = 256,
-    MAX_SPLITS = 32, /* per token */
-    SPLIT_MIN = 256, /* positions below which a token is not split further */
+    MAX_HEAD_DIM = 576, /* deepseek2's latent and rotary key: 512 + 64 */
+    MAX_SPLITS = 32,    /* per token */
+    SPLIT_MIN = 256,    /* positions below which a token is not split further */
 };
 const size_t PARTIAL_CAP = (size_t)128 << 20; /* bytes of split partials per launch */
 
@@ -44,6 +49,7 @@ struct kv_view {
     void *const *table;
     int32_t n_seq, max_blocks, block_tokens, kv_dim;
     int64_t layer_offset; /* elements from a block's start to this layer's K plane */
+    int64_t v_offset;     /* elements from a K row to its V row: one plane on, or 0 (v_is_k) */
 };
 
 /* The positions of a token: false when (seq, pos) does not name a cache slot. */
@@ -58,8 +64,14 @@ __device__ __forceinline__ bool token_kv(const kv_view &kv, const int32_t *seq, 
     return true;
 }
 
-/* The token's splits: chunk positions each (a multiple of 32, so tiles never straddle two
- * splits), a function of n_kv alone. */
+/* The first position a token with n_kv positions sees: all of them, or its sliding window's. */
+__device__ __forceinline__ int32_t window_start(int32_t n_kv, int32_t window)
+{
+    return window > 0 && n_kv > window ? n_kv - window : 0;
+}
+
+/* The token's splits of its n_kv (visible) positions: chunk positions each (a multiple of 32,
+ * so tiles never straddle two splits), a function of n_kv alone. */
 __host__ __device__ __forceinline__ int split_count(int32_t n_kv, int32_t *chunk)
 {
     int32_t n = (n_kv + SPLIT_MIN - 1) / SPLIT_MIN;
@@ -114,7 +126,7 @@ __global__ void kv_store_kernel(kv_view kv, const float *k, const float *v, cons
         }
         T *krow = block + kv.layer_offset + (int64_t)(p % kv.block_tokens) * kv.kv_dim;
         krow[d] = from_float<T>(k[i]);
-        krow[(int64_t)kv.block_tokens * kv.kv_dim + d] = from_float<T>(v[i]); /* V plane */
+        if (kv.v_offset) krow[kv.v_offset + d] = from_float<T>(v[i]); /* the V plane */
     }
 }
 
@@ -131,8 +143,23 @@ struct attn_args {
     int64_t n_tokens; /* in this group */
     int n_head, group, head_dim;
     float scale;
+    int32_t window;     /* > 0: a sliding window of that many positions */
+    const float *sinks; /* [n_head] extra logits whose share is dropped, or NULL */
     unsigned *fault;
 };
+
+/* out = acc / l, or with head h's sink logit in the softmax: its exp joins the denominator
+ * (at the common max) and its value, none, leaves the numerator alone. */
+__device__ __forceinline__ float normalise(const attn_args &a, int h, float acc, float m, float l)
+{
+    if (a.sinks) {
+        const float sink = a.sinks[h], top = fmaxf(m, sink);
+        const float keep = m == -INFINITY ? 0.0f : expf(m - top);
+        acc = __fmul_rn(acc, keep);
+        l = __fmaf_rn(l, keep, expf(sink - top));
+    }
+    return l > 0.0f ? __fdiv_rn(acc, l) : 0.0f;
+}
 
 /* The running state of one warp's (or block's) online softmax. */
 template <int NI> struct softmax_state {
@@ -206,7 +233,7 @@ __device__ void warp_split(const attn_args &a, int32_t s, int kvh, int32_t p_beg
             const float pj = __shfl_sync(CUDA__FULL_MASK, pr, j);
             const T *kj = (const T *)__shfl_sync(CUDA__FULL_MASK, (unsigned long long)krow, j);
             if (!kj) continue;
-            const T *vj = kj + (int64_t)kv.block_tokens * kv.kv_dim;
+            const T *vj = kj + kv.v_offset;
 #pragma unroll
             for (int i = 0; i < NI; i++) {
                 const int e = lane + 32 * i;
@@ -239,8 +266,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
         }
         return;
     }
+    const int32_t first = window_start(n_kv, a.window);
     int32_t chunk;
-    const int n_split = split_count(n_kv, &chunk);
+    const int n_split = split_count(n_kv - first, &chunk);
     const int kvh = h / a.group;
 
     float qv[NI];
@@ -256,7 +284,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
 #pragma unroll
         for (int i = 0; i < NI; i++)
             st.acc[i] = 0.0f;
-        const int32_t p_begin = sp * chunk, p_end = min(n_kv, p_begin + chunk);
+        const int32_t p_begin = first + sp * chunk, p_end = min(n_kv, p_begin + chunk);
         warp_split<T, NI>(a, s, kvh, p_begin, p_end, qv, st);
 
         if (lane == 0) {
@@ -282,7 +310,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_split_kernel(attn_args a)
             for (int w = 0; w < ATTN_WARPS; w++)
                 acc = __fmaf_rn(wgt[w], sh_acc[w][e], acc);
             if (n_split == 1)
-                out[e] = l > 0.0f ? __fdiv_rn(acc, l) : 0.0f;
+                out[e] = normalise(a, h, acc, m, l);
             else
                 a.part_acc[slot * hd + e] = acc;
         }
@@ -299,7 +327,7 @@ __global__ void attn_combine_kernel(attn_args a)
     const int64_t t = a.tok0 + lt;
     int32_t s, n_kv, chunk;
     if (!token_kv(a.kv, a.seq, a.pos, t, &s, &n_kv)) return;
-    const int n_split = split_count(n_kv, &chunk);
+    const int n_split = split_count(n_kv - window_start(n_kv, a.window), &chunk);
     if (n_split == 1) return;
     const size_t slot0 = ((size_t)lt * a.n_head + h) * MAX_SPLITS;
     float m = -INFINITY;
@@ -319,7 +347,7 @@ __global__ void attn_combine_kernel(attn_args a)
             const float wgt = ml.x == -INFINITY ? 0.0f : expf(ml.x - m);
             acc = __fmaf_rn(wgt, a.part_acc[(slot0 + sp) * a.head_dim + e], acc);
         }
-        out[e] = l > 0.0f ? __fdiv_rn(acc, l) : 0.0f;
+        out[e] = normalise(a, h, acc, m, l);
     }
 }
 
@@ -355,8 +383,14 @@ void launch_split_dims(const attn_args &a, unsigned slots, cudaStream_t stream)
     case 7:
         launch_split<T, 7>(a, slots, stream);
         break;
-    default:
+    case 8:
         launch_split<T, 8>(a, slots, stream);
+        break;
+    default: /* deepseek2's 576-wide latent rows, and anything between */
+        if (a.head_dim <= 384)
+            launch_split<T, 12>(a, slots, stream);
+        else
+            launch_split<T, 18>(a, slots, stream);
         break;
     }
 }
@@ -369,8 +403,8 @@ bool layout_ok(cuda_backend *cb, const kern_kv_layout *kv, int layer, const char
         cuda__fail(cb, -EINVAL, "cuda %s: bad KV layout or layer %d", op, layer);
         return false;
     }
-    if (kv->v_is_k) { /* deepseek2's latent cache: refused at model open on cuda */
-        cuda__fail(cb, -ENOTSUP, "cuda %s: a KV cache whose values are its keys", op);
+    if (kv->head_major) { /* the CPU's layout; this backend keeps rows position-major */
+        cuda__fail(cb, -EINVAL, "cuda %s: a head-major KV layout", op);
         return false;
     }
     return true;
@@ -384,7 +418,9 @@ kv_view make_view(const kern_kv_layout *kv, int layer)
     v.max_blocks = kv->max_blocks;
     v.block_tokens = kv->block_tokens;
     v.kv_dim = kv->kv_dim;
-    v.layer_offset = (int64_t)layer * 2 * kv->block_tokens * kv->kv_dim;
+    const int64_t plane = (int64_t)kv->block_tokens * kv->kv_dim;
+    v.layer_offset = (int64_t)layer * (kv->v_is_k ? 1 : 2) * plane;
+    v.v_offset = kv->v_is_k ? 0 : plane;
     return v;
 }
 
@@ -415,10 +451,6 @@ void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0) return;
     if (!cuda__enter(cb, "attention") || !layout_ok(cb, kv, layer, "attention")) return;
-    if (window > 0 || sinks) { /* gpt-oss's; the model refuses it on this backend at open */
-        cuda__fail(cb, -ENOTSUP, "cuda attention: sliding windows and sinks are not implemented");
-        return;
-    }
     if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0 || head_dim <= 0 ||
         head_dim > MAX_HEAD_DIM || (int64_t)n_head_kv * head_dim != kv->kv_dim) {
         cuda__fail(cb, -EINVAL,
@@ -451,6 +483,8 @@ void cuda__attention(kern_backend *b, const kern_kv_layout *kv, int layer, const
     a.group = n_head / n_head_kv;
     a.head_dim = head_dim;
     a.scale = scale;
+    a.window = window;
+    a.sinks = sinks;
     a.fault = cb->fault_device;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += group) {
         a.tok0 = t0;

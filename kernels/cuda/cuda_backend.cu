@@ -337,11 +337,9 @@ static const kern_ops cuda_ops = {
     cuda_alloc,      cuda_free,         cuda_register_host, cuda_unregister_host, cuda_mem_info,
     cuda_copy,       cuda_event_create, cuda_event_destroy, cuda_event_record,    cuda_event_query,
     cuda_event_wait, cuda_stream_wait,  cuda_sync,          cuda__matmul,         cuda__rmsnorm,
-    cuda__rope,      cuda__kv_store,    cuda__attention,    cuda__silu_mul,
-    nullptr, /* swiglu_oai: gpt-oss is refused on cuda until its kernels are written */
-    cuda__add,       cuda__add_bias,    cuda__get_rows,     cuda__gather,       cuda__router,
-    nullptr, /* experts: one expert at a time (kern_experts) until the grouped kernel */
-    cuda__moe_combine, cuda__gate_add,  cuda_destroy,
+    cuda__rope,      cuda__kv_store,    cuda__attention,    cuda__silu_mul,       cuda__swiglu_oai,
+    cuda__add,       cuda__add_bias,    cuda__get_rows,     cuda__gather,         cuda__router,
+    cuda__experts,   cuda__moe_combine, cuda__gate_add,     cuda_destroy,
 };
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */

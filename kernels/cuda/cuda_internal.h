@@ -49,6 +49,7 @@ typedef struct cuda_backend {
     unsigned *fault_device; /* the same word as the device addresses it */
     cuda__scratch act;      /* matmul: activations quantised to 8 bits */
     cuda__scratch partial;  /* attention: per-split partial results */
+    cuda__scratch moe_up;   /* experts: every bucket's up products at once */
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
@@ -98,6 +99,8 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
                   int64_t n_tokens);
 void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
                     int64_t n_ids);
+void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                   float *out, float *g, float *u);
 
 /* cuda_attention.cu */
 void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
@@ -114,6 +117,7 @@ void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int he
                 const int32_t *pos, float freq_base, kern_rope_mode mode,
                 const kern_rope_yarn *yarn);
 void cuda__silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
+void cuda__swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out, int64_t n);
 void cuda__add(kern_backend *b, float *y, const float *x, int64_t n);
 void cuda__add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim);
 void cuda__gather(kern_backend *b, const float *src, const int32_t *rows, float *dst,
@@ -161,6 +165,27 @@ static __device__ __forceinline__ int cuda__warp_sum_int(int v)
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(CUDA__FULL_MASK, v, o);
     return v;
+}
+
+/* The gated activations (kern_glu), shared by the element-wise ops and the grouped experts so
+ * that both give the same bits; the operations are the CPU's, each explicitly rounded. */
+static __device__ __forceinline__ float cuda__silu_times(float g, float u)
+{
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+static __device__ __forceinline__ float cuda__swiglu_oai(float g, float u)
+{
+    const float alpha = 1.702f, limit = 7.0f;
+    g = g < limit ? g : limit;
+    u = u < -limit ? -limit : u > limit ? limit : u;
+    const float glu = __fdiv_rn(g, __fadd_rn(1.0f, expf(-__fmul_rn(alpha, g))));
+    return __fmul_rn(__fadd_rn(u, 1.0f), glu);
+}
+
+static __device__ __forceinline__ float cuda__glu(kern_glu kind, float g, float u)
+{
+    return kind == KERN_GLU_SWIGLU_OAI ? cuda__swiglu_oai(g, u) : cuda__silu_times(g, u);
 }
 
 /* Raises a fault bit in host memory; racing writers can only lose bits of the same call,

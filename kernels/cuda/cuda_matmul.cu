@@ -36,170 +36,21 @@
  */
 #include "kernels/cuda/cuda_internal.h"
 
-#include <cuda_fp16.h>
-#include <errno.h>
+#include "kernels/cuda/cuda.h"
+#include "kernels/cuda/cuda_blocks.cuh"
 
-/* quant_blocks.h is C11; its layout asserts mean the same to C++'s static_assert. */
-#define _Static_assert static_assert
-extern "C" {
-#include "kernels/cpu/quant_blocks.h"
-}
-#undef _Static_assert
+#include <errno.h>
 
 namespace
 {
 
+using namespace cuda_blocks;
+
 enum { WARPS = 4, THREADS = 32 * WARPS, DECODE_MAX_TOKENS = 8, BATCH_ROWS = 4, BATCH_TOKENS = 8 };
-
-/* ---- loads ------------------------------------------------------------------------------ */
-
-__device__ __forceinline__ uint32_t ld_u16(const uint8_t *p)
-{
-    return *(const uint16_t *)p;
-}
-
-/* Four bytes from a 2-byte aligned address, little-endian. */
-__device__ __forceinline__ int ld_i32(const uint8_t *p)
-{
-    return (int)(ld_u16(p) | ld_u16(p + 2) << 16);
-}
-
-__device__ __forceinline__ float ld_f16(const uint8_t *p)
-{
-    return __half2float(__ushort_as_half((unsigned short)ld_u16(p)));
-}
 
 __device__ __forceinline__ float bf16_to_f32(uint32_t h)
 {
     return __uint_as_float(h << 16);
-}
-
-/* Bits 0..3 of `bits` to bit 4 of bytes 0..3: the fifth bit of four Q5 weights. */
-__device__ __forceinline__ int spread_bit4(uint32_t bits)
-{
-    return (int)(((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) |
-                 ((bits & 8u) << 25));
-}
-
-/* The 6-bit scale and min of sub-block j of a Q4_K / Q5_K super-block (kern__scale_min_k4). */
-__device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
-{
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
-/* ---- one weight unit as signed bytes -------------------------------------------------- */
-
-struct unit {
-    int w[8];         /* 32 weights as signed bytes, in element order */
-    int sc_lo, sc_hi; /* integer multipliers of the dot over elements 0..15 and 16..31 */
-    int bmul;         /* integer multiplier of the activation block's sum */
-    float da, db;     /* float scales of the two integer terms */
-};
-
-/* Q4_0 and Q4_1 share the nibble order: element j low nibble of qs[j], j+16 the high one. */
-__device__ __forceinline__ void nibbles_32(const uint8_t *qs, int offset, int *w)
-{
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        int v = ld_i32(qs + 4 * k);
-        w[k] = __vsub4(v & 0x0F0F0F0F, offset);
-        w[k + 4] = __vsub4((v >> 4) & 0x0F0F0F0F, offset);
-    }
-}
-
-__device__ __forceinline__ void fives_32(const uint8_t *qs, uint32_t qh, int offset, int *w)
-{
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        int v = ld_i32(qs + 4 * k);
-        w[k] = __vsub4((v & 0x0F0F0F0F) | spread_bit4(qh >> (4 * k)), offset);
-        w[k + 4] = __vsub4(((v >> 4) & 0x0F0F0F0F) | spread_bit4(qh >> (16 + 4 * k)), offset);
-    }
-}
-
-template <int TYPE> __device__ __forceinline__ void load_unit(const uint8_t *row, int u, unit &q)
-{
-    q.sc_lo = q.sc_hi = 1;
-    q.bmul = 0;
-    q.db = 0.0f;
-    if constexpr (TYPE == KERN_T_Q8_0) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q8_0);
-        q.da = ld_f16(b + offsetof(block_q8_0, d));
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            q.w[k] = ld_i32(b + offsetof(block_q8_0, qs) + 4 * k);
-    } else if constexpr (TYPE == KERN_T_Q4_0) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q4_0);
-        q.da = ld_f16(b + offsetof(block_q4_0, d));
-        nibbles_32(b + offsetof(block_q4_0, qs), 0x08080808, q.w);
-    } else if constexpr (TYPE == KERN_T_Q4_1) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q4_1);
-        q.da = ld_f16(b + offsetof(block_q4_1, d));
-        q.db = ld_f16(b + offsetof(block_q4_1, m));
-        q.bmul = 1;
-        nibbles_32(b + offsetof(block_q4_1, qs), 0, q.w);
-    } else if constexpr (TYPE == KERN_T_Q5_0) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q5_0);
-        q.da = ld_f16(b + offsetof(block_q5_0, d));
-        fives_32(b + offsetof(block_q5_0, qs), (uint32_t)ld_i32(b + offsetof(block_q5_0, qh)),
-                 0x10101010, q.w);
-    } else if constexpr (TYPE == KERN_T_Q5_1) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q5_1);
-        q.da = ld_f16(b + offsetof(block_q5_1, d));
-        q.db = ld_f16(b + offsetof(block_q5_1, m));
-        q.bmul = 1;
-        fives_32(b + offsetof(block_q5_1, qs), (uint32_t)ld_i32(b + offsetof(block_q5_1, qh)), 0,
-                 q.w);
-    } else if constexpr (TYPE == KERN_T_Q4_K || TYPE == KERN_T_Q5_K) {
-        /* Sub-block j: bytes qs[32*(j/2) ..] hold it in their low (j even) or high nibbles;
-         * Q5_K's fifth bit is bit j of qh[l]. */
-        const bool five = TYPE == KERN_T_Q5_K;
-        const size_t bytes = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
-        const uint8_t *b = row + (size_t)(u / 8) * bytes;
-        const int j = u % 8;
-        const size_t qs_at = five ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
-        const uint8_t *qs = b + qs_at + 32 * (j / 2);
-        int sc, mn;
-        scale_min_k4(j, b + (five ? offsetof(block_q5_K, scales) : offsetof(block_q4_K, scales)),
-                     &sc, &mn);
-        q.da = ld_f16(b + (five ? offsetof(block_q5_K, d) : offsetof(block_q4_K, d)));
-        q.db = -ld_f16(b + (five ? offsetof(block_q5_K, dmin) : offsetof(block_q4_K, dmin)));
-        q.sc_lo = q.sc_hi = sc;
-        q.bmul = mn;
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            int v = (ld_i32(qs + 4 * k) >> (4 * (j & 1))) & 0x0F0F0F0F;
-            if (five) {
-                int h = ld_i32(b + offsetof(block_q5_K, qh) + 4 * k);
-                v |= ((h >> j) & 0x01010101) << 4;
-            }
-            q.w[k] = v;
-        }
-    } else if constexpr (TYPE == KERN_T_Q6_K) {
-        /* Sub-block j = 4*half + part: low 4 bits from ql[64*half + 32*(part&1) + l] (low
-         * nibble for parts 0-1, high for 2-3), high 2 bits at 2*part of qh[32*half + l];
-         * scales[8*half + 2*part + l/16]. */
-        const uint8_t *b = row + (size_t)(u / 8) * sizeof(block_q6_K);
-        const int j = u % 8, half = j / 4, part = j % 4;
-        const uint8_t *ql = b + offsetof(block_q6_K, ql) + 64 * half + 32 * (part & 1);
-        const uint8_t *qh = b + offsetof(block_q6_K, qh) + 32 * half;
-        const int8_t *scales = (const int8_t *)(b + offsetof(block_q6_K, scales)) + 8 * half;
-        q.da = ld_f16(b + offsetof(block_q6_K, d));
-        q.sc_lo = scales[2 * part];
-        q.sc_hi = scales[2 * part + 1];
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            int lo = (ld_i32(ql + 4 * k) >> (part >= 2 ? 4 : 0)) & 0x0F0F0F0F;
-            int hi = ((ld_i32(qh + 4 * k) >> (2 * part)) & 0x03030303) << 4;
-            q.w[k] = __vsub4(lo | hi, 0x20202020);
-        }
-    }
 }
 
 /* ---- the matrix-vector kernel --------------------------------------------------------- */
@@ -214,6 +65,7 @@ struct mm_args {
     const float2 *xd; /* [n_tokens][n_units] (scale, integer sum) */
     const float *x;   /* float types: the activations themselves */
     float *y;
+    const float *bias; /* added to each output as add_bias adds it, or NULL */
     int64_t n_tokens;
     int64_t n_tiles_per_group; /* batch mapping: token-tile groups of WARPS tiles */
 };
@@ -243,12 +95,12 @@ __device__ __forceinline__ void write_outputs(const mm_args &a, float (&acc)[R][
         for (int t = 0; t < T; t++) {
             float s = cuda__warp_sum(acc[r][t]);
             if (r < nr && t < nt && (threadIdx.x & 31) == 0)
-                a.y[(tok0 + t) * a.n_rows + row0 + r] = s;
+                a.y[(tok0 + t) * a.n_rows + row0 + r] = a.bias ? __fadd_rn(s, a.bias[row0 + r]) : s;
         }
 }
 
 template <int TYPE, int R, int T, bool BATCH>
-__global__ void __launch_bounds__(THREADS) matmul_quant_kernel(mm_args a)
+__device__ __forceinline__ void matmul_quant(const mm_args &a)
 {
     int64_t row0, tok0;
     warp_tile<R, T, BATCH>(a, &row0, &tok0);
@@ -275,6 +127,12 @@ __global__ void __launch_bounds__(THREADS) matmul_quant_kernel(mm_args a)
             const float2 xd = a.xd[xi];
             const int xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
             const int x_sum = (int)xd.y;
+            /* Q2_K's halves have their own mins: the first half's sum, exactly */
+            int x_lo = 0;
+            if constexpr (split_mins(TYPE))
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    x_lo = __dp4a(xs[k], 0x01010101, x_lo);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 if (r >= nr) break;
@@ -285,7 +143,8 @@ __global__ void __launch_bounds__(THREADS) matmul_quant_kernel(mm_args a)
                     hi = __dp4a(q[r].w[k + 4], xs[k + 4], hi);
                 }
                 const int A = q[r].sc_lo * lo + q[r].sc_hi * hi;
-                const int B = q[r].bmul * x_sum;
+                const int B = split_mins(TYPE) ? q[r].bmul * x_lo + q[r].bmul_hi * (x_sum - x_lo)
+                                               : q[r].bmul * x_sum;
                 const float v = __fmaf_rn(q[r].db, (float)B, __fmul_rn(q[r].da, (float)A));
                 acc[r][t] = __fmaf_rn(xd.x, v, acc[r][t]);
             }
@@ -304,7 +163,7 @@ __device__ __forceinline__ float load_float_weight(const uint8_t *row, int64_t e
 }
 
 template <int TYPE, int R, int T, bool BATCH>
-__global__ void __launch_bounds__(THREADS) matmul_float_kernel(mm_args a)
+__device__ __forceinline__ void matmul_float(const mm_args &a)
 {
     int64_t row0, tok0;
     warp_tile<R, T, BATCH>(a, &row0, &tok0);
@@ -336,6 +195,56 @@ __global__ void __launch_bounds__(THREADS) matmul_float_kernel(mm_args a)
     write_outputs<R, T>(a, acc, row0, tok0, nr, nt);
 }
 
+template <int TYPE, int R, int T, bool BATCH>
+__global__ void __launch_bounds__(THREADS) matmul_kernel(mm_args a)
+{
+    if constexpr (is_float_type(TYPE))
+        matmul_float<TYPE, R, T, BATCH>(a);
+    else
+        matmul_quant<TYPE, R, T, BATCH>(a);
+}
+
+/* ---- the grouped matmul: several products of one type and shape in one launch ------------- */
+
+/* One product of a group: its weight, its rows of the activations (as the group's shared
+ * quantisation holds them) and its output.  blockIdx.y picks the entry, so every entry runs the
+ * single matmul's warps, tiles and operation order: a grouped product has the bits of the same
+ * product computed alone. */
+struct group_entry {
+    const uint8_t *w;
+    const float *bias;
+    float *y;
+    int64_t tok0; /* the entry's first activation row */
+    int64_t n_tokens;
+};
+
+/* Kernel parameters stay far below the 4 KiB every architecture takes. */
+enum { GROUP_MAX = 48 };
+
+struct group_args {
+    mm_args a; /* shared: shape, row stride, the activations; w, y, bias, n_tokens per entry */
+    group_entry e[GROUP_MAX];
+};
+
+template <int TYPE, int R, int T, bool BATCH>
+__global__ void __launch_bounds__(THREADS) matmul_group_kernel(const __grid_constant__ group_args g)
+{
+    const group_entry &e = g.e[blockIdx.y];
+    mm_args a = g.a;
+    a.w = e.w;
+    a.bias = e.bias;
+    a.y = e.y;
+    a.n_tokens = e.n_tokens;
+    if constexpr (is_float_type(TYPE)) {
+        a.x += e.tok0 * a.n_cols;
+        matmul_float<TYPE, R, T, BATCH>(a);
+    } else {
+        a.xq += e.tok0 * a.n_units * 2; /* two int4 (32 bytes) per block */
+        a.xd += e.tok0 * a.n_units;
+        matmul_quant<TYPE, R, T, BATCH>(a);
+    }
+}
+
 /* One warp per (token, 32-element block): scale = max|x| / 127, q = round(x / scale). */
 __global__ void quantize_kernel(const float *x, int64_t n_tokens, int64_t n_units, int8_t *xq,
                                 float2 *xd)
@@ -358,102 +267,47 @@ __global__ void quantize_kernel(const float *x, int64_t n_tokens, int64_t n_unit
 
 /* ---- launching ------------------------------------------------------------------------- */
 
-__host__ __device__ constexpr bool is_float_type(int type)
-{
-    return type == KERN_T_F32 || type == KERN_T_F16 || type == KERN_T_BF16;
-}
-
+/* A launch of the single kernel (g NULL, a.n_tokens tokens) or of the grouped one (g->a is a;
+ * n_entries entries of at most a.n_tokens tokens each). */
 template <int TYPE, int R, int T, bool BATCH>
-void launch_tile(unsigned blocks, const mm_args &a, cudaStream_t stream)
+void launch_tile(unsigned blocks, const mm_args &a, group_args *g, int n_entries,
+                 cudaStream_t stream)
 {
-    if constexpr (is_float_type(TYPE))
-        matmul_float_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
-    else
-        matmul_quant_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
+    if (!g) {
+        matmul_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
+        return;
+    }
+    g->a = a;
+    matmul_group_kernel<TYPE, R, T, BATCH>
+        <<<dim3(blocks, (unsigned)n_entries), THREADS, 0, stream>>>(*g);
 }
 
-template <int TYPE> void launch_matmul(const mm_args &a, cudaStream_t stream)
+/* The tile shape for a.n_tokens tokens (the most any entry has, for a group). */
+template <int TYPE>
+void launch_matmul(const mm_args &a, group_args *g, int n_entries, cudaStream_t stream)
 {
     if (a.n_tokens <= DECODE_MAX_TOKENS) {
         const unsigned blocks = (unsigned)((a.n_rows + WARPS - 1) / WARPS);
         if (a.n_tokens == 1)
-            launch_tile<TYPE, 1, 1, false>(blocks, a, stream);
+            launch_tile<TYPE, 1, 1, false>(blocks, a, g, n_entries, stream);
         else if (a.n_tokens == 2)
-            launch_tile<TYPE, 1, 2, false>(blocks, a, stream);
+            launch_tile<TYPE, 1, 2, false>(blocks, a, g, n_entries, stream);
         else if (a.n_tokens <= 4)
-            launch_tile<TYPE, 1, 4, false>(blocks, a, stream);
+            launch_tile<TYPE, 1, 4, false>(blocks, a, g, n_entries, stream);
         else
-            launch_tile<TYPE, 1, 8, false>(blocks, a, stream);
+            launch_tile<TYPE, 1, 8, false>(blocks, a, g, n_entries, stream);
         return;
     }
     mm_args b = a;
     const int64_t n_tiles = (a.n_tokens + BATCH_TOKENS - 1) / BATCH_TOKENS;
     b.n_tiles_per_group = (n_tiles + WARPS - 1) / WARPS;
     const int64_t blocks = (a.n_rows + BATCH_ROWS - 1) / BATCH_ROWS * b.n_tiles_per_group;
-    launch_tile<TYPE, BATCH_ROWS, BATCH_TOKENS, true>((unsigned)blocks, b, stream);
+    launch_tile<TYPE, BATCH_ROWS, BATCH_TOKENS, true>((unsigned)blocks, b, g, n_entries, stream);
 }
+
+void launch_any(uint32_t type, const mm_args &a, group_args *g, int n_entries, cudaStream_t stream);
 
 /* ---- get_rows: dequantise in the reference's float operation order --------------------- */
-
-static_assert(offsetof(block_q4_K, d) == offsetof(block_q5_K, d) &&
-                  offsetof(block_q4_K, dmin) == offsetof(block_q5_K, dmin),
-              "Q4_K and Q5_K open with the same scales");
-
-/* Element e (0..31) of unit u of a row, bit-exact with quant_ref.c's to_f32 (explicitly
- * rounded operations, so no fused multiply-add changes a bit). */
-template <int TYPE> __device__ __forceinline__ float dequant(const uint8_t *row, int64_t u, int e)
-{
-    if constexpr (TYPE == KERN_T_Q8_0) {
-        const uint8_t *b = row + (size_t)u * sizeof(block_q8_0);
-        return __fmul_rn((float)(int8_t)b[offsetof(block_q8_0, qs) + e],
-                         ld_f16(b + offsetof(block_q8_0, d)));
-    }
-    if constexpr (TYPE == KERN_T_Q4_0 || TYPE == KERN_T_Q4_1) {
-        const bool one = TYPE == KERN_T_Q4_1;
-        const uint8_t *b = row + (size_t)u * (one ? sizeof(block_q4_1) : sizeof(block_q4_0));
-        const uint8_t byte =
-            b[(one ? offsetof(block_q4_1, qs) : offsetof(block_q4_0, qs)) + e % 16];
-        const int q = e < 16 ? byte & 0xF : byte >> 4;
-        const float d = ld_f16(b); /* d is first in both */
-        if (!one) return __fmul_rn(d, (float)(q - 8));
-        return __fadd_rn(__fmul_rn(d, (float)q), ld_f16(b + offsetof(block_q4_1, m)));
-    }
-    if constexpr (TYPE == KERN_T_Q5_0 || TYPE == KERN_T_Q5_1) {
-        const bool one = TYPE == KERN_T_Q5_1;
-        const uint8_t *b = row + (size_t)u * (one ? sizeof(block_q5_1) : sizeof(block_q5_0));
-        const uint8_t byte =
-            b[(one ? offsetof(block_q5_1, qs) : offsetof(block_q5_0, qs)) + e % 16];
-        const uint32_t qh =
-            (uint32_t)ld_i32(b + (one ? offsetof(block_q5_1, qh) : offsetof(block_q5_0, qh)));
-        const int q = (e < 16 ? byte & 0xF : byte >> 4) | (int)(((qh >> e) & 1) << 4);
-        const float d = ld_f16(b);
-        if (!one) return __fmul_rn(d, (float)(q - 16));
-        return __fadd_rn(__fmul_rn(d, (float)q), ld_f16(b + offsetof(block_q5_1, m)));
-    }
-    if constexpr (TYPE == KERN_T_Q4_K || TYPE == KERN_T_Q5_K) {
-        const bool five = TYPE == KERN_T_Q5_K;
-        const uint8_t *b = row + (size_t)(u / 8) * (five ? sizeof(block_q5_K) : sizeof(block_q4_K));
-        const int j = (int)(u % 8);
-        int sc, mn;
-        scale_min_k4(j, b + (five ? offsetof(block_q5_K, scales) : offsetof(block_q4_K, scales)),
-                     &sc, &mn);
-        const float d1 = __fmul_rn(ld_f16(b + offsetof(block_q4_K, d)), (float)sc);
-        const float m1 = __fmul_rn(ld_f16(b + offsetof(block_q4_K, dmin)), (float)mn);
-        const uint8_t byte =
-            b[(five ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs)) + 32 * (j / 2) + e];
-        int q = (byte >> (4 * (j & 1))) & 0xF;
-        if (five) q += ((b[offsetof(block_q5_K, qh) + e] >> j) & 1) * 16;
-        return __fsub_rn(__fmul_rn(d1, (float)q), m1);
-    }
-    /* Q6_K */
-    const uint8_t *b = row + (size_t)(u / 8) * sizeof(block_q6_K);
-    const int j = (int)(u % 8), half = j / 4, part = j % 4;
-    const uint8_t lo = b[offsetof(block_q6_K, ql) + 64 * half + 32 * (part & 1) + e];
-    const uint8_t hi = b[offsetof(block_q6_K, qh) + 32 * half + e];
-    const int q = (((part >= 2 ? lo >> 4 : lo) & 0xF) | ((hi >> (2 * part)) & 3) << 4) - 32;
-    const int8_t sc = (int8_t)b[offsetof(block_q6_K, scales) + 8 * half + 2 * part + e / 16];
-    return __fmul_rn(__fmul_rn(ld_f16(b + offsetof(block_q6_K, d)), (float)sc), (float)q);
-}
 
 template <int TYPE>
 __global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64_t n_rows, int64_t n_cols,
@@ -512,9 +366,31 @@ bool type_geometry(uint32_t type, int64_t *block_elems, size_t *block_bytes)
     case KERN_T_Q6_K:
         *block_elems = QK_K, *block_bytes = sizeof(block_q6_K);
         return true;
+    case KERN_T_Q2_K:
+        *block_elems = QK_K, *block_bytes = sizeof(block_q2_K);
+        return true;
+    case KERN_T_Q3_K:
+        *block_elems = QK_K, *block_bytes = sizeof(block_q3_K);
+        return true;
+    case KERN_T_IQ4_NL:
+        *block_elems = QK4_NL, *block_bytes = sizeof(block_iq4_nl);
+        return true;
+    case KERN_T_IQ4_XS:
+        *block_elems = QK_K, *block_bytes = sizeof(block_iq4_xs);
+        return true;
+    case KERN_T_MXFP4:
+        *block_elems = QK_MXFP4, *block_bytes = sizeof(block_mxfp4);
+        return true;
     default:
         return false;
     }
+}
+
+/* Blocks are read 16 bits at a time (F32 32 bits, MXFP4's 17-byte blocks a byte at a time):
+ * the rows must be aligned to that. */
+size_t weight_align(uint32_t type)
+{
+    return type == KERN_T_F32 ? 4 : type == KERN_T_MXFP4 ? 1 : 2;
 }
 
 /* Checks a weight handed to matmul / get_rows; false with the error recorded. */
@@ -533,8 +409,7 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
                    (long long)w->n_rows, (long long)w->n_cols, w->type, w->row_bytes);
         return false;
     }
-    /* Blocks are read 16 bits at a time (F32 32 bits): the rows must be aligned to that. */
-    const size_t align = w->type == KERN_T_F32 ? 4 : 2;
+    const size_t align = weight_align(w->type);
     if (((uintptr_t)w->data | w->row_bytes) % align != 0) {
         cuda__fail(cb, -EINVAL, "cuda %s: weight data or row stride not %zu-byte aligned", op,
                    align);
@@ -546,7 +421,187 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 } // namespace
 
 #define FOR_EACH_TYPE(X)                                                                           \
-    X(F32) X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K)
+    X(F32)                                                                                         \
+    X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) \
+        X(IQ4_NL) X(IQ4_XS) X(MXFP4)
+
+namespace
+{
+
+void launch_any(uint32_t type, const mm_args &a, group_args *g, int n_entries, cudaStream_t stream)
+{
+    switch (type) {
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        launch_matmul<KERN_T_##T>(a, g, n_entries, stream);                                        \
+        break;
+        FOR_EACH_TYPE(CASE)
+#undef CASE
+    default:
+        break;
+    }
+}
+
+/* Activations [n_tokens][n_cols] as the quantised kernels read them: 8-bit blocks in `act`
+ * (which must hold act_bytes(n_tokens, n_cols)); a.xq and a.xd set.  False on a failed launch. */
+size_t act_bytes(int64_t n_tokens, int64_t n_cols)
+{
+    const size_t n_blocks = (size_t)(n_tokens * (n_cols / 32));
+    return n_blocks * 32 + n_blocks * sizeof(float2);
+}
+
+bool quantize_into(cuda_backend *cb, const float *x, int64_t n_tokens, int64_t n_cols, void *act,
+                   mm_args &a, const char *op)
+{
+    a.n_units = n_cols / 32;
+    const size_t n_blocks = (size_t)(n_tokens * a.n_units), q_bytes = n_blocks * 32;
+    a.xq = (const int4 *)act;
+    a.xd = (const float2 *)((uint8_t *)act + q_bytes); /* q_bytes is a multiple of 32: aligned */
+    quantize_kernel<<<cuda__grid((int64_t)n_blocks, 8), 256, 0, cuda__compute(cb)>>>(
+        x, n_tokens, a.n_units, (int8_t *)act, (float2 *)((uint8_t *)act + q_bytes));
+    return cuda__launched(cb, op);
+}
+
+/* Whether every expert's weights share the first one's type and shape (so that one launch per
+ * product can run them all), with the activation between the products the same too. */
+bool experts_uniform(const kern_ffn_expert *ex, int n_experts)
+{
+    const kern_ffn_expert *f = &ex[0];
+    if (f->gate.type != f->up.type || f->gate.n_rows != f->up.n_rows ||
+        f->gate.n_cols != f->up.n_cols || f->gate.row_bytes != f->up.row_bytes ||
+        f->down.n_cols != f->gate.n_rows)
+        return false;
+    for (int i = 0; i < n_experts; i++) {
+        const kern_ffn_expert *e = &ex[i];
+        const kern_weight *w[3] = {&e->gate, &e->up, &e->down},
+                          *v[3] = {&f->gate, &f->up, &f->down};
+        for (int j = 0; j < 3; j++)
+            if (w[j]->type != v[j]->type || w[j]->n_rows != v[j]->n_rows ||
+                w[j]->n_cols != v[j]->n_cols || w[j]->row_bytes != v[j]->row_bytes || !w[j]->data ||
+                (uintptr_t)w[j]->data % weight_align(w[j]->type) != 0)
+                return false;
+        if (e->glu != f->glu) return false;
+    }
+    return true;
+}
+
+/* Element-wise glu over rows [0, n_rows) of g (in place) and u. */
+__global__ void experts_glu_kernel(kern_glu kind, float *g, const float *u, int64_t n)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        g[i] = cuda__glu(kind, g[i], u[i]);
+}
+
+/* Queues the products of `n` entries with weights of w's type and shape, GROUP_MAX per launch;
+ * a (the shared activations) is completed per launch with the most tokens of its entries. */
+bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const group_entry *e, int n,
+                   const char *op)
+{
+    group_args g;
+    a.row_bytes = w->row_bytes;
+    a.n_rows = w->n_rows;
+    a.n_cols = w->n_cols;
+    for (int i0 = 0; i0 < n; i0 += GROUP_MAX) {
+        const int m = n - i0 < GROUP_MAX ? n - i0 : GROUP_MAX;
+        int64_t most = 0;
+        for (int i = 0; i < m; i++) {
+            g.e[i] = e[i0 + i];
+            most = e[i0 + i].n_tokens > most ? e[i0 + i].n_tokens : most;
+        }
+        a.n_tokens = most;
+        launch_any(w->type, a, &g, m, cuda__compute(cb));
+        if (!cuda__launched(cb, op)) return false;
+    }
+    return true;
+}
+
+} // namespace
+
+/* The experts op in five launches whatever the number of experts: the shared rows of x
+ * quantised once, every gate and up product in one grouped launch, the activation over all
+ * rows, their quantisation, and every down product in another grouped launch.  Each product
+ * is the single matmul's (same tiles, same order; the biases added as add_bias adds them), so
+ * the result is kern_experts_one_by_one's bit for bit.  Experts of mixed types or shapes go
+ * one by one. */
+void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                   float *out, float *g, float *u)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (n_experts <= 0) return;
+    if (!experts_uniform(ex, n_experts)) {
+        kern_experts_one_by_one(b, ex, n_experts, x, out, g, u);
+        return;
+    }
+    if (!cuda__enter(cb, "experts") || !weight_ok(cb, &ex[0].gate, "experts") ||
+        !weight_ok(cb, &ex[0].down, "experts"))
+        return;
+    const kern_weight *gate = &ex[0].gate, *down = &ex[0].down;
+    const int64_t ff = gate->n_rows, n_embd = gate->n_cols, dim = down->n_rows;
+    int64_t lo = INT64_MAX, hi = 0, covered = 0;
+    for (int i = 0; i < n_experts; i++) {
+        if (ex[i].n_rows <= 0) continue;
+        lo = ex[i].row0 < lo ? ex[i].row0 : lo;
+        hi = ex[i].row0 + ex[i].n_rows > hi ? ex[i].row0 + ex[i].n_rows : hi;
+        covered += ex[i].n_rows;
+    }
+    if (covered == 0 || dim <= 0) return;
+    if (n_embd == 0 || ff <= 0) { /* empty dots: the one-by-one path's memsets */
+        kern_experts_one_by_one(b, ex, n_experts, x, out, g, u);
+        return;
+    }
+    const int64_t rows = hi - lo;
+    const bool gate_q = !is_float_type((int)gate->type), down_q = !is_float_type((int)down->type);
+    /* Both scratches before the first launch: growing one later would wait for the stream. */
+    size_t act_need = 0;
+    if (gate_q) act_need = act_bytes(rows, n_embd);
+    if (down_q && act_bytes(rows, ff) > act_need) act_need = act_bytes(rows, ff);
+    void *act = act_need ? cuda__scratch_get(cb, &cb->act, act_need, "experts") : nullptr;
+    float *up =
+        (float *)cuda__scratch_get(cb, &cb->moe_up, (size_t)(rows * ff) * sizeof(float), "experts");
+    if ((act_need && !act) || !up) return;
+
+    group_entry *e = (group_entry *)malloc((size_t)(2 * n_experts) * sizeof *e);
+    if (!e) {
+        cuda__fail(cb, -ENOMEM, "cuda experts: out of memory for %d experts", n_experts);
+        return;
+    }
+    int n = 0;
+    for (int i = 0; i < n_experts; i++)
+        if (ex[i].n_rows > 0)
+            e[n++] = {(const uint8_t *)ex[i].gate.data, ex[i].gate_bias, g + ex[i].row0 * ff,
+                      ex[i].row0 - lo, ex[i].n_rows};
+    for (int i = 0; i < n_experts; i++)
+        if (ex[i].n_rows > 0)
+            e[n++] = {(const uint8_t *)ex[i].up.data, ex[i].up_bias, up + (ex[i].row0 - lo) * ff,
+                      ex[i].row0 - lo, ex[i].n_rows};
+
+    mm_args a = {};
+    bool ok = true;
+    if (gate_q)
+        ok = quantize_into(cb, x + lo * n_embd, rows, n_embd, act, a, "experts (quantise x)");
+    else
+        a.x = x + lo * n_embd;
+    /* gate and up share type and shape: one set of launches runs both */
+    ok = ok && launch_groups(cb, gate, a, e, n, "experts (gate and up)");
+    if (ok) {
+        experts_glu_kernel<<<cuda__grid(rows * ff, 256), 256, 0, cuda__compute(cb)>>>(
+            ex[0].glu, g + lo * ff, up, rows * ff);
+        ok = cuda__launched(cb, "experts (activation)");
+    }
+    n = 0;
+    for (int i = 0; i < n_experts; i++)
+        if (ex[i].n_rows > 0)
+            e[n++] = {(const uint8_t *)ex[i].down.data, ex[i].down_bias, out + ex[i].row0 * dim,
+                      ex[i].row0 - lo, ex[i].n_rows};
+    a = {};
+    if (ok && down_q)
+        ok = quantize_into(cb, g + lo * ff, rows, ff, act, a, "experts (quantise h)");
+    else
+        a.x = g + lo * ff;
+    ok = ok && launch_groups(cb, down, a, e, n, "experts (down)");
+    free(e);
+}
 
 void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y, int64_t n_tokens)
 {
@@ -582,16 +637,7 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
             x, n_tokens, a.n_units, (int8_t *)act, (float2 *)(act + q_bytes));
         if (!cuda__launched(cb, "matmul (quantise activations)")) return;
     }
-    switch (w->type) {
-#define CASE(T)                                                                                    \
-    case KERN_T_##T:                                                                               \
-        launch_matmul<KERN_T_##T>(a, stream);                                                      \
-        break;
-        FOR_EACH_TYPE(CASE)
-#undef CASE
-    default:
-        break;
-    }
+    launch_any(w->type, a, nullptr, 0, stream);
     cuda__launched(cb, "matmul");
 }
 
@@ -616,4 +662,48 @@ void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, f
         break;
     }
     cuda__launched(cb, "get_rows");
+}
+
+/* ---- the block readers on the host (cuda.h) ---------------------------------------------- */
+
+extern "C" bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32])
+{
+    unit q;
+    switch (type) {
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        if constexpr (is_float_type(KERN_T_##T))                                                   \
+            return false;                                                                          \
+        else                                                                                       \
+            load_unit<KERN_T_##T>((const uint8_t *)row, (int)u, q);                                \
+        break;
+        FOR_EACH_TYPE(CASE)
+#undef CASE
+    default:
+        return false;
+    }
+    for (int e = 0; e < 32; e++) {
+        const int w = (int8_t)((uint32_t)q.w[e / 4] >> (8 * (e % 4)));
+        const int sc = e < 16 ? q.sc_lo : q.sc_hi, bm = e < 16 ? q.bmul : q.bmul_hi;
+        out[e] = (float)((double)q.da * sc * w + (double)q.db * bm);
+    }
+    return true;
+}
+
+extern "C" bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32])
+{
+    switch (type) {
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        if constexpr (is_float_type(KERN_T_##T))                                                   \
+            return false;                                                                          \
+        else                                                                                       \
+            for (int e = 0; e < 32; e++)                                                           \
+                out[e] = dequant<KERN_T_##T>((const uint8_t *)row, u, e);                          \
+        return true;
+        FOR_EACH_TYPE(CASE)
+#undef CASE
+    default:
+        return false;
+    }
 }

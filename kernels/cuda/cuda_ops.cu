@@ -63,19 +63,34 @@ __global__ void __launch_bounds__(BLOCK)
 
 /* ---- rope ------------------------------------------------------------------------------- */
 
+/* YaRN (kern_rope_yarn) as the kernel needs it: the ramp's ends, computed once on the host
+ * as the CPU computes them. */
+struct rope_yarn_args {
+    bool on;
+    double low, high, factor, mscale;
+};
+
 /* One block per token: the n_rot/2 angles in double (positions reach 1e5, where a float
  * angle has lost its fraction), then every head's pairs rotated in float. */
 __global__ void rope_kernel(float *x, int64_t n_tokens, int n_heads, int head_dim, int n_rot,
-                            const int32_t *pos, float freq_base, int neox)
+                            const int32_t *pos, float freq_base, int neox, rope_yarn_args y)
 {
     extern __shared__ float cs[]; /* cos at [i], sin at [half + i] */
     const int half = n_rot / 2;
     for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
         const double p = pos[t];
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
-            const double theta = p * pow((double)freq_base, -2.0 * i / n_rot);
-            cs[i] = (float)cos(theta);
-            cs[half + i] = (float)sin(theta);
+            double inv = pow((double)freq_base, -2.0 * i / n_rot);
+            if (y.on) { /* blend the interpolated frequency in along the ramp */
+                double ramp = ((double)i - y.low) / (y.high - y.low);
+                ramp = ramp < 0.0 ? 0.0 : ramp > 1.0 ? 1.0 : ramp;
+                const double keep = 1.0 - ramp;
+                inv = inv / y.factor * (1.0 - keep) + inv * keep;
+            }
+            const double theta = p * inv;
+            /* mscale is 1 without YaRN, which leaves cos and sin exact */
+            cs[i] = (float)(cos(theta) * y.mscale);
+            cs[half + i] = (float)(sin(theta) * y.mscale);
         }
         __syncthreads();
         for (int64_t j = threadIdx.x; j < (int64_t)n_heads * half; j += blockDim.x) {
@@ -92,13 +107,9 @@ __global__ void rope_kernel(float *x, int64_t n_tokens, int n_heads, int head_di
 
 /* ---- element-wise ------------------------------------------------------------------------ */
 
-__global__ void silu_mul_kernel(const float *gate, const float *up, float *out, int64_t n)
+__global__ void glu_kernel(kern_glu kind, const float *gate, const float *up, float *out, int64_t n)
 {
-    GRID_STRIDE(i, n)
-    {
-        const float g = gate[i];
-        out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
-    }
+    GRID_STRIDE(i, n) out[i] = cuda__glu(kind, gate[i], up[i]);
 }
 
 __global__ void add_kernel(float *y, const float *x, int64_t n)
@@ -175,16 +186,66 @@ __device__ __forceinline__ bool ranks_above(float v, int i, float bv, int bi)
     return v > bv || (v == bv && i < bi);
 }
 
-/* One warp per token: gating, then k rounds of "largest untaken p" over the warp. */
-__global__ void router_kernel(const float *logits, int64_t n_tokens, kern_router_opts o,
-                              int32_t *ids, float *weights)
+enum { ROUTER_WARPS = 4 };
+
+/* Group-limited choice (DeepSeek-V3, GLM-4.5), as the CPU's limit_groups: each group scored by
+ * the sum of its two best choice scores, the n_used best groups kept (the lower group among
+ * equals), the other groups' experts masked to -inf.  c[i] is expert lane + 32 i; sh is this
+ * warp's MAX_EXPERTS + KERN_ROUTER_MAX_GROUPS floats of shared memory. */
+__device__ void limit_groups(float (&c)[PER_LANE], const kern_router_opts &o, float *sh)
 {
+    const int lane = threadIdx.x & 31, per = o.n_expert / o.n_group;
+    float *score = sh + MAX_EXPERTS;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++)
+        if (lane + 32 * i < o.n_expert) sh[lane + 32 * i] = c[i];
+    __syncwarp();
+    for (int g = lane; g < o.n_group; g += 32) {
+        float best = -INFINITY, second = -INFINITY;
+        for (int e = g * per; e < (g + 1) * per; e++) {
+            if (sh[e] > best) {
+                second = best;
+                best = sh[e];
+            } else if (sh[e] > second) {
+                second = sh[e];
+            }
+        }
+        score[g] = per > 1 ? __fadd_rn(best, second) : best;
+    }
+    __syncwarp();
+    unsigned long long kept = 0;
+    if (lane == 0)
+        for (int j = 0; j < o.n_group_used; j++) {
+            int top = -1;
+            for (int g = 0; g < o.n_group; g++)
+                if (!(kept >> g & 1) && (top < 0 || score[g] > score[top])) top = g;
+            kept |= 1ull << top;
+        }
+    const unsigned lo = __shfl_sync(CUDA__FULL_MASK, (unsigned)kept, 0);
+    const unsigned hi = __shfl_sync(CUDA__FULL_MASK, (unsigned)(kept >> 32), 0);
+    kept = (unsigned long long)hi << 32 | lo;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        if (e < o.n_expert && !(kept >> (e / per) & 1)) c[i] = -INFINITY;
+    }
+    __syncwarp(); /* sh is rewritten by the warp's next token */
+}
+
+/* One warp per token: gating, the choice scores, then k rounds of "largest untaken choice"
+ * over the warp; the winner's p is its weight.  The CPU's route_tokens in every step. */
+__global__ void __launch_bounds__(32 * ROUTER_WARPS)
+    router_kernel(const float *logits, int64_t n_tokens, kern_router_opts o, int32_t *ids,
+                  float *weights)
+{
+    __shared__ float shared[ROUTER_WARPS][MAX_EXPERTS + KERN_ROUTER_MAX_GROUPS];
+    float *sh = shared[threadIdx.x / 32];
     const int lane = threadIdx.x & 31;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t t = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; t < n_tokens;
          t += warps) {
         const float *l = logits + t * o.n_expert;
-        float p[PER_LANE];
+        float p[PER_LANE], c[PER_LANE];
 #pragma unroll
         for (int i = 0; i < PER_LANE; i++) {
             const int e = lane + 32 * i;
@@ -206,48 +267,65 @@ __global__ void router_kernel(const float *logits, int64_t n_tokens, kern_router
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++)
                 p[i] = (float)((double)p[i] / sum);
-        } else {
+        } else if (o.gating == KERN_GATING_SIGMOID) {
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++)
                 p[i] = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-p[i])));
+        } /* TOPK_SOFTMAX: chosen by logit, weighted below */
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int e = lane + 32 * i;
+            c[i] = o.sel_bias && e < o.n_expert ? __fadd_rn(p[i], o.sel_bias[e]) : p[i];
         }
+        if (o.n_group > 1) limit_groups(c, o, sh);
 
         unsigned taken = 0; /* bit i: expert lane + 32 i already chosen */
         float my_w = 0.0f;  /* lane j keeps choice j */
         int my_id = 0;
-        double sum = 0.0;
         for (int j = 0; j < o.k; j++) {
-            float bv = -INFINITY;
+            float bv = -INFINITY, bp = 0.0f;
             int bi = 0x7fffffff;
 #pragma unroll
             for (int i = 0; i < PER_LANE; i++) {
                 const int e = lane + 32 * i;
                 /* NaN ranks as -inf, so that every round still picks a real expert. */
-                const float v = isnan(p[i]) ? -INFINITY : p[i];
+                const float v = isnan(c[i]) ? -INFINITY : c[i];
                 if (e < o.n_expert && !(taken & (1u << i)) && ranks_above(v, e, bv, bi)) {
                     bv = v;
                     bi = e;
+                    bp = p[i];
                 }
             }
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) {
                 const float ov = __shfl_xor_sync(CUDA__FULL_MASK, bv, off);
                 const int oi = __shfl_xor_sync(CUDA__FULL_MASK, bi, off);
+                const float op = __shfl_xor_sync(CUDA__FULL_MASK, bp, off);
                 if (ranks_above(ov, oi, bv, bi)) {
                     bv = ov;
                     bi = oi;
+                    bp = op;
                 }
             }
             if ((bi & 31) == lane) taken |= 1u << (bi / 32);
             if (lane == j) {
-                my_w = bv;
+                my_w = bp;
                 my_id = bi;
             }
-            sum += bv;
+        }
+        if (o.gating == KERN_GATING_TOPK_SOFTMAX) { /* choice 0 holds the largest logit */
+            const float top = __shfl_sync(CUDA__FULL_MASK, my_w, 0);
+            my_w = lane < o.k ? expf(__fsub_rn(my_w, top)) : 0.0f;
+            double sum = 0.0;
+            for (int j = 0; j < o.k; j++)
+                sum += __shfl_sync(CUDA__FULL_MASK, my_w, j);
+            my_w = (float)((double)my_w / sum);
         }
         if (o.norm) {
-            const float s = fmaxf((float)sum, 6.103515625e-5f);
-            my_w = __fdiv_rn(my_w, s);
+            double sum = 0.0; /* in choice order, as the CPU adds them */
+            for (int j = 0; j < o.k; j++)
+                sum += __shfl_sync(CUDA__FULL_MASK, my_w, j);
+            my_w = (float)((double)my_w / fmax(sum, 6.103515625e-5));
         }
         my_w = __fmul_rn(my_w, o.scale);
         if (lane < o.k) {
@@ -285,22 +363,51 @@ void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int he
     if (n_tokens <= 0 || n_heads <= 0 || n_rot <= 0) return;
     if (!cuda__enter(cb, "rope")) return;
     if (n_rot % 2 != 0 || n_rot > head_dim || n_rot > 8192 ||
-        (mode != KERN_ROPE_NORM && mode != KERN_ROPE_NEOX) || yarn) {
+        (mode != KERN_ROPE_NORM && mode != KERN_ROPE_NEOX) ||
+        (yarn && (yarn->factor <= 0.0f || yarn->orig_ctx <= 0.0f || yarn->beta_fast <= 0.0f ||
+                  yarn->beta_slow <= 0.0f))) {
         cuda__fail(cb, -EINVAL, "cuda rope: n_rot %d of head_dim %d, mode %d%s not supported",
                    n_rot, head_dim, (int)mode, yarn ? ", YaRN" : "");
         return;
     }
+    rope_yarn_args y = {false, 0.0, 1.0, 1.0, 1.0};
+    if (yarn) {
+        /* the dimension where a pair turns `beta` times over the original context (the CPU's
+         * yarn_inv_freq, term for term) */
+        const double two_pi = 6.283185307179586, base = freq_base, dim = n_rot;
+        double low = dim * log(yarn->orig_ctx / (yarn->beta_fast * two_pi)) / (2.0 * log(base));
+        double high = dim * log(yarn->orig_ctx / (yarn->beta_slow * two_pi)) / (2.0 * log(base));
+        if (yarn->truncate) {
+            low = floor(low);
+            high = ceil(high);
+        }
+        low = low > 0.0 ? low : 0.0;
+        high = high < dim - 1 ? high : dim - 1;
+        if (low == high) high += 0.001;
+        y = {true, low, high, (double)yarn->factor, (double)yarn->attn_factor};
+    }
     rope_kernel<<<cuda__grid(n_tokens, 1), 128, (size_t)n_rot * sizeof(float), cuda__compute(cb)>>>(
-        x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode == KERN_ROPE_NEOX);
+        x, n_tokens, n_heads, head_dim, n_rot, pos, freq_base, mode == KERN_ROPE_NEOX, y);
     cuda__launched(cb, "rope");
+}
+
+static void glu(kern_backend *b, kern_glu kind, const char *op, const float *gate, const float *up,
+                float *out, int64_t n)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (n <= 0 || !cuda__enter(cb, op)) return;
+    glu_kernel<<<cuda__grid(n, BLOCK), BLOCK, 0, cuda__compute(cb)>>>(kind, gate, up, out, n);
+    cuda__launched(cb, op);
 }
 
 void cuda__silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n)
 {
-    cuda_backend *cb = cuda__of(b);
-    if (n <= 0 || !cuda__enter(cb, "silu_mul")) return;
-    silu_mul_kernel<<<cuda__grid(n, BLOCK), BLOCK, 0, cuda__compute(cb)>>>(gate, up, out, n);
-    cuda__launched(cb, "silu_mul");
+    glu(b, KERN_GLU_SILU, "silu_mul", gate, up, out, n);
+}
+
+void cuda__swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out, int64_t n)
+{
+    glu(b, KERN_GLU_SWIGLU_OAI, "swiglu_oai", gate, up, out, n);
 }
 
 void cuda__add(kern_backend *b, float *y, const float *x, int64_t n)
@@ -335,19 +442,23 @@ void cuda__router(kern_backend *b, const float *logits, int64_t n_tokens, const 
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || !cuda__enter(cb, "router")) return;
+    const bool groups_ok =
+        o->n_group <= 1 || (o->n_group <= KERN_ROUTER_MAX_GROUPS && o->n_expert % o->n_group == 0 &&
+                            o->n_group_used >= 1 && o->n_group_used <= o->n_group &&
+                            o->k <= o->n_group_used * (o->n_expert / o->n_group));
     if (o->n_expert < 1 || o->n_expert > MAX_EXPERTS || o->k < 1 || o->k > MAX_K ||
-        o->k > o->n_expert ||
-        (o->gating != KERN_GATING_SOFTMAX && o->gating != KERN_GATING_SIGMOID) ||
-        o->sel_bias || o->n_group > 1) {
+        o->k > o->n_expert || !groups_ok ||
+        (o->gating != KERN_GATING_SOFTMAX && o->gating != KERN_GATING_SIGMOID &&
+         o->gating != KERN_GATING_TOPK_SOFTMAX)) {
         cuda__fail(cb, -EINVAL,
-                   "cuda router: %d experts, top %d, gating %d not supported (at most %d "
-                   "experts, k at most %d; no selection bias, no groups)",
-                   o->n_expert, o->k, (int)o->gating, MAX_EXPERTS, MAX_K);
+                   "cuda router: top %d of %d experts in %d groups (%d used), gating %d not "
+                   "supported (at most %d experts, k at most %d)",
+                   o->k, o->n_expert, o->n_group, o->n_group_used, (int)o->gating, MAX_EXPERTS,
+                   MAX_K);
         return;
     }
-    const int warps_per_block = 4;
-    router_kernel<<<cuda__grid(n_tokens, warps_per_block), 32 * warps_per_block, 0,
-                    cuda__compute(cb)>>>(logits, n_tokens, *o, ids, weights);
+    router_kernel<<<cuda__grid(n_tokens, ROUTER_WARPS), 32 * ROUTER_WARPS, 0, cuda__compute(cb)>>>(
+        logits, n_tokens, *o, ids, weights);
     cuda__launched(cb, "router");
 }
 

@@ -18,3 +18,15 @@ int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, char *err, si
     if (err && err_size) snprintf(err, err_size, "this build has no CUDA backend");
     return -ENODEV;
 }
+
+bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32])
+{
+    (void)type, (void)row, (void)u, (void)out;
+    return false;
+}
+
+bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32])
+{
+    (void)type, (void)row, (void)u, (void)out;
+    return false;
+}

@@ -16,10 +16,12 @@
  */
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/quant_blocks.h"
+#include "kernels/cuda/cuda.h"
 #include "kernels/kernels.h"
 #include "kernels/sim/sim.h"
 #include "tests/unit/test_util.h"
 
+#include "moe_config.h"
 #include <check.h>
 #include <errno.h>
 #include <math.h>
@@ -199,22 +201,6 @@ static const uint32_t all_types[] = {KERN_T_F32,  KERN_T_F16,    KERN_T_BF16,   
                                      KERN_T_Q3_K, KERN_T_IQ4_NL, KERN_T_IQ4_XS, KERN_T_MXFP4};
 enum { N_ALL_TYPES = sizeof all_types / sizeof all_types[0] };
 
-/* The CUDA backend has no kernels for the types the largest MoE models keep their experts in
- * (docs/architecture.md); every other backend computes every type. */
-static bool backend_computes(int be, uint32_t type)
-{
-    bool cuda_lacks = type == KERN_T_Q2_K || type == KERN_T_Q3_K || type == KERN_T_IQ4_NL ||
-                      type == KERN_T_IQ4_XS || type == KERN_T_MXFP4;
-    return !(cuda_lacks && !strcmp(backends[be].name, "cuda"));
-}
-
-/* gpt-oss's operations (attention sinks and windows, YaRN, the clamped SwiGLU) have CPU
- * kernels only; a backend without swiglu_oai refuses them all. */
-static bool backend_runs_gpt_oss(int be)
-{
-    return backends[be].b->ops->swiglu_oai != NULL;
-}
-
 /* n_rows x n_cols of `type` with random payload and sane scales; *ref gets the dequantised
  * values (the reference dequantisers are bit-exact with gguf-py, test_quant.c). */
 static void *random_weight(uint32_t type, int64_t n_rows, int64_t n_cols, float **ref)
@@ -344,8 +330,7 @@ START_TEST(matmul_every_type)
     static const int64_t shapes[][2] = {{1, 1}, {7, 2}, {33, 3}, {64, 4}, {130, 8}};
     static const int64_t toks[] = {1, 2, 8, 9, 33};
     for (int be = 0; be < n_backends; be++)
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0] && backend_computes(be, type);
-             s++) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             int64_t cols = shapes[s][1] * (blk > 1 ? blk : 32) + (blk == 1 && s == 2 ? 1 : 0);
             for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
                 matmul_case(be, type, shapes[s][0], cols, toks[k]);
@@ -356,7 +341,7 @@ START_TEST(matmul_every_type)
     /* a prefill long enough for the CPU's token tiles (half an L2 of activations: 112 tokens of
      * 4096 as Q8_K, 32 as f32) to end inside the batch */
     for (int be = 0; be < n_backends; be++)
-        if (backend_computes(be, type)) matmul_case(be, type, 20, 4096, 150);
+        matmul_case(be, type, 20, 4096, 150);
 }
 END_TEST
 
@@ -475,7 +460,6 @@ START_TEST(rope_yarn)
     int32_t pos[5] = {0, 3, 100, 4095, 131071};
     int n_tok = 5, heads = 4, hd = 64;
     for (int be = 0; be < n_backends; be++) {
-        if (!backend_runs_gpt_oss(be)) continue;
         kern_backend *b = backends[be].b;
         int32_t *dpos = to_device(b, pos, sizeof pos);
         for (int trunc = 0; trunc < 2; trunc++) {
@@ -534,7 +518,7 @@ START_TEST(elementwise_ops)
                 double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
                 expect_close(be, "silu_mul", "", o[i], ref, 1.0 + fabs(ref), 1e-6);
             }
-            if (backend_runs_gpt_oss(be)) {
+            {
                 /* gate past the clamp at 7 (the scale of 8), up on both sides of it */
                 float *u8 = random_floats(n, 9.0f), *du8 = to_device(b, u8, (size_t)n * 4);
                 kern_swiglu_oai(b, dg, du8, dout, n);
@@ -582,7 +566,6 @@ START_TEST(get_rows_and_gather)
         kern_backend *b = backends[be].b;
         for (size_t ti = 0; ti < N_ALL_TYPES; ti++) {
             uint32_t type = all_types[ti];
-            if (!backend_computes(be, type)) continue;
             int64_t blk = kern_type_info(type)->block_elems, cols = blk > 1 ? 2 * blk : 40,
                     rows = 11;
             float *ref = NULL;
@@ -745,9 +728,6 @@ START_TEST(router_gatings_and_ties)
     for (int be = 0; be < n_backends; be++) {
         kern_backend *b = backends[be].b;
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-            if (cases[c].g == KERN_GATING_TOPK_SOFTMAX && !backend_runs_gpt_oss(be)) continue;
-            /* cuda's router has neither (glm4moe is refused there) */
-            if ((cases[c].bias || cases[c].n_group > 1) && b->kind == KERN_BACKEND_CUDA) continue;
             kern_router_opts o = {.n_expert = cases[c].E,
                                   .k = cases[c].k,
                                   .gating = cases[c].g,
@@ -1032,7 +1012,6 @@ START_TEST(experts_grouped)
 {
     uint32_t t = all_types[_i], same[4] = {t, t, t, t};
     for (int be = 0; be < n_backends; be++) {
-        if (!backend_computes(be, t)) continue;
         experts_case(be, same, same, 4, false);
         experts_case(be, same, same, 1, false);
     }
@@ -1062,7 +1041,6 @@ START_TEST(experts_gpt_oss)
     const uint32_t mx[4] = {KERN_T_MXFP4, KERN_T_MXFP4, KERN_T_MXFP4, KERN_T_MXFP4},
                    f32[4] = {KERN_T_F32, KERN_T_F32, KERN_T_F32, KERN_T_F32};
     for (int be = 0; be < n_backends; be++) {
-        if (!backend_runs_gpt_oss(be)) continue;
         experts_case(be, mx, mx, 4, true);
         experts_case(be, f32, f32, 4, true);
         experts_case(be, f32, f32, 1, true);
@@ -1236,7 +1214,6 @@ START_TEST(attention_paged_kv)
             attention_case(be, type, 5, 4, 4, 64, lens, 4, 0, false); /* odd blocks, no grouping */
             attention_case(be, type, 16, 32, 4, 128, lens, 3, 0, false);   /* Qwen3-30B-A3B heads */
             attention_case(be, type, 32, 8, 8, 96, long_len, 1, 0, false); /* one long sequence */
-            if (!backend_runs_gpt_oss(be)) continue;
             /* deepseek2's latent cache: 16 heads over one KV head of 512 + 64 that is also V */
             attention_case_kv(be, type, 16, 16, 1, 576, lens, 4, 0, false, true);
             attention_case_kv(be, type, 5, 4, 1, 48, lens, 4, 0, false, true);
@@ -1358,6 +1335,52 @@ static void print_summary(void)
     printf("(worst error relative to the case's scale, and the number of values checked)\n");
 }
 
+#if MOE_HAVE_CUDA
+/* ---- the CUDA kernels' block readers, on the host ---------------------------------------------
+ * kernels/cuda/cuda_blocks.cuh compiles for the host too: every quantised type's units weigh
+ * their elements as the reference dequantiser does (the matmul's integer form: scales, mins,
+ * table lookups, signs), and get_rows reads them as the reference does, bit for bit.  Without
+ * a GPU this is the check that the CUDA side unpacks each type's bits right. */
+static const uint32_t block_types[] = {
+    KERN_T_Q8_0, KERN_T_Q4_0, KERN_T_Q4_1, KERN_T_Q5_0,   KERN_T_Q5_1,   KERN_T_Q4_K, KERN_T_Q5_K,
+    KERN_T_Q6_K, KERN_T_Q2_K, KERN_T_Q3_K, KERN_T_IQ4_NL, KERN_T_IQ4_XS, KERN_T_MXFP4};
+enum { N_BLOCK_TYPES = sizeof block_types / sizeof block_types[0] };
+
+START_TEST(cuda_blocks_read_as_the_reference)
+{
+    uint32_t type = block_types[_i];
+    const kern_type_traits *t = kern_type_info(type);
+    int64_t n_blocks = 96, n = n_blocks * (int64_t)t->block_elems;
+    uint8_t *q = test_random_blocks(type, n_blocks);
+    float *ref = malloc((size_t)n * sizeof *ref);
+    t->to_f32(q, ref, n);
+    double block_mag = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        block_mag = fmax(block_mag, fabs(ref[i]));
+    for (int64_t u = 0; u < n / 32; u++) {
+        float unit[32], deq[32];
+        const float *r = ref + 32 * u;
+        ck_assert_msg(kern_cuda_unit_values(type, q, u, unit), "%s: no CUDA block reader", t->name);
+        ck_assert(kern_cuda_dequant_values(type, q, u, deq));
+        double mag = 0.0;
+        for (int e = 0; e < 32; e++)
+            mag = fmax(mag, fabs(r[e]));
+        for (int e = 0; e < 32; e++) {
+            ck_assert_msg(memcmp(&deq[e], &r[e], sizeof deq[e]) == 0,
+                          "%s get_rows: unit %lld element %d is %.9g, the reference %.9g", t->name,
+                          (long long)u, e, deq[e], r[e]);
+            /* the integer form rounds once (in double) where the reference rounds per step */
+            ck_assert_msg(fabs(unit[e] - r[e]) <= 1e-5 * mag + 1e-6 * block_mag,
+                          "%s matmul: unit %lld element %d weighs %.9g, the reference %.9g",
+                          t->name, (long long)u, e, unit[e], r[e]);
+        }
+    }
+    free(ref);
+    free(q);
+}
+END_TEST
+#endif
+
 int main(void)
 {
     open_backends();
@@ -1377,6 +1400,9 @@ int main(void)
     tcase_add_test(tc, rope_yarn);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);
+#if MOE_HAVE_CUDA
+    tcase_add_loop_test(tc, cuda_blocks_read_as_the_reference, 0, N_BLOCK_TYPES);
+#endif
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* One process: the worst-error table is gathered across tests. */

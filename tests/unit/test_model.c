@@ -214,38 +214,6 @@ static void fixture_close(fixture *fx)
     cJSON_Delete(fx->golden);
 }
 
-/* gpt-oss's, glm4moe's and deepseek2's operations have CPU kernels only (docs/architecture.md): on
- * a backend without them (cuda) their goldens are skipped, once the model is seen refused there
- * with the reason. */
-static bool refused_on_this_backend(const char *name)
-{
-    char err[512], path[1024], arch[16];
-    bool gpt_oss = strncmp(name, "gpt-oss", 7) == 0, glm = strncmp(name, "glm4moe", 7) == 0,
-         ds = strncmp(name, "deepseek2", 9) == 0;
-    if (!gpt_oss && !glm && !ds) return false;
-    snprintf(arch, sizeof arch, "%.*s", ds ? 9 : 7, name);
-    kern_open_opts o = kern_open_opts_default();
-    o.kind = test_backend;
-    o.n_threads = 1;
-    kern_backend *b = NULL;
-    ck_assert_msg(kern_open(&b, &o, err, sizeof err) == 0, "%s", err);
-    bool refused = gpt_oss ? b->ops->swiglu_oai == NULL : b->kind == KERN_BACKEND_CUDA;
-    if (refused) {
-        cJSON *golden = load_golden(name);
-        ensure_model(cJSON_GetObjectItem(golden, "generator_args"), "", name, path, sizeof path);
-        cJSON_Delete(golden);
-        model *m = NULL;
-        model_opts mo = {.backend = b};
-        ck_assert_int_eq(model_open(&m, path, &mo, err, sizeof err), -ENOTSUP);
-        char want[64];
-        snprintf(want, sizeof want, "cannot run %s", arch);
-        ck_assert_msg(strstr(err, want), "%s", err);
-        printf("SKIP %s on %s: refused at open (%s)\n", name, b->name, err);
-    }
-    kern_close(&b);
-    return refused;
-}
-
 static int32_t *json_ints(const cJSON *arr, int *n)
 {
     *n = cJSON_GetArraySize(arr);
@@ -320,7 +288,6 @@ static double check_logits(fixture *fx, const char *label, double tol)
 
 START_TEST(logits_match_transformers)
 {
-    if (refused_on_this_backend(goldens[_i].name)) return;
     fixture fx;
     fixture_open(&fx, goldens[_i].name, "", 2);
     check_logits(&fx, goldens[_i].name, goldens[_i].logit_tol);
@@ -385,7 +352,6 @@ static void check_greedy(fixture *fx, const char *label, double tol)
 
 START_TEST(greedy_tokens_match_transformers)
 {
-    if (refused_on_this_backend(goldens[_i].name)) return;
     fixture fx;
     fixture_open(&fx, goldens[_i].name, "", 2);
     check_greedy(&fx, goldens[_i].name, goldens[_i].logit_tol);
@@ -397,7 +363,6 @@ END_TEST
 
 START_TEST(batch_gives_each_sequence_its_own_logits)
 {
-    if (refused_on_this_backend(goldens[_i].name)) return;
     char err[512];
     fixture fx;
     fixture_open(&fx, goldens[_i].name, "", 2);
@@ -527,7 +492,6 @@ END_TEST
 
 START_TEST(thread_count_does_not_change_logits)
 {
-    if (refused_on_this_backend(goldens[_i].name)) return;
     fixture one, three;
     fixture_open(&one, goldens[_i].name, "", 1);
     fixture_open(&three, goldens[_i].name, "", 3);
@@ -711,7 +675,6 @@ END_TEST
  * name, the sliding window and YaRN's keys. */
 START_TEST(unusable_gpt_oss_models_are_refused_with_the_reason)
 {
-    if (refused_on_this_backend("gpt-oss-tiny-f32")) return;
     fixture fx;
     fixture_open(&fx, "gpt-oss-tiny-f32", "", 1);
     static const refusal cases[] = {
@@ -748,7 +711,6 @@ END_TEST
  * (all layers or none), the gating function and the router groups. */
 START_TEST(glm4moe_keys_are_read_and_unusable_files_refused)
 {
-    if (refused_on_this_backend("glm4moe-tiny-f32")) return;
     fixture fx;
     fixture_open(&fx, "glm4moe-tiny-f32", "", 1);
     const model_hparams *hp = fx.hp;
@@ -809,7 +771,6 @@ END_TEST
  * row per token and layer; files it cannot run are refused with the key or tensor at fault. */
 START_TEST(deepseek2_keys_are_read_and_unusable_files_refused)
 {
-    if (refused_on_this_backend("deepseek2-tiny-f32")) return;
     fixture fx;
     fixture_open(&fx, "deepseek2-tiny-f32", "", 1);
     const model_hparams *hp = fx.hp;
@@ -918,7 +879,6 @@ START_TEST(dequantised_weights_match_transformers)
 {
     char err[512], dst[1100];
     const golden_case *gc = &goldens[N_FLOAT_GOLDEN + _i];
-    if (refused_on_this_backend(gc->name)) return;
     fixture fx;
     fixture_open(&fx, gc->name, "", 2);
     snprintf(dst, sizeof dst, "%s.f32.%d", fx.path, (int)getpid());
@@ -1141,7 +1101,6 @@ END_TEST
 
 START_TEST(f16_kv_stays_close_to_f32)
 {
-    if (refused_on_this_backend(goldens[_i].name)) return;
     fixture fx;
     fixture_open(&fx, goldens[_i].name, "", 2);
     const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
