@@ -137,7 +137,9 @@ typedef struct cache_device_opts {
      * what the device has free minus this, else as many as fit (said in the log). */
     uint64_t reserve_bytes;
     cache_pinning pinning;
-    uint64_t ring_bytes; /* the staging ring; 0: 256 MiB, and at least two experts */
+    uint64_t ring_bytes;  /* the staging ring; 0: 256 MiB, and at least two experts */
+    int stage_threads;    /* threads that fill the ring; 0: a quarter of the cores, 1 to 4 */
+    uint64_t stage_chunk; /* bytes staged before their copy is queued; 0: 8 MiB */
     cache_policy policy;
     void (*log)(void *user, const char *msg); /* NULL: the upper tier's */
     void *log_user;

@@ -22,6 +22,15 @@
 
 #include <stdatomic.h>
 
+/* The staging copier (stage.c): a memcpy split over n_threads threads, the caller one of
+ * them; cache__stage returns when the whole copy is done.  A NULL stager copies on the
+ * caller's thread alone. */
+typedef struct cache__stager cache__stager;
+int cache__stager_open(cache__stager **out, int n_threads);
+int cache__stager_threads(const cache__stager *s);
+void cache__stage(cache__stager *s, void *dst, const void *src, size_t len);
+void cache__stager_close(cache__stager *s);
+
 typedef enum cache__slot_state { SLOT_EMPTY = 0, SLOT_LOADING, SLOT_READY } cache__slot_state;
 
 typedef struct cache__slot {

@@ -34,8 +34,10 @@ typedef struct dev_fill {
     kern_backend *b;
     cache *upper;
     void *registered; /* the upper tier's arena, registered for fast copies */
-    uint8_t *ring;    /* else: a pinned staging ring, filled in copy order */
+    uint8_t *ring;    /* else: a pinned staging ring, filled in copy order ... */
     size_t ring_bytes, ring_head, ring_used;
+    cache__stager *stager; /* ... by these threads ... */
+    size_t chunk;          /* ... a chunk at a time, each chunk's copy queued at once */
     /* loads not yet asked of the upper tier */
     uint32_t *pend_slot;
     int32_t *pend_key;
@@ -127,10 +129,10 @@ static void issue_copy(cache *c, const cache_ref *ref)
     if (rc == 0) rc = kern_stream_wait(d->b, KERN_STREAM_COPY, d->compute);
     uint64_t bytes = 0;
     size_t ring_len = 0;
-    const void *src[CACHE_PARTS] = {ref->part[0], ref->part[1], ref->part[2]};
     if (rc == 0 && d->ring) {
         /* Stage the parts in the ring (contiguous: a copy that would run past the end starts
-         * again at the beginning, the tail counted as used until it retires). */
+         * again at the beginning, the tail counted as used until it retires), a chunk at a
+         * time: the link copies one chunk while the threads stage the next. */
         size_t need = 0;
         for (int p = 0; p < CACHE_PARTS; p++)
             need += align_up(c->part_bytes[(size_t)key * CACHE_PARTS + (size_t)p], PART_ALIGN);
@@ -139,21 +141,28 @@ static void issue_copy(cache *c, const cache_ref *ref)
             retire_copies(c, true);
         if (waste) d->ring_head = 0;
         uint8_t *at = d->ring + d->ring_head;
-        for (int p = 0; p < CACHE_PARTS; p++) {
-            size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
-            memcpy(at, ref->part[p], c->part_bytes[i]);
-            src[p] = at;
-            at += align_up(c->part_bytes[i], PART_ALIGN);
-        }
         ring_len = waste + need;
         d->ring_head = (d->ring_head + need) % d->ring_bytes;
         d->ring_used += ring_len;
-    }
-    for (int p = 0; p < CACHE_PARTS && rc == 0; p++) {
-        size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
-        rc = kern_copy(d->b, KERN_STREAM_COPY, dst + c->part_off[i], src[p], c->part_bytes[i],
-                       KERN_COPY_TO_DEVICE);
-        bytes += c->part_bytes[i];
+        for (int p = 0; p < CACHE_PARTS && rc == 0; p++) {
+            size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
+            const uint8_t *src = ref->part[p];
+            for (size_t off = 0; off < c->part_bytes[i] && rc == 0; off += d->chunk) {
+                size_t n = c->part_bytes[i] - off < d->chunk ? c->part_bytes[i] - off : d->chunk;
+                cache__stage(d->stager, at + off, src + off, n);
+                rc = kern_copy(d->b, KERN_STREAM_COPY, dst + c->part_off[i] + off, at + off, n,
+                               KERN_COPY_TO_DEVICE);
+            }
+            bytes += c->part_bytes[i];
+            at += align_up(c->part_bytes[i], PART_ALIGN);
+        }
+    } else {
+        for (int p = 0; p < CACHE_PARTS && rc == 0; p++) {
+            size_t i = (size_t)key * CACHE_PARTS + (size_t)p;
+            rc = kern_copy(d->b, KERN_STREAM_COPY, dst + c->part_off[i], ref->part[p],
+                           c->part_bytes[i], KERN_COPY_TO_DEVICE);
+            bytes += c->part_bytes[i];
+        }
     }
     kern_event *ev = d->events[slot];
     if (rc == 0) rc = kern_event_record(d->b, ev, KERN_STREAM_COPY);
@@ -290,6 +299,7 @@ static void dev_close(cache *c)
     kern_event_destroy(d->b, &d->compute);
     kern_unregister(d->b, d->registered);
     kern_free(d->b, KERN_MEM_HOST_PINNED, d->ring);
+    cache__stager_close(d->stager);
     kern_free(d->b, KERN_MEM_DEVICE, c->arena);
     c->arena = NULL;
     free(d->pend_slot);
@@ -347,10 +357,22 @@ static int attach_host(cache *c, cache *upper, const cache_device_opts *opts, ch
     }
     d->ring = mem;
     d->ring_bytes = ring;
+    d->chunk = opts->stage_chunk ? (size_t)opts->stage_chunk : (size_t)8 << 20;
+    int threads = opts->stage_threads;
+    if (threads <= 0) { /* a quarter of the cores, up to 4: what a PCIe 5 link needs */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores >= 8 ? (int)(cores / 4) : 1;
+        threads = threads > 4 ? 4 : threads;
+    }
+    if (threads > 1 && (rc = cache__stager_open(&d->stager, threads))) {
+        snprintf(err, err_size, "the staging ring's %d copy threads: %s", threads, strerror(-rc));
+        return rc;
+    }
     snprintf(msg, sizeof msg,
-             "copies to the device are staged through a pinned ring of %.0f MiB (the host tier, "
-             "%.1f GiB, stays pageable)",
-             (double)ring / (1 << 20), (double)upper->arena_bytes / (1 << 30));
+             "copies to the device are staged through a pinned ring of %.0f MiB by %d thread%s "
+             "(the host tier, %.1f GiB, stays pageable)",
+             (double)ring / (1 << 20), threads, threads > 1 ? "s" : "",
+             (double)upper->arena_bytes / (1 << 30));
     cache__log_msg(c, msg);
     return 0;
 }

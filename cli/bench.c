@@ -117,6 +117,8 @@ static void usage(FILE *out)
         "  --kv-type f16|f32  KV cache storage (default f16)\n"
         "  --host-pinning auto|tier|ring  copies to the device from the registered host tier or "
         "via a pinned ring\n"
+        "  --staging-threads N  threads that fill the pinned ring (default 0: a quarter of the "
+        "cores, 1 to 4)\n"
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
         "  --profile     time each CPU operation over the decode steps (a table per run)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"

@@ -103,6 +103,17 @@ int cli_cache_arg(cli_cache_args *a, const char *opt, const char *v)
         a->device_enabled = true; /* the device tier's options travel; its budget stays auto */
         return 1;
     }
+    if (!strcmp(opt, "--staging-threads")) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*v == '\0' || *end || n < 0 || n > 64) {
+            fprintf(stderr, "--staging-threads expects 0 (auto) to 64; got '%s'\n", v);
+            return -EINVAL;
+        }
+        a->device.stage_threads = (int)n;
+        a->device_enabled = true;
+        return 1;
+    }
     if (!strcmp(opt, "--miss-policy")) {
         model_miss_policy p;
         if (model_miss_policy_parse(v, &p)) {

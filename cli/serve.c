@@ -176,6 +176,7 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     st->device.policy = st->cache.policy;
     st->device.pinning = (cache_pinning)c->cache.host_pinning;
     st->device.ring_bytes = c->cache.staging_bytes;
+    st->device.stage_threads = c->cache.staging_threads;
     st->device.log = cache_log;
     cache_opts dev_budget = cache_opts_default();
     cli_cache_budget(&dev_budget, &c->cache.device_bytes, sz.expert_bytes, 0);

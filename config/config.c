@@ -97,6 +97,7 @@ static const cfg__key keys[] = {
      NULL},
     {"cache.staging_bytes", CFG__SIZE, OFF(cache.staging_bytes), 1 * MIB, 64 * GIB, NULL, "256MiB",
      NULL, NULL},
+    {"cache.staging_threads", CFG__INT, OFF(cache.staging_threads), 0, 64, NULL, "0", NULL, NULL},
     {"cache.policy", CFG__ENUM, OFF(cache.policy), 0, 0, policy_names, "lru", NULL, NULL},
     {"predictor.kind", CFG__ENUM, OFF(predictor.kind), 0, 0, predictor_names, "auto", NULL, NULL},
     {"predictor.lookahead", CFG__INT, OFF(predictor.lookahead), 1, 8, NULL, "1", NULL, NULL},

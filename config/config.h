@@ -133,6 +133,7 @@ typedef struct cfg {
         int miss_policy;  /* model_miss_policy: auto, copy, cpu */
         int host_pinning; /* cache_pinning: auto, tier, ring */
         uint64_t staging_bytes;
+        int staging_threads; /* 0: auto */
     } cache;
     struct {
         cfg_predictor_kind kind;

@@ -61,17 +61,21 @@ for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
         else:
             failed += 1
             print(f"FAIL: {arch} miss policy {policy}: exit {p.returncode}, experts on the CPU {on_cpu}\n{p.stderr[-2000:]}")
-# Copies staged through a pinned ring instead of a registered host tier: the same bits.
-for arch in ("olmoe", "qwen3moe"):
+# Copies staged through a pinned ring instead of a registered host tier: the same bits; also
+# with three staging threads and 16 KiB chunks, so that each part (36 KiB and more) is staged
+# in pieces by several threads and copied chunk by chunk.
+for arch, staging in (("olmoe", []), ("qwen3moe", []),
+                      ("qwen3moe", ["--staging-threads", "3", "--staging-chunk", "16384"])):
     p = subprocess.run([TOOL, "--model", model(arch, "q4_k_m"), "--backend", "sim", "--exact", "--steps", "6",
-                        "--pinning", "ring", "--host-budgets", "all,min", "--device-budgets", "25%,min"],
-                       capture_output=True, text=True, timeout=600)
+                        "--pinning", "ring", "--host-budgets", "all,min", "--device-budgets", "25%,min"]
+                       + staging, capture_output=True, text=True, timeout=600)
     print(p.stdout, end="")
     n = len([l for l in p.stdout.splitlines() if l.startswith("| parity-") and "bit-identical" in l])
-    if p.returncode == 0 and n == 4 and "staged through a pinned ring" in p.stderr:
+    by = "by 3 threads" if staging else "staged through a pinned ring"
+    if p.returncode == 0 and n == 4 and by in p.stderr:
         passed += n
     else:
         failed += 1
-        print(f"FAIL: {arch} staged copies: exit {p.returncode}, {n} of 4 bit-identical\n{p.stderr[-2000:]}")
+        print(f"FAIL: {arch} staged copies {staging}: exit {p.returncode}, {n} of 4 bit-identical\n{p.stderr[-2000:]}")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

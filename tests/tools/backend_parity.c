@@ -5,6 +5,7 @@
  *   backend_parity --model F --backend sim|cuda [--exact | --tol X] [--steps N]
  *                  [--device-budgets all,50%,25%,min] [--host-budgets all,min] [--threads N]
  *                  [--miss-policy auto|copy|cpu] [--pinning auto|tier|ring]
+ *                  [--staging-threads N] [--staging-chunk BYTES]
  *
  * Three prompts are prefilled in one batch, then decoded in lockstep for N steps, teacher-forced
  * with the CPU's greedy tokens (so that a near tie broken differently cannot make the runs
@@ -51,6 +52,8 @@ static int parse_budget(const char *text, double *fraction, bool *min)
 static kern_backend *miss_cpu; /* computes a device tier's misses (policy auto, cpu) */
 static model_miss_policy miss_policy = MODEL_MISS_COPY;
 static cache_pinning pinning = CACHE_PIN_AUTO;
+static int stage_threads;    /* 0: the tier's default */
+static uint64_t stage_chunk; /* 0: the tier's default */
 
 static int run(kern_backend *be, const char *path, const char *host_budget, const char *dev_budget,
                int steps, const run_out *forced, run_out *out, char *err, size_t err_size)
@@ -66,6 +69,8 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
     co.budget_min = host_min;
     dev.budget_min = dev_min;
     dev.pinning = pinning;
+    dev.stage_threads = stage_threads;
+    dev.stage_chunk = stage_chunk;
     bool tiers = strcmp(host_budget, "off") != 0;
     model_opts mo = {.backend = be,
                      .expert_cache = tiers ? &co : NULL,
@@ -158,7 +163,11 @@ int main(int argc, char **argv)
             pinning = !strcmp(v, "ring")   ? CACHE_PIN_RING
                       : !strcmp(v, "tier") ? CACHE_PIN_TIER
                                            : CACHE_PIN_AUTO;
-        } else if (!strcmp(argv[i], "--miss-policy")) {
+        } else if (!strcmp(argv[i], "--staging-threads"))
+            stage_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--staging-chunk"))
+            stage_chunk = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--miss-policy")) {
             if (model_miss_policy_parse(argv[++i], &miss_policy)) {
                 fprintf(stderr, "backend_parity: --miss-policy auto|copy|cpu\n");
                 return 2;

@@ -6,6 +6,7 @@
  * budget down to the minimum.
  */
 #include "cache/cache.h"
+#include "cache/cache_internal.h"
 #include "model/model.h"
 #include "test_models.h"
 #include "test_util.h"
@@ -644,11 +645,48 @@ START_TEST(model_logits_identical_at_every_budget)
 }
 END_TEST
 
+/* The staging copier (stage.c) splits a copy over its threads: every byte lands where a
+ * memcpy puts it, for lengths around its piece boundaries and thread counts, copy after copy
+ * (the workers' generations must not skip or repeat a copy). */
+START_TEST(staged_copies_equal_memcpy)
+{
+    static const size_t lens[] = {0, 1, 4095, 4096, 8191, 8192, 12289, 100003, (3u << 20) + 7};
+    size_t max = (3u << 20) + 7;
+    uint8_t *src = malloc(max), *dst = malloc(max + 64);
+    ck_assert(src && dst);
+    for (size_t i = 0; i < max; i++)
+        src[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (int threads = 1; threads <= 4; threads++) {
+        cache__stager *st = NULL;
+        ck_assert_int_eq(cache__stager_open(&st, threads), 0);
+        ck_assert_int_eq(cache__stager_threads(st), threads);
+        for (int rep = 0; rep < 40; rep++)
+            for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+                size_t off = (size_t)rep % 7, n = lens[l]; /* unaligned ends too */
+                if (n + off > max) n = max - off;
+                memset(dst, 0xA5, n + 64);
+                cache__stage(st, dst, src + off, n);
+                ck_assert_msg(memcmp(dst, src + off, n) == 0, "%d threads, %zu bytes", threads, n);
+                for (size_t i = n; i < n + 64; i++)
+                    ck_assert_msg(dst[i] == 0xA5, "%d threads, %zu bytes: wrote past the end",
+                                  threads, n);
+            }
+        cache__stager_close(st);
+    }
+    cache__stage(NULL, dst, src, 100); /* no stager: the caller's memcpy */
+    ck_assert(memcmp(dst, src, 100) == 0);
+    ck_assert_int_eq(cache__stager_open(&(cache__stager *){NULL}, 0), -EINVAL);
+    free(src);
+    free(dst);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cache");
     TCase *tc = tcase_create("cache");
     tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, staged_copies_equal_memcpy);
     tcase_add_test(tc, reads_equal_the_file_at_every_budget);
     tcase_add_test(tc, policies_match_a_reference_and_traces_replay);
     tcase_add_test(tc, predictions_prefetch_by_probability_and_cancel);

@@ -162,6 +162,7 @@ static const key_case key_cases[] = {
     {"cache.miss_policy", "\"cpu\"", "cpu", V_ENUM, F(cache.miss_policy), .i = 2},
     {"cache.host_pinning", "\"ring\"", "ring", V_ENUM, F(cache.host_pinning), .i = 2},
     {"cache.staging_bytes", "\"64MiB\"", "64MiB", V_U64, F(cache.staging_bytes), .u = 64ull << 20},
+    {"cache.staging_threads", "3", "3", V_I32, F(cache.staging_threads), .i = 3},
     {"predictor.kind", "\"affinity\"", "affinity", V_ENUM, F(predictor.kind),
      .i = CFG_PREDICTOR_AFFINITY},
     {"predictor.lookahead", "3", "3", V_I32, F(predictor.lookahead), .i = 3},
