@@ -10,6 +10,7 @@
 #include "kernels/sim/sim.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -141,6 +142,25 @@ double kern_copy_seconds(kern_backend *b, kern_copy_dir dir, size_t bytes, int r
     kern_free(b, dst_kind, dst);
     kern_free(b, src_kind, src);
     return best;
+}
+
+void kern_rope_yarn_ramp(const kern_rope_yarn *y, int n_rot, float freq_base, double *low,
+                         double *high)
+{
+    const double two_pi = 6.283185307179586;
+    double base = freq_base, dim = n_rot;
+    /* the dimension where a pair turns `beta` times over the original context */
+    double lo = dim * log(y->orig_ctx / (y->beta_fast * two_pi)) / (2.0 * log(base));
+    double hi = dim * log(y->orig_ctx / (y->beta_slow * two_pi)) / (2.0 * log(base));
+    if (y->truncate) {
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
+    lo = lo > 0.0 ? lo : 0.0;
+    hi = hi < dim - 1 ? hi : dim - 1;
+    if (lo == hi) hi += 0.001; /* transformers' guard against a zero-width ramp */
+    *low = lo;
+    *high = hi;
 }
 
 void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,

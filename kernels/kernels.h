@@ -144,6 +144,11 @@ typedef struct kern_rope_yarn {
     bool truncate;
 } kern_rope_yarn;
 
+/* The ramp's ends, low and high, for a rope of n_rot dimensions (each backend's YaRN uses
+ * these, so that they agree on which pairs are interpolated). */
+void kern_rope_yarn_ramp(const kern_rope_yarn *y, int n_rot, float freq_base, double *low,
+                         double *high);
+
 typedef enum kern_kv_type { KERN_KV_F16 = 0, KERN_KV_F32 } kern_kv_type;
 
 /* Where one layer's keys and values of every sequence are, as the operations see it (device

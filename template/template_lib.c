@@ -222,9 +222,9 @@ bool tpl__test(tpl_render *r, const char *t, tpl_value v, const tpl_args *a)
 
 /* ---- sorting: sort, dictsort, min, max, sum ---------------------------------------------- */
 
-/* Python's ordering for sorted(): numbers with numbers, strings with strings (lower-cased
- * unless case_sensitive), lists element by element; anything else is a TypeError. */
-static int order(tpl_render *r, tpl_value a, tpl_value b, bool case_sensitive)
+/* Python's ordering for sorted(): numbers with numbers, strings with strings, lists element by
+ * element; anything else is a TypeError. */
+static int order(tpl_render *r, tpl_value a, tpl_value b)
 {
     bool an = a.kind == TV_INT || a.kind == TV_FLOAT || a.kind == TV_BOOL;
     bool bn = b.kind == TV_INT || b.kind == TV_FLOAT || b.kind == TV_BOOL;
@@ -234,16 +234,10 @@ static int order(tpl_render *r, tpl_value a, tpl_value b, bool case_sensitive)
         if (a.kind == TV_INT && b.kind == TV_INT) return (a.u.i > b.u.i) - (a.u.i < b.u.i);
         return (x > y) - (x < y);
     }
-    if (a.kind == TV_STR && b.kind == TV_STR) {
-        if (!case_sensitive) {
-            a = tpl__change_case(r, a, 0);
-            b = tpl__change_case(r, b, 0);
-        }
-        return tpl__cmp_str(&a, &b);
-    }
+    if (a.kind == TV_STR && b.kind == TV_STR) return tpl__cmp_str(&a, &b);
     if (a.kind == TV_LIST && b.kind == TV_LIST) {
         for (size_t i = 0; i < a.u.list->n && i < b.u.list->n; i++) {
-            int c = order(r, a.u.list->items[i], b.u.list->items[i], case_sensitive);
+            int c = order(r, a.u.list->items[i], b.u.list->items[i]);
             if (c) return c;
         }
         return (a.u.list->n > b.u.list->n) - (a.u.list->n < b.u.list->n);
@@ -267,21 +261,43 @@ static tpl_value attr_path(tpl_render *r, tpl_value v, tpl_value attr)
     }
 }
 
-/* Stable insertion sort of items by key(item); returns a new list. */
-static tpl_list *sorted(tpl_render *r, const tpl_list *src, const tpl_value *keys, bool reverse,
-                        bool cs)
+/* jinja2's ignore_case, once per key (not per comparison: a sort of n strings would otherwise
+ * lower-case n log n copies): a string key compares lower-cased, anything else, lists too, as
+ * it is. */
+static void fold_keys(tpl_render *r, tpl_value *keys, size_t n, bool case_sensitive)
+{
+    if (case_sensitive) return;
+    for (size_t i = 0; i < n; i++)
+        if (keys[i].kind == TV_STR) keys[i] = tpl__change_case(r, keys[i], 0);
+}
+
+/* Stable merge sort of items by key(item), as Python's sorted() orders them (equal keys keep
+ * their order, reverse too); returns a new list.  O(n log n): a template can sort thousands of
+ * items (the characters of a string). */
+static tpl_list *sorted(tpl_render *r, const tpl_list *src, const tpl_value *keys, bool reverse)
 {
     size_t n = src->n;
     size_t *idx = tpl__ralloc(r, (n ? n : 1) * sizeof *idx);
-    for (size_t i = 0; i < n; i++) {
-        size_t j = i;
-        while (j > 0) {
-            int c = order(r, keys[idx[j - 1]], keys[i], cs);
-            if (reverse ? c >= 0 : c <= 0) break;
-            idx[j] = idx[j - 1];
-            j--;
+    size_t *tmp = tpl__ralloc(r, (n ? n : 1) * sizeof *tmp);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t a = lo, b = mid, k = lo;
+            while (a < mid && b < hi) {
+                /* the right run's item goes first only when it strictly precedes */
+                int c = order(r, keys[idx[b]], keys[idx[a]]);
+                tmp[k++] = (reverse ? c > 0 : c < 0) ? idx[b++] : idx[a++];
+            }
+            while (a < mid)
+                tmp[k++] = idx[a++];
+            while (b < hi)
+                tmp[k++] = idx[b++];
         }
-        idx[j] = i;
+        size_t *t = idx;
+        idx = tmp;
+        tmp = t;
     }
     tpl_list *out = tpl__list_new(r, n);
     for (size_t i = 0; i < n; i++)
@@ -307,7 +323,8 @@ static tpl_value sort_filter(tpl_render *r, const char *f, tpl_value v, const tp
         tpl_value *keys = tpl__ralloc(r, (pairs->n ? pairs->n : 1) * sizeof *keys);
         for (size_t i = 0; i < pairs->n; i++)
             keys[i] = pairs->items[i].u.list->items[by_value ? 1 : 0];
-        return mk_list(sorted(r, pairs, keys, reverse, cs));
+        fold_keys(r, keys, pairs->n, cs);
+        return mk_list(sorted(r, pairs, keys, reverse));
     }
     if (!strcmp(f, "sum")) {
         tpl_value attr = tpl__arg(a, 0, "attribute", TPL_NONE);
@@ -338,12 +355,13 @@ static tpl_value sort_filter(tpl_render *r, const char *f, tpl_value v, const tp
     tpl_value *keys = tpl__ralloc(r, (items->n ? items->n : 1) * sizeof *keys);
     for (size_t i = 0; i < items->n; i++)
         keys[i] = attr_path(r, items->items[i], attr);
-    if (is_sort) return mk_list(sorted(r, items, keys, reverse, cs));
+    fold_keys(r, keys, items->n, cs);
+    if (is_sort) return mk_list(sorted(r, items, keys, reverse));
     /* min / max: the first of the extremes, undefined for an empty sequence */
     if (items->n == 0) return mk_undef(NULL);
     size_t best = 0;
     for (size_t i = 1; i < items->n; i++) {
-        int c = order(r, keys[i], keys[best], cs);
+        int c = order(r, keys[i], keys[best]);
         if (f[1] == 'i' ? c < 0 : c > 0) best = i;
     }
     return items->items[best];

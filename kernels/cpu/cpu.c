@@ -481,18 +481,8 @@ typedef struct rope_job {
 /* YaRN's frequency of every pair (kernels.h, kern_rope_yarn), in double. */
 static void yarn_inv_freq(const kern_rope_yarn *y, int n_rot, float freq_base, double *inv)
 {
-    const double two_pi = 6.283185307179586;
-    double base = freq_base, dim = n_rot;
-    /* the dimension where a pair turns `beta` times over the original context */
-    double low = dim * log(y->orig_ctx / (y->beta_fast * two_pi)) / (2.0 * log(base));
-    double high = dim * log(y->orig_ctx / (y->beta_slow * two_pi)) / (2.0 * log(base));
-    if (y->truncate) {
-        low = floor(low);
-        high = ceil(high);
-    }
-    low = low > 0.0 ? low : 0.0;
-    high = high < dim - 1 ? high : dim - 1;
-    if (low == high) high += 0.001; /* transformers' guard against a zero-width ramp */
+    double base = freq_base, dim = n_rot, low, high;
+    kern_rope_yarn_ramp(y, n_rot, freq_base, &low, &high);
     for (int i = 0; i < n_rot / 2; i++) {
         double extrapolated = pow(base, -2.0 * i / dim), interpolated = extrapolated / y->factor;
         double ramp = ((double)i - low) / (high - low);

@@ -422,7 +422,8 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 
 #define FOR_EACH_TYPE(X)                                                                           \
     X(F32)                                                                                         \
-    X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) \
+    X(F16)                                                                                         \
+    X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K)        \
         X(IQ4_NL) X(IQ4_XS) X(MXFP4)
 
 namespace
@@ -666,44 +667,53 @@ void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, f
 
 /* ---- the block readers on the host (cuda.h) ---------------------------------------------- */
 
-extern "C" bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32])
+namespace
 {
-    unit q;
+
+/* Unit u of a row as the matmul weighs it (integer_form: da * scale * q + db * min, in
+ * double) or as get_rows writes it; false for the float types. */
+template <int TYPE> bool unit_on_host(const uint8_t *row, int64_t u, bool integer_form, float *out)
+{
+    if constexpr (is_float_type(TYPE)) {
+        return false;
+    } else {
+        if (!integer_form) {
+            for (int e = 0; e < 32; e++)
+                out[e] = dequant<TYPE>(row, u, e);
+            return true;
+        }
+        unit q;
+        load_unit<TYPE>(row, (int)u, q);
+        for (int e = 0; e < 32; e++) {
+            const int w = (int8_t)((uint32_t)q.w[e / 4] >> (8 * (e % 4)));
+            const int sc = e < 16 ? q.sc_lo : q.sc_hi, bm = e < 16 ? q.bmul : q.bmul_hi;
+            out[e] = (float)((double)q.da * sc * w + (double)q.db * bm);
+        }
+        return true;
+    }
+}
+
+bool unit_on_host_any(uint32_t type, const void *row, int64_t u, bool integer_form, float *out)
+{
     switch (type) {
 #define CASE(T)                                                                                    \
     case KERN_T_##T:                                                                               \
-        if constexpr (is_float_type(KERN_T_##T))                                                   \
-            return false;                                                                          \
-        else                                                                                       \
-            load_unit<KERN_T_##T>((const uint8_t *)row, (int)u, q);                                \
-        break;
+        return unit_on_host<KERN_T_##T>((const uint8_t *)row, u, integer_form, out);
         FOR_EACH_TYPE(CASE)
 #undef CASE
     default:
         return false;
     }
-    for (int e = 0; e < 32; e++) {
-        const int w = (int8_t)((uint32_t)q.w[e / 4] >> (8 * (e % 4)));
-        const int sc = e < 16 ? q.sc_lo : q.sc_hi, bm = e < 16 ? q.bmul : q.bmul_hi;
-        out[e] = (float)((double)q.da * sc * w + (double)q.db * bm);
-    }
-    return true;
+}
+
+} // namespace
+
+extern "C" bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32])
+{
+    return unit_on_host_any(type, row, u, true, out);
 }
 
 extern "C" bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32])
 {
-    switch (type) {
-#define CASE(T)                                                                                    \
-    case KERN_T_##T:                                                                               \
-        if constexpr (is_float_type(KERN_T_##T))                                                   \
-            return false;                                                                          \
-        else                                                                                       \
-            for (int e = 0; e < 32; e++)                                                           \
-                out[e] = dequant<KERN_T_##T>((const uint8_t *)row, u, e);                          \
-        return true;
-        FOR_EACH_TYPE(CASE)
-#undef CASE
-    default:
-        return false;
-    }
+    return unit_on_host_any(type, row, u, false, out);
 }

@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(BLOCK)
 
 /* ---- router ------------------------------------------------------------------------------ */
 
-enum { MAX_EXPERTS = 256, MAX_K = 16, PER_LANE = MAX_EXPERTS / 32 };
+enum { MAX_EXPERTS = 512, MAX_K = 16, PER_LANE = MAX_EXPERTS / 32 }; /* Kimi-K2 has 384 */
 
 /* (v, i) ranks above (bv, bi): larger p first, the lower expert among equals. */
 __device__ __forceinline__ bool ranks_above(float v, int i, float bv, int bi)
@@ -372,18 +372,8 @@ void cuda__rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int he
     }
     rope_yarn_args y = {false, 0.0, 1.0, 1.0, 1.0};
     if (yarn) {
-        /* the dimension where a pair turns `beta` times over the original context (the CPU's
-         * yarn_inv_freq, term for term) */
-        const double two_pi = 6.283185307179586, base = freq_base, dim = n_rot;
-        double low = dim * log(yarn->orig_ctx / (yarn->beta_fast * two_pi)) / (2.0 * log(base));
-        double high = dim * log(yarn->orig_ctx / (yarn->beta_slow * two_pi)) / (2.0 * log(base));
-        if (yarn->truncate) {
-            low = floor(low);
-            high = ceil(high);
-        }
-        low = low > 0.0 ? low : 0.0;
-        high = high < dim - 1 ? high : dim - 1;
-        if (low == high) high += 0.001;
+        double low, high;
+        kern_rope_yarn_ramp(yarn, n_rot, freq_base, &low, &high);
         y = {true, low, high, (double)yarn->factor, (double)yarn->attn_factor};
     }
     rope_kernel<<<cuda__grid(n_tokens, 1), 128, (size_t)n_rot * sizeof(float), cuda__compute(cb)>>>(

@@ -305,6 +305,11 @@ SNIPPETS = [
     "{% set g = l|map('int') %}{{ 1 in g }}{{ g|list }}|{% set g = d|items %}{% for k, v in g %}{{ k }}{% endfor %}"
     "{% for k, v in g %}{{ k }}{% else %}empty{% endfor %}|{% set g = l|reject('odd') %}{{ 9 in g }}{{ g|join }}",
     "{{ 'a{}b{}c'.format(1, 'x') }} {{ '{0}-{1}-{0}'.format('p', 'q') }} {{ '{{}}{x}'.format(x=s) }}",
+    # case folding is of string keys only (jinja2's ignore_case), equal keys keep their order
+    # (reverse too), and a long sort (a string's characters) is a merge sort, not quadratic
+    "{{ [['a'], ['B']]|sort }} {{ ['b', 'B', 'a', 'A']|sort }} {{ ['b', 'B', 'a', 'A']|sort(reverse=true) }} "
+    "{{ [{'n': 1, 'k': 'x'}, {'n': 0, 'k': 'y'}, {'n': 1, 'k': 'z'}]|sort(attribute='n', reverse=true)|map(attribute='k')|join }} "
+    "{{ ('The quick brown fox jumps over the lazy dog ' * 40)|sort|join }} {{ ['b', 'A', 'c']|min }} {{ ['b', 'A', 'c']|max }}",
     "{{ l|sort }} {{ l|sort(reverse=true) }} {{ ['b', 'A', 'c']|sort }} {{ ['b', 'A', 'c']|sort(case_sensitive=true) }} "
     "{{ nested|sort(attribute='n', reverse=true)|map(attribute='n')|list }} {{ d|dictsort }} "
     "{{ {'b': 2, 'a': 3}|dictsort(by='value') }} {{ l|min }} {{ l|max }} {{ l|sum }} {{ nested|sum(attribute='n') }} "

@@ -723,7 +723,9 @@ START_TEST(router_gatings_and_ties)
                  {16, 4, KERN_GATING_SIGMOID, true, 2.5f, 2, 0, 0},
                  /* DeepSeek-V3's groups: with large biases the 2 of 4 groups kept are known */
                  {16, 4, KERN_GATING_SIGMOID, true, 2.5f, 2, 4, 2},
-                 {64, 6, KERN_GATING_SIGMOID, false, 1.0f, 1, 8, 3}};
+                 {64, 6, KERN_GATING_SIGMOID, false, 1.0f, 1, 8, 3},
+                 /* Kimi-K2's 384 experts, one group */
+                 {384, 8, KERN_GATING_SIGMOID, true, 2.827f, 1, 1, 1}};
     int n_tok = 13;
     for (int be = 0; be < n_backends; be++) {
         kern_backend *b = backends[be].b;
