@@ -163,6 +163,24 @@ void kern_rope_yarn_ramp(const kern_rope_yarn *y, int n_rot, float freq_base, do
     *high = hi;
 }
 
+kern_weight kern_weight_block(const kern_weight *w, int64_t n_batch, int64_t i)
+{
+    kern_weight blk = *w;
+    blk.n_rows = w->n_rows / n_batch;
+    blk.data = (const uint8_t *)w->data + (size_t)(i * blk.n_rows) * w->row_bytes;
+    return blk;
+}
+
+void kern_matmul_batched_one_by_one(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                                    const float *x, float *y, int64_t n_tokens)
+{
+    for (int64_t i = 0; i < n_batch; i++) {
+        kern_weight blk = kern_weight_block(w, n_batch, i);
+        b->ops->matmul(b, &blk, x + i * n_tokens * w->n_cols, y + i * n_tokens * blk.n_rows,
+                       n_tokens);
+    }
+}
+
 void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
                              const float *x, float *out, float *g, float *u)
 {

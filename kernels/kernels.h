@@ -246,6 +246,13 @@ typedef struct kern_ops {
     /* y[t][r] = dot(W row r, x[t]) for t < n_tokens. x is [n_tokens][W.n_cols]. */
     void (*matmul)(kern_backend *b, const kern_weight *w, const float *x, float *y,
                    int64_t n_tokens);
+    /* n_batch matmuls at once: W's rows are n_batch equal blocks (W.n_rows / n_batch rows
+     * each; deepseek2's per-head absorbed K and V), x is [n_batch][n_tokens][W.n_cols], y is
+     * [n_batch][n_tokens][W.n_rows / n_batch], and y[i] = x[i] times block i, bit for bit what
+     * matmul gives for that block alone.  NULL in a backend's table: kern_matmul_batched runs
+     * the blocks one by one. */
+    void (*matmul_batched)(kern_backend *b, const kern_weight *w, int64_t n_batch, const float *x,
+                           float *y, int64_t n_tokens);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight (weight may be NULL: no scaling);
      * n_rows rows of n elements, `stride` elements apart; out may equal x. */
     void (*rmsnorm)(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
@@ -533,6 +540,18 @@ static inline void kern_router(kern_backend *b, const float *logits, int64_t n_t
  * backends without a grouped kernel, and the CPU's for experts whose types cannot share one. */
 void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
                              const float *x, float *out, float *g, float *u);
+/* Block i of the n_batch equal row blocks of w (the matmul_batched op's operand). */
+kern_weight kern_weight_block(const kern_weight *w, int64_t n_batch, int64_t i);
+void kern_matmul_batched_one_by_one(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                                    const float *x, float *y, int64_t n_tokens);
+static inline void kern_matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                                       const float *x, float *y, int64_t n_tokens)
+{
+    if (b->ops->matmul_batched)
+        b->ops->matmul_batched(b, w, n_batch, x, y, n_tokens);
+    else
+        kern_matmul_batched_one_by_one(b, w, n_batch, x, y, n_tokens);
+}
 static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts,
                                 const float *x, float *out, float *g, float *u)
 {

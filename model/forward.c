@@ -327,6 +327,14 @@ static void matmul(model_ctx *ctx, const kern_weight *w, const float *x, float *
     ctx->stats.matmul_macs += (uint64_t)n * (uint64_t)w->n_rows * (uint64_t)w->n_cols;
 }
 
+/* n_batch products of a weight's equal row blocks with their own activations (per head). */
+static void matmul_batched(model_ctx *ctx, const kern_weight *w, int64_t n_batch, const float *x,
+                           float *y, int64_t n)
+{
+    kern_matmul_batched(ctx->be, w, n_batch, x, y, n);
+    ctx->stats.matmul_macs += (uint64_t)n * (uint64_t)w->n_rows * (uint64_t)w->n_cols;
+}
+
 /* Waits for the device and turns its first error into the step's. */
 static int sync_step(model_ctx *ctx, char *err, size_t err_size)
 {
@@ -401,15 +409,6 @@ static void attention(model_ctx *ctx, const model_layer *L, int il, int64_t n)
         weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) + weight_bytes(&L->wo);
 }
 
-/* One head's slice of a weight whose heads are stacked along the rows. */
-static kern_weight head_rows(const kern_weight *w, int64_t rows, int64_t h)
-{
-    kern_weight v = *w;
-    v.n_rows = rows;
-    v.data = (const uint8_t *)w->data + (size_t)(h * rows) * w->row_bytes;
-    return v;
-}
-
 /* The step's reshuffles for deepseek2's latent attention (mla_shape says where each lives). */
 static void mla_indices(const mla_shape *ms, int64_t n, int32_t *idx)
 {
@@ -479,10 +478,7 @@ static void mla_attention(model_ctx *ctx, const model_layer *L, int il, int64_t 
               yarn);
 
     kern_gather(be, B, idx_qn, C, n * H * N / u, u);
-    for (int64_t h = 0; h < H; h++) {
-        kern_weight kb = head_rows(&L->wk_b, R, h);
-        matmul(ctx, &kb, C + h * n * N, A + h * n * R, n);
-    }
+    matmul_batched(ctx, &L->wk_b, H, C, A, n); /* per head: its n rows of C, its R rows */
     kern_gather(be, A, idx_q, s->q, n * H * (R + P) / u, u);
 
     kern_kv_store(be, kern_kv_get_layout(ctx->kv), il, s->k, s->k, s->seq, s->pos, n);
@@ -490,10 +486,7 @@ static void mla_attention(model_ctx *ctx, const model_layer *L, int il, int64_t 
                    (int)(R + P), hp->attn_scale, 0, NULL);
 
     kern_gather(be, s->attn, idx_ol, A, n * H * R / u, u);
-    for (int64_t h = 0; h < H; h++) {
-        kern_weight vb = head_rows(&L->wv_b, V, h);
-        matmul(ctx, &vb, A + h * n * R, C + h * n * V, n);
-    }
+    matmul_batched(ctx, &L->wv_b, H, A, C, n);
     kern_gather(be, C, idx_vo, s->attn, n * H * V / u, u);
     matmul(ctx, &L->wo, s->attn, s->proj, n);
     kern_add(be, s->x, s->proj, n * hp->n_embd);

@@ -227,6 +227,74 @@ static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
     kern__pool_run_chunks(cpu->pool, matmul_rows, &job, w->n_rows, 16, chunks_per_thread(n_tokens));
 }
 
+/* ---- matmul_batched: n_batch row blocks of one weight over their own activations ----------
+ *
+ * deepseek2's absorbed attention multiplies each head's slice of attn_k_b / attn_v_b with that
+ * head's rows: 128 small matmuls per product per layer on DeepSeek-V3, each a pool hand-off and
+ * a quantisation.  One job over (block, 16 rows) items with all the activations quantised at
+ * once does the same dots (dot_rows, the same token tiles) in one hand-off. */
+
+typedef struct batched_job {
+    matmul_job m;
+    int64_t n_batch, rows_per, blocks_per; /* row blocks of EXPERT_ROW_BLOCK per batch item */
+} batched_job;
+
+enum { BATCHED_ROW_BLOCK = 16 };
+
+static void batched_rows(void *ctx, int64_t i0, int64_t i1, int thread_index)
+{
+    const batched_job *job = ctx;
+    const matmul_job *m = &job->m;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t b = i / job->blocks_per, r0 = (i % job->blocks_per) * BATCHED_ROW_BLOCK;
+        int64_t r1 =
+            r0 + BATCHED_ROW_BLOCK < job->rows_per ? r0 + BATCHED_ROW_BLOCK : job->rows_per;
+        kern_weight blk = kern_weight_block(m->w, job->n_batch, b);
+        dot_rows(&blk, m->dot, m->dot_multi, r0, r1, m->x + (size_t)(b * m->n_tokens) * m->x_stride,
+                 m->x_stride, m->n_tokens, m->y + (b * m->n_tokens) * job->rows_per + r0,
+                 job->rows_per);
+    }
+}
+
+static void cpu_matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                               const float *x, float *y, int64_t n_tokens)
+{
+    cpu_backend *cpu = as_cpu(b);
+    if (n_tokens <= 0 || n_batch <= 0 || w->n_rows <= 0) return;
+    if (w->n_rows % n_batch != 0) {
+        kern__error_set(&cpu->error, -EINVAL, "matmul_batched: %lld rows in %lld equal blocks",
+                        (long long)w->n_rows, (long long)n_batch);
+        return;
+    }
+    const kern_type_traits *t = kern_type_info(w->type);
+    int64_t rows = n_batch * n_tokens; /* activation rows */
+    batched_job job = {.m = {.w = w, .y = y, .n_tokens = n_tokens},
+                       .n_batch = n_batch,
+                       .rows_per = w->n_rows / n_batch};
+    job.blocks_per = (job.rows_per + BATCHED_ROW_BLOCK - 1) / BATCHED_ROW_BLOCK;
+    pick_dots(cpu, w->type, &job.m.dot, &job.m.dot_multi);
+    if (t->act_type == KERN_T_F32) {
+        job.m.x = (const uint8_t *)x;
+        job.m.x_stride = (size_t)w->n_cols * sizeof(float);
+    } else {
+        size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
+        if (ensure_act(cpu, row_bytes * (size_t)rows)) {
+            memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
+            return;
+        }
+        quantize_job qj = {.quantize = pick_quantize(cpu, t->act_type),
+                           .x = x,
+                           .dst = cpu->act,
+                           .n_cols = w->n_cols,
+                           .row_bytes = row_bytes};
+        kern__pool_run(cpu->pool, quantize_tokens, &qj, rows, 4);
+        job.m.x = cpu->act;
+        job.m.x_stride = row_bytes;
+    }
+    kern__pool_run_chunks(cpu->pool, batched_rows, &job, n_batch * job.blocks_per, 1,
+                          chunks_per_thread(n_tokens));
+}
+
 /* ---- experts: a layer's routed experts in two jobs ------------------------------------------
  *
  * One job runs every expert's gate and up (silu applied as each row pair is done), one runs
@@ -1251,6 +1319,7 @@ static const kern_ops cpu_ops = {
     .stream_wait = cpu_stream_wait,
     .sync = cpu_sync,
     .matmul = cpu_matmul,
+    .matmul_batched = cpu_matmul_batched,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
@@ -1295,6 +1364,9 @@ static void profiled(kern_backend *b, kern_cpu_op op, uint64_t t0)
 PROFILED(matmul, KERN_OP_MATMUL,
          (kern_backend * b, const kern_weight *w, const float *x, float *y, int64_t n),
          (b, w, x, y, n))
+PROFILED(matmul_batched, KERN_OP_MATMUL,
+         (kern_backend * b, const kern_weight *w, int64_t nb, const float *x, float *y, int64_t n),
+         (b, w, nb, x, y, n))
 PROFILED(rmsnorm, KERN_OP_RMSNORM,
          (kern_backend * b, const float *x, const float *w, float *o, int64_t n, int64_t r,
           int64_t s, float e),
@@ -1366,6 +1438,7 @@ static const kern_ops cpu_ops_profiled = {
     .stream_wait = cpu_stream_wait,
     .sync = cpu_sync,
     .matmul = prof_matmul,
+    .matmul_batched = prof_matmul_batched,
     .rmsnorm = prof_rmsnorm,
     .rope = prof_rope,
     .kv_store = prof_kv_store,

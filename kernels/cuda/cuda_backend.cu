@@ -334,12 +334,14 @@ static void cuda_destroy(kern_backend *b)
 }
 
 static const kern_ops cuda_ops = {
-    cuda_alloc,      cuda_free,         cuda_register_host, cuda_unregister_host, cuda_mem_info,
-    cuda_copy,       cuda_event_create, cuda_event_destroy, cuda_event_record,    cuda_event_query,
-    cuda_event_wait, cuda_stream_wait,  cuda_sync,          cuda__matmul,         cuda__rmsnorm,
-    cuda__rope,      cuda__kv_store,    cuda__attention,    cuda__silu_mul,       cuda__swiglu_oai,
-    cuda__add,       cuda__add_bias,    cuda__get_rows,     cuda__gather,         cuda__router,
-    cuda__experts,   cuda__moe_combine, cuda__gate_add,     cuda_destroy,
+    cuda_alloc,        cuda_free,        cuda_register_host,   cuda_unregister_host,
+    cuda_mem_info,     cuda_copy,        cuda_event_create,    cuda_event_destroy,
+    cuda_event_record, cuda_event_query, cuda_event_wait,      cuda_stream_wait,
+    cuda_sync,         cuda__matmul,     cuda__matmul_batched, cuda__rmsnorm,
+    cuda__rope,        cuda__kv_store,   cuda__attention,      cuda__silu_mul,
+    cuda__swiglu_oai,  cuda__add,        cuda__add_bias,       cuda__get_rows,
+    cuda__gather,      cuda__router,     cuda__experts,        cuda__moe_combine,
+    cuda__gate_add,    cuda_destroy,
 };
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */

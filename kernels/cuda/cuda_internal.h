@@ -97,6 +97,8 @@ void *cuda__scratch_get(cuda_backend *cb, cuda__scratch *s, size_t bytes, const 
 /* cuda_matmul.cu */
 void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
                   int64_t n_tokens);
+void cuda__matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch, const float *x,
+                          float *y, int64_t n_tokens);
 void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
                     int64_t n_ids);
 void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,

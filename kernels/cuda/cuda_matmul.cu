@@ -423,8 +423,9 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 #define FOR_EACH_TYPE(X)                                                                           \
     X(F32)                                                                                         \
     X(F16)                                                                                         \
-    X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K)        \
-        X(IQ4_NL) X(IQ4_XS) X(MXFP4)
+    X(BF16)                                                                                        \
+    X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) X(IQ4_NL)      \
+        X(IQ4_XS) X(MXFP4)
 
 namespace
 {
@@ -518,6 +519,49 @@ bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const grou
 }
 
 } // namespace
+
+/* n_batch row blocks of one weight over their own activations (deepseek2's per-head absorbed
+ * K and V: 128 products per layer on DeepSeek-V3) as one quantisation and one grouped launch
+ * per GROUP_MAX blocks; each block runs the single matmul's tiles, so the bits are its own. */
+void cuda__matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch, const float *x,
+                          float *y, int64_t n_tokens)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (n_tokens <= 0 || n_batch <= 0 || w->n_rows <= 0) return;
+    if (!cuda__enter(cb, "matmul_batched") || !weight_ok(cb, w, "matmul_batched")) return;
+    if (w->n_rows % n_batch != 0) {
+        cuda__fail(cb, -EINVAL, "cuda matmul_batched: %lld rows in %lld equal blocks",
+                   (long long)w->n_rows, (long long)n_batch);
+        return;
+    }
+    kern_weight blk = kern_weight_block(w, n_batch, 0);
+    /* a block's rows must start where the kernels can read them */
+    if (w->n_cols == 0 || n_batch > INT32_MAX ||
+        (blk.n_rows * w->row_bytes) % weight_align(w->type) != 0) {
+        kern_matmul_batched_one_by_one(b, w, n_batch, x, y, n_tokens);
+        return;
+    }
+    const int64_t rows = n_batch * n_tokens;
+    mm_args a = {};
+    if (!is_float_type((int)w->type)) {
+        void *act = cuda__scratch_get(cb, &cb->act, act_bytes(rows, w->n_cols), "matmul_batched");
+        if (!act || !quantize_into(cb, x, rows, w->n_cols, act, a, "matmul_batched (quantise x)"))
+            return;
+    } else {
+        a.x = x;
+    }
+    group_entry *e = (group_entry *)malloc((size_t)n_batch * sizeof *e);
+    if (!e) {
+        cuda__fail(cb, -ENOMEM, "cuda matmul_batched: out of memory for %lld blocks",
+                   (long long)n_batch);
+        return;
+    }
+    for (int64_t i = 0; i < n_batch; i++)
+        e[i] = {(const uint8_t *)kern_weight_block(w, n_batch, i).data, nullptr,
+                y + i * n_tokens * blk.n_rows, i * n_tokens, n_tokens};
+    launch_groups(cb, &blk, a, e, (int)n_batch, "matmul_batched");
+    free(e);
+}
 
 /* The experts op in five launches whatever the number of experts: the shared rows of x
  * quantised once, every gate and up product in one grouped launch, the activation over all

@@ -515,6 +515,19 @@ static void sim_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
     kern_matmul(sim->cpu, w, x, y, n_tokens);
 }
 
+static void sim_matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                               const float *x, float *y, int64_t n_tokens)
+{
+    sim_backend *sim = as_sim(b);
+    if (n_tokens <= 0 || n_batch <= 0) return;
+    const void *data = w->data;
+    CHECK(data, weight_bytes(w));
+    CHECK(x, floats(n_batch * n_tokens * w->n_cols));
+    CHECK(y, floats(n_tokens * w->n_rows));
+    if (injected(sim, "matmul_batched")) return;
+    kern_matmul_batched(sim->cpu, w, n_batch, x, y, n_tokens);
+}
+
 static void sim_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
                         float *out, float *g, float *u)
 {
@@ -779,6 +792,7 @@ static const kern_ops sim_ops = {
     .gather = sim_gather,
     .router = sim_router,
     .experts = sim_experts,
+    .matmul_batched = sim_matmul_batched,
     .moe_combine = sim_moe_combine,
     .gate_add = sim_gate_add,
     .destroy = sim_destroy,

@@ -125,9 +125,9 @@ static void open_backends(void)
 
 enum { MAX_OPS = 16 };
 static const char *op_names[MAX_OPS] = {
-    "matmul",      "rmsnorm",  "rope",     "attention",        "silu_mul",
-    "add",         "add_bias", "get_rows", "gather",           "router",
-    "moe_combine", "gate_add", "experts",  "batch_invariance", "swiglu_oai"};
+    "matmul",   "rmsnorm",          "rope",       "attention",     "silu_mul",    "add",
+    "add_bias", "get_rows",         "gather",     "router",        "moe_combine", "gate_add",
+    "experts",  "batch_invariance", "swiglu_oai", "matmul_batched"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -347,6 +347,76 @@ END_TEST
 
 /* ---- rmsnorm, rope, element-wise ---------------------------------------------------------------
  */
+
+/* matmul_batched: n_batch row blocks of one weight, each over its own activations, must be
+ * the reference's products and the same bits as each block's matmul alone (deepseek2's heads). */
+static void matmul_batched_case(int be, uint32_t type, int64_t n_batch, int64_t rows_per,
+                                int64_t cols, int64_t n_tok)
+{
+    kern_backend *b = backends[be].b;
+    int64_t rows = n_batch * rows_per;
+    float *wf = NULL;
+    void *w = random_weight(type, rows, cols, &wf);
+    float *x = random_floats(n_batch * n_tok * cols, 1.0f);
+    size_t rb = kern_row_bytes(type, cols), ny = (size_t)(n_tok * rows);
+    kern_weight kw = {.data = to_device(b, w, rb * (size_t)rows),
+                      .type = type,
+                      .n_rows = rows,
+                      .n_cols = cols,
+                      .row_bytes = rb};
+    float *dx = to_device(b, x, (size_t)(n_batch * n_tok * cols) * sizeof *x);
+    float *dy = dev_zeros(b, ny * sizeof(float)), *dy1 = dev_zeros(b, ny * sizeof(float));
+    float *y = malloc(ny * sizeof *y), *y1 = malloc(ny * sizeof *y1);
+    kern_matmul_batched(b, &kw, n_batch, dx, dy, n_tok);
+    kern_matmul_batched_one_by_one(b, &kw, n_batch, dx, dy1, n_tok);
+    from_device(b, y, dy, ny * sizeof *y);
+    from_device(b, y1, dy1, ny * sizeof *y1);
+    double tol = matmul_tol(type, backends[be].approx);
+    char what[160];
+    for (int64_t i = 0; i < n_batch; i++)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = 0; r < rows_per; r++) {
+                const float *wr = wf + (i * rows_per + r) * cols, *xt = x + (i * n_tok + t) * cols;
+                double ref = 0.0, mag = 0.0;
+                for (int64_t c = 0; c < cols; c++) {
+                    ref += (double)wr[c] * xt[c];
+                    mag += fabs((double)wr[c] * xt[c]);
+                }
+                size_t at = (size_t)((i * n_tok + t) * rows_per + r);
+                snprintf(what, sizeof what,
+                         "%s %lld blocks of %lldx%lld n=%lld: block %lld t=%lld r=%lld",
+                         kern_type_info(type)->name, (long long)n_batch, (long long)rows_per,
+                         (long long)cols, (long long)n_tok, (long long)i, (long long)t,
+                         (long long)r);
+                expect_close(be, "matmul_batched", what, y[at], ref, mag, tol);
+                ck_assert_msg(memcmp(&y[at], &y1[at], sizeof *y) == 0,
+                              "%s matmul_batched: %s is %.9g, its block's own matmul %.9g",
+                              backends[be].name, what, y[at], y1[at]);
+            }
+    dev_free(b, (void *)kw.data);
+    dev_free(b, dx);
+    dev_free(b, dy);
+    dev_free(b, dy1);
+    free(w);
+    free(wf);
+    free(x);
+    free(y);
+    free(y1);
+}
+
+START_TEST(matmul_batched_blocks)
+{
+    uint32_t type = all_types[_i];
+    int64_t blk = kern_type_info(type)->block_elems;
+    int64_t cols = blk > 1 ? 2 * blk : 48;
+    for (int be = 0; be < n_backends; be++) {
+        matmul_batched_case(be, type, 4, 3, cols, 1);
+        matmul_batched_case(be, type, 7, 16, cols, 3);
+        matmul_batched_case(be, type, 2, 33, cols, 9); /* the batch tiles of 8 tokens */
+        matmul_batched_case(be, type, 1, 5, cols, 2);
+    }
+}
+END_TEST
 
 START_TEST(rmsnorm_shapes)
 {
@@ -1390,6 +1460,7 @@ int main(void)
     TCase *tc = tcase_create("ops");
     tcase_set_timeout(tc, 900);
     tcase_add_loop_test(tc, matmul_every_type, 0, N_ALL_TYPES);
+    tcase_add_loop_test(tc, matmul_batched_blocks, 0, N_ALL_TYPES);
     tcase_add_test(tc, rmsnorm_shapes);
     tcase_add_test(tc, rope_modes_and_positions);
     tcase_add_test(tc, elementwise_ops);
