@@ -197,32 +197,41 @@ static int ensure_act(cpu_backend *cpu, size_t need)
     return 0;
 }
 
+/* job's dots for w and its activations: x itself for the float types, else the n_rows rows of
+ * x quantised once into the backend's buffer.  False (y zeroed) when that buffer cannot grow. */
+static bool matmul_inputs(cpu_backend *cpu, const kern_weight *w, const float *x, int64_t n_rows,
+                          float *y, int64_t n_out, matmul_job *job)
+{
+    const kern_type_traits *t = kern_type_info(w->type);
+    pick_dots(cpu, w->type, &job->dot, &job->dot_multi);
+    if (t->act_type == KERN_T_F32) {
+        job->x = (const uint8_t *)x;
+        job->x_stride = (size_t)w->n_cols * sizeof(float);
+        return true;
+    }
+    size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
+    if (ensure_act(cpu, row_bytes * (size_t)n_rows)) {
+        memset(y, 0, (size_t)n_out * sizeof *y);
+        return false;
+    }
+    quantize_job qj = {.quantize = pick_quantize(cpu, t->act_type),
+                       .x = x,
+                       .dst = cpu->act,
+                       .n_cols = w->n_cols,
+                       .row_bytes = row_bytes};
+    kern__pool_run(cpu->pool, quantize_tokens, &qj, n_rows, 4);
+    job->x = cpu->act;
+    job->x_stride = row_bytes;
+    return true;
+}
+
 static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
                        int64_t n_tokens)
 {
     cpu_backend *cpu = as_cpu(b);
     if (n_tokens <= 0) return;
-    const kern_type_traits *t = kern_type_info(w->type);
     matmul_job job = {.w = w, .y = y, .n_tokens = n_tokens};
-    pick_dots(cpu, w->type, &job.dot, &job.dot_multi);
-    if (t->act_type == KERN_T_F32) {
-        job.x = (const uint8_t *)x;
-        job.x_stride = (size_t)w->n_cols * sizeof(float);
-    } else {
-        size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
-        if (ensure_act(cpu, row_bytes * (size_t)n_tokens)) {
-            memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
-            return;
-        }
-        quantize_job qj = {.quantize = pick_quantize(cpu, t->act_type),
-                           .x = x,
-                           .dst = cpu->act,
-                           .n_cols = w->n_cols,
-                           .row_bytes = row_bytes};
-        kern__pool_run(cpu->pool, quantize_tokens, &qj, n_tokens, 4);
-        job.x = cpu->act;
-        job.x_stride = row_bytes;
-    }
+    if (!matmul_inputs(cpu, w, x, n_tokens, y, n_tokens * w->n_rows, &job)) return;
     /* Grain of 16 rows keeps each thread's slice on whole cache lines of y. */
     kern__pool_run_chunks(cpu->pool, matmul_rows, &job, w->n_rows, 16, chunks_per_thread(n_tokens));
 }
@@ -236,7 +245,7 @@ static void cpu_matmul(kern_backend *b, const kern_weight *w, const float *x, fl
 
 typedef struct batched_job {
     matmul_job m;
-    int64_t n_batch, rows_per, blocks_per; /* row blocks of EXPERT_ROW_BLOCK per batch item */
+    int64_t n_batch, rows_per, blocks_per; /* blocks_per: BATCHED_ROW_BLOCK-row items per block */
 } batched_job;
 
 enum { BATCHED_ROW_BLOCK = 16 };
@@ -266,31 +275,11 @@ static void cpu_matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_
                         (long long)w->n_rows, (long long)n_batch);
         return;
     }
-    const kern_type_traits *t = kern_type_info(w->type);
-    int64_t rows = n_batch * n_tokens; /* activation rows */
     batched_job job = {.m = {.w = w, .y = y, .n_tokens = n_tokens},
                        .n_batch = n_batch,
                        .rows_per = w->n_rows / n_batch};
     job.blocks_per = (job.rows_per + BATCHED_ROW_BLOCK - 1) / BATCHED_ROW_BLOCK;
-    pick_dots(cpu, w->type, &job.m.dot, &job.m.dot_multi);
-    if (t->act_type == KERN_T_F32) {
-        job.m.x = (const uint8_t *)x;
-        job.m.x_stride = (size_t)w->n_cols * sizeof(float);
-    } else {
-        size_t row_bytes = kern_row_bytes(t->act_type, w->n_cols);
-        if (ensure_act(cpu, row_bytes * (size_t)rows)) {
-            memset(y, 0, (size_t)(n_tokens * w->n_rows) * sizeof *y);
-            return;
-        }
-        quantize_job qj = {.quantize = pick_quantize(cpu, t->act_type),
-                           .x = x,
-                           .dst = cpu->act,
-                           .n_cols = w->n_cols,
-                           .row_bytes = row_bytes};
-        kern__pool_run(cpu->pool, quantize_tokens, &qj, rows, 4);
-        job.m.x = cpu->act;
-        job.m.x_stride = row_bytes;
-    }
+    if (!matmul_inputs(cpu, w, x, n_batch * n_tokens, y, n_tokens * w->n_rows, &job.m)) return;
     kern__pool_run_chunks(cpu->pool, batched_rows, &job, n_batch * job.blocks_per, 1,
                           chunks_per_thread(n_tokens));
 }

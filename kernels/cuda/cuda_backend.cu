@@ -344,6 +344,9 @@ static const kern_ops cuda_ops = {
     cuda__gate_add,    cuda_destroy,
 };
 
+/* The table is positional: an operation added to kern_ops must be added here too. */
+static_assert(sizeof cuda_ops == 30 * sizeof(void *), "kern_ops changed: update cuda_ops");
+
 /* Launching it proves the device can run this build's code (its SASS or PTX). */
 __global__ void cuda_image_probe(void) {}
 

@@ -424,8 +424,9 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
     X(F32)                                                                                         \
     X(F16)                                                                                         \
     X(BF16)                                                                                        \
-    X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) X(IQ4_NL)      \
-        X(IQ4_XS) X(MXFP4)
+    X(Q8_0)                                                                                        \
+    X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) X(IQ4_NL) X(IQ4_XS)    \
+        X(MXFP4)
 
 namespace
 {
