@@ -420,13 +420,12 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 
 } // namespace
 
+/* (clang-format reflows this list differently on every run) */
+// clang-format off
 #define FOR_EACH_TYPE(X)                                                                           \
-    X(F32)                                                                                         \
-    X(F16)                                                                                         \
-    X(BF16)                                                                                        \
-    X(Q8_0)                                                                                        \
-    X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K) X(Q2_K) X(Q3_K) X(IQ4_NL) X(IQ4_XS)    \
-        X(MXFP4)
+    X(F32) X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q4_K) X(Q5_K) X(Q6_K)         \
+    X(Q2_K) X(Q3_K) X(IQ4_NL) X(IQ4_XS) X(MXFP4)
+// clang-format on
 
 namespace
 {
