@@ -207,8 +207,10 @@ with tempfile.TemporaryDirectory() as tmp:
     check(p.returncode == 1 and "cut.gguf" in err, f"a damaged model stops the server with its reason ({err[-300:]})")
 
 # --- the GPU data path on the simulated device: a device tier of a quarter of the experts --------------
+# (copies staged through the pinned ring by two threads, as a pageable host tier's would be)
 srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "kv.type=f16",
-             "--set", "cache.miss_policy=copy")
+             "--set", "cache.miss_policy=copy", "--set", "cache.host_pinning=ring",
+             "--set", "cache.staging_threads=2")
 client = srv.client()
 r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
 check(r.choices[0].text == want, f"sim backend, device tier 25%: the CPU's greedy text ({r.choices[0].text!r})")
@@ -221,6 +223,8 @@ check(m is not None and float(m.group(1)) > 0, "experts were copied into the dev
 rc = srv.stop()
 check(rc == 0 and "sim backend" in srv.err and "device tier" in srv.err,
       f"the log says which backend and tiers run ({srv.err[-400:]})")
+check("staged through a pinned ring" in srv.err and "by 2 threads" in srv.err,
+      f"the log says the copies are staged, and by how many threads ({srv.err[-400:]})")
 # ... and with its misses computed on the CPU from the host tier
 srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "cache.miss_policy=cpu")
 client = srv.client()
