@@ -175,6 +175,13 @@ bool cache_holds(const cache *c, int32_t layer, int32_t expert);
 /* True while (layer, expert) is complete in a slot of the tier.  Safe from any thread (the
  * expert map reads it while the engine runs); a snapshot, not a promise. */
 bool cache_resident(const cache *c, int32_t layer, int32_t expert);
+/* The parts of a resident expert as cache_next would hand them out, without a request (no
+ * pin, no counters).  Meant for a tier whose budget holds every expert (all_resident): its
+ * slots never change, so the pointers stay valid for the tier's life, and a caller may keep
+ * them in a device table and replay its requests later (cache_request of experts it already
+ * used).  False when the expert is not complete in a slot. */
+bool cache_resident_parts(const cache *c, int32_t layer, int32_t expert,
+                          const void *part[CACHE_PARTS]);
 /* Waits until the tier has no load in flight (a device tier's prefetch copies included), so that
  * the tier above may be used directly.  0 or the filler's negative error. */
 int cache_wait_idle(cache *c, char *err, size_t err_size);

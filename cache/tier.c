@@ -537,6 +537,18 @@ bool cache_resident(const cache *c, int32_t layer, int32_t expert)
                                 memory_order_relaxed) != 0;
 }
 
+bool cache_resident_parts(const cache *c, int32_t layer, int32_t expert,
+                          const void *part[CACHE_PARTS])
+{
+    if (!cache_resident(c, layer, expert) || c->o.simulate) return false;
+    int32_t key = layer * c->o.n_expert + expert, i = c->slot_of[key];
+    if (i < 0 || c->slots[i].state != SLOT_READY || c->slots[i].error) return false;
+    const uint8_t *mem = cache__slot_mem(c, (uint32_t)i);
+    for (int p = 0; p < CACHE_PARTS; p++)
+        part[p] = mem + c->part_off[(size_t)key * CACHE_PARTS + (size_t)p];
+    return true;
+}
+
 bool cache_holds(const cache *c, int32_t layer, int32_t expert)
 {
     if (layer < 0 || layer >= c->o.n_layer || expert < 0 || expert >= c->o.n_expert) return false;

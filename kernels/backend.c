@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -200,4 +201,75 @@ void kern_experts_one_by_one(kern_backend *b, const kern_ffn_expert *ex, int n_e
         b->ops->matmul(b, &e->down, gi, oi, e->n_rows);
         if (e->down_bias) b->ops->add_bias(b, oi, e->down_bias, e->n_rows, dim);
     }
+}
+
+int kern_moe_align_host(const int32_t *ids, const float *weights, int64_t n_tokens, int k,
+                        int32_t n_expert, const kern_moe_plan *plan)
+{
+    const int64_t nk = n_tokens * k;
+    for (int64_t i = 0; i < nk; i++)
+        if (ids[i] < 0 || ids[i] >= n_expert) return -EINVAL;
+    int32_t *start = plan->bucket_start;
+    memset(start, 0, (size_t)(n_expert + 1) * sizeof *start);
+    for (int64_t i = 0; i < nk; i++)
+        start[ids[i] + 1]++;
+    for (int32_t e = 0; e < n_expert; e++)
+        start[e + 1] += start[e];
+    /* the bucket cursors live where the used list goes: it is written after the last of them */
+    int32_t *fill = plan->used + 1;
+    memcpy(fill, start, (size_t)n_expert * sizeof *fill);
+    for (int64_t t = 0; t < n_tokens; t++) {
+        int32_t *rows = plan->comb_rows + t * k;
+        float *w = plan->comb_w + t * k;
+        for (int j = 0; j < k; j++) {
+            int32_t row = fill[ids[t * k + j]]++;
+            plan->bucket[row] = (int32_t)t;
+            /* insertion by row, which grows with the expert id */
+            int i = j;
+            while (i > 0 && rows[i - 1] > row) {
+                rows[i] = rows[i - 1];
+                w[i] = w[i - 1];
+                i--;
+            }
+            rows[i] = row;
+            w[i] = weights[t * k + j];
+        }
+    }
+    int32_t n_used = 0;
+    for (int32_t e = 0; e < n_expert; e++)
+        if (start[e + 1] > start[e]) plan->used[1 + n_used++] = e;
+    plan->used[0] = n_used;
+    return 0;
+}
+
+int kern_experts_routed_host(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
+                             const float *x, float *out, float *g, float *u)
+{
+    enum { ON_STACK = 64 };
+    kern_ffn_expert stack[ON_STACK];
+    int32_t n_used = plan->used[0];
+    kern_ffn_expert *ex = stack;
+    if (n_used > ON_STACK && !(ex = malloc((size_t)n_used * sizeof *ex))) return -ENOMEM;
+    int n = 0;
+    for (int32_t i = 0; i < n_used; i++) {
+        int32_t e = plan->used[1 + i];
+        const void *const *parts = t->parts + (size_t)e * 3;
+        if (!parts[0]) continue;
+        kern_ffn_expert *f = &ex[n++];
+        *f = (kern_ffn_expert){.gate = t->gate,
+                               .up = t->up,
+                               .down = t->down,
+                               .row0 = plan->bucket_start[e],
+                               .n_rows = plan->bucket_start[e + 1] - plan->bucket_start[e],
+                               .glu = t->glu};
+        f->gate.data = parts[0];
+        f->up.data = parts[1];
+        f->down.data = parts[2];
+        if (t->gate_bias) f->gate_bias = t->gate_bias + (int64_t)e * t->gate.n_rows;
+        if (t->up_bias) f->up_bias = t->up_bias + (int64_t)e * t->up.n_rows;
+        if (t->down_bias) f->down_bias = t->down_bias + (int64_t)e * t->down.n_rows;
+    }
+    if (n) kern_experts(b, ex, n, x, out, g, u);
+    if (ex != stack) free(ex);
+    return 0;
 }

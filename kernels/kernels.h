@@ -223,6 +223,35 @@ typedef struct kern_ffn_expert {
     kern_glu glu;
 } kern_ffn_expert;
 
+/* Where a layer's tokens go, worked out on the device from the router's choices (the
+ * moe_align op) so that the experts can run without the host seeing the ids: the tokens
+ * bucketed by expert (a stable counting sort: token order inside a bucket), and each token's
+ * bucket rows in ascending expert order for moe_combine.  All device memory. */
+typedef struct kern_moe_plan {
+    int32_t *bucket_start; /* [n_expert + 1]: bucket e is rows [start[e], start[e + 1]) */
+    int32_t *used;         /* [n_expert + 1]: how many buckets are not empty, then those experts,
+                            * ascending */
+    int32_t *bucket;       /* [n_tokens * k]: the token of each bucket row */
+    int32_t *comb_rows;    /* [n_tokens][k]: the token's bucket rows, ascending */
+    float *comb_w;         /* [n_tokens][k]: the router's weight of each */
+} kern_moe_plan;
+
+/* A layer's routed experts as the device reaches them (the experts_routed op): one type and
+ * shape per part for all of them (GGUF stacks them), and a device table of where each
+ * expert's three parts are, which a cache may rewrite between steps without the queued or
+ * captured work changing. */
+typedef struct kern_expert_table {
+    kern_weight gate, up, down; /* the shared type and shape; `data` is not read */
+    const void *const *parts;   /* device memory, [n_expert][3]: gate, up, down data; a NULL
+                                 * gate: the expert is not on the device (its rows are left
+                                 * for the caller to fill) */
+    /* device memory or NULL: [n_expert][gate.n_rows], [n_expert][up.n_rows],
+     * [n_expert][down.n_rows] */
+    const float *gate_bias, *up_bias, *down_bias;
+    int32_t n_expert;
+    kern_glu glu;
+} kern_expert_table;
+
 /* The table a backend fills in.  Callers use the kern_* wrappers below. */
 typedef struct kern_ops {
     /* -- memory, copies, events (return 0 or a negative errno) -- */
@@ -313,6 +342,17 @@ typedef struct kern_ops {
      * scalar gate (the dot accumulated in double). */
     void (*gate_add)(kern_backend *b, const float *h, const float *gate, const float *x, float *out,
                      int64_t n_tokens, int64_t dim);
+    /* The plan of a layer from ids and weights ([n_tokens][k], the router's output): bit for
+     * bit what kern_moe_align_host computes.  An id outside [0, n_expert) is an error (the
+     * token gets no row for it). */
+    void (*moe_align)(kern_backend *b, const int32_t *ids, const float *weights, int64_t n_tokens,
+                      int k, int32_t n_expert, const kern_moe_plan *plan);
+    /* The experts op over a plan: for every used expert whose table entry is on the device,
+     * rows [start[e], start[e + 1]) of out = its FFN over the same rows of x, bit for bit what
+     * the experts op gives for that bucket.  n_tokens bounds every bucket (a token picks an
+     * expert at most once); g and u are as the experts op's for n_tokens * k rows. */
+    void (*experts_routed)(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
+                           int64_t n_tokens, int k, const float *x, float *out, float *g, float *u);
 
     void (*destroy)(kern_backend *b);
 } kern_ops;
@@ -559,6 +599,26 @@ static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int 
         b->ops->experts(b, ex, n_experts, x, out, g, u);
     else
         kern_experts_one_by_one(b, ex, n_experts, x, out, g, u);
+}
+/* moe_align and experts_routed where the host can read the plan and the table (the CPU's
+ * memory, and the sim's arena): the reference.  moe_align_host returns -EINVAL (nothing
+ * written) for an id outside [0, n_expert); experts_routed_host -ENOMEM when its list of
+ * experts cannot be had, else it queues one experts op on b. */
+int kern_moe_align_host(const int32_t *ids, const float *weights, int64_t n_tokens, int k,
+                        int32_t n_expert, const kern_moe_plan *plan);
+int kern_experts_routed_host(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
+                             const float *x, float *out, float *g, float *u);
+static inline void kern_moe_align(kern_backend *b, const int32_t *ids, const float *weights,
+                                  int64_t n_tokens, int k, int32_t n_expert,
+                                  const kern_moe_plan *plan)
+{
+    b->ops->moe_align(b, ids, weights, n_tokens, k, n_expert, plan);
+}
+static inline void kern_experts_routed(kern_backend *b, const kern_expert_table *t,
+                                       const kern_moe_plan *plan, int64_t n_tokens, int k,
+                                       const float *x, float *out, float *g, float *u)
+{
+    b->ops->experts_routed(b, t, plan, n_tokens, k, x, out, g, u);
 }
 static inline void kern_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
                                     const float *weights, float *out, int64_t n_tokens, int k,

@@ -46,8 +46,9 @@ typedef struct dev_scratch {
     int32_t *bucket;    /* token of each bucket row */
     int32_t *comb_rows; /* [n][K]: each token's bucket rows, ascending expert */
     float *comb_w;
-    float *qa;        /* deepseek2: the low-rank Q, [n][n_lora_q] */
-    float *mla;       /* deepseek2: the per-head regions (mla_attention) */
+    int32_t *bucket_start, *used; /* n_expert + 1 each: the plan's, when routing on the device */
+    float *qa;                    /* deepseek2: the low-rank Q, [n][n_lora_q] */
+    float *mla;                   /* deepseek2: the per-head regions (mla_attention) */
     int32_t *mla_idx; /* deepseek2: the step's four reshuffles, in units of mla_unit floats */
 } dev_scratch;
 
@@ -59,7 +60,7 @@ typedef struct host_scratch {
     int32_t *comb_rows; /* [n][K] */
     float *comb_w;
     int32_t *bucket_start; /* n_expert + 1 */
-    int32_t *fill;         /* n_expert: bucket cursors, then the experts used */
+    int32_t *fill;         /* n_expert + 1: the number of experts used, then those experts */
     int32_t *guess;        /* n_expert: a coming layer's predicted experts, most likely first */
     float *guess_p;        /* n_expert: their probabilities */
     float *router;         /* [n][n_expert]: a coming layer's router logits, for pre-gating */
@@ -71,6 +72,8 @@ typedef struct host_scratch {
     kern_ffn_expert *group;      /* n_expert: the experts run together */
     cache_ref *refs;             /* n_expert: their cache slots */
     int32_t *mla_idx;            /* as the device's */
+    int32_t *layer_ids;          /* [n_layer][n][K]: every layer's choices, when routing on the
+                                  * device, for the counts made after the step */
 } host_scratch;
 
 struct model_ctx {
@@ -86,7 +89,16 @@ struct model_ctx {
     host_scratch hs;
     kern_event *inputs_ready; /* the CPU experts' inputs have reached the host */
     model_step_stats stats;
+    /* Routing on the device: the layers' expert tables and the device array of parts they
+     * point into, built on the first step that can use them, from the placed experts or from
+     * a device tier that holds them all (table_src) */
+    kern_expert_table *tables;
+    const void *table_parts;
+    const cache *table_src;
+    bool host_routing;
 };
+
+static void tables_free(model_ctx *ctx);
 
 /* ---- scratch ----------------------------------------------------------------------------------
  */
@@ -182,10 +194,12 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         DEV(ge, n * K * fe) || DEV(ue, n * fe) || DEV(de, n * K * D) || DEV(shg, n * ff) ||
         DEV(shu, n * ff) || DEV(shd, n * D) || DEV(token, n) || DEV(pos, n) || DEV(seq, n) ||
         DEV(out_rows, n) || DEV(bucket, n * K) || DEV(comb_rows, n * K) || DEV(comb_w, n * K) ||
-        HOST(route_id, n * K) || HOST(route_w, n * K) || HOST(bucket, n * K) ||
-        HOST(comb_rows, n * K) || HOST(comb_w, n * K) || HOST(bucket_start, E + 1) ||
-        HOST(fill, E) || HOST(guess, E) || HOST(guess_p, E) || HOST(router, n * E) ||
-        HOST(out_rows, n) || HOST(group, E) || HOST(refs, E) ||
+        DEV(bucket_start, E + 1) || DEV(used, E + 1) || HOST(route_id, n * K) ||
+        HOST(route_w, n * K) || HOST(bucket, n * K) || HOST(comb_rows, n * K) ||
+        HOST(comb_w, n * K) || HOST(bucket_start, E + 1) || HOST(fill, E + 1) ||
+        (be->kind != KERN_BACKEND_CPU && HOST(layer_ids, hp->n_layer * n * K)) || HOST(guess, E) ||
+        HOST(guess_p, E) || HOST(router, n * E) || HOST(out_rows, n) || HOST(group, E) ||
+        HOST(refs, E) ||
         (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
                              HOST(de, n * K * D) || HOST(ge, n * K * fe) || HOST(ue, n * fe))) ||
         (hp->mla && (DEV(qa, n * hp->n_lora_q + 1) || DEV(mla, n * ms.region_floats) ||
@@ -221,6 +235,7 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     ctx->be = m->backend;
     ctx->n_seq = n_seq;
     ctx->n_ctx = n_ctx;
+    ctx->host_routing = opts && opts->host_routing;
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     kern_kv_opts ko = {.n_layer = hp->n_layer,
                        .kv_dim = (int32_t)ctx->kv_dim,
@@ -251,6 +266,7 @@ void model_ctx_destroy(model_ctx **ctxp)
     char ignored[64];
     (void)kern_sync(ctx->be, ignored, sizeof ignored); /* nothing queued may outlive its buffers */
     scratch_free(ctx);
+    tables_free(ctx);
     kern_kv_close(&ctx->kv);
     if (ctx->inputs_ready) kern_event_destroy(ctx->be, &ctx->inputs_ready);
     free(ctx);
@@ -508,8 +524,8 @@ static kern_router_opts router_opts(const model_hparams *hp, const model_layer *
                               .n_group_used = hp->n_group_used};
 }
 
-/* Routes the n rows of ctx->d.h through layer L's router and brings the ids and weights up. */
-static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, size_t err_size)
+/* Routes the n rows of ctx->d.h through layer L's router: ids and weights on the device. */
+static void route_on_device(model_ctx *ctx, const model_layer *L, int64_t n)
 {
     const model_hparams *hp = &ctx->m->hp;
     dev_scratch *s = &ctx->d;
@@ -518,54 +534,41 @@ static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, siz
     if (L->router_bias) kern_add_bias(ctx->be, s->router, L->router_bias, n, hp->n_expert);
     kern_router(ctx->be, s->router, n, &ro, s->route_id, s->route_w);
     ctx->stats.dense_bytes += weight_bytes(&L->router);
-    size_t nk = (size_t)n * (size_t)hp->n_expert_used;
+}
+
+static int copy_up_failed(model_ctx *ctx, int rc, char *err, size_t err_size)
+{
+    snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s", ctx->be->name,
+             strerror(-rc));
+    return rc;
+}
+
+/* route_on_device, then the ids and weights brought up. */
+static int route(model_ctx *ctx, const model_layer *L, int64_t n, char *err, size_t err_size)
+{
+    dev_scratch *s = &ctx->d;
+    route_on_device(ctx, L, n);
+    size_t nk = (size_t)n * (size_t)ctx->m->hp.n_expert_used;
     int rc = kern_copy(ctx->be, KERN_STREAM_COMPUTE, ctx->hs.route_w, s->route_w,
                        nk * sizeof *s->route_w, KERN_COPY_TO_HOST);
-    if (rc) {
-        snprintf(err, err_size, "compute backend (%s): copy to the host failed: %s", ctx->be->name,
-                 strerror(-rc));
-        return rc;
-    }
+    if (rc) return copy_up_failed(ctx, rc, err, err_size);
     return download(ctx, ctx->hs.route_id, s->route_id, nk * sizeof *s->route_id, err, err_size);
 }
 
-/* Buckets tokens by expert (a counting sort keeps token order inside a bucket) and, for each
- * token, lists its bucket rows in ascending expert order for the combine.  Returns the number
- * of experts used; their ids are in hs.fill. */
-static int32_t bucket_tokens(model_ctx *ctx, int64_t n)
+/* Buckets tokens by expert on the host (kern_moe_align_host: the plan the device would make).
+ * Returns the number of experts used, listed after it in hs.fill, or -EIO for an id the
+ * router cannot have given. */
+static int32_t bucket_tokens(model_ctx *ctx, int64_t n, char *err, size_t err_size)
 {
     const model_hparams *hp = &ctx->m->hp;
     host_scratch *h = &ctx->hs;
-    int E = hp->n_expert, K = hp->n_expert_used;
-    memset(h->bucket_start, 0, (size_t)(E + 1) * sizeof *h->bucket_start);
-    for (int64_t i = 0; i < n * K; i++)
-        h->bucket_start[h->route_id[i] + 1]++;
-    for (int e = 0; e < E; e++)
-        h->bucket_start[e + 1] += h->bucket_start[e];
-    int32_t *fill = h->fill;
-    memcpy(fill, h->bucket_start, (size_t)E * sizeof *fill);
-    for (int64_t t = 0; t < n; t++) {
-        int32_t *rows = h->comb_rows + t * K;
-        float *w = h->comb_w + t * K;
-        for (int j = 0; j < K; j++) {
-            int e = h->route_id[t * K + j];
-            int32_t row = fill[e]++;
-            h->bucket[row] = (int32_t)t;
-            /* insertion by expert: the rows of a bucket grow with its expert id */
-            int i = j;
-            while (i > 0 && rows[i - 1] > row) {
-                rows[i] = rows[i - 1];
-                w[i] = w[i - 1];
-                i--;
-            }
-            rows[i] = row;
-            w[i] = h->route_w[t * K + j];
-        }
+    kern_moe_plan plan = {h->bucket_start, h->fill, h->bucket, h->comb_rows, h->comb_w};
+    if (kern_moe_align_host(h->route_id, h->route_w, n, hp->n_expert_used, hp->n_expert, &plan)) {
+        snprintf(err, err_size, "compute backend (%s): the router gave an expert id outside 0..%d",
+                 ctx->be->name, hp->n_expert - 1);
+        return -EIO;
     }
-    int32_t n_used = 0;
-    for (int e = 0; e < E; e++)
-        if (h->bucket_start[e + 1] > h->bucket_start[e]) fill[n_used++] = e;
-    return n_used;
+    return h->fill[0];
 }
 
 /* One SwiGLU FFN over n rows of `in`: out = down(silu(gate(in)) * up(in)). */
@@ -760,32 +763,71 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
     return rc;
 }
 
+/* The routed experts of layer L over ctx->d.h into ctx->d.moe, through the host: the ids come
+ * up, the host buckets them and asks the tiers, and the plan goes back down. */
+static int experts_via_host(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err,
+                            size_t err_size)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    dev_scratch *s = &ctx->d;
+    host_scratch *h = &ctx->hs;
+    int E = hp->n_expert, K = hp->n_expert_used;
+    size_t nk = (size_t)n * (size_t)K;
+    int rc = route(ctx, L, n, err, err_size);
+    if (rc) return rc;
+    int32_t n_used = bucket_tokens(ctx, n, err, err_size);
+    if (n_used < 0) return n_used;
+    const int32_t *used = h->fill + 1;
+    for (int32_t u = 0; u < n_used; u++)
+        atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)used[u]],
+                         (uint64_t)(h->bucket_start[used[u] + 1] - h->bucket_start[used[u]]));
+    if (m->predictor) pred_observe(m->predictor, il, h->route_id, n);
+    if ((rc = upload(ctx, s->bucket, h->bucket, nk * sizeof *h->bucket, err, err_size)) ||
+        (rc = upload(ctx, s->comb_rows, h->comb_rows, nk * sizeof *h->comb_rows, err, err_size)) ||
+        (rc = upload(ctx, s->comb_w, h->comb_w, nk * sizeof *h->comb_w, err, err_size)))
+        return rc;
+    kern_gather(ctx->be, s->h, s->bucket, s->xe, (int64_t)nk, hp->n_embd);
+    if ((rc = run_experts(ctx, il, used, n_used, err, err_size))) return rc;
+    kern_moe_combine(ctx->be, s->de, s->comb_rows, s->comb_w, s->moe, n, K, hp->n_embd);
+    return 0;
+}
+
+/* The same on the device alone: the plan made there (moe_align), the experts found through
+ * the layer's table (experts_routed).  The ids are copied up behind the work, for the counts
+ * account_routed makes once the step is done. */
+static int experts_on_device(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err,
+                             size_t err_size)
+{
+    const model_hparams *hp = &ctx->m->hp;
+    kern_backend *be = ctx->be;
+    dev_scratch *s = &ctx->d;
+    int K = hp->n_expert_used;
+    int64_t nk = n * K;
+    route_on_device(ctx, L, n);
+    int rc = kern_copy(be, KERN_STREAM_COMPUTE, ctx->hs.layer_ids + il * nk, s->route_id,
+                       (size_t)nk * sizeof *s->route_id, KERN_COPY_TO_HOST);
+    if (rc) return copy_up_failed(ctx, rc, err, err_size);
+    kern_moe_plan plan = {s->bucket_start, s->used, s->bucket, s->comb_rows, s->comb_w};
+    kern_moe_align(be, s->route_id, s->route_w, n, K, hp->n_expert, &plan);
+    kern_gather(be, s->h, s->bucket, s->xe, nk, hp->n_embd);
+    kern_experts_routed(be, &ctx->tables[il], &plan, n, K, s->xe, s->de, s->ge, s->ue);
+    kern_moe_combine(be, s->de, s->comb_rows, s->comb_w, s->moe, n, K, hp->n_embd);
+    return 0;
+}
+
 static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
     kern_backend *be = ctx->be;
     dev_scratch *s = &ctx->d;
-    host_scratch *h = &ctx->hs;
-    int E = hp->n_expert, K = hp->n_expert_used;
     int64_t D = hp->n_embd;
-    size_t nk = (size_t)n * (size_t)K;
 
     kern_rmsnorm(be, s->x, L->ffn_norm, s->h, D, n, D, hp->rms_eps);
-    int rc = route(ctx, L, n, err, err_size);
+    int rc = ctx->stats.routed_on_device ? experts_on_device(ctx, L, il, n, err, err_size)
+                                         : experts_via_host(ctx, L, il, n, err, err_size);
     if (rc) return rc;
-    int32_t n_used = bucket_tokens(ctx, n);
-    for (int32_t u = 0; u < n_used; u++)
-        atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)h->fill[u]],
-                         (uint64_t)(h->bucket_start[h->fill[u] + 1] - h->bucket_start[h->fill[u]]));
-    if (m->predictor) pred_observe(m->predictor, il, h->route_id, n);
-    if ((rc = upload(ctx, s->bucket, h->bucket, nk * sizeof *h->bucket, err, err_size)) ||
-        (rc = upload(ctx, s->comb_rows, h->comb_rows, nk * sizeof *h->comb_rows, err, err_size)) ||
-        (rc = upload(ctx, s->comb_w, h->comb_w, nk * sizeof *h->comb_w, err, err_size)))
-        return rc;
-    kern_gather(be, s->h, s->bucket, s->xe, (int64_t)nk, D);
-    if ((rc = run_experts(ctx, il, h->fill, n_used, err, err_size))) return rc;
-    kern_moe_combine(be, s->de, s->comb_rows, s->comb_w, s->moe, n, K, D);
     if (hp->has_shared_expert) {
         swiglu(ctx, &L->shexp_gate, &L->shexp_up, &L->shexp_down, s->h, s->shg, s->shu, s->shd, n);
         if (L->shexp_gate_inp)
@@ -796,6 +838,134 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *er
                                   weight_bytes(&L->shexp_down);
     }
     kern_add(be, s->x, s->moe, n * D);
+    return 0;
+}
+
+/* ---- routing on the device ---------------------------------------------------------------- */
+
+static void tables_free(model_ctx *ctx)
+{
+    if (ctx->table_parts) kern_free(ctx->be, KERN_MEM_DEVICE, (void *)ctx->table_parts);
+    free(ctx->tables);
+    ctx->tables = NULL;
+    ctx->table_parts = NULL;
+    ctx->table_src = NULL;
+}
+
+/* The layers' expert tables from where the experts are on the device; false (no table) when
+ * one is not there, or memory is short: the step then routes through the host. */
+static bool tables_build(model_ctx *ctx)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    tables_free(ctx);
+    size_t per_layer = (size_t)hp->n_expert * 3,
+           bytes = (size_t)hp->n_layer * per_layer * sizeof(void *);
+    const void **parts = calloc((size_t)hp->n_layer * per_layer, sizeof *parts);
+    kern_expert_table *tables = calloc((size_t)hp->n_layer, sizeof *tables);
+    bool ok = parts && tables;
+    for (int il = hp->n_layer_dense; ok && il < hp->n_layer; il++)
+        for (int e = 0; ok && e < hp->n_expert; e++) {
+            const void **p = parts + (size_t)il * per_layer + (size_t)e * 3;
+            if (m->experts) {
+                ok = cache_resident_parts(m->experts, il, e, p);
+            } else {
+                const model_expert *x = &m->layers[il].experts_dev[e];
+                p[0] = x->gate.data, p[1] = x->up.data, p[2] = x->down.data;
+            }
+        }
+    void *dev = NULL;
+    char ignored[128];
+    ok = ok && kern_alloc(ctx->be, KERN_MEM_DEVICE, bytes, &dev) == 0;
+    ok = ok &&
+         kern_copy(ctx->be, KERN_STREAM_COMPUTE, dev, parts, bytes, KERN_COPY_TO_DEVICE) == 0 &&
+         kern_sync(ctx->be, ignored, sizeof ignored) == 0;
+    free(parts);
+    if (!ok) {
+        if (dev) kern_free(ctx->be, KERN_MEM_DEVICE, dev);
+        free(tables);
+        return false;
+    }
+    for (int il = hp->n_layer_dense; il < hp->n_layer; il++) {
+        const model_layer *L = &m->layers[il];
+        tables[il] = (kern_expert_table){.gate = L->experts[0].gate,
+                                         .up = L->experts[0].up,
+                                         .down = L->experts[0].down,
+                                         .parts = (const void *const *)dev + (size_t)il * per_layer,
+                                         .gate_bias = L->exp_bias[0],
+                                         .up_bias = L->exp_bias[1],
+                                         .down_bias = L->exp_bias[2],
+                                         .n_expert = hp->n_expert,
+                                         .glu = hp->glu};
+    }
+    ctx->tables = tables;
+    ctx->table_parts = dev;
+    ctx->table_src = m->experts;
+    return true;
+}
+
+/* Whether this step routes on the device: a device backend with every expert on it (placed,
+ * or in a device tier that holds them all, whose slots never change) and no predictor, which
+ * reads each layer's ids before the next layer runs. */
+static bool route_on_device_now(model_ctx *ctx)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    if (ctx->host_routing || ctx->be->kind == KERN_BACKEND_CPU || m->predictor ||
+        hp->n_expert == 0 || hp->n_layer_dense >= hp->n_layer)
+        return false;
+    if (ctx->tables && ctx->table_src == m->experts) return true;
+    if (m->experts) {
+        if (m->experts == m->host_tier) return false;
+        cache_stats st;
+        cache_get_stats(m->experts, &st);
+        if (!st.all_resident) return false;
+    } else if (!m->experts_placed) {
+        return false;
+    }
+    return tables_build(ctx);
+}
+
+/* After a step routed on the device, what the host path counts as it goes: tokens per expert,
+ * the experts' bytes and work, and, for a device tier, its requests (all hits: it holds every
+ * expert), so that its counters and trace read as they would. */
+static int account_routed(model_ctx *ctx, int64_t n, char *err, size_t err_size)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    host_scratch *h = &ctx->hs;
+    int E = hp->n_expert, K = hp->n_expert_used;
+    int32_t *count = h->bucket_start, *used = h->fill;
+    for (int il = hp->n_layer_dense; il < hp->n_layer; il++) {
+        const int32_t *ids = h->layer_ids + (int64_t)il * n * K;
+        memset(count, 0, (size_t)E * sizeof *count);
+        for (int64_t i = 0; i < n * K; i++) {
+            if (ids[i] < 0 || ids[i] >= E) {
+                snprintf(err, err_size, "layer %d: the router gave expert id %d (of %d)", il,
+                         ids[i], E);
+                return -EIO;
+            }
+            count[ids[i]]++;
+        }
+        int32_t n_used = 0;
+        for (int e = 0; e < E; e++) {
+            if (!count[e]) continue;
+            used[n_used++] = e;
+            atomic_fetch_add(&m->expert_tokens[(size_t)il * (size_t)E + (size_t)e],
+                             (uint64_t)count[e]);
+            const model_expert *x = &m->layers[il].experts[e];
+            kern_ffn_expert f = {.gate = x->gate, .up = x->up, .down = x->down, .n_rows = count[e]};
+            ctx->stats.expert_bytes += expert_bytes(&f);
+            ctx->stats.matmul_macs += (uint64_t)expert_macs(&f);
+        }
+        ctx->stats.experts_used += (uint32_t)n_used;
+        if (!m->experts) continue;
+        cache_ref ref;
+        int rc = cache_request(m->experts, il, used, n_used, err, err_size);
+        while (rc == 0 && (rc = cache_next(m->experts, &ref, err, err_size)) == 0)
+            cache_release(m->experts, &ref);
+        if (rc < 0) return rc;
+    }
     return 0;
 }
 
@@ -939,6 +1109,7 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     char stale[64];
     (void)kern_sync(be, stale,
                     sizeof stale); /* a failure of an earlier, abandoned step is not ours */
+    ctx->stats.routed_on_device = route_on_device_now(ctx);
     if ((rc = begin_step(ctx, b, err, err_size))) return rc;
 
     kern_get_rows(be, &m->tok_embd, s->token, s->x, n);
@@ -976,7 +1147,10 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
         if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1)
             ctx->hs.out_rows[n_out++] = (int32_t)t;
     ctx->stats.dense_bytes += m->head_bytes;
-    if (n_out == 0) return sync_step(ctx, err, err_size);
+    if (n_out == 0) {
+        rc = sync_step(ctx, err, err_size);
+        return rc == 0 && ctx->stats.routed_on_device ? account_routed(ctx, n, err, err_size) : rc;
+    }
     if ((rc = upload(ctx, s->out_rows, ctx->hs.out_rows, (size_t)n_out * sizeof *s->out_rows, err,
                      err_size)))
         return rc;
@@ -995,8 +1169,9 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
     kern_gather(be, s->x, s->out_rows, s->h, n_out, D);
     kern_rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
     matmul(ctx, &m->output, s->h, s->logits, n_out);
-    return download(ctx, logits, s->logits, (size_t)(n_out * hp->n_vocab) * sizeof *logits, err,
-                    err_size);
+    rc = download(ctx, logits, s->logits, (size_t)(n_out * hp->n_vocab) * sizeof *logits, err,
+                  err_size);
+    return rc == 0 && ctx->stats.routed_on_device ? account_routed(ctx, n, err, err_size) : rc;
 }
 
 int32_t model_argmax(const float *logits, int32_t n_vocab)

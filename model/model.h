@@ -202,6 +202,9 @@ typedef struct model_ctx_opts {
     kern_kv_type kv_type;         /* KV storage: F16 (the default) or F32 */
     int32_t kv_block_tokens;      /* positions per KV block; 0: 16 */
     int32_t kv_max_cached_blocks; /* prefix reuse: unheld blocks kept at most; 0: memory-bound */
+    /* Route every layer through the host even where the device could do it alone (every expert
+     * on the device, no predictor): what benchmarks compare device routing with. */
+    bool host_routing;
 } model_ctx_opts;
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
@@ -248,6 +251,9 @@ typedef struct model_step_stats {
      * request, so running the same batch again may succeed; its positions are simply stored
      * again) */
     bool expert_read_failed;
+    /* the layers chose and grouped their experts on the device (moe_align, experts_routed):
+     * no host round trip between a router and its experts */
+    bool routed_on_device;
 } model_step_stats;
 
 /* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions

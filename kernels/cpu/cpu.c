@@ -486,6 +486,24 @@ static void cpu_experts(kern_backend *b, const kern_ffn_expert *ex, int n_expert
     kern_experts_one_by_one(b, ex, n_experts, x, out, g, u); /* mixed activation types */
 }
 
+/* The host computes the plan and reads the table directly: the CPU's device is the host. */
+static void cpu_moe_align(kern_backend *b, const int32_t *ids, const float *weights,
+                          int64_t n_tokens, int k, int32_t n_expert, const kern_moe_plan *plan)
+{
+    if (kern_moe_align_host(ids, weights, n_tokens, k, n_expert, plan))
+        kern__error_set(&as_cpu(b)->error, -EINVAL,
+                        "moe_align: an expert id outside the router's %d experts", n_expert);
+}
+
+static void cpu_experts_routed(kern_backend *b, const kern_expert_table *t,
+                               const kern_moe_plan *plan, int64_t n_tokens, int k, const float *x,
+                               float *out, float *g, float *u)
+{
+    (void)n_tokens, (void)k;
+    if (kern_experts_routed_host(b, t, plan, x, out, g, u))
+        kern__error_set(&as_cpu(b)->error, -ENOMEM, "experts_routed: out of memory");
+}
+
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
 
 typedef struct rmsnorm_job {
@@ -1321,6 +1339,8 @@ static const kern_ops cpu_ops = {
     .gather = cpu_gather,
     .router = cpu_router,
     .experts = cpu_experts,
+    .moe_align = cpu_moe_align,
+    .experts_routed = cpu_experts_routed,
     .moe_combine = cpu_moe_combine,
     .gate_add = cpu_gate_add,
     .destroy = cpu_destroy,
@@ -1440,6 +1460,8 @@ static const kern_ops cpu_ops_profiled = {
     .gather = prof_gather,
     .router = prof_router,
     .experts = prof_experts,
+    .moe_align = cpu_moe_align,           /* cheap next to what it plans */
+    .experts_routed = cpu_experts_routed, /* its experts op is the profiled one */
     .moe_combine = prof_moe_combine,
     .gate_add = prof_gate_add,
     .destroy = cpu_destroy,

@@ -275,6 +275,7 @@ static const char *const fault_text[CUDA__FAULT_COUNT] = {
     "a token's KV block was never reserved",
     "get_rows: an id lies outside the weight's rows",
     "gather / moe_combine: a negative row index",
+    "moe_align: an expert id outside the router's experts",
 };
 
 static void write_err(char *err, size_t err_size, const char *text)
@@ -326,6 +327,7 @@ static void cuda_destroy(kern_backend *b)
         if (cb->streams[s]) (void)cudaStreamSynchronize(cb->streams[s]);
     if (cb->act.ptr) (void)cudaFree(cb->act.ptr);
     if (cb->partial.ptr) (void)cudaFree(cb->partial.ptr);
+    if (cb->moe_up.ptr) (void)cudaFree(cb->moe_up.ptr);
     if (cb->fault) (void)cudaFreeHost(cb->fault);
     for (int s = 0; s < KERN_STREAM_COUNT; s++)
         if (cb->streams[s]) (void)cudaStreamDestroy(cb->streams[s]);
@@ -341,11 +343,11 @@ static const kern_ops cuda_ops = {
     cuda__rope,        cuda__kv_store,   cuda__attention,      cuda__silu_mul,
     cuda__swiglu_oai,  cuda__add,        cuda__add_bias,       cuda__get_rows,
     cuda__gather,      cuda__router,     cuda__experts,        cuda__moe_combine,
-    cuda__gate_add,    cuda_destroy,
+    cuda__gate_add,    cuda__moe_align,  cuda__experts_routed, cuda_destroy,
 };
 
 /* The table is positional: an operation added to kern_ops must be added here too. */
-static_assert(sizeof cuda_ops == 30 * sizeof(void *), "kern_ops changed: update cuda_ops");
+static_assert(sizeof cuda_ops == 32 * sizeof(void *), "kern_ops changed: update cuda_ops");
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */
 __global__ void cuda_image_probe(void) {}

@@ -29,7 +29,8 @@ enum {
     CUDA__FAULT_KV_BLOCK = 1u << 1,  /* kv_store / attention: block not reserved (NULL) */
     CUDA__FAULT_ROW_ID = 1u << 2,    /* get_rows: id outside the weight */
     CUDA__FAULT_ROW_INDEX = 1u << 3, /* gather / moe_combine: negative row index */
-    CUDA__FAULT_COUNT = 4,
+    CUDA__FAULT_EXPERT_ID = 1u << 4, /* moe_align: an id outside the experts */
+    CUDA__FAULT_COUNT = 5,
 };
 
 /* Device memory that only grows; `bytes` is what `ptr` holds. */
@@ -103,6 +104,8 @@ void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, f
                     int64_t n_ids);
 void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
                    float *out, float *g, float *u);
+void cuda__experts_routed(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
+                          int64_t n_tokens, int k, const float *x, float *out, float *g, float *u);
 
 /* cuda_attention.cu */
 void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
@@ -130,6 +133,8 @@ void cuda__moe_combine(kern_backend *b, const float *src, const int32_t *rows, c
                        float *out, int64_t n_tokens, int k, int64_t dim);
 void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const float *x, float *out,
                     int64_t n_tokens, int64_t dim);
+void cuda__moe_align(kern_backend *b, const int32_t *ids, const float *weights, int64_t n_tokens,
+                     int k, int32_t n_expert, const kern_moe_plan *plan);
 
 /* ---- device helpers shared by the kernels ------------------------------------------------ */
 

@@ -245,6 +245,45 @@ __global__ void __launch_bounds__(THREADS) matmul_group_kernel(const __grid_cons
     }
 }
 
+/* The grouped matmul with its entries found on the device (experts_routed): blockIdx.y picks
+ * a part (gate or up) and a slot of the plan's list of used experts; the expert's weight comes
+ * from the device table and its bucket from the plan, so neither the launch nor a captured
+ * graph of it holds an expert's address or a bucket's size. */
+struct routed_args {
+    mm_args a; /* shared: shape, row stride, the activations of every plan row */
+    const int32_t *used, *bucket_start;
+    const void *const *parts; /* [n_expert][3] */
+    int part0;                /* the table column of part 0: 0 (gate) or 2 (down) */
+    int n_slots;              /* blockIdx.y / n_slots is the part */
+    float *y[2];              /* per part: the output of plan row 0 */
+    const float *bias[2];     /* per part: [n_expert][n_rows], or NULL */
+};
+
+template <int TYPE, int R, int T, bool BATCH>
+__global__ void __launch_bounds__(THREADS)
+    matmul_routed_kernel(const __grid_constant__ routed_args r)
+{
+    const int part = (int)blockIdx.y / r.n_slots, slot = (int)blockIdx.y % r.n_slots;
+    if (slot >= r.used[0]) return;
+    const int64_t e = r.used[1 + slot];
+    const uint8_t *w = (const uint8_t *)r.parts[3 * e + r.part0 + part];
+    if (!w || !r.parts[3 * e]) return; /* not on the device: the caller computes it */
+    const int64_t tok0 = r.bucket_start[e];
+    mm_args a = r.a;
+    a.w = w;
+    a.n_tokens = r.bucket_start[e + 1] - tok0;
+    a.y = r.y[part] + tok0 * a.n_rows;
+    a.bias = r.bias[part] ? r.bias[part] + e * a.n_rows : nullptr;
+    if constexpr (is_float_type(TYPE)) {
+        a.x += tok0 * a.n_cols;
+        matmul_float<TYPE, R, T, BATCH>(a);
+    } else {
+        a.xq += tok0 * a.n_units * 2;
+        a.xd += tok0 * a.n_units;
+        matmul_quant<TYPE, R, T, BATCH>(a);
+    }
+}
+
 /* One warp per (token, 32-element block): scale = max|x| / 127, q = round(x / scale). */
 __global__ void quantize_kernel(const float *x, int64_t n_tokens, int64_t n_units, int8_t *xq,
                                 float2 *xd)
@@ -267,45 +306,54 @@ __global__ void quantize_kernel(const float *x, int64_t n_tokens, int64_t n_unit
 
 /* ---- launching ------------------------------------------------------------------------- */
 
-/* A launch of the single kernel (g NULL, a.n_tokens tokens) or of the grouped one (g->a is a;
- * n_entries entries of at most a.n_tokens tokens each). */
+/* Which kernel a launch runs: the single one (g and r NULL, a.n_tokens tokens), the grouped
+ * one (g->a is a; n_entries entries of at most a.n_tokens tokens each) or the routed one (r->a
+ * is a; n_entries = parts x slots, buckets of at most a.n_tokens tokens). */
+struct launch_kind {
+    group_args *g;
+    routed_args *r;
+    int n_entries;
+};
+
 template <int TYPE, int R, int T, bool BATCH>
-void launch_tile(unsigned blocks, const mm_args &a, group_args *g, int n_entries,
-                 cudaStream_t stream)
+void launch_tile(unsigned blocks, const mm_args &a, const launch_kind &k, cudaStream_t stream)
 {
-    if (!g) {
+    if (k.r) {
+        k.r->a = a;
+        matmul_routed_kernel<TYPE, R, T, BATCH>
+            <<<dim3(blocks, (unsigned)k.n_entries), THREADS, 0, stream>>>(*k.r);
+    } else if (k.g) {
+        k.g->a = a;
+        matmul_group_kernel<TYPE, R, T, BATCH>
+            <<<dim3(blocks, (unsigned)k.n_entries), THREADS, 0, stream>>>(*k.g);
+    } else {
         matmul_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
-        return;
     }
-    g->a = a;
-    matmul_group_kernel<TYPE, R, T, BATCH>
-        <<<dim3(blocks, (unsigned)n_entries), THREADS, 0, stream>>>(*g);
 }
 
 /* The tile shape for a.n_tokens tokens (the most any entry has, for a group). */
-template <int TYPE>
-void launch_matmul(const mm_args &a, group_args *g, int n_entries, cudaStream_t stream)
+template <int TYPE> void launch_matmul(const mm_args &a, const launch_kind &g, cudaStream_t stream)
 {
     if (a.n_tokens <= DECODE_MAX_TOKENS) {
         const unsigned blocks = (unsigned)((a.n_rows + WARPS - 1) / WARPS);
         if (a.n_tokens == 1)
-            launch_tile<TYPE, 1, 1, false>(blocks, a, g, n_entries, stream);
+            launch_tile<TYPE, 1, 1, false>(blocks, a, g, stream);
         else if (a.n_tokens == 2)
-            launch_tile<TYPE, 1, 2, false>(blocks, a, g, n_entries, stream);
+            launch_tile<TYPE, 1, 2, false>(blocks, a, g, stream);
         else if (a.n_tokens <= 4)
-            launch_tile<TYPE, 1, 4, false>(blocks, a, g, n_entries, stream);
+            launch_tile<TYPE, 1, 4, false>(blocks, a, g, stream);
         else
-            launch_tile<TYPE, 1, 8, false>(blocks, a, g, n_entries, stream);
+            launch_tile<TYPE, 1, 8, false>(blocks, a, g, stream);
         return;
     }
     mm_args b = a;
     const int64_t n_tiles = (a.n_tokens + BATCH_TOKENS - 1) / BATCH_TOKENS;
     b.n_tiles_per_group = (n_tiles + WARPS - 1) / WARPS;
     const int64_t blocks = (a.n_rows + BATCH_ROWS - 1) / BATCH_ROWS * b.n_tiles_per_group;
-    launch_tile<TYPE, BATCH_ROWS, BATCH_TOKENS, true>((unsigned)blocks, b, g, n_entries, stream);
+    launch_tile<TYPE, BATCH_ROWS, BATCH_TOKENS, true>((unsigned)blocks, b, g, stream);
 }
 
-void launch_any(uint32_t type, const mm_args &a, group_args *g, int n_entries, cudaStream_t stream);
+void launch_any(uint32_t type, const mm_args &a, const launch_kind &k, cudaStream_t stream);
 
 /* ---- get_rows: dequantise in the reference's float operation order --------------------- */
 
@@ -393,8 +441,9 @@ size_t weight_align(uint32_t type)
     return type == KERN_T_F32 ? 4 : type == KERN_T_MXFP4 ? 1 : 2;
 }
 
-/* Checks a weight handed to matmul / get_rows; false with the error recorded. */
-bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
+/* Checks a weight handed to matmul / get_rows (or, without need_data, the shape an expert
+ * table's entries share); false with the error recorded. */
+bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op, bool need_data = true)
 {
     int64_t block_elems;
     size_t block_bytes;
@@ -403,7 +452,7 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
         return false;
     }
     if (w->n_rows < 0 || w->n_cols < 0 || w->n_cols % block_elems != 0 ||
-        w->row_bytes < (size_t)(w->n_cols / block_elems) * block_bytes || !w->data) {
+        w->row_bytes < (size_t)(w->n_cols / block_elems) * block_bytes || (need_data && !w->data)) {
         cuda__fail(cb, -EINVAL,
                    "cuda %s: weight %lld x %lld of type %u (row %zu bytes) is malformed", op,
                    (long long)w->n_rows, (long long)w->n_cols, w->type, w->row_bytes);
@@ -430,12 +479,12 @@ bool weight_ok(cuda_backend *cb, const kern_weight *w, const char *op)
 namespace
 {
 
-void launch_any(uint32_t type, const mm_args &a, group_args *g, int n_entries, cudaStream_t stream)
+void launch_any(uint32_t type, const mm_args &a, const launch_kind &k, cudaStream_t stream)
 {
     switch (type) {
 #define CASE(T)                                                                                    \
     case KERN_T_##T:                                                                               \
-        launch_matmul<KERN_T_##T>(a, g, n_entries, stream);                                        \
+        launch_matmul<KERN_T_##T>(a, k, stream);                                                   \
         break;
         FOR_EACH_TYPE(CASE)
 #undef CASE
@@ -512,7 +561,7 @@ bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const grou
             most = e[i0 + i].n_tokens > most ? e[i0 + i].n_tokens : most;
         }
         a.n_tokens = most;
-        launch_any(w->type, a, &g, m, cuda__compute(cb));
+        launch_any(w->type, a, launch_kind{&g, nullptr, m}, cuda__compute(cb));
         if (!cuda__launched(cb, op)) return false;
     }
     return true;
@@ -648,6 +697,94 @@ void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, co
     free(e);
 }
 
+namespace
+{
+
+/* One routed launch of n_parts parts of the table (from column part0) over every plan row of
+ * the activations in `a` (the quantised ones, or x for the float types). */
+bool launch_routed(cuda_backend *cb, const kern_weight *w, mm_args a, routed_args &r, int part0,
+                   int n_parts, int64_t n_tokens, int n_slots, const char *op)
+{
+    a.row_bytes = w->row_bytes;
+    a.n_rows = w->n_rows;
+    a.n_cols = w->n_cols;
+    a.n_tokens = n_tokens; /* no bucket is larger: the tile shape for it */
+    r.part0 = part0;
+    r.n_slots = n_slots;
+    launch_any(w->type, a, launch_kind{nullptr, &r, n_parts * n_slots}, cuda__compute(cb));
+    return cuda__launched(cb, op);
+}
+
+} // namespace
+
+/* The experts op with the experts and their buckets found on the device: the same five
+ * launches as cuda__experts (a grid row per used-expert slot, min(n_expert, rows) of them,
+ * those past the plan's count returning at once), so no host round trip sits between the
+ * router and the experts and a graph of the step stays valid when the table changes. */
+void cuda__experts_routed(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
+                          int64_t n_tokens, int k, const float *x, float *out, float *g, float *u)
+{
+    (void)u; /* every bucket's up products go to moe_up at once */
+    cuda_backend *cb = cuda__of(b);
+    if (n_tokens <= 0 || k <= 0 || t->n_expert <= 0) return;
+    if (!cuda__enter(cb, "experts_routed") || !weight_ok(cb, &t->gate, "experts_routed", false) ||
+        !weight_ok(cb, &t->up, "experts_routed", false) ||
+        !weight_ok(cb, &t->down, "experts_routed", false))
+        return;
+    const int64_t ff = t->gate.n_rows, n_embd = t->gate.n_cols, dim = t->down.n_rows;
+    if (t->up.n_rows != ff || t->up.n_cols != n_embd || t->down.n_cols != ff || ff <= 0 ||
+        n_embd <= 0 || dim <= 0) {
+        cuda__fail(cb, -EINVAL,
+                   "cuda experts_routed: gate %lld x %lld, up %lld x %lld, down %lld x %lld do "
+                   "not make an FFN",
+                   (long long)t->gate.n_rows, (long long)t->gate.n_cols, (long long)t->up.n_rows,
+                   (long long)t->up.n_cols, (long long)t->down.n_rows, (long long)t->down.n_cols);
+        return;
+    }
+    const int64_t rows = n_tokens * k;
+    const int n_slots = (int)(rows < t->n_expert ? rows : t->n_expert);
+    const bool in_q = !is_float_type((int)t->gate.type) || !is_float_type((int)t->up.type),
+               down_q = !is_float_type((int)t->down.type);
+    size_t act_need = 0;
+    if (in_q) act_need = act_bytes(rows, n_embd);
+    if (down_q && act_bytes(rows, ff) > act_need) act_need = act_bytes(rows, ff);
+    void *act = act_need ? cuda__scratch_get(cb, &cb->act, act_need, "experts_routed") : nullptr;
+    float *up = (float *)cuda__scratch_get(cb, &cb->moe_up, (size_t)(rows * ff) * sizeof(float),
+                                           "experts_routed");
+    if ((act_need && !act) || !up) return;
+
+    routed_args r = {};
+    r.used = plan->used;
+    r.bucket_start = plan->bucket_start;
+    r.parts = t->parts;
+    mm_args a = {};
+    a.x = x;
+    if (in_q && !quantize_into(cb, x, rows, n_embd, act, a, "experts_routed (quantise x)")) return;
+    const bool fused = t->gate.type == t->up.type && t->gate.row_bytes == t->up.row_bytes;
+    r.y[0] = g, r.y[1] = up;
+    r.bias[0] = t->gate_bias, r.bias[1] = t->up_bias;
+    if (fused) {
+        if (!launch_routed(cb, &t->gate, a, r, 0, 2, n_tokens, n_slots,
+                           "experts_routed (gate and up)"))
+            return;
+    } else {
+        if (!launch_routed(cb, &t->gate, a, r, 0, 1, n_tokens, n_slots, "experts_routed (gate)"))
+            return;
+        r.y[0] = up, r.bias[0] = t->up_bias;
+        if (!launch_routed(cb, &t->up, a, r, 1, 1, n_tokens, n_slots, "experts_routed (up)"))
+            return;
+    }
+    experts_glu_kernel<<<cuda__grid(rows * ff, 256), 256, 0, cuda__compute(cb)>>>(t->glu, g, up,
+                                                                                  rows * ff);
+    if (!cuda__launched(cb, "experts_routed (activation)")) return;
+    a = {};
+    a.x = g;
+    if (down_q && !quantize_into(cb, g, rows, ff, act, a, "experts_routed (quantise h)")) return;
+    r.y[0] = out, r.bias[0] = t->down_bias;
+    r.y[1] = nullptr, r.bias[1] = nullptr;
+    launch_routed(cb, &t->down, a, r, 2, 1, n_tokens, n_slots, "experts_routed (down)");
+}
+
 void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y, int64_t n_tokens)
 {
     cuda_backend *cb = cuda__of(b);
@@ -682,7 +819,7 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
             x, n_tokens, a.n_units, (int8_t *)act, (float2 *)(act + q_bytes));
         if (!cuda__launched(cb, "matmul (quantise activations)")) return;
     }
-    launch_any(w->type, a, nullptr, 0, stream);
+    launch_any(w->type, a, launch_kind{}, stream);
     cuda__launched(cb, "matmul");
 }
 

@@ -335,6 +335,83 @@ __global__ void __launch_bounds__(32 * ROUTER_WARPS)
     }
 }
 
+/* ---- moe_align: the plan of a layer, on the device ---------------------------------------- */
+
+enum { ALIGN_THREADS = MAX_EXPERTS, ALIGN_CHUNK = 2048 };
+
+/* One block does it all: a decode step has k items, a prefill a few thousand, and the plan must
+ * be kern_moe_align_host's exactly.  Counts by shared-memory atomics (order-free: integers),
+ * one thread scans them, then thread e walks the ids in order and numbers its expert's items
+ * (the stable counting sort), and each token sorts its k rows (which grow with the expert). */
+__global__ void __launch_bounds__(ALIGN_THREADS)
+    moe_align_kernel(const int32_t *ids, const float *weights, int64_t n_tokens, int k,
+                     int32_t n_expert, kern_moe_plan plan, unsigned *fault)
+{
+    __shared__ int32_t count[MAX_EXPERTS + 1];
+    __shared__ int32_t chunk[ALIGN_CHUNK];
+    const int64_t nk = n_tokens * k;
+    for (int e = threadIdx.x; e <= n_expert; e += blockDim.x)
+        count[e] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < nk; i += blockDim.x) {
+        const int32_t e = ids[i];
+        if (e < 0 || e >= n_expert)
+            cuda__raise(fault, CUDA__FAULT_EXPERT_ID);
+        else
+            atomicAdd(&count[e + 1], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t n_used = 0;
+        count[0] = 0;
+        for (int e = 0; e < n_expert; e++) {
+            if (count[e + 1] > 0) plan.used[1 + n_used++] = e;
+            count[e + 1] += count[e];
+        }
+        plan.used[0] = n_used;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e <= n_expert; e += blockDim.x)
+        plan.bucket_start[e] = count[e];
+    int32_t cursor = threadIdx.x < n_expert ? count[threadIdx.x] : 0;
+    for (int64_t base = 0; base < nk; base += ALIGN_CHUNK) {
+        const int m = (int)min((int64_t)ALIGN_CHUNK, nk - base);
+        __syncthreads(); /* the previous chunk is done with */
+        for (int i = threadIdx.x; i < m; i += blockDim.x)
+            chunk[i] = ids[base + i];
+        __syncthreads();
+        if (threadIdx.x < n_expert)
+            for (int i = 0; i < m; i++)
+                if (chunk[i] == (int32_t)threadIdx.x) {
+                    const int64_t item = base + i;
+                    plan.bucket[cursor] = (int32_t)(item / k);
+                    plan.comb_rows[item] = cursor++;
+                }
+    }
+    __syncthreads(); /* every row is numbered (global writes of this block are visible) */
+    for (int64_t t = threadIdx.x; t < n_tokens; t += blockDim.x) {
+        int32_t rows[MAX_K];
+        float w[MAX_K];
+        for (int j = 0; j < k; j++) {
+            const int32_t e = ids[t * k + j];
+            int32_t row = e < 0 || e >= n_expert ? -1 : plan.comb_rows[t * k + j];
+            const float wt = weights[t * k + j];
+            int i = j;
+            while (i > 0 && rows[i - 1] > row) {
+                rows[i] = rows[i - 1];
+                w[i] = w[i - 1];
+                i--;
+            }
+            rows[i] = row;
+            w[i] = wt;
+        }
+        for (int j = 0; j < k; j++) {
+            plan.comb_rows[t * k + j] = rows[j];
+            plan.comb_w[t * k + j] = w[j];
+        }
+    }
+}
+
 } // namespace
 
 /* ---- entry points ------------------------------------------------------------------------ */
@@ -474,4 +551,22 @@ void cuda__gate_add(kern_backend *b, const float *h, const float *gate, const fl
     gate_add_kernel<<<cuda__grid(n_tokens, 1), BLOCK, 0, cuda__compute(cb)>>>(h, gate, x, out,
                                                                               n_tokens, dim);
     cuda__launched(cb, "gate_add");
+}
+
+void cuda__moe_align(kern_backend *b, const int32_t *ids, const float *weights, int64_t n_tokens,
+                     int k, int32_t n_expert, const kern_moe_plan *plan)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (n_tokens < 0 || !cuda__enter(cb, "moe_align")) return;
+    if (n_expert <= 0 || n_expert > MAX_EXPERTS || k <= 0 || k > MAX_K ||
+        n_tokens * k > INT32_MAX) {
+        cuda__fail(cb, -EINVAL,
+                   "cuda moe_align: %lld tokens, top %d of %d experts (at most %d experts, k at "
+                   "most %d)",
+                   (long long)n_tokens, k, n_expert, MAX_EXPERTS, MAX_K);
+        return;
+    }
+    moe_align_kernel<<<1, ALIGN_THREADS, 0, cuda__compute(cb)>>>(ids, weights, n_tokens, k,
+                                                                 n_expert, *plan, cb->fault_device);
+    cuda__launched(cb, "moe_align");
 }

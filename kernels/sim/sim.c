@@ -73,7 +73,7 @@ typedef struct sim_backend {
     uint64_t submitted, completed;
     bool stop;
 
-    atomic_uint_least64_t copies, to_device, to_host, link_ns;
+    atomic_uint_least64_t copies, to_device, to_host, link_ns, host_waits;
     int64_t fail_in; /* operations until an injected failure; -1: none */
     int fail_code;
 } sim_backend;
@@ -431,6 +431,7 @@ static int sim_event_query(kern_backend *b, kern_event *e)
 
 static int sim_event_wait(kern_backend *b, kern_event *e)
 {
+    atomic_fetch_add(&as_sim(b)->host_waits, 1);
     wait_completed(as_sim(b), e->target);
     return 0;
 }
@@ -446,6 +447,7 @@ static int sim_stream_wait(kern_backend *b, kern_stream s, kern_event *e)
 static int sim_sync(kern_backend *b, char *err, size_t err_size)
 {
     sim_backend *sim = as_sim(b);
+    atomic_fetch_add(&sim->host_waits, 1);
     pthread_mutex_lock(&sim->mu);
     uint64_t target = sim->submitted;
     pthread_mutex_unlock(&sim->mu);
@@ -551,6 +553,56 @@ static void sim_experts(kern_backend *b, const kern_ffn_expert *ex, int n_expert
     }
     if (injected(sim, "experts")) return;
     kern_experts(sim->cpu, ex, n_experts, x, out, g, u);
+}
+
+static void sim_moe_align(kern_backend *b, const int32_t *ids, const float *weights,
+                          int64_t n_tokens, int k, int32_t n_expert, const kern_moe_plan *plan)
+{
+    sim_backend *sim = as_sim(b);
+    size_t nk = (size_t)(n_tokens > 0 ? n_tokens * k : 0), ends = (size_t)n_expert + 1;
+    if (nk) {
+        CHECK(ids, nk * sizeof *ids);
+        CHECK(weights, floats((int64_t)nk));
+        CHECK(plan->bucket, nk * sizeof *plan->bucket);
+        CHECK(plan->comb_rows, nk * sizeof *plan->comb_rows);
+        CHECK(plan->comb_w, floats((int64_t)nk));
+    }
+    CHECK(plan->bucket_start, ends * sizeof *plan->bucket_start);
+    CHECK(plan->used, ends * sizeof *plan->used);
+    if (injected(sim, "moe_align")) return;
+    kern_moe_align(sim->cpu, ids, weights, n_tokens, k, n_expert, plan);
+}
+
+/* The table and the plan are device memory the sim's host can read, so the experts become an
+ * experts op on this backend, which checks each expert's weights where the table points. */
+static void sim_experts_routed(kern_backend *b, const kern_expert_table *t,
+                               const kern_moe_plan *plan, int64_t n_tokens, int k, const float *x,
+                               float *out, float *g, float *u)
+{
+    sim_backend *sim = as_sim(b);
+    size_t ends = (size_t)t->n_expert + 1;
+    CHECK(t->parts, (size_t)t->n_expert * 3 * sizeof *t->parts);
+    CHECK(plan->bucket_start, ends * sizeof *plan->bucket_start);
+    CHECK(plan->used, ends * sizeof *plan->used);
+    if (t->gate_bias) CHECK(t->gate_bias, floats(t->n_expert * t->gate.n_rows));
+    if (t->up_bias) CHECK(t->up_bias, floats(t->n_expert * t->up.n_rows));
+    if (t->down_bias) CHECK(t->down_bias, floats(t->n_expert * t->down.n_rows));
+    const int32_t *start = plan->bucket_start, *used = plan->used;
+    bool ok = used[0] >= 0 && used[0] <= t->n_expert && start[0] == 0 &&
+              start[t->n_expert] <= n_tokens * k;
+    for (int32_t i = 0; ok && i < used[0]; i++)
+        ok = used[1 + i] >= 0 && used[1 + i] < t->n_expert &&
+             start[used[1 + i] + 1] - start[used[1 + i]] <= n_tokens;
+    if (!ok) {
+        kern__error_set(&sim->error, -EINVAL,
+                        "sim: experts_routed: the plan is not one of %lld "
+                        "tokens over %d experts",
+                        (long long)n_tokens, t->n_expert);
+        return;
+    }
+    if (injected(sim, "experts_routed")) return;
+    if (kern_experts_routed_host(b, t, plan, x, out, g, u))
+        kern__error_set(&sim->error, -ENOMEM, "sim: experts_routed: out of memory");
 }
 
 static void sim_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
@@ -792,6 +844,8 @@ static const kern_ops sim_ops = {
     .gather = sim_gather,
     .router = sim_router,
     .experts = sim_experts,
+    .moe_align = sim_moe_align,
+    .experts_routed = sim_experts_routed,
     .matmul_batched = sim_matmul_batched,
     .moe_combine = sim_moe_combine,
     .gate_add = sim_gate_add,
@@ -868,6 +922,7 @@ int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out)
         .link_ns = atomic_load(&sim->link_ns),
         .device_bytes_in_use = sim->in_use,
         .device_bytes_peak = sim->peak,
+        .host_waits = atomic_load(&sim->host_waits),
     };
     return 0;
 }

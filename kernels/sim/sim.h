@@ -32,6 +32,7 @@ typedef struct kern_sim_stats {
     uint64_t link_ns;
     uint64_t device_bytes_in_use;
     uint64_t device_bytes_peak;
+    uint64_t host_waits; /* kern_sync and kern_event_wait calls: where the host waited on it */
 } kern_sim_stats;
 
 int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out);

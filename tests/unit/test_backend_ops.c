@@ -123,11 +123,13 @@ static void open_backends(void)
 
 /* ---- worst errors, for the summary table --------------------------------------------------- */
 
-enum { MAX_OPS = 16 };
-static const char *op_names[MAX_OPS] = {
-    "matmul",   "rmsnorm",          "rope",       "attention",     "silu_mul",    "add",
-    "add_bias", "get_rows",         "gather",     "router",        "moe_combine", "gate_add",
-    "experts",  "batch_invariance", "swiglu_oai", "matmul_batched"};
+enum { MAX_OPS = 18 };
+static const char *op_names[MAX_OPS] = {"matmul",         "rmsnorm",          "rope",
+                                        "attention",      "silu_mul",         "add",
+                                        "add_bias",       "get_rows",         "gather",
+                                        "router",         "moe_combine",      "gate_add",
+                                        "experts",        "batch_invariance", "swiglu_oai",
+                                        "matmul_batched", "moe_align",        "experts_routed"};
 static double worst[MAX_OPS][MAX_BACKENDS];
 static long checked[MAX_OPS][MAX_BACKENDS];
 
@@ -1120,6 +1122,261 @@ START_TEST(experts_gpt_oss)
 }
 END_TEST
 
+/* ---- routing on the device: the plan, and the experts through a table ---------------------- */
+
+/* n tokens' choices of k distinct experts of E (random, some experts unchosen) with weights. */
+static void random_routes(int64_t n, int k, int32_t E, int32_t *ids, float *w)
+{
+    for (int64_t t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            int32_t e;
+            bool dup;
+            do { /* the first half of the experts twice as often: buckets of unequal sizes */
+                e = (int32_t)(rng_next() % (uint64_t)(E + E / 2));
+                if (e >= E) e -= E;
+                dup = false;
+                for (int i = 0; i < j; i++)
+                    dup |= ids[t * k + i] == e;
+            } while (dup);
+            ids[t * k + j] = e;
+            w[t * k + j] = (rng_uniform() + 1.0f) * 0.5f;
+        }
+}
+
+/* A plan on the device and its host arrays. */
+typedef struct plan_pair {
+    kern_moe_plan dev, host;
+} plan_pair;
+
+static void plan_alloc(kern_backend *b, plan_pair *p, int64_t nk, int32_t E)
+{
+    size_t ends = (size_t)(E + 1) * 4, items = (size_t)nk * 4;
+    p->dev = (kern_moe_plan){dev_zeros(b, ends), dev_zeros(b, ends), dev_zeros(b, items),
+                             dev_zeros(b, items), dev_zeros(b, items)};
+    p->host =
+        (kern_moe_plan){malloc(ends), malloc(ends), malloc(items), malloc(items), malloc(items)};
+}
+
+static void plan_free(kern_backend *b, plan_pair *p)
+{
+    void *d[5] = {p->dev.bucket_start, p->dev.used, p->dev.bucket, p->dev.comb_rows, p->dev.comb_w};
+    void *h[5] = {p->host.bucket_start, p->host.used, p->host.bucket, p->host.comb_rows,
+                  p->host.comb_w};
+    for (int i = 0; i < 5; i++) {
+        dev_free(b, d[i]);
+        free(h[i]);
+    }
+}
+
+/* The device's plan equals kern_moe_align_host's, array by array. */
+static void check_plan(int be, const plan_pair *p, int64_t nk, int32_t E, const char *label)
+{
+    kern_backend *b = backends[be].b;
+    size_t ends = (size_t)(E + 1) * 4, items = (size_t)nk * 4;
+    void *got = malloc(ends > items ? ends : items);
+    const void *dev[5] = {p->dev.bucket_start, p->dev.used, p->dev.bucket, p->dev.comb_rows,
+                          p->dev.comb_w};
+    const void *host[5] = {p->host.bucket_start, p->host.used, p->host.bucket, p->host.comb_rows,
+                           p->host.comb_w};
+    static const char *const names[5] = {"bucket_start", "used", "bucket", "comb_rows", "comb_w"};
+    for (int i = 0; i < 5; i++) {
+        size_t bytes = i < 2 ? ends : items;
+        from_device(b, got, dev[i], bytes);
+        /* the used list is only defined up to its count */
+        if (i == 1) bytes = (size_t)(1 + ((const int32_t *)host[1])[0]) * 4;
+        ck_assert_msg(memcmp(got, host[i], bytes) == 0, "%s moe_align (%s): %s differs",
+                      backends[be].name, label, names[i]);
+        checked[op_index("moe_align")][be] += (long)(bytes / 4);
+    }
+    free(got);
+}
+
+/* moe_align on the device against kern_moe_align_host; then experts_routed over the plan,
+ * with the experts stacked per part as GGUF stores them and one of them (absent) marked as
+ * not on the device, against the experts op given the same buckets: the same bits, and the
+ * absent expert's rows untouched. */
+static void routed_case(int be, const uint32_t types[3], int32_t E, int k, int64_t n, bool oai,
+                        int32_t absent)
+{
+    kern_backend *b = backends[be].b;
+    char label[96];
+    snprintf(label, sizeof label, "%s/%s/%s, %d experts, top %d, %lld tokens",
+             kern_type_info(types[0])->name, kern_type_info(types[1])->name,
+             kern_type_info(types[2])->name, E, k, (long long)n);
+    int64_t nk = n * k;
+    int32_t *ids = malloc((size_t)nk * 4);
+    float *w = malloc((size_t)nk * 4);
+    random_routes(n, k, E, ids, w);
+    plan_pair p;
+    plan_alloc(b, &p, nk, E);
+    int32_t *d_ids = to_device(b, ids, (size_t)nk * 4);
+    float *d_w = to_device(b, w, (size_t)nk * 4);
+    kern_moe_align(b, d_ids, d_w, n, k, E, &p.dev);
+    ck_assert_int_eq(kern_moe_align_host(ids, w, n, k, E, &p.host), 0);
+    check_plan(be, &p, nk, E, label);
+
+    uint32_t blk = 1;
+    for (int i = 0; i < 3; i++)
+        if (kern_type_info(types[i])->block_elems > blk)
+            blk = kern_type_info(types[i])->block_elems;
+    int64_t cols = blk == 1 ? 72 : 2 * (int64_t)blk, ff = blk == 1 ? 40 : 3 * (int64_t)blk;
+    int64_t shape[3][2] = {{ff, cols}, {ff, cols}, {cols, ff}};
+    kern_weight part[3];
+    void *stacked[3], *d_stacked[3];
+    const void **parts = calloc((size_t)E * 3, sizeof *parts);
+    for (int q = 0; q < 3; q++) {
+        float *ref = NULL;
+        size_t rb = kern_row_bytes(types[q], shape[q][1]), slab = rb * (size_t)shape[q][0];
+        stacked[q] = random_weight(types[q], shape[q][0] * E, shape[q][1], &ref);
+        free(ref);
+        d_stacked[q] = to_device(b, stacked[q], slab * (size_t)E);
+        part[q] = (kern_weight){
+            .type = types[q], .n_rows = shape[q][0], .n_cols = shape[q][1], .row_bytes = rb};
+        for (int32_t e = 0; e < E; e++)
+            parts[e * 3 + q] = e == absent && q == 0 ? NULL : (uint8_t *)d_stacked[q] + slab * e;
+    }
+    float *bias[3] = {NULL, NULL, NULL}, *d_bias[3] = {NULL, NULL, NULL};
+    for (int q = 0; q < 3 && oai; q++) {
+        bias[q] = random_floats(E * shape[q][0], 1.0f);
+        d_bias[q] = to_device(b, bias[q], (size_t)(E * shape[q][0]) * 4);
+    }
+    void *d_parts = to_device(b, parts, (size_t)E * 3 * sizeof *parts);
+    kern_expert_table t = {.gate = part[0],
+                           .up = part[1],
+                           .down = part[2],
+                           .parts = d_parts,
+                           .gate_bias = d_bias[0],
+                           .up_bias = d_bias[1],
+                           .down_bias = d_bias[2],
+                           .n_expert = E,
+                           .glu = oai ? KERN_GLU_SWIGLU_OAI : KERN_GLU_SILU};
+
+    float *x = random_floats(nk * cols, 1.0f), *sentinel = malloc((size_t)(nk * cols) * 4);
+    for (int64_t i = 0; i < nk * cols; i++)
+        sentinel[i] = 7.0f;
+    float *dx = to_device(b, x, (size_t)(nk * cols) * 4);
+    float *d_out = to_device(b, sentinel, (size_t)(nk * cols) * 4),
+          *d_ref = to_device(b, sentinel, (size_t)(nk * cols) * 4);
+    float *dg = dev_zeros(b, (size_t)(nk * ff) * 4), *du = dev_zeros(b, (size_t)(nk * ff) * 4);
+    kern_experts_routed(b, &t, &p.dev, n, k, dx, d_out, dg, du);
+
+    kern_ffn_expert *ex = calloc((size_t)E, sizeof *ex);
+    int n_ex = 0;
+    for (int32_t i = 0; i < p.host.used[0]; i++) {
+        int32_t e = p.host.used[1 + i];
+        if (e == absent) continue;
+        kern_ffn_expert *f = &ex[n_ex++];
+        *f = (kern_ffn_expert){.gate = part[0],
+                               .up = part[1],
+                               .down = part[2],
+                               .row0 = p.host.bucket_start[e],
+                               .n_rows = p.host.bucket_start[e + 1] - p.host.bucket_start[e],
+                               .glu = t.glu};
+        f->gate.data = parts[e * 3 + 0];
+        f->up.data = parts[e * 3 + 1];
+        f->down.data = parts[e * 3 + 2];
+        if (oai) {
+            f->gate_bias = d_bias[0] + e * ff;
+            f->up_bias = d_bias[1] + e * ff;
+            f->down_bias = d_bias[2] + e * cols;
+        }
+    }
+    kern_experts(b, ex, n_ex, dx, d_ref, dg, du);
+    float *out = malloc((size_t)(nk * cols) * 4), *ref = malloc((size_t)(nk * cols) * 4);
+    from_device(b, out, d_out, (size_t)(nk * cols) * 4);
+    from_device(b, ref, d_ref, (size_t)(nk * cols) * 4);
+    ck_assert_msg(memcmp(out, ref, (size_t)(nk * cols) * 4) == 0,
+                  "%s experts_routed (%s): differs from the experts op over the same buckets",
+                  backends[be].name, label);
+    /* not vacuous: the present experts' rows were written, the absent one's were not */
+    int64_t written = 0, kept = 0;
+    for (int32_t e = 0; e < E; e++)
+        for (int32_t r = p.host.bucket_start[e]; r < p.host.bucket_start[e + 1]; r++) {
+            bool untouched = out[r * cols] == 7.0f && out[r * cols + cols - 1] == 7.0f;
+            if (e == absent)
+                kept += untouched;
+            else
+                written += !untouched;
+        }
+    int32_t absent_rows =
+        absent >= 0 ? p.host.bucket_start[absent + 1] - p.host.bucket_start[absent] : 0;
+    ck_assert_msg(written == nk - absent_rows && kept == absent_rows,
+                  "%s experts_routed (%s): %lld of %lld rows written, %lld of %d absent rows kept",
+                  backends[be].name, label, (long long)written, (long long)(nk - absent_rows),
+                  (long long)kept, absent_rows);
+    checked[op_index("experts_routed")][be] += (long)(nk * cols);
+
+    free(ex);
+    free(out);
+    free(ref);
+    free(x);
+    free(sentinel);
+    dev_free(b, dx);
+    dev_free(b, d_out);
+    dev_free(b, d_ref);
+    dev_free(b, dg);
+    dev_free(b, du);
+    dev_free(b, d_parts);
+    for (int q = 0; q < 3; q++) {
+        dev_free(b, d_stacked[q]);
+        free(stacked[q]);
+        dev_free(b, d_bias[q]);
+        free(bias[q]);
+    }
+    free(parts);
+    dev_free(b, d_ids);
+    dev_free(b, d_w);
+    plan_free(b, &p);
+    free(ids);
+    free(w);
+}
+
+START_TEST(routing_on_the_device)
+{
+    const uint32_t q4km[3] = {KERN_T_Q4_K, KERN_T_Q4_K, KERN_T_Q6_K},
+                   q8[3] = {KERN_T_Q8_0, KERN_T_Q8_0, KERN_T_Q8_0},
+                   f16q8[3] = {KERN_T_F16, KERN_T_F16, KERN_T_Q8_0},
+                   apart[3] = {KERN_T_Q8_0, KERN_T_Q5_0, KERN_T_Q4_0}, /* gate and up differ */
+        mx[3] = {KERN_T_MXFP4, KERN_T_MXFP4, KERN_T_MXFP4},
+                   f32[3] = {KERN_T_F32, KERN_T_F32, KERN_T_F32};
+    for (int be = 0; be < n_backends; be++) {
+        routed_case(be, q4km, 8, 2, 1, false, -1);  /* Mixtral's decode */
+        routed_case(be, q4km, 16, 4, 21, false, 3); /* a batch, one expert elsewhere */
+        routed_case(be, q8, 128, 8, 1, false, -1);  /* Qwen3-30B-A3B's decode */
+        routed_case(be, q8, 128, 8, 37, false, 0);  /* its prefill: more rows than experts */
+        routed_case(be, f16q8, 64, 6, 5, false, -1);
+        routed_case(be, apart, 32, 4, 9, false, 1);
+        routed_case(be, mx, 32, 4, 7, true, 2); /* gpt-oss: biases, the clamped SwiGLU */
+        routed_case(be, f32, 8, 2, 300, true, -1);
+    }
+}
+END_TEST
+
+/* An id the router cannot give fails the step at the next sync, on every backend. */
+START_TEST(moe_align_refuses_a_bad_id)
+{
+    char err[256];
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        int32_t ids[6] = {0, 3, 2, 8, 1, 0}; /* 8 of 8 experts */
+        float w[6] = {1, 1, 1, 1, 1, 1};
+        plan_pair p;
+        plan_alloc(b, &p, 6, 8);
+        int32_t *d_ids = to_device(b, ids, sizeof ids);
+        float *d_w = to_device(b, w, sizeof w);
+        kern_moe_align(b, d_ids, d_w, 3, 2, 8, &p.dev);
+        int rc = kern_sync(b, err, sizeof err);
+        ck_assert_msg(rc == -EINVAL && strstr(err, "moe_align"), "%s: rc %d: %s", backends[be].name,
+                      rc, err);
+        ck_assert_int_eq(kern_moe_align_host(ids, w, 3, 2, 8, &p.host), -EINVAL);
+        ck_assert_int_eq(kern_sync(b, err, sizeof err), 0); /* the error was taken */
+        dev_free(b, d_ids);
+        dev_free(b, d_w);
+        plan_free(b, &p);
+    }
+}
+END_TEST
+
 /* ---- the paged KV cache and attention ----------------------------------------------------------
  */
 
@@ -1397,7 +1654,8 @@ static void print_summary(void)
         for (int be = 0; be < n_backends; be++) {
             if (!checked[o][be])
                 printf(" - |");
-            else if (!strcmp(op_names[o], "batch_invariance") && !backends[be].approx)
+            else if ((!strcmp(op_names[o], "batch_invariance") && !backends[be].approx) ||
+                     !strcmp(op_names[o], "moe_align") || !strcmp(op_names[o], "experts_routed"))
                 printf(" bit-exact (%ld) |", checked[o][be]);
             else
                 printf(" %.1e (%ld) |", worst[o][be], checked[o][be]);
@@ -1470,6 +1728,8 @@ int main(void)
     tcase_add_loop_test(tc, experts_grouped, 0, N_ALL_TYPES);
     tcase_add_test(tc, experts_mixed_types);
     tcase_add_test(tc, experts_gpt_oss);
+    tcase_add_test(tc, routing_on_the_device);
+    tcase_add_test(tc, moe_align_refuses_a_bad_id);
     tcase_add_test(tc, rope_yarn);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);

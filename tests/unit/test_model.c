@@ -1091,6 +1091,100 @@ START_TEST(a_failed_operation_fails_the_step)
 }
 END_TEST
 
+/* ---- routing on the device ---------------------------------------------------------------- */
+
+/* One prompt then `steps` greedy decode steps on a fresh sim context; per step: the logits, the
+ * step's stats and the host's waits on the device during it. */
+typedef struct routed_run {
+    float *logits; /* [steps + 1][n_vocab] */
+    model_step_stats stats[8];
+    uint64_t waits[8];
+} routed_run;
+
+static void run_routed(fixture *fx, bool host_routing, const int32_t *prompt, int n, int steps,
+                       routed_run *out)
+{
+    char err[512];
+    int n_vocab = fx->hp->n_vocab;
+    model_ctx_opts co = {
+        .n_seq = 1, .n_ctx = n + steps + 1, .kv_type = test_kv_type, .host_routing = host_routing};
+    model_ctx *ctx = NULL;
+    ck_assert_msg(model_ctx_create(&ctx, fx->m, &co, err, sizeof err) == 0, "%s", err);
+    int32_t *tok = malloc((size_t)n * sizeof *tok), *pos = malloc((size_t)n * sizeof *pos),
+            *seq = calloc((size_t)n, sizeof *seq);
+    memcpy(tok, prompt, (size_t)n * sizeof *tok);
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    model_batch b = {.n_tokens = n, .token = tok, .pos = pos, .seq = seq};
+    for (int step = 0; step <= steps; step++) {
+        kern_sim_stats s0, s1;
+        ck_assert_int_eq(kern_sim_get_stats(fx->backend, &s0), 0);
+        float *l = out->logits + (size_t)step * (size_t)n_vocab;
+        ck_assert_msg(model_forward(ctx, &b, l, err, sizeof err) == 0, "%s", err);
+        ck_assert_int_eq(kern_sim_get_stats(fx->backend, &s1), 0);
+        out->stats[step] = *model_ctx_last_stats(ctx);
+        out->waits[step] = s1.host_waits - s0.host_waits;
+        tok[0] = model_argmax(l, n_vocab);
+        pos[0] = n + step;
+        b.n_tokens = 1;
+    }
+    model_ctx_destroy(&ctx);
+    free(tok);
+    free(pos);
+    free(seq);
+}
+
+/* With every expert on the device and no predictor, a sim step chooses and groups the experts
+ * on the device: the same bits and the same counts as routing through the host, and the host
+ * waits on the device twice a step (the stale-error sync, the logits; once more on the first,
+ * for the expert tables) where the host's routing waits once more per MoE layer.  gpt-oss brings
+ * expert biases, glm4moe a leading dense layer, Q4_K_M the quantised experts. */
+START_TEST(routing_on_the_device_matches_the_host_without_its_round_trips)
+{
+    static const char *const names[] = {"qwen3moe-tiny-q4_k_m", "gpt-oss-tiny-f32",
+                                        "glm4moe-tiny-f32", "deepseek2-tiny-f32"};
+    enum { STEPS = 4 };
+    for (size_t c = 0; c < sizeof names / sizeof names[0]; c++) {
+        fixture fx;
+        kern_backend_kind saved = test_backend;
+        test_backend = KERN_BACKEND_SIM;
+        fixture_open(&fx, names[c], "", 1);
+        test_backend = saved;
+        const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fx.golden, "prompts"), 0);
+        int n;
+        int32_t *prompt = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+        size_t n_logits = (size_t)(STEPS + 1) * (size_t)fx.hp->n_vocab;
+        routed_run dev = {.logits = malloc(n_logits * sizeof(float))},
+                   host = {.logits = malloc(n_logits * sizeof(float))};
+        run_routed(&fx, false, prompt, n, STEPS, &dev);
+        run_routed(&fx, true, prompt, n, STEPS, &host);
+        ck_assert_msg(memcmp(dev.logits, host.logits, n_logits * sizeof(float)) == 0,
+                      "%s: routing on the device changed the logits", names[c]);
+        uint64_t moe_layers = (uint64_t)(fx.hp->n_layer - fx.hp->n_layer_dense);
+        for (int step = 0; step <= STEPS; step++) {
+            const model_step_stats *d = &dev.stats[step], *h = &host.stats[step];
+            ck_assert_msg(d->routed_on_device && !h->routed_on_device, "%s step %d", names[c],
+                          step);
+            ck_assert_int_eq(d->experts_used, h->experts_used);
+            ck_assert_uint_eq(d->expert_bytes, h->expert_bytes);
+            ck_assert_uint_eq(d->matmul_macs, h->matmul_macs);
+            ck_assert_uint_eq(d->dense_bytes, h->dense_bytes);
+            /* the first step also builds the layers' tables of where the experts are */
+            ck_assert_msg(dev.waits[step] == (step == 0 ? 3u : 2u) &&
+                              host.waits[step] == 2 + moe_layers,
+                          "%s step %d: the host waited %llu times routing on the device, %llu "
+                          "through the host (%llu MoE layers)",
+                          names[c], step, (unsigned long long)dev.waits[step],
+                          (unsigned long long)host.waits[step], (unsigned long long)moe_layers);
+        }
+        free(dev.logits);
+        free(host.logits);
+        free(prompt);
+        fixture_close(&fx);
+    }
+}
+END_TEST
+
 /* ---- the F16 KV cache -------------------------------------------------------------------- */
 
 /* F16 keys and values round each stored element by up to 2^-11 of itself; over the tiny models'
@@ -1160,6 +1254,7 @@ int main(void)
     tcase_add_loop_test(tc, dequantised_weights_match_transformers, 0, N_GOLDEN - N_FLOAT_GOLDEN);
     tcase_add_loop_test(tc, f16_kv_stays_close_to_f32, 0, N_FLOAT_GOLDEN);
     tcase_add_test(tc, a_failed_operation_fails_the_step);
+    tcase_add_test(tc, routing_on_the_device_matches_the_host_without_its_round_trips);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
