@@ -88,6 +88,7 @@ typedef struct bench_opts {
     const char *text_path; /* --text FILE: prompts and decode tokens cut from this text */
     int profile;
     int host_routing; /* --host-routing: the host round trip per layer even where not needed */
+    int no_graphs;    /* --no-graphs: every step queued, none replayed */
     cli_cache_args cache;
 } bench_opts;
 
@@ -124,6 +125,7 @@ static void usage(FILE *out)
         "  --profile     time each CPU operation over the decode steps (a table per run)\n"
         "  --host-routing  route every layer through the host even with every expert on the\n"
         "                device (what routing on the device saves)\n"
+        "  --no-graphs   queue every step (no graph replays; what graphs save)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
         "                varies like text's on random-weight models)\n"
         "  --text FILE   prompts and decoded tokens are the file's text, tokenized by the model\n"
@@ -244,7 +246,8 @@ static int run(bench_opts *o)
     model_ctx_opts co = {.n_seq = B,
                          .n_ctx = P + G + 1,
                          .kv_type = o->cache.kv_type,
-                         .host_routing = o->host_routing};
+                         .host_routing = o->host_routing,
+                         .no_graphs = o->no_graphs};
     if (model_ctx_create(&ctx, m, &co, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
         goto done;
@@ -299,7 +302,7 @@ static int run(bench_opts *o)
     }
     double t_decode = 0.0;
     uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0;
-    int routed = 0;
+    int routed = 0, replayed = 0;
     if (o->profile && kern_cpu_set_profiling(be, true))
         fprintf(stderr, "moeserve bench: --profile times the CPU backend's operations only\n");
     uint8_t *want = malloc((size_t)B);
@@ -335,6 +338,7 @@ static int run(bench_opts *o)
         cpu_experts += st->cpu_experts;
         cpu_ns += st->cpu_ns;
         routed += st->routed_on_device;
+        replayed += st->graph_replayed;
         for (int32_t s = 0; s < B; s++)
             next[s] = model_argmax(logits + (size_t)s * hp->n_vocab, hp->n_vocab);
     }
@@ -383,10 +387,12 @@ static int run(bench_opts *o)
     if (be->kind != KERN_BACKEND_CPU) {
         double link = link_bandwidth(be, (size_t)256 << 20);
         printf("| %s backend | memory %.1f GB/s (%s) | pinned host-to-device copies %.1f GB/s | "
-               "experts routed on the device in %d of %d decode steps |\n",
+               "experts routed on the device in %d of %d decode steps, %d replayed as a graph%s%s "
+               "|\n",
                be->name, bw / 1e9,
                be->kind == KERN_BACKEND_CUDA ? "device copy, read + write" : "CPU read", link / 1e9,
-               routed, G);
+               routed, G, replayed, model_ctx_graph_error(ctx) ? ": " : "",
+               model_ctx_graph_error(ctx) ? model_ctx_graph_error(ctx) : "");
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
             double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
             printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
@@ -488,6 +494,9 @@ int cli_bench(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--host-routing")) {
             o.host_routing = 1;
+            continue;
+        } else if (!strcmp(a, "--no-graphs")) {
+            o.no_graphs = 1;
             continue;
         } else if (!strcmp(a, "--model") && v) {
             o.path = v, i++;

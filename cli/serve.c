@@ -240,6 +240,7 @@ static int load_model(serve_state *st, char *err, size_t err_size)
     uint64_t per_pos = kv_bytes_per_position(hp, c->kv.type);
     so.kv_type = c->kv.type == CFG_KV_F32 ? KERN_KV_F32 : KERN_KV_F16;
     so.prefix_cache = c->kv.prefix_cache != CFG_OFF;
+    so.no_graphs = c->compute.graphs == CFG_OFF;
     uint64_t want = per_pos * (uint64_t)so.n_ctx * (uint64_t)so.max_running;
     uint64_t budget = cfg_budget_resolve(&c->kv.budget_bytes, want, want);
     if (want > budget) {

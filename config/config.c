@@ -108,6 +108,7 @@ static const cfg__key keys[] = {
     {"io.direct", CFG__TRISTATE, OFF(io.direct), 0, 0, NULL, "auto", NULL, NULL},
     {"compute.threads", CFG__INT, OFF(compute.threads), 0, 1024, NULL, "0", NULL, NULL},
     {"compute.backend", CFG__ENUM, OFF(compute.backend), 0, 0, backend_names, "auto", NULL, NULL},
+    {"compute.graphs", CFG__TRISTATE, OFF(compute.graphs), 0, 0, NULL, "auto", NULL, NULL},
     {"gpu.enabled", CFG__TRISTATE, OFF(gpu.enabled), 0, 0, NULL, "auto", NULL, NULL},
     {"gpu.device", CFG__INT, OFF(gpu.device), -1, 63, NULL, "0", NULL, NULL},
     {"log.level", CFG__ENUM, OFF(log.level), 0, 0, level_names, "info", NULL, NULL},

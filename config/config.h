@@ -148,6 +148,7 @@ typedef struct cfg {
     struct {
         int32_t threads; /* 0: all online CPUs */
         cfg_backend backend;
+        cfg_tristate graphs; /* replay decode steps as captured graphs; auto: on */
     } compute;
     struct {
         cfg_tristate enabled;

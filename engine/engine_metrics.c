@@ -269,6 +269,13 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
         {"moeserve_engine_step_retries_total", "counter",
          "Steps run again because an expert could not be read (the requests went on)",
          (double)st.step_retries},
+        {"moeserve_engine_steps_routed_on_device_total", "counter",
+         "Steps whose experts were chosen and grouped on the device (no host round trip per "
+         "layer: every expert there, no predictor)",
+         (double)st.steps_routed_on_device},
+        {"moeserve_engine_graph_replays_total", "counter",
+         "Steps launched as a graph that an earlier step of the same shape recorded",
+         (double)st.graph_replays},
         {"moeserve_constrained_masks_total", "counter",
          "Token masks built for constrained decoding (response_format, forced tool calls)",
          (double)atomic_load(&e->masks)},

@@ -123,7 +123,8 @@ int scheduler_open(scheduler **out, model *m, const scheduler_opts *opts, char *
     model_ctx_opts co = {.n_seq = o.max_running,
                          .n_ctx = o.n_ctx,
                          .kv_type = o.kv_type,
-                         .kv_max_cached_blocks = o.prefix_cache_blocks};
+                         .kv_max_cached_blocks = o.prefix_cache_blocks,
+                         .no_graphs = o.no_graphs};
     int rc = model_ctx_create(&s->ctx, m, &co, err, err_size);
     if (rc) {
         free(s);
@@ -595,6 +596,11 @@ static void *engine_main(void *arg)
         s->stats.decode_tokens += (uint64_t)(n - n_prompt_tokens);
         s->stats.last_batch = (uint32_t)n;
         s->stats.step_retries += retries;
+        if (rc == 0) {
+            const model_step_stats *ms = model_ctx_last_stats(s->ctx);
+            s->stats.steps_routed_on_device += ms->routed_on_device;
+            s->stats.graph_replays += ms->graph_replayed;
+        }
         note_prefix_stats(s);
         if (rc) {
             /* The step's sequences cannot go on (their KV is incomplete); the others can. */

@@ -65,6 +65,8 @@ typedef struct scheduler_opts {
     /* Blocks kept for reuse that no sequence holds, at most (least recently released out
      * first); 0: as many as the KV memory holds, given up only when it is needed. */
     int32_t prefix_cache_blocks;
+    /* Never replay a step as a graph (model_ctx_opts.no_graphs). */
+    bool no_graphs;
 } scheduler_opts;
 
 scheduler_opts scheduler_opts_default(void);
@@ -88,6 +90,8 @@ typedef struct scheduler_stats {
     uint32_t prefix_cached_blocks; /* blocks kept for reuse that no sequence holds */
     uint64_t prefix_evictions;     /* such blocks given up for memory */
     uint64_t step_retries;         /* steps run again after an expert could not be read */
+    uint64_t steps_routed_on_device; /* steps whose experts were chosen and grouped there */
+    uint64_t graph_replays;          /* steps launched as a graph an earlier step recorded */
 } scheduler_stats;
 
 typedef struct scheduler scheduler;

@@ -203,6 +203,7 @@ typedef struct kern_router_opts {
 
 typedef struct kern_backend kern_backend;
 typedef struct kern_event kern_event;
+typedef struct kern_graph kern_graph;
 
 /* The gated activation between an FFN's gate and up products and its down product. */
 typedef enum kern_glu {
@@ -354,6 +355,22 @@ typedef struct kern_ops {
     void (*experts_routed)(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
                            int64_t n_tokens, int k, const float *x, float *out, float *g, float *u);
 
+    /* -- graphs: a step queued once and replayed (NULL in a backend's table: none) --
+     * Between capture_begin and capture_end the operations and the compute stream's copies are
+     * recorded instead of run; graph_launch queues the recording on the compute stream again.
+     * A replay reads and writes the same addresses, with whatever they hold by then, and takes
+     * every other argument as it was at capture (host structs are copied), so the caller keeps
+     * the inputs of a replayed step at fixed addresses.  A host wait (sync, event_wait) between
+     * begin and end fails the capture.  capture_begin returns a pending sticky error instead of
+     * starting.  capture_end returns 0 with the graph, or a negative errno with the reason in
+     * err: nothing recorded ran, and an operation's failure while recording is the capture's
+     * (the sticky error is left clear).  graph_launch returns -ESTALE, queuing nothing, when
+     * the backend's own scratch moved since the capture: capture again. */
+    int (*capture_begin)(kern_backend *b);
+    int (*capture_end)(kern_backend *b, kern_graph **out, char *err, size_t err_size);
+    int (*graph_launch)(kern_backend *b, kern_graph *g);
+    void (*graph_destroy)(kern_backend *b, kern_graph *g);
+
     void (*destroy)(kern_backend *b);
 } kern_ops;
 
@@ -446,6 +463,29 @@ static inline int kern_stream_wait(kern_backend *b, kern_stream s, kern_event *e
 static inline int kern_sync(kern_backend *b, char *err, size_t err_size)
 {
     return b->ops->sync(b, err, err_size);
+}
+
+/* Graphs (kern_ops.capture_begin): whether the backend has them, and the calls. */
+static inline bool kern_has_graphs(const kern_backend *b)
+{
+    return b->ops->capture_begin != NULL;
+}
+static inline int kern_capture_begin(kern_backend *b)
+{
+    return b->ops->capture_begin(b);
+}
+static inline int kern_capture_end(kern_backend *b, kern_graph **out, char *err, size_t err_size)
+{
+    return b->ops->capture_end(b, out, err, err_size);
+}
+static inline int kern_graph_launch(kern_backend *b, kern_graph *g)
+{
+    return b->ops->graph_launch(b, g);
+}
+static inline void kern_graph_destroy(kern_backend *b, kern_graph **g)
+{
+    if (*g) b->ops->graph_destroy(b, *g);
+    *g = NULL;
 }
 
 /* The best time, in seconds, of `reps` copies of `bytes` in direction `dir` (host memory pinned,

@@ -96,9 +96,28 @@ struct model_ctx {
     const void *table_parts;
     const cache *table_src;
     bool host_routing;
+    /* Graphs of steps routed on the device, by shape; a shape is recorded when it repeats the
+     * plain step before it (plain_*), whose run grew every scratch it needs */
+    struct step_graph {
+        kern_graph *g;
+        int64_t n, n_out;
+        uint64_t dense_bytes, matmul_macs; /* what the recorded step counted */
+    } graphs[4];
+    int next_graph;
+    int64_t plain_n, plain_n_out;
+    bool no_graphs;
+    char graph_error[256];
 };
 
 static void tables_free(model_ctx *ctx);
+
+/* Graphs hold the addresses of the step's buffers: any of them moving drops them all. */
+static void graphs_drop(model_ctx *ctx)
+{
+    for (size_t i = 0; i < sizeof ctx->graphs / sizeof ctx->graphs[0]; i++)
+        kern_graph_destroy(ctx->be, &ctx->graphs[i].g);
+    ctx->plain_n = -1;
+}
 
 /* ---- scratch ----------------------------------------------------------------------------------
  */
@@ -155,6 +174,7 @@ static mla_shape mla_shape_of(const model_hparams *hp)
 static void scratch_free(model_ctx *ctx)
 {
     kern_backend *be = ctx->be;
+    graphs_drop(ctx);
     void **dev = (void **)&ctx->d, **host = (void **)&ctx->hs;
     for (size_t i = 0; i < sizeof ctx->d / sizeof(void *); i++)
         kern_free(be, KERN_MEM_DEVICE, dev[i]);
@@ -236,6 +256,8 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     ctx->n_seq = n_seq;
     ctx->n_ctx = n_ctx;
     ctx->host_routing = opts && opts->host_routing;
+    ctx->no_graphs = opts && opts->no_graphs;
+    ctx->plain_n = -1;
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     kern_kv_opts ko = {.n_layer = hp->n_layer,
                        .kv_dim = (int32_t)ctx->kv_dim,
@@ -324,6 +346,11 @@ void model_ctx_publish_block(model_ctx *ctx, int32_t seq, int32_t block, uint64_
 void model_ctx_prefix_stats(const model_ctx *ctx, kern_kv_prefix_stats *out)
 {
     kern_kv_get_prefix_stats(ctx->kv, out);
+}
+
+const char *model_ctx_graph_error(const model_ctx *ctx)
+{
+    return ctx->graph_error[0] ? ctx->graph_error : NULL;
 }
 
 const model_step_stats *model_ctx_last_stats(const model_ctx *ctx)
@@ -845,6 +872,7 @@ static int moe(model_ctx *ctx, const model_layer *L, int il, int64_t n, char *er
 
 static void tables_free(model_ctx *ctx)
 {
+    graphs_drop(ctx);
     if (ctx->table_parts) kern_free(ctx->be, KERN_MEM_DEVICE, (void *)ctx->table_parts);
     free(ctx->tables);
     ctx->tables = NULL;
@@ -1091,27 +1119,16 @@ static int begin_step(model_ctx *ctx, const model_batch *b, char *err, size_t er
     return 0;
 }
 
-int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err, size_t err_size)
+/* Everything a step queues once its inputs are on the device: the embeddings, the layers and,
+ * for the n_out rows listed in d.out_rows, the head into d.logits. */
+static int queue_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_t err_size)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
     kern_backend *be = ctx->be;
-    int rc = check_batch(ctx, b, err, err_size);
-    if (rc) return rc;
-    int64_t n = b->n_tokens, D = hp->n_embd;
-    if ((rc = scratch_reserve(ctx, n))) {
-        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of %s memory",
-                 (long long)n, be->kind == KERN_BACKEND_CPU ? "host" : "device");
-        return rc;
-    }
     dev_scratch *s = &ctx->d;
-    memset(&ctx->stats, 0, sizeof ctx->stats);
-    char stale[64];
-    (void)kern_sync(be, stale,
-                    sizeof stale); /* a failure of an earlier, abandoned step is not ours */
-    ctx->stats.routed_on_device = route_on_device_now(ctx);
-    if ((rc = begin_step(ctx, b, err, err_size))) return rc;
-
+    int64_t D = hp->n_embd;
+    int rc;
     kern_get_rows(be, &m->tok_embd, s->token, s->x, n);
     ctx->stats.dense_bytes += (uint64_t)n * m->tok_embd.row_bytes;
     struct timespec t0, t1;
@@ -1141,20 +1158,109 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
         double share = dt > 0 ? 1e-9 * (double)(c1.stall_ns - c0.stall_ns) / dt : 0.0;
         m->stall_share = 0.8 * m->stall_share + 0.2 * (share > 1.0 ? 1.0 : share);
     }
+    ctx->stats.dense_bytes += m->head_bytes;
+    if (n_out == 0) return 0;
+    kern_gather(be, s->x, s->out_rows, s->h, n_out, D);
+    kern_rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
+    matmul(ctx, &m->output, s->h, s->logits, n_out);
+    return 0;
+}
+
+/* queue_step, or a graph of it: replayed when this shape has one; recorded, then launched, when
+ * the plain step before had this shape (so no scratch grows while recording).  A step that
+ * routes through the host waits on the device inside, which a recording cannot hold. */
+static int run_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_t err_size)
+{
+    kern_backend *be = ctx->be;
+    if (!ctx->stats.routed_on_device || ctx->no_graphs || !kern_has_graphs(be))
+        return queue_step(ctx, n, n_out, err, err_size);
+    int rc;
+    const size_t n_graphs = sizeof ctx->graphs / sizeof ctx->graphs[0];
+    for (size_t i = 0; i < n_graphs; i++) {
+        struct step_graph *sg = &ctx->graphs[i];
+        if (!sg->g || sg->n != n || sg->n_out != n_out) continue;
+        if ((rc = kern_graph_launch(be, sg->g)) == 0) {
+            ctx->stats.dense_bytes += sg->dense_bytes;
+            ctx->stats.matmul_macs += sg->matmul_macs;
+            ctx->stats.graph_replayed = true;
+            return 0;
+        }
+        kern_graph_destroy(be, &sg->g);
+        if (rc != -ESTALE) {
+            snprintf(err, err_size, "compute backend (%s): launching the step's graph: %s",
+                     be->name, strerror(-rc));
+            return rc;
+        }
+        ctx->plain_n = -1; /* the backend's scratch moved: a plain step, then record again */
+        break;
+    }
+    if (ctx->plain_n == n && ctx->plain_n_out == n_out && kern_capture_begin(be) == 0) {
+        model_step_stats before = ctx->stats;
+        rc = queue_step(ctx, n, n_out, err, err_size);
+        kern_graph *g = NULL;
+        char why[200];
+        int rc_end = kern_capture_end(be, &g, why, sizeof why);
+        if (rc) {
+            kern_graph_destroy(be, &g);
+            return rc;
+        }
+        if (rc_end == 0) {
+            struct step_graph *sg = &ctx->graphs[ctx->next_graph];
+            ctx->next_graph = (ctx->next_graph + 1) % (int)n_graphs;
+            kern_graph_destroy(be, &sg->g);
+            *sg = (struct step_graph){.g = g,
+                                      .n = n,
+                                      .n_out = n_out,
+                                      .dense_bytes = ctx->stats.dense_bytes - before.dense_bytes,
+                                      .matmul_macs = ctx->stats.matmul_macs - before.matmul_macs};
+            if ((rc = kern_graph_launch(be, g))) {
+                snprintf(err, err_size, "compute backend (%s): launching the step's graph: %s",
+                         be->name, strerror(-rc));
+                return rc;
+            }
+            ctx->stats.graph_captured = true;
+            return 0;
+        }
+        /* what the backend cannot record once it will not record later: plain steps from now */
+        ctx->no_graphs = true;
+        snprintf(ctx->graph_error, sizeof ctx->graph_error, "%s", why);
+        ctx->stats = before;
+    }
+    ctx->plain_n = n;
+    ctx->plain_n_out = n_out;
+    return queue_step(ctx, n, n_out, err, err_size);
+}
+
+int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err, size_t err_size)
+{
+    model *m = ctx->m;
+    const model_hparams *hp = &m->hp;
+    kern_backend *be = ctx->be;
+    int rc = check_batch(ctx, b, err, err_size);
+    if (rc) return rc;
+    int64_t n = b->n_tokens;
+    if ((rc = scratch_reserve(ctx, n))) {
+        snprintf(err, err_size, "scratch for a batch of %lld tokens: out of %s memory",
+                 (long long)n, be->kind == KERN_BACKEND_CPU ? "host" : "device");
+        return rc;
+    }
+    dev_scratch *s = &ctx->d;
+    memset(&ctx->stats, 0, sizeof ctx->stats);
+    char stale[64];
+    (void)kern_sync(be, stale,
+                    sizeof stale); /* a failure of an earlier, abandoned step is not ours */
+    ctx->stats.routed_on_device = route_on_device_now(ctx);
+    if ((rc = begin_step(ctx, b, err, err_size))) return rc;
 
     int64_t n_out = 0;
     for (int64_t t = 0; t < n; t++)
         if (b->want_logits ? b->want_logits[t] != 0 : t == n - 1)
             ctx->hs.out_rows[n_out++] = (int32_t)t;
-    ctx->stats.dense_bytes += m->head_bytes;
-    if (n_out == 0) {
-        rc = sync_step(ctx, err, err_size);
-        return rc == 0 && ctx->stats.routed_on_device ? account_routed(ctx, n, err, err_size) : rc;
-    }
-    if ((rc = upload(ctx, s->out_rows, ctx->hs.out_rows, (size_t)n_out * sizeof *s->out_rows, err,
-                     err_size)))
+    if (n_out > 0 && (rc = upload(ctx, s->out_rows, ctx->hs.out_rows,
+                                  (size_t)n_out * sizeof *s->out_rows, err, err_size)))
         return rc;
     if (n_out > ctx->cap_logits) {
+        graphs_drop(ctx);
         kern_free(be, KERN_MEM_DEVICE, s->logits);
         s->logits = NULL;
         ctx->cap_logits = 0;
@@ -1166,11 +1272,10 @@ int model_forward(model_ctx *ctx, const model_batch *b, float *logits, char *err
         }
         ctx->cap_logits = n_out;
     }
-    kern_gather(be, s->x, s->out_rows, s->h, n_out, D);
-    kern_rmsnorm(be, s->h, m->output_norm, s->h, D, n_out, D, hp->rms_eps);
-    matmul(ctx, &m->output, s->h, s->logits, n_out);
-    rc = download(ctx, logits, s->logits, (size_t)(n_out * hp->n_vocab) * sizeof *logits, err,
-                  err_size);
+    if ((rc = run_step(ctx, n, n_out, err, err_size))) return rc;
+    rc = n_out == 0 ? sync_step(ctx, err, err_size)
+                    : download(ctx, logits, s->logits,
+                               (size_t)(n_out * hp->n_vocab) * sizeof *logits, err, err_size);
     return rc == 0 && ctx->stats.routed_on_device ? account_routed(ctx, n, err, err_size) : rc;
 }
 

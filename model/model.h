@@ -205,6 +205,8 @@ typedef struct model_ctx_opts {
     /* Route every layer through the host even where the device could do it alone (every expert
      * on the device, no predictor): what benchmarks compare device routing with. */
     bool host_routing;
+    /* Never replay a step as a graph (see model_forward); benchmarks compare. */
+    bool no_graphs;
 } model_ctx_opts;
 
 int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char *err,
@@ -254,15 +256,24 @@ typedef struct model_step_stats {
     /* the layers chose and grouped their experts on the device (moe_align, experts_routed):
      * no host round trip between a router and its experts */
     bool routed_on_device;
+    /* the step was recorded as a graph for its shape (then launched), or launched one that an
+     * earlier step of its shape recorded */
+    bool graph_captured, graph_replayed;
 } model_step_stats;
 
 /* Runs one step.  Each token's K and V are stored at (seq, pos); a token attends to positions
  * 0 .. pos of its sequence, which earlier steps or earlier tokens of this batch must have
  * filled.  Logits rows (n_vocab floats each) are written in batch order for the tokens that
- * want them. */
+ * want them.
+ * A step that routes on the device (model_step_stats.routed_on_device) on a backend with graphs
+ * is recorded once its shape (tokens, logits rows) repeats the step before, and later steps of
+ * that shape replay the recording — on CUDA one launch where the step queued hundreds; the
+ * logits are the same bits either way. */
 int model_forward(model_ctx *ctx, const model_batch *batch, float *logits, char *err,
                   size_t err_size);
 const model_step_stats *model_ctx_last_stats(const model_ctx *ctx);
+/* Why this context stopped recording graphs (the backend could not capture a step), or NULL. */
+const char *model_ctx_graph_error(const model_ctx *ctx);
 
 /* Index of the largest logit (the lowest index among equals): greedy decoding. */
 int32_t model_argmax(const float *logits, int32_t n_vocab);

@@ -80,6 +80,11 @@ bool cuda__launched(cuda_backend *cb, const char *op)
 void *cuda__scratch_get(cuda_backend *cb, cuda__scratch *s, size_t bytes, const char *op)
 {
     if (bytes <= s->bytes) return s->ptr;
+    if (cb->capturing) {
+        cuda__fail(cb, -EAGAIN, "cuda %s: its scratch cannot grow while a graph is captured", op);
+        return NULL;
+    }
+    cb->scratch_gen++;
     /* Grow by half again at least, so that a slowly growing batch does not wait each time. */
     size_t want = s->bytes + s->bytes / 2;
     if (want < bytes) want = bytes;
@@ -316,6 +321,87 @@ static int cuda_sync(kern_backend *b, char *err, size_t err_size)
     return rc;
 }
 
+/* ---- graphs ---------------------------------------------------------------------------- */
+
+/* A captured step: instantiated once, launched as one unit (one host call where the step
+ * queued a few hundred kernels), valid while the scratch it was captured with stays put. */
+struct kern_graph {
+    cudaGraphExec_t exec;
+    uint64_t scratch_gen;
+};
+
+static int cuda_capture_begin(kern_backend *b)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (cb->capturing) return -EBUSY;
+    if (cb->error) return cb->error; /* a failure to report first */
+    cudaError_t rc = cudaSetDevice(cb->device);
+    if (rc == cudaSuccess)
+        rc = cudaStreamBeginCapture(cuda__compute(cb), cudaStreamCaptureModeRelaxed);
+    if (rc != cudaSuccess) return cuda__errno(rc);
+    cb->capturing = true;
+    return 0;
+}
+
+static int cuda_capture_end(kern_backend *b, kern_graph **out, char *err, size_t err_size)
+{
+    cuda_backend *cb = cuda__of(b);
+    *out = NULL;
+    if (!cb->capturing) {
+        snprintf(err, err_size, "cuda: capture_end without capture_begin");
+        return -EINVAL;
+    }
+    cb->capturing = false;
+    cudaGraph_t graph = NULL;
+    cudaError_t rc = cudaStreamEndCapture(cuda__compute(cb), &graph);
+    /* An operation that failed while recording failed the capture, not a step: nothing ran. */
+    int failed = cb->error;
+    char why[sizeof cb->message];
+    snprintf(why, sizeof why, "%s", cb->message);
+    cb->error = 0;
+    cb->message[0] = '\0';
+    if (rc != cudaSuccess || failed) {
+        snprintf(err, err_size, "cuda: capturing the step failed: %s",
+                 failed ? why : cudaGetErrorString(rc));
+        if (graph) (void)cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        return failed ? failed : cuda__errno(rc);
+    }
+    kern_graph *g = (kern_graph *)calloc(1, sizeof *g);
+    if (!g) {
+        (void)cudaGraphDestroy(graph);
+        snprintf(err, err_size, "cuda: capturing the step: out of memory");
+        return -ENOMEM;
+    }
+    rc = cudaGraphInstantiate(&g->exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    if (rc != cudaSuccess) {
+        snprintf(err, err_size, "cuda: cudaGraphInstantiate: %s", cudaGetErrorString(rc));
+        free(g);
+        return cuda__errno(rc);
+    }
+    g->scratch_gen = cb->scratch_gen;
+    *out = g;
+    return 0;
+}
+
+static int cuda_graph_launch(kern_backend *b, kern_graph *g)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (g->scratch_gen != cb->scratch_gen) return -ESTALE;
+    cudaError_t rc = cudaSetDevice(cb->device);
+    if (rc == cudaSuccess) rc = cudaGraphLaunch(g->exec, cuda__compute(cb));
+    return rc == cudaSuccess ? 0 : cuda__errno(rc);
+}
+
+static void cuda_graph_destroy(kern_backend *b, kern_graph *g)
+{
+    cuda_backend *cb = cuda__of(b);
+    (void)cudaSetDevice(cb->device);
+    (void)cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
 /* ---- open / destroy -------------------------------------------------------------------- */
 
 static void cuda_destroy(kern_backend *b)
@@ -336,18 +422,19 @@ static void cuda_destroy(kern_backend *b)
 }
 
 static const kern_ops cuda_ops = {
-    cuda_alloc,        cuda_free,        cuda_register_host,   cuda_unregister_host,
-    cuda_mem_info,     cuda_copy,        cuda_event_create,    cuda_event_destroy,
-    cuda_event_record, cuda_event_query, cuda_event_wait,      cuda_stream_wait,
-    cuda_sync,         cuda__matmul,     cuda__matmul_batched, cuda__rmsnorm,
-    cuda__rope,        cuda__kv_store,   cuda__attention,      cuda__silu_mul,
-    cuda__swiglu_oai,  cuda__add,        cuda__add_bias,       cuda__get_rows,
-    cuda__gather,      cuda__router,     cuda__experts,        cuda__moe_combine,
-    cuda__gate_add,    cuda__moe_align,  cuda__experts_routed, cuda_destroy,
+    cuda_alloc,        cuda_free,         cuda_register_host,   cuda_unregister_host,
+    cuda_mem_info,     cuda_copy,         cuda_event_create,    cuda_event_destroy,
+    cuda_event_record, cuda_event_query,  cuda_event_wait,      cuda_stream_wait,
+    cuda_sync,         cuda__matmul,      cuda__matmul_batched, cuda__rmsnorm,
+    cuda__rope,        cuda__kv_store,    cuda__attention,      cuda__silu_mul,
+    cuda__swiglu_oai,  cuda__add,         cuda__add_bias,       cuda__get_rows,
+    cuda__gather,      cuda__router,      cuda__experts,        cuda__moe_combine,
+    cuda__gate_add,    cuda__moe_align,   cuda__experts_routed, cuda_capture_begin,
+    cuda_capture_end,  cuda_graph_launch, cuda_graph_destroy,   cuda_destroy,
 };
 
 /* The table is positional: an operation added to kern_ops must be added here too. */
-static_assert(sizeof cuda_ops == 32 * sizeof(void *), "kern_ops changed: update cuda_ops");
+static_assert(sizeof cuda_ops == 36 * sizeof(void *), "kern_ops changed: update cuda_ops");
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */
 __global__ void cuda_image_probe(void) {}

@@ -51,6 +51,8 @@ typedef struct cuda_backend {
     cuda__scratch act;      /* matmul: activations quantised to 8 bits */
     cuda__scratch partial;  /* attention: per-split partial results */
     cuda__scratch moe_up;   /* experts: every bucket's up products at once */
+    uint64_t scratch_gen;   /* bumped when a scratch moves: graphs of older ones are stale */
+    bool capturing;         /* the compute stream is being recorded into a graph */
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
@@ -90,7 +92,8 @@ bool cuda__enter(cuda_backend *cb, const char *op);
 /* After a launch: false (error recorded) when CUDA refused it. */
 bool cuda__launched(cuda_backend *cb, const char *op);
 
-/* At least `bytes` of device scratch in s, or NULL with the error recorded. */
+/* At least `bytes` of device scratch in s, or NULL with the error recorded (growing it waits
+ * for the compute stream, which a capture cannot: it then fails the capture). */
 void *cuda__scratch_get(cuda_backend *cb, cuda__scratch *s, size_t bytes, const char *op);
 
 /* ---- operations (the kern_ops signatures) ----------------------------------------------- */

@@ -76,6 +76,12 @@ typedef struct sim_backend {
     atomic_uint_least64_t copies, to_device, to_host, link_ns, host_waits;
     int64_t fail_in; /* operations until an injected failure; -1: none */
     int fail_code;
+
+    /* graphs: the calls recorded while capturing (the ops table is then the recording one) */
+    struct kern_graph *capture;
+    int capture_rc; /* why the capture fails, 0 while it holds */
+    char capture_msg[200];
+    uint64_t graph_gen; /* kern_sim_stale_graphs: graphs of an older generation are stale */
 } sim_backend;
 
 struct kern_event {
@@ -796,6 +802,8 @@ static void sim_gate_add(kern_backend *b, const float *h, const float *gate, con
 
 /* ---- open / close ---------------------------------------------------------------------------- */
 
+static void sim_graph_destroy(kern_backend *b, kern_graph *g);
+
 static void sim_destroy(kern_backend *b)
 {
     sim_backend *sim = as_sim(b);
@@ -809,12 +817,432 @@ static void sim_destroy(kern_backend *b)
     pthread_mutex_destroy(&sim->mu);
     pthread_cond_destroy(&sim->cv);
     pthread_cond_destroy(&sim->done);
+    if (sim->capture) sim_graph_destroy(b, sim->capture);
     kern_close(&sim->cpu);
     if (sim->arena) munmap(sim->arena, sim->arena_bytes);
     free(sim->seg);
     free(sim->pinned);
     free(sim->queue);
     free(sim);
+}
+
+static const kern_ops sim_ops;
+
+/* ---- graphs: the calls recorded while capturing, replayed in order --------------------------- */
+
+/* Why sim has graphs: the forward pass replays a captured step on CUDA without running the
+ * code that queued it, so whatever that code leaves out of device memory at fixed addresses
+ * (a pointer that moved, a count it kept on the host) would be silently stale.  Replaying
+ * recorded calls here makes that visible on CI: a replayed step must give the plain step's
+ * bits. */
+typedef enum sim_op {
+    OP_MATMUL,
+    OP_MATMUL_BATCHED,
+    OP_RMSNORM,
+    OP_ROPE,
+    OP_KV_STORE,
+    OP_ATTENTION,
+    OP_SILU_MUL,
+    OP_SWIGLU_OAI,
+    OP_ADD,
+    OP_ADD_BIAS,
+    OP_GET_ROWS,
+    OP_GATHER,
+    OP_ROUTER,
+    OP_EXPERTS,
+    OP_MOE_ALIGN,
+    OP_EXPERTS_ROUTED,
+    OP_MOE_COMBINE,
+    OP_GATE_ADD,
+    OP_COPY,
+} sim_op;
+
+/* One recorded call: its pointers, integers and floats in the order of its signature, and
+ * copies of the host structs it was given. */
+typedef struct sim_call {
+    sim_op op;
+    const void *p[6];
+    int64_t i[6];
+    float f[2];
+    kern_weight w;
+    kern_kv_layout kv;
+    kern_rope_yarn yarn;
+    bool has_yarn;
+    kern_router_opts ro;
+    kern_expert_table table;
+    kern_moe_plan plan;
+    kern_ffn_expert *ex; /* experts: the list, owned */
+} sim_call;
+
+struct kern_graph {
+    sim_call *calls;
+    size_t n;
+    uint64_t gen; /* sim->graph_gen at capture */
+};
+
+static sim_call *record(kern_backend *b, sim_op op)
+{
+    sim_backend *sim = as_sim(b);
+    kern_graph *g = sim->capture;
+    if (sim->capture_rc) return NULL;
+    if (g->n % 64 == 0) {
+        sim_call *grown = realloc(g->calls, (g->n + 64) * sizeof *grown);
+        if (!grown) {
+            sim->capture_rc = -ENOMEM;
+            snprintf(sim->capture_msg, sizeof sim->capture_msg, "sim: capture: out of memory");
+            return NULL;
+        }
+        g->calls = grown;
+    }
+    sim_call *c = &g->calls[g->n++];
+    memset(c, 0, sizeof *c);
+    c->op = op;
+    return c;
+}
+
+#define REC(op)                                                                                    \
+    sim_call *c = record(b, op);                                                                   \
+    if (!c) return
+
+static void rec_matmul(kern_backend *b, const kern_weight *w, const float *x, float *y,
+                       int64_t n_tokens)
+{
+    REC(OP_MATMUL);
+    c->w = *w, c->p[0] = x, c->p[1] = y, c->i[0] = n_tokens;
+}
+
+static void rec_matmul_batched(kern_backend *b, const kern_weight *w, int64_t n_batch,
+                               const float *x, float *y, int64_t n_tokens)
+{
+    REC(OP_MATMUL_BATCHED);
+    c->w = *w, c->i[0] = n_batch, c->p[0] = x, c->p[1] = y, c->i[1] = n_tokens;
+}
+
+static void rec_rmsnorm(kern_backend *b, const float *x, const float *weight, float *out, int64_t n,
+                        int64_t n_rows, int64_t stride, float eps)
+{
+    REC(OP_RMSNORM);
+    c->p[0] = x, c->p[1] = weight, c->p[2] = out, c->i[0] = n, c->i[1] = n_rows, c->i[2] = stride,
+    c->f[0] = eps;
+}
+
+static void rec_rope(kern_backend *b, float *x, int64_t n_tokens, int n_heads, int head_dim,
+                     int n_rot, const int32_t *pos, float freq_base, kern_rope_mode mode,
+                     const kern_rope_yarn *yarn)
+{
+    REC(OP_ROPE);
+    c->p[0] = x, c->i[0] = n_tokens, c->i[1] = n_heads, c->i[2] = head_dim, c->i[3] = n_rot,
+    c->p[1] = pos, c->f[0] = freq_base, c->i[4] = mode;
+    if (yarn) c->yarn = *yarn, c->has_yarn = true;
+}
+
+static void rec_kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,
+                         const float *v, const int32_t *seq, const int32_t *pos, int64_t n_tokens)
+{
+    REC(OP_KV_STORE);
+    c->kv = *kv, c->i[0] = layer, c->p[0] = k, c->p[1] = v, c->p[2] = seq, c->p[3] = pos,
+    c->i[1] = n_tokens;
+}
+
+static void rec_attention(kern_backend *b, const kern_kv_layout *kv, int layer, const float *q,
+                          const int32_t *seq, const int32_t *pos, float *out, int64_t n_tokens,
+                          int n_head, int n_head_kv, int head_dim, float scale, int32_t window,
+                          const float *sinks)
+{
+    REC(OP_ATTENTION);
+    c->kv = *kv, c->i[0] = layer, c->p[0] = q, c->p[1] = seq, c->p[2] = pos, c->p[3] = out,
+    c->i[1] = n_tokens, c->i[2] = n_head, c->i[3] = n_head_kv, c->i[4] = head_dim, c->f[0] = scale,
+    c->i[5] = window, c->p[4] = sinks;
+}
+
+static void rec_silu_mul(kern_backend *b, const float *gate, const float *up, float *out, int64_t n)
+{
+    REC(OP_SILU_MUL);
+    c->p[0] = gate, c->p[1] = up, c->p[2] = out, c->i[0] = n;
+}
+
+static void rec_swiglu_oai(kern_backend *b, const float *gate, const float *up, float *out,
+                           int64_t n)
+{
+    REC(OP_SWIGLU_OAI);
+    c->p[0] = gate, c->p[1] = up, c->p[2] = out, c->i[0] = n;
+}
+
+static void rec_add(kern_backend *b, float *y, const float *x, int64_t n)
+{
+    REC(OP_ADD);
+    c->p[0] = y, c->p[1] = x, c->i[0] = n;
+}
+
+static void rec_add_bias(kern_backend *b, float *x, const float *bias, int64_t n_rows, int64_t dim)
+{
+    REC(OP_ADD_BIAS);
+    c->p[0] = x, c->p[1] = bias, c->i[0] = n_rows, c->i[1] = dim;
+}
+
+static void rec_get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,
+                         int64_t n_ids)
+{
+    REC(OP_GET_ROWS);
+    c->w = *w, c->p[0] = ids, c->p[1] = out, c->i[0] = n_ids;
+}
+
+static void rec_gather(kern_backend *b, const float *src, const int32_t *rows, float *dst,
+                       int64_t n_rows, int64_t dim)
+{
+    REC(OP_GATHER);
+    c->p[0] = src, c->p[1] = rows, c->p[2] = dst, c->i[0] = n_rows, c->i[1] = dim;
+}
+
+static void rec_router(kern_backend *b, const float *logits, int64_t n_tokens,
+                       const kern_router_opts *o, int32_t *ids, float *weights)
+{
+    REC(OP_ROUTER);
+    c->p[0] = logits, c->i[0] = n_tokens, c->ro = *o, c->p[1] = ids, c->p[2] = weights;
+}
+
+static void rec_experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, const float *x,
+                        float *out, float *g, float *u)
+{
+    REC(OP_EXPERTS);
+    c->ex = malloc((size_t)(n_experts > 0 ? n_experts : 1) * sizeof *ex);
+    if (!c->ex) {
+        as_sim(b)->capture_rc = -ENOMEM;
+        return;
+    }
+    memcpy(c->ex, ex, (size_t)(n_experts > 0 ? n_experts : 0) * sizeof *ex);
+    c->i[0] = n_experts, c->p[0] = x, c->p[1] = out, c->p[2] = g, c->p[3] = u;
+}
+
+static void rec_moe_align(kern_backend *b, const int32_t *ids, const float *weights,
+                          int64_t n_tokens, int k, int32_t n_expert, const kern_moe_plan *plan)
+{
+    REC(OP_MOE_ALIGN);
+    c->p[0] = ids, c->p[1] = weights, c->i[0] = n_tokens, c->i[1] = k, c->i[2] = n_expert,
+    c->plan = *plan;
+}
+
+static void rec_experts_routed(kern_backend *b, const kern_expert_table *t,
+                               const kern_moe_plan *plan, int64_t n_tokens, int k, const float *x,
+                               float *out, float *g, float *u)
+{
+    REC(OP_EXPERTS_ROUTED);
+    c->table = *t, c->plan = *plan, c->i[0] = n_tokens, c->i[1] = k, c->p[0] = x, c->p[1] = out,
+    c->p[2] = g, c->p[3] = u;
+}
+
+static void rec_moe_combine(kern_backend *b, const float *src, const int32_t *rows,
+                            const float *weights, float *out, int64_t n_tokens, int k, int64_t dim)
+{
+    REC(OP_MOE_COMBINE);
+    c->p[0] = src, c->p[1] = rows, c->p[2] = weights, c->p[3] = out, c->i[0] = n_tokens,
+    c->i[1] = k, c->i[2] = dim;
+}
+
+static void rec_gate_add(kern_backend *b, const float *h, const float *gate, const float *x,
+                         float *out, int64_t n_tokens, int64_t dim)
+{
+    REC(OP_GATE_ADD);
+    c->p[0] = h, c->p[1] = gate, c->p[2] = x, c->p[3] = out, c->i[0] = n_tokens, c->i[1] = dim;
+}
+
+/* Compute-stream copies are part of the step; the copy stream's are not captured (they run). */
+static int rec_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
+                    kern_copy_dir dir)
+{
+    if (s != KERN_STREAM_COMPUTE) return sim_copy(b, s, dst, src, bytes, dir);
+    sim_call *c = record(b, OP_COPY);
+    if (!c) return as_sim(b)->capture_rc;
+    c->p[0] = dst, c->p[1] = src, c->i[0] = (int64_t)bytes, c->i[1] = dir;
+    return 0;
+}
+
+static int capture_broken(kern_backend *b, const char *what)
+{
+    sim_backend *sim = as_sim(b);
+    if (!sim->capture_rc) {
+        sim->capture_rc = -EBUSY;
+        snprintf(sim->capture_msg, sizeof sim->capture_msg,
+                 "sim: %s while a graph is captured (the host cannot wait on recorded work)", what);
+    }
+    return -EBUSY;
+}
+
+static int rec_event_wait(kern_backend *b, kern_event *e)
+{
+    (void)e;
+    return capture_broken(b, "kern_event_wait");
+}
+
+static int rec_sync(kern_backend *b, char *err, size_t err_size)
+{
+    capture_broken(b, "kern_sync");
+    if (err && err_size) snprintf(err, err_size, "%s", as_sim(b)->capture_msg);
+    return -EBUSY;
+}
+
+static int sim_capture_begin(kern_backend *b);
+static int sim_capture_end(kern_backend *b, kern_graph **out, char *err, size_t err_size);
+static int sim_graph_launch(kern_backend *b, kern_graph *g);
+static void sim_graph_destroy(kern_backend *b, kern_graph *g);
+
+static const kern_ops sim_capture_ops = {
+    .alloc = sim_alloc,
+    .free = sim_free,
+    .register_host = sim_register,
+    .unregister_host = sim_unregister,
+    .mem_info = sim_mem_info,
+    .copy = rec_copy,
+    .event_create = sim_event_create,
+    .event_destroy = sim_event_destroy,
+    .event_record = sim_event_record,
+    .event_query = sim_event_query,
+    .event_wait = rec_event_wait,
+    .stream_wait = sim_stream_wait,
+    .sync = rec_sync,
+    .matmul = rec_matmul,
+    .matmul_batched = rec_matmul_batched,
+    .rmsnorm = rec_rmsnorm,
+    .rope = rec_rope,
+    .kv_store = rec_kv_store,
+    .attention = rec_attention,
+    .silu_mul = rec_silu_mul,
+    .swiglu_oai = rec_swiglu_oai,
+    .add = rec_add,
+    .add_bias = rec_add_bias,
+    .get_rows = rec_get_rows,
+    .gather = rec_gather,
+    .router = rec_router,
+    .experts = rec_experts,
+    .moe_combine = rec_moe_combine,
+    .gate_add = rec_gate_add,
+    .moe_align = rec_moe_align,
+    .experts_routed = rec_experts_routed,
+    .capture_begin = sim_capture_begin,
+    .capture_end = sim_capture_end,
+    .graph_launch = sim_graph_launch,
+    .graph_destroy = sim_graph_destroy,
+    .destroy = sim_destroy,
+};
+
+static void sim_graph_destroy(kern_backend *b, kern_graph *g)
+{
+    (void)b;
+    for (size_t i = 0; i < g->n; i++)
+        free(g->calls[i].ex);
+    free(g->calls);
+    free(g);
+}
+
+static int sim_capture_begin(kern_backend *b)
+{
+    sim_backend *sim = as_sim(b);
+    if (sim->capture) return -EBUSY;
+    if (sim->error.code) return sim->error.code; /* a failure to report first */
+    if (!(sim->capture = calloc(1, sizeof *sim->capture))) return -ENOMEM;
+    sim->capture_rc = 0;
+    sim->capture_msg[0] = 0;
+    sim->base.ops = &sim_capture_ops;
+    return 0;
+}
+
+static int sim_capture_end(kern_backend *b, kern_graph **out, char *err, size_t err_size)
+{
+    sim_backend *sim = as_sim(b);
+    *out = NULL;
+    if (!sim->capture) {
+        snprintf(err, err_size, "sim: capture_end without capture_begin");
+        return -EINVAL;
+    }
+    kern_graph *g = sim->capture;
+    sim->capture = NULL;
+    sim->base.ops = &sim_ops;
+    if (sim->capture_rc) {
+        snprintf(err, err_size, "%s", sim->capture_msg);
+        sim_graph_destroy(b, g);
+        return sim->capture_rc;
+    }
+    g->gen = sim->graph_gen;
+    *out = g;
+    return 0;
+}
+
+static int sim_graph_launch(kern_backend *b, kern_graph *g)
+{
+    sim_backend *sim = as_sim(b);
+    if (g->gen != sim->graph_gen) return -ESTALE;
+    for (size_t i = 0; i < g->n; i++) {
+        const sim_call *c = &g->calls[i];
+        const void *const *p = c->p;
+        const int64_t *n = c->i;
+        switch (c->op) {
+        case OP_MATMUL:
+            sim_matmul(b, &c->w, p[0], (float *)p[1], n[0]);
+            break;
+        case OP_MATMUL_BATCHED:
+            sim_matmul_batched(b, &c->w, n[0], p[0], (float *)p[1], n[1]);
+            break;
+        case OP_RMSNORM:
+            sim_rmsnorm(b, p[0], p[1], (float *)p[2], n[0], n[1], n[2], c->f[0]);
+            break;
+        case OP_ROPE:
+            sim_rope(b, (float *)p[0], n[0], (int)n[1], (int)n[2], (int)n[3], p[1], c->f[0],
+                     (kern_rope_mode)n[4], c->has_yarn ? &c->yarn : NULL);
+            break;
+        case OP_KV_STORE:
+            sim_kv_store(b, &c->kv, (int)n[0], p[0], p[1], p[2], p[3], n[1]);
+            break;
+        case OP_ATTENTION:
+            sim_attention(b, &c->kv, (int)n[0], p[0], p[1], p[2], (float *)p[3], n[1], (int)n[2],
+                          (int)n[3], (int)n[4], c->f[0], (int32_t)n[5], p[4]);
+            break;
+        case OP_SILU_MUL:
+            sim_silu_mul(b, p[0], p[1], (float *)p[2], n[0]);
+            break;
+        case OP_SWIGLU_OAI:
+            sim_swiglu_oai(b, p[0], p[1], (float *)p[2], n[0]);
+            break;
+        case OP_ADD:
+            sim_add(b, (float *)p[0], p[1], n[0]);
+            break;
+        case OP_ADD_BIAS:
+            sim_add_bias(b, (float *)p[0], p[1], n[0], n[1]);
+            break;
+        case OP_GET_ROWS:
+            sim_get_rows(b, &c->w, p[0], (float *)p[1], n[0]);
+            break;
+        case OP_GATHER:
+            sim_gather(b, p[0], p[1], (float *)p[2], n[0], n[1]);
+            break;
+        case OP_ROUTER:
+            sim_router(b, p[0], n[0], &c->ro, (int32_t *)p[1], (float *)p[2]);
+            break;
+        case OP_EXPERTS:
+            sim_experts(b, c->ex, (int)n[0], p[0], (float *)p[1], (float *)p[2], (float *)p[3]);
+            break;
+        case OP_MOE_ALIGN:
+            sim_moe_align(b, p[0], p[1], n[0], (int)n[1], (int32_t)n[2], &c->plan);
+            break;
+        case OP_EXPERTS_ROUTED:
+            sim_experts_routed(b, &c->table, &c->plan, n[0], (int)n[1], p[0], (float *)p[1],
+                               (float *)p[2], (float *)p[3]);
+            break;
+        case OP_MOE_COMBINE:
+            sim_moe_combine(b, p[0], p[1], p[2], (float *)p[3], n[0], (int)n[1], n[2]);
+            break;
+        case OP_GATE_ADD:
+            sim_gate_add(b, p[0], p[1], p[2], (float *)p[3], n[0], n[1]);
+            break;
+        case OP_COPY: {
+            int rc = sim_copy(b, KERN_STREAM_COMPUTE, (void *)p[0], p[1], (size_t)n[0],
+                              (kern_copy_dir)n[1]);
+            if (rc)
+                kern__error_set(&sim->error, rc, "sim: a replayed copy failed: %s", strerror(-rc));
+            break;
+        }
+        }
+    }
+    return 0;
 }
 
 static const kern_ops sim_ops = {
@@ -849,6 +1277,10 @@ static const kern_ops sim_ops = {
     .matmul_batched = sim_matmul_batched,
     .moe_combine = sim_moe_combine,
     .gate_add = sim_gate_add,
+    .capture_begin = sim_capture_begin,
+    .capture_end = sim_capture_end,
+    .graph_launch = sim_graph_launch,
+    .graph_destroy = sim_graph_destroy,
     .destroy = sim_destroy,
 };
 
@@ -924,5 +1356,12 @@ int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out)
         .device_bytes_peak = sim->peak,
         .host_waits = atomic_load(&sim->host_waits),
     };
+    return 0;
+}
+
+int kern_sim_stale_graphs(kern_backend *b)
+{
+    if (b->kind != KERN_BACKEND_SIM) return -EINVAL;
+    as_sim(b)->graph_gen++;
     return 0;
 }

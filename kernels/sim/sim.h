@@ -13,6 +13,11 @@
  *   Their destination is filled with NaN bytes when they are queued, so work that reads it
  *   before waiting for the copy's event sees garbage, as it would on a GPU.  Operations and
  *   compute-stream copies run on the calling thread, in order, with the same delay for copies.
+ * - Graphs: a capture records each operation and compute-stream copy (with copies of the host
+ *   structs it was given) instead of running it, and a launch runs the recording in order with
+ *   every check, so a replayed step is bit for bit the step run plainly when its inputs were
+ *   where the recording says.  A kern_sync or kern_event_wait while capturing fails the
+ *   capture, as it would on CUDA.
  * - Events recorded on the copy stream complete when the copies queued before them have;
  *   those recorded on the compute stream are complete at once.  kern_stream_wait of the
  *   compute stream on a copy event blocks the caller until the copy is done.
@@ -41,5 +46,9 @@ int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out);
  * fails with `code` (a negative errno) instead of running, as a kernel launch that fails on a
  * GPU would: the error is kept for the next kern_sync.  -EINVAL for another backend. */
 int kern_sim_inject_failure(kern_backend *b, int64_t after_ops, int code);
+
+/* Makes every graph captured so far stale (graph_launch gives -ESTALE), as a CUDA backend's
+ * scratch moving would: tests of the caller's recapture.  -EINVAL for another backend. */
+int kern_sim_stale_graphs(kern_backend *b);
 
 #endif

@@ -235,6 +235,25 @@ m = re.search(r'^moeserve_expert_cpu_computed_total (\S+)$', metrics, re.M)
 check(m is not None and float(m.group(1)) > 0, "misses were computed on the CPU")
 check(srv.stop() == 0, "SIGTERM: exit 0")
 
+# ... and with every expert in the device tier: the steps route on the device and replay graphs
+for graphs in ("auto", "false"):
+    srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=auto",
+                 "--set", f"compute.graphs={graphs}")
+    client = srv.client()
+    r = client.completions.create(model=name, prompt=prompt, max_tokens=24, temperature=0)
+    check(r.choices[0].text == want,
+          f"sim backend, every expert on the device, graphs {graphs}: the CPU's greedy text ({r.choices[0].text!r})")
+    metrics = urllib.request.urlopen(f"{srv.base}/metrics", timeout=10).read().decode()
+    steps = re.search(r'^moeserve_engine_steps_total (\S+)$', metrics, re.M)
+    routed = re.search(r'^moeserve_engine_steps_routed_on_device_total (\S+)$', metrics, re.M)
+    replays = re.search(r'^moeserve_engine_graph_replays_total (\S+)$', metrics, re.M)
+    ok = steps and routed and replays and float(routed.group(1)) == float(steps.group(1)) > 20
+    # 24 tokens: the prompt's step, a plain decode step, the one recorded, then replays
+    ok = ok and (float(replays.group(1)) >= 20 if graphs == "auto" else float(replays.group(1)) == 0)
+    check(ok, f"graphs {graphs}: every step routed on the device, replays as configured "
+              f"({steps and steps.group(1)}, {routed and routed.group(1)}, {replays and replays.group(1)})")
+    check(srv.stop() == 0, "SIGTERM: exit 0")
+
 # --- logging as configured; a GPU demanded where none can be used --------------------------------------
 srv = Server(model, "--set", "log.format=json", "--set", "log.level=debug", "--set", "cache.host_bytes=50%")
 client = srv.client()

@@ -1377,6 +1377,59 @@ START_TEST(moe_align_refuses_a_bad_id)
 }
 END_TEST
 
+/* ---- graphs --------------------------------------------------------------------------------- */
+
+/* A recording does nothing until launched, and each launch reads its addresses as they are
+ * then; a host wait while recording fails the capture and runs nothing. */
+START_TEST(graphs_record_then_replay)
+{
+    char err[256];
+    enum { N = 1000 };
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        if (!kern_has_graphs(b)) continue;
+        float ones[N], got[N];
+        for (int i = 0; i < N; i++)
+            ones[i] = 1.0f;
+        float *dx = to_device(b, ones, sizeof ones), *dy = dev_zeros(b, sizeof ones);
+        ck_assert_int_eq(kern_capture_begin(b), 0);
+        kern_add(b, dy, dx, N);
+        kern_add(b, dy, dx, N);
+        kern_graph *g = NULL;
+        ck_assert_msg(kern_capture_end(b, &g, err, sizeof err) == 0, "%s", err);
+        from_device(b, got, dy, sizeof got);
+        ck_assert_msg(got[0] == 0.0f && got[N - 1] == 0.0f, "%s: the recording ran",
+                      backends[be].name);
+        ck_assert_int_eq(kern_graph_launch(b, g), 0);
+        ck_assert_int_eq(kern_graph_launch(b, g), 0);
+        from_device(b, got, dy, sizeof got);
+        ck_assert_msg(got[0] == 4.0f && got[N - 1] == 4.0f, "%s: two launches gave %g",
+                      backends[be].name, got[0]);
+        for (int i = 0; i < N; i++)
+            ones[i] = 5.0f;
+        ck_assert_int_eq(
+            kern_copy(b, KERN_STREAM_COMPUTE, dx, ones, sizeof ones, KERN_COPY_TO_DEVICE), 0);
+        ck_assert_int_eq(kern_graph_launch(b, g), 0);
+        from_device(b, got, dy, sizeof got);
+        ck_assert_msg(got[0] == 14.0f && got[N - 1] == 14.0f,
+                      "%s: a launch after x changed gave %g", backends[be].name, got[0]);
+        kern_graph_destroy(b, &g);
+
+        ck_assert_int_eq(kern_capture_begin(b), 0);
+        kern_add(b, dy, dx, N);
+        (void)kern_sync(b, err, sizeof err);
+        int rc = kern_capture_end(b, &g, err, sizeof err);
+        ck_assert_msg(rc < 0 && !g && strstr(err, "captur"), "%s: rc %d: %s", backends[be].name, rc,
+                      err);
+        ck_assert_int_eq(kern_sync(b, err, sizeof err), 0);
+        from_device(b, got, dy, sizeof got);
+        ck_assert_msg(got[0] == 14.0f, "%s: a failed recording ran", backends[be].name);
+        dev_free(b, dx);
+        dev_free(b, dy);
+    }
+}
+END_TEST
+
 /* ---- the paged KV cache and attention ----------------------------------------------------------
  */
 
@@ -1730,6 +1783,7 @@ int main(void)
     tcase_add_test(tc, experts_gpt_oss);
     tcase_add_test(tc, routing_on_the_device);
     tcase_add_test(tc, moe_align_refuses_a_bad_id);
+    tcase_add_test(tc, graphs_record_then_replay);
     tcase_add_test(tc, rope_yarn);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);

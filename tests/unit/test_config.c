@@ -171,6 +171,7 @@ static const key_case key_cases[] = {
     {"io.queue_depth", "8", "8", V_I32, F(io.queue_depth), .i = 8},
     {"io.direct", "false", "false", V_ENUM, F(io.direct), .i = CFG_OFF},
     {"compute.threads", "3", "3", V_I32, F(compute.threads), .i = 3},
+    {"compute.graphs", "false", "false", V_ENUM, F(compute.graphs), .i = CFG_OFF},
     {"compute.backend", "\"sim\"", "sim", V_ENUM, F(compute.backend), .i = CFG_BACKEND_SIM},
     {"gpu.enabled", "true", "true", V_ENUM, F(gpu.enabled), .i = CFG_ON},
     {"gpu.device", "1", "1", V_I32, F(gpu.device), .i = 1},

@@ -1101,13 +1101,19 @@ typedef struct routed_run {
     uint64_t waits[8];
 } routed_run;
 
-static void run_routed(fixture *fx, bool host_routing, const int32_t *prompt, int n, int steps,
-                       routed_run *out)
+typedef enum routing_mode { VIA_HOST, ON_DEVICE, ON_DEVICE_GRAPHS } routing_mode;
+
+/* stale_at: before that step, every graph the sim backend recorded is made stale (-1: never) */
+static void run_routed(fixture *fx, routing_mode mode, const int32_t *prompt, int n, int steps,
+                       int stale_at, routed_run *out)
 {
     char err[512];
     int n_vocab = fx->hp->n_vocab;
-    model_ctx_opts co = {
-        .n_seq = 1, .n_ctx = n + steps + 1, .kv_type = test_kv_type, .host_routing = host_routing};
+    model_ctx_opts co = {.n_seq = 1,
+                         .n_ctx = n + steps + 1,
+                         .kv_type = test_kv_type,
+                         .host_routing = mode == VIA_HOST,
+                         .no_graphs = mode != ON_DEVICE_GRAPHS};
     model_ctx *ctx = NULL;
     ck_assert_msg(model_ctx_create(&ctx, fx->m, &co, err, sizeof err) == 0, "%s", err);
     int32_t *tok = malloc((size_t)n * sizeof *tok), *pos = malloc((size_t)n * sizeof *pos),
@@ -1119,6 +1125,7 @@ static void run_routed(fixture *fx, bool host_routing, const int32_t *prompt, in
     for (int step = 0; step <= steps; step++) {
         kern_sim_stats s0, s1;
         ck_assert_int_eq(kern_sim_get_stats(fx->backend, &s0), 0);
+        if (step == stale_at) ck_assert_int_eq(kern_sim_stale_graphs(fx->backend), 0);
         float *l = out->logits + (size_t)step * (size_t)n_vocab;
         ck_assert_msg(model_forward(ctx, &b, l, err, sizeof err) == 0, "%s", err);
         ck_assert_int_eq(kern_sim_get_stats(fx->backend, &s1), 0);
@@ -1137,13 +1144,21 @@ static void run_routed(fixture *fx, bool host_routing, const int32_t *prompt, in
 /* With every expert on the device and no predictor, a sim step chooses and groups the experts
  * on the device: the same bits and the same counts as routing through the host, and the host
  * waits on the device twice a step (the stale-error sync, the logits; once more on the first,
- * for the expert tables) where the host's routing waits once more per MoE layer.  gpt-oss brings
- * expert biases, glm4moe a leading dense layer, Q4_K_M the quantised experts. */
+ * for the expert tables) where the host's routing waits once more per MoE layer.  With graphs,
+ * the second decode step is recorded and the third replayed (sim replays the recorded calls,
+ * so anything the step left at an address that moved would show): the same bits and counts
+ * again; a graph made stale (as CUDA's scratch moving makes it) gives a plain step, then a new
+ * recording.  gpt-oss brings expert biases, glm4moe a leading dense layer, deepseek2 the
+ * latent attention's reshuffles, Q4_K_M the quantised experts. */
 START_TEST(routing_on_the_device_matches_the_host_without_its_round_trips)
 {
     static const char *const names[] = {"qwen3moe-tiny-q4_k_m", "gpt-oss-tiny-f32",
                                         "glm4moe-tiny-f32", "deepseek2-tiny-f32"};
-    enum { STEPS = 4 };
+    enum { STEPS = 6, STALE_AT = 4 };
+    /* with graphs: step 0 the prompt, 1 the first decode step (plain), 2 recorded, 3 replayed,
+     * 4 stale (plain), 5 recorded, 6 replayed */
+    static const bool captured[STEPS + 1] = {0, 0, 1, 0, 0, 1, 0},
+                                       replayed[STEPS + 1] = {0, 0, 0, 1, 0, 0, 1};
     for (size_t c = 0; c < sizeof names / sizeof names[0]; c++) {
         fixture fx;
         kern_backend_kind saved = test_backend;
@@ -1154,30 +1169,42 @@ START_TEST(routing_on_the_device_matches_the_host_without_its_round_trips)
         int n;
         int32_t *prompt = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
         size_t n_logits = (size_t)(STEPS + 1) * (size_t)fx.hp->n_vocab;
-        routed_run dev = {.logits = malloc(n_logits * sizeof(float))},
-                   host = {.logits = malloc(n_logits * sizeof(float))};
-        run_routed(&fx, false, prompt, n, STEPS, &dev);
-        run_routed(&fx, true, prompt, n, STEPS, &host);
-        ck_assert_msg(memcmp(dev.logits, host.logits, n_logits * sizeof(float)) == 0,
-                      "%s: routing on the device changed the logits", names[c]);
+        routed_run host = {.logits = malloc(n_logits * sizeof(float))},
+                   runs[2] = {{.logits = malloc(n_logits * sizeof(float))},
+                              {.logits = malloc(n_logits * sizeof(float))}};
+        run_routed(&fx, VIA_HOST, prompt, n, STEPS, -1, &host);
+        run_routed(&fx, ON_DEVICE, prompt, n, STEPS, -1, &runs[0]);
+        run_routed(&fx, ON_DEVICE_GRAPHS, prompt, n, STEPS, STALE_AT, &runs[1]);
         uint64_t moe_layers = (uint64_t)(fx.hp->n_layer - fx.hp->n_layer_dense);
-        for (int step = 0; step <= STEPS; step++) {
-            const model_step_stats *d = &dev.stats[step], *h = &host.stats[step];
-            ck_assert_msg(d->routed_on_device && !h->routed_on_device, "%s step %d", names[c],
-                          step);
-            ck_assert_int_eq(d->experts_used, h->experts_used);
-            ck_assert_uint_eq(d->expert_bytes, h->expert_bytes);
-            ck_assert_uint_eq(d->matmul_macs, h->matmul_macs);
-            ck_assert_uint_eq(d->dense_bytes, h->dense_bytes);
-            /* the first step also builds the layers' tables of where the experts are */
-            ck_assert_msg(dev.waits[step] == (step == 0 ? 3u : 2u) &&
-                              host.waits[step] == 2 + moe_layers,
-                          "%s step %d: the host waited %llu times routing on the device, %llu "
-                          "through the host (%llu MoE layers)",
-                          names[c], step, (unsigned long long)dev.waits[step],
-                          (unsigned long long)host.waits[step], (unsigned long long)moe_layers);
+        for (int r = 0; r < 2; r++) {
+            const routed_run *dev = &runs[r];
+            ck_assert_msg(memcmp(dev->logits, host.logits, n_logits * sizeof(float)) == 0,
+                          "%s: routing on the device%s changed the logits", names[c],
+                          r ? " with graphs" : "");
+            for (int step = 0; step <= STEPS; step++) {
+                const model_step_stats *d = &dev->stats[step], *h = &host.stats[step];
+                ck_assert_msg(d->routed_on_device && !h->routed_on_device, "%s step %d", names[c],
+                              step);
+                ck_assert_int_eq(d->experts_used, h->experts_used);
+                ck_assert_uint_eq(d->expert_bytes, h->expert_bytes);
+                ck_assert_uint_eq(d->matmul_macs, h->matmul_macs);
+                ck_assert_uint_eq(d->dense_bytes, h->dense_bytes);
+                /* the first step also builds the layers' tables of where the experts are */
+                ck_assert_msg(dev->waits[step] == (step == 0 ? 3u : 2u) &&
+                                  host.waits[step] == 2 + moe_layers,
+                              "%s step %d: the host waited %llu times routing on the device, "
+                              "%llu through the host (%llu MoE layers)",
+                              names[c], step, (unsigned long long)dev->waits[step],
+                              (unsigned long long)host.waits[step], (unsigned long long)moe_layers);
+                ck_assert_msg(d->graph_captured == (r && captured[step]) &&
+                                  d->graph_replayed == (r && replayed[step]) &&
+                                  !h->graph_captured && !h->graph_replayed,
+                              "%s step %d: recorded %d, replayed %d", names[c], step,
+                              d->graph_captured, d->graph_replayed);
+            }
         }
-        free(dev.logits);
+        for (int r = 0; r < 2; r++)
+            free(runs[r].logits);
         free(host.logits);
         free(prompt);
         fixture_close(&fx);
