@@ -4,6 +4,8 @@
  * kern_cuda_open opens device opts->device (0 when opts is NULL) with two non-blocking
  * streams, compute and copy.  Operations run on the compute stream; copies on either; events
  * order the two.  A failure inside queued work is kept and returned by the next kern_sync.
+ * Graphs (kern_capture_begin) are stream captures of the compute stream in relaxed mode,
+ * instantiated once; a scratch buffer that grows afterwards makes them stale.
  * Close it with kern_close, after every allocation and placement is returned.
  *
  * Returns 0, or -ENODEV with a one-line reason in err when there is no driver, no such
