@@ -69,6 +69,7 @@ bool cuda__ok(cuda_backend *cb, cudaError_t rc, const char *op, const char *call
 
 bool cuda__enter(cuda_backend *cb, const char *op)
 {
+    cb->act_of.x = NULL;
     return cuda__ok(cb, cudaSetDevice(cb->device), op, "cudaSetDevice");
 }
 
@@ -202,6 +203,7 @@ static int cuda_copy(kern_backend *b, kern_stream s, void *dst, const void *src,
     default:
         return -EINVAL;
     }
+    cb->act_of.x = NULL;
     cudaError_t rc = cudaSetDevice(cb->device);
     if (rc == cudaSuccess) rc = cudaMemcpyAsync(dst, src, bytes, kind, cb->streams[s]);
     return rc == cudaSuccess ? 0 : cuda__errno(rc);
@@ -333,6 +335,7 @@ struct kern_graph {
 static int cuda_capture_begin(kern_backend *b)
 {
     cuda_backend *cb = cuda__of(b);
+    cb->act_of.x = NULL;
     if (cb->capturing) return -EBUSY;
     if (cb->error) return cb->error; /* a failure to report first */
     cudaError_t rc = cudaSetDevice(cb->device);
@@ -352,6 +355,7 @@ static int cuda_capture_end(kern_backend *b, kern_graph **out, char *err, size_t
         return -EINVAL;
     }
     cb->capturing = false;
+    cb->act_of.x = NULL;
     cudaGraph_t graph = NULL;
     cudaError_t rc = cudaStreamEndCapture(cuda__compute(cb), &graph);
     /* An operation that failed while recording failed the capture, not a step: nothing ran. */
@@ -388,6 +392,7 @@ static int cuda_capture_end(kern_backend *b, kern_graph **out, char *err, size_t
 static int cuda_graph_launch(kern_backend *b, kern_graph *g)
 {
     cuda_backend *cb = cuda__of(b);
+    cb->act_of.x = NULL;
     if (g->scratch_gen != cb->scratch_gen) return -ESTALE;
     cudaError_t rc = cudaSetDevice(cb->device);
     if (rc == cudaSuccess) rc = cudaGraphLaunch(g->exec, cuda__compute(cb));

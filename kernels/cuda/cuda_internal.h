@@ -52,6 +52,14 @@ typedef struct cuda_backend {
     cuda__scratch partial;  /* attention: per-split partial results */
     cuda__scratch moe_up;   /* experts: every bucket's up products at once */
     uint64_t scratch_gen;   /* bumped when a scratch moves: graphs of older ones are stale */
+    /* The activations the last operation, a matmul, left quantised in `act`: the next matmul of
+     * the same x (Q, K and V of one normed row) reuses them.  Every other operation and every
+     * copy may write x or act, so cuda__enter and the copies forget them. */
+    struct {
+        const float *x;
+        int64_t n_tokens, n_cols;
+        const void *act;
+    } act_of;
     bool capturing;         /* the compute stream is being recorded into a graph */
 } cuda_backend;
 
@@ -86,7 +94,7 @@ void cuda__fail(cuda_backend *cb, int rc, const char *fmt, ...)
 bool cuda__ok(cuda_backend *cb, cudaError_t rc, const char *op, const char *call);
 
 /* Makes the backend's device current for this thread (the engine thread need not be the one
- * that opened the backend).  False with the error recorded on failure. */
+ * that opened the backend), and forgets act_of.  False with the error recorded on failure. */
 bool cuda__enter(cuda_backend *cb, const char *op);
 
 /* After a launch: false (error recorded) when CUDA refused it. */

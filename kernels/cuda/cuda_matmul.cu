@@ -789,6 +789,7 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
 {
     cuda_backend *cb = cuda__of(b);
     if (n_tokens <= 0 || w->n_rows <= 0) return;
+    const auto left = cb->act_of; /* cuda__enter forgets it */
     if (!cuda__enter(cb, "matmul") || !weight_ok(cb, w, "matmul")) return;
     cudaStream_t stream = cuda__compute(cb);
     if (w->n_cols == 0) { /* an empty dot is 0 */
@@ -815,12 +816,21 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
         if (!act) return;
         a.xq = (const int4 *)act;
         a.xd = (const float2 *)(act + q_bytes); /* q_bytes is a multiple of 32: aligned */
-        quantize_kernel<<<cuda__grid((int64_t)n_blocks, 8), 256, 0, stream>>>(
-            x, n_tokens, a.n_units, (int8_t *)act, (float2 *)(act + q_bytes));
-        if (!cuda__launched(cb, "matmul (quantise activations)")) return;
+        /* the previous matmul quantised this very x (nothing ran between): the same bytes */
+        if (left.x != x || left.n_tokens != n_tokens || left.n_cols != w->n_cols ||
+            left.act != act) {
+            quantize_kernel<<<cuda__grid((int64_t)n_blocks, 8), 256, 0, stream>>>(
+                x, n_tokens, a.n_units, (int8_t *)act, (float2 *)(act + q_bytes));
+            if (!cuda__launched(cb, "matmul (quantise activations)")) return;
+        }
+        /* kept unless the product writes over x */
+        const uint8_t *x0 = (const uint8_t *)x, *y0 = (const uint8_t *)y;
+        const size_t x_len = (size_t)(n_tokens * w->n_cols) * sizeof *x,
+                     y_len = (size_t)(n_tokens * w->n_rows) * sizeof *y;
+        if (y0 + y_len <= x0 || x0 + x_len <= y0) cb->act_of = {x, n_tokens, w->n_cols, act};
     }
     launch_any(w->type, a, launch_kind{}, stream);
-    cuda__launched(cb, "matmul");
+    if (!cuda__launched(cb, "matmul")) cb->act_of.x = nullptr;
 }
 
 void cuda__get_rows(kern_backend *b, const kern_weight *w, const int32_t *ids, float *out,

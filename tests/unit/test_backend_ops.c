@@ -1122,6 +1122,63 @@ START_TEST(experts_gpt_oss)
 }
 END_TEST
 
+/* A matmul right after another of the same x may reuse its quantised activations (CUDA does,
+ * for Q, K and V): only while nothing wrote x in between, by an operation or by a copy.  Each
+ * product must equal the same product of a fresh copy of x, bit for bit. */
+START_TEST(matmul_reuses_only_unchanged_activations)
+{
+    enum { ROWS = 40, COLS = 256, N = 3 };
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        float *ref[2];
+        void *wq[2];
+        kern_weight w[2];
+        for (int i = 0; i < 2; i++) {
+            wq[i] = random_weight(KERN_T_Q8_0, ROWS, COLS, &ref[i]);
+            size_t rb = kern_row_bytes(KERN_T_Q8_0, COLS);
+            w[i] = (kern_weight){.data = to_device(b, wq[i], rb * ROWS),
+                                 .type = KERN_T_Q8_0,
+                                 .n_rows = ROWS,
+                                 .n_cols = COLS,
+                                 .row_bytes = rb};
+        }
+        float *x = random_floats(N * COLS, 1.0f), *other = random_floats(N * COLS, 3.0f);
+        float *dx = to_device(b, x, sizeof(float) * N * COLS), *dy = dev_zeros(b, 4 * ROWS * N);
+        float got[N * ROWS], want[N * ROWS], now[N * COLS];
+        for (int round = 0; round < 3; round++) {
+            kern_matmul(b, &w[0], dx, dy, N);
+            if (round == 1) kern_add(b, dx, dx, N * COLS); /* an operation writes x */
+            if (round == 2)                                /* a copy writes x */
+                ck_assert_int_eq(
+                    kern_copy(b, KERN_STREAM_COMPUTE, dx, other, sizeof now, KERN_COPY_TO_DEVICE),
+                    0);
+            kern_matmul(b, &w[1], dx, dy, N);
+            from_device(b, got, dy, sizeof got);
+            from_device(b, now, dx, sizeof now);
+            float *fresh = to_device(b, now, sizeof now);
+            kern_matmul(b, &w[1], fresh, dy, N);
+            from_device(b, want, dy, sizeof want);
+            ck_assert_msg(memcmp(got, want, sizeof got) == 0,
+                          "%s: a matmul after %s differs from the same product of a fresh x",
+                          backends[be].name,
+                          round == 0   ? "a matmul of the same x"
+                          : round == 1 ? "an add into x"
+                                       : "a copy into x");
+            dev_free(b, fresh);
+        }
+        for (int i = 0; i < 2; i++) {
+            dev_free(b, (void *)w[i].data);
+            free(wq[i]);
+            free(ref[i]);
+        }
+        dev_free(b, dx);
+        dev_free(b, dy);
+        free(x);
+        free(other);
+    }
+}
+END_TEST
+
 /* ---- routing on the device: the plan, and the experts through a table ---------------------- */
 
 /* n tokens' choices of k distinct experts of E (random, some experts unchosen) with weights. */
@@ -1781,6 +1838,7 @@ int main(void)
     tcase_add_loop_test(tc, experts_grouped, 0, N_ALL_TYPES);
     tcase_add_test(tc, experts_mixed_types);
     tcase_add_test(tc, experts_gpt_oss);
+    tcase_add_test(tc, matmul_reuses_only_unchanged_activations);
     tcase_add_test(tc, routing_on_the_device);
     tcase_add_test(tc, moe_align_refuses_a_bad_id);
     tcase_add_test(tc, graphs_record_then_replay);
