@@ -224,15 +224,7 @@ int kern_moe_align_host(const int32_t *ids, const float *weights, int64_t n_toke
         for (int j = 0; j < k; j++) {
             int32_t row = fill[ids[t * k + j]]++;
             plan->bucket[row] = (int32_t)t;
-            /* insertion by row, which grows with the expert id */
-            int i = j;
-            while (i > 0 && rows[i - 1] > row) {
-                rows[i] = rows[i - 1];
-                w[i] = w[i - 1];
-                i--;
-            }
-            rows[i] = row;
-            w[i] = weights[t * k + j];
+            kern_moe_insert_row(rows, w, j, row, weights[t * k + j]);
         }
     }
     int32_t n_used = 0;

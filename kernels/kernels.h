@@ -43,6 +43,13 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Small helpers both the host and the CUDA kernels run (nvcc compiles this header too). */
+#ifdef __CUDACC__
+#define KERN_HOST_DEVICE __host__ __device__
+#else
+#define KERN_HOST_DEVICE
+#endif
+
 /* ---- weight types ------------------------------------------------------------------------- */
 
 /* Storage types, numbered as ggml / GGUF number them so that a GGUF type id maps directly. */
@@ -646,6 +653,20 @@ static inline void kern_experts(kern_backend *b, const kern_ffn_expert *ex, int 
  * experts cannot be had, else it queues one experts op on b. */
 int kern_moe_align_host(const int32_t *ids, const float *weights, int64_t n_tokens, int k,
                         int32_t n_expert, const kern_moe_plan *plan);
+/* A token's j-th (row, weight) into its first j, kept ascending by row (rows grow with the
+ * expert id): the order of comb_rows, the same in the host's plan and the device's. */
+static inline KERN_HOST_DEVICE void kern_moe_insert_row(int32_t *rows, float *w, int j, int32_t row,
+                                                        float weight)
+{
+    int i = j;
+    while (i > 0 && rows[i - 1] > row) {
+        rows[i] = rows[i - 1];
+        w[i] = w[i - 1];
+        i--;
+    }
+    rows[i] = row;
+    w[i] = weight;
+}
 int kern_experts_routed_host(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
                              const float *x, float *out, float *g, float *u);
 static inline void kern_moe_align(kern_backend *b, const int32_t *ids, const float *weights,

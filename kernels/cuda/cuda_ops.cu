@@ -394,16 +394,8 @@ __global__ void __launch_bounds__(ALIGN_THREADS)
         float w[MAX_K];
         for (int j = 0; j < k; j++) {
             const int32_t e = ids[t * k + j];
-            int32_t row = e < 0 || e >= n_expert ? -1 : plan.comb_rows[t * k + j];
-            const float wt = weights[t * k + j];
-            int i = j;
-            while (i > 0 && rows[i - 1] > row) {
-                rows[i] = rows[i - 1];
-                w[i] = w[i - 1];
-                i--;
-            }
-            rows[i] = row;
-            w[i] = wt;
+            kern_moe_insert_row(rows, w, j, e < 0 || e >= n_expert ? -1 : plan.comb_rows[t * k + j],
+                                weights[t * k + j]);
         }
         for (int j = 0; j < k; j++) {
             plan.comb_rows[t * k + j] = rows[j];
