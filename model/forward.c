@@ -97,26 +97,30 @@ struct model_ctx {
     const cache *table_src;
     bool host_routing;
     /* Graphs of steps routed on the device, by shape; a shape is recorded when it repeats the
-     * plain step before it (plain_*), whose run grew every scratch it needs */
+     * once it has run plainly (one of the last plain shapes), which grew every scratch it
+     * needs: scratch only grows, and cannot while recording */
     struct step_graph {
         kern_graph *g;
         int64_t n, n_out;
         uint64_t dense_bytes, matmul_macs; /* what the recorded step counted */
     } graphs[4];
     int next_graph;
-    int64_t plain_n, plain_n_out;
+    struct step_shape {
+        int64_t n, n_out;
+    } plain[4];
+    int next_plain;
     bool no_graphs;
     char graph_error[256];
 };
 
 static void tables_free(model_ctx *ctx);
 
-/* Graphs hold the addresses of the step's buffers: any of them moving drops them all. */
+/* Graphs hold the addresses of the step's buffers: any of them moving drops them all (the shapes
+ * that ran plainly stay known: buffers only grow). */
 static void graphs_drop(model_ctx *ctx)
 {
     for (size_t i = 0; i < sizeof ctx->graphs / sizeof ctx->graphs[0]; i++)
         kern_graph_destroy(ctx->be, &ctx->graphs[i].g);
-    ctx->plain_n = -1;
 }
 
 /* ---- scratch ----------------------------------------------------------------------------------
@@ -257,7 +261,8 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
     ctx->n_ctx = n_ctx;
     ctx->host_routing = opts && opts->host_routing;
     ctx->no_graphs = opts && opts->no_graphs;
-    ctx->plain_n = -1;
+    for (size_t i = 0; i < sizeof ctx->plain / sizeof ctx->plain[0]; i++)
+        ctx->plain[i].n = -1;
     ctx->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     kern_kv_opts ko = {.n_layer = hp->n_layer,
                        .kv_dim = (int32_t)ctx->kv_dim,
@@ -1166,9 +1171,29 @@ static int queue_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_
     return 0;
 }
 
+/* Whether a step of this shape ran plainly lately; with note, remember that one did. */
+static bool ran_plainly(model_ctx *ctx, int64_t n, int64_t n_out, bool note)
+{
+    const size_t n_shapes = sizeof ctx->plain / sizeof ctx->plain[0];
+    for (size_t i = 0; i < n_shapes; i++)
+        if (ctx->plain[i].n == n && ctx->plain[i].n_out == n_out) return true;
+    if (note) {
+        ctx->plain[ctx->next_plain] = (struct step_shape){n, n_out};
+        ctx->next_plain = (ctx->next_plain + 1) % (int)n_shapes;
+    }
+    return false;
+}
+
+static int graph_launch_failed(model_ctx *ctx, int rc, char *err, size_t err_size)
+{
+    snprintf(err, err_size, "compute backend (%s): launching the step's graph: %s", ctx->be->name,
+             strerror(-rc));
+    return rc;
+}
+
 /* queue_step, or a graph of it: replayed when this shape has one; recorded, then launched, when
- * the plain step before had this shape (so no scratch grows while recording).  A step that
- * routes through the host waits on the device inside, which a recording cannot hold. */
+ * the shape ran plainly before (so no scratch grows while recording).  A step that routes
+ * through the host waits on the device inside, which a recording cannot hold. */
 static int run_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_t err_size)
 {
     kern_backend *be = ctx->be;
@@ -1185,16 +1210,12 @@ static int run_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_t 
             ctx->stats.graph_replayed = true;
             return 0;
         }
+        /* -ESTALE: the backend's scratch moved (grew: big enough now), so record it again */
         kern_graph_destroy(be, &sg->g);
-        if (rc != -ESTALE) {
-            snprintf(err, err_size, "compute backend (%s): launching the step's graph: %s",
-                     be->name, strerror(-rc));
-            return rc;
-        }
-        ctx->plain_n = -1; /* the backend's scratch moved: a plain step, then record again */
+        if (rc != -ESTALE) return graph_launch_failed(ctx, rc, err, err_size);
         break;
     }
-    if (ctx->plain_n == n && ctx->plain_n_out == n_out && kern_capture_begin(be) == 0) {
+    if (ran_plainly(ctx, n, n_out, false) && kern_capture_begin(be) == 0) {
         model_step_stats before = ctx->stats;
         rc = queue_step(ctx, n, n_out, err, err_size);
         kern_graph *g = NULL;
@@ -1205,29 +1226,33 @@ static int run_step(model_ctx *ctx, int64_t n, int64_t n_out, char *err, size_t 
             return rc;
         }
         if (rc_end == 0) {
-            struct step_graph *sg = &ctx->graphs[ctx->next_graph];
-            ctx->next_graph = (ctx->next_graph + 1) % (int)n_graphs;
-            kern_graph_destroy(be, &sg->g);
+            /* a free slot, else the next in turn */
+            struct step_graph *sg = NULL;
+            for (size_t i = 0; i < n_graphs && !sg; i++)
+                if (!ctx->graphs[i].g) sg = &ctx->graphs[i];
+            if (!sg) {
+                sg = &ctx->graphs[ctx->next_graph];
+                ctx->next_graph = (ctx->next_graph + 1) % (int)n_graphs;
+                kern_graph_destroy(be, &sg->g);
+            }
             *sg = (struct step_graph){.g = g,
                                       .n = n,
                                       .n_out = n_out,
                                       .dense_bytes = ctx->stats.dense_bytes - before.dense_bytes,
                                       .matmul_macs = ctx->stats.matmul_macs - before.matmul_macs};
-            if ((rc = kern_graph_launch(be, g))) {
-                snprintf(err, err_size, "compute backend (%s): launching the step's graph: %s",
-                         be->name, strerror(-rc));
-                return rc;
-            }
+            if ((rc = kern_graph_launch(be, g))) return graph_launch_failed(ctx, rc, err, err_size);
             ctx->stats.graph_captured = true;
             return 0;
         }
-        /* what the backend cannot record once it will not record later: plain steps from now */
-        ctx->no_graphs = true;
-        snprintf(ctx->graph_error, sizeof ctx->graph_error, "%s", why);
+        /* A scratch that had to grow (-EAGAIN) grows in the plain step below, and the next
+         * recording holds; what else the backend cannot record, it will not later either. */
+        if (rc_end != -EAGAIN) {
+            ctx->no_graphs = true;
+            snprintf(ctx->graph_error, sizeof ctx->graph_error, "%s", why);
+        }
         ctx->stats = before;
     }
-    ctx->plain_n = n;
-    ctx->plain_n_out = n_out;
+    (void)ran_plainly(ctx, n, n_out, true);
     return queue_step(ctx, n, n_out, err, err_size);
 }
 

@@ -266,7 +266,7 @@ typedef struct model_step_stats {
  * filled.  Logits rows (n_vocab floats each) are written in batch order for the tokens that
  * want them.
  * A step that routes on the device (model_step_stats.routed_on_device) on a backend with graphs
- * is recorded once its shape (tokens, logits rows) repeats the step before, and later steps of
+ * is recorded once a step of its shape (tokens, logits rows) has run plainly, and later steps of
  * that shape replay the recording — on CUDA one launch where the step queued hundreds; the
  * logits are the same bits either way. */
 int model_forward(model_ctx *ctx, const model_batch *batch, float *logits, char *err,

@@ -1148,20 +1148,20 @@ static void run_routed(fixture *fx, routing_mode mode, const int32_t *prompt, in
  * for the expert tables) where the host's routing waits once more per MoE layer.  With graphs,
  * the second decode step is recorded and the third replayed (sim replays the recorded calls,
  * so anything the step left at an address that moved would show): the same bits and counts
- * again; a graph made stale (as CUDA's scratch moving makes it) gives a plain step, then a new
- * recording.  gpt-oss brings expert biases, glm4moe a leading dense layer, deepseek2 the
- * latent attention's reshuffles, Q4_K_M the quantised experts.  On CUDA (MOE_TEST_BACKEND=cuda,
- * tools/device-check) the same, but for the waits (sim counts them) and the stale graphs (sim
- * makes them): there step 2 is recorded and every later step replayed. */
+ * again; a graph made stale (as CUDA's scratch moving makes it) is recorded again at once.  gpt-oss
+ * brings expert biases, glm4moe a leading dense layer, deepseek2 the latent attention's reshuffles,
+ * Q4_K_M the quantised experts.  On CUDA (MOE_TEST_BACKEND=cuda, tools/device-check) the same, but
+ * for the waits (sim counts them) and the stale graphs (sim makes them): there step 2 is recorded
+ * and every later step replayed. */
 START_TEST(routing_on_the_device_matches_the_host_without_its_round_trips)
 {
     static const char *const names[] = {"qwen3moe-tiny-q4_k_m", "gpt-oss-tiny-f32",
                                         "glm4moe-tiny-f32", "deepseek2-tiny-f32"};
     enum { STEPS = 6, STALE_AT = 4 };
     /* with graphs: step 0 the prompt, 1 the first decode step (plain), 2 recorded, 3 replayed,
-     * 4 stale (plain), 5 recorded, 6 replayed */
-    static const bool captured[STEPS + 1] = {0, 0, 1, 0, 0, 1, 0},
-                                       replayed[STEPS + 1] = {0, 0, 0, 1, 0, 0, 1},
+     * 4 stale (recorded again), 5 and 6 replayed */
+    static const bool captured[STEPS + 1] = {0, 0, 1, 0, 1, 0, 0},
+                                       replayed[STEPS + 1] = {0, 0, 0, 1, 0, 1, 1},
                                        captured_cuda[STEPS + 1] = {0, 0, 1, 0, 0, 0, 0},
                                        replayed_cuda[STEPS + 1] = {0, 0, 0, 1, 1, 1, 1};
     kern_backend_kind kind =
@@ -1218,6 +1218,75 @@ START_TEST(routing_on_the_device_matches_the_host_without_its_round_trips)
         free(prompt);
         fixture_close(&fx);
     }
+}
+END_TEST
+
+/* Steps whose shapes alternate (continuous batching: one sequence decoding, then two) get a
+ * graph each once each shape has run plainly, and replay them in turn: the same bits as
+ * without graphs. */
+START_TEST(graphs_of_alternating_shapes)
+{
+    char err[512];
+    enum { ROUNDS = 4 };
+    fixture fx;
+    kern_backend_kind saved = test_backend;
+    test_backend = test_backend == KERN_BACKEND_CUDA ? KERN_BACKEND_CUDA : KERN_BACKEND_SIM;
+    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    test_backend = saved;
+    const cJSON *prompts = cJSON_GetObjectItem(fx.golden, "prompts");
+    int n_vocab = fx.hp->n_vocab, lens[2];
+    int32_t *prompt[2];
+    for (int q = 0; q < 2; q++)
+        prompt[q] =
+            json_ints(cJSON_GetObjectItem(cJSON_GetArrayItem(prompts, q), "tokens"), &lens[q]);
+    size_t per_run = (size_t)(2 + 3 * ROUNDS) * (size_t)n_vocab;
+    float *runs[2] = {malloc(per_run * sizeof(float)), malloc(per_run * sizeof(float))};
+    int captures = 0, replays = 0;
+    for (int r = 0; r < 2; r++) {
+        model_ctx_opts co = {
+            .n_seq = 2, .n_ctx = 64 + 2 * ROUNDS, .kv_type = test_kv_type, .no_graphs = r == 0};
+        model_ctx *ctx = NULL;
+        ck_assert_msg(model_ctx_create(&ctx, fx.m, &co, err, sizeof err) == 0, "%s", err);
+        float *out = runs[r];
+        int32_t next[2], pos[2];
+        for (int q = 0; q < 2; q++) { /* each prompt a step of its own */
+            run_prompt(ctx, prompt[q], lens[q], q, out);
+            next[q] = model_argmax(out, n_vocab);
+            pos[q] = lens[q];
+            out += n_vocab;
+        }
+        for (int round = 0; round < ROUNDS; round++)
+            for (int shape = 1; shape <= 2; shape++) { /* sequence 0 alone, then both */
+                int32_t tok[2] = {next[0], next[1]}, seq[2] = {0, 1}, at[2] = {pos[0], pos[1]};
+                uint8_t want[2] = {1, 1};
+                model_batch b = {
+                    .n_tokens = shape, .token = tok, .pos = at, .seq = seq, .want_logits = want};
+                ck_assert_msg(model_forward(ctx, &b, out, err, sizeof err) == 0, "%s", err);
+                const model_step_stats *st = model_ctx_last_stats(ctx);
+                captures += st->graph_captured;
+                replays += st->graph_replayed;
+                if (r == 1)
+                    ck_assert_msg(st->graph_captured == (round == 1) &&
+                                      st->graph_replayed == (round >= 2),
+                                  "round %d, %d tokens: recorded %d, replayed %d", round, shape,
+                                  st->graph_captured, st->graph_replayed);
+                for (int q = 0; q < shape; q++) {
+                    next[q] = model_argmax(out + (size_t)q * n_vocab, n_vocab);
+                    pos[q]++;
+                }
+                out += (size_t)shape * n_vocab;
+            }
+        model_ctx_destroy(&ctx);
+    }
+    ck_assert_int_eq(captures, 2);
+    ck_assert_int_eq(replays, 2 * (ROUNDS - 2));
+    ck_assert_msg(memcmp(runs[0], runs[1], per_run * sizeof(float)) == 0,
+                  "replaying graphs of alternating shapes changed the logits");
+    for (int q = 0; q < 2; q++)
+        free(prompt[q]);
+    free(runs[0]);
+    free(runs[1]);
+    fixture_close(&fx);
 }
 END_TEST
 
@@ -1291,6 +1360,7 @@ int main(void)
     tcase_add_loop_test(tc, f16_kv_stays_close_to_f32, 0, N_FLOAT_GOLDEN);
     tcase_add_test(tc, a_failed_operation_fails_the_step);
     tcase_add_test(tc, routing_on_the_device_matches_the_host_without_its_round_trips);
+    tcase_add_test(tc, graphs_of_alternating_shapes);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
     tcase_add_test(tc, bad_batches_are_refused);
     tcase_add_test(tc, unusable_models_are_refused_with_the_reason);
