@@ -60,7 +60,7 @@ typedef struct cuda_backend {
         int64_t n_tokens, n_cols;
         const void *act;
     } act_of;
-    bool capturing;         /* the compute stream is being recorded into a graph */
+    bool capturing; /* the compute stream is being recorded into a graph */
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
