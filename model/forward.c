@@ -96,9 +96,9 @@ struct model_ctx {
     const void *table_parts;
     const cache *table_src;
     bool host_routing;
-    /* Graphs of steps routed on the device, by shape; a shape is recorded when it repeats the
-     * once it has run plainly (one of the last plain shapes), which grew every scratch it
-     * needs: scratch only grows, and cannot while recording */
+    /* Graphs of steps routed on the device, by shape; a shape is recorded once it has run
+     * plainly (one of the last plain shapes), a run that grew every scratch it needs: scratch
+     * only grows, and cannot while recording */
     struct step_graph {
         kern_graph *g;
         int64_t n, n_out;
