@@ -220,6 +220,18 @@ static int load_model(serve_state *st, char *err, size_t err_size)
         cli_log("expert cache, device tier: %u of %llu experts (%.1f MiB of %s device memory)",
                 cs.n_slots, (unsigned long long)sz.n_experts_total,
                 (double)cs.arena_bytes / (1 << 20), st->backend->name);
+        /* model_forward's rule (docs/architecture.md, "Routing on the device") */
+        if (!cs.all_resident)
+            cli_log("routing: through the host each layer (the device tier holds part of the "
+                    "experts: the host decides each miss)");
+        else if (mo.predictor != PRED_NONE)
+            cli_log("routing: through the host each layer (the predictor reads every layer's "
+                    "experts)");
+        else
+            cli_log("routing: on the device (every expert there)%s",
+                    c->compute.graphs == CFG_OFF
+                        ? "; graphs off"
+                        : "; each step shape is replayed as a graph once it has run");
     }
     const model_hparams *hp = model_params(st->m);
     rc = tokenizer_create(&st->tok, model_file(st->m), err, err_size);

@@ -225,6 +225,8 @@ check(rc == 0 and "sim backend" in srv.err and "device tier" in srv.err,
       f"the log says which backend and tiers run ({srv.err[-400:]})")
 check("staged through a pinned ring" in srv.err and "by 2 threads" in srv.err,
       f"the log says the copies are staged, and by how many threads ({srv.err[-400:]})")
+check("routing: through the host each layer (the device tier holds part of the experts" in srv.err,
+      f"the log says a partial device tier routes through the host ({srv.err[-400:]})")
 # ... and with its misses computed on the CPU from the host tier
 srv = Server(model, "--set", "compute.backend=sim", "--set", "cache.device_bytes=25%", "--set", "cache.miss_policy=cpu")
 client = srv.client()
@@ -253,6 +255,9 @@ for graphs in ("auto", "false"):
     check(ok, f"graphs {graphs}: every step routed on the device, replays as configured "
               f"({steps and steps.group(1)}, {routed and routed.group(1)}, {replays and replays.group(1)})")
     check(srv.stop() == 0, "SIGTERM: exit 0")
+    check("routing: on the device (every expert there)" in srv.err and
+          ("graphs off" in srv.err) == (graphs == "false"),
+          f"graphs {graphs}: the log says where the steps route ({srv.err[-600:]})")
 
 # --- logging as configured; a GPU demanded where none can be used --------------------------------------
 srv = Server(model, "--set", "log.format=json", "--set", "log.level=debug", "--set", "cache.host_bytes=50%")
