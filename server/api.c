@@ -155,7 +155,9 @@ static int get_int(const cJSON *root, const char *key, double lo, double hi, int
         srv__err_set(e, 400, key, "'%s' must be between %.0f and %.0f (got %.0f)", key, lo, hi, v);
         return -EINVAL;
     }
-    *out = (int64_t)v;
+    /* A seed may be any 64-bit integer, signed or not: above INT64_MAX it goes through uint64_t
+     * (a direct cast is undefined there) and reads back as the same bits in (uint64_t)*out. */
+    *out = v >= 0x1p63 ? (int64_t)(uint64_t)v : (int64_t)v;
     if (present) *present = true;
     return 0;
 }

@@ -263,6 +263,10 @@ r = client.completions.create(model=MODEL, prompt="!seed x", n=3, seed=7, max_to
 check(sorted((c.index, c.text) for c in r.choices) == [(0, "7x"), (1, "8x"), (2, "9x")],
       f"n=3 with seed 7 gives seeds 7, 8, 9 ({[(c.index, c.text) for c in r.choices]})")
 check(r.usage.prompt_tokens == len("!seed x") and r.usage.completion_tokens == 6, f"n=3 usage ({r.usage})")
+# Seeds above INT64_MAX are unsigned 64-bit seeds (found by fuzz_api: the cast was undefined there).
+for seed, want in ((2**63 + 2**62, str(2**63 + 2**62)), (-1, str(2**64 - 1))):
+    r = client.completions.create(model=MODEL, prompt="!seed x", seed=seed, max_tokens=40)
+    check(r.choices[0].text == want + "x", f"seed {seed} reaches the engine as {want} ({r.choices[0].text!r})")
 per = {}
 for ch in client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "!seed ab"}], n=2,
                                          seed=41, stream=True):
