@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "gguf/gguf.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cuda/cuda.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -87,8 +88,9 @@ typedef struct bench_opts {
     int random_tokens;
     const char *text_path; /* --text FILE: prompts and decode tokens cut from this text */
     int profile;
-    int host_routing; /* --host-routing: the host round trip per layer even where not needed */
-    int no_graphs;    /* --no-graphs: every step queued, none replayed */
+    int host_routing;    /* --host-routing: the host round trip per layer even where not needed */
+    int no_graphs;       /* --no-graphs: every step queued, none replayed */
+    int no_tensor_cores; /* --no-tensor-cores: CUDA batches on the dp4a kernel */
     cli_cache_args cache;
 } bench_opts;
 
@@ -126,6 +128,8 @@ static void usage(FILE *out)
         "  --host-routing  route every layer through the host even with every expert on the\n"
         "                device (what routing on the device saves)\n"
         "  --no-graphs   queue every step (no graph replays; what graphs save)\n"
+        "  --no-tensor-cores  run CUDA batches (prefill) on the dp4a kernel, not the int8\n"
+        "                tensor cores (the same bits; what the tensor cores save)\n"
         "  --random-tokens  decode random tokens instead of the greedy ones (routing that\n"
         "                varies like text's on random-weight models)\n"
         "  --text FILE   prompts and decoded tokens are the file's text, tokenized by the model\n"
@@ -225,7 +229,8 @@ static int run(bench_opts *o)
     int32_t *tok = NULL, *pos = NULL, *seq = NULL, *text_ids = NULL;
     float *logits = NULL;
     pred_snapshot pred0 = {0}, pred1 = {0};
-    if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0))
+    if (cli_open_backend(&be, (int)o->n_threads, o->cache.backend, o->cache.backend_auto, 0,
+                         o->no_tensor_cores))
         goto done;
     if (cli_open_miss_backend(be, (int)o->n_threads, o->cache.miss_policy, &cpu)) goto done;
     model_opts mo = {.backend = be,
@@ -393,6 +398,7 @@ static int run(bench_opts *o)
                be->kind == KERN_BACKEND_CUDA ? "device copy, read + write" : "CPU read", link / 1e9,
                routed, G, replayed, model_ctx_graph_error(ctx) ? ": " : "",
                model_ctx_graph_error(ctx) ? model_ctx_graph_error(ctx) : "");
+        if (kern_cuda_matmul_note(be)) printf("| cuda matmul | %s |\n", kern_cuda_matmul_note(be));
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
             double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
             printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
@@ -497,6 +503,9 @@ int cli_bench(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--no-graphs")) {
             o.no_graphs = 1;
+            continue;
+        } else if (!strcmp(a, "--no-tensor-cores")) {
+            o.no_tensor_cores = 1;
             continue;
         } else if (!strcmp(a, "--model") && v) {
             o.path = v, i++;

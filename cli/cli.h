@@ -22,9 +22,10 @@ int cli_serve(int argc, char **argv);
 
 /* Opens the compute backend: `kind` (cpu, sim, cuda), or with want_auto the CUDA backend
  * when a device is usable and the CPU otherwise.  Logs which one runs and why: a CUDA build
- * on a machine without a device says so in one line; an explicit cuda without one fails. */
+ * on a machine without a device says so in one line; an explicit cuda without one fails.
+ * no_tensor_cores keeps CUDA batches on the dp4a kernel (bench's --no-tensor-cores). */
 int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, bool want_auto,
-                     int device);
+                     int device, bool no_tensor_cores);
 
 /* Strict number parsing for options: the whole string must be a number within [min, max]. */
 int cli_parse_int(const char *opt, const char *text, long min, long max, long *out);

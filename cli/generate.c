@@ -289,7 +289,7 @@ int cli_generate(int argc, char **argv)
     size_t n_prompt = 0;
     const char *why = "length";
 
-    if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0))
+    if (cli_open_backend(&be, (int)a.n_threads, a.cache.backend, a.cache.backend_auto, 0, false))
         goto done;
     if (cli_open_miss_backend(be, (int)a.n_threads, a.cache.miss_policy, &cpu)) goto done;
     model_opts mo = {.backend = be,

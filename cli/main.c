@@ -3,6 +3,7 @@
  */
 #include "cli/cli.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cuda/cuda.h"
 #include "moe_config.h"
 
 #include <errno.h>
@@ -115,13 +116,14 @@ int cli_parse_int(const char *opt, const char *text, long min, long max, long *o
 }
 
 int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, bool want_auto,
-                     int device)
+                     int device, bool no_tensor_cores)
 {
     char msg[256];
     kern_open_opts o = kern_open_opts_default();
     o.kind = kind;
     o.n_threads = n_threads;
     o.device = device;
+    o.no_tensor_cores = no_tensor_cores;
     if (want_auto) {
         if (kern_cuda_probe(msg, sizeof msg) > 0 && MOE_HAVE_CUDA) {
             cli_log("%s", msg);
@@ -152,8 +154,9 @@ int cli_open_backend(kern_backend **out, int n_threads, kern_backend_kind kind, 
         break;
     default:
         (void)kern_mem_info(*out, &free_b, &total_b);
-        cli_log("%s backend: %.1f of %.1f GiB of device memory free", (*out)->name,
-                (double)free_b / (1 << 30), (double)total_b / (1 << 30));
+        cli_log("%s backend: %.1f of %.1f GiB of device memory free; %s", (*out)->name,
+                (double)free_b / (1 << 30), (double)total_b / (1 << 30),
+                kern_cuda_matmul_note(*out) ? kern_cuda_matmul_note(*out) : "");
         break;
     }
     return 0;

@@ -393,7 +393,7 @@ int cli_serve(int argc, char **argv)
     pthread_t loader;
     bool loader_started = false;
     if (cli_open_backend(&st.backend, c.compute.threads, kind, want_auto,
-                         c.gpu.device < 0 ? 0 : c.gpu.device))
+                         c.gpu.device < 0 ? 0 : c.gpu.device, false))
         goto done;
     if (cli_open_miss_backend(st.backend, c.compute.threads, c.cache.miss_policy, &st.miss_cpu))
         goto done;

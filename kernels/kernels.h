@@ -391,6 +391,9 @@ typedef struct kern_open_opts {
     kern_backend_kind kind;
     int n_threads; /* CPU threads (cpu, sim, and the CPU side of cuda); 0: one per core */
     int device;    /* cuda: the device index */
+    /* cuda: run batches of quantised weights on the dp4a kernel, not the int8 tensor cores
+     * (the same bits, slower: for measuring the two) */
+    bool no_tensor_cores;
     /* sim: the device's memory and its link.  0 picks the defaults: 16 GiB, the PCIe Gen5 x16
      * figures measured on the H200 machine (50 GB/s from pinned memory, 6 GB/s from pageable,
      * 2.8 us per copy). */

@@ -33,6 +33,21 @@ int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, char *err, si
 bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u, float out[32]);
 bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32]);
 
+/* Which kernel runs a CUDA backend's batches of quantised weights, and why: the int8 tensor
+ * cores, or the dp4a kernel (turned off by kern_open_opts.no_tensor_cores, or a tensor-core
+ * kernel that failed its check at open against the dp4a one).  NULL for other backends. */
+const char *kern_cuda_matmul_note(const kern_backend *b);
+
+/* The matmul's batch kernels run on the host, lane by lane over the very steps the device runs
+ * (cuda_blocks.cuh's and the kernels' CUDA__HD functions), the tensor-core fragments laid out as
+ * the PTX ISA defines mma.m16n8k16: y [n_tokens][n_rows] = w x (+ bias), x quantised as the
+ * device quantises it, in the dp4a kernel's order (tensor_cores false) or the tensor-core
+ * kernel's.  Both must give the same bits.  False for the float types, and always in builds
+ * without CUDA. */
+bool kern_cuda_matmul_on_host(uint32_t type, const void *w, size_t row_bytes, int64_t n_rows,
+                              int64_t n_cols, const float *x, int64_t n_tokens, const float *bias,
+                              bool tensor_cores, float *y);
+
 #ifdef __cplusplus
 }
 #endif

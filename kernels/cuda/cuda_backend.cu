@@ -516,6 +516,40 @@ extern "C" int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, ch
         cuda_destroy(&cb->base);
         return code == -ENOMEM ? -ENOMEM : -EIO;
     }
+    /* The tensor-core kernel must give the dp4a kernel's bits (batch invariance): it runs only
+     * where a check of the two on this device agrees. */
+    if (opts && opts->no_tensor_cores) {
+        snprintf(cb->matmul_note, sizeof cb->matmul_note,
+                 "batches on the dp4a kernel (tensor cores turned off)");
+    } else if (prop.major < 8) {
+        snprintf(cb->matmul_note, sizeof cb->matmul_note,
+                 "batches on the dp4a kernel (no int8 mma before sm_80)");
+    } else {
+        char why[160] = "";
+        const int check = cuda__tensor_core_check(cb, why, sizeof why);
+        if (check < 0) {
+            snprintf(msg, sizeof msg,
+                     "cuda backend: device %d: checking the tensor-core kernel: %s", device, why);
+            write_err(err, err_size, msg);
+            cuda_destroy(&cb->base);
+            return check == -ENOMEM ? -ENOMEM : -EIO;
+        }
+        cb->tensor_cores = check == 0;
+        if (check == 0)
+            snprintf(cb->matmul_note, sizeof cb->matmul_note,
+                     "batches on the int8 tensor cores (their check at open gave the dp4a "
+                     "kernel's bits)");
+        else
+            snprintf(cb->matmul_note, sizeof cb->matmul_note,
+                     "batches on the dp4a kernel: the tensor-core kernel failed its check at open "
+                     "(%s)",
+                     why);
+    }
     *out = &cb->base;
     return 0;
+}
+
+extern "C" const char *kern_cuda_matmul_note(const kern_backend *b)
+{
+    return b && b->kind == KERN_BACKEND_CUDA ? ((const cuda_backend *)b)->matmul_note : NULL;
 }

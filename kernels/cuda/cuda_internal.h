@@ -61,6 +61,10 @@ typedef struct cuda_backend {
         const void *act;
     } act_of;
     bool capturing; /* the compute stream is being recorded into a graph */
+    /* Batches of quantised weights run on the int8 tensor-core kernel: the device has them, the
+     * opener did not turn them off, and their check at open gave the dp4a kernel's bits. */
+    bool tensor_cores;
+    char matmul_note[256]; /* which kernel runs batches, and why (kern_cuda_matmul_note) */
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
@@ -117,6 +121,11 @@ void cuda__experts(kern_backend *b, const kern_ffn_expert *ex, int n_experts, co
                    float *out, float *g, float *u);
 void cuda__experts_routed(kern_backend *b, const kern_expert_table *t, const kern_moe_plan *plan,
                           int64_t n_tokens, int k, const float *x, float *out, float *g, float *u);
+
+/* Runs a few batches of random weights (Q8_0, Q4_K, Q6_K, Q2_K) through both kernels, the
+ * dp4a one and the tensor-core one, and compares their bits: 0 when they agree, 1 when they do
+ * not (why says where), a negative errno when CUDA failed (why says which call). */
+int cuda__tensor_core_check(cuda_backend *cb, char *why, size_t why_size);
 
 /* cuda_attention.cu */
 void cuda__kv_store(kern_backend *b, const kern_kv_layout *kv, int layer, const float *k,

@@ -40,6 +40,11 @@
 #include "kernels/cuda/cuda_blocks.cuh"
 
 #include <errno.h>
+#include <math.h>
+#include <new>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace
 {
@@ -99,6 +104,49 @@ __device__ __forceinline__ void write_outputs(const mm_args &a, float (&acc)[R][
         }
 }
 
+CUDA__HD float fma_rn(float a, float b, float c)
+{
+#ifdef __CUDA_ARCH__
+    return __fmaf_rn(a, b, c);
+#else
+    return fmaf(a, b, c);
+#endif
+}
+
+CUDA__HD int dp4a_hd(int a, int b, int c)
+{
+#ifdef __CUDA_ARCH__
+    return __dp4a(a, b, c);
+#else
+    for (int i = 0; i < 4; i++)
+        c += (int8_t)((uint32_t)a >> (8 * i)) * (int8_t)((uint32_t)b >> (8 * i));
+    return c;
+#endif
+}
+
+/* A unit's term before the activation scale, da*A + db*B, rounded as every kernel rounds it
+ * (lo and hi: the dots over the unit's two halves; x_lo: the activations' first-half sum, used
+ * by the types with split mins only). */
+template <int TYPE> CUDA__HD float unit_term(const unit &q, int lo, int hi, int x_sum, int x_lo)
+{
+    const int A = q.sc_lo * lo + q.sc_hi * hi;
+    const int B = split_mins(TYPE) ? q.bmul * x_lo + q.bmul_hi * (x_sum - x_lo) : q.bmul * x_sum;
+    return fma_rn(q.db, (float)B, mul_rn(q.da, (float)A));
+}
+
+/* 32 partial sums added as cuda__warp_sum adds 32 lanes' values (as lane 0 sees it); s is
+ * overwritten. */
+CUDA__HD float butterfly_sum(float (&s)[32])
+{
+    CUDA__UNROLL
+    for (int w = 16; w > 0; w >>= 1) {
+        CUDA__UNROLL
+        for (int j = 0; j < w; j++)
+            s[j] = add_rn(s[j], s[j + w]);
+    }
+    return s[0];
+}
+
 template <int TYPE, int R, int T, bool BATCH>
 __device__ __forceinline__ void matmul_quant(const mm_args &a)
 {
@@ -142,10 +190,7 @@ __device__ __forceinline__ void matmul_quant(const mm_args &a)
                     lo = __dp4a(q[r].w[k], xs[k], lo);
                     hi = __dp4a(q[r].w[k + 4], xs[k + 4], hi);
                 }
-                const int A = q[r].sc_lo * lo + q[r].sc_hi * hi;
-                const int B = split_mins(TYPE) ? q[r].bmul * x_lo + q[r].bmul_hi * (x_sum - x_lo)
-                                               : q[r].bmul * x_sum;
-                const float v = __fmaf_rn(q[r].db, (float)B, __fmul_rn(q[r].da, (float)A));
+                const float v = unit_term<TYPE>(q[r], lo, hi, x_sum, x_lo);
                 acc[r][t] = __fmaf_rn(xd.x, v, acc[r][t]);
             }
         }
@@ -195,13 +240,243 @@ __device__ __forceinline__ void matmul_float(const mm_args &a)
     write_outputs<R, T>(a, acc, row0, tok0, nr, nt);
 }
 
+/* ---- the tensor-core kernel for batches ------------------------------------------------ */
+
+/* Batches of quantised weights run matmul_quant's arithmetic on the tensor cores, and keep its
+ * bits.  Its per-unit integer dots are exact, so int8 mma.sync (one m16n8k32 per unit, or an
+ * m16n8k16 per half where the halves have their own scales) gives the same integers; the float
+ * work per (row, token, unit) is the same operations;
+ * and what matmul_quant's lane l accumulates, units l, l + 32, l + 64, ... in order, is
+ * accumulated here in slot l = u mod 32 of the output, whose 32 slots are then added as the
+ * butterfly adds the lanes.  So a prompt token still gets the bits it gets decoded alone: the
+ * choice of kernel, like the batch, cannot move a result.
+ *
+ * A warp owns 16 rows x 8 tokens.  Per chunk of MMA_UNITS units its lanes decode the weight
+ * units (one each) and load the activation blocks into the warp's stage in shared memory, then
+ * each lane builds its fragments from the stage.  The slots, 32 per output, live in the stage
+ * too; a lane only touches its own outputs' slots (one float4 per slot, conflict-free).  Every
+ * step is a function of the lane (CUDA__HD), so kern_cuda_matmul_on_host runs this very code
+ * on the host, lane by lane, with the PTX ISA's fragment layout emulated. */
+enum { MMA_ROWS = 16, MMA_TOKENS = 8, MMA_UNITS = 2, MMA_WARPS = 2, MMA_X_STRIDE = 12 };
+static_assert(MMA_ROWS * MMA_UNITS == 32 && MMA_TOKENS * MMA_UNITS * 2 == 32,
+              "a chunk is one weight unit and half an activation block per lane");
+
+struct mma_stage {
+    unit w[MMA_UNITS][MMA_ROWS];
+    /* a block's 8 ints; the padding spreads a fragment load's lanes over distinct banks */
+    int x[MMA_UNITS][MMA_TOKENS][MMA_X_STRIDE];
+    float2 xd[MMA_UNITS][MMA_TOKENS];
+    int x_lo[MMA_UNITS][MMA_TOKENS]; /* the first half's sum (Q2_K's split mins) */
+    float4 slot[32][32];             /* [u mod 32][lane]: the lane's four outputs */
+};
+
+struct mma_tile {
+    int64_t row0, tok0;
+    int nr, nt; /* the tile's rows and tokens that exist */
+};
+
+/* Warp `warp` of block `block`: a block's warps take consecutive row tiles, and the blocks of
+ * one row group its token tiles in turn (a.n_tiles_per_group of them), so the blocks running
+ * at once share their rows' weights through L2. */
+CUDA__HD bool mma_tile_of(const mm_args &a, int64_t block, int warp, mma_tile &t)
+{
+    t.row0 = (block / a.n_tiles_per_group * MMA_WARPS + warp) * MMA_ROWS;
+    t.tok0 = block % a.n_tiles_per_group * MMA_TOKENS;
+    if (t.row0 >= a.n_rows || t.tok0 >= a.n_tokens) return false;
+    const int64_t rows = a.n_rows - t.row0, tokens = a.n_tokens - t.tok0;
+    t.nr = (int)(rows < (int64_t)MMA_ROWS ? rows : (int64_t)MMA_ROWS);
+    t.nt = (int)(tokens < (int64_t)MMA_TOKENS ? tokens : (int64_t)MMA_TOKENS);
+    return true;
+}
+
+CUDA__HD void mma_clear(mma_stage &st, int lane)
+{
+    CUDA__UNROLL
+    for (int j = 0; j < 32; j++)
+        st.slot[j][lane] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+}
+
+/* Lane `lane`'s share of loading units u0, u0 + 1: weight unit lane / 16 of row lane % 16, and
+ * half lane % 2 of activation block (lane / 2) % 2 of token lane / 4.  What lies past the
+ * tile's rows, tokens or units is zero. */
+template <int TYPE>
+CUDA__HD void mma_stage_chunk(const mm_args &a, const mma_tile &t, int64_t u0, int lane,
+                              mma_stage &st)
+{
+    const int c = lane / MMA_ROWS, r = lane % MMA_ROWS;
+    if (r < t.nr && u0 + c < a.n_units)
+        load_unit<TYPE>(a.w + (size_t)(t.row0 + r) * a.row_bytes, (int)(u0 + c), st.w[c][r]);
+    else
+        st.w[c][r] = unit{};
+    const int tok = lane >> 2, cx = lane >> 1 & 1, half = lane & 1;
+    int4 v = make_int4(0, 0, 0, 0);
+    float2 d = make_float2(0.0f, 0.0f);
+    if (tok < t.nt && u0 + cx < a.n_units) {
+        const int64_t xi = (t.tok0 + tok) * a.n_units + u0 + cx;
+        v = a.xq[2 * xi + half];
+        d = a.xd[xi];
+    }
+    int *x = &st.x[cx][tok][4 * half];
+    x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+    if (half == 0) {
+        st.xd[cx][tok] = d;
+        int lo = 0;
+        CUDA__UNROLL
+        for (int k = 0; k < 4; k++)
+            lo = dp4a_hd(x[k], 0x01010101, lo);
+        st.x_lo[cx][tok] = lo;
+    }
+}
+
+/* The PTX ISA's fragments of mma.m16n8k16 with .s8 operands, for lane (g = lane / 4,
+ * k = lane % 4): of A (16 x 16, row-major) rows g and g + 8 at bytes 4k .. 4k + 3; of B
+ * (16 x 8, column-major) column g at rows 4k .. 4k + 3; of C rows g (c0, c1) and g + 8 (c2,
+ * c3) at columns 2k and 2k + 1.  A's rows are weight rows, B's columns tokens; "lo" is the
+ * unit's bytes 0..15, "hi" 16..31. */
+struct mma_frags {
+    int a_lo[2], a_hi[2], b_lo, b_hi;
+};
+
+CUDA__HD void mma_frags_of(const mma_stage &st, int c, int lane, mma_frags &f)
+{
+    const int g = lane >> 2, k = lane & 3;
+    f.a_lo[0] = st.w[c][g].w[k];
+    f.a_lo[1] = st.w[c][g + 8].w[k];
+    f.a_hi[0] = st.w[c][g].w[4 + k];
+    f.a_hi[1] = st.w[c][g + 8].w[4 + k];
+    f.b_lo = st.x[c][g][k];
+    f.b_hi = st.x[c][g][4 + k];
+}
+
+/* Types whose two halves of a unit have their own scales; the others take both halves in one
+ * m16n8k32 (the same lanes' registers: A's a0..a3 are a_lo then a_hi, B's b0, b1 b_lo, b_hi),
+ * whose dot is lo + hi, and sc * (lo + hi) is sc * lo + sc * hi in integers. */
+__host__ __device__ constexpr bool two_scales(int type)
+{
+    return type == KERN_T_Q6_K || type == KERN_T_Q3_K || type == KERN_T_Q2_K;
+}
+
+/* C's element i of the lane: row g + 8 (i / 2), token 2k + i % 2. */
+CUDA__HD int mma_row(int lane, int i)
+{
+    return (lane >> 2) + 8 * (i >> 1);
+}
+
+CUDA__HD int mma_token(int lane, int i)
+{
+    return 2 * (lane & 3) + (i & 1);
+}
+
+/* matmul_quant's float work on unit u of the lane's four outputs, from their dots. */
+template <int TYPE>
+CUDA__HD void mma_accumulate(mma_stage &st, int c, int64_t u, int lane, const int lo[4],
+                             const int hi[4])
+{
+    float4 &s = st.slot[u & 31][lane];
+    float acc[4] = {s.x, s.y, s.z, s.w};
+    CUDA__UNROLL
+    for (int i = 0; i < 4; i++) {
+        const unit &q = st.w[c][mma_row(lane, i)];
+        const int tok = mma_token(lane, i);
+        const float2 xd = st.xd[c][tok];
+        const float v = unit_term<TYPE>(q, lo[i], hi[i], (int)xd.y, st.x_lo[c][tok]);
+        acc[i] = fma_rn(xd.x, v, acc[i]);
+    }
+    s = make_float4(acc[0], acc[1], acc[2], acc[3]);
+}
+
+/* Each output's 32 slots added as the lanes are, the bias as write_outputs adds it. */
+CUDA__HD void mma_finish(const mm_args &a, const mma_tile &t, const mma_stage &st, int lane)
+{
+    CUDA__UNROLL
+    for (int i = 0; i < 4; i++) {
+        const int r = mma_row(lane, i), tok = mma_token(lane, i);
+        if (r >= t.nr || tok >= t.nt) continue;
+        float s[32];
+        CUDA__UNROLL
+        for (int j = 0; j < 32; j++) {
+            const float4 v = st.slot[j][lane];
+            s[j] = i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+        }
+        const float sum = butterfly_sum(s);
+        const int64_t row = t.row0 + r;
+        a.y[(t.tok0 + tok) * a.n_rows + row] = a.bias ? add_rn(sum, a.bias[row]) : sum;
+    }
+}
+
+__device__ __forceinline__ void mma_s8_k16(const int a[2], int b, int d[4])
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%7, %8, %9, %10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b), "r"(0), "r"(0), "r"(0), "r"(0));
+#else
+    (void)a, (void)b, (void)d;
+    __trap(); /* the build's architectures are sm_80 and later */
+#endif
+}
+
+__device__ __forceinline__ void mma_s8_k32(const mma_frags &f, int d[4])
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%10, %11, %12, %13};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(f.a_lo[0]), "r"(f.a_lo[1]), "r"(f.a_hi[0]), "r"(f.a_hi[1]), "r"(f.b_lo), "r"(f.b_hi),
+          "r"(0), "r"(0), "r"(0), "r"(0));
+#else
+    (void)f, (void)d;
+    __trap();
+#endif
+}
+
+template <int TYPE> __device__ __forceinline__ void matmul_quant_mma(const mm_args &a)
+{
+    __shared__ mma_stage stages[MMA_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+    mma_tile t;
+    if (!mma_tile_of(a, blockIdx.x, warp, t)) return; /* whole warp */
+    mma_stage &st = stages[warp];
+    mma_clear(st, lane);
+    for (int64_t u0 = 0; u0 < a.n_units; u0 += MMA_UNITS) {
+        __syncwarp(); /* the last chunk's fragments are read */
+        mma_stage_chunk<TYPE>(a, t, u0, lane, st);
+        __syncwarp();
+#pragma unroll
+        for (int c = 0; c < MMA_UNITS; c++) {
+            if (u0 + c >= a.n_units) break;
+            mma_frags f;
+            mma_frags_of(st, c, lane, f);
+            int lo[4], hi[4] = {0, 0, 0, 0};
+            if constexpr (two_scales(TYPE)) {
+                mma_s8_k16(f.a_lo, f.b_lo, lo);
+                mma_s8_k16(f.a_hi, f.b_hi, hi);
+            } else {
+                mma_s8_k32(f, lo); /* lo + hi */
+            }
+            mma_accumulate<TYPE>(st, c, u0 + c, lane, lo, hi);
+        }
+    }
+    mma_finish(a, t, st, lane);
+}
+
+/* The tile shapes: R == MMA_ROWS is the tensor-core kernel (quantised types only). */
 template <int TYPE, int R, int T, bool BATCH>
-__global__ void __launch_bounds__(THREADS) matmul_kernel(mm_args a)
+__device__ __forceinline__ void matmul_any(const mm_args &a)
 {
     if constexpr (is_float_type(TYPE))
         matmul_float<TYPE, R, T, BATCH>(a);
+    else if constexpr (R == MMA_ROWS)
+        matmul_quant_mma<TYPE>(a);
     else
         matmul_quant<TYPE, R, T, BATCH>(a);
+}
+
+template <int TYPE, int R, int T, bool BATCH>
+__global__ void __launch_bounds__(THREADS) matmul_kernel(mm_args a)
+{
+    matmul_any<TYPE, R, T, BATCH>(a);
 }
 
 /* ---- the grouped matmul: several products of one type and shape in one launch ------------- */
@@ -237,12 +512,11 @@ __global__ void __launch_bounds__(THREADS) matmul_group_kernel(const __grid_cons
     a.n_tokens = e.n_tokens;
     if constexpr (is_float_type(TYPE)) {
         a.x += e.tok0 * a.n_cols;
-        matmul_float<TYPE, R, T, BATCH>(a);
     } else {
         a.xq += e.tok0 * a.n_units * 2; /* two int4 (32 bytes) per block */
         a.xd += e.tok0 * a.n_units;
-        matmul_quant<TYPE, R, T, BATCH>(a);
     }
+    matmul_any<TYPE, R, T, BATCH>(a);
 }
 
 /* The grouped matmul with its entries found on the device (experts_routed): blockIdx.y picks
@@ -276,12 +550,11 @@ __global__ void __launch_bounds__(THREADS)
     a.bias = r.bias[part] ? r.bias[part] + e * a.n_rows : nullptr;
     if constexpr (is_float_type(TYPE)) {
         a.x += tok0 * a.n_cols;
-        matmul_float<TYPE, R, T, BATCH>(a);
     } else {
         a.xq += tok0 * a.n_units * 2;
         a.xd += tok0 * a.n_units;
-        matmul_quant<TYPE, R, T, BATCH>(a);
     }
+    matmul_any<TYPE, R, T, BATCH>(a);
 }
 
 /* One warp per (token, 32-element block): scale = max|x| / 127, q = round(x / scale). */
@@ -313,21 +586,23 @@ struct launch_kind {
     group_args *g;
     routed_args *r;
     int n_entries;
+    bool tensor_cores; /* batches of quantised weights on matmul_quant_mma */
 };
 
 template <int TYPE, int R, int T, bool BATCH>
 void launch_tile(unsigned blocks, const mm_args &a, const launch_kind &k, cudaStream_t stream)
 {
+    const unsigned threads = R == MMA_ROWS ? 32 * MMA_WARPS : THREADS;
     if (k.r) {
         k.r->a = a;
         matmul_routed_kernel<TYPE, R, T, BATCH>
-            <<<dim3(blocks, (unsigned)k.n_entries), THREADS, 0, stream>>>(*k.r);
+            <<<dim3(blocks, (unsigned)k.n_entries), threads, 0, stream>>>(*k.r);
     } else if (k.g) {
         k.g->a = a;
         matmul_group_kernel<TYPE, R, T, BATCH>
-            <<<dim3(blocks, (unsigned)k.n_entries), THREADS, 0, stream>>>(*k.g);
+            <<<dim3(blocks, (unsigned)k.n_entries), threads, 0, stream>>>(*k.g);
     } else {
-        matmul_kernel<TYPE, R, T, BATCH><<<blocks, THREADS, 0, stream>>>(a);
+        matmul_kernel<TYPE, R, T, BATCH><<<blocks, threads, 0, stream>>>(a);
     }
 }
 
@@ -347,6 +622,15 @@ template <int TYPE> void launch_matmul(const mm_args &a, const launch_kind &g, c
         return;
     }
     mm_args b = a;
+    if constexpr (!is_float_type(TYPE)) {
+        if (g.tensor_cores) {
+            b.n_tiles_per_group = (a.n_tokens + MMA_TOKENS - 1) / MMA_TOKENS;
+            const int64_t groups = (a.n_rows + MMA_ROWS * MMA_WARPS - 1) / (MMA_ROWS * MMA_WARPS);
+            launch_tile<TYPE, MMA_ROWS, MMA_TOKENS, true>((unsigned)(groups * b.n_tiles_per_group),
+                                                          b, g, stream);
+            return;
+        }
+    }
     const int64_t n_tiles = (a.n_tokens + BATCH_TOKENS - 1) / BATCH_TOKENS;
     b.n_tiles_per_group = (n_tiles + WARPS - 1) / WARPS;
     const int64_t blocks = (a.n_rows + BATCH_ROWS - 1) / BATCH_ROWS * b.n_tiles_per_group;
@@ -561,7 +845,7 @@ bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const grou
             most = e[i0 + i].n_tokens > most ? e[i0 + i].n_tokens : most;
         }
         a.n_tokens = most;
-        launch_any(w->type, a, launch_kind{&g, nullptr, m}, cuda__compute(cb));
+        launch_any(w->type, a, launch_kind{&g, nullptr, m, cb->tensor_cores}, cuda__compute(cb));
         if (!cuda__launched(cb, op)) return false;
     }
     return true;
@@ -711,7 +995,8 @@ bool launch_routed(cuda_backend *cb, const kern_weight *w, mm_args a, routed_arg
     a.n_tokens = n_tokens; /* no bucket is larger: the tile shape for it */
     r.part0 = part0;
     r.n_slots = n_slots;
-    launch_any(w->type, a, launch_kind{nullptr, &r, n_parts * n_slots}, cuda__compute(cb));
+    launch_any(w->type, a, launch_kind{nullptr, &r, n_parts * n_slots, cb->tensor_cores},
+               cuda__compute(cb));
     return cuda__launched(cb, op);
 }
 
@@ -829,7 +1114,7 @@ void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *
                      y_len = (size_t)(n_tokens * w->n_rows) * sizeof *y;
         if (y0 + y_len <= x0 || x0 + x_len <= y0) cb->act_of = {x, n_tokens, w->n_cols, act};
     }
-    launch_any(w->type, a, launch_kind{}, stream);
+    launch_any(w->type, a, launch_kind{nullptr, nullptr, 0, cb->tensor_cores}, stream);
     if (!cuda__launched(cb, "matmul")) cb->act_of.x = nullptr;
 }
 
@@ -907,4 +1192,315 @@ extern "C" bool kern_cuda_unit_values(uint32_t type, const void *row, int64_t u,
 extern "C" bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float out[32])
 {
     return unit_on_host_any(type, row, u, false, out);
+}
+
+/* ---- the batch kernels on the host, and their check at open --------------------------------- */
+
+namespace
+{
+
+/* x as quantize_kernel writes it: per block of 32, scale max|x| / 127 and the integer sum. */
+void quantize_on_host(const float *x, int64_t n_blocks, int8_t *xq, float2 *xd)
+{
+    for (int64_t i = 0; i < n_blocks; i++) {
+        const float *v = x + i * 32;
+        float amax = 0.0f;
+        for (int l = 0; l < 32; l++)
+            amax = fmaxf(amax, fabsf(v[l]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int l = 0; l < 32; l++) {
+            int q = (int)roundf(v[l] * id);
+            q = q < -127 ? -127 : q > 127 ? 127 : q;
+            xq[i * 32 + l] = (int8_t)q;
+            sum += q;
+        }
+        xd[i] = make_float2(d, (float)sum);
+    }
+}
+
+/* matmul_quant's arithmetic, output by output: lane l's units l, l + 32, ... in order, then
+ * the lanes' butterfly. */
+template <int TYPE> void matmul_quant_on_host(const mm_args &a)
+{
+    for (int64_t t = 0; t < a.n_tokens; t++)
+        for (int64_t r = 0; r < a.n_rows; r++) {
+            float s[32];
+            for (int l = 0; l < 32; l++) {
+                float acc = 0.0f;
+                for (int64_t u = l; u < a.n_units; u += 32) {
+                    unit q;
+                    load_unit<TYPE>(a.w + (size_t)r * a.row_bytes, (int)u, q);
+                    const int64_t xi = t * a.n_units + u;
+                    const int4 x0 = a.xq[2 * xi], x1 = a.xq[2 * xi + 1];
+                    const int xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                    int lo = 0, hi = 0, x_lo = 0;
+                    for (int k = 0; k < 4; k++) {
+                        lo = dp4a_hd(q.w[k], xs[k], lo);
+                        hi = dp4a_hd(q.w[k + 4], xs[k + 4], hi);
+                        x_lo = dp4a_hd(xs[k], 0x01010101, x_lo);
+                    }
+                    const float2 xd = a.xd[xi];
+                    acc = fma_rn(xd.x, unit_term<TYPE>(q, lo, hi, (int)xd.y, x_lo), acc);
+                }
+                s[l] = acc;
+            }
+            const float sum = butterfly_sum(s);
+            a.y[t * a.n_rows + r] = a.bias ? add_rn(sum, a.bias[r]) : sum;
+        }
+}
+
+/* mma.m16n8k16 (K = 16) or m16n8k32 (K = 32) with .s8 operands over one warp's fragments, as
+ * the PTX ISA lays them out: D = A B, A 16 x K, B K x 8.  Lane (g, k)'s A registers hold rows
+ * g, g + 8 (k16: a0, a1; k32: a0..a3 = row g, g + 8 at bytes 4k.., then the same at 16 + 4k..),
+ * its B registers column g (b0 at rows 4k..; k32's b1 at 16 + 4k..). */
+template <int K> void mma_on_host(const int (&fa)[32][4], const int (&fb)[32][2], int (&d)[32][4])
+{
+    int A[16][K], B[K][8];
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane >> 2, k = lane & 3;
+        for (int half = 0; half < K / 16; half++)
+            for (int e = 0; e < 4; e++) {
+                const int col = 16 * half + 4 * k + e;
+                A[g][col] = (int8_t)((uint32_t)fa[lane][2 * half] >> (8 * e));
+                A[g + 8][col] = (int8_t)((uint32_t)fa[lane][2 * half + 1] >> (8 * e));
+                B[col][g] = (int8_t)((uint32_t)fb[lane][half] >> (8 * e));
+            }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int i = 0; i < 4; i++) {
+            const int row = mma_row(lane, i), col = mma_token(lane, i);
+            int sum = 0;
+            for (int kk = 0; kk < K; kk++)
+                sum += A[row][kk] * B[kk][col];
+            d[lane][i] = sum;
+        }
+}
+
+/* matmul_quant_mma, its warps one after another and each step lane by lane. */
+template <int TYPE> void matmul_quant_mma_on_host(const mm_args &a, mma_stage &st)
+{
+    mm_args b = a;
+    b.n_tiles_per_group = (a.n_tokens + MMA_TOKENS - 1) / MMA_TOKENS;
+    const int64_t groups = (a.n_rows + MMA_ROWS * MMA_WARPS - 1) / (MMA_ROWS * MMA_WARPS);
+    for (int64_t block = 0; block < groups * b.n_tiles_per_group; block++)
+        for (int warp = 0; warp < MMA_WARPS; warp++) {
+            mma_tile t;
+            if (!mma_tile_of(b, block, warp, t)) continue;
+            for (int lane = 0; lane < 32; lane++)
+                mma_clear(st, lane);
+            for (int64_t u0 = 0; u0 < b.n_units; u0 += MMA_UNITS) {
+                for (int lane = 0; lane < 32; lane++)
+                    mma_stage_chunk<TYPE>(b, t, u0, lane, st);
+                for (int c = 0; c < MMA_UNITS && u0 + c < b.n_units; c++) {
+                    int a_lo[32][4] = {}, a_hi[32][4] = {}, a_all[32][4], b_lo[32][2] = {},
+                        b_hi[32][2] = {}, b_all[32][2], lo[32][4], hi[32][4] = {};
+                    for (int lane = 0; lane < 32; lane++) {
+                        mma_frags f;
+                        mma_frags_of(st, c, lane, f);
+                        a_lo[lane][0] = a_all[lane][0] = f.a_lo[0];
+                        a_lo[lane][1] = a_all[lane][1] = f.a_lo[1];
+                        a_hi[lane][0] = a_all[lane][2] = f.a_hi[0];
+                        a_hi[lane][1] = a_all[lane][3] = f.a_hi[1];
+                        b_lo[lane][0] = b_all[lane][0] = f.b_lo;
+                        b_hi[lane][0] = b_all[lane][1] = f.b_hi;
+                    }
+                    if (two_scales(TYPE)) {
+                        mma_on_host<16>(a_lo, b_lo, lo);
+                        mma_on_host<16>(a_hi, b_hi, hi);
+                    } else {
+                        mma_on_host<32>(a_all, b_all, lo);
+                    }
+                    for (int lane = 0; lane < 32; lane++)
+                        mma_accumulate<TYPE>(st, c, u0 + c, lane, lo[lane], hi[lane]);
+                }
+            }
+            for (int lane = 0; lane < 32; lane++)
+                mma_finish(b, t, st, lane);
+        }
+}
+
+template <int TYPE> bool matmul_on_host(const mm_args &a, bool tensor_cores)
+{
+    if constexpr (is_float_type(TYPE)) {
+        return false;
+    } else {
+        if (!tensor_cores) {
+            matmul_quant_on_host<TYPE>(a);
+            return true;
+        }
+        mma_stage *st = new (std::nothrow) mma_stage();
+        if (!st) return false;
+        matmul_quant_mma_on_host<TYPE>(a, *st);
+        delete st;
+        return true;
+    }
+}
+
+bool matmul_on_host_any(uint32_t type, const mm_args &a, bool tensor_cores)
+{
+    switch (type) {
+#define CASE(T)                                                                                    \
+    case KERN_T_##T:                                                                               \
+        return matmul_on_host<KERN_T_##T>(a, tensor_cores);
+        FOR_EACH_TYPE(CASE)
+#undef CASE
+    default:
+        return false;
+    }
+}
+
+uint32_t check_random(uint32_t &s)
+{
+    s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+    return s;
+}
+
+/* Random blocks whose half-precision scales are finite, of either sign (random bits would make
+ * some of them infinite or NaN, and a NaN row compares no bits). */
+void check_blocks(uint32_t type, uint8_t *w, int64_t n_blocks, size_t block_bytes, uint32_t &seed)
+{
+    for (size_t i = 0; i < (size_t)n_blocks * block_bytes; i++)
+        w[i] = (uint8_t)(check_random(seed) >> 24);
+    auto half = [&seed]() { return (kern_half)(0x1c00u | (check_random(seed) & 0x83ffu)); };
+    for (int64_t b = 0; b < n_blocks; b++) {
+        uint8_t *p = w + (size_t)b * block_bytes;
+        if (type == KERN_T_Q8_0) {
+            ((block_q8_0 *)p)->d = half();
+        } else if (type == KERN_T_Q4_K) {
+            ((block_q4_K *)p)->d = half(), ((block_q4_K *)p)->dmin = half();
+        } else if (type == KERN_T_Q6_K) {
+            ((block_q6_K *)p)->d = half();
+        } else if (type == KERN_T_Q2_K) {
+            ((block_q2_K *)p)->d = half(), ((block_q2_K *)p)->dmin = half();
+        }
+    }
+}
+
+} // namespace
+
+int cuda__tensor_core_check(cuda_backend *cb, char *why, size_t why_size)
+{
+    static const uint32_t types[] = {KERN_T_Q8_0, KERN_T_Q4_K, KERN_T_Q6_K, KERN_T_Q2_K};
+    /* rows and tokens that leave partial tiles; 24 units, so that lanes 24..31 have none */
+    const int64_t n_rows = 37, n_cols = 768, n_tokens = 21, n_units = n_cols / 32;
+    const size_t w_max = (size_t)n_rows * (size_t)(n_cols / 32) * sizeof(block_q8_0),
+                 x_bytes = (size_t)(n_tokens * n_cols) * sizeof(float),
+                 a_bytes = act_bytes(n_tokens, n_cols),
+                 y_bytes = (size_t)(n_tokens * n_rows) * sizeof(float);
+    uint8_t *host = (uint8_t *)malloc(w_max + x_bytes + 2 * y_bytes);
+    uint8_t *dev = nullptr;
+    if (!host) {
+        snprintf(why, why_size, "out of memory");
+        return -ENOMEM;
+    }
+    cudaStream_t s = cuda__compute(cb);
+    cudaError_t rc = cudaMalloc((void **)&dev, w_max + x_bytes + a_bytes + 2 * y_bytes);
+    const char *call = "cudaMalloc";
+    uint32_t seed = 0x9e3779b9u;
+    float *x = (float *)(host + w_max),
+          *y[2] = {x + n_tokens * n_cols, x + n_tokens * n_cols + n_tokens * n_rows};
+    for (int64_t i = 0; i < n_tokens * n_cols; i++)
+        x[i] = (float)((int32_t)check_random(seed)) * 0x1p-31f;
+    if (rc == cudaSuccess) rc = cudaMemcpyAsync(dev + w_max, x, x_bytes, cudaMemcpyHostToDevice, s);
+    int result = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0] && rc == cudaSuccess && !result; ti++) {
+        const uint32_t type = types[ti];
+        int64_t block_elems;
+        size_t block_bytes;
+        type_geometry(type, &block_elems, &block_bytes);
+        const int64_t blocks_per_row = n_cols / block_elems;
+        check_blocks(type, host, n_rows * blocks_per_row, block_bytes, seed);
+        call = "cudaMemcpyAsync";
+        rc = cudaMemcpyAsync(dev, host, (size_t)(n_rows * blocks_per_row) * block_bytes,
+                             cudaMemcpyHostToDevice, s);
+        mm_args a = {};
+        a.w = dev;
+        a.row_bytes = (size_t)blocks_per_row * block_bytes;
+        a.n_rows = n_rows;
+        a.n_cols = n_cols;
+        a.n_units = n_units;
+        a.n_tokens = n_tokens;
+        a.xq = (const int4 *)(dev + w_max + x_bytes);
+        a.xd = (const float2 *)(dev + w_max + x_bytes + (size_t)(n_tokens * n_units) * 32);
+        float *yd = (float *)(dev + w_max + x_bytes + a_bytes);
+        if (rc == cudaSuccess) {
+            call = "quantize_kernel";
+            quantize_kernel<<<cuda__grid(n_tokens * n_units, 8), 256, 0, s>>>(
+                (const float *)(dev + w_max), n_tokens, n_units, (int8_t *)a.xq, (float2 *)a.xd);
+            rc = cudaGetLastError();
+        }
+        for (int k = 0; k < 2 && rc == cudaSuccess; k++) {
+            a.y = yd + k * n_tokens * n_rows;
+            call = k ? "the tensor-core kernel" : "the dp4a kernel";
+            launch_any(type, a, launch_kind{nullptr, nullptr, 0, k == 1}, s);
+            rc = cudaGetLastError();
+        }
+        if (rc == cudaSuccess) {
+            call = "cudaMemcpyAsync (results)";
+            rc = cudaMemcpyAsync(y[0], yd, 2 * y_bytes, cudaMemcpyDeviceToHost, s);
+        }
+        if (rc == cudaSuccess) {
+            call = "cudaStreamSynchronize";
+            rc = cudaStreamSynchronize(s);
+        }
+        for (int64_t i = 0; rc == cudaSuccess && i < n_tokens * n_rows; i++)
+            if (memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0 &&
+                !(isnan(y[0][i]) && isnan(y[1][i]))) {
+                snprintf(why, why_size,
+                         "%s token %lld row %lld: the tensor-core kernel gives %.9g, the dp4a "
+                         "kernel %.9g",
+                         kern_type_info(type)->name, (long long)(i / n_rows),
+                         (long long)(i % n_rows), y[1][i], y[0][i]);
+                result = 1;
+                break;
+            }
+    }
+    if (rc != cudaSuccess) {
+        snprintf(why, why_size, "%s: %s", call, cudaGetErrorString(rc));
+        result = cuda__errno(rc);
+    }
+    if (dev) {
+        const cudaError_t frc = cudaFree(dev);
+        if (frc != cudaSuccess && result >= 0) {
+            snprintf(why, why_size, "cudaFree: %s", cudaGetErrorString(frc));
+            result = cuda__errno(frc);
+        }
+    }
+    free(host);
+    return result;
+}
+
+extern "C" bool kern_cuda_matmul_on_host(uint32_t type, const void *w, size_t row_bytes,
+                                         int64_t n_rows, int64_t n_cols, const float *x,
+                                         int64_t n_tokens, const float *bias, bool tensor_cores,
+                                         float *y)
+{
+    int64_t block_elems;
+    size_t block_bytes;
+    if (!type_geometry(type, &block_elems, &block_bytes) || is_float_type((int)type) ||
+        n_cols % block_elems != 0 || n_rows <= 0 || n_tokens <= 0)
+        return false;
+    mm_args a = {};
+    a.w = (const uint8_t *)w;
+    a.row_bytes = row_bytes;
+    a.n_rows = n_rows;
+    a.n_cols = n_cols;
+    a.n_units = n_cols / 32;
+    a.n_tokens = n_tokens;
+    a.bias = bias;
+    a.y = y;
+    const int64_t n_blocks = n_tokens * a.n_units;
+    int4 *xq = (int4 *)malloc((size_t)n_blocks * 32 + 1);
+    float2 *xd = (float2 *)malloc((size_t)n_blocks * sizeof *xd + 1);
+    bool ok = xq && xd;
+    if (ok) {
+        quantize_on_host(x, n_blocks, (int8_t *)xq, xd);
+        a.xq = xq;
+        a.xd = xd;
+        ok = matmul_on_host_any(type, a, tensor_cores);
+    }
+    free(xq);
+    free(xd);
+    return ok;
 }

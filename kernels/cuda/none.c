@@ -30,3 +30,18 @@ bool kern_cuda_dequant_values(uint32_t type, const void *row, int64_t u, float o
     (void)type, (void)row, (void)u, (void)out;
     return false;
 }
+
+const char *kern_cuda_matmul_note(const kern_backend *b)
+{
+    (void)b;
+    return NULL;
+}
+
+bool kern_cuda_matmul_on_host(uint32_t type, const void *w, size_t row_bytes, int64_t n_rows,
+                              int64_t n_cols, const float *x, int64_t n_tokens, const float *bias,
+                              bool tensor_cores, float *y)
+{
+    (void)type, (void)w, (void)row_bytes, (void)n_rows, (void)n_cols, (void)x, (void)n_tokens;
+    (void)bias, (void)tensor_cores, (void)y;
+    return false;
+}

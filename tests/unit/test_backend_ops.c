@@ -1819,6 +1819,61 @@ START_TEST(cuda_blocks_read_as_the_reference)
     free(q);
 }
 END_TEST
+
+/* The CUDA matmul's batch kernels, run on the host lane by lane (kern_cuda_matmul_on_host): the
+ * tensor-core kernel (its warps' steps, mma.m16n8k16 laid out as the PTX ISA defines it) must
+ * give the dp4a kernel's bits, or a prompt token's result would depend on its batch; and both
+ * must be the product.  Shapes: partial tiles of rows (16 a warp) and tokens (8), units that
+ * leave lanes without any (8, 13, 24) or wrap past 32 (45, 48), a bias. */
+START_TEST(cuda_tensor_core_kernel_gives_the_dp4a_bits)
+{
+    uint32_t type = block_types[_i];
+    const kern_type_traits *tt = kern_type_info(type);
+    static const int64_t cases[][3] = {{1, 8, 9}, {16, 13, 8}, {37, 24, 21}, {33, 45, 17}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t rows = cases[ci][0], n_tok = cases[ci][2];
+        const int64_t cols =
+            (cases[ci][1] * 32 + tt->block_elems - 1) / tt->block_elems * tt->block_elems;
+        float *wf = NULL;
+        void *w = random_weight(type, rows, cols, &wf);
+        float *x = random_floats(n_tok * cols, 1.0f);
+        float *bias = ci % 2 ? random_floats(rows, 1.0f) : NULL;
+        size_t ny = (size_t)(n_tok * rows);
+        float *y0 = malloc(ny * sizeof *y0), *y1 = malloc(ny * sizeof *y1);
+        ck_assert(kern_cuda_matmul_on_host(type, w, kern_row_bytes(type, cols), rows, cols, x,
+                                           n_tok, bias, false, y0));
+        ck_assert(kern_cuda_matmul_on_host(type, w, kern_row_bytes(type, cols), rows, cols, x,
+                                           n_tok, bias, true, y1));
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = 0; r < rows; r++) {
+                size_t at = (size_t)(t * rows + r);
+                ck_assert_msg(memcmp(&y0[at], &y1[at], sizeof *y0) == 0,
+                              "%s %lldx%lld, %lld tokens: token %lld row %lld is %.9g on the "
+                              "tensor cores, %.9g on dp4a",
+                              tt->name, (long long)rows, (long long)cols, (long long)n_tok,
+                              (long long)t, (long long)r, y1[at], y0[at]);
+                double ref = bias ? bias[r] : 0.0, mag = bias ? fabs(bias[r]) : 0.0;
+                for (int64_t c = 0; c < cols; c++) {
+                    ref += (double)wf[r * cols + c] * x[t * cols + c];
+                    mag += fabs((double)wf[r * cols + c] * x[t * cols + c]);
+                }
+                ck_assert_msg(fabs(y0[at] - ref) <= 1e-2 * mag + 1e-6,
+                              "%s %lldx%lld: token %lld row %lld is %.9g, the product %.9g",
+                              tt->name, (long long)rows, (long long)cols, (long long)t,
+                              (long long)r, y0[at], ref);
+            }
+        free(y0);
+        free(y1);
+        free(bias);
+        free(x);
+        free(w);
+        free(wf);
+    }
+    /* the float types have no batch kernel of this kind */
+    float one = 1.0f, out = 0.0f;
+    ck_assert(!kern_cuda_matmul_on_host(KERN_T_F32, &one, 4, 1, 1, &one, 1, NULL, true, &out));
+}
+END_TEST
 #endif
 
 int main(void)
@@ -1847,6 +1902,7 @@ int main(void)
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);
 #if MOE_HAVE_CUDA
     tcase_add_loop_test(tc, cuda_blocks_read_as_the_reference, 0, N_BLOCK_TYPES);
+    tcase_add_loop_test(tc, cuda_tensor_core_kernel_gives_the_dp4a_bits, 0, N_BLOCK_TYPES);
 #endif
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
