@@ -11,16 +11,16 @@
  * - A warp owns R weight rows and T tokens.  Lane l takes the row's 32-element units
  *   l, l + 32, l + 64, ... in order; per unit it builds the weights as signed bytes once and,
  *   for each of its tokens, sums products with __dp4a (integers: exact, so the grouping
- *   inside a unit cannot matter), then adds da*A + db*B scaled by the activation scale into
- *   a float accumulator with explicitly rounded operations.  A fixed xor-butterfly across the
- *   lanes finishes each output.  Every output therefore sees the same operations in the same
- *   order whatever R, T and the batch are.
+ *   inside a unit cannot matter), then adds the unit's term (unit_term: its dots times the
+ *   unit's float scales, plus its min times the activations' sum) scaled by the activation
+ *   scale into a float accumulator with explicitly rounded operations.  A fixed xor-butterfly
+ *   across the lanes finishes each output.  Every output therefore sees the same operations
+ *   in the same order whatever R, T and the batch are.
  * - Decode (n_tokens <= 8): one row per warp, T = 1, 2, 4 or 8, so the weight bytes are read
- *   once for all tokens.  Larger batches: R = 4 rows and T = 8 tokens per warp, four warps of
- *   a block on consecutive token tiles of the same rows, so each weight byte is fetched from
- *   memory once per 32 tokens and re-read from L1 (activations, reused across the R rows,
- *   come from L2).  That is far from a tensor-core GEMM for long prompts, the price of the
- *   batch-invariance contract with this simple a kernel.
+ *   once for all tokens.  Larger batches of quantised weights: the tensor-core kernel
+ *   (matmul_quant_mma), which keeps these very operations and their order.  Without it (a
+ *   device before sm_80, or its check at open failed): R = 4 rows and T = 8 tokens per warp,
+ *   four warps of a block on consecutive token tiles of the same rows.
  * - F32 / F16 / BF16 weights skip the quantisation: lane l takes elements l, l + 32, ... and
  *   accumulates w * x in f32 with fma, the same butterfly at the end.
  *
@@ -29,7 +29,10 @@
  * type yields 8 ints of signed bytes (4 weights each, offsets such as Q4_0's -8 already
  * applied), integer multipliers for its two halves (Q6_K has a scale per 16; the others use
  * one), a float scale da, and for types with a min the float db and integer multiplier of the
- * activation sum: unit = dx * (da * (sc_lo*dot_lo + sc_hi*dot_hi) + db * (bmul * sum_x)).
+ * activation sum: unit = dx * (da * (sc_lo*dot_lo + sc_hi*dot_hi) + db * (bmul * sum_x)),
+ * computed as dx * (s_lo*dot_lo + s_hi*dot_hi + m*sum_x) with the float factors s = da*sc and
+ * m = db*bmul made once per (row, unit) (unit_factors), and dot_lo + dot_hi as one integer
+ * where the halves share a scale.
  *
  * Blocks are 2-byte aligned at best (Q4_0 is 18 bytes), so weights are read 16 bits at a
  * time; the offsets come from the project's own block structs (quant_blocks.h).
@@ -124,14 +127,47 @@ CUDA__HD int dp4a_hd(int a, int b, int c)
 #endif
 }
 
-/* A unit's term before the activation scale, da*A + db*B, rounded as every kernel rounds it
- * (lo and hi: the dots over the unit's two halves; x_lo: the activations' first-half sum, used
- * by the types with split mins only). */
-template <int TYPE> CUDA__HD float unit_term(const unit &q, int lo, int hi, int x_sum, int x_lo)
+/* Whether a type's unit has a min (an activation-sum term), and whether its two halves have
+ * their own scales (the dots over elements 0..15 and 16..31 are then kept apart). */
+__host__ __device__ constexpr bool has_min(int type)
 {
-    const int A = q.sc_lo * lo + q.sc_hi * hi;
-    const int B = split_mins(TYPE) ? q.bmul * x_lo + q.bmul_hi * (x_sum - x_lo) : q.bmul * x_sum;
-    return fma_rn(q.db, (float)B, mul_rn(q.da, (float)A));
+    return type == KERN_T_Q4_1 || type == KERN_T_Q5_1 || type == KERN_T_Q4_K ||
+           type == KERN_T_Q5_K || type == KERN_T_Q2_K;
+}
+
+__host__ __device__ constexpr bool two_scales(int type)
+{
+    return type == KERN_T_Q6_K || type == KERN_T_Q3_K || type == KERN_T_Q2_K;
+}
+
+/* A unit's float factors, made once per (row, unit): the scales of its dots (da * sc per half)
+ * and of the activations' sums (db * bmul per half).  Every kernel weighs a unit through these,
+ * so that per (row, token, unit) only a few float operations remain. */
+struct __align__(16) unit_f
+{
+    float s_lo, s_hi, m_lo, m_hi;
+};
+
+CUDA__HD unit_f unit_factors(const unit &q)
+{
+    return unit_f{mul_rn(q.da, (float)q.sc_lo), mul_rn(q.da, (float)q.sc_hi),
+                  mul_rn(q.db, (float)q.bmul), mul_rn(q.db, (float)q.bmul_hi)};
+}
+
+/* A unit's term for one token before the activation scale, rounded as every kernel rounds it:
+ * lo and hi are the integer dots over the unit's halves (for the one-scale types only lo + hi
+ * counts), x_sum the activations' integer sum (exact in a float), x_lo its first half's. */
+template <int TYPE> CUDA__HD float unit_term(const unit_f &f, int lo, int hi, float x_sum, int x_lo)
+{
+    float m = 0.0f;
+    if constexpr (split_mins(TYPE))
+        m = fma_rn(f.m_lo, (float)x_lo, mul_rn(f.m_hi, sub_rn(x_sum, (float)x_lo)));
+    else if constexpr (has_min(TYPE))
+        m = mul_rn(f.m_lo, x_sum);
+    if constexpr (two_scales(TYPE))
+        return fma_rn(f.s_lo, (float)lo, fma_rn(f.s_hi, (float)hi, m));
+    else
+        return fma_rn(f.s_lo, (float)(lo + hi), m);
 }
 
 /* 32 partial sums added as cuda__warp_sum adds 32 lanes' values (as lane 0 sees it); s is
@@ -164,9 +200,13 @@ __device__ __forceinline__ void matmul_quant(const mm_args &a)
 
     for (int64_t u = threadIdx.x & 31; u < a.n_units; u += 32) {
         unit q[R];
+        unit_f f[R];
 #pragma unroll
         for (int r = 0; r < R; r++)
-            if (r < nr) load_unit<TYPE>(a.w + (size_t)(row0 + r) * a.row_bytes, (int)u, q[r]);
+            if (r < nr) {
+                load_unit<TYPE>(a.w + (size_t)(row0 + r) * a.row_bytes, (int)u, q[r]);
+                f[r] = unit_factors(q[r]);
+            }
 #pragma unroll
         for (int t = 0; t < T; t++) {
             if (t >= nt) break;
@@ -174,7 +214,6 @@ __device__ __forceinline__ void matmul_quant(const mm_args &a)
             const int4 x0 = a.xq[2 * xi], x1 = a.xq[2 * xi + 1];
             const float2 xd = a.xd[xi];
             const int xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-            const int x_sum = (int)xd.y;
             /* Q2_K's halves have their own mins: the first half's sum, exactly */
             int x_lo = 0;
             if constexpr (split_mins(TYPE))
@@ -190,7 +229,7 @@ __device__ __forceinline__ void matmul_quant(const mm_args &a)
                     lo = __dp4a(q[r].w[k], xs[k], lo);
                     hi = __dp4a(q[r].w[k + 4], xs[k + 4], hi);
                 }
-                const float v = unit_term<TYPE>(q[r], lo, hi, x_sum, x_lo);
+                const float v = unit_term<TYPE>(f[r], lo, hi, xd.y, x_lo);
                 acc[r][t] = __fmaf_rn(xd.x, v, acc[r][t]);
             }
         }
@@ -244,30 +283,36 @@ __device__ __forceinline__ void matmul_float(const mm_args &a)
 
 /* Batches of quantised weights run matmul_quant's arithmetic on the tensor cores, and keep its
  * bits.  Its per-unit integer dots are exact, so int8 mma.sync (one m16n8k32 per unit, or an
- * m16n8k16 per half where the halves have their own scales) gives the same integers; the float
- * work per (row, token, unit) is the same operations;
- * and what matmul_quant's lane l accumulates, units l, l + 32, l + 64, ... in order, is
- * accumulated here in slot l = u mod 32 of the output, whose 32 slots are then added as the
- * butterfly adds the lanes.  So a prompt token still gets the bits it gets decoded alone: the
- * choice of kernel, like the batch, cannot move a result.
+ * m16n8k16 per half where the halves have their own scales) gives the same integers, and each
+ * (row, token, unit) then takes the same unit_term and fma.  What remains is the order of the
+ * sums: matmul_quant's lane j adds units j, j + 32, j + 64, ... in turn ("slot" j), and the
+ * butterfly then adds the 32 slots as a tree whose first level pairs slot j with j + 16, the
+ * next j with j + 8, and so on.  So here a warp walks the slots in pairs (j, j + 16), each
+ * pair's units in order, and adds each finished pair into a stack that builds the tree in the
+ * order its leaves come (j = bit-reversed 2s for pair s): the same additions, the running sums
+ * in registers.
  *
- * A warp owns 16 rows x 8 tokens.  Per chunk of MMA_UNITS units its lanes decode the weight
- * units (one each) and load the activation blocks into the warp's stage in shared memory, then
- * each lane builds its fragments from the stage.  The slots, 32 per output, live in the stage
- * too; a lane only touches its own outputs' slots (one float4 per slot, conflict-free).  Every
- * step is a function of the lane (CUDA__HD), so kern_cuda_matmul_on_host runs this very code
- * on the host, lane by lane, with the PTX ISA's fragment layout emulated. */
-enum { MMA_ROWS = 16, MMA_TOKENS = 8, MMA_UNITS = 2, MMA_WARPS = 2, MMA_X_STRIDE = 12 };
-static_assert(MMA_ROWS * MMA_UNITS == 32 && MMA_TOKENS * MMA_UNITS * 2 == 32,
-              "a chunk is one weight unit and half an activation block per lane");
+ * A warp owns 16 rows x 16 tokens (two m16n8 tiles); per chunk, units u and u + 16 of a pair,
+ * its lanes decode the weight units (one each, with their factors) and load the activation
+ * blocks into the warp's stage in shared memory, then build their fragments from it.  Every
+ * step is a function of the lane (CUDA__HD), so kern_cuda_matmul_on_host runs this very code on
+ * the host, lane by lane, with the PTX ISA's fragment layout emulated. */
+enum { MMA_ROWS = 16, MMA_TOKENS = 16, MMA_WARPS = 4, MMA_STRIDE = 12 };
 
 struct mma_stage {
-    unit w[MMA_UNITS][MMA_ROWS];
-    /* a block's 8 ints; the padding spreads a fragment load's lanes over distinct banks */
-    int x[MMA_UNITS][MMA_TOKENS][MMA_X_STRIDE];
-    float2 xd[MMA_UNITS][MMA_TOKENS];
-    int x_lo[MMA_UNITS][MMA_TOKENS]; /* the first half's sum (Q2_K's split mins) */
-    float4 slot[32][32];             /* [u mod 32][lane]: the lane's four outputs */
+    /* a unit's or block's 8 ints; the padding spreads a fragment load's lanes over the banks */
+    int w[2][MMA_ROWS][MMA_STRIDE];
+    unit_f f[2][MMA_ROWS];
+    int x[2][MMA_TOKENS][MMA_STRIDE];
+    float2 xd[2][MMA_TOKENS];
+    int x_lo[2][MMA_TOKENS]; /* the first half's sum (Q2_K's split mins) */
+};
+
+/* A lane's sums: per pair member, n8 tile and C element, the running slot; per tree level above
+ * the pairs, the node waiting for its right sibling. */
+struct mma_lane {
+    float acc[2][2][4];
+    float stack[4][2][4];
 };
 
 struct mma_tile {
@@ -289,74 +334,74 @@ CUDA__HD bool mma_tile_of(const mm_args &a, int64_t block, int warp, mma_tile &t
     return true;
 }
 
-CUDA__HD void mma_clear(mma_stage &st, int lane)
+/* The slot of pair s's first member: the tree's leaves come in bit-reversed order. */
+CUDA__HD int mma_pair_slot(int s)
 {
-    CUDA__UNROLL
-    for (int j = 0; j < 32; j++)
-        st.slot[j][lane] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int i = 2 * s;
+    return (i & 1) << 4 | (i & 2) << 2 | (i & 4) | (i & 8) >> 2 | (i & 16) >> 4;
 }
 
-/* Lane `lane`'s share of loading units u0, u0 + 1: weight unit lane / 16 of row lane % 16, and
- * half lane % 2 of activation block (lane / 2) % 2 of token lane / 4.  What lies past the
- * tile's rows, tokens or units is zero. */
+/* Lane `lane`'s share of loading units u (c = 0) and u + 16 (c = 1): weight unit lane / 16 of
+ * row lane % 16, and halves of two activation blocks.  What lies past the tile's rows, tokens
+ * or units is zero. */
 template <int TYPE>
-CUDA__HD void mma_stage_chunk(const mm_args &a, const mma_tile &t, int64_t u0, int lane,
+CUDA__HD void mma_stage_chunk(const mm_args &a, const mma_tile &t, int64_t u, int lane,
                               mma_stage &st)
 {
     const int c = lane / MMA_ROWS, r = lane % MMA_ROWS;
-    if (r < t.nr && u0 + c < a.n_units)
-        load_unit<TYPE>(a.w + (size_t)(t.row0 + r) * a.row_bytes, (int)(u0 + c), st.w[c][r]);
-    else
-        st.w[c][r] = unit{};
-    const int tok = lane >> 2, cx = lane >> 1 & 1, half = lane & 1;
-    int4 v = make_int4(0, 0, 0, 0);
-    float2 d = make_float2(0.0f, 0.0f);
-    if (tok < t.nt && u0 + cx < a.n_units) {
-        const int64_t xi = (t.tok0 + tok) * a.n_units + u0 + cx;
-        v = a.xq[2 * xi + half];
-        d = a.xd[xi];
-    }
-    int *x = &st.x[cx][tok][4 * half];
-    x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
-    if (half == 0) {
-        st.xd[cx][tok] = d;
-        int lo = 0;
-        CUDA__UNROLL
-        for (int k = 0; k < 4; k++)
-            lo = dp4a_hd(x[k], 0x01010101, lo);
-        st.x_lo[cx][tok] = lo;
+    unit q = {};
+    if (r < t.nr && u + 16 * c < a.n_units)
+        load_unit<TYPE>(a.w + (size_t)(t.row0 + r) * a.row_bytes, (int)(u + 16 * c), q);
+    CUDA__UNROLL
+    for (int k = 0; k < 8; k++)
+        st.w[c][r][k] = q.w[k];
+    st.f[c][r] = unit_factors(q);
+    CUDA__UNROLL
+    for (int h = 0; h < 2; h++) {
+        const int i = lane + 32 * h, tok = i >> 2, cx = i >> 1 & 1, half = i & 1;
+        int4 v = make_int4(0, 0, 0, 0);
+        float2 d = make_float2(0.0f, 0.0f);
+        if (tok < t.nt && u + 16 * cx < a.n_units) {
+            const int64_t xi = (t.tok0 + tok) * a.n_units + u + 16 * cx;
+            v = a.xq[2 * xi + half];
+            d = a.xd[xi];
+        }
+        int *x = &st.x[cx][tok][4 * half];
+        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+        if (half == 0) {
+            st.xd[cx][tok] = d;
+            int lo = 0;
+            CUDA__UNROLL
+            for (int k = 0; k < 4; k++)
+                lo = dp4a_hd(x[k], 0x01010101, lo);
+            st.x_lo[cx][tok] = lo;
+        }
     }
 }
 
-/* The PTX ISA's fragments of mma.m16n8k16 with .s8 operands, for lane (g = lane / 4,
- * k = lane % 4): of A (16 x 16, row-major) rows g and g + 8 at bytes 4k .. 4k + 3; of B
- * (16 x 8, column-major) column g at rows 4k .. 4k + 3; of C rows g (c0, c1) and g + 8 (c2,
- * c3) at columns 2k and 2k + 1.  A's rows are weight rows, B's columns tokens; "lo" is the
- * unit's bytes 0..15, "hi" 16..31. */
-struct mma_frags {
-    int a_lo[2], a_hi[2], b_lo, b_hi;
-};
-
-CUDA__HD void mma_frags_of(const mma_stage &st, int c, int lane, mma_frags &f)
+/* The PTX ISA's fragments of mma.m16n8k32 with .s8 operands, for lane (g = lane / 4,
+ * k = lane % 4): of A (16 x 32, row-major) a0 and a1 are rows g and g + 8 at bytes 4k .. 4k + 3,
+ * a2 and a3 the same rows at bytes 16 + 4k ..; of B (32 x 8, column-major) b0 is column g at
+ * rows 4k .., b1 at rows 16 + 4k ..; of C, c0 and c1 are row g at columns 2k and 2k + 1, c2 and
+ * c3 row g + 8.  m16n8k16 takes (a0, a1, b0) for bytes 0..15 and (a2, a3, b1) for 16..31.
+ * A's rows are weight rows, B's columns tokens (8 of the tile's 16: n8 tile nt). */
+CUDA__HD void mma_frags_a(const mma_stage &st, int c, int lane, int (&fa)[4])
 {
     const int g = lane >> 2, k = lane & 3;
-    f.a_lo[0] = st.w[c][g].w[k];
-    f.a_lo[1] = st.w[c][g + 8].w[k];
-    f.a_hi[0] = st.w[c][g].w[4 + k];
-    f.a_hi[1] = st.w[c][g + 8].w[4 + k];
-    f.b_lo = st.x[c][g][k];
-    f.b_hi = st.x[c][g][4 + k];
+    fa[0] = st.w[c][g][k];
+    fa[1] = st.w[c][g + 8][k];
+    fa[2] = st.w[c][g][4 + k];
+    fa[3] = st.w[c][g + 8][4 + k];
 }
 
-/* Types whose two halves of a unit have their own scales; the others take both halves in one
- * m16n8k32 (the same lanes' registers: A's a0..a3 are a_lo then a_hi, B's b0, b1 b_lo, b_hi),
- * whose dot is lo + hi, and sc * (lo + hi) is sc * lo + sc * hi in integers. */
-__host__ __device__ constexpr bool two_scales(int type)
+CUDA__HD void mma_frags_b(const mma_stage &st, int c, int nt, int lane, int (&fb)[2])
 {
-    return type == KERN_T_Q6_K || type == KERN_T_Q3_K || type == KERN_T_Q2_K;
+    const int g = lane >> 2, k = lane & 3;
+    fb[0] = st.x[c][8 * nt + g][k];
+    fb[1] = st.x[c][8 * nt + g][4 + k];
 }
 
-/* C's element i of the lane: row g + 8 (i / 2), token 2k + i % 2. */
+/* C's element i of the lane: row g + 8 (i / 2), token 2k + i % 2 of its n8 tile. */
 CUDA__HD int mma_row(int lane, int i)
 {
     return (lane >> 2) + 8 * (i >> 1);
@@ -367,66 +412,72 @@ CUDA__HD int mma_token(int lane, int i)
     return 2 * (lane & 3) + (i & 1);
 }
 
-/* matmul_quant's float work on unit u of the lane's four outputs, from their dots. */
+/* matmul_quant's float work on unit c of the chunk for the lane's four outputs in n8 tile nt,
+ * from their dots (lo + hi for the one-scale types). */
 template <int TYPE>
-CUDA__HD void mma_accumulate(mma_stage &st, int c, int64_t u, int lane, const int lo[4],
-                             const int hi[4])
+CUDA__HD void mma_accumulate(const mma_stage &st, int c, int nt, int lane, const int (&lo)[4],
+                             const int (&hi)[4], float (&acc)[2][2][4])
 {
-    float4 &s = st.slot[u & 31][lane];
-    float acc[4] = {s.x, s.y, s.z, s.w};
     CUDA__UNROLL
     for (int i = 0; i < 4; i++) {
-        const unit &q = st.w[c][mma_row(lane, i)];
-        const int tok = mma_token(lane, i);
+        const int tok = 8 * nt + mma_token(lane, i);
         const float2 xd = st.xd[c][tok];
-        const float v = unit_term<TYPE>(q, lo[i], hi[i], (int)xd.y, st.x_lo[c][tok]);
-        acc[i] = fma_rn(xd.x, v, acc[i]);
+        const float v =
+            unit_term<TYPE>(st.f[c][mma_row(lane, i)], lo[i], hi[i], xd.y, st.x_lo[c][tok]);
+        acc[c][nt][i] = fma_rn(xd.x, v, acc[c][nt][i]);
     }
-    s = make_float4(acc[0], acc[1], acc[2], acc[3]);
 }
 
-/* Each output's 32 slots added as the lanes are, the bias as write_outputs adds it. */
-CUDA__HD void mma_finish(const mm_args &a, const mma_tile &t, const mma_stage &st, int lane)
+/* Pair s's slots are done: their sum is the tree's node s of the level above the slots; it
+ * joins the nodes waiting on the stack as a binary counter carries, and the last one (s = 15)
+ * is the output, the bias added as write_outputs adds it. */
+CUDA__HD void mma_pair_done(const mm_args &a, const mma_tile &t, int s, int lane,
+                            float (&acc)[2][2][4], float (&stack)[4][2][4])
 {
     CUDA__UNROLL
-    for (int i = 0; i < 4; i++) {
-        const int r = mma_row(lane, i), tok = mma_token(lane, i);
-        if (r >= t.nr || tok >= t.nt) continue;
-        float s[32];
+    for (int nt = 0; nt < 2; nt++) {
         CUDA__UNROLL
-        for (int j = 0; j < 32; j++) {
-            const float4 v = st.slot[j][lane];
-            s[j] = i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+        for (int i = 0; i < 4; i++) {
+            float v = add_rn(acc[0][nt][i], acc[1][nt][i]);
+            acc[0][nt][i] = acc[1][nt][i] = 0.0f;
+            int level = 0;
+            for (; (s >> level) & 1; level++)
+                v = add_rn(stack[level][nt][i], v);
+            if (level < 4) {
+                stack[level][nt][i] = v;
+                continue;
+            }
+            const int r = mma_row(lane, i), tok = 8 * nt + mma_token(lane, i);
+            if (r >= t.nr || tok >= t.nt) continue;
+            const int64_t row = t.row0 + r;
+            a.y[(t.tok0 + tok) * a.n_rows + row] = a.bias ? add_rn(v, a.bias[row]) : v;
         }
-        const float sum = butterfly_sum(s);
-        const int64_t row = t.row0 + r;
-        a.y[(t.tok0 + tok) * a.n_rows + row] = a.bias ? add_rn(sum, a.bias[row]) : sum;
     }
 }
 
-__device__ __forceinline__ void mma_s8_k16(const int a[2], int b, int d[4])
+__device__ __forceinline__ void mma_s8_k16(int a0, int a1, int b, int (&d)[4])
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
         "{%7, %8, %9, %10};"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(b), "r"(0), "r"(0), "r"(0), "r"(0));
+        : "r"(a0), "r"(a1), "r"(b), "r"(0), "r"(0), "r"(0), "r"(0));
 #else
-    (void)a, (void)b, (void)d;
+    (void)a0, (void)a1, (void)b, (void)d;
     __trap(); /* the build's architectures are sm_80 and later */
 #endif
 }
 
-__device__ __forceinline__ void mma_s8_k32(const mma_frags &f, int d[4])
+__device__ __forceinline__ void mma_s8_k32(const int (&a)[4], const int (&b)[2], int (&d)[4])
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%10, %11, %12, %13};"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(f.a_lo[0]), "r"(f.a_lo[1]), "r"(f.a_hi[0]), "r"(f.a_hi[1]), "r"(f.b_lo), "r"(f.b_hi),
-          "r"(0), "r"(0), "r"(0), "r"(0));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0), "r"(0), "r"(0),
+          "r"(0));
 #else
-    (void)f, (void)d;
+    (void)a, (void)b, (void)d;
     __trap();
 #endif
 }
@@ -438,27 +489,34 @@ template <int TYPE> __device__ __forceinline__ void matmul_quant_mma(const mm_ar
     mma_tile t;
     if (!mma_tile_of(a, blockIdx.x, warp, t)) return; /* whole warp */
     mma_stage &st = stages[warp];
-    mma_clear(st, lane);
-    for (int64_t u0 = 0; u0 < a.n_units; u0 += MMA_UNITS) {
-        __syncwarp(); /* the last chunk's fragments are read */
-        mma_stage_chunk<TYPE>(a, t, u0, lane, st);
-        __syncwarp();
+    /* apart, so that the sums stay in registers while the stack (indexed by level) need not */
+    float acc[2][2][4] = {}, stack[4][2][4];
+    for (int s = 0; s < 16; s++) {
+        for (int64_t u = mma_pair_slot(s); u < a.n_units; u += 32) {
+            __syncwarp(); /* the last chunk's fragments are read */
+            mma_stage_chunk<TYPE>(a, t, u, lane, st);
+            __syncwarp();
 #pragma unroll
-        for (int c = 0; c < MMA_UNITS; c++) {
-            if (u0 + c >= a.n_units) break;
-            mma_frags f;
-            mma_frags_of(st, c, lane, f);
-            int lo[4], hi[4] = {0, 0, 0, 0};
-            if constexpr (two_scales(TYPE)) {
-                mma_s8_k16(f.a_lo, f.b_lo, lo);
-                mma_s8_k16(f.a_hi, f.b_hi, hi);
-            } else {
-                mma_s8_k32(f, lo); /* lo + hi */
+            for (int c = 0; c < 2; c++) {
+                if (u + 16 * c >= a.n_units) break;
+                int fa[4];
+                mma_frags_a(st, c, lane, fa);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    int fb[2], lo[4], hi[4] = {0, 0, 0, 0};
+                    mma_frags_b(st, c, nt, lane, fb);
+                    if constexpr (two_scales(TYPE)) {
+                        mma_s8_k16(fa[0], fa[1], fb[0], lo);
+                        mma_s8_k16(fa[2], fa[3], fb[1], hi);
+                    } else {
+                        mma_s8_k32(fa, fb, lo); /* lo + hi */
+                    }
+                    mma_accumulate<TYPE>(st, c, nt, lane, lo, hi, acc);
+                }
             }
-            mma_accumulate<TYPE>(st, c, u0 + c, lane, lo, hi);
         }
+        mma_pair_done(a, t, s, lane, acc, stack);
     }
-    mma_finish(a, t, st, lane);
 }
 
 /* The tile shapes: R == MMA_ROWS is the tensor-core kernel (quantised types only). */
@@ -542,19 +600,23 @@ __global__ void __launch_bounds__(THREADS)
     const int64_t e = r.used[1 + slot];
     const uint8_t *w = (const uint8_t *)r.parts[3 * e + r.part0 + part];
     if (!w || !r.parts[3 * e]) return; /* not on the device: the caller computes it */
-    const int64_t tok0 = r.bucket_start[e];
-    mm_args a = r.a;
-    a.w = w;
-    a.n_tokens = r.bucket_start[e + 1] - tok0;
-    a.y = r.y[part] + tok0 * a.n_rows;
-    a.bias = r.bias[part] ? r.bias[part] + e * a.n_rows : nullptr;
-    if constexpr (is_float_type(TYPE)) {
-        a.x += tok0 * a.n_cols;
-    } else {
-        a.xq += tok0 * a.n_units * 2;
-        a.xd += tok0 * a.n_units;
+    /* The grid covers r.a.n_tokens tokens of a bucket: a larger one is taken in passes of that
+     * many, each the same tiles over the next tokens (a token's bits do not depend on its tile). */
+    const int64_t bucket0 = r.bucket_start[e], bucket_end = r.bucket_start[e + 1];
+    for (int64_t tok0 = bucket0; tok0 < bucket_end; tok0 += r.a.n_tokens) {
+        mm_args a = r.a;
+        a.w = w;
+        a.n_tokens = min(r.a.n_tokens, bucket_end - tok0);
+        a.y = r.y[part] + tok0 * a.n_rows;
+        a.bias = r.bias[part] ? r.bias[part] + e * a.n_rows : nullptr;
+        if constexpr (is_float_type(TYPE)) {
+            a.x += tok0 * a.n_cols;
+        } else {
+            a.xq += tok0 * a.n_units * 2;
+            a.xd += tok0 * a.n_units;
+        }
+        matmul_any<TYPE, R, T, BATCH>(a);
     }
-    matmul_any<TYPE, R, T, BATCH>(a);
 }
 
 /* One warp per (token, 32-element block): scale = max|x| / 127, q = round(x / scale). */
@@ -986,13 +1048,22 @@ namespace
 
 /* One routed launch of n_parts parts of the table (from column part0) over every plan row of
  * the activations in `a` (the quantised ones, or x for the float types). */
+/* The tokens of a bucket one pass of a routed launch's grid covers: twice the mean bucket, in
+ * whole tile groups (32 tokens), at most n_tokens (no bucket is larger).  A grid for n_tokens
+ * would leave most blocks of a prefill empty (qwen3moe's 512 tokens in buckets of about 32). */
+int64_t routed_pass(int64_t n_tokens, int64_t rows, int n_slots)
+{
+    const int64_t mean = (rows + n_slots - 1) / n_slots, pass = (2 * mean + 31) / 32 * 32;
+    return pass < n_tokens ? pass : n_tokens;
+}
+
 bool launch_routed(cuda_backend *cb, const kern_weight *w, mm_args a, routed_args &r, int part0,
-                   int n_parts, int64_t n_tokens, int n_slots, const char *op)
+                   int n_parts, int64_t n_tokens, int64_t rows, int n_slots, const char *op)
 {
     a.row_bytes = w->row_bytes;
     a.n_rows = w->n_rows;
     a.n_cols = w->n_cols;
-    a.n_tokens = n_tokens; /* no bucket is larger: the tile shape for it */
+    a.n_tokens = routed_pass(n_tokens, rows, n_slots); /* the tile shape for one pass */
     r.part0 = part0;
     r.n_slots = n_slots;
     launch_any(w->type, a, launch_kind{nullptr, &r, n_parts * n_slots, cb->tensor_cores},
@@ -1049,14 +1120,15 @@ void cuda__experts_routed(kern_backend *b, const kern_expert_table *t, const ker
     r.y[0] = g, r.y[1] = up;
     r.bias[0] = t->gate_bias, r.bias[1] = t->up_bias;
     if (fused) {
-        if (!launch_routed(cb, &t->gate, a, r, 0, 2, n_tokens, n_slots,
+        if (!launch_routed(cb, &t->gate, a, r, 0, 2, n_tokens, rows, n_slots,
                            "experts_routed (gate and up)"))
             return;
     } else {
-        if (!launch_routed(cb, &t->gate, a, r, 0, 1, n_tokens, n_slots, "experts_routed (gate)"))
+        if (!launch_routed(cb, &t->gate, a, r, 0, 1, n_tokens, rows, n_slots,
+                           "experts_routed (gate)"))
             return;
         r.y[0] = up, r.bias[0] = t->up_bias;
-        if (!launch_routed(cb, &t->up, a, r, 1, 1, n_tokens, n_slots, "experts_routed (up)"))
+        if (!launch_routed(cb, &t->up, a, r, 1, 1, n_tokens, rows, n_slots, "experts_routed (up)"))
             return;
     }
     experts_glu_kernel<<<cuda__grid(rows * ff, 256), 256, 0, cuda__compute(cb)>>>(t->glu, g, up,
@@ -1067,7 +1139,7 @@ void cuda__experts_routed(kern_backend *b, const kern_expert_table *t, const ker
     if (down_q && !quantize_into(cb, g, rows, ff, act, a, "experts_routed (quantise h)")) return;
     r.y[0] = out, r.bias[0] = t->down_bias;
     r.y[1] = nullptr, r.bias[1] = nullptr;
-    launch_routed(cb, &t->down, a, r, 2, 1, n_tokens, n_slots, "experts_routed (down)");
+    launch_routed(cb, &t->down, a, r, 2, 1, n_tokens, rows, n_slots, "experts_routed (down)");
 }
 
 void cuda__matmul(kern_backend *b, const kern_weight *w, const float *x, float *y, int64_t n_tokens)
@@ -1241,7 +1313,7 @@ template <int TYPE> void matmul_quant_on_host(const mm_args &a)
                         x_lo = dp4a_hd(xs[k], 0x01010101, x_lo);
                     }
                     const float2 xd = a.xd[xi];
-                    acc = fma_rn(xd.x, unit_term<TYPE>(q, lo, hi, (int)xd.y, x_lo), acc);
+                    acc = fma_rn(xd.x, unit_term<TYPE>(unit_factors(q), lo, hi, xd.y, x_lo), acc);
                 }
                 s[l] = acc;
             }
@@ -1251,9 +1323,8 @@ template <int TYPE> void matmul_quant_on_host(const mm_args &a)
 }
 
 /* mma.m16n8k16 (K = 16) or m16n8k32 (K = 32) with .s8 operands over one warp's fragments, as
- * the PTX ISA lays them out: D = A B, A 16 x K, B K x 8.  Lane (g, k)'s A registers hold rows
- * g, g + 8 (k16: a0, a1; k32: a0..a3 = row g, g + 8 at bytes 4k.., then the same at 16 + 4k..),
- * its B registers column g (b0 at rows 4k..; k32's b1 at 16 + 4k..). */
+ * the PTX ISA lays them out (mma_frags_a's comment): D = A B, A 16 x K, B K x 8.  The k16 form
+ * takes registers a0, a1 and b0. */
 template <int K> void mma_on_host(const int (&fa)[32][4], const int (&fb)[32][2], int (&d)[32][4])
 {
     int A[16][K], B[K][8];
@@ -1277,8 +1348,14 @@ template <int K> void mma_on_host(const int (&fa)[32][4], const int (&fb)[32][2]
         }
 }
 
+/* A warp's state on the host: its stage and its 32 lanes' sums. */
+struct mma_warp_on_host {
+    mma_stage st;
+    mma_lane lanes[32];
+};
+
 /* matmul_quant_mma, its warps one after another and each step lane by lane. */
-template <int TYPE> void matmul_quant_mma_on_host(const mm_args &a, mma_stage &st)
+template <int TYPE> void matmul_quant_mma_on_host(const mm_args &a, mma_warp_on_host &w)
 {
     mm_args b = a;
     b.n_tiles_per_group = (a.n_tokens + MMA_TOKENS - 1) / MMA_TOKENS;
@@ -1288,35 +1365,37 @@ template <int TYPE> void matmul_quant_mma_on_host(const mm_args &a, mma_stage &s
             mma_tile t;
             if (!mma_tile_of(b, block, warp, t)) continue;
             for (int lane = 0; lane < 32; lane++)
-                mma_clear(st, lane);
-            for (int64_t u0 = 0; u0 < b.n_units; u0 += MMA_UNITS) {
-                for (int lane = 0; lane < 32; lane++)
-                    mma_stage_chunk<TYPE>(b, t, u0, lane, st);
-                for (int c = 0; c < MMA_UNITS && u0 + c < b.n_units; c++) {
-                    int a_lo[32][4] = {}, a_hi[32][4] = {}, a_all[32][4], b_lo[32][2] = {},
-                        b_hi[32][2] = {}, b_all[32][2], lo[32][4], hi[32][4] = {};
-                    for (int lane = 0; lane < 32; lane++) {
-                        mma_frags f;
-                        mma_frags_of(st, c, lane, f);
-                        a_lo[lane][0] = a_all[lane][0] = f.a_lo[0];
-                        a_lo[lane][1] = a_all[lane][1] = f.a_lo[1];
-                        a_hi[lane][0] = a_all[lane][2] = f.a_hi[0];
-                        a_hi[lane][1] = a_all[lane][3] = f.a_hi[1];
-                        b_lo[lane][0] = b_all[lane][0] = f.b_lo;
-                        b_hi[lane][0] = b_all[lane][1] = f.b_hi;
-                    }
-                    if (two_scales(TYPE)) {
-                        mma_on_host<16>(a_lo, b_lo, lo);
-                        mma_on_host<16>(a_hi, b_hi, hi);
-                    } else {
-                        mma_on_host<32>(a_all, b_all, lo);
-                    }
+                w.lanes[lane] = mma_lane{};
+            for (int s = 0; s < 16; s++) {
+                for (int64_t u = mma_pair_slot(s); u < b.n_units; u += 32) {
                     for (int lane = 0; lane < 32; lane++)
-                        mma_accumulate<TYPE>(st, c, u0 + c, lane, lo[lane], hi[lane]);
+                        mma_stage_chunk<TYPE>(b, t, u, lane, w.st);
+                    for (int c = 0; c < 2 && u + 16 * c < b.n_units; c++)
+                        for (int nt = 0; nt < 2; nt++) {
+                            int fa[32][4], fb[32][2], lo[32][4], hi[32][4] = {};
+                            for (int lane = 0; lane < 32; lane++) {
+                                mma_frags_a(w.st, c, lane, fa[lane]);
+                                mma_frags_b(w.st, c, nt, lane, fb[lane]);
+                            }
+                            if (two_scales(TYPE)) {
+                                int fa_hi[32][4], fb_hi[32][2];
+                                for (int lane = 0; lane < 32; lane++) {
+                                    fa_hi[lane][0] = fa[lane][2], fa_hi[lane][1] = fa[lane][3];
+                                    fb_hi[lane][0] = fb[lane][1];
+                                }
+                                mma_on_host<16>(fa, fb, lo);
+                                mma_on_host<16>(fa_hi, fb_hi, hi);
+                            } else {
+                                mma_on_host<32>(fa, fb, lo);
+                            }
+                            for (int lane = 0; lane < 32; lane++)
+                                mma_accumulate<TYPE>(w.st, c, nt, lane, lo[lane], hi[lane],
+                                                     w.lanes[lane].acc);
+                        }
                 }
+                for (int lane = 0; lane < 32; lane++)
+                    mma_pair_done(b, t, s, lane, w.lanes[lane].acc, w.lanes[lane].stack);
             }
-            for (int lane = 0; lane < 32; lane++)
-                mma_finish(b, t, st, lane);
         }
 }
 
@@ -1329,10 +1408,10 @@ template <int TYPE> bool matmul_on_host(const mm_args &a, bool tensor_cores)
             matmul_quant_on_host<TYPE>(a);
             return true;
         }
-        mma_stage *st = new (std::nothrow) mma_stage();
-        if (!st) return false;
-        matmul_quant_mma_on_host<TYPE>(a, *st);
-        delete st;
+        mma_warp_on_host *w = new (std::nothrow) mma_warp_on_host();
+        if (!w) return false;
+        matmul_quant_mma_on_host<TYPE>(a, *w);
+        delete w;
         return true;
     }
 }

@@ -142,6 +142,25 @@ with tempfile.TemporaryDirectory() as tmp:
                        "--gen", "4", "--threads", "2")
     check(rc == 0 and "| sim backend |" in out and "| device tier |" in out,
           f"bench --backend sim reports the link and the device tier ({out[-400:]} {err[-200:]})")
+    # What the device check's rows compare, on sim: with every expert on the device each decode step
+    # routes there and repeats replay a graph; --host-routing and --no-graphs turn one each off;
+    # --no-tensor-cores only changes CUDA's batch kernel (no "cuda matmul" row on sim).
+    def routed(*extra):
+        rc, out, err = run("bench", "--model", q4km, "--backend", "sim", "--device-cache", "all", "--prompt", "8",
+                           "--gen", "6", "--threads", "2", *extra)
+        m = re.search(r"experts routed on the device in (\d+) of (\d+) decode steps, (\d+) replayed", out)
+        return (rc, tuple(int(g) for g in m.groups()) if m else None, "| cuda matmul |" in out,
+                f"{out[-300:]} {err[-200:]}")
+    rc, r, cuda_row, shown = routed()
+    check(rc == 0 and r is not None and r[0] == r[1] == 6 and r[2] >= 3 and not cuda_row,
+          f"bench on sim, every expert on the device: 6 of 6 steps routed there, graphs replayed ({shown})")
+    rc, r, cuda_row, shown = routed("--host-routing")
+    check(rc == 0 and r == (0, 6, 0), f"bench --host-routing: no step routed on the device, none replayed ({shown})")
+    rc, r, cuda_row, shown = routed("--no-graphs")
+    check(rc == 0 and r == (6, 6, 0), f"bench --no-graphs: routed on the device, no replay ({shown})")
+    rc, r, cuda_row, shown = routed("--no-tensor-cores")
+    check(rc == 0 and r is not None and r[0] == 6 and not cuda_row,
+          f"bench --no-tensor-cores is accepted and changes nothing on sim ({shown})")
     rc, out, err = run("bench", "--model", q4km, "--backend", "cpu", "--prompt", "8", "--gen", "4", "--threads", "2",
                        "--profile")
     rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ") and l.count("|") == 5}
