@@ -563,18 +563,21 @@ template <int TYPE, int R, int T, bool BATCH>
 __global__ void __launch_bounds__(THREADS) matmul_group_kernel(const __grid_constant__ group_args g)
 {
     const group_entry &e = g.e[blockIdx.y];
-    mm_args a = g.a;
-    a.w = e.w;
-    a.bias = e.bias;
-    a.y = e.y;
-    a.n_tokens = e.n_tokens;
-    if constexpr (is_float_type(TYPE)) {
-        a.x += e.tok0 * a.n_cols;
-    } else {
-        a.xq += e.tok0 * a.n_units * 2; /* two int4 (32 bytes) per block */
-        a.xd += e.tok0 * a.n_units;
+    /* the grid covers g.a.n_tokens tokens: a larger entry is taken in passes (see bucket_pass) */
+    for (int64_t t0 = 0; t0 < e.n_tokens; t0 += g.a.n_tokens) {
+        mm_args a = g.a;
+        a.w = e.w;
+        a.bias = e.bias;
+        a.y = e.y + t0 * a.n_rows;
+        a.n_tokens = min(g.a.n_tokens, e.n_tokens - t0);
+        if constexpr (is_float_type(TYPE)) {
+            a.x += (e.tok0 + t0) * a.n_cols;
+        } else {
+            a.xq += (e.tok0 + t0) * a.n_units * 2; /* two int4 (32 bytes) per block */
+            a.xd += (e.tok0 + t0) * a.n_units;
+        }
+        matmul_any<TYPE, R, T, BATCH>(a);
     }
-    matmul_any<TYPE, R, T, BATCH>(a);
 }
 
 /* The grouped matmul with its entries found on the device (experts_routed): blockIdx.y picks
@@ -601,7 +604,8 @@ __global__ void __launch_bounds__(THREADS)
     const uint8_t *w = (const uint8_t *)r.parts[3 * e + r.part0 + part];
     if (!w || !r.parts[3 * e]) return; /* not on the device: the caller computes it */
     /* The grid covers r.a.n_tokens tokens of a bucket: a larger one is taken in passes of that
-     * many, each the same tiles over the next tokens (a token's bits do not depend on its tile). */
+     * many, each the same tiles over the next tokens (a token's bits do not depend on its tile;
+     * bucket_pass). */
     const int64_t bucket0 = r.bucket_start[e], bucket_end = r.bucket_start[e + 1];
     for (int64_t tok0 = bucket0; tok0 < bucket_end; tok0 += r.a.n_tokens) {
         mm_args a = r.a;
@@ -890,8 +894,19 @@ __global__ void experts_glu_kernel(kern_glu kind, float *g, const float *u, int6
         g[i] = cuda__glu(kind, g[i], u[i]);
 }
 
+/* The tokens of a bucket (an expert's rows) one pass of a grouped or routed launch's grid
+ * covers: twice the mean bucket of its n entries (total rows in all), in whole tile groups (32
+ * tokens), at most the largest; the blocks take a larger bucket in passes.  A grid for the
+ * largest bucket left most blocks of a prefill empty: a routed launch's bound is every token of
+ * the step (qwen3moe's 512 against buckets of about 32), and buckets are uneven. */
+int64_t bucket_pass(int64_t largest, int64_t total, int n)
+{
+    const int64_t mean = (total + n - 1) / n, pass = (2 * mean + 31) / 32 * 32;
+    return pass < largest ? pass : largest;
+}
+
 /* Queues the products of `n` entries with weights of w's type and shape, GROUP_MAX per launch;
- * a (the shared activations) is completed per launch with the most tokens of its entries. */
+ * a (the shared activations) is completed per launch with the tokens one pass covers. */
 bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const group_entry *e, int n,
                    const char *op)
 {
@@ -901,12 +916,13 @@ bool launch_groups(cuda_backend *cb, const kern_weight *w, mm_args a, const grou
     a.n_cols = w->n_cols;
     for (int i0 = 0; i0 < n; i0 += GROUP_MAX) {
         const int m = n - i0 < GROUP_MAX ? n - i0 : GROUP_MAX;
-        int64_t most = 0;
+        int64_t most = 0, total = 0;
         for (int i = 0; i < m; i++) {
             g.e[i] = e[i0 + i];
             most = e[i0 + i].n_tokens > most ? e[i0 + i].n_tokens : most;
+            total += e[i0 + i].n_tokens;
         }
-        a.n_tokens = most;
+        a.n_tokens = bucket_pass(most, total, m);
         launch_any(w->type, a, launch_kind{&g, nullptr, m, cb->tensor_cores}, cuda__compute(cb));
         if (!cuda__launched(cb, op)) return false;
     }
@@ -1048,22 +1064,13 @@ namespace
 
 /* One routed launch of n_parts parts of the table (from column part0) over every plan row of
  * the activations in `a` (the quantised ones, or x for the float types). */
-/* The tokens of a bucket one pass of a routed launch's grid covers: twice the mean bucket, in
- * whole tile groups (32 tokens), at most n_tokens (no bucket is larger).  A grid for n_tokens
- * would leave most blocks of a prefill empty (qwen3moe's 512 tokens in buckets of about 32). */
-int64_t routed_pass(int64_t n_tokens, int64_t rows, int n_slots)
-{
-    const int64_t mean = (rows + n_slots - 1) / n_slots, pass = (2 * mean + 31) / 32 * 32;
-    return pass < n_tokens ? pass : n_tokens;
-}
-
 bool launch_routed(cuda_backend *cb, const kern_weight *w, mm_args a, routed_args &r, int part0,
                    int n_parts, int64_t n_tokens, int64_t rows, int n_slots, const char *op)
 {
     a.row_bytes = w->row_bytes;
     a.n_rows = w->n_rows;
     a.n_cols = w->n_cols;
-    a.n_tokens = routed_pass(n_tokens, rows, n_slots); /* the tile shape for one pass */
+    a.n_tokens = bucket_pass(n_tokens, rows, n_slots); /* the tile shape for one pass */
     r.part0 = part0;
     r.n_slots = n_slots;
     launch_any(w->type, a, launch_kind{nullptr, &r, n_parts * n_slots, cb->tensor_cores},
