@@ -170,19 +170,6 @@ template <int TYPE> CUDA__HD float unit_term(const unit_f &f, int lo, int hi, fl
         return fma_rn(f.s_lo, (float)(lo + hi), m);
 }
 
-/* 32 partial sums added as cuda__warp_sum adds 32 lanes' values (as lane 0 sees it); s is
- * overwritten. */
-CUDA__HD float butterfly_sum(float (&s)[32])
-{
-    CUDA__UNROLL
-    for (int w = 16; w > 0; w >>= 1) {
-        CUDA__UNROLL
-        for (int j = 0; j < w; j++)
-            s[j] = add_rn(s[j], s[j + w]);
-    }
-    return s[0];
-}
-
 template <int TYPE, int R, int T, bool BATCH>
 __device__ __forceinline__ void matmul_quant(const mm_args &a)
 {
@@ -559,25 +546,35 @@ struct group_args {
     group_entry e[GROUP_MAX];
 };
 
+/* Rows [row0, row_end) of the shared activations through one product (w, bias; y is its output
+ * for row row0), in passes of the grid's shared.n_tokens rows (bucket_pass): each pass runs the
+ * same tiles over the next rows, and a token's bits do not depend on its tile. */
+template <int TYPE, int R, int T, bool BATCH>
+__device__ __forceinline__ void matmul_passes(const mm_args &shared, const uint8_t *w,
+                                              const float *bias, float *y, int64_t row0,
+                                              int64_t row_end)
+{
+    for (int64_t t0 = row0; t0 < row_end; t0 += shared.n_tokens) {
+        mm_args a = shared;
+        a.w = w;
+        a.bias = bias;
+        a.y = y + (t0 - row0) * a.n_rows;
+        a.n_tokens = min(shared.n_tokens, row_end - t0);
+        if constexpr (is_float_type(TYPE)) {
+            a.x += t0 * a.n_cols;
+        } else {
+            a.xq += t0 * a.n_units * 2; /* two int4 (32 bytes) per block */
+            a.xd += t0 * a.n_units;
+        }
+        matmul_any<TYPE, R, T, BATCH>(a);
+    }
+}
+
 template <int TYPE, int R, int T, bool BATCH>
 __global__ void __launch_bounds__(THREADS) matmul_group_kernel(const __grid_constant__ group_args g)
 {
     const group_entry &e = g.e[blockIdx.y];
-    /* the grid covers g.a.n_tokens tokens: a larger entry is taken in passes (see bucket_pass) */
-    for (int64_t t0 = 0; t0 < e.n_tokens; t0 += g.a.n_tokens) {
-        mm_args a = g.a;
-        a.w = e.w;
-        a.bias = e.bias;
-        a.y = e.y + t0 * a.n_rows;
-        a.n_tokens = min(g.a.n_tokens, e.n_tokens - t0);
-        if constexpr (is_float_type(TYPE)) {
-            a.x += (e.tok0 + t0) * a.n_cols;
-        } else {
-            a.xq += (e.tok0 + t0) * a.n_units * 2; /* two int4 (32 bytes) per block */
-            a.xd += (e.tok0 + t0) * a.n_units;
-        }
-        matmul_any<TYPE, R, T, BATCH>(a);
-    }
+    matmul_passes<TYPE, R, T, BATCH>(g.a, e.w, e.bias, e.y, e.tok0, e.tok0 + e.n_tokens);
 }
 
 /* The grouped matmul with its entries found on the device (experts_routed): blockIdx.y picks
@@ -603,24 +600,10 @@ __global__ void __launch_bounds__(THREADS)
     const int64_t e = r.used[1 + slot];
     const uint8_t *w = (const uint8_t *)r.parts[3 * e + r.part0 + part];
     if (!w || !r.parts[3 * e]) return; /* not on the device: the caller computes it */
-    /* The grid covers r.a.n_tokens tokens of a bucket: a larger one is taken in passes of that
-     * many, each the same tiles over the next tokens (a token's bits do not depend on its tile;
-     * bucket_pass). */
-    const int64_t bucket0 = r.bucket_start[e], bucket_end = r.bucket_start[e + 1];
-    for (int64_t tok0 = bucket0; tok0 < bucket_end; tok0 += r.a.n_tokens) {
-        mm_args a = r.a;
-        a.w = w;
-        a.n_tokens = min(r.a.n_tokens, bucket_end - tok0);
-        a.y = r.y[part] + tok0 * a.n_rows;
-        a.bias = r.bias[part] ? r.bias[part] + e * a.n_rows : nullptr;
-        if constexpr (is_float_type(TYPE)) {
-            a.x += tok0 * a.n_cols;
-        } else {
-            a.xq += tok0 * a.n_units * 2;
-            a.xd += tok0 * a.n_units;
-        }
-        matmul_any<TYPE, R, T, BATCH>(a);
-    }
+    const int64_t bucket0 = r.bucket_start[e];
+    matmul_passes<TYPE, R, T, BATCH>(r.a, w, r.bias[part] ? r.bias[part] + e * r.a.n_rows : nullptr,
+                                     r.y[part] + bucket0 * r.a.n_rows, bucket0,
+                                     r.bucket_start[e + 1]);
 }
 
 /* One warp per (token, 32-element block): scale = max|x| / 127, q = round(x / scale). */
@@ -1296,6 +1279,17 @@ void quantize_on_host(const float *x, int64_t n_blocks, int8_t *xq, float2 *xd)
         }
         xd[i] = make_float2(d, (float)sum);
     }
+}
+
+/* 32 partial sums added as cuda__warp_sum adds 32 lanes' values (as lane 0 sees it); s is
+ * overwritten. */
+float butterfly_sum(float (&s)[32])
+{
+    for (int w = 16; w > 0; w >>= 1) {
+        for (int j = 0; j < w; j++)
+            s[j] = add_rn(s[j], s[j + w]);
+    }
+    return s[0];
 }
 
 /* matmul_quant's arithmetic, output by output: lane l's units l, l + 32, ... in order, then
