@@ -306,7 +306,7 @@ static int run(bench_opts *o)
         goto done;
     }
     double t_decode = 0.0;
-    uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0;
+    uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0, cpu_bytes = 0, cpu_wait_ns = 0;
     int routed = 0, replayed = 0;
     if (o->profile && kern_cpu_set_profiling(be, true))
         fprintf(stderr, "moeserve bench: --profile times the CPU backend's operations only\n");
@@ -342,6 +342,8 @@ static int run(bench_opts *o)
         experts += st->experts_used;
         cpu_experts += st->cpu_experts;
         cpu_ns += st->cpu_ns;
+        cpu_bytes += st->cpu_bytes;
+        cpu_wait_ns += st->cpu_wait_ns;
         routed += st->routed_on_device;
         replayed += st->graph_replayed;
         for (int32_t s = 0; s < B; s++)
@@ -400,12 +402,18 @@ static int run(bench_opts *o)
                model_ctx_graph_error(ctx) ? model_ctx_graph_error(ctx) : "");
         if (kern_cuda_matmul_note(be)) printf("| cuda matmul | %s |\n", kern_cuda_matmul_note(be));
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
+            /* The misses' two ways run at the same time: the step's floor for them is the
+             * longer of the link's share and the CPU's share read at its memory bandwidth. */
             double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
+            double cpu_bw = cpu ? kern_cpu_best_read_bandwidth(cpu, (size_t)256 << 20, 3) : 0;
+            double link_floor = copied / link, cpu_floor = cpu_bw > 0 ? cpu_bytes / G / cpu_bw : 0;
             printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
-                   "experts/step "
-                   "computed on the CPU (%.2f ms/step) |\n",
-                   copied / (1 << 20), copied / link * 1e3, (double)cpu_experts / G,
-                   (double)cpu_ns / G / 1e6);
+                   "experts/step computed on the CPU (%.1f MiB, %.2f ms/step; floor %.2f at "
+                   "%.1f GB/s), waited for %.2f ms/step | misses' floor %.2f ms/step |\n",
+                   copied / (1 << 20), link_floor * 1e3, (double)cpu_experts / G,
+                   (double)cpu_bytes / G / (1 << 20), (double)cpu_ns / G / 1e6, cpu_floor * 1e3,
+                   cpu_bw / 1e9, (double)cpu_wait_ns / G / 1e6,
+                   (link_floor > cpu_floor ? link_floor : cpu_floor) * 1e3);
         }
     }
     if (model_expert_cache(m)) {

@@ -32,8 +32,10 @@
  * - Weight types are a table (kern_type_traits): one row per storage type with its block
  *   geometry and the scalar reference dequantiser.  How a backend computes with a type is the
  *   backend's (the CPU's dot products per instruction-set level are in kernels/cpu/cpu.h).
- * - A backend is driven by one thread at a time (the engine thread).  kern_close frees
- *   the backend; memory from kern_alloc and kern_place must be returned before.
+ * - A backend is driven by one thread at a time (the engine thread), except that
+ *   kern_event_wait may also be called from one other thread while it drives (the model's CPU
+ *   lane waits there for its inputs).  kern_close frees the backend; memory from kern_alloc and
+ *   kern_place must be returned before.
  */
 #ifndef MOE_KERNELS_H
 #define MOE_KERNELS_H

@@ -23,6 +23,7 @@
  * sequence's result independent of the batch it shares and of the order in which the cache
  * made experts resident.
  */
+#include "model/cpu_lane.h"
 #include "model/model_internal.h"
 
 #include <errno.h>
@@ -71,6 +72,10 @@ typedef struct host_scratch {
     float *ge, *ue;              /* as the device's */
     kern_ffn_expert *group;      /* n_expert: the experts run together */
     cache_ref *refs;             /* n_expert: their cache slots */
+    model_miss *miss;            /* n_expert: a layer's misses, their costs and the split */
+    uint8_t *to_cpu;             /* n_expert: by expert id, the split */
+    kern_ffn_expert *cpu_group;  /* n_expert: the CPU lane's experts ... */
+    cache_ref *cpu_refs;         /* ... pinned in the host tier while it runs */
     int32_t *mla_idx;            /* as the device's */
     int32_t *layer_ids;          /* [n_layer][n][K]: every layer's choices, when routing on the
                                   * device, for the counts made after the step */
@@ -88,6 +93,7 @@ struct model_ctx {
     dev_scratch d;
     host_scratch hs;
     kern_event *inputs_ready; /* the CPU experts' inputs have reached the host */
+    model_cpu_lane *lane;     /* computes them while this thread drives the device */
     model_step_stats stats;
     /* Routing on the device: the layers' expert tables and the device array of parts they
      * point into, built on the first step that can use them, from the placed experts or from
@@ -224,8 +230,10 @@ static int scratch_reserve(model_ctx *ctx, int64_t n)
         (be->kind != KERN_BACKEND_CPU && HOST(layer_ids, hp->n_layer * n * K)) || HOST(guess, E) ||
         HOST(guess_p, E) || HOST(router, n * E) || HOST(out_rows, n) || HOST(group, E) ||
         HOST(refs, E) ||
-        (cpu_misses(ctx) && (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) ||
-                             HOST(de, n * K * D) || HOST(ge, n * K * fe) || HOST(ue, n * fe))) ||
+        (cpu_misses(ctx) &&
+         (HOST(on_device, E) || HOST(on_cpu, E) || HOST(xe, n * K * D) || HOST(de, n * K * D) ||
+          HOST(ge, n * K * fe) || HOST(ue, n * fe) || HOST(miss, E) || HOST(to_cpu, E) ||
+          HOST(cpu_group, E) || HOST(cpu_refs, E))) ||
         (hp->mla && (DEV(qa, n * hp->n_lora_q + 1) || DEV(mla, n * ms.region_floats) ||
                      DEV(mla_idx, n * ms.idx_per_token) || HOST(mla_idx, n * ms.idx_per_token)))) {
         scratch_free(ctx);
@@ -282,6 +290,11 @@ int model_ctx_create(model_ctx **out, model *m, const model_ctx_opts *opts, char
         model_ctx_destroy(&ctx);
         return rc;
     }
+    if (cpu_misses(ctx) && (rc = model_cpu_lane_open(&ctx->lane))) {
+        snprintf(err, err_size, "starting the thread for the CPU's experts: %s", strerror(-rc));
+        model_ctx_destroy(&ctx);
+        return rc;
+    }
     *out = ctx;
     return 0;
 }
@@ -292,6 +305,7 @@ void model_ctx_destroy(model_ctx **ctxp)
     if (!ctx) return;
     char ignored[64];
     (void)kern_sync(ctx->be, ignored, sizeof ignored); /* nothing queued may outlive its buffers */
+    model_cpu_lane_close(&ctx->lane); /* idle: every job is joined before its step returns */
     scratch_free(ctx);
     tables_free(ctx);
     kern_kv_close(&ctx->kv);
@@ -648,47 +662,61 @@ static double expert_macs(const kern_ffn_expert *x)
            (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
 }
 
-/* The n experts of hs.group on the CPU, from the host tier: their buckets' rows of hs.xe in, of
- * hs.de out.  Their time teaches the cost model the CPU's compute rate. */
-static void cpu_experts(model_ctx *ctx, int n)
+/* What the CPU computing the n experts of `group` in `seconds` counts; their time teaches the
+ * cost model the CPU's compute rate. */
+static void cpu_account(model_ctx *ctx, const kern_ffn_expert *group, int n, double seconds,
+                        bool lane)
 {
     model *m = ctx->m;
-    host_scratch *h = &ctx->hs;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    kern_experts(m->cpu_backend, h->group, n, h->xe, h->de, h->ge, h->ue);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     uint64_t bytes = 0;
     double macs = 0;
     for (int i = 0; i < n; i++) {
-        bytes += expert_bytes(&h->group[i]);
-        macs += expert_macs(&h->group[i]);
+        bytes += expert_bytes(&group[i]);
+        macs += expert_macs(&group[i]);
     }
-    double compute = s - (double)bytes / m->cpu_bps;
+    double compute = seconds - (double)bytes / m->cpu_bps;
     if (compute > 0 && macs > 0) /* a slow moving average: one odd timing must not swing it */
         m->cpu_s_per_mac = 0.9 * m->cpu_s_per_mac + 0.1 * compute / macs;
     ctx->stats.expert_bytes += bytes;
+    ctx->stats.cpu_bytes += bytes;
     ctx->stats.experts_used += (uint32_t)n;
     ctx->stats.cpu_experts += (uint32_t)n;
-    ctx->stats.cpu_ns += (uint64_t)(s * 1e9);
+    if (lane) ctx->stats.cpu_lane_experts += (uint32_t)n;
+    ctx->stats.cpu_ns += (uint64_t)(seconds * 1e9);
     ctx->stats.matmul_macs += (uint64_t)macs;
     atomic_fetch_add(&m->cpu_experts, (uint64_t)n);
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+/* The n experts of hs.group on the CPU, here, from the host tier: their buckets' rows of hs.xe
+ * in, of hs.de out. */
+static void cpu_experts(model_ctx *ctx, int n)
+{
+    host_scratch *h = &ctx->hs;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kern_experts(ctx->m->cpu_backend, h->group, n, h->xe, h->de, h->ge, h->ue);
+    cpu_account(ctx, h->group, n, seconds_since(&t0), false);
 }
 
 /* The cost model of a miss: the CPU reads the expert once from RAM and does count tokens of
  * work; a copy moves the expert over the link (the device's compute on it is small next to
  * either).  Batch-1 decode mostly goes to the CPU, prefill (many tokens) to the copy. */
-static bool prefer_cpu(const model_ctx *ctx, const model_expert *x, int32_t count)
+static model_miss miss_cost(const model_ctx *ctx, const model_expert *x, int32_t e, int32_t count)
 {
     const model *m = ctx->m;
-    if (m->miss_policy == MODEL_MISS_CPU) return true;
     double bytes = (double)(weight_bytes(&x->gate) + weight_bytes(&x->up) + weight_bytes(&x->down));
     double macs = (double)count *
                   (double)(x->gate.n_rows * x->gate.n_cols * 2 + x->down.n_rows * x->down.n_cols);
-    double t_cpu = bytes / m->cpu_bps + macs * m->cpu_s_per_mac;
-    double t_copy = m->link_latency_s + bytes / m->link_bps;
-    return t_cpu < t_copy;
+    return (model_miss){.expert = e,
+                        .t_cpu = bytes / m->cpu_bps + macs * m->cpu_s_per_mac,
+                        .t_copy = m->link_latency_s + bytes / m->link_bps};
 }
 
 /* The n experts of hs.group on the compute backend: their buckets' rows of xe in, of de out. */
@@ -703,6 +731,17 @@ static void run_group(model_ctx *ctx, int n)
     ctx->stats.experts_used += (uint32_t)n;
 }
 
+/* The experts-op entry of an expert a tier handed out, its parts where that tier holds them. */
+static kern_ffn_expert tier_expert(const model_ctx *ctx, int il, const cache_ref *ref, bool on_cpu)
+{
+    const model_layer *L = &ctx->m->layers[il];
+    model_expert x = L->experts[ref->expert];
+    x.gate.data = ref->part[0];
+    x.up.data = ref->part[1];
+    x.down.data = ref->part[2];
+    return ffn_expert(ctx, L, &x, ref->expert, on_cpu);
+}
+
 /* Requests the experts of layer il from tier c and runs those resident, as a group, as they
  * arrive: on the device (run_group) or, for the host tier of a device backend, on the CPU
  * (cpu_experts).  A failure here is the tier's: an expert that could not be read or copied. */
@@ -715,14 +754,8 @@ static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *expert
         int k = 1;
         while (k < n && (rc = cache_try_next(c, &h->refs[k], err, err_size)) == 0)
             k++;
-        for (int i = 0; i < k; i++) {
-            const cache_ref *ref = &h->refs[i];
-            model_expert x = ctx->m->layers[il].experts[ref->expert];
-            x.gate.data = ref->part[0];
-            x.up.data = ref->part[1];
-            x.down.data = ref->part[2];
-            h->group[i] = ffn_expert(ctx, &ctx->m->layers[il], &x, ref->expert, on_cpu);
-        }
+        for (int i = 0; i < k; i++)
+            h->group[i] = tier_expert(ctx, il, &h->refs[i], on_cpu);
         if (rc == 0 || rc == 1 || rc == -EAGAIN) {
             if (on_cpu)
                 cpu_experts(ctx, k);
@@ -735,6 +768,84 @@ static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *expert
     }
     if (rc < 0) ctx->stats.expert_read_failed = true;
     return rc < 0 ? rc : 0;
+}
+
+/* Which of layer il's experts the device computes (hs.on_device: its tier's hits and the misses
+ * copied in) and which the CPU computes from the host tier (hs.on_cpu), each in the order of
+ * `used`.  True when the CPU's share runs on the lane, at the same time as the link copies the
+ * rest (model_split_misses balances the two); false when it runs after them, on this thread
+ * (no lane, or a host tier too small to hold the CPU's share pinned and still read for the
+ * copies), where each miss simply goes where it costs less. */
+static bool split_layer(model_ctx *ctx, int il, const int32_t *used, int32_t n_used, int32_t *n_dev,
+                        int32_t *n_cpu)
+{
+    model *m = ctx->m;
+    host_scratch *h = &ctx->hs;
+    int32_t n_miss = 0, n_to_cpu = 0;
+    for (int32_t j = 0; j < n_used; j++) {
+        int e = used[j];
+        h->to_cpu[e] = 0;
+        if (cache_holds(m->experts, il, e)) continue;
+        int32_t count = h->bucket_start[e + 1] - h->bucket_start[e];
+        h->miss[n_miss++] = miss_cost(ctx, &m->layers[il].experts[e], e, count);
+    }
+    cache_stats hst;
+    cache_get_stats(m->host_tier, &hst);
+    bool lane = ctx->lane != NULL;
+    if (m->miss_policy == MODEL_MISS_CPU) {
+        n_to_cpu = n_miss;
+        lane = lane && (uint32_t)n_miss <= hst.n_slots;
+        for (int32_t i = 0; i < n_miss; i++)
+            h->miss[i].to_cpu = true;
+    } else {
+        if (lane) {
+            model_split_misses(h->miss, n_miss);
+            for (int32_t i = 0; i < n_miss; i++)
+                n_to_cpu += h->miss[i].to_cpu;
+            lane = (uint32_t)n_to_cpu + (n_to_cpu < n_miss) <= hst.n_slots;
+        }
+        if (!lane) {
+            n_to_cpu = 0;
+            for (int32_t i = 0; i < n_miss; i++) {
+                h->miss[i].to_cpu = h->miss[i].t_cpu < h->miss[i].t_copy;
+                n_to_cpu += h->miss[i].to_cpu;
+            }
+        }
+    }
+    for (int32_t i = 0; i < n_miss; i++)
+        h->to_cpu[h->miss[i].expert] = h->miss[i].to_cpu;
+    *n_dev = *n_cpu = 0;
+    for (int32_t j = 0; j < n_used; j++) {
+        if (h->to_cpu[used[j]])
+            h->on_cpu[(*n_cpu)++] = used[j];
+        else
+            h->on_device[(*n_dev)++] = used[j];
+    }
+    return lane && n_to_cpu > 0;
+}
+
+/* Pins the CPU's share of layer il in the host tier (reading any it lacks) and makes its
+ * experts-op entries (hs.cpu_refs, hs.cpu_group); they fit at once (split_layer). */
+static int take_host_refs(model_ctx *ctx, int il, int32_t n_cpu, char *err, size_t err_size)
+{
+    host_scratch *h = &ctx->hs;
+    cache *c = ctx->m->host_tier;
+    int32_t k = 0;
+    int rc = cache_request(c, il, h->on_cpu, n_cpu, err, err_size);
+    while (rc == 0 && k < n_cpu && (rc = cache_next(c, &h->cpu_refs[k], err, err_size)) == 0) {
+        h->cpu_group[k] = tier_expert(ctx, il, &h->cpu_refs[k], true);
+        k++;
+    }
+    if (rc == 0) rc = cache_next(c, &(cache_ref){0}, err, err_size); /* 1: all handed out */
+    if (rc == 1 && k == n_cpu) return 0;
+    for (int32_t j = 0; j < k; j++)
+        cache_release(c, &h->cpu_refs[j]);
+    if (rc >= 0) { /* cannot happen: the request asked for n_cpu experts */
+        snprintf(err, err_size, "cache: the host tier handed out %d of %d experts", k, n_cpu);
+        rc = -EIO;
+    }
+    ctx->stats.expert_read_failed = true;
+    return rc;
 }
 
 static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_used, char *err,
@@ -751,18 +862,9 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
     if (!cpu_misses(ctx))
         return run_from_tier(ctx, m->experts, il, used, n_used, false, err, err_size);
 
-    /* The device computes what its tier holds and the misses worth copying; the CPU computes
-     * the rest from the host tier at the same time (the device's work is queued first). */
     host_scratch *h = &ctx->hs;
     int32_t n_dev = 0, n_cpu = 0;
-    for (int32_t j = 0; j < n_used; j++) {
-        int e = used[j];
-        int32_t count = h->bucket_start[e + 1] - h->bucket_start[e];
-        if (cache_holds(m->experts, il, e) || !prefer_cpu(ctx, &m->layers[il].experts[e], count))
-            h->on_device[n_dev++] = e;
-        else
-            h->on_cpu[n_cpu++] = e;
-    }
+    bool lane = split_layer(ctx, il, used, n_used, &n_dev, &n_cpu);
     int64_t D = m->hp.n_embd;
     kern_backend *be = ctx->be;
     int rc = 0;
@@ -778,15 +880,46 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
                  strerror(-rc));
         return rc;
     }
-    if (n_dev &&
-        (rc = run_from_tier(ctx, m->experts, il, h->on_device, n_dev, false, err, err_size)))
-        return rc;
-    if (n_cpu == 0) return 0;
-    /* the host tier is the device tier's to use until its copies (prefetches too) are done */
-    if ((rc = kern_event_wait(be, ctx->inputs_ready)) ||
-        (rc = cache_wait_idle(m->experts, err, err_size)) ||
-        (rc = run_from_tier(ctx, m->host_tier, il, h->on_cpu, n_cpu, true, err, err_size)))
-        return rc;
+    if (lane) {
+        /* the host tier is the device tier's to use until its copies (prefetches too) are
+         * done; then the CPU's experts are pinned there for the lane, which starts on them as
+         * soon as their inputs land, while this thread queues the device's hits and feeds it
+         * the copies */
+        if ((rc = cache_wait_idle(m->experts, err, err_size)) ||
+            (rc = take_host_refs(ctx, il, n_cpu, err, err_size)))
+            return rc;
+        model_cpu_lane_post(ctx->lane, &(model_cpu_job){.dev = be,
+                                                        .inputs = ctx->inputs_ready,
+                                                        .cpu = m->cpu_backend,
+                                                        .experts = h->cpu_group,
+                                                        .n_experts = n_cpu,
+                                                        .x = h->xe,
+                                                        .out = h->de,
+                                                        .g = h->ge,
+                                                        .u = h->ue});
+    }
+    if (n_dev) rc = run_from_tier(ctx, m->experts, il, h->on_device, n_dev, false, err, err_size);
+    if (lane) {
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double seconds = 0;
+        int lane_rc = model_cpu_lane_join(ctx->lane, &seconds);
+        ctx->stats.cpu_wait_ns += (uint64_t)(seconds_since(&t0) * 1e9);
+        for (int32_t j = 0; j < n_cpu; j++)
+            cache_release(m->host_tier, &h->cpu_refs[j]);
+        if (rc) return rc;
+        if (lane_rc) {
+            snprintf(err, err_size, "compute backend (%s): waiting for the CPU experts' inputs: %s",
+                     be->name, strerror(-lane_rc));
+            return lane_rc;
+        }
+        cpu_account(ctx, h->cpu_group, n_cpu, seconds, true);
+    } else if (rc == 0 && n_cpu) {
+        if ((rc = kern_event_wait(be, ctx->inputs_ready)) ||
+            (rc = cache_wait_idle(m->experts, err, err_size)) ||
+            (rc = run_from_tier(ctx, m->host_tier, il, h->on_cpu, n_cpu, true, err, err_size)))
+            return rc;
+    }
     for (int32_t j = 0; j < n_cpu && rc == 0; j++) { /* their outputs, in the buckets' rows */
         int32_t b0 = h->bucket_start[h->on_cpu[j]], count = h->bucket_start[h->on_cpu[j] + 1] - b0;
         rc = upload(ctx, ctx->d.de + (int64_t)b0 * D, h->de + (int64_t)b0 * D,

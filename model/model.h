@@ -243,12 +243,18 @@ typedef struct model_batch {
 
 /* What the last step read: the basis of the bandwidth-floor figures in the benchmark. */
 typedef struct model_step_stats {
-    uint64_t dense_bytes;  /* dense weights touched */
-    uint64_t expert_bytes; /* bytes of the distinct experts the batch selected */
-    uint32_t experts_used; /* distinct (layer, expert) pairs */
-    uint64_t matmul_macs;  /* multiply-adds of all weight products (2 FLOP each) */
-    uint32_t cpu_experts;  /* experts a device backend's step computed on the CPU */
-    uint64_t cpu_ns;       /* time the engine thread spent computing them */
+    uint64_t dense_bytes;      /* dense weights touched */
+    uint64_t expert_bytes;     /* bytes of the distinct experts the batch selected */
+    uint32_t experts_used;     /* distinct (layer, expert) pairs */
+    uint64_t matmul_macs;      /* multiply-adds of all weight products (2 FLOP each) */
+    uint32_t cpu_experts;      /* experts a device backend's step computed on the CPU */
+    uint32_t cpu_lane_experts; /* of them, those the CPU lane computed while the device worked */
+    uint64_t cpu_bytes;        /* their bytes, read from the host tier */
+    uint64_t cpu_ns;           /* time the CPU spent computing them */
+    /* time the engine thread waited for the CPU's experts after queuing and feeding the
+     * device's (the CPU computes them at the same time): the CPU's share of the step when it is
+     * the longer one */
+    uint64_t cpu_wait_ns;
     /* the step failed because an expert could not be read (the cache reads it again on the next
      * request, so running the same batch again may succeed; its positions are simply stored
      * again) */

@@ -54,7 +54,9 @@ for arch in ("llama", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss", "glm4moe", "de
             passed += int(m.group(1))
 # A device tier's misses computed on the CPU (from the host tier) while the device computes the
 # rest: the same bits again, and the CPU really computed some (gpt-oss: with the host's copy of
-# the expert biases).
+# the expert biases).  With a host tier that holds every expert, every one of them ran on the CPU
+# lane, beside the device's work and copies (auto: split between the two, so both the CPU and
+# the copies got some).
 for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
     for policy in ("cpu", "auto"):
         p = subprocess.run([TOOL, "--model", model(arch, QUANT[arch]), "--backend", "sim", "--exact", "--steps", "6",
@@ -62,13 +64,16 @@ for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
                            capture_output=True, text=True, timeout=600)
         print(p.stdout, end="")
         rows = [l.split("|") for l in p.stdout.splitlines() if l.startswith("| parity-")]
-        on_cpu = [int(r[8]) for r in rows if len(r) > 9 and r[8].strip().isdigit()]
-        ok = p.returncode == 0 and len(rows) == 4 and len(on_cpu) == 4 and (policy != "cpu" or min(on_cpu) > 0)
+        on_cpu = [int(r[8]) for r in rows if len(r) > 11 and r[8].strip().isdigit()]
+        lane_ok = all(int(r[10]) == int(r[8]) > 0 for r in rows if len(r) > 11 and r[3].strip() == "all")
+        ok = (p.returncode == 0 and len(rows) == 4 and len(on_cpu) == 4 and lane_ok
+              and (policy != "cpu" or min(on_cpu) > 0))
         if ok:
             passed += len(rows)
         else:
             failed += 1
-            print(f"FAIL: {arch} miss policy {policy}: exit {p.returncode}, experts on the CPU {on_cpu}\n{p.stderr[-2000:]}")
+            print(f"FAIL: {arch} miss policy {policy}: exit {p.returncode}, experts on the CPU {on_cpu}, "
+                  f"all on the lane where the host tier holds them: {lane_ok}\n{p.stderr[-2000:]}")
 # Copies staged through a pinned ring instead of a registered host tier: the same bits; also
 # with three staging threads and 16 KiB chunks, so that each part (36 KiB and more) is staged
 # in pieces by several threads and copied chunk by chunk.

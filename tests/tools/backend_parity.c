@@ -30,9 +30,10 @@
 enum { N_SEQ = 3, MAX_STEPS = 64 };
 
 typedef struct run_out {
-    uint64_t cpu_experts; /* a device tier's misses computed on the CPU */
-    int routed_steps;     /* steps whose experts were chosen and grouped on the device */
-    float *logits;        /* [(steps + 1) * N_SEQ][n_vocab] */
+    uint64_t cpu_experts;  /* a device tier's misses computed on the CPU ... */
+    uint64_t lane_experts; /* ... of them while the device worked (the CPU lane) */
+    int routed_steps;      /* steps whose experts were chosen and grouped on the device */
+    float *logits;         /* [(steps + 1) * N_SEQ][n_vocab] */
     int32_t tokens[MAX_STEPS + 1][N_SEQ];
 } run_out;
 
@@ -80,6 +81,7 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
                      .miss_policy = miss_policy};
     model *m = NULL;
     out->routed_steps = 0;
+    out->lane_experts = 0;
     int rc = model_open(&m, path, &mo, err, err_size);
     if (rc) return rc;
     const model_hparams *hp = model_params(m);
@@ -106,6 +108,7 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
         float *l = out->logits + (size_t)step * N_SEQ * row;
         if ((rc = model_forward(ctx, &b, l, err, err_size))) break;
         out->routed_steps += model_ctx_last_stats(ctx)->routed_on_device;
+        out->lane_experts += model_ctx_last_stats(ctx)->cpu_lane_experts;
         for (int s = 0; s < N_SEQ; s++) {
             out->tokens[step][s] = model_argmax(l + (size_t)s * row, hp->n_vocab);
             tok[s] = forced ? forced->tokens[step][s] : out->tokens[step][s];
@@ -223,8 +226,8 @@ int main(int argc, char **argv)
     base = base ? base + 1 : path;
     printf("| model | backend | host tier | device tier | median / worst |delta| / max |logit| | "
            "rows over the tolerance | argmax agrees | experts on the CPU | steps routed on the "
-           "device | result |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+           "device | of those experts, computed beside the device | result |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     char hosts[256];
     snprintf(hosts, sizeof hosts, "%s", host_list);
     char *hc = hosts, *h;
@@ -234,8 +237,8 @@ int main(int argc, char **argv)
         char *dc = devs, *d;
         while ((d = next_item(&dc)) != NULL) {
             if (run(be, path, h, d, steps, &ref, &got, err, sizeof err)) {
-                printf("| %s | %s | %s | %s | - | - | - | - | - | FAIL: %s |\n", base, backend, h,
-                       d, err);
+                printf("| %s | %s | %s | %s | - | - | - | - | - | - | FAIL: %s |\n", base, backend,
+                       h, d, err);
                 failed++;
                 continue;
             }
@@ -261,9 +264,10 @@ int main(int argc, char **argv)
                 }
             qsort(ratios, (size_t)total, sizeof ratios[0], cmp_double);
             bool ok = exact ? identical : over * 8 <= total && (total - agree) * 8 <= total;
-            printf("| %s | %s | %s | %s | %.2e / %.2e | %d | %d/%d | %llu | %d/%d | %s |\n", base,
-                   backend, h, d, ratios[total / 2], ratios[total - 1], over, agree, total,
+            printf("| %s | %s | %s | %s | %.2e / %.2e | %d | %d/%d | %llu | %d/%d | %llu | %s |\n",
+                   base, backend, h, d, ratios[total / 2], ratios[total - 1], over, agree, total,
                    (unsigned long long)got.cpu_experts, got.routed_steps, steps + 1,
+                   (unsigned long long)got.lane_experts,
                    ok ? (identical ? "bit-identical" : "ok") : "FAIL");
             ok ? passed++ : failed++;
         }

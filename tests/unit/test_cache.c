@@ -7,6 +7,7 @@
  */
 #include "cache/cache.h"
 #include "cache/cache_internal.h"
+#include "model/cpu_lane.h"
 #include "model/model.h"
 #include "test_models.h"
 #include "test_util.h"
@@ -14,6 +15,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -681,12 +683,98 @@ START_TEST(staged_copies_equal_memcpy)
 }
 END_TEST
 
+/* The split of a layer's misses between the CPU and the link (model_split_misses): the two
+ * run at once, so a split costs the larger of its two sums.  Against every subset of up to 12
+ * misses: the split returned costs what it says, is never worse than all-CPU or all-copy, and
+ * is within the smaller of one miss's two times of the best subset (the bound of rounding the
+ * fractional optimum, which fills the CPU in t_cpu / t_copy order). */
+static double span_of(const model_miss *m, int32_t n, uint32_t cpu_mask)
+{
+    double cpu = 0, copy = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (cpu_mask >> i & 1)
+            cpu += m[i].t_cpu;
+        else
+            copy += m[i].t_copy;
+    }
+    return cpu > copy ? cpu : copy;
+}
+
+START_TEST(misses_split_within_one_miss_of_the_best)
+{
+    /* by hand: Mixtral-like decode misses, 1.3 ms on the CPU, 2.0 ms over the link */
+    model_miss two[2] = {{.expert = 3, .t_cpu = 1.3, .t_copy = 2.0},
+                         {.expert = 5, .t_cpu = 1.3, .t_copy = 2.0}};
+    ck_assert(fabs(model_split_misses(two, 2) - 2.0) < 1e-12); /* one each, not 2.6 on the CPU */
+    ck_assert(two[0].to_cpu != two[1].to_cpu);
+    model_miss six[6];
+    for (int i = 0; i < 6; i++)
+        six[i] = (model_miss){.expert = i, .t_cpu = 1.3, .t_copy = 2.0};
+    ck_assert(fabs(model_split_misses(six, 6) - 5.2) < 1e-12); /* 4 on the CPU, 2 copied */
+    ck_assert(fabs(model_split_misses(six, 0)) == 0.0);
+
+    uint64_t rng = 0x9e3779b97f4a7c15u;
+    for (int trial = 0; trial < 3000; trial++) {
+        int32_t n = 1 + trial % 12;
+        model_miss m[12], orig[12];
+        for (int32_t i = 0; i < n; i++) {
+            /* log-uniform times over three decades, skewed per trial so that some instances
+             * favour the CPU throughout, some the link, some neither */
+            double u[2];
+            for (int k = 0; k < 2; k++) {
+                rng = rng * 6364136223846793005u + 1442695040888963407u;
+                u[k] = (double)(rng >> 11) / 9007199254740992.0;
+            }
+            double skew = (double)(trial % 5 - 2);
+            orig[i] = (model_miss){.expert = 10 * i + trial % 7,
+                                   .t_cpu = pow(10, 3 * u[0] - 1.5 + 0.5 * skew),
+                                   .t_copy = pow(10, 3 * u[1] - 1.5)};
+            m[i] = orig[i];
+        }
+        double best = INFINITY, cpu_all = 0, copy_all = 0, slack = 0;
+        for (uint32_t mask = 0; mask < 1u << n; mask++) {
+            double sp = span_of(orig, n, mask);
+            if (sp < best) best = sp;
+        }
+        for (int32_t i = 0; i < n; i++) {
+            cpu_all += orig[i].t_cpu;
+            copy_all += orig[i].t_copy;
+            double lo = orig[i].t_cpu < orig[i].t_copy ? orig[i].t_cpu : orig[i].t_copy;
+            if (lo > slack) slack = lo;
+        }
+        double got = model_split_misses(m, n);
+        uint32_t mask = 0;
+        for (int32_t i = 0; i < n; i++) { /* a permutation of the input, each miss once */
+            int32_t j = 0;
+            while (j < n && orig[j].expert != m[i].expert)
+                j++;
+            ck_assert_int_lt(j, n);
+            ck_assert(!(mask >> j & 1));
+            ck_assert(orig[j].t_cpu == m[i].t_cpu && orig[j].t_copy == m[i].t_copy);
+            mask |= 1u << j;
+        }
+        ck_assert(fabs(span_of(m, n, 0) - copy_all) < 1e-9 * copy_all);
+        uint32_t chosen = 0;
+        for (int32_t i = 0; i < n; i++)
+            chosen |= (uint32_t)m[i].to_cpu << i;
+        double claimed = span_of(m, n, chosen), eps = 1e-9 * (cpu_all + copy_all);
+        ck_assert_msg(fabs(claimed - got) <= eps, "trial %d: says %g, costs %g", trial, got,
+                      claimed);
+        ck_assert_msg(got >= best - eps, "trial %d: %g below the optimum %g", trial, got, best);
+        ck_assert_msg(got <= best + slack + eps, "trial %d: %g, optimum %g, slack %g", trial, got,
+                      best, slack);
+        ck_assert(got <= cpu_all + eps && got <= copy_all + eps);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cache");
     TCase *tc = tcase_create("cache");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, staged_copies_equal_memcpy);
+    tcase_add_test(tc, misses_split_within_one_miss_of_the_best);
     tcase_add_test(tc, reads_equal_the_file_at_every_budget);
     tcase_add_test(tc, policies_match_a_reference_and_traces_replay);
     tcase_add_test(tc, predictions_prefetch_by_probability_and_cancel);
