@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void cli_cache_budget(cache_opts *co, const cfg_budget *b, uint64_t expert_bytes, uint64_t room)
 {
@@ -258,8 +259,12 @@ int cli_open_miss_backend(const kern_backend *be, int n_threads, int miss_policy
 {
     *out = NULL;
     if (be->kind == KERN_BACKEND_CPU || miss_policy == MODEL_MISS_COPY) return 0;
+    /* One core fewer than asked: while the CPU lane computes, the engine thread keeps feeding
+     * the device and waiting on its copies (a CUDA wait spins), and a pool thread sharing its
+     * core would hold up every job it takes a chunk of. */
+    if (n_threads <= 0) n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     kern_open_opts o = kern_open_opts_default();
-    o.n_threads = n_threads;
+    o.n_threads = n_threads > 1 ? n_threads - 1 : 1;
     char err[256];
     int rc = kern_open(out, &o, err, sizeof err);
     if (rc) {

@@ -1337,8 +1337,8 @@ fail:
 
 int kern_sim_inject_failure(kern_backend *b, int64_t after_ops, int code)
 {
-    if (b->kind != KERN_BACKEND_SIM || after_ops < 0 || code >= 0) return -EINVAL;
-    as_sim(b)->fail_in = after_ops;
+    if (b->kind != KERN_BACKEND_SIM || (after_ops >= 0 && code >= 0)) return -EINVAL;
+    as_sim(b)->fail_in = after_ops < 0 ? -1 : after_ops;
     as_sim(b)->fail_code = code;
     return 0;
 }

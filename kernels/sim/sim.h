@@ -44,7 +44,8 @@ int kern_sim_get_stats(const kern_backend *b, kern_sim_stats *out);
 
 /* Fault injection for tests: the operation `after_ops` operations from now (0: the next one)
  * fails with `code` (a negative errno) instead of running, as a kernel launch that fails on a
- * GPU would: the error is kept for the next kern_sync.  -EINVAL for another backend. */
+ * GPU would: the error is kept for the next kern_sync.  A negative after_ops cancels an
+ * injection not yet reached (code ignored).  -EINVAL for another backend. */
 int kern_sim_inject_failure(kern_backend *b, int64_t after_ops, int code);
 
 /* Makes every graph captured so far stale (graph_launch gives -ESTALE), as a CUDA backend's

@@ -1091,6 +1091,87 @@ START_TEST(a_failed_operation_fails_the_step)
 }
 END_TEST
 
+/* The same with a quarter of the experts in a device tier and every miss computed on the CPU
+ * lane (policy cpu, the host tier holding every expert): the lane is running whenever the
+ * device's work fails, and the step still fails cleanly, joins it and frees what it pinned, and
+ * a fresh context gives the logits again — which are the ones with no device tier at all. */
+START_TEST(a_failed_operation_beside_the_cpu_lane_fails_the_step)
+{
+    char err[512];
+    fixture fx;
+    kern_backend_kind saved = test_backend;
+    test_backend = KERN_BACKEND_SIM;
+    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    test_backend = saved;
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fx.golden, "prompts"), 0);
+    int n;
+    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *seqs = calloc((size_t)n, sizeof *seqs);
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    float *ref = malloc((size_t)fx.hp->n_vocab * sizeof *ref),
+          *got = malloc((size_t)fx.hp->n_vocab * sizeof *got);
+    model_ctx *ctx = new_ctx(fx.m, 1, n);
+    run_prompt(ctx, tokens, n, 0, ref);
+    model_ctx_destroy(&ctx);
+
+    kern_open_opts co = kern_open_opts_default();
+    co.kind = KERN_BACKEND_CPU;
+    co.n_threads = 2;
+    kern_backend *cpu = NULL;
+    ck_assert_msg(kern_open(&cpu, &co, err, sizeof err) == 0, "%s", err);
+    cache_opts host = cache_opts_default();
+    cache_device_opts dev = cache_device_opts_default();
+    dev.backend = fx.backend;
+    dev.budget_fraction = 0.25;
+    model_opts mo = {.backend = fx.backend,
+                     .expert_cache = &host,
+                     .device_cache = &dev,
+                     .cpu_backend = cpu,
+                     .miss_policy = MODEL_MISS_CPU};
+    model *m = NULL;
+    ck_assert_msg(model_open(&m, fx.path, &mo, err, sizeof err) == 0, "%s", err);
+    ctx = new_ctx(m, 1, n);
+    run_prompt(ctx, tokens, n, 0, got);
+    ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
+    const model_step_stats *st = model_ctx_last_stats(ctx);
+    ck_assert_uint_gt(st->cpu_lane_experts, 0);
+    ck_assert_uint_eq(st->cpu_lane_experts, st->cpu_experts);
+    model_ctx_destroy(&ctx);
+    /* every third operation of the step, until the step has fewer */
+    int failed = 0, rc = -EIO;
+    for (int64_t after = 0; rc && after < 1000; after += 3) {
+        ctx = new_ctx(m, 1, n);
+        ck_assert_int_eq(kern_sim_inject_failure(fx.backend, after, -EIO), 0);
+        model_batch b = {.n_tokens = n, .token = tokens, .pos = pos, .seq = seqs};
+        err[0] = 0;
+        rc = model_forward(ctx, &b, got, err, sizeof err);
+        if (rc) {
+            ck_assert_int_eq(rc, -EIO);
+            ck_assert_msg(strstr(err, "injected") && strstr(err, "sim"), "%s", err);
+            failed++;
+        } else {
+            ck_assert_int_eq(kern_sim_inject_failure(fx.backend, -1, 0), 0);
+        }
+        model_ctx_destroy(&ctx);
+        ctx = new_ctx(m, 1, n);
+        run_prompt(ctx, tokens, n, 0, got);
+        ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
+        model_ctx_destroy(&ctx);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_gt(failed, 5);
+    model_close(&m);
+    kern_close(&cpu);
+    free(tokens);
+    free(pos);
+    free(seqs);
+    free(ref);
+    free(got);
+    fixture_close(&fx);
+}
+END_TEST
+
 /* ---- routing on the device ---------------------------------------------------------------- */
 
 /* One prompt then `steps` greedy decode steps on a fresh sim context; per step: the logits, the
@@ -1359,6 +1440,7 @@ int main(void)
     tcase_add_loop_test(tc, dequantised_weights_match_transformers, 0, N_GOLDEN - N_FLOAT_GOLDEN);
     tcase_add_loop_test(tc, f16_kv_stays_close_to_f32, 0, N_FLOAT_GOLDEN);
     tcase_add_test(tc, a_failed_operation_fails_the_step);
+    tcase_add_test(tc, a_failed_operation_beside_the_cpu_lane_fails_the_step);
     tcase_add_test(tc, routing_on_the_device_matches_the_host_without_its_round_trips);
     tcase_add_test(tc, graphs_of_alternating_shapes);
     tcase_add_test(tc, split_expert_layout_equals_stacked);
