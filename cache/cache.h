@@ -185,6 +185,11 @@ bool cache_resident_parts(const cache *c, int32_t layer, int32_t expert,
 /* Waits until the tier has no load in flight (a device tier's prefetch copies included), so that
  * the tier above may be used directly.  0 or the filler's negative error. */
 int cache_wait_idle(cache *c, char *err, size_t err_size);
+/* Waits only until the tier has no request of its own outstanding at the tier above: its copies
+ * may still be in flight, holding the upper slots they read pinned.  Enough before a request
+ * to the upper tier when that tier holds every expert (the request then needs no free slot);
+ * otherwise use cache_wait_idle.  0 or the filler's negative error. */
+int cache_wait_upper(cache *c, char *err, size_t err_size);
 /* Starts reads for the experts of `layer` a predictor expects, into slots that are neither
  * pinned nor being read nor filled by this same call (the least valuable first), without
  * pinning them: a later request that asks for one finds it resident or in flight.  Stops early

@@ -62,6 +62,8 @@ typedef struct cache__filler_ops {
      * nothing is in flight.  Returns 0 or a negative error of the filler itself. */
     int (*progress)(cache *c, bool wait, char *err, size_t err_size);
     uint32_t (*in_flight)(const cache *c);
+    /* requests of this tier's own still outstanding at the tier above (NULL: it has none) */
+    uint32_t (*upper_busy)(const cache *c);
     /* The message for a load of key that failed with `error`. */
     void (*describe)(const cache *c, int32_t key, int error, char *err, size_t err_size);
     void (*close)(cache *c);

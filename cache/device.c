@@ -271,6 +271,12 @@ static uint32_t dev_in_flight(const cache *c)
     return d->n_pend + (uint32_t)d->n_active + d->fl_len;
 }
 
+static uint32_t dev_upper_busy(const cache *c)
+{
+    const dev_fill *d = fill_of(c);
+    return d->n_pend + (uint32_t)d->n_active;
+}
+
 static void dev_describe(const cache *c, int32_t key, int error, char *err, size_t err_size)
 {
     const dev_fill *d = fill_of(c);
@@ -317,6 +323,7 @@ static const cache__filler_ops dev_filler = {
     .flush = dev_flush,
     .progress = dev_progress,
     .in_flight = dev_in_flight,
+    .upper_busy = dev_upper_busy,
     .describe = dev_describe,
     .close = dev_close,
 };

@@ -565,6 +565,15 @@ int cache_wait_idle(cache *c, char *err, size_t err_size)
     return 0;
 }
 
+int cache_wait_upper(cache *c, char *err, size_t err_size)
+{
+    while (!c->o.simulate && c->fill->upper_busy && c->fill->upper_busy(c) > 0) {
+        int rc = progress(c, true, err, err_size);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int cache_prefetch(cache *c, int32_t layer, const int32_t *experts, int32_t n_experts, char *err,
                    size_t err_size)
 {

@@ -777,7 +777,7 @@ static int run_from_tier(model_ctx *ctx, cache *c, int il, const int32_t *expert
  * (no lane, or a host tier too small to hold the CPU's share pinned and still read for the
  * copies), where each miss simply goes where it costs less. */
 static bool split_layer(model_ctx *ctx, int il, const int32_t *used, int32_t n_used, int32_t *n_dev,
-                        int32_t *n_cpu)
+                        int32_t *n_cpu, bool *host_all)
 {
     model *m = ctx->m;
     host_scratch *h = &ctx->hs;
@@ -791,6 +791,7 @@ static bool split_layer(model_ctx *ctx, int il, const int32_t *used, int32_t n_u
     }
     cache_stats hst;
     cache_get_stats(m->host_tier, &hst);
+    *host_all = hst.all_resident;
     bool lane = ctx->lane != NULL;
     if (m->miss_policy == MODEL_MISS_CPU) {
         n_to_cpu = n_miss;
@@ -864,7 +865,8 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
 
     host_scratch *h = &ctx->hs;
     int32_t n_dev = 0, n_cpu = 0;
-    bool lane = split_layer(ctx, il, used, n_used, &n_dev, &n_cpu);
+    bool host_all = false;
+    bool lane = split_layer(ctx, il, used, n_used, &n_dev, &n_cpu, &host_all);
     int64_t D = m->hp.n_embd;
     kern_backend *be = ctx->be;
     int rc = 0;
@@ -881,11 +883,14 @@ static int run_experts(model_ctx *ctx, int il, const int32_t *used, int32_t n_us
         return rc;
     }
     if (lane) {
-        /* the host tier is the device tier's to use until its copies (prefetches too) are
-         * done; then the CPU's experts are pinned there for the lane, which starts on them as
-         * soon as their inputs land, while this thread queues the device's hits and feeds it
-         * the copies */
-        if ((rc = cache_wait_idle(m->experts, err, err_size)) ||
+        /* the host tier is the device tier's to use until its requests there are done (a
+         * host tier that holds every expert needs no free slot for ours, so the copies of the
+         * predictor's prefetches may go on; a smaller one waits for them to land and unpin
+         * what they read); then the CPU's experts are pinned there for the lane, which starts
+         * on them as soon as their inputs land, while this thread queues the device's hits and
+         * feeds it the copies */
+        if ((rc = host_all ? cache_wait_upper(m->experts, err, err_size)
+                           : cache_wait_idle(m->experts, err, err_size)) ||
             (rc = take_host_refs(ctx, il, n_cpu, err, err_size)))
             return rc;
         model_cpu_lane_post(ctx->lane, &(model_cpu_job){.dev = be,

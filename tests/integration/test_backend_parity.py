@@ -74,6 +74,22 @@ for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
             failed += 1
             print(f"FAIL: {arch} miss policy {policy}: exit {p.returncode}, experts on the CPU {on_cpu}, "
                   f"all on the lane where the host tier holds them: {lane_ok}\n{p.stderr[-2000:]}")
+# The same with the predictor's prefetches into the device tier: copies in flight when a layer
+# hands the CPU its misses (the lane starts while they land, where the host tier holds every
+# expert); predictions never change results.
+for arch in ("qwen3moe", "deepseek2"):
+    for policy in ("cpu", "auto"):
+        p = subprocess.run([TOOL, "--model", model(arch, "q4_k_m"), "--backend", "sim", "--exact", "--steps", "6",
+                            "--miss-policy", policy, "--predictor", "pregate", "--host-budgets", "all,25%",
+                            "--device-budgets", "25%,min"], capture_output=True, text=True, timeout=600)
+        print(p.stdout, end="")
+        n = len([l for l in p.stdout.splitlines() if l.startswith("| parity-") and "bit-identical" in l])
+        if p.returncode == 0 and n == 4:
+            passed += n
+        else:
+            failed += 1
+            print(f"FAIL: {arch} miss policy {policy} with pregate prefetches: exit {p.returncode}, "
+                  f"{n} of 4 bit-identical\n{p.stderr[-2000:]}")
 # Copies staged through a pinned ring instead of a registered host tier: the same bits; also
 # with three staging threads and 16 KiB chunks, so that each part (36 KiB and more) is staged
 # in pieces by several threads and copied chunk by chunk.

@@ -5,7 +5,7 @@
  *   backend_parity --model F --backend sim|cuda [--exact | --tol X] [--steps N]
  *                  [--device-budgets all,50%,25%,min] [--host-budgets all,min] [--threads N]
  *                  [--miss-policy auto|copy|cpu] [--pinning auto|tier|ring]
- *                  [--staging-threads N] [--staging-chunk BYTES]
+ *                  [--staging-threads N] [--staging-chunk BYTES] [--predictor KIND]
  *
  * Three prompts are prefilled in one batch, then decoded in lockstep for N steps, teacher-forced
  * with the CPU's greedy tokens (so that a near tie broken differently cannot make the runs
@@ -54,8 +54,9 @@ static int parse_budget(const char *text, double *fraction, bool *min)
 static kern_backend *miss_cpu; /* computes a device tier's misses (policy auto, cpu) */
 static model_miss_policy miss_policy = MODEL_MISS_COPY;
 static cache_pinning pinning = CACHE_PIN_AUTO;
-static int stage_threads;    /* 0: the tier's default */
-static uint64_t stage_chunk; /* 0: the tier's default */
+static int stage_threads;               /* 0: the tier's default */
+static uint64_t stage_chunk;            /* 0: the tier's default */
+static pred_kind predictor = PRED_NONE; /* prefetches into the tiers (the reference has none) */
 
 static int run(kern_backend *be, const char *path, const char *host_budget, const char *dev_budget,
                int steps, const run_out *forced, run_out *out, char *err, size_t err_size)
@@ -78,7 +79,8 @@ static int run(kern_backend *be, const char *path, const char *host_budget, cons
                      .expert_cache = tiers ? &co : NULL,
                      .device_cache = tiers && be->kind != KERN_BACKEND_CPU ? &dev : NULL,
                      .cpu_backend = be->kind != KERN_BACKEND_CPU ? miss_cpu : NULL,
-                     .miss_policy = miss_policy};
+                     .miss_policy = miss_policy,
+                     .predictor = tiers ? predictor : PRED_NONE};
     model *m = NULL;
     out->routed_steps = 0;
     out->lane_experts = 0;
@@ -176,6 +178,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--miss-policy")) {
             if (model_miss_policy_parse(argv[++i], &miss_policy)) {
                 fprintf(stderr, "backend_parity: --miss-policy auto|copy|cpu\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--predictor")) {
+            if (pred_kind_parse(argv[++i], &predictor)) {
+                fprintf(stderr, "backend_parity: --predictor none|pregate|affinity|hybrid\n");
                 return 2;
             }
         } else if (!strcmp(argv[i], "--device-budgets"))
