@@ -271,7 +271,12 @@ int cli_open_miss_backend(const kern_backend *be, int n_threads, int miss_policy
         fprintf(stderr, "moeserve: the CPU backend for the device tier's misses: %s\n", err);
         return rc;
     }
-    cli_log("device tier misses: policy %s, computed on the CPU with %d threads when cheaper",
-            model_miss_policy_name((model_miss_policy)miss_policy), kern_cpu_n_threads(*out));
+    if (miss_policy == MODEL_MISS_CPU)
+        cli_log("device tier misses: policy cpu, computed on the CPU with %d threads",
+                kern_cpu_n_threads(*out));
+    else
+        cli_log("device tier misses: policy %s, split between copies and the CPU (%d threads), "
+                "which run at the same time",
+                model_miss_policy_name((model_miss_policy)miss_policy), kern_cpu_n_threads(*out));
     return 0;
 }

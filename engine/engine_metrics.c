@@ -276,6 +276,13 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
         {"moeserve_engine_graph_replays_total", "counter",
          "Steps launched as a graph that an earlier step of the same shape recorded",
          (double)st.graph_replays},
+        {"moeserve_expert_cpu_seconds_total", "counter",
+         "Time the CPU spent computing the device tier's misses (beside the device's work)",
+         (double)st.cpu_expert_ns * 1e-9},
+        {"moeserve_engine_cpu_expert_wait_seconds_total", "counter",
+         "Time the engine waited for the CPU's experts once the device's were queued and fed "
+         "(the CPU's share was the longer)",
+         (double)st.cpu_expert_wait_ns * 1e-9},
         {"moeserve_constrained_masks_total", "counter",
          "Token masks built for constrained decoding (response_format, forced tool calls)",
          (double)atomic_load(&e->masks)},

@@ -600,6 +600,8 @@ static void *engine_main(void *arg)
             const model_step_stats *ms = model_ctx_last_stats(s->ctx);
             s->stats.steps_routed_on_device += ms->routed_on_device;
             s->stats.graph_replays += ms->graph_replayed;
+            s->stats.cpu_expert_ns += ms->cpu_ns;
+            s->stats.cpu_expert_wait_ns += ms->cpu_wait_ns;
         }
         note_prefix_stats(s);
         if (rc) {

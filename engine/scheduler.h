@@ -92,6 +92,8 @@ typedef struct scheduler_stats {
     uint64_t step_retries;         /* steps run again after an expert could not be read */
     uint64_t steps_routed_on_device; /* steps whose experts were chosen and grouped there */
     uint64_t graph_replays;          /* steps launched as a graph an earlier step recorded */
+    uint64_t cpu_expert_ns;          /* time the CPU computed a device tier's misses ... */
+    uint64_t cpu_expert_wait_ns;     /* ... and the engine waited for it after the device's work */
 } scheduler_stats;
 
 typedef struct scheduler scheduler;

@@ -235,6 +235,13 @@ check(r.choices[0].text == want, f"sim backend, misses on the CPU: the CPU's gre
 metrics = urllib.request.urlopen(f"{srv.base}/metrics", timeout=10).read().decode()
 m = re.search(r'^moeserve_expert_cpu_computed_total (\S+)$', metrics, re.M)
 check(m is not None and float(m.group(1)) > 0, "misses were computed on the CPU")
+# the tier starts empty and policy cpu never copies: every expert ran on the CPU lane, with nothing
+# on the device to overlap it, so the engine waited for the lane every layer
+cpu_s = re.search(r'^moeserve_expert_cpu_seconds_total (\S+)$', metrics, re.M)
+wait_s = re.search(r'^moeserve_engine_cpu_expert_wait_seconds_total (\S+)$', metrics, re.M)
+check(cpu_s and wait_s and float(cpu_s.group(1)) > 0 and float(wait_s.group(1)) > 0,
+      f"the CPU's time on the misses and the engine's wait for them ({cpu_s and cpu_s.group(1)}, "
+      f"{wait_s and wait_s.group(1)})")
 check(srv.stop() == 0, "SIGTERM: exit 0")
 
 # ... and with every expert in the device tier: the steps route on the device and replay graphs
