@@ -896,10 +896,6 @@ START_TEST(dequantised_weights_match_transformers)
 }
 END_TEST
 
-/* ---- a failing backend ----------------------------------------------------------------------- */
-
-/* A kernel that fails mid-step (injected on sim) fails the step with a message naming it, and
- * the next step on a fresh context gives the same logits as if nothing had happened. */
 /* ---- expert types without a golden ----------------------------------------------------------- */
 
 /* The types the large MoE models keep their experts in, which no quantiser of ours writes:
@@ -1050,44 +1046,80 @@ START_TEST(lowbit_expert_types_match_their_dequantisation)
 }
 END_TEST
 
-START_TEST(a_failed_operation_fails_the_step)
-{
-    char err[512];
+/* ---- a failing backend ----------------------------------------------------------------------- */
+
+/* The failure tests' prompt: the first golden prompt of qwen3moe-tiny-f32, the model on sim,
+ * and the prompt's logits from a plain run (ref). */
+typedef struct fault_run {
     fixture fx;
+    int n;
+    int32_t *tokens, *pos, *seqs;
+    float *ref, *got;
+} fault_run;
+
+static void fault_run_open(fault_run *r)
+{
     kern_backend_kind saved = test_backend;
     test_backend = KERN_BACKEND_SIM;
-    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
+    fixture_open(&r->fx, "qwen3moe-tiny-f32", "", 1);
     test_backend = saved;
-    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fx.golden, "prompts"), 0);
-    int n;
-    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
-    int32_t *pos = malloc((size_t)n * sizeof *pos), *seqs = calloc((size_t)n, sizeof *seqs);
-    for (int i = 0; i < n; i++)
-        pos[i] = i;
-    float *ref = malloc((size_t)fx.hp->n_vocab * sizeof *ref),
-          *got = malloc((size_t)fx.hp->n_vocab * sizeof *got);
-    model_ctx *ctx = new_ctx(fx.m, 1, n);
-    run_prompt(ctx, tokens, n, 0, ref);
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(r->fx.golden, "prompts"), 0);
+    r->tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &r->n);
+    r->pos = malloc((size_t)r->n * sizeof *r->pos);
+    r->seqs = calloc((size_t)r->n, sizeof *r->seqs);
+    for (int i = 0; i < r->n; i++)
+        r->pos[i] = i;
+    r->ref = malloc((size_t)r->fx.hp->n_vocab * sizeof *r->ref);
+    r->got = malloc((size_t)r->fx.hp->n_vocab * sizeof *r->got);
+    model_ctx *ctx = new_ctx(r->fx.m, 1, r->n);
+    run_prompt(ctx, r->tokens, r->n, 0, r->ref);
     model_ctx_destroy(&ctx);
-    for (int64_t after = 0; after < 36; after += 5) { /* a step of the tiny model is ~40 ops */
-        ctx = new_ctx(fx.m, 1, n);
-        ck_assert_int_eq(kern_sim_inject_failure(fx.backend, after, -EIO), 0);
-        model_batch b = {.n_tokens = n, .token = tokens, .pos = pos, .seq = seqs};
-        err[0] = 0;
-        ck_assert_int_eq(model_forward(ctx, &b, got, err, sizeof err), -EIO);
+}
+
+static void fault_run_close(fault_run *r)
+{
+    free(r->tokens);
+    free(r->pos);
+    free(r->seqs);
+    free(r->ref);
+    free(r->got);
+    fixture_close(&r->fx);
+}
+
+/* The prompt on a fresh context of m with an operation failing `after` operations on: the step
+ * fails with the injected error, or succeeds where it has fewer operations (the injection is then
+ * cancelled); either way a fresh context then gives the reference logits.  Returns whether the
+ * step failed. */
+static bool fault_step(fault_run *r, model *m, int64_t after)
+{
+    char err[512] = "";
+    model_ctx *ctx = new_ctx(m, 1, r->n);
+    ck_assert_int_eq(kern_sim_inject_failure(r->fx.backend, after, -EIO), 0);
+    model_batch b = {.n_tokens = r->n, .token = r->tokens, .pos = r->pos, .seq = r->seqs};
+    int rc = model_forward(ctx, &b, r->got, err, sizeof err);
+    if (rc) {
+        ck_assert_int_eq(rc, -EIO);
         ck_assert_msg(strstr(err, "injected") && strstr(err, "sim"), "%s", err);
-        model_ctx_destroy(&ctx);
-        ctx = new_ctx(fx.m, 1, n);
-        run_prompt(ctx, tokens, n, 0, got);
-        ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
-        model_ctx_destroy(&ctx);
+    } else {
+        ck_assert_int_eq(kern_sim_inject_failure(r->fx.backend, -1, 0), 0);
     }
-    free(tokens);
-    free(pos);
-    free(seqs);
-    free(ref);
-    free(got);
-    fixture_close(&fx);
+    model_ctx_destroy(&ctx);
+    ctx = new_ctx(m, 1, r->n);
+    run_prompt(ctx, r->tokens, r->n, 0, r->got);
+    ck_assert(memcmp(r->ref, r->got, (size_t)r->fx.hp->n_vocab * sizeof *r->ref) == 0);
+    model_ctx_destroy(&ctx);
+    return rc != 0;
+}
+
+/* A kernel that fails mid-step (injected on sim) fails the step with a message naming it, and
+ * the next step on a fresh context gives the same logits as if nothing had happened. */
+START_TEST(a_failed_operation_fails_the_step)
+{
+    fault_run r;
+    fault_run_open(&r);
+    for (int64_t after = 0; after < 36; after += 5) /* a step of the tiny model is ~40 ops */
+        ck_assert(fault_step(&r, r.fx.m, after));
+    fault_run_close(&r);
 }
 END_TEST
 
@@ -1098,23 +1130,8 @@ END_TEST
 START_TEST(a_failed_operation_beside_the_cpu_lane_fails_the_step)
 {
     char err[512];
-    fixture fx;
-    kern_backend_kind saved = test_backend;
-    test_backend = KERN_BACKEND_SIM;
-    fixture_open(&fx, "qwen3moe-tiny-f32", "", 1);
-    test_backend = saved;
-    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fx.golden, "prompts"), 0);
-    int n;
-    int32_t *tokens = json_ints(cJSON_GetObjectItem(p, "tokens"), &n);
-    int32_t *pos = malloc((size_t)n * sizeof *pos), *seqs = calloc((size_t)n, sizeof *seqs);
-    for (int i = 0; i < n; i++)
-        pos[i] = i;
-    float *ref = malloc((size_t)fx.hp->n_vocab * sizeof *ref),
-          *got = malloc((size_t)fx.hp->n_vocab * sizeof *got);
-    model_ctx *ctx = new_ctx(fx.m, 1, n);
-    run_prompt(ctx, tokens, n, 0, ref);
-    model_ctx_destroy(&ctx);
-
+    fault_run r;
+    fault_run_open(&r);
     kern_open_opts co = kern_open_opts_default();
     co.kind = KERN_BACKEND_CPU;
     co.n_threads = 2;
@@ -1122,53 +1139,34 @@ START_TEST(a_failed_operation_beside_the_cpu_lane_fails_the_step)
     ck_assert_msg(kern_open(&cpu, &co, err, sizeof err) == 0, "%s", err);
     cache_opts host = cache_opts_default();
     cache_device_opts dev = cache_device_opts_default();
-    dev.backend = fx.backend;
+    dev.backend = r.fx.backend;
     dev.budget_fraction = 0.25;
-    model_opts mo = {.backend = fx.backend,
+    model_opts mo = {.backend = r.fx.backend,
                      .expert_cache = &host,
                      .device_cache = &dev,
                      .cpu_backend = cpu,
                      .miss_policy = MODEL_MISS_CPU};
     model *m = NULL;
-    ck_assert_msg(model_open(&m, fx.path, &mo, err, sizeof err) == 0, "%s", err);
-    ctx = new_ctx(m, 1, n);
-    run_prompt(ctx, tokens, n, 0, got);
-    ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
+    ck_assert_msg(model_open(&m, r.fx.path, &mo, err, sizeof err) == 0, "%s", err);
+    model_ctx *ctx = new_ctx(m, 1, r.n);
+    run_prompt(ctx, r.tokens, r.n, 0, r.got);
+    ck_assert(memcmp(r.ref, r.got, (size_t)r.fx.hp->n_vocab * sizeof *r.ref) == 0);
     const model_step_stats *st = model_ctx_last_stats(ctx);
     ck_assert_uint_gt(st->cpu_lane_experts, 0);
     ck_assert_uint_eq(st->cpu_lane_experts, st->cpu_experts);
     model_ctx_destroy(&ctx);
     /* every third operation of the step, until the step has fewer */
-    int failed = 0, rc = -EIO;
-    for (int64_t after = 0; rc && after < 1000; after += 3) {
-        ctx = new_ctx(m, 1, n);
-        ck_assert_int_eq(kern_sim_inject_failure(fx.backend, after, -EIO), 0);
-        model_batch b = {.n_tokens = n, .token = tokens, .pos = pos, .seq = seqs};
-        err[0] = 0;
-        rc = model_forward(ctx, &b, got, err, sizeof err);
-        if (rc) {
-            ck_assert_int_eq(rc, -EIO);
-            ck_assert_msg(strstr(err, "injected") && strstr(err, "sim"), "%s", err);
-            failed++;
-        } else {
-            ck_assert_int_eq(kern_sim_inject_failure(fx.backend, -1, 0), 0);
-        }
-        model_ctx_destroy(&ctx);
-        ctx = new_ctx(m, 1, n);
-        run_prompt(ctx, tokens, n, 0, got);
-        ck_assert(memcmp(ref, got, (size_t)fx.hp->n_vocab * sizeof *ref) == 0);
-        model_ctx_destroy(&ctx);
+    int failed = 0;
+    int64_t after = 0;
+    while (after < 1000 && fault_step(&r, m, after)) {
+        failed++;
+        after += 3;
     }
-    ck_assert_int_eq(rc, 0);
+    ck_assert_int_lt(after, 1000);
     ck_assert_int_gt(failed, 5);
     model_close(&m);
     kern_close(&cpu);
-    free(tokens);
-    free(pos);
-    free(seqs);
-    free(ref);
-    free(got);
-    fixture_close(&fx);
+    fault_run_close(&r);
 }
 END_TEST
 
