@@ -431,7 +431,10 @@ static int run(bench_opts *o)
                (unsigned long long)(c1.prefetch_used - c0.prefetch_used),
                (unsigned long long)(c1.prefetch_wasted - c0.prefetch_wasted));
     }
-    if (model_predictor(m)) { /* the decode steps' guesses only (prefill guesses a batch) */
+    if (model_predictor(m) && routed == G) {
+        printf("| predictor | %s | idle: every expert on the device, nothing to prefetch |\n",
+               pred_kind_name(pred_get_kind(model_predictor(m))));
+    } else if (model_predictor(m)) { /* the decode steps' guesses (prefill guesses a batch) */
         const pred *pr = model_predictor(m);
         if (snapshot_predictor(pr, hp->n_layer, &pred1)) goto done;
         pred_layer_stats sum = {0};

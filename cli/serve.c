@@ -224,14 +224,12 @@ static int load_model(serve_state *st, char *err, size_t err_size)
         if (!cs.all_resident)
             cli_log("routing: through the host each layer (the device tier holds part of the "
                     "experts: the host decides each miss)");
-        else if (mo.predictor != PRED_NONE)
-            cli_log("routing: through the host each layer (the predictor reads every layer's "
-                    "experts)");
         else
-            cli_log("routing: on the device (every expert there)%s",
+            cli_log("routing: on the device (every expert there)%s%s",
                     c->compute.graphs == CFG_OFF
                         ? "; graphs off"
-                        : "; each step shape is replayed as a graph once it has run");
+                        : "; each step shape is replayed as a graph once it has run",
+                    mo.predictor != PRED_NONE ? "; the predictor idles (nothing to prefetch)" : "");
     }
     const model_hparams *hp = model_params(st->m);
     rc = tokenizer_create(&st->tok, model_file(st->m), err, err_size);

@@ -271,7 +271,7 @@ void engine_write_metrics(void *user, srv_mx_buf *b)
          (double)st.step_retries},
         {"moeserve_engine_steps_routed_on_device_total", "counter",
          "Steps whose experts were chosen and grouped on the device (no host round trip per "
-         "layer: every expert there, no predictor)",
+         "layer: every expert there)",
          (double)st.steps_routed_on_device},
         {"moeserve_engine_graph_replays_total", "counter",
          "Steps launched as a graph that an earlier step of the same shape recorded",

@@ -1076,14 +1076,14 @@ static bool tables_build(model_ctx *ctx)
 }
 
 /* Whether this step routes on the device: a device backend with every expert on it (placed,
- * or in a device tier that holds them all, whose slots never change) and no predictor, which
- * reads each layer's ids before the next layer runs. */
+ * or in a device tier that holds them all, whose slots never change).  A predictor then has
+ * nothing to prefetch and idles (predict_next), rather than bring every layer's ids up. */
 static bool route_on_device_now(model_ctx *ctx)
 {
     model *m = ctx->m;
     const model_hparams *hp = &m->hp;
-    if (ctx->host_routing || ctx->be->kind == KERN_BACKEND_CPU || m->predictor ||
-        hp->n_expert == 0 || hp->n_layer_dense >= hp->n_layer)
+    if (ctx->host_routing || ctx->be->kind == KERN_BACKEND_CPU || hp->n_expert == 0 ||
+        hp->n_layer_dense >= hp->n_layer)
         return false;
     if (ctx->tables && ctx->table_src == m->experts) return true;
     if (m->experts) {
@@ -1178,8 +1178,9 @@ static int predict_next(model_ctx *ctx, int il, int64_t n, char *err, size_t err
     const model_hparams *hp = &m->hp;
     host_scratch *h = &ctx->hs;
     /* a dense layer routed nothing: no experts to count from, and the MoE layers after it are
-     * guessed from the first of them */
-    if (!m->predictor || il < hp->n_layer_dense) return 0;
+     * guessed from the first of them; a step routed on the device has every expert there, so
+     * nothing to prefetch (and its ids stay on the device): the predictor idles */
+    if (!m->predictor || il < hp->n_layer_dense || ctx->stats.routed_on_device) return 0;
     int64_t E = hp->n_expert;
     bool router = pred_kind_uses_router(pred_get_kind(m->predictor));
     for (int k = pred_lookahead(m->predictor); k >= 1; k--) {

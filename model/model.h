@@ -203,7 +203,7 @@ typedef struct model_ctx_opts {
     int32_t kv_block_tokens;      /* positions per KV block; 0: 16 */
     int32_t kv_max_cached_blocks; /* prefix reuse: unheld blocks kept at most; 0: memory-bound */
     /* Route every layer through the host even where the device could do it alone (every expert
-     * on the device, no predictor): what benchmarks compare device routing with. */
+     * on the device): what benchmarks compare device routing with. */
     bool host_routing;
     /* Never replay a step as a graph (see model_forward); benchmarks compare. */
     bool no_graphs;

@@ -76,20 +76,24 @@ for arch in ("qwen2moe", "llama", "gpt-oss", "glm4moe", "deepseek2"):
                   f"all on the lane where the host tier holds them: {lane_ok}\n{p.stderr[-2000:]}")
 # The same with the predictor's prefetches into the device tier: copies in flight when a layer
 # hands the CPU its misses (the lane starts while they land, where the host tier holds every
-# expert); predictions never change results.
+# expert); predictions never change results.  A device tier that holds every expert leaves the
+# predictor idle and routes on the device.
 for arch in ("qwen3moe", "deepseek2"):
     for policy in ("cpu", "auto"):
         p = subprocess.run([TOOL, "--model", model(arch, "q4_k_m"), "--backend", "sim", "--exact", "--steps", "6",
                             "--miss-policy", policy, "--predictor", "pregate", "--host-budgets", "all,25%",
-                            "--device-budgets", "25%,min"], capture_output=True, text=True, timeout=600)
+                            "--device-budgets", "all,25%,min"], capture_output=True, text=True, timeout=600)
         print(p.stdout, end="")
-        n = len([l for l in p.stdout.splitlines() if l.startswith("| parity-") and "bit-identical" in l])
-        if p.returncode == 0 and n == 4:
+        rows = [l.split("|") for l in p.stdout.splitlines() if l.startswith("| parity-")]
+        n = len([r for r in rows if "bit-identical" in r[11]])
+        routed_ok = len(rows) == 6 and all(r[9].strip() == ("7/7" if r[4].strip() == "all" else "0/7") for r in rows)
+        if p.returncode == 0 and n == 6 and routed_ok:
             passed += n
         else:
             failed += 1
             print(f"FAIL: {arch} miss policy {policy} with pregate prefetches: exit {p.returncode}, "
-                  f"{n} of 4 bit-identical\n{p.stderr[-2000:]}")
+                  f"{n} of 6 bit-identical, routed on the device where all are there: {routed_ok}\n"
+                  f"{p.stderr[-2000:]}")
 # Copies staged through a pinned ring instead of a registered host tier: the same bits; also
 # with three staging threads and 16 KiB chunks, so that each part (36 KiB and more) is staged
 # in pieces by several threads and copied chunk by chunk.

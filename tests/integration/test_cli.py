@@ -158,6 +158,10 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 0 and r == (0, 6, 0), f"bench --host-routing: no step routed on the device, none replayed ({shown})")
     rc, r, cuda_row, shown = routed("--no-graphs")
     check(rc == 0 and r == (6, 6, 0), f"bench --no-graphs: routed on the device, no replay ({shown})")
+    rc, r, cuda_row, shown = routed("--predictor", "pregate")
+    check(rc == 0 and r is not None and r[0] == r[1] == 6 and r[2] >= 3 and "idle: every expert on the device" in shown,
+          f"bench --predictor pregate, every expert on the device: the predictor idles, the steps still route "
+          f"there and replay ({shown})")
     rc, r, cuda_row, shown = routed("--no-tensor-cores")
     check(rc == 0 and r is not None and r[0] == 6 and not cuda_row,
           f"bench --no-tensor-cores is accepted and changes nothing on sim ({shown})")
