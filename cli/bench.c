@@ -124,7 +124,8 @@ static void usage(FILE *out)
         "  --staging-threads N  threads that fill the pinned ring (default 0: a quarter of the "
         "cores, 1 to 4)\n"
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
-        "  --profile     time each CPU operation over the decode steps (a table per run)\n"
+        "  --profile     time each operation over the decode steps (a table per run; on a\n"
+        "                device its own time, and graphs are off while timing)\n"
         "  --host-routing  route every layer through the host even with every expert on the\n"
         "                device (what routing on the device saves)\n"
         "  --no-graphs   queue every step (no graph replays; what graphs save)\n"
@@ -219,6 +220,39 @@ static int read_text_tokens(const bench_opts *o, const model *m, size_t need, in
     return 0;
 }
 
+/* Where a decode step's time goes: each operation, and what is outside them.  On the CPU that
+ * is routing and bucketing on the host, the expert cache and the step's bookkeeping; on a
+ * device the operations' times are the device's, and the gap row is the device's idle time
+ * between them (launches, host round trips), the rest of the step's wall time being the
+ * host's own. */
+static void print_profile(kern_backend *be, int32_t G, double t_decode)
+{
+    kern_profile pr;
+    kern_get_profile(be, &pr);
+    kern_set_profiling(be, false);
+    uint64_t in_ops = 0;
+    printf("| operation | calls/step | us/step | share of the step |\n|---|---|---|---|\n");
+    for (int op = 0; op < KERN_OP_COUNT; op++) {
+        if (!pr.calls[op]) continue;
+        in_ops += pr.ns[op];
+        printf("| %s | %.1f | %.1f | %.1f%% |\n", kern_op_name((kern_op)op),
+               (double)pr.calls[op] / G, (double)pr.ns[op] / G / 1e3,
+               100.0 * (double)pr.ns[op] * 1e-9 / t_decode);
+    }
+    if (pr.device_time) {
+        printf("| %s idle between them | | %.1f | %.1f%% |\n", be->name,
+               (double)pr.gap_ns / G / 1e3, 100.0 * (double)pr.gap_ns * 1e-9 / t_decode);
+        in_ops += pr.gap_ns;
+    }
+    printf("| outside the operations | | %.1f | %.1f%% |\n",
+           (t_decode * 1e9 - (double)in_ops) / G / 1e3,
+           100.0 * (1.0 - (double)in_ops * 1e-9 / t_decode));
+    if (pr.untimed)
+        printf("| untimed calls | %.1f | | (graph launches, or more calls between syncs than "
+               "the backend holds) |\n",
+               (double)pr.untimed / G);
+}
+
 static int run(bench_opts *o)
 {
     int status = 1;
@@ -252,7 +286,8 @@ static int run(bench_opts *o)
                          .n_ctx = P + G + 1,
                          .kv_type = o->cache.kv_type,
                          .host_routing = o->host_routing,
-                         .no_graphs = o->no_graphs};
+                         /* a replayed graph cannot be timed operation by operation */
+                         .no_graphs = o->no_graphs || (o->profile && be->kind != KERN_BACKEND_CPU)};
     if (model_ctx_create(&ctx, m, &co, err, sizeof err)) {
         fprintf(stderr, "moeserve bench: %s\n", err);
         goto done;
@@ -308,8 +343,11 @@ static int run(bench_opts *o)
     double t_decode = 0.0;
     uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0, cpu_bytes = 0, cpu_wait_ns = 0;
     int routed = 0, replayed = 0;
-    if (o->profile && kern_cpu_set_profiling(be, true))
-        fprintf(stderr, "moeserve bench: --profile times the CPU backend's operations only\n");
+    int prof_rc = o->profile ? kern_set_profiling(be, true) : 0;
+    if (prof_rc)
+        fprintf(stderr,
+                "moeserve bench: --profile: the %s backend cannot time its operations: %s\n",
+                be->name, strerror(-prof_rc));
     uint8_t *want = malloc((size_t)B);
     if (!want) {
         free(next);
@@ -354,25 +392,7 @@ static int run(bench_opts *o)
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c1);
 
     double step_s = t_decode / G;
-    if (o->profile && be->kind == KERN_BACKEND_CPU) {
-        /* where a decode step's time goes: each operation, and what is outside them (routing
-         * and bucketing on the host, the expert cache, the step's own bookkeeping) */
-        kern_cpu_profile pr;
-        kern_cpu_get_profile(be, &pr);
-        kern_cpu_set_profiling(be, false);
-        uint64_t in_ops = 0;
-        printf("| operation | calls/step | us/step | share of the step |\n|---|---|---|---|\n");
-        for (int op = 0; op < KERN_OP_COUNT; op++) {
-            if (!pr.calls[op]) continue;
-            in_ops += pr.ns[op];
-            printf("| %s | %.1f | %.1f | %.1f%% |\n", kern_cpu_op_name((kern_cpu_op)op),
-                   (double)pr.calls[op] / G, (double)pr.ns[op] / G / 1e3,
-                   100.0 * (double)pr.ns[op] * 1e-9 / t_decode);
-        }
-        printf("| outside the operations | | %.1f | %.1f%% |\n",
-               (t_decode * 1e9 - (double)in_ops) / G / 1e3,
-               100.0 * (1.0 - (double)in_ops * 1e-9 / t_decode));
-    }
+    if (o->profile && !prof_rc) print_profile(be, G, t_decode);
     double step_bytes = (double)bytes / G;
     double floor_s = step_bytes / bw;
     const char *base = strrchr(o->path, '/');

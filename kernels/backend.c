@@ -36,6 +36,16 @@ int kern__error_take(kern__error *e, char *err, size_t err_size)
     return rc;
 }
 
+static const char *const op_names[KERN_OP_COUNT] = {
+    "matmul",      "rmsnorm",  "rope",     "kv_store",   "attention", "silu_mul",
+    "add",         "add_bias", "get_rows", "gather",     "router",    "experts",
+    "moe_combine", "gate_add", "copy",     "swiglu_oai", "moe_align", "experts_routed"};
+
+const char *kern_op_name(kern_op op)
+{
+    return (unsigned)op < KERN_OP_COUNT ? op_names[op] : "?";
+}
+
 static const char *const kind_names[KERN_BACKEND_COUNT] = {"cpu", "sim", "cuda"};
 
 const char *kern_backend_kind_name(kern_backend_kind kind)

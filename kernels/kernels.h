@@ -40,6 +40,7 @@
 #ifndef MOE_KERNELS_H
 #define MOE_KERNELS_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -214,6 +215,47 @@ typedef struct kern_backend kern_backend;
 typedef struct kern_event kern_event;
 typedef struct kern_graph kern_graph;
 
+/* The operations, for per-operation timing (the bench's --profile). */
+typedef enum kern_op {
+    KERN_OP_MATMUL = 0, /* matmul and matmul_batched */
+    KERN_OP_RMSNORM,
+    KERN_OP_ROPE,
+    KERN_OP_KV_STORE,
+    KERN_OP_ATTENTION,
+    KERN_OP_SILU_MUL,
+    KERN_OP_ADD,
+    KERN_OP_ADD_BIAS,
+    KERN_OP_GET_ROWS,
+    KERN_OP_GATHER,
+    KERN_OP_ROUTER,
+    KERN_OP_EXPERTS,
+    KERN_OP_MOE_COMBINE,
+    KERN_OP_GATE_ADD,
+    KERN_OP_COPY, /* copies on the compute stream */
+    KERN_OP_SWIGLU_OAI,
+    KERN_OP_MOE_ALIGN,
+    KERN_OP_EXPERTS_ROUTED,
+    KERN_OP_COUNT
+} kern_op;
+
+/* What the operations took since profiling was turned on.  On the CPU (and sim, whose
+ * arithmetic is the CPU's) an operation's time is its call's wall time: the call does the
+ * work.  On a device (device_time) it is the device's time from the operation's first kernel
+ * to its last, read from events around it on the compute stream once a sync has seen them
+ * run; gap_ns is the device's time between one timed operation's end and the next one's start
+ * before the same sync: where the device waited for the host to queue work. */
+typedef struct kern_profile {
+    uint64_t calls[KERN_OP_COUNT];
+    uint64_t ns[KERN_OP_COUNT];
+    bool device_time;
+    uint64_t gap_ns;
+    /* calls not timed: queued while a graph was recorded, replayed inside one, or past what
+     * the backend can hold between two syncs */
+    uint64_t untimed;
+} kern_profile;
+
+const char *kern_op_name(kern_op op);
+
 /* The gated activation between an FFN's gate and up products and its down product. */
 typedef enum kern_glu {
     KERN_GLU_SILU = 0, /* silu(g) * u */
@@ -380,6 +422,10 @@ typedef struct kern_ops {
     int (*graph_launch)(kern_backend *b, kern_graph *g);
     void (*graph_destroy)(kern_backend *b, kern_graph *g);
 
+    /* -- per-operation timing (kern_profile; NULL in a backend's table: none) -- */
+    int (*set_profiling)(kern_backend *b, bool on);
+    void (*get_profile)(const kern_backend *b, kern_profile *out);
+
     void (*destroy)(kern_backend *b);
 } kern_ops;
 
@@ -498,6 +544,19 @@ static inline void kern_graph_destroy(kern_backend *b, kern_graph **g)
 {
     if (*g) b->ops->graph_destroy(b, *g);
     *g = NULL;
+}
+
+/* Per-operation timing: turning it on clears the sums; -ENOTSUP where the backend has none.
+ * Timing costs a little per operation (two clock reads on the CPU, two events on a device) and
+ * is meant for measuring, not serving. */
+static inline int kern_set_profiling(kern_backend *b, bool on)
+{
+    return b->ops->set_profiling ? b->ops->set_profiling(b, on) : -ENOTSUP;
+}
+static inline void kern_get_profile(const kern_backend *b, kern_profile *out)
+{
+    memset(out, 0, sizeof *out);
+    if (b->ops->get_profile) b->ops->get_profile(b, out);
 }
 
 /* The best time, in seconds, of `reps` copies of `bytes` in direction `dir` (host memory pinned,

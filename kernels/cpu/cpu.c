@@ -38,7 +38,7 @@ typedef struct cpu_backend {
     int64_t *first; /* experts op: each expert's first work item */
     int first_cap;
     kern__error error; /* first failure since the last sync */
-    kern_cpu_profile profile;
+    kern_profile profile;
 } cpu_backend;
 
 static cpu_backend *as_cpu(kern_backend *b)
@@ -1310,6 +1310,8 @@ static int cpu_sync(kern_backend *b, char *err, size_t err_size)
 }
 
 static void cpu_destroy(kern_backend *b);
+static int cpu_set_profiling(kern_backend *b, bool on);
+static void cpu_get_profile(const kern_backend *b, kern_profile *out);
 
 static const kern_ops cpu_ops = {
     .alloc = cpu_alloc,
@@ -1343,6 +1345,8 @@ static const kern_ops cpu_ops = {
     .experts_routed = cpu_experts_routed,
     .moe_combine = cpu_moe_combine,
     .gate_add = cpu_gate_add,
+    .set_profiling = cpu_set_profiling,
+    .get_profile = cpu_get_profile,
     .destroy = cpu_destroy,
 };
 
@@ -1355,7 +1359,7 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void profiled(kern_backend *b, kern_cpu_op op, uint64_t t0)
+static void profiled(kern_backend *b, kern_op op, uint64_t t0)
 {
     cpu_backend *cpu = as_cpu(b);
     cpu->profile.calls[op]++;
@@ -1423,6 +1427,11 @@ PROFILED(gate_add, KERN_OP_GATE_ADD,
           int64_t d),
          (b, h, g, x, o, n, d))
 
+PROFILED(moe_align, KERN_OP_MOE_ALIGN,
+         (kern_backend * b, const int32_t *ids, const float *w, int64_t n, int k, int32_t e,
+          const kern_moe_plan *p),
+         (b, ids, w, n, k, e, p))
+
 static int prof_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
                      kern_copy_dir dir)
 {
@@ -1460,21 +1469,14 @@ static const kern_ops cpu_ops_profiled = {
     .gather = prof_gather,
     .router = prof_router,
     .experts = prof_experts,
-    .moe_align = cpu_moe_align,           /* cheap next to what it plans */
+    .moe_align = prof_moe_align,
     .experts_routed = cpu_experts_routed, /* its experts op is the profiled one */
     .moe_combine = prof_moe_combine,
     .gate_add = prof_gate_add,
+    .set_profiling = cpu_set_profiling,
+    .get_profile = cpu_get_profile,
     .destroy = cpu_destroy,
 };
-
-static const char *const op_names[KERN_OP_COUNT] = {
-    "matmul",   "rmsnorm", "rope",   "kv_store", "attention",   "silu_mul", "add",  "add_bias",
-    "get_rows", "gather",  "router", "experts",  "moe_combine", "gate_add", "copy", "swiglu_oai"};
-
-const char *kern_cpu_op_name(kern_cpu_op op)
-{
-    return op < KERN_OP_COUNT ? op_names[op] : "?";
-}
 
 /* ---- open / close ---------------------------------------------------------------------------- */
 
@@ -1530,19 +1532,17 @@ static cpu_backend *cpu_of(const kern_backend *b)
     return NULL;
 }
 
-int kern_cpu_set_profiling(kern_backend *b, bool on)
+static int cpu_set_profiling(kern_backend *b, bool on)
 {
-    if (b->kind != KERN_BACKEND_CPU) return -EINVAL;
     cpu_backend *cpu = as_cpu(b);
     if (on) memset(&cpu->profile, 0, sizeof cpu->profile);
     cpu->base.ops = on ? &cpu_ops_profiled : &cpu_ops;
     return 0;
 }
 
-void kern_cpu_get_profile(const kern_backend *b, kern_cpu_profile *out)
+static void cpu_get_profile(const kern_backend *b, kern_profile *out)
 {
-    memset(out, 0, sizeof *out);
-    if (b->kind == KERN_BACKEND_CPU) *out = ((const cpu_backend *)b)->profile;
+    *out = ((const cpu_backend *)b)->profile;
 }
 
 int kern_cpu_n_threads(const kern_backend *b)

@@ -63,39 +63,6 @@ int kern_cpu_open(kern_backend **out, const kern_cpu_opts *opts, char *err, size
 int kern_cpu_n_threads(const kern_backend *b);
 kern_isa kern_cpu_backend_isa(const kern_backend *b);
 
-/* Per-operation timing (the bench's --profile): while on, every operation's wall time and call
- * count are added up, per operation.  Costs two clock reads per operation. */
-typedef enum kern_cpu_op {
-    KERN_OP_MATMUL = 0,
-    KERN_OP_RMSNORM,
-    KERN_OP_ROPE,
-    KERN_OP_KV_STORE,
-    KERN_OP_ATTENTION,
-    KERN_OP_SILU_MUL,
-    KERN_OP_ADD,
-    KERN_OP_ADD_BIAS,
-    KERN_OP_GET_ROWS,
-    KERN_OP_GATHER,
-    KERN_OP_ROUTER,
-    KERN_OP_EXPERTS,
-    KERN_OP_MOE_COMBINE,
-    KERN_OP_GATE_ADD,
-    KERN_OP_COPY,
-    KERN_OP_SWIGLU_OAI,
-    KERN_OP_COUNT
-} kern_cpu_op;
-
-typedef struct kern_cpu_profile {
-    uint64_t calls[KERN_OP_COUNT];
-    uint64_t ns[KERN_OP_COUNT];
-} kern_cpu_profile;
-
-const char *kern_cpu_op_name(kern_cpu_op op);
-/* Turns the timing on or off (clearing the sums when turned on); -EINVAL for a backend that
- * does not run the CPU's kernels. */
-int kern_cpu_set_profiling(kern_backend *b, bool on);
-void kern_cpu_get_profile(const kern_backend *b, kern_cpu_profile *out);
-
 /* Reads `bytes` of `buf` once with all of the backend's threads and returns the achieved rate
  * in bytes per second: the memory-bandwidth floor the benchmarks compare against. */
 double kern_cpu_read_bandwidth(kern_backend *b, const void *buf, size_t bytes);

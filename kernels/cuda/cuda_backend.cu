@@ -302,6 +302,7 @@ static int cuda_sync(kern_backend *b, char *err, size_t err_size)
         rc = cuda__errno(e);
         snprintf(msg, sizeof msg, "cuda sync: %s: %s", cudaGetErrorName(e), cudaGetErrorString(e));
     }
+    if (cb->prof.n) cuda__profile_collect(cb);
     /* Both streams are idle, so every fault bit a kernel will raise is in place. */
     unsigned fault = *(volatile unsigned *)cb->fault;
     if (fault) {
@@ -416,6 +417,7 @@ static void cuda_destroy(kern_backend *b)
     (void)cudaSetDevice(cb->device);
     for (int s = 0; s < KERN_STREAM_COUNT; s++)
         if (cb->streams[s]) (void)cudaStreamSynchronize(cb->streams[s]);
+    cuda__profile_release(cb);
     if (cb->act.ptr) (void)cudaFree(cb->act.ptr);
     if (cb->partial.ptr) (void)cudaFree(cb->partial.ptr);
     if (cb->moe_up.ptr) (void)cudaFree(cb->moe_up.ptr);
@@ -426,7 +428,7 @@ static void cuda_destroy(kern_backend *b)
     free(cb);
 }
 
-static const kern_ops cuda_ops = {
+extern const kern_ops cuda__ops = {
     cuda_alloc,        cuda_free,         cuda_register_host,   cuda_unregister_host,
     cuda_mem_info,     cuda_copy,         cuda_event_create,    cuda_event_destroy,
     cuda_event_record, cuda_event_query,  cuda_event_wait,      cuda_stream_wait,
@@ -435,11 +437,12 @@ static const kern_ops cuda_ops = {
     cuda__swiglu_oai,  cuda__add,         cuda__add_bias,       cuda__get_rows,
     cuda__gather,      cuda__router,      cuda__experts,        cuda__moe_combine,
     cuda__gate_add,    cuda__moe_align,   cuda__experts_routed, cuda_capture_begin,
-    cuda_capture_end,  cuda_graph_launch, cuda_graph_destroy,   cuda_destroy,
+    cuda_capture_end,  cuda_graph_launch, cuda_graph_destroy,   cuda__set_profiling,
+    cuda__get_profile, cuda_destroy,
 };
 
 /* The table is positional: an operation added to kern_ops must be added here too. */
-static_assert(sizeof cuda_ops == 36 * sizeof(void *), "kern_ops changed: update cuda_ops");
+static_assert(sizeof cuda__ops == 38 * sizeof(void *), "kern_ops changed: update cuda__ops");
 
 /* Launching it proves the device can run this build's code (its SASS or PTX). */
 __global__ void cuda_image_probe(void) {}
@@ -493,7 +496,7 @@ extern "C" int kern_cuda_open(kern_backend **out, const kern_open_opts *opts, ch
     }
     cb->base.name = "cuda";
     cb->base.kind = KERN_BACKEND_CUDA;
-    cb->base.ops = &cuda_ops;
+    cb->base.ops = &cuda__ops;
     cb->device = device;
     cb->sm_count = prop.multiProcessorCount;
     const char *step = "cudaStreamCreateWithFlags";

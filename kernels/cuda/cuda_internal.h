@@ -65,6 +65,15 @@ typedef struct cuda_backend {
      * opener did not turn them off, and their check at open gave the dp4a kernel's bits. */
     bool tensor_cores;
     char matmul_note[256]; /* which kernel runs batches, and why (kern_cuda_matmul_note) */
+    /* Per-operation timing (cuda_profile.cu): while on, base.ops is `ops`, the plain table
+     * with each operation between two events on the compute stream; sync reads them. */
+    struct {
+        cudaEvent_t *ev; /* 2 per call: its start and its end */
+        uint8_t *op;     /* the kern_op of each call recorded since the last sync */
+        size_t n, cap;   /* calls recorded, and room for them */
+        kern_profile sums;
+        kern_ops ops;
+    } prof;
 } cuda_backend;
 
 static inline cuda_backend *cuda__of(kern_backend *b)
@@ -107,6 +116,16 @@ bool cuda__launched(cuda_backend *cb, const char *op);
 /* At least `bytes` of device scratch in s, or NULL with the error recorded (growing it waits
  * for the compute stream, which a capture cannot: it then fails the capture). */
 void *cuda__scratch_get(cuda_backend *cb, cuda__scratch *s, size_t bytes, const char *op);
+
+/* The backend's table (cuda_backend.cu), which the timed one wraps. */
+extern const kern_ops cuda__ops;
+
+/* cuda_profile.cu: kern_ops.set_profiling / get_profile; collect runs in sync, once both
+ * streams are idle, and adds what the recorded events measured; release frees the events. */
+int cuda__set_profiling(kern_backend *b, bool on);
+void cuda__get_profile(const kern_backend *b, kern_profile *out);
+void cuda__profile_collect(cuda_backend *cb);
+void cuda__profile_release(cuda_backend *cb);
 
 /* ---- operations (the kern_ops signatures) ----------------------------------------------- */
 

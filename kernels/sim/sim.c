@@ -804,6 +804,17 @@ static void sim_gate_add(kern_backend *b, const float *h, const float *gate, con
 
 static void sim_graph_destroy(kern_backend *b, kern_graph *g);
 
+/* The arithmetic is the CPU backend's, so its timing is too. */
+static int sim_set_profiling(kern_backend *b, bool on)
+{
+    return kern_set_profiling(as_sim(b)->cpu, on);
+}
+
+static void sim_get_profile(const kern_backend *b, kern_profile *out)
+{
+    kern_get_profile(as_sim(b)->cpu, out);
+}
+
 static void sim_destroy(kern_backend *b)
 {
     sim_backend *sim = as_sim(b);
@@ -1122,6 +1133,8 @@ static const kern_ops sim_capture_ops = {
     .capture_end = sim_capture_end,
     .graph_launch = sim_graph_launch,
     .graph_destroy = sim_graph_destroy,
+    .set_profiling = sim_set_profiling,
+    .get_profile = sim_get_profile,
     .destroy = sim_destroy,
 };
 
@@ -1281,6 +1294,8 @@ static const kern_ops sim_ops = {
     .capture_end = sim_capture_end,
     .graph_launch = sim_graph_launch,
     .graph_destroy = sim_graph_destroy,
+    .set_profiling = sim_set_profiling,
+    .get_profile = sim_get_profile,
     .destroy = sim_destroy,
 };
 

@@ -170,6 +170,16 @@ with tempfile.TemporaryDirectory() as tmp:
     rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ") and l.count("|") == 5}
     check(rc == 0 and "matmul" in rows and "outside the operations" in rows and "router" in rows,
           f"bench --profile tables the operations of a decode step ({out[:600]} {err[-200:]})")
+    # On a device backend the same table (sim's arithmetic is the CPU's, so are its times), with
+    # the steps routed on the device and graphs off while timing.
+    rc, out, err = run("bench", "--model", q4km, "--backend", "sim", "--prompt", "8", "--gen", "4", "--threads",
+                       "2", "--profile")
+    rows = {l.split("|")[1].strip(): l.split("|")[2].strip() for l in out.splitlines()
+            if l.startswith("| ") and l.count("|") == 5}
+    sim_row = next((l for l in out.splitlines() if l.startswith("| sim backend")), "")
+    check(rc == 0 and float(rows.get("moe_align", 0) or 0) >= 1 and float(rows.get("experts", 0) or 0) >= 1
+          and "outside the operations" in rows and "in 4 of 4 decode steps, 0 replayed" in sim_row,
+          f"bench --backend sim --profile times the routed steps' operations, no graph replayed ({out[:900]})")
     # The predictor on text: bench --text teacher-forces the file's tokens, --trace records the
     # requests and the predictions, and cache-replay compares policies and thresholds on them.
     text = os.path.join(tmp, "text.txt")

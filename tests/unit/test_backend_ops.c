@@ -1487,6 +1487,89 @@ START_TEST(graphs_record_then_replay)
 }
 END_TEST
 
+/* ---- per-operation timing ------------------------------------------------------------------- */
+
+/* Timing counts each call once under its operation, leaves the results' bits alone, measures
+ * something for an operation that did work, and stops counting when turned off. */
+START_TEST(profiling_counts_each_operation)
+{
+    char err[256];
+    enum { ROWS = 64, COLS = 512, N = 4 };
+    for (int be = 0; be < n_backends; be++) {
+        kern_backend *b = backends[be].b;
+        float *ref;
+        void *wq = random_weight(KERN_T_Q8_0, ROWS, COLS, &ref);
+        size_t rb = kern_row_bytes(KERN_T_Q8_0, COLS);
+        kern_weight w = {.data = to_device(b, wq, rb * ROWS),
+                         .type = KERN_T_Q8_0,
+                         .n_rows = ROWS,
+                         .n_cols = COLS,
+                         .row_bytes = rb};
+        float *x = random_floats(N * COLS, 1.0f);
+        float *dx = to_device(b, x, sizeof(float) * N * COLS), *dy = dev_zeros(b, 4 * ROWS * N);
+        float plain[N * ROWS], timed[N * ROWS];
+        kern_matmul(b, &w, dx, dy, N);
+        from_device(b, plain, dy, sizeof plain);
+
+        ck_assert_int_eq(kern_set_profiling(b, true), 0);
+        kern_profile pr;
+        kern_get_profile(b, &pr);
+        ck_assert_msg(pr.calls[KERN_OP_MATMUL] == 0 && pr.calls[KERN_OP_ADD] == 0,
+                      "%s: turning timing on clears the sums", backends[be].name);
+        kern_matmul(b, &w, dx, dy, N);
+        kern_add(b, dy, dy, N * ROWS);
+        kern_add(b, dy, dy, N * ROWS);
+        from_device(b, timed, dy, sizeof timed);
+        for (int i = 0; i < N * ROWS; i++)
+            ck_assert_msg(timed[i] == 4.0f * plain[i], "%s: a timed step changed row %d: %g vs %g",
+                          backends[be].name, i, timed[i], 4.0f * plain[i]);
+        kern_get_profile(b, &pr);
+        ck_assert_msg(
+            pr.calls[KERN_OP_MATMUL] == 1 && pr.calls[KERN_OP_ADD] == 2 &&
+                pr.calls[KERN_OP_RMSNORM] == 0 && pr.untimed == 0,
+            "%s: calls matmul %llu add %llu rmsnorm %llu untimed %llu", backends[be].name,
+            (unsigned long long)pr.calls[KERN_OP_MATMUL], (unsigned long long)pr.calls[KERN_OP_ADD],
+            (unsigned long long)pr.calls[KERN_OP_RMSNORM], (unsigned long long)pr.untimed);
+        ck_assert_msg(pr.ns[KERN_OP_MATMUL] > 0 && pr.ns[KERN_OP_MATMUL] < 1000000000ull,
+                      "%s: a matmul of %d x %d over %d tokens took %llu ns", backends[be].name,
+                      ROWS, COLS, N, (unsigned long long)pr.ns[KERN_OP_MATMUL]);
+        ck_assert_msg(pr.device_time == (b->kind == KERN_BACKEND_CUDA) &&
+                          (pr.device_time || pr.gap_ns == 0),
+                      "%s: device time %d, gap %llu ns", backends[be].name, pr.device_time,
+                      (unsigned long long)pr.gap_ns);
+        if (kern_has_graphs(b)) { /* a replayed graph is timed call by call, or said untimed */
+            ck_assert_int_eq(kern_capture_begin(b), 0);
+            kern_add(b, dy, dy, N * ROWS);
+            kern_graph *g = NULL;
+            ck_assert_msg(kern_capture_end(b, &g, err, sizeof err) == 0, "%s", err);
+            ck_assert_int_eq(kern_graph_launch(b, g), 0);
+            from_device(b, timed, dy, sizeof timed);
+            kern_graph_destroy(b, &g);
+            kern_profile after;
+            kern_get_profile(b, &after);
+            ck_assert_msg(after.calls[KERN_OP_ADD] == 3 || after.untimed > pr.untimed,
+                          "%s: a replayed add neither timed nor said untimed", backends[be].name);
+            pr = after;
+        }
+        ck_assert_int_eq(kern_set_profiling(b, false), 0);
+        kern_matmul(b, &w, dx, dy, N);
+        from_device(b, timed, dy, sizeof timed);
+        ck_assert_msg(memcmp(timed, plain, sizeof plain) == 0, "%s: bits after timing",
+                      backends[be].name);
+        kern_profile off;
+        kern_get_profile(b, &off);
+        ck_assert_msg(off.calls[KERN_OP_MATMUL] == pr.calls[KERN_OP_MATMUL],
+                      "%s: timing off still counts", backends[be].name);
+        dev_free(b, (void *)w.data);
+        dev_free(b, dx);
+        dev_free(b, dy);
+        free(wq);
+        free(ref);
+        free(x);
+    }
+}
+END_TEST
+
 /* ---- the paged KV cache and attention ----------------------------------------------------------
  */
 
@@ -1897,6 +1980,7 @@ int main(void)
     tcase_add_test(tc, routing_on_the_device);
     tcase_add_test(tc, moe_align_refuses_a_bad_id);
     tcase_add_test(tc, graphs_record_then_replay);
+    tcase_add_test(tc, profiling_counts_each_operation);
     tcase_add_test(tc, rope_yarn);
     tcase_add_test(tc, attention_paged_kv);
     if (kind_wanted("sim")) tcase_add_test(tc, sim_refuses_host_pointers_and_delays_copies);

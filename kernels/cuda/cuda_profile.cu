@@ -1,0 +1,254 @@
+/*
+ * Per-operation timing on the device (kern_set_profiling): what a step's kernels take on the
+ * GPU, and how long the GPU sat idle between them waiting for the host — the two numbers that
+ * say whether a step is bound by its kernels or by launching and synchronising them.
+ *
+ * While timing is on, the backend's table is a copy of cuda__ops whose operations record an
+ * event on the compute stream before and after the real call.  Events are read only at the
+ * next sync (both streams idle, so every one has happened): reading one earlier would wait for
+ * it and change what is being measured.  A fixed pool holds the calls between two syncs; a
+ * step that queues more, a recording graph (an event there would become part of the graph)
+ * and a replayed graph's calls are counted as untimed instead, so the table says what it left
+ * out.  The events themselves cost a few microseconds of host time per operation: the figures
+ * are for finding where a step's time goes, not for quoting a step's speed.
+ */
+#include "kernels/cuda/cuda_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { PROFILE_CALLS = 8192 }; /* calls between two syncs: a prefill step of a deep model */
+
+/* True when the call's start was recorded; its end must then be recorded by prof_end. */
+static bool prof_start(cuda_backend *cb)
+{
+    auto *p = &cb->prof;
+    if (cb->capturing || p->n >= p->cap) {
+        p->sums.untimed++;
+        return false;
+    }
+    cudaError_t rc = cudaSetDevice(cb->device);
+    if (rc == cudaSuccess) rc = cudaEventRecord(p->ev[2 * p->n], cuda__compute(cb));
+    if (rc != cudaSuccess) {
+        (void)cudaGetLastError(); /* the timing's failure, not the operation's */
+        p->sums.untimed++;
+        return false;
+    }
+    return true;
+}
+
+static void prof_end(cuda_backend *cb, kern_op op, bool started)
+{
+    auto *p = &cb->prof;
+    if (!started) return;
+    if (cudaEventRecord(p->ev[2 * p->n + 1], cuda__compute(cb)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        p->sums.untimed++;
+        return;
+    }
+    p->op[p->n++] = (uint8_t)op;
+}
+
+#define TIMED(name, OP, params, args)                                                              \
+    static void prof_##name params                                                                 \
+    {                                                                                              \
+        cuda_backend *cb = cuda__of(b);                                                            \
+        const bool started = prof_start(cb);                                                       \
+        cuda__ops.name args;                                                                       \
+        prof_end(cb, OP, started);                                                                 \
+    }
+
+TIMED(matmul, KERN_OP_MATMUL,
+      (kern_backend * b, const kern_weight *w, const float *x, float *y, int64_t n),
+      (b, w, x, y, n))
+TIMED(matmul_batched, KERN_OP_MATMUL,
+      (kern_backend * b, const kern_weight *w, int64_t nb, const float *x, float *y, int64_t n),
+      (b, w, nb, x, y, n))
+TIMED(rmsnorm, KERN_OP_RMSNORM,
+      (kern_backend * b, const float *x, const float *w, float *o, int64_t n, int64_t r, int64_t s,
+       float e),
+      (b, x, w, o, n, r, s, e))
+TIMED(rope, KERN_OP_ROPE,
+      (kern_backend * b, float *x, int64_t n, int h, int hd, int nr, const int32_t *p, float fb,
+       kern_rope_mode m, const kern_rope_yarn *y),
+      (b, x, n, h, hd, nr, p, fb, m, y))
+TIMED(kv_store, KERN_OP_KV_STORE,
+      (kern_backend * b, const kern_kv_layout *kv, int l, const float *k, const float *v,
+       const int32_t *s, const int32_t *p, int64_t n),
+      (b, kv, l, k, v, s, p, n))
+TIMED(attention, KERN_OP_ATTENTION,
+      (kern_backend * b, const kern_kv_layout *kv, int l, const float *q, const int32_t *s,
+       const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc, int32_t w,
+       const float *sk),
+      (b, kv, l, q, s, p, o, n, h, hkv, hd, sc, w, sk))
+TIMED(silu_mul, KERN_OP_SILU_MUL,
+      (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
+TIMED(swiglu_oai, KERN_OP_SWIGLU_OAI,
+      (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
+TIMED(add, KERN_OP_ADD, (kern_backend * b, float *y, const float *x, int64_t n), (b, y, x, n))
+TIMED(add_bias, KERN_OP_ADD_BIAS,
+      (kern_backend * b, float *x, const float *bi, int64_t r, int64_t d), (b, x, bi, r, d))
+TIMED(get_rows, KERN_OP_GET_ROWS,
+      (kern_backend * b, const kern_weight *w, const int32_t *ids, float *o, int64_t n),
+      (b, w, ids, o, n))
+TIMED(gather, KERN_OP_GATHER,
+      (kern_backend * b, const float *s, const int32_t *r, float *d, int64_t n, int64_t dim),
+      (b, s, r, d, n, dim))
+TIMED(router, KERN_OP_ROUTER,
+      (kern_backend * b, const float *l, int64_t n, const kern_router_opts *o, int32_t *ids,
+       float *w),
+      (b, l, n, o, ids, w))
+TIMED(experts, KERN_OP_EXPERTS,
+      (kern_backend * b, const kern_ffn_expert *ex, int n, const float *x, float *o, float *g,
+       float *u),
+      (b, ex, n, x, o, g, u))
+TIMED(moe_combine, KERN_OP_MOE_COMBINE,
+      (kern_backend * b, const float *s, const int32_t *r, const float *w, float *o, int64_t n,
+       int k, int64_t d),
+      (b, s, r, w, o, n, k, d))
+TIMED(gate_add, KERN_OP_GATE_ADD,
+      (kern_backend * b, const float *h, const float *g, const float *x, float *o, int64_t n,
+       int64_t d),
+      (b, h, g, x, o, n, d))
+TIMED(moe_align, KERN_OP_MOE_ALIGN,
+      (kern_backend * b, const int32_t *ids, const float *w, int64_t n, int k, int32_t e,
+       const kern_moe_plan *p),
+      (b, ids, w, n, k, e, p))
+TIMED(experts_routed, KERN_OP_EXPERTS_ROUTED,
+      (kern_backend * b, const kern_expert_table *t, const kern_moe_plan *p, int64_t n, int k,
+       const float *x, float *o, float *g, float *u),
+      (b, t, p, n, k, x, o, g, u))
+
+/* Copies on the compute stream are part of the step's sequence; the copy stream's run beside
+ * it and are not timed. */
+static int prof_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
+                     kern_copy_dir dir)
+{
+    if (s != KERN_STREAM_COMPUTE) return cuda__ops.copy(b, s, dst, src, bytes, dir);
+    cuda_backend *cb = cuda__of(b);
+    const bool started = prof_start(cb);
+    int rc = cuda__ops.copy(b, s, dst, src, bytes, dir);
+    prof_end(cb, KERN_OP_COPY, started);
+    return rc;
+}
+
+static int prof_graph_launch(kern_backend *b, kern_graph *g)
+{
+    cuda__of(b)->prof.sums.untimed++;
+    return cuda__ops.graph_launch(b, g);
+}
+
+void cuda__profile_release(cuda_backend *cb)
+{
+    auto *p = &cb->prof;
+    if (p->ev) {
+        (void)cudaSetDevice(cb->device);
+        for (size_t i = 0; i < 2 * p->cap; i++)
+            if (p->ev[i]) (void)cudaEventDestroy(p->ev[i]);
+        (void)cudaGetLastError();
+    }
+    free(p->ev);
+    free(p->op);
+    p->ev = NULL;
+    p->op = NULL;
+    p->n = p->cap = 0;
+}
+
+static int profile_reserve(cuda_backend *cb)
+{
+    auto *p = &cb->prof;
+    if (p->ev) return 0;
+    p->ev = (cudaEvent_t *)calloc(2 * PROFILE_CALLS, sizeof *p->ev);
+    p->op = (uint8_t *)calloc(PROFILE_CALLS, sizeof *p->op);
+    if (!p->ev || !p->op) {
+        free(p->ev);
+        free(p->op);
+        p->ev = NULL;
+        p->op = NULL;
+        return -ENOMEM;
+    }
+    p->cap = PROFILE_CALLS;
+    cudaError_t rc = cudaSetDevice(cb->device);
+    for (size_t i = 0; i < 2 * p->cap && rc == cudaSuccess; i++)
+        rc = cudaEventCreate(&p->ev[i]); /* with timing, unlike the backend's own events */
+    if (rc != cudaSuccess) {
+        int code = cuda__errno(rc);
+        cuda__profile_release(cb);
+        return code;
+    }
+    return 0;
+}
+
+int cuda__set_profiling(kern_backend *b, bool on)
+{
+    cuda_backend *cb = cuda__of(b);
+    if (cb->capturing) return -EBUSY;
+    if (!on) {
+        cb->base.ops = &cuda__ops;
+        cuda__profile_release(cb);
+        return 0;
+    }
+    int rc = profile_reserve(cb);
+    if (rc) return rc;
+    auto *p = &cb->prof;
+    p->n = 0;
+    memset(&p->sums, 0, sizeof p->sums);
+    p->sums.device_time = true;
+    p->ops = cuda__ops;
+    p->ops.copy = prof_copy;
+    p->ops.matmul = prof_matmul;
+    p->ops.matmul_batched = prof_matmul_batched;
+    p->ops.rmsnorm = prof_rmsnorm;
+    p->ops.rope = prof_rope;
+    p->ops.kv_store = prof_kv_store;
+    p->ops.attention = prof_attention;
+    p->ops.silu_mul = prof_silu_mul;
+    p->ops.swiglu_oai = prof_swiglu_oai;
+    p->ops.add = prof_add;
+    p->ops.add_bias = prof_add_bias;
+    p->ops.get_rows = prof_get_rows;
+    p->ops.gather = prof_gather;
+    p->ops.router = prof_router;
+    p->ops.experts = prof_experts;
+    p->ops.moe_combine = prof_moe_combine;
+    p->ops.gate_add = prof_gate_add;
+    p->ops.moe_align = prof_moe_align;
+    p->ops.experts_routed = prof_experts_routed;
+    p->ops.graph_launch = prof_graph_launch;
+    cb->base.ops = &p->ops;
+    return 0;
+}
+
+void cuda__get_profile(const kern_backend *b, kern_profile *out)
+{
+    *out = ((const cuda_backend *)b)->prof.sums;
+    out->device_time = true;
+}
+
+static bool elapsed_ns(cudaEvent_t from, cudaEvent_t to, uint64_t *ns)
+{
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    *ns = ms > 0.0f ? (uint64_t)((double)ms * 1e6) : 0;
+    return true;
+}
+
+void cuda__profile_collect(cuda_backend *cb)
+{
+    auto *p = &cb->prof;
+    for (size_t i = 0; i < p->n; i++) {
+        uint64_t ns = 0, gap = 0;
+        if (!elapsed_ns(p->ev[2 * i], p->ev[2 * i + 1], &ns)) {
+            p->sums.untimed++;
+            continue;
+        }
+        p->sums.calls[p->op[i]]++;
+        p->sums.ns[p->op[i]] += ns;
+        if (i > 0 && elapsed_ns(p->ev[2 * i - 1], p->ev[2 * i], &gap)) p->sums.gap_ns += gap;
+    }
+    p->n = 0;
+}
