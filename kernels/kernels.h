@@ -238,12 +238,14 @@ typedef enum kern_op {
     KERN_OP_COUNT
 } kern_op;
 
-/* What the operations took since profiling was turned on.  On the CPU (and sim, whose
- * arithmetic is the CPU's) an operation's time is its call's wall time: the call does the
- * work.  On a device (device_time) it is the device's time from the operation's first kernel
- * to its last, read from events around it on the compute stream once a sync has seen them
- * run; gap_ns is the device's time between one timed operation's end and the next one's start
- * before the same sync: where the device waited for the host to queue work. */
+/* What the operations took since profiling was turned on, each call counted once (an
+ * operation that runs others is timed as one).  On the CPU (and sim, whose arithmetic is the
+ * CPU's) an operation's time is its call's wall time: the call does the work.  On a device
+ * (device_time) it is the device's time from the operation's first kernel to its last, read
+ * from events around it on the compute stream once a sync has seen them run; gap_ns is the
+ * compute stream's idle time between one timed operation's end and the next one's start
+ * (nothing untimed between them, the same sync after both): where it waited for the host to
+ * queue work, or for a copy it was told to wait for. */
 typedef struct kern_profile {
     uint64_t calls[KERN_OP_COUNT];
     uint64_t ns[KERN_OP_COUNT];

@@ -307,7 +307,9 @@ static int cuda_sync(kern_backend *b, char *err, size_t err_size)
     unsigned fault = *(volatile unsigned *)cb->fault;
     if (fault) {
         *(volatile unsigned *)cb->fault = 0;
-        for (int i = 0; i < CUDA__FAULT_COUNT; i++)
+        /* from the last bit down: a bad expert id (moe_align) leaves rows the gather and the
+         * combine behind it then fault on, and the cause is the one to name */
+        for (int i = CUDA__FAULT_COUNT - 1; i >= 0; i--)
             if (fault & (1u << i)) {
                 cuda__fail(cb, -EINVAL, "cuda: %s (the row was skipped)", fault_text[i]);
                 break;

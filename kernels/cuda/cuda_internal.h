@@ -23,7 +23,8 @@ extern "C" {
 #include "kernels/kernels.h"
 }
 
-/* Device-side faults, one bit per kind; kern_sync names each one set. */
+/* Device-side faults, one bit per kind; kern_sync names the highest one set (a later bit can
+ * cause an earlier one: keep causes last). */
 enum {
     CUDA__FAULT_KV_POS = 1u << 0,    /* kv_store / attention: (seq, pos) outside the cache */
     CUDA__FAULT_KV_BLOCK = 1u << 1,  /* kv_store / attention: block not reserved (NULL) */
@@ -70,7 +71,10 @@ typedef struct cuda_backend {
     struct {
         cudaEvent_t *ev; /* 2 per call: its start and its end */
         uint8_t *op;     /* the kern_op of each call recorded since the last sync */
+        bool *gap_ok;    /* nothing untimed ran between that call and the one before */
         size_t n, cap;   /* calls recorded, and room for them */
+        int depth;       /* timed calls in progress (one inside another: the outer is timed) */
+        bool broken;     /* untimed work since the last timed call */
         kern_profile sums;
         kern_ops ops;
     } prof;

@@ -1462,11 +1462,13 @@ void check_blocks(uint32_t type, uint8_t *w, int64_t n_blocks, size_t block_byte
 int cuda__tensor_core_check(cuda_backend *cb, char *why, size_t why_size)
 {
     static const uint32_t types[] = {KERN_T_Q8_0, KERN_T_Q4_K, KERN_T_Q6_K, KERN_T_Q2_K};
-    /* rows and tokens that leave partial tiles; 24 units, so that lanes 24..31 have none */
-    const int64_t n_rows = 37, n_cols = 768, n_tokens = 21, n_units = n_cols / 32;
-    const size_t w_max = (size_t)n_rows * (size_t)(n_cols / 32) * sizeof(block_q8_0),
-                 x_bytes = (size_t)(n_tokens * n_cols) * sizeof(float),
-                 a_bytes = act_bytes(n_tokens, n_cols),
+    /* rows and tokens that leave partial tiles; 24 units, so that lanes 24..31 have none, and
+     * 40, so that lanes 0..7 carry a second one */
+    static const int64_t col_counts[] = {768, 1280};
+    const int64_t n_rows = 37, max_cols = 1280, n_tokens = 21;
+    const size_t w_max = (size_t)n_rows * (size_t)(max_cols / 32) * sizeof(block_q8_0),
+                 x_bytes = (size_t)(n_tokens * max_cols) * sizeof(float),
+                 a_bytes = act_bytes(n_tokens, max_cols),
                  y_bytes = (size_t)(n_tokens * n_rows) * sizeof(float);
     uint8_t *host = (uint8_t *)malloc(w_max + x_bytes + 2 * y_bytes);
     uint8_t *dev = nullptr;
@@ -1479,62 +1481,71 @@ int cuda__tensor_core_check(cuda_backend *cb, char *why, size_t why_size)
     const char *call = "cudaMalloc";
     uint32_t seed = 0x9e3779b9u;
     float *x = (float *)(host + w_max),
-          *y[2] = {x + n_tokens * n_cols, x + n_tokens * n_cols + n_tokens * n_rows};
-    for (int64_t i = 0; i < n_tokens * n_cols; i++)
+          *y[2] = {x + n_tokens * max_cols, x + n_tokens * max_cols + n_tokens * n_rows};
+    for (int64_t i = 0; i < n_tokens * max_cols; i++)
         x[i] = (float)((int32_t)check_random(seed)) * 0x1p-31f;
-    if (rc == cudaSuccess) rc = cudaMemcpyAsync(dev + w_max, x, x_bytes, cudaMemcpyHostToDevice, s);
     int result = 0;
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0] && rc == cudaSuccess && !result; ti++) {
-        const uint32_t type = types[ti];
-        int64_t block_elems;
-        size_t block_bytes;
-        type_geometry(type, &block_elems, &block_bytes);
-        const int64_t blocks_per_row = n_cols / block_elems;
-        check_blocks(type, host, n_rows * blocks_per_row, block_bytes, seed);
-        call = "cudaMemcpyAsync";
-        rc = cudaMemcpyAsync(dev, host, (size_t)(n_rows * blocks_per_row) * block_bytes,
-                             cudaMemcpyHostToDevice, s);
-        mm_args a = {};
-        a.w = dev;
-        a.row_bytes = (size_t)blocks_per_row * block_bytes;
-        a.n_rows = n_rows;
-        a.n_cols = n_cols;
-        a.n_units = n_units;
-        a.n_tokens = n_tokens;
-        a.xq = (const int4 *)(dev + w_max + x_bytes);
-        a.xd = (const float2 *)(dev + w_max + x_bytes + (size_t)(n_tokens * n_units) * 32);
-        float *yd = (float *)(dev + w_max + x_bytes + a_bytes);
+    for (size_t ci = 0; ci < sizeof col_counts / sizeof col_counts[0] && !result; ci++) {
+        const int64_t n_cols = col_counts[ci], n_units = n_cols / 32;
         if (rc == cudaSuccess) {
-            call = "quantize_kernel";
-            quantize_kernel<<<cuda__grid(n_tokens * n_units, 8), 256, 0, s>>>(
-                (const float *)(dev + w_max), n_tokens, n_units, (int8_t *)a.xq, (float2 *)a.xd);
-            rc = cudaGetLastError();
+            call = "cudaMemcpyAsync";
+            rc = cudaMemcpyAsync(dev + w_max, x, (size_t)(n_tokens * n_cols) * sizeof(float),
+                                 cudaMemcpyHostToDevice, s);
         }
-        for (int k = 0; k < 2 && rc == cudaSuccess; k++) {
-            a.y = yd + k * n_tokens * n_rows;
-            call = k ? "the tensor-core kernel" : "the dp4a kernel";
-            launch_any(type, a, launch_kind{nullptr, nullptr, 0, k == 1}, s);
-            rc = cudaGetLastError();
-        }
-        if (rc == cudaSuccess) {
-            call = "cudaMemcpyAsync (results)";
-            rc = cudaMemcpyAsync(y[0], yd, 2 * y_bytes, cudaMemcpyDeviceToHost, s);
-        }
-        if (rc == cudaSuccess) {
-            call = "cudaStreamSynchronize";
-            rc = cudaStreamSynchronize(s);
-        }
-        for (int64_t i = 0; rc == cudaSuccess && i < n_tokens * n_rows; i++)
-            if (memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0 &&
-                !(isnan(y[0][i]) && isnan(y[1][i]))) {
-                snprintf(why, why_size,
-                         "%s token %lld row %lld: the tensor-core kernel gives %.9g, the dp4a "
-                         "kernel %.9g",
-                         kern_type_info(type)->name, (long long)(i / n_rows),
-                         (long long)(i % n_rows), y[1][i], y[0][i]);
-                result = 1;
-                break;
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0] && rc == cudaSuccess && !result;
+             ti++) {
+            const uint32_t type = types[ti];
+            int64_t block_elems;
+            size_t block_bytes;
+            type_geometry(type, &block_elems, &block_bytes);
+            const int64_t blocks_per_row = n_cols / block_elems;
+            check_blocks(type, host, n_rows * blocks_per_row, block_bytes, seed);
+            call = "cudaMemcpyAsync";
+            rc = cudaMemcpyAsync(dev, host, (size_t)(n_rows * blocks_per_row) * block_bytes,
+                                 cudaMemcpyHostToDevice, s);
+            mm_args a = {};
+            a.w = dev;
+            a.row_bytes = (size_t)blocks_per_row * block_bytes;
+            a.n_rows = n_rows;
+            a.n_cols = n_cols;
+            a.n_units = n_units;
+            a.n_tokens = n_tokens;
+            a.xq = (const int4 *)(dev + w_max + x_bytes);
+            a.xd = (const float2 *)(dev + w_max + x_bytes + (size_t)(n_tokens * n_units) * 32);
+            float *yd = (float *)(dev + w_max + x_bytes + a_bytes);
+            if (rc == cudaSuccess) {
+                call = "quantize_kernel";
+                quantize_kernel<<<cuda__grid(n_tokens * n_units, 8), 256, 0, s>>>(
+                    (const float *)(dev + w_max), n_tokens, n_units, (int8_t *)a.xq,
+                    (float2 *)a.xd);
+                rc = cudaGetLastError();
             }
+            for (int k = 0; k < 2 && rc == cudaSuccess; k++) {
+                a.y = yd + k * n_tokens * n_rows;
+                call = k ? "the tensor-core kernel" : "the dp4a kernel";
+                launch_any(type, a, launch_kind{nullptr, nullptr, 0, k == 1}, s);
+                rc = cudaGetLastError();
+            }
+            if (rc == cudaSuccess) {
+                call = "cudaMemcpyAsync (results)";
+                rc = cudaMemcpyAsync(y[0], yd, 2 * y_bytes, cudaMemcpyDeviceToHost, s);
+            }
+            if (rc == cudaSuccess) {
+                call = "cudaStreamSynchronize";
+                rc = cudaStreamSynchronize(s);
+            }
+            for (int64_t i = 0; rc == cudaSuccess && i < n_tokens * n_rows; i++)
+                if (memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0 &&
+                    !(isnan(y[0][i]) && isnan(y[1][i]))) {
+                    snprintf(why, why_size,
+                             "%s, %lld columns, token %lld row %lld: the tensor-core kernel "
+                             "gives %.9g, the dp4a kernel %.9g",
+                             kern_type_info(type)->name, (long long)n_cols, (long long)(i / n_rows),
+                             (long long)(i % n_rows), y[1][i], y[0][i]);
+                    result = 1;
+                    break;
+                }
+        }
     }
     if (rc != cudaSuccess) {
         snprintf(why, why_size, "%s: %s", call, cudaGetErrorString(rc));

@@ -373,6 +373,11 @@ __global__ void __launch_bounds__(ALIGN_THREADS)
     __syncthreads();
     for (int e = threadIdx.x; e <= n_expert; e += blockDim.x)
         plan.bucket_start[e] = count[e];
+    /* Items with a bad id get no row, so the rows past the valid ones would keep whatever the
+     * buffer held; the gather behind reads them as token indices.  -1 makes it write zeros
+     * (and raise its own fault) instead of reading past its source. */
+    for (int64_t r = count[n_expert] + threadIdx.x; r < nk; r += blockDim.x)
+        plan.bucket[r] = -1;
     int32_t cursor = threadIdx.x < n_expert ? count[threadIdx.x] : 0;
     for (int64_t base = 0; base < nk; base += ALIGN_CHUNK) {
         const int m = (int)min((int64_t)ALIGN_CHUNK, nk - base);

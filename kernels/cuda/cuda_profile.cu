@@ -9,7 +9,8 @@
  * it and change what is being measured.  A fixed pool holds the calls between two syncs; a
  * step that queues more, a recording graph (an event there would become part of the graph)
  * and a replayed graph's calls are counted as untimed instead, so the table says what it left
- * out.  The events themselves cost a few microseconds of host time per operation: the figures
+ * out, and the idle time is only taken between two timed calls with nothing untimed between
+ * them.  The events themselves cost a few microseconds of host time per operation: the figures
  * are for finding where a step's time goes, not for quoting a step's speed.
  */
 #include "kernels/cuda/cuda_internal.h"
@@ -20,19 +21,29 @@
 
 enum { PROFILE_CALLS = 8192 }; /* calls between two syncs: a prefill step of a deep model */
 
-/* True when the call's start was recorded; its end must then be recorded by prof_end. */
+/* Device work queued without events around it: the next timed call's gap would include it. */
+static void untimed(cuda_backend *cb)
+{
+    cb->prof.sums.untimed++;
+    cb->prof.broken = true;
+}
+
+/* True when the call's start was recorded; its end must then be recorded by prof_end, which
+ * every call pairs with this one.  An operation that runs others through the table (the
+ * one-by-one fallbacks) is timed as one: the calls inside it are part of its time. */
 static bool prof_start(cuda_backend *cb)
 {
     auto *p = &cb->prof;
+    if (p->depth++ > 0) return false;
     if (cb->capturing || p->n >= p->cap) {
-        p->sums.untimed++;
+        untimed(cb);
         return false;
     }
     cudaError_t rc = cudaSetDevice(cb->device);
     if (rc == cudaSuccess) rc = cudaEventRecord(p->ev[2 * p->n], cuda__compute(cb));
     if (rc != cudaSuccess) {
         (void)cudaGetLastError(); /* the timing's failure, not the operation's */
-        p->sums.untimed++;
+        untimed(cb);
         return false;
     }
     return true;
@@ -41,13 +52,17 @@ static bool prof_start(cuda_backend *cb)
 static void prof_end(cuda_backend *cb, kern_op op, bool started)
 {
     auto *p = &cb->prof;
+    p->depth--;
     if (!started) return;
     if (cudaEventRecord(p->ev[2 * p->n + 1], cuda__compute(cb)) != cudaSuccess) {
         (void)cudaGetLastError();
-        p->sums.untimed++;
+        untimed(cb);
         return;
     }
-    p->op[p->n++] = (uint8_t)op;
+    p->op[p->n] = (uint8_t)op;
+    p->gap_ok[p->n] = !p->broken;
+    p->broken = false;
+    p->n++;
 }
 
 #define TIMED(name, OP, params, args)                                                              \
@@ -135,8 +150,9 @@ static int prof_copy(kern_backend *b, kern_stream s, void *dst, const void *src,
 
 static int prof_graph_launch(kern_backend *b, kern_graph *g)
 {
-    cuda__of(b)->prof.sums.untimed++;
-    return cuda__ops.graph_launch(b, g);
+    int rc = cuda__ops.graph_launch(b, g);
+    if (rc == 0) untimed(cuda__of(b));
+    return rc;
 }
 
 void cuda__profile_release(cuda_backend *cb)
@@ -150,8 +166,10 @@ void cuda__profile_release(cuda_backend *cb)
     }
     free(p->ev);
     free(p->op);
+    free(p->gap_ok);
     p->ev = NULL;
     p->op = NULL;
+    p->gap_ok = NULL;
     p->n = p->cap = 0;
 }
 
@@ -161,11 +179,9 @@ static int profile_reserve(cuda_backend *cb)
     if (p->ev) return 0;
     p->ev = (cudaEvent_t *)calloc(2 * PROFILE_CALLS, sizeof *p->ev);
     p->op = (uint8_t *)calloc(PROFILE_CALLS, sizeof *p->op);
-    if (!p->ev || !p->op) {
-        free(p->ev);
-        free(p->op);
-        p->ev = NULL;
-        p->op = NULL;
+    p->gap_ok = (bool *)calloc(PROFILE_CALLS, sizeof *p->gap_ok);
+    if (!p->ev || !p->op || !p->gap_ok) {
+        cuda__profile_release(cb);
         return -ENOMEM;
     }
     p->cap = PROFILE_CALLS;
@@ -193,6 +209,8 @@ int cuda__set_profiling(kern_backend *b, bool on)
     if (rc) return rc;
     auto *p = &cb->prof;
     p->n = 0;
+    p->depth = 0;
+    p->broken = true;
     memset(&p->sums, 0, sizeof p->sums);
     p->sums.device_time = true;
     p->ops = cuda__ops;
@@ -248,7 +266,11 @@ void cuda__profile_collect(cuda_backend *cb)
         }
         p->sums.calls[p->op[i]]++;
         p->sums.ns[p->op[i]] += ns;
-        if (i > 0 && elapsed_ns(p->ev[2 * i - 1], p->ev[2 * i], &gap)) p->sums.gap_ns += gap;
+        /* the device's idle time since the previous timed call, where nothing untimed ran
+         * between them (the first call after a sync follows the host's wait) */
+        if (i > 0 && p->gap_ok[i] && elapsed_ns(p->ev[2 * i - 1], p->ev[2 * i], &gap))
+            p->sums.gap_ns += gap;
     }
     p->n = 0;
+    p->broken = true;
 }

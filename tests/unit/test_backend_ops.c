@@ -1427,6 +1427,27 @@ START_TEST(moe_align_refuses_a_bad_id)
                       rc, err);
         ck_assert_int_eq(kern_moe_align_host(ids, w, 3, 2, 8, &p.host), -EINVAL);
         ck_assert_int_eq(kern_sync(b, err, sizeof err), 0); /* the error was taken */
+        if (b->kind == KERN_BACKEND_CUDA) {
+            /* The bucket rows the bad item did not get must not send the gather behind past
+             * its source (a device fault would end the context): it zeroes them, and the
+             * error still names the cause.  (The CPU and sim stop at the bad id first.) */
+            int32_t far[6] = {1 << 30, 1 << 30, 1 << 30, 1 << 30, 1 << 30, 1 << 30};
+            ck_assert_int_eq(kern_copy(b, KERN_STREAM_COMPUTE, p.dev.bucket, far, sizeof far,
+                                       KERN_COPY_TO_DEVICE),
+                             0);
+            float *src = dev_zeros(b, 3 * 4 * sizeof(float)), got[6 * 4];
+            float *dst = dev_zeros(b, sizeof got);
+            kern_moe_align(b, d_ids, d_w, 3, 2, 8, &p.dev);
+            kern_gather(b, src, p.dev.bucket, dst, 6, 4);
+            rc = kern_sync(b, err, sizeof err);
+            ck_assert_msg(rc == -EINVAL && strstr(err, "moe_align"), "%s: rc %d: %s",
+                          backends[be].name, rc, err);
+            from_device(b, got, dst, sizeof got);
+            for (int i = 0; i < 6 * 4; i++)
+                ck_assert_msg(got[i] == 0.0f, "%s: gathered %g", backends[be].name, got[i]);
+            dev_free(b, src);
+            dev_free(b, dst);
+        }
         dev_free(b, d_ids);
         dev_free(b, d_w);
         plan_free(b, &p);
@@ -1537,6 +1558,59 @@ START_TEST(profiling_counts_each_operation)
                           (pr.device_time || pr.gap_ns == 0),
                       "%s: device time %d, gap %llu ns", backends[be].name, pr.device_time,
                       (unsigned long long)pr.gap_ns);
+        { /* experts of two types run one by one through the table: one experts call */
+            enum { D = 256 };
+            const uint32_t types[2] = {KERN_T_Q8_0, KERN_T_Q4_K};
+            kern_ffn_expert ex[2];
+            void *host[2][3];
+            float *refs[2][3];
+            for (int e = 0; e < 2; e++) {
+                kern_weight *parts[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+                for (int k = 0; k < 3; k++) {
+                    host[e][k] = random_weight(types[e], D, D, &refs[e][k]);
+                    size_t erb = kern_row_bytes(types[e], D);
+                    *parts[k] = (kern_weight){.data = to_device(b, host[e][k], erb * D),
+                                              .type = types[e],
+                                              .n_rows = D,
+                                              .n_cols = D,
+                                              .row_bytes = erb};
+                }
+                ex[e].row0 = e;
+                ex[e].n_rows = 1;
+                ex[e].gate_bias = ex[e].up_bias = ex[e].down_bias = NULL;
+                ex[e].glu = KERN_GLU_SILU;
+            }
+            float *ex_x = random_floats(2 * D, 1.0f), ex_out[2 * D];
+            float *d_x = to_device(b, ex_x, sizeof ex_out), *d_out = dev_zeros(b, sizeof ex_out),
+                  *d_g = dev_zeros(b, sizeof ex_out), *d_u = dev_zeros(b, sizeof ex_out);
+            kern_experts(b, ex, 2, d_x, d_out, d_g, d_u);
+            from_device(b, ex_out, d_out, sizeof ex_out);
+            kern_profile with;
+            kern_get_profile(b, &with);
+            ck_assert_msg(
+                with.calls[KERN_OP_EXPERTS] == pr.calls[KERN_OP_EXPERTS] + 1 &&
+                    with.calls[KERN_OP_MATMUL] == pr.calls[KERN_OP_MATMUL] &&
+                    with.calls[KERN_OP_SILU_MUL] == pr.calls[KERN_OP_SILU_MUL],
+                "%s: experts of mixed types counted as %llu experts, %llu matmuls",
+                backends[be].name,
+                (unsigned long long)(with.calls[KERN_OP_EXPERTS] - pr.calls[KERN_OP_EXPERTS]),
+                (unsigned long long)(with.calls[KERN_OP_MATMUL] - pr.calls[KERN_OP_MATMUL]));
+            pr = with;
+            for (int e = 0; e < 2; e++) {
+                dev_free(b, (void *)ex[e].gate.data);
+                dev_free(b, (void *)ex[e].up.data);
+                dev_free(b, (void *)ex[e].down.data);
+                for (int k = 0; k < 3; k++) {
+                    free(host[e][k]);
+                    free(refs[e][k]);
+                }
+            }
+            dev_free(b, d_x);
+            dev_free(b, d_out);
+            dev_free(b, d_g);
+            dev_free(b, d_u);
+            free(ex_x);
+        }
         if (kern_has_graphs(b)) { /* a replayed graph is timed call by call, or said untimed */
             ck_assert_int_eq(kern_capture_begin(b), 0);
             kern_add(b, dy, dy, N * ROWS);
