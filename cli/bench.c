@@ -124,8 +124,8 @@ static void usage(FILE *out)
         "  --staging-threads N  threads that fill the pinned ring (default 0: a quarter of the "
         "cores, 1 to 4)\n"
         "  --miss-policy auto|copy|cpu  a device tier's misses: copied in or computed on the CPU\n"
-        "  --profile     time each operation over the decode steps (a table per run; on a\n"
-        "                device its own time, and graphs are off while timing)\n"
+        "  --profile     time each operation of the prefill and of the decode steps (a table\n"
+        "                each; on a device its own time, and graphs are off while timing)\n"
         "  --host-routing  route every layer through the host even with every expert on the\n"
         "                device (what routing on the device saves)\n"
         "  --no-graphs   queue every step (no graph replays; what graphs save)\n"
@@ -220,18 +220,63 @@ static int read_text_tokens(const bench_opts *o, const model *m, size_t need, in
     return 0;
 }
 
+/* What one phase (the prefill, or the decode steps) asked of a device tier: the tier's counters
+ * before and after, and the misses the CPU computed. */
+typedef struct tier_phase {
+    cache_stats before, after;
+    uint64_t cpu_experts, cpu_bytes, cpu_ns, cpu_wait_ns;
+    int32_t steps;
+    double seconds;
+} tier_phase;
+
+static void phase_add(tier_phase *ph, const model_step_stats *st)
+{
+    ph->cpu_experts += st->cpu_experts;
+    ph->cpu_bytes += st->cpu_bytes;
+    ph->cpu_ns += st->cpu_ns;
+    ph->cpu_wait_ns += st->cpu_wait_ns;
+}
+
+/* The misses' two ways run at the same time, so the floor of a phase's misses is the longer of
+ * the link's share (copied bytes at the link's rate) and the CPU's (its bytes at its read
+ * bandwidth); the best split's floor moves bytes from the slower way to the faster until both
+ * take as long: every missed byte at the two rates together (no split does better, and one
+ * within a miss of it exists).  Each phase's step is also at least `floor_s`, every byte it
+ * reads at the device's memory bandwidth. */
+static void print_device_tier(const char *phase, const tier_phase *ph, double link, double cpu_bw,
+                              double floor_s)
+{
+    double n = ph->steps > 0 ? ph->steps : 1;
+    double copied = (double)(ph->after.bytes_read - ph->before.bytes_read) / n;
+    double on_cpu = (double)ph->cpu_bytes / n;
+    double link_floor = copied / link, cpu_floor = cpu_bw > 0 ? on_cpu / cpu_bw : 0;
+    double chosen = link_floor > cpu_floor ? link_floor : cpu_floor;
+    double best = (copied + on_cpu) / (link + cpu_bw);
+    if (best < floor_s) best = floor_s;
+    double achieved = ph->seconds / n;
+    printf("| device tier, %s | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
+           "experts/step computed on the CPU (%.1f MiB, %.2f ms/step; floor %.2f at %.1f GB/s), "
+           "waited for %.2f ms/step | misses' floor %.2f ms/step | best split's floor %.2f "
+           "ms/step, achieved %.2f (%.0f%%) |\n",
+           phase, copied / (1 << 20), link_floor * 1e3, (double)ph->cpu_experts / n,
+           on_cpu / (1 << 20), (double)ph->cpu_ns / n / 1e6, cpu_floor * 1e3, cpu_bw / 1e9,
+           (double)ph->cpu_wait_ns / n / 1e6, chosen * 1e3, best * 1e3, achieved * 1e3,
+           achieved > 0 ? 100.0 * best / achieved : 0.0);
+}
+
 /* Where a decode step's time goes: each operation, and what is outside them.  On the CPU that
  * is routing and bucketing on the host, the expert cache and the step's bookkeeping; on a
  * device the operations' times are the device's, and the gap row is the device's idle time
  * between them (launches, host round trips), the rest of the step's wall time being the
  * host's own. */
-static void print_profile(kern_backend *be, int32_t G, double t_decode)
+static void print_profile(kern_backend *be, const char *phase, int32_t G, double t_decode)
 {
     kern_profile pr;
     kern_get_profile(be, &pr);
     kern_set_profiling(be, false);
     uint64_t in_ops = 0;
-    printf("| operation | calls/step | us/step | share of the step |\n|---|---|---|---|\n");
+    printf("| operation (%s) | calls/step | us/step | share of the step |\n|---|---|---|---|\n",
+           phase);
     for (int op = 0; op < KERN_OP_COUNT; op++) {
         if (!pr.calls[op]) continue;
         in_ops += pr.ns[op];
@@ -306,10 +351,18 @@ static int run(bench_opts *o)
     touch_file(model_file(m), o->cache.enabled);
     double bw = measure_bandwidth(be, (size_t)1 << 30);
 
+    int prof_rc = o->profile ? kern_set_profiling(be, true) : 0;
+    if (prof_rc)
+        fprintf(stderr,
+                "moeserve bench: --profile: the %s backend cannot time its operations: %s\n",
+                be->name, strerror(-prof_rc));
+
     /* Prefill: each sequence's prompt in one step; token ids from a fixed LCG. */
     uint32_t lcg = 12345;
     double t_prefill = 0.0;
-    uint64_t prefill_macs = 0;
+    uint64_t prefill_macs = 0, pre_bytes = 0;
+    tier_phase pre = {.steps = B}, dec = {.steps = G};
+    if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &pre.before);
     int32_t *next = malloc((size_t)B * sizeof *next);
     if (!next) goto done;
     for (int32_t s = 0; s < B; s++) {
@@ -324,7 +377,10 @@ static int run(bench_opts *o)
         double t0 = now_s();
         int rc = model_forward(ctx, &b, logits, err, sizeof err);
         t_prefill += now_s() - t0;
-        prefill_macs += model_ctx_last_stats(ctx)->matmul_macs;
+        const model_step_stats *st = model_ctx_last_stats(ctx);
+        prefill_macs += st->matmul_macs;
+        pre_bytes += st->dense_bytes + st->expert_bytes;
+        phase_add(&pre, st);
         if (rc) {
             fprintf(stderr, "moeserve bench: %s\n", err);
             free(next);
@@ -333,21 +389,23 @@ static int run(bench_opts *o)
         next[s] = model_argmax(logits, hp->n_vocab);
     }
 
+    pre.seconds = t_prefill;
+
     /* Decode: G steps, each advancing every sequence by one greedy token. */
     cache_stats c0 = {0}, c1 = {0};
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c0);
+    pre.after = dec.before = c0;
     if (model_predictor(m) && snapshot_predictor(model_predictor(m), hp->n_layer, &pred0)) {
         free(next);
         goto done;
     }
     double t_decode = 0.0;
-    uint64_t bytes = 0, experts = 0, cpu_experts = 0, cpu_ns = 0, cpu_bytes = 0, cpu_wait_ns = 0;
+    uint64_t bytes = 0, experts = 0;
     int routed = 0, replayed = 0;
-    int prof_rc = o->profile ? kern_set_profiling(be, true) : 0;
-    if (prof_rc)
-        fprintf(stderr,
-                "moeserve bench: --profile: the %s backend cannot time its operations: %s\n",
-                be->name, strerror(-prof_rc));
+    if (o->profile && !prof_rc) {
+        print_profile(be, "prefill", B, t_prefill);
+        prof_rc = kern_set_profiling(be, true);
+    }
     uint8_t *want = malloc((size_t)B);
     if (!want) {
         free(next);
@@ -378,10 +436,7 @@ static int run(bench_opts *o)
         const model_step_stats *st = model_ctx_last_stats(ctx);
         bytes += st->dense_bytes + st->expert_bytes;
         experts += st->experts_used;
-        cpu_experts += st->cpu_experts;
-        cpu_ns += st->cpu_ns;
-        cpu_bytes += st->cpu_bytes;
-        cpu_wait_ns += st->cpu_wait_ns;
+        phase_add(&dec, st);
         routed += st->routed_on_device;
         replayed += st->graph_replayed;
         for (int32_t s = 0; s < B; s++)
@@ -390,9 +445,11 @@ static int run(bench_opts *o)
     free(want);
     free(next);
     if (model_expert_cache(m)) cache_get_stats(model_expert_cache(m), &c1);
+    dec.after = c1;
+    dec.seconds = t_decode;
 
     double step_s = t_decode / G;
-    if (o->profile && !prof_rc) print_profile(be, G, t_decode);
+    if (o->profile && !prof_rc) print_profile(be, "decode", G, t_decode);
     double step_bytes = (double)bytes / G;
     double floor_s = step_bytes / bw;
     const char *base = strrchr(o->path, '/');
@@ -422,18 +479,9 @@ static int run(bench_opts *o)
                model_ctx_graph_error(ctx) ? model_ctx_graph_error(ctx) : "");
         if (kern_cuda_matmul_note(be)) printf("| cuda matmul | %s |\n", kern_cuda_matmul_note(be));
         if (model_expert_cache(m) != model_host_cache(m) && link > 0) {
-            /* The misses' two ways run at the same time: the step's floor for them is the
-             * longer of the link's share and the CPU's share read at its memory bandwidth. */
-            double copied = (double)(c1.bytes_read - c0.bytes_read) / G;
             double cpu_bw = cpu ? kern_cpu_best_read_bandwidth(cpu, (size_t)256 << 20, 3) : 0;
-            double link_floor = copied / link, cpu_floor = cpu_bw > 0 ? cpu_bytes / G / cpu_bw : 0;
-            printf("| device tier | %.1f MiB copied/step | link floor %.2f ms/step | %.1f "
-                   "experts/step computed on the CPU (%.1f MiB, %.2f ms/step; floor %.2f at "
-                   "%.1f GB/s), waited for %.2f ms/step | misses' floor %.2f ms/step |\n",
-                   copied / (1 << 20), link_floor * 1e3, (double)cpu_experts / G,
-                   (double)cpu_bytes / G / (1 << 20), (double)cpu_ns / G / 1e6, cpu_floor * 1e3,
-                   cpu_bw / 1e9, (double)cpu_wait_ns / G / 1e6,
-                   (link_floor > cpu_floor ? link_floor : cpu_floor) * 1e3);
+            print_device_tier("prefill", &pre, link, cpu_bw, (double)pre_bytes / B / bw);
+            print_device_tier("decode", &dec, link, cpu_bw, floor_s);
         }
     }
     if (model_expert_cache(m)) {

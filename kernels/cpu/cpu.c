@@ -1384,63 +1384,7 @@ static void profiled(kern_backend *b, kern_op op, uint64_t t0)
         profiled(b, OP, t0);                                                                       \
     }
 
-PROFILED(matmul, KERN_OP_MATMUL,
-         (kern_backend * b, const kern_weight *w, const float *x, float *y, int64_t n),
-         (b, w, x, y, n))
-PROFILED(matmul_batched, KERN_OP_MATMUL,
-         (kern_backend * b, const kern_weight *w, int64_t nb, const float *x, float *y, int64_t n),
-         (b, w, nb, x, y, n))
-PROFILED(rmsnorm, KERN_OP_RMSNORM,
-         (kern_backend * b, const float *x, const float *w, float *o, int64_t n, int64_t r,
-          int64_t s, float e),
-         (b, x, w, o, n, r, s, e))
-PROFILED(rope, KERN_OP_ROPE,
-         (kern_backend * b, float *x, int64_t n, int h, int hd, int nr, const int32_t *p, float fb,
-          kern_rope_mode m, const kern_rope_yarn *y),
-         (b, x, n, h, hd, nr, p, fb, m, y))
-PROFILED(kv_store, KERN_OP_KV_STORE,
-         (kern_backend * b, const kern_kv_layout *kv, int l, const float *k, const float *v,
-          const int32_t *s, const int32_t *p, int64_t n),
-         (b, kv, l, k, v, s, p, n))
-PROFILED(attention, KERN_OP_ATTENTION,
-         (kern_backend * b, const kern_kv_layout *kv, int l, const float *q, const int32_t *s,
-          const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc, int32_t w,
-          const float *sk),
-         (b, kv, l, q, s, p, o, n, h, hkv, hd, sc, w, sk))
-PROFILED(silu_mul, KERN_OP_SILU_MUL,
-         (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
-PROFILED(swiglu_oai, KERN_OP_SWIGLU_OAI,
-         (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
-PROFILED(add, KERN_OP_ADD, (kern_backend * b, float *y, const float *x, int64_t n), (b, y, x, n))
-PROFILED(add_bias, KERN_OP_ADD_BIAS,
-         (kern_backend * b, float *x, const float *bi, int64_t r, int64_t d), (b, x, bi, r, d))
-PROFILED(get_rows, KERN_OP_GET_ROWS,
-         (kern_backend * b, const kern_weight *w, const int32_t *ids, float *o, int64_t n),
-         (b, w, ids, o, n))
-PROFILED(gather, KERN_OP_GATHER,
-         (kern_backend * b, const float *s, const int32_t *r, float *d, int64_t n, int64_t dim),
-         (b, s, r, d, n, dim))
-PROFILED(router, KERN_OP_ROUTER,
-         (kern_backend * b, const float *l, int64_t n, const kern_router_opts *o, int32_t *ids,
-          float *w),
-         (b, l, n, o, ids, w))
-PROFILED(experts, KERN_OP_EXPERTS,
-         (kern_backend * b, const kern_ffn_expert *ex, int n, const float *x, float *o, float *g,
-          float *u),
-         (b, ex, n, x, o, g, u))
-PROFILED(moe_combine, KERN_OP_MOE_COMBINE,
-         (kern_backend * b, const float *s, const int32_t *r, const float *w, float *o, int64_t n,
-          int k, int64_t d),
-         (b, s, r, w, o, n, k, d))
-PROFILED(gate_add, KERN_OP_GATE_ADD,
-         (kern_backend * b, const float *h, const float *g, const float *x, float *o, int64_t n,
-          int64_t d),
-         (b, h, g, x, o, n, d))
-
-PROFILED(moe_align, KERN_OP_MOE_ALIGN,
-         (kern_backend * b, const int32_t *ids, const float *w, int64_t n, int k, int32_t e,
-          const kern_moe_plan *p),
-         (b, ids, w, n, k, e, p))
+KERN__TIMED_OPS(PROFILED)
 
 static int prof_copy(kern_backend *b, kern_stream s, void *dst, const void *src, size_t bytes,
                      kern_copy_dir dir)
@@ -1480,7 +1424,7 @@ static const kern_ops cpu_ops_profiled = {
     .router = prof_router,
     .experts = prof_experts,
     .moe_align = prof_moe_align,
-    .experts_routed = cpu_experts_routed, /* its experts op is the profiled one */
+    .experts_routed = prof_experts_routed,
     .moe_combine = prof_moe_combine,
     .gate_add = prof_gate_add,
     .set_profiling = cpu_set_profiling,

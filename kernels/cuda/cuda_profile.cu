@@ -15,6 +15,10 @@
  */
 #include "kernels/cuda/cuda_internal.h"
 
+extern "C" {
+#include "kernels/backend_internal.h"
+}
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,66 +78,7 @@ static void prof_end(cuda_backend *cb, kern_op op, bool started)
         prof_end(cb, OP, started);                                                                 \
     }
 
-TIMED(matmul, KERN_OP_MATMUL,
-      (kern_backend * b, const kern_weight *w, const float *x, float *y, int64_t n),
-      (b, w, x, y, n))
-TIMED(matmul_batched, KERN_OP_MATMUL,
-      (kern_backend * b, const kern_weight *w, int64_t nb, const float *x, float *y, int64_t n),
-      (b, w, nb, x, y, n))
-TIMED(rmsnorm, KERN_OP_RMSNORM,
-      (kern_backend * b, const float *x, const float *w, float *o, int64_t n, int64_t r, int64_t s,
-       float e),
-      (b, x, w, o, n, r, s, e))
-TIMED(rope, KERN_OP_ROPE,
-      (kern_backend * b, float *x, int64_t n, int h, int hd, int nr, const int32_t *p, float fb,
-       kern_rope_mode m, const kern_rope_yarn *y),
-      (b, x, n, h, hd, nr, p, fb, m, y))
-TIMED(kv_store, KERN_OP_KV_STORE,
-      (kern_backend * b, const kern_kv_layout *kv, int l, const float *k, const float *v,
-       const int32_t *s, const int32_t *p, int64_t n),
-      (b, kv, l, k, v, s, p, n))
-TIMED(attention, KERN_OP_ATTENTION,
-      (kern_backend * b, const kern_kv_layout *kv, int l, const float *q, const int32_t *s,
-       const int32_t *p, float *o, int64_t n, int h, int hkv, int hd, float sc, int32_t w,
-       const float *sk),
-      (b, kv, l, q, s, p, o, n, h, hkv, hd, sc, w, sk))
-TIMED(silu_mul, KERN_OP_SILU_MUL,
-      (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
-TIMED(swiglu_oai, KERN_OP_SWIGLU_OAI,
-      (kern_backend * b, const float *g, const float *u, float *o, int64_t n), (b, g, u, o, n))
-TIMED(add, KERN_OP_ADD, (kern_backend * b, float *y, const float *x, int64_t n), (b, y, x, n))
-TIMED(add_bias, KERN_OP_ADD_BIAS,
-      (kern_backend * b, float *x, const float *bi, int64_t r, int64_t d), (b, x, bi, r, d))
-TIMED(get_rows, KERN_OP_GET_ROWS,
-      (kern_backend * b, const kern_weight *w, const int32_t *ids, float *o, int64_t n),
-      (b, w, ids, o, n))
-TIMED(gather, KERN_OP_GATHER,
-      (kern_backend * b, const float *s, const int32_t *r, float *d, int64_t n, int64_t dim),
-      (b, s, r, d, n, dim))
-TIMED(router, KERN_OP_ROUTER,
-      (kern_backend * b, const float *l, int64_t n, const kern_router_opts *o, int32_t *ids,
-       float *w),
-      (b, l, n, o, ids, w))
-TIMED(experts, KERN_OP_EXPERTS,
-      (kern_backend * b, const kern_ffn_expert *ex, int n, const float *x, float *o, float *g,
-       float *u),
-      (b, ex, n, x, o, g, u))
-TIMED(moe_combine, KERN_OP_MOE_COMBINE,
-      (kern_backend * b, const float *s, const int32_t *r, const float *w, float *o, int64_t n,
-       int k, int64_t d),
-      (b, s, r, w, o, n, k, d))
-TIMED(gate_add, KERN_OP_GATE_ADD,
-      (kern_backend * b, const float *h, const float *g, const float *x, float *o, int64_t n,
-       int64_t d),
-      (b, h, g, x, o, n, d))
-TIMED(moe_align, KERN_OP_MOE_ALIGN,
-      (kern_backend * b, const int32_t *ids, const float *w, int64_t n, int k, int32_t e,
-       const kern_moe_plan *p),
-      (b, ids, w, n, k, e, p))
-TIMED(experts_routed, KERN_OP_EXPERTS_ROUTED,
-      (kern_backend * b, const kern_expert_table *t, const kern_moe_plan *p, int64_t n, int k,
-       const float *x, float *o, float *g, float *u),
-      (b, t, p, n, k, x, o, g, u))
+KERN__TIMED_OPS(TIMED)
 
 /* Copies on the compute stream are part of the step's sequence; the copy stream's run beside
  * it and are not timed. */
@@ -215,24 +160,9 @@ int cuda__set_profiling(kern_backend *b, bool on)
     p->sums.device_time = true;
     p->ops = cuda__ops;
     p->ops.copy = prof_copy;
-    p->ops.matmul = prof_matmul;
-    p->ops.matmul_batched = prof_matmul_batched;
-    p->ops.rmsnorm = prof_rmsnorm;
-    p->ops.rope = prof_rope;
-    p->ops.kv_store = prof_kv_store;
-    p->ops.attention = prof_attention;
-    p->ops.silu_mul = prof_silu_mul;
-    p->ops.swiglu_oai = prof_swiglu_oai;
-    p->ops.add = prof_add;
-    p->ops.add_bias = prof_add_bias;
-    p->ops.get_rows = prof_get_rows;
-    p->ops.gather = prof_gather;
-    p->ops.router = prof_router;
-    p->ops.experts = prof_experts;
-    p->ops.moe_combine = prof_moe_combine;
-    p->ops.gate_add = prof_gate_add;
-    p->ops.moe_align = prof_moe_align;
-    p->ops.experts_routed = prof_experts_routed;
+#define TIMED_ENTRY(name, OP, params, args) p->ops.name = prof_##name;
+    KERN__TIMED_OPS(TIMED_ENTRY)
+#undef TIMED_ENTRY
     p->ops.graph_launch = prof_graph_launch;
     cb->base.ops = &p->ops;
     return 0;
