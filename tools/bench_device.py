@@ -21,7 +21,8 @@ to keep the parsing true to bench's output.  Needs nothing beyond the standard l
   tools/bench_device.py --moeserve build-device/cli/moeserve --backend cuda --threads 16 \\
       --model mixtral4=/tmp/mixtral4-q4_k_m.gguf --model qwen3moe4=/tmp/qwen3moe4-q4_k_m.gguf
 
-The last line is "N passed, M failed" over the goals that have targets.
+The last line is "goals: N passed, M failed" over the goals that have targets (one whose bench
+failed is not met); the exit status is 1 when any bench run failed.
 """
 import argparse
 import re
@@ -99,8 +100,10 @@ def goals(name, res, cpu, prompt):
         return r
 
     def row(goal, measured, target, ok, fmt="{:,.0f}"):
-        shown = "-" if measured is None else fmt.format(measured)
-        rows.append((goal, shown, target if ref else "-", ok if (ref and measured is not None) else None))
+        # a goal with a target that could not be measured (its bench failed) is not met
+        shown = "not measured" if measured is None else fmt.format(measured)
+        met = None if ok is None or not ref else bool(ok) and measured is not None
+        rows.append((goal, shown, target if ref else "-", met))
 
     all_decode = get(("all", "copy", "none", ""), "decode")
     row("all resident: decode tok/s", all_decode, ref and f">= {ref['gpu_decode']:,} (llama.cpp, all on GPU)",
@@ -144,7 +147,7 @@ def main():
     ap.add_argument("--cpu-gen", type=int, default=16)
     ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
     args = ap.parse_args()
-    table, header = [], True
+    table, header, failed = [], True, 0
     for spec in args.model:
         name, _, path = spec.partition("=")
         res = {}
@@ -153,7 +156,9 @@ def main():
             r = bench(args, path, ["--backend", args.backend, "--device-cache", tier, "--miss-policy", policy,
                                    "--predictor", predictor] + ([extra] if extra else []), header)
             header = False
-            if r is not None:
+            if r is None:
+                failed += 1
+            else:
                 res[(tier, policy, predictor, extra)] = r
         print(f"## {name}, CPU ({args.threads} threads)", flush=True)
         gen, args.gen = args.gen, args.cpu_gen
@@ -166,7 +171,9 @@ def main():
     met = sum(1 for r in table if r[4] is True)
     unmet = sum(1 for r in table if r[4] is False)
     print(f"goals: {met} passed, {unmet} failed")
-    return 0
+    if failed:
+        print(f"{failed} bench runs failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
