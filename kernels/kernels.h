@@ -398,7 +398,9 @@ typedef struct kern_ops {
                      int64_t n_tokens, int64_t dim);
     /* The plan of a layer from ids and weights ([n_tokens][k], the router's output): bit for
      * bit what kern_moe_align_host computes.  An id outside [0, n_expert) is an error (the
-     * token gets no row for it). */
+     * token gets no row for it; a backend that goes on past it leaves the plan safe to use:
+     * the rows nobody got are -1: gather writes zeros for them, moe_combine leaves them
+     * out). */
     void (*moe_align)(kern_backend *b, const int32_t *ids, const float *weights, int64_t n_tokens,
                       int k, int32_t n_expert, const kern_moe_plan *plan);
     /* The experts op over a plan: for every used expert whose table entry is on the device,

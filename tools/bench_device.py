@@ -4,7 +4,8 @@ bench prints it, then one table of the GPU tier's goals (issue 12) measured agai
 
 Each model is benched with the GPU tier at all / 50% / 25% of its experts, misses copied, computed
 on the CPU or split (auto), with and without the predictor, and with the comparison switches
-(--no-graphs, --host-routing, --no-tensor-cores, --profile); then on the CPU alone.  The goals:
+(--no-graphs, --host-routing, --no-tensor-cores, --profile); then on the CPU alone at 1, 4 and
+all threads (the 16-core host is the only place its scaling shows).  The goals:
 
   all resident     decode at least llama.cpp's with every layer on the GPU (same machine, same shapes)
   25% resident     decode at least 2x llama.cpp's experts-on-CPU figure, within 1.5x of the best
@@ -63,6 +64,7 @@ def parse(out):
             try:
                 r["prefill"], r["decode"] = float(cells[4]), float(cells[6])
                 r["floor_ms"], r["step_ms"] = float(cells[11]), float(cells[12])
+                r["threads"] = int(cells[1])
             except ValueError:
                 pass
         m = re.search(r"pinned host-to-device copies " + NUM + " GB/s", line)
@@ -76,9 +78,10 @@ def parse(out):
     return r
 
 
-def bench(args, path, extra, header):
-    cmd = [args.moeserve, "bench", "--model", path, "--prompt", str(args.prompt), "--gen", str(args.gen),
-           "--random-tokens", "--threads", str(args.threads)] + extra + ([] if header else ["--no-header"])
+def bench(args, path, extra, header, threads=None, prompt=None, gen=None):
+    cmd = [args.moeserve, "bench", "--model", path, "--prompt", str(prompt or args.prompt),
+           "--gen", str(gen or args.gen), "--random-tokens", "--threads", str(threads or args.threads)] + \
+        extra + ([] if header else ["--no-header"])
     p = subprocess.run(cmd, capture_output=True, text=True)
     rows = [l for l in p.stdout.splitlines() if l.startswith("|")]
     print("\n".join(rows), flush=True)
@@ -132,8 +135,10 @@ def goals(name, res, cpu, prompt):
     row(f"25% resident, auto: prefill-{prompt} tok/s", p_auto,
         ref and f">= {4 * ref['cpu_prefill']:,} (4x llama.cpp, experts on CPU)",
         ref and p_auto is not None and p_auto >= 4 * ref["cpu_prefill"])
-    if cpu:
-        row("CPU alone: decode tok/s (for reference)", cpu.get("decode"), "-", None)
+    for c in cpu:  # the CPU alone by threads (decode reads every byte it uses once: a bandwidth test)
+        pct = 100 * c["floor_ms"] / c["step_ms"] if c.get("step_ms") else None
+        row(f"CPU alone, {c['threads']} threads: decode tok/s (for reference)", c.get("decode"), "-", None,
+            "{:,.1f}" + (f" ({pct:.0f}% of the DRAM floor)" if pct is not None else ""))
     return rows
 
 
@@ -145,8 +150,10 @@ def main():
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--cpu-gen", type=int, default=16)
+    ap.add_argument("--cpu-threads", default="1,4", help="thread counts for the CPU-alone rows, besides --threads")
     ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
     args = ap.parse_args()
+    args.cpu_threads = [int(t) for t in args.cpu_threads.split(",") if t]
     table, header, failed = [], True, 0
     for spec in args.model:
         name, _, path = spec.partition("=")
@@ -160,10 +167,16 @@ def main():
                 failed += 1
             else:
                 res[(tier, policy, predictor, extra)] = r
-        print(f"## {name}, CPU ({args.threads} threads)", flush=True)
-        gen, args.gen = args.gen, args.cpu_gen
-        cpu = bench(args, path, ["--backend", "cpu"], False)
-        args.gen = gen
+        cpu = []
+        for t in sorted(set(args.cpu_threads + [args.threads])):
+            # below all the threads, a short prompt: the rows are for the decode's scaling
+            prompt = args.prompt if t == args.threads else min(64, args.prompt)
+            print(f"## {name}, CPU ({t} threads, prompt {prompt})", flush=True)
+            r = bench(args, path, ["--backend", "cpu"], False, threads=t, prompt=prompt, gen=args.cpu_gen)
+            if r is None:
+                failed += 1
+            elif "decode" in r:
+                cpu.append(r)
         table += [(name,) + r for r in goals(name, res, cpu, args.prompt)]
     print("\n| file | goal | measured | target | met |\n|---|---|---|---|---|")
     for name, goal, measured, target, ok in table:

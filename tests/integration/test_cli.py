@@ -158,12 +158,12 @@ with tempfile.TemporaryDirectory() as tmp:
     # the GPU's to give; here only that the parsing keeps up with bench's output).
     p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_device.py"), "--moeserve", MOESERVE,
                         "--backend", "sim", "--threads", "2", "--prompt", "16", "--gen", "4", "--cpu-gen", "4",
-                        "--model", f"mixtral4={q4km}"], capture_output=True, text=True, timeout=600)
+                        "--cpu-threads", "1", "--model", f"mixtral4={q4km}"], capture_output=True, text=True, timeout=600)
     goal_rows = [l.split("|")[1:-1] for l in p.stdout.splitlines() if l.startswith("| mixtral4 |")]
     tally = re.search(r"^goals: (\d+) passed, (\d+) failed$", p.stdout, re.M)
-    check(p.returncode == 0 and "bench failed" not in p.stdout and len(goal_rows) == 7
+    check(p.returncode == 0 and "bench failed" not in p.stdout and len(goal_rows) == 8
           and all(r[2].strip() not in ("-", "not measured") for r in goal_rows) and tally is not None
-          and int(tally.group(1)) + int(tally.group(2)) == 6 and p.stdout.count("## mixtral4") == 12,
+          and int(tally.group(1)) + int(tally.group(2)) == 6 and p.stdout.count("## mixtral4") == 13,
           f"tools/bench_device.py measures every goal from bench's rows ({p.stdout[-1500:]} {p.stderr[-300:]})")
     # What the device check's rows compare, on sim: with every expert on the device each decode step
     # routes there and repeats replay a graph; --host-routing and --no-graphs turn one each off;
